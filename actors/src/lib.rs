@@ -1,0 +1,9 @@
+//! Sluice's policy cores: pure, deterministic functions of explicit inputs and a clock
+//! value, run unchanged by the live node and by the simulator.
+
+pub mod mu;
+pub mod profile;
+pub mod router;
+pub mod slice;
+
+pub use profile::Profile;

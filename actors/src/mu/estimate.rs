@@ -1,0 +1,173 @@
+//! Estimates of what is unknown at admission: how many tokens a request will generate,
+//! and how much of its prompt the replica already caches.
+//!
+//! Both come from a running history per workload (exponentially weighted), bounded in
+//! memory, and capped by the request's own `max_tokens`.
+
+use std::collections::HashMap;
+
+/// Settings of the estimator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EstimatorConfig {
+    /// Output length assumed for a workload with no history.
+    pub default_output: u32,
+    /// Weight of the newest observation in the moving averages (0..=1).
+    pub alpha: f64,
+    /// Workloads remembered at most; the least recently seen are forgotten first.
+    pub max_workloads: usize,
+}
+
+impl Default for EstimatorConfig {
+    fn default() -> Self {
+        Self {
+            default_output: 256,
+            alpha: 0.2,
+            max_workloads: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct History {
+    output: f64,
+    cached_fraction: f64,
+    last_seen: u64,
+}
+
+/// What the estimator predicts for one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    pub output_tokens: u32,
+    /// Fraction of the prompt expected to hit the prefix cache (0..=1).
+    pub cached_fraction: f64,
+}
+
+/// Per-workload running history of output lengths and prefix-cache hit fractions.
+#[derive(Debug, Clone)]
+pub struct OutputEstimator {
+    config: EstimatorConfig,
+    history: HashMap<u64, History>,
+    tick: u64,
+}
+
+impl OutputEstimator {
+    pub fn new(config: EstimatorConfig) -> Self {
+        Self {
+            config,
+            history: HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    /// Predicts a request of `workload` that allows at most `max_tokens` output tokens.
+    pub fn estimate(&self, workload: u64, max_tokens: Option<u32>) -> Estimate {
+        let (output, cached_fraction) = match self.history.get(&workload) {
+            Some(h) => (h.output.round().max(1.0) as u32, h.cached_fraction),
+            None => (self.config.default_output, 0.0),
+        };
+        Estimate {
+            output_tokens: max_tokens.map_or(output, |m| output.min(m)).max(1),
+            cached_fraction,
+        }
+    }
+
+    /// Records what a finished request of `workload` actually did.
+    pub fn observe(
+        &mut self,
+        workload: u64,
+        output_tokens: u32,
+        prompt_tokens: u32,
+        cached_tokens: u32,
+    ) {
+        self.tick += 1;
+        let frac = if prompt_tokens == 0 {
+            0.0
+        } else {
+            (f64::from(cached_tokens) / f64::from(prompt_tokens)).clamp(0.0, 1.0)
+        };
+        let a = self.config.alpha;
+        let tick = self.tick;
+        self.history
+            .entry(workload)
+            .and_modify(|h| {
+                h.output = a * f64::from(output_tokens) + (1.0 - a) * h.output;
+                h.cached_fraction = a * frac + (1.0 - a) * h.cached_fraction;
+                h.last_seen = tick;
+            })
+            .or_insert(History {
+                output: f64::from(output_tokens),
+                cached_fraction: frac,
+                last_seen: tick,
+            });
+        if self.history.len() > self.config.max_workloads {
+            self.forget_oldest_half();
+        }
+    }
+
+    pub fn workloads(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Amortized O(1) bound: when over the limit, keep the most recently seen half.
+    fn forget_oldest_half(&mut self) {
+        let mut ticks: Vec<u64> = self.history.values().map(|h| h.last_seen).collect();
+        let mid = ticks.len() / 2;
+        let (_, cut, _) = ticks.select_nth_unstable(mid);
+        let cut = *cut;
+        self.history.retain(|_, h| h.last_seen >= cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn unknown_workload_gets_the_default_capped_by_max_tokens() {
+        let e = OutputEstimator::new(EstimatorConfig::default());
+        assert_eq!(e.estimate(1, None).output_tokens, 256);
+        assert_eq!(e.estimate(1, Some(10)).output_tokens, 10);
+    }
+
+    #[test]
+    fn history_moves_the_estimate_toward_what_the_workload_does() {
+        let mut e = OutputEstimator::new(EstimatorConfig::default());
+        for _ in 0..50 {
+            e.observe(7, 40, 1000, 800);
+        }
+        let est = e.estimate(7, Some(2000));
+        assert_eq!(est.output_tokens, 40);
+        assert!((est.cached_fraction - 0.8).abs() < 1e-6);
+        // Another workload is untouched.
+        assert_eq!(e.estimate(8, None).output_tokens, 256);
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let mut e = OutputEstimator::new(EstimatorConfig {
+            max_workloads: 100,
+            ..Default::default()
+        });
+        for w in 0..10_000u64 {
+            e.observe(w, 10, 10, 0);
+        }
+        assert!(e.workloads() <= 100);
+        // The most recent workload is remembered.
+        assert_eq!(e.estimate(9_999, None).output_tokens, 10);
+    }
+
+    proptest! {
+        #[test]
+        fn estimate_is_within_bounds(obs in proptest::collection::vec((0u32..5000, 0u32..10_000, 0u32..10_000), 0..50), max in proptest::option::of(1u32..4096)) {
+            let mut e = OutputEstimator::new(EstimatorConfig::default());
+            for (o, p, c) in obs {
+                e.observe(3, o, p, c.min(p));
+            }
+            let est = e.estimate(3, max);
+            prop_assert!(est.output_tokens >= 1);
+            if let Some(m) = max { prop_assert!(est.output_tokens <= m); }
+            prop_assert!((0.0..=1.0).contains(&est.cached_fraction));
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The in-flight cost of a request, corrected as its tokens stream back.
+//!
+//! At admission a request is charged its whole estimated price. Once its first token
+//! arrives the prefill is paid, and each further token pays its own decode cost, so the
+//! remaining charge is what is left to generate. When a request outlives its estimate,
+//! the estimate is raised instead of letting the charge hit zero while it still runs.
+
+use super::pricing::{MuCoefficients, RequestShape};
+
+/// A request's cost model while it is in flight.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InflightCost {
+    shape: RequestShape,
+    max_tokens: Option<u32>,
+}
+
+impl InflightCost {
+    /// `shape.output` is the admission-time estimate of the output length.
+    pub fn new(shape: RequestShape, max_tokens: Option<u32>) -> Self {
+        Self { shape, max_tokens }
+    }
+
+    pub fn shape(&self) -> RequestShape {
+        self.shape
+    }
+
+    /// Output tokens still expected after `generated` have streamed back.
+    pub fn remaining_output(&self, generated: u32) -> u32 {
+        let est = self.shape.output;
+        if generated < est {
+            return est - generated;
+        }
+        // Past the estimate: expect a quarter more than generated so far (at least one
+        // token), but never beyond max_tokens.
+        let extra = (generated / 4).max(1);
+        match self.max_tokens {
+            Some(m) if generated >= m => 0,
+            Some(m) => extra.min(m - generated),
+            None => extra,
+        }
+    }
+
+    /// MU still owed to the replica after `generated` output tokens.
+    pub fn remaining_mu(&self, c: &MuCoefficients, generated: u32) -> f64 {
+        if generated == 0 {
+            return c.price(&self.shape);
+        }
+        let input = self.shape.input();
+        let left = self.remaining_output(generated);
+        c.decode_price(input, u64::from(left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn coeffs() -> MuCoefficients {
+        MuCoefficients {
+            uncached_input: 0.019,
+            cached_input: 0.0,
+            output: 0.129,
+            input_output: 0.00004,
+            image: 0.0,
+        }
+    }
+
+    #[test]
+    fn prefill_is_released_at_the_first_token_and_decode_token_by_token() {
+        let c = coeffs();
+        let cost = InflightCost::new(
+            RequestShape {
+                uncached_input: 10_000,
+                output: 100,
+                ..Default::default()
+            },
+            Some(100),
+        );
+        let full = cost.remaining_mu(&c, 0);
+        let after_first = cost.remaining_mu(&c, 1);
+        assert!(full - after_first > 0.019 * 10_000.0 - 1e-6);
+        assert!(cost.remaining_mu(&c, 50) < after_first);
+        assert_eq!(cost.remaining_mu(&c, 100), 0.0);
+    }
+
+    #[test]
+    fn a_request_past_its_estimate_still_owes_something() {
+        let c = coeffs();
+        let cost = InflightCost::new(
+            RequestShape {
+                uncached_input: 100,
+                output: 10,
+                ..Default::default()
+            },
+            None,
+        );
+        assert!(cost.remaining_mu(&c, 10) > 0.0);
+        assert!(cost.remaining_mu(&c, 400) > cost.remaining_mu(&c, 10));
+    }
+
+    proptest! {
+        #[test]
+        fn remaining_never_grows_while_within_the_estimate(u in 0u32..50_000, est in 1u32..4000, steps in proptest::collection::vec(0u32..4000, 1..20)) {
+            let c = coeffs();
+            let cost = InflightCost::new(RequestShape { uncached_input: u, output: est, ..Default::default() }, Some(est));
+            let mut gens: Vec<u32> = steps.into_iter().map(|g| g.min(est)).collect();
+            gens.sort_unstable();
+            let mut last = cost.remaining_mu(&c, 0);
+            for g in gens {
+                let now = cost.remaining_mu(&c, g);
+                prop_assert!(now <= last + 1e-9);
+                prop_assert!(now >= 0.0);
+                last = now;
+            }
+        }
+
+        #[test]
+        fn never_owes_beyond_max_tokens(u in 0u32..10_000, est in 1u32..100, max in 1u32..1000, g in 0u32..2000) {
+            let cost = InflightCost::new(RequestShape { uncached_input: u, output: est.min(max), ..Default::default() }, Some(max));
+            prop_assert!(g + cost.remaining_output(g) <= max.max(g));
+        }
+    }
+}

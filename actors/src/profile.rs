@@ -1,0 +1,119 @@
+//! A profile: everything Sluice knows about one (model, hardware) pair — its price
+//! coefficients, a replica's capacity, and the engine model that simulates it.
+
+use crate::mu::MuCoefficients;
+use serde::{Deserialize, Serialize};
+use sluice_engine::EngineParams;
+use std::path::Path;
+
+/// The profile shipped with Sluice: Llama-3.1-8B on one H100.
+pub const DEFAULT_PROFILE_TOML: &str = include_str!("../profiles/llama-3.1-8b-h100.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub model: String,
+    pub hardware: String,
+    pub capacity_mu_per_min: f64,
+    pub mu: MuCoefficients,
+    #[serde(default)]
+    pub engine: EngineParams,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cannot read profile {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid profile {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Profile {
+    pub fn default_profile() -> Self {
+        // The embedded file is checked by a unit test, so this cannot fail at run time.
+        Self::parse(DEFAULT_PROFILE_TOML, "<embedded>")
+            .unwrap_or_else(|e| panic!("embedded profile: {e}"))
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ProfileError> {
+        let invalid = |message: String| ProfileError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
+        let p: Profile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let c = &p.mu;
+        let coeffs = [
+            c.uncached_input,
+            c.cached_input,
+            c.output,
+            c.input_output,
+            c.image,
+        ];
+        if coeffs.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(invalid(
+                "MU coefficients must be finite and non-negative".into(),
+            ));
+        }
+        if !(p.capacity_mu_per_min.is_finite() && p.capacity_mu_per_min > 0.0) {
+            return Err(invalid("capacity_mu_per_min must be positive".into()));
+        }
+        if p.model.is_empty() {
+            return Err(invalid("model must not be empty".into()));
+        }
+        let e = &p.engine;
+        if e.block_size == 0
+            || e.kv_blocks == 0
+            || e.max_num_batched_tokens == 0
+            || e.max_num_seqs == 0
+        {
+            return Err(invalid("engine block_size, kv_blocks, max_num_batched_tokens and max_num_seqs must be positive".into()));
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_profile_parses_and_matches_engine_defaults() {
+        let p = Profile::default_profile();
+        assert_eq!(p.model, "llama-3.1-8b-instruct");
+        assert_eq!(p.engine, EngineParams::default());
+        // The output price follows from the engine's step model at batch 64.
+        let e = &p.engine;
+        let per_token_ms = (e.step_fixed_us + e.decode_seq_us * 64.0) / 64.0 / 1000.0;
+        assert!((p.mu.output - per_token_ms).abs() < 1e-9);
+        assert!((p.mu.input_output - e.kv_read_token_us / 1000.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bad_profiles_are_refused_with_the_reason() {
+        let bad = DEFAULT_PROFILE_TOML.replace("output = 0.12875", "output = -1.0");
+        assert!(Profile::parse(&bad, "x.toml")
+            .unwrap_err()
+            .to_string()
+            .contains("non-negative"));
+        let err = Profile::parse("model = 3", "y.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("y.toml"), "{err}");
+        let missing = Profile::load(Path::new("/nonexistent/p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("/nonexistent/p.toml"));
+    }
+}

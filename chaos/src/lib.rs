@@ -1,0 +1,1 @@
+//! Fault injection, drills, the discrete-event simulator and the load generator.

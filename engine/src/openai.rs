@@ -1,0 +1,403 @@
+//! The parts of the OpenAI API that both the router and the simulated engine must read
+//! the same way: request validation, prompt rendering (so both count the same tokens),
+//! and the error body.
+//!
+//! Parsing is lenient about fields it does not use (tools, temperature, …) so that a
+//! router can front real engines, and strict about the ones it does.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Which endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completion,
+}
+
+/// What the router and engine need to know about a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedRequest {
+    pub endpoint: Endpoint,
+    pub model: String,
+    /// The prompt as the engine sees it: chat messages rendered through the template.
+    pub prompt: PromptInput,
+    /// Number of images attached to chat messages.
+    pub images: u32,
+    pub max_tokens: Option<u32>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub user: Option<String>,
+    /// vLLM's scheduling priority: lower is served first.
+    pub priority: i64,
+    /// vLLM's `ignore_eos`: generate exactly `max_tokens`.
+    pub ignore_eos: bool,
+    pub n: u32,
+}
+
+/// A prompt is text, or pre-tokenized ids (completions only).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+impl PromptInput {
+    pub fn token_count(&self) -> usize {
+        match self {
+            PromptInput::Text(t) => crate::tokenizer::count_tokens(t),
+            PromptInput::Tokens(t) => t.len(),
+        }
+    }
+
+    pub fn tokens(&self) -> Vec<u32> {
+        match self {
+            PromptInput::Text(t) => crate::tokenizer::tokenize(t),
+            PromptInput::Tokens(t) => t.clone(),
+        }
+    }
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorInner<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorInner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self {
+            status: 400,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_owned),
+            code: None,
+        }
+    }
+
+    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+        }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// The JSON body OpenAI clients parse.
+    pub fn body(&self) -> String {
+        serde_json::to_string(&ErrorBody {
+            error: ErrorInner {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        })
+        .unwrap_or_else(|_| String::from("{\"error\":{\"message\":\"error\"}}"))
+    }
+}
+
+/// Parses and validates a request body for `endpoint`.
+pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}"), None))?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid("request body must be a JSON object", None));
+    };
+    let model = match obj.get("model") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => return Err(ApiError::invalid("'model' must be a non-empty string", Some("model"))),
+        None => return Err(ApiError::invalid("'model' is required", Some("model"))),
+    };
+    let (prompt, images) = match endpoint {
+        Endpoint::Chat => {
+            let (text, images) = render_chat(&obj)?;
+            (PromptInput::Text(text), images)
+        }
+        Endpoint::Completion => (parse_prompt(&obj)?, 0),
+    };
+    let max_tokens = match endpoint {
+        Endpoint::Chat => opt_u32(&obj, "max_completion_tokens")?.or(opt_u32(&obj, "max_tokens")?),
+        Endpoint::Completion => opt_u32(&obj, "max_tokens")?,
+    };
+    if max_tokens == Some(0) {
+        return Err(ApiError::invalid("'max_tokens' must be at least 1", Some("max_tokens")));
+    }
+    let stream = opt_bool(&obj, "stream")?.unwrap_or(false);
+    let include_usage = match obj.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "'stream_options.include_usage' must be a boolean",
+                    Some("stream_options"),
+                ))
+            }
+        },
+        Some(_) => return Err(ApiError::invalid("'stream_options' must be an object", Some("stream_options"))),
+    };
+    let user = match obj.get("user") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(ApiError::invalid("'user' must be a string", Some("user"))),
+    };
+    let priority = match obj.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| ApiError::invalid("'priority' must be an integer", Some("priority")))?,
+        Some(_) => return Err(ApiError::invalid("'priority' must be an integer", Some("priority"))),
+    };
+    let ignore_eos = opt_bool(&obj, "ignore_eos")?.unwrap_or(false);
+    let n = opt_u32(&obj, "n")?.unwrap_or(1);
+    if n == 0 {
+        return Err(ApiError::invalid("'n' must be at least 1", Some("n")));
+    }
+    Ok(ParsedRequest {
+        endpoint,
+        model,
+        prompt,
+        images,
+        max_tokens,
+        stream,
+        include_usage,
+        user,
+        priority,
+        ignore_eos,
+        n,
+    })
+}
+
+fn opt_u32(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v <= u64::from(u32::MAX) => Ok(Some(v as u32)),
+            _ => Err(ApiError::invalid(format!("'{key}' must be a non-negative integer"), Some(key))),
+        },
+        Some(_) => Err(ApiError::invalid(format!("'{key}' must be an integer"), Some(key))),
+    }
+}
+
+fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::invalid(format!("'{key}' must be a boolean"), Some(key))),
+    }
+}
+
+fn parse_prompt(obj: &Map<String, Value>) -> Result<PromptInput, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "'prompt' must be a string, a list of one string, or a list of token ids",
+            Some("prompt"),
+        )
+    };
+    match obj.get("prompt") {
+        None => Err(ApiError::invalid("'prompt' is required", Some("prompt"))),
+        Some(Value::String(s)) => Ok(PromptInput::Text(s.clone())),
+        Some(Value::Array(items)) => {
+            if items.len() == 1 {
+                if let Value::String(s) = &items[0] {
+                    return Ok(PromptInput::Text(s.clone()));
+                }
+                if let Value::Array(ids) = &items[0] {
+                    return token_ids(ids).ok_or_else(bad);
+                }
+            }
+            if items.iter().all(Value::is_number) && !items.is_empty() {
+                return token_ids(items).ok_or_else(bad);
+            }
+            if items.len() > 1 {
+                return Err(ApiError::invalid(
+                    "batched prompts are not supported: send one prompt per request",
+                    Some("prompt"),
+                ));
+            }
+            Err(bad())
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+fn token_ids(items: &[Value]) -> Option<PromptInput> {
+    items
+        .iter()
+        .map(|v| v.as_u64().filter(|&t| t < u64::from(crate::tokenizer::VOCAB)).map(|t| t as u32))
+        .collect::<Option<Vec<u32>>>()
+        .filter(|v| !v.is_empty())
+        .map(PromptInput::Tokens)
+}
+
+/// Renders chat messages through a Llama-3-style template, so that the router and the
+/// engine count the same prompt tokens and equal conversation prefixes share tokens.
+fn render_chat(obj: &Map<String, Value>) -> Result<(String, u32), ApiError> {
+    let messages = match obj.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid("'messages' must not be empty", Some("messages")))
+        }
+        Some(_) => return Err(ApiError::invalid("'messages' must be an array", Some("messages"))),
+        None => return Err(ApiError::invalid("'messages' is required", Some("messages"))),
+    };
+    let mut text = String::from("<|begin_of_text|>");
+    let mut images = 0u32;
+    for (i, m) in messages.iter().enumerate() {
+        let Value::Object(m) = m else {
+            return Err(ApiError::invalid(format!("messages[{i}] must be an object"), Some("messages")));
+        };
+        let role = match m.get("role") {
+            Some(Value::String(r))
+                if matches!(r.as_str(), "system" | "developer" | "user" | "assistant" | "tool") =>
+            {
+                r.as_str()
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].role must be one of system, developer, user, assistant, tool"),
+                    Some("messages"),
+                ))
+            }
+            None => return Err(ApiError::invalid(format!("messages[{i}].role is required"), Some("messages"))),
+        };
+        text.push_str("<|start_header_id|>");
+        text.push_str(role);
+        text.push_str("<|end_header_id|>\n\n");
+        match m.get("content") {
+            Some(Value::String(s)) => text.push_str(s),
+            None | Some(Value::Null) if role == "assistant" => {}
+            Some(Value::Array(parts)) => {
+                for (j, part) in parts.iter().enumerate() {
+                    match part.get("type").and_then(Value::as_str) {
+                        Some("text") => match part.get("text") {
+                            Some(Value::String(s)) => text.push_str(s),
+                            _ => {
+                                return Err(ApiError::invalid(
+                                    format!("messages[{i}].content[{j}].text must be a string"),
+                                    Some("messages"),
+                                ))
+                            }
+                        },
+                        Some("image_url") | Some("input_image") => {
+                            images += 1;
+                            text.push_str("<|image|>");
+                        }
+                        _ => {
+                            return Err(ApiError::invalid(
+                                format!("messages[{i}].content[{j}] has an unknown type"),
+                                Some("messages"),
+                            ))
+                        }
+                    }
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].content must be a string or an array of parts"),
+                    Some("messages"),
+                ))
+            }
+        }
+        text.push_str("<|eot_id|>");
+    }
+    text.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+    Ok((text, images))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<ParsedRequest, ApiError> {
+        parse_request(Endpoint::Chat, body.as_bytes())
+    }
+
+    #[test]
+    fn parses_a_streaming_chat_request() {
+        let r = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,
+            "stream_options":{"include_usage":true},"max_tokens":5,"user":"u1","priority":-3,"temperature":0.2}"#)
+        .unwrap();
+        assert_eq!(r.model, "m");
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.max_tokens, Some(5));
+        assert_eq!(r.user.as_deref(), Some("u1"));
+        assert_eq!(r.priority, -3);
+        assert!(r.prompt.token_count() > 5);
+    }
+
+    #[test]
+    fn rejects_bad_fields_with_the_param_named() {
+        for (body, param) in [
+            (r#"{"messages":[{"role":"user","content":"hi"}]}"#, "model"),
+            (r#"{"model":"m"}"#, "messages"),
+            (r#"{"model":"m","messages":[]}"#, "messages"),
+            (r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#, "messages"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#, "max_tokens"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#, "max_tokens"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "stream"),
+        ] {
+            let e = chat(body).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert_eq!(e.param.as_deref(), Some(param), "{body}");
+        }
+        assert!(chat("{not json").unwrap_err().message.contains("not valid JSON"));
+        assert!(chat("[1,2]").is_err());
+    }
+
+    #[test]
+    fn completion_prompts() {
+        let p = |b: &str| parse_request(Endpoint::Completion, b.as_bytes());
+        assert_eq!(p(r#"{"model":"m","prompt":[1,2,3]}"#).unwrap().prompt, PromptInput::Tokens(vec![1, 2, 3]));
+        assert_eq!(p(r#"{"model":"m","prompt":["ab"]}"#).unwrap().prompt, PromptInput::Text("ab".into()));
+        assert!(p(r#"{"model":"m","prompt":["a","b"]}"#).unwrap_err().message.contains("batched"));
+        assert!(p(r#"{"model":"m","prompt":{}}"#).is_err());
+        assert!(p(r#"{"model":"m"}"#).is_err());
+    }
+
+    #[test]
+    fn chat_prefixes_share_tokens_and_images_count() {
+        let a = chat(r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"one"}]}"#).unwrap();
+        let b = chat(r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"two"}]}"#).unwrap();
+        let (ta, tb) = (a.prompt.tokens(), b.prompt.tokens());
+        assert!(ta.iter().zip(&tb).take_while(|(x, y)| x == y).count() >= 8);
+        let img = chat(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"see"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#).unwrap();
+        assert_eq!(img.images, 1);
+    }
+
+    #[test]
+    fn error_body_is_openai_shaped() {
+        let body: Value = serde_json::from_str(&ApiError::invalid("bad", Some("model")).body()).unwrap();
+        assert_eq!(body["error"]["message"], "bad");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["param"], "model");
+    }
+}
