@@ -128,11 +128,19 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}"), None))?;
     let Value::Object(obj) = value else {
-        return Err(ApiError::invalid("request body must be a JSON object", None));
+        return Err(ApiError::invalid(
+            "request body must be a JSON object",
+            None,
+        ));
     };
     let model = match obj.get("model") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => return Err(ApiError::invalid("'model' must be a non-empty string", Some("model"))),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'model' must be a non-empty string",
+                Some("model"),
+            ))
+        }
         None => return Err(ApiError::invalid("'model' is required", Some("model"))),
     };
     let (prompt, images) = match endpoint {
@@ -147,7 +155,10 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         Endpoint::Completion => opt_u32(&obj, "max_tokens")?,
     };
     if max_tokens == Some(0) {
-        return Err(ApiError::invalid("'max_tokens' must be at least 1", Some("max_tokens")));
+        return Err(ApiError::invalid(
+            "'max_tokens' must be at least 1",
+            Some("max_tokens"),
+        ));
     }
     let stream = opt_bool(&obj, "stream")?.unwrap_or(false);
     let include_usage = match obj.get("stream_options") {
@@ -162,7 +173,12 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
                 ))
             }
         },
-        Some(_) => return Err(ApiError::invalid("'stream_options' must be an object", Some("stream_options"))),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'stream_options' must be an object",
+                Some("stream_options"),
+            ))
+        }
     };
     let user = match obj.get("user") {
         None | Some(Value::Null) => None,
@@ -174,7 +190,12 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         Some(Value::Number(n)) => n
             .as_i64()
             .ok_or_else(|| ApiError::invalid("'priority' must be an integer", Some("priority")))?,
-        Some(_) => return Err(ApiError::invalid("'priority' must be an integer", Some("priority"))),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'priority' must be an integer",
+                Some("priority"),
+            ))
+        }
     };
     let ignore_eos = opt_bool(&obj, "ignore_eos")?.unwrap_or(false);
     let n = opt_u32(&obj, "n")?.unwrap_or(1);
@@ -201,9 +222,15 @@ fn opt_u32(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, ApiError>
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if v <= u64::from(u32::MAX) => Ok(Some(v as u32)),
-            _ => Err(ApiError::invalid(format!("'{key}' must be a non-negative integer"), Some(key))),
+            _ => Err(ApiError::invalid(
+                format!("'{key}' must be a non-negative integer"),
+                Some(key),
+            )),
         },
-        Some(_) => Err(ApiError::invalid(format!("'{key}' must be an integer"), Some(key))),
+        Some(_) => Err(ApiError::invalid(
+            format!("'{key}' must be an integer"),
+            Some(key),
+        )),
     }
 }
 
@@ -211,7 +238,10 @@ fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiErro
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ApiError::invalid(format!("'{key}' must be a boolean"), Some(key))),
+        Some(_) => Err(ApiError::invalid(
+            format!("'{key}' must be a boolean"),
+            Some(key),
+        )),
     }
 }
 
@@ -252,7 +282,11 @@ fn parse_prompt(obj: &Map<String, Value>) -> Result<PromptInput, ApiError> {
 fn token_ids(items: &[Value]) -> Option<PromptInput> {
     items
         .iter()
-        .map(|v| v.as_u64().filter(|&t| t < u64::from(crate::tokenizer::VOCAB)).map(|t| t as u32))
+        .map(|v| {
+            v.as_u64()
+                .filter(|&t| t < u64::from(crate::tokenizer::VOCAB))
+                .map(|t| t as u32)
+        })
         .collect::<Option<Vec<u32>>>()
         .filter(|v| !v.is_empty())
         .map(PromptInput::Tokens)
@@ -264,30 +298,54 @@ fn render_chat(obj: &Map<String, Value>) -> Result<(String, u32), ApiError> {
     let messages = match obj.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(Value::Array(_)) => {
-            return Err(ApiError::invalid("'messages' must not be empty", Some("messages")))
+            return Err(ApiError::invalid(
+                "'messages' must not be empty",
+                Some("messages"),
+            ))
         }
-        Some(_) => return Err(ApiError::invalid("'messages' must be an array", Some("messages"))),
-        None => return Err(ApiError::invalid("'messages' is required", Some("messages"))),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'messages' must be an array",
+                Some("messages"),
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "'messages' is required",
+                Some("messages"),
+            ))
+        }
     };
     let mut text = String::from("<|begin_of_text|>");
     let mut images = 0u32;
     for (i, m) in messages.iter().enumerate() {
         let Value::Object(m) = m else {
-            return Err(ApiError::invalid(format!("messages[{i}] must be an object"), Some("messages")));
+            return Err(ApiError::invalid(
+                format!("messages[{i}] must be an object"),
+                Some("messages"),
+            ));
         };
         let role = match m.get("role") {
             Some(Value::String(r))
-                if matches!(r.as_str(), "system" | "developer" | "user" | "assistant" | "tool") =>
+                if matches!(
+                    r.as_str(),
+                    "system" | "developer" | "user" | "assistant" | "tool"
+                ) =>
             {
                 r.as_str()
             }
-            Some(_) => {
+            Some(_) => return Err(ApiError::invalid(
+                format!(
+                    "messages[{i}].role must be one of system, developer, user, assistant, tool"
+                ),
+                Some("messages"),
+            )),
+            None => {
                 return Err(ApiError::invalid(
-                    format!("messages[{i}].role must be one of system, developer, user, assistant, tool"),
+                    format!("messages[{i}].role is required"),
                     Some("messages"),
                 ))
             }
-            None => return Err(ApiError::invalid(format!("messages[{i}].role is required"), Some("messages"))),
         };
         text.push_str("<|start_header_id|>");
         text.push_str(role);
@@ -360,25 +418,49 @@ mod tests {
             (r#"{"messages":[{"role":"user","content":"hi"}]}"#, "model"),
             (r#"{"model":"m"}"#, "messages"),
             (r#"{"model":"m","messages":[]}"#, "messages"),
-            (r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#, "messages"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#, "max_tokens"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#, "max_tokens"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "stream"),
+            (
+                r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
+                "messages",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                "stream",
+            ),
         ] {
             let e = chat(body).unwrap_err();
             assert_eq!(e.status, 400);
             assert_eq!(e.param.as_deref(), Some(param), "{body}");
         }
-        assert!(chat("{not json").unwrap_err().message.contains("not valid JSON"));
+        assert!(chat("{not json")
+            .unwrap_err()
+            .message
+            .contains("not valid JSON"));
         assert!(chat("[1,2]").is_err());
     }
 
     #[test]
     fn completion_prompts() {
         let p = |b: &str| parse_request(Endpoint::Completion, b.as_bytes());
-        assert_eq!(p(r#"{"model":"m","prompt":[1,2,3]}"#).unwrap().prompt, PromptInput::Tokens(vec![1, 2, 3]));
-        assert_eq!(p(r#"{"model":"m","prompt":["ab"]}"#).unwrap().prompt, PromptInput::Text("ab".into()));
-        assert!(p(r#"{"model":"m","prompt":["a","b"]}"#).unwrap_err().message.contains("batched"));
+        assert_eq!(
+            p(r#"{"model":"m","prompt":[1,2,3]}"#).unwrap().prompt,
+            PromptInput::Tokens(vec![1, 2, 3])
+        );
+        assert_eq!(
+            p(r#"{"model":"m","prompt":["ab"]}"#).unwrap().prompt,
+            PromptInput::Text("ab".into())
+        );
+        assert!(p(r#"{"model":"m","prompt":["a","b"]}"#)
+            .unwrap_err()
+            .message
+            .contains("batched"));
         assert!(p(r#"{"model":"m","prompt":{}}"#).is_err());
         assert!(p(r#"{"model":"m"}"#).is_err());
     }
@@ -395,7 +477,8 @@ mod tests {
 
     #[test]
     fn error_body_is_openai_shaped() {
-        let body: Value = serde_json::from_str(&ApiError::invalid("bad", Some("model")).body()).unwrap();
+        let body: Value =
+            serde_json::from_str(&ApiError::invalid("bad", Some("model")).body()).unwrap();
         assert_eq!(body["error"]["message"], "bad");
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["param"], "model");
