@@ -1,1 +1,215 @@
-fn main() {}
+//! `sluice`: one binary per host — the node (router and front door, and later the
+//! control-plane actors) and the simulated replica it launches.
+
+mod config;
+mod front;
+mod launcher;
+mod replica;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The line the node prints on stdout once its front door is listening.
+pub const NODE_READY_PREFIX: &str = "sluice node listening on ";
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "LLM inference router and fleet control plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Run an engine replica.
+    #[command(subcommand)]
+    Replica(ReplicaCommand),
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Start a node: the OpenAI front door over simulated replicas (the default) or
+    /// over already-running engines given with --replica.
+    Start(StartArgs),
+}
+
+#[derive(Args)]
+struct StartArgs {
+    /// Address of the OpenAI-compatible front door [default: 127.0.0.1:8080].
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Number of simulated replicas to launch [default: 4].
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// An already-running OpenAI-compatible engine to front (repeatable); no
+    /// simulated replicas are launched when given.
+    #[arg(long = "replica", value_name = "URL")]
+    replica_urls: Vec<String>,
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Profile TOML (model units and engine model) [default: the embedded Llama-3.1-8B / H100 profile].
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Wall-clock seconds per simulated second for launched replicas; 0 = zero-delay.
+    #[arg(long)]
+    time_scale: Option<f64>,
+}
+
+#[derive(Subcommand)]
+enum ReplicaCommand {
+    /// A simulated GPU engine serving the OpenAI API (vLLM-compatible).
+    Sim(SimArgs),
+}
+
+#[derive(Args)]
+struct SimArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port to listen on; 0 picks a free one (printed on stdout).
+    #[arg(long)]
+    port: u16,
+    /// Profile TOML [default: the embedded Llama-3.1-8B / H100 profile].
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Model name to serve [default: the profile's].
+    #[arg(long)]
+    model: Option<String>,
+    /// Wall-clock seconds per simulated second; 0 = zero-delay mode.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Seed of the engine's deterministic choices (output lengths, error faults).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Node(NodeCommand::Start(a)) => node_start(a).await,
+            Command::Replica(ReplicaCommand::Sim(a)) => {
+                replica::run(replica::SimArgs {
+                    host: a.host,
+                    port: a.port,
+                    profile: a.profile,
+                    model: a.model,
+                    time_scale: a.time_scale,
+                    seed: a.seed,
+                })
+                .await
+            }
+        }
+    })
+}
+
+async fn node_start(a: StartArgs) -> Result<()> {
+    let overrides = config::Overrides {
+        http: a.http,
+        replicas: a.replicas,
+        replica_urls: a.replica_urls,
+        profile: a.profile,
+        time_scale: a.time_scale,
+    };
+    let cfg = config::NodeConfig::load(a.config.as_deref(), overrides)?;
+    // Bind first: a busy port should fail before any replica starts.
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another node running there?)",
+                cfg.http
+            )
+        })?;
+    let children = if cfg.launch > 0 {
+        let spec = launcher::SimSpec {
+            model: cfg.model.clone(),
+            profile: cfg.profile_path.clone(),
+            time_scale: cfg.time_scale,
+        };
+        launcher::launch(cfg.launch, &spec).await?
+    } else {
+        Vec::new()
+    };
+    let urls: Vec<String> = if children.is_empty() {
+        cfg.urls.clone()
+    } else {
+        children.iter().map(|c| c.url.clone()).collect()
+    };
+    let state = front::AppState::new(&cfg, &urls)?;
+    let local = listener.local_addr()?;
+    tracing::info!(%local, replicas = urls.len(), model = %cfg.model, "node serving");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{NODE_READY_PREFIX}http://{local}")?;
+        out.flush()?;
+    }
+    // Stop accepting on a signal, give in-flight requests the grace period, then stop.
+    let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
+    let server = async move {
+        axum::serve(listener, front::app(state))
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                let _ = stopping.send(true);
+            })
+            .await
+    };
+    let grace = cfg.shutdown_grace;
+    let served = tokio::select! {
+        r = server => r.context("front door failed"),
+        _ = async {
+            let _ = stop_seen.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
+            Ok(())
+        }
+    };
+    tracing::info!("node stopping");
+    launcher::stop_all(children, Duration::from_secs(5)).await;
+    served
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,1 +1,189 @@
-//! Helpers for multi-process tests.
+//! Helpers for multi-process tests: start real `sluice` processes on loopback, talk
+//! HTTP to them, read their metrics.
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The `sluice` binary of this workspace, built if it is missing.
+pub fn sluice_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("SLUICE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("sluice");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "sluice", "--bin", "sluice"])
+            .current_dir(&root)
+            .status()
+            .context("cannot run cargo build")?;
+        if !status.success() {
+            bail!("cargo build -p sluice failed");
+        }
+    }
+    Ok(bin)
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Proc {
+    /// Starts `sluice ARGS` and waits for its `… listening on URL` line.
+    pub fn start(args: &[&str], ready_prefix: &str) -> Result<Self> {
+        let mut child = Command::new(sluice_bin()?)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start sluice")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        let prefix = ready_prefix.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix(&prefix) {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => Ok(Self { child, url }),
+            Err(_) => {
+                let _ = child.kill();
+                bail!("sluice {args:?} did not start listening")
+            }
+        }
+    }
+
+    /// A node with a config file written from `config`.
+    pub fn node(config: &str, extra: &[&str]) -> Result<(Self, tempfile::NamedTempFile)> {
+        let mut f = tempfile::NamedTempFile::new()?;
+        f.write_all(config.as_bytes())?;
+        let path = f.path().to_string_lossy().into_owned();
+        let mut args = vec!["node", "start", "--http", "127.0.0.1:0", "--config", &path];
+        args.extend_from_slice(extra);
+        Ok((Self::start(&args, "sluice node listening on ")?, f))
+    }
+
+    /// SIGTERM, then wait; returns whether it exited successfully.
+    pub fn stop(mut self) -> Result<bool> {
+        // SAFETY-free: use the `kill` command to send SIGTERM without libc.
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        for _ in 0..300 {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("process did not stop within 15 s of SIGTERM")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A response: status, headers we care about, body.
+pub struct Answer {
+    pub status: u16,
+    pub replica: Option<u64>,
+    pub body: Bytes,
+}
+
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            client: Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(HttpConnector::new()),
+        }
+    }
+}
+
+impl Http {
+    /// Sends a request; returns as soon as the headers arrive, with the body left to
+    /// `finish` (so a test can hold a stream open).
+    pub async fn start(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Result<(u16, Option<u64>, hyper::body::Incoming)> {
+        let mut b = hyper::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        if body.is_some() {
+            b = b.header("content-type", "application/json");
+        }
+        let req = b.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let resp = self.client.request(req).await?;
+        let replica = resp
+            .headers()
+            .get("x-sluice-replica")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok((resp.status().as_u16(), replica, resp.into_body()))
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Result<Answer> {
+        let (status, replica, body) = self.start(method, url, headers, body).await?;
+        let body = body.collect().await?.to_bytes();
+        Ok(Answer {
+            status,
+            replica,
+            body,
+        })
+    }
+
+    /// Every sample of `name` on a `/metrics` page, as (labels, value).
+    pub async fn metric(&self, base: &str, name: &str) -> Result<Vec<(String, f64)>> {
+        let a = self
+            .send("GET", &format!("{base}/metrics"), &[], None)
+            .await?;
+        let text = String::from_utf8_lossy(&a.body).into_owned();
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (head, value) = l.rsplit_once(' ')?;
+                let (metric, labels) = head.split_once('{').unwrap_or((head, ""));
+                if metric != name {
+                    return None;
+                }
+                Some((labels.trim_end_matches('}').to_owned(), value.parse().ok()?))
+            })
+            .collect())
+    }
+}

@@ -236,13 +236,11 @@ impl RouterCore {
         }
     }
 
-    /// Result of an active health check of `replica`.
+    /// Result of an active health check of `replica`. A passing check does not end a
+    /// passive ejection: a hung engine still answers its health endpoint.
     pub fn set_checked_health(&mut self, replica: ReplicaId, healthy: bool) {
         if let Some(r) = self.entry(replica) {
             r.checked_healthy = healthy;
-            if healthy {
-                r.passive.on_success();
-            }
         }
     }
 
@@ -373,6 +371,18 @@ mod tests {
         );
         // A new request of the same workload avoids it while ejected.
         assert_ne!(c.place(&adm("x", 100, 10), 10).unwrap().replica, p.replica);
+    }
+
+    #[test]
+    fn a_passing_health_check_does_not_end_an_ejection() {
+        let mut c = core(1, 1);
+        c.on_replica_failure(ReplicaId(0), 0);
+        c.set_checked_health(ReplicaId(0), true);
+        assert_eq!(c.place(&adm("x", 100, 10), 10), None);
+        assert!(
+            c.place(&adm("x", 100, 10), 1_000).is_some(),
+            "the ejection ends by its backoff"
+        );
     }
 
     #[test]

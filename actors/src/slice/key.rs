@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 pub struct SliceKey(pub u64);
 
 /// Fixed seed: every node must hash a workload to the same key, across versions.
-const SEED: u64 = 0x5_1ce_0000_0000_0001;
+const SEED: u64 = 0x51ce_0000_0000_0001;
 
 impl SliceKey {
     /// The slice key of a workload key (tenant, session, user…).

@@ -1,0 +1,304 @@
+//! Node configuration: a TOML file, overridden by command-line flags.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use sluice_actors::mu::EstimatorConfig;
+use sluice_actors::router::{KeySource, RouterConfig, SpillPolicy};
+use sluice_actors::Profile;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole file; every section and field is optional.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub node: NodeSection,
+    pub replicas: ReplicaSection,
+    pub router: RouterSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Address of the OpenAI-compatible front door.
+    pub http: SocketAddr,
+    /// How long in-flight requests may run on after SIGINT/SIGTERM.
+    pub shutdown_grace_s: f64,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace_s: 30.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicaSection {
+    /// Simulated replicas to launch as child processes (ignored when `urls` is set).
+    pub count: usize,
+    /// Already-running OpenAI-compatible engines to front instead.
+    pub urls: Vec<String>,
+    /// Profile file for pricing and the simulated engines; the embedded default if unset.
+    pub profile: Option<PathBuf>,
+    /// Model name the front door serves; the profile's if unset.
+    pub model: Option<String>,
+    /// Wall-clock seconds per simulated second for launched engines; 0 = zero-delay.
+    pub time_scale: f64,
+}
+
+impl Default for ReplicaSection {
+    fn default() -> Self {
+        Self {
+            count: 4,
+            urls: Vec::new(),
+            profile: None,
+            model: None,
+            time_scale: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSection {
+    /// Replicas in each slice's subset.
+    pub subset_size: usize,
+    /// Slices the keyspace is cut into.
+    pub slice_count: usize,
+    /// Leave the subset when its best load exceeds `spill_ratio × best elsewhere + spill_slack_s`.
+    pub spill_ratio: f64,
+    pub spill_slack_s: f64,
+    /// Where workload keys come from, in order: `header:NAME`, `user`, `api-key`.
+    pub workload_keys: Vec<String>,
+    /// Output length assumed for a workload with no history.
+    pub default_output_tokens: u32,
+    pub max_body_bytes: usize,
+    /// Bound on a non-streaming request, and on a stream's first response bytes.
+    pub request_timeout_s: f64,
+    /// Bound on silence between a stream's chunks.
+    pub stream_idle_timeout_s: f64,
+    pub connect_timeout_ms: u64,
+    pub health_interval_ms: u64,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        let spill = SpillPolicy::default();
+        Self {
+            subset_size: 2,
+            slice_count: 64,
+            spill_ratio: spill.ratio,
+            spill_slack_s: spill.slack_s,
+            workload_keys: vec![
+                "header:x-session-id".into(),
+                "user".into(),
+                "api-key".into(),
+            ],
+            default_output_tokens: RouterConfig::default().estimator.default_output,
+            max_body_bytes: 16 << 20,
+            request_timeout_s: 300.0,
+            stream_idle_timeout_s: 30.0,
+            connect_timeout_ms: 2000,
+            health_interval_ms: 1000,
+        }
+    }
+}
+
+/// Command-line overrides of `node start`.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub http: Option<SocketAddr>,
+    pub replicas: Option<usize>,
+    pub replica_urls: Vec<String>,
+    pub profile: Option<PathBuf>,
+    pub time_scale: Option<f64>,
+}
+
+/// Everything `node start` needs, validated.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub http: SocketAddr,
+    pub launch: usize,
+    pub urls: Vec<String>,
+    pub profile: Profile,
+    pub profile_path: Option<PathBuf>,
+    pub model: String,
+    pub time_scale: f64,
+    pub router: RouterConfig,
+    pub subset_size: usize,
+    pub slice_count: usize,
+    pub key_sources: Vec<KeySource>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub health_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl NodeConfig {
+    pub fn load(file: Option<&Path>, o: Overrides) -> Result<Self> {
+        let fc: FileConfig = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let profile_path = o.profile.or(fc.replicas.profile.clone());
+        let profile = match &profile_path {
+            Some(p) => Profile::load(p)?,
+            None => Profile::default_profile(),
+        };
+        let urls = if o.replica_urls.is_empty() {
+            fc.replicas.urls.clone()
+        } else {
+            o.replica_urls
+        };
+        for u in &urls {
+            if !(u.starts_with("http://") && u.len() > "http://".len()) {
+                bail!(
+                    "replica URL '{u}' must start with http:// (for example http://127.0.0.1:8000)"
+                );
+            }
+        }
+        let launch = if urls.is_empty() {
+            o.replicas.unwrap_or(fc.replicas.count)
+        } else {
+            0
+        };
+        if urls.is_empty() && launch == 0 {
+            bail!("no replicas: set --replicas N (N ≥ 1) or give --replica URL");
+        }
+        let time_scale = o.time_scale.unwrap_or(fc.replicas.time_scale);
+        if !(time_scale.is_finite() && time_scale >= 0.0) {
+            bail!("time_scale must be a non-negative number, got {time_scale}");
+        }
+        let r = &fc.router;
+        let key_sources = r
+            .workload_keys
+            .iter()
+            .map(|s| s.parse::<KeySource>().map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
+        let positive = |name: &str, v: f64| -> Result<Duration> {
+            if v.is_finite() && v > 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                bail!("router.{name} must be a positive number of seconds, got {v}")
+            }
+        };
+        if r.subset_size == 0 || r.slice_count == 0 {
+            bail!("router.subset_size and router.slice_count must be at least 1");
+        }
+        if !(r.spill_ratio.is_finite()
+            && r.spill_ratio >= 1.0
+            && r.spill_slack_s.is_finite()
+            && r.spill_slack_s >= 0.0)
+        {
+            bail!("router.spill_ratio must be ≥ 1 and router.spill_slack_s ≥ 0");
+        }
+        let defaults = RouterConfig::default();
+        let router = RouterConfig {
+            spill: SpillPolicy {
+                ratio: r.spill_ratio,
+                slack_s: r.spill_slack_s,
+            },
+            estimator: EstimatorConfig {
+                default_output: r.default_output_tokens.max(1),
+                ..defaults.estimator
+            },
+            ..defaults
+        };
+        Ok(Self {
+            http: o.http.unwrap_or(fc.node.http),
+            launch,
+            urls,
+            model: fc
+                .replicas
+                .model
+                .clone()
+                .unwrap_or_else(|| profile.model.clone()),
+            profile,
+            profile_path,
+            time_scale,
+            router,
+            subset_size: r.subset_size,
+            slice_count: r.slice_count,
+            key_sources,
+            max_body_bytes: r.max_body_bytes,
+            request_timeout: positive("request_timeout_s", r.request_timeout_s)?,
+            stream_idle_timeout: positive("stream_idle_timeout_s", r.stream_idle_timeout_s)?,
+            connect_timeout: Duration::from_millis(r.connect_timeout_ms.max(1)),
+            health_interval: Duration::from_millis(r.health_interval_ms.max(10)),
+            shutdown_grace: match fc.node.shutdown_grace_s {
+                g if g.is_finite() && (0.0..=3600.0).contains(&g) => Duration::from_secs_f64(g),
+                g => bail!("node.shutdown_grace_s must be between 0 and 3600 seconds, got {g}"),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn defaults_launch_four_simulated_replicas() {
+        let c = NodeConfig::load(None, Overrides::default()).unwrap();
+        assert_eq!(c.launch, 4);
+        assert_eq!(c.model, "llama-3.1-8b-instruct");
+        assert_eq!(c.key_sources.len(), 3);
+    }
+
+    #[test]
+    fn file_and_flags_combine_and_errors_name_the_problem() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[router]\nsubset_size = 3\nworkload_keys = [\"user\"]\n[replicas]\ncount = 2"
+        )
+        .unwrap();
+        let c = NodeConfig::load(
+            Some(f.path()),
+            Overrides {
+                replicas: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((c.launch, c.subset_size, c.key_sources.len()), (5, 3, 1));
+
+        let mut bad = tempfile::NamedTempFile::new().unwrap();
+        writeln!(bad, "[router]\nsubset_sise = 3").unwrap();
+        let e = format!(
+            "{:#}",
+            NodeConfig::load(Some(bad.path()), Overrides::default()).unwrap_err()
+        );
+        assert!(e.contains("subset_sise"), "{e}");
+
+        let e = NodeConfig::load(
+            None,
+            Overrides {
+                replica_urls: vec!["localhost:1".into()],
+                ..Default::default()
+            },
+        );
+        assert!(e.unwrap_err().to_string().contains("http://"));
+        let e = NodeConfig::load(
+            None,
+            Overrides {
+                replicas: Some(0),
+                ..Default::default()
+            },
+        );
+        assert!(e.unwrap_err().to_string().contains("no replicas"));
+    }
+}

@@ -1,0 +1,46 @@
+//! Active health checks: every interval, GET each replica's `/health`. An engine's own
+//! health endpoint is only a hint (a hung engine can still answer it); it catches dead
+//! processes and refused connections quickly.
+
+use super::AppState;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request};
+use std::sync::Arc;
+
+pub async fn run(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(state.config.health_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let checks = state.upstreams.iter().map(|u| {
+            let state = state.clone();
+            async move {
+                let healthy = check(&state, &u.base).await;
+                state.core().set_checked_health(u.id, healthy);
+                if !healthy {
+                    tracing::debug!(replica = u.id.0, base = %u.base, "health check failed");
+                }
+            }
+        });
+        futures_util::future::join_all(checks).await;
+    }
+}
+
+async fn check(state: &AppState, base: &str) -> bool {
+    let Ok(req) = Request::builder()
+        .method(Method::GET)
+        .uri(format!("{base}/health"))
+        .body(Full::new(Bytes::new()))
+    else {
+        return false;
+    };
+    let limit = state
+        .config
+        .health_interval
+        .max(std::time::Duration::from_millis(500));
+    matches!(
+        tokio::time::timeout(limit, state.client.request(req)).await,
+        Ok(Ok(resp)) if resp.status().is_success()
+    )
+}

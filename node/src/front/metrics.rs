@@ -1,0 +1,173 @@
+//! Prometheus metrics of the front door. Labels stay bounded: endpoint, status code
+//! and replica index only — never a workload, user or key.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use sluice_actors::router::ReplicaView;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabel {
+    replica: u64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    retries: Counter,
+    spills: Counter,
+    upstream_failures: Family<ReplicaLabel, Counter>,
+    duration: Family<EndpointLabel, Histogram>,
+    first_byte: Family<EndpointLabel, Histogram>,
+    inflight_mu: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
+    inflight_requests: Family<ReplicaLabel, Gauge>,
+    available: Family<ReplicaLabel, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 18))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let retries = Counter::default();
+        let spills = Counter::default();
+        let upstream_failures = Family::<ReplicaLabel, Counter>::default();
+        let duration = Family::<EndpointLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let first_byte = Family::<EndpointLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let inflight_mu = Family::<ReplicaLabel, Gauge<f64, AtomicU64>>::default();
+        let inflight_requests = Family::<ReplicaLabel, Gauge>::default();
+        let available = Family::<ReplicaLabel, Gauge>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by endpoint and HTTP status",
+            requests.clone(),
+        );
+        registry.register(
+            "retries",
+            "Requests retried on another replica after a connection failure",
+            retries.clone(),
+        );
+        registry.register(
+            "spills",
+            "Requests sent outside their slice's replica subset",
+            spills.clone(),
+        );
+        registry.register(
+            "upstream_failures",
+            "Connection failures and timeouts talking to a replica",
+            upstream_failures.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the last byte of the answer",
+            duration.clone(),
+        );
+        registry.register(
+            "time_to_first_byte_seconds",
+            "Time from request to the first upstream response bytes",
+            first_byte.clone(),
+        );
+        registry.register(
+            "replica_inflight_mu",
+            "Model units in flight on a replica",
+            inflight_mu.clone(),
+        );
+        registry.register(
+            "replica_inflight_requests",
+            "Requests in flight on a replica",
+            inflight_requests.clone(),
+        );
+        registry.register(
+            "replica_available",
+            "1 if the router may send to the replica",
+            available.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            retries,
+            spills,
+            upstream_failures,
+            duration,
+            first_byte,
+            inflight_mu,
+            inflight_requests,
+            available,
+        }
+    }
+
+    pub fn request(&self, endpoint: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                code: status,
+            })
+            .inc();
+    }
+
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    pub fn spill(&self) {
+        self.spills.inc();
+    }
+
+    pub fn upstream_failure(&self, replica: u64) {
+        self.upstream_failures
+            .get_or_create(&ReplicaLabel { replica })
+            .inc();
+    }
+
+    pub fn duration(&self, endpoint: &'static str, seconds: f64) {
+        self.duration
+            .get_or_create(&EndpointLabel { endpoint })
+            .observe(seconds);
+    }
+
+    pub fn first_byte(&self, endpoint: &'static str, seconds: f64) {
+        self.first_byte
+            .get_or_create(&EndpointLabel { endpoint })
+            .observe(seconds);
+    }
+
+    /// Renders the registry, with replica gauges refreshed from `replicas`.
+    pub fn render(&self, replicas: &[ReplicaView]) -> String {
+        for r in replicas {
+            let l = ReplicaLabel { replica: r.id.0 };
+            self.inflight_mu.get_or_create(&l).set(r.inflight.mu);
+            self.inflight_requests
+                .get_or_create(&l)
+                .set(r.inflight.requests as i64);
+            self.available.get_or_create(&l).set(i64::from(r.available));
+        }
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,203 @@
+//! The node's OpenAI-compatible front door: authenticate (later), parse, price, place,
+//! forward, stream back, account. Decisions are the router core's; this shell moves
+//! bytes and reads clocks.
+
+mod health;
+mod metrics;
+mod proxy;
+mod sse;
+
+use crate::config::NodeConfig;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use sluice_actors::router::{KeySource, ReplicaSpec, RouterCore};
+use sluice_actors::slice::{Assignment, ReplicaId};
+use sluice_engine::openai::{ApiError, Endpoint};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub use metrics::Metrics;
+
+/// A replica the front door forwards to.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub id: ReplicaId,
+    /// `http://host:port`, no trailing slash.
+    pub base: String,
+}
+
+/// The front door's settings.
+#[derive(Debug, Clone)]
+pub struct FrontConfig {
+    pub model: String,
+    pub key_sources: Vec<KeySource>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub health_interval: Duration,
+}
+
+pub struct AppState {
+    core: Mutex<RouterCore>,
+    upstreams: Vec<Upstream>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    config: FrontConfig,
+    metrics: Metrics,
+    start: Instant,
+}
+
+impl AppState {
+    pub fn new(node: &NodeConfig, upstream_urls: &[String]) -> anyhow::Result<Arc<Self>> {
+        let upstreams: Vec<Upstream> = upstream_urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| Upstream {
+                id: ReplicaId(i as u64),
+                base: u.trim_end_matches('/').to_owned(),
+            })
+            .collect();
+        let ids: Vec<ReplicaId> = upstreams.iter().map(|u| u.id).collect();
+        let specs: Vec<ReplicaSpec> = ids
+            .iter()
+            .map(|&id| ReplicaSpec {
+                id,
+                capacity_mu_per_min: node.profile.capacity_mu_per_min,
+            })
+            .collect();
+        let assignment = Assignment::uniform(1, &ids, node.slice_count, node.subset_size)?;
+        let core = RouterCore::new(node.profile.mu, node.router, &specs, assignment);
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(node.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Ok(Arc::new(Self {
+            core: Mutex::new(core),
+            upstreams,
+            client,
+            config: FrontConfig {
+                model: node.model.clone(),
+                key_sources: node.key_sources.clone(),
+                max_body_bytes: node.max_body_bytes,
+                request_timeout: node.request_timeout,
+                stream_idle_timeout: node.stream_idle_timeout,
+                health_interval: node.health_interval,
+            },
+            metrics: Metrics::new(),
+            start: Instant::now(),
+        }))
+    }
+
+    /// Milliseconds since the node started: the clock value handed to the core.
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// The core's state is plain data that every update leaves consistent, so a panic
+    /// elsewhere while holding the lock does not make it unusable.
+    fn core(&self) -> MutexGuard<'_, RouterCore> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn upstream(&self, id: ReplicaId) -> Option<&Upstream> {
+        self.upstreams.get(id.0 as usize)
+    }
+}
+
+/// The axum app, with the health-check loop started on the current runtime.
+pub fn app(state: Arc<AppState>) -> Router {
+    tokio::spawn(health::run(state.clone()));
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(node_health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    proxy::handle(s, Endpoint::Chat, req).await
+}
+
+async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    proxy::handle(s, Endpoint::Completion, req).await
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Response {
+    let body = serde_json::json!({
+        "object": "list",
+        "data": [{"id": s.config.model, "object": "model", "created": 0, "owned_by": "sluice"}],
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+async fn node_health(State(s): State<Arc<AppState>>) -> Response {
+    let now = s.now_ms();
+    let views = s.core().replicas(now);
+    let available = views.iter().filter(|v| v.available).count();
+    let status = if available > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({"status": if available > 0 {"ok"} else {"no replica available"},
+        "replicas": views.len(), "available": available});
+    json_response(status, body.to_string())
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let views = s.core().replicas(s.now_ms());
+    let text = s.metrics.render(&views);
+    let mut r = Response::new(Body::from(text));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+async fn not_found(req: Request) -> Response {
+    let e = ApiError::new(
+        404,
+        "not_found_error",
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    );
+    error_response(&e, None)
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// An OpenAI-style error; `retry_after` seconds are sent as `Retry-After`.
+fn error_response(e: &ApiError, retry_after: Option<u32>) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_response(status, e.body());
+    if let Some(secs) = retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}

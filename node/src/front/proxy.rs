@@ -1,0 +1,372 @@
+//! Forwarding one request: place it, send it, retry once elsewhere if the connection
+//! fails before anything reached the client, stream the answer back while metering it.
+
+use super::sse::{body_usage, SseMeter};
+use super::{error_response, header_str, AppState};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use sluice_actors::router::{workload_key, Admission, KeyInputs, Placement, RequestId, Usage};
+use sluice_engine::openai::{parse_request, ApiError, Endpoint};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Frees the request's in-flight MU however its handling ends — completion, error, or
+/// the client going away (the response body is dropped).
+struct Inflight {
+    state: Arc<AppState>,
+    id: RequestId,
+    usage: Option<Usage>,
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.state.core().finish(self.id, self.usage.take());
+    }
+}
+
+fn label(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Chat => "chat",
+        Endpoint::Completion => "completions",
+    }
+}
+
+pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
+    let started = Instant::now();
+    let resp = match forward(&state, endpoint, req, started).await {
+        Ok(r) => r,
+        Err((e, retry_after)) => {
+            if e.status >= 500 {
+                tracing::warn!(status = e.status, error = %e.message, "request failed");
+            }
+            error_response(&e, retry_after)
+        }
+    };
+    state
+        .metrics
+        .request(label(endpoint), resp.status().as_u16());
+    resp
+}
+
+type Failure = (ApiError, Option<u32>);
+
+async fn forward(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    req: Request,
+    started: Instant,
+) -> Result<Response, Failure> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, state.config.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err((
+                ApiError::new(
+                    413,
+                    "invalid_request_error",
+                    format!("request body exceeds {} bytes", state.config.max_body_bytes),
+                ),
+                None,
+            ))
+        }
+        Err(e) => {
+            return Err((
+                ApiError::invalid(format!("could not read request body: {e}"), None),
+                None,
+            ))
+        }
+    };
+    let parsed = parse_request(endpoint, &body).map_err(|e| (e, None))?;
+    if parsed.model != state.config.model {
+        return Err((
+            ApiError::new(
+                404,
+                "invalid_request_error",
+                format!("The model `{}` does not exist.", parsed.model),
+            )
+            .with_code("model_not_found"),
+            None,
+        ));
+    }
+    let api_key =
+        header_str(&parts.headers, "authorization").and_then(|v| v.strip_prefix("Bearer "));
+    let workload = workload_key(
+        &state.config.key_sources,
+        &KeyInputs {
+            header: |h: &str| header_str(&parts.headers, h),
+            user: parsed.user.as_deref(),
+            api_key,
+        },
+    );
+    let admission = Admission {
+        workload,
+        input_tokens: u32::try_from(parsed.prompt.token_count()).unwrap_or(u32::MAX),
+        images: parsed.images,
+        max_tokens: parsed.max_tokens,
+        n: parsed.n,
+    };
+    let no_replica = || {
+        (
+            ApiError::new(
+                503,
+                "service_unavailable",
+                "no healthy replica is available",
+            ),
+            Some(1),
+        )
+    };
+    let mut placement = state
+        .core()
+        .place(&admission, state.now_ms())
+        .ok_or_else(no_replica)?;
+    let mut guard = Inflight {
+        state: state.clone(),
+        id: placement.id,
+        usage: None,
+    };
+    let deadline = tokio::time::Instant::from_std(started + state.config.request_timeout);
+    let path = match endpoint {
+        Endpoint::Chat => "/v1/chat/completions",
+        Endpoint::Completion => "/v1/completions",
+    };
+
+    let mut retried = false;
+    let resp = loop {
+        if placement.spilled {
+            state.metrics.spill();
+        }
+        let upstream = state.upstream(placement.replica).ok_or_else(no_replica)?;
+        let request = hyper::Request::post(format!("{}{path}", upstream.base))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()))
+            .map_err(|e| {
+                (
+                    ApiError::new(500, "internal_error", format!("bad upstream request: {e}")),
+                    None,
+                )
+            })?;
+        match tokio::time::timeout_at(deadline, state.client.request(request)).await {
+            Ok(Ok(resp)) => break resp,
+            Ok(Err(e)) => {
+                state.metrics.upstream_failure(placement.replica.0);
+                tracing::warn!(replica = placement.replica.0, error = %e, retried, "upstream connection failed");
+                if retried {
+                    state
+                        .core()
+                        .on_replica_failure(placement.replica, state.now_ms());
+                    return Err((
+                        ApiError::new(502, "upstream_error", "the replica could not be reached"),
+                        Some(1),
+                    ));
+                }
+                retried = true;
+                state.metrics.retry();
+                let failed = placement.replica;
+                placement = retry(state, &mut guard, failed).ok_or_else(no_replica)?;
+            }
+            Err(_) => return Err(timeout(state, &placement)),
+        }
+    };
+    state
+        .metrics
+        .first_byte(label(endpoint), started.elapsed().as_secs_f64());
+
+    let status = resp.status();
+    let is_stream = parsed.stream
+        && status.is_success()
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let replica = placement.replica;
+    if is_stream {
+        return Ok(stream_response(
+            state.clone(),
+            guard,
+            resp,
+            replica,
+            endpoint,
+            started,
+        ));
+    }
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = match tokio::time::timeout_at(deadline, resp.into_body().collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
+            state.core().on_replica_failure(replica, state.now_ms());
+            state.metrics.upstream_failure(replica.0);
+            return Err((
+                ApiError::new(
+                    502,
+                    "upstream_error",
+                    format!("the replica's answer was cut off: {e}"),
+                ),
+                None,
+            ));
+        }
+        Err(_) => return Err(timeout(state, &placement)),
+    };
+    if status.is_success() {
+        guard.usage = body_usage(&bytes);
+    }
+    drop(guard);
+    state
+        .metrics
+        .duration(label(endpoint), started.elapsed().as_secs_f64());
+    let mut out = Response::new(Body::from(bytes));
+    *out.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let h = out.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        content_type.unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    h.insert("x-sluice-replica", HeaderValue::from(replica.0));
+    Ok(out)
+}
+
+fn retry(
+    state: &AppState,
+    guard: &mut Inflight,
+    failed: sluice_actors::slice::ReplicaId,
+) -> Option<Placement> {
+    let placed = state.core().retry(guard.id, failed, state.now_ms());
+    if placed.is_none() {
+        // The core already finished the request; nothing is left to free.
+        guard.id = 0;
+    }
+    placed
+}
+
+fn timeout(state: &AppState, placement: &Placement) -> Failure {
+    state
+        .core()
+        .on_replica_failure(placement.replica, state.now_ms());
+    state.metrics.upstream_failure(placement.replica.0);
+    (
+        ApiError::new(
+            504,
+            "timeout",
+            format!(
+                "the replica did not answer within {:?}",
+                state.config.request_timeout
+            ),
+        ),
+        None,
+    )
+}
+
+/// Passes the upstream SSE stream through unchanged, metering tokens as they go. A
+/// stream that goes silent past the idle timeout or breaks ends with an explicit
+/// error event, never a silent cut.
+fn stream_response(
+    state: Arc<AppState>,
+    guard: Inflight,
+    resp: hyper::Response<Incoming>,
+    replica: sluice_actors::slice::ReplicaId,
+    endpoint: Endpoint,
+    started: Instant,
+) -> Response {
+    struct Pump {
+        body: Incoming,
+        meter: SseMeter,
+        guard: Inflight,
+        finished: bool,
+        replica: sluice_actors::slice::ReplicaId,
+        endpoint: Endpoint,
+        started: Instant,
+    }
+    let idle = state.config.stream_idle_timeout;
+    let pump = Pump {
+        body: resp.into_body(),
+        meter: SseMeter::default(),
+        guard,
+        finished: false,
+        replica,
+        endpoint,
+        started,
+    };
+    let stream = futures_util::stream::unfold(pump, move |mut p| async move {
+        if p.finished {
+            return None;
+        }
+        loop {
+            match tokio::time::timeout(idle, p.body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let before = p.meter.tokens;
+                    p.meter.feed(&data);
+                    if p.meter.tokens != before {
+                        p.guard.state.core().progress(p.guard.id, p.meter.tokens);
+                    }
+                    return Some((Ok::<Bytes, std::io::Error>(data), p));
+                }
+                Ok(None) => {
+                    p.finished = true;
+                    let state = p.guard.state.clone();
+                    state
+                        .metrics
+                        .duration(label(p.endpoint), p.started.elapsed().as_secs_f64());
+                    if p.meter.done || p.meter.error {
+                        let mut guard = p.guard;
+                        guard.usage = p.meter.usage;
+                        drop(guard);
+                        return None;
+                    }
+                    // The replica closed the stream without finishing it.
+                    state.core().on_replica_failure(p.replica, state.now_ms());
+                    return Some((Ok(error_event("the replica ended the stream early")), p));
+                }
+                Ok(Some(Err(e))) => {
+                    p.finished = true;
+                    let state = p.guard.state.clone();
+                    state.core().on_replica_failure(p.replica, state.now_ms());
+                    state.metrics.upstream_failure(p.replica.0);
+                    return Some((
+                        Ok(error_event(&format!("the replica's stream broke: {e}"))),
+                        p,
+                    ));
+                }
+                Err(_) => {
+                    p.finished = true;
+                    let state = p.guard.state.clone();
+                    state.core().on_replica_failure(p.replica, state.now_ms());
+                    state.metrics.upstream_failure(p.replica.0);
+                    return Some((
+                        Ok(error_event(&format!(
+                            "the replica sent nothing for {idle:?}"
+                        ))),
+                        p,
+                    ));
+                }
+            }
+        }
+    });
+    let mut out = Response::new(Body::from_stream(stream));
+    let h = out.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-sluice-replica", HeaderValue::from(replica.0));
+    out
+}
+
+/// An SSE error event in the shape OpenAI clients raise on.
+fn error_event(message: &str) -> Bytes {
+    let e = ApiError::new(502, "upstream_error", message);
+    Bytes::from(format!("data: {}\n\n", e.body()))
+}

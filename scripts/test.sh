@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project. Installs what the tests need (a Python
+# virtual environment with the official openai client) on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "python test environment (.venv)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "one TLS provider (no aws-lc)"
+if cargo tree --workspace --locked -e normal | grep -q 'aws-lc'; then
+  echo "aws-lc is in the dependency tree: it panics next to ring at run time" >&2
+  exit 1
+fi
+
+step "build"
+cargo build --workspace --bins --locked
+
+step "rust tests"
+cargo test --workspace --locked
+
+step "end-to-end tests with the openai client"
+SLUICE_BIN="$PWD/target/debug/sluice" .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+
+echo
+echo "all checks passed"
