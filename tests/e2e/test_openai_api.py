@@ -111,6 +111,13 @@ def test_bad_fields_are_400s_naming_the_field(node, kwargs, param):
     assert e.value.body["param"] == param
 
 
+def test_wrong_method_and_path_get_openai_errors(node):
+    status, _, body = http("GET", node.url + "/v1/chat/completions")
+    assert status == 405 and "not allowed" in json.loads(body)["error"]["message"]
+    status, _, body = http("GET", node.url + "/v1/nothing")
+    assert status == 404 and json.loads(body)["error"]["type"] == "not_found_error"
+
+
 def test_unknown_model_is_a_404(node):
     with pytest.raises(openai.NotFoundError) as e:
         client(node).chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "hi"}])

@@ -124,6 +124,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/health", get(node_health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -173,6 +174,19 @@ async fn not_found(req: Request) -> Response {
         404,
         "not_found_error",
         format!("no route for {} {}", req.method(), req.uri().path()),
+    );
+    error_response(&e, None)
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let e = ApiError::new(
+        405,
+        "invalid_request_error",
+        format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
     );
     error_response(&e, None)
 }
