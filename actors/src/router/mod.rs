@@ -4,10 +4,12 @@ pub mod choice;
 pub mod core;
 pub mod health;
 pub mod ledger;
+pub mod policy;
 pub mod workload;
 
 pub use choice::{choose, Candidate, Choice, SpillPolicy};
 pub use core::{Admission, Placement, ReplicaSpec, ReplicaView, RouterConfig, RouterCore, Usage};
 pub use health::{EjectionPolicy, PassiveHealth};
 pub use ledger::{Ledger, ReplicaInflight, RequestId};
+pub use policy::{KvIndex, NoKvIndex, ReplicaObservation, RouteRequest, RoutingPolicy};
 pub use workload::{default_sources, workload_key, KeyInputs, KeySource};
