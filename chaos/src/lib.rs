@@ -1,1 +1,3 @@
 //! Fault injection, drills, the discrete-event simulator and the load generator.
+
+pub mod loadgen;
