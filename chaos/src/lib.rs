@@ -1,3 +1,5 @@
 //! Fault injection, drills, the discrete-event simulator and the load generator.
 
 pub mod loadgen;
+pub mod sim;
+pub mod trace;

@@ -1,0 +1,8 @@
+//! The discrete-event simulator: Sluice's policies and the baselines on real traces, in
+//! virtual time, over the same engine model the live replicas run.
+
+pub mod outcome;
+pub mod run;
+
+pub use outcome::{PolicyReport, RequestRecord, Slo};
+pub use run::{simulate, FleetSpec, Sample, SimOptions, SimRun};

@@ -1,0 +1,9 @@
+//! Request traces for the simulator and the load generator.
+
+pub mod azure;
+pub mod error;
+pub mod mooncake;
+pub mod request;
+
+pub use error::TraceError;
+pub use request::{splitmix64, Prompt, Segment, Trace, TraceRequest};
