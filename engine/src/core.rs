@@ -224,6 +224,42 @@ impl BatchShape {
     }
 }
 
+/// Checks a request's shape against an engine's limits: a non-empty prompt, at least one
+/// output token, prompt + `max_tokens` within `max_model_len`, and prompt + the tokens it
+/// will generate within the whole KV cache (otherwise it could never run).
+pub fn check_limits(
+    params: &EngineParams,
+    prompt_tokens: usize,
+    max_tokens: u32,
+    target_output: u32,
+) -> Result<(), RejectReason> {
+    if prompt_tokens == 0 {
+        return Err(RejectReason::EmptyPrompt);
+    }
+    if max_tokens == 0 {
+        return Err(RejectReason::ZeroMaxTokens);
+    }
+    let prompt = prompt_tokens as u64;
+    let requested = prompt + u64::from(max_tokens);
+    if requested > u64::from(params.max_model_len) {
+        return Err(RejectReason::TooLong {
+            prompt_tokens: prompt_tokens.min(u32::MAX as usize) as u32,
+            max_tokens,
+            requested,
+            max_model_len: params.max_model_len,
+        });
+    }
+    let bs = u64::from(params.block_size.max(1));
+    let needed = (prompt + u64::from(target_output.clamp(1, max_tokens))).div_ceil(bs);
+    if needed > u64::from(params.kv_blocks.max(1)) {
+        return Err(RejectReason::ExceedsKvCache {
+            needed,
+            available: params.kv_blocks.max(1),
+        });
+    }
+    Ok(())
+}
+
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct StepSummary {
@@ -354,32 +390,31 @@ impl EngineCore {
         &self.params
     }
 
+    /// Leading full blocks of `prompt` held in the prefix cache, read without touching
+    /// the LRU order: what a router consuming the engine's KV-cache events (Dynamo's KV
+    /// router) knows. The simulator serves it to KV-aware routing policies.
+    pub fn cached_prefix_blocks(&self, prompt: &[u32]) -> u32 {
+        let mut scratch = Vec::new();
+        let mut parent = ROOT_HASH;
+        let mut hits = 0;
+        for block in prompt.chunks_exact(self.params.block_size as usize) {
+            parent = block_hash(parent, block, &mut scratch);
+            if self.pool.lookup(parent).is_none() {
+                break;
+            }
+            hits += 1;
+        }
+        hits
+    }
+
     /// Checks a request against the engine's limits without adding it.
     pub fn check(&self, req: &EngineRequest) -> Result<(), RejectReason> {
-        if req.prompt.is_empty() {
-            return Err(RejectReason::EmptyPrompt);
-        }
-        if req.max_tokens == 0 {
-            return Err(RejectReason::ZeroMaxTokens);
-        }
-        let prompt = req.prompt.len() as u64;
-        let requested = prompt + u64::from(req.max_tokens);
-        if requested > u64::from(self.params.max_model_len) {
-            return Err(RejectReason::TooLong {
-                prompt_tokens: req.prompt.len().min(u32::MAX as usize) as u32,
-                max_tokens: req.max_tokens,
-                requested,
-                max_model_len: self.params.max_model_len,
-            });
-        }
-        let bs = u64::from(self.params.block_size);
-        let needed = (prompt + u64::from(req.target_output())).div_ceil(bs);
-        if needed > u64::from(self.params.kv_blocks) {
-            return Err(RejectReason::ExceedsKvCache {
-                needed,
-                available: self.params.kv_blocks,
-            });
-        }
+        check_limits(
+            &self.params,
+            req.prompt.len(),
+            req.max_tokens,
+            req.target_output(),
+        )?;
         if self.index.contains_key(&req.id) {
             return Err(RejectReason::DuplicateId(req.id));
         }

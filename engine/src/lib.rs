@@ -10,8 +10,10 @@
 
 pub mod core;
 pub mod kv;
+pub mod metrics;
 pub mod openai;
 pub mod params;
+pub mod server;
 pub mod tokenizer;
 pub mod words;
 
@@ -23,3 +25,4 @@ pub use crate::core::{
     RequestId, StepOutcome, StepSummary, Usage,
 };
 pub use params::EngineParams;
+pub use server::{serve, Fault, ServerConfig};

@@ -334,12 +334,14 @@ fn render_chat(obj: &Map<String, Value>) -> Result<(String, u32), ApiError> {
             {
                 r.as_str()
             }
-            Some(_) => return Err(ApiError::invalid(
-                format!(
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    format!(
                     "messages[{i}].role must be one of system, developer, user, assistant, tool"
                 ),
-                Some("messages"),
-            )),
+                    Some("messages"),
+                ))
+            }
             None => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role is required"),
