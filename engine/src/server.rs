@@ -24,6 +24,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::Stream;
@@ -191,6 +192,13 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
+    // Token chunks are small writes: without TCP_NODELAY, Nagle's algorithm and the
+    // client's delayed ACK hold each one back by up to 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(signal);
     let grace = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
