@@ -28,15 +28,20 @@ pub fn block_hash(parent: u64, tokens: &[u32], scratch: &mut Vec<u8>) -> u64 {
     for t in tokens {
         scratch.extend_from_slice(&t.to_le_bytes());
     }
-    xxhash_rust::xxh3::xxh3_64_with_seed(scratch, parent)
+    // 0 marks "no hash" in the pool.
+    xxhash_rust::xxh3::xxh3_64_with_seed(scratch, parent).max(1)
 }
+
+const NO_HASH: u64 = 0;
 
 /// The block pool.
 #[derive(Debug, Clone)]
 pub struct BlockPool {
     ref_cnt: Vec<u32>,
-    /// Content hash of a block registered in `cached` (only full, computed blocks).
-    hash: Vec<Option<u64>>,
+    /// Content hash of a block registered in `cached` (only full, computed blocks), or
+    /// `NO_HASH`. (A plain `u64` rather than `Option<u64>`: half the memory, which
+    /// matters with thousands of simulated engines.)
+    hash: Vec<u64>,
     prev: Vec<u32>,
     next: Vec<u32>,
     head: u32,
@@ -56,7 +61,7 @@ impl BlockPool {
         }
         Self {
             ref_cnt: vec![0; n],
-            hash: vec![None; n],
+            hash: vec![NO_HASH; n],
             prev,
             next,
             head: if num_blocks == 0 { NIL } else { 0 },
@@ -119,10 +124,9 @@ impl BlockPool {
         }
         self.unlink(block);
         let b = block as usize;
-        if let Some(h) = self.hash[b].take() {
-            if self.cached.get(&h) == Some(&block) {
-                self.cached.remove(&h);
-            }
+        let h = std::mem::replace(&mut self.hash[b], NO_HASH);
+        if h != NO_HASH && self.cached.get(&h) == Some(&block) {
+            self.cached.remove(&h);
         }
         self.ref_cnt[b] = 1;
         Some(block)
@@ -146,12 +150,12 @@ impl BlockPool {
     /// equal block is already cached the new one stays unregistered (it is freed normally).
     pub fn register(&mut self, block: BlockId, hash: u64) {
         let b = block as usize;
-        if self.hash[b].is_some() {
+        if self.hash[b] != NO_HASH || hash == NO_HASH {
             return;
         }
         if let std::collections::hash_map::Entry::Vacant(e) = self.cached.entry(hash) {
             e.insert(block);
-            self.hash[b] = Some(hash);
+            self.hash[b] = hash;
         }
     }
 
@@ -205,7 +209,7 @@ impl BlockPool {
         assert_eq!(prev, self.tail);
         assert_eq!(count, self.free);
         for (h, &b) in &self.cached {
-            assert_eq!(self.hash[b as usize], Some(*h));
+            assert_eq!(self.hash[b as usize], *h);
         }
     }
 }

@@ -152,7 +152,7 @@ impl Fault {
 }
 
 /// Serves the OpenAI API of one simulated engine on `listener` until `shutdown`
-/// completes. In-flight requests get [`SHUTDOWN_GRACE`] to finish; hung ones are cut.
+/// completes. In-flight requests get 2 s to finish; hung ones are cut.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: ServerConfig,
@@ -215,7 +215,7 @@ pub async fn serve(
     result
 }
 
-/// The axum router of the shell (exposed for embedding; `serve` is the usual entry).
+/// The axum router of the shell.
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
