@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn bad_profiles_are_refused_with_the_reason() {
-        let bad = DEFAULT_PROFILE_TOML.replace("output = 0.12875", "output = -1.0");
+        let bad = DEFAULT_PROFILE_TOML.replace("output = 0.113125", "output = -1.0");
         assert!(Profile::parse(&bad, "x.toml")
             .unwrap_err()
             .to_string()
