@@ -4,6 +4,7 @@
 mod config;
 mod front;
 mod launcher;
+mod policies;
 mod replica;
 
 use anyhow::{Context, Result};
@@ -35,6 +36,10 @@ enum Command {
     /// Run an engine replica.
     #[command(subcommand)]
     Replica(ReplicaCommand),
+    /// Simulate a fleet in virtual time: replay a trace under routing policies and compare them.
+    Sim(sluice_chaos::sim::cli::SimArgs),
+    /// Drive load at an OpenAI-compatible endpoint and report throughput and latency.
+    Loadgen(sluice_chaos::loadgen::LoadgenArgs),
 }
 
 #[derive(Subcommand)]
@@ -96,6 +101,10 @@ struct SimArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::Sim(args) = &cli.command {
+        // Pure computation: no runtime, no logging noise on stdout.
+        return policies::sim(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -108,6 +117,8 @@ fn main() -> Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Node(NodeCommand::Start(a)) => node_start(a).await,
+            Command::Sim(_) => Ok(()),
+            Command::Loadgen(a) => sluice_chaos::loadgen::cli_main(a).await,
             Command::Replica(ReplicaCommand::Sim(a)) => {
                 replica::run(replica::SimArgs {
                     host: a.host,

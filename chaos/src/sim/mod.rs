@@ -1,7 +1,10 @@
 //! The discrete-event simulator: Sluice's policies and the baselines on real traces, in
 //! virtual time, over the same engine model the live replicas run.
 
+pub mod cli;
+pub mod load;
 pub mod outcome;
+pub mod plot;
 pub mod run;
 
 pub use outcome::{PolicyReport, RequestRecord, Slo};
