@@ -8,6 +8,7 @@ mod policies;
 mod replica;
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -177,6 +178,13 @@ async fn node_start(a: StartArgs) -> Result<()> {
     }
     // Stop accepting on a signal, give in-flight requests the grace period, then stop.
     let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
+    // Token chunks are small writes: without TCP_NODELAY, Nagle's algorithm and the
+    // client's delayed ACK hold each one back by up to 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let server = async move {
         axum::serve(listener, front::app(state))
             .with_graceful_shutdown(async move {
