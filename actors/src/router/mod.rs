@@ -1,10 +1,12 @@
 //! The router's policy core.
 
+pub mod baselines;
 pub mod choice;
 pub mod core;
 pub mod health;
 pub mod ledger;
 pub mod policy;
+pub mod sluice_policy;
 pub mod workload;
 
 pub use choice::{choose, Candidate, Choice, SpillPolicy};
