@@ -100,8 +100,18 @@ struct SimArgs {
     seed: u64,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line naming the problem and its causes, never a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     if let Command::Sim(args) = &cli.command {
         // Pure computation: no runtime, no logging noise on stdout.
         return policies::sim(args);
