@@ -58,6 +58,21 @@ pub struct SimArgs {
     /// Let policies see each request's true output length as max_tokens.
     #[arg(long)]
     pub exact_max_tokens: bool,
+    /// ServeGen: first second of the trace to replay (windows are 600 s).
+    #[arg(long, default_value_t = 0)]
+    pub start_s: u64,
+    /// ServeGen and agentic: seconds of trace to replay [default: all].
+    #[arg(long)]
+    pub duration_s: Option<u64>,
+    /// ServeGen: divide times by this, keeping each window's rate (days in minutes).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_compression: f64,
+    /// ServeGen: multiply every window's rate by this.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate_scale: f64,
+    /// Agentic: number of coding-agent sessions.
+    #[arg(long, default_value_t = 500)]
+    pub sessions: u32,
 }
 
 /// What `--json` writes.
@@ -87,8 +102,33 @@ pub fn load_trace(args: &SimArgs) -> Result<Trace> {
     let mut t = match args.trace_format {
         TraceFormat::Mooncake => trace::mooncake::read_mooncake(path()?)?,
         TraceFormat::Azure => trace::azure::read_azure(path()?)?,
-        TraceFormat::Servegen | TraceFormat::Agentic => {
-            bail!("trace format {:?} is not available yet", args.trace_format)
+        TraceFormat::Servegen => {
+            if !(args.time_compression.is_finite() && args.time_compression > 0.0) {
+                bail!("--time-compression must be a positive number");
+            }
+            if !(args.rate_scale.is_finite() && args.rate_scale > 0.0) {
+                bail!("--rate-scale must be a positive number");
+            }
+            let opts = trace::servegen::ServeGenOptions {
+                start_s: args.start_s,
+                duration_s: args.duration_s,
+                time_compression: args.time_compression,
+                rate_scale: args.rate_scale,
+                seed: args.seed,
+                ..Default::default()
+            };
+            trace::servegen::read_servegen(path()?, &opts)?
+        }
+        TraceFormat::Agentic => {
+            if args.sessions == 0 {
+                bail!("--sessions must be at least 1");
+            }
+            let cfg = trace::agentic::AgenticConfig {
+                sessions: args.sessions,
+                duration_s: args.duration_s.map(|d| d as f64),
+                ..Default::default()
+            };
+            trace::agentic::generate(&cfg, args.seed)
         }
     };
     if let Some(n) = args.limit {
