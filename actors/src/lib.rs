@@ -1,6 +1,7 @@
 //! Sluice's policy cores: pure, deterministic functions of explicit inputs and a clock
 //! value, run unchanged by the live node and by the simulator.
 
+pub mod assigner;
 pub mod mu;
 pub mod profile;
 pub mod router;

@@ -1,0 +1,808 @@
+//! The mutable working state of one assigner round and its phases.
+//!
+//! Replicas are the eligible replicas of a [`Fleet`], by index. Every slice remembers,
+//! per key range ("piece"), the subset that served those keys after the round's
+//! mandatory repairs (its "base"), so that the load a change sends to replicas that did
+//! not serve it before — the churn — is known exactly while the round runs.
+
+use super::config::AssignerConfig;
+use super::fleet::Fleet;
+use super::load::SliceLoad;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+
+/// Penalty weights of the placement search, after Dicer's `PlacementPhase.scala`: a
+/// replica above the band costs 16 per unit of excess load, one below it 4 per unit of
+/// shortfall (both growing with the distance), moving load costs 0.25 per unit, and adding
+/// a replica to a subset costs the slice's per-replica load.
+const OVERSHOOT: f64 = 16.0;
+const UNDERSHOOT: f64 = 4.0;
+const CHURN_PENALTY: f64 = 0.25;
+const REPLICATION_PENALTY: f64 = 1.0;
+/// Extra cost, per unit of load, of taking a slice off its preferred replica (whose
+/// prefix cache is the warmest).
+const PREFERRED_PENALTY: f64 = 0.25;
+/// How many of the coldest admissible replicas each candidate operation tries.
+const RECEIVERS: usize = 6;
+/// Share of the round's churn budget that merging may spend; rebalancing gets the rest.
+const MERGE_BUDGET_SHARE: f64 = 0.5;
+/// Rebalancing aims under `1 + AIM × (target_imbalance − 1)`, leaving room for the
+/// error of estimating the load of freshly split halves.
+const AIM: f64 = 0.8;
+
+/// Keys `[start, end)` of a slice that were served by `bases[base]` after repairs.
+#[derive(Debug, Clone)]
+struct Piece {
+    start: u128,
+    end: u128,
+    load: f64,
+    base: u32,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct WSlice {
+    pub start: u128,
+    pub end: u128,
+    pub load: f64,
+    /// Replica indices, preferred first.
+    pub subset: Vec<u32>,
+    pieces: Vec<Piece>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stats {
+    pub splits: usize,
+    pub merges: usize,
+    pub moves: usize,
+    pub widened: usize,
+    pub narrowed: usize,
+    pub evicted: usize,
+    pub repaired: usize,
+    /// Budgeted churn, in MU/min.
+    pub churn: f64,
+    /// Churn of mandatory repairs, in MU/min.
+    pub forced: f64,
+}
+
+/// Replicas ordered by utilization (load / capacity), coldest first; excluded replicas
+/// leave the order but keep their load.
+struct Order {
+    set: BTreeSet<(u64, u32)>,
+    listed: Vec<bool>,
+}
+
+fn util_key(load: f64, cap: f64) -> u64 {
+    let u = load / cap;
+    // Non-negative floats order like their bits; -0.0 and NaN read as 0.
+    if u > 0.0 {
+        u.to_bits()
+    } else {
+        0
+    }
+}
+
+fn nonneg_bits(x: f64) -> u64 {
+    if x > 0.0 {
+        x.to_bits()
+    } else {
+        0
+    }
+}
+
+impl Order {
+    fn new(rload: &[f64], cap: &[f64]) -> Self {
+        let set = (0..rload.len())
+            .map(|r| (util_key(rload[r], cap[r]), r as u32))
+            .collect();
+        Self {
+            set,
+            listed: vec![true; rload.len()],
+        }
+    }
+
+    fn bump(&mut self, rload: &mut [f64], cap: &[f64], r: u32, delta: f64) {
+        let i = r as usize;
+        if self.listed[i] {
+            self.set.remove(&(util_key(rload[i], cap[i]), r));
+        }
+        rload[i] += delta;
+        if self.listed[i] {
+            self.set.insert((util_key(rload[i], cap[i]), r));
+        }
+    }
+
+    fn exclude(&mut self, rload: &[f64], cap: &[f64], r: u32) {
+        let i = r as usize;
+        if self.listed[i] {
+            self.set.remove(&(util_key(rload[i], cap[i]), r));
+            self.listed[i] = false;
+        }
+    }
+
+    fn hottest(&self) -> Option<u32> {
+        self.set.last().map(|&(_, r)| r)
+    }
+}
+
+enum Op {
+    Move { slice: u32, from: u32, to: u32 },
+    Widen { slice: u32, to: u32 },
+}
+
+pub(crate) struct Work<'a> {
+    fleet: &'a Fleet,
+    load: &'a SliceLoad,
+    pub slices: Vec<WSlice>,
+    /// Repaired subsets of the round's starting slices, as sorted replica indices.
+    bases: Vec<Vec<u32>>,
+    /// Which starting slices broke an invariant and must be repaired.
+    dirty: Vec<bool>,
+    rload: Vec<f64>,
+    min_w: usize,
+    max_w: usize,
+    min_slices: usize,
+    max_slices: usize,
+    /// Total load, MU/min.
+    pub total: f64,
+    /// Mean utilization: total load / total capacity.
+    ustar: f64,
+    /// Per-replica slice load above which a slice is hot.
+    hot: f64,
+    /// Per-replica slice load at or under which slices merge and subsets narrow.
+    cold: f64,
+    /// The band of relative load (load / fair load) that needs no rebalancing.
+    hi: f64,
+    lo: f64,
+    pub stats: Stats,
+}
+
+impl<'a> Work<'a> {
+    /// A round over `slices` (start key and current subset by replica id, in key order;
+    /// the first start must be 0).
+    pub fn new(
+        fleet: &'a Fleet,
+        load: &'a SliceLoad,
+        config: &AssignerConfig,
+        slices: Vec<(u128, &[crate::slice::ReplicaId])>,
+    ) -> Self {
+        let n = fleet.len();
+        let mut min_w = config.min_width.min(n).max(1);
+        if fleet.racks >= 2 {
+            min_w = min_w.max(2);
+        }
+        let max_w = config.max_width.min(n).max(min_w);
+        let mut stats = Stats::default();
+        let count = slices.len();
+        let mut out = Vec::with_capacity(count);
+        let mut dirty = Vec::with_capacity(count);
+        for (i, (start, subset)) in slices.iter().enumerate() {
+            let end = slices.get(i + 1).map_or(super::load::KEY_END, |(s, _)| *s);
+            let mut kept: Vec<u32> = Vec::with_capacity(subset.len());
+            for id in subset.iter() {
+                if let Some(r) = fleet.index(*id) {
+                    if !kept.contains(&r) {
+                        kept.push(r);
+                    }
+                }
+            }
+            stats.evicted += subset.len() - kept.len();
+            let broken = kept.len() < subset.len()
+                || kept.len() < min_w
+                || kept.len() > max_w
+                || (fleet.racks >= 2 && !fleet.spans_two_racks(&kept));
+            dirty.push(broken);
+            out.push(WSlice {
+                start: *start,
+                end,
+                load: load.between(*start, end),
+                subset: kept,
+                pieces: Vec::new(),
+            });
+        }
+        let total: f64 = out.iter().map(|s| s.load).sum();
+        let cap_total = fleet.total_capacity();
+        let ustar = if cap_total > 0.0 {
+            total / cap_total
+        } else {
+            0.0
+        };
+        let fair_min = ustar * fleet.min_capacity();
+        let headroom = config.target_imbalance - 1.0;
+        Self {
+            fleet,
+            load,
+            slices: out,
+            bases: Vec::new(),
+            dirty,
+            rload: vec![0.0; n],
+            min_w,
+            max_w,
+            min_slices: config.min_slices_per_replica.saturating_mul(n),
+            max_slices: config.max_slices_per_replica.saturating_mul(n),
+            total,
+            ustar,
+            hot: config.split_above * fair_min,
+            cold: config.merge_below * fair_min,
+            hi: 1.0 + AIM * headroom,
+            lo: (1.0 - headroom).max(0.0),
+            stats,
+        }
+    }
+
+    fn recompute_loads(&mut self) {
+        self.rload.iter_mut().for_each(|l| *l = 0.0);
+        for s in &self.slices {
+            let share = s.load / s.subset.len().max(1) as f64;
+            for &m in &s.subset {
+                self.rload[m as usize] += share;
+            }
+        }
+    }
+
+    /// Applies the load change of a slice of load `l` going from `old` to `new` members.
+    fn shift(&mut self, order: Option<&mut Order>, l: f64, old: &[u32], new: &[u32]) {
+        let before = if old.is_empty() {
+            0.0
+        } else {
+            l / old.len() as f64
+        };
+        let after = if new.is_empty() {
+            0.0
+        } else {
+            l / new.len() as f64
+        };
+        let mut deltas: Vec<(u32, f64)> = Vec::with_capacity(old.len() + new.len());
+        for &m in old {
+            deltas.push((m, if new.contains(&m) { after } else { 0.0 } - before));
+        }
+        for &m in new {
+            if !old.contains(&m) {
+                deltas.push((m, after));
+            }
+        }
+        match order {
+            Some(o) => {
+                for (m, d) in deltas {
+                    o.bump(&mut self.rload, &self.fleet.cap, m, d);
+                }
+            }
+            None => {
+                for (m, d) in deltas {
+                    self.rload[m as usize] += d;
+                }
+            }
+        }
+    }
+
+    /// The single rack `members` sit in, if they need a replica from another one.
+    fn lone_rack(&self, members: &[u32]) -> Option<u32> {
+        if self.fleet.racks < 2 || members.is_empty() || self.fleet.spans_two_racks(members) {
+            return None;
+        }
+        Some(self.fleet.rack[members[0] as usize])
+    }
+
+    /// The coldest listed replica outside `members` (and outside `avoid_rack`).
+    fn coldest(&self, order: &Order, members: &[u32], avoid_rack: Option<u32>) -> Option<u32> {
+        order
+            .set
+            .iter()
+            .map(|&(_, r)| r)
+            .find(|r| !members.contains(r) && avoid_rack != Some(self.fleet.rack[*r as usize]))
+    }
+
+    /// Mandatory phase (Dicer's `DeallocationPhase` and `ConstraintPhase`): drop
+    /// ineligible and duplicate members (done in [`Work::new`]), then give every broken
+    /// subset its minimum width and two racks, from the coldest replicas, heaviest slices
+    /// first. Preferred replicas stay first; new members are appended.
+    pub fn repair(&mut self) {
+        self.recompute_loads();
+        let mut order = Order::new(&self.rload, &self.fleet.cap);
+        let mut todo: Vec<usize> = (0..self.slices.len()).filter(|&i| self.dirty[i]).collect();
+        todo.sort_by(|&a, &b| {
+            self.slices[b]
+                .load
+                .total_cmp(&self.slices[a].load)
+                .then(a.cmp(&b))
+        });
+        for i in todo {
+            self.stats.repaired += 1;
+            let l = self.slices[i].load;
+            let old = self.slices[i].subset.clone();
+            let mut sub = old.clone();
+            while sub.len() < self.min_w {
+                let avoid = self.lone_rack(&sub);
+                match self
+                    .coldest(&order, &sub, avoid)
+                    .or_else(|| self.coldest(&order, &sub, None))
+                {
+                    Some(r) => sub.push(r),
+                    None => break,
+                }
+            }
+            if let Some(rack) = self.lone_rack(&sub) {
+                if sub.len() >= self.max_w {
+                    sub.pop();
+                }
+                if let Some(r) = self.coldest(&order, &sub, Some(rack)) {
+                    sub.push(r);
+                }
+            }
+            while sub.len() > self.max_w {
+                let Some(pos) = self.removable(&sub) else {
+                    break;
+                };
+                sub.remove(pos);
+            }
+            let fresh = sub.iter().filter(|m| !old.contains(m)).count();
+            self.stats.forced += l * fresh as f64 / sub.len().max(1) as f64;
+            self.shift(Some(&mut order), l, &old, &sub);
+            self.slices[i].subset = sub;
+        }
+        // The repaired subsets are the round's baseline for churn.
+        self.bases = self
+            .slices
+            .iter()
+            .map(|s| {
+                let mut b = s.subset.clone();
+                b.sort_unstable();
+                b
+            })
+            .collect();
+        for (i, s) in self.slices.iter_mut().enumerate() {
+            s.pieces = vec![Piece {
+                start: s.start,
+                end: s.end,
+                load: s.load,
+                base: i as u32,
+            }];
+        }
+    }
+
+    /// Makes preferred replicas rotate: each slice, in key order, leads with the member
+    /// that has led the fewest slices per unit of capacity so far. Only for a first
+    /// assignment, where no preferred replica has a warm cache yet.
+    pub fn rotate_leaders(&mut self) {
+        let mut led = vec![0.0f64; self.fleet.len()];
+        for s in &mut self.slices {
+            let score = |m: u32| (led[m as usize] + 1.0) / self.fleet.cap[m as usize];
+            let mut pos = 0;
+            for p in 1..s.subset.len() {
+                if score(s.subset[p]) < score(s.subset[pos]) {
+                    pos = p;
+                }
+            }
+            let leader = s.subset.remove(pos);
+            s.subset.insert(0, leader);
+            led[leader as usize] += 1.0;
+        }
+    }
+
+    /// The non-preferred member to drop first: the most utilized one whose removal keeps
+    /// two racks.
+    fn removable(&self, sub: &[u32]) -> Option<usize> {
+        let need_spread = self.fleet.racks >= 2 && self.fleet.spans_two_racks(sub);
+        let mut best: Option<(u64, usize)> = None;
+        for pos in 1..sub.len() {
+            if need_spread {
+                let rest: Vec<u32> = sub
+                    .iter()
+                    .enumerate()
+                    .filter(|&(p, _)| p != pos)
+                    .map(|(_, &m)| m)
+                    .collect();
+                if !self.fleet.spans_two_racks(&rest) {
+                    continue;
+                }
+            }
+            let m = sub[pos] as usize;
+            let key = util_key(self.rload[m], self.fleet.cap[m]);
+            if best.is_none_or(|(k, _)| key > k) {
+                best = Some((key, pos));
+            }
+        }
+        best.map(|(_, p)| p)
+    }
+
+    /// Load sent to replicas outside the base subsets if `subset` served these pieces.
+    fn moved(&self, subset: &[u32], pieces: &[Piece]) -> f64 {
+        if subset.is_empty() {
+            return 0.0;
+        }
+        let w = subset.len() as f64;
+        pieces
+            .iter()
+            .map(|p| {
+                let base = &self.bases[p.base as usize];
+                let fresh = subset
+                    .iter()
+                    .filter(|m| base.binary_search(m).is_err())
+                    .count();
+                p.load * fresh as f64 / w
+            })
+            .sum()
+    }
+
+    /// Merge phase (Dicer's `MergePhase`): merges adjacent pairs whose merged per-replica
+    /// load is cold, down to the minimum slice count, and the coldest pairs regardless
+    /// while above the maximum. Each pass merges disjoint pairs, cheapest churn first (a
+    /// pair with the same subset costs nothing), then lightest. The merged slice keeps the
+    /// half's subset that moves less load (Dicer keeps the replicas sharing the most load).
+    pub fn merge(&mut self, budget: f64) {
+        let budget = budget * MERGE_BUDGET_SHARE;
+        loop {
+            let count = self.slices.len();
+            if count < 2 || count <= self.min_slices {
+                return;
+            }
+            let mut cands: Vec<(f64, f64, usize, bool, bool)> = Vec::new();
+            for i in 0..count - 1 {
+                let (a, b) = (&self.slices[i], &self.slices[i + 1]);
+                let merged = a.load + b.load;
+                let before = self.moved(&a.subset, &a.pieces) + self.moved(&b.subset, &b.pieces);
+                let keep_a = self.moved(&a.subset, &a.pieces) + self.moved(&a.subset, &b.pieces);
+                let keep_b = self.moved(&b.subset, &a.pieces) + self.moved(&b.subset, &b.pieces);
+                let left = keep_a < keep_b || (keep_a == keep_b && a.load >= b.load);
+                let (after, w) = if left {
+                    (keep_a, a.subset.len())
+                } else {
+                    (keep_b, b.subset.len())
+                };
+                let cold = merged / w as f64 <= self.cold;
+                if cold || count > self.max_slices {
+                    cands.push((after - before, merged, i, left, cold));
+                }
+            }
+            cands.sort_by(|x, y| {
+                x.0.total_cmp(&y.0)
+                    .then(x.1.total_cmp(&y.1))
+                    .then(x.2.cmp(&y.2))
+            });
+            let mut plan: Vec<Option<bool>> = vec![None; count];
+            let mut busy = vec![false; count];
+            let mut left_count = count;
+            let mut any = false;
+            for (delta, _, i, left, cold) in cands {
+                if left_count <= self.min_slices {
+                    break;
+                }
+                if busy[i] || busy[i + 1] || (!cold && left_count <= self.max_slices) {
+                    continue;
+                }
+                if delta > 0.0 && self.stats.churn + delta > budget {
+                    continue;
+                }
+                busy[i] = true;
+                busy[i + 1] = true;
+                plan[i] = Some(left);
+                left_count -= 1;
+                self.stats.churn += delta;
+                self.stats.merges += 1;
+                any = true;
+            }
+            if !any {
+                return;
+            }
+            let old = std::mem::take(&mut self.slices);
+            let mut it = old.into_iter().enumerate();
+            while let Some((i, a)) = it.next() {
+                match plan[i] {
+                    Some(left) => {
+                        let (_, b) = it.next().expect("a merge has a right neighbour");
+                        let subset = if left { a.subset } else { b.subset };
+                        let mut pieces = a.pieces;
+                        pieces.extend(b.pieces);
+                        self.slices.push(WSlice {
+                            start: a.start,
+                            end: b.end,
+                            load: a.load + b.load,
+                            subset,
+                            pieces,
+                        });
+                    }
+                    None => self.slices.push(a),
+                }
+            }
+        }
+    }
+
+    /// Split phase (Dicer's `Splitter`): splits the slice with the highest per-replica
+    /// load while it is hot and the maximum slice count allows, and while the count is
+    /// under the minimum. Both halves keep the subset, so a split moves no load; it lets
+    /// the placement phase move half of a hot slice instead of all of it.
+    pub fn split(&mut self) {
+        let prio = |s: &WSlice| {
+            (
+                nonneg_bits(s.load / s.subset.len().max(1) as f64),
+                s.end - s.start,
+                Reverse(s.start),
+            )
+        };
+        let mut arena: Vec<Option<WSlice>> = std::mem::take(&mut self.slices)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut heap: BinaryHeap<_> = arena
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (prio(s.as_ref().expect("live")), i))
+            .collect();
+        let mut count = arena.len();
+        while let Some((_, i)) = heap.pop() {
+            let s = arena[i].as_ref().expect("slices in the heap are live");
+            let per = s.load / s.subset.len().max(1) as f64;
+            if !((per > self.hot && count < self.max_slices) || count < self.min_slices) {
+                break;
+            }
+            let Some(cut) = self.load.split_point(s.start, s.end, s.load) else {
+                continue;
+            };
+            let s = arena[i].take().expect("live");
+            for half in self.cut(s, cut as u128) {
+                heap.push((prio(&half), arena.len()));
+                arena.push(Some(half));
+            }
+            count += 1;
+            self.stats.splits += 1;
+        }
+        self.slices = arena.into_iter().flatten().collect();
+        self.slices.sort_by_key(|s| s.start);
+    }
+
+    fn cut(&self, s: WSlice, k: u128) -> [WSlice; 2] {
+        let mut lp = Vec::new();
+        let mut rp = Vec::new();
+        for p in s.pieces {
+            if p.end <= k {
+                lp.push(p);
+            } else if p.start >= k {
+                rp.push(p);
+            } else {
+                lp.push(Piece {
+                    start: p.start,
+                    end: k,
+                    load: self.load.between(p.start, k),
+                    base: p.base,
+                });
+                rp.push(Piece {
+                    start: k,
+                    end: p.end,
+                    load: self.load.between(k, p.end),
+                    base: p.base,
+                });
+            }
+        }
+        [
+            WSlice {
+                start: s.start,
+                end: k,
+                load: self.load.between(s.start, k),
+                subset: s.subset.clone(),
+                pieces: lp,
+            },
+            WSlice {
+                start: k,
+                end: s.end,
+                load: self.load.between(k, s.end),
+                subset: s.subset,
+                pieces: rp,
+            },
+        ]
+    }
+
+    /// Narrow phase (Dicer's de-replication): a subset wider than the minimum loses its
+    /// most utilized non-preferred member while the slice stays cold with one replica
+    /// fewer and the remaining members stay well inside the band, halfway between their
+    /// fair load and its top (so that a later widening, which needs a replica above the
+    /// band, does not undo it).
+    pub fn narrow(&mut self, budget: f64) {
+        self.recompute_loads();
+        // Halfway between the fair load and the top of the band.
+        let calm = (1.0 + self.hi) / 2.0;
+        for i in 0..self.slices.len() {
+            loop {
+                let s = &self.slices[i];
+                let w = s.subset.len();
+                if w <= self.min_w {
+                    break;
+                }
+                let after = s.load / (w - 1) as f64;
+                if after > self.cold {
+                    break;
+                }
+                let gain = after - s.load / w as f64;
+                let Some(pos) = self.removable(&s.subset) else {
+                    break;
+                };
+                let stays_fair = s.subset.iter().enumerate().all(|(p, &m)| {
+                    let m = m as usize;
+                    p == pos
+                        || self.ustar <= 0.0
+                        || self.rload[m] + gain <= calm * self.ustar * self.fleet.cap[m]
+                });
+                if !stays_fair {
+                    break;
+                }
+                let mut sub = s.subset.clone();
+                sub.remove(pos);
+                let delta = self.moved(&sub, &s.pieces) - self.moved(&s.subset, &s.pieces);
+                if delta > 0.0 && self.stats.churn + delta > budget {
+                    break;
+                }
+                let (l, old) = (s.load, s.subset.clone());
+                self.shift(None, l, &old, &sub);
+                self.slices[i].subset = sub;
+                self.stats.churn += delta;
+                self.stats.narrowed += 1;
+            }
+        }
+    }
+
+    /// Penalty of replica `r` carrying `load` (in MU/min, like the churn it is traded
+    /// against): zero inside the band around its fair load, growing outside it.
+    fn penalty(&self, r: u32, load: f64) -> f64 {
+        let fair = self.ustar * self.fleet.cap[r as usize];
+        let x = load / fair;
+        if x > self.hi {
+            let e = x - self.hi;
+            fair * OVERSHOOT * e * (1.0 + e)
+        } else if x < self.lo {
+            let e = self.lo - x;
+            fair * UNDERSHOOT * e * (1.0 + e)
+        } else {
+            0.0
+        }
+    }
+
+    fn relative(&self, r: u32) -> f64 {
+        self.rload[r as usize] / (self.ustar * self.fleet.cap[r as usize])
+    }
+
+    /// Placement phase (Dicer's `PlacementPhase`, a greedy local search): take the most
+    /// utilized replica still in play; among moving one of its slices to one of the
+    /// coldest admissible replicas, or — when it is above the band — widening one of its
+    /// slices, apply the operation that lowers the total penalty most (penalty of load
+    /// outside the band + churn + replication), if any lowers it and fits the churn
+    /// budget; otherwise retire the replica. Ends when every replica is retired.
+    pub fn place(&mut self, budget: f64) {
+        if self.ustar <= 0.0 || self.fleet.len() < 2 {
+            return;
+        }
+        self.recompute_loads();
+        let n = self.fleet.len();
+        let mut on: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (i, s) in self.slices.iter().enumerate() {
+            for &m in &s.subset {
+                on[m as usize].push(i as u32);
+            }
+        }
+        let members: usize = self.slices.iter().map(|s| s.subset.len()).sum();
+        let mut order = Order::new(&self.rload, &self.fleet.cap);
+        let eps = self.total * 1e-9;
+        for _ in 0..(4 * members + 4 * n + 16) {
+            let Some(h) = order.hottest() else {
+                return;
+            };
+            match self.best_op(h, &on[h as usize], &order, budget) {
+                Some((delta, op)) if delta < -eps => self.apply(op, &mut on, &mut order),
+                _ => order.exclude(&self.rload, &self.fleet.cap, h),
+            }
+        }
+    }
+
+    fn best_op(&self, h: u32, on_h: &[u32], order: &Order, budget: f64) -> Option<(f64, Op)> {
+        let mut best: Option<(f64, Op)> = None;
+        let lh = self.rload[h as usize];
+        let over = self.relative(h) > self.hi;
+        let room = budget - self.stats.churn;
+        for &si in on_h {
+            let s = &self.slices[si as usize];
+            let w = s.subset.len();
+            if s.load <= 0.0 {
+                continue;
+            }
+            let per = s.load / w as f64;
+            let now = self.moved(&s.subset, &s.pieces);
+            // Move h's share of the slice to another replica.
+            let rest: Vec<u32> = s.subset.iter().copied().filter(|&m| m != h).collect();
+            let avoid = self.lone_rack(&rest);
+            let mut base = self.penalty(h, lh - per) - self.penalty(h, lh);
+            if s.subset[0] == h {
+                base += PREFERRED_PENALTY * per;
+            }
+            let receivers = order
+                .set
+                .iter()
+                .map(|&(_, r)| r)
+                .filter(|r| !s.subset.contains(r) && avoid != Some(self.fleet.rack[*r as usize]))
+                .take(RECEIVERS);
+            let mut cand = rest.clone();
+            cand.push(0);
+            for r in receivers {
+                *cand.last_mut().expect("non-empty") = r;
+                let dm = self.moved(&cand, &s.pieces) - now;
+                if dm > 0.0 && dm > room {
+                    continue;
+                }
+                let lr = self.rload[r as usize];
+                let d = base + self.penalty(r, lr + per) - self.penalty(r, lr) + CHURN_PENALTY * dm;
+                if best.as_ref().is_none_or(|(b, _)| d < *b) {
+                    best = Some((
+                        d,
+                        Op::Move {
+                            slice: si,
+                            from: h,
+                            to: r,
+                        },
+                    ));
+                }
+            }
+            // Widen the slice: every member sheds load onto one more replica.
+            if over && w < self.max_w {
+                let per2 = s.load / (w + 1) as f64;
+                let dec = per - per2;
+                let mut base = REPLICATION_PENALTY * per;
+                for &m in &s.subset {
+                    let lm = self.rload[m as usize];
+                    base += self.penalty(m, lm - dec) - self.penalty(m, lm);
+                }
+                let receivers = order
+                    .set
+                    .iter()
+                    .map(|&(_, r)| r)
+                    .filter(|r| !s.subset.contains(r))
+                    .take(RECEIVERS);
+                let mut cand = s.subset.clone();
+                cand.push(0);
+                for r in receivers {
+                    *cand.last_mut().expect("non-empty") = r;
+                    let dm = self.moved(&cand, &s.pieces) - now;
+                    if dm > 0.0 && dm > room {
+                        continue;
+                    }
+                    let lr = self.rload[r as usize];
+                    let d = base + self.penalty(r, lr + per2) - self.penalty(r, lr)
+                        + CHURN_PENALTY * dm;
+                    if best.as_ref().is_none_or(|(b, _)| d < *b) {
+                        best = Some((d, Op::Widen { slice: si, to: r }));
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    fn apply(&mut self, op: Op, on: &mut [Vec<u32>], order: &mut Order) {
+        let (si, new) = match op {
+            Op::Move { slice, from, to } => {
+                let mut sub: Vec<u32> = self.slices[slice as usize]
+                    .subset
+                    .iter()
+                    .copied()
+                    .filter(|&m| m != from)
+                    .collect();
+                sub.push(to);
+                let list = &mut on[from as usize];
+                if let Some(p) = list.iter().position(|&x| x == slice) {
+                    list.swap_remove(p);
+                }
+                on[to as usize].push(slice);
+                self.stats.moves += 1;
+                (slice as usize, sub)
+            }
+            Op::Widen { slice, to } => {
+                let mut sub = self.slices[slice as usize].subset.clone();
+                sub.push(to);
+                on[to as usize].push(slice);
+                self.stats.widened += 1;
+                (slice as usize, sub)
+            }
+        };
+        let s = &self.slices[si];
+        let dm = self.moved(&new, &s.pieces) - self.moved(&s.subset, &s.pieces);
+        let (l, old) = (s.load, s.subset.clone());
+        self.shift(Some(order), l, &old, &new);
+        self.slices[si].subset = new;
+        self.stats.churn += dm;
+    }
+}
