@@ -3,7 +3,16 @@
 //!
 //! ```text
 //! cargo build --release -p sluice
-//! cargo bench -p sluice-chaos --bench router_overhead [-- --pin split|none] [--duration S] [--rate R]
+//! cargo bench -p sluice-chaos --bench router_overhead [-- OPTIONS]
+//!   --pin none|split      CPU placement (default none, see below)
+//!   --duration S          measured seconds per run (default 4)
+//!   --warmup S            discarded warm-up run before each measured one (default 0.7)
+//!   --concurrency 1,8,64  closed-loop concurrencies
+//!   --rate R              open-loop rate (default 2000/s)
+//!   --max-tokens N        tokens per answer (default 8, with ignore_eos)
+//!   --quiet-wait S        wait up to S for other work to stop before each pair (10)
+//!   --retries N           redo a pair disturbed by other work up to N times (2)
+//!   --json PATH           results file (default target/bench-router/results.json)
 //! ```
 //!
 //! It starts one zero-delay replica (`sluice replica sim --time-scale 0`) and one node
@@ -37,7 +46,14 @@ struct Options {
     out: PathBuf,
     /// Longest wait for the rest of the machine to go quiet before each pair of runs.
     quiet_wait: Duration,
+    /// Extra attempts at a pair of runs disturbed by other work...
+    retries: usize,
+    /// ...while the whole bench has run less than this.
+    budget: Duration,
 }
+
+/// Below this share of the machine's CPU, other work counts as quiet.
+const QUIET: f64 = 0.10;
 
 #[derive(Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,6 +80,8 @@ fn parse_options() -> Options {
         prompt_words: 32,
         out: workspace_root().join("target/bench-router/results.json"),
         quiet_wait: Duration::from_secs(10),
+        retries: 2,
+        budget: Duration::from_secs(150),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -97,6 +115,7 @@ fn parse_options() -> Options {
                 o.quiet_wait =
                     Duration::from_secs_f64(value("--quiet-wait").parse().expect("seconds"))
             }
+            "--retries" => o.retries = value("--retries").parse().expect("integer"),
             "--json" => o.out = PathBuf::from(value("--json")),
             // cargo bench passes --bench; ignore it and anything else libtest-ish.
             _ => {}
@@ -105,7 +124,7 @@ fn parse_options() -> Options {
     o
 }
 
-/// A child process (replica or node) killed on drop.
+/// A child process (replica, relay or node) stopped on drop.
 struct Server {
     name: &'static str,
     child: Child,
@@ -223,15 +242,40 @@ fn wait_for_quiet(cores: usize, max: Duration) -> f64 {
         let b0 = machine_busy_seconds();
         std::thread::sleep(Duration::from_millis(500));
         let busy = (machine_busy_seconds() - b0) / (0.5 * cores as f64);
-        if busy < 0.10 || began.elapsed() >= max {
+        if busy < QUIET || began.elapsed() >= max {
             return busy;
+        }
+    }
+}
+
+/// Which way requests reach the replica.
+#[derive(Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Route {
+    /// Straight to the replica.
+    Direct,
+    /// Through a byte-copying TCP relay: the cost of one more loopback hop and
+    /// nothing else (no HTTP parsing, no routing) — the floor for any proxy.
+    Relay,
+    /// Through the node.
+    Node,
+}
+
+const ROUTES: [Route; 3] = [Route::Direct, Route::Relay, Route::Node];
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::Relay => "relay",
+            Route::Node => "node",
         }
     }
 }
 
 #[derive(Serialize)]
 struct Measurement {
-    path: &'static str,
+    route: Route,
     stream: bool,
     mode: String,
     /// CPU µs per successful request, by process.
@@ -244,7 +288,8 @@ struct Measurement {
 #[derive(Serialize, Clone, Copy, Default)]
 struct CpuCost {
     loadgen: f64,
-    node: f64,
+    /// The relay or the node (0 on the direct route).
+    proxy: f64,
     replica: f64,
 }
 
@@ -252,15 +297,16 @@ struct Bench<'a> {
     o: &'a Options,
     cores: usize,
     replica: &'a Server,
+    relay: &'a Server,
     node: &'a Server,
 }
 
 impl Bench<'_> {
-    async fn measure(&self, via_node: bool, stream: bool, mode: Mode) -> Measurement {
-        let url = if via_node {
-            &self.node.url
-        } else {
-            &self.replica.url
+    async fn measure(&self, route: Route, stream: bool, mode: Mode) -> Measurement {
+        let (url, proxy) = match route {
+            Route::Direct => (&self.replica.url, None),
+            Route::Relay => (&self.relay.url, Some(self.relay.pid())),
+            Route::Node => (&self.node.url, Some(self.node.pid())),
         };
         let mut cfg = LoadConfig::new(url.clone(), mode);
         cfg.endpoint = Endpoint::Chat;
@@ -270,13 +316,18 @@ impl Bench<'_> {
         cfg.ignore_eos = true;
         cfg.sessions = 64;
         cfg.request_timeout = Duration::from_secs(10);
-        // Warm the connections and both servers up in a separate, discarded run so
+        // Warm the connections and the servers up in a separate, discarded run so
         // that the CPU counters below cover the measured window only.
         cfg.duration = self.o.warmup;
         cfg.warmup = Duration::ZERO;
         loadgen::run(&cfg).await.expect("warm-up run");
         cfg.duration = self.o.duration;
-        let pids = [std::process::id(), self.node.pid(), self.replica.pid()];
+        let pids = [
+            std::process::id(),
+            self.relay.pid(),
+            self.node.pid(),
+            self.replica.pid(),
+        ];
         let (before, busy0, t0) = (
             pids.map(cpu_seconds),
             machine_busy_seconds(),
@@ -284,38 +335,45 @@ impl Bench<'_> {
         );
         let report = loadgen::run(&cfg).await.expect("load run");
         let (after, busy1, elapsed) = (pids.map(cpu_seconds), machine_busy_seconds(), t0.elapsed());
-        let ours: f64 = (0..3).map(|i| after[i] - before[i]).sum();
+        let used = |i: usize| after[i] - before[i];
+        let ours: f64 = (0..pids.len()).map(used).sum();
         let background_cpu_pct =
             ((busy1 - busy0 - ours) / (elapsed.as_secs_f64() * self.cores as f64) * 100.0).max(0.0);
-        let per = |i: usize| (after[i] - before[i]) * 1e6 / report.ok.max(1) as f64;
+        let per = |secs: f64| secs * 1e6 / report.ok.max(1) as f64;
+        let proxy_cpu = match proxy {
+            Some(pid) => per(used(
+                pids.iter().position(|&p| p == pid).expect("known pid"),
+            )),
+            None => 0.0,
+        };
         let cpu = CpuCost {
-            loadgen: per(0),
-            node: if via_node { per(1) } else { 0.0 },
-            replica: per(2),
+            loadgen: per(used(0)),
+            proxy: proxy_cpu,
+            replica: per(used(3)),
         };
         let mode = match mode {
             Mode::Closed { concurrency } => format!("closed c={concurrency}"),
             Mode::Open { rate_per_s, .. } => format!("open {rate_per_s}/s"),
         };
-        let path = if via_node { "node" } else { "direct" };
         eprintln!(
-            "  {path:<6} {:<9} {mode:<14} {:>8.0} ok/s  p50 {:>6} µs  p99 {:>6} µs  errors {}  cpu/req: lg {:.0} node {:.0} replica {:.0} µs  (background {:.0}%)",
+            "  {:<6} {:<6} {mode:<14} {:>8.0} ok/s  p50 {:>6} µs  p99 {:>6} µs  errors {}  cpu/req: lg {:.0} proxy {:.0} replica {:.0} µs  (background {:.0}%)",
+            route.name(),
             if stream { "stream" } else { "json" },
             report.rps,
             report.latency_us.p50,
             report.latency_us.p99,
             report.errors + report.dropped.unwrap_or(0),
             cpu.loadgen,
-            cpu.node,
+            cpu.proxy,
             cpu.replica,
             background_cpu_pct,
         );
         Measurement {
-            background_cpu_pct,
-            path,
+            route,
             stream,
             mode,
             cpu_us_per_request: cpu,
+            background_cpu_pct,
             report,
         }
     }
@@ -335,7 +393,47 @@ fn pin_self(cpu: usize) {
     }
 }
 
+/// `router_overhead --tcp-relay HOST:PORT`: the relay process. Listens on a free
+/// loopback port, prints its URL, and pipes each accepted connection to a new
+/// connection to the upstream, both with TCP_NODELAY, on a 2-worker runtime like the
+/// node's. Runs until killed.
+fn relay_main(upstream: String) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        println!(
+            "relay listening on http://{}",
+            listener.local_addr().expect("local addr")
+        );
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                continue;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+}
+
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(i) = argv.iter().position(|a| a == "--tcp-relay") {
+        relay_main(argv.get(i + 1).expect("--tcp-relay HOST:PORT").clone());
+        return;
+    }
     let o = parse_options();
     let bin = std::env::var_os("SLUICE_BIN")
         .map(PathBuf::from)
@@ -355,9 +453,6 @@ fn main() {
         Pin::Split => panic!("--pin split needs at least 2 CPUs"),
         Pin::None => (None, None),
     };
-    if let Some(c) = lg_cpu {
-        pin_self(c);
-    }
     let logs = o.out.parent().unwrap_or(Path::new(".")).to_path_buf();
     std::fs::create_dir_all(&logs).expect("create output directory");
     let replica = Server::start(
@@ -376,6 +471,15 @@ fn main() {
         server_cpu,
         &logs.join("replica.log"),
     );
+    let replica_addr = replica.url.trim_start_matches("http://").to_owned();
+    let me = std::env::current_exe().expect("own path");
+    let relay = Server::start(
+        "relay",
+        &me,
+        &["--tcp-relay", &replica_addr],
+        server_cpu,
+        &logs.join("relay.log"),
+    );
     let node = Server::start(
         "node",
         &bin,
@@ -390,14 +494,20 @@ fn main() {
         server_cpu,
         &logs.join("node.log"),
     );
+    // Pin only now: the children above were placed by taskset.
+    if let Some(c) = lg_cpu {
+        pin_self(c);
+    }
     eprintln!(
-        "router overhead: {cores} CPUs, pin {}, replica {} (pid {}), node {} (pid {}), {} s per run, max_tokens {}",
+        "router overhead: {cores} CPUs, pin {}, replica {} (pid {}), relay {} (pid {}), node {} (pid {}), {} s per run, max_tokens {}",
         match o.pin {
             Pin::None => "none",
-            Pin::Split => "split (load generator on CPU 0; node and replica on CPU 1)",
+            Pin::Split => "split (load generator on CPU 0; replica, relay and node on CPU 1)",
         },
         replica.url,
         replica.pid(),
+        relay.url,
+        relay.pid(),
         node.url,
         node.pid(),
         o.duration.as_secs_f64(),
@@ -414,9 +524,11 @@ fn main() {
         o: &o,
         cores,
         replica: &replica,
+        relay: &relay,
         node: &node,
     };
-    let mut results = Vec::new();
+    let mut results: Vec<Measurement> = Vec::new();
+    let started = std::time::Instant::now();
     rt.block_on(async {
         for stream in [false, true] {
             let mut modes: Vec<Mode> = o
@@ -429,60 +541,49 @@ fn main() {
                 max_in_flight: 256,
             });
             for mode in modes {
-                // Direct then through the node, back to back, so drifting background
-                // load hits both sides alike; first wait (briefly) for a quiet machine.
-                let busy = wait_for_quiet(cores, o.quiet_wait);
-                if busy >= 0.10 {
-                    eprintln!("  (machine still {:.0}% busy with other work after waiting; measuring anyway)", busy * 100.0);
+                // The three routes back to back, so drifting background load hits
+                // them alike. Other work on the machine (a compiler, say) would be
+                // measured as overhead, so wait briefly for quiet first, and redo a
+                // set that was disturbed anyway while the time budget lasts, keeping
+                // the least disturbed attempt.
+                let worst = |set: &[Measurement]| {
+                    set.iter()
+                        .map(|m| m.background_cpu_pct)
+                        .fold(0.0, f64::max)
+                };
+                let mut best: Option<Vec<Measurement>> = None;
+                for attempt in 0..=o.retries {
+                    let busy = wait_for_quiet(cores, o.quiet_wait);
+                    if busy >= QUIET {
+                        eprintln!(
+                            "  (machine {:.0}% busy with other work after waiting; measuring anyway)",
+                            busy * 100.0
+                        );
+                    }
+                    let mut set = Vec::new();
+                    for route in ROUTES {
+                        set.push(bench.measure(route, stream, mode).await);
+                    }
+                    let disturbed = worst(&set) >= QUIET * 100.0;
+                    if best.as_ref().is_none_or(|b| worst(&set) < worst(b)) {
+                        best = Some(set);
+                    }
+                    if !disturbed || started.elapsed() > o.budget {
+                        break;
+                    }
+                    if attempt < o.retries {
+                        eprintln!("  (disturbed by other work: measuring this set again)");
+                    }
                 }
-                results.push(bench.measure(false, stream, mode).await);
-                results.push(bench.measure(true, stream, mode).await);
+                results.extend(best.expect("at least one attempt"));
             }
         }
     });
     drop(node);
+    drop(relay);
     drop(replica);
+    print_table(&results);
 
-    println!();
-    println!(
-        "{:<9} {:<14} {:>10} {:>10} {:>7} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>9}",
-        "kind",
-        "mode",
-        "direct/s",
-        "node/s",
-        "ratio",
-        "p50 d",
-        "p50 n",
-        "Δp50",
-        "p99 d",
-        "p99 n",
-        "Δp99",
-        "node cpu"
-    );
-    for pair in results.chunks(2) {
-        let (d, n) = (&pair[0].report, &pair[1].report);
-        println!(
-            "{:<9} {:<14} {:>10.0} {:>10.0} {:>7.2} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6.1} µs | {:>2.0}/{:<2.0}",
-            if pair[0].stream { "stream" } else { "json" },
-            pair[0].mode,
-            d.rps,
-            n.rps,
-            n.rps / d.rps.max(1e-9),
-            d.latency_us.p50,
-            n.latency_us.p50,
-            n.latency_us.p50 as i64 - d.latency_us.p50 as i64,
-            d.latency_us.p99,
-            n.latency_us.p99,
-            n.latency_us.p99 as i64 - d.latency_us.p99 as i64,
-            pair[1].cpu_us_per_request.node,
-            pair[0].background_cpu_pct,
-            pair[1].background_cpu_pct,
-        );
-    }
-    println!("(latencies in µs; Δ = node − direct; node cpu = node process CPU time per request;");
-    println!(
-        " bg % = share of the machine's CPU used by other processes during the direct/node runs)"
-    );
     #[derive(Serialize)]
     struct Out<'a> {
         cpus: usize,
@@ -513,4 +614,42 @@ fn main() {
             logs.display()
         );
     }
+}
+
+fn print_table(results: &[Measurement]) {
+    println!();
+    println!(
+        "{:<6} {:<14} | {:>7} {:>7} {:>7} | {:>6} {:>6} {:>6} {:>6} | {:>6} {:>6} {:>6} {:>6} | {:>6} {:>6} | {:>8}",
+        "kind", "mode", "direct", "relay", "node", "p50 d", "p50 r", "p50 n", "Δn-d", "p99 d", "p99 r", "p99 n",
+        "Δn-d", "cpu r", "cpu n", "bg %"
+    );
+    for set in results.chunks(ROUTES.len()) {
+        let [d, r, n] = [&set[0].report, &set[1].report, &set[2].report];
+        let bg: Vec<String> = set
+            .iter()
+            .map(|m| format!("{:.0}", m.background_cpu_pct))
+            .collect();
+        println!(
+            "{:<6} {:<14} | {:>7.0} {:>7.0} {:>7.0} | {:>6} {:>6} {:>6} {:>6} | {:>6} {:>6} {:>6} {:>6} | {:>6.1} {:>6.1} | {:>8}",
+            if set[0].stream { "stream" } else { "json" },
+            set[0].mode,
+            d.rps,
+            r.rps,
+            n.rps,
+            d.latency_us.p50,
+            r.latency_us.p50,
+            n.latency_us.p50,
+            n.latency_us.p50 as i64 - d.latency_us.p50 as i64,
+            d.latency_us.p99,
+            r.latency_us.p99,
+            n.latency_us.p99,
+            n.latency_us.p99 as i64 - d.latency_us.p99 as i64,
+            set[1].cpu_us_per_request.proxy,
+            set[2].cpu_us_per_request.proxy,
+            bg.join("/"),
+        );
+    }
+    println!("(ok requests/s per route; latencies in µs from (scheduled) start to last byte;");
+    println!(" Δn-d = node − direct; cpu r / cpu n = relay / node process CPU µs per request;");
+    println!(" bg % = share of the machine's CPU used by other processes during each run)");
 }
