@@ -43,6 +43,9 @@ pub enum Mode {
 /// hold a TCP connection.
 pub const MAX_CONNECTIONS: usize = 20_000;
 
+/// Longest run (warm-up + duration) and longest request timeout accepted.
+pub const MAX_RUN: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A load run's settings. [`LoadConfig::new`] fills in the defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadConfig {
@@ -115,6 +118,15 @@ impl LoadConfig {
         }
         if self.duration.is_zero() {
             return bad("duration must be positive".to_owned());
+        }
+        let run = self
+            .warmup
+            .checked_add(self.duration)
+            .unwrap_or(Duration::MAX);
+        if run > MAX_RUN || self.request_timeout > MAX_RUN {
+            return bad(format!(
+                "warm-up + duration and the request timeout must each be at most {MAX_RUN:?}"
+            ));
         }
         if self.request_timeout.is_zero() {
             return bad("request timeout must be positive".to_owned());
@@ -201,6 +213,13 @@ mod tests {
             max_in_flight: 1,
         };
         c.duration = Duration::ZERO;
+        assert!(c.validate().is_err());
+        c.duration = Duration::MAX;
+        c.warmup = Duration::MAX;
+        assert!(c.validate().is_err(), "would overflow Instant arithmetic");
+        c.duration = Duration::from_secs(1);
+        c.warmup = Duration::ZERO;
+        c.request_timeout = Duration::MAX;
         assert!(c.validate().is_err());
     }
 }
