@@ -15,16 +15,17 @@
 //!   --json PATH           results file (default target/bench-router/results.json)
 //! ```
 //!
-//! It starts one zero-delay replica (`sluice replica sim --time-scale 0`) and one node
-//! fronting it (`sluice node start --replica …`), then for each scenario measures the
-//! direct path and the node path back to back with the in-process load generator:
+//! It starts one zero-delay replica (`sluice replica sim --time-scale 0`), a bare TCP
+//! relay in front of it (this binary with `--tcp-relay`: the cost of one more hop and
+//! nothing else) and one node fronting it (`sluice node start --replica …`), then for
+//! each scenario measures the three routes back to back with the in-process load generator:
 //! closed loops at a few concurrencies (throughput, and unloaded latency at 1) and an
 //! open loop at a fixed moderate rate (latency from the scheduled start). It also reads
 //! each process's CPU time from `/proc`, so the node's CPU cost per request is known
 //! even where the three processes' competition for two cores hides it in the rates.
 //!
 //! `--pin split` puts the load generator on CPU 0 and the replica and node on CPU 1
-//! (via `taskset` and `sched_setaffinity`), so that both paths get the same single core
+//! (via `taskset` and `sched_setaffinity`), so that every route gets the same single core
 //! server-side; `--pin none` (the default) lets the scheduler place everything.
 //! Results go to stdout and, as JSON, to `target/bench-router/results.json`.
 
