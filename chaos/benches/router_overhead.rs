@@ -24,7 +24,7 @@
 //! each process's CPU time from `/proc`, so the node's CPU cost per request is known
 //! even where the three processes' competition for two cores hides it in the rates.
 //!
-//! `--pin split` puts the load generator on CPU 0 and the replica and node on CPU 1
+//! `--pin split` puts the load generator on CPU 0 and the replica, relay and node on CPU 1
 //! (via `taskset` and `sched_setaffinity`), so that every route gets the same single core
 //! server-side; `--pin none` (the default) lets the scheduler place everything.
 //! Results go to stdout and, as JSON, to `target/bench-router/results.json`.
