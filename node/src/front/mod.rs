@@ -32,6 +32,33 @@ pub struct Upstream {
     pub id: ReplicaId,
     /// `http://host:port`, no trailing slash.
     pub base: String,
+    /// Parsed once: the hot path clones these instead of formatting and parsing a URI.
+    pub chat_uri: hyper::Uri,
+    pub completions_uri: hyper::Uri,
+}
+
+impl Upstream {
+    fn new(id: ReplicaId, url: &str) -> anyhow::Result<Self> {
+        let base = url.trim_end_matches('/').to_owned();
+        let uri = |path: &str| -> anyhow::Result<hyper::Uri> {
+            format!("{base}{path}")
+                .parse()
+                .map_err(|e| anyhow::anyhow!("replica URL '{url}': {e}"))
+        };
+        Ok(Self {
+            id,
+            chat_uri: uri("/v1/chat/completions")?,
+            completions_uri: uri("/v1/completions")?,
+            base,
+        })
+    }
+
+    pub fn uri(&self, endpoint: Endpoint) -> &hyper::Uri {
+        match endpoint {
+            Endpoint::Chat => &self.chat_uri,
+            Endpoint::Completion => &self.completions_uri,
+        }
+    }
 }
 
 /// The front door's settings.
@@ -59,11 +86,8 @@ impl AppState {
         let upstreams: Vec<Upstream> = upstream_urls
             .iter()
             .enumerate()
-            .map(|(i, u)| Upstream {
-                id: ReplicaId(i as u64),
-                base: u.trim_end_matches('/').to_owned(),
-            })
-            .collect();
+            .map(|(i, u)| Upstream::new(ReplicaId(i as u64), u))
+            .collect::<anyhow::Result<_>>()?;
         let ids: Vec<ReplicaId> = upstreams.iter().map(|u| u.id).collect();
         let specs: Vec<ReplicaSpec> = ids
             .iter()

@@ -136,10 +136,6 @@ async fn forward(
         usage: None,
     };
     let deadline = tokio::time::Instant::from_std(started + state.config.request_timeout);
-    let path = match endpoint {
-        Endpoint::Chat => "/v1/chat/completions",
-        Endpoint::Completion => "/v1/completions",
-    };
 
     let mut retried = false;
     let resp = loop {
@@ -147,7 +143,7 @@ async fn forward(
             state.metrics.spill();
         }
         let upstream = state.upstream(placement.replica).ok_or_else(no_replica)?;
-        let request = hyper::Request::post(format!("{}{path}", upstream.base))
+        let request = hyper::Request::post(upstream.uri(endpoint).clone())
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(body.clone()))
             .map_err(|e| {
@@ -303,9 +299,13 @@ fn stream_response(
         loop {
             match tokio::time::timeout(idle, p.body.frame()).await {
                 Ok(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
+                    let Ok(first) = frame.into_data() else {
                         continue;
                     };
+                    // Send every frame that is already here as one write, and meter
+                    // and account them once: one syscall and one lock per batch, not
+                    // per token.
+                    let data = coalesce_ready(&mut p.body, first);
                     let before = p.meter.tokens;
                     p.meter.feed(&data);
                     if p.meter.tokens != before {
@@ -363,6 +363,27 @@ fn stream_response(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-sluice-replica", HeaderValue::from(replica.0));
     out
+}
+
+/// `first` followed by the data frames `body` can yield without waiting. The end of the
+/// body is seen again by the next poll; an error taken here leaves a body that ended
+/// without `[DONE]`, which the pump answers with an explicit error event.
+fn coalesce_ready(body: &mut Incoming, first: Bytes) -> Bytes {
+    use futures_util::FutureExt;
+    use hyper::body::Body as _;
+    let mut more: Option<bytes::BytesMut> = None;
+    while !body.is_end_stream() {
+        match body.frame().now_or_never() {
+            Some(Some(Ok(frame))) => {
+                if let Ok(d) = frame.into_data() {
+                    more.get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                        .extend_from_slice(&d);
+                }
+            }
+            _ => break,
+        }
+    }
+    more.map_or(first, bytes::BytesMut::freeze)
 }
 
 /// An SSE error event in the shape OpenAI clients raise on.
