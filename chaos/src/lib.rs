@@ -1,5 +1,6 @@
 //! Fault injection, drills, the discrete-event simulator and the load generator.
 
+pub mod calibrate;
 pub mod loadgen;
 pub mod sim;
 pub mod trace;

@@ -41,6 +41,8 @@ enum Command {
     Sim(sluice_chaos::sim::cli::SimArgs),
     /// Drive load at an OpenAI-compatible endpoint and report throughput and latency.
     Loadgen(sluice_chaos::loadgen::LoadgenArgs),
+    /// Measure an OpenAI-compatible engine and fit a profile's MU coefficients and capacity.
+    Calibrate(sluice_chaos::calibrate::CalibrateArgs),
 }
 
 #[derive(Subcommand)]
@@ -130,6 +132,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Node(NodeCommand::Start(a)) => node_start(a).await,
             Command::Sim(_) => Ok(()),
             Command::Loadgen(a) => sluice_chaos::loadgen::cli_main(a).await,
+            Command::Calibrate(a) => sluice_chaos::calibrate::cli_main(a).await,
             Command::Replica(ReplicaCommand::Sim(a)) => {
                 replica::run(replica::SimArgs {
                     host: a.host,

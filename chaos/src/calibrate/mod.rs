@@ -1,0 +1,678 @@
+//! `sluice calibrate`: measure an OpenAI-compatible engine from outside and fit a
+//! profile's MU coefficients and a replica's capacity.
+//!
+//! # What is measured
+//!
+//! One MU is one millisecond of the GPU's time at a reference operating point (see
+//! `docs/PROFILE.md`). Under continuous batching concurrent requests share every step, so
+//! a request's cost is its *share* of GPU time: driven by a closed loop of `C` concurrent
+//! requests of one shape (input `I`, output `O`, optionally a shared cached prefix), the
+//! engine is busy all the time, and at steady state one request costs
+//! `1 / throughput` seconds of the GPU. That, in milliseconds, is its price in MU at
+//! concurrency `C`.
+//!
+//! * **Cost sweep** at the reference concurrency (64, the decode batch of the default
+//!   profile's reference point): a grid of prompt and output lengths with unique random
+//!   prompts, plus points whose prompts share a prefix (the cached input). The
+//!   coefficients α, α_c, β, γ are fitted to the per-request costs by non-negative least
+//!   squares on relative errors ([`fit`]). δ (images) is not measured.
+//! * **Capacity sweep**: one request shape at rising concurrency. A level's sustained
+//!   load in MU/min is its throughput times the fitted price of the shape; the capacity
+//!   is the most any level sustains with its p90 TPOT within the SLO (default 100 ms).
+//!
+//! # How a point is measured ([`PointSpec`] → [`Measurement`])
+//!
+//! `C` workers each send requests back to back (`/v1/completions`, `max_tokens = O`,
+//! `ignore_eos`). The first request of worker `k` is a *ramp* request with
+//! `O·(k+1)/C` output tokens, so that the workers' cycles are spread evenly and the
+//! engine runs a steady mix from the start instead of synchronized waves. Once every
+//! ramp request has finished, the completions of the next `cycles·C` full-shape
+//! requests are timed (over HTTP, for at least `min_window_s` of wall time too); the
+//! throughput is the least-squares slope of their completion count over time, which a
+//! late-observed first or last completion barely moves. If the rates of the two halves
+//! of the window differ by more than `max_drift`, the point was not at a steady state
+//! (a stall, a busy host) and is measured again; the steadiest attempt is kept. A few
+//! workers stream (`stream: true`, usage included) to measure TTFT and TPOT; the others
+//! do not, which keeps the client cheap. Each worker builds its next body while its
+//! request is in flight. Token counts come from each response's `usage`
+//! (`prompt_tokens_details.cached_tokens` for cached input, when the engine reports it).
+//!
+//! Prompts are random common words ([`prompt`]): unique per request, so the prefix
+//! cache never hits by accident, or a per-point shared prefix for the cached points
+//! (computed once by a warm-up request before the loop starts). How many tokens the
+//! engine's tokenizer makes of a word is measured by two probe requests at connection.
+//!
+//! Against a sped-up simulated engine (`sluice replica sim --time-scale F`), times are
+//! divided by `F` (`--engine-time-scale`). The engine then has to keep up with `1/F`
+//! times the real request rate; on a host without CPU to spare (or with a debug build),
+//! keep `F` at 0.1–0.2 rather than 0.05: a late engine stretches every measured cost.
+//!
+//! The same procedure runs against the pure engine model in virtual time
+//! ([`virtual_engine`], `--virtual`), with no client delay and exact step times: the
+//! simulated engine's true costs, which the HTTP measurement is tested against.
+
+pub mod cli;
+pub mod fit;
+pub mod http;
+pub mod output;
+pub mod prompt;
+pub mod virtual_engine;
+
+#[cfg(test)]
+mod tests;
+
+pub use cli::{cli_main, CalibrateArgs};
+pub use fit::{Fit, Observation};
+
+use serde::Serialize;
+use sluice_actors::mu::MuCoefficients;
+
+/// The concurrency of the reference operating point: the default profile's MU is a
+/// millisecond of the GPU at decode batch 64.
+pub const REFERENCE_CONCURRENCY: usize = 64;
+
+/// One sweep point: a closed loop of `concurrency` requests of one shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PointSpec {
+    /// Prompt tokens.
+    pub input: u32,
+    /// Of those, the leading tokens every request of the point shares (cached after the
+    /// first request).
+    pub cached: u32,
+    /// Output tokens (`max_tokens` with `ignore_eos`).
+    pub output: u32,
+    pub concurrency: usize,
+}
+
+impl PointSpec {
+    pub fn new(input: u32, cached: u32, output: u32, concurrency: usize) -> Self {
+        Self {
+            input,
+            cached: cached.min(input.saturating_sub(1)),
+            output,
+            concurrency,
+        }
+    }
+
+    /// Output tokens of worker `k`'s ramp request.
+    pub fn ramp_output(&self, k: usize) -> u32 {
+        let c = self.concurrency.max(1) as f64;
+        ((f64::from(self.output) * (k as f64 + 1.0) / c).round() as u32).clamp(1, self.output)
+    }
+}
+
+/// How long each point is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MeasureOptions {
+    /// Full-shape completions timed per point, in multiples of the concurrency.
+    pub cycles: f64,
+    /// At least this many completions are timed.
+    pub min_requests: usize,
+    /// About this many workers stream (to measure TTFT and TPOT); the rest do not.
+    pub stream_workers: usize,
+    /// Over HTTP, the timed completions also span at least this many wall seconds (so
+    /// that short requests against a sped-up engine are not timed over a few ms).
+    pub min_window_s: f64,
+    /// Over HTTP, a point whose completion rate drifted by more than this between the
+    /// halves of its window (see [`Measurement::drift`]) was not at a steady state (a
+    /// busy host, a stall): it is measured again, up to `attempts` times in all, and the
+    /// steadiest measurement is kept.
+    pub max_drift: f64,
+    pub attempts: usize,
+}
+
+impl Default for MeasureOptions {
+    fn default() -> Self {
+        Self {
+            cycles: 1.5,
+            min_requests: 24,
+            stream_workers: 16,
+            min_window_s: 1.0,
+            max_drift: 0.15,
+            attempts: 3,
+        }
+    }
+}
+
+impl MeasureOptions {
+    /// Completions timed at concurrency `c`.
+    pub fn target_requests(&self, c: usize) -> usize {
+        let n = (self.cycles.max(0.0) * c as f64).ceil();
+        (n as usize).max(self.min_requests).max(2)
+    }
+
+    /// Whether worker `k` of `c` streams.
+    pub fn streams(&self, k: usize, c: usize) -> bool {
+        if self.stream_workers == 0 {
+            return false;
+        }
+        let stride = c.div_ceil(self.stream_workers).max(1);
+        k % stride == 0
+    }
+}
+
+/// What one point measured. Times are in engine milliseconds (wall time divided by the
+/// engine's time scale).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Measurement {
+    pub spec: PointSpec,
+    /// Full-shape requests timed.
+    pub requests: usize,
+    /// Mean prompt tokens of those requests.
+    pub prompt_tokens: f64,
+    /// Mean cached prompt tokens (as reported; else the intended shared prefix).
+    pub cached_tokens: f64,
+    /// Whether the engine reported cached tokens.
+    pub cached_reported: bool,
+    /// Mean output tokens.
+    pub completion_tokens: f64,
+    /// From the first to the last timed completion.
+    pub window_ms: f64,
+    /// Completed requests per second.
+    pub throughput_rps: f64,
+    /// GPU time per request = 1 / throughput, in ms: the request's cost in MU.
+    pub gpu_ms_per_request: f64,
+    /// Mean time to first token of the streamed requests.
+    pub ttft_ms: Option<f64>,
+    /// Mean and 90th percentile time per output token after the first, of the streamed
+    /// requests.
+    pub tpot_ms: Option<f64>,
+    pub tpot_p90_ms: Option<f64>,
+    /// Streamed requests among the timed ones.
+    pub streamed: usize,
+    /// (Rate of the second half of the timed completions − rate of the first half) /
+    /// the rate of all: how far from steady the point was.
+    pub drift: f64,
+    /// Requests the client kept in flight on average, by Little's law (throughput ×
+    /// mean latency of the timed requests; approximate, as those of a queueing point
+    /// may still carry queueing from the ramp). Clearly below the concurrency when the
+    /// client is slow to send the next request: the engine then ran a smaller batch.
+    pub effective_concurrency: f64,
+}
+
+impl Measurement {
+    /// The sample this measurement contributes to the fit.
+    pub fn observation(&self) -> Observation {
+        let cached = self.cached_tokens.min(self.prompt_tokens);
+        Observation {
+            uncached_input: self.prompt_tokens - cached,
+            cached_input: cached,
+            output: self.completion_tokens,
+            cost_ms: self.gpu_ms_per_request,
+        }
+    }
+}
+
+/// One timed request, as a runner reports it to [`summarize`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Done {
+    /// Completion time, engine ms from any fixed origin.
+    pub end_ms: f64,
+    /// Engine ms from sending to the last token.
+    pub e2e_ms: f64,
+    /// Engine ms from sending to the first token (streamed requests only).
+    pub ttft_ms: Option<f64>,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub cached_tokens: Option<u32>,
+}
+
+/// Turns the timed completions of a point into its measurement.
+pub(crate) fn summarize(spec: PointSpec, done: &[Done]) -> Result<Measurement, String> {
+    if done.len() < 2 {
+        return Err(format!(
+            "only {} request(s) completed at {spec:?}: need two",
+            done.len()
+        ));
+    }
+    let first = done.iter().map(|d| d.end_ms).fold(f64::INFINITY, f64::min);
+    let last = done
+        .iter()
+        .map(|d| d.end_ms)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let window_ms = last - first;
+    let throughput_per_ms = completion_rate(done).ok_or_else(|| {
+        format!(
+            "the {} timed requests of {spec:?} did not complete over a measurable interval",
+            done.len()
+        )
+    })?;
+    let n = done.len() as f64;
+    let mean = |f: &dyn Fn(&Done) -> f64| done.iter().map(f).sum::<f64>() / n;
+    let reported: Vec<u32> = done.iter().filter_map(|d| d.cached_tokens).collect();
+    let cached_reported = !reported.is_empty();
+    let cached_tokens = if cached_reported {
+        reported.iter().map(|&c| f64::from(c)).sum::<f64>() / reported.len() as f64
+    } else {
+        f64::from(spec.cached)
+    };
+    let mut tpots: Vec<f64> = done
+        .iter()
+        .filter_map(|d| {
+            let ttft = d.ttft_ms?;
+            (d.completion_tokens > 1)
+                .then(|| (d.e2e_ms - ttft).max(0.0) / f64::from(d.completion_tokens - 1))
+        })
+        .collect();
+    tpots.sort_by(f64::total_cmp);
+    let ttfts: Vec<f64> = done.iter().filter_map(|d| d.ttft_ms).collect();
+    let streamed = ttfts.len();
+    let mean_e2e_ms = mean(&|d| d.e2e_ms);
+    Ok(Measurement {
+        spec,
+        requests: done.len(),
+        prompt_tokens: mean(&|d| f64::from(d.prompt_tokens)),
+        cached_tokens,
+        cached_reported,
+        completion_tokens: mean(&|d| f64::from(d.completion_tokens)),
+        window_ms,
+        throughput_rps: throughput_per_ms * 1000.0,
+        gpu_ms_per_request: 1.0 / throughput_per_ms,
+        ttft_ms: (!ttfts.is_empty()).then(|| ttfts.iter().sum::<f64>() / streamed as f64),
+        tpot_ms: (!tpots.is_empty()).then(|| tpots.iter().sum::<f64>() / tpots.len() as f64),
+        tpot_p90_ms: percentile(&tpots, 0.9),
+        streamed,
+        drift: half_drift(done, throughput_per_ms),
+        effective_concurrency: throughput_per_ms * mean_e2e_ms,
+    })
+}
+
+/// Completions per ms: the least-squares slope of the completion count against time.
+/// Unlike `(n − 1) / (t_n − t_1)` it does not hinge on the first and last completion,
+/// which a busy client may observe a little late.
+fn completion_rate(done: &[Done]) -> Option<f64> {
+    rate_of(&sorted_ends(done))
+}
+
+fn sorted_ends(done: &[Done]) -> Vec<f64> {
+    let mut t: Vec<f64> = done.iter().map(|d| d.end_ms).collect();
+    t.sort_by(f64::total_cmp);
+    t
+}
+
+/// The least-squares slope of the count of sorted times `t` against time.
+fn rate_of(t: &[f64]) -> Option<f64> {
+    let n = t.len() as f64;
+    if t.len() < 2 {
+        return None;
+    }
+    let mean_t = t.iter().sum::<f64>() / n;
+    let mean_k = (n - 1.0) / 2.0;
+    let (mut cov, mut var) = (0.0, 0.0);
+    for (k, &x) in t.iter().enumerate() {
+        cov += (x - mean_t) * (k as f64 - mean_k);
+        var += (x - mean_t).powi(2);
+    }
+    let rate = cov / var;
+    (var > 0.0 && rate.is_finite() && rate > 0.0).then_some(rate)
+}
+
+/// How much the completion rate of the second half of the timed completions differs
+/// from that of the first half, relative to the whole: near 0 at a steady state.
+fn half_drift(done: &[Done], whole: f64) -> f64 {
+    let t = sorted_ends(done);
+    let mid = t.len() / 2;
+    match (rate_of(&t[..mid]), rate_of(&t[mid..])) {
+        (Some(a), Some(b)) => (b - a) / whole,
+        _ => 0.0,
+    }
+}
+
+/// The `q` quantile of sorted values (nearest rank).
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// The engine being calibrated: a real one over HTTP, or the engine model in virtual
+/// time.
+pub enum Target {
+    Http(http::HttpEngine),
+    Virtual(virtual_engine::VirtualEngine),
+}
+
+impl Target {
+    /// One line saying what is calibrated.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Http(e) => e.describe(),
+            Target::Virtual(e) => e.describe(),
+        }
+    }
+
+    /// The served model's name.
+    pub fn model(&self) -> &str {
+        match self {
+            Target::Http(e) => e.model(),
+            Target::Virtual(e) => e.model(),
+        }
+    }
+
+    pub async fn measure(
+        &mut self,
+        spec: &PointSpec,
+        opts: &MeasureOptions,
+    ) -> anyhow::Result<Measurement> {
+        match self {
+            Target::Http(e) => e.measure(spec, opts).await,
+            Target::Virtual(e) => e.measure(spec, opts).map_err(anyhow::Error::msg),
+        }
+    }
+}
+
+/// The sweeps to run. [`SweepConfig::default`] is the default of `sluice calibrate`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SweepConfig {
+    /// Concurrency of the cost sweep (the reference operating point).
+    pub concurrency: usize,
+    /// Prompt lengths of the cost sweep (unique prompts).
+    pub inputs: Vec<u32>,
+    /// Output lengths of the cost sweep; every input is run with every output.
+    pub outputs: Vec<u32>,
+    /// Prompt lengths of the cached-prefix points.
+    pub cached_inputs: Vec<u32>,
+    /// Fraction of those prompts that is a shared prefix (0 skips the cached points).
+    pub cached_fraction: f64,
+    /// Output length of the cached-prefix points.
+    pub cached_output: u32,
+    /// Request shape of the capacity sweep.
+    pub capacity_input: u32,
+    pub capacity_output: u32,
+    /// Concurrency levels of the capacity sweep, rising.
+    pub capacity_concurrency: Vec<usize>,
+    /// The TPOT objective (p90, ms) the capacity must keep.
+    pub slo_tpot_ms: f64,
+    pub measure: MeasureOptions,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: REFERENCE_CONCURRENCY,
+            inputs: vec![256, 1024, 4096],
+            outputs: vec![32, 128, 512],
+            cached_inputs: vec![1024, 4096],
+            cached_fraction: 0.75,
+            cached_output: 128,
+            capacity_input: 2048,
+            capacity_output: 256,
+            capacity_concurrency: vec![16, 32, 64, 128, 192, 256, 384],
+            slo_tpot_ms: 100.0,
+            measure: MeasureOptions::default(),
+        }
+    }
+}
+
+impl SweepConfig {
+    /// Checks that the sweep makes sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.concurrency == 0 {
+            return Err("the cost sweep's concurrency must be at least 1".into());
+        }
+        if self.inputs.is_empty() || self.outputs.is_empty() {
+            return Err("the cost sweep needs at least one input and one output length".into());
+        }
+        let all = self
+            .inputs
+            .iter()
+            .chain(&self.outputs)
+            .chain(&self.cached_inputs)
+            .chain([
+                &self.cached_output,
+                &self.capacity_input,
+                &self.capacity_output,
+            ]);
+        if all.into_iter().any(|&t| t == 0) {
+            return Err("token counts must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.cached_fraction) {
+            return Err(format!(
+                "the cached fraction must be in [0, 1), got {}",
+                self.cached_fraction
+            ));
+        }
+        if self.capacity_concurrency.is_empty() || self.capacity_concurrency.contains(&0) {
+            return Err("the capacity sweep needs concurrency levels of at least 1".into());
+        }
+        if !(self.slo_tpot_ms.is_finite() && self.slo_tpot_ms > 0.0) {
+            return Err(format!(
+                "the TPOT SLO must be a positive number of ms, got {}",
+                self.slo_tpot_ms
+            ));
+        }
+        let m = &self.measure;
+        if !(m.cycles.is_finite() && m.cycles > 0.0 && m.cycles <= 100.0) {
+            return Err(format!("cycles must be in (0, 100], got {}", m.cycles));
+        }
+        if !(m.min_window_s.is_finite() && (0.0..=3600.0).contains(&m.min_window_s)) {
+            return Err(format!(
+                "the minimum window must be in [0, 3600] s, got {}",
+                m.min_window_s
+            ));
+        }
+        if !(m.max_drift.is_finite() && m.max_drift > 0.0) || m.attempts == 0 {
+            return Err("the drift bound must be positive and attempts at least 1".into());
+        }
+        if m.stream_workers == 0 {
+            return Err("at least one worker must stream (TPOT is measured on streams)".into());
+        }
+        Ok(())
+    }
+
+    /// The points of the cost sweep: every (input, output), then the cached-prefix ones.
+    pub fn cost_points(&self) -> Vec<PointSpec> {
+        let c = self.concurrency;
+        let mut v = Vec::new();
+        for &i in &self.inputs {
+            for &o in &self.outputs {
+                v.push(PointSpec::new(i, 0, o, c));
+            }
+        }
+        if self.cached_fraction > 0.0 {
+            for &i in &self.cached_inputs {
+                let cached = (f64::from(i) * self.cached_fraction).round() as u32;
+                if cached > 0 {
+                    v.push(PointSpec::new(i, cached, self.cached_output, c));
+                }
+            }
+        }
+        v
+    }
+
+    /// The points of the capacity sweep, in order.
+    pub fn capacity_points(&self) -> Vec<PointSpec> {
+        self.capacity_concurrency
+            .iter()
+            .map(|&c| PointSpec::new(self.capacity_input, 0, self.capacity_output, c))
+            .collect()
+    }
+}
+
+/// One level of the capacity sweep.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CapacityLevel {
+    pub measurement: Measurement,
+    /// MU per request at this shape, by the fitted coefficients.
+    pub mu_per_request: f64,
+    /// Sustained MU per minute: throughput × MU per request.
+    pub mu_per_min: f64,
+    /// Whether the p90 TPOT is within the SLO.
+    pub within_slo: bool,
+}
+
+/// Why the capacity sweep stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapacityStop {
+    /// A level's TPOT broke the SLO.
+    Slo,
+    /// More concurrency no longer raised throughput (by 2%).
+    Saturated,
+    /// Every level was run.
+    EndOfSweep,
+}
+
+/// The result of a whole calibration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Calibration {
+    pub target: String,
+    pub model: String,
+    pub sweep: SweepConfig,
+    pub samples: Vec<Measurement>,
+    pub fit: Fit,
+    pub levels: Vec<CapacityLevel>,
+    /// Index in `levels` of the level the capacity comes from.
+    pub capacity_level: Option<usize>,
+    pub capacity_stop: CapacityStop,
+    /// The capacity written to the profile, MU per minute.
+    pub capacity_mu_per_min: f64,
+}
+
+/// Measures a point, again (up to `opts.attempts` times) while its rate drifted more
+/// than `opts.max_drift` over its window, and keeps the steadiest measurement. The
+/// engine model in virtual time is always steady enough: it is measured once.
+async fn measure_steady(
+    target: &mut Target,
+    p: &PointSpec,
+    opts: &MeasureOptions,
+    log: &mut dyn FnMut(String),
+) -> anyhow::Result<Measurement> {
+    let mut best = target.measure(p, opts).await?;
+    if matches!(target, Target::Virtual(_)) {
+        return Ok(best);
+    }
+    for attempt in 2..=opts.attempts {
+        if best.drift.abs() <= opts.max_drift {
+            break;
+        }
+        log(format!(
+            "         not steady ({:.2} GPU-ms/req, rate drift {:+.1}% over the window): measuring again ({attempt}/{})",
+            best.gpu_ms_per_request,
+            best.drift * 100.0,
+            opts.attempts
+        ));
+        let m = target.measure(p, opts).await?;
+        if m.drift.abs() < best.drift.abs() {
+            best = m;
+        }
+    }
+    Ok(best)
+}
+
+/// Throughput gain a capacity level must bring over the best lower one to count as
+/// unsaturated.
+const SATURATION_GAIN: f64 = 1.02;
+
+/// Runs the cost sweep, fits the coefficients, then runs the capacity sweep. Each
+/// measured point, the fit and each capacity level are reported through `log` as they
+/// come.
+pub async fn calibrate(
+    target: &mut Target,
+    sweep: &SweepConfig,
+    log: &mut dyn FnMut(String),
+) -> anyhow::Result<Calibration> {
+    sweep.validate().map_err(anyhow::Error::msg)?;
+    let points = sweep.cost_points();
+    log(format!(
+        "cost sweep: {} points at concurrency {} ({})",
+        points.len(),
+        sweep.concurrency,
+        target.describe()
+    ));
+    let mut samples = Vec::with_capacity(points.len());
+    for (i, p) in points.iter().enumerate() {
+        let m = measure_steady(target, p, &sweep.measure, log).await?;
+        log(format!(
+            "  [{:>2}/{}] {}",
+            i + 1,
+            points.len(),
+            output::sample_line(&m)
+        ));
+        samples.push(m);
+    }
+    let observations: Vec<Observation> = samples.iter().map(Measurement::observation).collect();
+    let fit = fit::fit(&observations).map_err(anyhow::Error::msg)?;
+    for line in output::fit_report(&samples, &fit) {
+        log(line);
+    }
+
+    let levels_spec = sweep.capacity_points();
+    log(format!(
+        "capacity sweep: prompt {} tokens, output {} tokens, concurrency {:?}, SLO p90 TPOT <= {} ms",
+        sweep.capacity_input, sweep.capacity_output, sweep.capacity_concurrency, sweep.slo_tpot_ms
+    ));
+    let mut levels: Vec<CapacityLevel> = Vec::new();
+    let mut stop = CapacityStop::EndOfSweep;
+    for p in &levels_spec {
+        let m = measure_steady(target, p, &sweep.measure, log).await?;
+        let mu_per_request = fit.predict(&m.observation());
+        let mu_per_min = m.throughput_rps * 60.0 * mu_per_request;
+        let within_slo = m.tpot_p90_ms.is_none_or(|t| t <= sweep.slo_tpot_ms);
+        let best_before = levels
+            .iter()
+            .map(|l| l.measurement.throughput_rps)
+            .fold(0.0f64, f64::max);
+        let level = CapacityLevel {
+            measurement: m,
+            mu_per_request,
+            mu_per_min,
+            within_slo,
+        };
+        log(format!("  {}", output::level_line(&level)));
+        let rps = level.measurement.throughput_rps;
+        levels.push(level);
+        if !within_slo {
+            stop = CapacityStop::Slo;
+            break;
+        }
+        if best_before > 0.0 && rps < best_before * SATURATION_GAIN {
+            stop = CapacityStop::Saturated;
+            break;
+        }
+    }
+    let capacity_level = levels
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.within_slo)
+        .max_by(|a, b| a.1.mu_per_min.total_cmp(&b.1.mu_per_min))
+        .map(|(i, _)| i);
+    let capacity_mu_per_min = match capacity_level {
+        Some(i) => levels[i].mu_per_min,
+        None => {
+            log(format!(
+                "warning: no concurrency level kept p90 TPOT within {} ms; the capacity is \
+                 what the lowest level sustained",
+                sweep.slo_tpot_ms
+            ));
+            levels.first().map(|l| l.mu_per_min).unwrap_or(0.0)
+        }
+    };
+    if !(capacity_mu_per_min.is_finite() && capacity_mu_per_min > 0.0) {
+        anyhow::bail!(
+            "the capacity sweep measured no positive load ({capacity_mu_per_min} MU/min)"
+        );
+    }
+    let cal = Calibration {
+        target: target.describe(),
+        model: target.model().to_owned(),
+        sweep: sweep.clone(),
+        samples,
+        fit,
+        levels,
+        capacity_level,
+        capacity_stop: stop,
+        capacity_mu_per_min,
+    };
+    for line in output::capacity_report(&cal) {
+        log(line);
+    }
+    Ok(cal)
+}
+
+/// The price of `m`'s shape under `c`.
+pub fn price(c: &MuCoefficients, m: &Measurement) -> f64 {
+    fit::predict(c, &m.observation())
+}

@@ -1,0 +1,183 @@
+//! The calibration procedure run against the pure engine model in virtual time: no HTTP,
+//! no client delay, exact step times. It yields the simulated engine's true cost of a
+//! request shape at a concurrency — the same closed loop, ramp and window as the HTTP
+//! measurement, with each finished request replaced at the very end of its last step.
+
+use super::prompt::Rng;
+use super::{summarize, Done, MeasureOptions, Measurement, PointSpec};
+use sluice_engine::{EngineCore, EngineEvent, EngineParams, EngineRequest, RequestId};
+
+/// Steps one point may take before the run is declared stuck.
+const MAX_STEPS: u64 = 50_000_000;
+
+/// The simulated engine's model, measured in virtual time.
+#[derive(Debug, Clone)]
+pub struct VirtualEngine {
+    params: EngineParams,
+    model: String,
+    rng: Rng,
+}
+
+struct Worker {
+    ramp: bool,
+    start_us: u64,
+    first_us: Option<u64>,
+}
+
+impl VirtualEngine {
+    pub fn new(params: EngineParams, model: impl Into<String>, seed: u64) -> Self {
+        Self {
+            params,
+            model: model.into(),
+            rng: Rng::new(seed),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "the engine model of {} in virtual time (exact step times)",
+            self.model
+        )
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn params(&self) -> &EngineParams {
+        &self.params
+    }
+
+    /// Measures one point on a fresh engine.
+    pub fn measure(
+        &mut self,
+        spec: &PointSpec,
+        opts: &MeasureOptions,
+    ) -> Result<Measurement, String> {
+        let c = spec.concurrency.max(1);
+        let target = opts.target_requests(c);
+        let mut core = EngineCore::new(self.params.clone());
+        let prefix = self.rng.tokens(spec.cached as usize);
+        let unique = spec.input.saturating_sub(spec.cached).max(1) as usize;
+        let mut next_id = 0u64;
+        let mut now: u64 = 0;
+        let mut steps = 0u64;
+
+        // Cached points: one request computes the shared prefix first.
+        if !prefix.is_empty() {
+            let mut prompt = prefix.clone();
+            prompt.extend(self.rng.tokens(unique));
+            let req = EngineRequest::new(RequestId(next_id), prompt, 1, 1);
+            next_id += 1;
+            core.add_request(req, now).map_err(|e| e.to_string())?;
+            while core.has_work() {
+                now += core.step(now).duration_us;
+                steps += 1;
+            }
+        }
+
+        let mut workers: Vec<Worker> = Vec::with_capacity(c);
+        // Request id → worker: ids are handed out in order from `base`.
+        let base = next_id;
+        let mut owner: Vec<usize> = Vec::new();
+        let submit = |core: &mut EngineCore,
+                      rng: &mut Rng,
+                      owner: &mut Vec<usize>,
+                      w: usize,
+                      output: u32,
+                      now: u64|
+         -> Result<(), String> {
+            let mut prompt = prefix.clone();
+            prompt.extend(rng.tokens(unique));
+            let id = RequestId(base + owner.len() as u64);
+            owner.push(w);
+            core.add_request(EngineRequest::new(id, prompt, output, output), now)
+                .map_err(|e| format!("the engine refused a request of {spec:?}: {e}"))
+        };
+        for k in 0..c {
+            workers.push(Worker {
+                ramp: true,
+                start_us: now,
+                first_us: None,
+            });
+            submit(
+                &mut core,
+                &mut self.rng,
+                &mut owner,
+                k,
+                spec.ramp_output(k),
+                now,
+            )?;
+        }
+
+        let mut ramp_left = c;
+        let mut window_start: Option<u64> = None;
+        let mut done: Vec<Done> = Vec::with_capacity(target);
+        let mut finished: Vec<(usize, u32, u32, u32)> = Vec::new();
+        while done.len() < target {
+            if !core.has_work() {
+                return Err("the engine ran out of work before the point was measured".into());
+            }
+            steps += 1;
+            if steps > MAX_STEPS {
+                return Err(format!("{spec:?} did not finish within {MAX_STEPS} steps"));
+            }
+            let out = core.step(now);
+            let end = now + out.duration_us;
+            if out.duration_us == 0 {
+                return Err(format!("the engine cannot schedule {spec:?}"));
+            }
+            finished.clear();
+            for ev in &out.events {
+                match *ev {
+                    EngineEvent::Token { id, index: 0 } => {
+                        let w = owner[(id.0 - base) as usize];
+                        workers[w].first_us.get_or_insert(end);
+                    }
+                    EngineEvent::Finished { id, usage, .. } => {
+                        let w = owner[(id.0 - base) as usize];
+                        finished.push((
+                            w,
+                            usage.prompt_tokens,
+                            usage.completion_tokens,
+                            usage.cached_tokens,
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            // Ramp completions first: a full request finishing in the step that ends the
+            // ramp is inside the window.
+            for &(w, ..) in &finished {
+                if workers[w].ramp {
+                    ramp_left -= 1;
+                    if ramp_left == 0 {
+                        window_start = Some(end);
+                    }
+                }
+            }
+            for &(w, prompt_tokens, completion_tokens, cached) in &finished {
+                let wk = &mut workers[w];
+                if !wk.ramp && window_start.is_some() && done.len() < target {
+                    let ms = |us: u64| us as f64 / 1000.0;
+                    done.push(Done {
+                        end_ms: ms(end),
+                        e2e_ms: ms(end - wk.start_us),
+                        ttft_ms: wk.first_us.map(|f| ms(f - wk.start_us)),
+                        prompt_tokens,
+                        completion_tokens,
+                        cached_tokens: Some(cached),
+                    });
+                }
+                *wk = Worker {
+                    ramp: false,
+                    start_us: end,
+                    first_us: None,
+                };
+                submit(&mut core, &mut self.rng, &mut owner, w, spec.output, end)?;
+            }
+            now = end;
+        }
+        summarize(*spec, &done)
+    }
+}
