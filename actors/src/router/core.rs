@@ -2,19 +2,38 @@
 //! passive health, as one deterministic state machine fed by the front door with
 //! explicit clock values. The HTTP shell only moves bytes.
 
+use super::affinity::{AffinityConfig, PrefixAffinity};
 use super::choice::{choose, Candidate, SpillPolicy};
 use super::health::{EjectionPolicy, PassiveHealth};
 use super::ledger::{Ledger, ReplicaInflight, RequestId};
+use super::workload::anonymous_key;
 use crate::mu::{EstimatorConfig, InflightCost, MuCoefficients, OutputEstimator, RequestShape};
 use crate::slice::{Assignment, ReplicaId, SliceKey};
 use std::collections::HashMap;
 
 /// Tunables of the router core.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RouterConfig {
     pub spill: SpillPolicy,
     pub ejection: EjectionPolicy,
     pub estimator: EstimatorConfig,
+    /// Where workloads' prefixes are expected to be cached (per-replica pricing).
+    pub affinity: AffinityConfig,
+    /// Weight of avoidable prefill (work a warm replica would skip) in the choice, per
+    /// request sharing the replica: 1 counts the delay it imposes on each of them once.
+    pub waste_weight: f64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            spill: SpillPolicy::default(),
+            ejection: EjectionPolicy::default(),
+            estimator: EstimatorConfig::default(),
+            affinity: AffinityConfig::default(),
+            waste_weight: 1.0,
+        }
+    }
 }
 
 /// A replica the router may send to.
@@ -65,8 +84,18 @@ pub struct ReplicaView {
 
 #[derive(Debug, Clone, Copy)]
 struct Active {
+    /// The cost model on the replica it was placed on.
     cost: InflightCost,
     workload: SliceKey,
+    input_tokens: u32,
+    images: u32,
+    /// Estimated output tokens over all `n` choices.
+    output: u32,
+    max_tokens: Option<u32>,
+    /// Prompt tokens expected cached on the chosen replica.
+    expected_cached: u32,
+    /// KV tokens counted as written to the chosen replica at placement.
+    charged_kv: u64,
     replica: ReplicaId,
     slice: SliceKey,
     generated: u32,
@@ -89,6 +118,7 @@ pub struct RouterCore {
     replicas: Vec<ReplicaEntry>,
     ledger: Ledger,
     estimator: OutputEstimator,
+    affinity: PrefixAffinity,
     active: HashMap<RequestId, Active>,
     next_id: RequestId,
 }
@@ -114,6 +144,7 @@ impl RouterCore {
                 .collect(),
             ledger: Ledger::new(),
             estimator: OutputEstimator::new(config.estimator),
+            affinity: PrefixAffinity::new(config.affinity),
             active: HashMap::new(),
             next_id: 1,
         }
@@ -126,19 +157,20 @@ impl RouterCore {
     /// Prices `a` and picks its replica; `None` when no replica is available.
     pub fn place(&mut self, a: &Admission, now_ms: u64) -> Option<Placement> {
         let est = self.estimator.estimate(a.workload.0, a.max_tokens);
-        let cached = (f64::from(a.input_tokens) * est.cached_fraction).round() as u32;
-        let shape = RequestShape {
-            uncached_input: a.input_tokens - cached.min(a.input_tokens),
-            cached_input: cached.min(a.input_tokens),
-            output: est.output_tokens.saturating_mul(a.n.max(1)),
-            images: a.images,
-        };
-        let cost = InflightCost::new(shape, a.max_tokens.map(|m| m.saturating_mul(a.n.max(1))));
+        let n = a.n.max(1);
+        let max_tokens = a.max_tokens.map(|m| m.saturating_mul(n));
+        let output = est.output_tokens.saturating_mul(n);
         let id = self.next_id;
         self.next_id += 1;
         let active = Active {
-            cost,
+            cost: InflightCost::new(RequestShape::default(), max_tokens),
             workload: a.workload,
+            input_tokens: a.input_tokens,
+            images: a.images,
+            output,
+            max_tokens,
+            expected_cached: 0,
+            charged_kv: 0,
             replica: ReplicaId(0),
             slice: a.workload,
             generated: 0,
@@ -156,6 +188,9 @@ impl RouterCore {
     /// count the failure against the replica and place the request elsewhere.
     pub fn retry(&mut self, id: RequestId, failed: ReplicaId, now_ms: u64) -> Option<Placement> {
         self.on_replica_failure(failed, now_ms);
+        if let Some(a) = self.active.get(&id) {
+            self.affinity.on_failed(a.workload.0, failed);
+        }
         let placed = self.assign(id, &[failed], now_ms);
         if placed.is_none() {
             self.finish(id, None);
@@ -163,26 +198,66 @@ impl RouterCore {
         placed
     }
 
+    /// The request's shape on a replica expected to hold `cached` of its prompt tokens.
+    fn shape(a: &Active, cached: u32) -> RequestShape {
+        let cached = cached.min(a.input_tokens);
+        RequestShape {
+            uncached_input: a.input_tokens - cached,
+            cached_input: cached,
+            output: a.output,
+            images: a.images,
+        }
+    }
+
     fn assign(&mut self, id: RequestId, exclude: &[ReplicaId], now_ms: u64) -> Option<Placement> {
         let active = *self.active.get(&id)?;
-        let mu = active.cost.remaining_mu(&self.coeffs, 0);
-        let slice = self.assignment.lookup(active.workload);
+        let workload = active.workload;
+        let slice = self.assignment.lookup(workload);
+        let mut cached = Vec::with_capacity(self.replicas.len());
         let fleet: Vec<Candidate> = self
             .replicas
             .iter()
-            .map(|r| Candidate {
-                id: r.spec.id,
-                healthy: r.checked_healthy && r.passive.available(now_ms),
-                inflight_mu: self.ledger.replica(r.spec.id).mu,
-                capacity_mu_per_min: r.spec.capacity_mu_per_min,
+            .map(|r| {
+                let c = self
+                    .affinity
+                    .expected_cached(workload.0, r.spec.id, active.input_tokens);
+                cached.push(c);
+                Candidate {
+                    id: r.spec.id,
+                    healthy: r.checked_healthy && r.passive.available(now_ms),
+                    inflight_mu: self.ledger.replica(r.spec.id).mu,
+                    inflight_requests: self.ledger.replica(r.spec.id).requests,
+                    capacity_mu_per_min: r.spec.capacity_mu_per_min,
+                    cost_mu: self.coeffs.price(&Self::shape(&active, c)),
+                    warm: c > 0,
+                }
             })
             .collect();
-        let choice = choose(&slice.subset, &fleet, mu, exclude, self.config.spill)?;
+        let choice = choose(
+            &slice.subset,
+            &fleet,
+            exclude,
+            self.config.spill,
+            self.config.waste_weight,
+        )?;
         let slice_start = slice.start;
+        let at = fleet.iter().position(|c| c.id == choice.replica)?;
+        let shape = Self::shape(&active, cached[at]);
+        let cost = InflightCost::new(shape, active.max_tokens);
+        let mu = cost.remaining_mu(&self.coeffs, 0);
+        let new_kv = u64::from(shape.uncached_input) + u64::from(shape.output);
         self.ledger.admit(id, choice.replica, slice_start, mu);
+        self.affinity.on_placed(choice.replica, new_kv);
+        if self.keyed(workload) {
+            self.affinity
+                .hold(workload.0, choice.replica, active.input_tokens);
+        }
         if let Some(a) = self.active.get_mut(&id) {
+            a.cost = cost;
             a.replica = choice.replica;
             a.slice = slice_start;
+            a.expected_cached = shape.cached_input;
+            a.charged_kv = new_kv;
         }
         Some(Placement {
             id,
@@ -214,6 +289,16 @@ impl RouterCore {
             let per_choice = u.completion_tokens / a.n;
             self.estimator
                 .observe(a.workload.0, per_choice, u.prompt_tokens, u.cached_tokens);
+            let written = u64::from(u.prompt_tokens.saturating_sub(u.cached_tokens))
+                + u64::from(u.completion_tokens);
+            self.affinity.on_completed(
+                a.workload.0,
+                a.replica,
+                a.expected_cached,
+                u.cached_tokens,
+                written,
+                a.charged_kv,
+            );
             if let Some(r) = self.entry(a.replica) {
                 r.passive.on_success();
             }
@@ -271,6 +356,12 @@ impl RouterCore {
         self.active.len()
     }
 
+    /// Requests without a workload key share the anonymous key but nothing known about
+    /// their prompts: no affinity is learned for them.
+    fn keyed(&self, workload: SliceKey) -> bool {
+        workload != anonymous_key()
+    }
+
     fn entry(&mut self, id: ReplicaId) -> Option<&mut ReplicaEntry> {
         self.replicas.iter_mut().find(|r| r.spec.id == id)
     }
@@ -317,15 +408,90 @@ mod tests {
     #[test]
     fn long_requests_spread_by_mu_not_count() {
         let mut c = core(4, 4);
-        // Two long requests and many short ones: the long ones land on different
-        // replicas and the short ones avoid them.
-        let long1 = c.place(&adm("a", 30_000, 2000), 0).unwrap();
-        let long2 = c.place(&adm("a", 30_000, 2000), 0).unwrap();
+        // Two long requests and many short ones, each its own workload (nothing cached
+        // anywhere): the long ones land on different replicas and the short ones avoid them.
+        let long1 = c.place(&adm("long-1", 30_000, 2000), 0).unwrap();
+        let long2 = c.place(&adm("long-2", 30_000, 2000), 0).unwrap();
         assert_ne!(long1.replica, long2.replica);
-        for _ in 0..20 {
-            let p = c.place(&adm("a", 200, 50), 0).unwrap();
+        for i in 0..20 {
+            let p = c.place(&adm(&format!("short-{i}"), 200, 50), 0).unwrap();
             assert!(p.replica != long1.replica && p.replica != long2.replica);
         }
+    }
+
+    #[test]
+    fn a_workload_follows_its_prefix_and_is_priced_by_what_is_cached_there() {
+        let mut c = core(2, 2);
+        let first = c.place(&adm("chat", 10_000, 100), 0).unwrap();
+        c.progress(first.id, 100);
+        c.finish(
+            first.id,
+            Some(Usage {
+                prompt_tokens: 10_000,
+                completion_tokens: 100,
+                cached_tokens: 0,
+            }),
+        );
+        // Other (cold) work makes the warm replica the busier one.
+        let mut others = vec![c.place(&adm("other-1", 2_000, 50), 0).unwrap()];
+        if others[0].replica != first.replica {
+            let o = c.place(&adm("other-2", 4_000, 50), 0).unwrap();
+            assert_eq!(
+                o.replica, first.replica,
+                "a cold request takes the idle replica"
+            );
+            others.push(o);
+        }
+        let other_replica = ReplicaId(1 - first.replica.0);
+        assert!(c.ledger().replica(first.replica).mu > c.ledger().replica(other_replica).mu);
+        // The next turn extends the prompt: it goes back where its 10k tokens are cached
+        // and is charged only the 500 new ones.
+        let next = c.place(&adm("chat", 10_500, 100), 0).unwrap();
+        assert_eq!(next.replica, first.replica);
+        assert!(next.mu < first.mu / 2.0, "{} vs {}", next.mu, first.mu);
+        c.finish(next.id, None);
+        for o in others {
+            c.finish(o.id, None);
+        }
+        // A workload that never finds its prefix cached learns to expect nothing.
+        for _ in 0..30 {
+            let p = c.place(&adm("chat", 10_500, 100), 0).unwrap();
+            c.finish(
+                p.id,
+                Some(Usage {
+                    prompt_tokens: 10_500,
+                    completion_tokens: 100,
+                    cached_tokens: 0,
+                }),
+            );
+        }
+        let p = c.place(&adm("chat", 10_500, 100), 0).unwrap();
+        assert!(p.mu > first.mu * 0.95, "{} vs {}", p.mu, first.mu);
+    }
+
+    #[test]
+    fn anonymous_traffic_is_not_piled_onto_a_guessed_prefix() {
+        let mut c = core(2, 2);
+        let anon = |input| Admission {
+            workload: crate::router::workload::anonymous_key(),
+            ..adm("", input, 100)
+        };
+        // A keyed workload's next request is priced as cached where the first one went.
+        let a = c.place(&adm("keyed", 20_000, 100), 0).unwrap();
+        let b = c.place(&adm("keyed", 20_000, 100), 0).unwrap();
+        assert_eq!(a.replica, b.replica);
+        assert!(b.mu < a.mu / 2.0);
+        c.finish(a.id, None);
+        c.finish(b.id, None);
+        // Anonymous requests never are, and spread by load.
+        let first = c.place(&anon(20_000), 0).unwrap();
+        let next = c.place(&anon(20_000), 0).unwrap();
+        assert_ne!(first.replica, next.replica);
+        assert!(
+            next.mu > 20_000.0 * 0.019,
+            "charged the whole prefill: {}",
+            next.mu
+        );
     }
 
     #[test]

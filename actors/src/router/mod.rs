@@ -1,5 +1,6 @@
 //! The router's policy core.
 
+pub mod affinity;
 pub mod baselines;
 pub mod choice;
 pub mod core;
@@ -9,6 +10,7 @@ pub mod policy;
 pub mod sluice_policy;
 pub mod workload;
 
+pub use affinity::{AffinityConfig, PrefixAffinity};
 pub use choice::{choose, Candidate, Choice, SpillPolicy};
 pub use core::{Admission, Placement, ReplicaSpec, ReplicaView, RouterConfig, RouterCore, Usage};
 pub use health::{EjectionPolicy, PassiveHealth};

@@ -1,7 +1,8 @@
 //! Sluice's own policy behind the [`RoutingPolicy`] interface: every call drives the live
 //! router's [`RouterCore`] (`place`, `progress`, `finish`, `set_checked_health`), so the
-//! simulator measures exactly the logic a node runs — MU pricing, slices and subsets,
-//! least in-flight MU relative to capacity, spill, passive health.
+//! simulator measures exactly the logic a node runs — MU pricing per replica by its
+//! expected prefix cache, slices and subsets, the cost-aware choice and spill, passive
+//! health. The prefix-cache size comes from the profile's engine (KV blocks × block size).
 //!
 //! Until the assigner supplies one, the slice map is `Assignment::uniform` over the
 //! replicas (default: 64 slices, subsets of 2); replace it with
@@ -75,7 +76,10 @@ impl SluicePolicy {
                 capacity_mu_per_min: profile.capacity_mu_per_min,
             })
             .collect();
-        Self::new(profile.mu, RouterConfig::default(), &specs, options)
+        let mut config = RouterConfig::default();
+        config.affinity.cache_tokens =
+            u64::from(profile.engine.kv_blocks) * u64::from(profile.engine.block_size);
+        Self::new(profile.mu, config, &specs, options)
     }
 
     /// Installs a newer slice map (ignored if its generation is older than the current).
@@ -192,16 +196,23 @@ mod tests {
         let fleet: Vec<_> = (0..8).map(|i| obs(i, true)).collect();
         let prompt = vec![1u32; 500];
         let slice = p.assignment().lookup(SliceKey::of("tenant-a")).clone();
-        for id in 0..6 {
+        // The first request goes to the (idle) subset's leader; the workload's prefix is
+        // then expected there, so the next ones, even while running together, stay home.
+        let first = p
+            .route(&req(0, "tenant-a", &prompt), &fleet, &NoKvIndex, 0)
+            .unwrap();
+        assert_eq!(first, slice.subset[0]);
+        p.on_finish(0, Some(Usage::default()), 1);
+        for id in 1..7 {
             let r = p
-                .route(&req(id, "tenant-a", &prompt), &fleet, &NoKvIndex, 0)
+                .route(&req(id, "tenant-a", &prompt), &fleet, &NoKvIndex, 2)
                 .unwrap();
             assert!(slice.subset.contains(&r), "{r:?} not in {:?}", slice.subset);
         }
         assert_eq!(p.core().in_flight(), 6);
-        p.on_progress(0, 10, 1);
-        for id in 0..6 {
-            p.on_finish(id, None, 2);
+        p.on_progress(1, 10, 3);
+        for id in 1..7 {
+            p.on_finish(id, None, 4);
         }
         assert_eq!(p.core().in_flight(), 0);
         assert!(p.core().ledger().replica(slice.subset[0]).requests == 0);
@@ -244,6 +255,7 @@ mod tests {
                 p.route(&req(id, "x", &prompt), &fleet, &NoKvIndex, 0),
                 Some(ReplicaId(3))
             );
+            p.on_finish(id, None, 0);
         }
     }
 }

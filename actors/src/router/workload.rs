@@ -66,6 +66,11 @@ pub fn workload_key<'a, H: Fn(&str) -> Option<&'a str>>(
             return SliceKey::of(&format!("{ns}:{value}"));
         }
     }
+    anonymous_key()
+}
+
+/// The key of requests that offer none of the sources.
+pub fn anonymous_key() -> SliceKey {
     SliceKey::of("anonymous")
 }
 
