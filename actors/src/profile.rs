@@ -38,6 +38,11 @@ impl Profile {
             .unwrap_or_else(|e| panic!("embedded profile: {e}"))
     }
 
+    /// Tokens of KV one replica's prefix cache holds.
+    pub fn kv_cache_tokens(&self) -> u64 {
+        u64::from(self.engine.kv_blocks) * u64::from(self.engine.block_size)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {

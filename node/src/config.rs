@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sluice_actors::mu::EstimatorConfig;
+use sluice_actors::router::affinity::AffinityConfig;
 use sluice_actors::router::{KeySource, RouterConfig, SpillPolicy};
 use sluice_actors::Profile;
 use std::net::SocketAddr;
@@ -214,6 +215,10 @@ impl NodeConfig {
                 default_output: r.default_output_tokens.max(1),
                 ..defaults.estimator
             },
+            affinity: AffinityConfig {
+                cache_tokens: profile.kv_cache_tokens(),
+                ..defaults.affinity
+            },
             ..defaults
         };
         Ok(Self {
@@ -256,6 +261,8 @@ mod tests {
         assert_eq!(c.launch, 4);
         assert_eq!(c.model, "llama-3.1-8b-instruct");
         assert_eq!(c.key_sources.len(), 3);
+        // The router expects as much prefix cache as the profile's engine has.
+        assert_eq!(c.router.affinity.cache_tokens, c.profile.kv_cache_tokens());
     }
 
     #[test]

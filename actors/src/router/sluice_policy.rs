@@ -77,8 +77,7 @@ impl SluicePolicy {
             })
             .collect();
         let mut config = RouterConfig::default();
-        config.affinity.cache_tokens =
-            u64::from(profile.engine.kv_blocks) * u64::from(profile.engine.block_size);
+        config.affinity.cache_tokens = profile.kv_cache_tokens();
         Self::new(profile.mu, config, &specs, options)
     }
 
