@@ -1,8 +1,7 @@
-//! Estimates of what is unknown at admission: how many tokens a request will generate,
-//! and how much of its prompt the replica already caches.
-//!
-//! Both come from a running history per workload (exponentially weighted), bounded in
-//! memory, and capped by the request's own `max_tokens`.
+//! The estimate of what is unknown at admission: how many tokens a request will
+//! generate. It comes from a running history per workload (exponentially weighted),
+//! bounded in memory, and capped by the request's own `max_tokens`. (How much of a
+//! prompt a replica caches is estimated per replica in `router::affinity`.)
 
 use std::collections::HashMap;
 
@@ -30,19 +29,10 @@ impl Default for EstimatorConfig {
 #[derive(Debug, Clone, Copy)]
 struct History {
     output: f64,
-    cached_fraction: f64,
     last_seen: u64,
 }
 
-/// What the estimator predicts for one request.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Estimate {
-    pub output_tokens: u32,
-    /// Fraction of the prompt expected to hit the prefix cache (0..=1).
-    pub cached_fraction: f64,
-}
-
-/// Per-workload running history of output lengths and prefix-cache hit fractions.
+/// Per-workload running history of output lengths.
 #[derive(Debug, Clone)]
 pub struct OutputEstimator {
     config: EstimatorConfig,
@@ -59,44 +49,29 @@ impl OutputEstimator {
         }
     }
 
-    /// Predicts a request of `workload` that allows at most `max_tokens` output tokens.
-    pub fn estimate(&self, workload: u64, max_tokens: Option<u32>) -> Estimate {
-        let (output, cached_fraction) = match self.history.get(&workload) {
-            Some(h) => (h.output.round().max(1.0) as u32, h.cached_fraction),
-            None => (self.config.default_output, 0.0),
+    /// Output tokens expected of a request of `workload` that allows at most
+    /// `max_tokens`.
+    pub fn estimate(&self, workload: u64, max_tokens: Option<u32>) -> u32 {
+        let output = match self.history.get(&workload) {
+            Some(h) => h.output.round().max(1.0) as u32,
+            None => self.config.default_output,
         };
-        Estimate {
-            output_tokens: max_tokens.map_or(output, |m| output.min(m)).max(1),
-            cached_fraction,
-        }
+        max_tokens.map_or(output, |m| output.min(m)).max(1)
     }
 
-    /// Records what a finished request of `workload` actually did.
-    pub fn observe(
-        &mut self,
-        workload: u64,
-        output_tokens: u32,
-        prompt_tokens: u32,
-        cached_tokens: u32,
-    ) {
+    /// Records how many tokens a finished request of `workload` generated.
+    pub fn observe(&mut self, workload: u64, output_tokens: u32) {
         self.tick += 1;
-        let frac = if prompt_tokens == 0 {
-            0.0
-        } else {
-            (f64::from(cached_tokens) / f64::from(prompt_tokens)).clamp(0.0, 1.0)
-        };
         let a = self.config.alpha;
         let tick = self.tick;
         self.history
             .entry(workload)
             .and_modify(|h| {
                 h.output = a * f64::from(output_tokens) + (1.0 - a) * h.output;
-                h.cached_fraction = a * frac + (1.0 - a) * h.cached_fraction;
                 h.last_seen = tick;
             })
             .or_insert(History {
                 output: f64::from(output_tokens),
-                cached_fraction: frac,
                 last_seen: tick,
             });
         if self.history.len() > self.config.max_workloads {
@@ -126,21 +101,20 @@ mod tests {
     #[test]
     fn unknown_workload_gets_the_default_capped_by_max_tokens() {
         let e = OutputEstimator::new(EstimatorConfig::default());
-        assert_eq!(e.estimate(1, None).output_tokens, 256);
-        assert_eq!(e.estimate(1, Some(10)).output_tokens, 10);
+        assert_eq!(e.estimate(1, None), 256);
+        assert_eq!(e.estimate(1, Some(10)), 10);
     }
 
     #[test]
     fn history_moves_the_estimate_toward_what_the_workload_does() {
         let mut e = OutputEstimator::new(EstimatorConfig::default());
         for _ in 0..50 {
-            e.observe(7, 40, 1000, 800);
+            e.observe(7, 40);
         }
         let est = e.estimate(7, Some(2000));
-        assert_eq!(est.output_tokens, 40);
-        assert!((est.cached_fraction - 0.8).abs() < 1e-6);
+        assert_eq!(est, 40);
         // Another workload is untouched.
-        assert_eq!(e.estimate(8, None).output_tokens, 256);
+        assert_eq!(e.estimate(8, None), 256);
     }
 
     #[test]
@@ -150,24 +124,23 @@ mod tests {
             ..Default::default()
         });
         for w in 0..10_000u64 {
-            e.observe(w, 10, 10, 0);
+            e.observe(w, 10);
         }
         assert!(e.workloads() <= 100);
         // The most recent workload is remembered.
-        assert_eq!(e.estimate(9_999, None).output_tokens, 10);
+        assert_eq!(e.estimate(9_999, None), 10);
     }
 
     proptest! {
         #[test]
-        fn estimate_is_within_bounds(obs in proptest::collection::vec((0u32..5000, 0u32..10_000, 0u32..10_000), 0..50), max in proptest::option::of(1u32..4096)) {
+        fn estimate_is_within_bounds(obs in proptest::collection::vec(0u32..5000, 0..50), max in proptest::option::of(1u32..4096)) {
             let mut e = OutputEstimator::new(EstimatorConfig::default());
-            for (o, p, c) in obs {
-                e.observe(3, o, p, c.min(p));
+            for o in obs {
+                e.observe(3, o);
             }
             let est = e.estimate(3, max);
-            prop_assert!(est.output_tokens >= 1);
-            if let Some(m) = max { prop_assert!(est.output_tokens <= m); }
-            prop_assert!((0.0..=1.0).contains(&est.cached_fraction));
+            prop_assert!(est >= 1);
+            if let Some(m) = max { prop_assert!(est <= m); }
         }
     }
 }

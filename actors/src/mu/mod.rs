@@ -4,6 +4,6 @@ pub mod estimate;
 pub mod inflight;
 pub mod pricing;
 
-pub use estimate::{Estimate, EstimatorConfig, OutputEstimator};
+pub use estimate::{EstimatorConfig, OutputEstimator};
 pub use inflight::InflightCost;
 pub use pricing::{MuCoefficients, RequestShape};

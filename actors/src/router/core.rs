@@ -156,10 +156,10 @@ impl RouterCore {
 
     /// Prices `a` and picks its replica; `None` when no replica is available.
     pub fn place(&mut self, a: &Admission, now_ms: u64) -> Option<Placement> {
-        let est = self.estimator.estimate(a.workload.0, a.max_tokens);
+        let estimated_output = self.estimator.estimate(a.workload.0, a.max_tokens);
         let n = a.n.max(1);
         let max_tokens = a.max_tokens.map(|m| m.saturating_mul(n));
-        let output = est.output_tokens.saturating_mul(n);
+        let output = estimated_output.saturating_mul(n);
         let id = self.next_id;
         self.next_id += 1;
         let active = Active {
@@ -287,8 +287,7 @@ impl RouterCore {
         };
         if let Some(u) = usage {
             let per_choice = u.completion_tokens / a.n;
-            self.estimator
-                .observe(a.workload.0, per_choice, u.prompt_tokens, u.cached_tokens);
+            self.estimator.observe(a.workload.0, per_choice);
             let written = u64::from(u.prompt_tokens.saturating_sub(u.cached_tokens))
                 + u64::from(u.completion_tokens);
             self.affinity.on_completed(
@@ -304,12 +303,7 @@ impl RouterCore {
             }
         } else if a.generated > 0 {
             // Tokens arrived, so the replica was reachable; learn the length seen so far.
-            self.estimator.observe(
-                a.workload.0,
-                a.generated / a.n,
-                a.cost.shape().input() as u32,
-                0,
-            );
+            self.estimator.observe(a.workload.0, a.generated / a.n);
         }
     }
 
