@@ -210,27 +210,14 @@ impl RoutingPolicy for Chwbl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::baselines::common::fixtures::{self, req};
     use crate::router::policy::NoKvIndex;
-    use crate::slice::SliceKey;
 
     fn obs(id: u64, healthy: bool, active: u32) -> ReplicaObservation {
         ReplicaObservation {
-            id: ReplicaId(id),
             healthy,
-            capacity_mu_per_min: 1.0,
             active_requests: active,
-            waiting: 0,
-            kv_usage: 0.0,
-        }
-    }
-
-    fn req(prompt: &[u32]) -> RouteRequest<'_> {
-        RouteRequest {
-            id: 0,
-            workload: SliceKey(0),
-            prompt,
-            max_tokens: None,
-            images: 0,
+            ..fixtures::obs(id)
         }
     }
 

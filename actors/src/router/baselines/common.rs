@@ -186,3 +186,38 @@ mod tests {
         assert_eq!(b, a[..3]);
     }
 }
+
+/// Requests and fleets for the baselines' tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::router::policy::{ReplicaObservation, RouteRequest};
+    use crate::slice::{ReplicaId, SliceKey};
+
+    /// A healthy, idle replica; tests change the fields they care about.
+    pub fn obs(id: u64) -> ReplicaObservation {
+        ReplicaObservation {
+            id: ReplicaId(id),
+            healthy: true,
+            capacity_mu_per_min: 1.0,
+            active_requests: 0,
+            waiting: 0,
+            kv_usage: 0.0,
+        }
+    }
+
+    /// Request 0 of one workload with `prompt`.
+    pub fn req(prompt: &[u32]) -> RouteRequest<'_> {
+        RouteRequest {
+            id: 0,
+            workload: SliceKey(0),
+            prompt,
+            max_tokens: None,
+            images: 0,
+        }
+    }
+
+    /// `len` distinct tokens; different seeds share no prefix.
+    pub fn prompt(seed: u32, len: usize) -> Vec<u32> {
+        (0..len as u32).map(|i| seed * 100_000 + i).collect()
+    }
+}

@@ -363,7 +363,7 @@ pub fn softmax_sample(logits: &[(usize, f64, u32)], temperature: f64, u: f64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slice::SliceKey;
+    use crate::router::baselines::common::fixtures::{self, prompt};
     use proptest::prelude::*;
 
     /// A `KvIndex` with a fixed number of cached leading blocks per replica.
@@ -391,27 +391,16 @@ mod tests {
 
     fn obs(id: u64, healthy: bool) -> ReplicaObservation {
         ReplicaObservation {
-            id: ReplicaId(id),
             healthy,
-            capacity_mu_per_min: 1.0,
-            active_requests: 0,
-            waiting: 0,
-            kv_usage: 0.0,
+            ..fixtures::obs(id)
         }
     }
 
     fn req(id: u64, prompt: &[u32]) -> RouteRequest<'_> {
         RouteRequest {
             id,
-            workload: SliceKey(0),
-            prompt,
-            max_tokens: None,
-            images: 0,
+            ..fixtures::req(prompt)
         }
-    }
-
-    fn prompt(seed: u32, len: usize) -> Vec<u32> {
-        (0..len as u32).map(|i| seed * 100_000 + i).collect()
     }
 
     #[test]

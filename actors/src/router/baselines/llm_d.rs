@@ -431,32 +431,15 @@ impl RoutingPolicy for Llmd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::baselines::common::fixtures::{self, prompt, req};
     use crate::router::policy::NoKvIndex;
-    use crate::slice::SliceKey;
 
     fn obs(id: u64, waiting: u32, kv_usage: f64) -> ReplicaObservation {
         ReplicaObservation {
-            id: ReplicaId(id),
-            healthy: true,
-            capacity_mu_per_min: 1.0,
-            active_requests: 0,
             waiting,
             kv_usage,
+            ..fixtures::obs(id)
         }
-    }
-
-    fn req(prompt: &[u32]) -> RouteRequest<'_> {
-        RouteRequest {
-            id: 0,
-            workload: SliceKey(0),
-            prompt,
-            max_tokens: None,
-            images: 0,
-        }
-    }
-
-    fn prompt(seed: u32, len: usize) -> Vec<u32> {
-        (0..len as u32).map(|i| seed * 100_000 + i).collect()
     }
 
     #[test]

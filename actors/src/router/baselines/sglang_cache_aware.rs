@@ -558,33 +558,16 @@ impl RoutingPolicy for SglangCacheAware {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::baselines::common::fixtures::{self, prompt, req};
     use crate::router::policy::NoKvIndex;
-    use crate::slice::SliceKey;
     use proptest::prelude::*;
 
     fn obs(id: u64, healthy: bool, active: u32) -> ReplicaObservation {
         ReplicaObservation {
-            id: ReplicaId(id),
             healthy,
-            capacity_mu_per_min: 1.0,
             active_requests: active,
-            waiting: 0,
-            kv_usage: 0.0,
+            ..fixtures::obs(id)
         }
-    }
-
-    fn req(prompt: &[u32]) -> RouteRequest<'_> {
-        RouteRequest {
-            id: 0,
-            workload: SliceKey(0),
-            prompt,
-            max_tokens: None,
-            images: 0,
-        }
-    }
-
-    fn prompt(seed: u32, len: usize) -> Vec<u32> {
-        (0..len as u32).map(|i| seed * 100_000 + i).collect()
     }
 
     #[test]
