@@ -72,13 +72,8 @@ impl Trace {
     }
 }
 
-/// SplitMix64: a fast, well-mixed, deterministic 64-bit hash step.
-pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+/// SplitMix64's hash step, the same one the engine uses for its output words.
+pub use sluice_engine::words::mix64 as splitmix64;
 
 #[cfg(test)]
 mod tests {
