@@ -10,6 +10,10 @@ use sluice_actors::Profile;
 use sluice_chaos::sim::cli::{cli_main, SimArgs};
 use sluice_chaos::sim::FleetSpec;
 
+/// Sluice with a fixed uniform slice map and no assigner rounds: the ablation that shows
+/// what the assigner adds. Not part of `all`.
+pub const SLUICE_UNIFORM: &str = "sluice-uniform";
+
 /// Every policy name, Sluice's first.
 pub fn names() -> Vec<&'static str> {
     std::iter::once("sluice")
@@ -23,9 +27,15 @@ fn build(
     profile: &Profile,
     seed: u64,
 ) -> Option<Box<dyn RoutingPolicy>> {
-    if name == "sluice" {
-        let ids: Vec<ReplicaId> = (0..fleet.replicas as u64).map(ReplicaId).collect();
-        let policy = SluicePolicy::from_profile(profile, &ids, SluiceOptions::default()).ok()?;
+    if name == "sluice" || name == SLUICE_UNIFORM {
+        let ids: Vec<(ReplicaId, String)> = (0..fleet.replicas)
+            .map(|i| (ReplicaId(i as u64), format!("rack-{}", fleet.rack_of(i))))
+            .collect();
+        let mut options = SluiceOptions::default();
+        if name == SLUICE_UNIFORM {
+            options.assigner = None;
+        }
+        let policy = SluicePolicy::from_profile(profile, &ids, options).ok()?;
         return Some(Box::new(policy));
     }
     baselines::by_name(name, seed)

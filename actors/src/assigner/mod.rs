@@ -82,6 +82,8 @@
 mod config;
 mod fleet;
 mod load;
+mod meter;
+mod schedule;
 mod work;
 
 #[cfg(test)]
@@ -90,6 +92,8 @@ mod tests;
 pub use config::{AssignerConfig, ConfigError};
 pub use fleet::ReplicaInfo;
 pub use load::{LoadError, SliceLoad};
+pub use meter::{LoadMeter, LoadReport, DEFAULT_BUCKET_BITS};
+pub use schedule::{Schedule, ScheduleConfig};
 
 use crate::slice::{Assignment, AssignmentError, ReplicaId, Slice, SliceKey};
 use fleet::Fleet;

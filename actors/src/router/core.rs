@@ -7,6 +7,7 @@ use super::choice::{choose, Candidate, SpillPolicy};
 use super::health::{EjectionPolicy, PassiveHealth};
 use super::ledger::{Ledger, ReplicaInflight, RequestId};
 use super::workload::anonymous_key;
+use crate::assigner::{LoadMeter, LoadReport, DEFAULT_BUCKET_BITS};
 use crate::mu::{EstimatorConfig, InflightCost, MuCoefficients, OutputEstimator, RequestShape};
 use crate::slice::{Assignment, ReplicaId, SliceKey};
 use std::collections::HashMap;
@@ -22,6 +23,9 @@ pub struct RouterConfig {
     /// Weight of avoidable prefill (work a warm replica would skip) in the choice, per
     /// request sharing the replica: 1 counts the delay it imposes on each of them once.
     pub waste_weight: f64,
+    /// Buckets (`2^bits`) of the keyspace the admitted load is measured in, for the
+    /// assigner.
+    pub load_bucket_bits: u32,
 }
 
 impl Default for RouterConfig {
@@ -32,6 +36,7 @@ impl Default for RouterConfig {
             estimator: EstimatorConfig::default(),
             affinity: AffinityConfig::default(),
             waste_weight: 1.0,
+            load_bucket_bits: DEFAULT_BUCKET_BITS,
         }
     }
 }
@@ -121,6 +126,7 @@ pub struct RouterCore {
     affinity: PrefixAffinity,
     active: HashMap<RequestId, Active>,
     next_id: RequestId,
+    meter: LoadMeter,
 }
 
 impl RouterCore {
@@ -147,6 +153,7 @@ impl RouterCore {
             affinity: PrefixAffinity::new(config.affinity),
             active: HashMap::new(),
             next_id: 1,
+            meter: LoadMeter::new(config.load_bucket_bits, 0),
         }
     }
 
@@ -178,8 +185,11 @@ impl RouterCore {
         };
         self.active.insert(id, active);
         let placed = self.assign(id, &[], now_ms);
-        if placed.is_none() {
-            self.active.remove(&id);
+        match placed {
+            Some(p) => self.meter.record(a.workload, p.mu),
+            None => {
+                self.active.remove(&id);
+            }
         }
         placed
     }
@@ -286,6 +296,16 @@ impl RouterCore {
             return;
         };
         if let Some(u) = usage {
+            // The measured load follows what the request really cost.
+            let charged = a.cost.remaining_mu(&self.coeffs, 0);
+            let cached = u.cached_tokens.min(u.prompt_tokens);
+            let actual = self.coeffs.price(&RequestShape {
+                uncached_input: u.prompt_tokens - cached,
+                cached_input: cached,
+                output: u.completion_tokens,
+                images: a.images,
+            });
+            self.meter.record(a.workload, actual - charged);
             let per_choice = u.completion_tokens / a.n;
             self.estimator.observe(a.workload.0, per_choice);
             let written = u64::from(u.prompt_tokens.saturating_sub(u.cached_tokens))
@@ -340,6 +360,12 @@ impl RouterCore {
                 inflight: self.ledger.replica(r.spec.id),
             })
             .collect()
+    }
+
+    /// The MU admitted per keyspace bucket since the last call (what a router reports
+    /// to the assigner), corrected by what finished requests really cost.
+    pub fn take_load(&mut self, now_us: u64) -> LoadReport {
+        self.meter.take(now_us)
     }
 
     pub fn ledger(&self) -> &Ledger {

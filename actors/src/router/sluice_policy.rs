@@ -4,34 +4,55 @@
 //! expected prefix cache, slices and subsets, the cost-aware choice and spill, passive
 //! health. The prefix-cache size comes from the profile's engine (KV blocks × block size).
 //!
-//! Until the assigner supplies one, the slice map is `Assignment::uniform` over the
-//! replicas (default: 64 slices, subsets of 2); replace it with
-//! [`SluicePolicy::set_assignment`]. The replica set is fixed at construction (the core has
-//! no way to add replicas); replicas missing from an observation count as unhealthy.
+//! The slice map starts as the assigner's [`initial_assignment`] (rack-spread subsets);
+//! then, on the assigner's [`Schedule`] (a round a minute by default), the policy hands
+//! the core's measured per-key load to the assigner and installs the next assignment —
+//! what the Raft leader does for a live fleet. With the assigner off, the map is
+//! `Assignment::uniform` and only [`SluicePolicy::set_assignment`] changes it. The replica
+//! set is fixed at construction (the core has no way to add replicas); replicas missing
+//! from an observation count as unhealthy, and the assigner moves their slices away.
 
 use super::core::{Admission, ReplicaSpec, RouterConfig, RouterCore, Usage};
 use super::ledger::RequestId;
 use super::policy::{KvIndex, ReplicaObservation, RouteRequest, RoutingPolicy};
+use crate::assigner::{initial_assignment, ReplicaInfo, Schedule, ScheduleConfig};
 use crate::mu::MuCoefficients;
 use crate::profile::Profile;
 use crate::slice::{Assignment, AssignmentError, ReplicaId};
 use std::collections::HashMap;
 
-/// Shape of the initial uniform assignment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the slice map is made.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SluiceOptions {
-    /// Replicas per slice.
+    /// The assigner's rounds; `None` keeps a fixed uniform map.
+    pub assigner: Option<ScheduleConfig>,
+    /// Replicas per slice of the uniform map (assigner off).
     pub subset_size: usize,
+    /// Slices of the uniform map (assigner off).
     pub slice_count: usize,
 }
 
 impl Default for SluiceOptions {
     fn default() -> Self {
         Self {
+            assigner: Some(ScheduleConfig::default()),
             subset_size: 2,
             slice_count: 64,
         }
     }
+}
+
+/// What the assigner did over a run.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AssignerStats {
+    pub rounds: u64,
+    /// Rounds that produced a new generation.
+    pub changes: u64,
+    /// Sum over rounds of the budgeted and the forced churn (fractions of the load).
+    pub churn: f64,
+    pub forced_churn: f64,
+    /// Imbalance the last round left (max/mean relative load).
+    pub last_imbalance: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -43,42 +64,88 @@ pub struct SluicePolicy {
     replicas: Vec<(ReplicaId, bool)>,
     index: HashMap<ReplicaId, usize>,
     seen: Vec<bool>,
+    registry: Vec<ReplicaInfo>,
+    schedule: Option<Schedule>,
+    stats: AssignerStats,
 }
 
 impl SluicePolicy {
+    /// A policy over `replicas` (ids, racks, capacities).
     pub fn new(
         coeffs: MuCoefficients,
         config: RouterConfig,
-        replicas: &[ReplicaSpec],
+        replicas: &[ReplicaInfo],
         options: SluiceOptions,
     ) -> Result<Self, AssignmentError> {
         let ids: Vec<ReplicaId> = replicas.iter().map(|r| r.id).collect();
-        let assignment = Assignment::uniform(1, &ids, options.slice_count, options.subset_size)?;
+        let assignment = match &options.assigner {
+            Some(schedule) => initial_assignment(replicas, &schedule.assigner)?,
+            None => Assignment::uniform(1, &ids, options.slice_count, options.subset_size)?,
+        };
+        let specs: Vec<ReplicaSpec> = replicas
+            .iter()
+            .map(|r| ReplicaSpec {
+                id: r.id,
+                capacity_mu_per_min: r.capacity_mu_per_min,
+            })
+            .collect();
         Ok(Self {
-            core: RouterCore::new(coeffs, config, replicas, assignment),
+            core: RouterCore::new(coeffs, config, &specs, assignment),
             ids: HashMap::new(),
             replicas: ids.iter().map(|&id| (id, true)).collect(),
             index: ids.iter().enumerate().map(|(i, &id)| (id, i)).collect(),
             seen: vec![false; ids.len()],
+            registry: replicas.to_vec(),
+            schedule: options.assigner.map(|c| Schedule::new(c, 0)),
+            stats: AssignerStats::default(),
         })
     }
 
-    /// `replicas` of `profile` (its coefficients and capacity), default router config.
+    /// `replicas` of `profile` (its coefficients and capacity) in the given racks, default
+    /// router config.
     pub fn from_profile(
         profile: &Profile,
-        replicas: &[ReplicaId],
+        replicas: &[(ReplicaId, String)],
         options: SluiceOptions,
     ) -> Result<Self, AssignmentError> {
-        let specs: Vec<ReplicaSpec> = replicas
+        let infos: Vec<ReplicaInfo> = replicas
             .iter()
-            .map(|&id| ReplicaSpec {
-                id,
-                capacity_mu_per_min: profile.capacity_mu_per_min,
-            })
+            .map(|(id, rack)| ReplicaInfo::new(id.0, rack.clone(), profile.capacity_mu_per_min))
             .collect();
         let mut config = RouterConfig::default();
         config.affinity.cache_tokens = profile.kv_cache_tokens();
-        Self::new(profile.mu, config, &specs, options)
+        Self::new(profile.mu, config, &infos, options)
+    }
+
+    pub fn assigner_stats(&self) -> AssignerStats {
+        self.stats
+    }
+
+    /// Runs an assigner round when one is due: the core's measured load, the replicas'
+    /// observed health, the next assignment installed.
+    fn maybe_reassign(&mut self, now_us: u64) {
+        let Some(schedule) = self.schedule.as_mut() else {
+            return;
+        };
+        if !schedule.due(now_us) {
+            return;
+        }
+        for (info, &(_, healthy)) in self.registry.iter_mut().zip(&self.replicas) {
+            info.healthy = healthy;
+        }
+        let report = self.core.take_load(now_us);
+        let Some(plan) = schedule.round(now_us, &report, self.core.assignment(), &self.registry)
+        else {
+            return;
+        };
+        self.stats.rounds += 1;
+        self.stats.churn += plan.churn;
+        self.stats.forced_churn += plan.forced_churn;
+        self.stats.last_imbalance = plan.imbalance_after;
+        if plan.changed {
+            self.stats.changes += 1;
+            self.core.set_assignment(plan.assignment);
+        }
     }
 
     /// Installs a newer slice map (ignored if its generation is older than the current).
@@ -117,7 +184,11 @@ impl SluicePolicy {
 
 impl RoutingPolicy for SluicePolicy {
     fn name(&self) -> &'static str {
-        "sluice"
+        if self.schedule.is_some() {
+            "sluice"
+        } else {
+            "sluice-uniform"
+        }
     }
 
     fn route(
@@ -128,6 +199,7 @@ impl RoutingPolicy for SluicePolicy {
         now_us: u64,
     ) -> Option<ReplicaId> {
         self.sync_health(fleet);
+        self.maybe_reassign(now_us);
         let admission = Admission {
             workload: req.workload,
             input_tokens: u32::try_from(req.prompt.len()).unwrap_or(u32::MAX),
@@ -163,7 +235,9 @@ mod tests {
     use crate::slice::SliceKey;
 
     fn policy(n: u64) -> SluicePolicy {
-        let ids: Vec<ReplicaId> = (0..n).map(ReplicaId).collect();
+        let ids: Vec<(ReplicaId, String)> = (0..n)
+            .map(|i| (ReplicaId(i), format!("rack-{}", i % 2)))
+            .collect();
         SluicePolicy::from_profile(&Profile::default_profile(), &ids, SluiceOptions::default())
             .unwrap()
     }

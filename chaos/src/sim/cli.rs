@@ -31,7 +31,8 @@ pub struct SimArgs {
     pub replicas: usize,
     #[arg(long, default_value_t = 4)]
     pub racks: usize,
-    /// Comma-separated policy names, or `all`.
+    /// Comma-separated policy names, or `all` (Sluice and every baseline). Also
+    /// `sluice-uniform`: Sluice on a fixed uniform slice map, without assigner rounds.
     #[arg(long, default_value = "all")]
     pub policy: String,
     /// Scale arrivals so offered MU / fleet capacity equals this; as recorded if unset.

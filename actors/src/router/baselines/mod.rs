@@ -121,7 +121,9 @@ mod tests {
 
     fn every_policy(seed: u64, replicas: u64) -> Vec<Box<dyn RoutingPolicy>> {
         let mut v = all(seed);
-        let ids: Vec<ReplicaId> = (0..replicas).map(ReplicaId).collect();
+        let ids: Vec<(ReplicaId, String)> = (0..replicas)
+            .map(|i| (ReplicaId(i), format!("rack-{}", i % 2)))
+            .collect();
         v.push(Box::new(
             SluicePolicy::from_profile(&Profile::default_profile(), &ids, SluiceOptions::default())
                 .unwrap(),
