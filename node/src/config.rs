@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+use sluice_actors::assigner::{AssignerConfig, ScheduleConfig};
 use sluice_actors::mu::EstimatorConfig;
 use sluice_actors::router::affinity::AffinityConfig;
 use sluice_actors::router::{KeySource, RouterConfig, SpillPolicy};
@@ -17,6 +18,40 @@ pub struct FileConfig {
     pub node: NodeSection,
     pub replicas: ReplicaSection,
     pub router: RouterSection,
+    pub assigner: AssignerSection,
+}
+
+/// The assigner's rounds. With `enabled`, the node starts from the assigner's initial
+/// assignment (subsets at least `router.subset_size` wide, spread over racks) and
+/// rebalances it every `round_every_s`; without, the keyspace is cut uniformly into
+/// `router.slice_count` slices for good.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssignerSection {
+    pub enabled: bool,
+    pub round_every_s: f64,
+    /// Half-life of the load the rounds balance (Dicer: 120 s).
+    pub half_life_s: f64,
+    /// Most load a round may move to replicas that did not serve it, as a fraction.
+    pub churn_budget: f64,
+    /// Max/mean replica load the rounds aim under.
+    pub target_imbalance: f64,
+    /// Widest subset a hot slice may get.
+    pub max_width: usize,
+}
+
+impl Default for AssignerSection {
+    fn default() -> Self {
+        let s = ScheduleConfig::default();
+        Self {
+            enabled: true,
+            round_every_s: s.period_us as f64 / 1e6,
+            half_life_s: s.half_life_s,
+            churn_budget: s.assigner.churn_budget,
+            target_imbalance: s.assigner.target_imbalance,
+            max_width: s.assigner.max_width,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +168,8 @@ pub struct NodeConfig {
     pub router: RouterConfig,
     pub subset_size: usize,
     pub slice_count: usize,
+    /// Assigner rounds; `None`: a fixed uniform slice map.
+    pub assigner: Option<ScheduleConfig>,
     pub key_sources: Vec<KeySource>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -205,6 +242,38 @@ impl NodeConfig {
         {
             bail!("router.spill_ratio must be ≥ 1 and router.spill_slack_s ≥ 0");
         }
+        let assigner = if fc.assigner.enabled {
+            let a = &fc.assigner;
+            if !(a.round_every_s.is_finite() && a.round_every_s > 0.0) {
+                bail!(
+                    "assigner.round_every_s must be a positive number of seconds, got {}",
+                    a.round_every_s
+                );
+            }
+            if !(a.half_life_s.is_finite() && a.half_life_s >= 0.0) {
+                bail!(
+                    "assigner.half_life_s must be a non-negative number of seconds, got {}",
+                    a.half_life_s
+                );
+            }
+            let config = AssignerConfig {
+                min_width: r.subset_size,
+                max_width: a.max_width.max(r.subset_size),
+                churn_budget: a.churn_budget,
+                target_imbalance: a.target_imbalance,
+                ..AssignerConfig::default()
+            };
+            config
+                .validate()
+                .map_err(|e| anyhow::anyhow!("invalid [assigner] section: {e}"))?;
+            Some(ScheduleConfig {
+                period_us: (a.round_every_s * 1e6) as u64,
+                half_life_s: a.half_life_s,
+                assigner: config,
+            })
+        } else {
+            None
+        };
         let defaults = RouterConfig::default();
         let router = RouterConfig {
             spill: SpillPolicy {
@@ -236,6 +305,7 @@ impl NodeConfig {
             router,
             subset_size: r.subset_size,
             slice_count: r.slice_count,
+            assigner,
             key_sources,
             max_body_bytes: r.max_body_bytes,
             request_timeout: positive("request_timeout_s", r.request_timeout_s)?,
@@ -307,5 +377,30 @@ mod tests {
             },
         );
         assert!(e.unwrap_err().to_string().contains("no replicas"));
+    }
+
+    #[test]
+    fn assigner_section_is_checked_and_follows_the_subset_size() {
+        let c = NodeConfig::load(None, Overrides::default()).unwrap();
+        let a = c.assigner.unwrap();
+        assert_eq!(a.period_us, 60_000_000);
+        assert_eq!(a.assigner.min_width, c.subset_size);
+        for (text, needle) in [
+            ("[assigner]\nround_every_s = 0", "round_every_s"),
+            ("[assigner]\nchurn_budget = 2.0", "churn_budget"),
+            ("[assigner]\ntarget_imbalance = 0.5", "target_imbalance"),
+        ] {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            writeln!(f, "{text}").unwrap();
+            let e = format!(
+                "{:#}",
+                NodeConfig::load(Some(f.path()), Overrides::default()).unwrap_err()
+            );
+            assert!(e.contains(needle), "{e}");
+        }
+        let mut off = tempfile::NamedTempFile::new().unwrap();
+        writeln!(off, "[assigner]\nenabled = false").unwrap();
+        let c = NodeConfig::load(Some(off.path()), Overrides::default()).unwrap();
+        assert!(c.assigner.is_none());
     }
 }

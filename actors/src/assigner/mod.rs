@@ -170,10 +170,14 @@ pub fn assign(
     let mut work = Work::new(&fleet, load, &config, slices);
     let budget = config.churn_budget * work.total;
     work.repair();
-    work.merge(budget);
-    work.split();
-    work.narrow(budget);
-    work.place(budget);
+    // With no measured load there is nothing to balance, and an idle minute is no reason
+    // to merge the map down: only repairs apply.
+    if work.total > 0.0 {
+        work.merge(budget);
+        work.split();
+        work.narrow(budget);
+        work.place(budget);
+    }
 
     let out = to_slices(&fleet, &work.slices);
     if out.as_slice() == current.slices() {

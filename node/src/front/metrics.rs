@@ -38,6 +38,7 @@ pub struct Metrics {
     inflight_mu: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
     inflight_requests: Family<ReplicaLabel, Gauge>,
     available: Family<ReplicaLabel, Gauge>,
+    generation: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -60,6 +61,13 @@ impl Metrics {
         let inflight_mu = Family::<ReplicaLabel, Gauge<f64, AtomicU64>>::default();
         let inflight_requests = Family::<ReplicaLabel, Gauge>::default();
         let available = Family::<ReplicaLabel, Gauge>::default();
+        let generation = Gauge::default();
+        generation.set(1);
+        registry.register(
+            "assignment_generation",
+            "Generation of the slice assignment the router uses",
+            generation.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by endpoint and HTTP status",
@@ -116,7 +124,13 @@ impl Metrics {
             inflight_mu,
             inflight_requests,
             available,
+            generation,
         }
+    }
+
+    pub fn assignment(&self, generation: u64) {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
     pub fn request(&self, endpoint: &'static str, status: u16) {

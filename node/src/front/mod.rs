@@ -2,6 +2,7 @@
 //! forward, stream back, account. Decisions are the router core's; this shell moves
 //! bytes and reads clocks.
 
+mod assign;
 mod health;
 mod metrics;
 mod proxy;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use sluice_actors::assigner::{initial_assignment, ReplicaInfo, ScheduleConfig};
 use sluice_actors::router::{KeySource, ReplicaSpec, RouterCore};
 use sluice_actors::slice::{Assignment, ReplicaId};
 use sluice_engine::openai::{ApiError, Endpoint};
@@ -79,7 +81,13 @@ pub struct AppState {
     config: FrontConfig,
     metrics: Metrics,
     start: Instant,
+    /// The replicas as the assigner sees them, and its rounds (`None`: fixed map).
+    registry: Vec<ReplicaInfo>,
+    schedule: Option<ScheduleConfig>,
 }
+
+/// Rack of a standalone node's replicas: they share its host.
+const LOCAL_RACK: &str = "local";
 
 impl AppState {
     pub fn new(node: &NodeConfig, upstream_urls: &[String]) -> anyhow::Result<Arc<Self>> {
@@ -96,7 +104,14 @@ impl AppState {
                 capacity_mu_per_min: node.profile.capacity_mu_per_min,
             })
             .collect();
-        let assignment = Assignment::uniform(1, &ids, node.slice_count, node.subset_size)?;
+        let registry: Vec<ReplicaInfo> = ids
+            .iter()
+            .map(|id| ReplicaInfo::new(id.0, LOCAL_RACK, node.profile.capacity_mu_per_min))
+            .collect();
+        let assignment = match &node.assigner {
+            Some(schedule) => initial_assignment(&registry, &schedule.assigner)?,
+            None => Assignment::uniform(1, &ids, node.slice_count, node.subset_size)?,
+        };
         let core = RouterCore::new(node.profile.mu, node.router, &specs, assignment);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(node.connect_timeout));
@@ -119,7 +134,14 @@ impl AppState {
             },
             metrics: Metrics::new(),
             start: Instant::now(),
+            registry,
+            schedule: node.assigner.clone(),
         }))
+    }
+
+    /// Microseconds since the node started: the assigner's clock.
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
     }
 
     /// Milliseconds since the node started: the clock value handed to the core.
@@ -141,6 +163,9 @@ impl AppState {
 /// The axum app, with the health-check loop started on the current runtime.
 pub fn app(state: Arc<AppState>) -> Router {
     tokio::spawn(health::run(state.clone()));
+    if let Some(schedule) = state.schedule.clone() {
+        tokio::spawn(assign::run(state.clone(), schedule));
+    }
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
