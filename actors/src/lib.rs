@@ -2,6 +2,7 @@
 //! value, run unchanged by the live node and by the simulator.
 
 pub mod assigner;
+pub mod autoscaler;
 pub mod mu;
 pub mod profile;
 pub mod router;

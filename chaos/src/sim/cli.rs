@@ -1,13 +1,15 @@
 //! `sluice sim`: replay a trace over a simulated fleet under each routing policy and
 //! compare them.
 
-use super::load::{offered_mu_per_min, scale_to_load};
+use super::load::{minute_needs, offered_mu_per_min, scale_to_load};
 use super::outcome::{PolicyReport, RequestRecord, Slo};
 use super::plot;
-use super::run::{simulate, FleetSpec, SimOptions, SimRun};
+use super::run::{simulate_scaled, FleetSpec, SimOptions, SimRun};
+use super::scaling::Scaling;
 use crate::trace::{self, Trace};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use sluice_actors::autoscaler::{self, AutoscalerConfig, ScaleBounds};
 use sluice_actors::router::RoutingPolicy;
 use sluice_actors::Profile;
 use std::path::PathBuf;
@@ -71,9 +73,40 @@ pub struct SimArgs {
     /// ServeGen: multiply every window's rate by this.
     #[arg(long, default_value_t = 1.0)]
     pub rate_scale: f64,
+    /// ServeGen: only these client ids (comma-separated) [default: every client].
+    #[arg(long, value_delimiter = ',')]
+    pub clients: Option<Vec<u32>>,
     /// Agentic: number of coding-agent sessions.
     #[arg(long, default_value_t = 500)]
     pub sessions: u32,
+    /// Autoscale the fleet (`--replicas` is then the most there can be): comma-separated
+    /// names of sluice, static-peak, kpa, request-rate, or `all`. Each routing policy
+    /// runs under each autoscaler.
+    #[arg(long)]
+    pub autoscaler: Option<String>,
+    /// Seconds from requesting a replica to its serving.
+    #[arg(long, default_value_t = 60.0)]
+    pub cold_start_s: f64,
+    /// Fewest replicas an autoscaler may keep.
+    #[arg(long, default_value_t = 1)]
+    pub min_replicas: usize,
+    /// Seconds between autoscaler decisions.
+    #[arg(long, default_value_t = 2.0)]
+    pub scale_tick_s: f64,
+    /// Autoscaler knobs (TOML, the node's [autoscaler] section format) [default: each
+    /// source's defaults].
+    #[arg(long)]
+    pub autoscaler_config: Option<PathBuf>,
+    /// kpa: target in-flight requests per replica (container concurrency target).
+    #[arg(long)]
+    pub kpa_target: Option<f64>,
+    /// request-rate: target requests per second per replica.
+    #[arg(long)]
+    pub rps_target: Option<f64>,
+    /// static-peak: replicas to keep [default: the trace's busiest minute at the
+    /// target utilization].
+    #[arg(long)]
+    pub static_replicas: Option<usize>,
 }
 
 /// What `--json` writes.
@@ -115,6 +148,7 @@ pub fn load_trace(args: &SimArgs) -> Result<Trace> {
                 duration_s: args.duration_s,
                 time_compression: args.time_compression,
                 rate_scale: args.rate_scale,
+                clients: args.clients.clone(),
                 seed: args.seed,
                 ..Default::default()
             };
@@ -196,15 +230,70 @@ pub fn run(
         exact_max_tokens: args.exact_max_tokens,
         ..SimOptions::default()
     };
+    let scalers = autoscalers(args)?;
+    let needs = minute_needs(
+        &trace,
+        &profile.mu,
+        profile.capacity_mu_per_min * AutoscalerConfig::default().target_utilization,
+    );
+    let fit = |n: usize| n.clamp(args.min_replicas.max(1), args.replicas.max(1));
+    let peak = fit(args
+        .static_replicas
+        .unwrap_or_else(|| needs.iter().copied().max().unwrap_or(1)));
+    let first = fit(needs.first().copied().unwrap_or(1));
+    if !scalers.is_empty() {
+        let mean = needs.iter().sum::<usize>() as f64 / needs.len().max(1) as f64;
+        eprintln!(
+            "replicas needed per minute at {:.0}% utilization: peak {}, mean {mean:.1}, first {}; static-peak keeps {peak}",
+            AutoscalerConfig::default().target_utilization * 100.0,
+            needs.iter().copied().max().unwrap_or(0),
+            needs.first().copied().unwrap_or(0),
+        );
+    }
     let mut runs = Vec::new();
     for name in &wanted {
-        let Some(mut policy) = factory(name, &fleet, &profile, args.seed) else {
-            bail!(
-                "unknown policy '{name}': choose from {}, or all",
-                names.join(", ")
+        for scaler in scalers
+            .iter()
+            .map(Some)
+            .chain(scalers.is_empty().then_some(None))
+        {
+            let Some(mut policy) = factory(name, &fleet, &profile, args.seed) else {
+                bail!(
+                    "unknown policy '{name}': choose from {}, or all",
+                    names.join(", ")
+                );
+            };
+            let mut scaling = match scaler {
+                Some(sc) => Some(Scaling {
+                    autoscaler: {
+                        let mut c = sc_config(args)?;
+                        c.static_replicas = c.static_replicas.or(Some(peak));
+                        autoscaler::by_name(sc, &c, args.replicas)?
+                    },
+                    bounds: ScaleBounds {
+                        min: args.min_replicas.min(args.replicas),
+                        max: args.replicas,
+                        reserved_floor: 0,
+                    },
+                    coeffs: profile.mu,
+                    tick_us: (args.scale_tick_s * 1e6) as u64,
+                    cold_start_us: (args.cold_start_s * 1e6) as u64,
+                    // Static peak starts (and stays) at the peak; the others at what the
+                    // first minute needs.
+                    initial: if *sc == "static-peak" { peak } else { first },
+                }),
+                None => None,
+            };
+            let started = std::time::Instant::now();
+            let run = simulate_scaled(&trace, &fleet, policy.as_mut(), scaling.as_mut(), &opts);
+            let wall = started.elapsed().as_secs_f64();
+            eprintln!(
+                "{name}: {} events in {wall:.1} s of wall time ({:.0} events/s)",
+                run.events,
+                run.events as f64 / wall.max(1e-9)
             );
-        };
-        runs.push(simulate(&trace, &fleet, policy.as_mut(), &opts));
+            runs.push(run);
+        }
     }
     let out = SimOutput {
         trace: trace.name.clone(),
@@ -218,6 +307,58 @@ pub fn run(
         policies: runs.iter().map(|r| r.report.clone()).collect(),
     };
     Ok((out, runs))
+}
+
+/// The autoscalers `--autoscaler` names (none: a fixed fleet).
+fn autoscalers(args: &SimArgs) -> Result<Vec<&'static str>> {
+    let Some(list) = &args.autoscaler else {
+        return Ok(Vec::new());
+    };
+    if !(args.cold_start_s.is_finite() && args.cold_start_s >= 0.0) {
+        bail!("--cold-start-s must be a non-negative number of seconds");
+    }
+    if !(args.scale_tick_s.is_finite() && args.scale_tick_s > 0.0) {
+        bail!("--scale-tick-s must be a positive number of seconds");
+    }
+    let mut out = Vec::new();
+    for n in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if n == "all" {
+            out.extend(autoscaler::NAMES.iter().copied());
+            continue;
+        }
+        match autoscaler::NAMES.iter().find(|k| **k == n) {
+            Some(k) => out.push(*k),
+            None => bail!(
+                "unknown autoscaler '{n}': choose from {}, or all",
+                autoscaler::NAMES.join(", ")
+            ),
+        }
+    }
+    if out.is_empty() {
+        bail!("--autoscaler names no autoscaler");
+    }
+    Ok(out)
+}
+
+/// Autoscaler knobs: the file's, then the flags'.
+fn sc_config(args: &SimArgs) -> Result<AutoscalerConfig> {
+    let mut c = match &args.autoscaler_config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("invalid {}", p.display()))?
+        }
+        None => AutoscalerConfig::default(),
+    };
+    if let Some(t) = args.kpa_target {
+        c.kpa_target_concurrency = t;
+    }
+    if let Some(t) = args.rps_target {
+        c.target_rps_per_replica = t;
+    }
+    c.static_replicas = args.static_replicas.or(c.static_replicas);
+    c.validate()?;
+    Ok(c)
 }
 
 /// Runs the command: table on stdout, JSON and plots where asked.
@@ -279,7 +420,7 @@ pub fn table(out: &SimOutput) -> String {
         out.slo.tpot_ms,
     );
     s += &format!(
-        "{:<20} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>9} {:>6} {:>6} {:>9} {:>8}\n",
+        "{:<20} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>9} {:>6} {:>6} {:>8} {:>9} {:>8}\n",
         "policy",
         "ttft p50",
         "ttft p95",
@@ -291,12 +432,13 @@ pub fn table(out: &SimOutput) -> String {
         "goodput",
         "slo %",
         "imbal",
+        "gpu h",
         "completed",
         "rejected"
     );
     for p in &out.policies {
         s += &format!(
-            "{:<20} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>7.1} {:>9.2} {:>6.1} {:>6.2} {:>9} {:>8}\n",
+            "{:<20} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>7.1} {:>9.2} {:>6.1} {:>6.2} {:>8.2} {:>9} {:>8}\n",
             p.name,
             p.ttft_ms.p50,
             p.ttft_ms.p95,
@@ -308,6 +450,7 @@ pub fn table(out: &SimOutput) -> String {
             p.goodput_rps,
             p.slo_attainment * 100.0,
             p.imbalance,
+            p.gpu_seconds / 3600.0,
             p.completed,
             p.rejected,
         );

@@ -29,6 +29,37 @@ pub fn offered_mu_per_min(trace: &Trace, mu: &MuCoefficients) -> f64 {
     offered_mu(trace, mu) / span_min
 }
 
+/// Replicas each minute of the trace needs: the MU it offers over `per_replica_mu_per_min`
+/// (a replica's capacity at the planned utilization), rounded up.
+pub fn minute_needs(trace: &Trace, mu: &MuCoefficients, per_replica_mu_per_min: f64) -> Vec<usize> {
+    let Some(start) = trace.requests.first().map(|r| r.arrival_us) else {
+        return Vec::new();
+    };
+    let mut per_min: Vec<f64> = Vec::new();
+    for r in &trace.requests {
+        let m = ((r.arrival_us - start) / 60_000_000) as usize;
+        if per_min.len() <= m {
+            per_min.resize(m + 1, 0.0);
+        }
+        per_min[m] += mu.price(&RequestShape {
+            uncached_input: r.prompt.len(),
+            cached_input: 0,
+            output: r.output_tokens,
+            images: 0,
+        });
+    }
+    per_min
+        .iter()
+        .map(|m| {
+            if per_replica_mu_per_min > 0.0 {
+                (m / per_replica_mu_per_min).ceil() as usize
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
 /// Stretches or compresses arrival times so that the trace offers `load` × the capacity
 /// of `replicas` replicas of `capacity_mu_per_min` each. Returns the time factor applied.
 pub fn scale_to_load(

@@ -6,6 +6,7 @@ pub mod load;
 pub mod outcome;
 pub mod plot;
 pub mod run;
+pub mod scaling;
 
 pub use outcome::{PolicyReport, RequestRecord, Slo};
-pub use run::{simulate, FleetSpec, Sample, SimOptions, SimRun};
+pub use run::{simulate, simulate_scaled, FleetSpec, Sample, SimOptions, SimRun};

@@ -3,7 +3,10 @@
 //! code the live node runs; only the clock is virtual.
 
 use super::outcome::{summarize, PolicyReport, RequestRecord, Slo};
+use super::scaling::{counts, promote, reconcile, Power, ScalePoint, Scaling};
 use crate::trace::Trace;
+use sluice_actors::autoscaler::ScaleInputs;
+use sluice_actors::mu::RequestShape;
 use sluice_actors::router::{KvIndex, ReplicaObservation, RouteRequest, RoutingPolicy, Usage};
 use sluice_actors::slice::{ReplicaId, SliceKey};
 use sluice_engine::core::{EngineCore, EngineEvent, EngineRequest, RequestId};
@@ -63,8 +66,10 @@ pub struct SimRun {
     pub report: PolicyReport,
     pub records: Vec<RequestRecord>,
     pub timeline: Vec<Sample>,
-    /// Discrete events processed (arrivals and step ends).
+    /// Discrete events processed (arrivals, step ends and autoscaler ticks).
     pub events: u64,
+    /// The autoscaler's ticks (empty for a fixed fleet).
+    pub scale: Vec<ScalePoint>,
 }
 
 struct Replica {
@@ -100,6 +105,19 @@ pub fn simulate(
     policy: &mut dyn RoutingPolicy,
     opts: &SimOptions,
 ) -> SimRun {
+    simulate_scaled(trace, fleet, policy, None, opts)
+}
+
+/// Replays `trace` with `fleet.replicas` as the most replicas there can be, switched on
+/// and off by `scaling`'s autoscaler (all of them on, always, without one). GPU seconds
+/// count every replica from the moment it is requested until it is released.
+pub fn simulate_scaled(
+    trace: &Trace,
+    fleet: &FleetSpec,
+    policy: &mut dyn RoutingPolicy,
+    mut scaling: Option<&mut Scaling>,
+    opts: &SimOptions,
+) -> SimRun {
     let mut replicas: Vec<Replica> = (0..fleet.replicas)
         .map(|_| Replica {
             core: EngineCore::new(fleet.params.clone()),
@@ -132,6 +150,27 @@ pub fn simulate(
     let mut next_sample = start_us;
     let mut last_us = start_us;
     let mut delivered = Vec::new();
+    let mut power = match &scaling {
+        Some(sc) => (0..fleet.replicas)
+            .map(|i| {
+                if i < sc.initial {
+                    Power::Ready
+                } else {
+                    Power::Off
+                }
+            })
+            .collect(),
+        None => vec![Power::Ready; fleet.replicas],
+    };
+    for (o, p) in obs.iter_mut().zip(&power) {
+        o.healthy = *p == Power::Ready;
+    }
+    let mut next_tick = scaling.as_ref().map(|sc| start_us + sc.tick_us.max(1));
+    let mut tick_mu = 0.0;
+    let mut tick_arrivals = 0u64;
+    let mut billed_us = 0u64;
+    let mut billed_since = start_us;
+    let mut scale_points = Vec::new();
 
     loop {
         let arrival_at = trace.requests.get(next_arrival).map(|r| r.arrival_us);
@@ -142,6 +181,66 @@ pub fn simulate(
             (Some(a), None) => a,
             (None, Some(s)) => s,
         };
+        if let (Some(t), Some(sc)) = (next_tick, scaling.as_deref_mut()) {
+            if t < now {
+                // An autoscaler tick, before the next arrival or step end.
+                events += 1;
+                let on = power.iter().filter(|p| p.billed()).count() as u64;
+                billed_us += on * (t - billed_since);
+                billed_since = t;
+                promote(&mut power, t);
+                for (i, p) in power.iter_mut().enumerate() {
+                    if *p == Power::Draining
+                        && !replicas[i].stepping
+                        && !replicas[i].core.has_work()
+                    {
+                        *p = Power::Off;
+                    }
+                }
+                let (ready, starting) = counts(&power);
+                let tick_s = sc.tick_us.max(1) as f64 / 1e6;
+                let inputs = ScaleInputs {
+                    now_us: t,
+                    ready,
+                    starting,
+                    mu_per_min: tick_mu * 60.0 / tick_s,
+                    in_flight_requests: obs.iter().map(|o| f64::from(o.active_requests)).sum(),
+                    requests_per_s: tick_arrivals as f64 / tick_s,
+                    capacity_mu_per_min: fleet.capacity_mu_per_min,
+                };
+                let desired = sc.autoscaler.decide(&inputs, &sc.bounds);
+                let work: Vec<u32> = obs.iter().map(|o| o.active_requests).collect();
+                let racks = fleet.racks;
+                let rack_of = |i: usize| fleet.rack_of(i);
+                for i in reconcile(
+                    &mut power,
+                    desired,
+                    &rack_of,
+                    racks,
+                    &work,
+                    t,
+                    sc.cold_start_us,
+                ) {
+                    // A new engine: its prefix cache starts empty.
+                    replicas[i].core = EngineCore::new(fleet.params.clone());
+                }
+                for (o, p) in obs.iter_mut().zip(&power) {
+                    o.healthy = *p == Power::Ready;
+                }
+                let (ready, starting) = counts(&power);
+                scale_points.push(ScalePoint {
+                    at_us: t,
+                    desired,
+                    ready,
+                    starting,
+                    mu_per_min: inputs.mu_per_min,
+                });
+                tick_mu = 0.0;
+                tick_arrivals = 0;
+                next_tick = Some(t + sc.tick_us.max(1));
+                continue;
+            }
+        }
         while next_sample <= now {
             let (imb, sample) = sample_load(&obs, next_sample, opts.keep_timeline);
             if let Some(i) = imb {
@@ -196,6 +295,15 @@ pub fn simulate(
         let idx = next_arrival;
         next_arrival += 1;
         let req = &trace.requests[idx];
+        if let Some(sc) = scaling.as_deref() {
+            tick_arrivals += 1;
+            tick_mu += sc.coeffs.price(&RequestShape {
+                uncached_input: req.prompt.len(),
+                cached_input: 0,
+                output: req.output_tokens,
+                images: 0,
+            });
+        }
         let tokens = req.prompt.tokens();
         let route = RouteRequest {
             id: idx as u64,
@@ -243,9 +351,15 @@ pub fn simulate(
     } else {
         imbalance_sum / imbalance_samples as f64
     };
-    let gpu_seconds = span_s * fleet.replicas as f64;
+    let on = power.iter().filter(|p| p.billed()).count() as u64;
+    billed_us += on * last_us.saturating_sub(billed_since);
+    let gpu_seconds = billed_us as f64 / 1e6;
+    let name = match scaling.as_deref() {
+        Some(sc) => format!("{}+{}", policy.name(), sc.autoscaler.name()),
+        None => policy.name().to_owned(),
+    };
     let report = summarize(
-        policy.name(),
+        &name,
         &records,
         rejected,
         &opts.slo,
@@ -258,6 +372,7 @@ pub fn simulate(
         records,
         timeline,
         events,
+        scale: scale_points,
     }
 }
 
@@ -288,9 +403,11 @@ fn sample_load(
     at_us: u64,
     keep: bool,
 ) -> (Option<f64>, Option<Sample>) {
-    let total: u64 = obs.iter().map(|o| u64::from(o.active_requests)).sum();
-    let max = obs.iter().map(|o| o.active_requests).max().unwrap_or(0);
-    let imb = (total > 0).then(|| f64::from(max) * obs.len() as f64 / total as f64);
+    let serving = || obs.iter().filter(|o| o.healthy);
+    let total: u64 = serving().map(|o| u64::from(o.active_requests)).sum();
+    let max = serving().map(|o| o.active_requests).max().unwrap_or(0);
+    let n = serving().count();
+    let imb = (total > 0).then(|| f64::from(max) * n as f64 / total as f64);
     let sample = keep.then(|| Sample {
         at_us,
         outstanding: obs.iter().map(|o| o.active_requests).collect(),
@@ -328,6 +445,87 @@ mod tests {
             };
             Some(fleet[(k % fleet.len() as u64) as usize].id)
         }
+    }
+
+    /// Requests of 4,000 prompt and 400 output tokens at `rate` per second over each
+    /// `(seconds, rate)` phase in turn.
+    fn phases(phases: &[(u64, u64)]) -> Trace {
+        let mut requests = Vec::new();
+        let mut t0 = 0;
+        let mut n = 0u64;
+        for &(secs, rate) in phases {
+            for k in 0..secs * rate {
+                n += 1;
+                requests.push(TraceRequest {
+                    arrival_us: t0 + k * 1_000_000 / rate,
+                    session: n,
+                    prompt: Prompt {
+                        segments: vec![Segment { seed: n, len: 4000 }],
+                    },
+                    output_tokens: 400,
+                });
+            }
+            t0 += secs * 1_000_000;
+        }
+        let mut t = Trace {
+            name: "phases".into(),
+            requests,
+        };
+        t.sort();
+        t
+    }
+
+    #[test]
+    fn an_autoscaled_fleet_follows_a_step_and_loses_nothing() {
+        let t = phases(&[(120, 2), (240, 20), (600, 2)]);
+        let profile = sluice_actors::Profile::default_profile();
+        let spec = FleetSpec {
+            replicas: 8,
+            racks: 2,
+            params: profile.engine.clone(),
+            capacity_mu_per_min: profile.capacity_mu_per_min,
+        };
+        let mut scaling = Scaling {
+            autoscaler: sluice_actors::autoscaler::by_name("sluice", &Default::default(), 8)
+                .unwrap(),
+            bounds: sluice_actors::autoscaler::ScaleBounds {
+                min: 1,
+                max: 8,
+                reserved_floor: 0,
+            },
+            coeffs: profile.mu,
+            tick_us: 2_000_000,
+            cold_start_us: 60_000_000,
+            initial: 1,
+        };
+        let mut policy = sluice_actors::router::baselines::by_name("least-requests", 0).unwrap();
+        let run = simulate_scaled(
+            &t,
+            &spec,
+            policy.as_mut(),
+            Some(&mut scaling),
+            &SimOptions::default(),
+        );
+        assert_eq!(run.report.completed, t.requests.len() as u64);
+        assert_eq!(run.report.rejected, 0);
+        let peak = run.scale.iter().map(|p| p.ready).max().unwrap();
+        assert!(peak >= 3, "peak ready {peak}");
+        // Rack spread while scaled up, and back to one replica after the load falls.
+        let last = run.scale.last().unwrap();
+        assert_eq!((last.ready, last.starting), (1, 0), "{last:?}");
+        let span_s =
+            (t.requests.last().unwrap().arrival_us - t.requests[0].arrival_us) as f64 / 1e6;
+        assert!(
+            run.report.gpu_seconds < 0.6 * 8.0 * span_s,
+            "{}",
+            run.report.gpu_seconds
+        );
+        assert!(
+            run.report.gpu_seconds > span_s,
+            "{}",
+            run.report.gpu_seconds
+        );
+        assert_eq!(run.report.name, "least-requests+sluice");
     }
 
     fn trace(sessions: u64, turns: u64) -> Trace {
