@@ -5,7 +5,7 @@ use super::load::{minute_needs, offered_mu_per_min, scale_to_load};
 use super::outcome::{PolicyReport, RequestRecord, Slo};
 use super::plot;
 use super::run::{simulate_scaled, FleetSpec, SimOptions, SimRun};
-use super::scaling::Scaling;
+use super::scaling::{ScalePoint, Scaling};
 use crate::trace::{self, Trace};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -394,6 +394,23 @@ pub fn cli_main(args: &SimArgs, names: &[&str], factory: PolicyFactory<'_>) -> R
             &series,
             |r| Some(r.e2e_ms()),
         )?;
+        let scaled: Vec<(String, Vec<ScalePoint>)> = runs
+            .iter()
+            .filter(|r| !r.scale.is_empty())
+            .map(|r| (r.report.name.clone(), r.scale.clone()))
+            .collect();
+        if !scaled.is_empty() {
+            let profile = match &args.profile {
+                Some(p) => Profile::load(p)?,
+                None => Profile::default_profile(),
+            };
+            plot::replicas_over_time(
+                &dir.join("replicas.svg"),
+                &format!("Replicas over time — {what}"),
+                &scaled,
+                profile.capacity_mu_per_min * AutoscalerConfig::default().target_utilization,
+            )?;
+        }
         for r in &runs {
             let file = dir.join(format!("load_{}.svg", r.report.name));
             plot::replica_load(

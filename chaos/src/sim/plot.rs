@@ -2,6 +2,7 @@
 
 use super::outcome::RequestRecord;
 use super::run::Sample;
+use super::scaling::ScalePoint;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -158,6 +159,79 @@ pub fn replica_load(path: &Path, title: &str, timeline: &[Sample]) -> Result<(),
         .map_err(|e| err(path, e))?
         .label("mean")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// Replicas (ready plus starting) over time under each autoscaler, with the replicas the
+/// offered load needs at the planned utilization as a dashed reference.
+pub fn replicas_over_time(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<ScalePoint>)],
+    per_replica_mu_per_min: f64,
+) -> Result<(), PlotError> {
+    let points = || series.iter().flat_map(|(_, p)| p.iter());
+    let (Some(t0), Some(t1)) = (
+        points().map(|p| p.at_us).min(),
+        points().map(|p| p.at_us).max(),
+    ) else {
+        return Err(err(path, "no autoscaler ticks"));
+    };
+    let mins = |at: u64| (at - t0) as f64 / 60e6;
+    let need = |p: &ScalePoint| {
+        if per_replica_mu_per_min > 0.0 {
+            p.mu_per_min / per_replica_mu_per_min
+        } else {
+            0.0
+        }
+    };
+    let top = points()
+        .map(|p| ((p.ready + p.starting) as f64).max(need(p)))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..mins(t1).max(1.0), 0f64..top)
+        .map_err(|e| err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("minutes")
+        .y_desc("replicas")
+        .draw()
+        .map_err(|e| err(path, e))?;
+    if let Some((_, first)) = series.first() {
+        let pts: Vec<(f64, f64)> = first.iter().map(|p| (mins(p.at_us), need(p))).collect();
+        chart
+            .draw_series(LineSeries::new(pts, BLACK.mix(0.35)))
+            .map_err(|e| err(path, e))?
+            .label("needed by offered MU")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.35)));
+    }
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let line: Vec<(f64, f64)> = pts
+            .iter()
+            .map(|p| (mins(p.at_us), (p.ready + p.starting) as f64))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(line, color.stroke_width(2)))
+            .map_err(|e| err(path, e))?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
