@@ -20,6 +20,8 @@ pub enum FrameError {
     Version(u8),
     #[error("frame of {0} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
     TooLarge(usize),
+    #[error("frame of {len} bytes exceeds this stream's {limit}-byte limit")]
+    OverLimit { len: usize, limit: usize },
     #[error("frame payload could not be decoded: {0}")]
     Decode(String),
     #[error("message could not be encoded: {0}")]

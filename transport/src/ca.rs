@@ -1,0 +1,264 @@
+//! The cluster certificate authority. Every node certificate is signed by one CA per
+//! cluster, so a node trusts exactly the peers that hold a CA-signed certificate and
+//! nothing else (no public PKI, no trust-on-first-use). The CA signs certificate signing
+//! requests, never keys: a node's private key is generated on that node and stays there.
+//!
+//! Files: `ca.pem` (the CA certificate, public) and `ca.key` (its key, mode 0600). Nodes
+//! that joined hold only `ca.pem`, as a [`CaCert`].
+
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::{pem::PemObject, CertificateDer};
+use time::{Duration, OffsetDateTime};
+
+use crate::{fsutil, identity, TransportError};
+
+/// File name of the CA certificate in a data directory.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// File name of the CA private key in a data directory (mode 0600).
+pub const CA_KEY_FILE: &str = "ca.key";
+
+/// How long a cluster CA is valid.
+pub const CA_VALIDITY: Duration = Duration::days(20 * 365);
+/// How long a node certificate is valid. There is no rotation yet, so this is long.
+pub const NODE_CERT_VALIDITY: Duration = Duration::days(5 * 365);
+/// Certificates are back-dated this much to tolerate clock skew between nodes.
+const BACKDATE: Duration = Duration::hours(1);
+
+/// The cluster CA certificate alone: what every node needs to verify its peers.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaCert {
+    der: CertificateDer<'static>,
+}
+
+impl std::fmt::Debug for CaCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaCert")
+            .field("sha256", &self.fingerprint_hex())
+            .finish()
+    }
+}
+
+impl CaCert {
+    /// Parses one PEM `CERTIFICATE` and checks it is a CA certificate.
+    pub fn from_pem(pem: &str) -> Result<Self, TransportError> {
+        let der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| TransportError::Certificate(format!("CA certificate PEM: {e}")))?;
+        Self::from_der(der.into_owned())
+    }
+
+    /// Wraps a DER certificate after checking it is a CA certificate.
+    pub fn from_der(der: CertificateDer<'static>) -> Result<Self, TransportError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| TransportError::Certificate(format!("CA certificate: {e}")))?;
+        if !cert.is_ca() {
+            return Err(TransportError::Certificate(
+                "certificate is not a CA certificate (basicConstraints CA:FALSE)".into(),
+            ));
+        }
+        Ok(CaCert { der })
+    }
+
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.der
+    }
+
+    pub fn pem(&self) -> String {
+        pem_encode("CERTIFICATE", &self.der)
+    }
+
+    /// SHA-256 of the DER certificate: what a join token pins.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        fsutil::sha256(&self.der)
+    }
+
+    pub fn fingerprint_hex(&self) -> String {
+        fsutil::hex(&self.fingerprint())
+    }
+
+    /// Writes `ca.pem` into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), TransportError> {
+        fsutil::write(dir, CA_CERT_FILE, self.pem().as_bytes(), false).map(drop)
+    }
+
+    /// Reads `ca.pem` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, TransportError> {
+        Self::from_pem(&fsutil::read(dir, CA_CERT_FILE, false)?)
+    }
+}
+
+/// The cluster CA with its private key: signs node certificates.
+pub struct ClusterCa {
+    cert: CaCert,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterCa {
+    /// Makes a new CA (ECDSA P-256) for the cluster called `cluster_name`.
+    pub fn generate(cluster_name: &str) -> Result<Self, TransportError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Sluice");
+        dn.push(
+            DnType::CommonName,
+            format!("Sluice cluster CA {cluster_name}"),
+        );
+        params.distinguished_name = dn;
+        // Node certificates are signed directly by this CA: no intermediates.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + CA_VALIDITY;
+        params.serial_number = Some(random_serial()?);
+        let cert = params.self_signed(&key)?;
+        Ok(ClusterCa {
+            cert: CaCert {
+                der: cert.der().clone(),
+            },
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA certificate, to hand to nodes.
+    pub fn cert(&self) -> &CaCert {
+        &self.cert
+    }
+
+    /// Builds the CA from its certificate and key PEM.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TransportError> {
+        let cert = CaCert::from_pem(cert_pem)?;
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| TransportError::Certificate(format!("CA key: {e}")))?;
+        if !identity::key_matches_cert(&key, cert.der())? {
+            return Err(TransportError::Certificate(
+                "CA key does not belong to the CA certificate".into(),
+            ));
+        }
+        let issuer = Issuer::from_ca_cert_der(cert.der(), key)?;
+        Ok(ClusterCa { cert, issuer })
+    }
+
+    /// Writes `ca.pem` and `ca.key` (mode 0600) into `dir`, replacing any there.
+    pub fn save(&self, dir: &Path) -> Result<(), TransportError> {
+        self.cert.save(dir)?;
+        let key_pem = self.issuer.key().serialize_pem();
+        fsutil::write(dir, CA_KEY_FILE, key_pem.as_bytes(), true).map(drop)
+    }
+
+    /// Reads `ca.pem` and `ca.key` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, TransportError> {
+        let cert = fsutil::read(dir, CA_CERT_FILE, false)?;
+        let key = fsutil::read(dir, CA_KEY_FILE, true)?;
+        Self::from_pem(&cert, &key)
+    }
+
+    /// Signs a node's certificate signing request for `node_id` and returns the
+    /// certificate PEM.
+    ///
+    /// The request's signature proves the requester holds the key. Everything else in the
+    /// request (names, usages, CA flag) is ignored: the certificate gets exactly the node
+    /// id SAN `node-<id>.sluice`, server and client authentication, and no CA rights.
+    pub fn sign_csr(&self, csr_pem: &str, node_id: u64) -> Result<String, TransportError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| TransportError::Certificate(format!("certificate request: {e}")))?;
+        csr.params = node_params(node_id)?;
+        let cert = csr.signed_by(&self.issuer)?;
+        Ok(cert.pem())
+    }
+}
+
+/// Parameters of a node certificate for `node_id`.
+fn node_params(node_id: u64) -> Result<CertificateParams, TransportError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Sluice");
+    dn.push(DnType::CommonName, format!("node {node_id}"));
+    params.distinguished_name = dn;
+    let name = identity::node_dns_name(node_id)
+        .try_into()
+        .map_err(|e: rcgen::Error| TransportError::Certificate(e.to_string()))?;
+    params.subject_alt_names = vec![SanType::DnsName(name)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + NODE_CERT_VALIDITY;
+    params.serial_number = Some(random_serial()?);
+    Ok(params)
+}
+
+/// A random positive 128-bit serial number.
+fn random_serial() -> Result<SerialNumber, TransportError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| TransportError::Certificate(format!("no randomness for a serial: {e}")))?;
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// PEM-encodes DER bytes under `label`, with LF line endings.
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_save_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate("test").unwrap();
+        ca.save(dir.path()).unwrap();
+        let loaded = ClusterCa::load(dir.path()).unwrap();
+        assert_eq!(loaded.cert(), ca.cert());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A certificate signed by the loaded CA verifies against the original.
+        let req = crate::CertRequest::new().unwrap();
+        let pem = loaded.sign_csr(req.csr_pem(), 9).unwrap();
+        let id = req.into_identity(&pem, ca.cert()).unwrap();
+        assert_eq!(id.node_id(), 9);
+    }
+
+    #[test]
+    fn a_node_certificate_is_not_a_ca() {
+        let ca = ClusterCa::generate("test").unwrap();
+        let req = crate::CertRequest::new().unwrap();
+        let pem = ca.sign_csr(req.csr_pem(), 1).unwrap();
+        assert!(CaCert::from_pem(&pem).is_err());
+        assert!(ca.sign_csr("garbage", 1).is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! A node's identity: its private key and its CA-signed certificate, whose only subject
+//! alternative name is the DNS name `node-<id>.sluice`. The node id is read back from
+//! the peer's certificate after every handshake, so a peer cannot claim to be another
+//! node: the id it acts as is the id the CA signed.
+//!
+//! A node makes its own key and a certificate signing request ([`CertRequest`]); the CA
+//! signs the request ([`crate::ClusterCa::sign_csr`]); the key never leaves the node.
+//!
+//! Files: `node.pem` (the node certificate followed by the CA certificate) and `node.key`
+//! (mode 0600).
+
+use std::path::Path;
+
+use rcgen::{CertificateParams, KeyPair};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::{ca::pem_encode, fsutil, CaCert, ClusterCa, TransportError};
+
+/// File name of the node certificate chain in a data directory.
+pub const NODE_CERT_FILE: &str = "node.pem";
+/// File name of the node private key in a data directory (mode 0600).
+pub const NODE_KEY_FILE: &str = "node.key";
+
+const NODE_NAME_PREFIX: &str = "node-";
+const NODE_NAME_SUFFIX: &str = ".sluice";
+
+/// The DNS name that carries `node_id` in a node certificate: `node-<id>.sluice`.
+pub fn node_dns_name(node_id: u64) -> String {
+    format!("{NODE_NAME_PREFIX}{node_id}{NODE_NAME_SUFFIX}")
+}
+
+/// Parses `node-<id>.sluice` (canonical decimal, no sign or leading zeros).
+pub fn parse_node_dns_name(name: &str) -> Option<u64> {
+    let digits = name
+        .strip_prefix(NODE_NAME_PREFIX)?
+        .strip_suffix(NODE_NAME_SUFFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let id: u64 = digits.parse().ok()?;
+    (id.to_string() == digits).then_some(id)
+}
+
+/// The node id in a certificate's SAN. Exactly one `node-<id>.sluice` name is allowed.
+pub fn node_id_from_cert(der: &CertificateDer<'_>) -> Result<u64, TransportError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| TransportError::Certificate(format!("peer certificate: {e}")))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| TransportError::Certificate(format!("peer certificate SAN: {e}")))?
+        .ok_or(TransportError::NoNodeId)?;
+    let mut ids = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => parse_node_dns_name(dns),
+            _ => None,
+        });
+    match (ids.next(), ids.next()) {
+        (Some(id), None) => Ok(id),
+        _ => Err(TransportError::NoNodeId),
+    }
+}
+
+/// Whether `key`'s public key is the one in `cert`.
+pub(crate) fn key_matches_cert(
+    key: &KeyPair,
+    cert: &CertificateDer<'_>,
+) -> Result<bool, TransportError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| TransportError::Certificate(format!("certificate: {e}")))?;
+    Ok(parsed.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+}
+
+/// Whether `cert` carries a valid signature by `ca`, and is within its validity period.
+fn signed_by_ca(cert: &CertificateDer<'_>, ca: &CaCert) -> Result<(), TransportError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| TransportError::Certificate(format!("certificate: {e}")))?;
+    let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca.der())
+        .map_err(|e| TransportError::Certificate(format!("CA certificate: {e}")))?;
+    parsed
+        .verify_signature(Some(ca_parsed.public_key()))
+        .map_err(|_| {
+            TransportError::Certificate("certificate is not signed by the cluster CA".into())
+        })?;
+    if !parsed.validity().is_valid() {
+        return Err(TransportError::Certificate(
+            "certificate is outside its validity period".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A fresh key pair and a certificate signing request for it. Send [`Self::csr_pem`] to
+/// the CA (directly or by joining); turn the answer into a [`NodeIdentity`] with
+/// [`Self::into_identity`].
+pub struct CertRequest {
+    key: KeyPair,
+    csr_pem: String,
+}
+
+impl std::fmt::Debug for CertRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertRequest").finish_non_exhaustive()
+    }
+}
+
+impl CertRequest {
+    /// Generates an ECDSA P-256 key and a CSR signed with it.
+    pub fn new() -> Result<Self, TransportError> {
+        let key = KeyPair::generate()?;
+        // The CA decides the names; the request only proves possession of the key.
+        let csr = CertificateParams::default().serialize_request(&key)?;
+        Ok(CertRequest {
+            csr_pem: csr.pem()?,
+            key,
+        })
+    }
+
+    pub fn csr_pem(&self) -> &str {
+        &self.csr_pem
+    }
+
+    /// Combines the key with the certificate the CA issued for it, after checking the
+    /// certificate is for this key, signed by `ca`, and carries a node id.
+    pub fn into_identity(
+        self,
+        cert_pem: &str,
+        ca: &CaCert,
+    ) -> Result<NodeIdentity, TransportError> {
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| TransportError::Certificate(format!("node certificate PEM: {e}")))?
+            .into_owned();
+        NodeIdentity::assemble(vec![cert, ca.der().clone()], self.key, ca)
+    }
+}
+
+/// A node's certificate chain (node certificate, then CA certificate) and private key.
+pub struct NodeIdentity {
+    node_id: u64,
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for NodeIdentity {
+    fn clone(&self) -> Self {
+        NodeIdentity {
+            node_id: self.node_id,
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl NodeIdentity {
+    /// Makes a key and has `ca` sign it for `node_id` in one step: for the node that holds
+    /// the CA (the first node of a cluster). Other nodes join instead.
+    pub fn generate(ca: &ClusterCa, node_id: u64) -> Result<Self, TransportError> {
+        let req = CertRequest::new()?;
+        let cert_pem = ca.sign_csr(req.csr_pem(), node_id)?;
+        req.into_identity(&cert_pem, ca.cert())
+    }
+
+    fn assemble(
+        cert_chain: Vec<CertificateDer<'static>>,
+        key: KeyPair,
+        ca: &CaCert,
+    ) -> Result<Self, TransportError> {
+        let leaf = cert_chain
+            .first()
+            .ok_or_else(|| TransportError::Certificate("empty certificate chain".into()))?;
+        if !key_matches_cert(&key, leaf)? {
+            return Err(TransportError::Certificate(
+                "the certificate is not for this node's key".into(),
+            ));
+        }
+        signed_by_ca(leaf, ca)?;
+        let node_id = node_id_from_cert(leaf)?;
+        Ok(NodeIdentity {
+            node_id,
+            cert_chain,
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The node certificate followed by the CA certificate.
+    pub fn cert_chain(&self) -> &[CertificateDer<'static>] {
+        &self.cert_chain
+    }
+
+    /// The private key, for rustls.
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+
+    /// Writes `node.pem` and `node.key` (mode 0600) into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), TransportError> {
+        let chain: String = self
+            .cert_chain
+            .iter()
+            .map(|c| pem_encode("CERTIFICATE", c))
+            .collect();
+        fsutil::write(dir, NODE_CERT_FILE, chain.as_bytes(), false)?;
+        let key_pem = pem_encode("PRIVATE KEY", self.key.secret_pkcs8_der());
+        fsutil::write(dir, NODE_KEY_FILE, key_pem.as_bytes(), true).map(drop)
+    }
+
+    /// Reads `node.pem` and `node.key` from `dir` and checks them against `ca`.
+    pub fn load(dir: &Path, ca: &CaCert) -> Result<Self, TransportError> {
+        let chain_pem = fsutil::read(dir, NODE_CERT_FILE, false)?;
+        let key_pem = fsutil::read(dir, NODE_KEY_FILE, true)?;
+        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .map(|c| c.map(|c| c.into_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TransportError::Certificate(format!("{NODE_CERT_FILE}: {e}")))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| TransportError::Certificate(format!("{NODE_KEY_FILE}: {e}")))?;
+        Self::assemble(chain, key, ca)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_parse_canonically() {
+        assert_eq!(parse_node_dns_name(&node_dns_name(0)), Some(0));
+        assert_eq!(
+            parse_node_dns_name(&node_dns_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+        for bad in [
+            "node-.sluice",
+            "node-01.sluice",
+            "node-+1.sluice",
+            "node-1.sluice.evil",
+            "node-18446744073709551616.sluice",
+            "xnode-1.sluice",
+        ] {
+            assert_eq!(parse_node_dns_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn identity_round_trip_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate("t").unwrap();
+        let id = NodeIdentity::generate(&ca, 42).unwrap();
+        assert_eq!(id.node_id(), 42);
+        assert_eq!(node_id_from_cert(&id.cert_chain()[0]).unwrap(), 42);
+        id.save(dir.path()).unwrap();
+        let back = NodeIdentity::load(dir.path(), ca.cert()).unwrap();
+        assert_eq!(back.node_id(), 42);
+        assert_eq!(back.cert_chain(), id.cert_chain());
+        assert_eq!(id.clone().node_id(), 42);
+
+        // Against another CA it does not load.
+        let other = ClusterCa::generate("other").unwrap();
+        assert!(NodeIdentity::load(dir.path(), other.cert()).is_err());
+
+        // A certificate for someone else's key is refused.
+        let req = CertRequest::new().unwrap();
+        let stolen = ca
+            .sign_csr(CertRequest::new().unwrap().csr_pem(), 5)
+            .unwrap();
+        assert!(req.into_identity(&stolen, ca.cert()).is_err());
+    }
+}
