@@ -2,8 +2,8 @@
 //!
 //! Cluster clients dial addresses, not names: [`ClusterServerVerifier`] accepts any
 //! certificate that chains to the cluster CA and carries exactly one node id, checking
-//! the chain with webpki against the name `node-<id>.sluice` read from the certificate
-//! (and against the expected node, when the caller named one). Joiners do not have the
+//! the chain with webpki against the name `node-<id>.sluice` read from the certificate.
+//! Joiners do not have the
 //! CA certificate yet: [`PinnedCaVerifier`] takes it from the server's chain only if its
 //! SHA-256 equals the join token's pin, then verifies the server against it.
 
@@ -33,8 +33,7 @@ fn node_name_of(end_entity: &CertificateDer<'_>) -> Result<(u64, ServerName<'sta
     Ok((id, name))
 }
 
-/// Verifies a cluster peer's server certificate: CA-signed, one node id, and the
-/// expected node if the client asked for one by name (`node-<id>.sluice`).
+/// Verifies a cluster peer's server certificate: CA-signed and carrying one node id.
 #[derive(Debug)]
 pub(crate) struct ClusterServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
@@ -59,18 +58,13 @@ impl ServerCertVerifier for ClusterServerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
+        _server_name: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let (id, name) = node_name_of(end_entity)?;
-        if let ServerName::DnsName(asked) = server_name {
-            if let Some(expected) = identity::parse_node_dns_name(asked.as_ref()) {
-                if expected != id {
-                    return Err(Error::InvalidCertificate(CertificateError::NotValidForName));
-                }
-            }
-        }
+        // The expected node, if any, is checked after the handshake (`Endpoint::connect`),
+        // where the error can name both ids.
+        let (_, name) = node_name_of(end_entity)?;
         self.inner
             .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
     }
