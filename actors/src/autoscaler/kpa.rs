@@ -1,23 +1,36 @@
-//! `kpa`: Knative's Pod Autoscaler on request concurrency, after
-//! `knative/serving` `pkg/autoscaler/scaling/autoscaler.go` (`Scale`) with the defaults of
-//! `config/core/configmaps/autoscaler.yaml`: container-concurrency-target-default 100,
-//! container-concurrency-target-percentage 70, stable-window 60 s, panic-window-percentage
-//! 10 (6 s), panic-threshold-percentage 200, max-scale-up-rate 1000, max-scale-down-rate
-//! 2, scale-down-delay 0. The metric is the average total in-flight requests over each
-//! window, as the queue-proxies report it.
+//! `kpa`: Knative's Pod Autoscaler on request concurrency, transcribed from
+//! `knative/serving` `pkg/autoscaler/scaling/autoscaler.go` (`newAutoscaler`, `Scale`),
+//! with the defaults of `config/core/configmaps/autoscaler.yaml` and
+//! `pkg/autoscaler/config/config.go`: container-concurrency-target-default 100,
+//! container-concurrency-target-percentage 70 (target 70 in flight per pod),
+//! stable-window 60 s, panic-window-percentage 10 (6 s), panic-threshold-percentage 200,
+//! max-scale-up-rate 1000, max-scale-down-rate 2, scale-down-delay 0, tick-interval 2 s.
+//! The target is configurable because an LLM replica's useful concurrency is nothing like
+//! 70; the simulator sets one per replica.
 //!
-//! Each decision: `dspc = ceil(stable / target)`, `dppc = ceil(panic / target)`, both
-//! bounded to `[floor(ready / max_down_rate), ceil(ready × max_up_rate)]`; panic mode
-//! starts (or is extended) when `dppc / ready ≥ panic_threshold` and ends a stable window
-//! after the last time it was; in panic the count is the largest `dppc` seen and never
-//! goes down.
+//! The metric is the average of the revision's total in-flight requests over each window
+//! (Knative's collector averages per-second scrapes; here one sample a tick). Each tick,
+//! with `ready = max(1, ready pods)`:
+//! - `dspc = ceil(stable / target)`, `dppc = ceil(panic / target)`, each kept within
+//!   `[floor(ready / max_down_rate), ceil(ready × max_up_rate)]`;
+//! - panic starts, or is extended, when the unbounded `dppc / ready ≥ panic_threshold`,
+//!   and ends on the first tick more than a stable window after it was last extended;
+//! - in panic the count is `max(dspc, dppc)` but never below the largest count of this
+//!   panic (no scale-down in panic); out of panic it is `dspc`;
+//! - with a scale-down delay, the count is the largest of the delay window.
+//!
+//! Like `newAutoscaler`, a core that first sees more than one ready pod starts in panic
+//! holding that count, so a restarted leader with no metric history does not scale down
+//! before a stable window of data. Scaling to zero is the bounds' business (`min`), as it
+//! is the KPA reconciler's (grace period) rather than `Scale`'s; the activator, burst
+//! capacity and activation scale do not change the count and are left out.
 
-use super::mu_utilization::secs;
-use super::window::Window;
-use super::{Autoscaler, AutoscalerConfig, ScaleBounds, ScaleInputs};
+use super::window::{secs_to_us, Window};
+use super::{count, metric, Autoscaler, AutoscalerConfig, ScaleBounds, ScaleInputs};
 
 #[derive(Debug, Clone)]
 pub struct Kpa {
+    /// `TargetValue`: concurrency target × target utilization.
     target: f64,
     panic_threshold: f64,
     max_up_rate: f64,
@@ -25,13 +38,22 @@ pub struct Kpa {
     stable_window_us: u64,
     stable: Window,
     panic: Window,
+    /// `delayWindow`, when scale-down-delay is set.
+    delay: Option<Window>,
+    /// `panicTime`: when panic mode was entered or last extended.
     panic_since_us: Option<u64>,
-    max_panic_pods: f64,
+    max_panic_pods: usize,
+    seen: bool,
 }
 
 impl Kpa {
     pub fn new(cfg: &AutoscalerConfig) -> Self {
-        let stable_window_us = secs(cfg.kpa_stable_window_s);
+        let stable_window_us = secs_to_us(cfg.kpa_stable_window_s);
+        // The panic window is rounded to the metric bucket size (1 s), as Knative does.
+        let panic_s = (cfg.kpa_stable_window_s * cfg.kpa_panic_window_pct / 100.0)
+            .round()
+            .max(1.0);
+        let delay_us = secs_to_us(cfg.kpa_scale_down_delay_s);
         Self {
             target: cfg.kpa_target_concurrency * cfg.kpa_target_utilization,
             panic_threshold: cfg.kpa_panic_threshold,
@@ -39,11 +61,11 @@ impl Kpa {
             max_down_rate: cfg.kpa_max_scale_down_rate,
             stable_window_us,
             stable: Window::new(stable_window_us),
-            panic: Window::new(
-                (stable_window_us as f64 * cfg.kpa_panic_window_pct / 100.0).max(1.0) as u64,
-            ),
+            panic: Window::new(secs_to_us(panic_s)),
+            delay: (delay_us > 0).then(|| Window::new(delay_us)),
             panic_since_us: None,
-            max_panic_pods: 0.0,
+            max_panic_pods: 0,
+            seen: false,
         }
     }
 
@@ -59,29 +81,45 @@ impl Autoscaler for Kpa {
     }
 
     fn decide(&mut self, i: &ScaleInputs, bounds: &ScaleBounds) -> usize {
-        self.stable.push(i.now_us, i.in_flight_requests);
-        self.panic.push(i.now_us, i.in_flight_requests);
-        let ready = (i.ready.max(1)) as f64;
-        let max_up = (self.max_up_rate * ready).ceil();
-        let max_down = (ready / self.max_down_rate).floor();
-        let bound = |x: f64| x.min(max_up).max(max_down);
-        let dspc = bound((self.stable.mean() / self.target).ceil());
-        let dppc = bound((self.panic.mean() / self.target).ceil());
-        let over = dppc / ready >= self.panic_threshold;
-        if over {
-            self.panic_since_us = Some(i.now_us);
-        } else if let Some(since) = self.panic_since_us {
-            if i.now_us > since.saturating_add(self.stable_window_us) {
-                self.panic_since_us = None;
-                self.max_panic_pods = 0.0;
+        let now = i.now_us;
+        if !self.seen {
+            self.seen = true;
+            if i.ready > 1 {
+                self.panic_since_us = Some(now);
+                self.max_panic_pods = i.ready;
             }
         }
-        let desired = if self.panic_since_us.is_some() {
-            self.max_panic_pods = self.max_panic_pods.max(dppc);
-            self.max_panic_pods
-        } else {
-            dspc
-        };
-        bounds.clamp(desired.min(usize::MAX as f64) as usize)
+        let concurrency = metric(i.in_flight_requests);
+        self.stable.push(now, concurrency);
+        self.panic.push(now, concurrency);
+
+        let ready = i.ready.max(1) as f64;
+        let max_up = (self.max_up_rate * ready).ceil();
+        let max_down = (ready / self.max_down_rate).floor();
+        let dspc = (self.stable.mean() / self.target).ceil();
+        let dppc = (self.panic.mean() / self.target).ceil();
+        let stable_pods = count(dspc.max(max_down).min(max_up));
+        let panic_pods = count(dppc.max(max_down).min(max_up));
+
+        if dppc / ready >= self.panic_threshold {
+            self.panic_since_us = Some(now);
+        } else if let Some(since) = self.panic_since_us {
+            if since.saturating_add(self.stable_window_us) < now {
+                self.panic_since_us = None;
+                self.max_panic_pods = 0;
+            }
+        }
+
+        let mut desired = stable_pods;
+        if self.panic_since_us.is_some() {
+            desired = desired.max(panic_pods);
+            self.max_panic_pods = self.max_panic_pods.max(desired);
+            desired = self.max_panic_pods;
+        }
+        if let Some(delay) = &mut self.delay {
+            delay.push(now, desired as f64);
+            desired = delay.max().map_or(desired, count);
+        }
+        bounds.clamp(desired)
     }
 }
