@@ -1,0 +1,631 @@
+//! The replicated control state and the pure function that changes it.
+//!
+//! Every node applies the same committed [`ControlCommand`]s in the same order through
+//! [`apply`], so `apply` must be deterministic and must never fail the Raft core: an
+//! invalid command is answered with [`ControlResponse::Rejected`] and leaves the state
+//! untouched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sluice_actors::slice::{Assignment, ReplicaId};
+
+/// A node's id, in Raft membership and in the control state alike.
+pub type NodeId = u64;
+
+/// What a node would like to do; the voter policy and the placement code read these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RoleHint {
+    /// May be chosen as a Raft voter.
+    Voter,
+    /// Serves client traffic.
+    Router,
+    /// Owns GPUs and runs replicas.
+    Supervisor,
+}
+
+/// A node of the fleet as the control plane knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// Where its QUIC endpoint (Raft and actor traffic) listens.
+    pub quic_addr: String,
+    /// Where its HTTP front door listens.
+    pub http_addr: String,
+    /// Failure domain; voters and subsets are spread over racks.
+    pub rack: String,
+    pub labels: BTreeMap<String, String>,
+    pub roles: BTreeSet<RoleHint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReplicaHealth {
+    Healthy,
+    Unhealthy,
+    /// Finishing its in-flight requests before it stops; gets no new ones.
+    Draining,
+}
+
+/// An engine replica serving one model on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    pub id: ReplicaId,
+    pub node: NodeId,
+    pub model: String,
+    /// Base URL of its OpenAI-compatible endpoint.
+    pub endpoint: String,
+    pub capacity_mu_per_min: f64,
+    pub health: ReplicaHealth,
+}
+
+/// Everything the fleet agrees on through Raft.
+///
+/// Fields are private so that only [`apply`] changes them; readers use the accessors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlState {
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    replicas: BTreeMap<ReplicaId, ReplicaInfo>,
+    /// Per model; each carries its own generation number.
+    assignments: BTreeMap<String, Assignment>,
+    desired_replicas: BTreeMap<String, u32>,
+    /// Tenant → model → reserved MU/min.
+    reservations: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The id `AllocateNodeId` hands out next; only ever grows.
+    next_node_id: NodeId,
+    /// Ids of removed nodes; they are never accepted again.
+    retired_node_ids: BTreeSet<NodeId>,
+}
+
+impl Default for ControlState {
+    fn default() -> Self {
+        Self {
+            nodes: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            assignments: BTreeMap::new(),
+            desired_replicas: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            // 0 is left unused so that a zeroed id is never a real node.
+            next_node_id: 1,
+            retired_node_ids: BTreeSet::new(),
+        }
+    }
+}
+
+impl ControlState {
+    pub fn nodes(&self) -> &BTreeMap<NodeId, NodeInfo> {
+        &self.nodes
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.get(&id)
+    }
+
+    pub fn replicas(&self) -> &BTreeMap<ReplicaId, ReplicaInfo> {
+        &self.replicas
+    }
+
+    pub fn replica(&self, id: ReplicaId) -> Option<&ReplicaInfo> {
+        self.replicas.get(&id)
+    }
+
+    /// Replicas serving `model`, in id order.
+    pub fn replicas_of_model<'a>(
+        &'a self,
+        model: &'a str,
+    ) -> impl Iterator<Item = &'a ReplicaInfo> {
+        self.replicas.values().filter(move |r| r.model == model)
+    }
+
+    pub fn assignments(&self) -> &BTreeMap<String, Assignment> {
+        &self.assignments
+    }
+
+    pub fn assignment(&self, model: &str) -> Option<&Assignment> {
+        self.assignments.get(model)
+    }
+
+    pub fn desired_replicas(&self) -> &BTreeMap<String, u32> {
+        &self.desired_replicas
+    }
+
+    pub fn reservations(&self) -> &BTreeMap<String, BTreeMap<String, f64>> {
+        &self.reservations
+    }
+
+    pub fn reservation(&self, tenant: &str, model: &str) -> Option<f64> {
+        self.reservations.get(tenant)?.get(model).copied()
+    }
+
+    pub fn next_node_id(&self) -> NodeId {
+        self.next_node_id
+    }
+
+    pub fn is_retired(&self, id: NodeId) -> bool {
+        self.retired_node_ids.contains(&id)
+    }
+
+    /// Keeps `AllocateNodeId` clear of ids already in Raft membership (e.g. the founding
+    /// voters, which join before anyone writes an `AddNode`). Called by the state machine
+    /// for each applied membership entry, so every replica does it at the same log index.
+    pub fn note_members(&mut self, ids: impl IntoIterator<Item = NodeId>) {
+        for id in ids {
+            self.bump_next_node_id(id);
+        }
+    }
+
+    fn bump_next_node_id(&mut self, seen: NodeId) {
+        if seen >= self.next_node_id {
+            self.next_node_id = seen.saturating_add(1);
+        }
+    }
+}
+
+/// Every change to [`ControlState`]. Serialized into the Raft log: add variants at the
+/// end only, never reorder or change one in place (bump `codec::FORMAT_VERSION` instead).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlCommand {
+    /// Writes nothing; used to check that the cluster can commit.
+    Noop,
+    /// Adds a node; its id must not be in use nor retired.
+    AddNode(NodeInfo),
+    /// Removes a node and its replicas; the id is retired for good. Idempotent.
+    RemoveNode(NodeId),
+    /// Replaces the description of a known node.
+    UpdateNode(NodeInfo),
+    /// Registers a replica on a known node, or replaces it if the id is known.
+    RegisterReplica(ReplicaInfo),
+    /// Idempotent.
+    RemoveReplica(ReplicaId),
+    SetReplicaHealth {
+        replica: ReplicaId,
+        health: ReplicaHealth,
+    },
+    /// Installs a model's assignment if its generation is newer than the current one.
+    SetAssignment {
+        model: String,
+        assignment: Assignment,
+    },
+    SetDesiredReplicas {
+        model: String,
+        count: u32,
+    },
+    SetReservation {
+        tenant: String,
+        model: String,
+        mu_per_min: f64,
+    },
+    /// Idempotent.
+    RemoveReservation {
+        tenant: String,
+        model: String,
+    },
+    /// Hands out a fresh node id for a joining node; ids are never handed out twice.
+    AllocateNodeId,
+}
+
+impl fmt::Display for ControlCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Noop => write!(f, "Noop"),
+            Self::AddNode(n) => write!(f, "AddNode({})", n.id),
+            Self::RemoveNode(id) => write!(f, "RemoveNode({id})"),
+            Self::UpdateNode(n) => write!(f, "UpdateNode({})", n.id),
+            Self::RegisterReplica(r) => write!(f, "RegisterReplica({})", r.id.0),
+            Self::RemoveReplica(id) => write!(f, "RemoveReplica({})", id.0),
+            Self::SetReplicaHealth { replica, health } => {
+                write!(f, "SetReplicaHealth({}, {health:?})", replica.0)
+            }
+            Self::SetAssignment { model, assignment } => {
+                write!(f, "SetAssignment({model}, gen {})", assignment.generation)
+            }
+            Self::SetDesiredReplicas { model, count } => {
+                write!(f, "SetDesiredReplicas({model}, {count})")
+            }
+            Self::SetReservation {
+                tenant,
+                model,
+                mu_per_min,
+            } => write!(f, "SetReservation({tenant}, {model}, {mu_per_min})"),
+            Self::RemoveReservation { tenant, model } => {
+                write!(f, "RemoveReservation({tenant}, {model})")
+            }
+            Self::AllocateNodeId => write!(f, "AllocateNodeId"),
+        }
+    }
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    /// Applied (or a no-op: removing something absent).
+    Ok,
+    NodeIdAllocated(NodeId),
+    /// Not applied; the state is unchanged.
+    Rejected(Rejection),
+}
+
+impl ControlResponse {
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, Self::Rejected(_))
+    }
+}
+
+/// Why a command was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("node {0} already exists")]
+    NodeExists(NodeId),
+    #[error("node id {0} belonged to a removed node and is never reused")]
+    NodeIdRetired(NodeId),
+    #[error("unknown node {0}")]
+    UnknownNode(NodeId),
+    #[error("unknown replica {0}")]
+    UnknownReplica(u64),
+    #[error("assignment for {model}: generation {proposed} is not newer than {current}")]
+    StaleGeneration {
+        model: String,
+        current: u64,
+        proposed: u64,
+    },
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
+}
+
+fn reject(r: Rejection) -> ControlResponse {
+    ControlResponse::Rejected(r)
+}
+
+fn valid_rate(v: f64) -> bool {
+    v.is_finite() && v >= 0.0
+}
+
+/// Applies one committed command. Pure and deterministic; never panics.
+pub fn apply(state: &mut ControlState, cmd: ControlCommand) -> ControlResponse {
+    match cmd {
+        ControlCommand::Noop => ControlResponse::Ok,
+        ControlCommand::AddNode(node) => {
+            if node.id == 0 {
+                return reject(Rejection::InvalidValue("node id 0 is reserved".into()));
+            }
+            if state.retired_node_ids.contains(&node.id) {
+                return reject(Rejection::NodeIdRetired(node.id));
+            }
+            if state.nodes.contains_key(&node.id) {
+                return reject(Rejection::NodeExists(node.id));
+            }
+            state.bump_next_node_id(node.id);
+            state.nodes.insert(node.id, node);
+            ControlResponse::Ok
+        }
+        ControlCommand::RemoveNode(id) => {
+            if state.nodes.remove(&id).is_some() {
+                state.replicas.retain(|_, r| r.node != id);
+            }
+            state.bump_next_node_id(id);
+            state.retired_node_ids.insert(id);
+            ControlResponse::Ok
+        }
+        ControlCommand::UpdateNode(node) => match state.nodes.get_mut(&node.id) {
+            Some(slot) => {
+                *slot = node;
+                ControlResponse::Ok
+            }
+            None => reject(Rejection::UnknownNode(node.id)),
+        },
+        ControlCommand::RegisterReplica(replica) => {
+            if !state.nodes.contains_key(&replica.node) {
+                return reject(Rejection::UnknownNode(replica.node));
+            }
+            if !valid_rate(replica.capacity_mu_per_min) {
+                return reject(Rejection::InvalidValue(format!(
+                    "capacity {} MU/min",
+                    replica.capacity_mu_per_min
+                )));
+            }
+            state.replicas.insert(replica.id, replica);
+            ControlResponse::Ok
+        }
+        ControlCommand::RemoveReplica(id) => {
+            state.replicas.remove(&id);
+            ControlResponse::Ok
+        }
+        ControlCommand::SetReplicaHealth { replica, health } => {
+            match state.replicas.get_mut(&replica) {
+                Some(r) => {
+                    r.health = health;
+                    ControlResponse::Ok
+                }
+                None => reject(Rejection::UnknownReplica(replica.0)),
+            }
+        }
+        ControlCommand::SetAssignment { model, assignment } => {
+            if let Some(current) = state.assignments.get(&model) {
+                if assignment.generation <= current.generation {
+                    return reject(Rejection::StaleGeneration {
+                        current: current.generation,
+                        proposed: assignment.generation,
+                        model,
+                    });
+                }
+            }
+            state.assignments.insert(model, assignment);
+            ControlResponse::Ok
+        }
+        ControlCommand::SetDesiredReplicas { model, count } => {
+            state.desired_replicas.insert(model, count);
+            ControlResponse::Ok
+        }
+        ControlCommand::SetReservation {
+            tenant,
+            model,
+            mu_per_min,
+        } => {
+            if !valid_rate(mu_per_min) {
+                return reject(Rejection::InvalidValue(format!(
+                    "reservation {mu_per_min} MU/min"
+                )));
+            }
+            state
+                .reservations
+                .entry(tenant)
+                .or_default()
+                .insert(model, mu_per_min);
+            ControlResponse::Ok
+        }
+        ControlCommand::RemoveReservation { tenant, model } => {
+            if let Some(models) = state.reservations.get_mut(&tenant) {
+                models.remove(&model);
+                if models.is_empty() {
+                    state.reservations.remove(&tenant);
+                }
+            }
+            ControlResponse::Ok
+        }
+        ControlCommand::AllocateNodeId => {
+            // Skip ids that are taken or retired; `next_node_id` normally already is past
+            // them, but an `AddNode` may have used an id below it.
+            let mut id = state.next_node_id;
+            while state.nodes.contains_key(&id) || state.retired_node_ids.contains(&id) {
+                id = id.saturating_add(1);
+            }
+            state.next_node_id = id.saturating_add(1);
+            ControlResponse::NodeIdAllocated(id)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node(id: NodeId, rack: &str) -> NodeInfo {
+        NodeInfo {
+            id,
+            quic_addr: format!("10.0.0.{id}:7000"),
+            http_addr: format!("10.0.0.{id}:8080"),
+            rack: rack.into(),
+            labels: BTreeMap::new(),
+            roles: [RoleHint::Voter].into(),
+        }
+    }
+
+    fn replica(id: u64, node: NodeId, model: &str) -> ReplicaInfo {
+        ReplicaInfo {
+            id: ReplicaId(id),
+            node,
+            model: model.into(),
+            endpoint: format!("http://10.0.0.{node}:9000"),
+            capacity_mu_per_min: 100.0,
+            health: ReplicaHealth::Healthy,
+        }
+    }
+
+    fn assignment(generation: u64) -> Assignment {
+        Assignment::uniform(generation, &[ReplicaId(1), ReplicaId(2)], 4, 2).unwrap()
+    }
+
+    #[test]
+    fn nodes_and_replicas() {
+        let mut s = ControlState::default();
+        assert_eq!(
+            apply(&mut s, ControlCommand::AddNode(node(1, "a"))),
+            ControlResponse::Ok
+        );
+        assert_eq!(
+            apply(&mut s, ControlCommand::AddNode(node(1, "b"))),
+            reject(Rejection::NodeExists(1))
+        );
+        assert_eq!(
+            apply(&mut s, ControlCommand::RegisterReplica(replica(10, 2, "m"))),
+            reject(Rejection::UnknownNode(2))
+        );
+        assert_eq!(
+            apply(&mut s, ControlCommand::RegisterReplica(replica(10, 1, "m"))),
+            ControlResponse::Ok
+        );
+        let mut bad = replica(11, 1, "m");
+        bad.capacity_mu_per_min = f64::NAN;
+        assert!(apply(&mut s, ControlCommand::RegisterReplica(bad)).is_rejected());
+        assert_eq!(
+            apply(
+                &mut s,
+                ControlCommand::SetReplicaHealth {
+                    replica: ReplicaId(10),
+                    health: ReplicaHealth::Draining
+                }
+            ),
+            ControlResponse::Ok
+        );
+        assert_eq!(
+            s.replica(ReplicaId(10)).unwrap().health,
+            ReplicaHealth::Draining
+        );
+        assert_eq!(s.replicas_of_model("m").count(), 1);
+
+        let mut moved = node(1, "b");
+        moved.labels.insert("gpu".into(), "h100".into());
+        assert_eq!(
+            apply(&mut s, ControlCommand::UpdateNode(moved.clone())),
+            ControlResponse::Ok
+        );
+        assert_eq!(s.node(1), Some(&moved));
+
+        // Removing a node takes its replicas with it and retires the id.
+        assert_eq!(
+            apply(&mut s, ControlCommand::RemoveNode(1)),
+            ControlResponse::Ok
+        );
+        assert!(s.replicas().is_empty());
+        assert!(s.is_retired(1));
+        assert_eq!(
+            apply(&mut s, ControlCommand::AddNode(node(1, "a"))),
+            reject(Rejection::NodeIdRetired(1))
+        );
+        assert_eq!(
+            apply(&mut s, ControlCommand::RemoveNode(1)),
+            ControlResponse::Ok
+        );
+    }
+
+    #[test]
+    fn node_ids_are_never_reused() {
+        let mut s = ControlState::default();
+        s.note_members([1, 2, 3]);
+        assert_eq!(
+            apply(&mut s, ControlCommand::AllocateNodeId),
+            ControlResponse::NodeIdAllocated(4)
+        );
+        apply(&mut s, ControlCommand::AddNode(node(9, "a")));
+        assert_eq!(
+            apply(&mut s, ControlCommand::AllocateNodeId),
+            ControlResponse::NodeIdAllocated(10)
+        );
+        apply(&mut s, ControlCommand::RemoveNode(9));
+        assert_eq!(
+            apply(&mut s, ControlCommand::AllocateNodeId),
+            ControlResponse::NodeIdAllocated(11)
+        );
+    }
+
+    #[test]
+    fn stale_assignments_are_rejected() {
+        let mut s = ControlState::default();
+        let set = |g| ControlCommand::SetAssignment {
+            model: "m".into(),
+            assignment: assignment(g),
+        };
+        assert_eq!(apply(&mut s, set(5)), ControlResponse::Ok);
+        assert_eq!(
+            apply(&mut s, set(5)),
+            reject(Rejection::StaleGeneration {
+                model: "m".into(),
+                current: 5,
+                proposed: 5
+            })
+        );
+        assert!(apply(&mut s, set(4)).is_rejected());
+        assert_eq!(apply(&mut s, set(6)), ControlResponse::Ok);
+        assert_eq!(s.assignment("m").unwrap().generation, 6);
+    }
+
+    #[test]
+    fn reservations_and_desired_counts() {
+        let mut s = ControlState::default();
+        let set = |t: &str, m: &str, v| ControlCommand::SetReservation {
+            tenant: t.into(),
+            model: m.into(),
+            mu_per_min: v,
+        };
+        assert_eq!(apply(&mut s, set("t", "m", 50.0)), ControlResponse::Ok);
+        assert!(apply(&mut s, set("t", "m", -1.0)).is_rejected());
+        assert!(apply(&mut s, set("t", "m", f64::INFINITY)).is_rejected());
+        assert_eq!(s.reservation("t", "m"), Some(50.0));
+        apply(
+            &mut s,
+            ControlCommand::RemoveReservation {
+                tenant: "t".into(),
+                model: "m".into(),
+            },
+        );
+        assert!(s.reservations().is_empty());
+        apply(
+            &mut s,
+            ControlCommand::SetDesiredReplicas {
+                model: "m".into(),
+                count: 3,
+            },
+        );
+        assert_eq!(s.desired_replicas().get("m"), Some(&3));
+    }
+
+    fn arb_command() -> impl Strategy<Value = ControlCommand> {
+        let id = 0u64..12;
+        prop_oneof![
+            Just(ControlCommand::Noop),
+            Just(ControlCommand::AllocateNodeId),
+            Just(ControlCommand::AllocateNodeId),
+            (id.clone(), "[ab]").prop_map(|(i, r)| ControlCommand::AddNode(node(i, &r))),
+            (id.clone(), "[abc]").prop_map(|(i, r)| ControlCommand::UpdateNode(node(i, &r))),
+            id.clone().prop_map(ControlCommand::RemoveNode),
+            (0u64..6, id.clone(), "[mn]")
+                .prop_map(|(r, n, m)| ControlCommand::RegisterReplica(replica(r, n, &m))),
+            (0u64..6).prop_map(|r| ControlCommand::RemoveReplica(ReplicaId(r))),
+            ("[mn]", 0u64..8).prop_map(|(model, g)| ControlCommand::SetAssignment {
+                model,
+                assignment: assignment(g)
+            }),
+            ("[mn]", -5.0f64..100.0).prop_map(|(m, v)| ControlCommand::SetReservation {
+                tenant: "t".into(),
+                model: m,
+                mu_per_min: v
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn apply_keeps_its_invariants(cmds in proptest::collection::vec(arb_command(), 0..80)) {
+            let mut s = ControlState::default();
+            let mut handed_out = BTreeSet::new();
+            let mut ever_used = BTreeSet::new();
+            for cmd in cmds {
+                let before = s.clone();
+                let gens: BTreeMap<String, u64> =
+                    s.assignments().iter().map(|(m, a)| (m.clone(), a.generation)).collect();
+                let resp = apply(&mut s, cmd.clone());
+
+                // A rejected command leaves the state exactly as it was.
+                if resp.is_rejected() {
+                    prop_assert_eq!(&s, &before);
+                }
+                // Allocated node ids never repeat and never collide with a node ever seen.
+                if let ControlResponse::NodeIdAllocated(id) = resp {
+                    prop_assert!(handed_out.insert(id), "id {} handed out twice", id);
+                    prop_assert!(!ever_used.contains(&id), "id {} was already in use", id);
+                    prop_assert!(id > 0);
+                }
+                ever_used.extend(s.nodes().keys().copied());
+                ever_used.extend(s.retired_node_ids.iter().copied());
+                prop_assert!(ever_used.iter().all(|&id| id < s.next_node_id()));
+                prop_assert!(handed_out.iter().all(|&id| id < s.next_node_id()));
+                // Generations never go backwards, and an assignment never disappears.
+                for (model, g) in gens {
+                    let now = s.assignment(&model).map(|a| a.generation);
+                    prop_assert!(now >= Some(g));
+                }
+                // Every replica sits on a live node; reservations are valid rates.
+                for r in s.replicas().values() {
+                    prop_assert!(s.node(r.node).is_some());
+                }
+                for models in s.reservations().values() {
+                    prop_assert!(!models.is_empty());
+                    prop_assert!(models.values().all(|v| valid_rate(*v)));
+                }
+                // Retired ids never come back.
+                prop_assert!(s.nodes().keys().all(|id| !s.is_retired(*id)));
+            }
+        }
+    }
+}
