@@ -15,7 +15,7 @@ use rcgen::{
 use rustls_pki_types::{pem::PemObject, CertificateDer};
 use time::{Duration, OffsetDateTime};
 
-use crate::{fsutil, identity, TransportError};
+use crate::{fsutil, identity, JoinToken, NodeIdentity, TransportError};
 
 /// File name of the CA certificate in a data directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -185,6 +185,45 @@ impl ClusterCa {
     }
 }
 
+/// What the first node of a new cluster holds after [`bootstrap`].
+#[derive(Debug)]
+pub struct Bootstrap {
+    pub ca: ClusterCa,
+    pub identity: NodeIdentity,
+    pub token: JoinToken,
+}
+
+/// Starts a cluster in `dir`: a new CA, this node's identity as `node_id`, and a join
+/// token, written as `ca.pem`, `ca.key`, `node.pem`, `node.key` and `join-token`.
+/// Refuses to overwrite an existing CA or node key.
+pub fn bootstrap(
+    dir: &Path,
+    cluster_name: &str,
+    node_id: u64,
+) -> Result<Bootstrap, TransportError> {
+    for name in [CA_KEY_FILE, identity::NODE_KEY_FILE] {
+        let path = dir.join(name);
+        if path.exists() {
+            return Err(TransportError::File {
+                action: "refusing to overwrite",
+                path,
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            });
+        }
+    }
+    let ca = ClusterCa::generate(cluster_name)?;
+    let identity = NodeIdentity::generate(&ca, node_id)?;
+    let token = JoinToken::generate(ca.cert())?;
+    ca.save(dir)?;
+    identity.save(dir)?;
+    token.save(dir)?;
+    Ok(Bootstrap {
+        ca,
+        identity,
+        token,
+    })
+}
+
 /// Parameters of a node certificate for `node_id`.
 fn node_params(node_id: u64) -> Result<CertificateParams, TransportError> {
     let mut params = CertificateParams::default();
@@ -251,6 +290,21 @@ mod tests {
         let pem = loaded.sign_csr(req.csr_pem(), 9).unwrap();
         let id = req.into_identity(&pem, ca.cert()).unwrap();
         assert_eq!(id.node_id(), 9);
+    }
+
+    #[test]
+    fn bootstrap_writes_everything_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bootstrap(dir.path(), "test", 1).unwrap();
+        let ca = ClusterCa::load(dir.path()).unwrap();
+        assert_eq!(ca.cert(), b.ca.cert());
+        let id = NodeIdentity::load(dir.path(), ca.cert()).unwrap();
+        assert_eq!(id.node_id(), 1);
+        let token = JoinToken::load(dir.path()).unwrap();
+        assert_eq!(token, b.token);
+        assert!(token.pins(ca.cert()));
+        let err = bootstrap(dir.path(), "test", 1).unwrap_err();
+        assert!(err.to_string().contains("refusing to overwrite"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,54 @@
 //! Layout: [`ca`] and [`identity`] make and store certificates, [`token`] is the join
 //! token, [`endpoint`] owns the QUIC endpoint and its TLS configuration, [`join`] is the
 //! join protocol, [`rpc`] the typed messaging, [`frame`] the wire format.
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use sluice_transport::*;
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     type Request = String;
+//!     async fn handle(&self, peer: u64, text: String, mut reply: Reply) {
+//!         if text == "stream" {
+//!             for i in 0..3u32 {
+//!                 if reply.send(&i).await.is_err() { return; }
+//!             }
+//!             let _ = reply.finish();
+//!         } else {
+//!             let _ = reply.respond(&format!("node {peer} said {text}")).await;
+//!         }
+//!     }
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), TransportError> {
+//! # let dir = tempfile::tempdir().map_err(TransportError::Socket)?;
+//! # let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+//! let config = TransportConfig::default();
+//! // First node: CA, its own identity as node 1 and a join token, written to its data dir.
+//! let Bootstrap { ca, identity, token } = bootstrap(&dir_a, "prod", 1)?;
+//! let ca_cert = ca.cert().clone();
+//! let a = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &identity, &ca_cert, config.clone())?;
+//! let a_addr = a.local_addr()?;
+//! let joins: Arc<dyn JoinAuthority> = Arc::new(TokenJoinAuthority::new(ca, token.clone(), 2, [1]));
+//! tokio::spawn(serve(a.clone(), Arc::new(Echo), Some(joins)));
+//!
+//! // Second node: joins with the token string, gets node id 2, saves its identity.
+//! let token: JoinToken = token.to_string().parse()?;
+//! let joined = join_cluster(a_addr, &token, JoinOptions::default(), &config).await?;
+//! joined.save(&dir_b)?;
+//! let b = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &joined.identity, &joined.ca, config)?;
+//! let client = Client::new(b);
+//! let answer: String = client.call(a_addr, &"hi".to_string(), Duration::from_secs(5)).await?;
+//! assert_eq!(answer, "node 2 said hi");
+//! let numbers: Vec<u32> = client
+//!     .call_stream(a_addr, &"stream".to_string(), Duration::from_secs(5))
+//!     .await?
+//!     .collect()
+//!     .await?;
+//! assert_eq!(numbers, [0, 1, 2]);
+//! # Ok(()) }
+//! ```
 
 pub mod ca;
 pub mod endpoint;
@@ -17,7 +65,7 @@ pub mod rpc;
 pub mod token;
 mod verify;
 
-pub use ca::{CaCert, ClusterCa};
+pub use ca::{bootstrap, Bootstrap, CaCert, ClusterCa};
 pub use endpoint::{Endpoint, PeerConnection, TransportConfig, ALPN_CLUSTER, ALPN_JOIN};
 pub use error::TransportError;
 pub use frame::{decode, encode, FrameError};

@@ -135,8 +135,8 @@ async fn read_response<Resp: DeserializeOwned>(
         Ok(None) => return Err(TransportError::NoResponse),
         Err(e) => Err(e),
     };
-    if matches!(result, Err(TransportError::Frame(_))) {
-        tracing::warn!(error = %result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), "bad response frame");
+    if let Err(e @ TransportError::Frame(_)) = &result {
+        tracing::warn!(error = %e, "malformed response frame; stopping the stream");
         let _ = recv.stop(codes::BAD_FRAME);
     }
     result

@@ -516,22 +516,30 @@ async fn the_client_reconnects_to_a_restarted_node() {
     let server = start_server(&identity, ca.cert(), None);
     let client = Client::new(bind(&NodeIdentity::generate(&ca, 2).unwrap(), ca.cert()));
     let _: u64 = client.call(server.addr, &Req::WhoAmI, T).await.unwrap();
+    let old = client.connection(server.addr).await.unwrap();
 
     server.endpoint.close();
     server.endpoint.wait_idle(Duration::from_secs(1)).await;
     drop(server.endpoint);
-    // The old connection learns of the close; wait for it before restarting the node.
-    let old = client.connection(server.addr).await;
-    if let Ok(old) = old {
-        tokio::time::timeout(T, old.quinn().closed()).await.unwrap();
-    }
+    // The cached connection learns of the close.
+    tokio::time::timeout(T, old.quinn().closed()).await.unwrap();
+    assert!(old.is_closed());
 
-    let restarted = Endpoint::bind(
-        server.addr,
-        &identity,
-        ca.cert(),
-        TransportConfig::default(),
-    )
+    // The old endpoint's socket is released once its tasks have wound down.
+    let restarted = tokio::time::timeout(T, async {
+        loop {
+            match Endpoint::bind(
+                server.addr,
+                &identity,
+                ca.cert(),
+                TransportConfig::default(),
+            ) {
+                Ok(endpoint) => return endpoint,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
     .unwrap();
     tokio::spawn(serve(restarted, Arc::new(TestHandler::default()), None));
     let who: u64 = client.call(server.addr, &Req::WhoAmI, T).await.unwrap();
