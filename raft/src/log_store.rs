@@ -358,6 +358,12 @@ impl LogStore {
                 break;
             }
             let payload = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
+            // We never write an empty record; zeros are what a crash can leave in a
+            // file extended but not yet written (and crc32 of nothing is zero).
+            if len == 0 {
+                torn = Some("zeroed record");
+                break;
+            }
             if crc32fast::hash(payload) != crc {
                 torn = Some("checksum mismatch");
                 break;

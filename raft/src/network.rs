@@ -74,7 +74,11 @@ pub enum RaftRpcReply {
     Vote(VoteResponse<TypeConfig>),
     FullSnapshot(SnapshotResponse<TypeConfig>),
     TransferLeader(TransferLeaderResponse<TypeConfig>),
-    ClientWrite(ControlResponse),
+    /// The write committed at `log_index` and applying it answered `response`.
+    ClientWrite {
+        response: ControlResponse,
+        log_index: u64,
+    },
     /// `AddLearner` or `ChangeMembership` committed.
     MembershipChanged,
     Refused(RemoteRefusal),
@@ -95,7 +99,10 @@ pub enum RemoteRefusal {
     /// The write was proposed but its fate is unknown (timeout, leader change).
     #[error("outcome unknown: {0}")]
     Indeterminate(String),
-    /// The request was refused for another reason (e.g. a membership change in progress).
+    /// Try again shortly: another membership change is still being committed.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The request was refused for another reason.
     #[error("{0}")]
     Failed(String),
     /// The receiver replied with a message of the wrong kind (a protocol bug).

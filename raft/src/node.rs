@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
+use openraft::errors::{
+    ChangeMembershipError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
+};
 use openraft::raft::ClientWriteResponse;
 use openraft::{ConfigError, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
@@ -123,8 +125,9 @@ pub enum ControlPlaneError {
     AlreadyInitialized,
     #[error("cannot initialize: {0}")]
     Initialize(String),
-    #[error("no leader after waiting {waited:?}")]
-    NoLeader { waited: Duration },
+    /// No leader accepted the request in time; it was not applied.
+    #[error("no leader after waiting {waited:?} ({detail})")]
+    NoLeader { waited: Duration, detail: String },
     /// The request may or may not have taken effect (timed out waiting for commit, the
     /// leader changed under it, or the reply was lost). Check the state before retrying
     /// anything that is not idempotent.
@@ -271,7 +274,10 @@ fn write_outcome(
 ) -> RaftRpcReply {
     match result {
         Ok(_) if membership => RaftRpcReply::MembershipChanged,
-        Ok(resp) => RaftRpcReply::ClientWrite(resp.data),
+        Ok(resp) => RaftRpcReply::ClientWrite {
+            response: resp.data,
+            log_index: resp.log_id.index,
+        },
         Err(RaftError::Fatal(f)) => {
             RaftRpcReply::Refused(RemoteRefusal::Unavailable(f.to_string()))
         }
@@ -279,6 +285,9 @@ fn write_outcome(
             ClientWriteError::ForwardToLeader(f) => not_leader(f),
             ClientWriteError::LogEntryDiscarded(f) => {
                 RemoteRefusal::Indeterminate(format!("leader changed before commit: {f}"))
+            }
+            ClientWriteError::ChangeMembershipError(e @ ChangeMembershipError::InProgress(_)) => {
+                RemoteRefusal::Busy(e.to_string())
             }
             ClientWriteError::ChangeMembershipError(e) => RemoteRefusal::Failed(e.to_string()),
             ClientWriteError::PreconditionFailed(e) => RemoteRefusal::Failed(e.to_string()),
@@ -360,10 +369,35 @@ impl<T: RaftTransport> ControlPlane<T> {
     }
 
     /// Commits `cmd` through the leader and returns what applying it did (which may be
-    /// [`ControlResponse::Rejected`]). Waits up to `write_timeout` for a leader.
+    /// [`ControlResponse::Rejected`]). Takes at most about `write_timeout`, waiting for a
+    /// leader if there is none. When it returns `Ok`, [`Self::state`] on this node
+    /// already shows the write (unless applying it here took longer than the budget).
     pub async fn write(&self, cmd: ControlCommand) -> Result<ControlResponse, ControlPlaneError> {
+        let start = Instant::now();
         match self.on_leader(LeaderOp::Write(cmd)).await? {
-            RaftRpcReply::ClientWrite(resp) => Ok(resp),
+            RaftRpcReply::ClientWrite {
+                response,
+                log_index,
+            } => {
+                // Read-your-writes: a forwarded write returns once this node has applied
+                // it too, so `state()` shows it. If that takes too long the write still
+                // stands; the local state just lags.
+                let wait = self
+                    .inner
+                    .config
+                    .write_timeout
+                    .saturating_sub(start.elapsed());
+                let applied = self
+                    .inner
+                    .raft
+                    .wait(Some(wait))
+                    .applied_index_at_least(Some(log_index), "forwarded write applied locally")
+                    .await;
+                if let Err(e) = applied {
+                    tracing::warn!(log_index, error = %e, "forwarded write committed but not yet applied here");
+                }
+                Ok(response)
+            }
             other => Err(ControlPlaneError::Indeterminate(format!(
                 "unexpected reply {other:?}"
             ))),
@@ -423,7 +457,10 @@ impl<T: RaftTransport> ControlPlane<T> {
             }
             let left = timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
-                return Err(ControlPlaneError::NoLeader { waited: timeout });
+                return Err(ControlPlaneError::NoLeader {
+                    waited: timeout,
+                    detail: "none elected or known".into(),
+                });
             }
             match tokio::time::timeout(left, rx.changed()).await {
                 Ok(Ok(())) | Err(_) => {}
@@ -526,6 +563,19 @@ impl<T: RaftTransport> ControlPlane<T> {
     /// Runs `op` on this node's Raft, which answers `NotLeader` if it does not lead.
     async fn run_local(&self, op: LeaderOp, budget: Duration) -> RaftRpcReply {
         let raft = &self.inner.raft;
+        let down = {
+            let rx = raft.metrics();
+            let m = rx.borrow_watched();
+            match &m.running_state {
+                Err(e) => Some(e.to_string()),
+                Ok(()) if m.state == ServerState::Shutdown => Some("shut down".into()),
+                Ok(()) => None,
+            }
+        };
+        if let Some(why) = down {
+            // Checked before proposing, so the caller knows nothing was written.
+            return RaftRpcReply::Refused(RemoteRefusal::Unavailable(why));
+        }
         let result = match op {
             LeaderOp::Write(cmd) => tokio::time::timeout(budget, raft.client_write(cmd))
                 .await
@@ -549,23 +599,24 @@ impl<T: RaftTransport> ControlPlane<T> {
     }
 
     /// Runs `op` on the leader: here if this node leads, else forwarded to the leader.
-    /// Retries while there is no leader, the leader moved, or it could not be reached
-    /// (nothing was proposed then); gives up with `Indeterminate` once something may
-    /// have been proposed.
+    /// Retries while there is no leader, the leader moved, could not be reached, or is
+    /// busy with another membership change (nothing was proposed in any of these); gives
+    /// up with `Indeterminate` as soon as something may have been proposed.
     async fn on_leader(&self, op: LeaderOp) -> Result<RaftRpcReply, ControlPlaneError> {
         let budget = self.inner.config.write_timeout;
         let start = Instant::now();
         let mut metrics = self.inner.raft.metrics();
-        let mut last_problem = String::from("no leader known");
+        let mut busy = None;
+        let mut detail = String::from("none elected or known");
         loop {
             let left = budget.saturating_sub(start.elapsed());
             if left.is_zero() {
-                return Err(if last_problem == "no leader known" {
-                    ControlPlaneError::NoLeader { waited: budget }
-                } else {
-                    ControlPlaneError::Indeterminate(format!(
-                        "gave up after {budget:?}: {last_problem}"
-                    ))
+                return Err(match busy {
+                    Some(m) => ControlPlaneError::Refused(m),
+                    None => ControlPlaneError::NoLeader {
+                        waited: budget,
+                        detail,
+                    },
                 });
             }
             let (leader, leader_addr, running) = {
@@ -589,7 +640,7 @@ impl<T: RaftTransport> ControlPlane<T> {
                     match sent {
                         Ok(Ok(reply)) => Some(reply),
                         Ok(Err(TransportFailure::Unreachable(m))) => {
-                            last_problem = format!("leader {l} unreachable: {m}");
+                            detail = format!("leader {l} unreachable: {m}");
                             None
                         }
                         Ok(Err(e)) => {
@@ -608,11 +659,16 @@ impl<T: RaftTransport> ControlPlane<T> {
             };
             match reply {
                 Some(RaftRpcReply::Refused(RemoteRefusal::NotLeader { leader, .. })) => {
-                    last_problem = format!("leadership moving (hint: {leader:?})");
+                    detail = format!("leadership moving (hint: {leader:?})");
+                }
+                Some(RaftRpcReply::Refused(RemoteRefusal::Busy(m))) => {
+                    // Nothing was proposed; the previous membership change commits soon.
+                    busy = Some(m);
                 }
                 Some(RaftRpcReply::Refused(RemoteRefusal::Unavailable(m))) => {
-                    // The leader's Raft just stopped; a new one will be elected.
-                    last_problem = format!("leader unavailable: {m}");
+                    // The leader's Raft had stopped before anything was proposed; a new
+                    // leader will be elected.
+                    detail = format!("leader unavailable: {m}");
                 }
                 Some(RaftRpcReply::Refused(RemoteRefusal::Indeterminate(m))) => {
                     return Err(ControlPlaneError::Indeterminate(m))
