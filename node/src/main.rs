@@ -1,6 +1,7 @@
 //! `sluice`: one binary per host — the node (router and front door, and later the
 //! control-plane actors) and the simulated replica it launches.
 
+mod cluster;
 mod config;
 mod front;
 mod launcher;
@@ -37,6 +38,9 @@ enum Command {
     /// Run an engine replica.
     #[command(subcommand)]
     Replica(ReplicaCommand),
+    /// Create, inspect and shrink a cluster of nodes.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Simulate a fleet in virtual time: replay a trace under routing policies and compare them.
     Sim(sluice_chaos::sim::cli::SimArgs),
     /// Drive load at an OpenAI-compatible endpoint and report throughput and latency.
@@ -73,6 +77,60 @@ struct StartArgs {
     /// Wall-clock seconds per simulated second for launched replicas; 0 = zero-delay.
     #[arg(long)]
     time_scale: Option<f64>,
+    /// Cluster mode: this node's data directory (identity, Raft log). Without it the
+    /// node runs alone.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Cluster mode: address of this node's QUIC endpoint [default: 127.0.0.1:7946].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Cluster mode: this node's rack (failure domain) [default: rack-0].
+    #[arg(long)]
+    rack: Option<String>,
+    /// Cluster mode: a member's QUIC address to join through (first start only).
+    #[arg(long)]
+    join: Option<SocketAddr>,
+    /// Cluster mode: the join token printed by `sluice cluster init`.
+    #[arg(long)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Create a cluster: its CA, the first node's identity and a join token.
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "sluice")]
+        name: String,
+    },
+    /// Show nodes, roles, leader, racks, replicas and the assignment generation.
+    Status {
+        /// A node's QUIC address [default: the one of --data-dir].
+        #[arg(long)]
+        node: Option<SocketAddr>,
+        /// A node's data directory, for credentials.
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node of --data-dir leaves the cluster.
+    Leave {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        node: Option<SocketAddr>,
+    },
+    /// Remove another node from the cluster.
+    Remove {
+        /// The node id to remove.
+        id: u64,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        node: Option<SocketAddr>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,6 +188,20 @@ fn run(cli: Cli) -> Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Node(NodeCommand::Start(a)) => node_start(a).await,
+            Command::Cluster(ClusterCommand::Init { data_dir, name }) => {
+                cluster::cli::init(&data_dir, &name)
+            }
+            Command::Cluster(ClusterCommand::Status {
+                node,
+                data_dir,
+                json,
+            }) => cluster::cli::status(&data_dir, node, json).await,
+            Command::Cluster(ClusterCommand::Leave { data_dir, node }) => {
+                cluster::cli::leave(&data_dir, node).await
+            }
+            Command::Cluster(ClusterCommand::Remove { id, data_dir, node }) => {
+                cluster::cli::remove(&data_dir, node, id).await
+            }
             Command::Sim(_) => Ok(()),
             Command::Loadgen(a) => sluice_chaos::loadgen::cli_main(a).await,
             Command::Calibrate(a) => sluice_chaos::calibrate::cli_main(a).await,
@@ -149,6 +221,25 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 async fn node_start(a: StartArgs) -> Result<()> {
+    let cluster_args = match &a.data_dir {
+        Some(dir) => Some(cluster::ClusterArgs {
+            data_dir: dir.clone(),
+            listen: a
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7946))),
+            rack: a.rack.clone().unwrap_or_else(|| "rack-0".to_owned()),
+            join: a.join,
+            token: a.token.clone(),
+        }),
+        None => {
+            if a.listen.is_some() || a.join.is_some() || a.token.is_some() || a.rack.is_some() {
+                anyhow::bail!(
+                    "--listen, --rack, --join and --token need --data-dir (cluster mode)"
+                );
+            }
+            None
+        }
+    };
     let overrides = config::Overrides {
         http: a.http,
         replicas: a.replicas,
@@ -181,8 +272,35 @@ async fn node_start(a: StartArgs) -> Result<()> {
     } else {
         children.iter().map(|c| c.url.clone()).collect()
     };
-    let state = front::AppState::new(&cfg, &urls)?;
     let local = listener.local_addr()?;
+    let (state, node) = match &cluster_args {
+        None => {
+            let upstreams = urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| front::Upstream::local(sluice_actors::slice::ReplicaId(i as u64), u))
+                .collect::<Result<Vec<_>>>()?;
+            (front::AppState::new(&cfg, upstreams, None)?, None)
+        }
+        Some(ca) => {
+            let slot = std::sync::Arc::new(tokio::sync::OnceCell::new());
+            let node = cluster::start(&cfg, ca, local, &urls, slot.clone()).await?;
+            std::fs::write(
+                ca.data_dir.join(cluster::cli::ADDR_FILE),
+                ca.listen.to_string(),
+            )
+            .context("cannot record the node's address")?;
+            let upstreams = urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| front::Upstream::local(cluster::replica_id(node.id, i), u))
+                .collect::<Result<Vec<_>>>()?;
+            let state = front::AppState::new(&cfg, upstreams, Some(node.client.clone()))?;
+            let _ = slot.set(state.clone());
+            tracing::info!(node = node.id, quic = %ca.listen, rack = %ca.rack, "cluster member");
+            (state, Some(node))
+        }
+    };
     tracing::info!(%local, replicas = urls.len(), model = %cfg.model, "node serving");
     {
         let mut out = std::io::stdout().lock();
@@ -218,6 +336,9 @@ async fn node_start(a: StartArgs) -> Result<()> {
         }
     };
     tracing::info!("node stopping");
+    if let Some(node) = node {
+        node.shutdown().await;
+    }
     launcher::stop_all(children, Duration::from_secs(5)).await;
     served
 }

@@ -344,6 +344,24 @@ impl RouterCore {
     }
 
     /// Replaces the slice map (a newer generation from the assigner).
+    /// Replaces the replica set (the registry changed): new replicas start healthy,
+    /// known ones keep their health and capacity is updated, removed ones get no new
+    /// requests (those in flight finish and are accounted as usual).
+    pub fn set_replicas(&mut self, replicas: &[ReplicaSpec]) {
+        let old = std::mem::take(&mut self.replicas);
+        self.replicas = replicas
+            .iter()
+            .map(|&spec| match old.iter().find(|r| r.spec.id == spec.id) {
+                Some(r) => ReplicaEntry { spec, ..*r },
+                None => ReplicaEntry {
+                    spec,
+                    checked_healthy: true,
+                    passive: PassiveHealth::default(),
+                },
+            })
+            .collect();
+    }
+
     pub fn set_assignment(&mut self, assignment: Assignment) {
         if assignment.generation >= self.assignment.generation {
             self.assignment = assignment;
@@ -423,6 +441,32 @@ mod tests {
             max_tokens: Some(max),
             n: 1,
         }
+    }
+
+    #[test]
+    fn the_replica_set_can_change_under_load() {
+        let mut c = core(2, 2);
+        let a = c.place(&adm("w", 100, 10), 0).unwrap();
+        c.set_checked_health(ReplicaId(1), false);
+        let specs: Vec<ReplicaSpec> = [1, 2]
+            .iter()
+            .map(|&i| ReplicaSpec {
+                id: ReplicaId(i),
+                capacity_mu_per_min: 60_000.0,
+            })
+            .collect();
+        c.set_replicas(&specs);
+        c.set_assignment(Assignment::uniform(2, &[ReplicaId(1), ReplicaId(2)], 4, 2).unwrap());
+        // Replica 1 kept its health verdict; replica 0 is gone; 2 is new and healthy.
+        for _ in 0..5 {
+            assert_eq!(
+                c.place(&adm("w", 100, 10), 0).unwrap().replica,
+                ReplicaId(2)
+            );
+        }
+        // The request on the removed replica still finishes and frees its MU.
+        c.finish(a.id, None);
+        assert_eq!(c.ledger().replica(a.replica).requests, 0);
     }
 
     #[test]

@@ -13,13 +13,13 @@ pub async fn run(state: Arc<AppState>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let checks = state.upstreams.iter().map(|u| {
+        let checks = state.local_upstreams().into_iter().map(|(id, base)| {
             let state = state.clone();
             async move {
-                let healthy = check(&state, &u.base).await;
-                state.core().set_checked_health(u.id, healthy);
+                let healthy = check(&state, &base).await;
+                state.core().set_checked_health(id, healthy);
                 if !healthy {
-                    tracing::debug!(replica = u.id.0, base = %u.base, "health check failed");
+                    tracing::debug!(replica = id.0, %base, "health check failed");
                 }
             }
         });

@@ -23,7 +23,9 @@ use sluice_actors::assigner::{initial_assignment, ReplicaInfo, ScheduleConfig};
 use sluice_actors::router::{KeySource, ReplicaSpec, RouterCore};
 use sluice_actors::slice::{Assignment, ReplicaId};
 use sluice_engine::openai::{ApiError, Endpoint};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 pub use metrics::Metrics;
@@ -32,15 +34,34 @@ pub use metrics::Metrics;
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub id: ReplicaId,
-    /// `http://host:port`, no trailing slash.
-    pub base: String,
-    /// Parsed once: the hot path clones these instead of formatting and parsing a URI.
-    pub chat_uri: hyper::Uri,
-    pub completions_uri: hyper::Uri,
+    pub target: Target,
+}
+
+/// The fleet as the control state describes it: every replica with where it is reached
+/// and its capacity, the registry's health verdicts, and the slice map.
+pub struct FleetView {
+    pub upstreams: Vec<(Upstream, f64)>,
+    pub health: Vec<(ReplicaId, bool)>,
+    pub assignment: Assignment,
+}
+
+/// Where a replica is reached.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// An engine this node talks to over HTTP.
+    Local {
+        /// `http://host:port`, no trailing slash.
+        base: String,
+        /// Parsed once: the hot path clones these instead of formatting and parsing.
+        chat_uri: hyper::Uri,
+        completions_uri: hyper::Uri,
+    },
+    /// A replica of another node, reached through that node over QUIC.
+    Remote { node: SocketAddr },
 }
 
 impl Upstream {
-    fn new(id: ReplicaId, url: &str) -> anyhow::Result<Self> {
+    pub fn local(id: ReplicaId, url: &str) -> anyhow::Result<Self> {
         let base = url.trim_end_matches('/').to_owned();
         let uri = |path: &str| -> anyhow::Result<hyper::Uri> {
             format!("{base}{path}")
@@ -49,16 +70,18 @@ impl Upstream {
         };
         Ok(Self {
             id,
-            chat_uri: uri("/v1/chat/completions")?,
-            completions_uri: uri("/v1/completions")?,
-            base,
+            target: Target::Local {
+                chat_uri: uri("/v1/chat/completions")?,
+                completions_uri: uri("/v1/completions")?,
+                base,
+            },
         })
     }
 
-    pub fn uri(&self, endpoint: Endpoint) -> &hyper::Uri {
-        match endpoint {
-            Endpoint::Chat => &self.chat_uri,
-            Endpoint::Completion => &self.completions_uri,
+    pub fn remote(id: ReplicaId, node: SocketAddr) -> Self {
+        Self {
+            id,
+            target: Target::Remote { node },
         }
     }
 }
@@ -76,8 +99,10 @@ pub struct FrontConfig {
 
 pub struct AppState {
     core: Mutex<RouterCore>,
-    upstreams: Vec<Upstream>,
+    upstreams: RwLock<HashMap<ReplicaId, Upstream>>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Reaches other nodes (cluster mode).
+    remote: Option<Arc<sluice_transport::Client>>,
     config: FrontConfig,
     metrics: Metrics,
     start: Instant,
@@ -90,12 +115,13 @@ pub struct AppState {
 const LOCAL_RACK: &str = "local";
 
 impl AppState {
-    pub fn new(node: &NodeConfig, upstream_urls: &[String]) -> anyhow::Result<Arc<Self>> {
-        let upstreams: Vec<Upstream> = upstream_urls
-            .iter()
-            .enumerate()
-            .map(|(i, u)| Upstream::new(ReplicaId(i as u64), u))
-            .collect::<anyhow::Result<_>>()?;
+    /// The front door over `upstreams`, all in this node's rack; `remote` reaches the
+    /// other nodes of a cluster.
+    pub fn new(
+        node: &NodeConfig,
+        upstreams: Vec<Upstream>,
+        remote: Option<Arc<sluice_transport::Client>>,
+    ) -> anyhow::Result<Arc<Self>> {
         let ids: Vec<ReplicaId> = upstreams.iter().map(|u| u.id).collect();
         let specs: Vec<ReplicaSpec> = ids
             .iter()
@@ -113,17 +139,12 @@ impl AppState {
             None => Assignment::uniform(1, &ids, node.slice_count, node.subset_size)?,
         };
         let core = RouterCore::new(node.profile.mu, node.router, &specs, assignment);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(node.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        let client = http_client(node.connect_timeout);
         Ok(Arc::new(Self {
             core: Mutex::new(core),
-            upstreams,
+            upstreams: RwLock::new(upstreams.into_iter().map(|u| (u.id, u)).collect()),
             client,
+            remote,
             config: FrontConfig {
                 model: node.model.clone(),
                 key_sources: node.key_sources.clone(),
@@ -155,15 +176,77 @@ impl AppState {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn upstream(&self, id: ReplicaId) -> Option<&Upstream> {
-        self.upstreams.get(id.0 as usize)
+    fn upstream(&self, id: ReplicaId) -> Option<Upstream> {
+        self.upstreams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
+
+    fn local_upstreams(&self) -> Vec<(ReplicaId, String)> {
+        self.upstreams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|u| match &u.target {
+                Target::Local { base, .. } => Some((u.id, base.clone())),
+                Target::Remote { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The registry changed (cluster mode): new replica set, where each is reached, and
+    /// the slice map to use.
+    pub fn set_fleet(&self, fleet: FleetView) {
+        let FleetView {
+            upstreams,
+            health: healthy,
+            assignment,
+        } = fleet;
+        let specs: Vec<ReplicaSpec> = upstreams
+            .iter()
+            .map(|(u, cap)| ReplicaSpec {
+                id: u.id,
+                capacity_mu_per_min: *cap,
+            })
+            .collect();
+        *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) =
+            upstreams.into_iter().map(|(u, _)| (u.id, u)).collect();
+        let mut core = self.core();
+        core.set_replicas(&specs);
+        for (id, ok) in healthy {
+            core.set_checked_health(id, ok);
+        }
+        let generation = assignment.generation;
+        core.set_assignment(assignment);
+        drop(core);
+        self.metrics.assignment(generation);
+    }
+
+    /// What the router core measured since the last call (the assigner's input).
+    pub fn take_load(&self) -> sluice_actors::assigner::LoadReport {
+        let now = self.now_us();
+        self.core().take_load(now)
+    }
+}
+
+/// The pooled HTTP client for engines: no Nagle delay, bounded connect time.
+pub fn http_client(connect_timeout: Duration) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
 }
 
 /// The axum app, with the health-check loop started on the current runtime.
 pub fn app(state: Arc<AppState>) -> Router {
     tokio::spawn(health::run(state.clone()));
-    if let Some(schedule) = state.schedule.clone() {
+    // In a cluster the Raft leader runs the assigner on every router's reports.
+    if let (Some(schedule), None) = (state.schedule.clone(), &state.remote) {
         tokio::spawn(assign::run(state.clone(), schedule));
     }
     Router::new()

@@ -2,14 +2,15 @@
 //! fails before anything reached the client, stream the answer back while metering it.
 
 use super::sse::{body_usage, SseMeter};
-use super::{error_response, header_str, AppState};
+use super::{error_response, header_str, AppState, Target, Upstream};
+use crate::cluster::forward::{self, UpstreamBody};
+use crate::cluster::rpc::ForwardRequest;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use sluice_actors::router::{workload_key, Admission, KeyInputs, Placement, RequestId, Usage};
 use sluice_engine::openai::{parse_request, ApiError, Endpoint};
 use std::sync::Arc;
@@ -143,16 +144,7 @@ async fn forward(
             state.metrics.spill();
         }
         let upstream = state.upstream(placement.replica).ok_or_else(no_replica)?;
-        let request = hyper::Request::post(upstream.uri(endpoint).clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body.clone()))
-            .map_err(|e| {
-                (
-                    ApiError::new(500, "internal_error", format!("bad upstream request: {e}")),
-                    None,
-                )
-            })?;
-        match tokio::time::timeout_at(deadline, state.client.request(request)).await {
+        match tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, &body)).await {
             Ok(Ok(resp)) => break resp,
             Ok(Err(e)) => {
                 state.metrics.upstream_failure(placement.replica.0);
@@ -231,6 +223,56 @@ async fn forward(
     Ok(out)
 }
 
+/// Sends the request to `upstream`: over HTTP to a local engine, over QUIC through the
+/// node that runs a remote one. An error means nothing came back (safe to retry).
+async fn send(
+    state: &AppState,
+    upstream: &Upstream,
+    endpoint: Endpoint,
+    body: &Bytes,
+) -> Result<hyper::Response<UpstreamBody>, String> {
+    match &upstream.target {
+        Target::Local {
+            chat_uri,
+            completions_uri,
+            ..
+        } => {
+            let uri = match endpoint {
+                Endpoint::Chat => chat_uri,
+                Endpoint::Completion => completions_uri,
+            };
+            let request = hyper::Request::post(uri.clone())
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(body.clone()))
+                .map_err(|e| format!("bad upstream request: {e}"))?;
+            let resp = state
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(resp.map(|b| b.map_err(std::io::Error::other).boxed_unsync()))
+        }
+        Target::Remote { node } => {
+            let client = state
+                .remote
+                .as_ref()
+                .ok_or("no cluster transport for a remote replica")?;
+            let req = ForwardRequest {
+                replica: upstream.id,
+                path: match endpoint {
+                    Endpoint::Chat => "/v1/chat/completions",
+                    Endpoint::Completion => "/v1/completions",
+                }
+                .to_owned(),
+                body: body.to_vec(),
+            };
+            forward::call(client, *node, req, state.config.request_timeout)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
 fn retry(
     state: &AppState,
     guard: &mut Inflight,
@@ -268,13 +310,13 @@ fn timeout(state: &AppState, placement: &Placement) -> Failure {
 fn stream_response(
     state: Arc<AppState>,
     guard: Inflight,
-    resp: hyper::Response<Incoming>,
+    resp: hyper::Response<UpstreamBody>,
     replica: sluice_actors::slice::ReplicaId,
     endpoint: Endpoint,
     started: Instant,
 ) -> Response {
     struct Pump {
-        body: Incoming,
+        body: UpstreamBody,
         meter: SseMeter,
         guard: Inflight,
         finished: bool,
@@ -368,7 +410,7 @@ fn stream_response(
 /// `first` followed by the data frames `body` can yield without waiting. The end of the
 /// body is seen again by the next poll; an error taken here leaves a body that ended
 /// without `[DONE]`, which the pump answers with an explicit error event.
-fn coalesce_ready(body: &mut Incoming, first: Bytes) -> Bytes {
+fn coalesce_ready(body: &mut UpstreamBody, first: Bytes) -> Bytes {
     use futures_util::FutureExt;
     use hyper::body::Body as _;
     let mut more: Option<bytes::BytesMut> = None;

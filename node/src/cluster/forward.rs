@@ -1,0 +1,190 @@
+//! Requests for replicas on other nodes. The router sends the OpenAI request over QUIC
+//! to the node that runs the replica; that node proxies it to its local engine and
+//! streams the answer back as frames, which the router turns into an HTTP body again —
+//! so retries, metering and SSE handling in the front door are the same for local and
+//! remote replicas.
+
+use super::rpc::{ForwardFrame, ForwardRequest, NodeRpc};
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HttpClient;
+use sluice_actors::slice::ReplicaId;
+use sluice_transport::{Client, Reply, TransportError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// Body of an upstream answer, local or forwarded.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// The paths a forwarded request may name.
+const PATHS: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
+
+/// This node's own replicas, by id: what a forwarded request may reach.
+pub struct LocalReplicas {
+    urls: RwLock<HashMap<ReplicaId, String>>,
+    client: HttpClient<HttpConnector, Full<Bytes>>,
+}
+
+impl LocalReplicas {
+    pub fn new(client: HttpClient<HttpConnector, Full<Bytes>>) -> Self {
+        Self {
+            urls: RwLock::new(HashMap::new()),
+            client,
+        }
+    }
+
+    pub fn set(&self, urls: HashMap<ReplicaId, String>) {
+        *self.urls.write().unwrap_or_else(|p| p.into_inner()) = urls;
+    }
+
+    pub fn snapshot(&self) -> HashMap<ReplicaId, String> {
+        self.urls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn url(&self, id: ReplicaId) -> Option<String> {
+        self.urls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Serves one forwarded request: proxies it to the local engine and streams the
+    /// answer back. A caller that goes away stops the stream, which drops the engine
+    /// request (the engine aborts it).
+    pub async fn serve(&self, req: ForwardRequest, mut reply: Reply) {
+        let fail = |m: String| ForwardFrame::Error(m);
+        let Some(base) = self.url(req.replica) else {
+            let _ = reply
+                .respond(&fail(format!(
+                    "replica {} is not on this node",
+                    req.replica.0
+                )))
+                .await;
+            return;
+        };
+        if !PATHS.contains(&req.path.as_str()) {
+            let _ = reply
+                .respond(&fail(format!("cannot forward to '{}'", req.path)))
+                .await;
+            return;
+        }
+        let request = match hyper::Request::post(format!("{base}{}", req.path))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(req.body)))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply.respond(&fail(format!("bad request: {e}"))).await;
+                return;
+            }
+        };
+        let resp = tokio::select! {
+            r = self.client.request(request) => r,
+            _ = reply.cancelled() => return,
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply
+                    .respond(&fail(format!("the replica could not be reached: {e}")))
+                    .await;
+                return;
+            }
+        };
+        let head = ForwardFrame::Head {
+            status: resp.status().as_u16(),
+            content_type: resp
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        if reply.send(&head).await.is_err() {
+            return;
+        }
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let msg = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => ForwardFrame::Chunk(d.to_vec()),
+                    Err(_) => continue,
+                },
+                Err(e) => {
+                    let _ = reply
+                        .send(&fail(format!("the replica's answer broke off: {e}")))
+                        .await;
+                    break;
+                }
+            };
+            if reply.send(&msg).await.is_err() {
+                // The router went away: dropping `body` aborts the engine request.
+                return;
+            }
+        }
+        let _ = reply.finish();
+    }
+}
+
+/// Why a forwarded request produced no answer head.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Nothing reached the replica, or it refused: safe to retry elsewhere.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Sends `req` to the node at `node` and returns the replica's answer as an HTTP
+/// response whose body streams as the frames arrive. `timeout` bounds each wait.
+pub async fn call(
+    client: &Client,
+    node: SocketAddr,
+    req: ForwardRequest,
+    timeout: Duration,
+) -> Result<hyper::Response<UpstreamBody>, ForwardError> {
+    let mut stream = client
+        .call_stream::<_, ForwardFrame>(node, &NodeRpc::Forward(req), timeout)
+        .await
+        .map_err(|e| match e {
+            TransportError::Timeout(d) => ForwardError::Timeout(d),
+            e => ForwardError::Unreachable(e.to_string()),
+        })?;
+    let (status, content_type) = match stream.next().await {
+        Some(Ok(ForwardFrame::Head {
+            status,
+            content_type,
+        })) => (status, content_type),
+        Some(Ok(ForwardFrame::Error(m))) => return Err(ForwardError::Unreachable(m)),
+        Some(Ok(ForwardFrame::Chunk(_))) => {
+            return Err(ForwardError::Unreachable("answer without a head".into()))
+        }
+        Some(Err(TransportError::Timeout(d))) => return Err(ForwardError::Timeout(d)),
+        Some(Err(e)) => return Err(ForwardError::Unreachable(e.to_string())),
+        None => return Err(ForwardError::Unreachable("empty answer".into())),
+    };
+    let frames = futures_util::stream::unfold(Some(stream), |s| async move {
+        let mut s = s?;
+        match s.next().await? {
+            Ok(ForwardFrame::Chunk(b)) => Some((Ok(Frame::data(Bytes::from(b))), Some(s))),
+            Ok(ForwardFrame::Error(m)) => Some((Err(std::io::Error::other(m)), None)),
+            Ok(ForwardFrame::Head { .. }) => {
+                Some((Err(std::io::Error::other("a second answer head")), None))
+            }
+            Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+        }
+    });
+    let mut resp = hyper::Response::new(StreamBody::new(frames).boxed_unsync());
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    if let Some(ct) = content_type.and_then(|c| hyper::header::HeaderValue::from_str(&c).ok()) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, ct);
+    }
+    Ok(resp)
+}

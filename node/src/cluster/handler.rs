@@ -1,0 +1,415 @@
+//! Serves the node's QUIC traffic and runs the leader's duties: Raft messages, joins
+//! (membership, voter placement), removals, status, load reports, the assigner rounds,
+//! and forwarded requests for local replicas.
+
+use super::forward::LocalReplicas;
+use super::raft_net::QuicRaft;
+use super::rpc::{ClusterStatus, NodeReply, NodeRpc, NodeStatus, ReplicaStatus};
+use super::{fleet_of, registry};
+use crate::front::AppState;
+use sluice_actors::assigner::{initial_assignment, LoadReport, Schedule, ScheduleConfig};
+use sluice_raft::voter_policy::{choose_voters, VoterCandidate};
+use sluice_raft::{
+    ControlCommand, ControlPlane, ControlPlaneError, ControlResponse, NodeAddr, NodeInfo, Role,
+};
+use sluice_transport::join::BoxFuture;
+use sluice_transport::{
+    ClusterCa, JoinAuthority, JoinRefusal, JoinRequest, JoinResponse, JoinToken, Reply,
+};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Voters the cluster aims for (3 tolerates one failure, or one rack where racks allow).
+const DESIRED_VOTERS: usize = 3;
+
+/// Where the leader is, as this node sees it.
+pub enum Membership {
+    Me,
+    At(SocketAddr),
+}
+
+pub struct NodeHandler {
+    cp: ControlPlane<QuicRaft>,
+    client: Arc<sluice_transport::Client>,
+    local: Arc<LocalReplicas>,
+    model: String,
+    schedule: Mutex<Schedule>,
+    /// Load reports since the last round (leader only).
+    load: Mutex<Option<LoadReport>>,
+    front: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
+    started: Instant,
+}
+
+impl NodeHandler {
+    pub fn new(
+        cp: ControlPlane<QuicRaft>,
+        client: Arc<sluice_transport::Client>,
+        local: Arc<LocalReplicas>,
+        model: String,
+        schedule: ScheduleConfig,
+        front: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
+    ) -> Self {
+        Self {
+            cp,
+            client,
+            local,
+            model,
+            schedule: Mutex::new(Schedule::new(schedule, 0)),
+            load: Mutex::new(None),
+            front,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn front(&self) -> Option<Arc<AppState>> {
+        self.front.get().cloned()
+    }
+
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    pub fn leader_addr(&self) -> Option<Membership> {
+        let m = self.cp.metrics();
+        let leader = m.leader?;
+        if leader == m.id && m.role == Role::Leader {
+            return Some(Membership::Me);
+        }
+        m.members
+            .get(&leader)
+            .and_then(|a| a.quic.parse().ok())
+            .map(Membership::At)
+    }
+
+    fn is_leader(&self) -> bool {
+        matches!(self.leader_addr(), Some(Membership::Me))
+    }
+
+    /// Leader: makes `info` a member (learner first), records it, re-chooses voters.
+    pub async fn admit(&self, info: NodeInfo) -> Result<(), ControlPlaneError> {
+        let m = self.cp.metrics();
+        if !m.members.contains_key(&info.id) {
+            self.cp
+                .add_learner(info.id, NodeAddr::new(info.quic_addr.clone()))
+                .await?;
+        }
+        let state = self.cp.state().borrow().clone();
+        let cmd = if state.node(info.id).is_some() {
+            ControlCommand::UpdateNode(info)
+        } else {
+            ControlCommand::AddNode(info)
+        };
+        if let ControlResponse::Rejected(r) = self.cp.write(cmd).await? {
+            return Err(ControlPlaneError::Indeterminate(r.to_string()));
+        }
+        self.place_voters(None).await
+    }
+
+    /// Chooses voters among the recorded members (without `leaving`) so that losing a
+    /// rack keeps a quorum where the racks allow, and applies the choice if it differs.
+    async fn place_voters(&self, leaving: Option<u64>) -> Result<(), ControlPlaneError> {
+        let m = self.cp.metrics();
+        let state = self.cp.state().borrow().clone();
+        let candidates: Vec<VoterCandidate> = state
+            .nodes()
+            .values()
+            .filter(|n| Some(n.id) != leaving && m.members.contains_key(&n.id))
+            .map(|n| VoterCandidate {
+                id: n.id,
+                rack: n.rack.clone(),
+                is_voter: m.voters.contains(&n.id),
+            })
+            .collect();
+        let voters = choose_voters(&candidates, DESIRED_VOTERS);
+        if !voters.is_empty() && voters != m.voters {
+            tracing::info!(?voters, "changing the voter set");
+            self.cp.change_membership(voters).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: u64) -> Result<(), ControlPlaneError> {
+        self.place_voters(Some(id)).await?;
+        self.cp.write(ControlCommand::RemoveNode(id)).await?;
+        Ok(())
+    }
+
+    pub fn add_load(&self, report: &LoadReport) {
+        let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
+        match load.as_mut() {
+            Some(acc) => {
+                if !acc.merge(report) {
+                    *acc = report.clone();
+                }
+            }
+            None => *load = Some(report.clone()),
+        }
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let m = self.cp.metrics();
+        let state = self.cp.state().borrow().clone();
+        let role = |id: u64| {
+            if m.leader == Some(id) {
+                "leader"
+            } else if m.voters.contains(&id) {
+                "voter"
+            } else if m.learners.contains(&id) {
+                "learner"
+            } else {
+                "member"
+            }
+        };
+        ClusterStatus {
+            leader: m.leader,
+            nodes: state
+                .nodes()
+                .values()
+                .map(|n| NodeStatus {
+                    id: n.id,
+                    role: role(n.id).into(),
+                    rack: n.rack.clone(),
+                    http: n.http_addr.clone(),
+                    quic: n.quic_addr.clone(),
+                })
+                .collect(),
+            replicas: state
+                .replicas()
+                .values()
+                .map(|r| ReplicaStatus {
+                    id: r.id.0,
+                    node: r.node,
+                    endpoint: r.endpoint.clone(),
+                    health: format!("{:?}", r.health).to_lowercase(),
+                })
+                .collect(),
+            generation: state.assignment(&self.model).map_or(0, |a| a.generation),
+            answered_by: m.id,
+            term: m.term,
+        }
+    }
+
+    /// Keeps the front door's fleet in step with the control state, and on the leader
+    /// runs the assigner: a repair as soon as the registry changes, a rebalancing round
+    /// on the routers' load every period.
+    pub async fn leader_loop(self: Arc<Self>) {
+        let mut rx = self.cp.state();
+        let period = Duration::from_micros(
+            self.schedule
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .config()
+                .period_us
+                .max(1_000_000),
+        );
+        let mut next_round = tokio::time::Instant::now() + period;
+        loop {
+            let state = rx.borrow_and_update().clone();
+            let local = self.local.snapshot();
+            let me = self.cp.metrics().id;
+            let assigner = self
+                .schedule
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .config()
+                .assigner
+                .clone();
+            if let (Some(front), Some(fleet)) = (
+                self.front(),
+                fleet_of(&state, me, &self.model, &local, &assigner),
+            ) {
+                front.set_fleet(fleet);
+            }
+            if self.is_leader() {
+                let round = tokio::time::Instant::now() >= next_round;
+                if round {
+                    next_round = tokio::time::Instant::now() + period;
+                }
+                if let Err(e) = self.assign(round).await {
+                    tracing::warn!(error = %e, "assigner round not committed");
+                }
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// One leader step of the assigner: a fresh initial assignment when replicas joined
+    /// (or none exists), a repair when some left or failed, a full round when `round`.
+    async fn assign(&self, round: bool) -> Result<(), ControlPlaneError> {
+        let state = self.cp.state().borrow().clone();
+        let reg = registry(&state, &self.model);
+        let eligible: BTreeSet<_> = reg.iter().filter(|r| r.eligible()).map(|r| r.id).collect();
+        if eligible.is_empty() {
+            return Ok(());
+        }
+        let config = self
+            .schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .config()
+            .assigner
+            .clone();
+        let next = match state.assignment(&self.model) {
+            None => initial_assignment(&reg, &config).ok(),
+            Some(current) => {
+                let used: BTreeSet<_> = current
+                    .slices()
+                    .iter()
+                    .flat_map(|s| s.subset.iter().copied())
+                    .collect();
+                if !eligible.is_subset(&used) {
+                    // New replicas: start over from an even, rack-spread map.
+                    initial_assignment(&reg, &config).ok().map(|mut a| {
+                        a.generation = current.generation + 1;
+                        a
+                    })
+                } else if !used.is_subset(&eligible) || round {
+                    let report = self
+                        .load
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take()
+                        .unwrap_or_else(|| sluice_actors::assigner::LoadMeter::new(12, 0).take(1));
+                    let now = self.now_us();
+                    let plan = {
+                        let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+                        s.round(now, &report, current, &reg)
+                    };
+                    let plan = plan.unwrap_or_else(|| {
+                        sluice_actors::assigner::assign(
+                            current,
+                            &sluice_actors::assigner::SliceLoad::uniform(0.0),
+                            &reg,
+                            &config,
+                        )
+                    });
+                    plan.changed.then_some(plan.assignment)
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(assignment) = next {
+            tracing::info!(
+                generation = assignment.generation,
+                "committing an assignment"
+            );
+            self.cp
+                .write(ControlCommand::SetAssignment {
+                    model: self.model.clone(),
+                    assignment,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes that must run on the leader, forwarded there once if this node is not it.
+    async fn on_leader(&self, rpc: NodeRpc, may_forward: bool) -> NodeReply {
+        match self.leader_addr() {
+            Some(Membership::Me) => match match &rpc {
+                NodeRpc::Join(info) => self.admit(info.clone()).await,
+                NodeRpc::Remove(id) => self.remove(*id).await,
+                _ => Ok(()),
+            } {
+                Ok(()) => NodeReply::Done,
+                Err(e) => NodeReply::Failed(e.to_string()),
+            },
+            Some(Membership::At(addr)) if may_forward => {
+                match super::ask(&self.client, addr, NodeRpc::AtLeader(Box::new(rpc))).await {
+                    Ok(()) => NodeReply::Done,
+                    Err(e) => NodeReply::Failed(e),
+                }
+            }
+            Some(Membership::At(addr)) => {
+                NodeReply::Failed(format!("not the leader; the leader is at {addr}"))
+            }
+            _ => NodeReply::Failed("no leader".into()),
+        }
+    }
+}
+
+impl sluice_transport::Handler for NodeHandler {
+    type Request = NodeRpc;
+
+    async fn handle(&self, peer: u64, request: NodeRpc, reply: Reply) {
+        let answer = match request {
+            NodeRpc::Raft(rpc) => NodeReply::Raft(self.cp.handle_rpc(rpc).await),
+            NodeRpc::Join(info) if info.id != peer => {
+                NodeReply::Failed(format!("node {peer} cannot join as node {}", info.id))
+            }
+            rpc @ (NodeRpc::Join(_) | NodeRpc::Remove(_)) => self.on_leader(rpc, true).await,
+            // Forwarded by a node that believed this one leads: never forwarded again.
+            NodeRpc::AtLeader(rpc) => match *rpc {
+                NodeRpc::AtLeader(_) => NodeReply::Failed("nested forwarding".into()),
+                rpc => self.on_leader(rpc, false).await,
+            },
+            NodeRpc::Status => NodeReply::Status(self.status()),
+            NodeRpc::Load(report) => {
+                if self.is_leader() {
+                    self.add_load(&report);
+                }
+                NodeReply::Done
+            }
+            NodeRpc::Forward(req) => {
+                self.local.serve(req, reply).await;
+                return;
+            }
+        };
+        if let Err(e) = reply.respond(&answer).await {
+            tracing::debug!(peer, error = %e, "reply not delivered");
+        }
+    }
+}
+
+/// Admits joiners on the node that holds the CA key: checks the token in constant time,
+/// allocates a never-used node id through Raft, signs the joiner's CSR.
+struct RaftAuthority {
+    ca: ClusterCa,
+    token: JoinToken,
+    cp: ControlPlane<QuicRaft>,
+}
+
+impl JoinAuthority for RaftAuthority {
+    fn join(&self, request: JoinRequest) -> BoxFuture<'_, Result<JoinResponse, JoinRefusal>> {
+        Box::pin(async move {
+            if !self.token.secret_matches(&request.token_secret) {
+                return Err(JoinRefusal::WrongToken);
+            }
+            let id = match self.cp.write(ControlCommand::AllocateNodeId).await {
+                Ok(ControlResponse::NodeIdAllocated(id)) => id,
+                Ok(other) => return Err(JoinRefusal::Unavailable(format!("{other:?}"))),
+                Err(e) => return Err(JoinRefusal::Unavailable(e.to_string())),
+            };
+            let cert_pem = self
+                .ca
+                .sign_csr(&request.csr_pem, id)
+                .map_err(|e| JoinRefusal::BadRequest(e.to_string()))?;
+            tracing::info!(node = id, rack = ?request.rack, "admitted a joining node");
+            Ok(JoinResponse {
+                node_id: id,
+                cert_pem,
+                ca_pem: self.ca.cert().pem(),
+            })
+        })
+    }
+}
+
+/// The join authority, on a node whose data directory holds the CA key.
+pub fn authority(
+    tls: &Path,
+    cp: ControlPlane<QuicRaft>,
+) -> anyhow::Result<Option<Arc<dyn JoinAuthority>>> {
+    if !tls.join("ca.key").exists() {
+        return Ok(None);
+    }
+    let ca = ClusterCa::load(tls)?;
+    let token = JoinToken::load(tls)?;
+    Ok(Some(Arc::new(RaftAuthority { ca, token, cp })))
+}

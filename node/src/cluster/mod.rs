@@ -1,0 +1,362 @@
+//! Cluster mode: this node's QUIC endpoint (mutual TLS from the cluster CA), its Raft
+//! member, membership (join, voter placement, leave), the replica registry, the leader's
+//! assigner rounds, and routing to replicas on other nodes.
+//!
+//! A data directory holds `tls/` (CA certificate, this node's key and certificate; the
+//! CA key and join token only on the node that initialized the cluster) and `raft/` (the
+//! durable log and snapshots).
+
+pub mod cli;
+pub mod forward;
+mod handler;
+mod raft_net;
+pub mod rpc;
+
+use crate::config::NodeConfig;
+use crate::front::{AppState, FleetView, Upstream};
+use anyhow::{bail, Context, Result};
+use forward::LocalReplicas;
+use handler::{Membership, NodeHandler};
+use raft_net::QuicRaft;
+use rpc::{NodeReply, NodeRpc};
+use sluice_actors::assigner::{initial_assignment, ReplicaInfo as AssignerReplica};
+use sluice_actors::slice::ReplicaId;
+use sluice_raft::{
+    ControlCommand, ControlPlane, ControlPlaneConfig, ControlState, NodeAddr, NodeInfo,
+    ReplicaHealth, ReplicaInfo, RoleHint,
+};
+use sluice_transport::{
+    join_cluster, CaCert, Client, Endpoint, JoinOptions, JoinToken, NodeIdentity, TransportConfig,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const TLS_DIR: &str = "tls";
+pub const RAFT_DIR: &str = "raft";
+/// Present until the first node has formed the cluster.
+pub const INIT_MARKER: &str = "initialize-on-start";
+
+/// Replica ids are global: the node id in the high bits, the local index below.
+pub fn replica_id(node: u64, index: usize) -> ReplicaId {
+    ReplicaId((node << 20) | index as u64)
+}
+
+/// What `node start` gets in cluster mode.
+#[derive(Debug, Clone)]
+pub struct ClusterArgs {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub rack: String,
+    pub join: Option<SocketAddr>,
+    pub token: Option<String>,
+}
+
+/// A running cluster member.
+pub struct ClusterNode {
+    pub id: u64,
+    pub cp: ControlPlane<QuicRaft>,
+    pub endpoint: Endpoint,
+    pub client: Arc<Client>,
+}
+
+impl ClusterNode {
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.cp.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        self.endpoint.close();
+    }
+}
+
+fn tls_dir(data: &Path) -> PathBuf {
+    data.join(TLS_DIR)
+}
+
+/// This node's identity: from the data directory, or by joining with the token.
+async fn identity(args: &ClusterArgs) -> Result<(NodeIdentity, CaCert)> {
+    let tls = tls_dir(&args.data_dir);
+    if tls.join("node.pem").exists() {
+        let ca = CaCert::load(&tls).context("cannot read the cluster CA certificate")?;
+        let id = NodeIdentity::load(&tls, &ca).context("cannot read this node's identity")?;
+        return Ok((id, ca));
+    }
+    let (Some(peer), Some(token)) = (args.join, args.token.as_deref()) else {
+        bail!(
+            "{} holds no node identity: run `sluice cluster init --data-dir {}` for a new cluster, or pass --join PEER --token TOKEN",
+            args.data_dir.display(),
+            args.data_dir.display()
+        );
+    };
+    let token: JoinToken = token
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid --token: {e}"))?;
+    let joined = join_cluster(
+        peer,
+        &token,
+        JoinOptions {
+            requested_node_id: None,
+            rack: Some(args.rack.clone()),
+            addresses: vec![args.listen],
+        },
+        &TransportConfig::default(),
+    )
+    .await
+    .with_context(|| format!("cannot join the cluster through {peer}"))?;
+    std::fs::create_dir_all(&tls).with_context(|| format!("cannot create {}", tls.display()))?;
+    joined.save(&tls).context("cannot save the node identity")?;
+    tracing::info!(node = joined.identity.node_id(), %peer, "joined the cluster");
+    Ok((joined.identity, joined.ca))
+}
+
+/// Starts this node's cluster side: endpoint, Raft, membership, replica registration,
+/// and the loops that keep the front door's fleet and the assignment current.
+pub async fn start(
+    cfg: &NodeConfig,
+    args: &ClusterArgs,
+    http: SocketAddr,
+    local_urls: &[String],
+    state_slot: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
+) -> Result<ClusterNode> {
+    let (identity, ca) = identity(args).await?;
+    let id = identity.node_id();
+    let endpoint = Endpoint::bind(args.listen, &identity, &ca, TransportConfig::default())
+        .with_context(|| format!("cannot listen for cluster traffic on {}", args.listen))?;
+    let client = Arc::new(Client::new(endpoint.clone()));
+    let cp = ControlPlane::open(
+        id,
+        args.data_dir.join(RAFT_DIR),
+        QuicRaft {
+            client: client.clone(),
+            timeout: Duration::from_secs(2),
+        },
+        ControlPlaneConfig::default(),
+    )
+    .await
+    .context("cannot open the Raft store")?;
+
+    let local = Arc::new(LocalReplicas::new(crate::front::http_client(
+        cfg.connect_timeout,
+    )));
+    let urls: HashMap<ReplicaId, String> = local_urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (replica_id(id, i), u.trim_end_matches('/').to_owned()))
+        .collect();
+    local.set(urls.clone());
+    let handler = Arc::new(NodeHandler::new(
+        cp.clone(),
+        client.clone(),
+        local,
+        cfg.model.clone(),
+        cfg.assigner.clone().unwrap_or_default(),
+        state_slot,
+    ));
+    let authority = handler::authority(&tls_dir(&args.data_dir), cp.clone())?;
+    tokio::spawn(sluice_transport::serve(
+        endpoint.clone(),
+        handler.clone(),
+        authority,
+    ));
+
+    let marker = args.data_dir.join(INIT_MARKER);
+    if marker.exists() {
+        let members = BTreeMap::from([(id, NodeAddr::new(args.listen.to_string()))]);
+        match cp.initialize(members).await {
+            Ok(()) | Err(sluice_raft::ControlPlaneError::AlreadyInitialized) => {}
+            Err(e) => return Err(e).context("cannot form the cluster"),
+        }
+        let _ = std::fs::remove_file(&marker);
+    }
+    let me = NodeInfo {
+        id,
+        quic_addr: args.listen.to_string(),
+        http_addr: http.to_string(),
+        rack: args.rack.clone(),
+        labels: BTreeMap::new(),
+        roles: BTreeSet::from([RoleHint::Voter, RoleHint::Router, RoleHint::Supervisor]),
+    };
+    let node = ClusterNode {
+        id,
+        cp: cp.clone(),
+        endpoint,
+        client: client.clone(),
+    };
+    become_member(&node, &handler, me, args.join).await?;
+    register_replicas(&node, &urls, cfg.profile.capacity_mu_per_min, &cfg.model).await?;
+    tokio::spawn(handler.clone().leader_loop());
+    tokio::spawn(report_load(client, handler.clone()));
+    Ok(node)
+}
+
+/// Makes sure the control state lists this node and Raft counts it as a member: the
+/// leader (possibly this node) adds it as a learner, records it, and re-chooses voters.
+async fn become_member(
+    node: &ClusterNode,
+    handler: &Arc<NodeHandler>,
+    me: NodeInfo,
+    peer: Option<SocketAddr>,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = node.cp.state().borrow().clone();
+        let metrics = node.cp.metrics();
+        let recorded = state.node(node.id) == Some(&me);
+        if recorded && metrics.members.contains_key(&node.id) {
+            return Ok(());
+        }
+        let result = match handler.leader_addr() {
+            Some(Membership::Me) => handler.admit(me.clone()).await.map_err(|e| e.to_string()),
+            Some(Membership::At(addr)) => ask(&node.client, addr, NodeRpc::Join(me.clone())).await,
+            None => match peer {
+                Some(addr) => ask(&node.client, addr, NodeRpc::Join(me.clone())).await,
+                None => Err("no leader yet".to_owned()),
+            },
+        };
+        match result {
+            Ok(()) => continue,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "waiting to become a member");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => bail!("could not become a cluster member: {e}"),
+        }
+    }
+}
+
+pub(super) async fn ask(client: &Client, addr: SocketAddr, rpc: NodeRpc) -> Result<(), String> {
+    match client
+        .call::<_, NodeReply>(addr, &rpc, Duration::from_secs(20))
+        .await
+    {
+        Ok(NodeReply::Done) => Ok(()),
+        Ok(NodeReply::Failed(e)) => Err(e),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Registers this node's replicas (healthy) and removes registrations of replicas it no
+/// longer runs.
+async fn register_replicas(
+    node: &ClusterNode,
+    urls: &HashMap<ReplicaId, String>,
+    capacity: f64,
+    model: &str,
+) -> Result<()> {
+    let state = node.cp.state().borrow().clone();
+    for r in state.replicas().values() {
+        if r.node == node.id && !urls.contains_key(&r.id) {
+            node.cp
+                .write(ControlCommand::RemoveReplica(r.id))
+                .await
+                .context("cannot remove a stale replica")?;
+        }
+    }
+    let mut ids: Vec<_> = urls.keys().copied().collect();
+    ids.sort();
+    for rid in ids {
+        let info = ReplicaInfo {
+            id: rid,
+            node: node.id,
+            model: model.to_owned(),
+            endpoint: urls[&rid].clone(),
+            capacity_mu_per_min: capacity,
+            health: ReplicaHealth::Healthy,
+        };
+        if state.replica(rid) == Some(&info) {
+            continue;
+        }
+        let r = node
+            .cp
+            .write(ControlCommand::RegisterReplica(info))
+            .await
+            .context("cannot register a replica")?;
+        if r.is_rejected() {
+            bail!("registering replica {} was rejected: {r:?}", rid.0);
+        }
+    }
+    Ok(())
+}
+
+/// Routers report their measured load to the leader every few seconds.
+async fn report_load(client: Arc<Client>, handler: Arc<NodeHandler>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(state) = handler.front() else {
+            continue;
+        };
+        let report = state.take_load();
+        match handler.leader_addr() {
+            Some(Membership::Me) => handler.add_load(&report),
+            Some(Membership::At(addr)) => {
+                if let Err(e) = ask(&client, addr, NodeRpc::Load(report)).await {
+                    tracing::debug!(error = %e, "load report not delivered");
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// The front door's view of the fleet from the control state: every registered replica
+/// of the model, local ones over HTTP and the others through their nodes, and the
+/// committed assignment (or, before the leader has committed one, the deterministic
+/// initial assignment every node computes alike).
+pub fn fleet_of(
+    state: &ControlState,
+    me: u64,
+    model: &str,
+    local: &HashMap<ReplicaId, String>,
+    assigner: &sluice_actors::assigner::AssignerConfig,
+) -> Option<FleetView> {
+    let mut upstreams = Vec::new();
+    let mut health = Vec::new();
+    for r in state.replicas().values().filter(|r| r.model == model) {
+        let up = if r.node == me {
+            match local.get(&r.id) {
+                Some(url) => Upstream::local(r.id, url).ok()?,
+                None => continue,
+            }
+        } else {
+            let addr: SocketAddr = state.node(r.node)?.quic_addr.parse().ok()?;
+            Upstream::remote(r.id, addr)
+        };
+        upstreams.push((up, r.capacity_mu_per_min));
+        health.push((r.id, r.health == ReplicaHealth::Healthy));
+    }
+    if upstreams.is_empty() {
+        return None;
+    }
+    let assignment = match state.assignment(model) {
+        Some(a) => a.clone(),
+        None => initial_assignment(&registry(state, model), assigner).ok()?,
+    };
+    Some(FleetView {
+        upstreams,
+        health,
+        assignment,
+    })
+}
+
+/// The registry as the assigner sees it: replicas with their nodes' racks.
+pub fn registry(state: &ControlState, model: &str) -> Vec<AssignerReplica> {
+    state
+        .replicas()
+        .values()
+        .filter(|r| r.model == model)
+        .map(|r| AssignerReplica {
+            id: r.id,
+            rack: state
+                .node(r.node)
+                .map_or_else(|| format!("node-{}", r.node), |n| n.rack.clone()),
+            capacity_mu_per_min: r.capacity_mu_per_min,
+            healthy: r.health == ReplicaHealth::Healthy,
+            draining: r.health == ReplicaHealth::Draining,
+        })
+        .collect()
+}

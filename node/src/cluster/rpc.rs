@@ -1,0 +1,86 @@
+//! What nodes say to each other over QUIC: Raft traffic, membership requests, status,
+//! assigner load reports, and requests forwarded to a replica on another node.
+
+use serde::{Deserialize, Serialize};
+use sluice_actors::assigner::LoadReport;
+use sluice_actors::slice::ReplicaId;
+use sluice_raft::{NodeInfo, RaftRpc};
+
+/// A request from one node to another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum NodeRpc {
+    Raft(RaftRpc),
+    /// A node that joined asks to become a member (learner, then voter as the voter
+    /// policy allows) and to be recorded in the control state.
+    Join(NodeInfo),
+    /// Removes a node from the voters and the control state.
+    Remove(u64),
+    Status,
+    /// A router's measured load since its last report, for the leader's assigner.
+    Load(LoadReport),
+    /// An OpenAI request for a replica of the receiving node; answered with a stream of
+    /// [`ForwardFrame`]s.
+    Forward(ForwardRequest),
+    /// A `Join` or `Remove` passed on by a node that believed the receiver leads.
+    AtLeader(Box<NodeRpc>),
+}
+
+/// The answer to anything but `Forward`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum NodeReply {
+    Raft(sluice_raft::RaftRpcReply),
+    Done,
+    Status(ClusterStatus),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    pub replica: ReplicaId,
+    /// `/v1/chat/completions` or `/v1/completions`.
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+/// One piece of a forwarded answer: the head first, then body chunks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardFrame {
+    Head {
+        status: u16,
+        content_type: Option<String>,
+    },
+    Chunk(Vec<u8>),
+    /// The engine could not be reached or its answer broke off.
+    Error(String),
+}
+
+/// What `sluice cluster status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub leader: Option<u64>,
+    pub nodes: Vec<NodeStatus>,
+    pub replicas: Vec<ReplicaStatus>,
+    /// Generation of the model's assignment (0: none committed yet).
+    pub generation: u64,
+    /// The node that answered.
+    pub answered_by: u64,
+    pub term: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    /// `leader`, `voter`, `learner`, or `member` (in the state, not in Raft's config).
+    pub role: String,
+    pub rack: String,
+    pub http: String,
+    pub quic: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub id: u64,
+    pub node: u64,
+    pub endpoint: String,
+    pub health: String,
+}
