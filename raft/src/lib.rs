@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 pub use mem_router::{MemRouter, MemTransport};
 pub use network::{RaftRpc, RaftRpcReply, RaftTransport, RemoteRefusal, TransportFailure};
-pub use node::{ControlMetrics, ControlPlane, ControlPlaneConfig, ControlPlaneError, Role};
+pub use node::{
+    send_to_leader, ControlMetrics, ControlPlane, ControlPlaneConfig, ControlPlaneError, Role,
+};
 pub use state::{
     apply, ControlCommand, ControlResponse, ControlState, NodeId, NodeInfo, Rejection,
     ReplicaHealth, ReplicaInfo, RoleHint,

@@ -30,6 +30,7 @@ use crate::{Entry, LogId, TypeConfig, Vote};
 
 const WAL_FILE: &str = "raft-log.wal";
 const WAL_TMP_FILE: &str = "raft-log.wal.tmp";
+const LOCK_FILE: &str = "raft.lock";
 /// File header: identifies the file and its layout version.
 const MAGIC: &[u8; 8] = b"SLWAL\0\0\x01";
 const HEADER_LEN: u64 = 8;
@@ -39,6 +40,8 @@ const RECORD_HEADER_LEN: usize = 8;
 pub enum LogStoreError {
     #[error("log store I/O on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{path} is locked by another process (or another open store in this one)")]
+    Locked { path: PathBuf },
     #[error("{path} is not a Sluice Raft log (bad header)")]
     BadHeader { path: PathBuf },
     #[error("corrupt Raft log {path} at byte {offset}: {reason}")]
@@ -147,6 +150,11 @@ struct Wal {
     /// Size of the latest vote, committed and purge records (the only live ones).
     meta_bytes: [u64; 3],
     options: LogStoreOptions,
+    /// Set once a write or fsync failed: after a failed fsync the page cache cannot be
+    /// trusted, so every later write is refused (openraft then stops; restart the node).
+    failed: Option<String>,
+    /// Holds the data dir's lock for as long as the store is open.
+    _lock: File,
 }
 
 fn frame(payload: &[u8]) -> Result<Vec<u8>, io::Error> {
@@ -163,6 +171,35 @@ fn encode_record(rec: &Record) -> Result<Vec<u8>, io::Error> {
     frame(&codec::encode(rec)?)
 }
 
+/// Takes an exclusive lock on `dir` so two stores (processes) never write one log.
+fn lock_dir(dir: &Path) -> Result<File, LogStoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| LogStoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor we own and keep open; no memory is shared.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            return Err(if err.kind() == io::ErrorKind::WouldBlock {
+                LogStoreError::Locked { path }
+            } else {
+                LogStoreError::Io { path, source: err }
+            });
+        }
+    }
+    Ok(file)
+}
+
 /// fsync a directory so that a created or renamed file in it survives a crash.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -177,13 +214,39 @@ impl Wal {
         HEADER_LEN + self.meta_bytes.iter().sum::<u64>() + self.entry_bytes.values().sum::<u64>()
     }
 
-    fn write(&mut self, bytes: &[u8], sync: bool) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.len += bytes.len() as u64;
-        if sync {
-            self.file.sync_data()?;
+    fn check_usable(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(why) => Err(io::Error::other(format!(
+                "Raft log unusable after an earlier failure: {why}"
+            ))),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8], sync: bool) -> io::Result<()> {
+        self.check_usable()?;
+        let written =
+            self.file.write_all(bytes).and_then(
+                |()| {
+                    if sync {
+                        self.file.sync_data()
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
+        match written {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Cut a partial record off so it cannot hide later ones on replay.
+                let _ = self.file.set_len(self.len);
+                self.failed = Some(e.to_string());
+                Err(e)
+            }
+        }
     }
 
     fn append_entries(&mut self, entries: &[Entry]) -> io::Result<()> {
@@ -312,6 +375,7 @@ impl LogStore {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io_err)?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(WAL_FILE);
         let _ = std::fs::remove_file(dir.join(WAL_TMP_FILE));
 
@@ -438,6 +502,8 @@ impl LogStore {
             entry_bytes,
             meta_bytes,
             options,
+            failed: None,
+            _lock: lock,
         };
         wal.maybe_compact(&mem).map_err(io_err)?;
         tracing::info!(

@@ -2,7 +2,7 @@
 //! messages are encoded and decoded with [`crate::codec`] as on the real wire, and the
 //! router can partition nodes into groups or "kill" a node (unregister it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -15,6 +15,9 @@ use crate::NodeAddr;
 #[derive(Default)]
 struct RouterInner {
     nodes: HashMap<NodeId, ControlPlane<MemTransport>>,
+    /// Killed nodes: what they send is dropped. (Unknown senders, e.g. a node asking to
+    /// join before it has an id, are let through.)
+    killed: HashSet<NodeId>,
     /// Group of each node while partitioned; nodes talk only within their group, and a
     /// node in no group talks to nobody.
     groups: Option<HashMap<NodeId, usize>>,
@@ -53,13 +56,17 @@ impl MemRouter {
 
     /// Makes `node` reachable under `id` (again).
     pub fn register(&self, id: NodeId, node: ControlPlane<MemTransport>) {
-        self.lock().nodes.insert(id, node);
+        let mut inner = self.lock();
+        inner.killed.remove(&id);
+        inner.nodes.insert(id, node);
     }
 
     /// Unregisters `id`: nothing reaches it and nothing it sends arrives. Returns its
     /// handle so the test can shut it down.
     pub fn kill(&self, id: NodeId) -> Option<ControlPlane<MemTransport>> {
-        self.lock().nodes.remove(&id)
+        let mut inner = self.lock();
+        inner.killed.insert(id);
+        inner.nodes.remove(&id)
     }
 
     /// Splits the nodes into groups that cannot talk to each other. Nodes not listed
@@ -91,7 +98,7 @@ impl MemRouter {
         to: NodeId,
     ) -> Result<ControlPlane<MemTransport>, TransportFailure> {
         let inner = self.lock();
-        if !inner.nodes.contains_key(&from) {
+        if inner.killed.contains(&from) {
             return Err(TransportFailure::Unreachable(format!(
                 "sender {from} is down"
             )));

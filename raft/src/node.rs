@@ -178,6 +178,9 @@ pub struct ControlMetrics {
     pub learners: BTreeSet<NodeId>,
     /// Members and their addresses, as the current membership says.
     pub members: BTreeMap<NodeId, NodeAddr>,
+    /// Set when Raft stopped on an error (e.g. a failed disk write). It does not recover
+    /// by itself: shut down and reopen (or restart the process).
+    pub fatal: Option<String>,
 }
 
 struct Inner<T> {
@@ -311,8 +314,9 @@ impl<T: RaftTransport> ControlPlane<T> {
         let raft_config = Arc::new(config.raft_config()?);
         let log_options = config.log.clone();
         let (log, sm) = tokio::task::spawn_blocking(move || {
-            check_node_id(&dir, node_id)?;
+            // The log store takes the data dir's lock first.
             let log = LogStore::open(&dir, log_options)?;
+            check_node_id(&dir, node_id)?;
             let sm = SmStore::open(&dir)?;
             Ok::<_, ControlPlaneError>((log, sm))
         })
@@ -444,6 +448,7 @@ impl<T: RaftTransport> ControlPlane<T> {
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            fatal: m.running_state.as_ref().err().map(|e| e.to_string()),
         }
     }
 
@@ -687,5 +692,83 @@ impl<T: RaftTransport> ControlPlane<T> {
                 return Err(ControlPlaneError::Fatal("raft stopped".into()));
             }
         }
+    }
+}
+
+/// Sends a leader-only request (a write or a membership change) from outside the
+/// cluster, e.g. from a node that is joining and has no Raft state yet: tries the seeds
+/// in turn and follows `NotLeader` redirects until the leader answers or `timeout`
+/// passes. Retries only when nothing was proposed.
+pub async fn send_to_leader<T: RaftTransport>(
+    transport: &T,
+    seeds: &[(NodeId, NodeAddr)],
+    rpc: RaftRpc,
+    timeout: Duration,
+) -> Result<RaftRpcReply, ControlPlaneError> {
+    const MAX_REDIRECTS: usize = 3;
+    let start = Instant::now();
+    let mut detail = String::from("no seeds");
+    loop {
+        if start.elapsed() >= timeout {
+            return Err(ControlPlaneError::NoLeader {
+                waited: timeout,
+                detail,
+            });
+        }
+        for seed in seeds {
+            let mut target = seed.clone();
+            for _ in 0..=MAX_REDIRECTS {
+                let left = timeout.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    return Err(ControlPlaneError::NoLeader {
+                        waited: timeout,
+                        detail,
+                    });
+                }
+                let sent =
+                    tokio::time::timeout(left, transport.send(target.0, &target.1, rpc.clone()))
+                        .await;
+                let redirect = match sent {
+                    Err(_) | Ok(Err(TransportFailure::Timeout)) => {
+                        return Err(ControlPlaneError::Indeterminate(format!(
+                            "no reply from {}",
+                            target.0
+                        )))
+                    }
+                    Ok(Err(TransportFailure::Failed(m))) => {
+                        return Err(ControlPlaneError::Indeterminate(m))
+                    }
+                    Ok(Err(TransportFailure::Unreachable(m))) => {
+                        detail = format!("{} unreachable: {m}", target.0);
+                        None
+                    }
+                    Ok(Ok(RaftRpcReply::Refused(RemoteRefusal::NotLeader {
+                        leader: Some(l),
+                        leader_addr: Some(a),
+                    }))) if l != target.0 => Some((l, a)),
+                    Ok(Ok(RaftRpcReply::Refused(
+                        r @ (RemoteRefusal::NotLeader { .. }
+                        | RemoteRefusal::Busy(_)
+                        | RemoteRefusal::Unavailable(_)),
+                    ))) => {
+                        detail = format!("{}: {r}", target.0);
+                        None
+                    }
+                    Ok(Ok(RaftRpcReply::Refused(RemoteRefusal::Indeterminate(m)))) => {
+                        return Err(ControlPlaneError::Indeterminate(m))
+                    }
+                    Ok(Ok(RaftRpcReply::Refused(r))) => {
+                        return Err(ControlPlaneError::Refused(r.to_string()))
+                    }
+                    Ok(Ok(reply)) => return Ok(reply),
+                };
+                match redirect {
+                    Some(next) => target = next,
+                    None => break,
+                }
+            }
+        }
+        let left = timeout.saturating_sub(start.elapsed());
+        tokio::time::sleep(left.min(Duration::from_millis(100))).await;
     }
 }

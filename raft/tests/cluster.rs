@@ -5,11 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{add_node, Cluster, WAIT};
+use common::{add_node, addr, node_info, Cluster, WAIT};
 use sluice_actors::slice::{Assignment, ReplicaId};
+use sluice_raft::log_store::LogStoreError;
+use sluice_raft::voter_policy::{choose_voters, survives_any_rack_loss, VoterCandidate};
 use sluice_raft::{
-    ControlCommand, ControlPlane, ControlPlaneConfig, ControlPlaneError, ControlResponse,
-    Rejection, Role,
+    send_to_leader, ControlCommand, ControlPlane, ControlPlaneConfig, ControlPlaneError,
+    ControlResponse, RaftRpc, RaftRpcReply, Rejection, Role,
 };
 
 fn desired(model: &str, count: u32) -> ControlCommand {
@@ -90,6 +92,17 @@ async fn initialize_is_refused_twice_and_data_dirs_keep_their_node_id() {
     assert!(
         matches!(again, Err(ControlPlaneError::AlreadyInitialized)),
         "{again:?}"
+    );
+    // An open data dir is locked against a second user.
+    let dir = c.dirs[&1].path().to_path_buf();
+    let twice = ControlPlane::open(1, &dir, c.router.transport(1), c.config.clone()).await;
+    assert!(
+        matches!(
+            twice,
+            Err(ControlPlaneError::LogStore(LogStoreError::Locked { .. }))
+        ),
+        "{:?}",
+        twice.err()
     );
 
     c.kill(1).await;
@@ -296,4 +309,99 @@ async fn snapshots_compact_the_log_and_restarts_recover_from_snapshot_and_tail()
         .await;
     assert!(m.snapshot_index >= Some(40), "{m:?}");
     c.converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_through_any_member_and_voters_survive_a_rack_loss() {
+    let mut c = Cluster::open(&[1, 2, 3], ControlPlaneConfig::for_tests()).await;
+    c.form().await;
+    let rack = |id: u64| ["a", "b", "c"][((id - 1) % 3) as usize];
+    let leader = c.leader().await;
+    for id in [1, 2, 3] {
+        c.node(leader)
+            .write(ControlCommand::AddNode(node_info(id, rack(id))))
+            .await
+            .unwrap();
+    }
+
+    // Two newcomers ask a follower, the only address they know; they are redirected.
+    let seed = followers(&c, leader)[0];
+    let seeds = [(seed, addr(seed))];
+    for expected in [4, 5] {
+        let outsider = c.router.transport(0);
+        let reply = send_to_leader(
+            &outsider,
+            &seeds,
+            RaftRpc::ClientWrite(ControlCommand::AllocateNodeId),
+            WAIT,
+        )
+        .await
+        .unwrap();
+        let RaftRpcReply::ClientWrite {
+            response: ControlResponse::NodeIdAllocated(id),
+            ..
+        } = reply
+        else {
+            panic!("unexpected reply {reply:?}")
+        };
+        assert_eq!(id, expected);
+        c.dirs.insert(id, tempfile::tempdir().unwrap());
+        c.start(id).await;
+        let reply = send_to_leader(
+            &c.router.transport(id),
+            &seeds,
+            RaftRpc::AddLearner { id, addr: addr(id) },
+            WAIT,
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(reply, RaftRpcReply::MembershipChanged),
+            "{reply:?}"
+        );
+        // As a learner it forwards its own registration to the leader.
+        let info = node_info(id, rack(id));
+        assert_eq!(
+            c.node(id)
+                .write(ControlCommand::AddNode(info))
+                .await
+                .unwrap(),
+            ControlResponse::Ok
+        );
+    }
+
+    // The voter policy picks five voters over three racks; any follower can apply it.
+    let state = c.converged().await;
+    let candidates: Vec<VoterCandidate> = state
+        .nodes()
+        .values()
+        .map(|n| VoterCandidate {
+            id: n.id,
+            rack: n.rack.clone(),
+            is_voter: c.node(leader).metrics().voters.contains(&n.id),
+        })
+        .collect();
+    let voters = choose_voters(&candidates, 5);
+    assert_eq!(voters, [1, 2, 3, 4, 5].into());
+    assert!(survives_any_rack_loss(voters.iter().map(|id| rack(*id))));
+    c.node(seed)
+        .change_membership(voters.clone())
+        .await
+        .unwrap();
+    for id in 1..=5 {
+        c.wait_metrics(id, "five voters", |m| m.voters == voters)
+            .await;
+    }
+
+    // Rack "a" (nodes 1 and 4) goes down: three of five voters remain, a quorum.
+    c.kill(1).await;
+    c.kill(4).await;
+    let leader = c.leader().await;
+    assert!(![1, 4].contains(&leader));
+    assert_eq!(
+        c.node(5).write(desired("m", 7)).await.unwrap(),
+        ControlResponse::Ok
+    );
+    let s = c.converged().await;
+    assert_eq!(s.desired_replicas().get("m"), Some(&7));
 }
