@@ -132,7 +132,13 @@ pub async fn start(
             client: client.clone(),
             timeout: Duration::from_secs(2),
         },
-        ControlPlaneConfig::default(),
+        ControlPlaneConfig {
+            // Notice a dead leader within about a second on a data-center network.
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            ..ControlPlaneConfig::default()
+        },
     )
     .await
     .context("cannot open the Raft store")?;
@@ -184,8 +190,34 @@ pub async fn start(
         endpoint,
         client: client.clone(),
     };
-    become_member(&node, &handler, me, args.join).await?;
-    register_replicas(&node, &urls, cfg.profile.capacity_mu_per_min, &cfg.model).await?;
+    // Membership and registration need a quorum; the front door does not wait for one
+    // (with no leader it routes on the last state it has).
+    {
+        let (cp, client, handler) = (cp.clone(), client.clone(), handler.clone());
+        let (capacity, model, peer) = (
+            cfg.profile.capacity_mu_per_min,
+            cfg.model.clone(),
+            args.join,
+        );
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(300);
+            loop {
+                let r = async {
+                    become_member(id, &cp, &client, &handler, me.clone(), peer).await?;
+                    register_replicas(id, &cp, &urls, capacity, &model).await
+                }
+                .await;
+                match r {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "not yet a full member; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
     tokio::spawn(handler.clone().leader_loop());
     tokio::spawn(report_load(client, handler.clone()));
     Ok(node)
@@ -194,24 +226,26 @@ pub async fn start(
 /// Makes sure the control state lists this node and Raft counts it as a member: the
 /// leader (possibly this node) adds it as a learner, records it, and re-chooses voters.
 async fn become_member(
-    node: &ClusterNode,
+    id: u64,
+    cp: &ControlPlane<QuicRaft>,
+    client: &Client,
     handler: &Arc<NodeHandler>,
     me: NodeInfo,
     peer: Option<SocketAddr>,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let state = node.cp.state().borrow().clone();
-        let metrics = node.cp.metrics();
-        let recorded = state.node(node.id) == Some(&me);
-        if recorded && metrics.members.contains_key(&node.id) {
+        let state = cp.state().borrow().clone();
+        let metrics = cp.metrics();
+        let recorded = state.node(id) == Some(&me);
+        if recorded && metrics.members.contains_key(&id) {
             return Ok(());
         }
         let result = match handler.leader_addr() {
             Some(Membership::Me) => handler.admit(me.clone()).await.map_err(|e| e.to_string()),
-            Some(Membership::At(addr)) => ask(&node.client, addr, NodeRpc::Join(me.clone())).await,
+            Some(Membership::At(addr)) => ask(client, addr, NodeRpc::Join(me.clone())).await,
             None => match peer {
-                Some(addr) => ask(&node.client, addr, NodeRpc::Join(me.clone())).await,
+                Some(addr) => ask(client, addr, NodeRpc::Join(me.clone())).await,
                 None => Err("no leader yet".to_owned()),
             },
         };
@@ -241,16 +275,16 @@ pub(super) async fn ask(client: &Client, addr: SocketAddr, rpc: NodeRpc) -> Resu
 /// Registers this node's replicas (healthy) and removes registrations of replicas it no
 /// longer runs.
 async fn register_replicas(
-    node: &ClusterNode,
+    node_id: u64,
+    cp: &ControlPlane<QuicRaft>,
     urls: &HashMap<ReplicaId, String>,
     capacity: f64,
     model: &str,
 ) -> Result<()> {
-    let state = node.cp.state().borrow().clone();
+    let state = cp.state().borrow().clone();
     for r in state.replicas().values() {
-        if r.node == node.id && !urls.contains_key(&r.id) {
-            node.cp
-                .write(ControlCommand::RemoveReplica(r.id))
+        if r.node == node_id && !urls.contains_key(&r.id) {
+            cp.write(ControlCommand::RemoveReplica(r.id))
                 .await
                 .context("cannot remove a stale replica")?;
         }
@@ -260,7 +294,7 @@ async fn register_replicas(
     for rid in ids {
         let info = ReplicaInfo {
             id: rid,
-            node: node.id,
+            node: node_id,
             model: model.to_owned(),
             endpoint: urls[&rid].clone(),
             capacity_mu_per_min: capacity,
@@ -269,8 +303,7 @@ async fn register_replicas(
         if state.replica(rid) == Some(&info) {
             continue;
         }
-        let r = node
-            .cp
+        let r = cp
             .write(ControlCommand::RegisterReplica(info))
             .await
             .context("cannot register a replica")?;

@@ -109,6 +109,8 @@ pub struct AppState {
     /// The replicas as the assigner sees them, and its rounds (`None`: fixed map).
     registry: Vec<ReplicaInfo>,
     schedule: Option<ScheduleConfig>,
+    /// The control state's health verdict per replica, as last applied (cluster mode).
+    registry_health: Mutex<HashMap<ReplicaId, bool>>,
 }
 
 /// Rack of a standalone node's replicas: they share its host.
@@ -157,6 +159,7 @@ impl AppState {
             start: Instant::now(),
             registry,
             schedule: node.assigner.clone(),
+            registry_health: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -213,10 +216,18 @@ impl AppState {
             .collect();
         *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) =
             upstreams.into_iter().map(|(u, _)| (u.id, u)).collect();
+        let mut verdicts = self
+            .registry_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut core = self.core();
         core.set_replicas(&specs);
+        // Only changes of the registry's verdict are pushed, so that it does not undo
+        // this node's own health checks of its local replicas every time.
         for (id, ok) in healthy {
-            core.set_checked_health(id, ok);
+            if verdicts.insert(id, ok) != Some(ok) {
+                core.set_checked_health(id, ok);
+            }
         }
         let generation = assignment.generation;
         core.set_assignment(assignment);
