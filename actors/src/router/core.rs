@@ -127,6 +127,8 @@ pub struct RouterCore {
     active: HashMap<RequestId, Active>,
     next_id: RequestId,
     meter: LoadMeter,
+    /// In-flight load other routers reported on each replica (MU, requests).
+    external: HashMap<ReplicaId, (f64, u64)>,
 }
 
 impl RouterCore {
@@ -154,6 +156,7 @@ impl RouterCore {
             active: HashMap::new(),
             next_id: 1,
             meter: LoadMeter::new(config.load_bucket_bits, 0),
+            external: HashMap::new(),
         }
     }
 
@@ -232,11 +235,14 @@ impl RouterCore {
                     .affinity
                     .expected_cached(workload.0, r.spec.id, active.input_tokens);
                 cached.push(c);
+                let own = self.ledger.replica(r.spec.id);
+                let (ext_mu, ext_requests) =
+                    self.external.get(&r.spec.id).copied().unwrap_or((0.0, 0));
                 Candidate {
                     id: r.spec.id,
                     healthy: r.checked_healthy && r.passive.available(now_ms),
-                    inflight_mu: self.ledger.replica(r.spec.id).mu,
-                    inflight_requests: self.ledger.replica(r.spec.id).requests,
+                    inflight_mu: own.mu + ext_mu,
+                    inflight_requests: own.requests + ext_requests,
                     capacity_mu_per_min: r.spec.capacity_mu_per_min,
                     cost_mu: self.coeffs.price(&Self::shape(&active, c)),
                     warm: c > 0,
@@ -344,6 +350,31 @@ impl RouterCore {
     }
 
     /// Replaces the slice map (a newer generation from the assigner).
+    /// The in-flight load other routers have on each replica (the sum of their latest
+    /// reports), counted with this router's own when choosing. Replaces the previous.
+    pub fn set_external_load(&mut self, loads: impl IntoIterator<Item = (ReplicaId, f64, u64)>) {
+        self.external.clear();
+        for (id, mu, requests) in loads {
+            if mu.is_finite() && mu >= 0.0 {
+                let e = self.external.entry(id).or_insert((0.0, 0));
+                e.0 += mu;
+                e.1 += requests;
+            }
+        }
+    }
+
+    /// This router's own in-flight load per replica, for other routers.
+    pub fn own_load(&self) -> Vec<(ReplicaId, f64, u64)> {
+        self.replicas
+            .iter()
+            .map(|r| {
+                let l = self.ledger.replica(r.spec.id);
+                (r.spec.id, l.mu, l.requests)
+            })
+            .filter(|(_, mu, n)| *mu > 0.0 || *n > 0)
+            .collect()
+    }
+
     /// Replaces the replica set (the registry changed): new replicas start healthy,
     /// known ones keep their health and capacity is updated, removed ones get no new
     /// requests (those in flight finish and are accounted as usual).
@@ -441,6 +472,23 @@ mod tests {
             max_tokens: Some(max),
             n: 1,
         }
+    }
+
+    #[test]
+    fn other_routers_load_steers_the_choice() {
+        let mut c = core(2, 2);
+        // Another router has a long request on replica 0: this one avoids it.
+        c.set_external_load([(ReplicaId(0), 5_000.0, 1)]);
+        for i in 0..3 {
+            let p = c.place(&adm(&format!("w{i}"), 100, 10), 0).unwrap();
+            assert_eq!(p.replica, ReplicaId(1));
+            c.finish(p.id, None);
+        }
+        assert!(c.own_load().is_empty());
+        c.set_external_load([(ReplicaId(1), 5_000.0, 1), (ReplicaId(0), f64::NAN, 9)]);
+        let p = c.place(&adm("w", 100, 10), 0).unwrap();
+        assert_eq!(p.replica, ReplicaId(0));
+        assert_eq!(c.own_load(), vec![(ReplicaId(0), p.mu, 1)]);
     }
 
     #[test]

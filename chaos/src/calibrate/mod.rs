@@ -147,7 +147,7 @@ impl MeasureOptions {
             return false;
         }
         let stride = c.div_ceil(self.stream_workers).max(1);
-        k % stride == 0
+        k.is_multiple_of(stride)
     }
 }
 

@@ -357,6 +357,12 @@ impl sluice_transport::Handler for NodeHandler {
                 }
                 NodeReply::Done
             }
+            NodeRpc::Gossip(loads) => {
+                if let Some(front) = self.front() {
+                    front.peer_load(peer, loads);
+                }
+                NodeReply::Done
+            }
             NodeRpc::Forward(req) => {
                 self.local.serve(req, reply).await;
                 return;

@@ -219,6 +219,7 @@ pub async fn start(
         });
     }
     tokio::spawn(handler.clone().leader_loop());
+    tokio::spawn(gossip(id, cp.clone(), client.clone(), handler.clone()));
     tokio::spawn(report_load(client, handler.clone()));
     Ok(node)
 }
@@ -312,6 +313,40 @@ async fn register_replicas(
         }
     }
     Ok(())
+}
+
+/// How often each router tells the others its in-flight load per replica.
+pub const GOSSIP_EVERY: Duration = Duration::from_millis(200);
+
+/// Sends this router's in-flight load to every other node, often enough that a burst
+/// placed by one router is seen by the others within a fraction of a second.
+async fn gossip(
+    id: u64,
+    cp: ControlPlane<QuicRaft>,
+    client: Arc<Client>,
+    handler: Arc<NodeHandler>,
+) {
+    let mut tick = tokio::time::interval(GOSSIP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let Some(front) = handler.front() else {
+            continue;
+        };
+        let loads = front.own_load();
+        let state = cp.state().borrow().clone();
+        for n in state.nodes().values().filter(|n| n.id != id) {
+            let Ok(addr) = n.quic_addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            let (client, loads) = (client.clone(), loads.clone());
+            tokio::spawn(async move {
+                let _ = client
+                    .call::<_, NodeReply>(addr, &NodeRpc::Gossip(loads), GOSSIP_EVERY * 2)
+                    .await;
+            });
+        }
+    }
 }
 
 /// Routers report their measured load to the leader every few seconds.

@@ -21,6 +21,9 @@ pub enum NodeRpc {
     /// An OpenAI request for a replica of the receiving node; answered with a stream of
     /// [`ForwardFrame`]s.
     Forward(ForwardRequest),
+    /// The sender's router's in-flight load per replica (MU, requests), so that every
+    /// router counts the others' work when it chooses.
+    Gossip(Vec<(ReplicaId, f64, u64)>),
     /// A `Join` or `Remove` passed on by a node that believed the receiver leads.
     AtLeader(Box<NodeRpc>),
 }

@@ -111,7 +111,16 @@ pub struct AppState {
     schedule: Option<ScheduleConfig>,
     /// The control state's health verdict per replica, as last applied (cluster mode).
     registry_health: Mutex<HashMap<ReplicaId, bool>>,
+    /// Other routers' latest in-flight reports, by node (cluster mode).
+    peer_loads: Mutex<HashMap<u64, (Instant, ReplicaLoads)>>,
 }
+
+/// In-flight MU and requests per replica, as one router reports them.
+pub type ReplicaLoads = Vec<(ReplicaId, f64, u64)>;
+
+/// A peer's load report counts this long; a router that stopped reporting (dead, or
+/// partitioned away) stops weighing on the choice.
+const PEER_LOAD_TTL: Duration = Duration::from_secs(2);
 
 /// Rack of a standalone node's replicas: they share its host.
 const LOCAL_RACK: &str = "local";
@@ -160,6 +169,7 @@ impl AppState {
             registry,
             schedule: node.assigner.clone(),
             registry_health: Mutex::new(HashMap::new()),
+            peer_loads: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -233,6 +243,25 @@ impl AppState {
         core.set_assignment(assignment);
         drop(core);
         self.metrics.assignment(generation);
+    }
+
+    /// Another node's router reported its in-flight load.
+    pub fn peer_load(&self, node: u64, loads: ReplicaLoads) {
+        let mut peers = self.peer_loads.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        peers.insert(node, (now, loads));
+        peers.retain(|_, (at, _)| now.duration_since(*at) < PEER_LOAD_TTL);
+        let all: Vec<(ReplicaId, f64, u64)> = peers
+            .values()
+            .flat_map(|(_, l)| l.iter().copied())
+            .collect();
+        drop(peers);
+        self.core().set_external_load(all);
+    }
+
+    /// This router's in-flight load per replica, for the others.
+    pub fn own_load(&self) -> ReplicaLoads {
+        self.core().own_load()
     }
 
     /// What the router core measured since the last call (the assigner's input).

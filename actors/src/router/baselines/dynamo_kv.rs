@@ -164,7 +164,7 @@ impl DynamoKv {
                 w.active_blocks += 1;
             }
         }
-        let partial = isl % bs != 0;
+        let partial = !isl.is_multiple_of(bs);
         if partial {
             w.active_blocks += 1;
         }
@@ -241,7 +241,7 @@ impl RoutingPolicy for DynamoKv {
             &mut self.hashes,
         );
         let n_full = self.hashes.len() as u64;
-        let partial_new = u64::from(isl % bs != 0);
+        let partial_new = u64::from(!isl.is_multiple_of(bs));
         let weight = self.config.overlap_score_weight;
 
         self.logits.clear();
