@@ -122,6 +122,30 @@ enum ClusterCommand {
         #[arg(long)]
         node: Option<SocketAddr>,
     },
+    /// Reserve capacity for a tenant: MU per minute of a model (0 removes it).
+    Reserve {
+        #[arg(long)]
+        tenant: String,
+        /// [default: the embedded profile's model]
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        mu_per_min: f64,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        node: Option<SocketAddr>,
+    },
+    /// Chaos drills: make a node drop all cluster traffic to and from the given node
+    /// ids (none: heal).
+    Isolate {
+        #[arg(long, value_delimiter = ',')]
+        from: Vec<u64>,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        node: Option<SocketAddr>,
+    },
     /// Remove another node from the cluster.
     Remove {
         /// The node id to remove.
@@ -199,6 +223,22 @@ fn run(cli: Cli) -> Result<()> {
             Command::Cluster(ClusterCommand::Leave { data_dir, node }) => {
                 cluster::cli::leave(&data_dir, node).await
             }
+            Command::Cluster(ClusterCommand::Reserve {
+                tenant,
+                model,
+                mu_per_min,
+                data_dir,
+                node,
+            }) => {
+                let model =
+                    model.unwrap_or_else(|| sluice_actors::Profile::default_profile().model);
+                cluster::cli::reserve(&data_dir, node, &tenant, &model, mu_per_min).await
+            }
+            Command::Cluster(ClusterCommand::Isolate {
+                from,
+                data_dir,
+                node,
+            }) => cluster::cli::isolate(&data_dir, node, from).await,
             Command::Cluster(ClusterCommand::Remove { id, data_dir, node }) => {
                 cluster::cli::remove(&data_dir, node, id).await
             }

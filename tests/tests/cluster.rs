@@ -269,3 +269,117 @@ async fn three_nodes_join_route_fail_over_and_restart() -> Result<()> {
     drop(procs);
     Ok(())
 }
+
+fn cli(dir: &Path, args: &[&str], node: &str) -> Result<std::process::Output> {
+    let d = dir.to_string_lossy().into_owned();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--data-dir", &d, "--node", node]);
+    sluice(&all)
+}
+
+/// A partition that leaves the leader alone: the minority cannot commit, the majority
+/// elects a leader and commits, and after healing the old leader catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_partition_cannot_commit_and_the_majority_can() -> Result<()> {
+    let nodes = [Node::new("r1")?, Node::new("r2")?, Node::new("r3")?];
+    let d1 = nodes[0].dir.path().to_string_lossy().into_owned();
+    assert!(sluice(&["cluster", "init", "--data-dir", &d1])?
+        .status
+        .success());
+    let token = std::fs::read_to_string(nodes[0].dir.path().join("tls/join-token"))?
+        .trim()
+        .to_owned();
+    let _p1 = nodes[0].start(None)?;
+    let _p2 = nodes[1].start(Some((&nodes[0].quic, &token)))?;
+    let _p3 = nodes[2].start(Some((&nodes[0].quic, &token)))?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let s = wait_status(&all, Duration::from_secs(30), |s| {
+        s["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 3 && n.iter().filter(|x| x["role"] == "voter").count() == 2)
+    })
+    .await?;
+    let leader = s["leader"].as_u64().context("no leader")? as usize;
+    let (minority, majority): (Vec<usize>, Vec<usize>) = (0..3).partition(|&i| i + 1 == leader);
+    // Cut the leader off, on every side.
+    let ids = |v: &[usize]| {
+        v.iter()
+            .map(|i| (i + 1).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for &i in &minority {
+        let out = cli(
+            nodes[i].dir.path(),
+            &["cluster", "isolate", "--from", &ids(&majority)],
+            &nodes[i].quic,
+        )?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for &i in &majority {
+        let out = cli(
+            nodes[i].dir.path(),
+            &["cluster", "isolate", "--from", &ids(&minority)],
+            &nodes[i].quic,
+        )?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The old leader alone cannot commit.
+    let m = &nodes[minority[0]];
+    let out = cli(
+        m.dir.path(),
+        &[
+            "cluster",
+            "reserve",
+            "--tenant",
+            "lonely",
+            "--mu-per-min",
+            "5",
+        ],
+        &m.quic,
+    )?;
+    assert!(!out.status.success(), "the minority committed a write");
+    // The majority elects a leader and commits.
+    let maj: Vec<&Node> = majority.iter().map(|&i| &nodes[i]).collect();
+    wait_status(&maj, Duration::from_secs(10), |s| {
+        s["leader"].as_u64().is_some_and(|l| l as usize != leader)
+    })
+    .await?;
+    let w = maj[0];
+    let out = cli(
+        w.dir.path(),
+        &[
+            "cluster",
+            "reserve",
+            "--tenant",
+            "acme",
+            "--mu-per-min",
+            "1000",
+        ],
+        &w.quic,
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Healed, the old leader catches up with the majority's write and never applied its own.
+    for n in &nodes {
+        let out = cli(n.dir.path(), &["cluster", "isolate"], &n.quic)?;
+        assert!(out.status.success());
+    }
+    let healed = wait_status(&[m], Duration::from_secs(15), |s| {
+        s["reservations"]["acme"].is_object()
+    })
+    .await?;
+    assert!(healed["reservations"].get("lonely").is_none(), "{healed}");
+    Ok(())
+}

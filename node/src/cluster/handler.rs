@@ -34,6 +34,7 @@ pub enum Membership {
 pub struct NodeHandler {
     cp: ControlPlane<QuicRaft>,
     client: Arc<sluice_transport::Client>,
+    partition: super::raft_net::Partition,
     local: Arc<LocalReplicas>,
     model: String,
     schedule: Mutex<Schedule>,
@@ -47,6 +48,7 @@ impl NodeHandler {
     pub fn new(
         cp: ControlPlane<QuicRaft>,
         client: Arc<sluice_transport::Client>,
+        partition: super::raft_net::Partition,
         local: Arc<LocalReplicas>,
         model: String,
         schedule: ScheduleConfig,
@@ -55,6 +57,7 @@ impl NodeHandler {
         Self {
             cp,
             client,
+            partition,
             local,
             model,
             schedule: Mutex::new(Schedule::new(schedule, 0)),
@@ -189,6 +192,7 @@ impl NodeHandler {
             generation: state.assignment(&self.model).map_or(0, |a| a.generation),
             answered_by: m.id,
             term: m.term,
+            reservations: state.reservations().clone(),
         }
     }
 
@@ -339,6 +343,11 @@ impl sluice_transport::Handler for NodeHandler {
     type Request = NodeRpc;
 
     async fn handle(&self, peer: u64, request: NodeRpc, reply: Reply) {
+        if self.partition.blocks(peer) {
+            // Partitioned: nothing is handled; the stream is reset unanswered.
+            drop(reply);
+            return;
+        }
         let answer = match request {
             NodeRpc::Raft(rpc) => NodeReply::Raft(self.cp.handle_rpc(rpc).await),
             NodeRpc::Join(info) if info.id != peer => {
@@ -351,6 +360,16 @@ impl sluice_transport::Handler for NodeHandler {
                 rpc => self.on_leader(rpc, false).await,
             },
             NodeRpc::Status => NodeReply::Status(self.status()),
+            NodeRpc::Write(cmd) => match self.cp.write(cmd).await {
+                Ok(r) if r.is_rejected() => NodeReply::Failed(format!("{r:?}")),
+                Ok(_) => NodeReply::Done,
+                Err(e) => NodeReply::Failed(e.to_string()),
+            },
+            NodeRpc::Isolate(nodes) => {
+                tracing::warn!(?nodes, "partition: cutting this node off from nodes");
+                self.partition.set(nodes);
+                NodeReply::Done
+            }
             NodeRpc::Load(report) => {
                 if self.is_leader() {
                     self.add_load(&report);

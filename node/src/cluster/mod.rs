@@ -125,12 +125,14 @@ pub async fn start(
     let endpoint = Endpoint::bind(args.listen, &identity, &ca, TransportConfig::default())
         .with_context(|| format!("cannot listen for cluster traffic on {}", args.listen))?;
     let client = Arc::new(Client::new(endpoint.clone()));
+    let partition = raft_net::Partition::default();
     let cp = ControlPlane::open(
         id,
         args.data_dir.join(RAFT_DIR),
         QuicRaft {
             client: client.clone(),
             timeout: Duration::from_secs(2),
+            partition: partition.clone(),
         },
         ControlPlaneConfig {
             // Notice a dead leader within about a second on a data-center network.
@@ -155,6 +157,7 @@ pub async fn start(
     let handler = Arc::new(NodeHandler::new(
         cp.clone(),
         client.clone(),
+        partition,
         local,
         cfg.model.clone(),
         cfg.assigner.clone().unwrap_or_default(),

@@ -12,6 +12,25 @@ use std::time::Duration;
 pub struct QuicRaft {
     pub client: Arc<Client>,
     pub timeout: Duration,
+    pub partition: Partition,
+}
+
+/// Nodes this node is cut off from (a chaos drill's network partition): Raft messages
+/// to them are not sent and their requests are dropped unanswered.
+#[derive(Clone, Default)]
+pub struct Partition(Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>);
+
+impl Partition {
+    pub fn set(&self, nodes: impl IntoIterator<Item = u64>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = nodes.into_iter().collect();
+    }
+
+    pub fn blocks(&self, node: u64) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&node)
+    }
 }
 
 impl RaftTransport for QuicRaft {
@@ -21,6 +40,11 @@ impl RaftTransport for QuicRaft {
         addr: &NodeAddr,
         rpc: RaftRpc,
     ) -> Result<RaftRpcReply, TransportFailure> {
+        if self.partition.blocks(target) {
+            return Err(TransportFailure::Unreachable(format!(
+                "node {target} is partitioned away"
+            )));
+        }
         let to: SocketAddr = addr.quic.parse().map_err(|e| {
             TransportFailure::Unreachable(format!("node {target} at '{addr}': {e}"))
         })?;

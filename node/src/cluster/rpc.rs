@@ -24,6 +24,11 @@ pub enum NodeRpc {
     /// The sender's router's in-flight load per replica (MU, requests), so that every
     /// router counts the others' work when it chooses.
     Gossip(Vec<(ReplicaId, f64, u64)>),
+    /// An operator's write to the control state (e.g. a tenant reservation); followers
+    /// forward it to the leader.
+    Write(sluice_raft::ControlCommand),
+    /// Chaos hook: drop all cluster traffic to and from these nodes (empty: heal).
+    Isolate(Vec<u64>),
     /// A `Join` or `Remove` passed on by a node that believed the receiver leads.
     AtLeader(Box<NodeRpc>),
 }
@@ -68,6 +73,8 @@ pub struct ClusterStatus {
     /// The node that answered.
     pub answered_by: u64,
     pub term: u64,
+    /// Tenant → model → reserved MU/min.
+    pub reservations: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
