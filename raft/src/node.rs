@@ -416,7 +416,7 @@ impl<T: RaftTransport> ControlPlane<T> {
     }
 
     /// Makes `voters` the voter set (they must be members already, e.g. learners);
-    /// voters left out are removed from the cluster.
+    /// members left out of the voters stay on as learners.
     pub async fn change_membership(
         &self,
         voters: BTreeSet<NodeId>,
@@ -591,7 +591,7 @@ impl<T: RaftTransport> ControlPlane<T> {
                     .map(|r| write_outcome(r, true))
             }
             LeaderOp::ChangeMembership { voters } => {
-                tokio::time::timeout(budget, raft.change_membership(voters, false))
+                tokio::time::timeout(budget, raft.change_membership(voters, true))
                     .await
                     .map(|r| write_outcome(r, true))
             }

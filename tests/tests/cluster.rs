@@ -1,8 +1,9 @@
 //! Three nodes from the CLI, as separate processes on loopback: init, join with the
 //! token, all three voters; a request through each node reaches replicas on the others;
 //! `kill -9` of the leader gives a new leader within 3 s while requests keep being
-//! served; all three killed and restarted keep every committed entry; a wrong token and
-//! another cluster's certificate are refused.
+//! served; all three killed and restarted keep every committed entry; a removed node
+//! leaves the voters and the registry; a wrong token and another cluster's certificate
+//! are refused; a partitioned minority cannot commit.
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -255,6 +256,39 @@ async fn three_nodes_join_route_fail_over_and_restart() -> Result<()> {
     assert!(back["generation"].as_u64().unwrap_or(0) >= gen_after);
     let base = format!("http://127.0.0.1:{}", nodes[1].http_port);
     assert_eq!(chat(&http, &base, "restarted").await?.0, 200);
+
+    // Node 3 is removed: it leaves the voters and the registry, and requests through
+    // the others no longer go to its replica.
+    let out = sluice(&[
+        "cluster",
+        "remove",
+        "3",
+        "--data-dir",
+        &d1,
+        "--node",
+        &nodes[0].quic,
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shrunk = wait_status(&all[..2], Duration::from_secs(15), |s| {
+        s["nodes"].as_array().is_some_and(|n| n.len() == 2)
+            && s["replicas"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await?;
+    assert!(shrunk["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|n| n["id"] != 3));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for k in 0..8 {
+        let (code, replica) = chat(&http, &base, &format!("after-remove-{k}")).await?;
+        assert_eq!(code, 200);
+        assert_ne!(node_of(replica.context("no replica header")?), 3);
+    }
 
     // Another cluster's credentials are refused.
     let other = tempfile::tempdir()?;

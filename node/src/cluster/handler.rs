@@ -129,6 +129,8 @@ impl NodeHandler {
         let voters = choose_voters(&candidates, DESIRED_VOTERS);
         if !voters.is_empty() && voters != m.voters {
             tracing::info!(?voters, "changing the voter set");
+            // Members left out of the voters stay on as learners, so that their copy
+            // of the control state keeps up.
             self.cp.change_membership(voters).await?;
         }
         Ok(())
@@ -136,8 +138,20 @@ impl NodeHandler {
 
     async fn remove(&self, id: u64) -> Result<(), ControlPlaneError> {
         self.place_voters(Some(id)).await?;
-        self.cp.write(ControlCommand::RemoveNode(id)).await?;
-        Ok(())
+        // Removing the leader's own seat moves leadership: the record is written through
+        // whoever leads next (RemoveNode is idempotent, so retrying is safe).
+        let mut attempt = 0;
+        loop {
+            match self.cp.write(ControlCommand::RemoveNode(id)).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 10 => {
+                    tracing::info!(error = %e, "retrying the removal record");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn add_load(&self, report: &LoadReport) {
