@@ -93,6 +93,10 @@ struct StartArgs {
     /// Cluster mode: the join token printed by `sluice cluster init`.
     #[arg(long)]
     token: Option<String>,
+    /// Cluster mode: how often this router shares its in-flight load per replica with
+    /// the other nodes, in ms; 0 turns sharing off.
+    #[arg(long, default_value_t = 200)]
+    load_share_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -270,6 +274,7 @@ async fn node_start(a: StartArgs) -> Result<()> {
             rack: a.rack.clone().unwrap_or_else(|| "rack-0".to_owned()),
             join: a.join,
             token: a.token.clone(),
+            load_share: std::time::Duration::from_millis(a.load_share_ms),
         }),
         None => {
             if a.listen.is_some() || a.join.is_some() || a.token.is_some() || a.rack.is_some() {

@@ -52,6 +52,8 @@ pub struct ClusterArgs {
     pub rack: String,
     pub join: Option<SocketAddr>,
     pub token: Option<String>,
+    /// How often the router shares its in-flight load; zero: never.
+    pub load_share: Duration,
 }
 
 /// A running cluster member.
@@ -222,7 +224,15 @@ pub async fn start(
         });
     }
     tokio::spawn(handler.clone().leader_loop());
-    tokio::spawn(gossip(id, cp.clone(), client.clone(), handler.clone()));
+    if !args.load_share.is_zero() {
+        tokio::spawn(gossip(
+            id,
+            cp.clone(),
+            client.clone(),
+            handler.clone(),
+            args.load_share,
+        ));
+    }
     tokio::spawn(report_load(client, handler.clone()));
     Ok(node)
 }
@@ -318,18 +328,17 @@ async fn register_replicas(
     Ok(())
 }
 
-/// How often each router tells the others its in-flight load per replica.
-pub const GOSSIP_EVERY: Duration = Duration::from_millis(200);
-
-/// Sends this router's in-flight load to every other node, often enough that a burst
-/// placed by one router is seen by the others within a fraction of a second.
+/// Sends this router's in-flight load to every other node every `every` (default
+/// 200 ms), so that a burst placed by one router is seen by the others within a fraction
+/// of a second.
 async fn gossip(
     id: u64,
     cp: ControlPlane<QuicRaft>,
     client: Arc<Client>,
     handler: Arc<NodeHandler>,
+    every: Duration,
 ) {
-    let mut tick = tokio::time::interval(GOSSIP_EVERY);
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
@@ -345,7 +354,7 @@ async fn gossip(
             let (client, loads) = (client.clone(), loads.clone());
             tokio::spawn(async move {
                 let _ = client
-                    .call::<_, NodeReply>(addr, &NodeRpc::Gossip(loads), GOSSIP_EVERY * 2)
+                    .call::<_, NodeReply>(addr, &NodeRpc::Gossip(loads), every * 2)
                     .await;
             });
         }
