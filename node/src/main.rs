@@ -7,6 +7,7 @@ mod front;
 mod launcher;
 mod policies;
 mod replica;
+mod supervisor;
 
 use anyhow::{Context, Result};
 use axum::serve::ListenerExt;

@@ -1,0 +1,4 @@
+//! The replica supervisor: owns the host's engines (start, restart with backoff, drain,
+//! stop) and the environment they run in.
+
+pub mod cpu_quota;
