@@ -27,47 +27,75 @@ pub struct ChildReplica {
 
 /// Starts `count` simulated replicas and waits until each is listening.
 pub async fn launch(count: usize, spec: &SimSpec) -> Result<Vec<ChildReplica>> {
-    let exe =
-        std::env::current_exe().context("cannot find the sluice executable to launch replicas")?;
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "replica",
-            "sim",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--model",
-            &spec.model,
-        ])
-        .args([
-            "--time-scale",
-            &spec.time_scale.to_string(),
-            "--seed",
-            &i.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-        if let Some(p) = &spec.profile {
-            cmd.arg("--profile").arg(p);
-        }
-        die_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start replica {i}"))?;
-        let url = match tokio::time::timeout(Duration::from_secs(30), ready_url(&mut child)).await {
-            Ok(Ok(url)) => url,
-            Ok(Err(e)) => return Err(e.context(format!("replica {i} did not start"))),
-            Err(_) => bail!("replica {i} did not report it was listening within 30 s"),
-        };
-        tracing::info!(replica = i, %url, pid = child.id(), "replica started");
-        out.push(ChildReplica { url, child });
+        out.push(launch_one(i, spec).await?);
     }
     Ok(out)
+}
+
+/// Starts simulated replica number `i` and waits until it is listening.
+pub async fn launch_one(i: usize, spec: &SimSpec) -> Result<ChildReplica> {
+    let exe =
+        std::env::current_exe().context("cannot find the sluice executable to launch replicas")?;
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "replica",
+        "sim",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--model",
+        &spec.model,
+    ])
+    .args([
+        "--time-scale",
+        &spec.time_scale.to_string(),
+        "--seed",
+        &i.to_string(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .kill_on_drop(true);
+    if let Some(p) = &spec.profile {
+        cmd.arg("--profile").arg(p);
+    }
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start replica {i}"))?;
+    let url = match tokio::time::timeout(Duration::from_secs(30), ready_url(&mut child)).await {
+        Ok(Ok(url)) => url,
+        Ok(Err(e)) => return Err(e.context(format!("replica {i} did not start"))),
+        Err(_) => bail!("replica {i} did not report it was listening within 30 s"),
+    };
+    tracing::info!(replica = i, %url, pid = child.id(), "replica started");
+    Ok(ChildReplica { url, child })
+}
+
+impl ChildReplica {
+    /// Resolves when the process exits (crashed, killed, or stopped).
+    pub async fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.wait().await.ok()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: sending a signal to our own child's pid.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
 }
 
 async fn ready_url(child: &mut Child) -> Result<String> {
@@ -101,21 +129,4 @@ fn die_with_parent(cmd: &mut Command) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = cmd;
-}
-
-/// Stops every replica: SIGTERM, then SIGKILL after `grace`.
-pub async fn stop_all(replicas: Vec<ChildReplica>, grace: Duration) {
-    for r in &replicas {
-        if let Some(pid) = r.child.id() {
-            // SAFETY: sending a signal to our own child's pid.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
-        }
-    }
-    for mut r in replicas {
-        if tokio::time::timeout(grace, r.child.wait()).await.is_err() {
-            let _ = r.child.kill().await;
-        }
-    }
 }

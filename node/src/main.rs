@@ -303,12 +303,12 @@ async fn node_start(a: StartArgs) -> Result<()> {
                 cfg.http
             )
         })?;
+    let spec = launcher::SimSpec {
+        model: cfg.model.clone(),
+        profile: cfg.profile_path.clone(),
+        time_scale: cfg.time_scale,
+    };
     let children = if cfg.launch > 0 {
-        let spec = launcher::SimSpec {
-            model: cfg.model.clone(),
-            profile: cfg.profile_path.clone(),
-            time_scale: cfg.time_scale,
-        };
         launcher::launch(cfg.launch, &spec).await?
     } else {
         Vec::new()
@@ -347,6 +347,47 @@ async fn node_start(a: StartArgs) -> Result<()> {
             (state, Some(node))
         }
     };
+    // Launched replicas are supervised: restarted with backoff when they exit.
+    let (events, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
+    let supervisor = supervisor::run::Supervisor::start(
+        children,
+        spec,
+        supervisor::restart::RestartPolicy::default(),
+        events,
+    );
+    {
+        let state = state.clone();
+        let node = node.as_ref().map(|n| n.handle());
+        tokio::spawn(async move {
+            while let Some(ev) = event_rx.recv().await {
+                let (index, up) = match &ev {
+                    supervisor::run::Event::Down(i) => (*i, None),
+                    supervisor::run::Event::Up(i, url) => (*i, Some(url.clone())),
+                    supervisor::run::Event::GaveUp(i) => (*i, None),
+                };
+                let id = match &node {
+                    Some(n) => cluster::replica_id(n.id, index),
+                    None => sluice_actors::slice::ReplicaId(index as u64),
+                };
+                match up {
+                    Some(url) => {
+                        if let Err(e) = state.set_local_url(id, &url) {
+                            tracing::warn!(error = %e, "restarted replica has a bad URL");
+                        }
+                        if let Some(n) = &node {
+                            n.replica_moved(id, url).await;
+                        }
+                    }
+                    None => {
+                        state.replica_down(id);
+                        if let (Some(n), supervisor::run::Event::GaveUp(_)) = (&node, &ev) {
+                            n.replica_failed(id).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
     tracing::info!(%local, replicas = urls.len(), model = %cfg.model, "node serving");
     {
         let mut out = std::io::stdout().lock();
@@ -385,7 +426,7 @@ async fn node_start(a: StartArgs) -> Result<()> {
     if let Some(node) = node {
         node.shutdown().await;
     }
-    launcher::stop_all(children, Duration::from_secs(5)).await;
+    supervisor.stop(Duration::from_secs(5)).await;
     served
 }
 

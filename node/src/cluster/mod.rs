@@ -62,9 +62,64 @@ pub struct ClusterNode {
     pub cp: ControlPlane<QuicRaft>,
     pub endpoint: Endpoint,
     pub client: Arc<Client>,
+    local: Arc<LocalReplicas>,
+    model: String,
+    capacity: f64,
+}
+
+/// What the supervisor's events need of the cluster: the node's replicas and registry.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub id: u64,
+    cp: ControlPlane<QuicRaft>,
+    local: Arc<LocalReplicas>,
+    model: String,
+    capacity: f64,
+}
+
+impl NodeHandle {
+    /// A replica restarted at `url`: forwarded requests and the registry follow it.
+    pub async fn replica_moved(&self, id: ReplicaId, url: String) {
+        let mut urls = self.local.snapshot();
+        urls.insert(id, url.clone());
+        self.local.set(urls);
+        let info = ReplicaInfo {
+            id,
+            node: self.id,
+            model: self.model.clone(),
+            endpoint: url,
+            capacity_mu_per_min: self.capacity,
+            health: ReplicaHealth::Healthy,
+        };
+        if let Err(e) = self.cp.write(ControlCommand::RegisterReplica(info)).await {
+            tracing::warn!(replica = id.0, error = %e, "restarted replica not re-registered");
+        }
+    }
+
+    /// A replica is given up: the registry marks it unhealthy, so the assigner moves its
+    /// slices and every router stops sending to it.
+    pub async fn replica_failed(&self, id: ReplicaId) {
+        let cmd = ControlCommand::SetReplicaHealth {
+            replica: id,
+            health: ReplicaHealth::Unhealthy,
+        };
+        if let Err(e) = self.cp.write(cmd).await {
+            tracing::warn!(replica = id.0, error = %e, "failed replica not marked unhealthy");
+        }
+    }
 }
 
 impl ClusterNode {
+    pub fn handle(&self) -> NodeHandle {
+        NodeHandle {
+            id: self.id,
+            cp: self.cp.clone(),
+            local: self.local.clone(),
+            model: self.model.clone(),
+            capacity: self.capacity,
+        }
+    }
+
     pub async fn shutdown(&self) {
         if let Err(e) = self.cp.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
@@ -160,7 +215,7 @@ pub async fn start(
         cp.clone(),
         client.clone(),
         partition,
-        local,
+        local.clone(),
         cfg.model.clone(),
         cfg.assigner.clone().unwrap_or_default(),
         state_slot,
@@ -194,6 +249,9 @@ pub async fn start(
         cp: cp.clone(),
         endpoint,
         client: client.clone(),
+        local: local.clone(),
+        model: cfg.model.clone(),
+        capacity: cfg.profile.capacity_mu_per_min,
     };
     // Membership and registration need a quorum; the front door does not wait for one
     // (with no leader it routes on the last state it has).

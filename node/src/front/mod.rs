@@ -245,6 +245,21 @@ impl AppState {
         self.metrics.assignment(generation);
     }
 
+    /// A launched replica is listening again, possibly at a new address.
+    pub fn set_local_url(&self, id: ReplicaId, url: &str) -> anyhow::Result<()> {
+        let up = Upstream::local(id, url)?;
+        self.upstreams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, up);
+        Ok(())
+    }
+
+    /// A launched replica exited: no new requests until its health check passes again.
+    pub fn replica_down(&self, id: ReplicaId) {
+        self.core().set_checked_health(id, false);
+    }
+
     /// Another node's router reported its in-flight load.
     pub fn peer_load(&self, node: u64, loads: ReplicaLoads) {
         let mut peers = self.peer_loads.lock().unwrap_or_else(|p| p.into_inner());
@@ -325,8 +340,15 @@ async fn node_health(State(s): State<Arc<AppState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let urls: HashMap<ReplicaId, String> = s.local_upstreams().into_iter().collect();
+    let upstreams: Vec<serde_json::Value> = views
+        .iter()
+        .map(
+            |v| serde_json::json!({"id": v.id.0, "url": urls.get(&v.id), "available": v.available}),
+        )
+        .collect();
     let body = serde_json::json!({"status": if available > 0 {"ok"} else {"no replica available"},
-        "replicas": views.len(), "available": available});
+        "replicas": views.len(), "available": available, "upstreams": upstreams});
     json_response(status, body.to_string())
 }
 

@@ -2,3 +2,5 @@
 //! stop) and the environment they run in.
 
 pub mod cpu_quota;
+pub mod restart;
+pub mod run;

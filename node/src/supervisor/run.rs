@@ -1,0 +1,137 @@
+//! The supervisor's shell: one task per launched replica that notices its exit, restarts
+//! it after the [`RestartPolicy`]'s backoff (or gives up on a crash loop), and stops it
+//! with the node. What happens
+//! is reported as [`Event`]s, which the node turns into routing changes and registry
+//! writes.
+
+use super::restart::{Decision, RestartPolicy, RestartState};
+use crate::launcher::{launch_one, ChildReplica, SimSpec};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Replica `index` exited or was killed; it gets no traffic until it is `Up` again.
+    Down(usize),
+    /// Replica `index` is listening (again) at `url`.
+    Up(usize, String),
+    /// Replica `index` kept dying; it stays down.
+    GaveUp(usize),
+}
+
+enum Cmd {
+    Stop(Duration, oneshot::Sender<()>),
+}
+
+/// Handle on the supervised replicas.
+pub struct Supervisor {
+    slots: Vec<mpsc::Sender<Cmd>>,
+}
+
+impl Supervisor {
+    pub fn start(
+        children: Vec<ChildReplica>,
+        spec: SimSpec,
+        policy: RestartPolicy,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Self {
+        let slots = children
+            .into_iter()
+            .enumerate()
+            .map(|(i, child)| {
+                let (tx, rx) = mpsc::channel(4);
+                tokio::spawn(supervise(
+                    i,
+                    child,
+                    spec.clone(),
+                    policy,
+                    rx,
+                    events.clone(),
+                ));
+                tx
+            })
+            .collect();
+        Self { slots }
+    }
+
+    /// Stops every replica: SIGTERM, SIGKILL after `grace`; no restarts.
+    pub async fn stop(self, grace: Duration) {
+        let mut waits = Vec::new();
+        for tx in &self.slots {
+            let (done, wait) = oneshot::channel();
+            if tx.send(Cmd::Stop(grace, done)).await.is_ok() {
+                waits.push(wait);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+}
+
+async fn supervise(
+    i: usize,
+    child: ChildReplica,
+    spec: SimSpec,
+    policy: RestartPolicy,
+    mut cmds: mpsc::Receiver<Cmd>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let born = Instant::now();
+    let mut history = RestartState::default();
+    let mut child = Some(child);
+    let mut started = Instant::now();
+    loop {
+        if let Some(c) = child.as_mut() {
+            tokio::select! {
+                status = c.exited() => {
+                    tracing::warn!(replica = i, ?status, "replica exited");
+                }
+                cmd = cmds.recv() => match cmd {
+                    Some(Cmd::Stop(grace, done)) => {
+                        c.stop(grace).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        c.stop(Duration::from_secs(5)).await;
+                        return;
+                    }
+                },
+            }
+        }
+        child = None;
+        let _ = events.send(Event::Down(i));
+        let now_ms = born.elapsed().as_millis() as u64;
+        let delay = match history.on_exit(&policy, now_ms, started.elapsed()) {
+            Decision::RestartAfter(d) => d,
+            Decision::GiveUp => {
+                tracing::error!(replica = i, "replica keeps dying; not restarting it");
+                let _ = events.send(Event::GaveUp(i));
+                // Wait for the node to stop.
+                if let Some(Cmd::Stop(_, done)) = cmds.recv().await {
+                    let _ = done.send(());
+                }
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Stop(_, done)) => { let _ = done.send(()); return; }
+                None => return,
+            },
+        }
+        match launch_one(i, &spec).await {
+            Ok(c) => {
+                started = Instant::now();
+                let _ = events.send(Event::Up(i, c.url.clone()));
+                child = Some(c);
+            }
+            Err(e) => {
+                tracing::warn!(replica = i, error = %format!("{e:#}"), "restart failed");
+                started = Instant::now();
+            }
+        }
+    }
+}
