@@ -6,6 +6,29 @@
 //! machine with on-disk snapshots ([`sm_store`]), and talks to its peers through a
 //! [`RaftTransport`] the node implements over QUIC ([`network`]; an in-memory
 //! [`MemRouter`] for tests). [`ControlPlane`] ties it together.
+//!
+//! # Wiring a node
+//!
+//! - Implement [`RaftTransport::send`]: encode the [`RaftRpc`] with [`codec::encode`],
+//!   send it on a request stream to `addr.quic` (checking the peer's certificate names
+//!   `target`), and decode the [`RaftRpcReply`] with [`codec::decode`]. Report
+//!   [`TransportFailure::Unreachable`] only when the request surely did not leave (no
+//!   connection, stream not opened): writes are retried on it. A lost connection after
+//!   sending is `Failed`, no reply in time `Timeout`.
+//! - On the receiving side, decode the request and answer it with
+//!   [`ControlPlane::handle_rpc`]; encode its reply back. Requests can arrive before the
+//!   handle exists (during startup): answer them with
+//!   `RaftRpcReply::Refused(RemoteRefusal::Unavailable(..))`.
+//! - First start of a new cluster: [`ControlPlane::open`] on every node, then
+//!   [`ControlPlane::initialize`] on exactly one of them (with itself alone, or with all
+//!   founding members), then [`ControlPlane::add_learner`] and
+//!   [`ControlPlane::change_membership`] for the rest.
+//! - Joining: [`send_to_leader`] with `ClientWrite(AllocateNodeId)` through any known
+//!   member gives the new node id; open with it, then `send_to_leader` an `AddLearner`,
+//!   then write `AddNode`. The leader promotes voters chosen by [`voter_policy`].
+//! - Restart: `open` with the same id and data dir; the state is back at once.
+//! - Readers (the router) hold [`ControlPlane::state`] and keep using its last value
+//!   when there is no leader.
 
 pub mod codec;
 pub mod log_store;

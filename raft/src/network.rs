@@ -113,7 +113,8 @@ pub enum RemoteRefusal {
 /// Why the transport could not bring back a reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum TransportFailure {
-    /// The peer could not be reached; the request was not delivered.
+    /// The peer could not be reached; the request surely was not delivered (writes
+    /// are retried on this, so do not use it once the request may have left).
     #[error("unreachable: {0}")]
     Unreachable(String),
     /// No reply in time; the request may or may not have been handled.

@@ -281,9 +281,11 @@ fn write_outcome(
             response: resp.data,
             log_index: resp.log_id.index,
         },
-        Err(RaftError::Fatal(f)) => {
-            RaftRpcReply::Refused(RemoteRefusal::Unavailable(f.to_string()))
-        }
+        // Raft stopped while the request was in flight: it may have been replicated.
+        // (A Raft already stopped before proposing is caught earlier, as Unavailable.)
+        Err(RaftError::Fatal(f)) => RaftRpcReply::Refused(RemoteRefusal::Indeterminate(format!(
+            "raft stopped during the request: {f}"
+        ))),
         Err(RaftError::APIError(e)) => RaftRpcReply::Refused(match e {
             ClientWriteError::ForwardToLeader(f) => not_leader(f),
             ClientWriteError::LogEntryDiscarded(f) => {
