@@ -4,6 +4,7 @@
 pub mod assigner;
 pub mod autoscaler;
 pub mod mu;
+pub mod prober;
 pub mod profile;
 pub mod router;
 pub mod slice;

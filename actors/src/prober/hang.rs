@@ -1,0 +1,48 @@
+//! The stalled-progress hang signal. An engine's own `/health` is only a hint — real
+//! engines answer 200 while their step loop is hung — but a hung loop cannot move the
+//! output-token counter, so work waiting while that counter stands still is a hang.
+
+/// One replica's progress as seen through periodic samples of its engine's gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StallDetector {
+    /// Token counter at the last sample; `None` before the first.
+    tokens_total: Option<u64>,
+    /// When the current stretch of "work queued, no token" began; `None` while idle.
+    stalled_since_ms: Option<u64>,
+    /// When the last sample was taken.
+    sampled_ms: u64,
+}
+
+impl StallDetector {
+    /// One sample: `queued` is the engine's requests admitted and not finished (waiting
+    /// or running), `tokens_total` its output-token counter. Any change of the counter
+    /// is progress, a decrease too (a restarted engine counts from zero). The clock
+    /// starts when work is first seen queued, not at the last token, so an engine idle
+    /// for an hour is not a hang the moment a request arrives.
+    pub fn sample(&mut self, queued: u32, tokens_total: u64, now_ms: u64) {
+        let advanced = self.tokens_total.is_some_and(|t| t != tokens_total);
+        self.tokens_total = Some(tokens_total);
+        self.sampled_ms = now_ms;
+        if queued == 0 || advanced {
+            self.stalled_since_ms = (queued > 0).then_some(now_ms);
+        } else if self.stalled_since_ms.is_none() {
+            self.stalled_since_ms = Some(now_ms);
+        }
+    }
+
+    /// Progress seen some other way (a real request or a probe completed): restart the
+    /// clock, keeping the counter.
+    pub fn progressed(&mut self, now_ms: u64) {
+        if self.stalled_since_ms.is_some() {
+            self.stalled_since_ms = Some(now_ms);
+        }
+    }
+
+    /// When the current stall began, if the last sample showed it lasting at least
+    /// `window_ms`. Judged at samples only: when the samples themselves stop, what the
+    /// engine is doing is unknown, and the probes decide instead.
+    pub fn stalled(&self, window_ms: u64) -> Option<u64> {
+        self.stalled_since_ms
+            .filter(|&since| self.sampled_ms.saturating_sub(since) >= window_ms)
+    }
+}
