@@ -62,6 +62,11 @@ pub async fn launch_one(i: usize, spec: &SimSpec) -> Result<ChildReplica> {
     if let Some(p) = &spec.profile {
         cmd.arg("--profile").arg(p);
     }
+    // The host's core count is the wrong default inside a container: size the engine's
+    // thread pools from the CPU quota (unless the operator set OMP_NUM_THREADS).
+    if let Some(n) = crate::supervisor::cpu_quota::for_this_host() {
+        cmd.env("OMP_NUM_THREADS", n.to_string());
+    }
     die_with_parent(&mut cmd);
     let mut child = cmd
         .spawn()

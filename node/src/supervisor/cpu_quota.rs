@@ -6,7 +6,6 @@
 //!
 //! The decision is pure (file contents in, thread count out); only [`for_this_host`]
 //! reads the environment and the filesystem.
-#![allow(dead_code)] // wired by the launcher next
 
 use std::path::Path;
 
