@@ -86,6 +86,11 @@ impl ChildReplica {
         self.child.wait().await.ok()
     }
 
+    /// SIGKILL: for an engine that no longer makes progress.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// SIGTERM, then SIGKILL after `grace`.
     pub async fn stop(&mut self, grace: Duration) {
         if let Some(pid) = self.child.id() {

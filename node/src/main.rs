@@ -349,12 +349,30 @@ async fn node_start(a: StartArgs) -> Result<()> {
     };
     // Launched replicas are supervised: restarted with backoff when they exit.
     let (events, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
-    let supervisor = supervisor::run::Supervisor::start(
+    let supervisor = std::sync::Arc::new(supervisor::run::Supervisor::start(
         children,
         spec,
         supervisor::restart::RestartPolicy::default(),
         events,
-    );
+    ));
+    // Replicas the prober ejects (hung without saying so) are marked unhealthy in the
+    // registry and restarted.
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        state.set_ejection_sink(tx);
+        let supervisor = supervisor.clone();
+        let node = node.as_ref().map(|n| n.handle());
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                if let front::Ejection::Ejected(id) = e {
+                    if let Some(n) = &node {
+                        n.replica_failed(id).await;
+                    }
+                    supervisor.kill(cluster::local_index(id)).await;
+                }
+            }
+        });
+    }
     {
         let state = state.clone();
         let node = node.as_ref().map(|n| n.handle());
@@ -374,6 +392,7 @@ async fn node_start(a: StartArgs) -> Result<()> {
                         if let Err(e) = state.set_local_url(id, &url) {
                             tracing::warn!(error = %e, "restarted replica has a bad URL");
                         }
+                        state.replica_restored(id);
                         if let Some(n) = &node {
                             n.replica_moved(id, url).await;
                         }

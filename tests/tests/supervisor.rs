@@ -76,3 +76,105 @@ async fn a_crashed_replica_is_restarted_and_serves_again() -> Result<()> {
     assert!(node.stop()?, "node did not exit cleanly");
     Ok(())
 }
+
+/// A replica hung through the engine's admin switch (it still answers `/health`) is
+/// ejected within 15 s by the prober — work queued while its token counter stands
+/// still — and restarted; requests sent after the ejection all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_is_ejected_and_restarted() -> Result<()> {
+    let (node, _cfg) = Proc::node(
+        "[router]\nrequest_timeout_s = 30\n",
+        &["--replicas", "2", "--time-scale", "0"],
+    )?;
+    let http = Http::default();
+    let base = node.url.clone();
+    let old = url_of(&health(&http, &base).await?, 0).context("no URL for replica 0")?;
+    let a = http
+        .send(
+            "POST",
+            &format!("{old}/admin/fault"),
+            &[],
+            Some(r#"{"kind":"hang"}"#.into()),
+        )
+        .await?;
+    assert_eq!(a.status, 200);
+    let hung_at = Instant::now();
+    // Keep traffic flowing; some of it queues on the hung replica.
+    let load = {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move {
+            let mut handles = Vec::new();
+            for k in 0..200u32 {
+                let (http, base) = (http.clone(), base.clone());
+                handles.push(tokio::spawn(async move {
+                    let sent = Instant::now();
+                    let body = serde_json::json!({
+                        "model": "llama-3.1-8b-instruct",
+                        "messages": [{"role": "user", "content": format!("q{k}")}],
+                        "max_tokens": 3,
+                    })
+                    .to_string();
+                    let r = http
+                        .send(
+                            "POST",
+                            &format!("{base}/v1/chat/completions"),
+                            &[("x-session-id", &format!("s{k}"))],
+                            Some(body),
+                        )
+                        .await;
+                    (sent, r.map(|a| a.status).unwrap_or(0))
+                }));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut out = Vec::new();
+            for h in handles {
+                if let Ok(x) = h.await {
+                    out.push(x);
+                }
+            }
+            out
+        })
+    };
+    // Ejected: replica 0 out of service while its /health still answers 200.
+    let ejected_at = loop {
+        let h = health(&http, &base).await?;
+        let up = h["upstreams"]
+            .as_array()
+            .and_then(|u| u.iter().find(|x| x["id"] == 0))
+            .is_some_and(|x| x["available"] == true);
+        if !up {
+            break Instant::now();
+        }
+        assert!(
+            hung_at.elapsed() < Duration::from_secs(15),
+            "not ejected within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Restarted: a new engine at a new address, back in service.
+    loop {
+        let h = health(&http, &base).await?;
+        let back = h["upstreams"]
+            .as_array()
+            .and_then(|u| u.iter().find(|x| x["id"] == 0))
+            .is_some_and(|x| x["available"] == true && x["url"] != old.as_str());
+        if back {
+            break;
+        }
+        assert!(hung_at.elapsed() < Duration::from_secs(40), "not restarted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let results = load.await?;
+    let after: Vec<_> = results
+        .iter()
+        .filter(|(sent, _)| *sent > ejected_at)
+        .collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|(_, status)| *status == 200),
+        "requests sent after the ejection failed: {:?}",
+        after.iter().filter(|(_, s)| *s != 200).count()
+    );
+    assert!(node.stop()?, "node did not exit cleanly");
+    Ok(())
+}

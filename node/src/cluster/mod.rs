@@ -44,6 +44,11 @@ pub fn replica_id(node: u64, index: usize) -> ReplicaId {
     ReplicaId((node << 20) | index as u64)
 }
 
+/// The launch index of one of this node's replicas (standalone ids are the index).
+pub fn local_index(id: ReplicaId) -> usize {
+    (id.0 & ((1 << 20) - 1)) as usize
+}
+
 /// What `node start` gets in cluster mode.
 #[derive(Debug, Clone)]
 pub struct ClusterArgs {

@@ -17,7 +17,9 @@ pub async fn run(state: Arc<AppState>) {
             let state = state.clone();
             async move {
                 let healthy = check(&state, &base).await;
-                state.core().set_checked_health(id, healthy);
+                // /health is only a hint: the prober's ejection overrides a 200.
+                let usable = healthy && !state.is_ejected(id);
+                state.core().set_checked_health(id, usable);
                 if !healthy {
                     tracing::debug!(replica = id.0, %base, "health check failed");
                 }

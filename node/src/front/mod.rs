@@ -5,6 +5,7 @@
 mod assign;
 mod health;
 mod metrics;
+mod probe;
 mod proxy;
 mod sse;
 
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 pub use metrics::Metrics;
+pub use probe::Ejection;
 
 /// A replica the front door forwards to.
 #[derive(Debug, Clone)]
@@ -111,6 +113,11 @@ pub struct AppState {
     schedule: Option<ScheduleConfig>,
     /// The control state's health verdict per replica, as last applied (cluster mode).
     registry_health: Mutex<HashMap<ReplicaId, bool>>,
+    /// The health prober's state over the local replicas, those it keeps out of
+    /// service, and where it reports ejections.
+    prober: Mutex<sluice_actors::prober::ProberCore>,
+    ejected: Mutex<std::collections::HashSet<ReplicaId>>,
+    ejections: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Ejection>>,
     /// Other routers' latest in-flight reports, by node (cluster mode).
     peer_loads: Mutex<HashMap<u64, (Instant, ReplicaLoads)>>,
 }
@@ -151,6 +158,12 @@ impl AppState {
         };
         let core = RouterCore::new(node.profile.mu, node.router, &specs, assignment);
         let client = http_client(node.connect_timeout);
+        let locals: Vec<ReplicaId> = upstreams
+            .iter()
+            .filter(|u| matches!(u.target, Target::Local { .. }))
+            .map(|u| u.id)
+            .collect();
+        let prober = probe::core_for(&locals)?;
         Ok(Arc::new(Self {
             core: Mutex::new(core),
             upstreams: RwLock::new(upstreams.into_iter().map(|u| (u.id, u)).collect()),
@@ -170,6 +183,9 @@ impl AppState {
             schedule: node.assigner.clone(),
             registry_health: Mutex::new(HashMap::new()),
             peer_loads: Mutex::new(HashMap::new()),
+            prober: Mutex::new(prober),
+            ejected: Mutex::new(std::collections::HashSet::new()),
+            ejections: std::sync::OnceLock::new(),
         }))
     }
 
@@ -300,6 +316,7 @@ pub fn http_client(connect_timeout: Duration) -> Client<HttpConnector, Full<Byte
 /// The axum app, with the health-check loop started on the current runtime.
 pub fn app(state: Arc<AppState>) -> Router {
     tokio::spawn(health::run(state.clone()));
+    tokio::spawn(probe::run(state.clone()));
     // In a cluster the Raft leader runs the assigner on every router's reports.
     if let (Some(schedule), None) = (state.schedule.clone(), &state.remote) {
         tokio::spawn(assign::run(state.clone(), schedule));

@@ -209,6 +209,7 @@ async fn forward(
         guard.usage = body_usage(&bytes);
     }
     drop(guard);
+    state.real_outcome(replica, Some(status.as_u16()));
     state
         .metrics
         .duration(label(endpoint), started.elapsed().as_secs_f64());
@@ -365,6 +366,7 @@ fn stream_response(
                         let mut guard = p.guard;
                         guard.usage = p.meter.usage;
                         drop(guard);
+                        state.real_outcome(p.replica, p.meter.done.then_some(200));
                         return None;
                     }
                     // The replica closed the stream without finishing it.

@@ -1,6 +1,6 @@
 //! The supervisor's shell: one task per launched replica that notices its exit, restarts
-//! it after the [`RestartPolicy`]'s backoff (or gives up on a crash loop), and stops it
-//! with the node. What happens
+//! it after the [`RestartPolicy`]'s backoff (or gives up on a crash loop), kills it on
+//! request (a hung engine the prober ejected), and stops it with the node. What happens
 //! is reported as [`Event`]s, which the node turns into routing changes and registry
 //! writes.
 
@@ -20,6 +20,7 @@ pub enum Event {
 }
 
 enum Cmd {
+    Kill,
     Stop(Duration, oneshot::Sender<()>),
 }
 
@@ -54,8 +55,15 @@ impl Supervisor {
         Self { slots }
     }
 
+    /// Kills replica `index` (a hung engine): it is then restarted like any exited one.
+    pub async fn kill(&self, index: usize) {
+        if let Some(tx) = self.slots.get(index) {
+            let _ = tx.send(Cmd::Kill).await;
+        }
+    }
+
     /// Stops every replica: SIGTERM, SIGKILL after `grace`; no restarts.
-    pub async fn stop(self, grace: Duration) {
+    pub async fn stop(&self, grace: Duration) {
         let mut waits = Vec::new();
         for tx in &self.slots {
             let (done, wait) = oneshot::channel();
@@ -88,6 +96,10 @@ async fn supervise(
                     tracing::warn!(replica = i, ?status, "replica exited");
                 }
                 cmd = cmds.recv() => match cmd {
+                    Some(Cmd::Kill) => {
+                        tracing::warn!(replica = i, "killing the replica for a restart");
+                        c.kill().await;
+                    }
                     Some(Cmd::Stop(grace, done)) => {
                         c.stop(grace).await;
                         let _ = done.send(());
@@ -109,8 +121,11 @@ async fn supervise(
                 tracing::error!(replica = i, "replica keeps dying; not restarting it");
                 let _ = events.send(Event::GaveUp(i));
                 // Wait for the node to stop.
-                if let Some(Cmd::Stop(_, done)) = cmds.recv().await {
-                    let _ = done.send(());
+                while let Some(cmd) = cmds.recv().await {
+                    if let Cmd::Stop(_, done) = cmd {
+                        let _ = done.send(());
+                        return;
+                    }
                 }
                 return;
             }
@@ -118,6 +133,7 @@ async fn supervise(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             cmd = cmds.recv() => match cmd {
+                Some(Cmd::Kill) => {}
                 Some(Cmd::Stop(_, done)) => { let _ = done.send(()); return; }
                 None => return,
             },

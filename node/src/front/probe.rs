@@ -1,0 +1,230 @@
+//! The health prober's shell for this node's replicas: every second, read each engine's
+//! queue and token counter from its `/metrics`, send the minimal top-priority probes the
+//! [`ProberCore`] asks for, and carry out its verdicts — an ejected replica gets no
+//! traffic from this router, is marked unhealthy in the registry (cluster mode) and is
+//! restarted by the supervisor.
+
+use super::AppState;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use sluice_actors::prober::{
+    Probe, ProberCore, RealOutcome, Verdict, VerdictChange, PROBE_MAX_TOKENS, PROBE_PRIORITY,
+};
+use sluice_actors::slice::ReplicaId;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the prober asks of the rest of the node when it ejects a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ejection {
+    Ejected(ReplicaId),
+    Restored(ReplicaId),
+}
+
+impl AppState {
+    /// A real request on `replica` ended: the prober's idle clock and verdicts see it.
+    pub(super) fn real_outcome(&self, replica: ReplicaId, status: Option<u16>) {
+        let outcome = match status {
+            Some(s) if (200..300).contains(&s) => RealOutcome::Success,
+            Some(s) if (400..500).contains(&s) => RealOutcome::ClientError,
+            _ => RealOutcome::Failed,
+        };
+        let now = self.now_ms();
+        let changes = self
+            .prober
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_real_outcome(replica, outcome, now);
+        self.apply_verdicts(changes);
+    }
+
+    fn apply_verdicts(&self, changes: Vec<VerdictChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut ejected = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+        for c in changes {
+            let out = !c.verdict.in_service();
+            let was = ejected.contains(&c.replica);
+            if out && !was {
+                ejected.insert(c.replica);
+                tracing::warn!(replica = c.replica.0, verdict = ?c.verdict, "prober ejects a replica");
+                self.core().set_checked_health(c.replica, false);
+                if let Some(tx) = self.ejections.get() {
+                    let _ = tx.send(Ejection::Ejected(c.replica));
+                }
+            } else if !out && was {
+                ejected.remove(&c.replica);
+                tracing::info!(replica = c.replica.0, "prober restores a replica");
+                if let Some(tx) = self.ejections.get() {
+                    let _ = tx.send(Ejection::Restored(c.replica));
+                }
+            } else if let Verdict::Deferred { .. } = c.verdict {
+                tracing::warn!(
+                    replica = c.replica.0,
+                    "replica condemned but kept: ejection cap reached"
+                );
+            }
+        }
+    }
+
+    /// Where ejections are reported (the supervisor restarts ejected replicas).
+    pub fn set_ejection_sink(&self, tx: tokio::sync::mpsc::UnboundedSender<Ejection>) {
+        let _ = self.ejections.set(tx);
+    }
+
+    fn probe_timeout_ms(&self) -> u64 {
+        self.prober
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .config()
+            .probe_timeout_ms
+    }
+
+    /// Whether the prober keeps `replica` out of service.
+    pub(super) fn is_ejected(&self, replica: ReplicaId) -> bool {
+        self.ejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&replica)
+    }
+
+    /// The replica was restarted and is ready: it starts over with a clean record.
+    pub fn replica_restored(&self, replica: ReplicaId) {
+        let now = self.now_ms();
+        let changes = self
+            .prober
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restored(replica, now);
+        self.apply_verdicts(changes);
+        self.ejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&replica);
+    }
+}
+
+/// A new prober core over this node's local replicas.
+pub fn core_for(replicas: &[ReplicaId]) -> anyhow::Result<ProberCore> {
+    let mut core = ProberCore::new(Default::default())
+        .map_err(|e| anyhow::anyhow!("invalid probe configuration: {e}"))?;
+    core.set_replicas(replicas, 0);
+    Ok(core)
+}
+
+pub async fn run(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let locals = state.local_upstreams();
+        // The engines' own gauges: work queued while tokens stand still is a hang.
+        let reads = locals.iter().map(|(id, base)| {
+            let state = state.clone();
+            let (id, base) = (*id, base.clone());
+            async move { (id, engine_progress(&state, &base).await) }
+        });
+        for (id, progress) in futures_util::future::join_all(reads).await {
+            if let Some((queued, tokens)) = progress {
+                let now = state.now_ms();
+                let changes = state
+                    .prober
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_progress(id, queued, tokens, now);
+                state.apply_verdicts(changes);
+            }
+        }
+        let now = state.now_ms();
+        let t = state
+            .prober
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tick(now);
+        state.apply_verdicts(t.changes);
+        for probe in t.probes {
+            let Some(base) = locals
+                .iter()
+                .find(|(id, _)| *id == probe.replica)
+                .map(|(_, b)| b.clone())
+            else {
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let ok = send_probe(&state, &base).await;
+                report_probe(&state, probe, ok);
+            });
+        }
+    }
+}
+
+fn report_probe(state: &AppState, probe: Probe, ok: bool) {
+    let now = state.now_ms();
+    let changes = state
+        .prober
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .on_probe_result(probe, ok, now);
+    state.apply_verdicts(changes);
+}
+
+/// One output token at the highest priority: a healthy engine answers it ahead of its
+/// queue however busy it is.
+async fn send_probe(state: &AppState, base: &str) -> bool {
+    let body = serde_json::json!({
+        "model": state.config.model,
+        "prompt": "ping",
+        "max_tokens": PROBE_MAX_TOKENS,
+        "priority": PROBE_PRIORITY,
+    })
+    .to_string();
+    let Ok(req) = hyper::Request::post(format!("{base}/v1/completions"))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+    else {
+        return false;
+    };
+    let limit = Duration::from_millis(state.probe_timeout_ms());
+    let call = async {
+        let resp = state.client.request(req).await.ok()?;
+        let ok = resp.status().is_success();
+        resp.into_body().collect().await.ok()?;
+        Some(ok)
+    };
+    matches!(tokio::time::timeout(limit, call).await, Ok(Some(true)))
+}
+
+/// Requests admitted and not finished, and generated tokens so far, from the engine's
+/// vLLM-style `/metrics`.
+async fn engine_progress(state: &AppState, base: &str) -> Option<(u32, u64)> {
+    let req = hyper::Request::get(format!("{base}/metrics"))
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(1), state.client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let body = tokio::time::timeout(Duration::from_secs(1), resp.into_body().collect())
+        .await
+        .ok()?
+        .ok()?
+        .to_bytes();
+    let text = std::str::from_utf8(&body).ok()?;
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (head, v) = l.rsplit_once(' ')?;
+                let metric = head.split('{').next()?;
+                (metric == name || metric == format!("{name}_total"))
+                    .then(|| v.parse::<f64>().ok())?
+            })
+            .reduce(|a, b| a + b)
+    };
+    let running = value("vllm:num_requests_running").unwrap_or(0.0);
+    let waiting = value("vllm:num_requests_waiting").unwrap_or(0.0);
+    let tokens = value("vllm:generation_tokens")?;
+    Some(((running + waiting).max(0.0) as u32, tokens.max(0.0) as u64))
+}
