@@ -62,8 +62,9 @@ struct StartArgs {
     /// Address of the OpenAI-compatible front door [default: 127.0.0.1:8080].
     #[arg(long)]
     http: Option<SocketAddr>,
-    /// Number of simulated replicas to launch [default: 4].
-    #[arg(long)]
+    /// Number of simulated replicas to launch [default: 4]. `--gpus N` says the same
+    /// thing from the host's side: one engine replica per GPU.
+    #[arg(long, visible_alias = "gpus")]
     replicas: Option<usize>,
     /// An already-running OpenAI-compatible engine to front (repeatable); no
     /// simulated replicas are launched when given.
