@@ -342,29 +342,19 @@ async fn a_minority_partition_cannot_commit_and_the_majority_can() -> Result<()>
             .collect::<Vec<_>>()
             .join(",")
     };
-    for &i in &minority {
-        let out = cli(
-            nodes[i].dir.path(),
-            &["cluster", "isolate", "--from", &ids(&majority)],
-            &nodes[i].quic,
-        )?;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    for &i in &majority {
-        let out = cli(
-            nodes[i].dir.path(),
-            &["cluster", "isolate", "--from", &ids(&minority)],
-            &nodes[i].quic,
-        )?;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for (side, other) in [(&minority, &majority), (&majority, &minority)] {
+        for &i in side {
+            let out = cli(
+                nodes[i].dir.path(),
+                &["cluster", "isolate", "--from", &ids(other)],
+                &nodes[i].quic,
+            )?;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
     // The old leader alone cannot commit.
     let m = &nodes[minority[0]];

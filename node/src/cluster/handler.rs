@@ -67,6 +67,15 @@ impl NodeHandler {
         }
     }
 
+    fn assigner_config(&self) -> sluice_actors::assigner::AssignerConfig {
+        self.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .config()
+            .assigner
+            .clone()
+    }
+
     pub fn front(&self) -> Option<Arc<AppState>> {
         self.front.get().cloned()
     }
@@ -228,13 +237,7 @@ impl NodeHandler {
             let state = rx.borrow_and_update().clone();
             let local = self.local.snapshot();
             let me = self.cp.metrics().id;
-            let assigner = self
-                .schedule
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .config()
-                .assigner
-                .clone();
+            let assigner = self.assigner_config();
             if let (Some(front), Some(fleet)) = (
                 self.front(),
                 fleet_of(&state, me, &self.model, &local, &assigner),
@@ -266,13 +269,7 @@ impl NodeHandler {
         if eligible.is_empty() {
             return Ok(());
         }
-        let config = self
-            .schedule
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .config()
-            .assigner
-            .clone();
+        let config = self.assigner_config();
         let next = match state.assignment(&self.model) {
             None => initial_assignment(&reg, &config).ok(),
             Some(current) => {
