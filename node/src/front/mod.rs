@@ -116,6 +116,8 @@ pub struct AppState {
     /// The health prober's state over the local replicas, those it keeps out of
     /// service, and where it reports ejections.
     prober: Mutex<sluice_actors::prober::ProberCore>,
+    /// Retries stay within a share of traffic, so a failing fleet is not hit twice.
+    retry_budget: Mutex<sluice_actors::prober::RetryBudget>,
     ejected: Mutex<std::collections::HashSet<ReplicaId>>,
     ejections: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Ejection>>,
     /// Other routers' latest in-flight reports, by node (cluster mode).
@@ -183,6 +185,7 @@ impl AppState {
             schedule: node.assigner.clone(),
             registry_health: Mutex::new(HashMap::new()),
             peer_loads: Mutex::new(HashMap::new()),
+            retry_budget: Mutex::new(sluice_actors::prober::RetryBudget::new(prober.config())),
             prober: Mutex::new(prober),
             ejected: Mutex::new(std::collections::HashSet::new()),
             ejections: std::sync::OnceLock::new(),

@@ -137,6 +137,11 @@ async fn forward(
         usage: None,
     };
     let deadline = tokio::time::Instant::from_std(started + state.config.request_timeout);
+    state
+        .retry_budget
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .on_request(state.now_ms());
 
     let mut retried = false;
     let resp = loop {
@@ -149,7 +154,13 @@ async fn forward(
             Ok(Err(e)) => {
                 state.metrics.upstream_failure(placement.replica.0);
                 tracing::warn!(replica = placement.replica.0, error = %e, retried, "upstream connection failed");
-                if retried {
+                let budget_left = !retried
+                    && state
+                        .retry_budget
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .try_retry(state.now_ms());
+                if !budget_left {
                     state
                         .core()
                         .on_replica_failure(placement.replica, state.now_ms());
