@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sluice_actors::assigner::{AssignerConfig, ScheduleConfig};
 use sluice_actors::mu::EstimatorConfig;
+use sluice_actors::prober::ProbeConfig;
 use sluice_actors::router::affinity::AffinityConfig;
 use sluice_actors::router::{KeySource, RouterConfig, SpillPolicy};
 use sluice_actors::Profile;
@@ -19,6 +20,27 @@ pub struct FileConfig {
     pub replicas: ReplicaSection,
     pub router: RouterSection,
     pub assigner: AssignerSection,
+    pub prober: ProberSection,
+}
+
+/// The health prober: the core's knobs, and whether probes jump the engine's queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProberSection {
+    /// Send probes at the engine's highest scheduling priority. Turning this off only
+    /// makes sense to show what it prevents (false ejections of busy replicas).
+    pub prioritized: bool,
+    #[serde(flatten)]
+    pub core: ProbeConfig,
+}
+
+impl Default for ProberSection {
+    fn default() -> Self {
+        Self {
+            prioritized: true,
+            core: ProbeConfig::default(),
+        }
+    }
 }
 
 /// The assigner's rounds. With `enabled`, the node starts from the assigner's initial
@@ -170,6 +192,8 @@ pub struct NodeConfig {
     pub slice_count: usize,
     /// Assigner rounds; `None`: a fixed uniform slice map.
     pub assigner: Option<ScheduleConfig>,
+    pub prober: ProbeConfig,
+    pub probe_prioritized: bool,
     pub key_sources: Vec<KeySource>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -306,6 +330,13 @@ impl NodeConfig {
             subset_size: r.subset_size,
             slice_count: r.slice_count,
             assigner,
+            prober: {
+                let p = fc.prober.core.clone();
+                p.validate()
+                    .map_err(|e| anyhow::anyhow!("invalid [prober] section: {e}"))?;
+                p
+            },
+            probe_prioritized: fc.prober.prioritized,
             key_sources,
             max_body_bytes: r.max_body_bytes,
             request_timeout: positive("request_timeout_s", r.request_timeout_s)?,
@@ -402,5 +433,21 @@ mod tests {
         writeln!(off, "[assigner]\nenabled = false").unwrap();
         let c = NodeConfig::load(Some(off.path()), Overrides::default()).unwrap();
         assert!(c.assigner.is_none());
+    }
+
+    #[test]
+    fn prober_section_reads_and_checks() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[prober]\nprioritized = false\nidle_window_ms = 2000").unwrap();
+        let c = NodeConfig::load(Some(f.path()), Overrides::default()).unwrap();
+        assert!(!c.probe_prioritized);
+        assert_eq!(c.prober.idle_window_ms, 2000);
+        let mut bad = tempfile::NamedTempFile::new().unwrap();
+        writeln!(bad, "[prober]\nidle_windw_ms = 2000").unwrap();
+        let e = format!(
+            "{:#}",
+            NodeConfig::load(Some(bad.path()), Overrides::default()).unwrap_err()
+        );
+        assert!(e.contains("idle_windw_ms"), "{e}");
     }
 }

@@ -178,3 +178,80 @@ async fn a_hung_replica_is_ejected_and_restarted() -> Result<()> {
     assert!(node.stop()?, "node did not exit cleanly");
     Ok(())
 }
+
+/// Holds `n` long non-streaming requests open against `base` until dropped.
+fn saturate(http: &Http, base: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|k| {
+            let (http, base) = (http.clone(), base.to_owned());
+            tokio::spawn(async move {
+                let body = serde_json::json!({
+                    "model": "llama-3.1-8b-instruct",
+                    "messages": [{"role": "user", "content": format!("long job {k}")}],
+                    "max_tokens": 1500,
+                    "ignore_eos": true,
+                })
+                .to_string();
+                let _ = http
+                    .send(
+                        "POST",
+                        &format!("{base}/v1/chat/completions"),
+                        &[],
+                        Some(body),
+                    )
+                    .await;
+            })
+        })
+        .collect()
+}
+
+/// Whether replica 0 is ever out of service within `window`.
+async fn ejected_within(http: &Http, base: &str, window: Duration) -> Result<bool> {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        let h = health(http, base).await?;
+        let up = h["upstreams"]
+            .as_array()
+            .and_then(|u| u.iter().find(|x| x["id"] == 0))
+            .is_some_and(|x| x["available"] == true);
+        if !up {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(false)
+}
+
+/// At 1.5× the replica's batch capacity (384 long generations against 256 sequence
+/// slots, so nothing completes for a long time and the prober probes), prioritized
+/// probes are served ahead of the queue and the busy replica is never ejected; with
+/// probe priority turned off the same load gets it falsely ejected — the mechanism is
+/// what keeps a busy replica in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_priority_prevents_false_ejections_under_overload() -> Result<()> {
+    let fast = "idle_window_ms = 2000\nprobe_timeout_ms = 2000\n";
+    let http = Http::default();
+    for prioritized in [true, false] {
+        let config = format!("[prober]\nprioritized = {prioritized}\n{fast}");
+        let (node, _cfg) = Proc::node(&config, &["--replicas", "1", "--time-scale", "1"])?;
+        let base = node.url.clone();
+        let load = saturate(&http, &base, 384);
+        let ejected = ejected_within(&http, &base, Duration::from_secs(15)).await?;
+        for h in &load {
+            h.abort();
+        }
+        if prioritized {
+            assert!(
+                !ejected,
+                "a busy replica was ejected although probes were prioritized"
+            );
+        } else {
+            assert!(
+                ejected,
+                "without probe priority the overloaded replica was not ejected"
+            );
+        }
+        drop(node);
+    }
+    Ok(())
+}

@@ -116,6 +116,7 @@ pub struct AppState {
     /// The health prober's state over the local replicas, those it keeps out of
     /// service, and where it reports ejections.
     prober: Mutex<sluice_actors::prober::ProberCore>,
+    probe_prioritized: bool,
     /// Retries stay within a share of traffic, so a failing fleet is not hit twice.
     retry_budget: Mutex<sluice_actors::prober::RetryBudget>,
     ejected: Mutex<std::collections::HashSet<ReplicaId>>,
@@ -165,7 +166,7 @@ impl AppState {
             .filter(|u| matches!(u.target, Target::Local { .. }))
             .map(|u| u.id)
             .collect();
-        let prober = probe::core_for(&locals)?;
+        let prober = probe::core_for(&node.prober, &locals)?;
         Ok(Arc::new(Self {
             core: Mutex::new(core),
             upstreams: RwLock::new(upstreams.into_iter().map(|u| (u.id, u)).collect()),
@@ -187,6 +188,7 @@ impl AppState {
             peer_loads: Mutex::new(HashMap::new()),
             retry_budget: Mutex::new(sluice_actors::prober::RetryBudget::new(prober.config())),
             prober: Mutex::new(prober),
+            probe_prioritized: node.probe_prioritized,
             ejected: Mutex::new(std::collections::HashSet::new()),
             ejections: std::sync::OnceLock::new(),
         }))

@@ -106,8 +106,11 @@ impl AppState {
 }
 
 /// A new prober core over this node's local replicas.
-pub fn core_for(replicas: &[ReplicaId]) -> anyhow::Result<ProberCore> {
-    let mut core = ProberCore::new(Default::default())
+pub fn core_for(
+    config: &sluice_actors::prober::ProbeConfig,
+    replicas: &[ReplicaId],
+) -> anyhow::Result<ProberCore> {
+    let mut core = ProberCore::new(config.clone())
         .map_err(|e| anyhow::anyhow!("invalid probe configuration: {e}"))?;
     core.set_replicas(replicas, 0);
     Ok(core)
@@ -173,13 +176,15 @@ fn report_probe(state: &AppState, probe: Probe, ok: bool) {
 /// One output token at the highest priority: a healthy engine answers it ahead of its
 /// queue however busy it is.
 async fn send_probe(state: &AppState, base: &str) -> bool {
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "model": state.config.model,
         "prompt": "ping",
         "max_tokens": PROBE_MAX_TOKENS,
-        "priority": PROBE_PRIORITY,
-    })
-    .to_string();
+    });
+    if state.probe_prioritized {
+        body["priority"] = serde_json::json!(PROBE_PRIORITY);
+    }
+    let body = body.to_string();
     let Ok(req) = hyper::Request::post(format!("{base}/v1/completions"))
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
