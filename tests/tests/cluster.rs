@@ -105,6 +105,29 @@ async fn wait_status(
     }
 }
 
+/// A streaming chat request: status, replica, and whether the stream ended with [DONE].
+async fn chat_stream(http: &Http, base: &str, session: &str) -> Result<(u16, Option<u64>, bool)> {
+    use http_body_util::BodyExt;
+    let body = serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": format!("stream for {session}")}],
+        "max_tokens": 8,
+        "ignore_eos": true,
+        "stream": true,
+    })
+    .to_string();
+    let (status, replica, incoming) = http
+        .start(
+            "POST",
+            &format!("{base}/v1/chat/completions"),
+            &[("x-session-id", session)],
+            Some(body),
+        )
+        .await?;
+    let all = incoming.collect().await?.to_bytes();
+    Ok((status, replica, all.ends_with(b"data: [DONE]\n\n")))
+}
+
 async fn chat(http: &Http, base: &str, session: &str) -> Result<(u16, Option<u64>)> {
     let body = serde_json::json!({
         "model": MODEL,
@@ -211,6 +234,20 @@ async fn three_nodes_join_route_fail_over_and_restart() -> Result<()> {
         assert!(
             served_by.iter().any(|&x| x != me),
             "node {me} only used its own replica: {served_by:?}"
+        );
+        // Streams from replicas on other nodes come back whole.
+        let mut remote_streams = 0;
+        for k in 0..12 {
+            let (code, replica, done) = chat_stream(&http, &base, &format!("n{i}-t{k}")).await?;
+            assert_eq!(code, 200);
+            assert!(done, "a stream through node {me} did not end with [DONE]");
+            if node_of(replica.context("no replica header")?) != me {
+                remote_streams += 1;
+            }
+        }
+        assert!(
+            remote_streams > 0,
+            "no stream through node {me} was served remotely"
         );
     }
 

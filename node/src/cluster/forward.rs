@@ -180,6 +180,9 @@ pub async fn call(
             Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
         }
     });
+    // Fused: the front door may poll a finished body once more (after draining what was
+    // ready), and an unfold stream must never be polled past its end.
+    let frames = futures_util::StreamExt::fuse(frames);
     let mut resp = hyper::Response::new(StreamBody::new(frames).boxed_unsync());
     *resp.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
