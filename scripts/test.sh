@@ -6,6 +6,22 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s\n' "$*"; }
 
+# A hung test fails the run loudly instead of running into CI's limit.
+bounded() {
+  local limit=$1
+  shift
+  local rc=0
+  timeout --kill-after=30s "$limit" "$@" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+      echo "TIMED OUT after $limit: $*" >&2
+    else
+      echo "FAILED (exit $rc): $*" >&2
+    fi
+    exit "$rc"
+  fi
+}
+
 step "python test environment (.venv)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
@@ -28,13 +44,13 @@ step "build"
 cargo build --workspace --bins --locked
 
 step "rust tests"
-cargo test --workspace --locked --exclude sluice-chaos
+bounded 30m cargo test --workspace --locked --exclude sluice-chaos
 # One at a time: calibration measures a live engine's throughput and must not share
 # the two cores with the load generator's tests.
-cargo test -p sluice-chaos --locked -- --test-threads=1
+bounded 15m cargo test -p sluice-chaos --locked -- --test-threads=1
 
 step "end-to-end tests with the openai client"
-SLUICE_BIN="$PWD/target/debug/sluice" .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+SLUICE_BIN="$PWD/target/debug/sluice" bounded 10m .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
 
 echo
 echo "all checks passed"

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sluice_actors::assigner::{AssignerConfig, ScheduleConfig};
+use sluice_actors::autoscaler::AutoscalerConfig;
 use sluice_actors::mu::EstimatorConfig;
 use sluice_actors::prober::ProbeConfig;
 use sluice_actors::router::affinity::AffinityConfig;
@@ -21,6 +22,53 @@ pub struct FileConfig {
     pub router: RouterSection,
     pub assigner: AssignerSection,
     pub prober: ProberSection,
+    pub autoscaler: AutoscalerSection,
+}
+
+/// The leader's autoscaler (cluster mode): the core's knobs, the bounds, and how
+/// replicas are drained. Off by default: a node then runs the replicas it started with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscalerSection {
+    pub enabled: bool,
+    /// `sluice` (model-unit utilization) or `static-peak`; the request-based baselines
+    /// need request counts the routers do not report to the leader, and live only in
+    /// `sluice sim`.
+    pub policy: String,
+    pub min_replicas: usize,
+    /// Default: every GPU of the cluster.
+    pub max_replicas: Option<usize>,
+    /// How often the leader decides (and routers report their load).
+    pub tick_s: f64,
+    /// How long a draining replica may finish its in-flight requests before it is stopped.
+    pub drain_deadline_s: f64,
+    #[serde(flatten)]
+    pub core: AutoscalerConfig,
+}
+
+impl Default for AutoscalerSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            policy: "sluice".into(),
+            min_replicas: 1,
+            max_replicas: None,
+            tick_s: 5.0,
+            drain_deadline_s: 60.0,
+            core: AutoscalerConfig::default(),
+        }
+    }
+}
+
+/// The autoscaler's settings, checked.
+#[derive(Debug, Clone)]
+pub struct LiveAutoscaler {
+    pub policy: String,
+    pub core: AutoscalerConfig,
+    pub min_replicas: usize,
+    pub max_replicas: Option<usize>,
+    pub tick: Duration,
+    pub drain_deadline: Duration,
 }
 
 /// The health prober: the core's knobs, and whether probes jump the engine's queue.
@@ -107,6 +155,15 @@ pub struct ReplicaSection {
     pub model: Option<String>,
     /// Wall-clock seconds per simulated second for launched engines; 0 = zero-delay.
     pub time_scale: f64,
+    /// GPUs this host owns: the most replicas it runs [default: `count`].
+    pub gpus: Option<usize>,
+    /// A real engine instead of the simulated one: a command template with `{model}`,
+    /// `{port}`, `{host}` and `{index}` filled in, split on whitespace (no shell), e.g.
+    /// `vllm serve {model} --host {host} --port {port}`. Ready when `GET /health`
+    /// answers 200.
+    pub command: Option<String>,
+    /// How long an engine may take to become ready (model loading).
+    pub start_timeout_s: f64,
 }
 
 impl Default for ReplicaSection {
@@ -117,6 +174,9 @@ impl Default for ReplicaSection {
             profile: None,
             model: None,
             time_scale: 1.0,
+            gpus: None,
+            command: None,
+            start_timeout_s: 600.0,
         }
     }
 }
@@ -175,6 +235,7 @@ pub struct Overrides {
     pub replica_urls: Vec<String>,
     pub profile: Option<PathBuf>,
     pub time_scale: Option<f64>,
+    pub gpus: Option<usize>,
 }
 
 /// Everything `node start` needs, validated.
@@ -182,6 +243,13 @@ pub struct Overrides {
 pub struct NodeConfig {
     pub http: SocketAddr,
     pub launch: usize,
+    /// GPUs this host owns (at least `launch`).
+    pub gpus: usize,
+    /// A real engine's command template; `None`: the simulated engine.
+    pub command: Option<String>,
+    pub start_timeout: Duration,
+    /// The leader's autoscaler; `None`: off.
+    pub autoscaler: Option<LiveAutoscaler>,
     pub urls: Vec<String>,
     pub profile: Profile,
     pub profile_path: Option<PathBuf>,
@@ -236,9 +304,55 @@ impl NodeConfig {
         } else {
             0
         };
-        if urls.is_empty() && launch == 0 {
+        let gpus = if urls.is_empty() {
+            o.gpus.or(fc.replicas.gpus).unwrap_or(launch)
+        } else {
+            urls.len()
+        };
+        if gpus < launch {
+            bail!("cannot start {launch} replicas on {gpus} GPUs: one replica takes one GPU");
+        }
+        let autoscaler = if fc.autoscaler.enabled {
+            let a = &fc.autoscaler;
+            if !["sluice", "static-peak"].contains(&a.policy.as_str()) {
+                bail!(
+                    "autoscaler.policy must be sluice or static-peak on a live cluster, got '{}'",
+                    a.policy
+                );
+            }
+            sluice_actors::autoscaler::by_name(&a.policy, &a.core, a.max_replicas.unwrap_or(1))
+                .map_err(|e| anyhow::anyhow!("invalid [autoscaler] section: {e}"))?;
+            if a.max_replicas.is_some_and(|m| m < a.min_replicas) {
+                bail!("autoscaler.max_replicas must be at least min_replicas");
+            }
+            let secs = |name: &str, v: f64| -> Result<Duration> {
+                if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+                    Ok(Duration::from_secs_f64(v))
+                } else {
+                    bail!("autoscaler.{name} must be a positive number of seconds, got {v}")
+                }
+            };
+            Some(LiveAutoscaler {
+                policy: a.policy.clone(),
+                core: a.core.clone(),
+                min_replicas: a.min_replicas,
+                max_replicas: a.max_replicas,
+                tick: secs("tick_s", a.tick_s)?,
+                drain_deadline: secs("drain_deadline_s", a.drain_deadline_s)?,
+            })
+        } else {
+            None
+        };
+        if urls.is_empty() && launch == 0 && (gpus == 0 || autoscaler.is_none()) {
             bail!("no replicas: set --replicas N (N ≥ 1) or give --replica URL");
         }
+        if fc.replicas.command.is_some() && !urls.is_empty() {
+            bail!("replicas.command launches engines; it cannot be combined with replica URLs");
+        }
+        let start_timeout = match fc.replicas.start_timeout_s {
+            t if t.is_finite() && t > 0.0 && t <= 86_400.0 => Duration::from_secs_f64(t),
+            t => bail!("replicas.start_timeout_s must be a positive number of seconds, got {t}"),
+        };
         let time_scale = o.time_scale.unwrap_or(fc.replicas.time_scale);
         if !(time_scale.is_finite() && time_scale >= 0.0) {
             bail!("time_scale must be a non-negative number, got {time_scale}");
@@ -317,6 +431,10 @@ impl NodeConfig {
         Ok(Self {
             http: o.http.unwrap_or(fc.node.http),
             launch,
+            gpus,
+            command: fc.replicas.command.clone(),
+            start_timeout,
+            autoscaler,
             urls,
             model: fc
                 .replicas
@@ -433,6 +551,52 @@ mod tests {
         writeln!(off, "[assigner]\nenabled = false").unwrap();
         let c = NodeConfig::load(Some(off.path()), Overrides::default()).unwrap();
         assert!(c.assigner.is_none());
+    }
+
+    #[test]
+    fn gpus_and_the_autoscaler_section_are_checked() {
+        let load = |text: &str, o: Overrides| {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            writeln!(f, "{text}").unwrap();
+            NodeConfig::load(Some(f.path()), o).map_err(|e| format!("{e:#}"))
+        };
+        let c = load("", Overrides::default()).unwrap();
+        assert_eq!((c.gpus, c.autoscaler.is_none()), (4, true));
+        let o = |r, g| Overrides {
+            replicas: Some(r),
+            gpus: Some(g),
+            ..Default::default()
+        };
+        assert!(load("", o(3, 2)).unwrap_err().contains("on 2 GPUs"));
+        // No replica at start is fine when the autoscaler may place some here.
+        assert!(load("", o(0, 2)).unwrap_err().contains("no replicas"));
+        let c = load(
+            "[autoscaler]\nenabled = true\nmin_replicas = 2\ntick_s = 1\nup_window_s = 3",
+            o(0, 2),
+        )
+        .unwrap();
+        let a = c.autoscaler.unwrap();
+        assert_eq!(
+            (a.min_replicas, a.tick, a.core.up_window_s),
+            (2, Duration::from_secs(1), 3.0)
+        );
+        for (text, needle) in [
+            ("[autoscaler]\nenabled = true\npolicy = \"kpa\"", "policy"),
+            ("[autoscaler]\nenabled = true\ntick_s = 0", "tick_s"),
+            (
+                "[autoscaler]\nenabled = true\ntarget_utilization = 2",
+                "target_utilization",
+            ),
+            (
+                "[autoscaler]\nenabled = true\nmin_replicas = 3\nmax_replicas = 2",
+                "max_replicas",
+            ),
+            ("[autoscaler]\ntik_s = 1", "tik_s"),
+            ("[replicas]\nstart_timeout_s = -1", "start_timeout_s"),
+        ] {
+            let e = load(text, Overrides::default()).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -62,10 +62,13 @@ struct StartArgs {
     /// Address of the OpenAI-compatible front door [default: 127.0.0.1:8080].
     #[arg(long)]
     http: Option<SocketAddr>,
-    /// Number of simulated replicas to launch [default: 4]. `--gpus N` says the same
-    /// thing from the host's side: one engine replica per GPU.
-    #[arg(long, visible_alias = "gpus")]
+    /// Replicas to launch at start [default: 4, or --gpus when given].
+    #[arg(long)]
     replicas: Option<usize>,
+    /// GPUs this host owns: one engine replica per GPU at most. In a cluster with the
+    /// autoscaler on, the leader places replicas on free GPUs [default: --replicas].
+    #[arg(long)]
+    gpus: Option<usize>,
     /// An already-running OpenAI-compatible engine to front (repeatable); no
     /// simulated replicas are launched when given.
     #[arg(long = "replica", value_name = "URL")]
@@ -289,12 +292,19 @@ async fn node_start(a: StartArgs) -> Result<()> {
     };
     let overrides = config::Overrides {
         http: a.http,
-        replicas: a.replicas,
+        // One replica per GPU unless told otherwise.
+        replicas: a.replicas.or(a.gpus),
+        gpus: a.gpus,
         replica_urls: a.replica_urls,
         profile: a.profile,
         time_scale: a.time_scale,
     };
     let cfg = config::NodeConfig::load(a.config.as_deref(), overrides)?;
+    if cfg.autoscaler.is_some() && cluster_args.is_none() {
+        anyhow::bail!(
+            "the [autoscaler] runs on the cluster's leader: start the node with --data-dir (cluster mode)"
+        );
+    }
     // Bind first: a busy port should fail before any replica starts.
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
@@ -304,10 +314,12 @@ async fn node_start(a: StartArgs) -> Result<()> {
                 cfg.http
             )
         })?;
-    let spec = launcher::SimSpec {
+    let spec = launcher::EngineSpec {
         model: cfg.model.clone(),
         profile: cfg.profile_path.clone(),
         time_scale: cfg.time_scale,
+        command: cfg.command.clone(),
+        start_timeout: cfg.start_timeout,
     };
     let children = if cfg.launch > 0 {
         launcher::launch(cfg.launch, &spec).await?
@@ -356,6 +368,15 @@ async fn node_start(a: StartArgs) -> Result<()> {
         supervisor::restart::RestartPolicy::default(),
         events,
     ));
+    // The autoscaler's placements and drains on this node.
+    if let (Some(n), Some(a)) = (&node, &cfg.autoscaler) {
+        tokio::spawn(cluster::reconcile::run(
+            n.handle(),
+            supervisor.clone(),
+            state.clone(),
+            a.drain_deadline,
+        ));
+    }
     // Replicas the prober ejects (hung without saying so) are marked unhealthy in the
     // registry and restarted.
     {

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Version byte written in front of every encoded value.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Largest value we agree to decode (64 MiB). Control state is small; this bounds the
 /// allocation a corrupt length prefix or a hostile peer can make us attempt.

@@ -37,6 +37,8 @@ pub struct NodeInfo {
     pub rack: String,
     pub labels: BTreeMap<String, String>,
     pub roles: BTreeSet<RoleHint>,
+    /// GPUs the node's supervisor owns: the most replicas placement may put there.
+    pub gpus: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -45,6 +47,8 @@ pub enum ReplicaHealth {
     Unhealthy,
     /// Finishing its in-flight requests before it stops; gets no new ones.
     Draining,
+    /// Placed by the autoscaler; its node is starting the engine. No endpoint yet.
+    Starting,
 }
 
 /// An engine replica serving one model on one node.
@@ -202,6 +206,13 @@ pub enum ControlCommand {
     },
     /// Hands out a fresh node id for a joining node; ids are never handed out twice.
     AllocateNodeId,
+    /// A `Starting` replica's engine is ready at `endpoint`: it becomes `Healthy`.
+    /// Rejected unless the replica is still `Starting` (the autoscaler may have
+    /// cancelled it meanwhile), so a late start never undoes a later decision.
+    ReplicaReady {
+        replica: ReplicaId,
+        endpoint: String,
+    },
 }
 
 impl fmt::Display for ControlCommand {
@@ -231,6 +242,9 @@ impl fmt::Display for ControlCommand {
                 write!(f, "RemoveReservation({tenant}, {model})")
             }
             Self::AllocateNodeId => write!(f, "AllocateNodeId"),
+            Self::ReplicaReady { replica, endpoint } => {
+                write!(f, "ReplicaReady({}, {endpoint})", replica.0)
+            }
         }
     }
 }
@@ -270,6 +284,8 @@ pub enum Rejection {
     },
     #[error("invalid value: {0}")]
     InvalidValue(String),
+    #[error("replica {0} is not starting")]
+    NotStarting(u64),
 }
 
 fn reject(r: Rejection) -> ControlResponse {
@@ -392,6 +408,17 @@ pub fn apply(state: &mut ControlState, cmd: ControlCommand) -> ControlResponse {
             state.next_node_id = id.saturating_add(1);
             ControlResponse::NodeIdAllocated(id)
         }
+        ControlCommand::ReplicaReady { replica, endpoint } => {
+            match state.replicas.get_mut(&replica) {
+                Some(r) if r.health == ReplicaHealth::Starting => {
+                    r.endpoint = endpoint;
+                    r.health = ReplicaHealth::Healthy;
+                    ControlResponse::Ok
+                }
+                Some(_) => reject(Rejection::NotStarting(replica.0)),
+                None => reject(Rejection::UnknownReplica(replica.0)),
+            }
+        }
     }
 }
 
@@ -408,6 +435,7 @@ mod tests {
             rack: rack.into(),
             labels: BTreeMap::new(),
             roles: [RoleHint::Voter].into(),
+            gpus: 2,
         }
     }
 
@@ -560,6 +588,46 @@ mod tests {
         assert_eq!(s.desired_replicas().get("m"), Some(&3));
     }
 
+    #[test]
+    fn a_placed_replica_becomes_healthy_only_while_starting() {
+        let mut s = ControlState::default();
+        apply(&mut s, ControlCommand::AddNode(node(1, "a")));
+        let mut placed = replica(5, 1, "m");
+        placed.health = ReplicaHealth::Starting;
+        placed.endpoint = String::new();
+        apply(&mut s, ControlCommand::RegisterReplica(placed));
+        let ready = |url: &str| ControlCommand::ReplicaReady {
+            replica: ReplicaId(5),
+            endpoint: url.into(),
+        };
+        assert_eq!(apply(&mut s, ready("http://h:1")), ControlResponse::Ok);
+        let r = s.replica(ReplicaId(5)).unwrap();
+        assert_eq!(
+            (r.health, r.endpoint.as_str()),
+            (ReplicaHealth::Healthy, "http://h:1")
+        );
+        // Cancelled (drained) before its engine came up: the late ready is refused.
+        apply(
+            &mut s,
+            ControlCommand::SetReplicaHealth {
+                replica: ReplicaId(5),
+                health: ReplicaHealth::Draining,
+            },
+        );
+        assert_eq!(
+            apply(&mut s, ready("http://h:2")),
+            ControlResponse::Rejected(Rejection::NotStarting(5))
+        );
+        assert!(apply(
+            &mut s,
+            ControlCommand::ReplicaReady {
+                replica: ReplicaId(9),
+                endpoint: "x".into()
+            }
+        )
+        .is_rejected());
+    }
+
     fn arb_command() -> impl Strategy<Value = ControlCommand> {
         let id = 0u64..12;
         prop_oneof![
@@ -572,6 +640,10 @@ mod tests {
             (0u64..6, id.clone(), "[mn]")
                 .prop_map(|(r, n, m)| ControlCommand::RegisterReplica(replica(r, n, &m))),
             (0u64..6).prop_map(|r| ControlCommand::RemoveReplica(ReplicaId(r))),
+            (0u64..6).prop_map(|r| ControlCommand::ReplicaReady {
+                replica: ReplicaId(r),
+                endpoint: "http://e".into()
+            }),
             ("[mn]", 0u64..8).prop_map(|(model, g)| ControlCommand::SetAssignment {
                 model,
                 assignment: assignment(g)

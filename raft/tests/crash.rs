@@ -28,6 +28,7 @@ fn node(id: u64) -> NodeInfo {
         rack: "r".into(),
         labels: Default::default(),
         roles: Default::default(),
+        gpus: 0,
     }
 }
 

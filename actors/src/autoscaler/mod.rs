@@ -8,7 +8,9 @@
 
 mod config;
 mod kpa;
+mod leader;
 mod mu_utilization;
+pub mod placement;
 mod request_rate;
 mod static_peak;
 mod window;
@@ -18,6 +20,7 @@ mod tests;
 
 pub use config::{AutoscalerConfig, AutoscalerError};
 pub use kpa::Kpa;
+pub use leader::LeaderScaler;
 pub use mu_utilization::MuUtilization;
 pub use request_rate::RequestRate;
 pub use static_peak::StaticPeak;

@@ -75,18 +75,19 @@ pub async fn status(data_dir: &Path, node: Option<SocketAddr>, json: bool) -> Re
         return Ok(());
     }
     let leader = s.leader.map_or("none".to_owned(), |l| l.to_string());
+    let desired = s.desired.map_or("-".to_owned(), |d| d.to_string());
     println!(
-        "leader: {leader} · term {} · assignment generation {} · answered by node {}",
+        "leader: {leader} · term {} · assignment generation {} · desired replicas {desired} · answered by node {}",
         s.term, s.generation, s.answered_by
     );
     println!(
-        "{:<6} {:<8} {:<10} {:<22} {:<22}",
-        "node", "role", "rack", "http", "quic"
+        "{:<6} {:<8} {:<10} {:<5} {:<22} {:<22}",
+        "node", "role", "rack", "gpus", "http", "quic"
     );
     for n in &s.nodes {
         println!(
-            "{:<6} {:<8} {:<10} {:<22} {:<22}",
-            n.id, n.role, n.rack, n.http, n.quic
+            "{:<6} {:<8} {:<10} {:<5} {:<22} {:<22}",
+            n.id, n.role, n.rack, n.gpus, n.http, n.quic
         );
     }
     println!("{:<12} {:<6} {:<10} endpoint", "replica", "node", "health");

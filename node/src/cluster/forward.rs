@@ -42,6 +42,22 @@ impl LocalReplicas {
         *self.urls.write().unwrap_or_else(|p| p.into_inner()) = urls;
     }
 
+    /// A replica started (or restarted) here at `url`.
+    pub fn insert(&self, id: ReplicaId, url: &str) {
+        self.urls
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, url.trim_end_matches('/').to_owned());
+    }
+
+    /// A replica stopped for good.
+    pub fn remove(&self, id: ReplicaId) {
+        self.urls
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
     pub fn snapshot(&self) -> HashMap<ReplicaId, String> {
         self.urls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -40,6 +40,10 @@ pub struct NodeHandler {
     schedule: Mutex<Schedule>,
     /// Load reports since the last round (leader only).
     load: Mutex<Option<LoadReport>>,
+    /// MU reported since the autoscaler's last tick (leader only).
+    mu_since: Mutex<f64>,
+    /// When each node's router last reported its load: the leader's view of who is live.
+    seen: Mutex<std::collections::HashMap<u64, Instant>>,
     front: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
     started: Instant,
 }
@@ -62,6 +66,8 @@ impl NodeHandler {
             model,
             schedule: Mutex::new(Schedule::new(schedule, 0)),
             load: Mutex::new(None),
+            mu_since: Mutex::new(0.0),
+            seen: Mutex::new(std::collections::HashMap::new()),
             front,
             started: Instant::now(),
         }
@@ -96,7 +102,7 @@ impl NodeHandler {
             .map(Membership::At)
     }
 
-    fn is_leader(&self) -> bool {
+    pub(super) fn is_leader(&self) -> bool {
         matches!(self.leader_addr(), Some(Membership::Me))
     }
 
@@ -164,6 +170,11 @@ impl NodeHandler {
     }
 
     pub fn add_load(&self, report: &LoadReport) {
+        *self.mu_since.lock().unwrap_or_else(|p| p.into_inner()) += report
+            .mu
+            .iter()
+            .filter(|v| v.is_finite() && **v > 0.0)
+            .sum::<f64>();
         let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
         match load.as_mut() {
             Some(acc) => {
@@ -173,6 +184,30 @@ impl NodeHandler {
             }
             None => *load = Some(report.clone()),
         }
+    }
+
+    /// MU the routers reported since the last call.
+    pub(super) fn take_mu(&self) -> f64 {
+        std::mem::take(&mut *self.mu_since.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Nodes whose router reported within `within` (this node always counts).
+    pub(super) fn live_nodes(&self, within: Duration) -> BTreeSet<u64> {
+        let me = self.cp.metrics().id;
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.iter()
+            .filter(|(_, at)| at.elapsed() <= within)
+            .map(|(id, _)| *id)
+            .chain(std::iter::once(me))
+            .collect()
+    }
+
+    pub(super) fn control(&self) -> &ControlPlane<QuicRaft> {
+        &self.cp
+    }
+
+    pub(super) fn model(&self) -> &str {
+        &self.model
     }
 
     fn status(&self) -> ClusterStatus {
@@ -200,6 +235,7 @@ impl NodeHandler {
                     rack: n.rack.clone(),
                     http: n.http_addr.clone(),
                     quic: n.quic_addr.clone(),
+                    gpus: n.gpus,
                 })
                 .collect(),
             replicas: state
@@ -213,6 +249,7 @@ impl NodeHandler {
                 })
                 .collect(),
             generation: state.assignment(&self.model).map_or(0, |a| a.generation),
+            desired: state.desired_replicas().get(&self.model).copied(),
             answered_by: m.id,
             term: m.term,
             reservations: state.reservations().clone(),
@@ -382,6 +419,10 @@ impl sluice_transport::Handler for NodeHandler {
                 NodeReply::Done
             }
             NodeRpc::Load(report) => {
+                self.seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(peer, Instant::now());
                 if self.is_leader() {
                     self.add_load(&report);
                 }

@@ -10,7 +10,9 @@ pub mod cli;
 pub mod forward;
 mod handler;
 mod raft_net;
+pub mod reconcile;
 pub mod rpc;
+mod scale;
 
 use crate::config::NodeConfig;
 use crate::front::{AppState, FleetView, Upstream};
@@ -83,18 +85,27 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// A replica restarted at `url`: forwarded requests and the registry follow it.
+    /// A replica restarted at `url`: forwarded requests and the registry follow it. A
+    /// draining replica stays draining.
     pub async fn replica_moved(&self, id: ReplicaId, url: String) {
-        let mut urls = self.local.snapshot();
-        urls.insert(id, url.clone());
-        self.local.set(urls);
+        self.local.insert(id, &url);
+        let draining = self
+            .cp
+            .state()
+            .borrow()
+            .replica(id)
+            .is_some_and(|r| r.health == ReplicaHealth::Draining);
         let info = ReplicaInfo {
             id,
             node: self.id,
             model: self.model.clone(),
             endpoint: url,
             capacity_mu_per_min: self.capacity,
-            health: ReplicaHealth::Healthy,
+            health: if draining {
+                ReplicaHealth::Draining
+            } else {
+                ReplicaHealth::Healthy
+            },
         };
         if let Err(e) = self.cp.write(ControlCommand::RegisterReplica(info)).await {
             tracing::warn!(replica = id.0, error = %e, "restarted replica not re-registered");
@@ -248,6 +259,7 @@ pub async fn start(
         rack: args.rack.clone(),
         labels: BTreeMap::new(),
         roles: BTreeSet::from([RoleHint::Voter, RoleHint::Router, RoleHint::Supervisor]),
+        gpus: u32::try_from(cfg.gpus).unwrap_or(u32::MAX),
     };
     let node = ClusterNode {
         id,
@@ -296,7 +308,21 @@ pub async fn start(
             args.load_share,
         ));
     }
-    tokio::spawn(report_load(client, handler.clone()));
+    // The autoscaler decides on fresh load: routers report at least once per tick.
+    let report_every = cfg
+        .autoscaler
+        .as_ref()
+        .map_or(REPORT_EVERY, |a| a.tick.min(REPORT_EVERY));
+    tokio::spawn(report_load(client, handler.clone(), report_every));
+    if let Some(a) = cfg.autoscaler.clone() {
+        tokio::spawn(scale::run(
+            handler.clone(),
+            a,
+            cfg.profile.capacity_mu_per_min,
+            cfg.start_timeout,
+            report_every,
+        ));
+    }
     Ok(node)
 }
 
@@ -424,9 +450,13 @@ async fn gossip(
     }
 }
 
-/// Routers report their measured load to the leader every few seconds.
-async fn report_load(client: Arc<Client>, handler: Arc<NodeHandler>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+/// How often routers report their load to the leader when no autoscaler asks for more.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Routers report their measured load to the leader every `every`; the report also
+/// tells the leader the node is live.
+async fn report_load(client: Arc<Client>, handler: Arc<NodeHandler>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

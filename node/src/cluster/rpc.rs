@@ -70,6 +70,9 @@ pub struct ClusterStatus {
     pub replicas: Vec<ReplicaStatus>,
     /// Generation of the model's assignment (0: none committed yet).
     pub generation: u64,
+    /// The autoscaler's latest count for the model (none: it has not decided).
+    #[serde(default)]
+    pub desired: Option<u32>,
     /// The node that answered.
     pub answered_by: u64,
     pub term: u64,
@@ -85,6 +88,7 @@ pub struct NodeStatus {
     pub rack: String,
     pub http: String,
     pub quic: String,
+    pub gpus: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

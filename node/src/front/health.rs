@@ -17,8 +17,9 @@ pub async fn run(state: Arc<AppState>) {
             let state = state.clone();
             async move {
                 let healthy = check(&state, &base).await;
-                // /health is only a hint: the prober's ejection overrides a 200.
-                let usable = healthy && !state.is_ejected(id);
+                // /health is only a hint: the prober's ejection overrides a 200, and so
+                // does the registry (a draining replica answers 200 but takes no work).
+                let usable = healthy && !state.is_ejected(id) && state.registry_allows(id);
                 state.core().set_checked_health(id, usable);
                 if !healthy {
                     tracing::debug!(replica = id.0, %base, "health check failed");

@@ -266,6 +266,33 @@ impl AppState {
         self.metrics.assignment(generation);
     }
 
+    /// Whether the registry (cluster mode) lets `id` take work; standalone, always.
+    pub(super) fn registry_allows(&self, id: ReplicaId) -> bool {
+        self.registry_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+            .unwrap_or(true)
+    }
+
+    /// Requests queued or running in the engine at `base`, by its own `/metrics`
+    /// (forwarded requests from other routers included); `None` if it does not answer.
+    pub async fn engine_queued(&self, base: &str) -> Option<u32> {
+        probe::engine_progress(self, base)
+            .await
+            .map(|(queued, _)| queued)
+    }
+
+    /// Requests this router has in flight on `id`.
+    pub fn in_flight(&self, id: ReplicaId) -> u64 {
+        self.own_load()
+            .iter()
+            .filter(|(r, _, _)| *r == id)
+            .map(|(_, _, n)| *n)
+            .sum()
+    }
+
     /// A launched replica is listening again, possibly at a new address.
     pub fn set_local_url(&self, id: ReplicaId, url: &str) -> anyhow::Result<()> {
         let up = Upstream::local(id, url)?;

@@ -122,6 +122,17 @@ pub async fn run(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         let locals = state.local_upstreams();
+        {
+            // Replicas come and go with the autoscaler: probe the ones here now.
+            let ids: Vec<ReplicaId> = locals.iter().map(|(id, _)| *id).collect();
+            let now = state.now_ms();
+            let changes = state
+                .prober
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_replicas(&ids, now);
+            state.apply_verdicts(changes);
+        }
         // The engines' own gauges: work queued while tokens stand still is a hang.
         let reads = locals.iter().map(|(id, base)| {
             let state = state.clone();
@@ -203,7 +214,7 @@ async fn send_probe(state: &AppState, base: &str) -> bool {
 
 /// Requests admitted and not finished, and generated tokens so far, from the engine's
 /// vLLM-style `/metrics`.
-async fn engine_progress(state: &AppState, base: &str) -> Option<(u32, u64)> {
+pub async fn engine_progress(state: &AppState, base: &str) -> Option<(u32, u64)> {
     let req = hyper::Request::get(format!("{base}/metrics"))
         .body(Full::new(Bytes::new()))
         .ok()?;

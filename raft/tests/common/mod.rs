@@ -26,6 +26,7 @@ pub fn node_info(id: NodeId, rack: &str) -> NodeInfo {
         rack: rack.into(),
         labels: BTreeMap::new(),
         roles: [RoleHint::Voter, RoleHint::Router].into(),
+        gpus: 0,
     }
 }
 

@@ -1,0 +1,173 @@
+//! The supervisor's side of autoscaling: keeps this node's engines in step with the
+//! replicas Raft places on it. A `Starting` replica of this node is launched and, once
+//! its engine is ready, reported ready; a `Draining` one first stops getting work (the
+//! assigner and every router see the state), then finishes what it has in flight —
+//! until the engine's own queue is empty, or the drain deadline — and only then is it
+//! stopped and removed from the registry.
+
+use super::{local_index, NodeHandle};
+use crate::front::AppState;
+use crate::supervisor::run::Supervisor;
+use sluice_actors::slice::ReplicaId;
+use sluice_raft::{ControlCommand, ControlResponse, ReplicaHealth};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Time for every router to apply a `Draining` state before its work is counted: a
+/// request routed just before it saw the state still arrives after this.
+const DRAIN_PROPAGATION: Duration = Duration::from_secs(1);
+/// SIGTERM to SIGKILL when a drained engine is stopped.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub async fn run(
+    node: NodeHandle,
+    supervisor: Arc<Supervisor>,
+    front: Arc<AppState>,
+    drain_deadline: Duration,
+) {
+    let busy: Arc<Mutex<HashSet<ReplicaId>>> = Arc::default();
+    // Replicas of this node the registry has listed: a local one that disappears from
+    // it was removed on purpose (its start was withdrawn) and is stopped.
+    let mut listed: HashSet<ReplicaId> = HashSet::new();
+    let mut rx = node.cp.state();
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let local = node.local.snapshot();
+        for r in state.replicas().values().filter(|r| r.node == node.id) {
+            listed.insert(r.id);
+            let start = r.health == ReplicaHealth::Starting && !local.contains_key(&r.id);
+            let stop = r.health == ReplicaHealth::Draining && local.contains_key(&r.id);
+            if (start || stop) && claim(&busy, r.id) {
+                let (node, sup, front, busy) = (
+                    node.clone(),
+                    supervisor.clone(),
+                    front.clone(),
+                    busy.clone(),
+                );
+                let id = r.id;
+                tokio::spawn(async move {
+                    if start {
+                        launch(&node, &sup, &front, id).await;
+                    } else {
+                        drain(&node, &sup, &front, id, drain_deadline).await;
+                    }
+                    release(&busy, id);
+                });
+            }
+        }
+        for id in local.keys() {
+            if listed.contains(id) && state.replica(*id).is_none() && claim(&busy, *id) {
+                tracing::info!(replica = id.0, "replica left the registry; stopping it");
+                supervisor.retire(local_index(*id), STOP_GRACE).await;
+                node.local.remove(*id);
+                listed.remove(id);
+                release(&busy, *id);
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+fn claim(busy: &Mutex<HashSet<ReplicaId>>, id: ReplicaId) -> bool {
+    busy.lock().unwrap_or_else(|p| p.into_inner()).insert(id)
+}
+
+fn release(busy: &Mutex<HashSet<ReplicaId>>, id: ReplicaId) {
+    busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+}
+
+/// Starts a placed replica and reports it ready; a failed start is withdrawn so the
+/// leader places it again.
+async fn launch(node: &NodeHandle, sup: &Supervisor, front: &AppState, id: ReplicaId) {
+    tracing::info!(replica = id.0, "starting a placed replica");
+    let url = match sup.add(local_index(id)).await {
+        Ok(url) => url,
+        Err(e) => {
+            tracing::warn!(replica = id.0, error = %format!("{e:#}"), "placed replica did not start");
+            commit(node, ControlCommand::RemoveReplica(id)).await;
+            return;
+        }
+    };
+    node.local.insert(id, &url);
+    if let Err(e) = front.set_local_url(id, &url) {
+        tracing::warn!(replica = id.0, error = %e, "started replica has a bad URL");
+    }
+    let ready = ControlCommand::ReplicaReady {
+        replica: id,
+        endpoint: url,
+    };
+    match commit(node, ready).await {
+        Some(ControlResponse::Ok) => tracing::info!(replica = id.0, "placed replica is ready"),
+        // Withdrawn or drained while it started: the drain (or the removal) takes it
+        // from here on the next pass.
+        _ => tracing::info!(
+            replica = id.0,
+            "placed replica was cancelled while it started"
+        ),
+    }
+}
+
+/// Lets a draining replica finish its work, then stops and deregisters it. Taken back
+/// into service meanwhile, it is left running.
+async fn drain(
+    node: &NodeHandle,
+    sup: &Supervisor,
+    front: &AppState,
+    id: ReplicaId,
+    deadline: Duration,
+) {
+    tracing::info!(replica = id.0, "draining a replica");
+    tokio::time::sleep(DRAIN_PROPAGATION).await;
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let health = node.cp.state().borrow().replica(id).map(|r| r.health);
+        match health {
+            Some(ReplicaHealth::Draining) => {}
+            None => break,
+            Some(_) => {
+                tracing::info!(replica = id.0, "drain called off: back in service");
+                return;
+            }
+        }
+        let idle = match node.local.snapshot().get(&id) {
+            Some(url) => front.in_flight(id) == 0 && front.engine_queued(url).await == Some(0),
+            None => true,
+        };
+        if idle {
+            break;
+        }
+        if tokio::time::Instant::now() >= until {
+            tracing::warn!(
+                replica = id.0,
+                ?deadline,
+                "drain deadline passed with work in flight; stopping anyway"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sup.retire(local_index(id), STOP_GRACE).await;
+    node.local.remove(id);
+    commit(node, ControlCommand::RemoveReplica(id)).await;
+    tracing::info!(replica = id.0, "drained replica stopped and removed");
+}
+
+/// Commits `cmd`, retrying while there is no leader.
+async fn commit(node: &NodeHandle, cmd: ControlCommand) -> Option<ControlResponse> {
+    let what = cmd.to_string();
+    for attempt in 0..20u32 {
+        match node.cp.write(cmd.clone()).await {
+            Ok(r) => return Some(r),
+            Err(e) => {
+                tracing::debug!(command = %what, attempt, error = %e, "retrying a write");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    tracing::warn!(command = %what, "write not committed; giving up");
+    None
+}

@@ -1,0 +1,226 @@
+//! The autoscaler on the leader: every tick, the MU the routers reported becomes a
+//! desired replica count (the same core `sluice sim` runs), committed to Raft, and the
+//! placement core turns the difference into replicas placed on hosts with free GPUs
+//! (`Starting`), drained ones taken back, or replicas drained. Each node's supervisor
+//! carries out what concerns it (`reconcile`).
+
+use super::handler::NodeHandler;
+use super::replica_id;
+use crate::config::LiveAutoscaler;
+use sluice_actors::autoscaler::placement::{free_index, place, Host, Placed, SlotState};
+use sluice_actors::autoscaler::{by_name, LeaderScaler, ScaleBounds, ScaleInputs};
+use sluice_actors::slice::ReplicaId;
+use sluice_raft::{ControlCommand, ControlState, ReplicaHealth, ReplicaInfo};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub async fn run(
+    handler: Arc<NodeHandler>,
+    cfg: LiveAutoscaler,
+    capacity: f64,
+    start_timeout: Duration,
+    report_every: Duration,
+) {
+    let mut tick = tokio::time::interval(cfg.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let epoch = Instant::now();
+    let mut last = Instant::now();
+    let mut scaler: Option<LeaderScaler> = None;
+    let mut leader_since: Option<Instant> = None;
+    // When this leader first saw each replica `Starting`.
+    let mut starting_since: HashMap<ReplicaId, Instant> = HashMap::new();
+    loop {
+        tick.tick().await;
+        let elapsed = last.elapsed();
+        last = Instant::now();
+        let mu = handler.take_mu();
+        if !handler.is_leader() {
+            scaler = None;
+            leader_since = None;
+            starting_since.clear();
+            continue;
+        }
+        let state = handler.control().state().borrow().clone();
+        let model = handler.model().to_owned();
+        // A node is live while its router reports; a new leader has not heard from
+        // anyone yet, so it takes every node for live until they had time to report.
+        let window = report_every * 3;
+        let live: std::collections::BTreeSet<u64> =
+            if leader_since.get_or_insert_with(Instant::now).elapsed() > window {
+                handler.live_nodes(window)
+            } else {
+                state.nodes().keys().copied().collect()
+            };
+        let max = cfg.max_replicas.unwrap_or_else(|| {
+            state
+                .nodes()
+                .values()
+                .map(|n| n.gpus as usize)
+                .sum::<usize>()
+        });
+        let scaler = match &mut scaler {
+            Some(s) => s,
+            None => match by_name(&cfg.policy, &cfg.core, max) {
+                Ok(core) => scaler.insert(LeaderScaler::new(
+                    core,
+                    (cfg.core.down_window_s * 1e6) as u64,
+                )),
+                Err(e) => {
+                    tracing::error!(error = %e, "autoscaler cannot run");
+                    return;
+                }
+            },
+        };
+        let placed = placed_replicas(&state, &model);
+        let ready = placed
+            .iter()
+            .filter(|p| p.state == SlotState::Serving)
+            .count();
+        let starting = placed
+            .iter()
+            .filter(|p| p.state == SlotState::Starting)
+            .count();
+        let minutes = elapsed.as_secs_f64() / 60.0;
+        let inputs = ScaleInputs {
+            now_us: epoch.elapsed().as_micros() as u64,
+            ready,
+            starting,
+            mu_per_min: if minutes > 0.0 { mu / minutes } else { 0.0 },
+            in_flight_requests: 0.0,
+            requests_per_s: 0.0,
+            capacity_mu_per_min: capacity,
+        };
+        let bounds = ScaleBounds {
+            min: cfg.min_replicas,
+            max,
+            reserved_floor: reserved_floor(&state, &model, capacity),
+        };
+        let desired = scaler.decide(&inputs, &bounds);
+        tracing::debug!(
+            mu_per_min = inputs.mu_per_min,
+            ready,
+            starting,
+            desired,
+            "autoscaler tick"
+        );
+        if state.desired_replicas().get(&model).copied() != Some(desired as u32) {
+            tracing::info!(
+                desired,
+                ready,
+                starting,
+                mu_per_min = inputs.mu_per_min,
+                "replica count changes"
+            );
+            write(
+                &handler,
+                ControlCommand::SetDesiredReplicas {
+                    model: model.clone(),
+                    count: desired as u32,
+                },
+            )
+            .await;
+        }
+        // Starts that never became ready (their node died, or the engine would not
+        // come up) are withdrawn, so placement can try elsewhere.
+        starting_since.retain(|id, _| {
+            state
+                .replica(*id)
+                .is_some_and(|r| r.health == ReplicaHealth::Starting)
+        });
+        for p in placed.iter().filter(|p| p.state == SlotState::Starting) {
+            let since = *starting_since.entry(p.id).or_insert_with(Instant::now);
+            if !live.contains(&p.host) || since.elapsed() > start_timeout * 2 {
+                tracing::warn!(
+                    replica = p.id.0,
+                    node = p.host,
+                    "replica did not start; placing it elsewhere"
+                );
+                write(&handler, ControlCommand::RemoveReplica(p.id)).await;
+            }
+        }
+        let hosts: Vec<Host> = state
+            .nodes()
+            .values()
+            .map(|n| Host {
+                id: n.id,
+                rack: n.rack.clone(),
+                gpus: n.gpus as usize,
+                live: live.contains(&n.id),
+            })
+            .collect();
+        let plan = place(desired, &hosts, &placed);
+        let mut taken: Vec<ReplicaId> = state.replicas().keys().copied().collect();
+        for host in plan.start {
+            let index = free_index(host, taken.iter().copied());
+            let id = replica_id(host, index);
+            taken.push(id);
+            tracing::info!(replica = id.0, node = host, "placing a replica");
+            write(
+                &handler,
+                ControlCommand::RegisterReplica(ReplicaInfo {
+                    id,
+                    node: host,
+                    model: model.clone(),
+                    endpoint: String::new(),
+                    capacity_mu_per_min: capacity,
+                    health: ReplicaHealth::Starting,
+                }),
+            )
+            .await;
+        }
+        for (ids, health, what) in [
+            (plan.undrain, ReplicaHealth::Healthy, "back into service"),
+            (plan.drain, ReplicaHealth::Draining, "draining"),
+        ] {
+            for replica in ids {
+                tracing::info!(replica = replica.0, "{what}");
+                write(
+                    &handler,
+                    ControlCommand::SetReplicaHealth { replica, health },
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// The model's replicas as placement sees them.
+fn placed_replicas(state: &ControlState, model: &str) -> Vec<Placed> {
+    state
+        .replicas_of_model(model)
+        .map(|r| Placed {
+            id: r.id,
+            host: r.node,
+            state: match r.health {
+                ReplicaHealth::Healthy => SlotState::Serving,
+                ReplicaHealth::Unhealthy => SlotState::Unhealthy,
+                ReplicaHealth::Draining => SlotState::Draining,
+                ReplicaHealth::Starting => SlotState::Starting,
+            },
+        })
+        .collect()
+}
+
+/// Replicas the tenants' reservations of `model` need at full capacity.
+fn reserved_floor(state: &ControlState, model: &str, capacity: f64) -> usize {
+    let reserved: f64 = state
+        .reservations()
+        .values()
+        .filter_map(|m| m.get(model))
+        .sum();
+    if capacity > 0.0 && reserved.is_finite() && reserved > 0.0 {
+        (reserved / capacity).ceil() as usize
+    } else {
+        0
+    }
+}
+
+async fn write(handler: &NodeHandler, cmd: ControlCommand) {
+    let what = cmd.to_string();
+    match handler.control().write(cmd).await {
+        Ok(r) if r.is_rejected() => tracing::warn!(command = %what, answer = ?r, "refused"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(command = %what, error = %e, "not committed"),
+    }
+}
