@@ -40,8 +40,6 @@ pub struct AutoscalerSection {
     pub max_replicas: Option<usize>,
     /// How often the leader decides (and routers report their load).
     pub tick_s: f64,
-    /// How long a draining replica may finish its in-flight requests before it is stopped.
-    pub drain_deadline_s: f64,
     #[serde(flatten)]
     pub core: AutoscalerConfig,
 }
@@ -54,7 +52,6 @@ impl Default for AutoscalerSection {
             min_replicas: 1,
             max_replicas: None,
             tick_s: 5.0,
-            drain_deadline_s: 60.0,
             core: AutoscalerConfig::default(),
         }
     }
@@ -68,7 +65,6 @@ pub struct LiveAutoscaler {
     pub min_replicas: usize,
     pub max_replicas: Option<usize>,
     pub tick: Duration,
-    pub drain_deadline: Duration,
 }
 
 /// The health prober: the core's knobs, and whether probes jump the engine's queue.
@@ -164,6 +160,8 @@ pub struct ReplicaSection {
     pub command: Option<String>,
     /// How long an engine may take to become ready (model loading).
     pub start_timeout_s: f64,
+    /// How long a draining replica may finish its in-flight requests before it is stopped.
+    pub drain_deadline_s: f64,
 }
 
 impl Default for ReplicaSection {
@@ -177,6 +175,7 @@ impl Default for ReplicaSection {
             gpus: None,
             command: None,
             start_timeout_s: 600.0,
+            drain_deadline_s: 60.0,
         }
     }
 }
@@ -248,6 +247,7 @@ pub struct NodeConfig {
     /// A real engine's command template; `None`: the simulated engine.
     pub command: Option<String>,
     pub start_timeout: Duration,
+    pub drain_deadline: Duration,
     /// The leader's autoscaler; `None`: off.
     pub autoscaler: Option<LiveAutoscaler>,
     pub urls: Vec<String>,
@@ -338,7 +338,6 @@ impl NodeConfig {
                 min_replicas: a.min_replicas,
                 max_replicas: a.max_replicas,
                 tick: secs("tick_s", a.tick_s)?,
-                drain_deadline: secs("drain_deadline_s", a.drain_deadline_s)?,
             })
         } else {
             None
@@ -352,6 +351,12 @@ impl NodeConfig {
         let start_timeout = match fc.replicas.start_timeout_s {
             t if t.is_finite() && t > 0.0 && t <= 86_400.0 => Duration::from_secs_f64(t),
             t => bail!("replicas.start_timeout_s must be a positive number of seconds, got {t}"),
+        };
+        let drain_deadline = match fc.replicas.drain_deadline_s {
+            t if t.is_finite() && (0.0..=86_400.0).contains(&t) => Duration::from_secs_f64(t),
+            t => {
+                bail!("replicas.drain_deadline_s must be a non-negative number of seconds, got {t}")
+            }
         };
         let time_scale = o.time_scale.unwrap_or(fc.replicas.time_scale);
         if !(time_scale.is_finite() && time_scale >= 0.0) {
@@ -434,6 +439,7 @@ impl NodeConfig {
             gpus,
             command: fc.replicas.command.clone(),
             start_timeout,
+            drain_deadline,
             autoscaler,
             urls,
             model: fc

@@ -155,6 +155,16 @@ enum ClusterCommand {
         #[arg(long)]
         node: Option<SocketAddr>,
     },
+    /// Drain a replica: no new requests, in-flight ones finish, then it is stopped and
+    /// removed (with the autoscaler on, it replaces the capacity as it sees fit).
+    Drain {
+        /// The replica id (as `cluster status` lists it).
+        replica: u64,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        node: Option<SocketAddr>,
+    },
     /// Remove another node from the cluster.
     Remove {
         /// The node id to remove.
@@ -248,6 +258,11 @@ fn run(cli: Cli) -> Result<()> {
                 data_dir,
                 node,
             }) => cluster::cli::isolate(&data_dir, node, from).await,
+            Command::Cluster(ClusterCommand::Drain {
+                replica,
+                data_dir,
+                node,
+            }) => cluster::cli::drain(&data_dir, node, replica).await,
             Command::Cluster(ClusterCommand::Remove { id, data_dir, node }) => {
                 cluster::cli::remove(&data_dir, node, id).await
             }
@@ -368,13 +383,13 @@ async fn node_start(a: StartArgs) -> Result<()> {
         supervisor::restart::RestartPolicy::default(),
         events,
     ));
-    // The autoscaler's placements and drains on this node.
-    if let (Some(n), Some(a)) = (&node, &cfg.autoscaler) {
+    // Placements and drains (the autoscaler's or an operator's) on this node.
+    if let Some(n) = &node {
         tokio::spawn(cluster::reconcile::run(
             n.handle(),
             supervisor.clone(),
             state.clone(),
-            a.drain_deadline,
+            cfg.drain_deadline,
         ));
     }
     // Replicas the prober ejects (hung without saying so) are marked unhealthy in the

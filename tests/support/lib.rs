@@ -1,6 +1,8 @@
 //! Helpers for multi-process tests: start real `sluice` processes on loopback, talk
 //! HTTP to them, read their metrics.
 
+pub mod cluster;
+
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

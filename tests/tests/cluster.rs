@@ -5,125 +5,14 @@
 //! leaves the voters and the registry; a wrong token and another cluster's certificate
 //! are refused; a partitioned minority cannot commit.
 
-use anyhow::{bail, Context, Result};
-use serde_json::Value;
-use sluice_tests::{sluice_bin, Http, Proc};
+use anyhow::{Context, Result};
+use sluice_tests::cluster::{sluice, status, wait_status, Node};
+use sluice_tests::{Http, Proc};
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MODEL: &str = "llama-3.1-8b-instruct";
-
-fn free_port() -> Result<u16> {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    Ok(s.local_addr()?.port())
-}
-
-/// Runs a sluice command to its end; one that runs past a minute (a node that was
-/// expected to refuse to start, say) is killed and fails the test instead of hanging it.
-fn sluice(args: &[&str]) -> Result<std::process::Output> {
-    let mut child = Command::new(sluice_bin()?)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("cannot run sluice")?;
-    let start = Instant::now();
-    while child.try_wait()?.is_none() {
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let out = child.wait_with_output()?;
-            bail!(
-                "`sluice {}` still running after 60 s; stderr: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-        .wait_with_output()
-        .context("cannot read sluice's output")
-}
-
-fn status(dir: &Path, node: Option<&str>) -> Result<Value> {
-    let d = dir.to_string_lossy();
-    let mut args = vec!["cluster", "status", "--json", "--data-dir", &d];
-    if let Some(n) = node {
-        args.extend(["--node", n]);
-    }
-    let out = sluice(&args)?;
-    if !out.status.success() {
-        bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-struct Node {
-    dir: tempfile::TempDir,
-    quic: String,
-    http_port: u16,
-    rack: String,
-}
-
-impl Node {
-    fn new(rack: &str) -> Result<Self> {
-        Ok(Self {
-            dir: tempfile::tempdir()?,
-            quic: format!("127.0.0.1:{}", free_port()?),
-            http_port: free_port()?,
-            rack: rack.into(),
-        })
-    }
-
-    fn start(&self, join: Option<(&str, &str)>) -> Result<Proc> {
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        let http = format!("127.0.0.1:{}", self.http_port);
-        let mut args = vec![
-            "node",
-            "start",
-            "--data-dir",
-            &dir,
-            "--listen",
-            &self.quic,
-            "--http",
-            &http,
-            "--rack",
-            &self.rack,
-            "--replicas",
-            "1",
-            "--time-scale",
-            "0",
-        ];
-        if let Some((peer, token)) = join {
-            args.extend(["--join", peer, "--token", token]);
-        }
-        Proc::start(&args, "sluice node listening on ")
-    }
-}
-
-/// Polls until `check` holds on a status from `dir`'s node (or any of `nodes`).
-async fn wait_status(
-    nodes: &[&Node],
-    limit: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Result<Value> {
-    let start = Instant::now();
-    loop {
-        for n in nodes {
-            if let Ok(s) = status(n.dir.path(), Some(&n.quic)) {
-                if check(&s) {
-                    return Ok(s);
-                }
-            }
-        }
-        if start.elapsed() > limit {
-            bail!("cluster did not reach the expected state within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A streaming chat request: status, replica, and whether the stream ended with [DONE].
 async fn chat_stream(http: &Http, base: &str, session: &str) -> Result<(u16, Option<u64>, bool)> {

@@ -77,6 +77,76 @@ async fn a_crashed_replica_is_restarted_and_serves_again() -> Result<()> {
     Ok(())
 }
 
+/// A real engine from a command template (here the simulated engine's own binary, as
+/// an operator would put `vllm serve …`): launched on a free port, ready once `/health`
+/// answers, serving, and restarted through the same template when it crashes. A
+/// template that cannot start fails the node with a message naming the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_from_a_command_template_is_launched_and_restarted() -> Result<()> {
+    let bin = sluice_tests::sluice_bin()?;
+    let config = format!(
+        "[replicas]\ncount = 1\ncommand = \"{} replica sim --port {{port}} --model {{model}} --time-scale 0\"\n",
+        bin.display()
+    );
+    let (node, _cfg) = Proc::node(&config, &[])?;
+    let http = Http::default();
+    let base = node.url.clone();
+    let old = url_of(&health(&http, &base).await?, 0).context("no URL for replica 0")?;
+    let body = serde_json::json!({
+        "model": "llama-3.1-8b-instruct",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 3,
+    })
+    .to_string();
+    let url = format!("{base}/v1/chat/completions");
+    assert_eq!(
+        http.send("POST", &url, &[], Some(body.clone()))
+            .await?
+            .status,
+        200
+    );
+    let _ = http
+        .send(
+            "POST",
+            &format!("{old}/admin/fault"),
+            &[],
+            Some(r#"{"kind":"crash"}"#.into()),
+        )
+        .await;
+    let start = Instant::now();
+    loop {
+        let h = health(&http, &base).await?;
+        let up = h["upstreams"]
+            .as_array()
+            .and_then(|u| u.iter().find(|x| x["id"] == 0))
+            .is_some_and(|x| x["available"] == true);
+        if up && url_of(&h, 0).is_some_and(|u| u != old) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not restarted: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(http.send("POST", &url, &[], Some(body)).await?.status, 200);
+    assert!(node.stop()?, "node did not exit cleanly");
+
+    let mut bad = tempfile::NamedTempFile::new()?;
+    std::io::Write::write_all(
+        &mut bad,
+        b"[replicas]\ncount = 1\ncommand = \"/nonexistent/engine --port {port}\"\n",
+    )?;
+    let out = std::process::Command::new(&bin)
+        .args(["node", "start", "--http", "127.0.0.1:0", "--config"])
+        .arg(bad.path())
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/engine"), "{err}");
+    Ok(())
+}
+
 /// A replica hung through the engine's admin switch (it still answers `/health`) is
 /// ejected within 15 s by the prober — work queued while its token counter stands
 /// still — and restarted; requests sent after the ejection all succeed.

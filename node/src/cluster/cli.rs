@@ -150,6 +150,23 @@ pub async fn reserve(
     }
 }
 
+/// Drains a replica: it takes no new requests, finishes those in flight (up to its
+/// node's drain deadline), then its node stops it and removes it from the registry.
+pub async fn drain(data_dir: &Path, node: Option<SocketAddr>, replica: u64) -> Result<()> {
+    let cmd = sluice_raft::ControlCommand::SetReplicaHealth {
+        replica: sluice_actors::slice::ReplicaId(replica),
+        health: sluice_raft::ReplicaHealth::Draining,
+    };
+    match call(data_dir, node, NodeRpc::Write(cmd)).await? {
+        NodeReply::Done => {
+            println!("replica {replica} is draining");
+            Ok(())
+        }
+        NodeReply::Failed(e) => bail!("replica {replica} cannot be drained: {e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
 /// Chaos hook: the node drops all cluster traffic to and from `nodes` (empty: heals).
 pub async fn isolate(data_dir: &Path, node: Option<SocketAddr>, nodes: Vec<u64>) -> Result<()> {
     match call(data_dir, node, NodeRpc::Isolate(nodes.clone())).await? {

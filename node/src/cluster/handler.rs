@@ -170,11 +170,10 @@ impl NodeHandler {
     }
 
     pub fn add_load(&self, report: &LoadReport) {
-        *self.mu_since.lock().unwrap_or_else(|p| p.into_inner()) += report
-            .mu
-            .iter()
-            .filter(|v| v.is_finite() && **v > 0.0)
-            .sum::<f64>();
+        // Corrections of finished requests are negative where the estimate was high;
+        // they count against the admissions they correct.
+        *self.mu_since.lock().unwrap_or_else(|p| p.into_inner()) +=
+            report.mu.iter().filter(|v| v.is_finite()).sum::<f64>();
         let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
         match load.as_mut() {
             Some(acc) => {
@@ -186,9 +185,14 @@ impl NodeHandler {
         }
     }
 
-    /// MU the routers reported since the last call.
+    /// MU the routers reported since the last call. A net negative (corrections of
+    /// earlier over-estimates) is carried over to offset the next admissions.
     pub(super) fn take_mu(&self) -> f64 {
-        std::mem::take(&mut *self.mu_since.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut mu = self.mu_since.lock().unwrap_or_else(|p| p.into_inner());
+        if *mu < 0.0 {
+            return 0.0;
+        }
+        std::mem::take(&mut *mu)
     }
 
     /// Nodes whose router reported within `within` (this node always counts).
@@ -409,7 +413,7 @@ impl sluice_transport::Handler for NodeHandler {
             },
             NodeRpc::Status => NodeReply::Status(self.status()),
             NodeRpc::Write(cmd) => match self.cp.write(cmd).await {
-                Ok(r) if r.is_rejected() => NodeReply::Failed(format!("{r:?}")),
+                Ok(ControlResponse::Rejected(r)) => NodeReply::Failed(r.to_string()),
                 Ok(_) => NodeReply::Done,
                 Err(e) => NodeReply::Failed(e.to_string()),
             },

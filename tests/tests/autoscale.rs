@@ -1,0 +1,313 @@
+//! The live autoscaler on three nodes over three racks, two GPUs each: under light load
+//! the fleet drains down to its minimum; as load ramps up the leader places replicas on
+//! free GPUs across all racks and the nodes start them; as load falls they are drained
+//! and removed — and no request fails at any point.
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use sluice_tests::cluster::{init, wait_status, Node};
+use sluice_tests::Http;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MODEL: &str = "llama-3.1-8b-instruct";
+
+/// The embedded profile with a small MU capacity, so that a load a test machine can
+/// offer needs several replicas (the engines themselves keep their real speed).
+fn small_profile(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../actors/profiles/llama-3.1-8b-h100.toml");
+    let text = std::fs::read_to_string(&src)?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("capacity_mu_per_min"))
+        .context("profile has no capacity")?;
+    let path = dir.join("small.toml");
+    std::fs::write(&path, text.replace(line, "capacity_mu_per_min = 600.0"))?;
+    Ok(path)
+}
+
+/// Healthy replicas by node, and every replica's health, from a status.
+fn fleet(s: &Value) -> (BTreeMap<u64, usize>, Vec<String>) {
+    let mut healthy = BTreeMap::new();
+    let mut all = Vec::new();
+    for r in s["replicas"].as_array().into_iter().flatten() {
+        let h = r["health"].as_str().unwrap_or("?").to_owned();
+        if h == "healthy" {
+            *healthy.entry(r["node"].as_u64().unwrap_or(0)).or_default() += 1;
+        }
+        all.push(h);
+    }
+    (healthy, all)
+}
+
+/// Requests in flight at a steady rate (milli-requests per second, changeable while it
+/// runs), round-robin over the nodes' front doors, half of them streamed. Each outcome
+/// is recorded: `None` for a whole answer, or what went wrong.
+struct Load {
+    rate_milli: Arc<AtomicU64>,
+    outcomes: Arc<Mutex<Vec<Option<String>>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    driver: tokio::task::JoinHandle<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Load {
+    fn start(bases: Vec<String>, rps: f64) -> Self {
+        let rate_milli = Arc::new(AtomicU64::new((rps * 1000.0) as u64));
+        let outcomes: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let (rate, out) = (rate_milli.clone(), outcomes.clone());
+        let driver = tokio::spawn(async move {
+            let http = Http::default();
+            let mut tasks = Vec::new();
+            let mut i = 0u64;
+            loop {
+                let milli = rate.load(Ordering::Relaxed).max(1);
+                let gap = Duration::from_secs_f64(1000.0 / milli as f64);
+                tokio::select! {
+                    _ = tokio::time::sleep(gap) => {}
+                    _ = stopped.changed() => return tasks,
+                }
+                let base = bases[(i as usize) % bases.len()].clone();
+                let (http, out) = (http.clone(), out.clone());
+                tasks.push(tokio::spawn(async move {
+                    let r = one(&http, &base, i).await;
+                    out.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                }));
+                i += 1;
+            }
+        });
+        Self {
+            rate_milli,
+            outcomes,
+            stop,
+            driver,
+        }
+    }
+
+    fn set_rate(&self, rps: f64) {
+        self.rate_milli
+            .store((rps * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    /// Stops sending, waits for every answer, and returns the failures.
+    async fn finish(self) -> Result<(usize, Vec<String>)> {
+        let _ = self.stop.send(true);
+        for t in self.driver.await? {
+            t.await?;
+        }
+        let all = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        Ok((all.len(), all.iter().flatten().cloned().collect()))
+    }
+}
+
+/// One request with a unique ~250-token prompt and exactly 64 output tokens.
+async fn one(http: &Http, base: &str, i: u64) -> Option<String> {
+    use http_body_util::BodyExt;
+    let stream = i.is_multiple_of(2);
+    let body = serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": format!("{i} {}", "data ".repeat(250))}],
+        "max_tokens": 64,
+        "ignore_eos": true,
+        "stream": stream,
+    })
+    .to_string();
+    let url = format!("{base}/v1/chat/completions");
+    let headers = [("x-session-id", &*format!("s{i}"))];
+    let (status, _, incoming) = match http.start("POST", &url, &headers, Some(body)).await {
+        Ok(r) => r,
+        Err(e) => return Some(format!("request {i}: {e}")),
+    };
+    let bytes = match tokio::time::timeout(Duration::from_secs(60), incoming.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => return Some(format!("request {i}: body broke off: {e}")),
+        Err(_) => return Some(format!("request {i}: no answer within 60 s")),
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    if status != 200 {
+        return Some(format!("request {i}: status {status}: {text}"));
+    }
+    if stream && !text.trim_end().ends_with("data: [DONE]") {
+        return Some(format!("request {i}: stream ended without [DONE]"));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_follow_the_load_across_racks_and_drain_without_failures() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let profile = small_profile(work.path())?;
+    let config = work.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[replicas]\nprofile = {:?}\ndrain_deadline_s = 30\n\n[autoscaler]\nenabled = true\n\
+             min_replicas = 2\ntick_s = 1\nup_window_s = 5\ndown_window_s = 10\n",
+            profile.to_string_lossy()
+        ),
+    )?;
+    let cfg = config.to_string_lossy().into_owned();
+    let extra = ["--gpus", "2", "--replicas", "1", "--config", &cfg];
+    let nodes = [Node::new("r1")?, Node::new("r2")?, Node::new("r3")?];
+    let token = init(&nodes[0])?;
+    let _p1 = nodes[0].start_with(None, &extra)?;
+    let _p2 = nodes[1].start_with(Some((&nodes[0].quic, &token)), &extra)?;
+    let _p3 = nodes[2].start_with(Some((&nodes[0].quic, &token)), &extra)?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let s = wait_status(&all, Duration::from_secs(30), |s| {
+        s["nodes"].as_array().is_some_and(|n| n.len() == 3) && fleet(s).1.len() == 3
+    })
+    .await?;
+    let rack_of: BTreeMap<u64, String> = s["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n["id"].as_u64()?, n["rack"].as_str()?.to_owned())))
+        .collect();
+    assert!(s["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|n| n["gpus"] == 2));
+
+    let load = Load::start(nodes.iter().map(|n| n.base()).collect(), 0.25);
+
+    // Light load: the fleet drains down to its minimum of two.
+    let low = wait_status(&all, Duration::from_secs(60), |s| {
+        let (healthy, every) = fleet(s);
+        every.len() == 2 && healthy.values().sum::<usize>() == 2 && s["desired"] == 2
+    })
+    .await
+    .context("the fleet did not scale in to 2 under light load")?;
+    eprintln!("light load: {:?}", fleet(&low));
+
+    // Load ramps up (~5 replicas' worth at 70% of the small capacity): replicas are
+    // placed on free GPUs, and every rack gets some.
+    load.set_rate(2.2);
+    let high = wait_status(&all, Duration::from_secs(60), |s| {
+        let (healthy, _) = fleet(s);
+        healthy.values().sum::<usize>() >= 5 && s["desired"].as_u64().is_some_and(|d| d >= 5)
+    })
+    .await
+    .context("the fleet did not scale out to 5 replicas as load rose")?;
+    let (healthy, _) = fleet(&high);
+    eprintln!("heavy load: {healthy:?}");
+    let racks: BTreeSet<&String> = healthy.keys().filter_map(|n| rack_of.get(n)).collect();
+    assert_eq!(
+        racks.len(),
+        3,
+        "replicas not spread over racks: {healthy:?}"
+    );
+    assert!(
+        healthy.values().all(|&n| n <= 2),
+        "more replicas than GPUs: {healthy:?}"
+    );
+    // Serve at the peak for a while.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    // Load falls: replicas are drained (while requests are in flight) and removed.
+    load.set_rate(0.25);
+    let back = wait_status(&all, Duration::from_secs(90), |s| {
+        let (healthy, every) = fleet(s);
+        every.len() == 2 && healthy.values().sum::<usize>() == 2 && s["desired"] == 2
+    })
+    .await
+    .context("the fleet did not scale back in to 2 as load fell")?;
+    eprintln!("load fell: {:?}", fleet(&back));
+    // A little more traffic on the shrunk fleet, then every answer is checked.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (sent, failures) = load.finish().await?;
+    eprintln!("{sent} requests, {} failed", failures.len());
+    assert!(sent > 30, "too little traffic to show anything: {sent}");
+    assert!(failures.is_empty(), "failed requests: {failures:#?}");
+    Ok(())
+}
+
+/// An operator drains a replica that is streaming a long answer: the stream finishes
+/// whole, no new request goes to the replica, and only then is it stopped and removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_replica_finishes_its_streams_before_it_stops() -> Result<()> {
+    use http_body_util::BodyExt;
+    let node = Node::new("r1")?;
+    init(&node)?;
+    let _p = node.start_with(None, &["--replicas", "2"])?;
+    wait_status(&[&node], Duration::from_secs(30), |s| fleet(s).1.len() == 2).await?;
+    let http = Http::default();
+    let long = serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "a long story"}],
+        "max_tokens": 1500,
+        "ignore_eos": true,
+        "stream": true,
+    })
+    .to_string();
+    let url = format!("{}/v1/chat/completions", node.base());
+    let (status, replica, incoming) = http.start("POST", &url, &[], Some(long)).await?;
+    assert_eq!(status, 200);
+    let replica = replica.context("no replica header")?;
+    let stream = tokio::spawn(async move { incoming.collect().await.map(|b| b.to_bytes()) });
+
+    let d = node.dir.path().to_string_lossy().into_owned();
+    let out = sluice_tests::cluster::sluice(&[
+        "cluster",
+        "drain",
+        &replica.to_string(),
+        "--data-dir",
+        &d,
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drained_at = std::time::Instant::now();
+    // While it drains: listed as draining, and new requests go elsewhere.
+    let s = wait_status(&[&node], Duration::from_secs(5), |s| {
+        fleet(s).1.iter().any(|h| h == "draining")
+    })
+    .await?;
+    assert_eq!(fleet(&s).1.len(), 2);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for i in 0..6 {
+        let body = serde_json::json!({
+            "model": MODEL,
+            "messages": [{"role": "user", "content": format!("short {i}")}],
+            "max_tokens": 4,
+        })
+        .to_string();
+        let a = http.send("POST", &url, &[], Some(body)).await?;
+        assert_eq!(a.status, 200);
+        assert_ne!(
+            a.replica,
+            Some(replica),
+            "a draining replica got a new request"
+        );
+    }
+    // The long stream comes back whole, and only then is the replica gone.
+    let body = stream.await??;
+    let finished_after = drained_at.elapsed();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.trim_end().ends_with("data: [DONE]"),
+        "the stream was cut: {}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    let gone = wait_status(&[&node], Duration::from_secs(15), |s| fleet(s).1.len() == 1).await?;
+    assert!(gone["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|r| r["id"].as_u64() != Some(replica)));
+    assert!(
+        finished_after > Duration::from_secs(2),
+        "the stream ended {finished_after:?} after the drain: too short to show the wait"
+    );
+    // A replica that is not there cannot be drained.
+    let out = sluice_tests::cluster::sluice(&["cluster", "drain", "999", "--data-dir", &d])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown replica 999"));
+    Ok(())
+}
