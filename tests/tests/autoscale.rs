@@ -5,7 +5,8 @@
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use sluice_tests::cluster::{init, wait_status, Node};
+use sluice_chaos::sim::scaling::ScalePoint;
+use sluice_tests::cluster::{init, status, wait_status, Node};
 use sluice_tests::Http;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,6 +137,75 @@ async fn one(http: &Http, base: &str, i: u64) -> Option<String> {
     None
 }
 
+/// Samples the leader's view once a second (for the ramp plot): desired count, healthy
+/// and starting replicas, and the offered MU/min it measured.
+fn record_timeline(
+    nodes: Vec<(std::path::PathBuf, String)>,
+) -> (
+    tokio::task::JoinHandle<Vec<ScalePoint>>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let mut points = Vec::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopped.changed() => return points,
+            }
+            let ask = nodes.clone();
+            let leader_view = tokio::task::spawn_blocking(move || {
+                ask.iter().find_map(|(dir, quic)| {
+                    let s = status(dir, Some(quic)).ok()?;
+                    s["offered_mu_per_min"].as_f64().map(|mu| (s, mu))
+                })
+            })
+            .await;
+            let Ok(Some((s, mu))) = leader_view else {
+                continue;
+            };
+            let (_, every) = fleet(&s);
+            points.push(ScalePoint {
+                at_us: start.elapsed().as_micros() as u64,
+                desired: s["desired"].as_u64().unwrap_or(0) as usize,
+                ready: every.iter().filter(|h| *h == "healthy").count(),
+                starting: every.iter().filter(|h| *h == "starting").count(),
+                mu_per_min: mu,
+            });
+        }
+    });
+    (task, stop)
+}
+
+/// With `SLUICE_RAMP_OUT=DIR`, the ramp's timeline as `DIR/ramp.csv` and `DIR/ramp.svg`.
+fn write_ramp(points: &[ScalePoint], per_replica: f64) -> Result<()> {
+    let Some(dir) = std::env::var_os("SLUICE_RAMP_OUT") else {
+        return Ok(());
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut csv = String::from("seconds,offered_mu_per_min,desired,healthy,starting\n");
+    for p in points {
+        csv.push_str(&format!(
+            "{:.1},{:.0},{},{},{}\n",
+            p.at_us as f64 / 1e6,
+            p.mu_per_min,
+            p.desired,
+            p.ready,
+            p.starting
+        ));
+    }
+    std::fs::write(dir.join("ramp.csv"), csv)?;
+    sluice_chaos::sim::plot::replicas_over_time(
+        &dir.join("ramp.svg"),
+        "Live autoscaler: 3 nodes × 2 GPUs, load ramp",
+        &[("replicas (healthy + starting)".to_owned(), points.to_vec())],
+        per_replica,
+    )?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_follow_the_load_across_racks_and_drain_without_failures() -> Result<()> {
     let work = tempfile::tempdir()?;
@@ -173,6 +243,12 @@ async fn replicas_follow_the_load_across_racks_and_drain_without_failures() -> R
         .flatten()
         .all(|n| n["gpus"] == 2));
 
+    let (timeline, stop_timeline) = record_timeline(
+        nodes
+            .iter()
+            .map(|n| (n.dir.path().to_owned(), n.quic.clone()))
+            .collect(),
+    );
     let load = Load::start(nodes.iter().map(|n| n.base()).collect(), 0.25);
 
     // Light load: the fleet drains down to its minimum of two.
@@ -220,6 +296,9 @@ async fn replicas_follow_the_load_across_racks_and_drain_without_failures() -> R
     // A little more traffic on the shrunk fleet, then every answer is checked.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (sent, failures) = load.finish().await?;
+    let _ = stop_timeline.send(true);
+    // The profile's 600 MU/min at the default target utilization of 0.7.
+    write_ramp(&timeline.await?, 600.0 * 0.7)?;
     eprintln!("{sent} requests, {} failed", failures.len());
     assert!(sent > 30, "too little traffic to show anything: {sent}");
     assert!(failures.is_empty(), "failed requests: {failures:#?}");

@@ -234,6 +234,11 @@ async fn a_hung_replica_is_ejected_and_restarted() -> Result<()> {
         assert!(hung_at.elapsed() < Duration::from_secs(40), "not restarted");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    eprintln!(
+        "hang: ejected after {:?}, back in service (restarted) after {:?}",
+        ejected_at.duration_since(hung_at),
+        hung_at.elapsed()
+    );
     let results = load.await?;
     let after: Vec<_> = results
         .iter()
@@ -249,34 +254,37 @@ async fn a_hung_replica_is_ejected_and_restarted() -> Result<()> {
     Ok(())
 }
 
-/// Holds `n` long non-streaming requests open against `base` until dropped.
+/// Keeps `n` long non-streaming generations in flight against `base` (each one that
+/// ends is replaced at once) until aborted.
 fn saturate(http: &Http, base: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
     (0..n)
         .map(|k| {
             let (http, base) = (http.clone(), base.to_owned());
             tokio::spawn(async move {
-                let body = serde_json::json!({
-                    "model": "llama-3.1-8b-instruct",
-                    "messages": [{"role": "user", "content": format!("long job {k}")}],
-                    "max_tokens": 1500,
-                    "ignore_eos": true,
-                })
-                .to_string();
-                let _ = http
-                    .send(
-                        "POST",
-                        &format!("{base}/v1/chat/completions"),
-                        &[],
-                        Some(body),
-                    )
-                    .await;
+                for round in 0.. {
+                    let body = serde_json::json!({
+                        "model": "llama-3.1-8b-instruct",
+                        "messages": [{"role": "user", "content": format!("long job {k}.{round}")}],
+                        "max_tokens": 1500,
+                        "ignore_eos": true,
+                    })
+                    .to_string();
+                    let _ = http
+                        .send(
+                            "POST",
+                            &format!("{base}/v1/chat/completions"),
+                            &[],
+                            Some(body),
+                        )
+                        .await;
+                }
             })
         })
         .collect()
 }
 
-/// Whether replica 0 is ever out of service within `window`.
-async fn ejected_within(http: &Http, base: &str, window: Duration) -> Result<bool> {
+/// When replica 0 first went out of service within `window`, if it did.
+async fn ejected_within(http: &Http, base: &str, window: Duration) -> Result<Option<Duration>> {
     let start = Instant::now();
     while start.elapsed() < window {
         let h = health(http, base).await?;
@@ -285,18 +293,28 @@ async fn ejected_within(http: &Http, base: &str, window: Duration) -> Result<boo
             .and_then(|u| u.iter().find(|x| x["id"] == 0))
             .is_some_and(|x| x["available"] == true);
         if !up {
-            return Ok(true);
+            return Ok(Some(start.elapsed()));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(false)
+    Ok(None)
 }
 
-/// At 1.5× the replica's batch capacity (384 long generations against 256 sequence
-/// slots, so nothing completes for a long time and the prober probes), prioritized
-/// probes are served ahead of the queue and the busy replica is never ejected; with
-/// probe priority turned off the same load gets it falsely ejected — the mechanism is
-/// what keeps a busy replica in service.
+/// How long the prioritized arm runs: several minutes by default, so that probes meet
+/// the queue in every state a long overload goes through (`SLUICE_OVERLOAD_S` to change).
+fn overload_window() -> Duration {
+    let s = std::env::var("SLUICE_OVERLOAD_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(180);
+    Duration::from_secs(s)
+}
+
+/// At 1.5× the replica's batch capacity (384 long generations kept in flight against
+/// 256 sequence slots, so completions come in waves with long gaps and the prober
+/// probes), prioritized probes are served ahead of the queue and the busy replica is
+/// never ejected over several minutes; with probe priority turned off the same load
+/// gets it falsely ejected — the mechanism is what keeps a busy replica in service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_priority_prevents_false_ejections_under_overload() -> Result<()> {
     let fast = "idle_window_ms = 2000\nprobe_timeout_ms = 2000\n";
@@ -306,18 +324,39 @@ async fn probe_priority_prevents_false_ejections_under_overload() -> Result<()> 
         let (node, _cfg) = Proc::node(&config, &["--replicas", "1", "--time-scale", "1"])?;
         let base = node.url.clone();
         let load = saturate(&http, &base, 384);
-        let ejected = ejected_within(&http, &base, Duration::from_secs(15)).await?;
+        let window = if prioritized {
+            overload_window()
+        } else {
+            Duration::from_secs(60)
+        };
+        let ejected = ejected_within(&http, &base, window).await?;
         for h in &load {
             h.abort();
         }
+        let probes = http.metric(&base, "sluice_probes_total").await?;
+        let count = |o: &str| {
+            probes
+                .iter()
+                .filter(|(l, _)| l.contains(o))
+                .fold(0.0, |a, (_, v)| a + v)
+        };
+        let (ok, failed) = (count("\"ok\""), count("\"failed\""));
+        eprintln!(
+            "prioritized={prioritized}: ejected after {ejected:?} (watched {window:?}); probes ok {ok}, failed {failed}"
+        );
         if prioritized {
-            assert!(
-                !ejected,
+            assert_eq!(
+                ejected, None,
                 "a busy replica was ejected although probes were prioritized"
+            );
+            assert!(ok > 0.0, "the overload never made the prober probe");
+            assert_eq!(
+                failed, 0.0,
+                "prioritized probes failed on a healthy replica"
             );
         } else {
             assert!(
-                ejected,
+                ejected.is_some(),
                 "without probe priority the overloaded replica was not ejected"
             );
         }

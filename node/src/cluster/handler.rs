@@ -42,6 +42,8 @@ pub struct NodeHandler {
     load: Mutex<Option<LoadReport>>,
     /// MU reported since the autoscaler's last tick (leader only).
     mu_since: Mutex<f64>,
+    /// The offered MU/min the autoscaler saw at its last tick (leader only).
+    offered: Mutex<Option<f64>>,
     /// When each node's router last reported its load: the leader's view of who is live.
     seen: Mutex<std::collections::HashMap<u64, Instant>>,
     front: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
@@ -67,6 +69,7 @@ impl NodeHandler {
             schedule: Mutex::new(Schedule::new(schedule, 0)),
             load: Mutex::new(None),
             mu_since: Mutex::new(0.0),
+            offered: Mutex::new(None),
             seen: Mutex::new(std::collections::HashMap::new()),
             front,
             started: Instant::now(),
@@ -206,6 +209,11 @@ impl NodeHandler {
             .collect()
     }
 
+    /// The autoscaler's latest reading of offered load, for `cluster status`.
+    pub(super) fn set_offered(&self, mu_per_min: Option<f64>) {
+        *self.offered.lock().unwrap_or_else(|p| p.into_inner()) = mu_per_min;
+    }
+
     pub(super) fn control(&self) -> &ControlPlane<QuicRaft> {
         &self.cp
     }
@@ -254,6 +262,7 @@ impl NodeHandler {
                 .collect(),
             generation: state.assignment(&self.model).map_or(0, |a| a.generation),
             desired: state.desired_replicas().get(&self.model).copied(),
+            offered_mu_per_min: *self.offered.lock().unwrap_or_else(|p| p.into_inner()),
             answered_by: m.id,
             term: m.term,
             reservations: state.reservations().clone(),

@@ -73,6 +73,9 @@ pub struct ClusterStatus {
     /// The autoscaler's latest count for the model (none: it has not decided).
     #[serde(default)]
     pub desired: Option<u32>,
+    /// Offered MU/min as the autoscaler last measured it (only from the leader).
+    #[serde(default)]
+    pub offered_mu_per_min: Option<f64>,
     /// The node that answered.
     pub answered_by: u64,
     pub term: u64,

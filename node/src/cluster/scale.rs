@@ -36,6 +36,7 @@ pub async fn run(
         last = Instant::now();
         let mu = handler.take_mu();
         if !handler.is_leader() {
+            handler.set_offered(None);
             scaler = None;
             leader_since = None;
             starting_since.clear();
@@ -97,6 +98,7 @@ pub async fn run(
             reserved_floor: reserved_floor(&state, &model, capacity),
         };
         let desired = scaler.decide(&inputs, &bounds);
+        handler.set_offered(Some(inputs.mu_per_min));
         tracing::debug!(
             mu_per_min = inputs.mu_per_min,
             ready,

@@ -23,6 +23,11 @@ struct EndpointLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaLabel {
     replica: u64,
 }
@@ -39,6 +44,8 @@ pub struct Metrics {
     inflight_requests: Family<ReplicaLabel, Gauge>,
     available: Family<ReplicaLabel, Gauge>,
     generation: Gauge,
+    probes: Family<OutcomeLabel, Counter>,
+    ejections: Family<ReplicaLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -63,6 +70,18 @@ impl Metrics {
         let available = Family::<ReplicaLabel, Gauge>::default();
         let generation = Gauge::default();
         generation.set(1);
+        let probes = Family::<OutcomeLabel, Counter>::default();
+        let ejections = Family::<ReplicaLabel, Counter>::default();
+        registry.register(
+            "probes",
+            "Health probes of this node's replicas, by outcome (ok, failed)",
+            probes.clone(),
+        );
+        registry.register(
+            "ejections",
+            "Times the prober took a replica out of service",
+            ejections.clone(),
+        );
         registry.register(
             "assignment_generation",
             "Generation of the slice assignment the router uses",
@@ -125,7 +144,20 @@ impl Metrics {
             inflight_requests,
             available,
             generation,
+            probes,
+            ejections,
         }
+    }
+
+    pub fn probe(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.probes.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub fn ejection(&self, replica: u64) {
+        self.ejections
+            .get_or_create(&ReplicaLabel { replica })
+            .inc();
     }
 
     pub fn assignment(&self, generation: u64) {

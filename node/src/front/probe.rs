@@ -48,6 +48,7 @@ impl AppState {
             let was = ejected.contains(&c.replica);
             if out && !was {
                 ejected.insert(c.replica);
+                self.metrics.ejection(c.replica.0);
                 tracing::warn!(replica = c.replica.0, verdict = ?c.verdict, "prober ejects a replica");
                 self.core().set_checked_health(c.replica, false);
                 if let Some(tx) = self.ejections.get() {
@@ -175,6 +176,7 @@ pub async fn run(state: Arc<AppState>) {
 }
 
 fn report_probe(state: &AppState, probe: Probe, ok: bool) {
+    state.metrics.probe(ok);
     let now = state.now_ms();
     let changes = state
         .prober
