@@ -226,3 +226,29 @@ async fn write(handler: &NodeHandler, cmd: ControlCommand) {
         Err(e) => tracing::warn!(command = %what, error = %e, "not committed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_set_a_floor_of_whole_replicas() {
+        let mut state = ControlState::default();
+        let reserve = |tenant: &str, model: &str, mu: f64| ControlCommand::SetReservation {
+            tenant: tenant.into(),
+            model: model.into(),
+            mu_per_min: mu,
+        };
+        assert_eq!(reserved_floor(&state, "m", 1000.0), 0);
+        for cmd in [
+            reserve("a", "m", 1500.0),
+            reserve("b", "m", 600.0),
+            reserve("a", "other", 9000.0),
+        ] {
+            sluice_raft::apply(&mut state, cmd);
+        }
+        // 2,100 MU/min of m at 1,000 per replica: three replicas, whatever the load.
+        assert_eq!(reserved_floor(&state, "m", 1000.0), 3);
+        assert_eq!(reserved_floor(&state, "m", 0.0), 0);
+    }
+}
