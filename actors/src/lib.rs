@@ -1,6 +1,7 @@
 //! Sluice's policy cores: pure, deterministic functions of explicit inputs and a clock
 //! value, run unchanged by the live node and by the simulator.
 
+pub mod admission;
 pub mod assigner;
 pub mod autoscaler;
 pub mod mu;

@@ -8,6 +8,7 @@ mod launcher;
 mod policies;
 mod replica;
 mod supervisor;
+mod tenants;
 
 use anyhow::{Context, Result};
 use axum::serve::ListenerExt;
@@ -42,6 +43,9 @@ enum Command {
     /// Create, inspect and shrink a cluster of nodes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Tenants: API keys and capacity reservations.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// Simulate a fleet in virtual time: replay a trace under routing policies and compare them.
     Sim(sluice_chaos::sim::cli::SimArgs),
     /// Drive load at an OpenAI-compatible endpoint and report throughput and latency.
@@ -131,20 +135,6 @@ enum ClusterCommand {
         #[arg(long)]
         node: Option<SocketAddr>,
     },
-    /// Reserve capacity for a tenant: MU per minute of a model (0 removes it).
-    Reserve {
-        #[arg(long)]
-        tenant: String,
-        /// [default: the embedded profile's model]
-        #[arg(long)]
-        model: Option<String>,
-        #[arg(long)]
-        mu_per_min: f64,
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long)]
-        node: Option<SocketAddr>,
-    },
     /// Chaos drills: make a node drop all cluster traffic to and from the given node
     /// ids (none: heal).
     Isolate {
@@ -173,6 +163,51 @@ enum ClusterCommand {
         data_dir: PathBuf,
         #[arg(long)]
         node: Option<SocketAddr>,
+    },
+}
+
+/// Where a command reaches the cluster: a node's data directory (credentials, and the
+/// node's address unless --node says otherwise).
+#[derive(Args)]
+struct Reach {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// A node's QUIC address [default: the one of --data-dir].
+    #[arg(long)]
+    node: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print its API key (shown only once).
+    Create {
+        name: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// Reserve MU per minute of a model for a tenant (0 removes the reservation).
+    Reserve {
+        name: String,
+        /// [default: the embedded profile's model]
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        mu_per_min: f64,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// List tenants and their reservations.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// Remove a tenant and its reservations (its key stops working).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        reach: Reach,
     },
 }
 
@@ -242,16 +277,24 @@ fn run(cli: Cli) -> Result<()> {
             Command::Cluster(ClusterCommand::Leave { data_dir, node }) => {
                 cluster::cli::leave(&data_dir, node).await
             }
-            Command::Cluster(ClusterCommand::Reserve {
-                tenant,
+            Command::Tenant(TenantCommand::Create { name, reach }) => {
+                tenants::cli::create(&reach.data_dir, reach.node, &name).await
+            }
+            Command::Tenant(TenantCommand::Reserve {
+                name,
                 model,
                 mu_per_min,
-                data_dir,
-                node,
+                reach,
             }) => {
                 let model =
                     model.unwrap_or_else(|| sluice_actors::Profile::default_profile().model);
-                cluster::cli::reserve(&data_dir, node, &tenant, &model, mu_per_min).await
+                tenants::cli::reserve(&reach.data_dir, reach.node, &name, &model, mu_per_min).await
+            }
+            Command::Tenant(TenantCommand::List { json, reach }) => {
+                tenants::cli::list(&reach.data_dir, reach.node, json).await
+            }
+            Command::Tenant(TenantCommand::Remove { name, reach }) => {
+                tenants::cli::remove(&reach.data_dir, reach.node, &name).await
             }
             Command::Cluster(ClusterCommand::Isolate {
                 from,

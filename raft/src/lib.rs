@@ -50,7 +50,7 @@ pub use node::{
 };
 pub use state::{
     apply, ControlCommand, ControlResponse, ControlState, NodeId, NodeInfo, Rejection,
-    ReplicaHealth, ReplicaInfo, RoleHint,
+    ReplicaHealth, ReplicaInfo, RoleHint, TenantInfo,
 };
 
 /// How to reach a Raft member. Stored in Raft membership, so keep it small and stable:

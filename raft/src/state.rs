@@ -63,6 +63,13 @@ pub struct ReplicaInfo {
     pub health: ReplicaHealth,
 }
 
+/// A tenant: who may send requests, and under which key. Only the key's SHA-256 is
+/// kept; the key itself is shown once, when the tenant is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantInfo {
+    pub key_sha256: [u8; 32],
+}
+
 /// Everything the fleet agrees on through Raft.
 ///
 /// Fields are private so that only [`apply`] changes them; readers use the accessors.
@@ -75,6 +82,7 @@ pub struct ControlState {
     desired_replicas: BTreeMap<String, u32>,
     /// Tenant → model → reserved MU/min.
     reservations: BTreeMap<String, BTreeMap<String, f64>>,
+    tenants: BTreeMap<String, TenantInfo>,
     /// The id `AllocateNodeId` hands out next; only ever grows.
     next_node_id: NodeId,
     /// Ids of removed nodes; they are never accepted again.
@@ -89,6 +97,7 @@ impl Default for ControlState {
             assignments: BTreeMap::new(),
             desired_replicas: BTreeMap::new(),
             reservations: BTreeMap::new(),
+            tenants: BTreeMap::new(),
             // 0 is left unused so that a zeroed id is never a real node.
             next_node_id: 1,
             retired_node_ids: BTreeSet::new(),
@@ -139,6 +148,30 @@ impl ControlState {
 
     pub fn reservation(&self, tenant: &str, model: &str) -> Option<f64> {
         self.reservations.get(tenant)?.get(model).copied()
+    }
+
+    pub fn tenants(&self) -> &BTreeMap<String, TenantInfo> {
+        &self.tenants
+    }
+
+    /// What the fleet can serve of `model` with a replica on every GPU, in MU/min: every
+    /// node's GPUs times the model's per-replica capacity. `None` when no replica of the
+    /// model was ever registered (an unknown model).
+    pub fn capacity_at_max(&self, model: &str) -> Option<f64> {
+        let per_replica = self
+            .replicas_of_model(model)
+            .map(|r| r.capacity_mu_per_min)
+            .reduce(f64::max)?;
+        let gpus: u64 = self.nodes.values().map(|n| u64::from(n.gpus)).sum();
+        Some(per_replica * gpus as f64)
+    }
+
+    /// The sum of the reservations of `model`.
+    pub fn reserved(&self, model: &str) -> f64 {
+        self.reservations
+            .values()
+            .filter_map(|m| m.get(model))
+            .sum()
     }
 
     pub fn next_node_id(&self) -> NodeId {
@@ -213,6 +246,13 @@ pub enum ControlCommand {
         replica: ReplicaId,
         endpoint: String,
     },
+    /// A new tenant with the SHA-256 of its API key; the name must be free.
+    CreateTenant {
+        name: String,
+        key_sha256: [u8; 32],
+    },
+    /// Removes a tenant and its reservations. Idempotent.
+    RemoveTenant(String),
 }
 
 impl fmt::Display for ControlCommand {
@@ -245,6 +285,9 @@ impl fmt::Display for ControlCommand {
             Self::ReplicaReady { replica, endpoint } => {
                 write!(f, "ReplicaReady({}, {endpoint})", replica.0)
             }
+            // Never the key's hash: logs hold names only.
+            Self::CreateTenant { name, .. } => write!(f, "CreateTenant({name})"),
+            Self::RemoveTenant(name) => write!(f, "RemoveTenant({name})"),
         }
     }
 }
@@ -266,7 +309,7 @@ impl ControlResponse {
 }
 
 /// Why a command was not applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {
     #[error("node {0} already exists")]
     NodeExists(NodeId),
@@ -286,6 +329,19 @@ pub enum Rejection {
     InvalidValue(String),
     #[error("replica {0} is not starting")]
     NotStarting(u64),
+    #[error("tenant {0} already exists")]
+    TenantExists(String),
+    #[error("unknown tenant {0}")]
+    UnknownTenant(String),
+    #[error("unknown model {0}: no replica of it is registered")]
+    UnknownModel(String),
+    #[error("a reservation of {requested} MU/min of {model} does not fit: {available} MU/min of its {capacity} MU/min at max replicas are not reserved yet")]
+    ReservationDoesNotFit {
+        model: String,
+        requested: f64,
+        available: f64,
+        capacity: f64,
+    },
 }
 
 fn reject(r: Rejection) -> ControlResponse {
@@ -382,6 +438,21 @@ pub fn apply(state: &mut ControlState, cmd: ControlCommand) -> ControlResponse {
                     "reservation {mu_per_min} MU/min"
                 )));
             }
+            if !state.tenants.contains_key(&tenant) {
+                return reject(Rejection::UnknownTenant(tenant));
+            }
+            let Some(capacity) = state.capacity_at_max(&model) else {
+                return reject(Rejection::UnknownModel(model));
+            };
+            let others = state.reserved(&model) - state.reservation(&tenant, &model).unwrap_or(0.0);
+            if others + mu_per_min > capacity + 1e-9 {
+                return reject(Rejection::ReservationDoesNotFit {
+                    requested: mu_per_min,
+                    available: (capacity - others).max(0.0),
+                    capacity,
+                    model,
+                });
+            }
             state
                 .reservations
                 .entry(tenant)
@@ -407,6 +478,26 @@ pub fn apply(state: &mut ControlState, cmd: ControlCommand) -> ControlResponse {
             }
             state.next_node_id = id.saturating_add(1);
             ControlResponse::NodeIdAllocated(id)
+        }
+        ControlCommand::CreateTenant { name, key_sha256 } => {
+            if name.is_empty() || name.len() > 64 {
+                return reject(Rejection::InvalidValue(
+                    "a tenant name has 1 to 64 characters".into(),
+                ));
+            }
+            if state.tenants.contains_key(&name) {
+                return reject(Rejection::TenantExists(name));
+            }
+            if state.tenants.values().any(|t| t.key_sha256 == key_sha256) {
+                return reject(Rejection::InvalidValue("that key is already in use".into()));
+            }
+            state.tenants.insert(name, TenantInfo { key_sha256 });
+            ControlResponse::Ok
+        }
+        ControlCommand::RemoveTenant(name) => {
+            state.tenants.remove(&name);
+            state.reservations.remove(&name);
+            ControlResponse::Ok
         }
         ControlCommand::ReplicaReady { replica, endpoint } => {
             match state.replicas.get_mut(&replica) {
@@ -566,6 +657,42 @@ mod tests {
             model: m.into(),
             mu_per_min: v,
         };
+        // Only for a known tenant and a known model, and only what fits: two nodes of
+        // two GPUs at 100 MU/min per replica hold 400 MU/min.
+        assert_eq!(
+            apply(&mut s, set("t", "m", 50.0)),
+            ControlResponse::Rejected(Rejection::UnknownTenant("t".into()))
+        );
+        let tenant = |name: &str, k: u8| ControlCommand::CreateTenant {
+            name: name.into(),
+            key_sha256: [k; 32],
+        };
+        assert_eq!(apply(&mut s, tenant("t", 1)), ControlResponse::Ok);
+        assert_eq!(apply(&mut s, tenant("u", 2)), ControlResponse::Ok);
+        assert!(apply(&mut s, tenant("t", 3)).is_rejected(), "name taken");
+        assert!(apply(&mut s, tenant("v", 1)).is_rejected(), "key taken");
+        assert_eq!(
+            apply(&mut s, set("t", "m", 50.0)),
+            ControlResponse::Rejected(Rejection::UnknownModel("m".into()))
+        );
+        for id in [1, 2] {
+            apply(&mut s, ControlCommand::AddNode(node(id, "a")));
+        }
+        let mut r = replica(1, 1, "m");
+        r.capacity_mu_per_min = 100.0;
+        apply(&mut s, ControlCommand::RegisterReplica(r));
+        assert_eq!(s.capacity_at_max("m"), Some(400.0));
+        assert_eq!(apply(&mut s, set("u", "m", 300.0)), ControlResponse::Ok);
+        assert!(matches!(
+            apply(&mut s, set("t", "m", 150.0)),
+            ControlResponse::Rejected(Rejection::ReservationDoesNotFit { .. })
+        ));
+        assert_eq!(
+            apply(&mut s, set("u", "m", 350.0)),
+            ControlResponse::Ok,
+            "a change of its own"
+        );
+        assert_eq!(apply(&mut s, set("u", "m", 300.0)), ControlResponse::Ok);
         assert_eq!(apply(&mut s, set("t", "m", 50.0)), ControlResponse::Ok);
         assert!(apply(&mut s, set("t", "m", -1.0)).is_rejected());
         assert!(apply(&mut s, set("t", "m", f64::INFINITY)).is_rejected());
@@ -577,7 +704,10 @@ mod tests {
                 model: "m".into(),
             },
         );
+        assert_eq!(s.reservations().len(), 1);
+        apply(&mut s, ControlCommand::RemoveTenant("u".into()));
         assert!(s.reservations().is_empty());
+        assert!(s.tenants().contains_key("t") && !s.tenants().contains_key("u"));
         apply(
             &mut s,
             ControlCommand::SetDesiredReplicas {
@@ -647,6 +777,10 @@ mod tests {
             ("[mn]", 0u64..8).prop_map(|(model, g)| ControlCommand::SetAssignment {
                 model,
                 assignment: assignment(g)
+            }),
+            ("[tu]", 0u8..3).prop_map(|(name, k)| ControlCommand::CreateTenant {
+                name,
+                key_sha256: [k; 32]
             }),
             ("[mn]", -5.0f64..100.0).prop_map(|(m, v)| ControlCommand::SetReservation {
                 tenant: "t".into(),

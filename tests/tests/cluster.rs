@@ -307,18 +307,7 @@ async fn a_minority_partition_cannot_commit_and_the_majority_can() -> Result<()>
     }
     // The old leader alone cannot commit.
     let m = &nodes[minority[0]];
-    let out = cli(
-        m.dir.path(),
-        &[
-            "cluster",
-            "reserve",
-            "--tenant",
-            "lonely",
-            "--mu-per-min",
-            "5",
-        ],
-        &m.quic,
-    )?;
+    let out = cli(m.dir.path(), &["tenant", "create", "lonely"], &m.quic)?;
     assert!(!out.status.success(), "the minority committed a write");
     // The majority elects a leader and commits.
     let maj: Vec<&Node> = majority.iter().map(|&i| &nodes[i]).collect();
@@ -327,18 +316,7 @@ async fn a_minority_partition_cannot_commit_and_the_majority_can() -> Result<()>
     })
     .await?;
     let w = maj[0];
-    let out = cli(
-        w.dir.path(),
-        &[
-            "cluster",
-            "reserve",
-            "--tenant",
-            "acme",
-            "--mu-per-min",
-            "1000",
-        ],
-        &w.quic,
-    )?;
+    let out = cli(w.dir.path(), &["tenant", "create", "acme"], &w.quic)?;
     assert!(
         out.status.success(),
         "{}",
@@ -349,10 +327,12 @@ async fn a_minority_partition_cannot_commit_and_the_majority_can() -> Result<()>
         let out = cli(n.dir.path(), &["cluster", "isolate"], &n.quic)?;
         assert!(out.status.success());
     }
-    let healed = wait_status(&[m], Duration::from_secs(15), |s| {
-        s["reservations"]["acme"].is_object()
-    })
-    .await?;
-    assert!(healed["reservations"].get("lonely").is_none(), "{healed}");
+    let has = |s: &serde_json::Value, name: &str| {
+        s["tenants"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|x| x == name))
+    };
+    let healed = wait_status(&[m], Duration::from_secs(15), |s| has(s, "acme")).await?;
+    assert!(!has(&healed, "lonely"), "{healed}");
     Ok(())
 }

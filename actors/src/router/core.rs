@@ -164,6 +164,21 @@ impl RouterCore {
         &self.assignment
     }
 
+    /// What `a` costs with nothing cached: the price admission control charges before
+    /// the request is placed (placement may then find a cheaper, warm replica).
+    pub fn quote(&self, a: &Admission) -> f64 {
+        let output = self
+            .estimator
+            .estimate(a.workload.0, a.max_tokens)
+            .saturating_mul(a.n.max(1));
+        self.coeffs.price(&RequestShape {
+            uncached_input: a.input_tokens,
+            cached_input: 0,
+            output,
+            images: a.images,
+        })
+    }
+
     /// Prices `a` and picks its replica; `None` when no replica is available.
     pub fn place(&mut self, a: &Admission, now_ms: u64) -> Option<Placement> {
         let estimated_output = self.estimator.estimate(a.workload.0, a.max_tokens);

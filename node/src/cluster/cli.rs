@@ -56,7 +56,11 @@ fn target(data_dir: &Path, node: Option<SocketAddr>) -> Result<SocketAddr> {
         .with_context(|| format!("bad address in {}", data_dir.join(ADDR_FILE).display()))
 }
 
-async fn call(data_dir: &Path, node: Option<SocketAddr>, rpc: NodeRpc) -> Result<NodeReply> {
+pub(crate) async fn call(
+    data_dir: &Path,
+    node: Option<SocketAddr>,
+    rpc: NodeRpc,
+) -> Result<NodeReply> {
     let addr = target(data_dir, node)?;
     let client = client(data_dir).await?;
     client
@@ -115,39 +119,6 @@ pub async fn leave(data_dir: &Path, node: Option<SocketAddr>) -> Result<()> {
     let ca = CaCert::load(&tls)?;
     let id = NodeIdentity::load(&tls, &ca)?.node_id();
     remove(data_dir, node, id).await
-}
-
-/// Reserves `mu_per_min` of `model` for `tenant` (0 removes the reservation).
-pub async fn reserve(
-    data_dir: &Path,
-    node: Option<SocketAddr>,
-    tenant: &str,
-    model: &str,
-    mu_per_min: f64,
-) -> Result<()> {
-    if !(mu_per_min.is_finite() && mu_per_min >= 0.0) {
-        bail!("--mu-per-min must be a non-negative number, got {mu_per_min}");
-    }
-    let cmd = if mu_per_min == 0.0 {
-        sluice_raft::ControlCommand::RemoveReservation {
-            tenant: tenant.to_owned(),
-            model: model.to_owned(),
-        }
-    } else {
-        sluice_raft::ControlCommand::SetReservation {
-            tenant: tenant.to_owned(),
-            model: model.to_owned(),
-            mu_per_min,
-        }
-    };
-    match call(data_dir, node, NodeRpc::Write(cmd)).await? {
-        NodeReply::Done => {
-            println!("reservation of {tenant} on {model}: {mu_per_min} MU/min");
-            Ok(())
-        }
-        NodeReply::Failed(e) => bail!("the reservation was not committed: {e}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
 }
 
 /// Drains a replica: it takes no new requests, finishes those in flight (up to its

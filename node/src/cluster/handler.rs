@@ -265,6 +265,7 @@ impl NodeHandler {
             offered_mu_per_min: *self.offered.lock().unwrap_or_else(|p| p.into_inner()),
             answered_by: m.id,
             term: m.term,
+            tenants: state.tenants().keys().cloned().collect(),
             reservations: state.reservations().clone(),
         }
     }
@@ -293,6 +294,20 @@ impl NodeHandler {
                 fleet_of(&state, me, &self.model, &local, &assigner),
             ) {
                 front.set_fleet(fleet);
+            }
+            if let Some(front) = self.front() {
+                let keys = crate::tenants::keys::KeyRing::new(
+                    state
+                        .tenants()
+                        .iter()
+                        .map(|(name, t)| (name.clone(), t.key_sha256)),
+                );
+                let reservations = state
+                    .reservations()
+                    .iter()
+                    .filter_map(|(t, m)| Some((t.clone(), *m.get(&self.model)?)))
+                    .collect();
+                front.set_tenants(me, keys, reservations);
             }
             if self.is_leader() {
                 let round = tokio::time::Instant::now() >= next_round;
@@ -441,9 +456,10 @@ impl sluice_transport::Handler for NodeHandler {
                 }
                 NodeReply::Done
             }
-            NodeRpc::Gossip(loads) => {
+            NodeRpc::Gossip(g) => {
                 if let Some(front) = self.front() {
-                    front.peer_load(peer, loads);
+                    front.peer_load(peer, g.loads);
+                    front.peer_demand(peer, g.demand);
                 }
                 NodeReply::Done
             }

@@ -434,17 +434,18 @@ async fn gossip(
         let Some(front) = handler.front() else {
             continue;
         };
-        let loads = front.own_load();
+        let report = NodeRpc::Gossip(rpc::Gossip {
+            loads: front.own_load(),
+            demand: front.own_demand(),
+        });
         let state = cp.state().borrow().clone();
         for n in state.nodes().values().filter(|n| n.id != id) {
             let Ok(addr) = n.quic_addr.parse::<SocketAddr>() else {
                 continue;
             };
-            let (client, loads) = (client.clone(), loads.clone());
+            let (client, report) = (client.clone(), report.clone());
             tokio::spawn(async move {
-                let _ = client
-                    .call::<_, NodeReply>(addr, &NodeRpc::Gossip(loads), every * 2)
-                    .await;
+                let _ = client.call::<_, NodeReply>(addr, &report, every * 2).await;
             });
         }
     }

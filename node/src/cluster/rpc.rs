@@ -21,9 +21,8 @@ pub enum NodeRpc {
     /// An OpenAI request for a replica of the receiving node; answered with a stream of
     /// [`ForwardFrame`]s.
     Forward(ForwardRequest),
-    /// The sender's router's in-flight load per replica (MU, requests), so that every
-    /// router counts the others' work when it chooses.
-    Gossip(Vec<(ReplicaId, f64, u64)>),
+    /// The sender's router's in-flight load per replica and what its tenants asked.
+    Gossip(Gossip),
     /// An operator's write to the control state (e.g. a tenant reservation); followers
     /// forward it to the leader.
     Write(sluice_raft::ControlCommand),
@@ -31,6 +30,16 @@ pub enum NodeRpc {
     Isolate(Vec<u64>),
     /// A `Join` or `Remove` passed on by a node that believed the receiver leads.
     AtLeader(Box<NodeRpc>),
+}
+
+/// What a router tells the others several times a second.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Gossip {
+    /// In-flight (MU, requests) per replica, so that every router counts the others'
+    /// work when it chooses.
+    pub loads: Vec<(ReplicaId, f64, u64)>,
+    /// MU/min asked of this node per tenant, so that reservations follow the traffic.
+    pub demand: sluice_actors::admission::NodeDemand,
 }
 
 /// The answer to anything but `Forward`.
@@ -79,6 +88,9 @@ pub struct ClusterStatus {
     /// The node that answered.
     pub answered_by: u64,
     pub term: u64,
+    /// Tenant names.
+    #[serde(default)]
+    pub tenants: Vec<String>,
     /// Tenant → model → reserved MU/min.
     pub reservations: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
 }

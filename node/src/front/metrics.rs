@@ -23,6 +23,17 @@ struct EndpointLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantClass {
+    tenant: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -46,6 +57,10 @@ pub struct Metrics {
     generation: Gauge,
     probes: Family<OutcomeLabel, Counter>,
     ejections: Family<ReplicaLabel, Counter>,
+    tenant_requests: Family<TenantClass, Counter>,
+    tenant_mu: Family<TenantClass, Counter<f64, AtomicU64>>,
+    tenant_reserved: Family<TenantLabel, Gauge<f64, AtomicU64>>,
+    tenant_duration: Family<TenantLabel, Histogram>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -76,6 +91,32 @@ impl Metrics {
             "probes",
             "Health probes of this node's replicas, by outcome (ok, failed)",
             probes.clone(),
+        );
+        let tenant_requests = Family::<TenantClass, Counter>::default();
+        let tenant_mu = Family::<TenantClass, Counter<f64, AtomicU64>>::default();
+        let tenant_reserved = Family::<TenantLabel, Gauge<f64, AtomicU64>>::default();
+        let tenant_duration = Family::<TenantLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "tenant_requests",
+            "Requests of a tenant at admission, by class (reserved, best_effort, refused)",
+            tenant_requests.clone(),
+        );
+        registry.register(
+            "tenant_mu",
+            "Model units a tenant asked for at admission, by class",
+            tenant_mu.clone(),
+        );
+        registry.register(
+            "tenant_reserved_mu_per_min",
+            "A tenant's reservation of this node's model",
+            tenant_reserved.clone(),
+        );
+        registry.register(
+            "tenant_request_duration_seconds",
+            "Time from an admitted request of a tenant to the last byte of its answer",
+            tenant_duration.clone(),
         );
         registry.register(
             "ejections",
@@ -146,7 +187,49 @@ impl Metrics {
             generation,
             probes,
             ejections,
+            tenant_requests,
+            tenant_mu,
+            tenant_reserved,
+            tenant_duration,
         }
+    }
+
+    pub fn tenant_decision(
+        &self,
+        tenant: &str,
+        decision: sluice_actors::admission::Decision,
+        mu: f64,
+    ) {
+        use sluice_actors::admission::Decision;
+        let class = match decision {
+            Decision::Reserved => "reserved",
+            Decision::BestEffort => "best_effort",
+            Decision::Refused { .. } => "refused",
+        };
+        let l = TenantClass {
+            tenant: tenant.to_owned(),
+            class,
+        };
+        self.tenant_requests.get_or_create(&l).inc();
+        if mu.is_finite() && mu > 0.0 {
+            self.tenant_mu.get_or_create(&l).inc_by(mu);
+        }
+    }
+
+    pub fn tenant_reserved(&self, tenant: &str, mu_per_min: f64) {
+        self.tenant_reserved
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_owned(),
+            })
+            .set(mu_per_min);
+    }
+
+    pub fn tenant_duration(&self, tenant: &str, seconds: f64) {
+        self.tenant_duration
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_owned(),
+            })
+            .observe(seconds);
     }
 
     pub fn probe(&self, ok: bool) {

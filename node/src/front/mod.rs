@@ -1,4 +1,4 @@
-//! The node's OpenAI-compatible front door: authenticate (later), parse, price, place,
+//! The node's OpenAI-compatible front door: authenticate, parse, price, admit, place,
 //! forward, stream back, account. Decisions are the router core's; this shell moves
 //! bytes and reads clocks.
 
@@ -8,6 +8,7 @@ mod metrics;
 mod probe;
 mod proxy;
 mod sse;
+pub mod tenancy;
 
 use crate::config::NodeConfig;
 use axum::body::Body;
@@ -121,6 +122,8 @@ pub struct AppState {
     retry_budget: Mutex<sluice_actors::prober::RetryBudget>,
     ejected: Mutex<std::collections::HashSet<ReplicaId>>,
     ejections: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Ejection>>,
+    /// Tenants' keys, reservations and admission (cluster mode; open without tenants).
+    tenancy: Mutex<tenancy::Tenancy>,
     /// Other routers' latest in-flight reports, by node (cluster mode).
     peer_loads: Mutex<HashMap<u64, (Instant, ReplicaLoads)>>,
 }
@@ -186,6 +189,7 @@ impl AppState {
             schedule: node.assigner.clone(),
             registry_health: Mutex::new(HashMap::new()),
             peer_loads: Mutex::new(HashMap::new()),
+            tenancy: Mutex::new(tenancy::Tenancy::new(0)),
             retry_budget: Mutex::new(sluice_actors::prober::RetryBudget::new(prober.config())),
             prober: Mutex::new(prober),
             probe_prioritized: node.probe_prioritized,
@@ -245,6 +249,12 @@ impl AppState {
                 capacity_mu_per_min: *cap,
             })
             .collect();
+        let capacity: f64 = specs
+            .iter()
+            .filter(|s| healthy.iter().any(|(id, ok)| *id == s.id && *ok))
+            .map(|s| s.capacity_mu_per_min)
+            .sum();
+        self.set_capacity(capacity);
         *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) =
             upstreams.into_iter().map(|(u, _)| (u.id, u)).collect();
         let mut verdicts = self
@@ -349,6 +359,7 @@ pub fn http_client(connect_timeout: Duration) -> Client<HttpConnector, Full<Byte
 pub fn app(state: Arc<AppState>) -> Router {
     tokio::spawn(health::run(state.clone()));
     tokio::spawn(probe::run(state.clone()));
+    tokio::spawn(tenancy::run(state.clone()));
     // In a cluster the Raft leader runs the assigner on every router's reports.
     if let (Some(schedule), None) = (state.schedule.clone(), &state.remote) {
         tokio::spawn(assign::run(state.clone(), schedule));

@@ -117,6 +117,11 @@ async fn forward(
         max_tokens: parsed.max_tokens,
         n: parsed.n,
     };
+    // Who is asking, and whether there is room: before anything is placed.
+    let cost = state.core().quote(&admission);
+    let pass = state.gate(api_key, cost)?;
+    let body = super::tenancy::engine_body(&body, &pass);
+    let tenant = pass.tenant;
     let no_replica = || {
         (
             ApiError::new(
@@ -197,6 +202,7 @@ async fn forward(
             replica,
             endpoint,
             started,
+            tenant,
         ));
     }
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
@@ -224,6 +230,11 @@ async fn forward(
     state
         .metrics
         .duration(label(endpoint), started.elapsed().as_secs_f64());
+    if let Some(t) = &tenant {
+        state
+            .metrics
+            .tenant_duration(t, started.elapsed().as_secs_f64());
+    }
     let mut out = Response::new(Body::from(bytes));
     *out.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let h = out.headers_mut();
@@ -326,6 +337,7 @@ fn stream_response(
     replica: sluice_actors::slice::ReplicaId,
     endpoint: Endpoint,
     started: Instant,
+    tenant: Option<String>,
 ) -> Response {
     struct Pump {
         body: UpstreamBody,
@@ -335,6 +347,7 @@ fn stream_response(
         replica: sluice_actors::slice::ReplicaId,
         endpoint: Endpoint,
         started: Instant,
+        tenant: Option<String>,
     }
     let idle = state.config.stream_idle_timeout;
     let pump = Pump {
@@ -345,6 +358,7 @@ fn stream_response(
         replica,
         endpoint,
         started,
+        tenant,
     };
     let stream = futures_util::stream::unfold(pump, move |mut p| async move {
         if p.finished {
@@ -370,9 +384,11 @@ fn stream_response(
                 Ok(None) => {
                     p.finished = true;
                     let state = p.guard.state.clone();
-                    state
-                        .metrics
-                        .duration(label(p.endpoint), p.started.elapsed().as_secs_f64());
+                    let took = p.started.elapsed().as_secs_f64();
+                    state.metrics.duration(label(p.endpoint), took);
+                    if let Some(t) = &p.tenant {
+                        state.metrics.tenant_duration(t, took);
+                    }
                     if p.meter.done || p.meter.error {
                         let mut guard = p.guard;
                         guard.usage = p.meter.usage;
