@@ -240,12 +240,47 @@ mod tests {
             mu_per_min: mu,
         };
         assert_eq!(reserved_floor(&state, "m", 1000.0), 0);
+        // Reservations need tenants, and capacity for them: a node with 4 GPUs of
+        // 1,000 MU/min replicas of m (and of other).
+        let node = sluice_raft::NodeInfo {
+            id: 1,
+            quic_addr: "q".into(),
+            http_addr: "h".into(),
+            rack: "r".into(),
+            labels: Default::default(),
+            roles: Default::default(),
+            gpus: 10,
+        };
+        let replica = |id: u64, model: &str| ReplicaInfo {
+            id: ReplicaId(id),
+            node: 1,
+            model: model.into(),
+            endpoint: "e".into(),
+            capacity_mu_per_min: 1000.0,
+            health: ReplicaHealth::Healthy,
+        };
+        let setup = [
+            ControlCommand::AddNode(node),
+            ControlCommand::RegisterReplica(replica(1, "m")),
+            ControlCommand::RegisterReplica(replica(2, "other")),
+            ControlCommand::CreateTenant {
+                name: "a".into(),
+                key_sha256: [1; 32],
+            },
+            ControlCommand::CreateTenant {
+                name: "b".into(),
+                key_sha256: [2; 32],
+            },
+        ];
+        for cmd in setup {
+            assert!(!sluice_raft::apply(&mut state, cmd).is_rejected());
+        }
         for cmd in [
             reserve("a", "m", 1500.0),
             reserve("b", "m", 600.0),
             reserve("a", "other", 9000.0),
         ] {
-            sluice_raft::apply(&mut state, cmd);
+            assert!(!sluice_raft::apply(&mut state, cmd).is_rejected());
         }
         // 2,100 MU/min of m at 1,000 per replica: three replicas, whatever the load.
         assert_eq!(reserved_floor(&state, "m", 1000.0), 3);
