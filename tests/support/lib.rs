@@ -153,6 +153,14 @@ impl Http {
         Ok((resp.status().as_u16(), replica, resp.into_body()))
     }
 
+    /// Sends a request built by the caller; the body is left to read.
+    pub async fn raw(
+        &self,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        Ok(self.client.request(req).await?)
+    }
+
     pub async fn send(
         &self,
         method: &str,

@@ -5,19 +5,20 @@
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenBucket {
     per_s: f64,
-    depth_s: f64,
+    /// Most MU it holds.
+    depth: f64,
     tokens: f64,
     at_us: u64,
 }
 
 impl TokenBucket {
-    /// Starts full.
-    pub fn new(mu_per_min: f64, depth_s: f64, now_us: u64) -> Self {
-        let per_s = rate(mu_per_min);
+    /// Refills at `mu_per_min`, holds at most `depth` MU; starts full.
+    pub fn new(mu_per_min: f64, depth: f64, now_us: u64) -> Self {
+        let depth = depth.max(0.0);
         Self {
-            per_s,
-            depth_s,
-            tokens: per_s * depth_s,
+            per_s: rate(mu_per_min),
+            depth,
+            tokens: depth,
             at_us: now_us,
         }
     }
@@ -25,14 +26,15 @@ impl TokenBucket {
     fn refill(&mut self, now_us: u64) {
         let dt = now_us.saturating_sub(self.at_us) as f64 / 1e6;
         self.at_us = self.at_us.max(now_us);
-        self.tokens = (self.tokens + dt * self.per_s).min(self.per_s * self.depth_s);
+        self.tokens = (self.tokens + dt * self.per_s).min(self.depth);
     }
 
-    /// A new rate from `now_us` on; what was earned so far at the old rate is kept.
-    pub fn set_rate(&mut self, mu_per_min: f64, now_us: u64) {
+    /// A new rate and depth from `now_us` on; what was earned so far is kept.
+    pub fn set_rate(&mut self, mu_per_min: f64, depth: f64, now_us: u64) {
         self.refill(now_us);
         self.per_s = rate(mu_per_min);
-        self.tokens = self.tokens.min(self.per_s * self.depth_s);
+        self.depth = depth.max(0.0);
+        self.tokens = self.tokens.min(self.depth);
     }
 
     pub fn mu_per_min(&self) -> f64 {
@@ -79,14 +81,14 @@ mod tests {
 
     #[test]
     fn admits_up_to_its_depth_then_at_its_rate() {
-        // 600 MU/min = 10 MU/s, 2 s deep.
-        let mut b = TokenBucket::new(600.0, 2.0, 0);
+        // 600 MU/min = 10 MU/s, 20 MU deep.
+        let mut b = TokenBucket::new(600.0, 20.0, 0);
         assert!(b.try_take(15.0, 0));
         assert!(b.try_take(15.0, 0), "5 left: one more runs it into debt");
         assert!(!b.try_take(1.0, 0));
         assert_eq!(b.wait_s(0), Some(1.0));
         assert!(b.try_take(1.0, 1_000_001));
-        let mut empty = TokenBucket::new(0.0, 2.0, 0);
+        let mut empty = TokenBucket::new(0.0, 0.0, 0);
         assert!(!empty.try_take(1.0, 10_000_000));
         assert_eq!(empty.wait_s(0), None);
     }
@@ -99,7 +101,7 @@ mod tests {
             costs in proptest::collection::vec((1.0f64..50.0, 0u64..500_000), 1..400),
             per_min in 60.0f64..6000.0,
         ) {
-            let mut b = TokenBucket::new(per_min, 5.0, 0);
+            let mut b = TokenBucket::new(per_min, per_min / 60.0 * 5.0, 0);
             let (mut now, mut admitted, mut largest) = (0u64, 0.0, 0.0f64);
             for (cost, gap) in costs {
                 now += gap;

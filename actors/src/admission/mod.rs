@@ -23,7 +23,10 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdmissionConfig {
-    /// Seconds of its rate a bucket holds: how big a burst is admitted at once.
+    /// Seconds of rate a bucket holds: how big a burst is admitted at once. A tenant's
+    /// bucket on every node holds this many seconds of its *whole* reservation, so that
+    /// when its traffic moves to one node the budget there covers it while the shares
+    /// catch up (the cluster's burst is then at most nodes × this).
     pub depth_s: f64,
     /// Half-life of the demand rates nodes gossip.
     pub demand_half_life_s: f64,
@@ -33,7 +36,7 @@ impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
             depth_s: 5.0,
-            demand_half_life_s: 2.0,
+            demand_half_life_s: 3.0,
         }
     }
 }
@@ -51,7 +54,10 @@ pub enum Decision {
 /// This node's refill rates, in MU/min.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Budgets {
+    /// This node's share of each reservation.
     pub reserved: BTreeMap<String, f64>,
+    /// Each reservation, whole (sizes the buckets).
+    pub reserved_whole: BTreeMap<String, f64>,
     pub best_effort: f64,
 }
 
@@ -137,19 +143,22 @@ impl AdmissionCore {
 
     /// New refill rates (from [`budgets`]); tenants without a share lose their bucket.
     pub fn set_budgets(&mut self, b: &Budgets, now_us: u64) {
-        let depth = self.config.depth_s;
+        let seconds = self.config.depth_s / 60.0;
         self.reserved.retain(|t, _| b.reserved.contains_key(t));
         for (t, &rate) in &b.reserved {
+            let whole = b.reserved_whole.get(t).copied().unwrap_or(rate).max(rate);
+            let depth = whole * seconds;
             match self.reserved.get_mut(t) {
-                Some(bucket) => bucket.set_rate(rate, now_us),
+                Some(bucket) => bucket.set_rate(rate, depth, now_us),
                 None => {
                     self.reserved
                         .insert(t.clone(), TokenBucket::new(rate, depth, now_us));
                 }
             }
         }
+        let depth = b.best_effort * seconds;
         match self.best_effort.as_mut() {
-            Some(bucket) => bucket.set_rate(b.best_effort, now_us),
+            Some(bucket) => bucket.set_rate(b.best_effort, depth, now_us),
             None => self.best_effort = Some(TokenBucket::new(b.best_effort, depth, now_us)),
         }
     }
@@ -211,6 +220,7 @@ pub fn budgets(
             }
             if n == me {
                 out.reserved.insert(tenant.clone(), shares[i]);
+                out.reserved_whole.insert(tenant.clone(), reserved);
             }
         }
         used += reserved.min(wanted.iter().sum());

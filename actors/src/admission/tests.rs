@@ -49,6 +49,7 @@ fn reserved_first_then_best_effort_then_refused_with_a_wait() {
     a.set_budgets(
         &Budgets {
             reserved: reservations(&[("gold", 600.0)]),
+            reserved_whole: reservations(&[("gold", 600.0)]),
             best_effort: 120.0,
         },
         0,
