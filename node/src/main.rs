@@ -404,7 +404,7 @@ async fn node_start(a: StartArgs) -> Result<()> {
             let node = cluster::start(&cfg, ca, local, &urls, slot.clone()).await?;
             std::fs::write(
                 ca.data_dir.join(cluster::cli::ADDR_FILE),
-                ca.listen.to_string(),
+                node.listen.to_string(),
             )
             .context("cannot record the node's address")?;
             let upstreams = urls
@@ -414,7 +414,7 @@ async fn node_start(a: StartArgs) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let state = front::AppState::new(&cfg, upstreams, Some(node.client.clone()))?;
             let _ = slot.set(state.clone());
-            tracing::info!(node = node.id, quic = %ca.listen, rack = %ca.rack, "cluster member");
+            tracing::info!(node = node.id, quic = %node.listen, rack = %ca.rack, "cluster member");
             (state, Some(node))
         }
     };

@@ -66,6 +66,8 @@ pub struct ClusterArgs {
 /// A running cluster member.
 pub struct ClusterNode {
     pub id: u64,
+    /// Where its QUIC endpoint listens.
+    pub listen: SocketAddr,
     pub cp: ControlPlane<QuicRaft>,
     pub endpoint: Endpoint,
     pub client: Arc<Client>,
@@ -197,6 +199,10 @@ pub async fn start(
     let id = identity.node_id();
     let endpoint = Endpoint::bind(args.listen, &identity, &ca, TransportConfig::default())
         .with_context(|| format!("cannot listen for cluster traffic on {}", args.listen))?;
+    // The bound address (port 0 picks a free one).
+    let listen = endpoint
+        .local_addr()
+        .context("cannot read the cluster endpoint's address")?;
     let client = Arc::new(Client::new(endpoint.clone()));
     let partition = raft_net::Partition::default();
     let cp = ControlPlane::open(
@@ -245,7 +251,7 @@ pub async fn start(
 
     let marker = args.data_dir.join(INIT_MARKER);
     if marker.exists() {
-        let members = BTreeMap::from([(id, NodeAddr::new(args.listen.to_string()))]);
+        let members = BTreeMap::from([(id, NodeAddr::new(listen.to_string()))]);
         match cp.initialize(members).await {
             Ok(()) | Err(sluice_raft::ControlPlaneError::AlreadyInitialized) => {}
             Err(e) => return Err(e).context("cannot form the cluster"),
@@ -254,7 +260,7 @@ pub async fn start(
     }
     let me = NodeInfo {
         id,
-        quic_addr: args.listen.to_string(),
+        quic_addr: listen.to_string(),
         http_addr: http.to_string(),
         rack: args.rack.clone(),
         labels: BTreeMap::new(),
@@ -263,6 +269,7 @@ pub async fn start(
     };
     let node = ClusterNode {
         id,
+        listen,
         cp: cp.clone(),
         endpoint,
         client: client.clone(),

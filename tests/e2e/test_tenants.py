@@ -1,0 +1,94 @@
+"""Tenants as a user meets them through the official openai client: a one-node cluster
+with a tenant, its key accepted, a missing or wrong key an AuthenticationError, and a
+tenant over its reservation with no spare a RateLimitError carrying Retry-After."""
+
+import json
+import os
+import subprocess
+import tempfile
+
+import openai
+import pytest
+
+from conftest import MODEL, SLUICE, Proc, http, wait_until
+
+
+def sluice(*args):
+    out = subprocess.run([SLUICE, *args], capture_output=True, text=True, timeout=60)
+    return out.returncode, out.stdout, out.stderr
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    data = tempfile.mkdtemp()
+    rc, _, err = sluice("cluster", "init", "--data-dir", data)
+    assert rc == 0, err
+    # A small profile capacity, so that one tenant can run out of reservation and spare.
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "actors", "profiles", "llama-3.1-8b-h100.toml")
+    with open(src) as f:
+        text = f.read()
+    profile = os.path.join(data, "small.toml")
+    with open(profile, "w") as f:
+        f.write(text.replace("capacity_mu_per_min = 80000.0", "capacity_mu_per_min = 60.0"))
+    node = Proc([SLUICE, "node", "start", "--data-dir", data, "--listen", "127.0.0.1:0",
+                 "--http", "127.0.0.1:0", "--replicas", "1", "--time-scale", "0",
+                 "--profile", profile], "sluice node listening on ")
+    def registered():
+        rc, out, _ = sluice("cluster", "status", "--json", "--data-dir", data)
+        return rc == 0 and len(json.loads(out)["replicas"]) == 1
+
+    assert wait_until(registered, timeout=30, every=0.2)
+    yield data, node
+    node.stop()
+
+
+def test_keys_reservations_and_refusals_through_the_openai_client(cluster):
+    data, node = cluster
+    # Before any tenant exists the door is open.
+    open_client = openai.OpenAI(base_url=node.url + "/v1", api_key="anything", max_retries=0)
+    r = open_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert r.choices[0].message.content
+
+    rc, out, err = sluice("tenant", "create", "acme", "--data-dir", data)
+    assert rc == 0, err
+    key = next(line for line in out.splitlines() if line.startswith("sk-sluice-"))
+    rc, _, err = sluice("tenant", "reserve", "acme", "--mu-per-min", "30", "--data-dir", data)
+    assert rc == 0, err
+    rc, _, err = sluice("tenant", "reserve", "acme", "--mu-per-min", "6000", "--data-dir", data)
+    assert rc != 0 and "does not fit" in err
+
+    client = openai.OpenAI(base_url=node.url + "/v1", api_key=key, max_retries=0)
+
+    def accepted():
+        try:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+            return True
+        except openai.APIStatusError:
+            return False
+
+    assert wait_until(accepted, timeout=10), "the new tenant's key was not accepted"
+
+    wrong = openai.OpenAI(base_url=node.url + "/v1", api_key="sk-sluice-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        wrong.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert e.value.status_code == 401
+    assert e.value.body["code"] == "invalid_api_key"
+    # The client will not send without a key; a bare request shows the other 401.
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, _, raw = http("POST", node.url + "/v1/chat/completions", body, {"content-type": "application/json"})
+    assert status == 401
+    assert "provide an API key" in json.loads(raw)["error"]["message"]
+
+    # 60 MU/min of capacity, 30 reserved: a burst of large requests runs out of both.
+    refused = None
+    for i in range(40):
+        try:
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"{i} " + "word " * 400}], max_tokens=200)
+        except openai.RateLimitError as e:
+            refused = e
+            break
+    assert refused is not None, "never refused past reservation and spare"
+    assert refused.status_code == 429
+    assert int(refused.response.headers["retry-after"]) >= 1
+    assert refused.body["code"] == "rate_limit_exceeded"
