@@ -69,6 +69,15 @@ pub struct EngineRequest {
     pub priority: i64,
     /// Seed of the pseudo output tokens (see [`crate::words`]).
     pub seed: u64,
+    /// Root of the request's block-hash chain: [`ROOT_HASH`], or one derived from its
+    /// `cache_salt` (vLLM mixes the salt into the first block's hash), so requests with
+    /// different salts never share cached blocks.
+    pub hash_root: u64,
+}
+
+/// The hash-chain root for a `cache_salt`.
+pub fn salted_root(salt: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(salt.as_bytes(), ROOT_HASH).max(1)
 }
 
 impl EngineRequest {
@@ -81,6 +90,7 @@ impl EngineRequest {
             output_len,
             priority: 0,
             seed: id.0,
+            hash_root: ROOT_HASH,
         }
     }
 
@@ -315,6 +325,7 @@ struct Seq {
     tokens: Vec<u32>,
     /// Hashes of the full blocks of `tokens` (`tokens.len() / block_size` of them).
     hashes: Vec<u64>,
+    hash_root: u64,
     prompt_len: u32,
     target: u32,
     max_tokens: u32,
@@ -431,7 +442,7 @@ impl EngineCore {
         let mut tokens = req.prompt;
         tokens.reserve(target as usize);
         let mut hashes = Vec::with_capacity((tokens.len() + target as usize) / bs + 1);
-        let mut parent = ROOT_HASH;
+        let mut parent = req.hash_root;
         for chunk in tokens.chunks_exact(bs) {
             parent = block_hash(parent, chunk, &mut self.scratch);
             hashes.push(parent);
@@ -448,6 +459,7 @@ impl EngineCore {
             target,
             max_tokens: req.max_tokens,
             seed: req.seed,
+            hash_root: req.hash_root,
             computed: 0,
             blocks: Vec::new(),
             output: 0,
@@ -678,7 +690,7 @@ impl EngineCore {
             } else {
                 seq.tokens.push(output_token(seq.seed, index));
                 if seq.tokens.len() % bs as usize == 0 {
-                    let parent = seq.hashes.last().copied().unwrap_or(ROOT_HASH);
+                    let parent = seq.hashes.last().copied().unwrap_or(seq.hash_root);
                     let start = seq.tokens.len() - bs as usize;
                     let h = block_hash(parent, &seq.tokens[start..], &mut self.scratch);
                     seq.hashes.push(h);

@@ -223,6 +223,29 @@ fn equal_prefixes_hit_in_whole_blocks() {
 }
 
 #[test]
+fn a_cache_salt_isolates_prefixes() {
+    // vLLM's cache_salt: the same prompt under another salt shares no cached block,
+    // under the same salt it does.
+    let mut core = EngineCore::new(EngineParams::default());
+    let base = prompt(7, 100);
+    let salted = |id: u64, salt: &str| {
+        let mut r = EngineRequest::new(RequestId(id), base.clone(), 4, 4);
+        r.hash_root = crate::core::salted_root(salt);
+        r
+    };
+    run_one(&mut core, salted(1, "tenant-a"));
+    let other = run_one(&mut core, salted(2, "tenant-b"));
+    assert_eq!(other.finished.unwrap().1.cached_tokens, 0);
+    let unsalted = run_one(
+        &mut core,
+        EngineRequest::new(RequestId(3), base.clone(), 4, 4),
+    );
+    assert_eq!(unsalted.finished.unwrap().1.cached_tokens, 0);
+    let same = run_one(&mut core, salted(4, "tenant-a"));
+    assert_eq!(same.finished.unwrap().1.cached_tokens, 96);
+}
+
+#[test]
 fn multi_turn_reuses_cached_output_blocks() {
     // The engine caches the blocks of generated tokens too: a follow-up whose prompt is
     // the previous prompt plus the previous answer hits both.

@@ -33,6 +33,8 @@ pub struct ParsedRequest {
     /// vLLM's `ignore_eos`: generate exactly `max_tokens`.
     pub ignore_eos: bool,
     pub n: u32,
+    /// vLLM's `cache_salt`: prefix-cache isolation between requests that differ in it.
+    pub cache_salt: Option<String>,
 }
 
 /// A prompt is text, or pre-tokenized ids (completions only).
@@ -197,6 +199,16 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
             ))
         }
     };
+    let cache_salt = match obj.get("cache_salt") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'cache_salt' must be a non-empty string",
+                Some("cache_salt"),
+            ))
+        }
+    };
     let ignore_eos = opt_bool(&obj, "ignore_eos")?.unwrap_or(false);
     let n = opt_u32(&obj, "n")?.unwrap_or(1);
     if n == 0 {
@@ -214,6 +226,7 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         priority,
         ignore_eos,
         n,
+        cache_salt,
     })
 }
 

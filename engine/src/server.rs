@@ -585,6 +585,10 @@ async fn generate(s: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, body: 
         output_len,
         priority: req.priority,
         seed,
+        hash_root: req
+            .cache_salt
+            .as_deref()
+            .map_or(crate::kv::ROOT_HASH, crate::core::salted_root),
     };
     let sink = Sink {
         tx,
