@@ -52,6 +52,16 @@ enum Command {
     Loadgen(sluice_chaos::loadgen::LoadgenArgs),
     /// Measure an OpenAI-compatible engine and fit a profile's MU coefficients and capacity.
     Calibrate(sluice_chaos::calibrate::CalibrateArgs),
+    /// Chaos drills on a local cluster of real node processes.
+    #[command(subcommand)]
+    Chaos(ChaosCommand),
+}
+
+#[derive(Subcommand)]
+enum ChaosCommand {
+    /// Start a local cluster, drive load through it, inject a scenario's faults, check
+    /// that no request was lost and that every node ends with the same committed state.
+    Drill(sluice_chaos::drill::DrillArgs),
 }
 
 #[derive(Subcommand)]
@@ -312,6 +322,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Sim(_) => Ok(()),
             Command::Loadgen(a) => sluice_chaos::loadgen::cli_main(a).await,
             Command::Calibrate(a) => sluice_chaos::calibrate::cli_main(a).await,
+            Command::Chaos(ChaosCommand::Drill(a)) => sluice_chaos::drill::cli_main(a).await,
             Command::Replica(ReplicaCommand::Sim(a)) => {
                 replica::run(replica::SimArgs {
                     host: a.host,
@@ -502,11 +513,17 @@ async fn node_start(a: StartArgs) -> Result<()> {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
     });
+    let handle = node.as_ref().map(|n| n.handle());
+    let draining = handle.clone();
     let server = async move {
         axum::serve(listener, front::app(state))
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
                 let _ = stopping.send(true);
+                // Other routers stop forwarding here while in-flight work finishes.
+                if let Some(n) = draining {
+                    n.drain_replicas().await;
+                }
             })
             .await
     };
@@ -522,6 +539,10 @@ async fn node_start(a: StartArgs) -> Result<()> {
         }
     };
     tracing::info!("node stopping");
+    if let Some(n) = &handle {
+        // Requests forwarded from other nodes finish before the endpoint closes.
+        n.forwarded_done(grace).await;
+    }
     if let Some(node) = node {
         node.shutdown().await;
     }

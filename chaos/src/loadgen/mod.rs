@@ -15,7 +15,7 @@ mod cli;
 mod config;
 mod driver;
 mod error;
-mod exchange;
+pub mod exchange;
 mod report;
 mod schedule;
 mod source;

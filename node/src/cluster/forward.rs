@@ -28,6 +28,17 @@ const PATHS: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
 pub struct LocalReplicas {
     urls: RwLock<HashMap<ReplicaId, String>>,
     client: HttpClient<HttpConnector, Full<Bytes>>,
+    /// Forwarded requests being served: a stopping node waits for them.
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a forwarded request while it is served.
+struct Serving<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl LocalReplicas {
@@ -35,6 +46,7 @@ impl LocalReplicas {
         Self {
             urls: RwLock::new(HashMap::new()),
             client,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -73,7 +85,15 @@ impl LocalReplicas {
     /// Serves one forwarded request: proxies it to the local engine and streams the
     /// answer back. A caller that goes away stops the stream, which drops the engine
     /// request (the engine aborts it).
+    /// Forwarded requests being served now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub async fn serve(&self, req: ForwardRequest, mut reply: Reply) {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _serving = Serving(&self.in_flight);
         let fail = |m: String| ForwardFrame::Error(m);
         let Some(base) = self.url(req.replica) else {
             let _ = reply

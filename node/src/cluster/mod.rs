@@ -127,6 +127,32 @@ impl NodeHandle {
     }
 }
 
+impl NodeHandle {
+    /// A graceful stop begins: this node's replicas are marked draining so that other
+    /// routers stop forwarding to them (they come back healthy when the node restarts).
+    pub async fn drain_replicas(&self) {
+        let mine: Vec<ReplicaId> = self.local.snapshot().into_keys().collect();
+        for replica in mine {
+            let cmd = ControlCommand::SetReplicaHealth {
+                replica,
+                health: ReplicaHealth::Draining,
+            };
+            match tokio::time::timeout(Duration::from_secs(2), self.cp.write(cmd)).await {
+                Ok(Ok(_)) => {}
+                _ => tracing::warn!(replica = replica.0, "could not mark a replica draining"),
+            }
+        }
+    }
+
+    /// Waits (up to `limit`) until no forwarded request is being served here.
+    pub async fn forwarded_done(&self, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        while self.local.in_flight() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl ClusterNode {
     pub fn handle(&self) -> NodeHandle {
         NodeHandle {

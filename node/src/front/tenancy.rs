@@ -69,6 +69,10 @@ impl AppState {
             self.metrics.tenant_reserved(tenant, *mu);
         }
         t.reservations = reservations;
+        drop(t);
+        // Budgets at once: a node that just (re)started must not refuse its first
+        // requests for want of a rebalance.
+        self.rebalance();
     }
 
     /// The healthy fleet's capacity changed.

@@ -1,0 +1,251 @@
+//! The drill's ledger: every request the load generator sent and how it ended, and the
+//! pure verdicts drawn from it. A request ends in exactly one way: a whole answer, an
+//! explicit error (an HTTP error status, or a stream that ends with an error event), or
+//! lost (no answer by its deadline, a connection dropped without a word, a stream cut
+//! short without an error event, or a stream whose tokens do not add up).
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Explicit { why: String },
+    Lost { why: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Record {
+    pub id: u64,
+    /// Milliseconds since the drill started.
+    pub sent_ms: u64,
+    pub done_ms: u64,
+    /// Which node's front door it went to (index).
+    pub node: usize,
+    pub stream: bool,
+    pub outcome: Outcome,
+}
+
+/// What a drill reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub sent: u64,
+    pub succeeded: u64,
+    pub failed_explicit: u64,
+    pub lost: u64,
+    /// Of the requests sent after the first fault, the share that succeeded.
+    pub success_rate_after_fault: f64,
+    /// From the first fault until the success rate over a sliding window is back to
+    /// `RECOVERED` for good; `None` if it never dipped, or never came back.
+    pub recovery_s: Option<f64>,
+    /// Why each lost request was lost (at most a few, for the report).
+    pub lost_examples: Vec<String>,
+    /// The first explicit failures and their reasons.
+    pub explicit_examples: Vec<String>,
+}
+
+/// The window over which recovery is judged, and the success rate that counts as
+/// recovered.
+pub const WINDOW_MS: u64 = 2_000;
+pub const RECOVERED: f64 = 0.99;
+
+pub fn summarize(scenario: &str, records: &[Record], fault_ms: Option<u64>) -> Summary {
+    let count = |f: &dyn Fn(&Outcome) -> bool| records.iter().filter(|r| f(&r.outcome)).count();
+    let succeeded = count(&|o| *o == Outcome::Ok) as u64;
+    let failed_explicit = count(&|o| matches!(o, Outcome::Explicit { .. })) as u64;
+    let lost_examples: Vec<String> = records
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Lost { why } => Some(format!("request {} (node {}): {why}", r.id, r.node)),
+            _ => None,
+        })
+        .take(5)
+        .collect();
+    let lost = count(&|o| matches!(o, Outcome::Lost { .. })) as u64;
+    let explicit_examples: Vec<String> = records
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Explicit { why } => Some(format!(
+                "request {} at {:.1} s (node {}): {why}",
+                r.id,
+                r.sent_ms as f64 / 1e3,
+                r.node
+            )),
+            _ => None,
+        })
+        .take(5)
+        .collect();
+    let after: Vec<&Record> = match fault_ms {
+        Some(f) => records.iter().filter(|r| r.sent_ms >= f).collect(),
+        None => records.iter().collect(),
+    };
+    let success_rate_after_fault = if after.is_empty() {
+        1.0
+    } else {
+        after.iter().filter(|r| r.outcome == Outcome::Ok).count() as f64 / after.len() as f64
+    };
+    Summary {
+        scenario: scenario.to_owned(),
+        sent: records.len() as u64,
+        succeeded,
+        failed_explicit,
+        lost,
+        success_rate_after_fault,
+        recovery_s: fault_ms
+            .and_then(|f| recovery_ms(records, f))
+            .map(|ms| ms as f64 / 1e3),
+        lost_examples,
+        explicit_examples,
+    }
+}
+
+/// Milliseconds from `fault_ms` to the start of the last window (by send time) whose
+/// success rate was below [`RECOVERED`], plus the window: after that every window is
+/// healthy. `None` when no window after the fault was unhealthy.
+fn recovery_ms(records: &[Record], fault_ms: u64) -> Option<u64> {
+    let mut sorted: Vec<&Record> = records.iter().filter(|r| r.sent_ms >= fault_ms).collect();
+    sorted.sort_by_key(|r| r.sent_ms);
+    let last = sorted.last()?.sent_ms;
+    let mut worst_end = None;
+    let mut start = fault_ms;
+    while start <= last {
+        let end = start + WINDOW_MS;
+        let window: Vec<&&Record> = sorted
+            .iter()
+            .filter(|r| r.sent_ms >= start && r.sent_ms < end)
+            .collect();
+        if !window.is_empty() {
+            let ok = window.iter().filter(|r| r.outcome == Outcome::Ok).count();
+            if (ok as f64) < RECOVERED * window.len() as f64 {
+                worst_end = Some(end);
+            }
+        }
+        start += WINDOW_MS / 4;
+    }
+    worst_end.map(|e| e.saturating_sub(fault_ms))
+}
+
+/// Checks one streamed answer (the SSE body): complete with `[DONE]`, or ended by an
+/// error event; and the content chunks add up to the usage the engine reported.
+pub fn judge_stream(body: &str) -> Outcome {
+    let mut chunks = 0u64;
+    let mut usage = None;
+    let mut done = false;
+    let mut error = None;
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data.trim() == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+            return Outcome::Lost {
+                why: "a stream event is not JSON".into(),
+            };
+        };
+        if let Some(e) = v.get("error") {
+            error = Some(
+                e.get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("error")
+                    .to_owned(),
+            );
+            continue;
+        }
+        if let Some(u) = v.get("usage").and_then(|u| u.get("completion_tokens")) {
+            usage = u.as_u64();
+        }
+        let content = v["choices"][0]["delta"]["content"]
+            .as_str()
+            .or_else(|| v["choices"][0]["text"].as_str());
+        if content.is_some_and(|c| !c.is_empty()) {
+            chunks += 1;
+        }
+    }
+    match (error, done, usage) {
+        (Some(why), _, _) => Outcome::Explicit {
+            why: format!("stream error event: {why}"),
+        },
+        (None, false, _) => Outcome::Lost {
+            why: "stream cut short without an error event".into(),
+        },
+        (None, true, Some(u)) if u != chunks => Outcome::Lost {
+            why: format!("{chunks} token chunks but usage says {u}: tokens skipped or duplicated"),
+        },
+        (None, true, _) => Outcome::Ok,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u64, sent_ms: u64, ok: bool) -> Record {
+        Record {
+            id,
+            sent_ms,
+            done_ms: sent_ms + 10,
+            node: 0,
+            stream: false,
+            outcome: if ok {
+                Outcome::Ok
+            } else {
+                Outcome::Explicit { why: "503".into() }
+            },
+        }
+    }
+
+    #[test]
+    fn streams_are_whole_explicitly_failed_or_lost() {
+        let chunk =
+            |t: &str| format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{t}\"}}}}]}}\n\n");
+        let usage = "data: {\"choices\":[],\"usage\":{\"completion_tokens\":2}}\n\n";
+        let whole = format!("{}{}{usage}data: [DONE]\n\n", chunk("a"), chunk("b"));
+        assert_eq!(judge_stream(&whole), Outcome::Ok);
+        let dup = format!(
+            "{}{}{}{usage}data: [DONE]\n\n",
+            chunk("a"),
+            chunk("b"),
+            chunk("b")
+        );
+        assert!(matches!(judge_stream(&dup), Outcome::Lost { .. }));
+        let cut = chunk("a");
+        assert!(matches!(judge_stream(&cut), Outcome::Lost { .. }));
+        let failed = format!(
+            "{}data: {{\"error\":{{\"message\":\"replica lost\"}}}}\n\n",
+            chunk("a")
+        );
+        assert!(matches!(judge_stream(&failed), Outcome::Explicit { .. }));
+    }
+
+    #[test]
+    fn summary_counts_each_request_once_and_measures_recovery() {
+        let mut records: Vec<Record> = (0..100).map(|i| rec(i, i * 100, true)).collect();
+        // Failures from 3.0 s to 4.0 s; the fault at 3.0 s.
+        for r in records
+            .iter_mut()
+            .filter(|r| (3000..4000).contains(&r.sent_ms))
+        {
+            r.outcome = Outcome::Explicit { why: "503".into() };
+        }
+        records[99].outcome = Outcome::Lost {
+            why: "no answer".into(),
+        };
+        let s = summarize("x", &records[..99], Some(3000));
+        assert_eq!(
+            (s.sent, s.succeeded, s.failed_explicit, s.lost),
+            (99, 89, 10, 0)
+        );
+        assert!((s.success_rate_after_fault - 59.0 / 69.0).abs() < 1e-9);
+        let rec_s = s.recovery_s.unwrap();
+        assert!((1.0..=3.0).contains(&rec_s), "{rec_s}");
+        let s = summarize("x", &records, Some(3000));
+        assert_eq!(s.lost, 1);
+        assert_eq!(s.lost_examples.len(), 1);
+        let calm = summarize("x", &records[..20], Some(0));
+        assert_eq!(calm.recovery_s, None);
+    }
+}

@@ -1,0 +1,190 @@
+//! The drill's load generator: open-loop chat requests (half of them streamed) at a
+//! fixed rate through the nodes' front doors, each recorded in the ledger. It stands for
+//! clients behind a load balancer: it sends only through front doors the drill has not
+//! taken out (the drill takes a node out before it stops or kills it).
+
+use super::ledger::{judge_stream, Outcome, Record};
+use crate::loadgen::exchange::{client, HttpClient};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+pub const MODEL: &str = "llama-3.1-8b-instruct";
+
+/// Which front doors take traffic, and how many requests each has in flight.
+pub struct Doors {
+    pub urls: Vec<String>,
+    open: RwLock<Vec<bool>>,
+    in_flight: Vec<AtomicU64>,
+}
+
+impl Doors {
+    pub fn new(urls: Vec<String>) -> Arc<Self> {
+        let n = urls.len();
+        Arc::new(Self {
+            urls,
+            open: RwLock::new(vec![true; n]),
+            in_flight: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    pub fn set_open(&self, i: usize, open: bool) {
+        if let Some(o) = self
+            .open
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(i)
+        {
+            *o = open;
+        }
+    }
+
+    fn pick(&self, k: u64) -> Option<usize> {
+        let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+        let live: Vec<usize> = (0..open.len()).filter(|&i| open[i]).collect();
+        (!live.is_empty()).then(|| live[(k as usize) % live.len()])
+    }
+
+    /// Waits (up to `limit`) until nothing is in flight through door `i`.
+    pub async fn drain(&self, i: usize, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        while self.in_flight[i].load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub struct LoadHandle {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<tokio::task::JoinHandle<()>>>,
+    records: Arc<Mutex<Vec<Record>>>,
+}
+
+impl LoadHandle {
+    /// Stops sending and waits for every request's end; the ledger.
+    pub async fn finish(self) -> Vec<Record> {
+        let _ = self.stop.send(true);
+        if let Ok(tasks) = self.task.await {
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+        let mut r = std::mem::take(&mut *self.records.lock().unwrap_or_else(|p| p.into_inner()));
+        r.sort_by_key(|x| x.id);
+        r
+    }
+}
+
+/// Starts sending `rate` requests per second; times are measured from `epoch`.
+pub fn start(
+    doors: Arc<Doors>,
+    rate: f64,
+    deadline: Duration,
+    epoch: Instant,
+    key: String,
+) -> LoadHandle {
+    let key: Arc<str> = Arc::from(format!("Bearer {key}"));
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let records: Arc<Mutex<Vec<Record>>> = Arc::default();
+    let out = records.clone();
+    let task = tokio::spawn(async move {
+        let http = client(256, Duration::from_secs(2));
+        let gap = Duration::from_secs_f64(1.0 / rate.max(0.01));
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::new();
+        for k in 0u64.. {
+            tokio::select! {
+                _ = tokio::time::sleep_until(start + gap * k as u32) => {}
+                _ = stopped.changed() => break,
+            }
+            let Some(door) = doors.pick(k) else { continue };
+            let (http, doors, out, key) = (http.clone(), doors.clone(), out.clone(), key.clone());
+            doors.in_flight[door].fetch_add(1, Ordering::Relaxed);
+            tasks.push(tokio::spawn(async move {
+                let sent_ms = epoch.elapsed().as_millis() as u64;
+                let stream = k % 2 == 1;
+                let outcome =
+                    tokio::time::timeout(deadline, one(&http, &doors.urls[door], &key, k, stream))
+                        .await
+                        .unwrap_or_else(|_| Outcome::Lost {
+                            why: format!("no answer within {deadline:?}"),
+                        });
+                doors.in_flight[door].fetch_sub(1, Ordering::Relaxed);
+                let r = Record {
+                    id: k,
+                    sent_ms,
+                    done_ms: epoch.elapsed().as_millis() as u64,
+                    node: door,
+                    stream,
+                    outcome,
+                };
+                out.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+            }));
+        }
+        tasks
+    });
+    LoadHandle {
+        stop,
+        task,
+        records,
+    }
+}
+
+async fn one(http: &HttpClient, base: &str, auth: &str, k: u64, stream: bool) -> Outcome {
+    let mut body = serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": format!("drill request {k}: tell me about fault tolerance")}],
+        "max_tokens": 32,
+        "ignore_eos": true,
+    });
+    if stream {
+        body["stream"] = true.into();
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    let Ok(req) = hyper::Request::post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-session-id", format!("session-{}", k % 64))
+        .header("authorization", auth)
+        .body(Full::new(Bytes::from(body.to_string())))
+    else {
+        return Outcome::Explicit {
+            why: "request could not be built".into(),
+        };
+    };
+    let resp = match http.request(req).await {
+        Ok(r) => r,
+        // Nothing came back from a front door that was up when chosen.
+        Err(e) => {
+            return Outcome::Lost {
+                why: format!("connection failed: {e}"),
+            }
+        }
+    };
+    let status = resp.status().as_u16();
+    let bytes = match resp.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Outcome::Lost {
+                why: format!("answer broke off without an error: {e}"),
+            }
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    if status != 200 {
+        return Outcome::Explicit {
+            why: format!("HTTP {status}"),
+        };
+    }
+    if stream {
+        judge_stream(&text)
+    } else {
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) if v["choices"][0]["message"]["content"].is_string() => Outcome::Ok,
+            _ => Outcome::Lost {
+                why: "a 200 without a completion".into(),
+            },
+        }
+    }
+}
