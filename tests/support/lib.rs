@@ -197,3 +197,22 @@ impl Http {
             .collect())
     }
 }
+
+/// The embedded profile with `capacity` MU/min per replica, written into `dir`: small,
+/// so that a load a test machine can offer is several times a fleet's capacity (the
+/// simulated engines keep their real speed, far above it).
+pub fn small_profile(dir: &std::path::Path, capacity: f64) -> Result<PathBuf> {
+    let src =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../actors/profiles/llama-3.1-8b-h100.toml");
+    let text = std::fs::read_to_string(&src)?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("capacity_mu_per_min"))
+        .context("profile has no capacity")?;
+    let path = dir.join("small.toml");
+    std::fs::write(
+        &path,
+        text.replace(line, &format!("capacity_mu_per_min = {capacity:.1}")),
+    )?;
+    Ok(path)
+}

@@ -15,21 +15,6 @@ use std::time::Duration;
 
 const MODEL: &str = "llama-3.1-8b-instruct";
 
-/// The embedded profile with a small MU capacity, so that a load a test machine can
-/// offer needs several replicas (the engines themselves keep their real speed).
-fn small_profile(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../actors/profiles/llama-3.1-8b-h100.toml");
-    let text = std::fs::read_to_string(&src)?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("capacity_mu_per_min"))
-        .context("profile has no capacity")?;
-    let path = dir.join("small.toml");
-    std::fs::write(&path, text.replace(line, "capacity_mu_per_min = 600.0"))?;
-    Ok(path)
-}
-
 /// Healthy replicas by node, and every replica's health, from a status.
 fn fleet(s: &Value) -> (BTreeMap<u64, usize>, Vec<String>) {
     let mut healthy = BTreeMap::new();
@@ -209,7 +194,7 @@ fn write_ramp(points: &[ScalePoint], per_replica: f64) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_follow_the_load_across_racks_and_drain_without_failures() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let profile = small_profile(work.path())?;
+    let profile = sluice_tests::small_profile(work.path(), 600.0)?;
     let config = work.path().join("node.toml");
     std::fs::write(
         &config,

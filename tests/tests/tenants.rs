@@ -18,22 +18,6 @@ const MODEL: &str = "llama-3.1-8b-instruct";
 /// real speed, far above it).
 const REPLICA_CAPACITY: f64 = 1200.0;
 
-fn small_profile(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../actors/profiles/llama-3.1-8b-h100.toml");
-    let text = std::fs::read_to_string(&src)?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("capacity_mu_per_min"))
-        .context("profile has no capacity")?;
-    let path = dir.join("small.toml");
-    std::fs::write(
-        &path,
-        text.replace(line, &format!("capacity_mu_per_min = {REPLICA_CAPACITY}")),
-    )?;
-    Ok(path)
-}
-
 fn cli(node: &Node, args: &[&str]) -> Result<std::process::Output> {
     let d = node.dir.path().to_string_lossy().into_owned();
     let mut all = args.to_vec();
@@ -181,7 +165,7 @@ fn p95(mut v: Vec<Duration>) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_hold_against_a_flooder_on_every_node() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let profile = small_profile(work.path())?;
+    let profile = sluice_tests::small_profile(work.path(), REPLICA_CAPACITY)?;
     let p = profile.to_string_lossy().into_owned();
     let extra = ["--replicas", "1", "--profile", &p];
     let nodes = [Node::new("r1")?, Node::new("r2")?, Node::new("r3")?];
