@@ -13,6 +13,14 @@ async fn health(http: &Http, base: &str) -> Result<Value> {
     Ok(serde_json::from_slice(&a.body)?)
 }
 
+/// Whether the node's `/health` lists replica `id` as available.
+fn available(h: &Value, id: u64) -> bool {
+    h["upstreams"]
+        .as_array()
+        .and_then(|u| u.iter().find(|x| x["id"] == id))
+        .is_some_and(|x| x["available"] == true)
+}
+
 fn url_of(h: &Value, id: u64) -> Option<String> {
     h["upstreams"].as_array()?.iter().find(|u| u["id"] == id)?["url"]
         .as_str()
@@ -55,10 +63,7 @@ async fn a_crashed_replica_is_restarted_and_serves_again() -> Result<()> {
         assert_eq!(a.status, 200, "a request failed while a replica was down");
         let h = health(&http, &base).await?;
         let now = url_of(&h, 0);
-        let up = h["upstreams"]
-            .as_array()
-            .and_then(|u| u.iter().find(|x| x["id"] == 0))
-            .is_some_and(|x| x["available"] == true);
+        let up = available(&h, 0);
         if up && now.as_deref().is_some_and(|u| u != old) {
             break now;
         }
@@ -116,10 +121,7 @@ async fn an_engine_from_a_command_template_is_launched_and_restarted() -> Result
     let start = Instant::now();
     loop {
         let h = health(&http, &base).await?;
-        let up = h["upstreams"]
-            .as_array()
-            .and_then(|u| u.iter().find(|x| x["id"] == 0))
-            .is_some_and(|x| x["available"] == true);
+        let up = available(&h, 0);
         if up && url_of(&h, 0).is_some_and(|u| u != old) {
             break;
         }
@@ -208,10 +210,7 @@ async fn a_hung_replica_is_ejected_and_restarted() -> Result<()> {
     // Ejected: replica 0 out of service while its /health still answers 200.
     let ejected_at = loop {
         let h = health(&http, &base).await?;
-        let up = h["upstreams"]
-            .as_array()
-            .and_then(|u| u.iter().find(|x| x["id"] == 0))
-            .is_some_and(|x| x["available"] == true);
+        let up = available(&h, 0);
         if !up {
             break Instant::now();
         }
@@ -224,10 +223,7 @@ async fn a_hung_replica_is_ejected_and_restarted() -> Result<()> {
     // Restarted: a new engine at a new address, back in service.
     loop {
         let h = health(&http, &base).await?;
-        let back = h["upstreams"]
-            .as_array()
-            .and_then(|u| u.iter().find(|x| x["id"] == 0))
-            .is_some_and(|x| x["available"] == true && x["url"] != old.as_str());
+        let back = available(&h, 0) && url_of(&h, 0).is_some_and(|u| u != old);
         if back {
             break;
         }
@@ -288,10 +284,7 @@ async fn ejected_within(http: &Http, base: &str, window: Duration) -> Result<Opt
     let start = Instant::now();
     while start.elapsed() < window {
         let h = health(http, base).await?;
-        let up = h["upstreams"]
-            .as_array()
-            .and_then(|u| u.iter().find(|x| x["id"] == 0))
-            .is_some_and(|x| x["available"] == true);
+        let up = available(&h, 0);
         if !up {
             return Ok(Some(start.elapsed()));
         }

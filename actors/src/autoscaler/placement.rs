@@ -156,6 +156,40 @@ pub fn place(desired: usize, hosts: &[Host], replicas: &[Placed]) -> Placement {
     plan
 }
 
+/// Starts that will not become ready: their host is not live, or they have been
+/// starting longer than the timeout. They are withdrawn so that placement tries
+/// elsewhere. Remembers when each start was first seen (on a new leader: from then).
+#[derive(Debug, Clone, Default)]
+pub struct StartWatch {
+    since_us: BTreeMap<ReplicaId, u64>,
+}
+
+impl StartWatch {
+    pub fn stalled(
+        &mut self,
+        replicas: &[Placed],
+        hosts: &[Host],
+        now_us: u64,
+        timeout_us: u64,
+    ) -> Vec<ReplicaId> {
+        let starting: Vec<&Placed> = replicas
+            .iter()
+            .filter(|r| r.state == SlotState::Starting)
+            .collect();
+        self.since_us
+            .retain(|id, _| starting.iter().any(|r| r.id == *id));
+        let live = |host: u64| hosts.iter().any(|h| h.id == host && h.live);
+        starting
+            .into_iter()
+            .filter(|r| {
+                let since = *self.since_us.entry(r.id).or_insert(now_us);
+                !live(r.host) || now_us.saturating_sub(since) > timeout_us
+            })
+            .map(|r| r.id)
+            .collect()
+    }
+}
+
 /// The lowest local index on `host` that no replica there uses: new replica ids are
 /// `host << 20 | index`, like the ones a node launches at start.
 pub fn free_index(host: u64, taken: impl IntoIterator<Item = ReplicaId>) -> usize {
@@ -268,6 +302,28 @@ mod tests {
             place(3, &hs, &[unhealthy]).start.is_empty(),
             "its GPU is taken"
         );
+    }
+
+    #[test]
+    fn starts_on_dead_hosts_or_past_the_timeout_are_withdrawn() {
+        let mut hs = hosts(2, 1, 2);
+        let start = |host: u64, i: u64| Placed {
+            id: ReplicaId((host << 20) | i),
+            host,
+            state: SlotState::Starting,
+        };
+        let fleet = vec![start(1, 0), start(2, 0)];
+        let mut w = StartWatch::default();
+        assert!(w.stalled(&fleet, &hs, 0, 10).is_empty());
+        hs[1].live = false;
+        assert_eq!(w.stalled(&fleet, &hs, 5, 10), vec![ReplicaId(2 << 20)]);
+        hs[1].live = true;
+        assert_eq!(w.stalled(&fleet, &hs, 11, 10).len(), 2);
+        // Ready meanwhile: forgotten, and a later start of the same id starts afresh.
+        let mut ready = fleet.clone();
+        ready[0].state = SlotState::Serving;
+        w.stalled(&ready, &hs, 12, 10);
+        assert!(w.stalled(&fleet, &hs, 13, 10) == vec![ReplicaId(2 << 20)]);
     }
 
     #[test]

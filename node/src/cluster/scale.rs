@@ -7,11 +7,12 @@
 use super::handler::NodeHandler;
 use super::replica_id;
 use crate::config::LiveAutoscaler;
-use sluice_actors::autoscaler::placement::{free_index, place, Host, Placed, SlotState};
+use sluice_actors::autoscaler::placement::{
+    free_index, place, Host, Placed, SlotState, StartWatch,
+};
 use sluice_actors::autoscaler::{by_name, LeaderScaler, ScaleBounds, ScaleInputs};
 use sluice_actors::slice::ReplicaId;
 use sluice_raft::{ControlCommand, ControlState, ReplicaHealth, ReplicaInfo};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +29,7 @@ pub async fn run(
     let mut last = Instant::now();
     let mut scaler: Option<LeaderScaler> = None;
     let mut leader_since: Option<Instant> = None;
-    // When this leader first saw each replica `Starting`.
-    let mut starting_since: HashMap<ReplicaId, Instant> = HashMap::new();
+    let mut starts = StartWatch::default();
     loop {
         tick.tick().await;
         let elapsed = last.elapsed();
@@ -39,7 +39,7 @@ pub async fn run(
             handler.set_offered(None);
             scaler = None;
             leader_since = None;
-            starting_since.clear();
+            starts = StartWatch::default();
             continue;
         }
         let state = handler.control().state().borrow().clone();
@@ -123,24 +123,6 @@ pub async fn run(
             )
             .await;
         }
-        // Starts that never became ready (their node died, or the engine would not
-        // come up) are withdrawn, so placement can try elsewhere.
-        starting_since.retain(|id, _| {
-            state
-                .replica(*id)
-                .is_some_and(|r| r.health == ReplicaHealth::Starting)
-        });
-        for p in placed.iter().filter(|p| p.state == SlotState::Starting) {
-            let since = *starting_since.entry(p.id).or_insert_with(Instant::now);
-            if !live.contains(&p.host) || since.elapsed() > start_timeout * 2 {
-                tracing::warn!(
-                    replica = p.id.0,
-                    node = p.host,
-                    "replica did not start; placing it elsewhere"
-                );
-                write(&handler, ControlCommand::RemoveReplica(p.id)).await;
-            }
-        }
         let hosts: Vec<Host> = state
             .nodes()
             .values()
@@ -151,6 +133,17 @@ pub async fn run(
                 live: live.contains(&n.id),
             })
             .collect();
+        // Starts that never became ready (their node died, or the engine would not
+        // come up) are withdrawn, so placement can try elsewhere.
+        let now_us = epoch.elapsed().as_micros() as u64;
+        let timeout_us = (start_timeout * 2).as_micros() as u64;
+        for id in starts.stalled(&placed, &hosts, now_us, timeout_us) {
+            tracing::warn!(
+                replica = id.0,
+                "replica did not start; placing it elsewhere"
+            );
+            write(&handler, ControlCommand::RemoveReplica(id)).await;
+        }
         let plan = place(desired, &hosts, &placed);
         let mut taken: Vec<ReplicaId> = state.replicas().keys().copied().collect();
         for host in plan.start {
