@@ -7,9 +7,18 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// A UDP port free now (for a node's QUIC endpoint).
 pub fn free_port() -> Result<u16> {
     let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
     Ok(s.local_addr()?.port())
+}
+
+/// A TCP port free now (for a front door). Asking UDP for a TCP port, as before, could
+/// hand out one a replica was already listening on.
+pub fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Runs a sluice command to its end; one that runs past a minute (a node that was
@@ -65,7 +74,7 @@ impl Node {
         Ok(Self {
             dir: tempfile::tempdir()?,
             quic: format!("127.0.0.1:{}", free_port()?),
-            http_port: free_port()?,
+            http_port: free_tcp_port()?,
             rack: rack.into(),
         })
     }
