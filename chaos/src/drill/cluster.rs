@@ -81,7 +81,7 @@ impl Cluster {
             _work: work,
         };
         for i in 0..nodes {
-            c.launch(i, i > 0).await?;
+            c.first_launch(i).await?;
         }
         c.wait(Duration::from_secs(60), |s| {
             s["nodes"].as_array().is_some_and(|n| n.len() == nodes)
@@ -93,6 +93,30 @@ impl Cluster {
         .await
         .context("the drill's cluster did not form")?;
         Ok(c)
+    }
+
+    /// Ports are picked before the node binds them, so another process (an engine of an
+    /// earlier node) can take one in between; a node that never started gets new ports.
+    async fn first_launch(&mut self, i: usize) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            match self.launch(i, i > 0).await {
+                Err(e) if attempt < 2 && self.log_tail(i).contains("in use") => {
+                    eprintln!("node {i}: a port was taken ({e}); picking new ones");
+                    attempt += 1;
+                    self.nodes[i].quic = format!("127.0.0.1:{}", free_port()?);
+                    self.nodes[i].http = format!("127.0.0.1:{}", free_port()?);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The end of a node's log, for an error message.
+    fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.nodes[i].dir.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
     }
 
     async fn launch(&mut self, i: usize, join: bool) -> Result<()> {
@@ -125,9 +149,11 @@ impl Cluster {
         })
         .await;
         if !matches!(ready, Ok(true)) {
+            let _ = child.kill().await;
             bail!(
-                "node {i} did not start (see {})",
-                n.dir.join("node.log").display()
+                "node {i} did not start ({}); its log ends:\n{}",
+                n.dir.join("node.log").display(),
+                self.log_tail(i)
             );
         }
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
