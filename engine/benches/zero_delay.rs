@@ -37,6 +37,7 @@ fn main() {
             params: EngineParams::default(),
             time_scale: 0.0,
             seed: 1,
+            poison: None,
         };
         tokio::spawn(serve(listener, config, std::future::pending()));
         for (label, stream, max_tokens) in [

@@ -69,6 +69,11 @@ pub struct ServerConfig {
     /// Seed of everything random-looking: output words, natural output lengths, the
     /// `errors` fault's draws.
     pub seed: u64,
+    /// Fault injection for drills: a request whose body contains this text hangs the
+    /// engine (as the `hang` fault), the way an engine bug set off by one request shape
+    /// would. Unlike an admin fault it survives restarts, so it strikes every replica
+    /// that serves such a request.
+    pub poison: Option<String>,
 }
 
 /// An injected fault (`POST /admin/fault`).
@@ -178,6 +183,7 @@ pub async fn serve(
         cmd: cmd_tx,
         next_id: AtomicU64::new(0),
         error_draws: AtomicU64::new(0),
+        poison: config.poison.clone().filter(|p| !p.is_empty()),
         fault: fault_tx,
         metrics: metrics.clone(),
         created,
@@ -237,6 +243,7 @@ struct Shared {
     cmd: mpsc::UnboundedSender<Cmd>,
     next_id: AtomicU64,
     error_draws: AtomicU64,
+    poison: Option<String>,
     fault: watch::Sender<Fault>,
     metrics: Arc<Metrics>,
     created: u64,
@@ -466,6 +473,10 @@ async fn post_fault(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body
     json_response(StatusCode::OK, fault.to_json().to_string())
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 async fn chat_completions(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -520,6 +531,12 @@ async fn generate(s: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, body: 
         );
         e.code = Some("unsupported_parameter");
         return error_response(&e);
+    }
+    if let Some(p) = &s.poison {
+        if contains(&bytes, p.as_bytes()) {
+            tracing::error!("poison request: the engine hangs");
+            s.fault.send_replace(Fault::Hang);
+        }
     }
     if let Fault::Errors(rate) = *s.fault.borrow() {
         let draw = s.error_draws.fetch_add(1, Ordering::Relaxed);

@@ -22,6 +22,10 @@ struct Server {
 }
 
 async fn start_with(time_scale: f64, params: EngineParams) -> Server {
+    start_config(time_scale, params, None).await
+}
+
+async fn start_config(time_scale: f64, params: EngineParams, poison: Option<&str>) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
@@ -30,6 +34,7 @@ async fn start_with(time_scale: f64, params: EngineParams) -> Server {
         params,
         time_scale,
         seed: 7,
+        poison: poison.map(str::to_owned),
     };
     tokio::spawn(async move {
         serve(listener, config, async {
@@ -520,6 +525,43 @@ async fn hang_fault_answers_nothing_until_cleared() {
 }
 
 #[tokio::test]
+async fn a_poison_request_hangs_the_engine_for_everyone() {
+    let s = start_config(0.0, EngineParams::default(), Some("XYZZY-POISON")).await;
+    let c = client();
+    // Ordinary requests are served.
+    let ok = post(
+        &c,
+        &s,
+        "/v1/chat/completions",
+        chat("hello", json!({"max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let send = |text: &'static str| {
+        let c = c.clone();
+        let addr = s.addr;
+        tokio::spawn(async move {
+            let req = Request::post(format!("http://{addr}/v1/chat/completions"))
+                .body(Full::new(Bytes::from(
+                    chat(text, json!({"max_tokens": 3})).to_string(),
+                )))
+                .unwrap();
+            c.request(req).await.map(|r| r.status())
+        })
+    };
+    let poison = send("please XYZZY-POISON now");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = send("an innocent request");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poison.is_finished(), "the poison request must hang");
+    assert!(!after.is_finished(), "the hung engine serves nobody");
+    // Health still says 200, as a real hung engine's would.
+    assert_eq!(call(&c, &s, Method::GET, "/health", "").await.status, 200);
+    let fault = call(&c, &s, Method::GET, "/admin/fault", "").await;
+    assert_eq!(fault.json()["kind"], "hang");
+}
+
+#[tokio::test]
 async fn hang_stops_in_flight_streams() {
     // Real time, so the stream is still running when the fault arrives.
     let s = start(1.0).await;
@@ -729,6 +771,7 @@ fn crash_child_server() {
             params: EngineParams::default(),
             time_scale: 0.0,
             seed: 1,
+            poison: None,
         };
         let _ = serve(listener, config, std::future::pending()).await;
     });

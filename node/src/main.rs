@@ -246,6 +246,10 @@ struct SimArgs {
     /// Seed of the engine's deterministic choices (output lengths, error faults).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Fault injection for drills: a request containing this text hangs the engine.
+    /// Engines a node launches inherit it from the node's environment.
+    #[arg(long, env = "SLUICE_SIM_POISON")]
+    poison: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -331,6 +335,7 @@ fn run(cli: Cli) -> Result<()> {
                     model: a.model,
                     time_scale: a.time_scale,
                     seed: a.seed,
+                    poison: a.poison,
                 })
                 .await
             }

@@ -15,6 +15,7 @@ pub struct SimArgs {
     pub model: Option<String>,
     pub time_scale: f64,
     pub seed: u64,
+    pub poison: Option<String>,
 }
 
 pub async fn run(args: SimArgs) -> Result<()> {
@@ -45,6 +46,7 @@ pub async fn run(args: SimArgs) -> Result<()> {
         params: profile.engine.clone(),
         time_scale: args.time_scale,
         seed: args.seed,
+        poison: args.poison,
     };
     serve(listener, config, crate::shutdown_signal()).await?;
     Ok(())

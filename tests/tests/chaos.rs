@@ -1,14 +1,16 @@
 //! A short run of every chaos drill (`sluice chaos drill SCENARIO`) on three real nodes
 //! in three racks: no request is lost, every node ends with the same committed state
 //! (including a write made before the fault), at least 99% of the requests sent after
-//! the fault succeed, and a silently hung replica is ejected within 15 s.
+//! the fault succeed, a silently hung replica is ejected within 15 s, no router sends
+//! to a replica long after it was marked dead, and a poison request hurts only replicas
+//! of its slice's subset and is then refused.
 //! `docs/RELIABILITY.md` has the figures of longer runs.
 
 use anyhow::{Context, Result};
 use sluice_tests::sluice_bin;
 use std::process::Command;
 
-fn drill(scenario: &str, duration: &str) -> Result<serde_json::Value> {
+fn drill(scenario: &str, duration: &str, extra: &[&str]) -> Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
     let json = dir.path().join("report.json");
     let out = Command::new(sluice_bin()?)
@@ -23,6 +25,7 @@ fn drill(scenario: &str, duration: &str) -> Result<serde_json::Value> {
             "--json",
         ])
         .arg(&json)
+        .args(extra)
         .output()
         .context("cannot run the drill")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -50,7 +53,7 @@ fn every_drill_loses_nothing_and_recovers() -> Result<()> {
         "slow-replica",
         "rolling-restart",
     ] {
-        let r = drill(scenario, "15")?;
+        let r = drill(scenario, "15", &[])?;
         assert_eq!(r["scenario"], scenario);
         assert_eq!(r["lost"], 0, "{scenario}: {r}");
         assert_eq!(r["state_agrees"], true, "{scenario}");
@@ -71,12 +74,31 @@ fn every_drill_loses_nothing_and_recovers() -> Result<()> {
             "{scenario}: {:.2}% after the fault",
             rate * 100.0
         );
+        assert_eq!(r["routed_after_dead"], serde_json::json!([]), "{scenario}");
         if scenario == "silent-hang" {
-            let down = r["replica_down_s"]
+            let down = r["recovery"]["ejected_s"]
                 .as_f64()
                 .context("the hang was never detected")?;
             assert!(down < 15.0, "hung replica ejected after {down} s");
         }
     }
+    // In the same test: drills share the machine's two cores badly.
+    a_poison_request_stays_in_its_subset_and_is_then_refused()
+}
+
+fn a_poison_request_stays_in_its_subset_and_is_then_refused() -> Result<()> {
+    // Six replicas, so that a subset is a third of the fleet.
+    let r = drill("poison-request", "15", &["--gpus-per-node", "2"])?;
+    assert_eq!(r["lost"], 0, "{r}");
+    let p = &r["poison"];
+    assert_eq!(p["lost"], 0, "{p}");
+    let c = &p["containment"];
+    assert_eq!(c["contained"], true, "{p}");
+    let hurt = c["hurt"].as_array().map_or(0, Vec::len);
+    assert!((1..=2).contains(&hurt), "it hung {hurt} replicas: {p}");
+    assert!(
+        p["refused"].as_u64().unwrap_or(0) >= 1,
+        "after hanging two replicas it is refused: {p}"
+    );
     Ok(())
 }

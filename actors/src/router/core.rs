@@ -6,6 +6,7 @@ use super::affinity::{AffinityConfig, PrefixAffinity};
 use super::choice::{choose, Candidate, SpillPolicy};
 use super::health::{EjectionPolicy, PassiveHealth};
 use super::ledger::{Ledger, ReplicaInflight, RequestId};
+use super::quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
 use super::workload::anonymous_key;
 use crate::assigner::{LoadMeter, LoadReport, DEFAULT_BUCKET_BITS};
 use crate::mu::{EstimatorConfig, InflightCost, MuCoefficients, OutputEstimator, RequestShape};
@@ -26,6 +27,8 @@ pub struct RouterConfig {
     /// Buckets (`2^bits`) of the keyspace the admitted load is measured in, for the
     /// assigner.
     pub load_bucket_bits: u32,
+    /// How requests implicated in replica failures are held in.
+    pub quarantine: QuarantineConfig,
 }
 
 impl Default for RouterConfig {
@@ -37,6 +40,7 @@ impl Default for RouterConfig {
             affinity: AffinityConfig::default(),
             waste_weight: 1.0,
             load_bucket_bits: DEFAULT_BUCKET_BITS,
+            quarantine: QuarantineConfig::default(),
         }
     }
 }
@@ -57,6 +61,9 @@ pub struct Admission {
     pub max_tokens: Option<u32>,
     /// Completions requested per prompt (`n`); each is charged.
     pub n: u32,
+    /// Identifies the request across retries (a hash of its body), for quarantine;
+    /// `None`: never confined or refused.
+    pub fingerprint: Option<u64>,
 }
 
 /// Where a request goes and what it is charged.
@@ -105,6 +112,7 @@ struct Active {
     slice: SliceKey,
     generated: u32,
     n: u32,
+    fingerprint: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -129,6 +137,7 @@ pub struct RouterCore {
     meter: LoadMeter,
     /// In-flight load other routers reported on each replica (MU, requests).
     external: HashMap<ReplicaId, (f64, u64)>,
+    quarantine: Quarantine,
 }
 
 impl RouterCore {
@@ -157,6 +166,7 @@ impl RouterCore {
             next_id: 1,
             meter: LoadMeter::new(config.load_bucket_bits, 0),
             external: HashMap::new(),
+            quarantine: Quarantine::new(config.quarantine),
         }
     }
 
@@ -200,6 +210,7 @@ impl RouterCore {
             slice: a.workload,
             generated: 0,
             n: a.n.max(1),
+            fingerprint: a.fingerprint,
         };
         self.active.insert(id, active);
         let placed = self.assign(id, &[], now_ms);
@@ -224,6 +235,29 @@ impl RouterCore {
             self.finish(id, None);
         }
         placed
+    }
+
+    /// Whether a request with this fingerprint is routed, kept in its subset or refused.
+    pub fn verdict(&self, fingerprint: u64, now_ms: u64) -> Verdict {
+        self.quarantine.verdict(fingerprint, now_ms)
+    }
+
+    /// Request `id` was on `replica` when the replica failed (it hung, broke off the
+    /// answer, or went silent): the request may be what broke it.
+    pub fn implicate(&mut self, id: RequestId, replica: ReplicaId, now_ms: u64) {
+        if let Some(fp) = self.active.get(&id).and_then(|a| a.fingerprint) {
+            self.quarantine.implicate(fp, replica, now_ms);
+        }
+    }
+
+    /// This router's implications made within `max_age_ms`, for the other routers.
+    pub fn implications(&mut self, now_ms: u64, max_age_ms: u64) -> Vec<Implication> {
+        self.quarantine.recent(now_ms, max_age_ms)
+    }
+
+    /// Implications other routers reported.
+    pub fn merge_implications(&mut self, from: &[Implication], now_ms: u64) {
+        self.quarantine.merge(from, now_ms);
     }
 
     /// The request's shape on a replica expected to hold `cached` of its prompt tokens.
@@ -264,10 +298,23 @@ impl RouterCore {
                 }
             })
             .collect();
+        // An implicated request may only go to its slice's subset.
+        let confined = active
+            .fingerprint
+            .is_some_and(|fp| self.quarantine.verdict(fp, now_ms) != Verdict::Clear);
+        let mut excluded = exclude.to_vec();
+        if confined {
+            excluded.extend(
+                fleet
+                    .iter()
+                    .map(|c| c.id)
+                    .filter(|id| !slice.subset.contains(id)),
+            );
+        }
         let choice = choose(
             &slice.subset,
             &fleet,
-            exclude,
+            &excluded,
             self.config.spill,
             self.config.waste_weight,
         )?;
@@ -486,6 +533,7 @@ mod tests {
             images: 0,
             max_tokens: Some(max),
             n: 1,
+            fingerprint: None,
         }
     }
 
@@ -664,6 +712,48 @@ mod tests {
         );
         // A new request of the same workload avoids it while ejected.
         assert_ne!(c.place(&adm("x", 100, 10), 10).unwrap().replica, p.replica);
+    }
+
+    #[test]
+    fn an_implicated_request_stays_in_its_subset_and_is_refused_at_the_limit() {
+        let mut c = core(6, 2);
+        let poison = Admission {
+            fingerprint: Some(99),
+            ..adm("p", 100, 10)
+        };
+        let subset = c.assignment().lookup(poison.workload).subset.clone();
+        let first = c.place(&poison, 0).unwrap();
+        assert!(subset.contains(&first.replica));
+        // It hung its replica: implicated, then retried - only inside the subset.
+        c.implicate(first.id, first.replica, 0);
+        assert_eq!(c.verdict(99, 0), Verdict::Confined);
+        let second = c.retry(first.id, first.replica, 0).unwrap();
+        assert!(subset.contains(&second.replica) && second.replica != first.replica);
+        c.implicate(second.id, second.replica, 0);
+        assert_eq!(c.verdict(99, 0), Verdict::Refused { replicas: 2 });
+        // With its subset out, a confined request finds no replica...
+        c.finish(second.id, None);
+        let mut c2 = core(6, 2);
+        c2.merge_implications(&c.implications(0, 1_000), 0);
+        let s = c2.assignment().lookup(poison.workload).subset.clone();
+        let other = Admission {
+            fingerprint: Some(7),
+            ..poison
+        };
+        let seed = c2.place(&other, 0).unwrap();
+        c2.implicate(seed.id, seed.replica, 0);
+        c2.finish(seed.id, None);
+        for r in &s {
+            c2.set_checked_health(*r, false);
+        }
+        assert_eq!(c2.place(&other, 0), None);
+        // ...while a clear request of the same workload spills to a healthy one.
+        let clear = Admission {
+            fingerprint: Some(8),
+            ..poison
+        };
+        let spilled = c2.place(&clear, 0).unwrap();
+        assert!(!s.contains(&spilled.replica) && spilled.spilled);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod core;
 pub mod health;
 pub mod ledger;
 pub mod policy;
+pub mod quarantine;
 pub mod sluice_policy;
 pub mod workload;
 
@@ -16,4 +17,5 @@ pub use core::{Admission, Placement, ReplicaSpec, ReplicaView, RouterConfig, Rou
 pub use health::{EjectionPolicy, PassiveHealth};
 pub use ledger::{Ledger, ReplicaInflight, RequestId};
 pub use policy::{KvIndex, NoKvIndex, ReplicaObservation, RouteRequest, RoutingPolicy};
+pub use quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
 pub use workload::{default_sources, workload_key, KeyInputs, KeySource};

@@ -206,6 +206,7 @@ impl RoutingPolicy for SluicePolicy {
             images: req.images,
             max_tokens: req.max_tokens,
             n: 1,
+            fingerprint: None,
         };
         let placed = self.core.place(&admission, now_us / 1000)?;
         if let Some(old) = self.ids.insert(req.id, placed.id) {

@@ -279,6 +279,7 @@ fn start_engine(time_scale: f64) -> (String, tokio::sync::oneshot::Sender<()>) {
                 params: EngineParams::default(),
                 time_scale,
                 seed: 7,
+                poison: None,
             };
             serve(listener, config, async {
                 let _ = stop_rx.await;

@@ -12,6 +12,10 @@ use tokio::process::{Child, Command};
 
 const READY: &str = "sluice node listening on ";
 
+/// The text that makes a drill's simulated engines hang (`poison-request`); every node
+/// passes it to the engines it starts.
+pub const POISON: &str = "sluice-drill-poison-7f3a";
+
 pub struct DrillNode {
     pub index: usize,
     pub rack: String,
@@ -131,7 +135,11 @@ impl Cluster {
         if join && !n.dir.join("tls/node.pem").exists() {
             cmd.args(["--join", &self.nodes[0].quic, "--token", &self.token]);
         }
-        let log = std::fs::File::create(n.dir.join("node.log"))?;
+        cmd.env("SLUICE_SIM_POISON", POISON);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(n.dir.join("node.log"))?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

@@ -105,8 +105,13 @@ pub fn start(
             tasks.push(tokio::spawn(async move {
                 let sent_ms = epoch.elapsed().as_millis() as u64;
                 let stream = k % 2 == 1;
+                let ask = Ask {
+                    content: format!("drill request {k}: tell me about fault tolerance"),
+                    session: format!("session-{}", k % 64),
+                    stream,
+                };
                 let outcome =
-                    tokio::time::timeout(deadline, one(&http, &doors.urls[door], &key, k, stream))
+                    tokio::time::timeout(deadline, one(&http, &doors.urls[door], &key, &ask))
                         .await
                         .unwrap_or_else(|_| Outcome::Lost {
                             why: format!("no answer within {deadline:?}"),
@@ -132,10 +137,19 @@ pub fn start(
     }
 }
 
-async fn one(http: &HttpClient, base: &str, auth: &str, k: u64, stream: bool) -> Outcome {
+/// One request of the drill's clients.
+pub struct Ask {
+    pub content: String,
+    /// Its `x-session-id`: the workload key that picks its slice.
+    pub session: String,
+    pub stream: bool,
+}
+
+async fn one(http: &HttpClient, base: &str, auth: &str, ask: &Ask) -> Outcome {
+    let stream = ask.stream;
     let mut body = serde_json::json!({
         "model": MODEL,
-        "messages": [{"role": "user", "content": format!("drill request {k}: tell me about fault tolerance")}],
+        "messages": [{"role": "user", "content": ask.content}],
         "max_tokens": 32,
         "ignore_eos": true,
     });
@@ -145,7 +159,7 @@ async fn one(http: &HttpClient, base: &str, auth: &str, k: u64, stream: bool) ->
     }
     let Ok(req) = hyper::Request::post(format!("{base}/v1/chat/completions"))
         .header("content-type", "application/json")
-        .header("x-session-id", format!("session-{}", k % 64))
+        .header("x-session-id", &ask.session)
         .header("authorization", auth)
         .body(Full::new(Bytes::from(body.to_string())))
     else {
@@ -174,7 +188,13 @@ async fn one(http: &HttpClient, base: &str, auth: &str, k: u64, stream: bool) ->
     let text = String::from_utf8_lossy(&bytes);
     if status != 200 {
         return Outcome::Explicit {
-            why: format!("HTTP {status}"),
+            why: match serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+            {
+                Some(code) => format!("HTTP {status} {code}"),
+                None => format!("HTTP {status}"),
+            },
         };
     }
     if stream {
@@ -187,4 +207,75 @@ async fn one(http: &HttpClient, base: &str, auth: &str, k: u64, stream: bool) ->
             },
         }
     }
+}
+
+/// Ledger ids of the poison client's requests, apart from the load's.
+pub const POISON_IDS: u64 = 1 << 40;
+
+/// A client that keeps re-sending one poison request (a prompt that hangs whichever
+/// engine serves it) as a client with retries would: the same body each time, waiting
+/// for each answer and a second between tries. Once stopped it sends it once more, to
+/// see whether the fleet now refuses it.
+pub struct PoisonHandle {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<Record>>,
+}
+
+impl PoisonHandle {
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for the last try; the poison client's ledger.
+    pub async fn finish(self) -> Vec<Record> {
+        self.stop();
+        self.task.await.unwrap_or_default()
+    }
+}
+
+pub fn poison(
+    doors: Arc<Doors>,
+    ask: Ask,
+    deadline: Duration,
+    epoch: Instant,
+    key: String,
+) -> PoisonHandle {
+    let auth = format!("Bearer {key}");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let http = client(8, Duration::from_secs(2));
+        let mut records = Vec::new();
+        for k in 0u64.. {
+            let last = *stopped.borrow();
+            let Some(door) = doors.pick(k) else {
+                if last {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let sent_ms = epoch.elapsed().as_millis() as u64;
+            let outcome =
+                tokio::time::timeout(deadline, one(&http, &doors.urls[door], &auth, &ask))
+                    .await
+                    .unwrap_or_else(|_| Outcome::Lost {
+                        why: format!("no answer within {deadline:?}"),
+                    });
+            records.push(Record {
+                id: POISON_IDS + k,
+                sent_ms,
+                done_ms: epoch.elapsed().as_millis() as u64,
+                node: door,
+                stream: ask.stream,
+                outcome,
+            });
+            if last {
+                break;
+            }
+            // A client's back-off before it tries again.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        records
+    });
+    PoisonHandle { stop, task }
 }

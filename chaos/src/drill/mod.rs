@@ -7,10 +7,12 @@
 //! the last third shows the recovery. Then the drill waits for every node to hold the
 //! same committed state, including a write made before the fault.
 
+pub mod checks;
 pub mod cluster;
 pub mod ledger;
 pub mod load;
 mod plot;
+pub mod watch;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -28,13 +30,22 @@ pub const SCENARIOS: &[&str] = &[
     "partition",
     "slow-replica",
     "rolling-restart",
+    "poison-request",
     "all",
 ];
+
+/// A router may still send to a replica this long after the registry marked it dead
+/// (the mark reaching every node, and the watcher's half-second sampling).
+pub const DEAD_ROUTING_BOUND_MS: u64 = 2_000;
+
+/// The poison client's workload key.
+const POISON_SESSION: &str = "poison-session";
 
 #[derive(Debug, Clone, Args)]
 pub struct DrillArgs {
     /// rack-loss, silent-hang, leader-kill, node-crash-restart, partition,
-    /// slow-replica, rolling-restart, or all (each of them in a seeded random order).
+    /// slow-replica, rolling-restart, poison-request, or all (each of them in a seeded
+    /// random order).
     pub scenario: String,
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
@@ -77,13 +88,28 @@ pub struct DrillReport {
     /// Every node holds the same membership, tenants and reservations afterwards,
     /// including the write made before the fault.
     pub state_agrees: bool,
-    /// Seconds from the fault until the registry had fewer replicas in service (the
-    /// fault detected and the replica ejected, or restarted), and until all were again
-    /// (capacity restored), sampled every 0.5 s; `None` when that did not happen.
-    pub replica_down_s: Option<f64>,
-    pub replica_back_s: Option<f64>,
+    /// Seconds from the first fault to each stage of recovery, sampled every 0.5 s.
+    pub recovery: checks::Recovery,
+    /// Requests routed to a replica after it was marked dead, beyond
+    /// [`DEAD_ROUTING_BOUND_MS`] (must be empty).
+    pub routed_after_dead: Vec<String>,
+    /// What the poison client saw and where the poison did damage.
+    pub poison: Option<PoisonReport>,
     pub faults: Vec<String>,
     pub timeline: Vec<Second>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoisonReport {
+    pub sent: u64,
+    /// Answered 422 `request_quarantined`: the fleet recognised it.
+    pub refused: u64,
+    pub failed_explicit: u64,
+    pub lost: u64,
+    /// Each try: when it was sent, through which node, how long it took, how it ended.
+    pub tries: Vec<String>,
+    /// Judged only when the poison is the drill's one fault.
+    pub containment: Option<checks::Containment>,
 }
 
 pub async fn cli_main(args: DrillArgs) -> Result<()> {
@@ -111,19 +137,35 @@ pub async fn cli_main(args: DrillArgs) -> Result<()> {
         std::fs::create_dir_all(dir)?;
         plot::timeline(&dir.join("timeline.svg"), &report)?;
     }
-    let s = &report.summary;
-    if s.lost > 0 || !report.state_agrees {
-        bail!(
-            "invariants broken: {} lost request(s){}",
-            s.lost,
-            if report.state_agrees {
-                ""
-            } else {
-                ", nodes disagree on committed state"
-            }
-        );
+    let broken = broken(&report);
+    if !broken.is_empty() {
+        bail!("invariants broken: {}", broken.join("; "));
     }
     Ok(())
+}
+
+/// The drill's invariants that do not hold.
+pub fn broken(r: &DrillReport) -> Vec<String> {
+    let mut out = Vec::new();
+    if r.summary.lost > 0 {
+        out.push(format!("{} lost request(s)", r.summary.lost));
+    }
+    if !r.state_agrees {
+        out.push("nodes disagree on committed state".into());
+    }
+    out.extend(r.routed_after_dead.iter().cloned());
+    if let Some(p) = &r.poison {
+        if p.lost > 0 {
+            out.push(format!("{} poison request(s) lost", p.lost));
+        }
+        if let Some(c) = p.containment.as_ref().filter(|c| !c.contained) {
+            out.push(format!(
+                "the poison hurt replicas {:?} outside its slice's subset {:?}",
+                c.hurt, c.subset
+            ));
+        }
+    }
+    out
 }
 
 fn print(r: &DrillReport) {
@@ -143,11 +185,34 @@ fn print(r: &DrillReport) {
         s.recovery_s.map_or("-".to_owned(), |x| format!("{x:.1} s")),
         if r.state_agrees { "same" } else { "DIFFERS" }
     );
-    if let Some(d) = r.replica_down_s {
+    let rec = &r.recovery;
+    let t = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.1} s"));
+    println!(
+        "  after the fault: failures seen {}, out of service {}, reassigned {}, all back {}",
+        t(rec.detected_s),
+        t(rec.ejected_s),
+        t(rec.reassigned_s),
+        t(rec.restored_s)
+    );
+    if let Some(p) = &r.poison {
         println!(
-            "  a replica out of the registry's healthy set {d:.1} s after the fault; all back after {}",
-            r.replica_back_s.map_or("-".to_owned(), |b| format!("{b:.1} s"))
+            "  poison: {} sent, {} refused as quarantined, {} other explicit errors, {} lost",
+            p.sent, p.refused, p.failed_explicit, p.lost
         );
+        for t in &p.tries {
+            println!("    {t}");
+        }
+        if let Some(c) = &p.containment {
+            println!(
+                "  poison damage: replicas {:?}, its slice's subset {:?}: {}",
+                c.hurt,
+                c.subset,
+                if c.contained { "contained" } else { "ESCAPED" }
+            );
+        }
+    }
+    for l in &r.routed_after_dead {
+        println!("  routed after dead: {l}");
     }
     for f in &r.faults {
         println!("  {f}");
@@ -165,6 +230,7 @@ enum Undo {
     Restart(Vec<usize>),
     Heal(Vec<usize>),
     Unfault(String),
+    StopPoison(load::PoisonHandle),
     Nothing,
 }
 
@@ -190,10 +256,19 @@ pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport>
         args.rate,
         Duration::from_secs(30),
         epoch,
-        key,
+        key.clone(),
     );
-    let health = Arc::new(std::sync::Mutex::new(Vec::<(u64, usize)>::new()));
-    let (stop_health, health_task) = watch_health(&c, health.clone(), epoch);
+    let watcher = watch::Watcher::start(
+        c.nodes
+            .iter()
+            .map(|n| watch::Target {
+                dir: n.dir.clone(),
+                quic: n.quic.clone(),
+                http: n.http.clone(),
+            })
+            .collect(),
+        epoch,
+    );
 
     let total = Duration::from_secs_f64(args.duration);
     let scenarios: Vec<&str> = if args.scenario == "all" {
@@ -203,31 +278,35 @@ pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport>
     };
     let slot = total / scenarios.len() as u32;
     let mut faults = Vec::new();
+    let mut poisons = Vec::new();
     let (mut fault_at, mut healed_at) = (None, Duration::ZERO);
     for (k, sc) in scenarios.iter().enumerate() {
         let base = slot * k as u32;
         sleep_until(epoch, base + slot / 3).await;
-        let (undo, struck) =
-            strike(sc, &mut c, &doors, args.seed + k as u64, &mut faults, epoch).await?;
+        let seed = args.seed + k as u64;
+        let (undo, struck) = strike(sc, &mut c, &doors, seed, &key, &mut faults, epoch).await?;
         fault_at.get_or_insert(struck);
         sleep_until(epoch, base + slot * 2 / 3).await;
-        heal(undo, &mut c, &doors, &mut faults).await?;
+        poisons.extend(heal(undo, &mut c, &doors, &mut faults).await?);
         healed_at = epoch.elapsed();
     }
     sleep_until(epoch, total).await;
     let records = load.finish().await;
+    let mut poisoned = Vec::new();
+    for p in poisons {
+        poisoned.extend(p.finish().await);
+    }
+    let from = fault_at.map_or(0, |d| d.as_millis() as u64);
     // A hung replica is ejected and restarted on the prober's schedule, possibly after
     // the load ended: wait to see it go (up to 30 s after the fault)...
     let full = args.nodes * args.gpus_per_node;
     if scenarios.contains(&"silent-hang") {
-        let from = fault_at.map_or(0, |d| d.as_millis() as u64);
         let until = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::time::Instant::now() < until
-            && !health
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            && !watcher
+                .samples()
                 .iter()
-                .any(|(at, n)| *at >= from && *n < full)
+                .any(|s| s.at_ms >= from && s.in_service < full)
         {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -240,30 +319,51 @@ pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport>
                 .is_some_and(|r| r.len() == full && r.iter().all(|x| x["health"] == "healthy"))
         })
         .await;
-    // One more health sample of the restored fleet.
+    // One more sample of the restored fleet.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let _ = stop_health.send(true);
-    let _ = health_task.await;
+    let samples = watcher.finish().await;
 
     let state_agrees = agree(&c, &marker).await;
     let fault_ms = fault_at.map(|d| d.as_millis() as u64);
     let summary = summarize(&args.scenario, &records, fault_ms);
-    let health = health.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let from = fault_ms.unwrap_or(0);
-    let down = health
-        .iter()
-        .find(|(at, n)| *at >= from && *n < full)
-        .map(|h| h.0);
-    let back = down.and_then(|d| {
-        health
+    let poison = scenarios.contains(&"poison-request").then(|| {
+        let p = summarize("poison", &poisoned, None);
+        let refused = poisoned
             .iter()
-            .find(|(at, n)| *at > d && *n >= full)
-            .map(|h| h.0)
+            .filter(|r| {
+                matches!(&r.outcome, ledger::Outcome::Explicit { why } if why.contains("request_quarantined"))
+            })
+            .count() as u64;
+        PoisonReport {
+            sent: p.sent,
+            refused,
+            failed_explicit: p.failed_explicit - refused,
+            lost: p.lost,
+            tries: poisoned
+                .iter()
+                .map(|r| {
+                    format!(
+                        "at {:.1} s via node {}, {:.1} s: {}",
+                        r.sent_ms as f64 / 1e3,
+                        r.node,
+                        r.done_ms.saturating_sub(r.sent_ms) as f64 / 1e3,
+                        match &r.outcome {
+                            ledger::Outcome::Ok => "answered".to_owned(),
+                            ledger::Outcome::Explicit { why } => why.clone(),
+                            ledger::Outcome::Lost { why } => format!("LOST: {why}"),
+                        }
+                    )
+                })
+                .collect(),
+            containment: (scenarios.len() == 1)
+                .then(|| checks::containment(&samples, poison_key(), from, u64::MAX)),
+        }
     });
-    let since = |at: Option<u64>| at.map(|a| a.saturating_sub(from) as f64 / 1e3);
+    let health: Vec<(u64, usize)> = samples.iter().map(|s| (s.at_ms, s.in_service)).collect();
     Ok(DrillReport {
-        replica_down_s: since(down),
-        replica_back_s: since(back),
+        recovery: checks::recovery(&samples, from, full),
+        routed_after_dead: checks::routed_after_dead(&samples, DEAD_ROUTING_BOUND_MS),
+        poison,
         summary,
         fault_at_s: fault_at.unwrap_or_default().as_secs_f64(),
         healed_at_s: healed_at.as_secs_f64(),
@@ -271,6 +371,20 @@ pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport>
         faults,
         timeline: plot::seconds(&records, &health),
     })
+}
+
+/// The slice key of the poison client's requests, as every router computes it.
+fn poison_key() -> u64 {
+    use sluice_actors::router::{default_sources, workload_key, KeyInputs};
+    workload_key(
+        &default_sources(),
+        &KeyInputs {
+            header: |h: &str| (h == "x-session-id").then_some(POISON_SESSION),
+            user: None,
+            api_key: None,
+        },
+    )
+    .0
 }
 
 async fn sleep_until(epoch: Instant, at: Duration) {
@@ -305,8 +419,9 @@ async fn take_out(doors: &load::Doors, i: usize) {
 async fn strike(
     scenario: &str,
     c: &mut Cluster,
-    doors: &load::Doors,
+    doors: &Arc<load::Doors>,
     seed: u64,
+    key: &str,
     log: &mut Vec<String>,
     epoch: Instant,
 ) -> Result<(Undo, Duration)> {
@@ -391,6 +506,19 @@ async fn strike(
                 Undo::Unfault(endpoint)
             }
         }
+        "poison-request" => {
+            let ask = load::Ask {
+                content: format!("{}: answer this", cluster::POISON),
+                session: POISON_SESSION.into(),
+                stream: false,
+            };
+            at = epoch.elapsed();
+            let h = load::poison(doors.clone(), ask, POISON_DEADLINE, epoch, key.to_owned());
+            log.push(format!(
+                "a poison request (it hangs whichever engine serves it) sent again and again by one client, session '{POISON_SESSION}'"
+            ));
+            Undo::StopPoison(h)
+        }
         "rolling-restart" => {
             for i in 0..n {
                 take_out(doors, i).await;
@@ -408,12 +536,14 @@ async fn strike(
     Ok((undo, at))
 }
 
+/// Undoes a fault; a poison client is stopped (it sends once more) and handed back to
+/// be waited for.
 async fn heal(
     undo: Undo,
     c: &mut Cluster,
     doors: &load::Doors,
     log: &mut Vec<String>,
-) -> Result<()> {
+) -> Result<Option<load::PoisonHandle>> {
     match undo {
         Undo::Restart(nodes) => {
             for i in nodes {
@@ -434,9 +564,14 @@ async fn heal(
             let _ = admin_fault(&endpoint, r#"{"kind":"none"}"#).await;
             log.push(format!("replica at {endpoint} back to normal"));
         }
+        Undo::StopPoison(h) => {
+            h.stop();
+            log.push("the poison client stops (after one more try)".into());
+            return Ok(Some(h));
+        }
         Undo::Nothing => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 async fn admin_fault(endpoint: &str, body: &str) -> Result<()> {
@@ -477,6 +612,10 @@ async fn create_tenant(exe: &std::path::Path, c: &Cluster, name: &str) -> Result
         .context("tenant create printed no key")
 }
 
+/// A poison request is answered once the replicas it hangs are ejected and restarted,
+/// twice over (the first try and its retry): longer than an ordinary request may take.
+const POISON_DEADLINE: Duration = Duration::from_secs(90);
+
 /// Whether every node (within 30 s) reports the same members, tenants and
 /// reservations, the marker among the tenants.
 async fn agree(c: &Cluster, marker: &str) -> bool {
@@ -505,68 +644,4 @@ async fn agree(c: &Cluster, marker: &str) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-/// Samples, twice a second, the replicas in service by the registry: healthy ones,
-/// less any whose endpoint changed since the last sample (it was restarted in between,
-/// so it was out of service for part of it even if both samples call it healthy).
-fn watch_health(
-    c: &Cluster,
-    out: Arc<std::sync::Mutex<Vec<(u64, usize)>>>,
-    epoch: Instant,
-) -> (
-    tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let targets: Vec<(PathBuf, String)> = c
-        .nodes
-        .iter()
-        .map(|n| (n.dir.clone(), n.quic.clone()))
-        .collect();
-    let exe = std::env::current_exe().ok();
-    let task = tokio::spawn(async move {
-        let Some(exe) = exe else { return };
-        let mut prev: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = stopped.changed() => return,
-            }
-            for (dir, quic) in &targets {
-                let got = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    tokio::process::Command::new(&exe)
-                        .args(["cluster", "status", "--json", "--data-dir"])
-                        .arg(dir)
-                        .args(["--node", quic])
-                        .output(),
-                )
-                .await;
-                let Ok(Ok(o)) = got else { continue };
-                let Ok(s) = serde_json::from_slice::<serde_json::Value>(&o.stdout) else {
-                    continue;
-                };
-                let replicas = s["replicas"].as_array().cloned().unwrap_or_default();
-                let mut in_service = 0;
-                let mut now = std::collections::HashMap::new();
-                for r in &replicas {
-                    let (Some(id), Some(ep)) = (r["id"].as_u64(), r["endpoint"].as_str()) else {
-                        continue;
-                    };
-                    let moved = prev.get(&id).is_some_and(|old| old != ep);
-                    if r["health"] == "healthy" && !moved {
-                        in_service += 1;
-                    }
-                    now.insert(id, ep.to_owned());
-                }
-                prev = now;
-                out.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((epoch.elapsed().as_millis() as u64, in_service));
-                break;
-            }
-        }
-    });
-    (stop, task)
 }

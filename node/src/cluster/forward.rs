@@ -126,9 +126,17 @@ impl LocalReplicas {
         };
         let resp = match resp {
             Ok(r) => r,
-            Err(e) => {
+            Err(e) if e.is_connect() => {
                 let _ = reply
                     .respond(&fail(format!("the replica could not be reached: {e}")))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let _ = reply
+                    .respond(&ForwardFrame::Broke(format!(
+                        "the replica failed before answering: {e}"
+                    )))
                     .await;
                 return;
             }
@@ -173,6 +181,9 @@ pub enum ForwardError {
     /// Nothing reached the replica, or it refused: safe to retry elsewhere.
     #[error("{0}")]
     Unreachable(String),
+    /// The replica took the request and failed before answering.
+    #[error("{0}")]
+    Broke(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
 }
@@ -198,6 +209,7 @@ pub async fn call(
             content_type,
         })) => (status, content_type),
         Some(Ok(ForwardFrame::Error(m))) => return Err(ForwardError::Unreachable(m)),
+        Some(Ok(ForwardFrame::Broke(m))) => return Err(ForwardError::Broke(m)),
         Some(Ok(ForwardFrame::Chunk(_))) => {
             return Err(ForwardError::Unreachable("answer without a head".into()))
         }
@@ -209,7 +221,9 @@ pub async fn call(
         let mut s = s?;
         match s.next().await? {
             Ok(ForwardFrame::Chunk(b)) => Some((Ok(Frame::data(Bytes::from(b))), Some(s))),
-            Ok(ForwardFrame::Error(m)) => Some((Err(std::io::Error::other(m)), None)),
+            Ok(ForwardFrame::Error(m) | ForwardFrame::Broke(m)) => {
+                Some((Err(std::io::Error::other(m)), None))
+            }
             Ok(ForwardFrame::Head { .. }) => {
                 Some((Err(std::io::Error::other("a second answer head")), None))
             }

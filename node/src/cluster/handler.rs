@@ -4,7 +4,7 @@
 
 use super::forward::LocalReplicas;
 use super::raft_net::QuicRaft;
-use super::rpc::{ClusterStatus, NodeReply, NodeRpc, NodeStatus, ReplicaStatus};
+use super::rpc::{ClusterStatus, NodeReply, NodeRpc, NodeStatus, ReplicaStatus, SliceStatus};
 use super::{fleet_of, registry};
 use crate::front::AppState;
 use sluice_actors::assigner::{initial_assignment, LoadReport, Schedule, ScheduleConfig};
@@ -261,6 +261,15 @@ impl NodeHandler {
                 })
                 .collect(),
             generation: state.assignment(&self.model).map_or(0, |a| a.generation),
+            slices: state.assignment(&self.model).map_or_else(Vec::new, |a| {
+                a.slices()
+                    .iter()
+                    .map(|s| SliceStatus {
+                        start: s.start.0,
+                        subset: s.subset.iter().map(|r| r.0).collect(),
+                    })
+                    .collect()
+            }),
             desired: state.desired_replicas().get(&self.model).copied(),
             offered_mu_per_min: *self.offered.lock().unwrap_or_else(|p| p.into_inner()),
             answered_by: m.id,
@@ -460,6 +469,7 @@ impl sluice_transport::Handler for NodeHandler {
                 if let Some(front) = self.front() {
                     front.peer_load(peer, g.loads);
                     front.peer_demand(peer, g.demand);
+                    front.peer_implications(&g.implicated);
                 }
                 NodeReply::Done
             }

@@ -28,7 +28,8 @@ use sluice_raft::{
     ReplicaHealth, ReplicaInfo, RoleHint,
 };
 use sluice_transport::{
-    join_cluster, CaCert, Client, Endpoint, JoinOptions, JoinToken, NodeIdentity, TransportConfig,
+    join_cluster, CaCert, Client, Endpoint, JoinOptions, JoinRefusal, JoinToken, NodeIdentity,
+    TransportConfig, TransportError,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -194,18 +195,34 @@ async fn identity(args: &ClusterArgs) -> Result<(NodeIdentity, CaCert)> {
     let token: JoinToken = token
         .parse()
         .map_err(|e| anyhow::anyhow!("invalid --token: {e}"))?;
-    let joined = join_cluster(
-        peer,
-        &token,
-        JoinOptions {
-            requested_node_id: None,
-            rack: Some(args.rack.clone()),
-            addresses: vec![args.listen],
-        },
-        &TransportConfig::default(),
-    )
-    .await
-    .with_context(|| format!("cannot join the cluster through {peer}"))?;
+    // The authority cannot decide while leadership moves (its write of a node id comes
+    // back "leader changed"): that passes, so ask again for a while. A burnt id is
+    // harmless.
+    let until = tokio::time::Instant::now() + JOIN_RETRY_FOR;
+    let joined = loop {
+        let attempt = join_cluster(
+            peer,
+            &token,
+            JoinOptions {
+                requested_node_id: None,
+                rack: Some(args.rack.clone()),
+                addresses: vec![args.listen],
+            },
+            &TransportConfig::default(),
+        )
+        .await;
+        match attempt {
+            Err(TransportError::JoinRefused(JoinRefusal::Unavailable(why)))
+                if tokio::time::Instant::now() < until =>
+            {
+                tracing::warn!(%peer, %why, "join not decided now; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => {
+                break other.with_context(|| format!("cannot join the cluster through {peer}"))?
+            }
+        }
+    };
     std::fs::create_dir_all(&tls).with_context(|| format!("cannot create {}", tls.display()))?;
     joined.save(&tls).context("cannot save the node identity")?;
     tracing::info!(node = joined.identity.node_id(), %peer, "joined the cluster");
@@ -450,6 +467,13 @@ async fn register_replicas(
     Ok(())
 }
 
+/// How long a joining node keeps asking while the cluster cannot decide.
+const JOIN_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// How long a router keeps telling the others of an implication: many gossip rounds,
+/// so one lost message does not matter.
+const IMPLICATIONS_RESENT_FOR: Duration = Duration::from_secs(3);
+
 /// Sends this router's in-flight load to every other node every `every` (default
 /// 200 ms), so that a burst placed by one router is seen by the others within a fraction
 /// of a second.
@@ -470,6 +494,7 @@ async fn gossip(
         let report = NodeRpc::Gossip(rpc::Gossip {
             loads: front.own_load(),
             demand: front.own_demand(),
+            implicated: front.own_implications(IMPLICATIONS_RESENT_FOR),
         });
         let state = cp.state().borrow().clone();
         for n in state.nodes().values().filter(|n| n.id != id) {

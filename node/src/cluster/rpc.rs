@@ -40,6 +40,8 @@ pub struct Gossip {
     pub loads: Vec<(ReplicaId, f64, u64)>,
     /// MU/min asked of this node per tenant, so that reservations follow the traffic.
     pub demand: sluice_actors::admission::NodeDemand,
+    /// Requests this router recently saw on replicas as they failed (quarantine).
+    pub implicated: Vec<sluice_actors::router::Implication>,
 }
 
 /// The answer to anything but `Forward`.
@@ -69,6 +71,9 @@ pub enum ForwardFrame {
     Chunk(Vec<u8>),
     /// The engine could not be reached or its answer broke off.
     Error(String),
+    /// The engine took the request and failed before answering (it may be the
+    /// request's doing).
+    Broke(String),
 }
 
 /// What `sluice cluster status` shows.
@@ -79,6 +84,9 @@ pub struct ClusterStatus {
     pub replicas: Vec<ReplicaStatus>,
     /// Generation of the model's assignment (0: none committed yet).
     pub generation: u64,
+    /// The committed assignment's slices: first key and replica subset, in key order.
+    #[serde(default)]
+    pub slices: Vec<SliceStatus>,
     /// The autoscaler's latest count for the model (none: it has not decided).
     #[serde(default)]
     pub desired: Option<u32>,
@@ -104,6 +112,12 @@ pub struct NodeStatus {
     pub http: String,
     pub quic: String,
     pub gpus: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SliceStatus {
+    pub start: u64,
+    pub subset: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

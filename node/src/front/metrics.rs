@@ -48,6 +48,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     retries: Counter,
     spills: Counter,
+    quarantined: Counter,
+    routed: Family<ReplicaLabel, Counter>,
     upstream_failures: Family<ReplicaLabel, Counter>,
     duration: Family<EndpointLabel, Histogram>,
     first_byte: Family<EndpointLabel, Histogram>,
@@ -73,6 +75,8 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let retries = Counter::default();
         let spills = Counter::default();
+        let quarantined = Counter::default();
+        let routed = Family::<ReplicaLabel, Counter>::default();
         let upstream_failures = Family::<ReplicaLabel, Counter>::default();
         let duration = Family::<EndpointLabel, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
@@ -144,6 +148,16 @@ impl Metrics {
             spills.clone(),
         );
         registry.register(
+            "quarantined",
+            "Requests refused because they were on several replicas as each failed",
+            quarantined.clone(),
+        );
+        registry.register(
+            "routed",
+            "Requests sent to a replica (retries count again)",
+            routed.clone(),
+        );
+        registry.register(
             "upstream_failures",
             "Connection failures and timeouts talking to a replica",
             upstream_failures.clone(),
@@ -178,6 +192,8 @@ impl Metrics {
             requests,
             retries,
             spills,
+            quarantined,
+            routed,
             upstream_failures,
             duration,
             first_byte,
@@ -263,6 +279,14 @@ impl Metrics {
 
     pub fn spill(&self) {
         self.spills.inc();
+    }
+
+    pub fn quarantined(&self) {
+        self.quarantined.inc();
+    }
+
+    pub fn routed(&self, replica: u64) {
+        self.routed.get_or_create(&ReplicaLabel { replica }).inc();
     }
 
     pub fn upstream_failure(&self, replica: u64) {

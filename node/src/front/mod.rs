@@ -337,6 +337,20 @@ impl AppState {
         self.core().own_load()
     }
 
+    /// Requests this router implicated in replica failures within `fresh`.
+    pub fn own_implications(&self, fresh: Duration) -> Vec<sluice_actors::router::Implication> {
+        let now = self.now_ms();
+        self.core().implications(now, fresh.as_millis() as u64)
+    }
+
+    /// Implications another router reported: its poison requests are ours too.
+    pub fn peer_implications(&self, from: &[sluice_actors::router::Implication]) {
+        if !from.is_empty() {
+            let now = self.now_ms();
+            self.core().merge_implications(from, now);
+        }
+    }
+
     /// What the router core measured since the last call (the assigner's input).
     pub fn take_load(&self) -> sluice_actors::assigner::LoadReport {
         let now = self.now_us();

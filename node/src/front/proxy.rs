@@ -11,7 +11,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use sluice_actors::router::{workload_key, Admission, KeyInputs, Placement, RequestId, Usage};
+use sluice_actors::router::quarantine::fingerprint;
+use sluice_actors::router::{
+    workload_key, Admission, KeyInputs, Placement, RequestId, Usage, Verdict,
+};
+use sluice_actors::slice::ReplicaId;
 use sluice_engine::openai::{parse_request, ApiError, Endpoint};
 use std::sync::Arc;
 use std::time::Instant;
@@ -116,10 +120,28 @@ async fn forward(
         images: parsed.images,
         max_tokens: parsed.max_tokens,
         n: parsed.n,
+        fingerprint: Some(fingerprint(&body)),
     };
     // Who is asking, and whether there is room: before anything is placed.
     let cost = state.core().quote(&admission);
     let pass = state.gate(api_key, cost)?;
+    if let Some(fp) = admission.fingerprint {
+        if let Verdict::Refused { replicas } = state.core().verdict(fp, state.now_ms()) {
+            state.metrics.quarantined();
+            return Err((
+                ApiError::new(
+                    422,
+                    "invalid_request_error",
+                    format!(
+                        "this request was being served by {replicas} replicas when each of \
+                         them failed; it is refused for now so that it cannot break more"
+                    ),
+                )
+                .with_code("request_quarantined"),
+                None,
+            ));
+        }
+    }
     let body = super::tenancy::engine_body(&body, &pass);
     let tenant = pass.tenant;
     let no_replica = || {
@@ -153,12 +175,20 @@ async fn forward(
         if placement.spilled {
             state.metrics.spill();
         }
+        state.metrics.routed(placement.replica.0);
         let upstream = state.upstream(placement.replica).ok_or_else(no_replica)?;
         match tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, &body)).await {
             Ok(Ok(resp)) => break resp,
             Ok(Err(e)) => {
                 state.metrics.upstream_failure(placement.replica.0);
-                tracing::warn!(replica = placement.replica.0, error = %e, retried, "upstream connection failed");
+                tracing::warn!(replica = placement.replica.0, error = %e.message, delivered = e.delivered, retried, "upstream failed before answering");
+                if e.delivered {
+                    // The replica took the request and then failed: the request itself
+                    // may be what broke it.
+                    state
+                        .core()
+                        .implicate(guard.id, placement.replica, state.now_ms());
+                }
                 let budget_left = !retried
                     && state
                         .retry_budget
@@ -179,7 +209,7 @@ async fn forward(
                 let failed = placement.replica;
                 placement = retry(state, &mut guard, failed).ok_or_else(no_replica)?;
             }
-            Err(_) => return Err(timeout(state, &placement)),
+            Err(_) => return Err(timeout(state, &guard, &placement)),
         }
     };
     state
@@ -209,7 +239,7 @@ async fn forward(
     let bytes = match tokio::time::timeout_at(deadline, resp.into_body().collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) => {
-            state.core().on_replica_failure(replica, state.now_ms());
+            failed_holding(state, guard.id, replica);
             state.metrics.upstream_failure(replica.0);
             return Err((
                 ApiError::new(
@@ -220,7 +250,7 @@ async fn forward(
                 None,
             ));
         }
-        Err(_) => return Err(timeout(state, &placement)),
+        Err(_) => return Err(timeout(state, &guard, &placement)),
     };
     if status.is_success() {
         guard.usage = body_usage(&bytes);
@@ -246,14 +276,40 @@ async fn forward(
     Ok(out)
 }
 
+/// Why no answer head came back from a replica.
+struct SendError {
+    message: String,
+    /// The engine took the request before it failed (it may be the request's doing);
+    /// otherwise nothing reached it.
+    delivered: bool,
+}
+
+impl SendError {
+    fn before(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            delivered: false,
+        }
+    }
+}
+
+/// The replica failed while it held request `id` (it hung, broke off its answer or
+/// went silent): count it against the replica, and implicate the request.
+fn failed_holding(state: &AppState, id: RequestId, replica: ReplicaId) {
+    let now = state.now_ms();
+    let mut core = state.core();
+    core.on_replica_failure(replica, now);
+    core.implicate(id, replica, now);
+}
+
 /// Sends the request to `upstream`: over HTTP to a local engine, over QUIC through the
-/// node that runs a remote one. An error means nothing came back (safe to retry).
+/// node that runs a remote one. An error means no answer came back (safe to retry).
 async fn send(
     state: &AppState,
     upstream: &Upstream,
     endpoint: Endpoint,
     body: &Bytes,
-) -> Result<hyper::Response<UpstreamBody>, String> {
+) -> Result<hyper::Response<UpstreamBody>, SendError> {
     match &upstream.target {
         Target::Local {
             chat_uri,
@@ -267,19 +323,18 @@ async fn send(
             let request = hyper::Request::post(uri.clone())
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Full::new(body.clone()))
-                .map_err(|e| format!("bad upstream request: {e}"))?;
-            let resp = state
-                .client
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| SendError::before(format!("bad upstream request: {e}")))?;
+            let resp = state.client.request(request).await.map_err(|e| SendError {
+                delivered: !e.is_connect(),
+                message: e.to_string(),
+            })?;
             Ok(resp.map(|b| b.map_err(std::io::Error::other).boxed_unsync()))
         }
         Target::Remote { node } => {
             let client = state
                 .remote
                 .as_ref()
-                .ok_or("no cluster transport for a remote replica")?;
+                .ok_or_else(|| SendError::before("no cluster transport for a remote replica"))?;
             let req = ForwardRequest {
                 replica: upstream.id,
                 path: match endpoint {
@@ -291,16 +346,15 @@ async fn send(
             };
             forward::call(client, *node, req, state.config.request_timeout)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| SendError {
+                    delivered: !matches!(e, forward::ForwardError::Unreachable(_)),
+                    message: e.to_string(),
+                })
         }
     }
 }
 
-fn retry(
-    state: &AppState,
-    guard: &mut Inflight,
-    failed: sluice_actors::slice::ReplicaId,
-) -> Option<Placement> {
+fn retry(state: &AppState, guard: &mut Inflight, failed: ReplicaId) -> Option<Placement> {
     let placed = state.core().retry(guard.id, failed, state.now_ms());
     if placed.is_none() {
         // The core already finished the request; nothing is left to free.
@@ -309,10 +363,8 @@ fn retry(
     placed
 }
 
-fn timeout(state: &AppState, placement: &Placement) -> Failure {
-    state
-        .core()
-        .on_replica_failure(placement.replica, state.now_ms());
+fn timeout(state: &AppState, guard: &Inflight, placement: &Placement) -> Failure {
+    failed_holding(state, guard.id, placement.replica);
     state.metrics.upstream_failure(placement.replica.0);
     (
         ApiError::new(
@@ -334,7 +386,7 @@ fn stream_response(
     state: Arc<AppState>,
     guard: Inflight,
     resp: hyper::Response<UpstreamBody>,
-    replica: sluice_actors::slice::ReplicaId,
+    replica: ReplicaId,
     endpoint: Endpoint,
     started: Instant,
     tenant: Option<String>,
@@ -344,7 +396,7 @@ fn stream_response(
         meter: SseMeter,
         guard: Inflight,
         finished: bool,
-        replica: sluice_actors::slice::ReplicaId,
+        replica: ReplicaId,
         endpoint: Endpoint,
         started: Instant,
         tenant: Option<String>,
@@ -397,13 +449,13 @@ fn stream_response(
                         return None;
                     }
                     // The replica closed the stream without finishing it.
-                    state.core().on_replica_failure(p.replica, state.now_ms());
+                    failed_holding(&state, p.guard.id, p.replica);
                     return Some((Ok(error_event("the replica ended the stream early")), p));
                 }
                 Ok(Some(Err(e))) => {
                     p.finished = true;
                     let state = p.guard.state.clone();
-                    state.core().on_replica_failure(p.replica, state.now_ms());
+                    failed_holding(&state, p.guard.id, p.replica);
                     state.metrics.upstream_failure(p.replica.0);
                     return Some((
                         Ok(error_event(&format!("the replica's stream broke: {e}"))),
@@ -413,7 +465,7 @@ fn stream_response(
                 Err(_) => {
                     p.finished = true;
                     let state = p.guard.state.clone();
-                    state.core().on_replica_failure(p.replica, state.now_ms());
+                    failed_holding(&state, p.guard.id, p.replica);
                     state.metrics.upstream_failure(p.replica.0);
                     return Some((
                         Ok(error_event(&format!(

@@ -1,0 +1,259 @@
+//! What the drill sees of the cluster while it runs: twice a second, the registry and
+//! assignment from `sluice cluster status`, and from every running node's `/metrics`
+//! the requests its router sent to each replica and the failures it saw. Counters of a
+//! restarted node start again from zero; the watcher adds up what each node counted.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One look at the cluster.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    /// Milliseconds since the drill started.
+    pub at_ms: u64,
+    /// Replicas in service: healthy, and not restarted since the last sample.
+    pub in_service: usize,
+    /// Replicas out of service: not healthy, or restarted since the last sample (out
+    /// for part of it even if both samples call it healthy).
+    pub out: Vec<u64>,
+    /// Replicas the registry marks unhealthy: routers must stop sending to them.
+    pub dead: Vec<u64>,
+    pub generation: u64,
+    /// The assignment's slices: first key and subset.
+    pub slices: Vec<(u64, Vec<u64>)>,
+    /// Requests all routers have sent to each replica so far.
+    pub routed: BTreeMap<u64, u64>,
+    /// Failed probes and failed upstream calls all routers have seen so far.
+    pub failures: u64,
+}
+
+/// Where to look: each node's data directory (credentials), QUIC and HTTP addresses.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub dir: PathBuf,
+    pub quic: String,
+    pub http: String,
+}
+
+pub struct Watcher {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+}
+
+impl Watcher {
+    pub fn start(targets: Vec<Target>, epoch: Instant) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+        let out = samples.clone();
+        let exe = std::env::current_exe().ok();
+        let task = tokio::spawn(async move {
+            let Some(exe) = exe else { return };
+            let http = crate::loadgen::exchange::client(8, Duration::from_secs(1));
+            let mut counters = Counters::default();
+            let mut prev_endpoints: HashMap<u64, String> = HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stopped.changed() => return,
+                }
+                for (i, t) in targets.iter().enumerate() {
+                    if let Some(text) = metrics(&http, &t.http).await {
+                        counters.observe(i, &text);
+                    }
+                }
+                let Some(status) = first_status(&exe, &targets).await else {
+                    continue;
+                };
+                let mut s = read_status(&status, &mut prev_endpoints);
+                s.at_ms = epoch.elapsed().as_millis() as u64;
+                s.routed = counters.routed.clone();
+                s.failures = counters.failures;
+                out.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+            }
+        });
+        Self {
+            stop,
+            task,
+            samples,
+        }
+    }
+
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub async fn finish(self) -> Vec<Sample> {
+        let _ = self.stop.send(true);
+        let samples = self.samples.clone();
+        let _ = self.task.await;
+        let out = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        out
+    }
+}
+
+/// Registry, health and assignment from a status; `prev` holds the endpoints of the
+/// last sample, to see restarts.
+fn read_status(s: &Value, prev: &mut HashMap<u64, String>) -> Sample {
+    let mut sample = Sample {
+        generation: s["generation"].as_u64().unwrap_or(0),
+        ..Sample::default()
+    };
+    let mut now = HashMap::new();
+    for r in s["replicas"].as_array().into_iter().flatten() {
+        let (Some(id), Some(ep)) = (r["id"].as_u64(), r["endpoint"].as_str()) else {
+            continue;
+        };
+        let moved = prev.get(&id).is_some_and(|old| old != ep);
+        if r["health"] == "healthy" && !moved {
+            sample.in_service += 1;
+        } else {
+            sample.out.push(id);
+        }
+        if r["health"] == "unhealthy" {
+            sample.dead.push(id);
+        }
+        now.insert(id, ep.to_owned());
+    }
+    *prev = now;
+    for sl in s["slices"].as_array().into_iter().flatten() {
+        if let Some(start) = sl["start"].as_u64() {
+            let subset = sl["subset"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            sample.slices.push((start, subset));
+        }
+    }
+    sample
+}
+
+async fn first_status(exe: &std::path::Path, targets: &[Target]) -> Option<Value> {
+    for t in targets {
+        let got = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::process::Command::new(exe)
+                .args(["cluster", "status", "--json", "--data-dir"])
+                .arg(&t.dir)
+                .args(["--node", &t.quic])
+                .output(),
+        )
+        .await;
+        if let Ok(Ok(o)) = got {
+            if let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
+async fn metrics(http: &crate::loadgen::exchange::HttpClient, addr: &str) -> Option<String> {
+    use http_body_util::BodyExt;
+    let req = hyper::Request::get(format!("http://{addr}/metrics"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(1), http.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let body = tokio::time::timeout(Duration::from_secs(1), resp.into_body().collect())
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8(body.to_bytes().to_vec()).ok()
+}
+
+/// Counter totals over nodes that restart: each node's last readings, and the sums of
+/// what they added since the drill began.
+#[derive(Debug, Default)]
+pub struct Counters {
+    last: HashMap<(usize, String), u64>,
+    pub routed: BTreeMap<u64, u64>,
+    pub failures: u64,
+}
+
+impl Counters {
+    /// Reads node `node`'s metrics text.
+    pub fn observe(&mut self, node: usize, text: &str) {
+        for line in text.lines() {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
+            let v = v as u64;
+            let replica = || {
+                name.split_once("replica=\"")
+                    .and_then(|(_, r)| r.split('"').next())
+                    .and_then(|r| r.parse::<u64>().ok())
+            };
+            let counted = name.starts_with("sluice_routed_total{")
+                || name.starts_with("sluice_upstream_failures_total{")
+                || name == "sluice_probes_total{outcome=\"failed\"}";
+            if !counted {
+                continue;
+            }
+            let last = self.last.insert((node, name.to_owned()), v).unwrap_or(0);
+            // A restarted node counts from zero again.
+            let added = if v >= last { v - last } else { v };
+            if name.starts_with("sluice_routed_total{") {
+                if let Some(r) = replica() {
+                    *self.routed.entry(r).or_default() += added;
+                }
+            } else {
+                self.failures += added;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_up_across_restarts() {
+        let mut c = Counters::default();
+        c.observe(0, "sluice_routed_total{replica=\"3\"} 5\nsluice_probes_total{outcome=\"failed\"} 1\nsluice_probes_total{outcome=\"ok\"} 9");
+        c.observe(1, "sluice_routed_total{replica=\"3\"} 2");
+        c.observe(
+            0,
+            "sluice_routed_total{replica=\"3\"} 7\nsluice_upstream_failures_total{replica=\"3\"} 2",
+        );
+        assert_eq!(c.routed[&3], 9);
+        assert_eq!(c.failures, 3);
+        // Node 0 restarted: its counter starts over.
+        c.observe(0, "sluice_routed_total{replica=\"3\"} 1");
+        assert_eq!(c.routed[&3], 10);
+    }
+
+    #[test]
+    fn a_changed_endpoint_is_a_restart() {
+        let status = |ep: &str, health: &str| {
+            serde_json::json!({
+                "generation": 4,
+                "replicas": [
+                    {"id": 1, "endpoint": ep, "health": health},
+                    {"id": 2, "endpoint": "b", "health": "healthy"},
+                ],
+                "slices": [{"start": 0, "subset": [1, 2]}],
+            })
+        };
+        let mut prev = HashMap::new();
+        let s = read_status(&status("a", "healthy"), &mut prev);
+        assert_eq!((s.in_service, s.out.clone()), (2, vec![]));
+        assert_eq!(s.slices, vec![(0, vec![1, 2])]);
+        let s = read_status(&status("a2", "healthy"), &mut prev);
+        assert_eq!((s.in_service, s.out.clone()), (1, vec![1]));
+        let s = read_status(&status("a2", "unhealthy"), &mut prev);
+        assert_eq!((s.out.clone(), s.dead.clone()), (vec![1], vec![1]));
+    }
+}
