@@ -7,7 +7,7 @@ use sluice_actors::autoscaler::AutoscalerConfig;
 use sluice_actors::mu::EstimatorConfig;
 use sluice_actors::prober::ProbeConfig;
 use sluice_actors::router::affinity::AffinityConfig;
-use sluice_actors::router::{KeySource, RouterConfig, SpillPolicy};
+use sluice_actors::router::{KeySource, QuarantineConfig, RouterConfig, SpillPolicy};
 use sluice_actors::Profile;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -201,11 +201,16 @@ pub struct RouterSection {
     pub stream_idle_timeout_s: f64,
     pub connect_timeout_ms: u64,
     pub health_interval_ms: u64,
+    /// A request on this many replicas as each failed is refused (0: never).
+    pub quarantine_after: usize,
+    /// How long such an implication counts.
+    pub quarantine_window_s: f64,
 }
 
 impl Default for RouterSection {
     fn default() -> Self {
         let spill = SpillPolicy::default();
+        let quarantine = QuarantineConfig::default();
         Self {
             subset_size: 2,
             slice_count: 64,
@@ -222,6 +227,8 @@ impl Default for RouterSection {
             stream_idle_timeout_s: 30.0,
             connect_timeout_ms: 2000,
             health_interval_ms: 1000,
+            quarantine_after: quarantine.limit,
+            quarantine_window_s: quarantine.window_ms as f64 / 1e3,
         }
     }
 }
@@ -385,6 +392,12 @@ impl NodeConfig {
         {
             bail!("router.spill_ratio must be ≥ 1 and router.spill_slack_s ≥ 0");
         }
+        if !(r.quarantine_window_s.is_finite() && r.quarantine_window_s > 0.0) {
+            bail!(
+                "router.quarantine_window_s must be a positive number of seconds, got {}",
+                r.quarantine_window_s
+            );
+        }
         let assigner = if fc.assigner.enabled {
             let a = &fc.assigner;
             if !(a.round_every_s.is_finite() && a.round_every_s > 0.0) {
@@ -430,6 +443,11 @@ impl NodeConfig {
             affinity: AffinityConfig {
                 cache_tokens: profile.kv_cache_tokens(),
                 ..defaults.affinity
+            },
+            quarantine: QuarantineConfig {
+                limit: r.quarantine_after,
+                window_ms: (r.quarantine_window_s * 1e3) as u64,
+                ..defaults.quarantine
             },
             ..defaults
         };
@@ -557,6 +575,30 @@ mod tests {
         writeln!(off, "[assigner]\nenabled = false").unwrap();
         let c = NodeConfig::load(Some(off.path()), Overrides::default()).unwrap();
         assert!(c.assigner.is_none());
+    }
+
+    #[test]
+    fn quarantine_settings_are_read_and_checked() {
+        let c = NodeConfig::load(None, Overrides::default()).unwrap();
+        assert_eq!(c.router.quarantine, QuarantineConfig::default());
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[router]\nquarantine_after = 0\nquarantine_window_s = 30"
+        )
+        .unwrap();
+        let c = NodeConfig::load(Some(f.path()), Overrides::default()).unwrap();
+        assert_eq!(
+            (c.router.quarantine.limit, c.router.quarantine.window_ms),
+            (0, 30_000)
+        );
+        let mut bad = tempfile::NamedTempFile::new().unwrap();
+        writeln!(bad, "[router]\nquarantine_window_s = -1").unwrap();
+        let e = format!(
+            "{:#}",
+            NodeConfig::load(Some(bad.path()), Overrides::default()).unwrap_err()
+        );
+        assert!(e.contains("quarantine_window_s"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,8 @@ pub fn fingerprint(body: &[u8]) -> u64 {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QuarantineConfig {
-    /// Distinct replicas a request may be implicated on before it is refused.
+    /// Distinct replicas a request may be implicated on before it is refused; 0 turns
+    /// the quarantine off (nothing is confined or refused).
     pub limit: usize,
     /// How long an implication counts.
     pub window_ms: u64,
@@ -78,6 +79,9 @@ impl Quarantine {
 
     /// The request `fingerprint` was on `replica` when it failed at `at_ms`.
     pub fn implicate(&mut self, fingerprint: u64, replica: ReplicaId, at_ms: u64) {
+        if self.config.limit == 0 {
+            return;
+        }
         let list = self.entries.entry(fingerprint).or_default();
         match list.iter_mut().find(|(r, _)| *r == replica) {
             Some(e) => e.1 = e.1.max(at_ms),
@@ -101,7 +105,7 @@ impl Quarantine {
         let live = self.live(fingerprint, now_ms);
         if live == 0 {
             Verdict::Clear
-        } else if live >= self.config.limit.max(1) {
+        } else if live >= self.config.limit {
             Verdict::Refused { replicas: live }
         } else {
             Verdict::Confined
@@ -183,6 +187,18 @@ mod tests {
         assert_eq!(q.verdict(7, 3_000), Verdict::Refused { replicas: 2 });
         // Other requests are untouched.
         assert_eq!(q.verdict(8, 3_000), Verdict::Clear);
+    }
+
+    #[test]
+    fn a_limit_of_zero_turns_it_off() {
+        let mut q = Quarantine::new(QuarantineConfig {
+            limit: 0,
+            ..Default::default()
+        });
+        for r in 0..5 {
+            q.implicate(7, R(r), 0);
+        }
+        assert_eq!(q.verdict(7, 0), Verdict::Clear);
     }
 
     #[test]

@@ -42,12 +42,22 @@ fn free_port() -> Result<u16> {
 
 impl Cluster {
     /// Initializes a cluster in a fresh directory and starts its nodes; returns once
-    /// every node is a member and every replica is registered.
-    pub async fn start(exe: &Path, nodes: usize, racks: usize, gpus: usize) -> Result<Self> {
+    /// every node is a member and every replica is registered. `config_extra` is added to
+    /// the nodes' configuration file.
+    pub async fn start(
+        exe: &Path,
+        nodes: usize,
+        racks: usize,
+        gpus: usize,
+        config_extra: &str,
+    ) -> Result<Self> {
         let work = tempfile::tempdir().context("cannot create the drill's directory")?;
         let config = work.path().join("node.toml");
         // Time for in-flight streams to finish on a rolling restart.
-        std::fs::write(&config, "[node]\nshutdown_grace_s = 20\n")?;
+        std::fs::write(
+            &config,
+            format!("[node]\nshutdown_grace_s = 20\n{config_extra}"),
+        )?;
         let mut list = Vec::new();
         for i in 0..nodes {
             let dir = work.path().join(format!("node{i}"));

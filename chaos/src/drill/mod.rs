@@ -66,6 +66,10 @@ pub struct DrillArgs {
     /// Writes `timeline.svg` (requests/s, errors, latency, healthy replicas).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Runs the nodes with the poison quarantine off (`[router] quarantine_after = 0`),
+    /// as a control for `poison-request`.
+    #[arg(long)]
+    pub no_quarantine: bool,
 }
 
 /// One second of the drill, for the timeline.
@@ -235,7 +239,11 @@ enum Undo {
 }
 
 pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport> {
-    let mut c = Cluster::start(exe, args.nodes, args.racks, args.gpus_per_node).await?;
+    let mut config = String::new();
+    if args.no_quarantine {
+        config.push_str("[router]\nquarantine_after = 0\n");
+    }
+    let mut c = Cluster::start(exe, args.nodes, args.racks, args.gpus_per_node, &config).await?;
     // A committed write before any fault: it must be on every node at the end. It is
     // the tenant the load runs as (so the drill also covers key checks on every node).
     let marker = format!("drill-{}", args.seed);
