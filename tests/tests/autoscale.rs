@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result};
 use serde_json::Value;
+use sluice_chaos::drill::ledger::{judge_stream, Outcome};
 use sluice_chaos::sim::scaling::ScalePoint;
 use sluice_tests::cluster::{init, status, wait_status, Node};
 use sluice_tests::Http;
@@ -116,10 +117,13 @@ async fn one(http: &Http, base: &str, i: u64) -> Option<String> {
     if status != 200 {
         return Some(format!("request {i}: status {status}: {text}"));
     }
-    if stream && !text.trim_end().ends_with("data: [DONE]") {
-        return Some(format!("request {i}: stream ended without [DONE]"));
+    if !stream {
+        return None;
     }
-    None
+    match judge_stream(&text) {
+        Outcome::Ok => None,
+        Outcome::Lost { why } | Outcome::Explicit { why } => Some(format!("request {i}: {why}")),
+    }
 }
 
 /// Samples the leader's view once a second (for the ramp plot): desired count, healthy

@@ -7,6 +7,7 @@
 
 use anyhow::{Context, Result};
 use http_body_util::BodyExt;
+use sluice_chaos::drill::ledger::{judge_stream, Outcome as StreamOutcome};
 use sluice_tests::cluster::{init, sluice, wait_status, Node};
 use sluice_tests::Http;
 use std::sync::{Arc, Mutex};
@@ -102,8 +103,11 @@ async fn one(http: &Http, base: &str, key: &str, i: u64) -> Outcome {
     }
     let text = String::from_utf8_lossy(&text);
     let problem = match status {
-        200 if !text.trim_end().ends_with("data: [DONE]") => Some("stream cut".to_owned()),
-        200 | 429 => None,
+        200 => match judge_stream(&text) {
+            StreamOutcome::Ok => None,
+            StreamOutcome::Lost { why } | StreamOutcome::Explicit { why } => Some(why),
+        },
+        429 => None,
         s => Some(format!("status {s}: {text}")),
     };
     Outcome {

@@ -237,20 +237,28 @@ pub fn budgets(
     out
 }
 
-/// `total` split in proportion to `wanted`, every part getting a small floor so that a
-/// node whose demand is just starting is not shut out until the next gossip. The parts
-/// add up to `total`.
+/// `total` split between parts that want `wanted`. When the wants fit, each part gets
+/// what it wants and the rest is split evenly: a node whose demand is just starting (a
+/// restarted one, say) is not held to the trickle its smoothed demand would earn while
+/// the fleet has room to spare. When they do not fit, `total` is split in proportion to
+/// the wants, every part with a small floor so that none is shut out until the next
+/// gossip. The parts add up to `total`.
 fn split(total: f64, wanted: &[f64]) -> Vec<f64> {
     if wanted.is_empty() {
         return Vec::new();
     }
-    let floor = 0.02 * total.max(0.0) / wanted.len() as f64;
-    let weights: Vec<f64> = wanted.iter().map(|w| w.max(0.0) + floor).collect();
-    let sum: f64 = weights.iter().sum();
-    if sum <= 0.0 {
-        return vec![total.max(0.0) / wanted.len() as f64; wanted.len()];
+    let total = total.max(0.0);
+    let n = wanted.len() as f64;
+    let wants: Vec<f64> = wanted.iter().map(|w| w.max(0.0)).collect();
+    let asked: f64 = wants.iter().sum();
+    if asked <= total {
+        let rest = (total - asked) / n;
+        return wants.iter().map(|w| w + rest).collect();
     }
-    weights.iter().map(|w| total.max(0.0) * w / sum).collect()
+    let floor = 0.02 * total / n;
+    let weights: Vec<f64> = wants.iter().map(|w| w + floor).collect();
+    let sum: f64 = weights.iter().sum();
+    weights.iter().map(|w| total * w / sum).collect()
 }
 
 #[cfg(test)]

@@ -32,6 +32,24 @@ fn a_tenant_on_one_node_gets_its_whole_reservation_there() {
 }
 
 #[test]
+fn a_node_with_no_demand_yet_gets_an_even_part_of_unasked_spare() {
+    // Nodes 2 and 3 serve 300 MU/min each of best effort; node 1 just restarted and has
+    // asked for nothing yet. The 4,400 MU/min nobody asked for is split evenly, so its
+    // first requests are not refused while the fleet is mostly idle.
+    let mut d = demand(&[(2, "free", 300.0), (3, "free", 300.0)]);
+    // It gossips an empty demand.
+    d.insert(1, NodeDemand::default());
+    let none = reservations(&[]);
+    let b1 = budgets(1, &none, 5000.0, &d);
+    let b2 = budgets(2, &none, 5000.0, &d);
+    assert!((b1.best_effort - 4400.0 / 3.0).abs() < 1e-6, "{b1:?}");
+    assert!(
+        (b2.best_effort - (300.0 + 4400.0 / 3.0)).abs() < 1e-6,
+        "{b2:?}"
+    );
+}
+
+#[test]
 fn an_unused_reservation_lends_its_capacity_to_best_effort() {
     let res = reservations(&[("gold", 600.0)]);
     let idle = demand(&[(1, "free", 5000.0)]);

@@ -302,19 +302,26 @@ impl RouterCore {
         let confined = active
             .fingerprint
             .is_some_and(|fp| self.quarantine.verdict(fp, now_ms) != Verdict::Clear);
-        let mut excluded = exclude.to_vec();
-        if confined {
-            excluded.extend(
-                fleet
-                    .iter()
-                    .map(|c| c.id)
-                    .filter(|id| !slice.subset.contains(id)),
-            );
-        }
+        let outside: Vec<ReplicaId>;
+        let excluded = if confined {
+            outside = exclude
+                .iter()
+                .copied()
+                .chain(
+                    fleet
+                        .iter()
+                        .map(|c| c.id)
+                        .filter(|id| !slice.subset.contains(id)),
+                )
+                .collect();
+            &outside
+        } else {
+            exclude
+        };
         let choice = choose(
             &slice.subset,
             &fleet,
-            &excluded,
+            excluded,
             self.config.spill,
             self.config.waste_weight,
         )?;

@@ -208,24 +208,9 @@ impl Cluster {
         }
     }
 
-    /// Starts node `i` again and waits (up to 10 s) until it has caught up with the
-    /// control state — a leader, the replicas and the tenants — as a load balancer's
-    /// readiness check would before sending it traffic.
     pub async fn restart(&mut self, i: usize) -> Result<()> {
         if self.nodes[i].child.is_none() {
             self.launch(i, false).await?;
-        }
-        let until = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::time::Instant::now() < until {
-            if let Some(s) = self.status_of(i).await {
-                let caught_up = s["leader"].is_u64()
-                    && s["replicas"].as_array().is_some_and(|r| !r.is_empty())
-                    && s["tenants"].as_array().is_some_and(|t| !t.is_empty());
-                if caught_up {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Ok(())
     }

@@ -75,9 +75,19 @@ impl AppState {
         self.rebalance();
     }
 
-    /// The healthy fleet's capacity changed.
+    /// The healthy fleet's capacity changed. Budgets follow at once: on a restarted
+    /// node the fleet view can arrive after the tenants, and budgets computed on a
+    /// capacity of zero would refuse best effort until the next rebalance.
     pub(super) fn set_capacity(&self, mu_per_min: f64) {
-        self.tenancy().capacity = mu_per_min;
+        let changed = {
+            let mut t = self.tenancy();
+            let changed = t.capacity != mu_per_min;
+            t.capacity = mu_per_min;
+            changed
+        };
+        if changed {
+            self.rebalance();
+        }
     }
 
     /// Another node's demand per tenant.
