@@ -81,6 +81,7 @@
 
 mod config;
 mod fleet;
+mod leader;
 mod load;
 mod meter;
 mod schedule;
@@ -91,6 +92,7 @@ mod tests;
 
 pub use config::{AssignerConfig, ConfigError};
 pub use fleet::ReplicaInfo;
+pub use leader::next_assignment;
 pub use load::{LoadError, SliceLoad};
 pub use meter::{LoadMeter, LoadReport, DEFAULT_BUCKET_BITS};
 pub use schedule::{Schedule, ScheduleConfig};

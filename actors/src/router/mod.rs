@@ -8,6 +8,7 @@ pub mod health;
 pub mod ledger;
 pub mod policy;
 pub mod quarantine;
+pub mod retry;
 pub mod sluice_policy;
 pub mod workload;
 
@@ -18,4 +19,5 @@ pub use health::{EjectionPolicy, PassiveHealth};
 pub use ledger::{Ledger, ReplicaInflight, RequestId};
 pub use policy::{KvIndex, NoKvIndex, ReplicaObservation, RouteRequest, RoutingPolicy};
 pub use quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
+pub use retry::{upstream_failed, UpstreamFailure};
 pub use workload::{default_sources, workload_key, KeyInputs, KeySource};

@@ -7,7 +7,7 @@ use super::raft_net::QuicRaft;
 use super::rpc::{ClusterStatus, NodeReply, NodeRpc, NodeStatus, ReplicaStatus, SliceStatus};
 use super::{fleet_of, registry};
 use crate::front::AppState;
-use sluice_actors::assigner::{initial_assignment, LoadReport, Schedule, ScheduleConfig};
+use sluice_actors::assigner::{next_assignment, LoadReport, Schedule, ScheduleConfig};
 use sluice_raft::voter_policy::{choose_voters, VoterCandidate};
 use sluice_raft::{
     ControlCommand, ControlPlane, ControlPlaneError, ControlResponse, NodeAddr, NodeInfo, Role,
@@ -339,50 +339,19 @@ impl NodeHandler {
     async fn assign(&self, round: bool) -> Result<(), ControlPlaneError> {
         let state = self.cp.state().borrow().clone();
         let reg = registry(&state, &self.model);
-        let eligible: BTreeSet<_> = reg.iter().filter(|r| r.eligible()).map(|r| r.id).collect();
-        if eligible.is_empty() {
-            return Ok(());
-        }
         let config = self.assigner_config();
-        let next = match state.assignment(&self.model) {
-            None => initial_assignment(&reg, &config).ok(),
-            Some(current) => {
-                let used: BTreeSet<_> = current
-                    .slices()
-                    .iter()
-                    .flat_map(|s| s.subset.iter().copied())
-                    .collect();
-                if !eligible.is_subset(&used) {
-                    // New replicas: start over from an even, rack-spread map.
-                    initial_assignment(&reg, &config).ok().map(|mut a| {
-                        a.generation = current.generation + 1;
-                        a
-                    })
-                } else if !used.is_subset(&eligible) || round {
-                    let report = self
-                        .load
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .take()
-                        .unwrap_or_else(|| sluice_actors::assigner::LoadMeter::new(12, 0).take(1));
-                    let now = self.now_us();
-                    let plan = {
-                        let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
-                        s.round(now, &report, current, &reg)
-                    };
-                    let plan = plan.unwrap_or_else(|| {
-                        sluice_actors::assigner::assign(
-                            current,
-                            &sluice_actors::assigner::SliceLoad::uniform(0.0),
-                            &reg,
-                            &config,
-                        )
-                    });
-                    plan.changed.then_some(plan.assignment)
-                } else {
-                    None
-                }
-            }
+        let now = self.now_us();
+        let next = {
+            let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+            next_assignment(
+                state.assignment(&self.model),
+                &reg,
+                round,
+                &mut s,
+                || self.load.lock().unwrap_or_else(|p| p.into_inner()).take(),
+                now,
+                &config,
+            )
         };
         if let Some(assignment) = next {
             tracing::info!(

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use sluice_actors::router::quarantine::fingerprint;
 use sluice_actors::router::{
-    workload_key, Admission, KeyInputs, Placement, RequestId, Usage, Verdict,
+    upstream_failed, workload_key, Admission, KeyInputs, Placement, RequestId, Usage, Verdict,
 };
 use sluice_actors::slice::ReplicaId;
 use sluice_engine::openai::{parse_request, ApiError, Endpoint};
@@ -182,20 +182,18 @@ async fn forward(
             Ok(Err(e)) => {
                 state.metrics.upstream_failure(placement.replica.0);
                 tracing::warn!(replica = placement.replica.0, error = %e.message, delivered = e.delivered, retried, "upstream failed before answering");
-                if e.delivered {
-                    // The replica took the request and then failed: the request itself
-                    // may be what broke it.
+                let next = upstream_failed(
+                    e.delivered,
+                    retried,
+                    &mut state.retry_budget.lock().unwrap_or_else(|p| p.into_inner()),
+                    state.now_ms(),
+                );
+                if next.implicate {
                     state
                         .core()
                         .implicate(guard.id, placement.replica, state.now_ms());
                 }
-                let budget_left = !retried
-                    && state
-                        .retry_budget
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .try_retry(state.now_ms());
-                if !budget_left {
+                if !next.retry {
                     state
                         .core()
                         .on_replica_failure(placement.replica, state.now_ms());
