@@ -47,7 +47,7 @@ pub fn next_assignment(
             a
         });
     }
-    if !(round || !used.is_subset(&eligible)) {
+    if !round && used.is_subset(&eligible) {
         return None;
     }
     let report = take_report().unwrap_or_else(|| LoadMeter::new(12, 0).take(1));
