@@ -19,6 +19,7 @@ mod budget;
 mod config;
 mod decide;
 mod hang;
+mod liveness;
 
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ mod tests;
 pub use budget::{RetryBudget, WINDOW_S as RETRY_BUDGET_WINDOW_S};
 pub use config::{ProbeConfig, ProbeConfigError};
 pub use decide::ProberCore;
+pub use liveness::{liveness_marks, Mark, Standing};
 
 use crate::slice::ReplicaId;
 

@@ -11,7 +11,7 @@ pub mod checks;
 pub mod cluster;
 pub mod ledger;
 pub mod load;
-mod plot;
+pub(crate) mod plot;
 pub mod watch;
 
 use anyhow::{bail, Context, Result};
@@ -70,6 +70,19 @@ pub struct DrillArgs {
     /// as a control for `poison-request`.
     #[arg(long)]
     pub no_quarantine: bool,
+    /// Runs the drill in the simulator's virtual time instead of on real processes:
+    /// the same policy cores and invariants on a fleet of any size (try `--nodes 250
+    /// --racks 10 --gpus-per-node 8`).
+    #[arg(long = "virtual")]
+    pub virtual_time: bool,
+    /// Virtual drills: offered load as a share of the fleet's capacity in model units
+    /// (the agentic coding-session workload, scaled).
+    #[arg(long, default_value_t = 0.5)]
+    pub load: f64,
+    /// Virtual drills: seconds from an engine's (re)start to its serving (a real GPU
+    /// engine loads its weights in tens of seconds).
+    #[arg(long, default_value_t = 30.0)]
+    pub engine_restart_s: f64,
 }
 
 /// One second of the drill, for the timeline.
@@ -130,8 +143,16 @@ pub async fn cli_main(args: DrillArgs) -> Result<()> {
     if !(args.duration.is_finite() && args.duration >= 9.0 && args.rate > 0.0) {
         bail!("--duration must be at least 9 s and --rate positive");
     }
-    let exe = std::env::current_exe().context("cannot find the sluice executable")?;
-    let report = run(&exe, &args).await?;
+    let report = if args.virtual_time {
+        crate::sim::drill::check(&args)?;
+        let a = args.clone();
+        tokio::task::spawn_blocking(move || crate::sim::drill::run(&a))
+            .await
+            .context("the virtual drill panicked")??
+    } else {
+        let exe = std::env::current_exe().context("cannot find the sluice executable")?;
+        run(&exe, &args).await?
+    };
     print(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -347,22 +368,7 @@ pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport>
             refused,
             failed_explicit: p.failed_explicit - refused,
             lost: p.lost,
-            tries: poisoned
-                .iter()
-                .map(|r| {
-                    format!(
-                        "at {:.1} s via node {}, {:.1} s: {}",
-                        r.sent_ms as f64 / 1e3,
-                        r.node,
-                        r.done_ms.saturating_sub(r.sent_ms) as f64 / 1e3,
-                        match &r.outcome {
-                            ledger::Outcome::Ok => "answered".to_owned(),
-                            ledger::Outcome::Explicit { why } => why.clone(),
-                            ledger::Outcome::Lost { why } => format!("LOST: {why}"),
-                        }
-                    )
-                })
-                .collect(),
+            tries: poisoned.iter().map(describe_try).collect(),
             containment: (scenarios.len() == 1)
                 .then(|| checks::containment(&samples, poison_key(), from, u64::MAX)),
         }
@@ -379,6 +385,21 @@ pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport>
         faults,
         timeline: plot::seconds(&records, &health),
     })
+}
+
+/// One poison try, for the report.
+pub(crate) fn describe_try(r: &ledger::Record) -> String {
+    format!(
+        "at {:.1} s via node {}, {:.1} s: {}",
+        r.sent_ms as f64 / 1e3,
+        r.node,
+        r.done_ms.saturating_sub(r.sent_ms) as f64 / 1e3,
+        match &r.outcome {
+            ledger::Outcome::Ok => "answered".to_owned(),
+            ledger::Outcome::Explicit { why } => why.clone(),
+            ledger::Outcome::Lost { why } => format!("LOST: {why}"),
+        }
+    )
 }
 
 /// The slice key of the poison client's requests, as every router computes it.
@@ -403,7 +424,7 @@ async fn sleep_until(epoch: Instant, at: Duration) {
 }
 
 /// A deterministic shuffle (SplitMix64) of the scenarios for `all`.
-fn shuffled<'a>(items: &[&'a str], seed: u64) -> Vec<&'a str> {
+pub(crate) fn shuffled<'a>(items: &[&'a str], seed: u64) -> Vec<&'a str> {
     let mut v = items.to_vec();
     let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
     for i in (1..v.len()).rev() {

@@ -1,0 +1,115 @@
+//! The leader's view of whole nodes: a node not heard from within the liveness window
+//! (killed, powered off with its rack, cut off) takes its replicas out of service in the
+//! registry at once, instead of leaving every router to find each dead replica by
+//! timing out on it. The mark is the leader's and only the leader clears it, when the
+//! node is heard again; a replica its own node marked unhealthy or starting is left to
+//! that node.
+
+use crate::slice::ReplicaId;
+
+/// A replica's registry health, as far as liveness is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// In service.
+    Serving,
+    /// Out of service by its own node's decision (ejected, starting, draining).
+    HeldByNode,
+    /// Out of service because its node went silent (the leader's mark).
+    Unreachable,
+}
+
+/// A change the leader commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub replica: ReplicaId,
+    pub unreachable: bool,
+}
+
+/// The marks to commit, given each replica's `(id, node, standing)` and whether its
+/// node was heard within the window.
+pub fn liveness_marks(
+    replicas: impl IntoIterator<Item = (ReplicaId, u64, Standing)>,
+    heard: impl Fn(u64) -> bool,
+) -> Vec<Mark> {
+    replicas
+        .into_iter()
+        .filter_map(|(replica, node, standing)| {
+            let live = heard(node);
+            match standing {
+                Standing::Serving if !live => Some(Mark {
+                    replica,
+                    unreachable: true,
+                }),
+                Standing::Unreachable if live => Some(Mark {
+                    replica,
+                    unreachable: false,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_silent_node_loses_its_serving_replicas_and_gets_them_back_when_heard() {
+        let fleet = [
+            (ReplicaId(1), 1, Standing::Serving),
+            (ReplicaId(2), 1, Standing::HeldByNode),
+            (ReplicaId(3), 2, Standing::Serving),
+        ];
+        let marks = liveness_marks(fleet, |n| n != 1);
+        assert_eq!(
+            marks,
+            vec![Mark {
+                replica: ReplicaId(1),
+                unreachable: true
+            }]
+        );
+        let back = [
+            (ReplicaId(1), 1, Standing::Unreachable),
+            (ReplicaId(2), 1, Standing::HeldByNode),
+        ];
+        assert_eq!(
+            liveness_marks(back, |_| true),
+            vec![Mark {
+                replica: ReplicaId(1),
+                unreachable: false
+            }]
+        );
+    }
+
+    proptest! {
+        /// Marks follow the node's liveness alone, never touch what a node holds
+        /// itself, and applying them leaves nothing more to mark.
+        #[test]
+        fn marks_are_idempotent(
+            fleet in prop::collection::vec((0u64..6, 0u8..3), 0..40),
+            silent in prop::collection::btree_set(0u64..6, 0..6),
+        ) {
+            let standing = |s: u8| match s {
+                0 => Standing::Serving,
+                1 => Standing::HeldByNode,
+                _ => Standing::Unreachable,
+            };
+            let mut reg: Vec<(ReplicaId, u64, Standing)> = fleet
+                .iter()
+                .enumerate()
+                .map(|(i, &(node, s))| (ReplicaId(i as u64), node, standing(s)))
+                .collect();
+            let heard = |n: u64| !silent.contains(&n);
+            let marks = liveness_marks(reg.clone(), heard);
+            for m in &marks {
+                let r = &mut reg[m.replica.0 as usize];
+                prop_assert_ne!(r.2, Standing::HeldByNode);
+                prop_assert_eq!(m.unreachable, !heard(r.1));
+                r.2 = if m.unreachable { Standing::Unreachable } else { Standing::Serving };
+            }
+            prop_assert!(liveness_marks(reg, heard).is_empty());
+        }
+    }
+}
