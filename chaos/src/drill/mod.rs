@@ -83,6 +83,11 @@ pub struct DrillArgs {
     /// engine loads its weights in tens of seconds).
     #[arg(long, default_value_t = 30.0)]
     pub engine_restart_s: f64,
+    /// Virtual drills: what-if — the leader marks the replicas of a node silent for 3 s
+    /// unreachable, and a restarted node keeps its replicas out of service until they
+    /// serve (live nodes do neither yet).
+    #[arg(long)]
+    pub mark_silent_nodes: bool,
 }
 
 /// One second of the drill, for the timeline.

@@ -43,6 +43,7 @@ pub fn run(args: &DrillArgs) -> Result<DrillReport> {
         request_timeout_us: 300_000_000,
         quarantine: !args.no_quarantine,
         keep_slices: false,
+        mark_silent_nodes: args.mark_silent_nodes,
     };
     let scenarios: Vec<&str> = if args.scenario == "all" {
         drill::shuffled(&drill::SCENARIOS[..drill::SCENARIOS.len() - 1], args.seed)

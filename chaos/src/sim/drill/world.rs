@@ -46,6 +46,10 @@ pub struct Spec {
     pub quarantine: bool,
     /// Keep every sample's slice map (for the poison containment check).
     pub keep_slices: bool,
+    /// The leader marks the replicas of nodes silent for [`LIVENESS_US`] unreachable,
+    /// and a restarted node holds its replicas out of service until they serve. Live
+    /// nodes do not do this yet; the drill measures what it would change.
+    pub mark_silent_nodes: bool,
 }
 
 impl Spec {
@@ -173,7 +177,7 @@ const DIRECTOR_US: u64 = 100_000;
 const ROUND_US: u64 = 60_000_000;
 const IMPLICATION_FRESH_MS: u64 = 3_000;
 /// A node not heard from for this long is taken for gone (three load reports).
-const LIVENESS_US: u64 = 3_000_000;
+pub const LIVENESS_US: u64 = 3_000_000;
 /// The poison client's key and body fingerprint.
 pub const POISON_KEY: u64 = 0x706f_6973_6f6e_0001;
 const POISON_FINGERPRINT: u64 = 0x706f_6973_6f6e_0002;
@@ -1085,12 +1089,14 @@ impl<'t> World<'t> {
         }
         // Nodes silent for the liveness window lose their replicas in the registry.
         let g = self.spec.gpus_per_node.max(1);
+        let marking = self.spec.mark_silent_nodes;
         let heard = |n: u64| self.now.saturating_sub(self.last_heard[n as usize]) <= LIVENESS_US;
         let marks = liveness_marks(
             self.control
                 .health
                 .iter()
                 .enumerate()
+                .filter(|_| marking)
                 .map(|(r, &s)| (ReplicaId(r as u64), (r / g) as u64, s)),
             heard,
         );
@@ -1446,11 +1452,13 @@ impl<'t> World<'t> {
         self.apply(n, 0..self.control.applied[n]);
         self.apply_everywhere();
         for r in self.locals(n) {
-            // Its engines are starting: out of service until they serve.
-            self.nodes[n].outbox.push_back(Write::Health {
-                replica: r,
-                standing: Standing::HeldByNode,
-            });
+            if self.spec.mark_silent_nodes {
+                // Its engines are starting: out of service until they serve.
+                self.nodes[n].outbox.push_back(Write::Health {
+                    replica: r,
+                    standing: Standing::HeldByNode,
+                });
+            }
             let epoch = self.engines[r].epoch;
             self.push(
                 self.now + self.spec.engine_restart_us,
