@@ -294,6 +294,24 @@ impl<'t> World<'t> {
             spec,
         };
         w.nodes = (0..w.spec.nodes).map(|i| w.fresh_node(i)).collect();
+        // The balancer keeps the doors the drill will take down out of rotation from
+        // the start, so that a fault strikes on schedule rather than after the longest
+        // request through them: what is measured is the traffic routed to their
+        // replicas by every other node.
+        let doomed: Vec<usize> = w
+            .plan
+            .iter()
+            .flat_map(|(_, act)| match act {
+                Act::Kill { nodes, .. } | Act::Cut { nodes, .. } => nodes.clone(),
+                Act::KillLeader { .. } => w.control.leader.into_iter().collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if doomed.len() < w.nodes.len() {
+            for n in doomed {
+                w.nodes[n].open = false;
+            }
+        }
         w
     }
 
