@@ -361,22 +361,11 @@ pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport>
     let fault_ms = fault_at.map(|d| d.as_millis() as u64);
     let summary = summarize(&args.scenario, &records, fault_ms);
     let poison = scenarios.contains(&"poison-request").then(|| {
-        let p = summarize("poison", &poisoned, None);
-        let refused = poisoned
-            .iter()
-            .filter(|r| {
-                matches!(&r.outcome, ledger::Outcome::Explicit { why } if why.contains("request_quarantined"))
-            })
-            .count() as u64;
-        PoisonReport {
-            sent: p.sent,
-            refused,
-            failed_explicit: p.failed_explicit - refused,
-            lost: p.lost,
-            tries: poisoned.iter().map(describe_try).collect(),
-            containment: (scenarios.len() == 1)
+        PoisonReport::judge(
+            &poisoned,
+            (scenarios.len() == 1)
                 .then(|| checks::containment(&samples, poison_key(), from, u64::MAX)),
-        }
+        )
     });
     let health: Vec<(u64, usize)> = samples.iter().map(|s| (s.at_ms, s.in_service)).collect();
     Ok(DrillReport {
@@ -392,8 +381,33 @@ pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport>
     })
 }
 
+impl PoisonReport {
+    /// The poison client's ledger, with where the poison did damage (judged only when
+    /// it is the drill's one fault).
+    pub(crate) fn judge(
+        poisoned: &[ledger::Record],
+        containment: Option<checks::Containment>,
+    ) -> Self {
+        let p = summarize("poison", poisoned, None);
+        let refused = poisoned
+            .iter()
+            .filter(|r| {
+                matches!(&r.outcome, ledger::Outcome::Explicit { why } if why.contains("request_quarantined"))
+            })
+            .count() as u64;
+        Self {
+            sent: p.sent,
+            refused,
+            failed_explicit: p.failed_explicit - refused,
+            lost: p.lost,
+            tries: poisoned.iter().map(describe_try).collect(),
+            containment,
+        }
+    }
+}
+
 /// One poison try, for the report.
-pub(crate) fn describe_try(r: &ledger::Record) -> String {
+fn describe_try(r: &ledger::Record) -> String {
     format!(
         "at {:.1} s via node {}, {:.1} s: {}",
         r.sent_ms as f64 / 1e3,

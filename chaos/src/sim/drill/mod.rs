@@ -69,22 +69,11 @@ pub fn run(args: &DrillArgs) -> Result<DrillReport> {
     let from = fault_ms.unwrap_or(0);
     let samples = std::mem::take(&mut w.samples);
     let poison = scenarios.contains(&"poison-request").then(|| {
-        let p = ledger::summarize("poison", &poisoned, None);
-        let refused = poisoned
-            .iter()
-            .filter(|r| {
-                matches!(&r.outcome, ledger::Outcome::Explicit { why } if why.contains("request_quarantined"))
-            })
-            .count() as u64;
-        PoisonReport {
-            sent: p.sent,
-            refused,
-            failed_explicit: p.failed_explicit - refused,
-            lost: p.lost,
-            tries: poisoned.iter().map(drill::describe_try).collect(),
-            containment: (scenarios.len() == 1)
+        PoisonReport::judge(
+            &poisoned,
+            (scenarios.len() == 1)
                 .then(|| checks::containment(&samples, world::POISON_KEY, from, u64::MAX)),
-        }
+        )
     });
     let health: Vec<(u64, usize)> = samples.iter().map(|s| (s.at_ms, s.in_service)).collect();
     Ok(DrillReport {
