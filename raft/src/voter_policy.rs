@@ -44,6 +44,9 @@ fn min_feasible_limit(rack_sizes: &[usize], k: usize) -> usize {
         .unwrap_or(k)
 }
 
+/// Voters a cluster aims for (3 tolerates one failure, or one rack where racks allow).
+pub const DESIRED_VOTERS: usize = 3;
+
 /// Chooses up to `desired` voters (rounded down to an odd number when there are too
 /// few candidates or `desired` is even: an even count adds no fault tolerance).
 pub fn choose_voters(candidates: &[VoterCandidate], desired: usize) -> BTreeSet<NodeId> {

@@ -84,6 +84,19 @@ impl LoadReport {
         true
     }
 
+    /// Folds `report` into what the leader gathered since its last round: merged when
+    /// the shapes match, otherwise the newer report replaces the old.
+    pub fn accumulate(acc: &mut Option<LoadReport>, report: &LoadReport) {
+        match acc {
+            Some(a) => {
+                if !a.merge(report) {
+                    *a = report.clone();
+                }
+            }
+            None => *acc = Some(report.clone()),
+        }
+    }
+
     /// The report as a load map in MU/min; `None` for an empty interval or a malformed
     /// report (wrong bucket count).
     pub fn to_load(&self) -> Option<SliceLoad> {

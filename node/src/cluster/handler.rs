@@ -8,7 +8,7 @@ use super::rpc::{ClusterStatus, NodeReply, NodeRpc, NodeStatus, ReplicaStatus, S
 use super::{fleet_of, registry};
 use crate::front::AppState;
 use sluice_actors::assigner::{next_assignment, LoadReport, Schedule, ScheduleConfig};
-use sluice_raft::voter_policy::{choose_voters, VoterCandidate};
+use sluice_raft::voter_policy::{choose_voters, VoterCandidate, DESIRED_VOTERS};
 use sluice_raft::{
     ControlCommand, ControlPlane, ControlPlaneError, ControlResponse, NodeAddr, NodeInfo, Role,
 };
@@ -21,9 +21,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Voters the cluster aims for (3 tolerates one failure, or one rack where racks allow).
-const DESIRED_VOTERS: usize = 3;
 
 /// Where the leader is, as this node sees it.
 pub enum Membership {
@@ -177,15 +174,10 @@ impl NodeHandler {
         // they count against the admissions they correct.
         *self.mu_since.lock().unwrap_or_else(|p| p.into_inner()) +=
             report.mu.iter().filter(|v| v.is_finite()).sum::<f64>();
-        let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
-        match load.as_mut() {
-            Some(acc) => {
-                if !acc.merge(report) {
-                    *acc = report.clone();
-                }
-            }
-            None => *load = Some(report.clone()),
-        }
+        LoadReport::accumulate(
+            &mut self.load.lock().unwrap_or_else(|p| p.into_inner()),
+            report,
+        );
     }
 
     /// MU the routers reported since the last call. A net negative (corrections of

@@ -11,10 +11,11 @@ pub mod control;
 pub mod world;
 
 use crate::drill::{self, checks, ledger, DrillArgs, DrillReport, PoisonReport};
+use crate::trace::splitmix64 as splitmix;
 use crate::trace::{self, Trace};
 use anyhow::{bail, Result};
 use sluice_actors::Profile;
-use world::{splitmix, Act, Spec, World};
+use world::{Act, Spec, World};
 
 /// How long after the load the run may go on for every request to be answered (past the
 /// doors' request timeout, so that none is cut short by the drill) and every replica

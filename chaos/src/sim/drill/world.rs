@@ -8,7 +8,7 @@
 use super::control::{Control, Reach, Write};
 use crate::drill::ledger::{Outcome, Record};
 use crate::drill::watch::Sample;
-use crate::trace::Trace;
+use crate::trace::{splitmix64 as splitmix, Trace};
 use sluice_actors::assigner::{
     next_assignment, AssignerConfig, LoadReport, ReplicaInfo, Schedule, ScheduleConfig,
 };
@@ -162,7 +162,6 @@ struct Req {
     started: bool,
     next_token: u32,
     last_us: u64,
-    retried: bool,
     corrupt: bool,
     /// Counted in its door's open requests.
     counted: bool,
@@ -213,7 +212,8 @@ pub struct World<'t> {
     pub faults: Vec<String>,
     pub fault_at_us: Option<u64>,
     pub healed_at_us: u64,
-    rolling: Option<(usize, u64)>,
+    /// The rack a rolling restart is at.
+    rolling: Option<usize>,
     /// When the leader last heard from each node, and which leader that was.
     last_heard: Vec<u64>,
     heard_by: Option<usize>,
@@ -222,16 +222,7 @@ pub struct World<'t> {
 impl<'t> World<'t> {
     pub fn new(spec: Spec, trace: &'t Trace, plan: Vec<(u64, Act)>, end_us: u64) -> Self {
         let n = spec.replicas();
-        let capacity = spec.profile.capacity_mu_per_min;
-        let registry: Vec<ReplicaInfo> = (0..n)
-            .map(|r| {
-                ReplicaInfo::new(
-                    r as u64,
-                    format!("rack-{}", spec.rack(spec.host(r))),
-                    capacity,
-                )
-            })
-            .collect();
+        let registry = registry_of(&spec, &vec![Standing::Serving; n]);
         let assigner = AssignerConfig::default();
         let mut schedule = Schedule::new(
             ScheduleConfig {
@@ -485,7 +476,6 @@ impl<'t> World<'t> {
             started: false,
             next_token: 0,
             last_us: self.now,
-            retried: false,
             corrupt: false,
             counted: false,
             done: None,
@@ -635,7 +625,7 @@ impl<'t> World<'t> {
             e.pending.clear();
             return;
         }
-        let events = std::mem::take(&mut e.pending);
+        let mut events = std::mem::take(&mut e.pending);
         for ev in &events {
             match *ev {
                 EngineEvent::Token { id, index } => {
@@ -656,7 +646,6 @@ impl<'t> World<'t> {
                 EngineEvent::Preempted { .. } => {}
             }
         }
-        let mut events = events;
         events.clear();
         self.engines[r].pending = events;
         self.kick(r);
@@ -735,7 +724,7 @@ impl<'t> World<'t> {
             req.door as usize,
             req.rid,
             req.replica as usize,
-            req.retried,
+            req.attempt > 0,
         );
         let node = &mut self.nodes[door];
         let next = upstream_failed(delivered, retried, &mut node.budget, now_ms);
@@ -758,7 +747,6 @@ impl<'t> World<'t> {
         match node.router.retry(rid, ReplicaId(replica as u64), now_ms) {
             Some(p) => {
                 let req = &mut self.reqs[q as usize];
-                req.retried = true;
                 req.attempt = req.attempt.wrapping_add(1);
                 self.dispatch(q, p.replica.0 as usize);
             }
@@ -900,6 +888,9 @@ impl<'t> World<'t> {
     /// Carries out the prober's verdicts on node `n`: an ejected replica leaves this
     /// router, is marked unhealthy in the registry and restarted by the supervisor.
     fn verdicts(&mut self, n: usize, changes: Vec<VerdictChange>) {
+        if changes.is_empty() {
+            return;
+        }
         for c in changes {
             let r = c.replica.0 as usize;
             let node = &mut self.nodes[n];
@@ -923,15 +914,20 @@ impl<'t> World<'t> {
         self.flush(n);
     }
 
-    /// Fails fast what waits for `n`'s writes when a leader is reachable.
+    /// Proposes `n`'s waiting writes while a leader takes them; what commits is applied
+    /// on every node that hears from the leader.
     fn flush(&mut self, n: usize) {
+        let mut committed = false;
         while let Some(w) = self.nodes[n].outbox.front().cloned() {
             if !self.control.propose(n, w, &self.reach) {
                 break;
             }
             self.nodes[n].outbox.pop_front();
+            committed = true;
         }
-        self.apply_everywhere();
+        if committed {
+            self.apply_everywhere();
+        }
     }
 
     /// Every node that hears from the leader applies what it has not yet.
@@ -1091,14 +1087,7 @@ impl<'t> World<'t> {
             }
             self.last_heard[n] = self.now;
             let report = self.nodes[n].router.take_load(self.now);
-            match self.leader_load.as_mut() {
-                Some(acc) => {
-                    if !acc.merge(&report) {
-                        *acc = report;
-                    }
-                }
-                None => self.leader_load = Some(report),
-            }
+            LoadReport::accumulate(&mut self.leader_load, &report);
         }
         for n in 0..self.nodes.len() {
             if self.reach.up[n] {
@@ -1132,7 +1121,7 @@ impl<'t> World<'t> {
         if round {
             self.next_round_us = self.now + ROUND_US;
         }
-        let registry = self.registry();
+        let registry = registry_of(&self.spec, &self.control.health);
         let mut load = self.leader_load.take();
         let next = next_assignment(
             Some(&self.control.assignment),
@@ -1149,20 +1138,6 @@ impl<'t> World<'t> {
                 .propose(leader, Write::Assignment(a), &self.reach);
         }
         self.apply_everywhere();
-    }
-
-    fn registry(&self) -> Vec<ReplicaInfo> {
-        (0..self.spec.replicas())
-            .map(|r| {
-                let mut info = ReplicaInfo::new(
-                    r as u64,
-                    format!("rack-{}", self.spec.rack(self.spec.host(r))),
-                    self.spec.profile.capacity_mu_per_min,
-                );
-                info.healthy = self.control.health[r] == Standing::Serving;
-                info
-            })
-            .collect()
     }
 
     // ---- what the watcher sees ---------------------------------------------------
@@ -1252,23 +1227,26 @@ impl<'t> World<'t> {
     }
 
     fn act(&mut self, at: u64, act: Act) {
+        // A kill or a cut waits for the balancer to drain the doors it takes down.
+        if let Act::Kill {
+            nodes, deadline_us, ..
+        }
+        | Act::Cut {
+            nodes, deadline_us, ..
+        } = &act
+        {
+            let wait = !self.drained(nodes) && self.now < *deadline_us;
+            if wait {
+                self.plan.push((at, act));
+                return;
+            }
+        }
         match act {
             Act::Kill {
                 nodes,
-                deadline_us,
                 heal_after_us,
+                ..
             } => {
-                if !self.drained(&nodes) && self.now < deadline_us {
-                    self.plan.push((
-                        at,
-                        Act::Kill {
-                            nodes,
-                            deadline_us,
-                            heal_after_us,
-                        },
-                    ));
-                    return;
-                }
                 for &n in &nodes {
                     self.kill_node(n);
                 }
@@ -1306,20 +1284,9 @@ impl<'t> World<'t> {
             }
             Act::Cut {
                 nodes,
-                deadline_us,
                 heal_after_us,
+                ..
             } => {
-                if !self.drained(&nodes) && self.now < deadline_us {
-                    self.plan.push((
-                        at,
-                        Act::Cut {
-                            nodes,
-                            deadline_us,
-                            heal_after_us,
-                        },
-                    ));
-                    return;
-                }
                 for &n in &nodes {
                     self.reach.side[n] = 1;
                 }
@@ -1403,7 +1370,7 @@ impl<'t> World<'t> {
                 let nodes: Vec<usize> = (0..self.nodes.len())
                     .filter(|&n| self.spec.rack(n) == rack)
                     .collect();
-                if self.rolling.is_none_or(|(r, _)| r != rack) {
+                if self.rolling != Some(rack) {
                     // SIGTERM: the nodes drain their replicas (routers stop sending to
                     // them) and their doors leave the balancer.
                     for &n in &nodes {
@@ -1415,7 +1382,7 @@ impl<'t> World<'t> {
                         }
                         self.flush(n);
                     }
-                    self.rolling = Some((rack, self.now));
+                    self.rolling = Some(rack);
                 }
                 let idle = nodes
                     .iter()
@@ -1484,7 +1451,7 @@ impl<'t> World<'t> {
             );
         }
         self.flush(n);
-        if let Some((rack, _)) = self.rolling {
+        if let Some(rack) = self.rolling {
             if self.spec.rack(n) == rack {
                 let last = (0..self.nodes.len()).rfind(|&k| self.spec.rack(k) == rack);
                 if last == Some(n) {
@@ -1526,10 +1493,28 @@ impl<'t> World<'t> {
     }
 }
 
-/// Voters as the live cluster picks them: up to five, spread so that losing a rack
-/// leaves a majority.
+/// The registry as the assigner sees it: replicas in service are those `health` calls
+/// serving.
+fn registry_of(spec: &Spec, health: &[Standing]) -> Vec<ReplicaInfo> {
+    health
+        .iter()
+        .enumerate()
+        .map(|(r, &h)| {
+            let mut info = ReplicaInfo::new(
+                r as u64,
+                format!("rack-{}", spec.rack(spec.host(r))),
+                spec.profile.capacity_mu_per_min,
+            );
+            info.healthy = h == Standing::Serving;
+            info
+        })
+        .collect()
+}
+
+/// Voters as the live cluster picks them: three, spread so that losing a rack leaves a
+/// majority.
 fn voters(spec: &Spec) -> Vec<usize> {
-    use sluice_raft::voter_policy::{choose_voters, VoterCandidate};
+    use sluice_raft::voter_policy::{choose_voters, VoterCandidate, DESIRED_VOTERS};
     let candidates: Vec<VoterCandidate> = (0..spec.nodes)
         .map(|n| VoterCandidate {
             id: n as u64,
@@ -1537,12 +1522,7 @@ fn voters(spec: &Spec) -> Vec<usize> {
             is_voter: false,
         })
         .collect();
-    let desired = if spec.nodes >= 5 {
-        5
-    } else {
-        3.min(spec.nodes)
-    };
-    choose_voters(&candidates, desired)
+    choose_voters(&candidates, DESIRED_VOTERS)
         .into_iter()
         .map(|id| id as usize)
         .collect()
@@ -1554,11 +1534,4 @@ fn short(items: &[usize]) -> String {
     } else {
         format!("[{}, {}, … {}]", items[0], items[1], items[items.len() - 1])
     }
-}
-
-pub fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
