@@ -30,6 +30,11 @@ const MAX_OUTPUT: u32 = 256;
 
 /// Runs the virtual drill `args` asks for and returns its report.
 pub fn run(args: &DrillArgs) -> Result<DrillReport> {
+    let scenarios: Vec<&str> = if args.scenario == "all" {
+        drill::shuffled(&drill::SCENARIOS[..drill::SCENARIOS.len() - 1], args.seed)
+    } else {
+        vec![args.scenario.as_str()]
+    };
     let profile = Profile::default_profile();
     let spec = Spec {
         nodes: args.nodes,
@@ -43,17 +48,8 @@ pub fn run(args: &DrillArgs) -> Result<DrillReport> {
         stream_idle_us: 30_000_000,
         request_timeout_us: 300_000_000,
         quarantine: !args.no_quarantine,
-        keep_slices: false,
-        mark_silent_nodes: args.mark_silent_nodes,
-    };
-    let scenarios: Vec<&str> = if args.scenario == "all" {
-        drill::shuffled(&drill::SCENARIOS[..drill::SCENARIOS.len() - 1], args.seed)
-    } else {
-        vec![args.scenario.as_str()]
-    };
-    let spec = Spec {
         keep_slices: scenarios.contains(&"poison-request"),
-        ..spec
+        mark_silent_nodes: args.mark_silent_nodes,
     };
     let end_us = secs(args.duration);
     let trace = load(&spec, args.load, end_us, args.seed);
