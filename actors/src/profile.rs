@@ -38,6 +38,30 @@ impl Profile {
             .unwrap_or_else(|e| panic!("embedded profile: {e}"))
     }
 
+    /// Whether this profile was calibrated for `model`: names are compared without case
+    /// and without a hub organisation (`meta-llama/Llama-3.1-8B-Instruct` is
+    /// `llama-3.1-8b-instruct`), because engines are started with either.
+    pub fn serves(&self, model: &str) -> bool {
+        fn bare(m: &str) -> String {
+            m.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or(m)
+                .to_ascii_lowercase()
+        }
+        bare(&self.model) == bare(model)
+    }
+
+    /// The profiles built into the binary.
+    pub fn embedded() -> Vec<Self> {
+        vec![Self::default_profile()]
+    }
+
+    /// The built-in profile calibrated for `model`, if there is one.
+    pub fn embedded_for(model: &str) -> Option<Self> {
+        Self::embedded().into_iter().find(|p| p.serves(model))
+    }
+
     /// Tokens of KV one replica's prefix cache holds.
     pub fn kv_cache_tokens(&self) -> u64 {
         u64::from(self.engine.kv_blocks) * u64::from(self.engine.block_size)
@@ -103,6 +127,16 @@ mod tests {
         let per_token_ms = (e.step_fixed_us + e.decode_seq_us * 64.0) / 64.0 / 1000.0;
         assert!((p.mu.output - per_token_ms).abs() < 1e-9);
         assert!((p.mu.input_output - e.kv_read_token_us / 1000.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn profiles_match_model_names_as_engines_spell_them() {
+        let p = Profile::default_profile();
+        assert!(p.serves("llama-3.1-8b-instruct"));
+        assert!(p.serves("meta-llama/Llama-3.1-8B-Instruct"));
+        assert!(!p.serves("Qwen/Qwen2.5-7B-Instruct"));
+        assert!(Profile::embedded_for("meta-llama/Llama-3.1-8B-Instruct").is_some());
+        assert!(Profile::embedded_for("tiny-llama-nobody-calibrated").is_none());
     }
 
     #[test]

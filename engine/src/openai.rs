@@ -163,25 +163,7 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         ));
     }
     let stream = opt_bool(&obj, "stream")?.unwrap_or(false);
-    let include_usage = match obj.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(o)) => match o.get("include_usage") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "'stream_options.include_usage' must be a boolean",
-                    Some("stream_options"),
-                ))
-            }
-        },
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "'stream_options' must be an object",
-                Some("stream_options"),
-            ))
-        }
-    };
+    let include_usage = include_usage(&obj)?;
     let user = match obj.get("user") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -305,8 +287,18 @@ fn token_ids(items: &[Value]) -> Option<PromptInput> {
         .map(PromptInput::Tokens)
 }
 
-/// Renders chat messages through a Llama-3-style template, so that the router and the
-/// engine count the same prompt tokens and equal conversation prefixes share tokens.
+/// Roles the simulated engine accepts (vLLM's: OpenAI's, plus the legacy `function`).
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+/// Checks chat messages as the simulated engine does, then renders them. A router does
+/// not call this: it passes whatever the engine accepts (see [`read_for_routing`]).
 fn render_chat(obj: &Map<String, Value>) -> Result<(String, u32), ApiError> {
     let messages = match obj.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
@@ -329,8 +321,6 @@ fn render_chat(obj: &Map<String, Value>) -> Result<(String, u32), ApiError> {
             ))
         }
     };
-    let mut text = String::from("<|begin_of_text|>");
-    let mut images = 0u32;
     for (i, m) in messages.iter().enumerate() {
         let Value::Object(m) = m else {
             return Err(ApiError::invalid(
@@ -339,19 +329,10 @@ fn render_chat(obj: &Map<String, Value>) -> Result<(String, u32), ApiError> {
             ));
         };
         let role = match m.get("role") {
-            Some(Value::String(r))
-                if matches!(
-                    r.as_str(),
-                    "system" | "developer" | "user" | "assistant" | "tool"
-                ) =>
-            {
-                r.as_str()
-            }
+            Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.as_str(),
             Some(_) => {
                 return Err(ApiError::invalid(
-                    format!(
-                    "messages[{i}].role must be one of system, developer, user, assistant, tool"
-                ),
+                    format!("messages[{i}].role must be one of {}", ROLES.join(", ")),
                     Some("messages"),
                 ))
             }
@@ -362,28 +343,20 @@ fn render_chat(obj: &Map<String, Value>) -> Result<(String, u32), ApiError> {
                 ))
             }
         };
-        text.push_str("<|start_header_id|>");
-        text.push_str(role);
-        text.push_str("<|end_header_id|>\n\n");
         match m.get("content") {
-            Some(Value::String(s)) => text.push_str(s),
+            Some(Value::String(_)) => {}
             None | Some(Value::Null) if role == "assistant" => {}
             Some(Value::Array(parts)) => {
                 for (j, part) in parts.iter().enumerate() {
                     match part.get("type").and_then(Value::as_str) {
-                        Some("text") => match part.get("text") {
-                            Some(Value::String(s)) => text.push_str(s),
-                            _ => {
-                                return Err(ApiError::invalid(
-                                    format!("messages[{i}].content[{j}].text must be a string"),
-                                    Some("messages"),
-                                ))
-                            }
-                        },
-                        Some("image_url") | Some("input_image") => {
-                            images += 1;
-                            text.push_str("<|image|>");
+                        Some("text") if part.get("text").is_some_and(Value::is_string) => {}
+                        Some("text") => {
+                            return Err(ApiError::invalid(
+                                format!("messages[{i}].content[{j}].text must be a string"),
+                                Some("messages"),
+                            ))
                         }
+                        Some(t) if is_image_part(t) => {}
                         _ => {
                             return Err(ApiError::invalid(
                                 format!("messages[{i}].content[{j}] has an unknown type"),
@@ -400,10 +373,177 @@ fn render_chat(obj: &Map<String, Value>) -> Result<(String, u32), ApiError> {
                 ))
             }
         }
+    }
+    let shape = render_messages(messages);
+    Ok((shape.text, shape.images))
+}
+
+fn is_image_part(kind: &str) -> bool {
+    matches!(kind, "image_url" | "input_image" | "image")
+}
+
+/// Chat messages as a Llama-3-style template renders them, so that the router and the
+/// simulated engine count the same prompt tokens and equal conversation prefixes share
+/// tokens. Takes anything: roles and part types it does not know are rendered or
+/// skipped, never refused, because a real engine may accept them.
+struct RenderedChat {
+    text: String,
+    images: u32,
+}
+
+fn render_messages(messages: &[Value]) -> RenderedChat {
+    let mut text = String::from("<|begin_of_text|>");
+    let mut images = 0u32;
+    for m in messages {
+        let Value::Object(m) = m else {
+            continue;
+        };
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+        text.push_str("<|start_header_id|>");
+        text.push_str(role);
+        text.push_str("<|end_header_id|>\n\n");
+        match m.get("content") {
+            Some(Value::String(s)) => text.push_str(s),
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    match part.get("type").and_then(Value::as_str) {
+                        Some(t) if is_image_part(t) => {
+                            images += 1;
+                            text.push_str("<|image|>");
+                        }
+                        _ => {
+                            if let Some(Value::String(s)) = part.get("text") {
+                                text.push_str(s);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        // Tool calls an assistant made are part of the prompt the engine renders.
+        if let Some(calls @ Value::Array(_)) = m.get("tool_calls") {
+            text.push_str(&calls.to_string());
+        }
         text.push_str("<|eot_id|>");
     }
     text.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
-    Ok((text, images))
+    RenderedChat { text, images }
+}
+
+/// What a router must read of a request, and nothing more: everything else (roles,
+/// content parts, sampling extras) is the engine's to accept or refuse, and its own
+/// error goes back unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingView {
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub user: Option<String>,
+    pub max_tokens: Option<u32>,
+    /// Completions per prompt (`n`).
+    pub n: u32,
+    /// Prompts in the request: a batched completions prompt has several.
+    pub prompts: u32,
+    /// Prompt tokens over all prompts, by Sluice's stand-in tokenizer (or the ids'
+    /// count for pre-tokenized prompts).
+    pub prompt_tokens: usize,
+    pub images: u32,
+}
+
+/// Reads what a router needs: the model, whether to stream, the fields it prices and
+/// keys on. Refuses only what it cannot read those from.
+pub fn read_for_routing(endpoint: Endpoint, body: &[u8]) -> Result<RoutingView, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}"), None))?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid(
+            "request body must be a JSON object",
+            None,
+        ));
+    };
+    let model = match obj.get("model") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'model' must be a non-empty string",
+                Some("model"),
+            ))
+        }
+        None => return Err(ApiError::invalid("'model' is required", Some("model"))),
+    };
+    let (prompt_tokens, prompts, images) = match endpoint {
+        Endpoint::Chat => {
+            let mut tokens = 0;
+            let mut images = 0;
+            if let Some(Value::Array(messages)) = obj.get("messages") {
+                let r = render_messages(messages);
+                tokens = crate::tokenizer::count_tokens(&r.text);
+                images = r.images;
+            }
+            // Tool definitions are rendered into the prompt by the engine's template.
+            if let Some(tools @ Value::Array(_)) = obj.get("tools") {
+                tokens += crate::tokenizer::count_tokens(&tools.to_string());
+            }
+            (tokens, 1, images)
+        }
+        Endpoint::Completion => {
+            let (tokens, prompts) = count_prompts(obj.get("prompt"));
+            (tokens, prompts, 0)
+        }
+    };
+    let max_tokens = match endpoint {
+        Endpoint::Chat => opt_u32(&obj, "max_completion_tokens")?.or(opt_u32(&obj, "max_tokens")?),
+        Endpoint::Completion => opt_u32(&obj, "max_tokens")?,
+    };
+    Ok(RoutingView {
+        model,
+        stream: opt_bool(&obj, "stream")?.unwrap_or(false),
+        include_usage: include_usage(&obj)?,
+        user: match obj.get("user") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(ApiError::invalid("'user' must be a string", Some("user"))),
+        },
+        max_tokens,
+        n: opt_u32(&obj, "n")?.unwrap_or(1).max(1),
+        prompts,
+        prompt_tokens,
+        images,
+    })
+}
+
+/// Tokens and prompts of a completions `prompt` of any accepted shape: a string, token
+/// ids (any id: the engine's vocabulary is not ours to know), or a batch of either.
+fn count_prompts(prompt: Option<&Value>) -> (usize, u32) {
+    match prompt {
+        Some(Value::String(s)) => (crate::tokenizer::count_tokens(s), 1),
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => (items.len(), 1),
+        Some(Value::Array(items)) => items.iter().fold((0, 0), |(t, n), item| match item {
+            Value::String(s) => (t + crate::tokenizer::count_tokens(s), n + 1),
+            Value::Array(ids) => (t + ids.len(), n + 1),
+            _ => (t, n + 1),
+        }),
+        _ => (0, 1),
+    }
+}
+
+fn include_usage(obj: &Map<String, Value>) -> Result<bool, ApiError> {
+    match obj.get("stream_options") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(ApiError::invalid(
+                "'stream_options.include_usage' must be a boolean",
+                Some("stream_options"),
+            )),
+        },
+        Some(_) => Err(ApiError::invalid(
+            "'stream_options' must be an object",
+            Some("stream_options"),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -488,6 +628,78 @@ mod tests {
         assert!(ta.iter().zip(&tb).take_while(|(x, y)| x == y).count() >= 8);
         let img = chat(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"see"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#).unwrap();
         assert_eq!(img.images, 1);
+    }
+
+    #[test]
+    fn the_routing_view_takes_what_an_engine_may_accept() {
+        let route = |e, b: &str| read_for_routing(e, b.as_bytes());
+        // Roles and parts the simulated engine does not know are still priced.
+        let r = route(
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"function","name":"f","content":"result"},
+                {"role":"user","content":[{"type":"input_audio","input_audio":{"data":"x","format":"wav"}},
+                {"type":"text","text":"hello there"},{"type":"image_url","image_url":{"url":"u"}}]}],
+                "top_k":5,"repetition_penalty":1.1,"max_completion_tokens":7}"#,
+        )
+        .unwrap();
+        assert_eq!((r.images, r.max_tokens, r.prompts), (1, Some(7), 1));
+        assert!(r.prompt_tokens > 5);
+        // Batched and token-id prompts of any id.
+        let b = route(
+            Endpoint::Completion,
+            r#"{"model":"m","prompt":["a b","c"],"n":2}"#,
+        )
+        .unwrap();
+        assert_eq!((b.prompts, b.n), (2, 2));
+        let ids = route(
+            Endpoint::Completion,
+            r#"{"model":"m","prompt":[1,150000,4000000]}"#,
+        )
+        .unwrap();
+        assert_eq!((ids.prompt_tokens, ids.prompts), (3, 1));
+        let batch = route(
+            Endpoint::Completion,
+            r#"{"model":"m","prompt":[[1,2],[300000]]}"#,
+        )
+        .unwrap();
+        assert_eq!((batch.prompt_tokens, batch.prompts), (3, 2));
+        // A request the engine will refuse is the engine's to refuse.
+        assert!(route(
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"wizard"}]}"#
+        )
+        .is_ok());
+        assert!(route(Endpoint::Chat, r#"{"model":"m"}"#).is_ok());
+        // What Sluice reads itself must be readable.
+        for (body, param) in [
+            (r#"{"messages":[]}"#, Some("model")),
+            (r#"{"model":"m","stream":"yes"}"#, Some("stream")),
+            (r#"{"model":"m","max_tokens":-1}"#, Some("max_tokens")),
+            (r#"{"model":"m","user":3}"#, Some("user")),
+            (
+                r#"{"model":"m","stream_options":1}"#,
+                Some("stream_options"),
+            ),
+            ("[1]", None),
+        ] {
+            let e = route(Endpoint::Chat, body).unwrap_err();
+            assert_eq!((e.status, e.param.as_deref()), (400, param), "{body}");
+        }
+    }
+
+    #[test]
+    fn router_and_engine_count_the_same_chat_tokens() {
+        let body = r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},
+            {"role":"user","content":[{"type":"text","text":"see"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
+        let engine = chat(body).unwrap();
+        let router = read_for_routing(Endpoint::Chat, body.as_bytes()).unwrap();
+        assert_eq!(engine.prompt.token_count(), router.prompt_tokens);
+        assert_eq!(engine.images, router.images);
+        // The simulated engine takes the legacy function role, as vLLM does.
+        assert!(
+            chat(r#"{"model":"m","messages":[{"role":"function","name":"f","content":"x"}]}"#)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -147,7 +147,8 @@ pub struct ReplicaSection {
     pub urls: Vec<String>,
     /// Profile file for pricing and the simulated engines; the embedded default if unset.
     pub profile: Option<PathBuf>,
-    /// Model name the front door serves; the profile's if unset.
+    /// Model name the front door serves, overriding what the engines report on
+    /// `/v1/models` (rarely needed); launched simulated engines serve it.
     pub model: Option<String>,
     /// Wall-clock seconds per simulated second for launched engines; 0 = zero-delay.
     pub time_scale: f64,
@@ -242,6 +243,7 @@ pub struct Overrides {
     pub profile: Option<PathBuf>,
     pub time_scale: Option<f64>,
     pub gpus: Option<usize>,
+    pub model: Option<String>,
 }
 
 /// Everything `node start` needs, validated.
@@ -260,7 +262,11 @@ pub struct NodeConfig {
     pub urls: Vec<String>,
     pub profile: Profile,
     pub profile_path: Option<PathBuf>,
+    /// The model: configured, else learned from the engines at start, else the
+    /// profile's (see [`NodeConfig::serve_model`]).
     pub model: String,
+    /// The model named by `--model` or `[replicas] model`.
+    pub model_override: Option<String>,
     pub time_scale: f64,
     pub router: RouterConfig,
     pub subset_size: usize,
@@ -279,6 +285,19 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The node serves `model`: without a `--profile`, the built-in profile calibrated
+    /// for it prices its requests; a model with none keeps the default profile (the
+    /// front door warns and reports `calibrated="false"`).
+    pub fn serve_model(&mut self, model: &str) {
+        self.model = model.to_owned();
+        if self.profile_path.is_none() && !self.profile.serves(model) {
+            if let Some(p) = Profile::embedded_for(model) {
+                self.router.affinity.cache_tokens = p.kv_cache_tokens();
+                self.profile = p;
+            }
+        }
+    }
+
     pub fn load(file: Option<&Path>, o: Overrides) -> Result<Self> {
         let fc: FileConfig = match file {
             Some(path) => {
@@ -290,6 +309,13 @@ impl NodeConfig {
             None => FileConfig::default(),
         };
         let profile_path = o.profile.or(fc.replicas.profile.clone());
+        let model_override = o.model.or(fc.replicas.model.clone());
+        if model_override
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty())
+        {
+            bail!("the model name must not be empty");
+        }
         let profile = match &profile_path {
             Some(p) => Profile::load(p)?,
             None => Profile::default_profile(),
@@ -460,11 +486,10 @@ impl NodeConfig {
             drain_deadline,
             autoscaler,
             urls,
-            model: fc
-                .replicas
-                .model
+            model: model_override
                 .clone()
                 .unwrap_or_else(|| profile.model.clone()),
+            model_override,
             profile,
             profile_path,
             time_scale,

@@ -1,6 +1,11 @@
 //! Launches engine replicas as child processes of the node — the simulated engine (the
 //! embedded default) or a real one from a command template — waits until each is ready,
 //! and stops them with it.
+//!
+//! Each engine runs in its own process group: a real engine is a tree of processes
+//! (vLLM's API server starts an EngineCore and workers, each holding gigabytes and, on
+//! a GPU host, the GPU), so every signal goes to the whole group, and a stop or kill
+//! waits until no process of the group is left.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -24,10 +29,12 @@ pub struct EngineSpec {
     pub start_timeout: Duration,
 }
 
-/// A running child replica.
+/// A running child replica: the leader of its own process group.
 pub struct ChildReplica {
     pub url: String,
     child: Child,
+    /// The process group (the leader's pid); `None` once the group is gone.
+    pgid: Option<i32>,
 }
 
 /// Starts `count` replicas and waits until each is ready.
@@ -76,16 +83,16 @@ async fn launch_sim(i: usize, spec: &EngineSpec) -> Result<ChildReplica> {
     }
     engine_env(&mut cmd);
     die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start replica {i}"))?;
-    let url = match tokio::time::timeout(Duration::from_secs(30), ready_url(&mut child)).await {
-        Ok(Ok(url)) => url,
-        Ok(Err(e)) => return Err(e.context(format!("replica {i} did not start"))),
-        Err(_) => bail!("replica {i} did not report it was listening within 30 s"),
-    };
-    tracing::info!(replica = i, %url, pid = child.id(), "replica started");
-    Ok(ChildReplica { url, child })
+    let mut replica = ChildReplica::spawn(cmd, i)?;
+    let url =
+        match tokio::time::timeout(Duration::from_secs(30), ready_url(&mut replica.child)).await {
+            Ok(Ok(url)) => url,
+            Ok(Err(e)) => return Err(e.context(format!("replica {i} did not start"))),
+            Err(_) => bail!("replica {i} did not report it was listening within 30 s"),
+        };
+    tracing::info!(replica = i, %url, pid = replica.child.id(), "replica started");
+    replica.url = url;
+    Ok(replica)
 }
 
 /// The words of a command template with its placeholders filled in. Split on
@@ -108,6 +115,22 @@ pub fn fill_template(
         .collect()
 }
 
+/// Whether an engine started with these words will ignore request priorities: vLLM
+/// schedules first-come-first-served unless started with `--scheduling-policy priority`,
+/// and then takes a `priority` field without a word (so probes would queue behind real
+/// work). Other engines are not judged.
+pub fn ignores_priority(template: &str) -> bool {
+    let words: Vec<&str> = template.split_whitespace().collect();
+    let vllm = words.iter().any(|w| {
+        w.rsplit('/').next().is_some_and(|b| b == "vllm") || w.starts_with("vllm.entrypoints")
+    });
+    let priority = words
+        .windows(2)
+        .any(|p| p[0] == "--scheduling-policy" && p[1] == "priority")
+        || words.contains(&"--scheduling-policy=priority");
+    vllm && !priority
+}
+
 /// A real engine: a free loopback port, the filled template, then `/health` polled
 /// until it answers 200 (model loading can take minutes) or the process exits.
 async fn launch_command(i: usize, template: &str, spec: &EngineSpec) -> Result<ChildReplica> {
@@ -123,25 +146,25 @@ async fn launch_command(i: usize, template: &str, spec: &EngineSpec) -> Result<C
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+        .stderr(Stdio::inherit());
     engine_env(&mut cmd);
     die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
+    let mut replica = ChildReplica::spawn(cmd, i)
         .with_context(|| format!("cannot start replica {i} with `{}`", words.join(" ")))?;
     let url = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + spec.start_timeout;
     let client = crate::front::http_client(Duration::from_secs(1));
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = replica.child.try_wait()? {
+            // What the engine started (an EngineCore, workers) goes with it.
+            replica.kill().await;
             bail!("replica {i} exited with {status} before it was ready");
         }
         if health_ok(&client, &url).await {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            let _ = child.kill().await;
+            replica.kill().await;
             bail!(
                 "replica {i} did not answer {url}/health within {:?}",
                 spec.start_timeout
@@ -149,8 +172,9 @@ async fn launch_command(i: usize, template: &str, spec: &EngineSpec) -> Result<C
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    tracing::info!(replica = i, %url, pid = child.id(), "replica started");
-    Ok(ChildReplica { url, child })
+    tracing::info!(replica = i, %url, pid = replica.child.id(), "replica started");
+    replica.url = url;
+    Ok(replica)
 }
 
 async fn health_ok(
@@ -179,32 +203,108 @@ fn engine_env(cmd: &mut Command) {
     }
 }
 
+/// How long a group that was sent SIGKILL may take to disappear before we stop waiting
+/// (a process in uninterruptible sleep, or a zombie nobody reaps).
+const GROUP_GONE_WAIT: Duration = Duration::from_secs(10);
+
 impl ChildReplica {
-    /// Resolves when the process exits (crashed, killed, or stopped).
+    /// Starts `cmd` as the leader of a new process group.
+    fn spawn(mut cmd: Command, i: usize) -> Result<Self> {
+        cmd.process_group(0).kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start replica {i}"))?;
+        let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+        Ok(Self {
+            url: String::new(),
+            child,
+            pgid,
+        })
+    }
+
+    /// Resolves when the group's leader exits (crashed, killed, or stopped). The rest
+    /// of the group may live on: [`ChildReplica::kill`] takes it.
     pub async fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.wait().await.ok()
     }
 
-    /// SIGKILL: for an engine that no longer makes progress.
+    /// SIGKILL to the whole group (an engine that no longer makes progress, or what is
+    /// left of one that exited), then waits until no process of it is left.
     pub async fn kill(&mut self) {
-        let _ = self.child.kill().await;
+        signal_group(self.pgid, libc::SIGKILL);
+        let _ = self.child.wait().await;
+        self.wait_group_gone(GROUP_GONE_WAIT).await;
     }
 
-    /// SIGTERM, then SIGKILL after `grace`.
+    /// SIGTERM to the group (and SIGCONT, so a stopped group can act on it), SIGKILL
+    /// to whatever is left after `grace`, then waits until the group is gone.
     pub async fn stop(&mut self, grace: Duration) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: sending a signal to our own child's pid.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
+        signal_group(self.pgid, libc::SIGTERM);
+        signal_group(self.pgid, libc::SIGCONT);
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = tokio::time::timeout_at(deadline, self.child.wait()).await;
+        // The leader may be gone while its EngineCore still shuts down.
+        while group_alive(self.pgid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
+        self.kill().await;
+    }
+
+    async fn wait_group_gone(&mut self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while group_alive(self.pgid) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(pgid = ?self.pgid, "engine processes outlived SIGKILL");
+                return;
+            }
+            signal_group(self.pgid, libc::SIGKILL);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.pgid = None;
+    }
+}
+
+impl Drop for ChildReplica {
+    /// However the node lets go of an engine (a panic, an aborted start), its whole
+    /// group goes with it.
+    fn drop(&mut self) {
+        signal_group(self.pgid, libc::SIGKILL);
+    }
+}
+
+fn signal_group(pgid: Option<i32>, sig: libc::c_int) {
+    if let Some(g) = pgid.filter(|g| *g > 1) {
+        // SAFETY: signals a process group this node created for its engine.
+        unsafe {
+            libc::killpg(g, sig);
         }
     }
+}
+
+/// Whether any live process of the group is left. Zombies do not count: an orphaned
+/// EngineCore that died is reaped by whoever inherits it, not by us.
+fn group_alive(pgid: Option<i32>) -> bool {
+    let Some(g) = pgid.filter(|g| *g > 1) else {
+        return false;
+    };
+    #[cfg(target_os = "linux")]
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        return dir.flatten().any(|e| {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                return false;
+            };
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces, so read after ')'.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut f = rest.split_whitespace();
+            let state = f.next();
+            let pgrp = f.nth(1).and_then(|v| v.parse::<i32>().ok());
+            pgrp == Some(g) && state != Some("Z") && state != Some("X")
+        });
+    }
+    // SAFETY: signal 0 sends nothing; it asks whether the group exists.
+    unsafe { libc::killpg(g, 0) == 0 }
 }
 
 async fn ready_url(child: &mut Child) -> Result<String> {
@@ -243,6 +343,21 @@ fn die_with_parent(cmd: &mut Command) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vllm_without_priority_scheduling_is_recognised() {
+        assert!(ignores_priority("vllm serve {model} --port {port}"));
+        assert!(ignores_priority(
+            "/venv/bin/python -m vllm.entrypoints.openai.api_server --model m"
+        ));
+        assert!(!ignores_priority(
+            "vllm serve m --scheduling-policy priority --port {port}"
+        ));
+        assert!(!ignores_priority(
+            "python -m vllm.entrypoints.openai.api_server --scheduling-policy=priority"
+        ));
+        assert!(!ignores_priority("sglang.launch_server --model m"));
+    }
 
     #[test]
     fn templates_fill_placeholders_without_adding_arguments() {

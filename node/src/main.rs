@@ -18,6 +18,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How long a starting node waits for its engines to say which model they serve before
+/// it goes on without (they are asked again as they come up).
+const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
+
 /// The line the node prints on stdout once its front door is listening.
 pub const NODE_READY_PREFIX: &str = "sluice node listening on ";
 
@@ -87,6 +91,10 @@ struct StartArgs {
     /// simulated replicas are launched when given.
     #[arg(long = "replica", value_name = "URL")]
     replica_urls: Vec<String>,
+    /// The model to serve, overriding what the engines list on /v1/models (rarely
+    /// needed: the node asks them) [default: learned from the engines].
+    #[arg(long)]
+    model: Option<String>,
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -372,8 +380,9 @@ async fn node_start(a: StartArgs) -> Result<()> {
         replica_urls: a.replica_urls,
         profile: a.profile,
         time_scale: a.time_scale,
+        model: a.model,
     };
-    let cfg = config::NodeConfig::load(a.config.as_deref(), overrides)?;
+    let mut cfg = config::NodeConfig::load(a.config.as_deref(), overrides)?;
     if cfg.autoscaler.is_some() && cluster_args.is_none() {
         anyhow::bail!(
             "the [autoscaler] runs on the cluster's leader: start the node with --data-dir (cluster mode)"
@@ -405,6 +414,30 @@ async fn node_start(a: StartArgs) -> Result<()> {
     } else {
         children.iter().map(|c| c.url.clone()).collect()
     };
+    // Ask the engines what they serve before anything is named after a model (the
+    // cluster registry, the profile): launched ones are ready, others get a moment.
+    let discovered = front::models::discover(
+        &front::http_client(cfg.connect_timeout),
+        &urls,
+        DISCOVERY_WAIT.min(cfg.start_timeout),
+    )
+    .await;
+    let majority = {
+        let reports = discovered
+            .iter()
+            .map(|(i, m)| (sluice_actors::slice::ReplicaId(*i as u64), m.clone()))
+            .collect();
+        sluice_actors::router::ServedModels::decide(cfg.model_override.as_deref(), None, &reports)
+            .model
+    };
+    match majority {
+        Some(m) => cfg.serve_model(&m),
+        None if !urls.is_empty() => tracing::warn!(
+            engines = urls.len(),
+            "no engine has said which model it serves yet; asking again as they come up"
+        ),
+        None => {}
+    }
     let local = listener.local_addr()?;
     let (state, node) = match &cluster_args {
         None => {
@@ -434,6 +467,30 @@ async fn node_start(a: StartArgs) -> Result<()> {
             (state, Some(node))
         }
     };
+    if let Some(template) = cfg.command.as_deref() {
+        if cfg.probe_prioritized && launcher::ignores_priority(template) {
+            tracing::warn!(
+                command = template,
+                "this vLLM is started without `--scheduling-policy priority`: it ignores request \
+                 priorities, so health probes queue behind real work and a busy healthy replica \
+                 can be ejected; add the flag to [replicas] command"
+            );
+            for i in 0..cfg.launch {
+                let id = match &node {
+                    Some(n) => cluster::replica_id(n.id, i),
+                    None => sluice_actors::slice::ReplicaId(i as u64),
+                };
+                state.priority_ignored(id);
+            }
+        }
+    }
+    for (i, models) in discovered {
+        let id = match &node {
+            Some(n) => cluster::replica_id(n.id, i),
+            None => sluice_actors::slice::ReplicaId(i as u64),
+        };
+        state.learn_models(id, Some(models));
+    }
     // Launched replicas are supervised: restarted with backoff when they exit.
     let (events, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
     let supervisor = std::sync::Arc::new(supervisor::run::Supervisor::start(
@@ -460,11 +517,11 @@ async fn node_start(a: StartArgs) -> Result<()> {
         let node = node.as_ref().map(|n| n.handle());
         tokio::spawn(async move {
             while let Some(e) = rx.recv().await {
-                if let front::Ejection::Ejected(id) = e {
+                if let front::Ejection::Ejected(id, incarnation) = e {
                     if let Some(n) = &node {
                         n.replica_failed(id).await;
                     }
-                    supervisor.kill(cluster::local_index(id)).await;
+                    supervisor.kill(cluster::local_index(id), incarnation).await;
                 }
             }
         });
@@ -474,19 +531,28 @@ async fn node_start(a: StartArgs) -> Result<()> {
         let node = node.as_ref().map(|n| n.handle());
         tokio::spawn(async move {
             while let Some(ev) = event_rx.recv().await {
+                use supervisor::run::Event;
                 let (index, up) = match &ev {
-                    supervisor::run::Event::Down(i) => (*i, None),
-                    supervisor::run::Event::Up(i, url) => (*i, Some(url.clone())),
-                    supervisor::run::Event::GaveUp(i) => (*i, None),
+                    Event::Down(i) | Event::GaveUp(i) => (*i, None),
+                    Event::Up(i, url, inc) => (*i, Some((url.clone(), *inc))),
+                    Event::State(i, _) => (*i, None),
                 };
                 let id = match &node {
                     Some(n) => cluster::replica_id(n.id, index),
                     None => sluice_actors::slice::ReplicaId(index as u64),
                 };
+                if let Event::State(_, s) = ev {
+                    state.engine_state(id, s);
+                    continue;
+                }
                 match up {
-                    Some(url) => {
+                    Some((url, incarnation)) => {
                         if let Err(e) = state.set_local_url(id, &url) {
                             tracing::warn!(error = %e, "restarted replica has a bad URL");
+                        }
+                        state.engine_up(id, incarnation);
+                        if incarnation > 0 {
+                            state.engine_restarted(id);
                         }
                         state.replica_restored(id);
                         if let Some(n) = &node {
@@ -495,7 +561,7 @@ async fn node_start(a: StartArgs) -> Result<()> {
                     }
                     None => {
                         state.replica_down(id);
-                        if let (Some(n), supervisor::run::Event::GaveUp(_)) = (&node, &ev) {
+                        if let (Some(n), Event::GaveUp(_)) = (&node, &ev) {
                             n.replica_failed(id).await;
                         }
                     }

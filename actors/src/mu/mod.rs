@@ -3,7 +3,9 @@
 pub mod estimate;
 pub mod inflight;
 pub mod pricing;
+pub mod token_scale;
 
 pub use estimate::{EstimatorConfig, OutputEstimator};
 pub use inflight::InflightCost;
 pub use pricing::{MuCoefficients, RequestShape};
+pub use token_scale::TokenScale;

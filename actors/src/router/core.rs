@@ -9,7 +9,9 @@ use super::ledger::{Ledger, ReplicaInflight, RequestId};
 use super::quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
 use super::workload::anonymous_key;
 use crate::assigner::{LoadMeter, LoadReport, DEFAULT_BUCKET_BITS};
-use crate::mu::{EstimatorConfig, InflightCost, MuCoefficients, OutputEstimator, RequestShape};
+use crate::mu::{
+    EstimatorConfig, InflightCost, MuCoefficients, OutputEstimator, RequestShape, TokenScale,
+};
 use crate::slice::{Assignment, ReplicaId, SliceKey};
 use std::collections::HashMap;
 
@@ -99,7 +101,10 @@ struct Active {
     /// The cost model on the replica it was placed on.
     cost: InflightCost,
     workload: SliceKey,
+    /// Prompt tokens in the engine's count (the stand-in's, scaled).
     input_tokens: u32,
+    /// Prompt tokens as the stand-in tokenizer counted them at admission.
+    counted_input: u32,
     images: u32,
     /// Estimated output tokens over all `n` choices.
     output: u32,
@@ -138,6 +143,8 @@ pub struct RouterCore {
     /// In-flight load other routers reported on each replica (MU, requests).
     external: HashMap<ReplicaId, (f64, u64)>,
     quarantine: Quarantine,
+    /// Engine prompt tokens per stand-in token, learned from usage.
+    token_scale: TokenScale,
 }
 
 impl RouterCore {
@@ -167,7 +174,13 @@ impl RouterCore {
             meter: LoadMeter::new(config.load_bucket_bits, 0),
             external: HashMap::new(),
             quarantine: Quarantine::new(config.quarantine),
+            token_scale: TokenScale::default(),
         }
+    }
+
+    /// Engine prompt tokens per token of the stand-in tokenizer, as learned so far.
+    pub fn token_scale(&self) -> f64 {
+        self.token_scale.ratio()
     }
 
     pub fn assignment(&self) -> &Assignment {
@@ -182,7 +195,7 @@ impl RouterCore {
             .estimate(a.workload.0, a.max_tokens)
             .saturating_mul(a.n.max(1));
         self.coeffs.price(&RequestShape {
-            uncached_input: a.input_tokens,
+            uncached_input: self.token_scale.apply(a.input_tokens),
             cached_input: 0,
             output,
             images: a.images,
@@ -200,7 +213,8 @@ impl RouterCore {
         let active = Active {
             cost: InflightCost::new(RequestShape::default(), max_tokens),
             workload: a.workload,
-            input_tokens: a.input_tokens,
+            input_tokens: self.token_scale.apply(a.input_tokens),
+            counted_input: a.input_tokens,
             images: a.images,
             output,
             max_tokens,
@@ -371,6 +385,7 @@ impl RouterCore {
             return;
         };
         if let Some(u) = usage {
+            self.token_scale.observe(a.counted_input, u.prompt_tokens);
             // The measured load follows what the request really cost.
             let charged = a.cost.remaining_mu(&self.coeffs, 0);
             let cached = u.cached_tokens.min(u.prompt_tokens);
@@ -542,6 +557,29 @@ mod tests {
             n: 1,
             fingerprint: None,
         }
+    }
+
+    #[test]
+    fn prices_follow_the_engines_token_count() {
+        let mut c = core(1, 1);
+        let before = c.quote(&adm("w", 1_000, 10));
+        // The engine's tokenizer makes three tokens of every stand-in one.
+        for i in 0..60 {
+            let p = c.place(&adm(&format!("s{i}"), 1_000, 10), 0).unwrap();
+            c.finish(
+                p.id,
+                Some(Usage {
+                    prompt_tokens: 3_000,
+                    completion_tokens: 10,
+                    cached_tokens: 0,
+                }),
+            );
+        }
+        assert!((c.token_scale() - 3.0).abs() < 1e-9);
+        let after = c.quote(&adm("w", 1_000, 10));
+        // Two more thousand uncached prompt tokens are charged (and their attention).
+        let input_cost = 0.019 * 1_000.0;
+        assert!(after >= before + 2.0 * input_cost, "{before} -> {after}");
     }
 
     #[test]

@@ -17,9 +17,19 @@ pub async fn run(state: Arc<AppState>) {
             let state = state.clone();
             async move {
                 let healthy = check(&state, &base).await;
+                if healthy && !state.models_fresh(id, state.now_ms()) {
+                    if let Some(models) = super::models::fetch(&state.client, &base).await {
+                        state.models_asked(id, state.now_ms());
+                        state.learn_models(id, Some(models));
+                    }
+                }
                 // /health is only a hint: the prober's ejection overrides a 200, and so
-                // does the registry (a draining replica answers 200 but takes no work).
-                let usable = healthy && !state.is_ejected(id) && state.registry_allows(id);
+                // does the registry (a draining replica answers 200 but takes no work),
+                // and a replica serving another model takes none of this fleet's.
+                let usable = healthy
+                    && !state.is_ejected(id)
+                    && state.registry_allows(id)
+                    && state.served().agrees(id);
                 state.core().set_checked_health(id, usable);
                 if !healthy {
                     tracing::debug!(replica = id.0, %base, "health check failed");

@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use sluice_actors::router::ReplicaView;
+use sluice_actors::router::{ReplicaView, Usage};
 use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +43,39 @@ struct ReplicaLabel {
     replica: u64,
 }
 
+/// Who used the tokens: the replica, the model as the request named it (one of the few
+/// names the fleet serves) and the tenant (`none` on an open front door).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    replica: u64,
+    model: String,
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProfileLabels {
+    model: String,
+    profile_model: String,
+    hardware: String,
+    calibrated: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaState {
+    replica: u64,
+    state: &'static str,
+}
+
+/// The states a supervised engine can be in, for the one-hot state gauge.
+pub const ENGINE_STATES: [&str; 6] = [
+    "starting",
+    "ready",
+    "backing_off",
+    "stopping",
+    "stopped",
+    "gave_up",
+];
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -63,6 +96,16 @@ pub struct Metrics {
     tenant_mu: Family<TenantClass, Counter<f64, AtomicU64>>,
     tenant_reserved: Family<TenantLabel, Gauge<f64, AtomicU64>>,
     tenant_duration: Family<TenantLabel, Histogram>,
+    prompt_tokens: Family<TokenLabels, Counter>,
+    cached_tokens: Family<TokenLabels, Counter>,
+    completion_tokens: Family<TokenLabels, Counter>,
+    usage_missing: Family<ReplicaLabel, Counter>,
+    model_profile: Family<ProfileLabels, Gauge>,
+    model_mismatch: Family<ReplicaLabel, Gauge>,
+    priority_ignored: Family<ReplicaLabel, Gauge>,
+    token_scale: Gauge<f64, AtomicU64>,
+    engine_state: Family<ReplicaState, Gauge>,
+    engine_restarts: Family<ReplicaLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -187,8 +230,79 @@ impl Metrics {
             "1 if the router may send to the replica",
             available.clone(),
         );
+        let prompt_tokens = Family::<TokenLabels, Counter>::default();
+        let cached_tokens = Family::<TokenLabels, Counter>::default();
+        let completion_tokens = Family::<TokenLabels, Counter>::default();
+        let usage_missing = Family::<ReplicaLabel, Counter>::default();
+        let model_profile = Family::<ProfileLabels, Gauge>::default();
+        let model_mismatch = Family::<ReplicaLabel, Gauge>::default();
+        let priority_ignored = Family::<ReplicaLabel, Gauge>::default();
+        let token_scale = Gauge::<f64, AtomicU64>::default();
+        token_scale.set(1.0);
+        let engine_state = Family::<ReplicaState, Gauge>::default();
+        let engine_restarts = Family::<ReplicaLabel, Counter>::default();
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens of answered requests, as the engine counted them",
+            prompt_tokens.clone(),
+        );
+        registry.register(
+            "cached_prompt_tokens",
+            "Prompt tokens the engine served from its prefix cache",
+            cached_tokens.clone(),
+        );
+        registry.register(
+            "completion_tokens",
+            "Tokens the engine generated",
+            completion_tokens.clone(),
+        );
+        registry.register(
+            "usage_missing",
+            "Answered requests whose engine reported no token usage (metered from the stream's chunks, or not at all)",
+            usage_missing.clone(),
+        );
+        registry.register(
+            "model_profile",
+            "1 for the model this node serves and the profile that prices it; calibrated=\"false\" when the model has no calibrated profile and a default stands in",
+            model_profile.clone(),
+        );
+        registry.register(
+            "replica_model_mismatch",
+            "1 if the replica serves another model than the fleet (it gets no traffic)",
+            model_mismatch.clone(),
+        );
+        registry.register(
+            "replica_priority_ignored",
+            "1 if the replica's engine ignores request priority (probes are then not prioritized)",
+            priority_ignored.clone(),
+        );
+        registry.register(
+            "tokenizer_scale",
+            "Engine prompt tokens per token of Sluice's stand-in tokenizer, learned from usage; prices use it",
+            token_scale.clone(),
+        );
+        registry.register(
+            "engine_state",
+            "1 for the state a supervised engine process is in",
+            engine_state.clone(),
+        );
+        registry.register(
+            "engine_restarts",
+            "Times the supervisor restarted an engine process",
+            engine_restarts.clone(),
+        );
         Self {
             registry,
+            prompt_tokens,
+            cached_tokens,
+            completion_tokens,
+            usage_missing,
+            model_profile,
+            model_mismatch,
+            priority_ignored,
+            token_scale,
+            engine_state,
+            engine_restarts,
             requests,
             retries,
             spills,
@@ -246,6 +360,74 @@ impl Metrics {
                 tenant: tenant.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Tokens one answered request used, as the engine reported them.
+    pub fn usage(&self, replica: u64, model: &str, tenant: Option<&str>, u: &Usage) {
+        let l = TokenLabels {
+            replica,
+            model: model.to_owned(),
+            tenant: tenant.unwrap_or("none").to_owned(),
+        };
+        self.prompt_tokens
+            .get_or_create(&l)
+            .inc_by(u64::from(u.prompt_tokens));
+        self.cached_tokens
+            .get_or_create(&l)
+            .inc_by(u64::from(u.cached_tokens.min(u.prompt_tokens)));
+        self.completion_tokens
+            .get_or_create(&l)
+            .inc_by(u64::from(u.completion_tokens));
+    }
+
+    pub fn usage_missing(&self, replica: u64) {
+        self.usage_missing
+            .get_or_create(&ReplicaLabel { replica })
+            .inc();
+    }
+
+    /// The model served and the profile pricing it (one sample: the old one is removed).
+    pub fn model_profile(&self, model: &str, profile: &sluice_actors::Profile, calibrated: bool) {
+        self.model_profile.clear();
+        self.model_profile
+            .get_or_create(&ProfileLabels {
+                model: model.to_owned(),
+                profile_model: profile.model.clone(),
+                hardware: profile.hardware.clone(),
+                calibrated: if calibrated { "true" } else { "false" },
+            })
+            .set(1);
+    }
+
+    pub fn model_mismatch(&self, replica: u64, mismatched: bool) {
+        self.model_mismatch
+            .get_or_create(&ReplicaLabel { replica })
+            .set(i64::from(mismatched));
+    }
+
+    pub fn priority_ignored(&self, replica: u64, ignored: bool) {
+        self.priority_ignored
+            .get_or_create(&ReplicaLabel { replica })
+            .set(i64::from(ignored));
+    }
+
+    pub fn token_scale(&self, scale: f64) {
+        self.token_scale.set(scale);
+    }
+
+    /// A supervised engine entered `state` (one of [`ENGINE_STATES`]).
+    pub fn engine_state(&self, replica: u64, state: &'static str) {
+        for s in ENGINE_STATES {
+            self.engine_state
+                .get_or_create(&ReplicaState { replica, state: s })
+                .set(i64::from(s == state));
+        }
+    }
+
+    pub fn engine_restart(&self, replica: u64) {
+        self.engine_restarts
+            .get_or_create(&ReplicaLabel { replica })
+            .inc();
     }
 
     pub fn probe(&self, ok: bool) {

@@ -5,6 +5,7 @@
 mod assign;
 mod health;
 mod metrics;
+pub mod models;
 mod probe;
 mod proxy;
 mod sse;
@@ -92,7 +93,11 @@ impl Upstream {
 /// The front door's settings.
 #[derive(Debug, Clone)]
 pub struct FrontConfig {
-    pub model: String,
+    /// The model named in configuration (`--model`); `None`: the engines say.
+    pub model_override: Option<String>,
+    /// The model a node uses while none of its own engines has said what it serves
+    /// (cluster mode: the registry's); `None`: requests wait for the engines.
+    pub fallback_model: Option<String>,
     pub key_sources: Vec<KeySource>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -126,6 +131,23 @@ pub struct AppState {
     tenancy: Mutex<tenancy::Tenancy>,
     /// Other routers' latest in-flight reports, by node (cluster mode).
     peer_loads: Mutex<HashMap<u64, (Instant, ReplicaLoads)>>,
+    /// What each local engine said it serves, when it was last asked, and the fleet's
+    /// model decided from that (read per request: an `Arc` swapped on change).
+    model_reports: Mutex<sluice_actors::router::models::Reports>,
+    models_asked: Mutex<HashMap<ReplicaId, u64>>,
+    served: RwLock<Arc<sluice_actors::router::ServedModels>>,
+    /// The profile pricing requests (for reporting which one it is).
+    profile: sluice_actors::Profile,
+    /// The supervisor's word on each launched engine.
+    engines: Mutex<HashMap<ReplicaId, EngineStatus>>,
+}
+
+/// A supervised engine as the front door knows it.
+#[derive(Debug, Clone, Copy, Default)]
+struct EngineStatus {
+    /// Exited, killed, backing off or starting: not to be probed.
+    down: bool,
+    incarnation: u64,
 }
 
 /// In-flight MU and requests per replica, as one router reports them.
@@ -170,13 +192,20 @@ impl AppState {
             .map(|u| u.id)
             .collect();
         let prober = probe::core_for(&node.prober, &locals)?;
-        Ok(Arc::new(Self {
+        let fallback_model = (remote.is_some() || locals.is_empty()).then(|| node.model.clone());
+        let initial_served = sluice_actors::router::ServedModels::decide(
+            node.model_override.as_deref(),
+            fallback_model.as_deref(),
+            &Default::default(),
+        );
+        let state = Arc::new(Self {
             core: Mutex::new(core),
             upstreams: RwLock::new(upstreams.into_iter().map(|u| (u.id, u)).collect()),
             client,
             remote,
             config: FrontConfig {
-                model: node.model.clone(),
+                model_override: node.model_override.clone(),
+                fallback_model,
                 key_sources: node.key_sources.clone(),
                 max_body_bytes: node.max_body_bytes,
                 request_timeout: node.request_timeout,
@@ -195,7 +224,18 @@ impl AppState {
             probe_prioritized: node.probe_prioritized,
             ejected: Mutex::new(std::collections::HashSet::new()),
             ejections: std::sync::OnceLock::new(),
-        }))
+            model_reports: Mutex::new(Default::default()),
+            models_asked: Mutex::new(HashMap::new()),
+            served: RwLock::new(Arc::new(initial_served.clone())),
+            profile: node.profile.clone(),
+            engines: Mutex::new(HashMap::new()),
+        });
+        if let Some(m) = &initial_served.model {
+            state
+                .metrics
+                .model_profile(m, &node.profile, node.profile.serves(m));
+        }
+        Ok(state)
     }
 
     /// Microseconds since the node started: the assigner's clock.
@@ -310,12 +350,77 @@ impl AppState {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, up);
+        // A new engine process: ask it again what it serves.
+        self.models_asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         Ok(())
     }
 
     /// A launched replica exited: no new requests until its health check passes again.
     pub fn replica_down(&self, id: ReplicaId) {
         self.core().set_checked_health(id, false);
+        self.engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .down = true;
+    }
+
+    /// Incarnation `incarnation` of the engine behind `id` is up (supervised engines).
+    pub fn engine_up(&self, id: ReplicaId, incarnation: u64) {
+        let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
+        let e = engines.entry(id).or_default();
+        e.down = false;
+        e.incarnation = incarnation;
+    }
+
+    /// Whether the supervisor has the engine behind `id` down or starting.
+    pub fn engine_down(&self, id: ReplicaId) -> bool {
+        self.engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|e| e.down)
+    }
+
+    /// The incarnation of the engine process behind `id` (0 for one not supervised).
+    pub fn incarnation(&self, id: ReplicaId) -> u64 {
+        self.engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map_or(0, |e| e.incarnation)
+    }
+
+    /// An answered request's tokens, as its engine reported them.
+    pub(super) fn metered(
+        &self,
+        replica: ReplicaId,
+        model: &str,
+        tenant: Option<&str>,
+        usage: Option<&sluice_actors::router::Usage>,
+    ) {
+        match usage {
+            Some(u) => self.metrics.usage(replica.0, model, tenant, u),
+            None => self.metrics.usage_missing(replica.0),
+        }
+    }
+
+    /// The engine behind `id` ignores request priorities (probes are not prioritized).
+    pub fn priority_ignored(&self, id: ReplicaId) {
+        self.metrics.priority_ignored(id.0, true);
+    }
+
+    /// A supervised engine entered a lifecycle state.
+    pub fn engine_state(&self, id: ReplicaId, state: &'static str) {
+        self.metrics.engine_state(id.0, state);
+    }
+
+    pub fn engine_restarted(&self, id: ReplicaId) {
+        self.metrics.engine_restart(id.0);
     }
 
     /// Another node's router reported its in-flight load.
@@ -398,10 +503,15 @@ async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Response {
 }
 
 async fn models(State(s): State<Arc<AppState>>) -> Response {
-    let body = serde_json::json!({
-        "object": "list",
-        "data": [{"id": s.config.model, "object": "model", "created": 0, "owned_by": "sluice"}],
-    });
+    let served = s.served();
+    let data: Vec<serde_json::Value> = served
+        .names()
+        .into_iter()
+        .map(
+            |m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "sluice"}),
+        )
+        .collect();
+    let body = serde_json::json!({"object": "list", "data": data});
     json_response(StatusCode::OK, body.to_string())
 }
 
@@ -415,19 +525,34 @@ async fn node_health(State(s): State<Arc<AppState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let urls: HashMap<ReplicaId, String> = s.local_upstreams().into_iter().collect();
+    let served = s.served();
+    let reports = s
+        .model_reports
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let upstreams: Vec<serde_json::Value> = views
         .iter()
-        .map(
-            |v| serde_json::json!({"id": v.id.0, "url": urls.get(&v.id), "available": v.available}),
-        )
+        .map(|v| {
+            serde_json::json!({"id": v.id.0, "url": urls.get(&v.id), "available": v.available,
+                "models": reports.get(&v.id), "model_mismatch": !served.agrees(v.id)})
+        })
         .collect();
+    let scale = s.core().token_scale();
     let body = serde_json::json!({"status": if available > 0 {"ok"} else {"no replica available"},
-        "replicas": views.len(), "available": available, "upstreams": upstreams});
+        "model": served.model, "replicas": views.len(), "available": available,
+        "tokenizer": {"counts": "sluice stand-in, scaled to the engine's reported prompt tokens",
+            "scale": scale},
+        "upstreams": upstreams});
     json_response(status, body.to_string())
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    let views = s.core().replicas(s.now_ms());
+    let (views, scale) = {
+        let core = s.core();
+        (core.replicas(s.now_ms()), core.token_scale())
+    };
+    s.metrics.token_scale(scale);
     let text = s.metrics.render(&views);
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(

@@ -17,7 +17,9 @@ use std::time::Duration;
 /// What the prober asks of the rest of the node when it ejects a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ejection {
-    Ejected(ReplicaId),
+    /// Ejected, as the engine process of the given incarnation (so that a restart is
+    /// not applied to its successor).
+    Ejected(ReplicaId, u64),
     Restored(ReplicaId),
 }
 
@@ -52,7 +54,7 @@ impl AppState {
                 tracing::warn!(replica = c.replica.0, verdict = ?c.verdict, "prober ejects a replica");
                 self.core().set_checked_health(c.replica, false);
                 if let Some(tx) = self.ejections.get() {
-                    let _ = tx.send(Ejection::Ejected(c.replica));
+                    let _ = tx.send(Ejection::Ejected(c.replica, self.incarnation(c.replica)));
                 }
             } else if !out && was {
                 ejected.remove(&c.replica);
@@ -124,8 +126,14 @@ pub async fn run(state: Arc<AppState>) {
         tick.tick().await;
         let locals = state.local_upstreams();
         {
-            // Replicas come and go with the autoscaler: probe the ones here now.
-            let ids: Vec<ReplicaId> = locals.iter().map(|(id, _)| *id).collect();
+            // Replicas come and go with the autoscaler: probe the ones here now, but
+            // not an engine the supervisor has down or starting (its start has its own
+            // deadline; probing it would only eject it).
+            let ids: Vec<ReplicaId> = locals
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !state.engine_down(*id))
+                .collect();
             let now = state.now_ms();
             let changes = state
                 .prober
@@ -166,9 +174,16 @@ pub async fn run(state: Arc<AppState>) {
             else {
                 continue;
             };
+            // Probed by the name the engine itself serves: a wrong name is a 404 that
+            // would eject a healthy replica.
+            let Some(model) = state.probe_model(probe.replica) else {
+                // Not even the model is known: the engine has not answered /v1/models.
+                report_probe(&state, probe, false);
+                continue;
+            };
             let state = state.clone();
             tokio::spawn(async move {
-                let ok = send_probe(&state, &base).await;
+                let ok = send_probe(&state, &base, &model).await;
                 report_probe(&state, probe, ok);
             });
         }
@@ -188,9 +203,9 @@ fn report_probe(state: &AppState, probe: Probe, ok: bool) {
 
 /// One output token at the highest priority: a healthy engine answers it ahead of its
 /// queue however busy it is.
-async fn send_probe(state: &AppState, base: &str) -> bool {
+async fn send_probe(state: &AppState, base: &str, model: &str) -> bool {
     let mut body = serde_json::json!({
-        "model": state.config.model,
+        "model": model,
         "prompt": "ping",
         "max_tokens": PROBE_MAX_TOKENS,
     });

@@ -16,7 +16,7 @@ use sluice_actors::router::{
     upstream_failed, workload_key, Admission, KeyInputs, Placement, RequestId, Usage, Verdict,
 };
 use sluice_actors::slice::ReplicaId;
-use sluice_engine::openai::{parse_request, ApiError, Endpoint};
+use sluice_engine::openai::{read_for_routing, ApiError, Endpoint};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -92,18 +92,33 @@ async fn forward(
             ))
         }
     };
-    let parsed = parse_request(endpoint, &body).map_err(|e| (e, None))?;
-    if parsed.model != state.config.model {
-        return Err((
-            ApiError::new(
-                404,
-                "invalid_request_error",
-                format!("The model `{}` does not exist.", parsed.model),
-            )
-            .with_code("model_not_found"),
-            None,
-        ));
+    let parsed = read_for_routing(endpoint, &body).map_err(|e| (e, None))?;
+    let served = state.served();
+    if !served.serves(&parsed.model) {
+        return Err(match &served.model {
+            Some(ours) => (
+                ApiError::new(
+                    404,
+                    "invalid_request_error",
+                    format!(
+                        "The model `{}` does not exist. This node serves `{ours}`.",
+                        parsed.model
+                    ),
+                )
+                .with_code("model_not_found"),
+                None,
+            ),
+            None => (
+                ApiError::new(
+                    503,
+                    "service_unavailable",
+                    "no engine has said which model it serves yet (they may still be loading)",
+                ),
+                Some(1),
+            ),
+        });
     }
+    drop(served);
     let api_key =
         header_str(&parts.headers, "authorization").and_then(|v| v.strip_prefix("Bearer "));
     let workload = workload_key(
@@ -116,10 +131,11 @@ async fn forward(
     );
     let admission = Admission {
         workload,
-        input_tokens: u32::try_from(parsed.prompt.token_count()).unwrap_or(u32::MAX),
+        input_tokens: u32::try_from(parsed.prompt_tokens).unwrap_or(u32::MAX),
         images: parsed.images,
         max_tokens: parsed.max_tokens,
-        n: parsed.n,
+        // Every prompt of a batch gets its `n` completions.
+        n: parsed.n.saturating_mul(parsed.prompts),
         fingerprint: Some(fingerprint(&body)),
     };
     // Who is asking, and whether there is room: before anything is placed.
@@ -142,7 +158,7 @@ async fn forward(
             ));
         }
     }
-    let body = super::tenancy::engine_body(&body, &pass);
+    let body = super::tenancy::engine_body(&body, &pass, parsed.stream && !parsed.include_usage);
     let tenant = pass.tenant;
     let no_replica = || {
         (
@@ -227,10 +243,14 @@ async fn forward(
             state.clone(),
             guard,
             resp,
-            replica,
-            endpoint,
-            started,
-            tenant,
+            Metered {
+                replica,
+                endpoint,
+                started,
+                tenant,
+                model: parsed.model,
+                strip_usage: !parsed.include_usage,
+            },
         ));
     }
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
@@ -252,6 +272,12 @@ async fn forward(
     };
     if status.is_success() {
         guard.usage = body_usage(&bytes);
+        state.metered(
+            replica,
+            &parsed.model,
+            tenant.as_deref(),
+            guard.usage.as_ref(),
+        );
     }
     drop(guard);
     state.real_outcome(replica, Some(status.as_u16()));
@@ -377,38 +403,46 @@ fn timeout(state: &AppState, guard: &Inflight, placement: &Placement) -> Failure
     )
 }
 
-/// Passes the upstream SSE stream through unchanged, metering tokens as they go. A
-/// stream that goes silent past the idle timeout or breaks ends with an explicit
-/// error event, never a silent cut.
-fn stream_response(
-    state: Arc<AppState>,
-    guard: Inflight,
-    resp: hyper::Response<UpstreamBody>,
+/// Who a stream's tokens are metered to.
+struct Metered {
     replica: ReplicaId,
     endpoint: Endpoint,
     started: Instant,
     tenant: Option<String>,
+    /// The model as the request named it.
+    model: String,
+    /// The client did not ask for usage: the engine's usage event is not passed on.
+    strip_usage: bool,
+}
+
+/// Passes the upstream SSE stream through, metering tokens as they go (and taking out
+/// the usage event the client did not ask for). A stream that goes silent past the
+/// idle timeout or breaks ends with an explicit error event, never a silent cut.
+fn stream_response(
+    state: Arc<AppState>,
+    guard: Inflight,
+    resp: hyper::Response<UpstreamBody>,
+    m: Metered,
 ) -> Response {
     struct Pump {
         body: UpstreamBody,
         meter: SseMeter,
         guard: Inflight,
         finished: bool,
-        replica: ReplicaId,
-        endpoint: Endpoint,
-        started: Instant,
-        tenant: Option<String>,
+        m: Metered,
     }
     let idle = state.config.stream_idle_timeout;
+    let replica = m.replica;
     let pump = Pump {
         body: resp.into_body(),
-        meter: SseMeter::default(),
+        meter: if m.strip_usage {
+            SseMeter::stripping_usage()
+        } else {
+            SseMeter::default()
+        },
         guard,
         finished: false,
-        replica,
-        endpoint,
-        started,
-        tenant,
+        m,
     };
     let stream = futures_util::stream::unfold(pump, move |mut p| async move {
         if p.finished {
@@ -425,36 +459,48 @@ fn stream_response(
                     // per token.
                     let data = coalesce_ready(&mut p.body, first);
                     let before = p.meter.tokens;
-                    p.meter.feed(&data);
+                    let data = p.meter.pass(data);
                     if p.meter.tokens != before {
                         p.guard.state.core().progress(p.guard.id, p.meter.tokens);
+                    }
+                    if data.is_empty() {
+                        // Held back until its event is complete, or the usage event.
+                        continue;
                     }
                     return Some((Ok::<Bytes, std::io::Error>(data), p));
                 }
                 Ok(None) => {
                     p.finished = true;
                     let state = p.guard.state.clone();
-                    let took = p.started.elapsed().as_secs_f64();
-                    state.metrics.duration(label(p.endpoint), took);
-                    if let Some(t) = &p.tenant {
+                    let took = p.m.started.elapsed().as_secs_f64();
+                    state.metrics.duration(label(p.m.endpoint), took);
+                    if let Some(t) = &p.m.tenant {
                         state.metrics.tenant_duration(t, took);
                     }
                     if p.meter.done || p.meter.error {
+                        if p.meter.done {
+                            state.metered(
+                                p.m.replica,
+                                &p.m.model,
+                                p.m.tenant.as_deref(),
+                                p.meter.usage.as_ref(),
+                            );
+                        }
                         let mut guard = p.guard;
                         guard.usage = p.meter.usage;
                         drop(guard);
-                        state.real_outcome(p.replica, p.meter.done.then_some(200));
+                        state.real_outcome(p.m.replica, p.meter.done.then_some(200));
                         return None;
                     }
                     // The replica closed the stream without finishing it.
-                    failed_holding(&state, p.guard.id, p.replica);
+                    failed_holding(&state, p.guard.id, p.m.replica);
                     return Some((Ok(error_event("the replica ended the stream early")), p));
                 }
                 Ok(Some(Err(e))) => {
                     p.finished = true;
                     let state = p.guard.state.clone();
-                    failed_holding(&state, p.guard.id, p.replica);
-                    state.metrics.upstream_failure(p.replica.0);
+                    failed_holding(&state, p.guard.id, p.m.replica);
+                    state.metrics.upstream_failure(p.m.replica.0);
                     return Some((
                         Ok(error_event(&format!("the replica's stream broke: {e}"))),
                         p,
@@ -463,8 +509,8 @@ fn stream_response(
                 Err(_) => {
                     p.finished = true;
                     let state = p.guard.state.clone();
-                    failed_holding(&state, p.guard.id, p.replica);
-                    state.metrics.upstream_failure(p.replica.0);
+                    failed_holding(&state, p.guard.id, p.m.replica);
+                    state.metrics.upstream_failure(p.m.replica.0);
                     return Some((
                         Ok(error_event(&format!(
                             "the replica sent nothing for {idle:?}"

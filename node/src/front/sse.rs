@@ -1,5 +1,7 @@
-//! Reads an OpenAI SSE stream as it passes through, without changing it: counts the
-//! token chunks (for in-flight cost correction) and picks up the final usage.
+//! Reads an OpenAI SSE stream as it passes through: counts the generated tokens (for
+//! in-flight cost correction) and picks up the final usage. The front door always asks
+//! the engine for that usage; when the client did not, the usage event is taken out of
+//! the client's stream, which is otherwise passed on unchanged.
 
 use serde::Deserialize;
 use sluice_actors::router::Usage;
@@ -11,17 +13,59 @@ const MAX_EVENT_BYTES: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct SseMeter {
     pending: Vec<u8>,
-    /// Chunks that carried generated output.
+    /// Generated tokens so far: the engine's own count when a chunk carries usage,
+    /// else the chunks that carried output (a role-only or empty chunk is no token).
     pub tokens: u32,
     pub usage: Option<Usage>,
     pub done: bool,
     pub error: bool,
     overflowed: bool,
+    /// Take usage-only events out of the stream passed on (the client did not ask).
+    strip_usage: bool,
+    /// The events to pass on, when stripping.
+    out: Vec<u8>,
 }
 
 #[derive(Deserialize)]
 struct UsageChunk {
     usage: Option<UsageJson>,
+}
+
+/// Just enough of a chunk to tell whether it carried output.
+#[derive(Deserialize)]
+struct OutputChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChoiceJson<'a>>,
+    usage: Option<UsageJson>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceJson<'a> {
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<DeltaJson<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaJson<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<serde::de::IgnoredAny>,
+}
+
+impl ChoiceJson<'_> {
+    fn has_output(&self) -> bool {
+        let some =
+            |t: &Option<std::borrow::Cow<'_, str>>| t.as_ref().is_some_and(|t| !t.is_empty());
+        some(&self.text)
+            || self.delta.as_ref().is_some_and(|d| {
+                some(&d.content) || some(&d.reasoning_content) || d.tool_calls.is_some()
+            })
+    }
 }
 
 #[derive(Deserialize)]
@@ -62,6 +106,25 @@ pub fn body_usage(body: &[u8]) -> Option<Usage> {
 }
 
 impl SseMeter {
+    /// A meter that takes usage-only events out of what it passes on.
+    pub fn stripping_usage() -> Self {
+        Self {
+            strip_usage: true,
+            ..Self::default()
+        }
+    }
+
+    /// Meters `chunk` and returns what to pass on: `chunk` itself, or, when stripping
+    /// usage, the complete events seen so far minus the usage-only ones.
+    pub fn pass(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
+        self.feed(&chunk);
+        if self.strip_usage && !self.overflowed {
+            bytes::Bytes::from(std::mem::take(&mut self.out))
+        } else {
+            chunk
+        }
+    }
+
     pub fn feed(&mut self, chunk: &[u8]) {
         if self.overflowed {
             return;
@@ -78,11 +141,17 @@ impl SseMeter {
         self.pending.extend_from_slice(rest);
         if self.pending.len() > MAX_EVENT_BYTES {
             self.overflowed = true;
+            // What was held back goes on as it came.
+            if self.strip_usage {
+                let held = std::mem::take(&mut self.pending);
+                self.out.extend_from_slice(&held);
+            }
             self.pending = Vec::new();
         }
     }
 
     fn on_event(&mut self, event: &[u8]) {
+        let mut usage_only = false;
         for line in event.split(|&b| b == b'\n') {
             let Some(data) = line.strip_prefix(b"data:") else {
                 continue;
@@ -93,19 +162,23 @@ impl SseMeter {
                 self.done = true;
             } else if data.starts_with(b"{\"error\"") {
                 self.error = true;
-            } else {
-                if contains(data, b"\"usage\"") {
-                    if let Some(u) = serde_json::from_slice::<UsageChunk>(data)
-                        .ok()
-                        .and_then(|c| c.usage)
-                    {
-                        self.usage = Some(u.usage());
+            } else if let Ok(c) = serde_json::from_slice::<OutputChunk>(data) {
+                let outputs = c.choices.iter().filter(|ch| ch.has_output()).count() as u32;
+                match &c.usage {
+                    Some(u) => {
+                        let u = u.usage();
+                        // The engine's own count (continuous usage, or the final one).
+                        self.tokens = self.tokens.max(u.completion_tokens);
+                        self.usage = Some(u);
+                        usage_only = c.choices.is_empty();
                     }
-                }
-                if !contains(data, b"\"choices\":[]") {
-                    self.tokens += 1;
+                    None => self.tokens += outputs,
                 }
             }
+        }
+        if self.strip_usage && !usage_only {
+            self.out.extend_from_slice(event);
+            self.out.extend_from_slice(b"\n\n");
         }
     }
 }
@@ -118,10 +191,6 @@ fn find_event_end(pending: &[u8], rest: &[u8]) -> Option<usize> {
     rest.windows(2)
         .position(|w| w == b"\n\n")
         .map(|p| pending.len() + p)
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -154,6 +223,41 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn role_and_empty_chunks_are_no_tokens_and_usage_can_be_stripped() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\" a\"}}],\"usage\":null}\n\n",
+            "data: {\"choices\":[{\"text\":\" b\"},{\"text\":\" c\"}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":3}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        for split in [1, 7, 40, stream.len()] {
+            let mut m = SseMeter::stripping_usage();
+            let mut passed = Vec::new();
+            for piece in stream.as_bytes().chunks(split) {
+                passed.extend_from_slice(&m.pass(bytes::Bytes::copy_from_slice(piece)));
+            }
+            let passed = String::from_utf8(passed).unwrap();
+            assert_eq!(
+                m.usage.map(|u| u.completion_tokens),
+                Some(3),
+                "split {split}"
+            );
+            assert_eq!(m.tokens, 3);
+            assert!(m.done);
+            assert!(!passed.contains("prompt_tokens"), "{passed}");
+            assert_eq!(passed, stream.replace(
+                "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":3}}\n\n", ""));
+        }
+        // Without stripping, the bytes pass as they are.
+        let mut m = SseMeter::default();
+        let b = bytes::Bytes::from_static(stream.as_bytes());
+        assert_eq!(m.pass(b.clone()), b);
+        assert_eq!(m.tokens, 3);
     }
 
     #[test]

@@ -190,8 +190,9 @@ pub async fn run(state: Arc<AppState>) {
 /// prefix-cache salt from its tenant (prompts of different tenants never share cache
 /// blocks, so cache timing leaks nothing across them). What a client put in either
 /// field is dropped: a client may neither jump the queue nor pick a salt.
-pub fn engine_body(body: &bytes::Bytes, pass: &Pass) -> bytes::Bytes {
+pub fn engine_body(body: &bytes::Bytes, pass: &Pass, ask_usage: bool) -> bytes::Bytes {
     let needs_rewrite = pass.tenant.is_some()
+        || ask_usage
         || contains(body, b"\"priority\"")
         || contains(body, b"\"cache_salt\"");
     if !needs_rewrite {
@@ -210,6 +211,19 @@ pub fn engine_body(body: &bytes::Bytes, pass: &Pass) -> bytes::Bytes {
         };
         obj.insert("priority".into(), priority.into());
         obj.insert("cache_salt".into(), salt(tenant).into());
+    }
+    if ask_usage {
+        // A stream's usage is what meters it: ask for it even when the client did not
+        // (the front door strips it from the client's stream again).
+        let options = obj
+            .entry("stream_options")
+            .or_insert_with(|| serde_json::json!({}));
+        if !options.is_object() {
+            *options = serde_json::json!({});
+        }
+        if let Some(o) = options.as_object_mut() {
+            o.insert("include_usage".into(), true.into());
+        }
     }
     serde_json::to_vec(&obj).map_or_else(|_| body.clone(), bytes::Bytes::from)
 }
@@ -241,7 +255,7 @@ mod tests {
             tenant: Some("acme".into()),
             reserved: true,
         };
-        let out = json(&engine_body(&body, &reserved));
+        let out = json(&engine_body(&body, &reserved, false));
         assert_eq!(out["priority"], RESERVED_PRIORITY);
         assert_eq!(out["cache_salt"], salt("acme"));
         assert_ne!(salt("acme"), salt("zeta"));
@@ -249,11 +263,18 @@ mod tests {
             tenant: None,
             reserved: false,
         };
-        let out = json(&engine_body(&body, &open));
+        let out = json(&engine_body(&body, &open, false));
         assert!(out.get("priority").is_none() && out.get("cache_salt").is_none());
         assert_eq!(out["prompt"], "hi");
         // Nothing to change: the bytes go through untouched.
         let plain = bytes::Bytes::from_static(br#"{"model":"m","prompt":"hi"}"#);
-        assert_eq!(engine_body(&plain, &open), plain);
+        assert_eq!(engine_body(&plain, &open, false), plain);
+        // A stream always asks the engine for its usage, keeping the client's options.
+        let stream = bytes::Bytes::from_static(
+            br#"{"model":"m","prompt":"hi","stream":true,"stream_options":{"continuous_usage_stats":true}}"#,
+        );
+        let out = json(&engine_body(&stream, &open, true));
+        assert_eq!(out["stream_options"]["include_usage"], true);
+        assert_eq!(out["stream_options"]["continuous_usage_stats"], true);
     }
 }

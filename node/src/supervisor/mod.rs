@@ -2,5 +2,6 @@
 //! stop) and the environment they run in.
 
 pub mod cpu_quota;
+pub mod lifecycle;
 pub mod restart;
 pub mod run;

@@ -5,7 +5,8 @@
 //! runs. What happens is reported as [`Event`]s, which the node turns into routing
 //! changes and registry writes.
 
-use super::restart::{Decision, RestartPolicy, RestartState};
+use super::lifecycle::{Effect, Input, Lifecycle};
+use super::restart::RestartPolicy;
 use crate::launcher::{launch_one, ChildReplica, EngineSpec};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -16,14 +17,17 @@ use tokio::sync::{mpsc, oneshot};
 pub enum Event {
     /// Replica `index` exited or was killed; it gets no traffic until it is `Up` again.
     Down(usize),
-    /// Replica `index` is listening (again) at `url`.
-    Up(usize, String),
+    /// Incarnation `incarnation` of replica `index` is listening at `url`.
+    Up(usize, String, u64),
     /// Replica `index` kept dying; it stays down.
     GaveUp(usize),
+    /// Replica `index` entered a lifecycle state (for metrics).
+    State(usize, &'static str),
 }
 
 enum Cmd {
-    Kill,
+    /// Kill incarnation `.0` for a restart.
+    Kill(u64),
     Stop(Duration, oneshot::Sender<()>),
 }
 
@@ -83,11 +87,13 @@ impl Supervisor {
         Ok(url)
     }
 
-    /// Kills replica `index` (a hung engine): it is then restarted like any exited one.
-    pub async fn kill(&self, index: usize) {
+    /// Kills incarnation `incarnation` of replica `index` (a hung engine): it is then
+    /// restarted like any exited one. A kill for an engine that has since been replaced
+    /// or that is still starting does nothing.
+    pub async fn kill(&self, index: usize, incarnation: u64) {
         let tx = self.slots().get(&index).cloned();
         if let Some(tx) = tx {
-            let _ = tx.send(Cmd::Kill).await;
+            let _ = tx.send(Cmd::Kill(incarnation)).await;
         }
     }
 
@@ -119,6 +125,9 @@ impl Supervisor {
     }
 }
 
+/// One engine's shell: feeds the [`Lifecycle`] what happens (the process exits, a
+/// launch ends, a command arrives) and carries out its effects. Commands are read at
+/// every moment, a launch in progress included.
 async fn supervise(
     i: usize,
     child: ChildReplica,
@@ -128,68 +137,183 @@ async fn supervise(
     events: mpsc::UnboundedSender<Event>,
 ) {
     let born = Instant::now();
-    let mut history = RestartState::default();
+    let now_ms = || born.elapsed().as_millis() as u64;
+    let mut life = Lifecycle::ready(policy, 0);
     let mut child = Some(child);
-    let mut started = Instant::now();
+    let mut grace = Duration::from_secs(5);
+    let mut stopped: Option<oneshot::Sender<()>> = None;
+    let mut pending: std::collections::VecDeque<Effect> = Default::default();
+    let _ = events.send(Event::State(i, life.phase().name()));
     loop {
-        if let Some(c) = child.as_mut() {
-            tokio::select! {
-                status = c.exited() => {
-                    tracing::warn!(replica = i, ?status, "replica exited");
+        // Carry out what the lifecycle asked for, in order.
+        while let Some(effect) = pending.pop_front() {
+            let input = match effect {
+                Effect::Launch { incarnation } => {
+                    let _ = events.send(Event::State(i, life.phase().name()));
+                    tracing::info!(replica = i, incarnation, "restarting the engine");
+                    match launch(i, &spec, &mut cmds, &mut life, now_ms).await {
+                        Launch::Ready(c) => {
+                            child = Some(c);
+                            Some(Input::Ready)
+                        }
+                        Launch::Failed(e) => {
+                            tracing::warn!(replica = i, error = %format!("{e:#}"), "restart failed");
+                            Some(Input::StartFailed)
+                        }
+                        Launch::Stop(g, done) => {
+                            grace = g;
+                            stopped = done;
+                            Some(Input::Stop)
+                        }
+                    }
                 }
-                cmd = cmds.recv() => match cmd {
-                    Some(Cmd::Kill) => {
-                        tracing::warn!(replica = i, "killing the replica for a restart");
+                Effect::KillGroup => {
+                    if let Some(mut c) = child.take() {
                         c.kill().await;
                     }
-                    Some(Cmd::Stop(grace, done)) => {
+                    None
+                }
+                Effect::StopGroup => {
+                    if let Some(mut c) = child.take() {
                         c.stop(grace).await;
-                        let _ = done.send(());
-                        return;
                     }
-                    None => {
-                        c.stop(Duration::from_secs(5)).await;
-                        return;
-                    }
-                },
-            }
-        }
-        child = None;
-        let _ = events.send(Event::Down(i));
-        let now_ms = born.elapsed().as_millis() as u64;
-        let delay = match history.on_exit(&policy, now_ms, started.elapsed()) {
-            Decision::RestartAfter(d) => d,
-            Decision::GiveUp => {
-                tracing::error!(replica = i, "replica keeps dying; not restarting it");
-                let _ = events.send(Event::GaveUp(i));
-                // Wait for the node to stop.
-                while let Some(cmd) = cmds.recv().await {
-                    if let Cmd::Stop(_, done) = cmd {
-                        let _ = done.send(());
-                        return;
+                    Some(Input::Stopped)
+                }
+                Effect::Backoff(d) => {
+                    tracing::info!(replica = i, delay = ?d, dead = life.incarnation(), "engine restarts after a backoff");
+                    let _ = events.send(Event::State(i, life.phase().name()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => Some(Input::BackoffOver),
+                        cmd = cmds.recv() => match cmd {
+                            Some(Cmd::Kill(inc)) => {
+                                // Nothing runs during a backoff; let the core say so,
+                                // then wait the backoff out.
+                                apply(&mut life, Input::Kill { incarnation: inc }, now_ms(), i);
+                                pending.push_front(Effect::Backoff(d));
+                                None
+                            }
+                            Some(Cmd::Stop(_, done)) => {
+                                stopped = Some(done);
+                                Some(Input::Stop)
+                            }
+                            None => Some(Input::Stop),
+                        },
                     }
                 }
-                return;
+                Effect::Up { incarnation } => {
+                    if let Some(c) = &child {
+                        let _ = events.send(Event::Up(i, c.url.clone(), incarnation));
+                    }
+                    None
+                }
+                Effect::Down => {
+                    let _ = events.send(Event::Down(i));
+                    None
+                }
+                Effect::GaveUp => {
+                    tracing::error!(
+                        replica = i,
+                        restarts = life.restarts(),
+                        "engine keeps dying; giving up on it (it stays down)"
+                    );
+                    let _ = events.send(Event::GaveUp(i));
+                    None
+                }
+                Effect::Ignored(why) => {
+                    tracing::info!(replica = i, why, "supervisor command ignored");
+                    None
+                }
+            };
+            if let Some(input) = input {
+                pending.extend(apply(&mut life, input, now_ms(), i));
             }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            cmd = cmds.recv() => match cmd {
-                Some(Cmd::Kill) => {}
-                Some(Cmd::Stop(_, done)) => { let _ = done.send(()); return; }
-                None => return,
-            },
+            let _ = events.send(Event::State(i, life.phase().name()));
         }
-        match launch_one(i, &spec).await {
-            Ok(c) => {
-                started = Instant::now();
-                let _ = events.send(Event::Up(i, c.url.clone()));
-                child = Some(c);
+        if life.phase() == super::lifecycle::Phase::Stopped {
+            if let Some(done) = stopped.take() {
+                let _ = done.send(());
             }
-            Err(e) => {
-                tracing::warn!(replica = i, error = %format!("{e:#}"), "restart failed");
-                started = Instant::now();
-            }
+            return;
+        }
+        // Wait for what happens next: the engine exits, or a command.
+        let input = match child.as_mut() {
+            Some(c) => tokio::select! {
+                status = c.exited() => {
+                    tracing::warn!(replica = i, ?status, "engine exited");
+                    Input::Exited
+                }
+                cmd = cmds.recv() => command_input(cmd, &mut grace, &mut stopped),
+            },
+            None => command_input(cmds.recv().await, &mut grace, &mut stopped),
+        };
+        pending.extend(apply(&mut life, input, now_ms(), i));
+    }
+}
+
+fn apply(life: &mut Lifecycle, input: Input, now_ms: u64, i: usize) -> Vec<Effect> {
+    let effects = life.on(input, now_ms);
+    tracing::debug!(
+        replica = i,
+        ?input,
+        ?effects,
+        phase = life.phase().name(),
+        "engine lifecycle"
+    );
+    effects
+}
+
+fn command_input(
+    cmd: Option<Cmd>,
+    grace: &mut Duration,
+    stopped: &mut Option<oneshot::Sender<()>>,
+) -> Input {
+    match cmd {
+        Some(Cmd::Kill(incarnation)) => Input::Kill { incarnation },
+        Some(Cmd::Stop(g, done)) => {
+            *grace = g;
+            *stopped = Some(done);
+            Input::Stop
+        }
+        // The supervisor is gone: the node is stopping.
+        None => Input::Stop,
+    }
+}
+
+enum Launch {
+    Ready(ChildReplica),
+    Failed(anyhow::Error),
+    Stop(Duration, Option<oneshot::Sender<()>>),
+}
+
+/// Starts the engine while still reading commands: a stop aborts the start (the
+/// half-started process group goes with the dropped launch), a kill is the core's to
+/// judge (it refuses to kill a starting engine).
+async fn launch(
+    i: usize,
+    spec: &EngineSpec,
+    cmds: &mut mpsc::Receiver<Cmd>,
+    life: &mut Lifecycle,
+    now_ms: impl Fn() -> u64,
+) -> Launch {
+    let start = launch_one(i, spec);
+    tokio::pin!(start);
+    loop {
+        tokio::select! {
+            r = &mut start => return match r {
+                Ok(c) => Launch::Ready(c),
+                Err(e) => Launch::Failed(e),
+            },
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Kill(incarnation)) => {
+                    for e in apply(life, Input::Kill { incarnation }, now_ms(), i) {
+                        if let Effect::Ignored(why) = e {
+                            tracing::info!(replica = i, incarnation, why, "kill not applied");
+                        }
+                    }
+                }
+                Some(Cmd::Stop(g, done)) => return Launch::Stop(g, Some(done)),
+                None => return Launch::Stop(Duration::from_secs(5), None),
+            },
         }
     }
 }

@@ -1,0 +1,162 @@
+"""A node in front of two real vLLM engines it did not start, with no model configured:
+what a user calls through it with the official openai client, and what it meters."""
+
+import json
+import threading
+
+import openai
+import pytest
+
+from conftest import MODEL, http, metric, start_node, wait_until
+
+LONG = "You are a careful coding agent working in a large repository. " * 40
+
+
+@pytest.fixture(scope="module")
+def node(vllm_two):
+    # No [replicas] model and no --model: the node asks the engines.
+    n = start_node([e.url for e in vllm_two], config="[prober]\nidle_window_ms = 1000\n")
+    yield n
+    assert n.stop() == 0
+
+
+def client(node):
+    return openai.OpenAI(base_url=node.url + "/v1", api_key="sk-local", max_retries=0, timeout=120)
+
+
+def test_the_node_serves_the_engines_model(node):
+    assert [m.id for m in client(node).models.list().data] == [MODEL]
+    _, _, body = http("GET", node.url + "/health")
+    health = json.loads(body)
+    assert health["model"] == MODEL
+    assert all(u["models"] == [MODEL] and not u["model_mismatch"] for u in health["upstreams"])
+    # A tiny model has no calibrated profile: said on /metrics.
+    assert metric(node.url, "sluice_model_profile", {"model": MODEL, "calibrated": "false"}) == 1
+
+
+def test_chat_and_completions_streaming_and_not(node):
+    c = client(node)
+    r = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello there"}],
+                                  max_tokens=8, extra_body={"ignore_eos": True})
+    assert r.choices[0].message.role == "assistant"
+    assert r.usage.completion_tokens == 8 and r.usage.prompt_tokens > 3
+    r = c.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=5,
+                             extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 5 and r.choices[0].text
+    pieces = [ch.choices[0].text for ch in c.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=5, stream=True,
+        extra_body={"ignore_eos": True}) if ch.choices]
+    assert "".join(pieces)
+
+
+def test_a_stream_is_metered_whether_or_not_the_client_asked_for_usage(node):
+    c = client(node)
+    before = metric(node.url, "sluice_completion_tokens_total", {"model": MODEL})
+    missing = metric(node.url, "sluice_usage_missing_total")
+    chunks = list(c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count"}], max_tokens=12, stream=True,
+        extra_body={"ignore_eos": True}))
+    # The client did not ask for usage: it gets none, the node still metered it.
+    assert all(ch.usage is None for ch in chunks)
+    assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) >= 1
+    assert wait_until(lambda: metric(node.url, "sluice_completion_tokens_total", {"model": MODEL}) == before + 12)
+    chunks = list(c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count"}], max_tokens=7, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
+    assert wait_until(lambda: metric(node.url, "sluice_completion_tokens_total", {"model": MODEL}) == before + 19)
+    assert metric(node.url, "sluice_usage_missing_total") == missing
+    assert metric(node.url, "sluice_prompt_tokens_total", {"model": MODEL, "tenant": "none"}) > 0
+
+
+def _raw(url, path, body):
+    status, _, raw = http("POST", url + path, body)
+    return status, json.loads(raw)
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"},
+                                           {"role": "function", "name": "f", "content": "42"}]}),
+    ("/v1/completions", {"prompt": ["first prompt", "second prompt"]}),
+    ("/v1/completions", {"prompt": [1, 2, 1500, 2047]}),
+    ("/v1/completions", {"prompt": [1, 2, 5000, 130000]}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_k": 3,
+                              "repetition_penalty": 1.1, "min_tokens": 2}),
+])
+def test_what_the_engine_decides_comes_back_unchanged(node, vllm_two, path, body):
+    body = {"model": MODEL, "max_tokens": 4, **body}
+    direct_status, direct = _raw(vllm_two[0].url, path, body)
+    via_status, via = _raw(node.url, path, body)
+    assert via_status == direct_status, (direct, via)
+    if direct_status == 200:
+        assert len(via["choices"]) == len(direct["choices"])
+    else:
+        assert via["error"]["message"] == direct["error"]["message"]
+
+
+def test_errors_sluice_owns_are_openai_shaped(node):
+    c = client(node)
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["code"] == "model_not_found" and MODEL in e.value.body["message"]
+    status, _, raw = http("POST", node.url + "/v1/chat/completions", b"{not json",
+                          {"content-type": "application/json"})
+    assert status == 400 and json.loads(raw)["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], stream="yes")
+    assert e.value.body["param"] == "stream"
+
+
+def test_a_session_stays_on_one_replica_and_hits_its_prefix_cache(node):
+    c = client(node)
+    served, cached = set(), []
+    for turn in range(3):
+        raw = c.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "system", "content": LONG}, {"role": "user", "content": f"step {turn}"}],
+            max_tokens=2, extra_headers={"x-session-id": "agent-7"})
+        served.add(raw.headers["x-sluice-replica"])
+        cached.append(raw.parse().usage.prompt_tokens_details.cached_tokens)
+    assert len(served) == 1
+    assert cached[1] > 0 and cached[2] > 0, cached
+    assert metric(node.url, "sluice_cached_prompt_tokens_total", {"model": MODEL}) > 0
+
+
+def test_sessions_spread_over_both_replicas(node):
+    c = client(node)
+    seen = set()
+    for i in range(24):
+        raw = c.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": f"session {i}"}], max_tokens=1,
+            extra_headers={"x-session-id": f"user-{i}"})
+        seen.add(raw.headers["x-sluice-replica"])
+    assert len(seen) == 2
+
+
+def test_prioritized_probes_do_not_eject_busy_healthy_replicas(node):
+    """Long streams keep both engines busy with nothing completing, so the prober probes
+    them (idle window 1 s); the probes jump vLLM's queue and pass."""
+    c = client(node)
+    ok_before = metric(node.url, "sluice_probes_total", {"outcome": "ok"})
+    errors = []
+
+    def long_stream(i):
+        try:
+            for _ in c.completions.create(model=MODEL, prompt=f"story {i}", max_tokens=1500, stream=True,
+                                          extra_body={"ignore_eos": True},
+                                          extra_headers={"x-session-id": f"load-{i}"}):
+                pass
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=long_stream, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors[:3]
+    assert metric(node.url, "sluice_probes_total", {"outcome": "ok"}) >= ok_before + 2
+    assert metric(node.url, "sluice_ejections_total") == 0
+    assert metric(node.url, "sluice_replica_available") == 2
