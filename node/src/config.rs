@@ -147,6 +147,9 @@ pub struct ReplicaSection {
     pub urls: Vec<String>,
     /// Profile file for pricing and the simulated engines; the embedded default if unset.
     pub profile: Option<PathBuf>,
+    /// A folder of calibrated profiles (`*.toml`): the one calibrated for the model the
+    /// engines serve prices it (without `profile`).
+    pub profile_dir: Option<PathBuf>,
     /// Model name the front door serves, overriding what the engines report on
     /// `/v1/models` (rarely needed); launched simulated engines serve it.
     pub model: Option<String>,
@@ -171,6 +174,7 @@ impl Default for ReplicaSection {
             count: 4,
             urls: Vec::new(),
             profile: None,
+            profile_dir: None,
             model: None,
             time_scale: 1.0,
             gpus: None,
@@ -241,6 +245,7 @@ pub struct Overrides {
     pub replicas: Option<usize>,
     pub replica_urls: Vec<String>,
     pub profile: Option<PathBuf>,
+    pub profile_dir: Option<PathBuf>,
     pub time_scale: Option<f64>,
     pub gpus: Option<usize>,
     pub model: Option<String>,
@@ -262,6 +267,9 @@ pub struct NodeConfig {
     pub urls: Vec<String>,
     pub profile: Profile,
     pub profile_path: Option<PathBuf>,
+    /// Calibrated profiles to choose from by model (`profile_dir`), besides the
+    /// built-in ones.
+    pub profile_catalog: Vec<Profile>,
     /// The model: configured, else learned from the engines at start, else the
     /// profile's (see [`NodeConfig::serve_model`]).
     pub model: String,
@@ -291,7 +299,13 @@ impl NodeConfig {
     pub fn serve_model(&mut self, model: &str) {
         self.model = model.to_owned();
         if self.profile_path.is_none() && !self.profile.serves(model) {
-            if let Some(p) = Profile::embedded_for(model) {
+            let calibrated = self
+                .profile_catalog
+                .iter()
+                .find(|p| p.serves(model))
+                .cloned()
+                .or_else(|| Profile::embedded_for(model));
+            if let Some(p) = calibrated {
                 self.router.affinity.cache_tokens = p.kv_cache_tokens();
                 self.profile = p;
             }
@@ -309,6 +323,10 @@ impl NodeConfig {
             None => FileConfig::default(),
         };
         let profile_path = o.profile.or(fc.replicas.profile.clone());
+        let profile_catalog = match o.profile_dir.or(fc.replicas.profile_dir.clone()) {
+            Some(dir) => load_profile_dir(&dir)?,
+            None => Vec::new(),
+        };
         let model_override = o.model.or(fc.replicas.model.clone());
         if model_override
             .as_deref()
@@ -492,6 +510,7 @@ impl NodeConfig {
             model_override,
             profile,
             profile_path,
+            profile_catalog,
             time_scale,
             router,
             subset_size: r.subset_size,
@@ -518,6 +537,21 @@ impl NodeConfig {
     }
 }
 
+/// Every profile in `dir` (`*.toml`), each checked; a bad one is an error naming it.
+fn load_profile_dir(dir: &Path) -> Result<Vec<Profile>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the profile folder {}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| Profile::load(p).map_err(anyhow::Error::from))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,6 +565,40 @@ mod tests {
         assert_eq!(c.key_sources.len(), 3);
         // The router expects as much prefix cache as the profile's engine has.
         assert_eq!(c.router.affinity.cache_tokens, c.profile.kv_cache_tokens());
+    }
+
+    #[test]
+    fn the_served_model_picks_its_calibrated_profile_from_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiny = sluice_actors::profile::DEFAULT_PROFILE_TOML
+            .replace(
+                "model = \"llama-3.1-8b-instruct\"",
+                "model = \"tiny-llama\"",
+            )
+            .replace("capacity_mu_per_min = ", "capacity_mu_per_min = 1");
+        std::fs::write(dir.path().join("tiny.toml"), &tiny).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a profile").unwrap();
+        let o = || Overrides {
+            profile_dir: Some(dir.path().to_owned()),
+            ..Overrides::default()
+        };
+        let mut c = NodeConfig::load(None, o()).unwrap();
+        c.serve_model("tiny-llama");
+        assert_eq!(c.profile.model, "tiny-llama");
+        assert_ne!(
+            c.profile.capacity_mu_per_min,
+            Profile::default_profile().capacity_mu_per_min
+        );
+        let mut other = NodeConfig::load(None, o()).unwrap();
+        other.serve_model("qwen");
+        assert_eq!(
+            (other.model.as_str(), other.profile.model.as_str()),
+            ("qwen", "llama-3.1-8b-instruct")
+        );
+        // A broken profile in the folder is named.
+        std::fs::write(dir.path().join("broken.toml"), "model = 3").unwrap();
+        let err = NodeConfig::load(None, o()).unwrap_err().to_string();
+        assert!(err.contains("broken.toml"), "{err}");
     }
 
     #[test]

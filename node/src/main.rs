@@ -91,6 +91,10 @@ struct StartArgs {
     /// simulated replicas are launched when given.
     #[arg(long = "replica", value_name = "URL")]
     replica_urls: Vec<String>,
+    /// A folder of calibrated profiles: the one for the model the engines serve prices
+    /// it (unless --profile is given).
+    #[arg(long)]
+    profile_dir: Option<PathBuf>,
     /// The model to serve, overriding what the engines list on /v1/models (rarely
     /// needed: the node asks them) [default: learned from the engines].
     #[arg(long)]
@@ -379,6 +383,7 @@ async fn node_start(a: StartArgs) -> Result<()> {
         gpus: a.gpus,
         replica_urls: a.replica_urls,
         profile: a.profile,
+        profile_dir: a.profile_dir,
         time_scale: a.time_scale,
         model: a.model,
     };

@@ -57,9 +57,10 @@ class Proc:
         return self.proc.returncode
 
 
-def start_replica(seed=0, time_scale=1.0):
-    return Proc([SLUICE, "replica", "sim", "--port", "0", "--seed", str(seed), "--time-scale", str(time_scale)],
-                "sluice replica listening on ")
+def start_replica(seed=0, time_scale=1.0, model=None):
+    extra = ["--model", model] if model else []
+    return Proc([SLUICE, "replica", "sim", "--port", "0", "--seed", str(seed), "--time-scale", str(time_scale),
+                 *extra], "sluice replica listening on ")
 
 
 def start_node(replica_urls=(), config="", extra=()):

@@ -238,6 +238,54 @@ def test_a_crashed_replica_is_retried_elsewhere_without_client_errors():
             r.stop()
 
 
+def test_the_model_is_learned_from_the_engines_and_a_replica_serving_another_is_reported():
+    reps = [start_replica(seed=0, model="qwen-tiny"), start_replica(seed=1, model="qwen-tiny"),
+            start_replica(seed=2, model="other-model")]
+    n = start_node([r.url for r in reps], config="[router]\nhealth_interval_ms = 100\n")
+    try:
+        c = client(n)
+        assert [m.id for m in c.models.list().data] == ["qwen-tiny"]
+        for i in range(8):
+            raw = c.chat.completions.with_raw_response.create(
+                model="qwen-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                extra_headers={"x-session-id": f"s{i}"})
+            assert raw.headers["x-sluice-replica"] in ("0", "1")
+        with pytest.raises(openai.NotFoundError) as e:
+            c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert "qwen-tiny" in e.value.body["message"]
+        _, _, body = http("GET", n.url + "/health")
+        ups = {u["id"]: u for u in json.loads(body)["upstreams"]}
+        assert ups[2]["model_mismatch"] and ups[2]["models"] == ["other-model"]
+        assert not ups[0]["model_mismatch"]
+        assert metric(n.url, "sluice_replica_model_mismatch", {"replica": "2"}) == 1
+        assert metric(n.url, "sluice_replica_available", {"replica": "2"}) == 0
+        # The odd one out is reported, not ejected: no probe verdict against it.
+        assert metric(n.url, "sluice_ejections_total") == 0
+        assert metric(n.url, "sluice_model_profile", {"model": "qwen-tiny", "calibrated": "false"}) == 1
+    finally:
+        n.stop()
+        for r in reps:
+            r.stop()
+
+
+def test_a_hub_name_finds_its_calibrated_profile_and_the_command_line_overrides():
+    r = start_replica(model="meta-llama/Llama-3.1-8B-Instruct")
+    n = start_node([r.url])
+    try:
+        assert [m.id for m in client(n).models.list().data] == ["meta-llama/Llama-3.1-8B-Instruct"]
+        assert metric(n.url, "sluice_model_profile", {"profile_model": MODEL, "calibrated": "true"}) == 1
+    finally:
+        n.stop()
+    n = start_node([r.url], extra=["--model", "my-alias"])
+    try:
+        assert [m.id for m in client(n).models.list().data] == ["my-alias"]
+        # The engine does not serve the configured name: said, and kept out.
+        assert wait_until(lambda: metric(n.url, "sluice_replica_model_mismatch", {"replica": "0"}) == 1)
+    finally:
+        n.stop()
+        r.stop()
+
+
 def test_embedded_default_runs_and_stops_cleanly_with_its_children():
     n = start_node(extra=["--replicas", "2"])
     children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == n.proc.pid]

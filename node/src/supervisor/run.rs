@@ -1,7 +1,8 @@
-//! The supervisor's shell: one task per launched replica that notices its exit, restarts
-//! it after the [`RestartPolicy`]'s backoff (or gives up on a crash loop), kills it on
-//! request (a hung engine the prober ejected), and stops it with the node or when the
-//! autoscaler retires it. Replicas the autoscaler places here are added while the node
+//! The supervisor's shell: one task per launched replica that feeds the replica's
+//! [`Lifecycle`] what happens — its process exits, a restart's launch ends, the prober
+//! asks for a kill, the node or the autoscaler asks for a stop — and carries out what
+//! the lifecycle decides (restart after the [`RestartPolicy`]'s backoff, give up on a
+//! crash loop, kill or stop the engine's whole process group). Replicas the autoscaler places here are added while the node
 //! runs. What happens is reported as [`Event`]s, which the node turns into routing
 //! changes and registry writes.
 
