@@ -7,10 +7,12 @@
 #   [replicas]
 #   command = "scripts/real_engines/vllm_serve.sh /path/to/tiny-llama tiny-llama {host} {port}"
 #
-# PORT must be a real port: vLLM binds exactly what it is given (`--port 0` is not
-# resolved to a reported free port). The script `exec`s the server, so the pid the
-# launcher holds is vLLM's API server; vLLM spawns its EngineCore as a child, so stop it
-# by signalling the whole process group (start it with setsid / start_new_session).
+# PORT must be a real port: with `--port 0` vLLM does bind an ephemeral port, but it
+# logs "Starting vLLM server on http://HOST:0" and never reports the real one.
+# The script `exec`s the server, so the pid the launcher holds is vLLM's API server. Its
+# EngineCore and worker are children in the same process group: SIGTERM to the API
+# server alone stops them all (~2.5 s), but SIGKILL to it alone orphans them (~3.3 GB,
+# still alive 90 s later). Start it with setsid / start_new_session and signal the group.
 #
 # Environment: SLUICE_VLLM_VENV (default: the repo's .venv-vllm) and anything in
 # ../shared/REAL_ENGINES.md; the defaults below may be overridden by the caller.
