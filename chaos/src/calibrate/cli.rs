@@ -2,7 +2,7 @@
 
 use super::http::HttpEngine;
 use super::virtual_engine::VirtualEngine;
-use super::{calibrate, output, Calibration, MeasureOptions, SweepConfig, Target};
+use super::{calibrate, output, Calibration, MeasureOptions, RoundsConfig, SweepConfig, Target};
 use anyhow::{bail, Context};
 use sluice_actors::Profile;
 use std::io::Write;
@@ -10,10 +10,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Measure an OpenAI-compatible engine and fit a profile: the MU price coefficients
-/// (α uncached input, α_c cached input, β output, γ input×output) from a sweep of prompt
-/// and output lengths at the reference concurrency, and a replica's capacity in MU/min
-/// from a concurrency sweep under a TPOT objective. Writes a profile TOML that keeps the
-/// base profile's engine model.
+/// (α uncached input, α_c cached input, β output, γ input×output; one MU is one
+/// millisecond of the engine's time at the reference point) from a sweep of prompt and
+/// output lengths at the reference concurrency, repeated in rounds until the
+/// coefficients are steady, and a replica's capacity in MU/min from a concurrency sweep
+/// that searches the knee of a TPOT objective. Writes a profile TOML that keeps the base
+/// profile's engine model. For a small CPU engine, see docs/CALIBRATION.md.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CalibrateArgs {
     /// Base URL of the engine, e.g. http://127.0.0.1:8000 (http only).
@@ -60,15 +62,33 @@ pub struct CalibrateArgs {
     /// Output length of the cached-prefix points.
     #[arg(long, value_name = "T", default_value_t = 128)]
     pub cached_output: u32,
+    /// Rounds of the cost sweep before the coefficients may be declared steady.
+    #[arg(long, value_name = "N", default_value_t = RoundsConfig::default().min_rounds)]
+    pub min_rounds: usize,
+    /// Rounds of the cost sweep at most (1: a single round, spread not assessed).
+    #[arg(long, value_name = "N", default_value_t = RoundsConfig::default().max_rounds)]
+    pub max_rounds: usize,
+    /// A coefficient is steady when its spread over the rounds (standard error) is within
+    /// this fraction of its value, or moves no measured cost by more than it.
+    #[arg(long, value_name = "F", default_value_t = RoundsConfig::default().tolerance)]
+    pub tolerance: f64,
     /// Prompt length of the capacity sweep.
     #[arg(long, value_name = "T", default_value_t = 2048)]
     pub capacity_input: u32,
     /// Output length of the capacity sweep.
     #[arg(long, value_name = "T", default_value_t = 256)]
     pub capacity_output: u32,
-    /// Concurrency levels of the capacity sweep, rising.
-    #[arg(long, value_name = "N,N,..", value_delimiter = ',', default_values_t = [16usize, 32, 64, 128, 192, 256, 384])]
+    /// First concurrency levels of the capacity sweep, rising; while the SLO holds and
+    /// throughput rises, the sweep goes on past them by doubling.
+    #[arg(long, value_name = "N,N,..", value_delimiter = ',', default_values_t = [16usize, 32, 64, 128, 256])]
     pub capacity_concurrency: Vec<usize>,
+    /// The highest concurrency the capacity sweep tries (listed levels above it are
+    /// dropped).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub capacity_max_concurrency: usize,
+    /// Bisection steps narrowing the knee once a level breaks the SLO.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub knee_bisections: usize,
     /// The p90 TPOT objective (ms) the capacity must keep.
     #[arg(long, value_name = "MS", default_value_t = 100.0)]
     pub slo_tpot_ms: f64,
@@ -111,9 +131,16 @@ impl CalibrateArgs {
             cached_inputs: self.cached_inputs.clone(),
             cached_fraction: self.cached_fraction,
             cached_output: self.cached_output,
+            rounds: RoundsConfig {
+                min_rounds: self.min_rounds.min(self.max_rounds),
+                max_rounds: self.max_rounds,
+                tolerance: self.tolerance,
+            },
             capacity_input: self.capacity_input,
             capacity_output: self.capacity_output,
             capacity_concurrency: self.capacity_concurrency.clone(),
+            capacity_max_concurrency: self.capacity_max_concurrency,
+            knee_bisections: self.knee_bisections,
             slo_tpot_ms: self.slo_tpot_ms,
             measure: MeasureOptions {
                 cycles: self.cycles,

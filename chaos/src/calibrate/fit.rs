@@ -1,6 +1,7 @@
 //! Non-negative least squares for the MU coefficients.
 //!
-//! Each sample is a request shape and its measured cost in GPU-milliseconds per request.
+//! Each sample is a request shape and its measured cost in engine-milliseconds per
+//! request (milliseconds of the engine's time, on whatever hardware it runs).
 //! The model is `cost = α·uncached + α_c·cached + β·output + γ·input·output`; the fit
 //! minimizes the sum of squared *relative* errors (each row weighted by 1 / cost), so a
 //! 10-ms chat turn counts as much as a 300-ms long-context request, subject to every
@@ -23,12 +24,14 @@ pub struct Observation {
     pub uncached_input: f64,
     pub cached_input: f64,
     pub output: f64,
-    /// GPU-milliseconds per request (= MU).
+    /// Engine-milliseconds per request (= MU).
     pub cost_ms: f64,
 }
 
 impl Observation {
-    fn row(&self) -> [f64; TERMS] {
+    /// The shape's value of each fitted term (the coefficients' multipliers), in the
+    /// order of [`TERM_NAMES`].
+    pub fn terms(&self) -> [f64; TERMS] {
         let input = self.uncached_input + self.cached_input;
         [
             self.uncached_input,
@@ -65,7 +68,7 @@ impl Fit {
 /// The cost `c` predicts for an observation's shape (images excluded).
 pub fn predict(c: &MuCoefficients, o: &Observation) -> f64 {
     let x = coefficient_array(c);
-    o.row().iter().zip(x).map(|(a, b)| a * b).sum()
+    o.terms().iter().zip(x).map(|(a, b)| a * b).sum()
 }
 
 fn coefficient_array(c: &MuCoefficients) -> [f64; TERMS] {
@@ -86,7 +89,7 @@ pub fn fit(samples: &[Observation]) -> Result<Fit, String> {
     let a: Vec<[f64; TERMS]> = rows
         .iter()
         .map(|s| {
-            let r = s.row();
+            let r = s.terms();
             std::array::from_fn(|j| r[j] / s.cost_ms)
         })
         .collect();

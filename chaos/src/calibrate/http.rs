@@ -40,6 +40,9 @@ pub struct HttpEngine {
     points: u64,
     /// Whether the last probe got `max_tokens` tokens back with `ignore_eos`.
     ignore_eos_honoured: bool,
+    /// The model's `max_model_len` as `/v1/models` lists it (vLLM and the simulated
+    /// engine do).
+    max_model_len: Option<u32>,
 }
 
 struct Inner {
@@ -102,9 +105,21 @@ impl HttpEngine {
             .pool_max_idle_per_host(4096)
             .retry_canceled_requests(false)
             .build(connector);
-        let model = match model {
-            Some(m) => m.to_owned(),
-            None => first_model(&client, &base).await?,
+        let listed = list_models(&client, &base).await;
+        let (model, max_model_len) = match (model, &listed) {
+            (Some(m), Ok(list)) => (
+                m.to_owned(),
+                list.iter()
+                    .find(|(id, _)| id == m)
+                    .and_then(|(_, len)| *len),
+            ),
+            // An engine without a model list can still be calibrated with --model.
+            (Some(m), Err(_)) => (m.to_owned(), None),
+            (None, Ok(list)) => match list.first() {
+                Some((id, len)) => (id.clone(), *len),
+                None => bail!("{base}/v1/models lists no model; give --model"),
+            },
+            (None, Err(e)) => bail!("{e:#}; give --model"),
         };
         let completions: Uri = format!("{base}/v1/completions")
             .parse()
@@ -147,6 +162,7 @@ impl HttpEngine {
             seed,
             points: 0,
             ignore_eos_honoured: b.usage.completion == PROBE_OUTPUT,
+            max_model_len,
         })
     }
 
@@ -155,6 +171,9 @@ impl HttpEngine {
             "{} model {}, {:.3} tokens per prompt word",
             self.base, self.inner.model, self.tokens.per_word
         );
+        if let Some(len) = self.max_model_len {
+            s.push_str(&format!(", max_model_len {len}"));
+        }
         if self.time_scale != 1.0 {
             s.push_str(&format!(", engine time scale {}", self.time_scale));
         }
@@ -168,6 +187,11 @@ impl HttpEngine {
 
     pub fn model(&self) -> &str {
         &self.inner.model
+    }
+
+    /// The longest request the engine accepts, if its model list says.
+    pub fn max_model_len(&self) -> Option<u32> {
+        self.max_model_len
     }
 
     /// The tokenizer model measured at connection.
@@ -561,8 +585,11 @@ fn base_url(url: &str) -> anyhow::Result<String> {
     Ok(trimmed.to_owned())
 }
 
-/// The first model `GET /v1/models` lists.
-async fn first_model(client: &HttpClient, base: &str) -> anyhow::Result<String> {
+/// The models `GET /v1/models` lists, each with its `max_model_len` when given.
+async fn list_models(
+    client: &HttpClient,
+    base: &str,
+) -> anyhow::Result<Vec<(String, Option<u32>)>> {
     let uri: Uri = format!("{base}/v1/models").parse()?;
     let resp = tokio::time::timeout(Duration::from_secs(30), client.get(uri.clone()))
         .await
@@ -580,13 +607,26 @@ async fn first_model(client: &HttpClient, base: &str) -> anyhow::Result<String> 
     }
     let v: Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("{uri} did not answer JSON: {}", snippet(&bytes)))?;
+    Ok(parse_models(&v))
+}
+
+/// `(id, max_model_len)` of each entry of a model list.
+fn parse_models(v: &Value) -> Vec<(String, Option<u32>)> {
     v.get("data")
         .and_then(Value::as_array)
-        .and_then(|d| d.first())
-        .and_then(|m| m.get("id"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow!("{uri} lists no model; give --model"))
+        .map(|d| {
+            d.iter()
+                .filter_map(|m| {
+                    let id = m.get("id")?.as_str()?.to_owned();
+                    let len = m
+                        .get("max_model_len")
+                        .and_then(Value::as_u64)
+                        .and_then(|l| u32::try_from(l).ok());
+                    Some((id, len))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -601,6 +641,19 @@ mod tests {
         assert!(base_url("https://h:1").is_err());
         assert!(base_url("http://h:1/x").is_err());
         assert!(base_url("h:1").is_err());
+    }
+
+    #[test]
+    fn model_lists() {
+        let v: Value = serde_json::from_str(
+            r#"{"object":"list","data":[{"id":"tiny","max_model_len":2048},{"id":"other"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_models(&v),
+            vec![("tiny".to_owned(), Some(2048)), ("other".to_owned(), None)]
+        );
+        assert!(parse_models(&serde_json::json!({})).is_empty());
     }
 
     #[test]

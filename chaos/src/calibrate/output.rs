@@ -1,6 +1,10 @@
 //! What `sluice calibrate` prints, and the profile it writes.
+//!
+//! Costs are in engine-ms: milliseconds of the engine's time at the reference operating
+//! point (of a GPU or of a CPU, whatever the engine runs on). One MU is one engine-ms.
 
 use super::fit::{Fit, TERM_NAMES};
+use super::rounds::{CoefficientSpread, ShapeFit, Steadiness, Verdict};
 use super::{Calibration, CapacityLevel, CapacityStop, Measurement};
 use sluice_actors::Profile;
 use std::fmt::Write as _;
@@ -8,6 +12,9 @@ use std::fmt::Write as _;
 fn opt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |x| format!("{x:.1} ms"))
 }
+
+/// Short names of the fitted coefficients, in column order.
+const GREEK: [&str; 4] = ["α  ", "α_c", "β  ", "γ  "];
 
 /// One measured point.
 pub fn sample_line(m: &Measurement) -> String {
@@ -18,12 +25,12 @@ pub fn sample_line(m: &Measurement) -> String {
         String::new()
     };
     format!(
-        "C={:<3} in={:>5.0}{cached} out={:>4.0}: {:>8.2} req/s  {:>8.2} GPU-ms/req  TTFT {}  TPOT {} (p90 {})  [{} timed, {} streamed, C_eff {:.1}, drift {:+.1}%]",
+        "C={:<3} in={:>5.0}{cached} out={:>4.0}: {:>8.2} req/s  {:>8.2} engine-ms/req  TTFT {}  TPOT {} (p90 {})  [{} timed, {} streamed, C_eff {:.1}, drift {:+.1}%]",
         s.concurrency,
         m.prompt_tokens,
         m.completion_tokens,
         m.throughput_rps,
-        m.gpu_ms_per_request,
+        m.engine_ms_per_request,
         opt_ms(m.ttft_ms),
         opt_ms(m.tpot_ms),
         opt_ms(m.tpot_p90_ms),
@@ -34,56 +41,160 @@ pub fn sample_line(m: &Measurement) -> String {
     )
 }
 
-/// The fitted coefficients and each sample's measured and predicted cost.
-pub fn fit_report(samples: &[Measurement], fit: &Fit) -> Vec<String> {
+/// A coefficient's spread in a few words: relative to itself, and to the costs it moves.
+fn spread_words(c: &CoefficientSpread) -> String {
+    let own = match c.relative {
+        Some(r) => format!("±{:.1}%", r * 100.0),
+        None if c.spread == 0.0 => "±0".to_owned(),
+        None => format!("±{:.2e}", c.spread),
+    };
+    if c.spread == 0.0 {
+        own
+    } else {
+        format!("{own} (≤{:.1}% of a cost)", c.cost_effect * 100.0)
+    }
+}
+
+/// The coefficients' spread after a round.
+pub fn round_line(st: &Steadiness) -> String {
+    let parts: Vec<String> = st
+        .coefficients
+        .iter()
+        .zip(GREEK)
+        .filter(|(c, _)| c.measured)
+        .map(|(c, g)| format!("{} {}", g.trim_end(), spread_words(c)))
+        .collect();
+    let state = if st.all_steady() {
+        format!("steady within {:.1}%", st.tolerance * 100.0)
+    } else {
+        format!("not steady yet: {}", st.unsteady().join(", "))
+    };
+    format!(
+        "  after {} rounds, spread of the coefficients: {}; {state}",
+        st.rounds,
+        parts.join(", ")
+    )
+}
+
+/// Whether the coefficients converged, in one line.
+pub fn verdict_line(st: &Steadiness) -> String {
+    let tol = st.tolerance * 100.0;
+    match st.verdict {
+        Verdict::Exact => {
+            "coefficients: exact (the engine model in virtual time, one round)".to_owned()
+        }
+        Verdict::OneRound => "coefficients: ONE ROUND only (--max-rounds 1): their spread was \
+                              not assessed; run more rounds to know how far to trust them"
+            .to_owned(),
+        Verdict::Converged => format!(
+            "coefficients CONVERGED after {} rounds: every spread within {tol:.1}%",
+            st.rounds
+        ),
+        Verdict::NotConverged => format!(
+            "coefficients did NOT converge in {} rounds (the most allowed): {} spread more than \
+             {tol:.1}%; trust them no further than their ± (more --max-rounds, or a quieter host)",
+            st.rounds,
+            st.unsteady().join(", ")
+        ),
+    }
+}
+
+/// The fitted cost of each shape beside its measured one, the coefficients with their
+/// spread, the fit error and whether the coefficients converged.
+pub fn fit_report(shapes: &[ShapeFit], fit: &Fit, st: &Steadiness) -> Vec<String> {
+    let several = st.rounds >= 2;
     let mut v = vec![
-        "fit (non-negative least squares on relative errors), MU = GPU-ms per request:".to_owned(),
         format!(
-            "  {:>6} {:>7} {:>5} {:>10} {:>10} {:>7}",
-            "input", "cached", "out", "measured", "fitted", "error"
+            "fit of the median cost of each shape over {} round{} (non-negative least squares \
+             on relative errors); MU = engine-ms per request:",
+            st.rounds,
+            if st.rounds == 1 { "" } else { "s" }
+        ),
+        format!(
+            "  {:>6} {:>7} {:>5} {:>10} {:>8} {:>10} {:>7}",
+            "input", "cached", "out", "measured", "±rounds", "fitted", "error"
         ),
     ];
-    for (m, e) in samples.iter().zip(&fit.relative_errors) {
-        let o = m.observation();
+    for s in shapes {
+        let o = &s.observation;
+        let noise = if several {
+            format!("±{:.1}%", s.cost_spread * 100.0)
+        } else {
+            "-".to_owned()
+        };
         v.push(format!(
-            "  {:>6.0} {:>7.0} {:>5.0} {:>10.3} {:>10.3} {:>+6.1}%",
-            m.prompt_tokens,
+            "  {:>6.0} {:>7.0} {:>5.0} {:>10.3} {:>8} {:>10.3} {:>+6.1}%",
+            s.prompt_tokens,
             o.cached_input,
             o.output,
             o.cost_ms,
-            fit.predict(&o),
-            e * 100.0
+            noise,
+            s.fitted_ms,
+            s.relative_error * 100.0
         ));
     }
-    let c = &fit.coefficients;
-    let values = [c.uncached_input, c.cached_input, c.output, c.input_output];
-    let greek = ["α ", "α_c", "β ", "γ "];
-    for j in 0..TERM_NAMES.len() {
-        let note = if fit.measured[j] {
-            ""
+    for (j, c) in st.coefficients.iter().enumerate() {
+        let mut line = format!("  {} {:<15} = {:.4e}", GREEK[j], TERM_NAMES[j], c.estimate);
+        if !fit.measured[j] {
+            line.push_str(" MU/token  (not measured: no sample varies it)");
+        } else if several {
+            let rounds: Vec<String> = c.per_round.iter().map(|x| format!("{x:.3e}")).collect();
+            let own = c
+                .relative
+                .map(|r| format!("{:.1}%; ", r * 100.0))
+                .unwrap_or_default();
+            let _ = write!(
+                line,
+                " ± {:.1e} MU/token ({own}moves a measured cost ≤{:.1}%)  {}  [rounds: {}]",
+                c.spread,
+                c.cost_effect * 100.0,
+                if c.steady { "steady" } else { "NOT steady" },
+                rounds.join(" ")
+            );
         } else {
-            "  (not measured: no sample varies it)"
-        };
-        v.push(format!(
-            "  {} {:<15} = {:.6e} MU/token{note}",
-            greek[j], TERM_NAMES[j], values[j]
-        ));
+            line.push_str(" MU/token");
+        }
+        v.push(line);
     }
-    v.push("  δ  image           : not measured (text prompts only)".to_owned());
+    v.push("  δ   image           : not measured (text prompts only)".to_owned());
+    if several {
+        v.push(
+            "  (± is the spread: the standard deviation of the estimate over bootstrap resamples \
+             of the rounds; [rounds: ...] are the fits of each round alone; ±rounds is each \
+             shape's cost noise, standard deviation / mean)"
+                .to_owned(),
+        );
+    }
+    let worst = shapes
+        .iter()
+        .max_by(|a, b| a.relative_error.abs().total_cmp(&b.relative_error.abs()));
+    let at = worst
+        .map(|w| {
+            format!(
+                " at in={:.0} cached={:.0} out={:.0}",
+                w.prompt_tokens, w.observation.cached_input, w.observation.output
+            )
+        })
+        .unwrap_or_default();
     v.push(format!(
-        "  fit error over {} samples: relative RMS {:.2}%, max {:.2}%",
-        samples.len(),
+        "  fit error over {} shapes: relative RMS {:.2}%, max {:.2}%{at}",
+        shapes.len(),
         fit.relative_rms * 100.0,
         fit.max_relative * 100.0
     ));
+    v.push(verdict_line(st));
     v
 }
 
 /// One capacity level.
 pub fn level_line(l: &CapacityLevel) -> String {
     let m = &l.measurement;
+    let running = m
+        .decode_concurrency
+        .map(|d| format!("  decoding {d:.1}"))
+        .unwrap_or_default();
     format!(
-        "C={:<4} {:>8.2} req/s  TTFT {}  TPOT {} (p90 {})  {:>7.1} MU/req  {:>9.0} MU/min{}",
+        "C={:<4} {:>8.2} req/s  TTFT {}  TPOT {} (p90 {})  {:>7.1} MU/req  {:>9.0} MU/min{running}{}",
         m.spec.concurrency,
         m.throughput_rps,
         opt_ms(m.ttft_ms),
@@ -99,13 +210,70 @@ pub fn level_line(l: &CapacityLevel) -> String {
     )
 }
 
-/// How the capacity was chosen.
+/// Requests decoding at once below this share of the concurrency: the engine queues.
+const QUEUEING_SHARE: f64 = 0.8;
+
+/// Why the capacity sweep stopped, in a sentence: the knee found, or why it was not.
+pub fn knee_reason(cal: &Calibration) -> String {
+    let slo = cal.sweep.slo_tpot_ms;
+    let p90 = |c: usize| opt_ms(cal.level_at(c).and_then(|l| l.measurement.tpot_p90_ms));
+    match &cal.capacity_stop {
+        CapacityStop::Knee { within, broken } => format!(
+            "knee found: p90 TPOT {} at concurrency {within} keeps the {slo} ms SLO, {} at \
+             {broken} breaks it",
+            p90(*within),
+            p90(*broken)
+        ),
+        CapacityStop::SloBrokenAlone => format!(
+            "knee not found: even one request at a time has p90 TPOT {}, over the {slo} ms SLO \
+             (the engine cannot keep it; --slo-tpot-ms sets it)",
+            p90(1)
+        ),
+        CapacityStop::Limit { max } => format!(
+            "knee not found: p90 TPOT was still within the {slo} ms SLO ({}) at concurrency \
+             {max}, the highest allowed; raise --capacity-max-concurrency to search further",
+            p90(*max)
+        ),
+        CapacityStop::Saturated { at, best } => {
+            let (Some(a), Some(b)) = (cal.level_at(*at), cal.level_at(*best)) else {
+                return format!("knee not found: throughput stopped rising at concurrency {at}");
+            };
+            let (ma, mb) = (&a.measurement, &b.measurement);
+            let mut s = format!(
+                "knee not found: throughput stopped rising before the TPOT SLO broke \
+                 (concurrency {at}: {:.2} req/s, not 2% above {:.2} req/s at {best}; p90 TPOT {} \
+                 within the {slo} ms SLO)",
+                ma.throughput_rps,
+                mb.throughput_rps,
+                opt_ms(ma.tpot_p90_ms)
+            );
+            match ma.decode_concurrency {
+                Some(d) if d < QUEUEING_SHARE * *at as f64 => {
+                    let _ = write!(
+                        s,
+                        ": the engine decoded only about {d:.0} requests at once and queued the \
+                         rest (TTFT {} at {best}, {} at {at}), its own limit on concurrent \
+                         sequences (vLLM's --max-num-seqs, or its KV cache)",
+                        opt_ms(mb.ttft_ms),
+                        opt_ms(ma.ttft_ms)
+                    );
+                }
+                _ => s.push_str(
+                    ": the engine is saturated (its steps grow as fast as its batch); the \
+                     capacity is its throughput plateau",
+                ),
+            }
+            s
+        }
+        CapacityStop::Error {
+            concurrency,
+            message,
+        } => format!("knee not found: the level at concurrency {concurrency} failed: {message}"),
+    }
+}
+
+/// How the capacity was chosen, and why the sweep stopped.
 pub fn capacity_report(cal: &Calibration) -> Vec<String> {
-    let why = match cal.capacity_stop {
-        CapacityStop::Slo => "the next level broke the TPOT SLO",
-        CapacityStop::Saturated => "more concurrency stopped raising throughput",
-        CapacityStop::EndOfSweep => "the sweep ended",
-    };
     let at = cal
         .capacity_level
         .map(|i| {
@@ -114,12 +282,21 @@ pub fn capacity_report(cal: &Calibration) -> Vec<String> {
                 cal.levels[i].measurement.spec.concurrency
             )
         })
-        .unwrap_or_else(|| "(no level within the SLO)".to_owned());
-    vec![format!(
-        "capacity: {:.0} MU/min {at} ({:.3} MU per GPU-ms); sweep stopped because {why}",
-        cal.capacity_mu_per_min,
-        cal.capacity_mu_per_min / 60_000.0
-    )]
+        .unwrap_or_else(|| {
+            format!(
+                "(WARNING: no level kept p90 TPOT within {} ms; this is what the lowest \
+                 concurrency sustained)",
+                cal.sweep.slo_tpot_ms
+            )
+        });
+    vec![
+        format!(
+            "capacity: {:.0} MU/min {at} ({:.3} MU per wall-clock ms)",
+            cal.capacity_mu_per_min,
+            cal.capacity_mu_per_min / 60_000.0
+        ),
+        format!("capacity sweep: {}", knee_reason(cal)),
+    ]
 }
 
 /// `v` rounded to 6 significant digits, as a TOML float.
@@ -162,15 +339,16 @@ pub fn profile_toml(
     );
     let _ = writeln!(
         t,
-        "# One MU = one millisecond of the GPU's time at the reference operating point: a\n\
-         # closed loop of {} concurrent requests, where a request's cost is 1 / throughput.",
+        "# One MU = one millisecond of the engine's time (engine-ms) at the reference operating\n\
+         # point: a closed loop of {} concurrent requests, where a request's cost is 1 / throughput.",
         sw.concurrency
     );
     let _ = writeln!(
         t,
-        "# Fit: {} samples (prompts {:?}, outputs {:?}, cached-prefix prompts {:?} at {:.0}%),\n\
-         # non-negative least squares on relative errors: relative RMS error {:.2}%, max {:.2}%.",
-        cal.samples.len(),
+        "# Fit: {} shapes (prompts {:?}, outputs {:?}, cached-prefix prompts {:?} at {:.0}%),\n\
+         # the median of {} round(s) each, non-negative least squares on relative errors:\n\
+         # relative RMS error {:.2}%, max {:.2}%.",
+        cal.shapes.len(),
         sw.inputs,
         sw.outputs,
         if sw.cached_fraction > 0.0 {
@@ -179,9 +357,43 @@ pub fn profile_toml(
             Vec::new()
         },
         sw.cached_fraction * 100.0,
+        cal.steadiness.rounds,
         f.relative_rms * 100.0,
         f.max_relative * 100.0
     );
+    let _ = writeln!(
+        t,
+        "# Per shape (prompt, cached, output tokens: measured -> fitted engine-ms, error):"
+    );
+    for s in &cal.shapes {
+        let o = &s.observation;
+        let _ = writeln!(
+            t,
+            "#   {:.0}, {:.0}, {:.0}: {:.3} -> {:.3} ({:+.1}%)",
+            s.prompt_tokens,
+            o.cached_input,
+            o.output,
+            o.cost_ms,
+            s.fitted_ms,
+            s.relative_error * 100.0
+        );
+    }
+    let _ = writeln!(t, "# {}.", verdict_line(&cal.steadiness));
+    if cal.steadiness.rounds >= 2 {
+        let spreads: Vec<String> = cal
+            .steadiness
+            .coefficients
+            .iter()
+            .filter(|c| c.measured)
+            .map(|c| format!("{} {}", c.name, spread_words(c)))
+            .collect();
+        let _ = writeln!(
+            t,
+            "# Spread (standard deviation over bootstrap resamples of the rounds): {}.",
+            spreads.join(", ")
+        );
+    }
+    let _ = writeln!(t, "# Capacity sweep: {}.", knee_reason(cal));
     let _ = writeln!(t, "model = {}", toml_string(&cal.model));
     let _ = writeln!(t, "hardware = {}", toml_string(hardware));
     match cal.capacity_level {

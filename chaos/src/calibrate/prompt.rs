@@ -23,6 +23,17 @@ impl Rng {
         mix64(self.0)
     }
 
+    /// Uniform in (0, 1].
+    pub fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A standard normal draw (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (u, v) = (self.unit(), self.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
     /// Uniform in `0..n` (n > 0; the modulo bias is negligible for small n).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)

@@ -35,9 +35,9 @@ fn virtual_engine_at_concurrency_one_is_the_step_model() {
         )
         .unwrap();
     assert!(
-        (m.gpu_ms_per_request - want_us / 1000.0).abs() < 1e-6,
+        (m.engine_ms_per_request - want_us / 1000.0).abs() < 1e-6,
         "{} vs {}",
-        m.gpu_ms_per_request,
+        m.engine_ms_per_request,
         want_us / 1000.0
     );
     assert_eq!(m.prompt_tokens, f64::from(input));
@@ -56,7 +56,7 @@ fn a_shared_prefix_is_cached_and_cheaper() {
         .unwrap();
     assert_eq!(cold.cached_tokens, 0.0);
     assert_eq!(warm.cached_tokens, 1536.0);
-    assert!(warm.gpu_ms_per_request < 0.6 * cold.gpu_ms_per_request);
+    assert!(warm.engine_ms_per_request < 0.6 * cold.engine_ms_per_request);
 }
 
 #[test]
@@ -67,7 +67,7 @@ fn sweep_points_and_validation() {
     assert_eq!(pts.len(), 3 * 3 + 2);
     assert!(pts.iter().all(|p| p.concurrency == REFERENCE_CONCURRENCY));
     assert_eq!(pts[9], PointSpec::new(1024, 768, 128, 64));
-    assert_eq!(s.capacity_points().len(), s.capacity_concurrency.len());
+    assert_eq!(s.capacity_point(32), PointSpec::new(2048, 0, 256, 32));
     let no_cache = SweepConfig {
         cached_fraction: 0.0,
         ..SweepConfig::default()
@@ -84,6 +84,25 @@ fn sweep_points_and_validation() {
         },
         SweepConfig {
             capacity_concurrency: vec![0],
+            ..SweepConfig::default()
+        },
+        SweepConfig {
+            capacity_concurrency: vec![32, 16],
+            ..SweepConfig::default()
+        },
+        SweepConfig {
+            rounds: RoundsConfig {
+                min_rounds: 3,
+                max_rounds: 2,
+                ..RoundsConfig::default()
+            },
+            ..SweepConfig::default()
+        },
+        SweepConfig {
+            rounds: RoundsConfig {
+                tolerance: 0.0,
+                ..RoundsConfig::default()
+            },
             ..SweepConfig::default()
         },
         SweepConfig {
@@ -115,9 +134,9 @@ fn completion_rate_is_robust_to_a_late_first_observation() {
     done[0].end_ms += 20.0;
     let m = summarize(PointSpec::new(1, 0, 1, 1), &done).unwrap();
     assert!(
-        (m.gpu_ms_per_request - 10.0).abs() < 0.05,
+        (m.engine_ms_per_request - 10.0).abs() < 0.05,
         "{}",
-        m.gpu_ms_per_request
+        m.engine_ms_per_request
     );
     assert!(summarize(PointSpec::new(1, 0, 1, 1), &done[..1]).is_err());
     assert!(summarize(PointSpec::new(1, 0, 1, 1), &[mk(5.0), mk(5.0)]).is_err());
@@ -133,6 +152,7 @@ fn quick_sweep() -> SweepConfig {
         capacity_input: 512,
         capacity_output: 64,
         capacity_concurrency: vec![8, 32, 64],
+        capacity_max_concurrency: 64,
         ..SweepConfig::default()
     }
 }
@@ -145,7 +165,10 @@ async fn calibrating_the_engine_model_writes_a_loadable_profile() {
     let cal = calibrate(&mut target, &quick_sweep(), &mut |l| lines.push(l))
         .await
         .unwrap();
-    assert_eq!(cal.samples.len(), 5);
+    assert_eq!(cal.shapes.len(), 5);
+    assert_eq!(cal.rounds.len(), 1, "the engine model is exact: one round");
+    assert_eq!(cal.steadiness.verdict, Verdict::Exact);
+    assert!(lines.iter().any(|l| l.contains("exact")));
     assert!(lines.iter().any(|l| l.contains("relative RMS")));
     assert!(lines.iter().any(|l| l.starts_with("capacity:")));
     assert!(cal.fit.measured.iter().all(|&m| m));
@@ -225,7 +248,15 @@ const TIME_SCALE: f64 = 0.2;
 /// concurrency, a two-level capacity sweep, shorter windows.
 fn e2e_sweep() -> SweepConfig {
     SweepConfig {
+        // One round: this test is about the accuracy of one measurement.
+        rounds: RoundsConfig {
+            min_rounds: 1,
+            max_rounds: 1,
+            ..RoundsConfig::default()
+        },
         capacity_concurrency: vec![64, 160],
+        capacity_max_concurrency: 160,
+        knee_bisections: 0,
         measure: MeasureOptions {
             cycles: 1.0,
             min_window_s: 0.5,
@@ -252,7 +283,7 @@ const HELD_OUT: [(u32, u32, u32); 9] = [
 fn worst_error(c: &MuCoefficients, truths: &[Measurement]) -> (f64, String) {
     let mut worst = (0.0, String::new());
     for t in truths {
-        let e = (price(c, t) - t.gpu_ms_per_request) / t.gpu_ms_per_request;
+        let e = (price(c, t) - t.engine_ms_per_request) / t.engine_ms_per_request;
         if e.abs() > worst.0 {
             worst = (e.abs(), format!("{:?}", t.spec));
         }
@@ -341,20 +372,22 @@ async fn calibration_recovers_the_simulated_engines_true_costs() {
         "input", "cached", "out", "measured", "true", "error"
     )];
     let mut worst_sample: f64 = 0.0;
-    for (m, t) in cal.samples.iter().zip(&truth.samples) {
+    assert_eq!(cal.rounds.len(), 1);
+    assert_eq!(cal.steadiness.verdict, Verdict::OneRound);
+    for (m, t) in cal.rounds[0].iter().zip(&truth.rounds[0]) {
         assert_eq!(m.spec, t.spec);
         assert_eq!(m.prompt_tokens, t.prompt_tokens, "{:?}", m.spec);
         assert_eq!(m.completion_tokens, t.completion_tokens, "{:?}", m.spec);
         assert_eq!(m.cached_tokens, t.cached_tokens, "{:?}", m.spec);
-        let e = m.gpu_ms_per_request / t.gpu_ms_per_request - 1.0;
+        let e = m.engine_ms_per_request / t.engine_ms_per_request - 1.0;
         worst_sample = worst_sample.max(e.abs());
         lines.push(format!(
             "{:>6} {:>6} {:>4} {:>10.3} {:>10.3} {:>+6.1}%",
             m.spec.input,
             m.spec.cached,
             m.spec.output,
-            m.gpu_ms_per_request,
-            t.gpu_ms_per_request,
+            m.engine_ms_per_request,
+            t.engine_ms_per_request,
             e * 100.0
         ));
     }
@@ -369,9 +402,9 @@ async fn calibration_recovers_the_simulated_engines_true_costs() {
         lines.push(format!(
             "held out {:?}: true {:.3} ms, calibrated price {:.3} ({:+.1}%), true-fit price {:.3}",
             (h.spec.input, h.spec.cached, h.spec.output),
-            h.gpu_ms_per_request,
+            h.engine_ms_per_request,
             price(&c, h),
-            (price(&c, h) / h.gpu_ms_per_request - 1.0) * 100.0,
+            (price(&c, h) / h.engine_ms_per_request - 1.0) * 100.0,
             price(&t, h),
         ));
     }
@@ -419,8 +452,8 @@ async fn calibration_recovers_the_simulated_engines_true_costs() {
     assert!(worst_sample <= 0.20, "samples\n{summary}");
     for (l, tl) in cal.levels.iter().zip(&truth.levels) {
         let (a, b) = (
-            l.measurement.gpu_ms_per_request,
-            tl.measurement.gpu_ms_per_request,
+            l.measurement.engine_ms_per_request,
+            tl.measurement.engine_ms_per_request,
         );
         assert!(close(a, b, 0.10), "capacity level\n{summary}");
     }
@@ -478,4 +511,554 @@ fn the_fit_reproduces_the_default_profiles_derivation() {
         "{f:?}"
     );
     assert!(f.max_relative < 0.06, "{f:?}");
+}
+
+// ----- repeated rounds, per-shape errors, the capacity knee -----
+
+/// A measurement of `spec` costing `cost_ms`, with the token counts of its shape.
+fn fake(spec: PointSpec, cost_ms: f64) -> Measurement {
+    Measurement {
+        spec,
+        requests: 100,
+        prompt_tokens: f64::from(spec.input),
+        cached_tokens: f64::from(spec.cached),
+        cached_reported: true,
+        completion_tokens: f64::from(spec.output),
+        window_ms: 100.0 * cost_ms,
+        throughput_rps: 1000.0 / cost_ms,
+        engine_ms_per_request: cost_ms,
+        ttft_ms: None,
+        tpot_ms: None,
+        tpot_p90_ms: None,
+        streamed: 0,
+        drift: 0.0,
+        effective_concurrency: 1.0,
+        decode_concurrency: None,
+    }
+}
+
+/// The exact cost of `spec` under coefficients `[α, α_c, β, γ]`.
+fn cost_of(spec: &PointSpec, x: [f64; 4]) -> f64 {
+    let (i, c, o) = (
+        f64::from(spec.input),
+        f64::from(spec.cached),
+        f64::from(spec.output),
+    );
+    x[0] * (i - c) + x[1] * c + x[2] * o + x[3] * i * o
+}
+
+/// A round measuring every point of `sweep` at its exact cost under `x`.
+fn exact_round_of(sweep: &SweepConfig, x: [f64; 4]) -> Vec<Measurement> {
+    sweep
+        .cost_points()
+        .iter()
+        .map(|p| fake(*p, cost_of(p, x)))
+        .collect()
+}
+
+/// A round measuring every point of `quick_sweep` at its exact cost under `x`.
+fn exact_round(x: [f64; 4]) -> Vec<Measurement> {
+    quick_sweep()
+        .cost_points()
+        .iter()
+        .map(|p| fake(*p, cost_of(p, x)))
+        .collect()
+}
+
+#[test]
+fn the_spread_is_the_bootstrap_deviation_of_the_median_fit() {
+    // Three rounds that agree on everything but the cached-input price: 0, 0.01, 0.02.
+    let base = [0.02, 0.0, 0.1, 0.00004];
+    let rounds: Vec<Vec<Measurement>> = [0.0, 0.01, 0.02]
+        .iter()
+        .map(|&ac| exact_round([base[0], ac, base[2], base[3]]))
+        .collect();
+    let (shapes, fit, st) = fit_rounds(&rounds, 0.05, false).unwrap();
+    assert_eq!(st.rounds, 3);
+    let ac = &st.coefficients[1];
+    assert_eq!(ac.name, "cached_input");
+    for (got, want) in ac.per_round.iter().zip([0.0, 0.01, 0.02]) {
+        assert!((got - want).abs() < 1e-9, "{:?}", ac.per_round);
+    }
+    // The median cost of the cached shape is that of the middle round: α_c = 0.01.
+    assert!((ac.estimate - 0.01).abs() < 1e-9, "{}", ac.estimate);
+    assert!((fit.coefficients.cached_input - 0.01).abs() < 1e-9);
+    // Only the cached shape varies, and α_c is linear in its cost: each resample's α_c
+    // is the median of three draws from {0, 0.01, 0.02}, which is 0 or 0.02 with
+    // probability 7/27 each. Its standard deviation is 0.01 · √(14/27) = 0.0072 (the
+    // standard error of a mean of three, 0.0058, would be another estimator).
+    let want = 0.01 * (14.0f64 / 27.0).sqrt();
+    assert!(
+        (ac.spread - want).abs() < 0.08 * want,
+        "{} vs {want}",
+        ac.spread
+    );
+    assert!((ac.relative.unwrap() - ac.spread / 0.01).abs() < 1e-12);
+    // It moves the cached shape's cost by spread × cached tokens / its cost.
+    let cached = shapes.iter().find(|s| s.spec.cached > 0).unwrap();
+    let effect = ac.spread * cached.observation.cached_input / cached.observation.cost_ms;
+    assert!(
+        (ac.cost_effect - effect).abs() < 1e-12,
+        "{} vs {effect}",
+        ac.cost_effect
+    );
+    assert!(effect > 0.05 && effect < 0.5, "{effect}");
+    assert!(!ac.steady);
+    // The other coefficients did not move: steady, spread 0.
+    for j in [0, 2, 3] {
+        let c = &st.coefficients[j];
+        assert!(c.spread < 1e-12 && c.steady, "{c:?}");
+        assert!(
+            (c.estimate - base[j]).abs() <= 1e-9 * base[j].max(1e-6),
+            "{c:?}"
+        );
+    }
+    assert_eq!(st.verdict, Verdict::NotConverged);
+    assert_eq!(st.unsteady(), vec!["cached_input"]);
+    // The same measurements give the same spread (the bootstrap is seeded).
+    let (_, _, again) = fit_rounds(&rounds, 0.05, false).unwrap();
+    assert_eq!(again, st);
+    // A tolerance between the cost effect and the relative spread (72%): steady by its
+    // effect on costs.
+    let (_, _, st) = fit_rounds(&rounds, (effect + 0.7) / 2.0, false).unwrap();
+    assert!(st.coefficients[1].steady);
+    assert_eq!(st.verdict, Verdict::Converged);
+    // One round assesses nothing; an exact target says so.
+    let (_, _, st) = fit_rounds(&rounds[..1], 0.05, false).unwrap();
+    assert_eq!(st.verdict, Verdict::OneRound);
+    assert!(st.coefficients.iter().all(|c| c.spread == 0.0));
+    let (_, _, st) = fit_rounds(&rounds[..1], 0.05, true).unwrap();
+    assert_eq!(st.verdict, Verdict::Exact);
+    // The report names the verdict and the unsteady coefficient.
+    let (shapes, fit, st) = fit_rounds(&rounds, 0.05, false).unwrap();
+    let report = output::fit_report(&shapes, &fit, &st).join("\n");
+    assert!(report.contains("did NOT converge in 3 rounds"), "{report}");
+    assert!(
+        report.contains("cached_input spread more than 5.0%"),
+        "{report}"
+    );
+    assert!(output::round_line(&st).contains("not steady yet: cached_input"));
+}
+
+#[test]
+fn a_stalled_point_does_not_move_the_estimate() {
+    // Five rounds at the exact costs, but in one of them a burst of other work on the
+    // host tripled one point's cost.
+    let x = [0.02, 0.003, 0.1, 0.00004];
+    let mut rounds: Vec<Vec<Measurement>> = (0..5).map(|_| exact_round(x)).collect();
+    rounds[2][3].engine_ms_per_request *= 3.0;
+    let (shapes, fit, st) = fit_rounds(&rounds, 0.05, false).unwrap();
+    let c = fit.coefficients;
+    for (got, want) in [c.uncached_input, c.cached_input, c.output, c.input_output]
+        .iter()
+        .zip(x)
+    {
+        assert!((got - want).abs() <= 1e-9 * want, "{c:?}");
+    }
+    assert!(fit.max_relative < 1e-9);
+    // The stall shows as that shape's cost noise, and in the fit of its round.
+    assert!(shapes[3].cost_spread > 0.5, "{:?}", shapes[3]);
+    assert!(shapes
+        .iter()
+        .enumerate()
+        .all(|(i, s)| i == 3 || s.cost_spread == 0.0));
+    assert!(st.coefficients.iter().any(|c| c.per_round[2] != c.estimate));
+    // A mean would have been pulled: the fit to the mean costs is off.
+    let mut means = shapes.iter().map(|s| s.observation).collect::<Vec<_>>();
+    means[3].cost_ms = rounds::mean_sd(&shapes[3].round_costs).0;
+    assert!(fit::fit(&means).unwrap().max_relative > 0.05);
+}
+
+#[test]
+fn the_fit_error_is_stated_per_shape() {
+    let x = [0.02, 0.0, 0.1, 0.00004];
+    let grid = SweepConfig::default();
+    let mut rounds = vec![exact_round_of(&grid, x), exact_round_of(&grid, x)];
+    // The second shape measured 50% (then 30%) over its true cost: its median is 40%.
+    rounds[0][1].engine_ms_per_request *= 1.5;
+    rounds[1][1].engine_ms_per_request *= 1.3;
+    let (shapes, fit, st) = fit_rounds(&rounds, 0.05, false).unwrap();
+    assert_eq!(shapes.len(), grid.cost_points().len());
+    let mut sq = 0.0;
+    for (i, s) in shapes.iter().enumerate() {
+        let truth = cost_of(&s.spec, x);
+        let measured = if i == 1 { truth * 1.4 } else { truth };
+        assert!((s.observation.cost_ms - measured).abs() < 1e-9 * measured);
+        let fitted = fit.predict(&s.observation);
+        assert!((s.fitted_ms - fitted).abs() < 1e-12);
+        let e = (fitted - measured) / measured;
+        assert!((s.relative_error - e).abs() < 1e-12, "{s:?}");
+        sq += e * e;
+        // The cost noise over the rounds: sd / mean.
+        let want = if i == 1 {
+            (0.2f64 / 2f64.sqrt()) / 1.4
+        } else {
+            0.0
+        };
+        assert!(
+            (s.cost_spread - want).abs() < 1e-9,
+            "{i}: {}",
+            s.cost_spread
+        );
+    }
+    let rms = (sq / shapes.len() as f64).sqrt();
+    assert!((fit.relative_rms - rms).abs() < 1e-12);
+    // The outlier has the largest error: the fit prices it below what it measured.
+    let worst = shapes
+        .iter()
+        .max_by(|a, b| a.relative_error.abs().total_cmp(&b.relative_error.abs()))
+        .unwrap();
+    assert_eq!(worst.spec, shapes[1].spec);
+    assert!(worst.relative_error < -0.05);
+    assert!((fit.max_relative - worst.relative_error.abs()).abs() < 1e-12);
+    let report = output::fit_report(&shapes, &fit, &st);
+    let row = format!(
+        "{:>10.3} {:>8} {:>10.3} {:>+6.1}%",
+        worst.observation.cost_ms,
+        format!("±{:.1}%", worst.cost_spread * 100.0),
+        worst.fitted_ms,
+        worst.relative_error * 100.0
+    );
+    assert!(
+        report.iter().any(|l| l.ends_with(&row)),
+        "{row}\n{report:#?}"
+    );
+    let summary = format!(
+        "relative RMS {:.2}%, max {:.2}% at in={} cached=0 out={}",
+        rms * 100.0,
+        fit.max_relative * 100.0,
+        worst.spec.input,
+        worst.spec.output
+    );
+    assert!(
+        report.iter().any(|l| l.contains(&summary)),
+        "{summary}\n{report:#?}"
+    );
+}
+
+/// `quick_sweep` with rounds.
+fn rounds_sweep(min_rounds: usize, max_rounds: usize, tolerance: f64) -> SweepConfig {
+    SweepConfig {
+        rounds: RoundsConfig {
+            min_rounds,
+            max_rounds,
+            tolerance,
+        },
+        capacity_concurrency: vec![8],
+        capacity_max_concurrency: 8,
+        ..quick_sweep()
+    }
+}
+
+#[tokio::test]
+async fn a_noisy_engine_is_measured_until_the_coefficients_are_steady() {
+    let params = EngineParams::default();
+    let mut exact = Target::Virtual(VirtualEngine::new(params.clone(), MODEL, 21));
+    let truth = calibrate(&mut exact, &rounds_sweep(1, 1, 0.05), &mut |_| {})
+        .await
+        .unwrap();
+    let sweep = rounds_sweep(3, 12, 0.03);
+    let mut noisy = Target::Virtual(VirtualEngine::new(params, MODEL, 22).with_noise(0.04));
+    let mut log = Vec::new();
+    let cal = calibrate(&mut noisy, &sweep, &mut |l| log.push(l))
+        .await
+        .unwrap();
+    println!("{}", log.join("\n"));
+    let st = &cal.steadiness;
+    let n = cal.rounds.len();
+    assert_eq!(st.rounds, n);
+    assert_eq!(st.verdict, Verdict::Converged, "{}", log.join("\n"));
+    assert!(
+        (3..12).contains(&n),
+        "{n} rounds: the noise needs more than one and fewer than 12"
+    );
+    // It stopped at the first steady round: one round fewer was not steady (unless that
+    // was below the minimum).
+    if n > 3 {
+        let (_, _, before) = fit_rounds(&cal.rounds[..n - 1], 0.03, false).unwrap();
+        assert!(!before.all_steady(), "{before:?}");
+    }
+    // Every coefficient is steady, and the per-round fits are the fits of each round
+    // alone.
+    for (j, c) in st.coefficients.iter().enumerate() {
+        assert_eq!(c.per_round.len(), n);
+        assert!(c.steady && c.spread > 0.0, "{c:?}");
+        let alone = fit::fit(
+            &cal.rounds[n - 1]
+                .iter()
+                .map(Measurement::observation)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let want = alone.coefficients;
+        let want = [
+            want.uncached_input,
+            want.cached_input,
+            want.output,
+            want.input_output,
+        ][j];
+        assert!((c.per_round[n - 1] - want).abs() <= 1e-12 * want.abs().max(1e-12));
+    }
+    // The estimates land within a few spreads of the noiseless engine's.
+    let t = truth.fit.coefficients;
+    let c = cal.fit.coefficients;
+    for (j, (got, want)) in [(c.uncached_input, t.uncached_input), (c.output, t.output)]
+        .into_iter()
+        .enumerate()
+    {
+        let spread = st.coefficients[[0, 2][j]].spread;
+        assert!(
+            (got - want).abs() <= 4.0 * spread + 0.01 * want,
+            "{got} vs {want} ± {spread}"
+        );
+    }
+    assert!(log.iter().any(|l| l.contains(&format!("after {n} rounds"))));
+    assert!(log
+        .iter()
+        .any(|l| l.contains(&format!("CONVERGED after {n} rounds"))));
+}
+
+#[tokio::test]
+async fn too_much_noise_is_reported_as_not_converged() {
+    let sweep = rounds_sweep(2, 3, 0.02);
+    let base = Profile::default_profile();
+    let mut noisy =
+        Target::Virtual(VirtualEngine::new(base.engine.clone(), MODEL, 23).with_noise(0.4));
+    let mut log = Vec::new();
+    let cal = calibrate(&mut noisy, &sweep, &mut |l| log.push(l))
+        .await
+        .unwrap();
+    assert_eq!(cal.rounds.len(), 3, "runs the most rounds allowed");
+    assert_eq!(cal.steadiness.verdict, Verdict::NotConverged);
+    assert!(!cal.steadiness.unsteady().is_empty());
+    let report = log.join("\n");
+    assert!(report.contains("did NOT converge in 3 rounds"), "{report}");
+    // Each coefficient carries its spread, and the profile says it did not converge.
+    assert!(report.contains("NOT steady"), "{report}");
+    let text = output::profile_toml(&cal, &base, "the default profile", "test").unwrap();
+    assert!(text.contains("did NOT converge"), "{text}");
+    assert!(
+        text.contains("Spread (standard deviation over bootstrap"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_sweep_longer_than_the_engine_accepts_is_refused_up_front() {
+    let params = EngineParams {
+        max_model_len: 2048,
+        ..EngineParams::default()
+    };
+    let mut t = Target::Virtual(VirtualEngine::new(params, MODEL, 24));
+    let mut log = Vec::new();
+    let err = calibrate(&mut t, &SweepConfig::default(), &mut |l| log.push(l))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(log.is_empty(), "nothing is measured: {log:?}");
+    assert!(err.contains("at most 2048 tokens"), "{err}");
+    assert!(err.contains("4096 + 32 (--inputs/--outputs)"), "{err}");
+    assert!(
+        err.contains("4096 + 128 (--cached-inputs/--cached-output)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2048 + 256 (--capacity-input/--capacity-output)"),
+        "{err}"
+    );
+    assert!(!err.contains("1024 + 512"), "1024 + 512 fits: {err}");
+    SweepConfig::default().check_lengths(4096 + 512).unwrap();
+}
+
+/// A sweep whose cost part is small, for the capacity tests.
+fn knee_sweep(levels: Vec<usize>, max: usize, slo_tpot_ms: f64) -> SweepConfig {
+    SweepConfig {
+        concurrency: 8,
+        inputs: vec![128, 512],
+        outputs: vec![16, 64],
+        cached_fraction: 0.0,
+        capacity_input: 512,
+        capacity_output: 64,
+        capacity_concurrency: levels,
+        capacity_max_concurrency: max,
+        slo_tpot_ms,
+        ..SweepConfig::default()
+    }
+}
+
+fn p90(cal: &Calibration, c: usize) -> f64 {
+    cal.level_at(c).unwrap().measurement.tpot_p90_ms.unwrap()
+}
+
+#[tokio::test]
+async fn the_capacity_sweep_finds_the_knee_of_the_engine_model() {
+    // TPOT grows with the batch; with an SLO of 15 ms the knee is past the listed levels.
+    let mut t = Target::Virtual(VirtualEngine::new(EngineParams::default(), MODEL, 25));
+    let sweep = knee_sweep(vec![4, 8], 1024, 15.0);
+    let mut log = Vec::new();
+    let cal = calibrate(&mut t, &sweep, &mut |l| log.push(l))
+        .await
+        .unwrap();
+    let report = log.join("\n");
+    println!("{report}");
+    let CapacityStop::Knee { within, broken } = cal.capacity_stop.clone() else {
+        panic!("no knee: {report}");
+    };
+    assert!(
+        within > 8,
+        "the sweep went past its listed levels: {report}"
+    );
+    assert!(
+        p90(&cal, within) <= 15.0 && p90(&cal, broken) > 15.0,
+        "{report}"
+    );
+    // Two bisections narrowed the doubling bracket to a quarter of it.
+    let bracket = cal
+        .levels
+        .iter()
+        .map(|l| l.measurement.spec.concurrency)
+        .filter(|&c| c.is_power_of_two() && c >= broken)
+        .min()
+        .unwrap();
+    assert!(
+        broken - within <= bracket / 2 / 4 + 1,
+        "{within}..{broken}: {report}"
+    );
+    // Every level below the knee kept the SLO, every one above broke it.
+    for l in &cal.levels {
+        let c = l.measurement.spec.concurrency;
+        assert_eq!(l.within_slo, c <= within, "C={c}: {report}");
+    }
+    let best = &cal.levels[cal.capacity_level.unwrap()];
+    assert!(best.within_slo);
+    assert!(report.contains(&format!(
+        "knee found: p90 TPOT {:.1} ms at concurrency {within} keeps the 15 ms SLO",
+        p90(&cal, within)
+    )));
+    assert!(!report.contains("sweep ended"));
+    assert!(
+        !report.contains("confirm"),
+        "an exact engine needs no confirmation"
+    );
+}
+
+#[tokio::test]
+async fn on_a_noisy_engine_the_levels_that_turn_the_search_are_confirmed() {
+    let mut t =
+        Target::Virtual(VirtualEngine::new(EngineParams::default(), MODEL, 29).with_noise(0.1));
+    let sweep = SweepConfig {
+        rounds: RoundsConfig {
+            min_rounds: 2,
+            max_rounds: 2,
+            ..RoundsConfig::default()
+        },
+        ..knee_sweep(vec![4, 8], 1024, 15.0)
+    };
+    let mut log = Vec::new();
+    let cal = calibrate(&mut t, &sweep, &mut |l| log.push(l))
+        .await
+        .unwrap();
+    let report = log.join("\n");
+    println!("{report}");
+    let CapacityStop::Knee { broken, .. } = cal.capacity_stop else {
+        panic!("no knee: {report}");
+    };
+    // Every level over the SLO was measured twice, and the faster measurement kept.
+    for l in cal.levels.iter().filter(|l| !l.within_slo) {
+        let c = l.measurement.spec.concurrency;
+        let lines: Vec<&String> = log
+            .iter()
+            .filter(|x| x.starts_with(&format!("  C={c:<4} ")))
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|x| x.contains("measuring again to confirm")),
+            "C={c}: {report}"
+        );
+        let rates: Vec<f64> = lines
+            .iter()
+            .filter_map(|x| x.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+        assert_eq!(rates.len(), 2, "C={c}: {lines:?}");
+        let kept = format!("{:.2}", l.measurement.throughput_rps);
+        let best = format!("{:.2}", rates.iter().copied().fold(0.0f64, f64::max));
+        assert_eq!(kept, best, "C={c}: {lines:?}");
+    }
+    assert!(cal.level_at(broken).is_some());
+}
+
+#[tokio::test]
+async fn an_engine_that_queues_is_saturated_not_a_knee() {
+    // The engine runs at most 8 sequences: past 8, requests queue and TPOT stays low.
+    let params = EngineParams {
+        max_num_seqs: 8,
+        ..EngineParams::default()
+    };
+    let mut t = Target::Virtual(VirtualEngine::new(params, MODEL, 26));
+    let mut log = Vec::new();
+    let cal = calibrate(&mut t, &knee_sweep(vec![4, 8], 1024, 1000.0), &mut |l| {
+        log.push(l)
+    })
+    .await
+    .unwrap();
+    let report = log.join("\n");
+    assert_eq!(
+        cal.capacity_stop,
+        CapacityStop::Saturated { at: 16, best: 8 },
+        "{report}"
+    );
+    let d = cal
+        .level_at(16)
+        .unwrap()
+        .measurement
+        .decode_concurrency
+        .unwrap();
+    assert!((7.0..=9.0).contains(&d), "{d}");
+    assert!(
+        report.contains("knee not found: throughput stopped rising"),
+        "{report}"
+    );
+    assert!(
+        report.contains("decoded only about 8 requests at once"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_limit_below_the_knee_and_a_failing_level_are_named() {
+    let mut t = Target::Virtual(VirtualEngine::new(EngineParams::default(), MODEL, 27));
+    let mut log = Vec::new();
+    let cal = calibrate(&mut t, &knee_sweep(vec![4], 16, 1000.0), &mut |l| {
+        log.push(l)
+    })
+    .await
+    .unwrap();
+    assert_eq!(cal.capacity_stop, CapacityStop::Limit { max: 16 });
+    let report = log.join("\n");
+    assert!(
+        report.contains("still within the 1000 ms SLO")
+            && report.contains("at concurrency 16, the highest allowed"),
+        "{report}"
+    );
+    // A KV cache too small for the capacity shape: the engine refuses it.
+    let params = EngineParams {
+        kv_blocks: 36,
+        ..EngineParams::default()
+    };
+    let mut t = Target::Virtual(VirtualEngine::new(params, MODEL, 28));
+    let sweep = SweepConfig {
+        inputs: vec![128],
+        capacity_input: 1024,
+        ..knee_sweep(vec![4], 16, 1000.0)
+    };
+    let mut log = Vec::new();
+    let err = calibrate(&mut t, &sweep, &mut |l| log.push(l))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("concurrency 4 failed"), "{err}");
+    assert!(log
+        .iter()
+        .any(|l| l.contains("C=4") && l.contains("failed")));
 }

@@ -2,6 +2,10 @@
 //! no client delay, exact step times. It yields the simulated engine's true cost of a
 //! request shape at a concurrency — the same closed loop, ramp and window as the HTTP
 //! measurement, with each finished request replaced at the very end of its last step.
+//!
+//! [`VirtualEngine::with_noise`] makes it a noisy host instead: each measurement is
+//! stretched by a random factor, as a busy machine stretches a real one, to exercise
+//! the repeated rounds of the cost sweep.
 
 use super::prompt::Rng;
 use super::{summarize, Done, MeasureOptions, Measurement, PointSpec};
@@ -16,6 +20,9 @@ pub struct VirtualEngine {
     params: EngineParams,
     model: String,
     rng: Rng,
+    /// Standard deviation of the log of each measurement's stretch factor (0: exact).
+    noise: f64,
+    noise_rng: Rng,
 }
 
 struct Worker {
@@ -30,7 +37,21 @@ impl VirtualEngine {
             params,
             model: model.into(),
             rng: Rng::new(seed),
+            noise: 0.0,
+            noise_rng: Rng::new(seed ^ 0x0015_E000),
         }
+    }
+
+    /// Each measurement's times stretched by `exp(sd · z)`, `z` standard normal: the
+    /// engine model on a noisy host.
+    pub fn with_noise(mut self, sd: f64) -> Self {
+        self.noise = sd.max(0.0);
+        self
+    }
+
+    /// Whether a point measures the same every time.
+    pub fn exact(&self) -> bool {
+        self.noise == 0.0
     }
 
     pub fn describe(&self) -> String {
@@ -178,6 +199,16 @@ impl VirtualEngine {
             }
             now = end;
         }
-        summarize(*spec, &done)
+        let mut m = summarize(*spec, &done)?;
+        if self.noise > 0.0 {
+            let f = (self.noise * self.noise_rng.normal()).exp();
+            m.engine_ms_per_request *= f;
+            m.throughput_rps /= f;
+            m.window_ms *= f;
+            for t in [&mut m.ttft_ms, &mut m.tpot_ms, &mut m.tpot_p90_ms] {
+                *t = t.map(|x| x * f);
+            }
+        }
+        Ok(m)
     }
 }
