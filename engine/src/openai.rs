@@ -125,8 +125,8 @@ impl ApiError {
     }
 }
 
-/// Parses and validates a request body for `endpoint`.
-pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, ApiError> {
+/// The body as a JSON object, and the model it names: what every reader needs.
+fn object_with_model(body: &[u8]) -> Result<(Map<String, Value>, String), ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}"), None))?;
     let Value::Object(obj) = value else {
@@ -145,6 +145,12 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         }
         None => return Err(ApiError::invalid("'model' is required", Some("model"))),
     };
+    Ok((obj, model))
+}
+
+/// Parses and validates a request body for `endpoint`.
+pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, ApiError> {
+    let (obj, model) = object_with_model(body)?;
     let (prompt, images) = match endpoint {
         Endpoint::Chat => {
             let (text, images) = render_chat(&obj)?;
@@ -454,24 +460,7 @@ pub struct RoutingView {
 /// Reads what a router needs: the model, whether to stream, the fields it prices and
 /// keys on. Refuses only what it cannot read those from.
 pub fn read_for_routing(endpoint: Endpoint, body: &[u8]) -> Result<RoutingView, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("request body is not valid JSON: {e}"), None))?;
-    let Value::Object(obj) = value else {
-        return Err(ApiError::invalid(
-            "request body must be a JSON object",
-            None,
-        ));
-    };
-    let model = match obj.get("model") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "'model' must be a non-empty string",
-                Some("model"),
-            ))
-        }
-        None => return Err(ApiError::invalid("'model' is required", Some("model"))),
-    };
+    let (obj, model) = object_with_model(body)?;
     let (prompt_tokens, prompts, images) = match endpoint {
         Endpoint::Chat => {
             let mut tokens = 0;

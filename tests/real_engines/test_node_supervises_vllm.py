@@ -10,7 +10,7 @@ import time
 import openai
 import pytest
 
-from conftest import MODEL, Proc, SLUICE, group_procs, metric, start_node, vllm_command_template, vllm_env, wait_until
+from conftest import MODEL, SLUICE, Proc, group_procs, metric, vllm_command_template, vllm_env, wait_until
 
 RESTART_S = 300  # a vLLM restart on two busy cores: ~50-90 s, torch compile included
 
