@@ -84,6 +84,21 @@ impl LoadReport {
         true
     }
 
+    /// The report as its receiver saw it arrive at `now_us` on the receiver's own
+    /// clock: the same length, ending now. Each router stamps reports with its own
+    /// process clock, so reports of routers that started at different times cannot be
+    /// merged on their stamps (their union would span the older router's uptime and
+    /// make every rate tiny); re-stamped on the leader's clock they can.
+    pub fn received(&self, now_us: u64) -> LoadReport {
+        let len = self.to_us.saturating_sub(self.from_us);
+        LoadReport {
+            bucket_bits: self.bucket_bits,
+            mu: self.mu.clone(),
+            from_us: now_us.saturating_sub(len),
+            to_us: now_us,
+        }
+    }
+
     /// Folds `report` into what the leader gathered since its last round: merged when
     /// the shapes match, otherwise the newer report replaces the old.
     pub fn accumulate(acc: &mut Option<LoadReport>, report: &LoadReport) {
@@ -126,6 +141,31 @@ impl LoadReport {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn routers_whose_clocks_started_apart_merge_on_the_leaders_clock() {
+        // Router A has run for an hour, router B for ten seconds; both report the last
+        // 200 ms, 60 MU each, and the leader gets both at its own t = 5 s.
+        let report = |started_ago_us: u64| {
+            let mut m = LoadMeter::new(4, started_ago_us - 200_000);
+            m.record(SliceKey(0), 60.0);
+            m.take(started_ago_us)
+        };
+        let (a, b) = (report(3_600_000_000), report(10_000_000));
+        let mut naive = a.clone();
+        naive.merge(&b);
+        // On the routers' own stamps the interval spans an hour: the rate comes out
+        // thousands of times too low.
+        assert!(naive.to_load().unwrap().total() < 36_000.0 / 1_000.0);
+        let mut acc = None;
+        for r in [&a, &b] {
+            LoadReport::accumulate(&mut acc, &r.received(5_000_000));
+        }
+        let merged = acc.unwrap();
+        assert_eq!((merged.from_us, merged.to_us), (4_800_000, 5_000_000));
+        // 120 MU over 200 ms: 36,000 MU/min.
+        assert!((merged.to_load().unwrap().total() - 36_000.0).abs() < 1e-6);
+    }
 
     #[test]
     fn rates_per_minute_and_resets() {

@@ -174,9 +174,10 @@ impl NodeHandler {
         // they count against the admissions they correct.
         *self.mu_since.lock().unwrap_or_else(|p| p.into_inner()) +=
             report.mu.iter().filter(|v| v.is_finite()).sum::<f64>();
+        // Re-stamped on this node's clock: the routers' clocks started at other times.
         LoadReport::accumulate(
             &mut self.load.lock().unwrap_or_else(|p| p.into_inner()),
-            report,
+            &report.received(self.now_us()),
         );
     }
 

@@ -8,52 +8,75 @@ use http_body_util::Full;
 use hyper::{Method, Request};
 use std::sync::Arc;
 
+/// Slow answers in a row before a replica counts as down: one late `/health` on a busy
+/// (or busy host's) engine is no verdict, a refused connection is.
+const SLOW_CHECKS_TO_FAIL: u32 = 2;
+
+/// What one `GET /health` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Up,
+    /// Refused, reset, or an error status: the engine is not there.
+    Down,
+    /// No answer within the limit.
+    Slow,
+}
+
 pub async fn run(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(state.config.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slow: std::collections::HashMap<sluice_actors::slice::ReplicaId, u32> =
+        Default::default();
     loop {
         tick.tick().await;
         let checks = state.local_upstreams().into_iter().map(|(id, base)| {
             let state = state.clone();
             async move {
-                let healthy = check(&state, &base).await;
-                if healthy && !state.models_fresh(id, state.now_ms()) {
+                let found = check(&state, &base).await;
+                if found == Check::Up && !state.models_fresh(id, state.now_ms()) {
                     if let Some(models) = super::models::fetch(&state.client, &base).await {
                         state.models_asked(id, state.now_ms());
                         state.learn_models(id, Some(models));
                     }
                 }
-                // /health is only a hint: the prober's ejection overrides a 200, and so
-                // does the registry (a draining replica answers 200 but takes no work),
-                // and a replica serving another model takes none of this fleet's.
-                let usable = healthy
-                    && !state.is_ejected(id)
-                    && state.registry_allows(id)
-                    && state.served().agrees(id);
-                state.core().set_checked_health(id, usable);
-                if !healthy {
-                    tracing::debug!(replica = id.0, %base, "health check failed");
-                }
+                (id, base, found)
             }
         });
-        futures_util::future::join_all(checks).await;
+        for (id, base, found) in futures_util::future::join_all(checks).await {
+            let streak = slow.entry(id).or_default();
+            *streak = if found == Check::Slow { *streak + 1 } else { 0 };
+            let healthy =
+                found == Check::Up || (found == Check::Slow && *streak < SLOW_CHECKS_TO_FAIL);
+            // /health is only a hint: the prober's ejection overrides a 200, and so
+            // does the registry (a draining replica answers 200 but takes no work),
+            // and a replica serving another model takes none of this fleet's.
+            let usable = healthy
+                && !state.is_ejected(id)
+                && state.registry_allows(id)
+                && state.served().agrees(id);
+            state.core().set_checked_health(id, usable);
+            if !healthy {
+                tracing::debug!(replica = id.0, %base, ?found, "health check failed");
+            }
+        }
     }
 }
 
-async fn check(state: &AppState, base: &str) -> bool {
+async fn check(state: &AppState, base: &str) -> Check {
     let Ok(req) = Request::builder()
         .method(Method::GET)
         .uri(format!("{base}/health"))
         .body(Full::new(Bytes::new()))
     else {
-        return false;
+        return Check::Down;
     };
     let limit = state
         .config
         .health_interval
         .max(std::time::Duration::from_millis(500));
-    matches!(
-        tokio::time::timeout(limit, state.client.request(req)).await,
-        Ok(Ok(resp)) if resp.status().is_success()
-    )
+    match tokio::time::timeout(limit, state.client.request(req)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => Check::Up,
+        Ok(_) => Check::Down,
+        Err(_) => Check::Slow,
+    }
 }
