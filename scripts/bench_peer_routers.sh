@@ -346,6 +346,7 @@ log "work dir $WORK"
 cp "$B" "$WORK/sluice-bin" || die "cannot copy $B"
 SLUICE_VERSION="git $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- 2>/dev/null || echo ' (dirty tree)')"
 [ -n "${SLUICE:-}" ] && SLUICE_VERSION="$B"
+SLUICE_BUILT=$(date -r "$B" '+%Y-%m-%d %H:%M %Z')
 B=$WORK/sluice-bin
 command -v wrk > /dev/null || apt_install wrk || die "wrk not installed and apt-get install wrk failed"
 command -v curl > /dev/null || die "curl is needed"
@@ -399,9 +400,9 @@ LOAD_END=$(loadavg)
 
 # ---- report ------------------------------------------------------------------------
 python3 - "$RESULTS" "$JSON_OUT" "$CMDLINE" "$LOAD_START" "$LOAD_END" "$CONNS" "$THREADS" \
-  "$DURATION" "$UNLOADED_DURATION" "$LITELLM_DURATION" "$LITELLM_CONNS" "$WARMUP" "$QUIET_LOGS" "$(wrk -v 2>&1 | head -n1 | awk '{print $2}')" <<'PY'
+  "$DURATION" "$UNLOADED_DURATION" "$LITELLM_DURATION" "$LITELLM_CONNS" "$WARMUP" "$QUIET_LOGS" "$SLUICE_BUILT" "$(wrk -v 2>&1 | head -n1 | awk '{print $2}')" <<'PY'
 import json, sys, platform, os, datetime
-(res, json_out, cmd, load_start, load_end, conns, threads, dur, udur, ldur, lconns, warm, quiet, wrkv) = sys.argv[1:]
+(res, json_out, cmd, load_start, load_end, conns, threads, dur, udur, ldur, lconns, warm, quiet, built, wrkv) = sys.argv[1:]
 rows = [json.loads(l) for l in open(res)]
 status = {r["target"]: r for r in rows if "state" in r}
 meas = {(r["target"], r["gen"], r["concurrency"]): r for r in rows if "gen" in r}
@@ -474,7 +475,7 @@ out.append("")
 if quiet == "1": out.append("With --quiet-logs: nginx access log off, sglang-router and smg at --log-level warn.")
 out.append(f"Duration {dur} s per loaded run ({ldur} s for LiteLLM), {udur} s per unloaded run, after a warm-up "
            f"(wrk, {warm} s; 10 s or more for LiteLLM; loadgen adds its own {warm} s); "
-           f"wrk {wrkv}; load average {load_start} at start, {load_end} at end; "
+           f"Sluice binary built {built}; wrk {wrkv}; load average {load_start} at start, {load_end} at end; "
            f"{os.cpu_count()} CPUs; {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}.")
 if notes:
     out.append("")
@@ -485,6 +486,6 @@ if json_out:
                "cpus": os.cpu_count(), "machine": platform.platform(),
                "load_start": load_start, "load_end": load_end, "connections": conns, "wrk_threads": int(threads),
                "duration_s": float(dur), "unloaded_duration_s": float(udur),
-               "litellm_duration_s": float(ldur), "litellm_connections": lconns, "warmup_s": float(warm), "quiet_logs": quiet == "1",
+               "litellm_duration_s": float(ldur), "litellm_connections": lconns, "warmup_s": float(warm), "quiet_logs": quiet == "1", "sluice_binary_built": built,
                "results": rows}, open(json_out, "w"), indent=1)
 PY
