@@ -269,29 +269,11 @@ pub fn knee_reason(cal: &Calibration) -> String {
              (the engine cannot keep it; --slo-tpot-ms sets it)",
             p90(1)
         ),
-        CapacityStop::Limit { max } => {
-            let queued = cal.level_at(*max).and_then(|l| {
-                let m = &l.measurement;
-                let d = m.decode_concurrency?;
-                (d < QUEUEING_SHARE * *max as f64).then(|| (d, opt_ms(m.ttft_ms)))
-            });
-            match queued {
-                Some((d, ttft)) => format!(
-                    "knee not found: p90 TPOT was still within the {slo} ms SLO ({}) at \
-                     concurrency {max}, the highest allowed, but there the engine decoded only \
-                     about {d:.0} requests at once and queued the rest (TTFT {ttft}): its own \
-                     limit on concurrent sequences (vLLM's --max-num-seqs, or its KV cache); \
-                     more concurrency only adds queueing, and TPOT will not break the SLO",
-                    p90(*max)
-                ),
-                None => format!(
-                    "knee not found: p90 TPOT was still within the {slo} ms SLO ({}) at \
-                     concurrency {max}, the highest allowed; raise --capacity-max-concurrency \
-                     to search further",
-                    p90(*max)
-                ),
-            }
-        }
+        CapacityStop::Limit { max } => format!(
+            "knee not found: p90 TPOT was still within the {slo} ms SLO ({}) at concurrency \
+             {max}, the highest allowed; raise --capacity-max-concurrency to search further",
+            p90(*max)
+        ),
         CapacityStop::Saturated { at, best } => {
             let (Some(a), Some(b)) = (cal.level_at(*at), cal.level_at(*best)) else {
                 return format!("knee not found: throughput stopped rising at concurrency {at}");

@@ -1071,32 +1071,6 @@ async fn an_engine_that_queues_is_saturated_not_a_knee() {
         report.contains("decoded only about 8 requests at once"),
         "{report}"
     );
-    // Stopped by the limit while the engine queues: said so, and not told to go higher.
-    let params = EngineParams {
-        max_num_seqs: 8,
-        ..EngineParams::default()
-    };
-    let mut t = Target::Virtual(VirtualEngine::new(params, MODEL, 30));
-    let mut log = Vec::new();
-    let cal = calibrate(&mut t, &knee_sweep(vec![4, 16], 16, 1000.0), &mut |l| {
-        log.push(l)
-    })
-    .await
-    .unwrap();
-    let report = log.join("\n");
-    assert_eq!(
-        cal.capacity_stop,
-        CapacityStop::Limit { max: 16 },
-        "{report}"
-    );
-    assert!(
-        report.contains("the highest allowed, but there the engine decoded only about 8"),
-        "{report}"
-    );
-    assert!(
-        !report.contains("raise --capacity-max-concurrency"),
-        "{report}"
-    );
 }
 
 #[tokio::test]
