@@ -429,7 +429,36 @@ fn stream_response(
         meter: SseMeter,
         guard: Inflight,
         finished: bool,
+        /// The request's outcome is accounted (at `[DONE]`, before the body ends).
+        settled: bool,
         m: Metered,
+    }
+    impl Pump {
+        /// Meters and accounts a stream the engine finished (`[DONE]`, or an error
+        /// event). Done as soon as it is seen: a client that hangs up right after
+        /// `[DONE]` drops the stream before the upstream body's end is polled.
+        fn settle(&mut self) {
+            if self.settled {
+                return;
+            }
+            self.settled = true;
+            let state = self.guard.state.clone();
+            let took = self.m.started.elapsed().as_secs_f64();
+            state.metrics.duration(label(self.m.endpoint), took);
+            if let Some(t) = &self.m.tenant {
+                state.metrics.tenant_duration(t, took);
+            }
+            if self.meter.done {
+                state.metered(
+                    self.m.replica,
+                    &self.m.model,
+                    self.m.tenant.as_deref(),
+                    self.meter.usage.as_ref(),
+                );
+            }
+            self.guard.usage = self.meter.usage;
+            state.real_outcome(self.m.replica, self.meter.done.then_some(200));
+        }
     }
     let idle = state.config.stream_idle_timeout;
     let replica = m.replica;
@@ -442,6 +471,7 @@ fn stream_response(
         },
         guard,
         finished: false,
+        settled: false,
         m,
     };
     let stream = futures_util::stream::unfold(pump, move |mut p| async move {
@@ -463,6 +493,9 @@ fn stream_response(
                     if p.meter.tokens != before {
                         p.guard.state.core().progress(p.guard.id, p.meter.tokens);
                     }
+                    if p.meter.done {
+                        p.settle();
+                    }
                     if data.is_empty() {
                         // Held back until its event is complete, or the usage event.
                         continue;
@@ -471,31 +504,23 @@ fn stream_response(
                 }
                 Ok(None) => {
                     p.finished = true;
+                    if p.meter.done || p.meter.error {
+                        p.settle();
+                        return None;
+                    }
+                    // The replica closed the stream without finishing it.
                     let state = p.guard.state.clone();
                     let took = p.m.started.elapsed().as_secs_f64();
                     state.metrics.duration(label(p.m.endpoint), took);
                     if let Some(t) = &p.m.tenant {
                         state.metrics.tenant_duration(t, took);
                     }
-                    if p.meter.done || p.meter.error {
-                        if p.meter.done {
-                            state.metered(
-                                p.m.replica,
-                                &p.m.model,
-                                p.m.tenant.as_deref(),
-                                p.meter.usage.as_ref(),
-                            );
-                        }
-                        let mut guard = p.guard;
-                        guard.usage = p.meter.usage;
-                        drop(guard);
-                        state.real_outcome(p.m.replica, p.meter.done.then_some(200));
-                        return None;
-                    }
-                    // The replica closed the stream without finishing it.
                     failed_holding(&state, p.guard.id, p.m.replica);
                     return Some((Ok(error_event("the replica ended the stream early")), p));
                 }
+                // Finished and accounted: what the engine does after `[DONE]` (a
+                // break, or holding the connection open) is no failure of this request.
+                Ok(Some(Err(_))) | Err(_) if p.settled => return None,
                 Ok(Some(Err(e))) => {
                     p.finished = true;
                     let state = p.guard.state.clone();
