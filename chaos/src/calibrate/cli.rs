@@ -113,9 +113,11 @@ pub struct CalibrateArgs {
     /// Per-request timeout in (wall) seconds.
     #[arg(long, value_name = "S", default_value_t = 600.0)]
     pub request_timeout: f64,
-    /// Seed of the random prompts.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the random prompts [default: a fresh one each run, printed]. Repeating a
+    /// seed against the same engine repeats its prompts, which the engine's prefix cache
+    /// may still hold from the earlier run: the "uncached" points then hit it.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Also write every sample, the fit and the capacity levels as JSON here.
     #[arg(long, value_name = "OUT")]
     pub json: Option<PathBuf>,
@@ -156,6 +158,15 @@ impl CalibrateArgs {
     }
 }
 
+/// A seed that differs from run to run (and from process to process).
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    sluice_engine::words::mix64(nanos ^ u64::from(std::process::id()).rotate_left(32))
+}
+
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -177,9 +188,10 @@ pub async fn cli_main(args: CalibrateArgs) -> anyhow::Result<()> {
         ),
     };
     let started = Instant::now();
+    let seed = args.seed.unwrap_or_else(fresh_seed);
     let mut target = if args.virtual_engine {
         let model = args.model.clone().unwrap_or_else(|| base.model.clone());
-        Target::Virtual(VirtualEngine::new(base.engine.clone(), model, args.seed))
+        Target::Virtual(VirtualEngine::new(base.engine.clone(), model, seed))
     } else {
         let url = args.engine.as_deref().unwrap_or_default();
         Target::Http(
@@ -188,7 +200,7 @@ pub async fn cli_main(args: CalibrateArgs) -> anyhow::Result<()> {
                 args.model.as_deref(),
                 args.engine_time_scale,
                 Duration::from_secs_f64(args.request_timeout),
-                args.seed,
+                seed,
             )
             .await?,
         )

@@ -168,8 +168,8 @@ impl HttpEngine {
 
     pub fn describe(&self) -> String {
         let mut s = format!(
-            "{} model {}, {:.3} tokens per prompt word",
-            self.base, self.inner.model, self.tokens.per_word
+            "{} model {}, {:.3} tokens per prompt word, prompt seed {}",
+            self.base, self.inner.model, self.tokens.per_word, self.seed
         );
         if let Some(len) = self.max_model_len {
             s.push_str(&format!(", max_model_len {len}"));

@@ -15,6 +15,11 @@ use serde::Serialize;
 /// as still rising.
 pub const SATURATION_GAIN: f64 = 1.02;
 
+/// Levels in a row that must fail to raise throughput before the engine counts as
+/// saturated: on a shared host, one level measured in a quiet moment can make the next
+/// one look no faster.
+pub const SATURATION_LEVELS: usize = 2;
+
 /// Why the capacity sweep stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
@@ -24,9 +29,10 @@ pub enum CapacityStop {
     Knee { within: usize, broken: usize },
     /// Even one request at a time broke the SLO.
     SloBrokenAlone,
-    /// Throughput stopped rising (level `at` brought less than 2% over the best lower
-    /// level, `best`) while the SLO still held: the engine is saturated, or runs no more
-    /// than a fixed number of requests at once and queues the rest.
+    /// Throughput stopped rising ([`SATURATION_LEVELS`] levels in a row, the last `at`,
+    /// brought less than 2% over the best lower level, `best`, or the last allowed did)
+    /// while the SLO still held: the engine is saturated, or runs no more than a fixed
+    /// number of requests at once and queues the rest.
     Saturated { at: usize, best: usize },
     /// The SLO still held at the highest concurrency allowed.
     Limit { max: usize },
@@ -77,6 +83,8 @@ pub struct KneeSearch {
     current: usize,
     /// (concurrency, throughput) of the levels measured in the Up phase.
     rising: Vec<(usize, f64)>,
+    /// Levels in a row, up to the last one, that did not raise throughput.
+    flat: usize,
 }
 
 impl KneeSearch {
@@ -104,6 +112,7 @@ impl KneeSearch {
                 phase: Phase::Up,
                 current: first,
                 rising: Vec::new(),
+                flat: 0,
             },
             first,
         )
@@ -155,11 +164,15 @@ impl KneeSearch {
     fn up(&mut self, c: usize, o: LevelOutcome) -> Step {
         // Every level measured before in this phase is lower and kept the SLO.
         let previous = self.rising.last().map(|&(p, _)| p);
+        // The fastest lower level (the lowest of equals).
         let best = self
             .rising
             .iter()
             .copied()
-            .max_by(|a, b| a.1.total_cmp(&b.1));
+            .fold(None, |b: Option<(usize, f64)>, x| match b {
+                Some(b) if b.1 >= x.1 => Some(b),
+                _ => Some(x),
+            });
         self.rising.push((c, o.throughput_rps));
         if !o.within_slo {
             return match previous {
@@ -171,13 +184,21 @@ impl KneeSearch {
                 }
             };
         }
-        if let Some((best_c, best_rps)) = best {
-            if o.throughput_rps < best_rps * SATURATION_GAIN {
-                return Step::Stop(CapacityStop::Saturated {
+        let saturated = match best {
+            Some((best_c, best_rps)) if o.throughput_rps < best_rps * SATURATION_GAIN => {
+                self.flat += 1;
+                Some(CapacityStop::Saturated {
                     at: c,
                     best: best_c,
-                });
+                })
             }
+            _ => {
+                self.flat = 0;
+                None
+            }
+        };
+        if let Some(stop) = saturated.clone().filter(|_| self.flat >= SATURATION_LEVELS) {
+            return Step::Stop(stop);
         }
         if let Some(&next) = self.listed.get(self.next_listed) {
             self.next_listed += 1;
@@ -186,7 +207,7 @@ impl KneeSearch {
             }
         }
         if c >= self.max {
-            return Step::Stop(CapacityStop::Limit { max: self.max });
+            return Step::Stop(saturated.unwrap_or(CapacityStop::Limit { max: self.max }));
         }
         Step::Measure(c.saturating_mul(2).min(self.max))
     }
@@ -306,8 +327,36 @@ mod tests {
             })
         };
         let (seen, stop) = run(&[16], 1024, 2, f);
-        assert_eq!(seen, vec![16, 32, 64]);
-        assert_eq!(stop, CapacityStop::Saturated { at: 64, best: 32 });
+        assert_eq!(seen, vec![16, 32, 64, 128]);
+        assert_eq!(stop, CapacityStop::Saturated { at: 128, best: 32 });
+        // One flat level is not enough: a lower level measured in a quiet moment (here
+        // 8, as fast as 20) must not stop the search at 16; 32 rising again resets it.
+        let f = |c: usize| {
+            Ok(LevelOutcome {
+                throughput_rps: if c == 8 { 20.0 } else { c as f64 },
+                within_slo: c <= 64,
+            })
+        };
+        let (seen, stop) = run(&[4, 8, 16], 1024, 0, f);
+        assert_eq!(seen, vec![4, 8, 16, 32, 64, 128]);
+        assert_eq!(
+            stop,
+            CapacityStop::Knee {
+                within: 64,
+                broken: 128
+            }
+        );
+        // Flat at the highest level allowed: saturated, not merely the limit.
+        let f = |c: usize| {
+            Ok(LevelOutcome {
+                throughput_rps: c.min(20) as f64,
+                within_slo: true,
+            })
+        };
+        assert_eq!(
+            run(&[16], 64, 0, f).1,
+            CapacityStop::Saturated { at: 64, best: 32 }
+        );
         // A gain under 2% is no gain; 3% is.
         let f = |gain: f64| {
             move |c: usize| {
@@ -319,7 +368,7 @@ mod tests {
         };
         assert!(matches!(
             run(&[1], 64, 0, f(1.019)).1,
-            CapacityStop::Saturated { at: 2, best: 1 }
+            CapacityStop::Saturated { at: 4, best: 2 }
         ));
         assert_eq!(run(&[1], 64, 0, f(1.03)).1, CapacityStop::Limit { max: 64 });
     }

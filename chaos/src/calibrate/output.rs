@@ -24,8 +24,17 @@ pub fn sample_line(m: &Measurement) -> String {
     } else {
         String::new()
     };
+    let accidental = if s.cached == 0 && m.cached_tokens >= 1.0 {
+        format!(
+            "  WARNING: {:.0} prompt tokens per request were found in the prefix cache, though \
+             every prompt is new (an earlier run with the same --seed?)",
+            m.cached_tokens
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "C={:<3} in={:>5.0}{cached} out={:>4.0}: {:>8.2} req/s  {:>8.2} engine-ms/req  TTFT {}  TPOT {} (p90 {})  [{} timed, {} streamed, C_eff {:.1}, drift {:+.1}%]",
+        "C={:<3} in={:>5.0}{cached} out={:>4.0}: {:>8.2} req/s  {:>8.2} engine-ms/req  TTFT {}  TPOT {} (p90 {})  [{} timed, {} streamed, C_eff {:.1}, drift {:+.1}%]{accidental}",
         s.concurrency,
         m.prompt_tokens,
         m.completion_tokens,
@@ -123,14 +132,15 @@ pub fn fit_report(shapes: &[ShapeFit], fit: &Fit, st: &Steadiness) -> Vec<String
             "-".to_owned()
         };
         v.push(format!(
-            "  {:>6.0} {:>7.0} {:>5.0} {:>10.3} {:>8} {:>10.3} {:>+6.1}%",
+            "  {:>6.0} {:>7.0} {:>5.0} {:>10.3} {:>8} {:>10.3} {:>+6.1}%{}",
             s.prompt_tokens,
             o.cached_input,
             o.output,
             o.cost_ms,
             noise,
             s.fitted_ms,
-            s.relative_error * 100.0
+            s.relative_error * 100.0,
+            if s.misfit() { " *" } else { "" }
         ));
     }
     for (j, c) in st.coefficients.iter().enumerate() {
@@ -182,8 +192,38 @@ pub fn fit_report(shapes: &[ShapeFit], fit: &Fit, st: &Steadiness) -> Vec<String
         fit.relative_rms * 100.0,
         fit.max_relative * 100.0
     ));
+    if several {
+        v.push(format!("  {}", misfit_words(shapes)));
+    }
     v.push(verdict_line(st));
     v
+}
+
+/// How the fit error compares with the measurement noise.
+pub fn misfit_words(shapes: &[ShapeFit]) -> String {
+    let off: Vec<String> = shapes
+        .iter()
+        .filter(|s| s.misfit())
+        .map(|s| {
+            format!(
+                "in={:.0} cached={:.0} out={:.0}",
+                s.prompt_tokens, s.observation.cached_input, s.observation.output
+            )
+        })
+        .collect();
+    if off.is_empty() {
+        "every shape's error is within twice the standard error of its median cost: the \
+         fit error is no larger than the measurement noise"
+            .to_owned()
+    } else {
+        format!(
+            "{} of {} shapes (marked *) are off by more than twice the standard error of their \
+             median cost: there the cost model, not the noise, misses ({})",
+            off.len(),
+            shapes.len(),
+            off.join("; ")
+        )
+    }
 }
 
 /// One capacity level.
@@ -229,11 +269,29 @@ pub fn knee_reason(cal: &Calibration) -> String {
              (the engine cannot keep it; --slo-tpot-ms sets it)",
             p90(1)
         ),
-        CapacityStop::Limit { max } => format!(
-            "knee not found: p90 TPOT was still within the {slo} ms SLO ({}) at concurrency \
-             {max}, the highest allowed; raise --capacity-max-concurrency to search further",
-            p90(*max)
-        ),
+        CapacityStop::Limit { max } => {
+            let queued = cal.level_at(*max).and_then(|l| {
+                let m = &l.measurement;
+                let d = m.decode_concurrency?;
+                (d < QUEUEING_SHARE * *max as f64).then(|| (d, opt_ms(m.ttft_ms)))
+            });
+            match queued {
+                Some((d, ttft)) => format!(
+                    "knee not found: p90 TPOT was still within the {slo} ms SLO ({}) at \
+                     concurrency {max}, the highest allowed, but there the engine decoded only \
+                     about {d:.0} requests at once and queued the rest (TTFT {ttft}): its own \
+                     limit on concurrent sequences (vLLM's --max-num-seqs, or its KV cache); \
+                     more concurrency only adds queueing, and TPOT will not break the SLO",
+                    p90(*max)
+                ),
+                None => format!(
+                    "knee not found: p90 TPOT was still within the {slo} ms SLO ({}) at \
+                     concurrency {max}, the highest allowed; raise --capacity-max-concurrency \
+                     to search further",
+                    p90(*max)
+                ),
+            }
+        }
         CapacityStop::Saturated { at, best } => {
             let (Some(a), Some(b)) = (cal.level_at(*at), cal.level_at(*best)) else {
                 return format!("knee not found: throughput stopped rising at concurrency {at}");
@@ -369,14 +427,18 @@ pub fn profile_toml(
         let o = &s.observation;
         let _ = writeln!(
             t,
-            "#   {:.0}, {:.0}, {:.0}: {:.3} -> {:.3} ({:+.1}%)",
+            "#   {:.0}, {:.0}, {:.0}: {:.3} -> {:.3} ({:+.1}%){}",
             s.prompt_tokens,
             o.cached_input,
             o.output,
             o.cost_ms,
             s.fitted_ms,
-            s.relative_error * 100.0
+            s.relative_error * 100.0,
+            if s.misfit() { " *" } else { "" }
         );
+    }
+    if cal.steadiness.rounds >= 2 {
+        let _ = writeln!(t, "# {} (* in the list above).", misfit_words(&cal.shapes));
     }
     let _ = writeln!(t, "# {}.", verdict_line(&cal.steadiness));
     if cal.steadiness.rounds >= 2 {

@@ -110,6 +110,9 @@ pub struct ShapeFit {
     /// Standard deviation of the measured cost over the rounds / its mean (0 with one
     /// round): the measurement noise, to set beside the fit error.
     pub cost_spread: f64,
+    /// The standard error of the median cost, relative to it (its standard deviation over
+    /// bootstrap resamples of the rounds; 0 with one round).
+    pub cost_se: f64,
     /// The cost the fitted coefficients give this shape.
     pub fitted_ms: f64,
     /// (fitted − measured) / measured.
@@ -144,12 +147,44 @@ pub fn pool(rounds: &[Vec<Measurement>]) -> Vec<ShapeFit> {
                     cost_ms: cost,
                 },
                 cost_spread: if mean_cost > 0.0 { sd / mean_cost } else { 0.0 },
+                cost_se: if cost > 0.0 {
+                    median_sd(&round_costs, i as u64) / cost
+                } else {
+                    0.0
+                },
                 round_costs,
                 fitted_ms: 0.0,
                 relative_error: 0.0,
             }
         })
         .collect()
+}
+
+/// The standard deviation of the median of `v` over bootstrap resamples.
+fn median_sd(v: &[f64], stream: u64) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let mut rng = Rng::new(BOOTSTRAP_SEED ^ stream.wrapping_mul(0x9E37_79B9));
+    let k = v.len() as u64;
+    let mut draw = Vec::with_capacity(v.len());
+    let medians: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| {
+            draw.clear();
+            draw.extend((0..k).map(|_| v[rng.below(k) as usize]));
+            median(&draw)
+        })
+        .collect();
+    mean_sd(&medians).1
+}
+
+impl ShapeFit {
+    /// Whether the fit misses this shape by more than twice the standard error of its
+    /// measured cost: the cost model, not the measurement noise, is off here. Never with
+    /// one round (the noise is unknown).
+    pub fn misfit(&self) -> bool {
+        self.round_costs.len() >= 2 && self.relative_error.abs() > 2.0 * self.cost_se
+    }
 }
 
 /// Fills in each shape's fitted cost and relative error under `fit`.

@@ -208,6 +208,7 @@ fn cli_flags_map_to_a_sweep() {
     let a = parse(&["--engine", "http://127.0.0.1:1", "--out", "p.toml"]).unwrap();
     assert_eq!(a.sweep().unwrap(), SweepConfig::default());
     assert_eq!(a.engine_time_scale, 1.0);
+    assert_eq!(a.seed, None, "a fresh prompt seed each run by default");
     let a = parse(&[
         "--engine",
         "http://127.0.0.1:1",
@@ -227,6 +228,35 @@ fn cli_flags_map_to_a_sweep() {
     .unwrap();
     let s = a.sweep().unwrap();
     assert_eq!(s.cost_points().len(), 2);
+    let small = parse(&[
+        "--virtual",
+        "--out",
+        "p.toml",
+        "--seed",
+        "9",
+        "--max-rounds",
+        "1",
+        "--tolerance",
+        "0.1",
+        "--capacity-concurrency",
+        "2,4",
+        "--capacity-max-concurrency",
+        "64",
+        "--knee-bisections",
+        "3",
+    ])
+    .unwrap();
+    assert_eq!(small.seed, Some(9));
+    let sm = small.sweep().unwrap();
+    assert_eq!(
+        sm.rounds,
+        RoundsConfig {
+            min_rounds: 1,
+            max_rounds: 1,
+            tolerance: 0.1
+        }
+    );
+    assert_eq!((sm.capacity_max_concurrency, sm.knee_bisections), (64, 3));
     assert_eq!(s.capacity_concurrency, vec![4, 8]);
     assert_eq!(a.engine_time_scale, 0.05);
     assert!(
@@ -662,6 +692,9 @@ fn a_stalled_point_does_not_move_the_estimate() {
         .iter()
         .enumerate()
         .all(|(i, s)| i == 3 || s.cost_spread == 0.0));
+    // The fit error is within the noise: no shape is a misfit.
+    assert!(shapes.iter().all(|s| !s.misfit()));
+    assert!(output::misfit_words(&shapes).starts_with("every shape's error is within"));
     assert!(st.coefficients.iter().any(|c| c.per_round[2] != c.estimate));
     // A mean would have been pulled: the fit to the mean costs is off.
     let mut means = shapes.iter().map(|s| s.observation).collect::<Vec<_>>();
@@ -711,9 +744,17 @@ fn the_fit_error_is_stated_per_shape() {
     assert_eq!(worst.spec, shapes[1].spec);
     assert!(worst.relative_error < -0.05);
     assert!((fit.max_relative - worst.relative_error.abs()).abs() < 1e-12);
+    // Its median (1.4) has a standard error of about 0.0707 / 1.4 (the median of two
+    // draws from {1.3, 1.5} is 1.3, 1.4, 1.4 or 1.5): the error is far beyond it.
+    assert!(
+        (worst.cost_se - 0.0707 / 1.4).abs() < 0.1 * 0.0707 / 1.4,
+        "{}",
+        worst.cost_se
+    );
+    assert!(worst.misfit());
     let report = output::fit_report(&shapes, &fit, &st);
     let row = format!(
-        "{:>10.3} {:>8} {:>10.3} {:>+6.1}%",
+        "{:>10.3} {:>8} {:>10.3} {:>+6.1}% *",
         worst.observation.cost_ms,
         format!("±{:.1}%", worst.cost_spread * 100.0),
         worst.fitted_ms,
@@ -733,6 +774,12 @@ fn the_fit_error_is_stated_per_shape() {
     assert!(
         report.iter().any(|l| l.contains(&summary)),
         "{summary}\n{report:#?}"
+    );
+    assert!(
+        report
+            .iter()
+            .any(|l| l.contains("(marked *) are off by more than twice")),
+        "{report:#?}"
     );
 }
 
@@ -1003,13 +1050,14 @@ async fn an_engine_that_queues_is_saturated_not_a_knee() {
     .await
     .unwrap();
     let report = log.join("\n");
-    assert_eq!(
-        cal.capacity_stop,
-        CapacityStop::Saturated { at: 16, best: 8 },
-        "{report}"
-    );
+    let CapacityStop::Saturated { at, best } = cal.capacity_stop else {
+        panic!("not saturated: {report}");
+    };
+    // 16 and 32 both failed to raise throughput over 8 (or 16).
+    assert_eq!(at, 32, "{report}");
+    assert!(best == 8 || best == 16, "{report}");
     let d = cal
-        .level_at(16)
+        .level_at(32)
         .unwrap()
         .measurement
         .decode_concurrency
@@ -1021,6 +1069,32 @@ async fn an_engine_that_queues_is_saturated_not_a_knee() {
     );
     assert!(
         report.contains("decoded only about 8 requests at once"),
+        "{report}"
+    );
+    // Stopped by the limit while the engine queues: said so, and not told to go higher.
+    let params = EngineParams {
+        max_num_seqs: 8,
+        ..EngineParams::default()
+    };
+    let mut t = Target::Virtual(VirtualEngine::new(params, MODEL, 30));
+    let mut log = Vec::new();
+    let cal = calibrate(&mut t, &knee_sweep(vec![4, 16], 16, 1000.0), &mut |l| {
+        log.push(l)
+    })
+    .await
+    .unwrap();
+    let report = log.join("\n");
+    assert_eq!(
+        cal.capacity_stop,
+        CapacityStop::Limit { max: 16 },
+        "{report}"
+    );
+    assert!(
+        report.contains("the highest allowed, but there the engine decoded only about 8"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("raise --capacity-max-concurrency"),
         "{report}"
     );
 }
@@ -1061,4 +1135,21 @@ async fn a_limit_below_the_knee_and_a_failing_level_are_named() {
     assert!(log
         .iter()
         .any(|l| l.contains("C=4") && l.contains("failed")));
+}
+
+#[test]
+fn prompts_found_in_the_prefix_cache_are_flagged() {
+    let mut m = fake(PointSpec::new(128, 0, 16, 8), 25.0);
+    assert!(!output::sample_line(&m).contains("WARNING"));
+    // 17 of 44 requests hit a 128-token block left by an earlier run's prompts.
+    m.cached_tokens = 49.45;
+    let line = output::sample_line(&m);
+    assert!(
+        line.contains("WARNING: 49 prompt tokens per request"),
+        "{line}"
+    );
+    // A cached-prefix point is meant to hit.
+    let mut c = fake(PointSpec::new(1024, 768, 16, 8), 25.0);
+    c.cached_tokens = 768.0;
+    assert!(!output::sample_line(&c).contains("WARNING"));
 }
