@@ -20,11 +20,21 @@ pub enum TraceFormat {
     Azure,
     Servegen,
     Agentic,
+    /// Generated: chat over one system prompt, full history resent, no workload keys.
+    SharedSystem,
+    /// Generated: three keyed RAG applications with their own long prefixes (60/30/10%).
+    FewApps,
+    /// Generated: code completion, ~2k-token prompts, ~30 output tokens, on/off
+    /// arrivals (interarrival CV ~10), no workload keys.
+    BurstyCode,
+    /// Generated: shared-system's trace with each request keyed by its conversation.
+    Sessions,
 }
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
-    /// Trace file (not needed for the agentic generator).
+    /// Trace file (not needed for the generated formats: agentic, shared-system,
+    /// few-apps, bursty-code, sessions).
     #[arg(long)]
     pub trace: Option<PathBuf>,
     #[arg(long, value_enum)]
@@ -64,7 +74,7 @@ pub struct SimArgs {
     /// ServeGen: first second of the trace to replay (windows are 600 s).
     #[arg(long, default_value_t = 0)]
     pub start_s: u64,
-    /// ServeGen and agentic: seconds of trace to replay [default: all].
+    /// ServeGen and the generated formats: seconds of trace to replay [default: all].
     #[arg(long)]
     pub duration_s: Option<u64>,
     /// ServeGen: divide times by this, keeping each window's rate (days in minutes).
@@ -79,6 +89,9 @@ pub struct SimArgs {
     /// Agentic: number of coding-agent sessions.
     #[arg(long, default_value_t = 500)]
     pub sessions: u32,
+    /// shared-system, few-apps, bursty-code, sessions: requests to generate.
+    #[arg(long, default_value_t = 5000)]
+    pub requests: u32,
     /// Autoscale the fleet (`--replicas` is then the most there can be): comma-separated
     /// names of sluice, static-peak, kpa, request-rate, or `all`. Each routing policy
     /// runs under each autoscaler.
@@ -164,6 +177,43 @@ pub fn load_trace(args: &SimArgs) -> Result<Trace> {
                 ..Default::default()
             };
             trace::agentic::generate(&cfg, args.seed)
+        }
+        TraceFormat::SharedSystem | TraceFormat::Sessions => {
+            if args.requests == 0 {
+                bail!("--requests must be at least 1");
+            }
+            let cfg = trace::structures::ChatConfig {
+                requests: args.requests,
+                duration_s: args.duration_s.map(|d| d as f64),
+                ..Default::default()
+            };
+            if args.trace_format == TraceFormat::Sessions {
+                trace::structures::sessions(&cfg, args.seed)
+            } else {
+                trace::structures::shared_system(&cfg, args.seed)
+            }
+        }
+        TraceFormat::FewApps => {
+            if args.requests == 0 {
+                bail!("--requests must be at least 1");
+            }
+            let cfg = trace::structures::FewAppsConfig {
+                requests: args.requests,
+                duration_s: args.duration_s.map(|d| d as f64),
+                ..Default::default()
+            };
+            trace::structures::few_apps(&cfg, args.seed)
+        }
+        TraceFormat::BurstyCode => {
+            if args.requests == 0 {
+                bail!("--requests must be at least 1");
+            }
+            let cfg = trace::structures::BurstyCodeConfig {
+                requests: args.requests,
+                duration_s: args.duration_s.map(|d| d as f64),
+                ..Default::default()
+            };
+            trace::structures::bursty_code(&cfg, args.seed)
         }
     };
     if let Some(n) = args.limit {

@@ -6,6 +6,7 @@ pub mod error;
 pub mod mooncake;
 pub mod request;
 pub mod servegen;
+pub mod structures;
 
 pub use error::TraceError;
 pub use request::{splitmix64, Prompt, Segment, Trace, TraceRequest};
