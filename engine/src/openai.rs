@@ -455,29 +455,40 @@ pub struct RoutingView {
     /// count for pre-tokenized prompts).
     pub prompt_tokens: usize,
     pub images: u32,
+    /// The prompt as the router sees its content, for prefix hashing: chat's tools and
+    /// rendered messages, a completion's text, or its token ids' little-endian bytes
+    /// (the first prompt of a batch).
+    pub content: Vec<u8>,
 }
 
 /// Reads what a router needs: the model, whether to stream, the fields it prices and
 /// keys on. Refuses only what it cannot read those from.
 pub fn read_for_routing(endpoint: Endpoint, body: &[u8]) -> Result<RoutingView, ApiError> {
     let (obj, model) = object_with_model(body)?;
+    let mut content = Vec::new();
     let (prompt_tokens, prompts, images) = match endpoint {
         Endpoint::Chat => {
             let mut tokens = 0;
             let mut images = 0;
+            // Tool definitions are rendered into the prompt by the engine's template,
+            // ahead of the conversation.
+            if let Some(tools @ Value::Array(_)) = obj.get("tools") {
+                let tools = tools.to_string();
+                tokens += crate::tokenizer::count_tokens(&tools);
+                content.extend_from_slice(tools.as_bytes());
+            }
             if let Some(Value::Array(messages)) = obj.get("messages") {
                 let r = render_messages(messages);
-                tokens = crate::tokenizer::count_tokens(&r.text);
+                tokens += crate::tokenizer::count_tokens(&r.text);
                 images = r.images;
-            }
-            // Tool definitions are rendered into the prompt by the engine's template.
-            if let Some(tools @ Value::Array(_)) = obj.get("tools") {
-                tokens += crate::tokenizer::count_tokens(&tools.to_string());
+                content.extend_from_slice(r.text.as_bytes());
             }
             (tokens, 1, images)
         }
         Endpoint::Completion => {
-            let (tokens, prompts) = count_prompts(obj.get("prompt"));
+            let prompt = obj.get("prompt");
+            let (tokens, prompts) = count_prompts(prompt);
+            content = prompt_content(prompt);
             (tokens, prompts, 0)
         }
     };
@@ -499,7 +510,30 @@ pub fn read_for_routing(endpoint: Endpoint, body: &[u8]) -> Result<RoutingView, 
         prompts,
         prompt_tokens,
         images,
+        content,
     })
+}
+
+/// A completions prompt's content: its text or its ids' bytes (of the first prompt of
+/// a batch).
+fn prompt_content(prompt: Option<&Value>) -> Vec<u8> {
+    let ids = |items: &[Value]| -> Vec<u8> {
+        items
+            .iter()
+            .filter_map(Value::as_u64)
+            .flat_map(|id| (id as u32).to_le_bytes())
+            .collect()
+    };
+    match prompt {
+        Some(Value::String(s)) => s.as_bytes().to_vec(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => ids(items),
+        Some(Value::Array(items)) => match items.first() {
+            Some(Value::String(s)) => s.as_bytes().to_vec(),
+            Some(Value::Array(first)) => ids(first),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
 }
 
 /// Tokens and prompts of a completions `prompt` of any accepted shape: a string, token
@@ -652,6 +686,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!((batch.prompt_tokens, batch.prompts), (3, 2));
+        // Content for prefix hashing: ids as their bytes, the first prompt of a batch.
+        assert_eq!(ids.content.len(), 12);
+        assert_eq!(
+            batch.content,
+            [1u32, 2]
+                .iter()
+                .flat_map(|i| i.to_le_bytes())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(b.content, b"a b");
         // A request the engine will refuse is the engine's to refuse.
         assert!(route(
             Endpoint::Chat,
@@ -684,6 +728,12 @@ mod tests {
         let router = read_for_routing(Endpoint::Chat, body.as_bytes()).unwrap();
         assert_eq!(engine.prompt.token_count(), router.prompt_tokens);
         assert_eq!(engine.images, router.images);
+        // A later turn's content extends an earlier one's.
+        let longer = body.replace("]}]}", r#"]},{"role":"assistant","content":"ok"}]}"#);
+        let next = read_for_routing(Endpoint::Chat, longer.as_bytes()).unwrap();
+        assert!(
+            next.content.starts_with(&router.content) && next.content.len() > router.content.len()
+        );
         // The simulated engine takes the legacy function role, as vLLM does.
         assert!(
             chat(r#"{"model":"m","messages":[{"role":"function","name":"f","content":"x"}]}"#)

@@ -20,7 +20,10 @@ pub struct AssignerConfig {
     /// Narrowest subset. Default 2. Clamped to the number of eligible replicas, and
     /// raised to 2 when eligible replicas sit in two or more racks.
     pub min_width: usize,
-    /// Widest subset. Default 8. Clamped to the number of eligible replicas.
+    /// Widest subset. Default 65,536: no cap short of the whole fleet, so a hot
+    /// workload that cannot be split gets the replicas its load needs. A deployment
+    /// that wants to bound a workload's blast radius sets it lower. Clamped to the
+    /// number of eligible replicas.
     pub max_width: usize,
     /// A slice is hot, and is split (or, when it cannot be split, may be widened), when
     /// its per-replica load exceeds this share of the smallest replica's fair load.
@@ -47,7 +50,7 @@ impl Default for AssignerConfig {
             min_slices_per_replica: 4,
             max_slices_per_replica: 16,
             min_width: 2,
-            max_width: 8,
+            max_width: 1 << 16,
             split_above: 0.1,
             merge_below: 0.04,
             churn_budget: 0.1,

@@ -86,7 +86,8 @@ impl PrefixAffinity {
         }
     }
 
-    fn written(&self, replica: ReplicaId) -> u64 {
+    /// KV tokens written to `replica` by this router's requests, ever.
+    pub fn written(&self, replica: ReplicaId) -> u64 {
         self.written.get(&replica).copied().unwrap_or(0)
     }
 

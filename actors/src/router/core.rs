@@ -3,9 +3,12 @@
 //! explicit clock values. The HTTP shell only moves bytes.
 
 use super::affinity::{AffinityConfig, PrefixAffinity};
+use super::blocks::{PromptBlocks, BLOCK_BYTES};
 use super::choice::{choose, Candidate, SpillPolicy};
+use super::conversation::Conversations;
 use super::health::{EjectionPolicy, PassiveHealth};
 use super::ledger::{Ledger, ReplicaInflight, RequestId};
+use super::prefix_index::PrefixIndex;
 use super::quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
 use super::workload::anonymous_key;
 use crate::assigner::{LoadMeter, LoadReport, DEFAULT_BUCKET_BITS};
@@ -56,8 +59,12 @@ pub struct ReplicaSpec {
 
 /// What the router knows of a request at admission.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Admission {
-    pub workload: SliceKey,
+pub struct Admission<'a> {
+    /// The request's explicit workload key (session header, `user`, API key); `None`:
+    /// the router derives a conversation identity from `blocks`.
+    pub workload: Option<SliceKey>,
+    /// The prompt's content as block hashes ([`NO_CONTENT`](super::blocks::NO_CONTENT) when unknown).
+    pub blocks: &'a PromptBlocks,
     pub input_tokens: u32,
     pub images: u32,
     pub max_tokens: Option<u32>,
@@ -120,6 +127,19 @@ struct Active {
     fingerprint: Option<u64>,
 }
 
+/// A request's prompt as the prefix index sees it.
+#[derive(Debug, Clone)]
+struct Content {
+    /// Its full blocks' chained hashes.
+    chain: Vec<u64>,
+    /// Its length in bytes.
+    bytes: usize,
+    /// Leading blocks many conversations share.
+    shared: usize,
+    /// Leading blocks the chosen replica was expected to hold.
+    held: usize,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct ReplicaEntry {
     spec: ReplicaSpec,
@@ -145,6 +165,15 @@ pub struct RouterCore {
     quarantine: Quarantine,
     /// Engine prompt tokens per stand-in token, learned from usage.
     token_scale: TokenScale,
+    /// Where unkeyed prompts fan out, for their conversation identity.
+    conversations: Conversations,
+    /// Which replica holds which prompt blocks.
+    index: PrefixIndex,
+    /// What is known of the content of each request in flight.
+    contents: HashMap<RequestId, Content>,
+    /// Replicas whose engines report cached prompt tokens (so a report of none means a
+    /// miss, not silence).
+    reports_cached: std::collections::HashSet<ReplicaId>,
 }
 
 impl RouterCore {
@@ -175,6 +204,10 @@ impl RouterCore {
             external: HashMap::new(),
             quarantine: Quarantine::new(config.quarantine),
             token_scale: TokenScale::default(),
+            conversations: Conversations::default(),
+            index: PrefixIndex::default(),
+            contents: HashMap::new(),
+            reports_cached: Default::default(),
         }
     }
 
@@ -192,7 +225,7 @@ impl RouterCore {
     pub fn quote(&self, a: &Admission) -> f64 {
         let output = self
             .estimator
-            .estimate(a.workload.0, a.max_tokens)
+            .estimate(a.workload.unwrap_or_else(anonymous_key).0, a.max_tokens)
             .saturating_mul(a.n.max(1));
         self.coeffs.price(&RequestShape {
             uncached_input: self.token_scale.apply(a.input_tokens),
@@ -204,7 +237,12 @@ impl RouterCore {
 
     /// Prices `a` and picks its replica; `None` when no replica is available.
     pub fn place(&mut self, a: &Admission, now_ms: u64) -> Option<Placement> {
-        let estimated_output = self.estimator.estimate(a.workload.0, a.max_tokens);
+        let seen = self.conversations.identify(a.blocks);
+        let workload = a
+            .workload
+            .or(seen.map(|s| s.key))
+            .unwrap_or_else(anonymous_key);
+        let estimated_output = self.estimator.estimate(workload.0, a.max_tokens);
         let n = a.n.max(1);
         let max_tokens = a.max_tokens.map(|m| m.saturating_mul(n));
         let output = estimated_output.saturating_mul(n);
@@ -212,7 +250,7 @@ impl RouterCore {
         self.next_id += 1;
         let active = Active {
             cost: InflightCost::new(RequestShape::default(), max_tokens),
-            workload: a.workload,
+            workload,
             input_tokens: self.token_scale.apply(a.input_tokens),
             counted_input: a.input_tokens,
             images: a.images,
@@ -221,17 +259,29 @@ impl RouterCore {
             expected_cached: 0,
             charged_kv: 0,
             replica: ReplicaId(0),
-            slice: a.workload,
+            slice: workload,
             generated: 0,
             n: a.n.max(1),
             fingerprint: a.fingerprint,
         };
         self.active.insert(id, active);
+        if let Some(seen) = seen {
+            self.contents.insert(
+                id,
+                Content {
+                    chain: a.blocks.full.clone(),
+                    bytes: a.blocks.bytes,
+                    shared: seen.shared_blocks,
+                    held: 0,
+                },
+            );
+        }
         let placed = self.assign(id, &[], now_ms);
         match placed {
-            Some(p) => self.meter.record(a.workload, p.mu),
+            Some(p) => self.meter.record(workload, p.mu),
             None => {
                 self.active.remove(&id);
+                self.contents.remove(&id);
             }
         }
         placed
@@ -289,15 +339,47 @@ impl RouterCore {
         let active = *self.active.get(&id)?;
         let workload = active.workload;
         let slice = self.assignment.lookup(workload);
-        let mut cached = Vec::with_capacity(self.replicas.len());
-        let fleet: Vec<Candidate> = self
+        // Prompt blocks each replica is expected to hold, from the content index.
+        let held = self.contents.get(&id).map(|content| {
+            let cache = self.config.affinity.cache_tokens;
+            let affinity = &self.affinity;
+            let matched = self.index.matched(&content.chain, |r, stamp| {
+                affinity.written(r).saturating_sub(stamp) < cache
+            });
+            (matched, content)
+        });
+        // Expected cached tokens, blocks held, and whether the replica holds more than
+        // what many conversations share (a home for this one).
+        let index_cached = |r: ReplicaId| -> (u32, usize, bool) {
+            let Some((matched, content)) = &held else {
+                return (0, 0, false);
+            };
+            let blocks = matched.get(&r).copied().unwrap_or(0);
+            let share = PromptBlocks::share_of(blocks, content.bytes);
+            let own = blocks > content.shared;
+            ((f64::from(active.input_tokens) * share) as u32, blocks, own)
+        };
+        let cached: Vec<(u32, usize, bool)> = self
             .replicas
             .iter()
             .map(|r| {
-                let c = self
-                    .affinity
-                    .expected_cached(workload.0, r.spec.id, active.input_tokens);
-                cached.push(c);
+                // A prompt's content says what is cached; without it, the workload's
+                // history guesses.
+                if held.is_some() {
+                    index_cached(r.spec.id)
+                } else {
+                    let by_workload =
+                        self.affinity
+                            .expected_cached(workload.0, r.spec.id, active.input_tokens);
+                    (by_workload, 0, by_workload > 0)
+                }
+            })
+            .collect();
+        let fleet: Vec<Candidate> = self
+            .replicas
+            .iter()
+            .zip(&cached)
+            .map(|(r, &(c, _, home))| {
                 let own = self.ledger.replica(r.spec.id);
                 let (ext_mu, ext_requests) =
                     self.external.get(&r.spec.id).copied().unwrap_or((0.0, 0));
@@ -308,7 +390,7 @@ impl RouterCore {
                     inflight_requests: own.requests + ext_requests,
                     capacity_mu_per_min: r.spec.capacity_mu_per_min,
                     cost_mu: self.coeffs.price(&Self::shape(&active, c)),
-                    warm: c > 0,
+                    warm: home,
                 }
             })
             .collect();
@@ -341,13 +423,18 @@ impl RouterCore {
         )?;
         let slice_start = slice.start;
         let at = fleet.iter().position(|c| c.id == choice.replica)?;
-        let shape = Self::shape(&active, cached[at]);
+        let (expected, held_blocks, _) = cached[at];
+        let shape = Self::shape(&active, expected);
         let cost = InflightCost::new(shape, active.max_tokens);
         let mu = cost.remaining_mu(&self.coeffs, 0);
         let new_kv = u64::from(shape.uncached_input) + u64::from(shape.output);
         self.ledger.admit(id, choice.replica, slice_start, mu);
         self.affinity.on_placed(choice.replica, new_kv);
-        if self.keyed(workload) {
+        if let Some(content) = self.contents.get_mut(&id) {
+            content.held = held_blocks;
+            let stamp = self.affinity.written(choice.replica);
+            self.index.insert(choice.replica, &content.chain, stamp);
+        } else if self.keyed(workload) {
             self.affinity
                 .hold(workload.0, choice.replica, active.input_tokens);
         }
@@ -381,10 +468,26 @@ impl RouterCore {
     /// failed or abandoned with `None`. Frees its in-flight MU.
     pub fn finish(&mut self, id: RequestId, usage: Option<Usage>) {
         self.ledger.finish(id);
+        let content = self.contents.remove(&id);
         let Some(a) = self.active.remove(&id) else {
             return;
         };
         if let Some(u) = usage {
+            if u.cached_tokens > 0 {
+                self.reports_cached.insert(a.replica);
+            }
+            if let Some(content) = content {
+                if self.reports_cached.contains(&a.replica) && u.prompt_tokens > 0 {
+                    // The blocks the engine did not find were not there.
+                    let found = f64::from(u.cached_tokens.min(u.prompt_tokens))
+                        / f64::from(u.prompt_tokens);
+                    let kept = (found * content.bytes as f64 / BLOCK_BYTES as f64) as usize;
+                    if kept < content.held {
+                        let predicted = &content.chain[..content.held];
+                        self.index.correct(a.replica, predicted, kept);
+                    }
+                }
+            }
             self.token_scale.observe(a.counted_input, u.prompt_tokens);
             // The measured load follows what the request really cost.
             let charged = a.cost.remaining_mu(&self.coeffs, 0);
@@ -509,8 +612,8 @@ impl RouterCore {
         self.active.len()
     }
 
-    /// Requests without a workload key share the anonymous key but nothing known about
-    /// their prompts: no affinity is learned for them.
+    /// Requests with neither a workload key nor content share the anonymous key and
+    /// nothing known about their prompts: no affinity is learned for them.
     fn keyed(&self, workload: SliceKey) -> bool {
         workload != anonymous_key()
     }
@@ -523,6 +626,7 @@ impl RouterCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::blocks::NO_CONTENT;
 
     fn core(n: u64, subset: usize) -> RouterCore {
         let ids: Vec<ReplicaId> = (0..n).map(ReplicaId).collect();
@@ -548,9 +652,10 @@ mod tests {
         )
     }
 
-    fn adm(w: &str, input: u32, max: u32) -> Admission {
+    fn adm(w: &str, input: u32, max: u32) -> Admission<'static> {
         Admission {
-            workload: SliceKey::of(w),
+            workload: Some(SliceKey::of(w)),
+            blocks: &NO_CONTENT,
             input_tokens: input,
             images: 0,
             max_tokens: Some(max),
@@ -693,7 +798,7 @@ mod tests {
     fn anonymous_traffic_is_not_piled_onto_a_guessed_prefix() {
         let mut c = core(2, 2);
         let anon = |input| Admission {
-            workload: crate::router::workload::anonymous_key(),
+            workload: None,
             ..adm("", input, 100)
         };
         // A keyed workload's next request is priced as cached where the first one went.
@@ -759,6 +864,84 @@ mod tests {
         assert_ne!(c.place(&adm("x", 100, 10), 10).unwrap().replica, p.replica);
     }
 
+    /// Turn `t` of conversation `c` behind a 4,000-byte system prompt shared by all.
+    fn turn(c: u64, t: u64) -> PromptBlocks {
+        let mut text: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+        for k in 0..=t {
+            text.extend((0..600u64).map(|i| ((c * 7919 + k * 104_729 + i * 31) % 256) as u8));
+        }
+        PromptBlocks::of_bytes(&text)
+    }
+
+    fn unkeyed(blocks: &PromptBlocks) -> Admission<'_> {
+        Admission {
+            workload: None,
+            blocks,
+            input_tokens: (blocks.bytes / 4) as u32,
+            ..adm("", 0, 50)
+        }
+    }
+
+    fn done(input: u32, cached: u32) -> Option<Usage> {
+        Some(Usage {
+            prompt_tokens: input,
+            completion_tokens: 50,
+            cached_tokens: cached,
+        })
+    }
+
+    #[test]
+    fn unkeyed_conversations_find_their_prefix_and_spread() {
+        let mut c = core(8, 2);
+        let mut homes = std::collections::HashSet::new();
+        // Twelve conversations start at once.
+        let firsts: Vec<(PromptBlocks, Placement)> = (0..12)
+            .map(|conv| {
+                let first = turn(conv, 0);
+                let a = c.place(&unkeyed(&first), 0).unwrap();
+                (first, a)
+            })
+            .collect();
+        for (first, a) in &firsts {
+            // What the engine finds: the system prompt's 15 full blocks where another
+            // conversation was before.
+            let found = if homes.insert(a.replica) { 0 } else { 960 };
+            c.finish(a.id, done(unkeyed(first).input_tokens, found));
+        }
+        for (conv, (_, a)) in firsts.iter().enumerate() {
+            let conv = conv as u64;
+            // The next turn is known by its content alone: it goes where the first one
+            // went, and is priced as mostly cached there.
+            let second = turn(conv, 1);
+            let b = c.place(&unkeyed(&second), 0).unwrap();
+            assert_eq!(b.replica, a.replica, "conversation {conv}");
+            let cold = c.quote(&unkeyed(&second));
+            assert!(b.mu < cold * 0.6, "{} vs {cold}", b.mu);
+            // The first turn's 17 full blocks.
+            c.finish(b.id, done(unkeyed(&second).input_tokens, 17 * 64));
+        }
+        // Conversations behind one system prompt are not one workload.
+        assert!(homes.len() >= 4, "{homes:?}");
+    }
+
+    #[test]
+    fn a_reported_miss_corrects_the_index() {
+        let mut c = core(2, 2);
+        let p = turn(1, 0);
+        let input = unkeyed(&p).input_tokens;
+        let a = c.place(&unkeyed(&p), 0).unwrap();
+        // The engine reports cached tokens, so its reports are believed.
+        c.finish(a.id, done(input, 10));
+        let b = c.place(&unkeyed(&p), 0).unwrap();
+        assert_eq!(b.replica, a.replica);
+        assert!(b.mu < a.mu * 0.6, "{} vs {}", b.mu, a.mu);
+        // It found nothing after all: the blocks are not counted on there again.
+        c.finish(b.id, done(input, 0));
+        let mut other = c.clone();
+        let again = other.place(&unkeyed(&p), 0).unwrap();
+        assert!(again.mu > a.mu * 0.9, "{} vs {}", again.mu, a.mu);
+    }
+
     #[test]
     fn an_implicated_request_stays_in_its_subset_and_is_refused_at_the_limit() {
         let mut c = core(6, 2);
@@ -766,7 +949,11 @@ mod tests {
             fingerprint: Some(99),
             ..adm("p", 100, 10)
         };
-        let subset = c.assignment().lookup(poison.workload).subset.clone();
+        let subset = c
+            .assignment()
+            .lookup(poison.workload.unwrap())
+            .subset
+            .clone();
         let first = c.place(&poison, 0).unwrap();
         assert!(subset.contains(&first.replica));
         // It hung its replica: implicated, then retried - only inside the subset.
@@ -780,7 +967,11 @@ mod tests {
         c.finish(second.id, None);
         let mut c2 = core(6, 2);
         c2.merge_implications(&c.implications(0, 1_000), 0);
-        let s = c2.assignment().lookup(poison.workload).subset.clone();
+        let s = c2
+            .assignment()
+            .lookup(poison.workload.unwrap())
+            .subset
+            .clone();
         let other = Admission {
             fingerprint: Some(7),
             ..poison

@@ -2,18 +2,22 @@
 
 pub mod affinity;
 pub mod baselines;
+pub mod blocks;
 pub mod choice;
+pub mod conversation;
 pub mod core;
 pub mod health;
 pub mod ledger;
 pub mod models;
 pub mod policy;
+pub mod prefix_index;
 pub mod quarantine;
 pub mod retry;
 pub mod sluice_policy;
 pub mod workload;
 
 pub use affinity::{AffinityConfig, PrefixAffinity};
+pub use blocks::{PromptBlocks, NO_CONTENT};
 pub use choice::{choose, Candidate, Choice, SpillPolicy};
 pub use core::{Admission, Placement, ReplicaSpec, ReplicaView, RouterConfig, RouterCore, Usage};
 pub use health::{EjectionPolicy, PassiveHealth};

@@ -10,8 +10,9 @@ use crate::slice::{ReplicaId, SliceKey};
 pub struct RouteRequest<'a> {
     /// Unique per router; later `on_progress`/`on_finish` calls name it.
     pub id: u64,
-    /// Hash of the workload key (session, user, API key).
-    pub workload: SliceKey,
+    /// Hash of the workload key (session, user, API key); `None` when the request
+    /// carries none.
+    pub workload: Option<SliceKey>,
     /// The prompt's token ids (what prefix-aware policies hash).
     pub prompt: &'a [u32],
     pub max_tokens: Option<u32>,

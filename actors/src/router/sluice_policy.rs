@@ -12,6 +12,7 @@
 //! set is fixed at construction (the core has no way to add replicas); replicas missing
 //! from an observation count as unhealthy, and the assigner moves their slices away.
 
+use super::blocks::PromptBlocks;
 use super::core::{Admission, ReplicaSpec, RouterConfig, RouterCore, Usage};
 use super::ledger::RequestId;
 use super::policy::{KvIndex, ReplicaObservation, RouteRequest, RoutingPolicy};
@@ -200,8 +201,10 @@ impl RoutingPolicy for SluicePolicy {
     ) -> Option<ReplicaId> {
         self.sync_health(fleet);
         self.maybe_reassign(now_us);
+        let blocks = PromptBlocks::of_tokens(req.prompt);
         let admission = Admission {
             workload: req.workload,
+            blocks: &blocks,
             input_tokens: u32::try_from(req.prompt.len()).unwrap_or(u32::MAX),
             images: req.images,
             max_tokens: req.max_tokens,
@@ -257,7 +260,7 @@ mod tests {
     fn req<'a>(id: u64, workload: &str, prompt: &'a [u32]) -> RouteRequest<'a> {
         RouteRequest {
             id,
-            workload: SliceKey::of(workload),
+            workload: Some(SliceKey::of(workload)),
             prompt,
             max_tokens: Some(200),
             images: 0,

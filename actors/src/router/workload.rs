@@ -49,11 +49,11 @@ pub struct KeyInputs<'a, H: Fn(&str) -> Option<&'a str>> {
 
 /// The slice key of a request: the first source that is present, each source in its
 /// own namespace so that a user named like a session id does not collide with it.
-/// Requests with none of them share one anonymous workload.
+/// `None` when it has none of them: the router then keys it by its content.
 pub fn workload_key<'a, H: Fn(&str) -> Option<&'a str>>(
     sources: &[KeySource],
     inputs: &KeyInputs<'a, H>,
-) -> SliceKey {
+) -> Option<SliceKey> {
     for s in sources {
         let found = match s {
             KeySource::Header(name) => (inputs.header)(name)
@@ -63,13 +63,13 @@ pub fn workload_key<'a, H: Fn(&str) -> Option<&'a str>>(
             KeySource::ApiKey => inputs.api_key.filter(|v| !v.is_empty()).map(|v| ("k", v)),
         };
         if let Some((ns, value)) = found {
-            return SliceKey::of(&format!("{ns}:{value}"));
+            return Some(SliceKey::of(&format!("{ns}:{value}")));
         }
     }
-    anonymous_key()
+    None
 }
 
-/// The key of requests that offer none of the sources.
+/// The key of requests that offer neither a key nor content to derive one from.
 pub fn anonymous_key() -> SliceKey {
     SliceKey::of("anonymous")
 }
@@ -101,10 +101,19 @@ mod tests {
             user: None,
             api_key: None,
         };
-        assert_eq!(workload_key(&sources, &with_header), SliceKey::of("h:s1"));
-        assert_eq!(workload_key(&sources, &only_user), SliceKey::of("u:alice"));
-        assert_eq!(workload_key(&sources, &only_key), SliceKey::of("k:sk-1"));
-        assert_eq!(workload_key(&sources, &nothing), SliceKey::of("anonymous"));
+        assert_eq!(
+            workload_key(&sources, &with_header),
+            Some(SliceKey::of("h:s1"))
+        );
+        assert_eq!(
+            workload_key(&sources, &only_user),
+            Some(SliceKey::of("u:alice"))
+        );
+        assert_eq!(
+            workload_key(&sources, &only_key),
+            Some(SliceKey::of("k:sk-1"))
+        );
+        assert_eq!(workload_key(&sources, &nothing), None);
     }
 
     #[test]

@@ -432,7 +432,7 @@ fn poison_key() -> u64 {
             api_key: None,
         },
     )
-    .0
+    .map_or(0, |k| k.0)
 }
 
 async fn sleep_until(epoch: Instant, at: Duration) {

@@ -101,7 +101,7 @@ mod tests {
             requests: (0..100u64)
                 .map(|i| TraceRequest {
                     arrival_us: 1_000_000 + i * 600_000,
-                    session: i,
+                    session: Some(i),
                     prompt: Prompt {
                         segments: vec![Segment { seed: i, len: 1000 }],
                     },

@@ -307,7 +307,7 @@ pub fn simulate_scaled(
         let tokens = req.prompt.tokens();
         let route = RouteRequest {
             id: idx as u64,
-            workload: SliceKey(req.session),
+            workload: req.session.map(SliceKey),
             prompt: &tokens,
             max_tokens: opts.exact_max_tokens.then_some(req.output_tokens),
             images: 0,
@@ -439,7 +439,7 @@ mod tests {
         ) -> Option<ReplicaId> {
             self.next += 1;
             let k = if self.sticky {
-                req.workload.0
+                req.workload.map_or(0, |w| w.0)
             } else {
                 self.next
             };
@@ -458,7 +458,7 @@ mod tests {
                 n += 1;
                 requests.push(TraceRequest {
                     arrival_us: t0 + k * 1_000_000 / rate,
-                    session: n,
+                    session: Some(n),
                     prompt: Prompt {
                         segments: vec![Segment { seed: n, len: 4000 }],
                     },
@@ -534,7 +534,7 @@ mod tests {
             for t in 0..turns {
                 requests.push(TraceRequest {
                     arrival_us: (t * sessions + s) * 50_000,
-                    session: s,
+                    session: Some(s),
                     prompt: Prompt {
                         segments: vec![
                             Segment {

@@ -254,7 +254,7 @@ fn session(
             }
             out.push(TraceRequest {
                 arrival_us: (at_s * 1e6).round() as u64,
-                session: key,
+                session: Some(key),
                 prompt: Prompt { segments },
                 output_tokens: output,
             });
@@ -291,7 +291,7 @@ mod tests {
     fn by_session(t: &Trace) -> HashMap<u64, Vec<&TraceRequest>> {
         let mut m: HashMap<u64, Vec<&TraceRequest>> = HashMap::new();
         for r in &t.requests {
-            m.entry(r.session).or_default().push(r);
+            m.entry(r.session.unwrap()).or_default().push(r);
         }
         m
     }

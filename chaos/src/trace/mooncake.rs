@@ -29,8 +29,8 @@ pub fn read_mooncake(path: &Path) -> Result<Trace, TraceError> {
 }
 
 /// Each block id seeds its 512 tokens, so equal ids give equal token blocks; the last
-/// block is sized by `input_length`. A conversation is keyed by its first block id: the
-/// turns of one conversation share it, and distinct conversations rarely do.
+/// block is sized by `input_length`. The trace has no session ids, so requests carry no
+/// workload key.
 pub fn parse_mooncake(text: &str, origin: &str) -> Result<Trace, TraceError> {
     let mut requests = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -63,10 +63,10 @@ pub fn parse_mooncake(text: &str, origin: &str) -> Result<Trace, TraceError> {
                 len: left,
             });
         }
-        let session = splitmix64(row.hash_ids.first().map_or(u64::MAX - i as u64, |&id| id));
         requests.push(TraceRequest {
             arrival_us: row.timestamp * 1000,
-            session,
+            // The trace names no session: none is invented from its blocks.
+            session: None,
             prompt: Prompt { segments },
             output_tokens: row.output_length.max(1),
         });
@@ -106,7 +106,7 @@ mod tests {
         let (ta, tb) = (a.prompt.tokens(), b.prompt.tokens());
         assert_eq!(ta[..512], tb[..512]);
         assert_ne!(ta[512..600], tb[512..600]);
-        assert_eq!(a.session, b.session);
+        assert_eq!((a.session, b.session), (None, None));
     }
 
     #[test]

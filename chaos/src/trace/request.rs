@@ -44,8 +44,10 @@ impl Prompt {
 pub struct TraceRequest {
     /// Microseconds from the start of the trace.
     pub arrival_us: u64,
-    /// The workload key (session, conversation or client) the router slices on.
-    pub session: u64,
+    /// The workload key the trace carries (its session, conversation or client id), or
+    /// `None` when it has none: the router then derives one from the prompt's content,
+    /// as a live router does for a request without a session header, user or API key.
+    pub session: Option<u64>,
     pub prompt: Prompt,
     /// Tokens the request generates (the trace's recorded output length).
     pub output_tokens: u32,

@@ -502,7 +502,7 @@ impl ServeGenData {
                     };
                     requests.push(TraceRequest {
                         arrival_us: ((from_s + offset * span_s) * 1e6).round() as u64,
-                        session,
+                        session: Some(session),
                         prompt: Prompt { segments },
                         output_tokens: output,
                     });
@@ -869,7 +869,7 @@ mod tests {
         read_archive(&tiny()[..], "tiny.tgz").unwrap()
     }
 
-    fn count_in(t: &Trace, session: u64, from_s: f64, to_s: f64) -> usize {
+    fn count_in(t: &Trace, session: Option<u64>, from_s: f64, to_s: f64) -> usize {
         t.requests
             .iter()
             .filter(|r| r.session == session)
@@ -913,7 +913,7 @@ mod tests {
             .requests
             .windows(2)
             .all(|w| w[0].arrival_us <= w[1].arrival_us));
-        let keys: HashSet<u64> = t.requests.iter().map(|r| r.session).collect();
+        let keys: HashSet<u64> = t.requests.iter().filter_map(|r| r.session).collect();
         assert_eq!(keys.len(), 2);
         let by_len = |len: u32| t.requests.iter().find(|r| r.prompt.len() == len).unwrap();
         let k0 = by_len(5000).session;
@@ -1043,7 +1043,7 @@ mod tests {
         let mut per: HashMap<u32, HashSet<u64>> = HashMap::new();
         for r in &t.requests {
             let client = if r.prompt.len() == 3000 { 1 } else { 0 };
-            per.entry(client).or_default().insert(r.session);
+            per.entry(client).or_default().insert(r.session.unwrap());
         }
         assert_eq!(per[&0].len(), 8, "peak 2 req/s / 0.25");
         assert_eq!(per[&1].len(), 1);
@@ -1228,7 +1228,7 @@ mod tests {
                 "window {k}: {got} vs {want}"
             );
         }
-        let keys: HashSet<u64> = t.requests.iter().map(|r| r.session).collect();
+        let keys: HashSet<u64> = t.requests.iter().filter_map(|r| r.session).collect();
         assert!(keys.len() <= d.clients.len());
     }
 }

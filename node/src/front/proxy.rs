@@ -13,7 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use sluice_actors::router::quarantine::fingerprint;
 use sluice_actors::router::{
-    upstream_failed, workload_key, Admission, KeyInputs, Placement, RequestId, Usage, Verdict,
+    upstream_failed, workload_key, Admission, KeyInputs, Placement, PromptBlocks, RequestId, Usage,
+    Verdict,
 };
 use sluice_actors::slice::ReplicaId;
 use sluice_engine::openai::{read_for_routing, ApiError, Endpoint};
@@ -129,8 +130,10 @@ async fn forward(
             api_key,
         },
     );
+    let blocks = PromptBlocks::of_bytes(&parsed.content);
     let admission = Admission {
         workload,
+        blocks: &blocks,
         input_tokens: u32::try_from(parsed.prompt_tokens).unwrap_or(u32::MAX),
         images: parsed.images,
         max_tokens: parsed.max_tokens,

@@ -209,7 +209,7 @@ pub(crate) mod fixtures {
     pub fn req(prompt: &[u32]) -> RouteRequest<'_> {
         RouteRequest {
             id: 0,
-            workload: SliceKey(0),
+            workload: Some(SliceKey(0)),
             prompt,
             max_tokens: None,
             images: 0,

@@ -112,7 +112,7 @@ mod tests {
     fn req(id: u64, workload: u64, prompt: &[u32]) -> RouteRequest<'_> {
         RouteRequest {
             id,
-            workload: SliceKey(workload.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            workload: Some(SliceKey(workload.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
             prompt,
             max_tokens: Some(64),
             images: 0,

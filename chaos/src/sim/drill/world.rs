@@ -17,8 +17,8 @@ use sluice_actors::prober::{
     VerdictChange, PROBE_MAX_TOKENS, PROBE_PRIORITY,
 };
 use sluice_actors::router::{
-    upstream_failed, Admission, QuarantineConfig, ReplicaSpec, RequestId as RouterId, RouterConfig,
-    RouterCore, Usage,
+    upstream_failed, Admission, PromptBlocks, QuarantineConfig, ReplicaSpec, RequestId as RouterId,
+    RouterConfig, RouterCore, Usage,
 };
 use sluice_actors::slice::{ReplicaId, SliceKey};
 use sluice_actors::Profile;
@@ -493,6 +493,7 @@ impl<'t> World<'t> {
         self.nodes[door].inflight += 1;
         self.reqs[q as usize].counted = true;
         let (workload, input, output, fingerprint) = self.shape(q);
+        let blocks = PromptBlocks::of_tokens(&self.prompt(q));
         let now_ms = self.now / 1000;
         let node = &mut self.nodes[door];
         let verdict = node.router.verdict(fingerprint, now_ms);
@@ -506,7 +507,8 @@ impl<'t> World<'t> {
             return;
         }
         let admission = Admission {
-            workload: SliceKey(workload),
+            workload: workload.map(SliceKey),
+            blocks: &blocks,
             input_tokens: input,
             images: 0,
             max_tokens: Some(output),
@@ -529,7 +531,7 @@ impl<'t> World<'t> {
     }
 
     /// (workload key, prompt tokens, output tokens, body fingerprint) of request `q`.
-    fn shape(&self, q: u32) -> (u64, u32, u32, u64) {
+    fn shape(&self, q: u32) -> (Option<u64>, u32, u32, u64) {
         let r = &self.reqs[q as usize];
         match r.trace.and_then(|t| self.trace.requests.get(t as usize)) {
             Some(t) => (
@@ -538,7 +540,7 @@ impl<'t> World<'t> {
                 t.output_tokens.max(1),
                 splitmix(u64::from(r.trace.unwrap_or(0)) ^ 0xb0d7),
             ),
-            None => (POISON_KEY, 64, 32, POISON_FINGERPRINT),
+            None => (Some(POISON_KEY), 64, 32, POISON_FINGERPRINT),
         }
     }
 
