@@ -18,7 +18,7 @@ use crate::slice::SliceKey;
 use std::collections::HashMap;
 
 /// Distinct next blocks after which a block counts as shared by many conversations.
-pub const FANOUT_SHARED: usize = 3;
+pub const FANOUT_SHARED: usize = 8;
 
 #[derive(Debug, Clone)]
 struct Node {
@@ -150,11 +150,11 @@ mod tests {
         let system = text(1, 10 * BLOCK_BYTES + 100);
         let mut conv = Conversations::default();
         // A few conversations teach the router that the system prompt fans out.
-        for c in 0..4 {
+        for c in 0..FANOUT_SHARED as u64 {
             conv.identify(&turn(&system, c, 0));
         }
         let mut ids = std::collections::HashSet::new();
-        for c in 10..30 {
+        for c in 100..120 {
             let first = conv.identify(&turn(&system, c, 0)).unwrap().key;
             for t in 1..6 {
                 let next = conv.identify(&turn(&system, c, t)).unwrap();
@@ -185,7 +185,7 @@ mod tests {
     fn a_prompt_that_ends_at_the_fan_out_point_is_its_tail() {
         let system = text(1, 4 * BLOCK_BYTES);
         let mut conv = Conversations::default();
-        for c in 0..4 {
+        for c in 0..FANOUT_SHARED as u64 {
             conv.identify(&turn(&system, c, 0));
         }
         let mut alone = system.clone();

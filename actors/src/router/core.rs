@@ -174,6 +174,8 @@ pub struct RouterCore {
     /// Replicas whose engines report cached prompt tokens (so a report of none means a
     /// miss, not silence).
     reports_cached: std::collections::HashSet<ReplicaId>,
+    /// Per replica, the share of the index's expected cached blocks its engine found.
+    reliability: HashMap<ReplicaId, f64>,
 }
 
 impl RouterCore {
@@ -208,6 +210,7 @@ impl RouterCore {
             index: PrefixIndex::default(),
             contents: HashMap::new(),
             reports_cached: Default::default(),
+            reliability: HashMap::new(),
         }
     }
 
@@ -340,8 +343,8 @@ impl RouterCore {
         let workload = active.workload;
         let slice = self.assignment.lookup(workload);
         // Prompt blocks each replica is expected to hold, from the content index.
+        let cache = self.config.affinity.cache_tokens.max(1);
         let held = self.contents.get(&id).map(|content| {
-            let cache = self.config.affinity.cache_tokens;
             let affinity = &self.affinity;
             let matched = self.index.matched(&content.chain, |r, stamp| {
                 affinity.written(r).saturating_sub(stamp) < cache
@@ -349,15 +352,26 @@ impl RouterCore {
             (matched, content)
         });
         // Expected cached tokens, blocks held, and whether the replica holds more than
-        // what many conversations share (a home for this one).
+        // what many conversations share (a home for this one). What was written there
+        // since the run's oldest block makes its survival less certain (as in
+        // `PrefixAffinity`): the router's count of a replica's writes is approximate.
         let index_cached = |r: ReplicaId| -> (u32, usize, bool) {
             let Some((matched, content)) = &held else {
                 return (0, 0, false);
             };
-            let blocks = matched.get(&r).copied().unwrap_or(0);
-            let share = PromptBlocks::share_of(blocks, content.bytes);
-            let own = blocks > content.shared;
-            ((f64::from(active.input_tokens) * share) as u32, blocks, own)
+            let Some(run) = matched.get(&r) else {
+                return (0, 0, false);
+            };
+            let since = self.affinity.written(r).saturating_sub(run.oldest) as f64;
+            let survival = (1.0 - since / cache as f64).clamp(0.0, 1.0);
+            let reliability = self.reliability.get(&r).copied().unwrap_or(1.0);
+            let share = PromptBlocks::share_of(run.blocks, content.bytes) * survival * reliability;
+            let own = run.blocks > content.shared;
+            (
+                (f64::from(active.input_tokens) * share) as u32,
+                run.blocks,
+                own,
+            )
         };
         let cached: Vec<(u32, usize, bool)> = self
             .replicas
@@ -434,7 +448,8 @@ impl RouterCore {
             content.held = held_blocks;
             let stamp = self.affinity.written(choice.replica);
             self.index.insert(choice.replica, &content.chain, stamp);
-        } else if self.keyed(workload) {
+        }
+        if self.keyed(workload) {
             self.affinity
                 .hold(workload.0, choice.replica, active.input_tokens);
         }
@@ -476,16 +491,21 @@ impl RouterCore {
             if u.cached_tokens > 0 {
                 self.reports_cached.insert(a.replica);
             }
-            if let Some(content) = content {
-                if self.reports_cached.contains(&a.replica) && u.prompt_tokens > 0 {
-                    // The blocks the engine did not find were not there.
+            if let Some(content) = &content {
+                if self.reports_cached.contains(&a.replica)
+                    && u.prompt_tokens > 0
+                    && content.held > 0
+                {
+                    // How much of what the index promised the engine found. The blocks
+                    // it missed are there now (this request computed them), so nothing
+                    // is removed; the replica's promises are discounted instead.
                     let found = f64::from(u.cached_tokens.min(u.prompt_tokens))
                         / f64::from(u.prompt_tokens);
-                    let kept = (found * content.bytes as f64 / BLOCK_BYTES as f64) as usize;
-                    if kept < content.held {
-                        let predicted = &content.chain[..content.held];
-                        self.index.correct(a.replica, predicted, kept);
-                    }
+                    let found_blocks = found * content.bytes as f64 / BLOCK_BYTES as f64;
+                    let hit = (found_blocks / content.held as f64).clamp(0.0, 1.0);
+                    let alpha = self.config.affinity.alpha;
+                    let r = self.reliability.entry(a.replica).or_insert(1.0);
+                    *r = alpha * hit + (1.0 - alpha) * *r;
                 }
             }
             self.token_scale.observe(a.counted_input, u.prompt_tokens);
@@ -511,6 +531,11 @@ impl RouterCore {
                 written,
                 a.charged_kv,
             );
+            if let Some(content) = &content {
+                // Its blocks were in use until now: they are the replica's most recent.
+                let stamp = self.affinity.written(a.replica);
+                self.index.insert(a.replica, &content.chain, stamp);
+            }
             if let Some(r) = self.entry(a.replica) {
                 r.passive.on_success();
             }
@@ -925,7 +950,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reported_miss_corrects_the_index() {
+    fn a_replica_that_keeps_missing_is_discounted() {
         let mut c = core(2, 2);
         let p = turn(1, 0);
         let input = unkeyed(&p).input_tokens;
@@ -935,11 +960,16 @@ mod tests {
         let b = c.place(&unkeyed(&p), 0).unwrap();
         assert_eq!(b.replica, a.replica);
         assert!(b.mu < a.mu * 0.6, "{} vs {}", b.mu, a.mu);
-        // It found nothing after all: the blocks are not counted on there again.
-        c.finish(b.id, done(input, 0));
-        let mut other = c.clone();
-        let again = other.place(&unkeyed(&p), 0).unwrap();
-        assert!(again.mu > a.mu * 0.9, "{} vs {}", again.mu, a.mu);
+        c.finish(b.id, done(input, input));
+        // Its engine then finds nothing, again and again: its promises lose weight.
+        let mut last = b.mu;
+        for _ in 0..8 {
+            let next = c.place(&unkeyed(&p), 0).unwrap();
+            assert!(next.mu >= last - 1e-9, "{} after {last}", next.mu);
+            last = next.mu;
+            c.finish(next.id, done(input, 0));
+        }
+        assert!(last > a.mu * 0.8, "{last} vs {}", a.mu);
     }
 
     #[test]

@@ -4,9 +4,8 @@
 //! After a request is placed, its prompt's blocks are expected on that replica. They
 //! stay while the replica's cache has not turned over since: each holder is stamped with
 //! the replica's written-KV counter (see [`PrefixAffinity`](super::affinity)) and counts
-//! only while less than the cache's size has been written after it. The engines'
-//! reported `cached_tokens` correct it: blocks a replica turned out not to hold are
-//! dropped. Lookups walk the prompt's chain from the start and stop at the first block
+//! only while less than the cache's size has been written after it. (The router core
+//! discounts a replica whose engine finds less than the index promised.) Lookups walk the prompt's chain from the start and stop at the first block
 //! nobody holds, so they cost the length of the matched prefix times its holders.
 //!
 //! Memory is bounded: at most `max_blocks` blocks, the least recently used forgotten
@@ -26,6 +25,14 @@ struct Holder {
 struct Entry {
     holders: Vec<Holder>,
     last: u64,
+}
+
+/// A replica's run of a prompt's leading blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub blocks: usize,
+    /// The oldest stamp in the run: the first of its blocks the cache would drop.
+    pub oldest: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -81,14 +88,15 @@ impl PrefixIndex {
         }
     }
 
-    /// For each replica holding a prefix of `chain`: how many leading blocks it holds.
-    /// `live(replica, stamp)` says whether a block stamped `stamp` is still cached there.
+    /// For each replica holding a prefix of `chain`: how many leading blocks it holds,
+    /// and the oldest stamp among them. `live(replica, stamp)` says whether a block
+    /// stamped `stamp` may still be cached there.
     pub fn matched(
         &self,
         chain: &[u64],
         live: impl Fn(ReplicaId, u64) -> bool,
-    ) -> HashMap<ReplicaId, usize> {
-        let mut out: HashMap<ReplicaId, usize> = HashMap::new();
+    ) -> HashMap<ReplicaId, Held> {
+        let mut out: HashMap<ReplicaId, Held> = HashMap::new();
         for (i, h) in chain.iter().enumerate() {
             let Some(e) = self.blocks.get(h) else {
                 break;
@@ -96,9 +104,18 @@ impl PrefixIndex {
             let mut any = false;
             for x in &e.holders {
                 // A replica counts only for an unbroken run from the first block.
-                let held = out.get(&x.replica).copied().unwrap_or(0);
-                if held == i && live(x.replica, x.stamp) {
-                    out.insert(x.replica, i + 1);
+                let held = out.get(&x.replica).copied().unwrap_or(Held {
+                    blocks: 0,
+                    oldest: x.stamp,
+                });
+                if held.blocks == i && live(x.replica, x.stamp) {
+                    out.insert(
+                        x.replica,
+                        Held {
+                            blocks: i + 1,
+                            oldest: held.oldest.min(x.stamp),
+                        },
+                    );
                     any = true;
                 }
             }
@@ -107,16 +124,6 @@ impl PrefixIndex {
             }
         }
         out
-    }
-
-    /// `replica` reported holding only the first `kept` blocks of `chain`: the rest are
-    /// not there.
-    pub fn correct(&mut self, replica: ReplicaId, chain: &[u64], kept: usize) {
-        for h in chain.iter().skip(kept) {
-            if let Some(e) = self.blocks.get_mut(h) {
-                e.holders.retain(|x| x.replica != replica);
-            }
-        }
     }
 
     /// `replica` may have lost its whole cache (it restarted or failed).
@@ -149,9 +156,16 @@ mod tests {
         let mut idx = PrefixIndex::default();
         idx.insert(A, &[1, 2, 3, 4], 0);
         idx.insert(B, &[1, 2, 9], 0);
+        idx.insert(A, &[1], 7);
         let m = idx.matched(&[1, 2, 3, 5], |_, _| true);
-        assert_eq!(m.get(&A), Some(&3));
-        assert_eq!(m.get(&B), Some(&2));
+        assert_eq!(
+            m.get(&A),
+            Some(&Held {
+                blocks: 3,
+                oldest: 0
+            })
+        );
+        assert_eq!(m.get(&B).map(|h| h.blocks), Some(2));
         assert!(idx.matched(&[7, 1, 2], |_, _| true).is_empty());
     }
 
@@ -162,13 +176,15 @@ mod tests {
         idx.insert(B, &[1, 2, 3], 500);
         // A's cache turned over since stamp 10.
         let m = idx.matched(&[1, 2, 3], |r, stamp| r != A || stamp > 100);
-        assert_eq!((m.get(&A), m.get(&B)), (None, Some(&3)));
-        // B said it had only the first block.
-        idx.correct(B, &[1, 2, 3], 1);
-        assert_eq!(idx.matched(&[1, 2, 3], |_, _| true).get(&B), Some(&1));
+        assert_eq!((m.get(&A), m.get(&B).map(|h| h.blocks)), (None, Some(3)));
         idx.forget_replica(B);
         assert_eq!(idx.matched(&[1, 2, 3], |_, _| true).get(&B), None);
-        assert_eq!(idx.matched(&[1, 2, 3], |_, _| true).get(&A), Some(&3));
+        assert_eq!(
+            idx.matched(&[1, 2, 3], |_, _| true)
+                .get(&A)
+                .map(|h| h.blocks),
+            Some(3)
+        );
     }
 
     #[test]
@@ -200,8 +216,8 @@ mod tests {
                 *l = (*l).max(len);
             }
             let chain: Vec<u64> = (0..probe as u64).collect();
-            for (r, n) in idx.matched(&chain, |_, _| true) {
-                prop_assert_eq!(n, longest[&r].min(probe));
+            for (r, held) in idx.matched(&chain, |_, _| true) {
+                prop_assert_eq!(held.blocks, longest[&r].min(probe));
             }
         }
     }
