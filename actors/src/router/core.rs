@@ -448,8 +448,8 @@ impl RouterCore {
             content.held = held_blocks;
             let stamp = self.affinity.written(choice.replica);
             self.index.insert(choice.replica, &content.chain, stamp);
-        }
-        if self.keyed(workload) {
+        } else if self.keyed(workload) {
+            // Only a request without content is priced by its workload's history.
             self.affinity
                 .hold(workload.0, choice.replica, active.input_tokens);
         }
