@@ -74,27 +74,30 @@ fn compare(rows: &[Row]) -> Result<(&Row, f64, f64, f64, f64)> {
     ))
 }
 
-#[test]
-fn a_shared_system_prompt_without_session_ids() -> Result<()> {
+/// At loads 0.5 and 0.8: Sluice's TTFT p95 and p99 within the given multiples of the
+/// best baseline's, its prefix hits within 2 points of the best, its goodput within 2%.
+fn holds_its_own(format: &str, p95_margin: f64, p99_margin: f64) -> Result<()> {
     for load in ["0.5", "0.8"] {
-        let rows = simulate("shared-system", load)?;
+        let rows = simulate(format, load)?;
         let (s, p95, p99, hit, goodput) = compare(&rows)?;
-        // Conversations are told apart by content: no baseline has a better tail or
-        // finds more of the cache.
         ensure!(
-            s.ttft_p95 <= p95,
-            "load {load}: p95 {} vs {p95}",
+            s.ttft_p95 <= p95 * p95_margin,
+            "{format} at {load}: p95 {} vs {p95}",
             s.ttft_p95
         );
         ensure!(
-            s.ttft_p99 <= p99,
-            "load {load}: p99 {} vs {p99}",
+            s.ttft_p99 <= p99 * p99_margin,
+            "{format} at {load}: p99 {} vs {p99}",
             s.ttft_p99
         );
-        ensure!(s.hit >= hit - 0.02, "load {load}: hits {} vs {hit}", s.hit);
+        ensure!(
+            s.hit >= hit - 0.02,
+            "{format} at {load}: hits {} vs {hit}",
+            s.hit
+        );
         ensure!(
             s.goodput >= goodput * 0.98,
-            "load {load}: goodput {} vs {goodput}",
+            "{format} at {load}: goodput {} vs {goodput}",
             s.goodput
         );
     }
@@ -102,31 +105,17 @@ fn a_shared_system_prompt_without_session_ids() -> Result<()> {
 }
 
 #[test]
+fn a_shared_system_prompt_without_session_ids() -> Result<()> {
+    // Conversations are told apart by content: no baseline has a better tail or finds
+    // more of the cache.
+    holds_its_own("shared-system", 1.0, 1.0)
+}
+
+#[test]
 fn three_applications_carry_all_the_traffic() -> Result<()> {
-    for load in ["0.5", "0.8"] {
-        let rows = simulate("few-apps", load)?;
-        let (s, p95, p99, hit, goodput) = compare(&rows)?;
-        // Three hot keys: their subsets widen and the choice inside them follows the
-        // content, so no key queues on a few replicas. The p99 margin is today's gap,
-        // not the goal (no worse than the best): round-robin's perfectly even spread
-        // wins the tail while the assigner's once-a-minute rounds are still widening
-        // the subsets.
-        ensure!(
-            s.ttft_p95 <= p95 * 1.1,
-            "load {load}: p95 {} vs {p95}",
-            s.ttft_p95
-        );
-        ensure!(
-            s.ttft_p99 <= p99 * 1.35,
-            "load {load}: p99 {} vs {p99}",
-            s.ttft_p99
-        );
-        ensure!(s.hit >= hit - 0.02, "load {load}: hits {} vs {hit}", s.hit);
-        ensure!(
-            s.goodput >= goodput * 0.98,
-            "load {load}: goodput {} vs {goodput}",
-            s.goodput
-        );
-    }
-    Ok(())
+    // Three hot keys: their subsets widen and the choice inside them follows the
+    // content, so no key queues on a few replicas. The p99 margin is today's gap, not
+    // the goal (no worse than the best): round-robin's perfectly even spread wins the
+    // tail while the assigner's once-a-minute rounds are still widening the subsets.
+    holds_its_own("few-apps", 1.1, 1.35)
 }

@@ -213,7 +213,7 @@ fn session(
     let bursts = if long {
         u32::MAX
     } else {
-        geometric(&mut rng, cfg.mean_bursts)
+        rng.geometric(cfg.mean_bursts)
     };
     let system_len = cfg.system_prompt_tokens;
     let mut prompt = 0u32;
@@ -221,7 +221,7 @@ fn session(
     let mut at_s = start_s;
     let mut turns = 0u32;
     'bursts: for burst in 0..bursts {
-        let burst_turns = geometric(&mut rng, cfg.mean_burst_turns);
+        let burst_turns = rng.geometric(cfg.mean_burst_turns);
         for k in 0..burst_turns {
             let new = match (burst, k) {
                 (0, 0) => system_len.saturating_add(cfg.task_tokens.tokens(&mut rng)),
@@ -271,16 +271,6 @@ fn session(
             prev_output = output;
         }
     }
-}
-
-/// A geometric count on 1, 2, … with the given mean (1 if the mean is at most 1).
-fn geometric(rng: &mut Rng, mean: f64) -> u32 {
-    if mean.is_nan() || mean <= 1.0 || mean.is_infinite() {
-        return 1;
-    }
-    let q = 1.0 - 1.0 / mean;
-    let u = 1.0 - rng.uniform();
-    (1.0 + (u.ln() / q.ln()).floor()).min(10_000.0) as u32
 }
 
 #[cfg(test)]
@@ -471,11 +461,8 @@ mod tests {
     fn geometric_has_its_mean() {
         let mut rng = Rng::new(4);
         let n = 100_000;
-        let m = (0..n)
-            .map(|_| f64::from(geometric(&mut rng, 6.0)))
-            .sum::<f64>()
-            / f64::from(n);
+        let m = (0..n).map(|_| f64::from(rng.geometric(6.0))).sum::<f64>() / f64::from(n);
         assert!((m - 6.0).abs() < 0.1, "{m}");
-        assert_eq!(geometric(&mut rng, 0.5), 1);
+        assert_eq!(rng.geometric(0.5), 1);
     }
 }

@@ -786,6 +786,16 @@ impl Rng {
     }
 
     /// Exponential with the given mean.
+    /// A geometric count on 1, 2, … with the given mean (1 if the mean is at most 1).
+    pub(crate) fn geometric(&mut self, mean: f64) -> u32 {
+        if mean.is_nan() || mean <= 1.0 || mean.is_infinite() {
+            return 1;
+        }
+        let q = 1.0 - 1.0 / mean;
+        let u = 1.0 - self.uniform();
+        (1.0 + (u.ln() / q.ln()).floor()).min(10_000.0) as u32
+    }
+
     pub(crate) fn exponential(&mut self, mean: f64) -> f64 {
         -mean * self.uniform_open0().ln()
     }

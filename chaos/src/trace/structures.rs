@@ -44,16 +44,6 @@ fn uniform_u32(rng: &mut Rng, (lo, hi): (u32, u32)) -> u32 {
     lo + rng.below(u64::from(hi - lo) + 1) as u32
 }
 
-/// A geometric count on 1, 2, … with the given mean (1 if the mean is at most 1).
-fn geometric(rng: &mut Rng, mean: f64) -> u32 {
-    if mean.is_nan() || mean <= 1.0 || mean.is_infinite() {
-        return 1;
-    }
-    let q = 1.0 - 1.0 / mean;
-    let u = 1.0 - rng.uniform();
-    (1.0 + (u.ln() / q.ln()).floor()).min(10_000.0) as u32
-}
-
 fn micros(s: f64) -> u64 {
     (s.max(0.0) * 1e6).round() as u64
 }
@@ -203,7 +193,7 @@ fn conversation(
 ) {
     let key = conversation_key(seed, index);
     let mut rng = Rng::new(key);
-    let turns = geometric(&mut rng, cfg.mean_turns).min(cfg.max_turns.max(1));
+    let turns = rng.geometric(cfg.mean_turns).min(cfg.max_turns.max(1));
     let mut segments = vec![system];
     let mut at_s = start_s;
     for turn in 0..turns {
@@ -437,7 +427,7 @@ pub fn bursty_code(cfg: &BurstyCodeConfig, seed: u64) -> Trace {
         }
         let on_end = t + rng.exponential(cfg.mean_on_s);
         let mut active = Vec::new();
-        for _ in 0..geometric(&mut rng, cfg.mean_sessions_per_burst) {
+        for _ in 0..rng.geometric(cfg.mean_sessions_per_burst) {
             let recent = pool.len().saturating_sub(32);
             if pool.len() > recent && rng.uniform() < cfg.resume_probability {
                 active.push(recent + rng.below((pool.len() - recent) as u64) as usize);
