@@ -188,10 +188,7 @@ impl PrefixAffinity {
     }
 
     fn forget_oldest_half(&mut self) {
-        let mut ticks: Vec<u64> = self.workloads.values().map(|e| e.last_seen).collect();
-        let mid = ticks.len() / 2;
-        let (_, cut, _) = ticks.select_nth_unstable(mid);
-        let cut = *cut;
+        let cut = super::recency::median_tick(self.workloads.values().map(|e| e.last_seen));
         self.workloads.retain(|_, e| e.last_seen >= cut);
     }
 }

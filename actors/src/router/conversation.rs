@@ -106,9 +106,7 @@ impl Conversations {
         }
         if self.nodes.len() > self.max_nodes {
             // Forget the least recently seen half; shared points are seen most often.
-            let mut ages: Vec<u64> = self.nodes.values().map(|n| n.last).collect();
-            let mid = ages.len() / 2;
-            let (_, &mut cutoff, _) = ages.select_nth_unstable(mid);
+            let cutoff = super::recency::median_tick(self.nodes.values().map(|n| n.last));
             self.nodes.retain(|_, n| n.last > cutoff);
         }
     }

@@ -12,6 +12,7 @@ pub mod models;
 pub mod policy;
 pub mod prefix_index;
 pub mod quarantine;
+pub mod recency;
 pub mod retry;
 pub mod sluice_policy;
 pub mod workload;

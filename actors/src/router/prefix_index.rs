@@ -81,9 +81,7 @@ impl PrefixIndex {
             e.holders.push(Holder { replica, stamp });
         }
         if self.blocks.len() > self.max_blocks {
-            let mut ages: Vec<u64> = self.blocks.values().map(|e| e.last).collect();
-            let mid = ages.len() / 2;
-            let (_, &mut cutoff, _) = ages.select_nth_unstable(mid);
+            let cutoff = super::recency::median_tick(self.blocks.values().map(|e| e.last));
             self.blocks.retain(|_, e| e.last > cutoff);
         }
     }

@@ -146,6 +146,16 @@ pub fn load_trace(args: &SimArgs) -> Result<Trace> {
             .as_deref()
             .context("--trace PATH is required for this --trace-format")
     };
+    let generated = matches!(
+        args.trace_format,
+        TraceFormat::SharedSystem
+            | TraceFormat::Sessions
+            | TraceFormat::FewApps
+            | TraceFormat::BurstyCode
+    );
+    if generated && args.requests == 0 {
+        bail!("--requests must be at least 1");
+    }
     let mut t = match args.trace_format {
         TraceFormat::Mooncake => trace::mooncake::read_mooncake(path()?)?,
         TraceFormat::Azure => trace::azure::read_azure(path()?)?,
@@ -179,9 +189,6 @@ pub fn load_trace(args: &SimArgs) -> Result<Trace> {
             trace::agentic::generate(&cfg, args.seed)
         }
         TraceFormat::SharedSystem | TraceFormat::Sessions => {
-            if args.requests == 0 {
-                bail!("--requests must be at least 1");
-            }
             let cfg = trace::structures::ChatConfig {
                 requests: args.requests,
                 duration_s: args.duration_s.map(|d| d as f64),
@@ -194,9 +201,6 @@ pub fn load_trace(args: &SimArgs) -> Result<Trace> {
             }
         }
         TraceFormat::FewApps => {
-            if args.requests == 0 {
-                bail!("--requests must be at least 1");
-            }
             let cfg = trace::structures::FewAppsConfig {
                 requests: args.requests,
                 duration_s: args.duration_s.map(|d| d as f64),
@@ -205,9 +209,6 @@ pub fn load_trace(args: &SimArgs) -> Result<Trace> {
             trace::structures::few_apps(&cfg, args.seed)
         }
         TraceFormat::BurstyCode => {
-            if args.requests == 0 {
-                bail!("--requests must be at least 1");
-            }
             let cfg = trace::structures::BurstyCodeConfig {
                 requests: args.requests,
                 duration_s: args.duration_s.map(|d| d as f64),
