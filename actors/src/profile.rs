@@ -95,6 +95,11 @@ impl Profile {
                 "MU coefficients must be finite and non-negative".into(),
             ));
         }
+        if c.cached_input > c.uncached_input {
+            return Err(invalid(
+                "mu.cached_input must not exceed mu.uncached_input: a cached prompt token never costs more than computing it".into(),
+            ));
+        }
         if !(p.capacity_mu_per_min.is_finite() && p.capacity_mu_per_min > 0.0) {
             return Err(invalid("capacity_mu_per_min must be positive".into()));
         }

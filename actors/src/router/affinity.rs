@@ -20,6 +20,7 @@
 //! makes a warm replica outside the slice's subset a place the workload may stay. Memory
 //! is bounded: a few replicas per workload, a bounded number of workloads.
 
+use super::id_map::IdMap;
 use crate::slice::ReplicaId;
 use std::collections::HashMap;
 
@@ -71,7 +72,7 @@ struct Entry {
 pub struct PrefixAffinity {
     config: AffinityConfig,
     /// KV tokens written to each replica by this router's requests, ever.
-    written: HashMap<ReplicaId, u64>,
+    written: IdMap<ReplicaId, u64>,
     workloads: HashMap<u64, Entry>,
     tick: u64,
 }
@@ -80,7 +81,7 @@ impl PrefixAffinity {
     pub fn new(config: AffinityConfig) -> Self {
         Self {
             config,
-            written: HashMap::new(),
+            written: IdMap::default(),
             workloads: HashMap::new(),
             tick: 0,
         }
@@ -105,6 +106,14 @@ impl PrefixAffinity {
         let survival = (1.0 - since / cap).clamp(0.0, 1.0);
         let held = f64::from(w.tokens.min(input));
         (held * survival * e.reuse.clamp(0.0, 1.0)).floor() as u32
+    }
+
+    /// The replicas that may hold part of `workload`'s prefix (at most `ways`).
+    pub fn holders(&self, workload: u64) -> impl Iterator<Item = ReplicaId> + '_ {
+        self.workloads
+            .get(&workload)
+            .into_iter()
+            .flat_map(|e| e.warm.iter().map(|w| w.replica))
     }
 
     /// A request was sent to `replica`, which will write `new_kv` tokens of KV for it

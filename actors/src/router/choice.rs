@@ -6,6 +6,7 @@
 //! sharing the replica. Outside the home only when the home is clearly worse, because
 //! leaving it throws away the prefix cache.
 
+use super::load_order::Floor;
 use crate::slice::ReplicaId;
 
 /// What the router knows about one replica when it chooses.
@@ -74,63 +75,96 @@ pub struct Choice {
     pub spilled: bool,
 }
 
-/// Chooses a replica for a request whose slice is served by `subset`. `exclude` holds
-/// replicas already tried for this request. `None`: no healthy replica.
-pub fn choose(
+/// The replicas a request knows nothing special about: not in its slice's subset, not
+/// expected to hold any of its prompt. Each costs the request `cost_mu` (its price with
+/// nothing cached). `walk` yields them each with a [`Floor`] that holds for every
+/// replica not yet yielded (as [`LoadOrder::walk`](super::load_order::LoadOrder::walk)
+/// does), so the choice stops walking as soon as none further on can win.
+pub struct ColdReplicas<I> {
+    pub walk: I,
+    pub cost_mu: f64,
+    /// The largest capacity among them (an upper bound is enough).
+    pub max_capacity: f64,
+}
+
+/// Chooses a replica for a request whose slice is served by `subset`. `known` holds the
+/// slice's subset and every replica expected to hold part of the prompt, each with its
+/// own price; `cold` the rest of the fleet. `exclude` holds replicas already tried for
+/// this request. `None`: no healthy replica.
+///
+/// The cost is O(|known|) plus the cold replicas walked: those queued less than the best
+/// score found, usually a handful, so it does not grow with the fleet.
+pub fn choose<I: Iterator<Item = (Candidate, Floor)>>(
     subset: &[ReplicaId],
-    fleet: &[Candidate],
+    known: &[Candidate],
+    cold: ColdReplicas<I>,
     exclude: &[ReplicaId],
     spill: SpillPolicy,
     waste_weight: f64,
 ) -> Option<Choice> {
-    let usable = |c: &&Candidate| c.healthy && !exclude.contains(&c.id);
-    let min_cost = fleet
+    let usable = |c: &Candidate| c.healthy && !exclude.contains(&c.id);
+    let cold_cost = cold.cost_mu;
+    let max_capacity = cold.max_capacity;
+    // The cheapest price anywhere. A cached token never costs more than computing it
+    // (profiles are checked for that), so the full price only matters when nothing
+    // known is usable, and then only cold replicas can be chosen.
+    let min_cost = known
         .iter()
-        .filter(usable)
+        .filter(|c| usable(c))
         .map(|c| c.cost_mu)
-        .fold(f64::INFINITY, f64::min);
+        .fold(cold_cost, f64::min);
     let score = |c: &Candidate| c.score_s(min_cost, waste_weight);
-    let any_warm = fleet.iter().filter(usable).any(|c| c.warm);
+    let any_warm = known.iter().filter(|c| usable(c)).any(|c| c.warm);
     // Home ties go to a warm replica, then to the earlier replica in the subset (the
     // slice's preferred one), then to the lower id.
     let home_rank = |c: &Candidate| {
         let pos = subset.iter().position(|&id| id == c.id);
         (!c.warm, pos.unwrap_or(usize::MAX), c.id)
     };
-    let mut home: Option<&Candidate> = None;
-    let mut outside: Option<&Candidate> = None;
-    for c in fleet.iter().filter(usable) {
+    let mut home: Option<(f64, &Candidate)> = None;
+    let mut outside: Option<(f64, Candidate)> = None;
+    for c in known.iter().filter(|c| usable(c)) {
+        let s = score(c);
         if c.warm || subset.contains(&c.id) {
-            let better = home.is_none_or(|best| {
-                let (l, bl) = (score(c), score(best));
-                l < bl || (l == bl && home_rank(c) < home_rank(best))
-            });
+            let better =
+                home.is_none_or(|(bs, best)| s < bs || (s == bs && home_rank(c) < home_rank(best)));
             if better {
-                home = Some(c);
+                home = Some((s, c));
             }
-        } else {
-            let better = outside.is_none_or(|best| {
-                let (l, bl) = (score(c), score(best));
-                l < bl || (l == bl && c.id < best.id)
-            });
-            if better {
-                outside = Some(c);
+        } else if outside.is_none_or(|(bs, best)| s < bs || (s == bs && c.id < best.id)) {
+            outside = Some((s, *c));
+        }
+    }
+    // A cold replica not yet walked scores at least the floor's queue, the request's
+    // price on the largest replica, and its avoidable part times the floor's sharing:
+    // stop when that cannot beat the best outside. Ties go to the first walked.
+    let waste_s = waste_weight * (cold_cost - min_cost).max(0.0) * 60.0;
+    let price_s = cold_cost * 60.0 / max_capacity;
+    for (c, floor) in cold.walk {
+        if usable(&c) && c.capacity_mu_per_min > 0.0 {
+            let s = score(&c);
+            if outside.is_none_or(|(bs, _)| s < bs) {
+                outside = Some((s, c));
             }
+        }
+        let bound = floor.queued_s + price_s + waste_s * floor.sharing;
+        if outside.is_some_and(|(bs, _)| bound >= bs) {
+            break;
         }
     }
     let pick = match (home, outside) {
         // With the prefix cached somewhere, leaving needs a clear margin (the score has
         // already charged the lost cache); with nothing cached anywhere there is no
         // locality to protect, and the better replica wins.
-        (Some(h), Some(o)) if any_warm && score(h) > spill.ratio * score(o) + spill.slack_s => o,
-        (Some(h), Some(o)) if !any_warm && score(h) > score(o) => o,
-        (Some(h), _) => h,
-        (None, Some(o)) => o,
+        (Some((h, _)), Some((o, out))) if any_warm && h > spill.ratio * o + spill.slack_s => out.id,
+        (Some((h, _)), Some((o, out))) if !any_warm && h > o => out.id,
+        (Some((_, h)), _) => h.id,
+        (None, Some((_, o))) => o.id,
         (None, None) => return None,
     };
     Some(Choice {
-        replica: pick.id,
-        spilled: !subset.contains(&pick.id),
+        replica: pick,
+        spilled: !subset.contains(&pick),
     })
 }
 
@@ -138,6 +172,79 @@ pub fn choose(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The choice over a whole fleet, split as the router core splits it: replicas at
+    /// the highest price, outside the subset and not warm, are the cold ones.
+    fn choose_fleet(
+        subset: &[ReplicaId],
+        fleet: &[Candidate],
+        exclude: &[ReplicaId],
+        spill: SpillPolicy,
+        waste_weight: f64,
+    ) -> Option<Choice> {
+        let cold_cost = fleet.iter().map(|c| c.cost_mu).fold(0.0, f64::max);
+        let (known, mut cold): (Vec<Candidate>, Vec<Candidate>) = fleet
+            .iter()
+            .partition(|c| c.warm || subset.contains(&c.id) || c.cost_mu < cold_cost);
+        let queued = |c: &Candidate| c.inflight_mu * 60.0 / c.capacity_mu_per_min;
+        cold.sort_by(|a, b| queued(a).total_cmp(&queued(b)).then(a.id.cmp(&b.id)));
+        let max_capacity = fleet
+            .iter()
+            .map(|c| c.capacity_mu_per_min)
+            .fold(0.0, f64::max);
+        // Walked by queue alone: the sharing floor is what any replica has at least.
+        let walk = cold.into_iter().map(move |c| {
+            let floor = Floor {
+                queued_s: queued(&c),
+                sharing: 1.0 / max_capacity,
+            };
+            (c, floor)
+        });
+        let cold = ColdReplicas {
+            walk,
+            cost_mu: cold_cost,
+            max_capacity,
+        };
+        choose(subset, &known, cold, exclude, spill, waste_weight)
+    }
+
+    /// The rule scored over every replica, as it was before the walk: the reference
+    /// the walk must agree with.
+    fn exhaustive(
+        subset: &[ReplicaId],
+        fleet: &[Candidate],
+        exclude: &[ReplicaId],
+        spill: SpillPolicy,
+        waste_weight: f64,
+    ) -> Option<(ReplicaId, f64)> {
+        let usable: Vec<&Candidate> = fleet
+            .iter()
+            .filter(|c| c.healthy && !exclude.contains(&c.id))
+            .collect();
+        let min_cost = usable
+            .iter()
+            .map(|c| c.cost_mu)
+            .fold(f64::INFINITY, f64::min);
+        let score = |c: &Candidate| c.score_s(min_cost, waste_weight);
+        let any_warm = usable.iter().any(|c| c.warm);
+        let best = |home: bool| {
+            usable
+                .iter()
+                .filter(|c| (c.warm || subset.contains(&c.id)) == home)
+                .map(|c| (c.id, score(c)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+        };
+        let (ratio, slack) = if any_warm {
+            (spill.ratio, spill.slack_s)
+        } else {
+            (1.0, 0.0)
+        };
+        match (best(true), best(false)) {
+            (Some(h), Some(o)) if h.1 > ratio * o.1 + slack => Some(o),
+            (Some(h), _) => Some(h),
+            (None, o) => o,
+        }
+    }
 
     fn cand(id: u64, mu: f64) -> Candidate {
         Candidate {
@@ -152,7 +259,7 @@ mod tests {
     }
 
     fn pick(subset: &[ReplicaId], fleet: &[Candidate]) -> Option<Choice> {
-        choose(subset, fleet, &[], SpillPolicy::default(), 0.0)
+        choose_fleet(subset, fleet, &[], SpillPolicy::default(), 0.0)
     }
 
     #[test]
@@ -275,17 +382,17 @@ mod tests {
         let subset = [ReplicaId(0), ReplicaId(1), ReplicaId(2)];
         let policy = SpillPolicy::default();
         // Ignoring waste, the idle replica finishes the request first (0.31 s).
-        let c = choose(&subset, &[w, idle, shared], &[], policy, 0.0).unwrap();
+        let c = choose_fleet(&subset, &[w, idle, shared], &[], policy, 0.0).unwrap();
         assert_eq!(c.replica, ReplicaId(1));
         // Its 300 MU of avoidable prefill (0.3 s) delays nobody there, so it still wins.
-        let c = choose(&subset, &[w, idle, shared], &[], policy, 1.0).unwrap();
+        let c = choose_fleet(&subset, &[w, idle, shared], &[], policy, 1.0).unwrap();
         assert_eq!(c.replica, ReplicaId(1));
         // With requests sharing the idle replica, the waste delays each of them: stay warm.
         let busy = Candidate {
             inflight_requests: 3,
             ..idle
         };
-        let c = choose(&subset, &[w, busy, shared], &[], policy, 1.0).unwrap();
+        let c = choose_fleet(&subset, &[w, busy, shared], &[], policy, 1.0).unwrap();
         assert_eq!(c.replica, ReplicaId(0));
         // Scores: own load plus weight × sharing × waste.
         assert!((busy.score_s(10.0, 1.0) - (0.31 + 3.0 * 0.3)).abs() < 1e-9);
@@ -299,7 +406,7 @@ mod tests {
         let fleet = [sick, cand(1, 100.0), cand(2, 200.0)];
         let subset = [ReplicaId(0), ReplicaId(1)];
         assert_eq!(pick(&subset, &fleet).unwrap().replica, ReplicaId(1));
-        let c = choose(
+        let c = choose_fleet(
             &subset,
             &fleet,
             &[ReplicaId(1)],
@@ -315,7 +422,7 @@ mod tests {
             }
         );
         assert_eq!(
-            choose(
+            choose_fleet(
                 &subset,
                 &fleet,
                 &[ReplicaId(1), ReplicaId(2)],
@@ -340,7 +447,7 @@ mod tests {
             let exclude: Vec<ReplicaId> = fleet.iter().filter(|c| excl_mask >> c.id.0 & 1 == 1).map(|c| c.id).collect();
             let usable: Vec<&Candidate> = fleet.iter().filter(|c| c.healthy && !exclude.contains(&c.id)).collect();
             let is_home = |c: &Candidate| c.warm || subset.contains(&c.id);
-            match choose(&subset, &fleet, &exclude, SpillPolicy::default(), 0.0) {
+            match choose_fleet(&subset, &fleet, &exclude, SpillPolicy::default(), 0.0) {
                 None => prop_assert!(usable.is_empty()),
                 Some(ch) => {
                     let picked = usable.iter().find(|c| c.id == ch.replica);
@@ -363,6 +470,42 @@ mod tests {
                         prop_assert!(is_home(picked));
                     }
                 }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn walking_the_cold_replicas_in_order_finds_what_scoring_all_finds(
+            loads in proptest::collection::vec((0.0f64..10_000.0, any::<bool>(), 0u64..12, 0u8..4, any::<bool>(), 0u8..3), 1..40),
+            subset_mask in any::<u64>(),
+            excl_mask in any::<u64>(),
+            waste_weight in prop::sample::select(vec![0.0, 1.0, 2.0]),
+        ) {
+            // Cold replicas all cost 300; some others hold part of the prompt.
+            let fleet: Vec<Candidate> = loads.iter().enumerate().map(|(i, &(mu, h, n, cached, warm, cap))| Candidate {
+                id: ReplicaId(i as u64),
+                healthy: h,
+                inflight_mu: mu,
+                inflight_requests: n,
+                capacity_mu_per_min: [60_000.0, 90_000.0, 120_000.0][cap as usize],
+                cost_mu: 300.0 - 70.0 * f64::from(cached),
+                warm: warm && cached > 0,
+            }).collect();
+            let subset: Vec<ReplicaId> = fleet.iter().filter(|c| subset_mask >> c.id.0 & 1 == 1).map(|c| c.id).collect();
+            let exclude: Vec<ReplicaId> = fleet.iter().filter(|c| excl_mask >> c.id.0 & 3 == 3).map(|c| c.id).collect();
+            let spill = SpillPolicy::default();
+            let walked = choose_fleet(&subset, &fleet, &exclude, spill, waste_weight);
+            let all = exhaustive(&subset, &fleet, &exclude, spill, waste_weight);
+            match (walked, all) {
+                (None, None) => {}
+                (Some(w), Some((_, best))) => {
+                    let c = fleet.iter().find(|c| c.id == w.replica).unwrap();
+                    let min_cost = fleet.iter().filter(|c| c.healthy && !exclude.contains(&c.id)).map(|c| c.cost_mu).fold(f64::INFINITY, f64::min);
+                    let s = c.score_s(min_cost, waste_weight);
+                    prop_assert!((s - best).abs() <= 1e-9 * best.abs().max(1.0), "walked {s} vs all {best}");
+                }
+                (w, a) => prop_assert!(false, "walked {w:?} vs all {a:?}"),
             }
         }
     }

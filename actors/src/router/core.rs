@@ -4,10 +4,12 @@
 
 use super::affinity::{AffinityConfig, PrefixAffinity};
 use super::blocks::{PromptBlocks, BLOCK_BYTES};
-use super::choice::{choose, Candidate, SpillPolicy};
+use super::choice::{choose, Candidate, ColdReplicas, SpillPolicy};
 use super::conversation::Conversations;
 use super::health::{EjectionPolicy, PassiveHealth};
+use super::id_map::{IdMap, IdSet};
 use super::ledger::{Ledger, ReplicaInflight, RequestId};
+use super::load_order::LoadOrder;
 use super::prefix_index::PrefixIndex;
 use super::quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
 use super::workload::anonymous_key;
@@ -154,14 +156,20 @@ pub struct RouterCore {
     config: RouterConfig,
     assignment: Assignment,
     replicas: Vec<ReplicaEntry>,
+    /// Where each replica sits in `replicas`.
+    slots: IdMap<ReplicaId, usize>,
+    /// The replicas the router may send to, least queued first.
+    order: LoadOrder,
+    /// The largest replica's capacity, MU/min.
+    max_capacity: f64,
     ledger: Ledger,
     estimator: OutputEstimator,
     affinity: PrefixAffinity,
-    active: HashMap<RequestId, Active>,
+    active: IdMap<RequestId, Active>,
     next_id: RequestId,
     meter: LoadMeter,
     /// In-flight load other routers reported on each replica (MU, requests).
-    external: HashMap<ReplicaId, (f64, u64)>,
+    external: IdMap<ReplicaId, (f64, u64)>,
     quarantine: Quarantine,
     /// Engine prompt tokens per stand-in token, learned from usage.
     token_scale: TokenScale,
@@ -170,12 +178,12 @@ pub struct RouterCore {
     /// Which replica holds which prompt blocks.
     index: PrefixIndex,
     /// What is known of the content of each request in flight.
-    contents: HashMap<RequestId, Content>,
+    contents: IdMap<RequestId, Content>,
     /// Replicas whose engines report cached prompt tokens (so a report of none means a
     /// miss, not silence).
-    reports_cached: std::collections::HashSet<ReplicaId>,
+    reports_cached: IdSet<ReplicaId>,
     /// Per replica, the share of the index's expected cached blocks its engine found.
-    reliability: HashMap<ReplicaId, f64>,
+    reliability: IdMap<ReplicaId, f64>,
 }
 
 impl RouterCore {
@@ -185,11 +193,31 @@ impl RouterCore {
         replicas: &[ReplicaSpec],
         assignment: Assignment,
     ) -> Self {
-        Self {
+        let mut core = Self {
             coeffs,
             config,
             assignment,
-            replicas: replicas
+            replicas: Vec::new(),
+            slots: IdMap::default(),
+            order: LoadOrder::default(),
+            max_capacity: 0.0,
+            ledger: Ledger::new(),
+            estimator: OutputEstimator::new(config.estimator),
+            affinity: PrefixAffinity::new(config.affinity),
+            active: IdMap::default(),
+            next_id: 1,
+            meter: LoadMeter::new(config.load_bucket_bits, 0),
+            external: IdMap::default(),
+            quarantine: Quarantine::new(config.quarantine),
+            token_scale: TokenScale::default(),
+            conversations: Conversations::default(),
+            index: PrefixIndex::default(),
+            contents: IdMap::default(),
+            reports_cached: Default::default(),
+            reliability: IdMap::default(),
+        };
+        core.install(
+            replicas
                 .iter()
                 .map(|&spec| ReplicaEntry {
                     spec,
@@ -197,21 +225,8 @@ impl RouterCore {
                     passive: PassiveHealth::default(),
                 })
                 .collect(),
-            ledger: Ledger::new(),
-            estimator: OutputEstimator::new(config.estimator),
-            affinity: PrefixAffinity::new(config.affinity),
-            active: HashMap::new(),
-            next_id: 1,
-            meter: LoadMeter::new(config.load_bucket_bits, 0),
-            external: HashMap::new(),
-            quarantine: Quarantine::new(config.quarantine),
-            token_scale: TokenScale::default(),
-            conversations: Conversations::default(),
-            index: PrefixIndex::default(),
-            contents: HashMap::new(),
-            reports_cached: Default::default(),
-            reliability: HashMap::new(),
-        }
+        );
+        core
     }
 
     /// Engine prompt tokens per token of the stand-in tokenizer, as learned so far.
@@ -339,6 +354,7 @@ impl RouterCore {
     }
 
     fn assign(&mut self, id: RequestId, exclude: &[ReplicaId], now_ms: u64) -> Option<Placement> {
+        self.readmit(now_ms);
         let active = *self.active.get(&id)?;
         let workload = active.workload;
         let slice = self.assignment.lookup(workload);
@@ -355,9 +371,13 @@ impl RouterCore {
         // what many conversations share (a home for this one). What was written there
         // since the run's oldest block makes its survival less certain (as in
         // `PrefixAffinity`): the router's count of a replica's writes is approximate.
-        let index_cached = |r: ReplicaId| -> (u32, usize, bool) {
+        let expected = |r: ReplicaId| -> (u32, usize, bool) {
             let Some((matched, content)) = &held else {
-                return (0, 0, false);
+                // Without content, the workload's history guesses.
+                let by_workload = self
+                    .affinity
+                    .expected_cached(workload.0, r, active.input_tokens);
+                return (by_workload, 0, by_workload > 0);
             };
             let Some(run) = matched.get(&r) else {
                 return (0, 0, false);
@@ -373,76 +393,70 @@ impl RouterCore {
                 own,
             )
         };
-        let cached: Vec<(u32, usize, bool)> = self
-            .replicas
+        // The replicas priced apart: the slice's subset and those expected to hold part
+        // of the prompt. Every other replica is cold and costs the full price.
+        let mut known_ids: Vec<ReplicaId> = slice.subset.clone();
+        match &held {
+            Some((matched, _)) => known_ids.extend(matched.keys().copied()),
+            None => known_ids.extend(self.affinity.holders(workload.0)),
+        }
+        known_ids.sort_unstable();
+        known_ids.dedup();
+        let known: Vec<Candidate> = known_ids
             .iter()
-            .map(|r| {
-                // A prompt's content says what is cached; without it, the workload's
-                // history guesses.
-                if held.is_some() {
-                    index_cached(r.spec.id)
-                } else {
-                    let by_workload =
-                        self.affinity
-                            .expected_cached(workload.0, r.spec.id, active.input_tokens);
-                    (by_workload, 0, by_workload > 0)
-                }
-            })
-            .collect();
-        let fleet: Vec<Candidate> = self
-            .replicas
-            .iter()
-            .zip(&cached)
-            .map(|(r, &(c, _, home))| {
-                let own = self.ledger.replica(r.spec.id);
-                let (ext_mu, ext_requests) =
-                    self.external.get(&r.spec.id).copied().unwrap_or((0.0, 0));
-                Candidate {
-                    id: r.spec.id,
-                    healthy: r.checked_healthy && r.passive.available(now_ms),
-                    inflight_mu: own.mu + ext_mu,
-                    inflight_requests: own.requests + ext_requests,
-                    capacity_mu_per_min: r.spec.capacity_mu_per_min,
-                    cost_mu: self.coeffs.price(&Self::shape(&active, c)),
-                    warm: home,
-                }
+            .filter_map(|&r| {
+                let (cached, _, warm) = expected(r);
+                let cost = self.coeffs.price(&Self::shape(&active, cached));
+                self.candidate(r, cost, warm, now_ms)
             })
             .collect();
         // An implicated request may only go to its slice's subset.
         let confined = active
             .fingerprint
             .is_some_and(|fp| self.quarantine.verdict(fp, now_ms) != Verdict::Clear);
-        let outside: Vec<ReplicaId>;
-        let excluded = if confined {
-            outside = exclude
-                .iter()
-                .copied()
-                .chain(
-                    fleet
-                        .iter()
-                        .map(|c| c.id)
-                        .filter(|id| !slice.subset.contains(id)),
-                )
-                .collect();
-            &outside
+        let known: Vec<Candidate> = if confined {
+            known
+                .into_iter()
+                .filter(|c| slice.subset.contains(&c.id))
+                .collect()
         } else {
-            exclude
+            known
+        };
+        let cold_cost = self.coeffs.price(&Self::shape(&active, 0));
+        let walk = (!confined).then(|| {
+            self.order
+                .walk()
+                .filter(|(r, _)| known_ids.binary_search(r).is_err())
+                .filter_map(|(r, floor)| {
+                    Some((self.candidate(r, cold_cost, false, now_ms)?, floor))
+                })
+        });
+        let cold = ColdReplicas {
+            walk: walk.into_iter().flatten(),
+            cost_mu: cold_cost,
+            max_capacity: self.max_capacity,
         };
         let choice = choose(
             &slice.subset,
-            &fleet,
-            excluded,
+            &known,
+            cold,
+            exclude,
             self.config.spill,
             self.config.waste_weight,
         )?;
         let slice_start = slice.start;
-        let at = fleet.iter().position(|c| c.id == choice.replica)?;
-        let (expected, held_blocks, _) = cached[at];
-        let shape = Self::shape(&active, expected);
+        let (expected_cached, held_blocks, _) = expected(choice.replica);
+        let shape = Self::shape(&active, expected_cached);
         let cost = InflightCost::new(shape, active.max_tokens);
         let mu = cost.remaining_mu(&self.coeffs, 0);
         let new_kv = u64::from(shape.uncached_input) + u64::from(shape.output);
+        // A retried request leaves the replica it was charged to.
+        let previous = self.ledger.placed_on(id);
         self.ledger.admit(id, choice.replica, slice_start, mu);
+        if let Some(p) = previous {
+            self.reorder(p);
+        }
+        self.reorder(choice.replica);
         self.affinity.on_placed(choice.replica, new_kv);
         if let Some(content) = self.contents.get_mut(&id) {
             content.held = held_blocks;
@@ -469,20 +483,82 @@ impl RouterCore {
         })
     }
 
+    /// What the choice sees of replica `r` for a request costing `cost_mu` there;
+    /// `None` for a replica the router does not know.
+    fn candidate(&self, r: ReplicaId, cost_mu: f64, warm: bool, now_ms: u64) -> Option<Candidate> {
+        let entry = self.replicas.get(*self.slots.get(&r)?)?;
+        let (mu, requests) = self.inflight(r);
+        Some(Candidate {
+            id: r,
+            healthy: entry.checked_healthy && entry.passive.available(now_ms),
+            inflight_mu: mu,
+            inflight_requests: requests,
+            capacity_mu_per_min: entry.spec.capacity_mu_per_min,
+            cost_mu,
+            warm,
+        })
+    }
+
+    /// MU and requests in flight on `r`, this router's and the others' reported.
+    fn inflight(&self, r: ReplicaId) -> (f64, u64) {
+        let own = self.ledger.replica(r);
+        let (ext_mu, ext_requests) = self.external.get(&r).copied().unwrap_or((0.0, 0));
+        (own.mu + ext_mu, own.requests + ext_requests)
+    }
+
+    /// Moves `r` in the load order after its in-flight load changed.
+    fn reorder(&mut self, r: ReplicaId) {
+        let Some(&slot) = self.slots.get(&r) else {
+            return;
+        };
+        let capacity = self.replicas[slot].spec.capacity_mu_per_min;
+        let (mu, requests) = self.inflight(r);
+        let (queued_s, sharing) = if capacity > 0.0 {
+            (mu * 60.0 / capacity, requests.max(1) as f64 / capacity)
+        } else {
+            (f64::INFINITY, f64::INFINITY)
+        };
+        self.order.update(r, queued_s, sharing);
+    }
+
+    /// Lists `r` in the load order if the router may send to it.
+    fn list(&mut self, r: ReplicaId, now_ms: u64) {
+        let Some(&slot) = self.slots.get(&r) else {
+            return;
+        };
+        let entry = self.replicas[slot];
+        if entry.checked_healthy && entry.passive.available(now_ms) {
+            self.order.set(r, 0.0, 0.0);
+            self.reorder(r);
+        }
+    }
+
+    /// Brings back the replicas whose passive ejection has ended.
+    fn readmit(&mut self, now_ms: u64) {
+        for r in self.order.readmit(now_ms) {
+            self.list(r, now_ms);
+        }
+    }
+
     /// `generated` output tokens (over all `n` choices) have streamed back.
     pub fn progress(&mut self, id: RequestId, generated: u32) {
         let Some(a) = self.active.get_mut(&id) else {
             return;
         };
         a.generated = generated;
-        let mu = a.cost.remaining_mu(&self.coeffs, generated);
+        let (mu, replica) = (a.cost.remaining_mu(&self.coeffs, generated), a.replica);
         self.ledger.update(id, mu);
+        self.reorder(replica);
     }
 
     /// The request is over: completed with `usage` when the engine reported it, or
     /// failed or abandoned with `None`. Frees its in-flight MU.
     pub fn finish(&mut self, id: RequestId, usage: Option<Usage>) {
+        let charged = self.ledger.placed_on(id);
         self.ledger.finish(id);
+        if let Some(r) = charged {
+            self.reorder(r);
+        }
         let content = self.contents.remove(&id);
         let Some(a) = self.active.remove(&id) else {
             return;
@@ -537,7 +613,13 @@ impl RouterCore {
                 self.index.insert(a.replica, &content.chain, stamp);
             }
             if let Some(r) = self.entry(a.replica) {
+                let was_ejected = r.passive.ejected_until_ms() > 0;
                 r.passive.on_success();
+                if was_ejected {
+                    // Its ejection is over: back in the order (`list` needs no clock
+                    // for a replica that is not ejected).
+                    self.list(a.replica, 0);
+                }
             }
         } else if a.generated > 0 {
             // Tokens arrived, so the replica was reachable; learn the length seen so far.
@@ -548,16 +630,32 @@ impl RouterCore {
     /// Real traffic failed to reach `replica` (connection refused, reset, timeout).
     pub fn on_replica_failure(&mut self, replica: ReplicaId, now_ms: u64) {
         let policy = self.config.ejection;
-        if let Some(r) = self.entry(replica) {
-            r.passive.on_failure(&policy, now_ms);
+        let Some(r) = self.entry(replica) else {
+            return;
+        };
+        r.passive.on_failure(&policy, now_ms);
+        if !r.passive.available(now_ms) {
+            let until = r.passive.ejected_until_ms();
+            self.order.eject(replica, until);
         }
     }
 
     /// Result of an active health check of `replica`. A passing check does not end a
     /// passive ejection: a hung engine still answers its health endpoint.
     pub fn set_checked_health(&mut self, replica: ReplicaId, healthy: bool) {
-        if let Some(r) = self.entry(replica) {
-            r.checked_healthy = healthy;
+        let Some(r) = self.entry(replica) else {
+            return;
+        };
+        r.checked_healthy = healthy;
+        if healthy {
+            // A replica ejected by passive health stays out until its ejection ends
+            // (`readmit` lists it then, or at once if that time has passed).
+            match r.passive.ejected_until_ms() {
+                0 => self.list(replica, 0),
+                until => self.order.eject(replica, until),
+            }
+        } else {
+            self.order.remove(replica);
         }
     }
 
@@ -565,13 +663,17 @@ impl RouterCore {
     /// The in-flight load other routers have on each replica (the sum of their latest
     /// reports), counted with this router's own when choosing. Replaces the previous.
     pub fn set_external_load(&mut self, loads: impl IntoIterator<Item = (ReplicaId, f64, u64)>) {
-        self.external.clear();
+        let mut touched: Vec<ReplicaId> = self.external.drain().map(|(id, _)| id).collect();
         for (id, mu, requests) in loads {
             if mu.is_finite() && mu >= 0.0 {
                 let e = self.external.entry(id).or_insert((0.0, 0));
                 e.0 += mu;
                 e.1 += requests;
+                touched.push(id);
             }
+        }
+        for id in touched {
+            self.reorder(id);
         }
     }
 
@@ -591,10 +693,11 @@ impl RouterCore {
     /// known ones keep their health and capacity is updated, removed ones get no new
     /// requests (those in flight finish and are accounted as usual).
     pub fn set_replicas(&mut self, replicas: &[ReplicaSpec]) {
-        let old = std::mem::take(&mut self.replicas);
-        self.replicas = replicas
+        let old: HashMap<ReplicaId, ReplicaEntry> =
+            self.replicas.drain(..).map(|r| (r.spec.id, r)).collect();
+        let entries = replicas
             .iter()
-            .map(|&spec| match old.iter().find(|r| r.spec.id == spec.id) {
+            .map(|&spec| match old.get(&spec.id) {
                 Some(r) => ReplicaEntry { spec, ..*r },
                 None => ReplicaEntry {
                     spec,
@@ -603,6 +706,36 @@ impl RouterCore {
                 },
             })
             .collect();
+        self.install(entries);
+    }
+
+    /// Makes `entries` the replica set and rebuilds what is indexed by it.
+    fn install(&mut self, entries: Vec<ReplicaEntry>) {
+        self.replicas = entries;
+        self.slots = self
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.spec.id, i))
+            .collect();
+        self.max_capacity = self
+            .replicas
+            .iter()
+            .map(|r| r.spec.capacity_mu_per_min)
+            .fold(0.0, f64::max);
+        self.order.clear();
+        for i in 0..self.replicas.len() {
+            let r = self.replicas[i];
+            if !r.checked_healthy {
+                continue;
+            }
+            match r.passive.ejected_until_ms() {
+                0 => self.list(r.spec.id, 0),
+                until => {
+                    self.order.eject(r.spec.id, until);
+                }
+            }
+        }
     }
 
     pub fn set_assignment(&mut self, assignment: Assignment) {
@@ -644,7 +777,8 @@ impl RouterCore {
     }
 
     fn entry(&mut self, id: ReplicaId) -> Option<&mut ReplicaEntry> {
-        self.replicas.iter_mut().find(|r| r.spec.id == id)
+        let slot = *self.slots.get(&id)?;
+        self.replicas.get_mut(slot)
     }
 }
 

@@ -50,6 +50,11 @@ impl PassiveHealth {
         *self = Self::default();
     }
 
+    /// When the current ejection ends (0 or in the past: not ejected).
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms
+    }
+
     pub fn available(&self, now_ms: u64) -> bool {
         now_ms >= self.ejected_until_ms
     }

@@ -3,6 +3,7 @@
 //! Amounts are stored as integer micro-MU, and each request remembers what it added,
 //! so that when every request has finished every total is exactly zero again.
 
+use super::id_map::IdMap;
 use crate::slice::{ReplicaId, SliceKey};
 use std::collections::HashMap;
 
@@ -35,8 +36,8 @@ pub struct ReplicaInflight {
 
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
-    requests: HashMap<RequestId, Entry>,
-    replicas: HashMap<ReplicaId, (i64, u64)>,
+    requests: IdMap<RequestId, Entry>,
+    replicas: IdMap<ReplicaId, (i64, u64)>,
     slices: HashMap<SliceKey, i64>,
 }
 
@@ -98,6 +99,11 @@ impl Ledger {
                 self.slices.remove(&e.slice);
             }
         }
+    }
+
+    /// The replica request `id` is charged to, if it is in flight.
+    pub fn placed_on(&self, id: RequestId) -> Option<ReplicaId> {
+        self.requests.get(&id).map(|e| e.replica)
     }
 
     pub fn replica(&self, id: ReplicaId) -> ReplicaInflight {

@@ -7,7 +7,9 @@ pub mod choice;
 pub mod conversation;
 pub mod core;
 pub mod health;
+pub mod id_map;
 pub mod ledger;
+pub mod load_order;
 pub mod models;
 pub mod policy;
 pub mod prefix_index;
@@ -19,7 +21,7 @@ pub mod workload;
 
 pub use affinity::{AffinityConfig, PrefixAffinity};
 pub use blocks::{PromptBlocks, NO_CONTENT};
-pub use choice::{choose, Candidate, Choice, SpillPolicy};
+pub use choice::{choose, Candidate, Choice, ColdReplicas, SpillPolicy};
 pub use core::{Admission, Placement, ReplicaSpec, ReplicaView, RouterConfig, RouterCore, Usage};
 pub use health::{EjectionPolicy, PassiveHealth};
 pub use ledger::{Ledger, ReplicaInflight, RequestId};

@@ -11,6 +11,7 @@
 //! Memory is bounded: at most `max_blocks` blocks, the least recently used forgotten
 //! first, and at most `max_holders` replicas per block, the most recent kept.
 
+use super::id_map::IdMap;
 use crate::slice::ReplicaId;
 use std::collections::HashMap;
 
@@ -93,8 +94,8 @@ impl PrefixIndex {
         &self,
         chain: &[u64],
         live: impl Fn(ReplicaId, u64) -> bool,
-    ) -> HashMap<ReplicaId, Held> {
-        let mut out: HashMap<ReplicaId, Held> = HashMap::new();
+    ) -> IdMap<ReplicaId, Held> {
+        let mut out: IdMap<ReplicaId, Held> = IdMap::default();
         for (i, h) in chain.iter().enumerate() {
             let Some(e) = self.blocks.get(h) else {
                 break;

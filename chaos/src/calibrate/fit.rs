@@ -108,7 +108,9 @@ pub fn fit(samples: &[Observation]) -> Result<Fit, String> {
         let Some(x) = least_squares(&a, &cols) else {
             continue;
         };
-        if x.iter().any(|&v| v < 0.0 || !v.is_finite()) {
+        // A cached prompt token never costs more than computing it (profiles refuse
+        // such prices).
+        if x.iter().any(|&v| v < 0.0 || !v.is_finite()) || x[1] > x[0] {
             continue;
         }
         let r = residual(&a, &x);

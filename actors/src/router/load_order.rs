@@ -1,0 +1,236 @@
+//! The available replicas ordered twice — by the seconds of work queued on them, and by
+//! the requests sharing them per unit of capacity — so that the choice can look outside
+//! a request's home without scoring the whole fleet. A replica's score grows with both
+//! (see [`Candidate::score_s`](super::choice::Candidate::score_s)), so walking the two
+//! orders side by side from their least loaded ends, every replica not yet met scores
+//! at least what the two current positions allow, and the walk stops as soon as that
+//! floor cannot beat the best found (Fagin's threshold algorithm). Updates cost
+//! O(log fleet).
+//!
+//! Only replicas the router may send to are listed: a replica failing its health check
+//! or ejected by passive health leaves the order, and an ejection's end brings it back
+//! ([`LoadOrder::readmit`]), so that a lost rack is not walked past on every request.
+
+use super::id_map::{IdMap, IdSet};
+use crate::slice::ReplicaId;
+use std::collections::BTreeSet;
+
+/// Non-negative floats (infinity included) order like their bit patterns; negative
+/// numbers and NaN read as 0.
+fn key(queued_s: f64) -> u64 {
+    if queued_s > 0.0 {
+        queued_s.to_bits()
+    } else {
+        0
+    }
+}
+
+/// Where a walk stands: every replica not yet met has at least `queued_s` seconds of
+/// work queued and at least `sharing` requests in flight (counted as at least one) per
+/// MU/min of capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Floor {
+    pub queued_s: f64,
+    pub sharing: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOrder {
+    /// (queued seconds as ordered bits, replica) of every listed replica.
+    by_queue: BTreeSet<(u64, ReplicaId)>,
+    /// (requests per MU/min as ordered bits, replica).
+    by_sharing: BTreeSet<(u64, ReplicaId)>,
+    keys: IdMap<ReplicaId, (u64, u64)>,
+    /// Replicas left out until a time: (until ms, replica).
+    ejected: BTreeSet<(u64, ReplicaId)>,
+}
+
+impl LoadOrder {
+    /// Lists `replica` (or moves it) at `queued_s` seconds of queued work and `sharing`
+    /// requests (at least one) per MU/min.
+    pub fn set(&mut self, replica: ReplicaId, queued_s: f64, sharing: f64) {
+        let k = (key(queued_s), key(sharing));
+        if let Some(old) = self.keys.insert(replica, k) {
+            if old.0 != k.0 {
+                self.by_queue.remove(&(old.0, replica));
+                self.by_queue.insert((k.0, replica));
+            }
+            if old.1 != k.1 {
+                self.by_sharing.remove(&(old.1, replica));
+                self.by_sharing.insert((k.1, replica));
+            }
+            return;
+        }
+        self.by_queue.insert((k.0, replica));
+        self.by_sharing.insert((k.1, replica));
+    }
+
+    /// Moves `replica` if it is listed; a no-op otherwise.
+    pub fn update(&mut self, replica: ReplicaId, queued_s: f64, sharing: f64) {
+        if self.keys.contains_key(&replica) {
+            self.set(replica, queued_s, sharing);
+        }
+    }
+
+    /// Takes `replica` out of the order (it cannot be sent to).
+    pub fn remove(&mut self, replica: ReplicaId) {
+        if let Some((q, n)) = self.keys.remove(&replica) {
+            self.by_queue.remove(&(q, replica));
+            self.by_sharing.remove(&(n, replica));
+        }
+    }
+
+    /// Takes `replica` out until `until_ms`, when [`readmit`](Self::readmit) returns it.
+    pub fn eject(&mut self, replica: ReplicaId, until_ms: u64) {
+        self.remove(replica);
+        self.ejected.insert((until_ms, replica));
+    }
+
+    /// Replicas whose ejection has ended by `now_ms`, no longer tracked as ejected; the
+    /// caller lists those still fit to serve.
+    pub fn readmit(&mut self, now_ms: u64) -> Vec<ReplicaId> {
+        let mut out = Vec::new();
+        while let Some(&(until, r)) = self.ejected.first() {
+            if until > now_ms {
+                break;
+            }
+            self.ejected.pop_first();
+            out.push(r);
+        }
+        out
+    }
+
+    pub fn contains(&self, replica: ReplicaId) -> bool {
+        self.keys.contains_key(&replica)
+    }
+
+    /// Every listed replica once, taken from the two orders in turn, each with the floor
+    /// that holds for the replicas not yet yielded.
+    pub fn walk(&self) -> Walk<'_> {
+        Walk {
+            queue: self.by_queue.iter(),
+            sharing: self.by_sharing.iter(),
+            floor: Floor {
+                queued_s: 0.0,
+                sharing: 0.0,
+            },
+            seen: IdSet::default(),
+            turn: false,
+            left: self.keys.len(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Forgets everything (the replica set is rebuilt).
+    pub fn clear(&mut self) {
+        self.by_queue.clear();
+        self.by_sharing.clear();
+        self.keys.clear();
+        self.ejected.clear();
+    }
+}
+
+/// See [`LoadOrder::walk`].
+pub struct Walk<'a> {
+    queue: std::collections::btree_set::Iter<'a, (u64, ReplicaId)>,
+    sharing: std::collections::btree_set::Iter<'a, (u64, ReplicaId)>,
+    floor: Floor,
+    /// Replicas yielded so far.
+    seen: IdSet<ReplicaId>,
+    turn: bool,
+    left: usize,
+}
+
+impl Iterator for Walk<'_> {
+    type Item = (ReplicaId, Floor);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.left > 0 {
+            self.turn = !self.turn;
+            let r = if self.turn {
+                let &(k, r) = self.queue.next()?;
+                self.floor.queued_s = f64::from_bits(k);
+                r
+            } else {
+                let &(k, r) = self.sharing.next()?;
+                self.floor.sharing = f64::from_bits(k);
+                r
+            };
+            if !self.seen.insert(r) {
+                continue;
+            }
+            self.left -= 1;
+            return Some((r, self.floor));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn walked(o: &LoadOrder) -> Vec<u64> {
+        o.walk().map(|(r, _)| r.0).collect()
+    }
+
+    #[test]
+    fn the_walk_follows_the_latest_load_and_ejections_end() {
+        let mut o = LoadOrder::default();
+        o.set(ReplicaId(1), 3.0, 1.0);
+        o.set(ReplicaId(2), 1.0, 3.0);
+        o.set(ReplicaId(3), 2.0, 2.0);
+        // Least queued, then least shared, then the next least queued.
+        assert_eq!(walked(&o), [2, 1, 3]);
+        o.set(ReplicaId(2), 5.0, 5.0);
+        assert_eq!(walked(&o), [3, 1, 2]);
+        o.eject(ReplicaId(3), 100);
+        o.update(ReplicaId(3), 0.0, 0.0);
+        assert!(
+            !o.contains(ReplicaId(3)),
+            "an ejected replica is not moved back"
+        );
+        assert!(o.readmit(99).is_empty());
+        assert_eq!(o.readmit(100), [ReplicaId(3)]);
+        assert!(o.readmit(1000).is_empty());
+        assert_eq!(o.len(), 2);
+    }
+
+    proptest! {
+        #[test]
+        fn the_walk_meets_every_replica_once_above_its_floor(ops in proptest::collection::vec((0u64..20, 0.0f64..100.0, 0.0f64..10.0, any::<bool>()), 0..200)) {
+            let mut o = LoadOrder::default();
+            let mut truth: std::collections::HashMap<ReplicaId, (f64, f64)> = Default::default();
+            for (id, queued, sharing, keep) in ops {
+                let r = ReplicaId(id);
+                if keep {
+                    o.set(r, queued, sharing);
+                    truth.insert(r, (queued, sharing));
+                } else {
+                    o.remove(r);
+                    truth.remove(&r);
+                }
+            }
+            let walk: Vec<(ReplicaId, Floor)> = o.walk().collect();
+            prop_assert_eq!(walk.len(), truth.len());
+            for (i, (_, floor)) in walk.iter().enumerate() {
+                for (later, _) in &walk[i + 1..] {
+                    let (q, n) = truth[later];
+                    prop_assert!(q >= floor.queued_s && n >= floor.sharing);
+                }
+            }
+            let mut met: Vec<ReplicaId> = walk.iter().map(|(r, _)| *r).collect();
+            met.sort();
+            met.dedup();
+            prop_assert_eq!(met.len(), truth.len());
+        }
+    }
+}
