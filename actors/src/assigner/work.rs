@@ -122,6 +122,10 @@ impl Order {
     fn hottest(&self) -> Option<u32> {
         self.set.last().map(|&(_, r)| r)
     }
+
+    fn coolest(&self) -> Option<u32> {
+        self.set.first().map(|&(_, r)| r)
+    }
 }
 
 enum Op {
@@ -683,6 +687,13 @@ impl<'a> Work<'a> {
             let Some(h) = order.hottest() else {
                 return;
             };
+            // With every replica still in play inside the band, no operation lowers the
+            // penalty (it is zero, and moving or widening adds churn and replication
+            // cost): the rest would only be retired one by one.
+            let in_band = |r: u32| (self.lo..=self.hi).contains(&self.relative(r));
+            if in_band(h) && order.coolest().is_some_and(in_band) {
+                return;
+            }
             match self.best_op(h, &on[h as usize], &order, budget) {
                 Some((delta, op)) if delta < -eps => self.apply(op, &mut on, &mut order),
                 _ => order.exclude(&self.rload, &self.fleet.cap, h),
