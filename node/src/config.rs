@@ -195,6 +195,9 @@ pub struct RouterSection {
     /// Leave the subset when its best load exceeds `spill_ratio × best elsewhere + spill_slack_s`.
     pub spill_ratio: f64,
     pub spill_slack_s: f64,
+    /// Share of a running request's remaining decode that a new request on the same
+    /// replica is counted as waiting for (queued prefill counts whole), in [0, 1].
+    pub decode_share: f64,
     /// Where workload keys come from, in order: `header:NAME`, `user`, `api-key`.
     pub workload_keys: Vec<String>,
     /// Output length assumed for a workload with no history.
@@ -221,6 +224,7 @@ impl Default for RouterSection {
             slice_count: 64,
             spill_ratio: spill.ratio,
             spill_slack_s: spill.slack_s,
+            decode_share: RouterConfig::default().decode_share,
             workload_keys: vec![
                 "header:x-session-id".into(),
                 "user".into(),
@@ -436,6 +440,12 @@ impl NodeConfig {
         {
             bail!("router.spill_ratio must be ≥ 1 and router.spill_slack_s ≥ 0");
         }
+        if !(0.0..=1.0).contains(&r.decode_share) {
+            bail!(
+                "router.decode_share must be between 0 and 1, got {}",
+                r.decode_share
+            );
+        }
         if !(r.quarantine_window_s.is_finite() && r.quarantine_window_s > 0.0) {
             bail!(
                 "router.quarantine_window_s must be a positive number of seconds, got {}",
@@ -480,6 +490,7 @@ impl NodeConfig {
                 ratio: r.spill_ratio,
                 slack_s: r.spill_slack_s,
             },
+            decode_share: r.decode_share,
             estimator: EstimatorConfig {
                 default_output: r.default_output_tokens.max(1),
                 ..defaults.estimator
@@ -626,6 +637,15 @@ mod tests {
             NodeConfig::load(Some(bad.path()), Overrides::default()).unwrap_err()
         );
         assert!(e.contains("subset_sise"), "{e}");
+
+        let mut share = tempfile::NamedTempFile::new().unwrap();
+        writeln!(share, "[router]\ndecode_share = 1.5").unwrap();
+        let e = NodeConfig::load(Some(share.path()), Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("router.decode_share"), "{e}");
+        let mut share = tempfile::NamedTempFile::new().unwrap();
+        writeln!(share, "[router]\ndecode_share = 0.5").unwrap();
+        let c = NodeConfig::load(Some(share.path()), Overrides::default()).unwrap();
+        assert_eq!(c.router.decode_share, 0.5);
 
         let e = NodeConfig::load(
             None,

@@ -40,6 +40,22 @@ impl InflightCost {
         }
     }
 
+    /// The part of [`remaining_mu`](Self::remaining_mu) that a request arriving now on
+    /// the same replica would wait for: the prefill while it is owed, and only
+    /// `decode_share` of the decode left (a newcomer's prefill runs in the same engine
+    /// steps as the running decodes; what each of them costs it is its own slice of
+    /// those steps, not its whole remaining output).
+    pub fn queued_mu(&self, c: &MuCoefficients, generated: u32, decode_share: f64) -> f64 {
+        let left = u64::from(self.remaining_output(generated));
+        let decode = c.decode_price(self.shape.input(), left);
+        let prefill = if generated == 0 {
+            c.prefill_price(&self.shape)
+        } else {
+            0.0
+        };
+        prefill + decode_share.clamp(0.0, 1.0) * decode
+    }
+
     /// MU still owed to the replica after `generated` output tokens.
     pub fn remaining_mu(&self, c: &MuCoefficients, generated: u32) -> f64 {
         if generated == 0 {
@@ -100,6 +116,23 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_newcomer_waits_for_the_prefill_and_a_share_of_the_decode(
+            u in 0u32..20_000, o in 1u32..2_000, g in 0u32..3_000, share in 0.0f64..=1.0,
+        ) {
+            let c = coeffs();
+            let cost = InflightCost::new(RequestShape { uncached_input: u, output: o, ..Default::default() }, None);
+            let whole = cost.remaining_mu(&c, g);
+            let queued = cost.queued_mu(&c, g, share);
+            prop_assert!(queued <= whole + 1e-9);
+            prop_assert!((cost.queued_mu(&c, g, 1.0) - whole).abs() < 1e-6);
+            if g == 0 {
+                // Nothing has streamed: the prefill is still owed in full.
+                let prefill = c.prefill_price(&cost.shape());
+                prop_assert!(queued >= prefill - 1e-9);
+            }
+        }
+
         #[test]
         fn remaining_never_grows_while_within_the_estimate(u in 0u32..50_000, est in 1u32..4000, steps in proptest::collection::vec(0u32..4000, 1..20)) {
             let c = coeffs();

@@ -14,6 +14,8 @@ use crate::slice::ReplicaId;
 pub struct Candidate {
     pub id: ReplicaId,
     pub healthy: bool,
+    /// MU in flight there that a request arriving now would wait for (queued prefill,
+    /// a share of running decode).
     pub inflight_mu: f64,
     /// Requests in flight on the replica.
     pub inflight_requests: u64,

@@ -8,7 +8,7 @@ use super::choice::{choose, Candidate, ColdReplicas, SpillPolicy};
 use super::conversation::Conversations;
 use super::health::{EjectionPolicy, PassiveHealth};
 use super::id_map::{IdMap, IdSet};
-use super::ledger::{Ledger, ReplicaInflight, RequestId};
+use super::ledger::{Charge, Ledger, ReplicaInflight, RequestId};
 use super::load_order::LoadOrder;
 use super::prefix_index::PrefixIndex;
 use super::quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
@@ -28,6 +28,12 @@ pub struct RouterConfig {
     pub estimator: EstimatorConfig,
     /// Where workloads' prefixes are expected to be cached (per-replica pricing).
     pub affinity: AffinityConfig,
+    /// The share of a running request's remaining decode that delays a request arriving
+    /// on its replica (see [`Charge`]). Default 0.3: on the reference profile a decode
+    /// token is charged 113 µs of step time, of which the sequence's own marginal cost
+    /// is 35 µs; the rest is the step's fixed cost, paid whether it runs or not. (The
+    /// queued prefill always counts whole.)
+    pub decode_share: f64,
     /// Weight of avoidable prefill (work a warm replica would skip) in the choice, per
     /// request sharing the replica: 1 counts the delay it imposes on each of them once.
     pub waste_weight: f64,
@@ -45,6 +51,7 @@ impl Default for RouterConfig {
             ejection: EjectionPolicy::default(),
             estimator: EstimatorConfig::default(),
             affinity: AffinityConfig::default(),
+            decode_share: 0.3,
             waste_weight: 1.0,
             load_bucket_bits: DEFAULT_BUCKET_BITS,
             quarantine: QuarantineConfig::default(),
@@ -449,10 +456,14 @@ impl RouterCore {
         let shape = Self::shape(&active, expected_cached);
         let cost = InflightCost::new(shape, active.max_tokens);
         let mu = cost.remaining_mu(&self.coeffs, 0);
+        let charge = Charge {
+            mu,
+            queue_mu: cost.queued_mu(&self.coeffs, 0, self.config.decode_share),
+        };
         let new_kv = u64::from(shape.uncached_input) + u64::from(shape.output);
         // A retried request leaves the replica it was charged to.
         let previous = self.ledger.placed_on(id);
-        self.ledger.admit(id, choice.replica, slice_start, mu);
+        self.ledger.admit(id, choice.replica, slice_start, charge);
         if let Some(p) = previous {
             self.reorder(p);
         }
@@ -499,11 +510,12 @@ impl RouterCore {
         })
     }
 
-    /// MU and requests in flight on `r`, this router's and the others' reported.
+    /// The MU a request arriving now would wait for on `r`, and the requests in flight
+    /// there: this router's and the others' reported.
     fn inflight(&self, r: ReplicaId) -> (f64, u64) {
         let own = self.ledger.replica(r);
         let (ext_mu, ext_requests) = self.external.get(&r).copied().unwrap_or((0.0, 0));
-        (own.mu + ext_mu, own.requests + ext_requests)
+        (own.queue_mu + ext_mu, own.requests + ext_requests)
     }
 
     /// Moves `r` in the load order after its in-flight load changed.
@@ -546,8 +558,14 @@ impl RouterCore {
             return;
         };
         a.generated = generated;
-        let (mu, replica) = (a.cost.remaining_mu(&self.coeffs, generated), a.replica);
-        self.ledger.update(id, mu);
+        let charge = Charge {
+            mu: a.cost.remaining_mu(&self.coeffs, generated),
+            queue_mu: a
+                .cost
+                .queued_mu(&self.coeffs, generated, self.config.decode_share),
+        };
+        let replica = a.replica;
+        self.ledger.update(id, charge);
         self.reorder(replica);
     }
 
@@ -677,13 +695,14 @@ impl RouterCore {
         }
     }
 
-    /// This router's own in-flight load per replica, for other routers.
+    /// This router's own in-flight load per replica, for other routers' choices: the
+    /// MU a newcomer would wait for ([`Charge::queue_mu`]) and the requests.
     pub fn own_load(&self) -> Vec<(ReplicaId, f64, u64)> {
         self.replicas
             .iter()
             .map(|r| {
                 let l = self.ledger.replica(r.spec.id);
-                (r.spec.id, l.mu, l.requests)
+                (r.spec.id, l.queue_mu, l.requests)
             })
             .filter(|(_, mu, n)| *mu > 0.0 || *n > 0)
             .collect()
@@ -860,7 +879,28 @@ mod tests {
         c.set_external_load([(ReplicaId(1), 5_000.0, 1), (ReplicaId(0), f64::NAN, 9)]);
         let p = c.place(&adm("w", 100, 10), 0).unwrap();
         assert_eq!(p.replica, ReplicaId(0));
-        assert_eq!(c.own_load(), vec![(ReplicaId(0), p.mu, 1)]);
+        // Others are told what a newcomer would wait for there: the prefill whole and
+        // a share of the decode.
+        let queued = c.ledger().replica(ReplicaId(0)).queue_mu;
+        assert!(queued > 0.0 && queued < p.mu, "{queued} of {}", p.mu);
+        assert_eq!(c.own_load(), vec![(ReplicaId(0), queued, 1)]);
+    }
+
+    #[test]
+    fn running_decodes_delay_a_newcomer_less_than_queued_prefill() {
+        // One replica runs a long generation that has started streaming; the other has
+        // a little less MU in flight, all of it prefill another router queued there. A
+        // new request's prefill joins the first replica's decode steps at once, but
+        // waits for the whole queued prefill on the other: it goes to the first.
+        let mut c = core(2, 2);
+        let decoding = c.place(&adm("a", 10, 2_000), 0).unwrap();
+        c.progress(decoding.id, 1);
+        let busy = c.ledger().replica(decoding.replica);
+        assert!(busy.queue_mu < 0.5 * busy.mu, "{busy:?}");
+        let other = ReplicaId(1 - decoding.replica.0);
+        c.set_external_load([(other, 0.8 * busy.mu, 1)]);
+        let p = c.place(&adm("c", 100, 10), 0).unwrap();
+        assert_eq!(p.replica, decoding.replica);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use blocks::{PromptBlocks, NO_CONTENT};
 pub use choice::{choose, Candidate, Choice, ColdReplicas, SpillPolicy};
 pub use core::{Admission, Placement, ReplicaSpec, ReplicaView, RouterConfig, RouterCore, Usage};
 pub use health::{EjectionPolicy, PassiveHealth};
-pub use ledger::{Ledger, ReplicaInflight, RequestId};
+pub use ledger::{Charge, Ledger, ReplicaInflight, RequestId};
 pub use models::{parse_model_list, ServedModels};
 pub use policy::{KvIndex, NoKvIndex, ReplicaObservation, RouteRequest, RoutingPolicy};
 pub use quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
