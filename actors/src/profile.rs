@@ -151,6 +151,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("non-negative"));
+        // A cached prompt token priced above a computed one is refused: the router's
+        // choice relies on a cached token never costing more.
+        let dear_cache =
+            DEFAULT_PROFILE_TOML.replace("\ncached_input = 0.0", "\ncached_input = 0.5");
+        let err = Profile::parse(&dear_cache, "z.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mu.cached_input"), "{err}");
         let err = Profile::parse("model = 3", "y.toml")
             .unwrap_err()
             .to_string();
