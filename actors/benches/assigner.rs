@@ -12,36 +12,21 @@
 //! same load, each fed the previous round's assignment, as the leader does every minute.
 
 use sluice_actors::assigner::{assign, AssignerConfig, ReplicaInfo, SliceLoad};
-use sluice_actors::slice::{Assignment, ReplicaId};
+use sluice_actors::slice::{Assignment, ReplicaId, SliceKey};
 use std::time::Instant;
 
 const REPLICAS: usize = 10_000;
 const RACKS: usize = 100;
 const SLICES: usize = 100_000;
 
-/// The true load of each slice of `a`: slice `i` of the first assignment carries weight
-/// `1 / (rank_i + 1)^1.1`; later assignments (split or merged) apportion it by key range.
-fn measured(a: &Assignment, truth: &[(u64, f64)]) -> SliceLoad {
-    let starts: Vec<u64> = a.slices().iter().map(|s| s.start.0).collect();
-    let mut loads = vec![0.0; starts.len()];
-    let mut at = 0;
-    for (i, &(start, l)) in truth.iter().enumerate() {
-        let end = truth
-            .get(i + 1)
-            .map_or(u64::MAX as f64 + 1.0, |n| n.0 as f64);
-        // Spread this truth range's load over the slices that overlap it.
-        while at + 1 < starts.len() && starts[at + 1] <= start {
-            at += 1;
-        }
-        let mut j = at;
-        let width = end - start as f64;
-        while j < starts.len() && (starts[j] as f64) < end {
-            let lo = (starts[j] as f64).max(start as f64);
-            let hi = starts.get(j + 1).map_or(end, |&n| (n as f64).min(end));
-            loads[j] += l * ((hi - lo) / width).max(0.0);
-            j += 1;
-        }
-    }
+/// What the leader would measure on `a`: each slice's share of the true load.
+fn measured(a: &Assignment, truth: &SliceLoad) -> SliceLoad {
+    let s = a.slices();
+    let loads: Vec<f64> = s
+        .iter()
+        .enumerate()
+        .map(|(i, sl)| truth.range_load(sl.start, s.get(i + 1).map(|n| n.start)))
+        .collect();
     match SliceLoad::per_slice(a, &loads) {
         Ok(l) => l,
         Err(e) => panic!("load: {e}"),
@@ -83,12 +68,16 @@ fn main() {
         })
         .collect();
     let sum: f64 = weights.iter().sum();
-    let truth: Vec<(u64, f64)> = current
+    let ranges: Vec<(SliceKey, f64)> = current
         .slices()
         .iter()
         .zip(&weights)
-        .map(|(s, w)| (s.start.0, 0.7 * capacity * w / sum))
+        .map(|(s, w)| (s.start, 0.7 * capacity * w / sum))
         .collect();
+    let truth = match SliceLoad::new(ranges) {
+        Ok(t) => t,
+        Err(e) => panic!("load: {e}"),
+    };
     let config = AssignerConfig::default();
     println!("{REPLICAS} replicas in {RACKS} racks, {SLICES} slices, Zipf {skew} load at 70%");
     println!("| round | time | slices after | splits | merges | moves | widened | churn | imbalance before → after |");

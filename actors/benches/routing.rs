@@ -12,6 +12,7 @@
 //! workload's history), and unkeyed multi-turn conversations under a shared system prompt
 //! (identity and price from the prompt's blocks). Times are per decision, single-threaded.
 
+use sluice_actors::router::baselines::common::SplitMix64;
 use sluice_actors::router::{
     Admission, PromptBlocks, ReplicaSpec, RouterConfig, RouterCore, Usage,
 };
@@ -36,19 +37,6 @@ fn stats(mut ns: Vec<u64>) -> Stats {
         median_ns: at(0.5),
         p99_ns: at(0.99),
         mean_ns: ns.iter().sum::<u64>() as f64 / ns.len() as f64,
-    }
-}
-
-/// Deterministic pseudo-random numbers (splitmix64), so every run sees the same traffic.
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 
@@ -94,18 +82,18 @@ fn run(replicas: usize, traffic: Traffic, decisions: usize) -> Stats {
         .collect();
     let window = replicas * 4;
     let mut inflight: VecDeque<u64> = VecDeque::with_capacity(window + 1);
-    let mut rng = Mix(7);
+    // Deterministic, so every run sees the same traffic.
+    let mut rng = SplitMix64::new(7);
     let mut times = Vec::with_capacity(decisions);
     let warmup = window * 2;
     for i in 0..warmup + decisions {
         let now_ms = i as u64 / 10;
-        let pick = rng.next();
         let (workload, blocks) = match traffic {
             Traffic::Keyed => (
-                Some(workloads[(pick % workloads.len() as u64) as usize]),
+                Some(workloads[rng.below(workloads.len())]),
                 &sluice_actors::router::NO_CONTENT,
             ),
-            Traffic::Conversations => (None, &prompts[(pick % prompts.len() as u64) as usize]),
+            Traffic::Conversations => (None, &prompts[rng.below(prompts.len())]),
         };
         let input = (blocks.bytes / 4).max(512) as u32;
         let a = Admission {

@@ -455,11 +455,8 @@ impl RouterCore {
         let (expected_cached, held_blocks, _) = expected(choice.replica);
         let shape = Self::shape(&active, expected_cached);
         let cost = InflightCost::new(shape, active.max_tokens);
-        let mu = cost.remaining_mu(&self.coeffs, 0);
-        let charge = Charge {
-            mu,
-            queue_mu: cost.queued_mu(&self.coeffs, 0, self.config.decode_share),
-        };
+        let charge = self.charge(&cost, 0);
+        let mu = charge.mu;
         let new_kv = u64::from(shape.uncached_input) + u64::from(shape.output);
         // A retried request leaves the replica it was charged to.
         let previous = self.ledger.placed_on(id);
@@ -518,18 +515,30 @@ impl RouterCore {
         (own.queue_mu + ext_mu, own.requests + ext_requests)
     }
 
+    /// What a request of cost `cost` adds to its replica after `generated` tokens.
+    fn charge(&self, cost: &InflightCost, generated: u32) -> Charge {
+        Charge {
+            mu: cost.remaining_mu(&self.coeffs, generated),
+            queue_mu: cost.queued_mu(&self.coeffs, generated, self.config.decode_share),
+        }
+    }
+
+    /// Where `r` belongs in the load order: seconds queued, requests per MU/min.
+    fn order_keys(&self, r: ReplicaId, capacity: f64) -> (f64, f64) {
+        let (mu, requests) = self.inflight(r);
+        if capacity > 0.0 {
+            (mu * 60.0 / capacity, requests.max(1) as f64 / capacity)
+        } else {
+            (f64::INFINITY, f64::INFINITY)
+        }
+    }
+
     /// Moves `r` in the load order after its in-flight load changed.
     fn reorder(&mut self, r: ReplicaId) {
         let Some(&slot) = self.slots.get(&r) else {
             return;
         };
-        let capacity = self.replicas[slot].spec.capacity_mu_per_min;
-        let (mu, requests) = self.inflight(r);
-        let (queued_s, sharing) = if capacity > 0.0 {
-            (mu * 60.0 / capacity, requests.max(1) as f64 / capacity)
-        } else {
-            (f64::INFINITY, f64::INFINITY)
-        };
+        let (queued_s, sharing) = self.order_keys(r, self.replicas[slot].spec.capacity_mu_per_min);
         self.order.update(r, queued_s, sharing);
     }
 
@@ -540,8 +549,8 @@ impl RouterCore {
         };
         let entry = self.replicas[slot];
         if entry.checked_healthy && entry.passive.available(now_ms) {
-            self.order.set(r, 0.0, 0.0);
-            self.reorder(r);
+            let (queued_s, sharing) = self.order_keys(r, entry.spec.capacity_mu_per_min);
+            self.order.set(r, queued_s, sharing);
         }
     }
 
@@ -558,13 +567,8 @@ impl RouterCore {
             return;
         };
         a.generated = generated;
-        let charge = Charge {
-            mu: a.cost.remaining_mu(&self.coeffs, generated),
-            queue_mu: a
-                .cost
-                .queued_mu(&self.coeffs, generated, self.config.decode_share),
-        };
-        let replica = a.replica;
+        let (cost, replica) = (a.cost, a.replica);
+        let charge = self.charge(&cost, generated);
         self.ledger.update(id, charge);
         self.reorder(replica);
     }
