@@ -3,6 +3,7 @@ with a tenant, its key accepted, a missing or wrong key an AuthenticationError, 
 tenant over its reservation with no spare a RateLimitError carrying Retry-After."""
 
 import json
+import re
 import os
 import subprocess
 import tempfile
@@ -29,7 +30,7 @@ def cluster():
         text = f.read()
     profile = os.path.join(data, "small.toml")
     with open(profile, "w") as f:
-        f.write(text.replace("capacity_mu_per_min = 80000.0", "capacity_mu_per_min = 60.0"))
+        f.write(re.sub(r"(?m)^capacity_mu_per_min = .*$", "capacity_mu_per_min = 60.0", text))
     node = Proc([SLUICE, "node", "start", "--data-dir", data, "--listen", "127.0.0.1:0",
                  "--http", "127.0.0.1:0", "--replicas", "1", "--time-scale", "0",
                  "--profile", profile], "sluice node listening on ")

@@ -47,7 +47,7 @@ impl InflightCost {
     /// those steps, not its whole remaining output).
     pub fn queued_mu(&self, c: &MuCoefficients, generated: u32, decode_share: f64) -> f64 {
         let left = u64::from(self.remaining_output(generated));
-        let decode = c.decode_price(self.shape.input(), left);
+        let decode = c.decode_price(self.shape.input() + u64::from(generated), left);
         let prefill = if generated == 0 {
             c.prefill_price(&self.shape)
         } else {
@@ -61,9 +61,9 @@ impl InflightCost {
         if generated == 0 {
             return c.price(&self.shape);
         }
-        let input = self.shape.input();
+        let context = self.shape.input() + u64::from(generated);
         let left = self.remaining_output(generated);
-        c.decode_price(input, u64::from(left))
+        c.decode_price(context, u64::from(left))
     }
 }
 
@@ -79,6 +79,7 @@ mod tests {
             output: 0.129,
             input_output: 0.00004,
             image: 0.0,
+            attention: 0.0,
         }
     }
 

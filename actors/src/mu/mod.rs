@@ -7,5 +7,5 @@ pub mod token_scale;
 
 pub use estimate::{EstimatorConfig, OutputEstimator};
 pub use inflight::InflightCost;
-pub use pricing::{MuCoefficients, RequestShape};
+pub use pricing::{attention_pairs, kv_token_steps, MuCoefficients, RequestShape};
 pub use token_scale::TokenScale;

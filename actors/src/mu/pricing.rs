@@ -1,9 +1,15 @@
 //! The price of a request in model units (MU).
 //!
-//! `MU = α·uncached_input + α_c·cached_input + β·output + γ·input·output + δ·images`,
-//! with coefficients per (model, hardware) profile. One MU is defined as one
-//! millisecond of one GPU's time at the profile's reference operating point, so a
-//! replica's capacity in MU per minute reads as "GPU-milliseconds it can deliver".
+//! `MU = α·u + α_c·c + ψ·u·(c + u/2) + β·o + γ·o·(u + c + o/2) + δ·images` for `u`
+//! uncached and `c` cached prompt tokens and `o` output tokens, with coefficients per
+//! (model, hardware) profile. ψ is prefill attention: each computed prompt token attends
+//! to the context before it, so a long uncached prompt costs more than linearly. γ is
+//! the KV a decode reads and holds: each generated token reads the prompt and the tokens
+//! generated before it, and a long context takes KV memory that would otherwise batch
+//! more sequences. One MU is one
+//! millisecond of a replica's time when it runs as hard as the SLO allows, whatever the
+//! request's shape (`docs/PROFILE.md`); `sluice calibrate` fits the coefficients over a
+//! grid of shapes so that a replica's capacity in MU per minute holds for every mix.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,10 +23,15 @@ pub struct MuCoefficients {
     pub cached_input: f64,
     /// β: a generated token.
     pub output: f64,
-    /// γ: every generated token reads the prompt's KV, so cost grows with input × output.
+    /// γ: a generated token reads (and holds) the KV of everything before it, so decode
+    /// costs `o·(input + o/2)` context-token steps.
     pub input_output: f64,
     /// δ: an attached image.
     pub image: f64,
+    /// ψ: a pair of (computed prompt token, token before it) in prefill attention.
+    /// Profiles written before this term existed price it at 0.
+    #[serde(default)]
+    pub attention: f64,
 }
 
 /// What a request costs to serve, in tokens.
@@ -46,16 +57,31 @@ impl MuCoefficients {
 
     /// The part of the price paid before the first token: prompt and images.
     pub fn prefill_price(&self, s: &RequestShape) -> f64 {
-        self.uncached_input * f64::from(s.uncached_input)
-            + self.cached_input * f64::from(s.cached_input)
+        let (u, c) = (f64::from(s.uncached_input), f64::from(s.cached_input));
+        self.uncached_input * u
+            + self.cached_input * c
+            + self.attention * attention_pairs(u, c)
             + self.image * f64::from(s.images)
     }
 
-    /// The price of generating `output` tokens after a prompt of `input` tokens.
+    /// The price of generating `output` tokens after a context of `input` tokens.
     pub fn decode_price(&self, input: u64, output: u64) -> f64 {
         let (i, o) = (input as f64, output as f64);
-        self.output * o + self.input_output * i * o
+        self.output * o + self.input_output * kv_token_steps(i, o)
     }
+}
+
+/// Context tokens read over the decode of `output` tokens after `input`: each token
+/// reads everything before it.
+pub fn kv_token_steps(input: f64, output: f64) -> f64 {
+    output * (input + output / 2.0)
+}
+
+/// Token pairs of prefill attention when `uncached` tokens are computed after `cached`
+/// ones: each computed token attends to everything before it. Moving a token from
+/// computed to cached never adds pairs, so a cached token never costs more.
+pub fn attention_pairs(uncached: f64, cached: f64) -> f64 {
+    uncached * (cached + uncached / 2.0)
 }
 
 #[cfg(test)]
@@ -70,6 +96,7 @@ mod tests {
             output: 0.129,
             input_output: 0.00004,
             image: 11.0,
+            attention: 6e-7,
         }
     }
 
@@ -98,7 +125,13 @@ mod tests {
             output: 10,
             images: 2,
         };
-        let want = 0.019 * 1000.0 + 0.001 * 500.0 + 0.129 * 10.0 + 0.00004 * 1500.0 * 10.0 + 22.0;
+        let pairs = 1000.0 * (500.0 + 1000.0 / 2.0);
+        let want = 0.019 * 1000.0
+            + 0.001 * 500.0
+            + 6e-7 * pairs
+            + 0.129 * 10.0
+            + 0.00004 * 10.0 * (1500.0 + 5.0)
+            + 22.0;
         assert!((c.price(&s) - want).abs() < 1e-9);
     }
 

@@ -825,6 +825,7 @@ mod tests {
             output: 0.129,
             input_output: 0.00004,
             image: 0.0,
+            attention: 0.0,
         };
         RouterCore::new(
             coeffs,

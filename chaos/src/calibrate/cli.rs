@@ -1,5 +1,6 @@
 //! The `sluice calibrate` command line.
 
+use super::grid::{default_grid, GridShape};
 use super::http::HttpEngine;
 use super::virtual_engine::VirtualEngine;
 use super::{calibrate, output, Calibration, MeasureOptions, RoundsConfig, SweepConfig, Target};
@@ -92,6 +93,13 @@ pub struct CalibrateArgs {
     /// The p90 TPOT objective (ms) the capacity must keep.
     #[arg(long, value_name = "MS", default_value_t = 100.0)]
     pub slo_tpot_ms: f64,
+    /// The grid of shapes driven to their capacity at the SLO, to which the price is
+    /// fitted: `name=INPUT[:CACHED]/OUTPUT`, or a mix of two shapes
+    /// `name=I/O+I[:C]/O`, comma-separated [default: chat=512/256, code=2048/32,
+    /// rag=16384/256, long-output=256/1024, agentic=8192:7168/128, two mixes]. `none`:
+    /// no grid; the cost sweep's price and the capacity shape's knee are written.
+    #[arg(long, value_name = "SHAPES", value_delimiter = ',')]
+    pub grid: Option<Vec<String>>,
     /// Completions timed per point, in multiples of its concurrency (after a ramp of
     /// one request per worker).
     #[arg(long, value_name = "X", default_value_t = 1.5)]
@@ -144,6 +152,7 @@ impl CalibrateArgs {
             capacity_max_concurrency: self.capacity_max_concurrency,
             knee_bisections: self.knee_bisections,
             slo_tpot_ms: self.slo_tpot_ms,
+            grid: self.grid_shapes()?,
             measure: MeasureOptions {
                 cycles: self.cycles,
                 stream_workers: self.stream_workers,
@@ -155,6 +164,17 @@ impl CalibrateArgs {
         };
         s.validate().map_err(anyhow::Error::msg)?;
         Ok(s)
+    }
+
+    fn grid_shapes(&self) -> anyhow::Result<Vec<GridShape>> {
+        match self.grid.as_deref() {
+            None => Ok(default_grid()),
+            Some([none]) if none.trim() == "none" => Ok(Vec::new()),
+            Some(specs) => specs
+                .iter()
+                .map(|s| GridShape::parse(s).map_err(anyhow::Error::msg))
+                .collect(),
+        }
     }
 }
 
@@ -232,13 +252,14 @@ pub async fn cli_main(args: CalibrateArgs) -> anyhow::Result<()> {
 
 /// The calibrated numbers beside the base profile's.
 pub fn comparison(cal: &Calibration, base: &Profile, base_name: &str) -> Vec<String> {
-    let c = &cal.fit.coefficients;
+    let c = &cal.profile_fit().coefficients;
     let b = &base.mu;
     let rows = [
         ("uncached_input", c.uncached_input, b.uncached_input),
         ("cached_input", c.cached_input, b.cached_input),
         ("output", c.output, b.output),
         ("input_output", c.input_output, b.input_output),
+        ("attention", c.attention, b.attention),
         (
             "capacity_mu_per_min",
             cal.capacity_mu_per_min,

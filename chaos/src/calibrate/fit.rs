@@ -2,42 +2,68 @@
 //!
 //! Each sample is a request shape and its measured cost in engine-milliseconds per
 //! request (milliseconds of the engine's time, on whatever hardware it runs).
-//! The model is `cost = α·uncached + α_c·cached + β·output + γ·input·output`; the fit
+//! The model is `cost = α·uncached + α_c·cached + β·output + γ·output·(input +
+//! output/2) + ψ·attention pairs` (the price of `sluice_actors::mu`); the fit
 //! minimizes the sum of squared *relative* errors (each row weighted by 1 / cost), so a
 //! 10-ms chat turn counts as much as a 300-ms long-context request, subject to every
-//! coefficient being non-negative. With four unknowns the exact NNLS solution is found
+//! coefficient being non-negative. With five unknowns the exact NNLS solution is found
 //! by solving the unconstrained problem on every subset of the columns and keeping the
 //! best feasible one.
 
 use serde::Serialize;
-use sluice_actors::mu::MuCoefficients;
+use sluice_actors::mu::{attention_pairs, kv_token_steps, MuCoefficients};
 
-/// Number of fitted coefficients: α, α_c, β, γ (δ, per image, is never measured here).
-pub const TERMS: usize = 4;
+/// Number of fitted coefficients: α, α_c, β, γ, ψ (δ, per image, is never measured
+/// here).
+pub const TERMS: usize = 5;
 
 /// Names of the fitted coefficients, in column order.
-pub const TERM_NAMES: [&str; TERMS] = ["uncached_input", "cached_input", "output", "input_output"];
+pub const TERM_NAMES: [&str; TERMS] = [
+    "uncached_input",
+    "cached_input",
+    "output",
+    "input_output",
+    "attention",
+];
 
-/// One observation: mean token counts of the measured requests and their cost.
+/// One observation: mean token counts of the measured requests and their cost. The
+/// products are means over the requests too (not products of the means), so a point
+/// that mixes shapes is priced as the mean of its requests' prices.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Observation {
     pub uncached_input: f64,
     pub cached_input: f64,
     pub output: f64,
+    /// Mean context tokens read over the decode, `o·(input + o/2)`.
+    pub input_output: f64,
+    /// Mean prefill attention pairs, `u·(c + u/2)`.
+    pub attention: f64,
     /// Engine-milliseconds per request (= MU).
     pub cost_ms: f64,
 }
 
 impl Observation {
+    /// An observation of requests that all have one shape.
+    pub fn single(uncached_input: f64, cached_input: f64, output: f64, cost_ms: f64) -> Self {
+        Self {
+            uncached_input,
+            cached_input,
+            output,
+            input_output: kv_token_steps(uncached_input + cached_input, output),
+            attention: attention_pairs(uncached_input, cached_input),
+            cost_ms,
+        }
+    }
+
     /// The shape's value of each fitted term (the coefficients' multipliers), in the
     /// order of [`TERM_NAMES`].
     pub fn terms(&self) -> [f64; TERMS] {
-        let input = self.uncached_input + self.cached_input;
         [
             self.uncached_input,
             self.cached_input,
             self.output,
-            input * self.output,
+            self.input_output,
+            self.attention,
         ]
     }
 }
@@ -45,7 +71,8 @@ impl Observation {
 /// The fitted coefficients and how well they explain the samples.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fit {
-    /// α, α_c, β, γ in MU per token (γ per input × output token); `image` is 0 here.
+    /// α, α_c, β, γ, ψ in MU per token (γ per input × output token, ψ per attention
+    /// pair); `image` is 0 here.
     pub coefficients: MuCoefficients,
     /// Whether the samples determine each term (a column that is zero in every sample,
     /// e.g. cached input when no cached-prefix point was run, is not measured).
@@ -71,8 +98,15 @@ pub fn predict(c: &MuCoefficients, o: &Observation) -> f64 {
     o.terms().iter().zip(x).map(|(a, b)| a * b).sum()
 }
 
-fn coefficient_array(c: &MuCoefficients) -> [f64; TERMS] {
-    [c.uncached_input, c.cached_input, c.output, c.input_output]
+/// The fitted coefficients in the order of [`TERM_NAMES`].
+pub fn coefficient_array(c: &MuCoefficients) -> [f64; TERMS] {
+    [
+        c.uncached_input,
+        c.cached_input,
+        c.output,
+        c.input_output,
+        c.attention,
+    ]
 }
 
 /// Fits the coefficients to `samples` by weighted non-negative least squares.
@@ -127,6 +161,7 @@ pub fn fit(samples: &[Observation]) -> Result<Fit, String> {
         output: x[2],
         input_output: x[3],
         image: 0.0,
+        attention: x[4],
     };
     let relative_errors: Vec<f64> = rows
         .iter()
@@ -223,19 +258,15 @@ fn solve(mut m: Vec<Vec<f64>>) -> Option<Vec<f64>> {
 mod tests {
     use super::*;
 
-    fn obs(u: f64, c: f64, o: f64, coeffs: [f64; 4]) -> Observation {
-        let i = u + c;
-        Observation {
-            uncached_input: u,
-            cached_input: c,
-            output: o,
-            cost_ms: coeffs[0] * u + coeffs[1] * c + coeffs[2] * o + coeffs[3] * i * o,
-        }
+    fn obs(u: f64, c: f64, o: f64, coeffs: [f64; TERMS]) -> Observation {
+        let mut x = Observation::single(u, c, o, 0.0);
+        x.cost_ms = x.terms().iter().zip(coeffs).map(|(t, k)| t * k).sum();
+        x
     }
 
-    fn grid(coeffs: [f64; 4], cached: bool) -> Vec<Observation> {
+    fn grid(coeffs: [f64; TERMS], cached: bool) -> Vec<Observation> {
         let mut v = Vec::new();
-        for u in [256.0, 1024.0, 4096.0] {
+        for u in [256.0, 1024.0, 4096.0, 16384.0] {
             for o in [32.0, 128.0, 512.0] {
                 v.push(obs(u, 0.0, o, coeffs));
             }
@@ -249,20 +280,20 @@ mod tests {
 
     #[test]
     fn recovers_exact_coefficients() {
-        let truth = [0.0186, 0.002, 0.113, 0.00004];
+        let truth = [0.0186, 0.002, 0.113, 0.00004, 6e-7];
         let f = fit(&grid(truth, true)).unwrap();
         let got = coefficient_array(&f.coefficients);
         for (g, t) in got.iter().zip(truth) {
             assert!((g - t).abs() <= 1e-9 * t.max(1e-6), "{got:?} vs {truth:?}");
         }
         assert!(f.max_relative < 1e-9 && f.relative_rms < 1e-9);
-        assert_eq!(f.measured, [true; 4]);
+        assert_eq!(f.measured, [true; TERMS]);
     }
 
     #[test]
     fn coefficients_stay_non_negative() {
         // A negative cached price would fit these exactly; NNLS pins it at zero.
-        let f = fit(&grid([0.02, -0.005, 0.1, 0.00004], true)).unwrap();
+        let f = fit(&grid([0.02, -0.005, 0.1, 0.00004, 0.0], true)).unwrap();
         let c = f.coefficients;
         assert_eq!(c.cached_input, 0.0);
         assert!(c.uncached_input > 0.0 && c.output > 0.0 && c.input_output > 0.0);
@@ -271,8 +302,8 @@ mod tests {
 
     #[test]
     fn terms_without_data_are_not_measured() {
-        let f = fit(&grid([0.02, 0.0, 0.1, 0.00004], false)).unwrap();
-        assert_eq!(f.measured, [true, false, true, true]);
+        let f = fit(&grid([0.02, 0.0, 0.1, 0.00004, 0.0], false)).unwrap();
+        assert_eq!(f.measured, [true, false, true, true, true]);
         assert_eq!(f.coefficients.cached_input, 0.0);
         assert!((f.coefficients.output - 0.1).abs() < 1e-9);
         assert!(fit(&[]).is_err());
@@ -280,7 +311,7 @@ mod tests {
 
     #[test]
     fn relative_errors_are_reported() {
-        let mut s = grid([0.02, 0.0, 0.1, 0.00004], false);
+        let mut s = grid([0.02, 0.0, 0.1, 0.00004, 0.0], false);
         s[0].cost_ms *= 1.5;
         let f = fit(&s).unwrap();
         assert!(f.max_relative > 0.05, "{f:?}");

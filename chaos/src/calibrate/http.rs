@@ -74,7 +74,7 @@ struct Reply {
 struct Board {
     ramp_left: usize,
     window_start: Option<Instant>,
-    done: Vec<(Instant, Instant, Reply)>,
+    done: Vec<(Instant, Instant, Reply, u32)>,
     target: usize,
     min_window: Duration,
     stop: bool,
@@ -208,18 +208,23 @@ impl HttpEngine {
         self.points += 1;
         let mut rng = Rng::new(self.seed ^ self.points.wrapping_mul(0x5851_F42D_4C95_7F2D));
         let c = spec.concurrency.max(1);
-        let prefix_words = self.tokens.words_for_part(spec.cached);
-        let prefix: Arc<str> = rng.words(prefix_words).into();
-        let total_words = self.tokens.words_for(spec.input);
-        let suffix_words = total_words.saturating_sub(prefix_words).max(1);
-        if prefix_words > 0 {
-            // One request computes the shared prefix before the loop starts.
-            let mut p = prefix.to_string();
-            rng.push_words(&mut p, suffix_words);
-            self.inner
-                .complete(&p, 1, false)
-                .await
-                .with_context(|| format!("warm-up request of {spec:?} failed"))?;
+        // Each shape's shared prefix and the words of its unique part.
+        let mut parts: Vec<(Arc<str>, usize)> = Vec::new();
+        for shape in spec.shapes() {
+            let prefix_words = self.tokens.words_for_part(shape.cached);
+            let prefix: Arc<str> = rng.words(prefix_words).into();
+            let total_words = self.tokens.words_for(shape.input);
+            let suffix_words = total_words.saturating_sub(prefix_words).max(1);
+            if prefix_words > 0 {
+                // One request computes the shared prefix before the loop starts.
+                let mut p = prefix.to_string();
+                rng.push_words(&mut p, suffix_words);
+                self.inner
+                    .complete(&p, 1, false)
+                    .await
+                    .with_context(|| format!("warm-up request of {spec:?} failed"))?;
+            }
+            parts.push((prefix, suffix_words));
         }
         let board = Arc::new((
             Mutex::new(Board {
@@ -235,13 +240,17 @@ impl HttpEngine {
         ));
         let mut workers = tokio::task::JoinSet::new();
         for k in 0..c {
+            let (prefix, suffix_words) =
+                &parts[usize::from(spec.alternate.is_some() && k % 2 == 1)];
+            let shape = spec.shape_of(k);
             let w = WorkerCfg {
                 inner: self.inner.clone(),
                 board: board.clone(),
                 prefix: prefix.clone(),
-                suffix_words,
+                suffix_words: *suffix_words,
                 ramp_output: spec.ramp_output(k),
-                output: spec.output,
+                output: shape.output,
+                intended_cached: shape.cached,
                 stream: opts.streams(k, c),
                 rng: Rng::new(rng.next_u64()),
             };
@@ -271,7 +280,7 @@ impl HttpEngine {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0 / scale;
         let done: Vec<Done> = records
             .iter()
-            .map(|(start, end, r)| Done {
+            .map(|(start, end, r, intended)| Done {
                 end_ms: if *end >= origin {
                     ms(*end - origin)
                 } else {
@@ -282,6 +291,7 @@ impl HttpEngine {
                 prompt_tokens: r.usage.prompt,
                 completion_tokens: r.usage.completion,
                 cached_tokens: r.usage.cached,
+                intended_cached: *intended,
             })
             .collect();
         tokio::time::sleep(SETTLE).await;
@@ -300,6 +310,7 @@ struct WorkerCfg {
     suffix_words: usize,
     ramp_output: u32,
     output: u32,
+    intended_cached: u32,
     stream: bool,
     rng: Rng,
 }
@@ -334,7 +345,7 @@ async fn worker(mut w: WorkerCfg) {
                         b.window_start = Some(reply.end);
                     }
                 } else if let Some(t) = b.window_start.filter(|&t| reply.end >= t) {
-                    b.done.push((start, reply.end, reply));
+                    b.done.push((start, reply.end, reply, w.intended_cached));
                     if b.done.len() >= b.target && reply.end - t >= b.min_window {
                         b.stop = true;
                         notify.notify_one();

@@ -64,6 +64,7 @@
 
 pub mod cli;
 pub mod fit;
+pub mod grid;
 pub mod http;
 pub mod knee;
 pub mod output;
@@ -76,17 +77,38 @@ mod tests;
 
 pub use cli::{cli_main, CalibrateArgs};
 pub use fit::{Fit, Observation};
+pub use grid::{GridFit, GridPoint, GridShape};
 pub use knee::CapacityStop;
 pub use rounds::{RoundsConfig, ShapeFit, Steadiness, Verdict};
 
 use serde::Serialize;
-use sluice_actors::mu::MuCoefficients;
+use sluice_actors::mu::{attention_pairs, kv_token_steps, MuCoefficients};
 
 /// The concurrency of the reference operating point: the default profile's MU is a
 /// millisecond of the engine's time (an H100 there) at decode batch 64.
 pub const REFERENCE_CONCURRENCY: usize = 64;
 
-/// One sweep point: a closed loop of `concurrency` requests of one shape.
+/// A request shape: prompt tokens, the leading ones shared (cached after the first
+/// request), and output tokens (`max_tokens` with `ignore_eos`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Shape {
+    pub input: u32,
+    pub cached: u32,
+    pub output: u32,
+}
+
+impl Shape {
+    pub fn new(input: u32, cached: u32, output: u32) -> Self {
+        Self {
+            input,
+            cached: cached.min(input.saturating_sub(1)),
+            output,
+        }
+    }
+}
+
+/// One sweep point: a closed loop of `concurrency` requests of one shape, or of two
+/// shapes alternating between the workers (a mix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PointSpec {
     /// Prompt tokens.
@@ -97,22 +119,59 @@ pub struct PointSpec {
     /// Output tokens (`max_tokens` with `ignore_eos`).
     pub output: u32,
     pub concurrency: usize,
+    /// The shape of every odd-numbered worker's requests, when the point is a mix (its
+    /// shared prefix is its own).
+    pub alternate: Option<Shape>,
 }
 
 impl PointSpec {
     pub fn new(input: u32, cached: u32, output: u32, concurrency: usize) -> Self {
+        let s = Shape::new(input, cached, output);
         Self {
-            input,
-            cached: cached.min(input.saturating_sub(1)),
-            output,
+            input: s.input,
+            cached: s.cached,
+            output: s.output,
             concurrency,
+            alternate: None,
         }
+    }
+
+    /// Half the workers (the odd-numbered ones) send `other` instead.
+    pub fn mixed_with(mut self, other: Shape) -> Self {
+        self.alternate = Some(other);
+        self
+    }
+
+    /// The same point at concurrency `c`.
+    pub fn at(mut self, c: usize) -> Self {
+        self.concurrency = c;
+        self
+    }
+
+    /// The shape of worker `k`'s requests.
+    pub fn shape_of(&self, k: usize) -> Shape {
+        match self.alternate {
+            Some(other) if k % 2 == 1 => other,
+            _ => Shape {
+                input: self.input,
+                cached: self.cached,
+                output: self.output,
+            },
+        }
+    }
+
+    /// The distinct shapes of the point: one, or two for a mix.
+    pub fn shapes(&self) -> Vec<Shape> {
+        let mut v = vec![self.shape_of(0)];
+        v.extend(self.alternate);
+        v
     }
 
     /// Output tokens of worker `k`'s ramp request.
     pub fn ramp_output(&self, k: usize) -> u32 {
         let c = self.concurrency.max(1) as f64;
-        ((f64::from(self.output) * (k as f64 + 1.0) / c).round() as u32).clamp(1, self.output)
+        let output = self.shape_of(k).output;
+        ((f64::from(output) * (k as f64 + 1.0) / c).round() as u32).clamp(1, output)
     }
 }
 
@@ -181,6 +240,10 @@ pub struct Measurement {
     pub cached_reported: bool,
     /// Mean output tokens.
     pub completion_tokens: f64,
+    /// Mean context tokens read over the decode, and prefill attention pairs (see
+    /// [`Observation`]).
+    pub input_output: f64,
+    pub attention_pairs: f64,
     /// From the first to the last timed completion.
     pub window_ms: f64,
     /// Completed requests per second.
@@ -218,6 +281,8 @@ impl Measurement {
             uncached_input: self.prompt_tokens - cached,
             cached_input: cached,
             output: self.completion_tokens,
+            input_output: self.input_output,
+            attention: self.attention_pairs,
             cost_ms: self.engine_ms_per_request,
         }
     }
@@ -235,6 +300,18 @@ pub(crate) struct Done {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub cached_tokens: Option<u32>,
+    /// The shared prefix the request's shape intended: its cached tokens when the
+    /// engine does not report them.
+    pub intended_cached: u32,
+}
+
+impl Done {
+    /// Cached prompt tokens: as reported, else as intended.
+    fn cached(&self) -> u32 {
+        self.cached_tokens
+            .unwrap_or(self.intended_cached)
+            .min(self.prompt_tokens)
+    }
 }
 
 /// Turns the timed completions of a point into its measurement.
@@ -259,13 +336,14 @@ pub(crate) fn summarize(spec: PointSpec, done: &[Done]) -> Result<Measurement, S
     })?;
     let n = done.len() as f64;
     let mean = |f: &dyn Fn(&Done) -> f64| done.iter().map(f).sum::<f64>() / n;
-    let reported: Vec<u32> = done.iter().filter_map(|d| d.cached_tokens).collect();
-    let cached_reported = !reported.is_empty();
-    let cached_tokens = if cached_reported {
-        reported.iter().map(|&c| f64::from(c)).sum::<f64>() / reported.len() as f64
-    } else {
-        f64::from(spec.cached)
-    };
+    let cached_reported = done.iter().any(|d| d.cached_tokens.is_some());
+    let cached_tokens = mean(&|d| f64::from(d.cached()));
+    let input_output =
+        mean(&|d| kv_token_steps(f64::from(d.prompt_tokens), f64::from(d.completion_tokens)));
+    let attention_pairs = mean(&|d| {
+        let c = d.cached();
+        attention_pairs(f64::from(d.prompt_tokens - c), f64::from(c))
+    });
     let mut tpots: Vec<f64> = done
         .iter()
         .filter_map(|d| {
@@ -291,6 +369,8 @@ pub(crate) fn summarize(spec: PointSpec, done: &[Done]) -> Result<Measurement, S
         cached_tokens,
         cached_reported,
         completion_tokens: mean(&|d| f64::from(d.completion_tokens)),
+        input_output,
+        attention_pairs,
         window_ms,
         throughput_rps: throughput_per_ms * 1000.0,
         engine_ms_per_request: 1.0 / throughput_per_ms,
@@ -437,6 +517,10 @@ pub struct SweepConfig {
     pub knee_bisections: usize,
     /// The TPOT objective (p90, ms) the capacity must keep.
     pub slo_tpot_ms: f64,
+    /// The shapes driven to their capacity at the SLO, to which the profile's price is
+    /// fitted ([`grid`]). Empty: the price of the cost sweep and the capacity of the one
+    /// capacity shape are written instead.
+    pub grid: Vec<GridShape>,
     pub measure: MeasureOptions,
 }
 
@@ -456,6 +540,7 @@ impl Default for SweepConfig {
             capacity_max_concurrency: 1024,
             knee_bisections: 2,
             slo_tpot_ms: 100.0,
+            grid: grid::default_grid(),
             measure: MeasureOptions::default(),
         }
     }
@@ -521,6 +606,11 @@ impl SweepConfig {
         if m.stream_workers == 0 {
             return Err("at least one worker must stream (TPOT is measured on streams)".into());
         }
+        for (i, g) in self.grid.iter().enumerate() {
+            if self.grid[..i].iter().any(|h| h.name == g.name) {
+                return Err(format!("the grid names the shape {:?} twice", g.name));
+            }
+        }
         Ok(())
     }
 
@@ -536,11 +626,18 @@ impl SweepConfig {
             };
             shapes.push((p.input, p.output, flags));
         }
-        shapes.push((
-            self.capacity_input,
-            self.capacity_output,
-            "--capacity-input/--capacity-output",
-        ));
+        if self.grid.is_empty() {
+            shapes.push((
+                self.capacity_input,
+                self.capacity_output,
+                "--capacity-input/--capacity-output",
+            ));
+        }
+        for g in &self.grid {
+            for s in g.point.shapes() {
+                shapes.push((s.input, s.output, "--grid"));
+            }
+        }
         let too_long: Vec<String> = shapes
             .iter()
             .filter(|(i, o, _)| u64::from(*i) + u64::from(*o) > u64::from(max_model_len))
@@ -615,11 +712,20 @@ pub struct Calibration {
     /// Index in `levels` of the level the capacity comes from.
     pub capacity_level: Option<usize>,
     pub capacity_stop: CapacityStop,
+    /// The grid at the SLO and the price fitted over it, when the sweep has a grid (the
+    /// capacity sweep above is then not run).
+    pub grid: Option<GridFit>,
     /// The capacity written to the profile, MU per minute.
     pub capacity_mu_per_min: f64,
 }
 
 impl Calibration {
+    /// The price written to the profile: fitted over the grid at the SLO when there is
+    /// one, else the cost sweep's.
+    pub fn profile_fit(&self) -> &Fit {
+        self.grid.as_ref().map_or(&self.fit, |g| &g.fit)
+    }
+
     /// The measured level at concurrency `c`, if any.
     pub fn level_at(&self, c: usize) -> Option<&CapacityLevel> {
         self.levels
@@ -738,20 +844,106 @@ pub async fn calibrate(
         log(line);
     }
 
+    let (levels, capacity_level, stop, grid, capacity_mu_per_min) = if sweep.grid.is_empty() {
+        log(format!(
+            "capacity sweep: prompt {} tokens, output {} tokens, concurrency {:?} then doubling up to {}, \
+             SLO p90 TPOT <= {} ms",
+            sweep.capacity_input,
+            sweep.capacity_output,
+            sweep.capacity_concurrency,
+            sweep.capacity_max_concurrency,
+            sweep.slo_tpot_ms
+        ));
+        let point = sweep.capacity_point(1);
+        let (levels, stop) = capacity_search(target, point, sweep, &fit, log).await;
+        let capacity_level = best_level(&levels);
+        let capacity_mu_per_min = match capacity_level {
+            Some(i) => levels[i].mu_per_min,
+            None => lowest_level(&levels).map_or(0.0, |i| levels[i].mu_per_min),
+        };
+        if !(capacity_mu_per_min.is_finite() && capacity_mu_per_min > 0.0) {
+            anyhow::bail!(
+                "the capacity sweep measured no positive load ({capacity_mu_per_min} MU/min){}",
+                stop_error(&stop)
+            );
+        }
+        (levels, capacity_level, stop, None, capacity_mu_per_min)
+    } else {
+        let g = grid_sweep(target, sweep, &fit, log).await?;
+        let capacity = g.capacity_mu_per_min;
+        (
+            Vec::new(),
+            None,
+            CapacityStop::Limit { max: 0 },
+            Some(g),
+            capacity,
+        )
+    };
+    let cal = Calibration {
+        target: target.describe(),
+        model: target.model().to_owned(),
+        sweep: sweep.clone(),
+        rounds: all_rounds,
+        shapes,
+        fit,
+        steadiness,
+        levels,
+        capacity_level,
+        capacity_stop: stop,
+        grid,
+        capacity_mu_per_min,
+    };
+    for line in output::capacity_report(&cal) {
+        log(line);
+    }
+    Ok(cal)
+}
+
+/// The fastest level within the SLO (most MU/min), if any.
+fn best_level(levels: &[CapacityLevel]) -> Option<usize> {
+    levels
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.within_slo)
+        .max_by(|a, b| a.1.mu_per_min.total_cmp(&b.1.mu_per_min))
+        .map(|(i, _)| i)
+}
+
+/// The level of least concurrency measured.
+fn lowest_level(levels: &[CapacityLevel]) -> Option<usize> {
+    levels
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, l)| l.measurement.spec.concurrency)
+        .map(|(i, _)| i)
+}
+
+/// ": concurrency C failed: why" when the search ended on an error.
+fn stop_error(stop: &CapacityStop) -> String {
+    match stop {
+        CapacityStop::Error {
+            concurrency,
+            message,
+        } => format!(": concurrency {concurrency} failed: {message}"),
+        _ => String::new(),
+    }
+}
+
+/// Searches the capacity knee of `point`'s shape (its concurrency is the search's): the
+/// levels measured, each priced by `fit`, and why the search stopped.
+async fn capacity_search(
+    target: &mut Target,
+    point: PointSpec,
+    sweep: &SweepConfig,
+    fit: &Fit,
+    log: &mut dyn FnMut(String),
+) -> (Vec<CapacityLevel>, CapacityStop) {
+    let exact = target.exact();
     let (mut search, mut c) = knee::KneeSearch::new(
         &sweep.capacity_concurrency,
         sweep.capacity_max_concurrency,
         sweep.knee_bisections,
     );
-    log(format!(
-        "capacity sweep: prompt {} tokens, output {} tokens, concurrency {:?} then doubling up to {}, \
-         SLO p90 TPOT <= {} ms",
-        sweep.capacity_input,
-        sweep.capacity_output,
-        search.listed(),
-        sweep.capacity_max_concurrency,
-        sweep.slo_tpot_ms
-    ));
     let mut levels: Vec<CapacityLevel> = Vec::new();
     let to_level = |m: Measurement| {
         let mu_per_request = fit.predict(&m.observation());
@@ -763,7 +955,7 @@ pub async fn calibrate(
         }
     };
     let stop = loop {
-        let p = sweep.capacity_point(c);
+        let p = point.at(c);
         let outcome = match measure_steady(target, &p, &sweep.measure, log).await {
             Ok(m) => {
                 let mut level = to_level(m);
@@ -809,52 +1001,69 @@ pub async fn calibrate(
             knee::Step::Stop(stop) => break stop,
         }
     };
-    let capacity_level = levels
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.within_slo)
-        .max_by(|a, b| a.1.mu_per_min.total_cmp(&b.1.mu_per_min))
-        .map(|(i, _)| i);
-    let capacity_mu_per_min = match capacity_level {
-        Some(i) => levels[i].mu_per_min,
-        None => {
-            // The level of least concurrency measured.
-            levels
-                .iter()
-                .min_by_key(|l| l.measurement.spec.concurrency)
-                .map(|l| l.mu_per_min)
-                .unwrap_or(0.0)
-        }
-    };
-    if !(capacity_mu_per_min.is_finite() && capacity_mu_per_min > 0.0) {
-        let why = match &stop {
-            CapacityStop::Error {
-                concurrency,
-                message,
-            } => format!(": concurrency {concurrency} failed: {message}"),
-            _ => String::new(),
+    (levels, stop)
+}
+
+/// Drives every shape of the grid to its capacity at the SLO and fits the price to
+/// their costs there.
+async fn grid_sweep(
+    target: &mut Target,
+    sweep: &SweepConfig,
+    fit: &Fit,
+    log: &mut dyn FnMut(String),
+) -> anyhow::Result<GridFit> {
+    log(format!(
+        "grid at the SLO: {} shapes, each at concurrency {:?} then doubling up to {}, SLO p90 TPOT <= {} ms",
+        sweep.grid.len(),
+        sweep.capacity_concurrency,
+        sweep.capacity_max_concurrency,
+        sweep.slo_tpot_ms
+    ));
+    let mut points = Vec::with_capacity(sweep.grid.len());
+    for (i, shape) in sweep.grid.iter().enumerate() {
+        log(format!(
+            "  [{}/{}] {}",
+            i + 1,
+            sweep.grid.len(),
+            shape.describe()
+        ));
+        let (levels, stop) = capacity_search(target, shape.point, sweep, fit, log).await;
+        let within = best_level(&levels);
+        let Some(best) = within.or_else(|| lowest_level(&levels)) else {
+            anyhow::bail!(
+                "grid shape {} measured no level{}",
+                shape.name,
+                stop_error(&stop)
+            );
         };
-        anyhow::bail!(
-            "the capacity sweep measured no positive load ({capacity_mu_per_min} MU/min){why}"
-        );
+        let level = &levels[best];
+        let throughput_rps = level.measurement.throughput_rps;
+        if !(throughput_rps.is_finite() && throughput_rps > 0.0) {
+            anyhow::bail!("grid shape {} completed no requests", shape.name);
+        }
+        log(format!(
+            "  {}: {}",
+            shape.name,
+            output::knee_reason_of(&stop, &levels, sweep)
+        ));
+        points.push(GridPoint {
+            name: shape.name.clone(),
+            shape: shape.clone(),
+            observation: grid::slo_observation(level),
+            throughput_rps,
+            within_slo: within.is_some(),
+            best,
+            levels,
+            stop,
+            price_mu: 0.0,
+            mu_per_min: 0.0,
+        });
     }
-    let cal = Calibration {
-        target: target.describe(),
-        model: target.model().to_owned(),
-        sweep: sweep.clone(),
-        rounds: all_rounds,
-        shapes,
-        fit,
-        steadiness,
-        levels,
-        capacity_level,
-        capacity_stop: stop,
-        capacity_mu_per_min,
-    };
-    for line in output::capacity_report(&cal) {
+    let g = GridFit::new(points).map_err(anyhow::Error::msg)?;
+    for line in output::grid_report(&g) {
         log(line);
     }
-    Ok(cal)
+    Ok(g)
 }
 
 /// The price of `m`'s shape under `c`.

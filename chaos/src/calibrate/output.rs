@@ -4,8 +4,9 @@
 //! point (of a GPU or of a CPU, whatever the engine runs on). One MU is one engine-ms.
 
 use super::fit::{Fit, TERM_NAMES};
+use super::grid::GridFit;
 use super::rounds::{CoefficientSpread, ShapeFit, Steadiness, Verdict};
-use super::{Calibration, CapacityLevel, CapacityStop, Measurement};
+use super::{Calibration, CapacityLevel, CapacityStop, Measurement, SweepConfig};
 use sluice_actors::Profile;
 use std::fmt::Write as _;
 
@@ -14,7 +15,7 @@ fn opt_ms(v: Option<f64>) -> String {
 }
 
 /// Short names of the fitted coefficients, in column order.
-const GREEK: [&str; 4] = ["α  ", "α_c", "β  ", "γ  "];
+const GREEK: [&str; super::fit::TERMS] = ["α  ", "α_c", "β  ", "γ  ", "ψ  "];
 
 /// One measured point.
 pub fn sample_line(m: &Measurement) -> String {
@@ -255,9 +256,19 @@ const QUEUEING_SHARE: f64 = 0.8;
 
 /// Why the capacity sweep stopped, in a sentence: the knee found, or why it was not.
 pub fn knee_reason(cal: &Calibration) -> String {
-    let slo = cal.sweep.slo_tpot_ms;
-    let p90 = |c: usize| opt_ms(cal.level_at(c).and_then(|l| l.measurement.tpot_p90_ms));
-    match &cal.capacity_stop {
+    knee_reason_of(&cal.capacity_stop, &cal.levels, &cal.sweep)
+}
+
+/// Why a capacity search over `levels` stopped, in words.
+pub fn knee_reason_of(
+    stop: &CapacityStop,
+    levels: &[CapacityLevel],
+    sweep: &SweepConfig,
+) -> String {
+    let slo = sweep.slo_tpot_ms;
+    let level_at = |c: usize| levels.iter().find(|l| l.measurement.spec.concurrency == c);
+    let p90 = |c: usize| opt_ms(level_at(c).and_then(|l| l.measurement.tpot_p90_ms));
+    match stop {
         CapacityStop::Knee { within, broken } => format!(
             "knee found: p90 TPOT {} at concurrency {within} keeps the {slo} ms SLO, {} at \
              {broken} breaks it",
@@ -270,7 +281,7 @@ pub fn knee_reason(cal: &Calibration) -> String {
             p90(1)
         ),
         CapacityStop::Limit { max } => {
-            let queued = cal.level_at(*max).and_then(|l| {
+            let queued = level_at(*max).and_then(|l| {
                 let m = &l.measurement;
                 let d = m.decode_concurrency?;
                 (d < QUEUEING_SHARE * *max as f64).then(|| (d, opt_ms(m.ttft_ms)))
@@ -293,7 +304,7 @@ pub fn knee_reason(cal: &Calibration) -> String {
             }
         }
         CapacityStop::Saturated { at, best } => {
-            let (Some(a), Some(b)) = (cal.level_at(*at), cal.level_at(*best)) else {
+            let (Some(a), Some(b)) = (level_at(*at), level_at(*best)) else {
                 return format!("knee not found: throughput stopped rising at concurrency {at}");
             };
             let (ma, mb) = (&a.measurement, &b.measurement);
@@ -330,8 +341,90 @@ pub fn knee_reason(cal: &Calibration) -> String {
     }
 }
 
+/// The goal for the grid's spread: every shape's capacity within ± this of the
+/// profile's.
+pub const SPREAD_GOAL: f64 = 0.15;
+
+/// The grid at the SLO: each shape's capacity under the price fitted over the grid, and
+/// their spread.
+pub fn grid_report(g: &GridFit) -> Vec<String> {
+    let mut v = vec![
+        "grid at the SLO: each shape at its capacity, its cost there (engine-ms per request = 1000 / req/s) and the fitted price".to_owned(),
+        format!(
+            "  {:<14} {:>7} {:>7} {:>6} {:>6} {:>9} {:>10} {:>10} {:>9} {:>8} {:>9}",
+            "shape", "prompt", "cached", "output", "C", "req/s", "SLO cost", "price MU", "MU/min", "vs cap", "held out"
+        ),
+    ];
+    for (i, p) in g.points.iter().enumerate() {
+        let o = &p.observation;
+        let c = p.levels[p.best].measurement.spec.concurrency;
+        let held = g
+            .held_out
+            .get(i)
+            .map_or_else(|| "-".to_owned(), |r| format!("{:+.1}%", (r - 1.0) * 100.0));
+        v.push(format!(
+            "  {:<14} {:>7.0} {:>7.0} {:>6.0} {:>6} {:>9.2} {:>10.2} {:>10.2} {:>9.0} {:>+7.1}% {:>9}{}",
+            p.name,
+            o.uncached_input + o.cached_input,
+            o.cached_input,
+            o.output,
+            c,
+            p.throughput_rps,
+            o.cost_ms,
+            p.price_mu,
+            p.mu_per_min,
+            (p.mu_per_min / g.capacity_mu_per_min - 1.0) * 100.0,
+            held,
+            if p.within_slo { "" } else { "  (no level kept the SLO)" }
+        ));
+    }
+    let c = &g.fit.coefficients;
+    let values = super::fit::coefficient_array(c);
+    let coeffs: Vec<String> = GREEK
+        .iter()
+        .zip(values)
+        .map(|(g, x)| format!("{} {x:.4e}", g.trim_end()))
+        .collect();
+    v.push(format!(
+        "  price fitted over the grid: {}",
+        coeffs.join(", ")
+    ));
+    v.push(spread_line(g));
+    v
+}
+
+/// The grid's capacity and spread in one line, against the goal.
+pub fn spread_line(g: &GridFit) -> String {
+    let (lo, hi) = match g.extremes() {
+        Some((lo, hi)) => (
+            format!("{} {:.0}", lo.name, lo.mu_per_min),
+            format!("{} {:.0}", hi.name, hi.mu_per_min),
+        ),
+        None => ("-".into(), "-".into()),
+    };
+    let verdict = if g.spread <= SPREAD_GOAL {
+        format!("within the ±{:.0}% goal", SPREAD_GOAL * 100.0)
+    } else {
+        format!("OUTSIDE the ±{:.0}% goal", SPREAD_GOAL * 100.0)
+    };
+    let held = g.held_out_spread().map_or_else(String::new, |h| {
+        format!(
+            "; priced by a fit without it, every shape within ±{:.1}%",
+            h * 100.0
+        )
+    });
+    format!(
+        "capacity: {:.0} MU/min at the SLO, spread ±{:.1}% (least {lo}, most {hi} MU/min): {verdict}{held}",
+        g.capacity_mu_per_min,
+        g.spread * 100.0
+    )
+}
+
 /// How the capacity was chosen, and why the sweep stopped.
 pub fn capacity_report(cal: &Calibration) -> Vec<String> {
+    if let Some(g) = &cal.grid {
+        return vec![spread_line(g)];
+    }
     let at = cal
         .capacity_level
         .map(|i| {
@@ -387,7 +480,7 @@ pub fn profile_toml(
     hardware: &str,
 ) -> Result<String, String> {
     let mut t = String::new();
-    let f = &cal.fit;
+    let f = cal.profile_fit();
     let c = &f.coefficients;
     let sw = &cal.sweep;
     let _ = writeln!(
@@ -395,12 +488,26 @@ pub fn profile_toml(
         "# Calibrated by `sluice calibrate` against\n#   {}.",
         cal.target
     );
-    let _ = writeln!(
-        t,
-        "# One MU = one millisecond of the engine's time (engine-ms) at the reference operating\n\
-         # point: a closed loop of {} concurrent requests, where a request's cost is 1 / throughput.",
-        sw.concurrency
-    );
+    if cal.grid.is_some() {
+        let _ = writeln!(
+            t,
+            "# One MU = one millisecond of a replica's time when it runs as hard as the SLO\n\
+             # (p90 TPOT <= {} ms) allows, whatever the shape: the price is fitted to each grid\n\
+             # shape's cost at its capacity (1000 / req/s engine-ms), see the grid below.",
+            sw.slo_tpot_ms
+        );
+        let _ = writeln!(
+            t,
+            "# The cost sweep first (its price only names the grid levels' MU in the log):"
+        );
+    } else {
+        let _ = writeln!(
+            t,
+            "# One MU = one millisecond of the engine's time (engine-ms) at the reference operating\n\
+             # point: a closed loop of {} concurrent requests, where a request's cost is 1 / throughput.",
+            sw.concurrency
+        );
+    }
     let _ = writeln!(
         t,
         "# Fit: {} shapes (prompts {:?}, outputs {:?}, cached-prefix prompts {:?} at {:.0}%),\n\
@@ -416,8 +523,8 @@ pub fn profile_toml(
         },
         sw.cached_fraction * 100.0,
         cal.steadiness.rounds,
-        f.relative_rms * 100.0,
-        f.max_relative * 100.0
+        cal.fit.relative_rms * 100.0,
+        cal.fit.max_relative * 100.0
     );
     let _ = writeln!(
         t,
@@ -455,10 +562,43 @@ pub fn profile_toml(
             spreads.join(", ")
         );
     }
-    let _ = writeln!(t, "# Capacity sweep: {}.", knee_reason(cal));
+    if let Some(g) = &cal.grid {
+        let _ = writeln!(
+            t,
+            "# Grid at the SLO (shape: prompt, cached, output tokens at concurrency C: req/s,\n\
+             # cost there -> fitted price, MU/min sustained, against the capacity):"
+        );
+        for p in &g.points {
+            let o = &p.observation;
+            let _ = writeln!(
+                t,
+                "#   {} ({:.0}, {:.0}, {:.0} at C={}): {:.3} req/s, {:.2} -> {:.2} MU, {:.0} MU/min ({:+.1}%){}",
+                p.shape.describe(),
+                o.uncached_input + o.cached_input,
+                o.cached_input,
+                o.output,
+                p.levels[p.best].measurement.spec.concurrency,
+                p.throughput_rps,
+                o.cost_ms,
+                p.price_mu,
+                p.mu_per_min,
+                (p.mu_per_min / g.capacity_mu_per_min - 1.0) * 100.0,
+                if p.within_slo { "" } else { " (no level kept the SLO)" }
+            );
+        }
+        let _ = writeln!(t, "# {}.", spread_line(g));
+    } else {
+        let _ = writeln!(t, "# Capacity sweep: {}.", knee_reason(cal));
+    }
     let _ = writeln!(t, "model = {}", toml_string(&cal.model));
     let _ = writeln!(t, "hardware = {}", toml_string(hardware));
     match cal.capacity_level {
+        _ if cal.grid.is_some() => {
+            let _ = writeln!(
+                t,
+                "# The middle of the range the grid's shapes sustain at the SLO."
+            );
+        }
         Some(i) => {
             let l = &cal.levels[i];
             let m = &l.measurement;
@@ -489,7 +629,7 @@ pub fn profile_toml(
         toml_float(cal.capacity_mu_per_min)
     );
     t.push_str("\n[mu]\n");
-    let values = [c.uncached_input, c.cached_input, c.output, c.input_output];
+    let values = super::fit::coefficient_array(c);
     for (j, name) in TERM_NAMES.iter().enumerate() {
         if !f.measured[j] {
             let _ = writeln!(t, "# Not measured (no sample varied it).");

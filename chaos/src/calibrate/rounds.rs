@@ -144,6 +144,8 @@ pub fn pool(rounds: &[Vec<Measurement>]) -> Vec<ShapeFit> {
                     uncached_input: mean(&|o| o.uncached_input),
                     cached_input: mean(&|o| o.cached_input),
                     output: mean(&|o| o.output),
+                    input_output: mean(&|o| o.input_output),
+                    attention: mean(&|o| o.attention),
                     cost_ms: cost,
                 },
                 cost_spread: if mean_cost > 0.0 { sd / mean_cost } else { 0.0 },
@@ -260,8 +262,7 @@ impl Steadiness {
 }
 
 fn coefficient_array(f: &Fit) -> [f64; TERMS] {
-    let c = &f.coefficients;
-    [c.uncached_input, c.cached_input, c.output, c.input_output]
+    fit::coefficient_array(&f.coefficients)
 }
 
 /// The spread of each coefficient over `rounds` (each round: one observation per point,

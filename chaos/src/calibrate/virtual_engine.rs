@@ -78,16 +78,31 @@ impl VirtualEngine {
         let c = spec.concurrency.max(1);
         let target = opts.target_requests(c);
         let mut core = EngineCore::new(self.params.clone());
-        let prefix = self.rng.tokens(spec.cached as usize);
-        let unique = spec.input.saturating_sub(spec.cached).max(1) as usize;
+        let shapes = spec.shapes();
+        // Each shape's shared prefix, and its unique part's length.
+        let parts: Vec<(Vec<u32>, usize, u32)> = shapes
+            .iter()
+            .map(|s| {
+                let prefix = self.rng.tokens(s.cached as usize);
+                (
+                    prefix,
+                    s.input.saturating_sub(s.cached).max(1) as usize,
+                    s.cached,
+                )
+            })
+            .collect();
+        let part_of = |k: usize| usize::from(spec.alternate.is_some() && k % 2 == 1);
         let mut next_id = 0u64;
         let mut now: u64 = 0;
         let mut steps = 0u64;
 
-        // Cached points: one request computes the shared prefix first.
-        if !prefix.is_empty() {
+        // Cached shapes: one request computes the shared prefix first.
+        for (prefix, unique, _) in &parts {
+            if prefix.is_empty() {
+                continue;
+            }
             let mut prompt = prefix.clone();
-            prompt.extend(self.rng.tokens(unique));
+            prompt.extend(self.rng.tokens(*unique));
             let req = EngineRequest::new(RequestId(next_id), prompt, 1, 1);
             next_id += 1;
             core.add_request(req, now).map_err(|e| e.to_string())?;
@@ -108,8 +123,9 @@ impl VirtualEngine {
                       output: u32,
                       now: u64|
          -> Result<(), String> {
+            let (prefix, unique, _) = &parts[part_of(w)];
             let mut prompt = prefix.clone();
-            prompt.extend(rng.tokens(unique));
+            prompt.extend(rng.tokens(*unique));
             let id = RequestId(base + owner.len() as u64);
             owner.push(w);
             core.add_request(EngineRequest::new(id, prompt, output, output), now)
@@ -188,6 +204,7 @@ impl VirtualEngine {
                         prompt_tokens,
                         completion_tokens,
                         cached_tokens: Some(cached),
+                        intended_cached: parts[part_of(w)].2,
                     });
                 }
                 *wk = Worker {
@@ -195,7 +212,8 @@ impl VirtualEngine {
                     start_us: end,
                     first_us: None,
                 };
-                submit(&mut core, &mut self.rng, &mut owner, w, spec.output, end)?;
+                let output = spec.shape_of(w).output;
+                submit(&mut core, &mut self.rng, &mut owner, w, output, end)?;
             }
             now = end;
         }

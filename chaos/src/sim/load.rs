@@ -95,6 +95,7 @@ mod tests {
             output: 0.1,
             input_output: 0.0,
             image: 0.0,
+            attention: 0.0,
         };
         let mut t = Trace {
             name: "t".into(),
