@@ -249,9 +249,9 @@ async fn replicas_follow_the_load_across_racks_and_drain_without_failures() -> R
     .context("the fleet did not scale in to 2 under light load")?;
     eprintln!("light load: {:?}", fleet(&low));
 
-    // Load ramps up (~5 replicas' worth at 70% of the small capacity): replicas are
-    // placed on free GPUs, and every rack gets some.
-    load.set_rate(2.2);
+    // Load ramps up (~5 replicas' worth at 70% of the small capacity: ~9 MU a request
+    // at the embedded price): replicas are placed on free GPUs, and every rack gets some.
+    load.set_rate(3.2);
     let high = wait_status(&all, Duration::from_secs(60), |s| {
         let (healthy, _) = fleet(s);
         healthy.values().sum::<usize>() >= 5 && s["desired"].as_u64().is_some_and(|d| d >= 5)
