@@ -104,6 +104,7 @@ fn run(replicas: usize, traffic: Traffic, decisions: usize) -> Stats {
             max_tokens: Some(256),
             n: 1,
             fingerprint: None,
+            radius: None,
         };
         let t = Instant::now();
         let placed = black_box(core.place(&a, now_ms));

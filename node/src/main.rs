@@ -218,7 +218,17 @@ enum TenantCommand {
         #[command(flatten)]
         reach: Reach,
     },
-    /// List tenants and their reservations.
+    /// Bound the replicas (of each model) a tenant's requests may reach: its blast
+    /// radius, so that its flood or a request that breaks engines touches at most that
+    /// many (0 removes the bound).
+    Limit {
+        name: String,
+        #[arg(long)]
+        max_replicas: u32,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// List tenants, their blast radius and their reservations.
     List {
         #[arg(long)]
         json: bool,
@@ -316,6 +326,11 @@ fn run(cli: Cli) -> Result<()> {
                     model.unwrap_or_else(|| sluice_actors::Profile::default_profile().model);
                 tenants::cli::reserve(&reach.data_dir, reach.node, &name, &model, mu_per_min).await
             }
+            Command::Tenant(TenantCommand::Limit {
+                name,
+                max_replicas,
+                reach,
+            }) => tenants::cli::limit(&reach.data_dir, reach.node, &name, max_replicas).await,
             Command::Tenant(TenantCommand::List { json, reach }) => {
                 tenants::cli::list(&reach.data_dir, reach.node, json).await
             }

@@ -87,6 +87,8 @@ pub struct ControlState {
     next_node_id: NodeId,
     /// Ids of removed nodes; they are never accepted again.
     retired_node_ids: BTreeSet<NodeId>,
+    /// Tenant → the most replicas of each model its requests may reach.
+    blast_radius: BTreeMap<String, u32>,
 }
 
 impl Default for ControlState {
@@ -101,6 +103,7 @@ impl Default for ControlState {
             // 0 is left unused so that a zeroed id is never a real node.
             next_node_id: 1,
             retired_node_ids: BTreeSet::new(),
+            blast_radius: BTreeMap::new(),
         }
     }
 }
@@ -152,6 +155,12 @@ impl ControlState {
 
     pub fn tenants(&self) -> &BTreeMap<String, TenantInfo> {
         &self.tenants
+    }
+
+    /// Each bounded tenant's blast radius: the most replicas of a model its requests
+    /// may reach.
+    pub fn blast_radius(&self) -> &BTreeMap<String, u32> {
+        &self.blast_radius
     }
 
     /// What the fleet can serve of `model` with a replica on every GPU, in MU/min: every
@@ -253,6 +262,12 @@ pub enum ControlCommand {
     },
     /// Removes a tenant and its reservations. Idempotent.
     RemoveTenant(String),
+    /// Bounds the replicas (of each model) a tenant's requests may reach; 0 removes the
+    /// bound.
+    SetBlastRadius {
+        tenant: String,
+        replicas: u32,
+    },
 }
 
 impl fmt::Display for ControlCommand {
@@ -288,6 +303,9 @@ impl fmt::Display for ControlCommand {
             // Never the key's hash: logs hold names only.
             Self::CreateTenant { name, .. } => write!(f, "CreateTenant({name})"),
             Self::RemoveTenant(name) => write!(f, "RemoveTenant({name})"),
+            Self::SetBlastRadius { tenant, replicas } => {
+                write!(f, "SetBlastRadius({tenant}, {replicas})")
+            }
         }
     }
 }
@@ -497,6 +515,18 @@ pub fn apply(state: &mut ControlState, cmd: ControlCommand) -> ControlResponse {
         ControlCommand::RemoveTenant(name) => {
             state.tenants.remove(&name);
             state.reservations.remove(&name);
+            state.blast_radius.remove(&name);
+            ControlResponse::Ok
+        }
+        ControlCommand::SetBlastRadius { tenant, replicas } => {
+            if !state.tenants.contains_key(&tenant) {
+                return reject(Rejection::UnknownTenant(tenant));
+            }
+            if replicas == 0 {
+                state.blast_radius.remove(&tenant);
+            } else {
+                state.blast_radius.insert(tenant, replicas);
+            }
             ControlResponse::Ok
         }
         ControlCommand::ReplicaReady { replica, endpoint } => {
@@ -705,7 +735,23 @@ mod tests {
             },
         );
         assert_eq!(s.reservations().len(), 1);
+        // A blast radius: for known tenants only; 0 removes it, and so does removing
+        // the tenant.
+        let radius = |t: &str, n| ControlCommand::SetBlastRadius {
+            tenant: t.into(),
+            replicas: n,
+        };
+        assert_eq!(
+            apply(&mut s, radius("nobody", 2)),
+            ControlResponse::Rejected(Rejection::UnknownTenant("nobody".into()))
+        );
+        assert_eq!(apply(&mut s, radius("t", 2)), ControlResponse::Ok);
+        assert_eq!(apply(&mut s, radius("u", 3)), ControlResponse::Ok);
+        assert_eq!(s.blast_radius().get("t"), Some(&2));
+        assert_eq!(apply(&mut s, radius("t", 0)), ControlResponse::Ok);
+        assert!(!s.blast_radius().contains_key("t"));
         apply(&mut s, ControlCommand::RemoveTenant("u".into()));
+        assert!(s.blast_radius().is_empty());
         assert!(s.reservations().is_empty());
         assert!(s.tenants().contains_key("t") && !s.tenants().contains_key("u"));
         apply(
@@ -787,6 +833,8 @@ mod tests {
                 model: m,
                 mu_per_min: v
             }),
+            ("[tu]", 0u32..4)
+                .prop_map(|(tenant, replicas)| ControlCommand::SetBlastRadius { tenant, replicas }),
         ]
     }
 

@@ -4,6 +4,7 @@ tenant over its reservation with no spare a RateLimitError carrying Retry-After.
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 import os
 import subprocess
 import tempfile
@@ -93,3 +94,60 @@ def test_keys_reservations_and_refusals_through_the_openai_client(cluster):
     assert refused.status_code == 429
     assert int(refused.response.headers["retry-after"]) >= 1
     assert refused.body["code"] == "rate_limit_exceeded"
+
+
+def test_a_tenants_blast_radius_bounds_the_replicas_its_requests_reach():
+    data = tempfile.mkdtemp()
+    rc, _, err = sluice("cluster", "init", "--data-dir", data)
+    assert rc == 0, err
+    node = Proc([SLUICE, "node", "start", "--data-dir", data, "--listen", "127.0.0.1:0",
+                 "--http", "127.0.0.1:0", "--replicas", "4", "--time-scale", "1"],
+                "sluice node listening on ")
+    try:
+        def registered():
+            rc, out, _ = sluice("cluster", "status", "--json", "--data-dir", data)
+            return rc == 0 and len(json.loads(out)["replicas"]) == 4
+
+        assert wait_until(registered, timeout=30, every=0.2)
+        keys = {}
+        for name in ("acme", "globex"):
+            rc, out, err = sluice("tenant", "create", name, "--data-dir", data)
+            assert rc == 0, err
+            keys[name] = next(line for line in out.splitlines() if line.startswith("sk-sluice-"))
+        rc, out, err = sluice("tenant", "limit", "acme", "--max-replicas", "1", "--data-dir", data)
+        assert rc == 0, err
+        assert "at most 1 replica" in out
+        rc, _, err = sluice("tenant", "limit", "nobody", "--max-replicas", "1", "--data-dir", data)
+        assert rc != 0 and "unknown tenant nobody" in err
+        rc, out, err = sluice("tenant", "list", "--json", "--data-dir", data)
+        assert rc == 0, err
+        rows = {r["name"]: r for r in json.loads(out)}
+        assert rows["acme"]["max_replicas"] == 1 and rows["globex"]["max_replicas"] is None
+
+        def replicas_reached(key, n=24):
+            # `n` requests at once, long enough to overlap: a replica's queue then
+            # sends the unbounded ones elsewhere.
+            client = openai.OpenAI(base_url=node.url + "/v1", api_key=key, max_retries=0)
+
+            def one(i):
+                raw = client.chat.completions.with_raw_response.create(
+                    model=MODEL, max_tokens=200, extra_body={"ignore_eos": True},
+                    messages=[{"role": "user", "content": f"{i} " + "word " * 300}])
+                assert raw.parse().choices[0].message.content is not None
+                return raw.headers["x-sluice-replica"]
+
+            with ThreadPoolExecutor(max_workers=n) as pool:
+                return set(pool.map(one, range(n)))
+
+        # The key reaches the node once the control state is applied.
+        assert wait_until(lambda: len(replicas_reached(keys["acme"], 1)) == 1, timeout=10)
+        # 24 requests at once: the bounded tenant stays on one replica, the other
+        # spreads over the fleet.
+        assert len(replicas_reached(keys["acme"])) == 1
+        assert len(replicas_reached(keys["globex"])) > 1
+        # 0 removes the bound.
+        rc, _, err = sluice("tenant", "limit", "acme", "--max-replicas", "0", "--data-dir", data)
+        assert rc == 0, err
+        assert wait_until(lambda: len(replicas_reached(keys["acme"], 12)) > 1, timeout=10)
+    finally:
+        node.stop()

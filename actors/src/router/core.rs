@@ -3,6 +3,7 @@
 //! explicit clock values. The HTTP shell only moves bytes.
 
 use super::affinity::{AffinityConfig, PrefixAffinity};
+use super::blast_radius::{self, BlastRadius};
 use super::blocks::{PromptBlocks, BLOCK_BYTES};
 use super::choice::{choose, Candidate, ColdReplicas, SpillPolicy};
 use super::conversation::Conversations;
@@ -82,6 +83,8 @@ pub struct Admission<'a> {
     /// Identifies the request across retries (a hash of its body), for quarantine;
     /// `None`: never confined or refused.
     pub fingerprint: Option<u64>,
+    /// Its tenant's bound on the replicas it may reach; `None`: the whole fleet.
+    pub radius: Option<BlastRadius>,
 }
 
 /// Where a request goes and what it is charged.
@@ -134,6 +137,7 @@ struct Active {
     generated: u32,
     n: u32,
     fingerprint: Option<u64>,
+    radius: Option<BlastRadius>,
 }
 
 /// A request's prompt as the prefix index sees it.
@@ -191,6 +195,8 @@ pub struct RouterCore {
     reports_cached: IdSet<ReplicaId>,
     /// Per replica, the share of the index's expected cached blocks its engine found.
     reliability: IdMap<ReplicaId, f64>,
+    /// The fleet in each bounded tenant's rendezvous order (rebuilt with the fleet).
+    radius_ranks: HashMap<u64, Vec<ReplicaId>>,
 }
 
 impl RouterCore {
@@ -222,6 +228,7 @@ impl RouterCore {
             contents: IdMap::default(),
             reports_cached: Default::default(),
             reliability: IdMap::default(),
+            radius_ranks: HashMap::new(),
         };
         core.install(
             replicas
@@ -288,6 +295,7 @@ impl RouterCore {
             generated: 0,
             n: a.n.max(1),
             fingerprint: a.fingerprint,
+            radius: a.radius,
         };
         self.active.insert(id, active);
         if let Some(seen) = seen {
@@ -364,6 +372,9 @@ impl RouterCore {
         self.readmit(now_ms);
         let active = *self.active.get(&id)?;
         let workload = active.workload;
+        let bounded = active
+            .radius
+            .map(|radius| self.radius_members(radius, now_ms));
         let slice = self.assignment.lookup(workload);
         // Prompt blocks each replica is expected to hold, from the content index.
         let cache = self.config.affinity.cache_tokens.max(1);
@@ -400,15 +411,39 @@ impl RouterCore {
                 own,
             )
         };
+        // A tenant's blast radius: only its replicas, each priced apart; its home is the
+        // slice's subset among them, or all of them when the subset has none.
+        let subset: Vec<ReplicaId> = match &bounded {
+            Some(members) => {
+                let inside: Vec<ReplicaId> = slice
+                    .subset
+                    .iter()
+                    .copied()
+                    .filter(|r| members.binary_search(r).is_ok())
+                    .collect();
+                if inside.is_empty() {
+                    members.clone()
+                } else {
+                    inside
+                }
+            }
+            None => slice.subset.clone(),
+        };
         // The replicas priced apart: the slice's subset and those expected to hold part
         // of the prompt. Every other replica is cold and costs the full price.
-        let mut known_ids: Vec<ReplicaId> = slice.subset.clone();
-        match &held {
-            Some((matched, _)) => known_ids.extend(matched.keys().copied()),
-            None => known_ids.extend(self.affinity.holders(workload.0)),
-        }
-        known_ids.sort_unstable();
-        known_ids.dedup();
+        let known_ids: Vec<ReplicaId> = match &bounded {
+            Some(members) => members.clone(),
+            None => {
+                let mut ids = slice.subset.clone();
+                match &held {
+                    Some((matched, _)) => ids.extend(matched.keys().copied()),
+                    None => ids.extend(self.affinity.holders(workload.0)),
+                }
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            }
+        };
         let known: Vec<Candidate> = known_ids
             .iter()
             .filter_map(|&r| {
@@ -424,13 +459,13 @@ impl RouterCore {
         let known: Vec<Candidate> = if confined {
             known
                 .into_iter()
-                .filter(|c| slice.subset.contains(&c.id))
+                .filter(|c| subset.contains(&c.id))
                 .collect()
         } else {
             known
         };
         let cold_cost = self.coeffs.price(&Self::shape(&active, 0));
-        let walk = (!confined).then(|| {
+        let walk = (!confined && bounded.is_none()).then(|| {
             self.order
                 .walk()
                 .filter(|(r, _)| known_ids.binary_search(r).is_err())
@@ -444,7 +479,7 @@ impl RouterCore {
             max_capacity: self.max_capacity,
         };
         let choice = choose(
-            &slice.subset,
+            &subset,
             &known,
             cold,
             exclude,
@@ -493,6 +528,29 @@ impl RouterCore {
 
     /// What the choice sees of replica `r` for a request costing `cost_mu` there;
     /// `None` for a replica the router does not know.
+    /// The replicas a tenant bounded by `radius` may reach now: the first available
+    /// ones in its rendezvous order.
+    fn radius_members(&mut self, radius: BlastRadius, now_ms: u64) -> Vec<ReplicaId> {
+        if !self.radius_ranks.contains_key(&radius.key) {
+            // Bounded tenants are few; the cache is rebuilt with the fleet, and cleared
+            // whole should keys ever pile up.
+            if self.radius_ranks.len() >= 4096 {
+                self.radius_ranks.clear();
+            }
+            let ranked = blast_radius::rank(radius.key, self.replicas.iter().map(|r| r.spec.id));
+            self.radius_ranks.insert(radius.key, ranked);
+        }
+        let ranked = self
+            .radius_ranks
+            .get(&radius.key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        blast_radius::members(radius, ranked, |r| {
+            self.candidate(r, 0.0, false, now_ms)
+                .is_some_and(|c| c.healthy && c.capacity_mu_per_min > 0.0)
+        })
+    }
+
     fn candidate(&self, r: ReplicaId, cost_mu: f64, warm: bool, now_ms: u64) -> Option<Candidate> {
         let entry = self.replicas.get(*self.slots.get(&r)?)?;
         let (mu, requests) = self.inflight(r);
@@ -735,6 +793,7 @@ impl RouterCore {
     /// Makes `entries` the replica set and rebuilds what is indexed by it.
     fn install(&mut self, entries: Vec<ReplicaEntry>) {
         self.replicas = entries;
+        self.radius_ranks.clear();
         self.slots = self
             .replicas
             .iter()
@@ -844,6 +903,7 @@ mod tests {
             max_tokens: Some(max),
             n: 1,
             fingerprint: None,
+            radius: None,
         }
     }
 
@@ -1066,6 +1126,53 @@ mod tests {
         );
         // A new request of the same workload avoids it while ejected.
         assert_ne!(c.place(&adm("x", 100, 10), 10).unwrap().replica, p.replica);
+    }
+
+    #[test]
+    fn a_bounded_tenant_reaches_only_its_replicas_whatever_its_load() {
+        use std::collections::BTreeSet;
+        let mut c = core(16, 2);
+        let radius = BlastRadius::of_tenant("acme", 3);
+        let bounded = |w: &str| Admission {
+            radius,
+            ..adm(w, 4000, 200)
+        };
+        // Many workloads, far more load than three replicas take: still only three.
+        let mut used = BTreeSet::new();
+        let mut placed = Vec::new();
+        for i in 0..300 {
+            let p = c.place(&bounded(&format!("w{i}")), 0).unwrap();
+            used.insert(p.replica);
+            placed.push(p);
+        }
+        assert_eq!(used.len(), 3, "{used:?}");
+        // Unbounded traffic of the same shape spreads over the fleet.
+        let mut free = BTreeSet::new();
+        for i in 0..300 {
+            free.insert(
+                c.place(&adm(&format!("v{i}"), 4000, 200), 0)
+                    .unwrap()
+                    .replica,
+            );
+        }
+        assert!(free.len() > 8, "{free:?}");
+        // One of the tenant's replicas fails: the tenant moves to one other replica,
+        // and never to more than three at once.
+        let failed = *used.iter().next().unwrap();
+        let p = placed.iter().find(|p| p.replica == failed).unwrap();
+        let again = c.retry(p.id, failed, 10).unwrap();
+        assert!(again.replica != failed);
+        let mut after = BTreeSet::new();
+        for i in 0..100 {
+            after.insert(c.place(&bounded(&format!("x{i}")), 20).unwrap().replica);
+        }
+        assert_eq!(after.len(), 3, "{after:?}");
+        assert!(!after.contains(&failed));
+        assert_eq!(after.intersection(&used).count(), 2);
+        // Every router computes the same set.
+        let mut other = core(16, 2);
+        let p = other.place(&bounded("w0"), 0).unwrap();
+        assert!(used.contains(&p.replica));
     }
 
     /// Turn `t` of conversation `c` behind a 4,000-byte system prompt shared by all.

@@ -2,6 +2,7 @@
 
 pub mod affinity;
 pub mod baselines;
+pub mod blast_radius;
 pub mod blocks;
 pub mod choice;
 pub mod conversation;
@@ -20,6 +21,7 @@ pub mod sluice_policy;
 pub mod workload;
 
 pub use affinity::{AffinityConfig, PrefixAffinity};
+pub use blast_radius::BlastRadius;
 pub use blocks::{PromptBlocks, NO_CONTENT};
 pub use choice::{choose, Candidate, Choice, ColdReplicas, SpillPolicy};
 pub use core::{Admission, Placement, ReplicaSpec, ReplicaView, RouterConfig, RouterCore, Usage};

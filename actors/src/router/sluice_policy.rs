@@ -210,6 +210,7 @@ impl RoutingPolicy for SluicePolicy {
             max_tokens: req.max_tokens,
             n: 1,
             fingerprint: None,
+            radius: None,
         };
         let placed = self.core.place(&admission, now_us / 1000)?;
         if let Some(old) = self.ids.insert(req.id, placed.id) {

@@ -269,6 +269,7 @@ impl NodeHandler {
             term: m.term,
             tenants: state.tenants().keys().cloned().collect(),
             reservations: state.reservations().clone(),
+            blast_radius: state.blast_radius().clone(),
         }
     }
 
@@ -309,7 +310,7 @@ impl NodeHandler {
                     .iter()
                     .filter_map(|(t, m)| Some((t.clone(), *m.get(&self.model)?)))
                     .collect();
-                front.set_tenants(me, keys, reservations);
+                front.set_tenants(me, keys, reservations, state.blast_radius().clone());
             }
             if self.is_leader() {
                 let round = tokio::time::Instant::now() >= next_round;

@@ -101,6 +101,9 @@ pub struct ClusterStatus {
     pub tenants: Vec<String>,
     /// Tenant → model → reserved MU/min.
     pub reservations: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
+    /// Tenant → the most replicas of a model its requests may reach.
+    #[serde(default)]
+    pub blast_radius: std::collections::BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

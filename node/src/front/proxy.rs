@@ -131,7 +131,7 @@ async fn forward(
         },
     );
     let blocks = PromptBlocks::of_bytes(&parsed.content);
-    let admission = Admission {
+    let mut admission = Admission {
         workload,
         blocks: &blocks,
         input_tokens: u32::try_from(parsed.prompt_tokens).unwrap_or(u32::MAX),
@@ -140,10 +140,12 @@ async fn forward(
         // Every prompt of a batch gets its `n` completions.
         n: parsed.n.saturating_mul(parsed.prompts),
         fingerprint: Some(fingerprint(&body)),
+        radius: None,
     };
     // Who is asking, and whether there is room: before anything is placed.
     let cost = state.core().quote(&admission);
     let pass = state.gate(api_key, cost)?;
+    admission.radius = pass.radius;
     if let Some(fp) = admission.fingerprint {
         if let Verdict::Refused { replicas } = state.core().verdict(fp, state.now_ms()) {
             state.metrics.quarantined();

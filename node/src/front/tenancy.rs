@@ -8,6 +8,7 @@
 use super::AppState;
 use crate::tenants::keys::KeyRing;
 use sluice_actors::admission::{budgets, AdmissionConfig, AdmissionCore, Decision, NodeDemand};
+use sluice_actors::router::BlastRadius;
 use sluice_engine::openai::ApiError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct Tenancy {
     keys: KeyRing,
     /// Tenant → reserved MU/min of this node's model.
     reservations: BTreeMap<String, f64>,
+    /// Tenant → the most replicas its requests may reach.
+    radius: BTreeMap<String, u32>,
     /// The healthy fleet's MU/min.
     capacity: f64,
     admission: AdmissionCore,
@@ -37,6 +40,7 @@ impl Tenancy {
         Self {
             keys: KeyRing::default(),
             reservations: BTreeMap::new(),
+            radius: BTreeMap::new(),
             capacity: 0.0,
             admission: AdmissionCore::new(AdmissionConfig::default()),
             peers: BTreeMap::new(),
@@ -50,6 +54,8 @@ impl Tenancy {
 pub struct Pass {
     pub tenant: Option<String>,
     pub reserved: bool,
+    /// The tenant's blast radius, if it has one.
+    pub radius: Option<BlastRadius>,
 }
 
 impl AppState {
@@ -57,10 +63,17 @@ impl AppState {
         self.tenancy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The control state's tenants and reservations changed.
-    pub fn set_tenants(&self, me: u64, keys: KeyRing, reservations: BTreeMap<String, f64>) {
+    /// The control state's tenants, reservations and blast radii changed.
+    pub fn set_tenants(
+        &self,
+        me: u64,
+        keys: KeyRing,
+        reservations: BTreeMap<String, f64>,
+        radius: BTreeMap<String, u32>,
+    ) {
         let mut t = self.tenancy();
         t.me = me;
+        t.radius = radius;
         if t.keys != keys {
             tracing::info!(tenants = keys.len(), "tenant keys updated");
         }
@@ -113,6 +126,7 @@ impl AppState {
             return Ok(Pass {
                 tenant: None,
                 reserved: false,
+                radius: None,
             });
         }
         let Some(key) = api_key else {
@@ -134,16 +148,22 @@ impl AppState {
             ));
         };
         let decision = t.admission.admit(Some(&tenant), cost_mu, now);
+        let radius = t
+            .radius
+            .get(&tenant)
+            .and_then(|&n| BlastRadius::of_tenant(&tenant, n));
         drop(t);
         self.metrics.tenant_decision(&tenant, decision, cost_mu);
         match decision {
             Decision::Reserved => Ok(Pass {
                 tenant: Some(tenant),
                 reserved: true,
+                radius,
             }),
             Decision::BestEffort => Ok(Pass {
                 tenant: Some(tenant),
                 reserved: false,
+                radius,
             }),
             Decision::Refused { retry_after_s } => Err((
                 ApiError::new(
@@ -254,6 +274,7 @@ mod tests {
         let reserved = Pass {
             tenant: Some("acme".into()),
             reserved: true,
+            radius: None,
         };
         let out = json(&engine_body(&body, &reserved, false));
         assert_eq!(out["priority"], RESERVED_PRIORITY);
@@ -262,6 +283,7 @@ mod tests {
         let open = Pass {
             tenant: None,
             reserved: false,
+            radius: None,
         };
         let out = json(&engine_body(&body, &open, false));
         assert!(out.get("priority").is_none() && out.get("cache_salt").is_none());

@@ -63,6 +63,29 @@ pub async fn reserve(
     Ok(())
 }
 
+/// Bounds the replicas (of each model) `name`'s requests may reach: its blast radius
+/// (0 removes the bound).
+pub async fn limit(
+    data_dir: &Path,
+    node: Option<SocketAddr>,
+    name: &str,
+    max_replicas: u32,
+) -> Result<()> {
+    let cmd = ControlCommand::SetBlastRadius {
+        tenant: name.to_owned(),
+        replicas: max_replicas,
+    };
+    write(data_dir, node, cmd)
+        .await
+        .map_err(|e| e.context(format!("the blast radius of {name} was refused")))?;
+    if max_replicas == 0 {
+        println!("tenant {name} may reach every replica");
+    } else {
+        println!("tenant {name} may reach at most {max_replicas} replicas of a model");
+    }
+    Ok(())
+}
+
 pub async fn remove(data_dir: &Path, node: Option<SocketAddr>, name: &str) -> Result<()> {
     write(
         data_dir,
@@ -86,6 +109,7 @@ pub async fn list(data_dir: &Path, node: Option<SocketAddr>, json: bool) -> Resu
             serde_json::json!({
                 "name": t,
                 "reservations": s.reservations.get(t).cloned().unwrap_or_default(),
+                "max_replicas": s.blast_radius.get(t),
             })
         })
         .collect();
@@ -93,7 +117,10 @@ pub async fn list(data_dir: &Path, node: Option<SocketAddr>, json: bool) -> Resu
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<24} reservations (MU/min)", "tenant");
+    println!(
+        "{:<24} {:<13} reservations (MU/min)",
+        "tenant", "max replicas"
+    );
     for t in &s.tenants {
         let res = s
             .reservations
@@ -105,7 +132,11 @@ pub async fn list(data_dir: &Path, node: Option<SocketAddr>, json: bool) -> Resu
                     .join(", ")
             })
             .unwrap_or_else(|| "-".to_owned());
-        println!("{t:<24} {res}");
+        let radius = s
+            .blast_radius
+            .get(t)
+            .map_or_else(|| "all".to_owned(), u32::to_string);
+        println!("{t:<24} {radius:<13} {res}");
     }
     Ok(())
 }

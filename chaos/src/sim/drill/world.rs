@@ -514,6 +514,7 @@ impl<'t> World<'t> {
             max_tokens: Some(output),
             n: 1,
             fingerprint: Some(fingerprint),
+            radius: None,
         };
         node.budget.on_request(now_ms);
         match node.router.place(&admission, now_ms) {
