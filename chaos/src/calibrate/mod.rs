@@ -674,6 +674,19 @@ impl SweepConfig {
         v
     }
 
+    /// The listed levels a capacity search measures first (those above the most
+    /// allowed are dropped).
+    pub fn listed_levels(&self) -> Vec<usize> {
+        knee::KneeSearch::new(
+            &self.capacity_concurrency,
+            self.capacity_max_concurrency,
+            self.knee_bisections,
+        )
+        .0
+        .listed()
+        .to_vec()
+    }
+
     /// The capacity sweep's point at concurrency `c`.
     pub fn capacity_point(&self, c: usize) -> PointSpec {
         PointSpec::new(self.capacity_input, 0, self.capacity_output, c)
@@ -711,7 +724,8 @@ pub struct Calibration {
     pub levels: Vec<CapacityLevel>,
     /// Index in `levels` of the level the capacity comes from.
     pub capacity_level: Option<usize>,
-    pub capacity_stop: CapacityStop,
+    /// Why the capacity sweep stopped; `None` when the grid ran instead.
+    pub capacity_stop: Option<CapacityStop>,
     /// The grid at the SLO and the price fitted over it, when the sweep has a grid (the
     /// capacity sweep above is then not run).
     pub grid: Option<GridFit>,
@@ -850,7 +864,7 @@ pub async fn calibrate(
              SLO p90 TPOT <= {} ms",
             sweep.capacity_input,
             sweep.capacity_output,
-            sweep.capacity_concurrency,
+            sweep.listed_levels(),
             sweep.capacity_max_concurrency,
             sweep.slo_tpot_ms
         ));
@@ -867,17 +881,17 @@ pub async fn calibrate(
                 stop_error(&stop)
             );
         }
-        (levels, capacity_level, stop, None, capacity_mu_per_min)
+        (
+            levels,
+            capacity_level,
+            Some(stop),
+            None,
+            capacity_mu_per_min,
+        )
     } else {
         let g = grid_sweep(target, sweep, &fit, log).await?;
         let capacity = g.capacity_mu_per_min;
-        (
-            Vec::new(),
-            None,
-            CapacityStop::Limit { max: 0 },
-            Some(g),
-            capacity,
-        )
+        (Vec::new(), None, None, Some(g), capacity)
     };
     let cal = Calibration {
         target: target.describe(),
@@ -1015,7 +1029,7 @@ async fn grid_sweep(
     log(format!(
         "grid at the SLO: {} shapes, each at concurrency {:?} then doubling up to {}, SLO p90 TPOT <= {} ms",
         sweep.grid.len(),
-        sweep.capacity_concurrency,
+        sweep.listed_levels(),
         sweep.capacity_max_concurrency,
         sweep.slo_tpot_ms
     ));

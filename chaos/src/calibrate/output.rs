@@ -256,7 +256,10 @@ const QUEUEING_SHARE: f64 = 0.8;
 
 /// Why the capacity sweep stopped, in a sentence: the knee found, or why it was not.
 pub fn knee_reason(cal: &Calibration) -> String {
-    knee_reason_of(&cal.capacity_stop, &cal.levels, &cal.sweep)
+    match &cal.capacity_stop {
+        Some(stop) => knee_reason_of(stop, &cal.levels, &cal.sweep),
+        None => "not run: the grid at the SLO measured the capacity".to_owned(),
+    }
 }
 
 /// Why a capacity search over `levels` stopped, in words.

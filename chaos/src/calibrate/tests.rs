@@ -1029,7 +1029,7 @@ async fn the_capacity_sweep_finds_the_knee_of_the_engine_model() {
         .unwrap();
     let report = log.join("\n");
     println!("{report}");
-    let CapacityStop::Knee { within, broken } = cal.capacity_stop.clone() else {
+    let Some(CapacityStop::Knee { within, broken }) = cal.capacity_stop.clone() else {
         panic!("no knee: {report}");
     };
     assert!(
@@ -1088,7 +1088,7 @@ async fn on_a_noisy_engine_the_levels_that_turn_the_search_are_confirmed() {
         .unwrap();
     let report = log.join("\n");
     println!("{report}");
-    let CapacityStop::Knee { broken, .. } = cal.capacity_stop else {
+    let Some(CapacityStop::Knee { broken, .. }) = cal.capacity_stop else {
         panic!("no knee: {report}");
     };
     // Every level over the SLO was measured twice, and the faster measurement kept.
@@ -1131,7 +1131,7 @@ async fn an_engine_that_queues_is_saturated_not_a_knee() {
     .await
     .unwrap();
     let report = log.join("\n");
-    let CapacityStop::Saturated { at, best } = cal.capacity_stop else {
+    let Some(CapacityStop::Saturated { at, best }) = cal.capacity_stop else {
         panic!("not saturated: {report}");
     };
     // 16 and 32 both failed to raise throughput over 8 (or 16).
@@ -1167,7 +1167,7 @@ async fn an_engine_that_queues_is_saturated_not_a_knee() {
     let report = log.join("\n");
     assert_eq!(
         cal.capacity_stop,
-        CapacityStop::Limit { max: 16 },
+        Some(CapacityStop::Limit { max: 16 }),
         "{report}"
     );
     assert!(
@@ -1189,7 +1189,7 @@ async fn a_limit_below_the_knee_and_a_failing_level_are_named() {
     })
     .await
     .unwrap();
-    assert_eq!(cal.capacity_stop, CapacityStop::Limit { max: 16 });
+    assert_eq!(cal.capacity_stop, Some(CapacityStop::Limit { max: 16 }));
     let report = log.join("\n");
     assert!(
         report.contains("still within the 1000 ms SLO")
