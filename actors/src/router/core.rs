@@ -526,8 +526,6 @@ impl RouterCore {
         })
     }
 
-    /// What the choice sees of replica `r` for a request costing `cost_mu` there;
-    /// `None` for a replica the router does not know.
     /// The replicas a tenant bounded by `radius` may reach now: the first available
     /// ones in its rendezvous order.
     fn radius_members(&mut self, radius: BlastRadius, now_ms: u64) -> Vec<ReplicaId> {
@@ -551,6 +549,8 @@ impl RouterCore {
         })
     }
 
+    /// What the choice sees of replica `r` for a request costing `cost_mu` there;
+    /// `None` for a replica the router does not know.
     fn candidate(&self, r: ReplicaId, cost_mu: f64, warm: bool, now_ms: u64) -> Option<Candidate> {
         let entry = self.replicas.get(*self.slots.get(&r)?)?;
         let (mu, requests) = self.inflight(r);
