@@ -21,13 +21,7 @@ const SLICES: usize = 100_000;
 
 /// What the leader would measure on `a`: each slice's share of the true load.
 fn measured(a: &Assignment, truth: &SliceLoad) -> SliceLoad {
-    let s = a.slices();
-    let loads: Vec<f64> = s
-        .iter()
-        .enumerate()
-        .map(|(i, sl)| truth.range_load(sl.start, s.get(i + 1).map(|n| n.start)))
-        .collect();
-    match SliceLoad::per_slice(a, &loads) {
+    match truth.on_slices_of(a) {
         Ok(l) => l,
         Err(e) => panic!("load: {e}"),
     }

@@ -111,6 +111,18 @@ impl SliceLoad {
         self.between(start.0 as u128, end.map_or(KEY_END, |e| e.0 as u128))
     }
 
+    /// This load as measured on `assignment`'s slices: each slice gets the load of its
+    /// key range (what routers would report of it).
+    pub fn on_slices_of(&self, assignment: &Assignment) -> Result<Self, LoadError> {
+        let s = assignment.slices();
+        let loads: Vec<f64> = s
+            .iter()
+            .enumerate()
+            .map(|(i, sl)| self.range_load(sl.start, s.get(i + 1).map(|n| n.start)))
+            .collect();
+        Self::per_slice(assignment, &loads)
+    }
+
     /// An exponentially decayed blend: the result weighs `observed` by
     /// `1 − 2^(−elapsed/half_life)` and `self` by the rest, so a change in load is half
     /// absorbed after one half-life (Dicer's EWMA, `caching/util/src/EwmaCounter.scala`).

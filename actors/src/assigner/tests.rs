@@ -154,13 +154,7 @@ fn true_imbalance(a: &Assignment, truth: &SliceLoad, reg: &[ReplicaInfo]) -> f64
 
 /// What routers measure: the true load of each slice of `a`.
 fn measure(a: &Assignment, truth: &SliceLoad) -> SliceLoad {
-    let s = a.slices();
-    let loads: Vec<f64> = s
-        .iter()
-        .enumerate()
-        .map(|(i, sl)| truth.range_load(sl.start, s.get(i + 1).map(|n| n.start)))
-        .collect();
-    SliceLoad::per_slice(a, &loads).unwrap()
+    truth.on_slices_of(a).unwrap()
 }
 
 /// Zipf-skewed load: `buckets` equal key ranges, the `rank[i]`-th hottest with weight
