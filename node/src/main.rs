@@ -1,26 +1,13 @@
 //! `sluice`: one binary per host — the node (router and front door, and later the
 //! control-plane actors) and the simulated replica it launches.
 
-mod cluster;
-mod config;
-mod front;
-mod launcher;
-mod policies;
-mod replica;
-mod supervisor;
-mod tenants;
-
-use anyhow::{Context, Result};
-use axum::serve::ListenerExt;
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use sluice_node::server::{shutdown_signal, Listeners, Node};
+use sluice_node::{cluster, config, policies, replica, tenants};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
-
-/// How long a starting node waits for its engines to say which model they serve before
-/// it goes on without (they are asked again as they come up).
-const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// The line the node prints on stdout once its front door is listening.
 pub const NODE_READY_PREFIX: &str = "sluice node listening on ";
@@ -402,265 +389,19 @@ async fn node_start(a: StartArgs) -> Result<()> {
         time_scale: a.time_scale,
         model: a.model,
     };
-    let mut cfg = config::NodeConfig::load(a.config.as_deref(), overrides)?;
+    let cfg = config::NodeConfig::load(a.config.as_deref(), overrides)?;
     if cfg.autoscaler.is_some() && cluster_args.is_none() {
         anyhow::bail!(
             "the [autoscaler] runs on the cluster's leader: start the node with --data-dir (cluster mode)"
         );
     }
     // Bind first: a busy port should fail before any replica starts.
-    let listener = tokio::net::TcpListener::bind(cfg.http)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another node running there?)",
-                cfg.http
-            )
-        })?;
-    let spec = launcher::EngineSpec {
-        model: cfg.model.clone(),
-        profile: cfg.profile_path.clone(),
-        time_scale: cfg.time_scale,
-        command: cfg.command.clone(),
-        start_timeout: cfg.start_timeout,
-    };
-    let children = if cfg.launch > 0 {
-        launcher::launch(cfg.launch, &spec).await?
-    } else {
-        Vec::new()
-    };
-    let urls: Vec<String> = if children.is_empty() {
-        cfg.urls.clone()
-    } else {
-        children.iter().map(|c| c.url.clone()).collect()
-    };
-    // Ask the engines what they serve before anything is named after a model (the
-    // cluster registry, the profile): launched ones are ready, others get a moment.
-    let discovered = front::models::discover(
-        &front::http_client(cfg.connect_timeout),
-        &urls,
-        DISCOVERY_WAIT.min(cfg.start_timeout),
-    )
-    .await;
-    let majority = {
-        let reports = discovered
-            .iter()
-            .map(|(i, m)| (sluice_actors::slice::ReplicaId(*i as u64), m.clone()))
-            .collect();
-        sluice_actors::router::ServedModels::decide(cfg.model_override.as_deref(), None, &reports)
-            .model
-    };
-    match majority {
-        Some(m) => cfg.serve_model(&m),
-        None if !urls.is_empty() => tracing::warn!(
-            engines = urls.len(),
-            "no engine has said which model it serves yet; asking again as they come up"
-        ),
-        None => {}
-    }
-    let local = listener.local_addr()?;
-    let (state, node) = match &cluster_args {
-        None => {
-            let upstreams = urls
-                .iter()
-                .enumerate()
-                .map(|(i, u)| front::Upstream::local(sluice_actors::slice::ReplicaId(i as u64), u))
-                .collect::<Result<Vec<_>>>()?;
-            (front::AppState::new(&cfg, upstreams, None)?, None)
-        }
-        Some(ca) => {
-            let slot = std::sync::Arc::new(tokio::sync::OnceCell::new());
-            let node = cluster::start(&cfg, ca, local, &urls, slot.clone()).await?;
-            std::fs::write(
-                ca.data_dir.join(cluster::cli::ADDR_FILE),
-                node.listen.to_string(),
-            )
-            .context("cannot record the node's address")?;
-            let upstreams = urls
-                .iter()
-                .enumerate()
-                .map(|(i, u)| front::Upstream::local(cluster::replica_id(node.id, i), u))
-                .collect::<Result<Vec<_>>>()?;
-            let state = front::AppState::new(&cfg, upstreams, Some(node.client.clone()))?;
-            let _ = slot.set(state.clone());
-            tracing::info!(node = node.id, quic = %node.listen, rack = %ca.rack, "cluster member");
-            (state, Some(node))
-        }
-    };
-    if let Some(template) = cfg.command.as_deref() {
-        if cfg.probe_prioritized && launcher::ignores_priority(template) {
-            tracing::warn!(
-                command = template,
-                "this vLLM is started without `--scheduling-policy priority`: it ignores request \
-                 priorities, so health probes queue behind real work and a busy healthy replica \
-                 can be ejected; add the flag to [replicas] command"
-            );
-            for i in 0..cfg.launch {
-                let id = match &node {
-                    Some(n) => cluster::replica_id(n.id, i),
-                    None => sluice_actors::slice::ReplicaId(i as u64),
-                };
-                state.priority_ignored(id);
-            }
-        }
-    }
-    for (i, models) in discovered {
-        let id = match &node {
-            Some(n) => cluster::replica_id(n.id, i),
-            None => sluice_actors::slice::ReplicaId(i as u64),
-        };
-        state.learn_models(id, Some(models));
-    }
-    // Launched replicas are supervised: restarted with backoff when they exit.
-    let (events, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
-    let supervisor = std::sync::Arc::new(supervisor::run::Supervisor::start(
-        children,
-        spec,
-        supervisor::restart::RestartPolicy::default(),
-        events,
-    ));
-    // Placements and drains (the autoscaler's or an operator's) on this node.
-    if let Some(n) = &node {
-        tokio::spawn(cluster::reconcile::run(
-            n.handle(),
-            supervisor.clone(),
-            state.clone(),
-            cfg.drain_deadline,
-        ));
-    }
-    // Replicas the prober ejects (hung without saying so) are marked unhealthy in the
-    // registry and restarted.
-    {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        state.set_ejection_sink(tx);
-        let supervisor = supervisor.clone();
-        let node = node.as_ref().map(|n| n.handle());
-        tokio::spawn(async move {
-            while let Some(e) = rx.recv().await {
-                if let front::Ejection::Ejected(id, incarnation) = e {
-                    if let Some(n) = &node {
-                        n.replica_failed(id).await;
-                    }
-                    supervisor.kill(cluster::local_index(id), incarnation).await;
-                }
-            }
-        });
-    }
-    {
-        let state = state.clone();
-        let node = node.as_ref().map(|n| n.handle());
-        tokio::spawn(async move {
-            while let Some(ev) = event_rx.recv().await {
-                use supervisor::run::Event;
-                let (index, up) = match &ev {
-                    Event::Down(i) | Event::GaveUp(i) => (*i, None),
-                    Event::Up(i, url, inc) => (*i, Some((url.clone(), *inc))),
-                    Event::State(i, _) => (*i, None),
-                };
-                let id = match &node {
-                    Some(n) => cluster::replica_id(n.id, index),
-                    None => sluice_actors::slice::ReplicaId(index as u64),
-                };
-                if let Event::State(_, s) = ev {
-                    state.engine_state(id, s);
-                    continue;
-                }
-                match up {
-                    Some((url, incarnation)) => {
-                        if let Err(e) = state.set_local_url(id, &url) {
-                            tracing::warn!(error = %e, "restarted replica has a bad URL");
-                        }
-                        state.engine_up(id, incarnation);
-                        if incarnation > 0 {
-                            state.engine_restarted(id);
-                        }
-                        state.replica_restored(id);
-                        if let Some(n) = &node {
-                            n.replica_moved(id, url).await;
-                        }
-                    }
-                    None => {
-                        state.replica_down(id);
-                        if let (Some(n), Event::GaveUp(_)) = (&node, &ev) {
-                            n.replica_failed(id).await;
-                        }
-                    }
-                }
-            }
-        });
-    }
-    tracing::info!(%local, replicas = urls.len(), model = %cfg.model, "node serving");
+    let listeners = Listeners::bind(&cfg, cluster_args.as_ref()).await?;
+    let node = Node::start(cfg, cluster_args, listeners, shutdown_signal()).await?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{NODE_READY_PREFIX}http://{local}")?;
+        writeln!(out, "{NODE_READY_PREFIX}http://{}", node.http_addr())?;
         out.flush()?;
     }
-    // Stop accepting on a signal, give in-flight requests the grace period, then stop.
-    let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
-    // Token chunks are small writes: without TCP_NODELAY, Nagle's algorithm and the
-    // client's delayed ACK hold each one back by up to 40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    let handle = node.as_ref().map(|n| n.handle());
-    let draining = handle.clone();
-    let server = async move {
-        axum::serve(listener, front::app(state))
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                let _ = stopping.send(true);
-                // Other routers stop forwarding here while in-flight work finishes.
-                if let Some(n) = draining {
-                    n.drain_replicas().await;
-                }
-            })
-            .await
-    };
-    let grace = cfg.shutdown_grace;
-    let served = tokio::select! {
-        r = server => r.context("front door failed"),
-        _ = async {
-            let _ = stop_seen.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
-            Ok(())
-        }
-    };
-    tracing::info!("node stopping");
-    if let Some(n) = &handle {
-        // Requests forwarded from other nodes finish before the endpoint closes.
-        n.forwarded_done(grace).await;
-    }
-    if let Some(node) = node {
-        node.shutdown().await;
-    }
-    supervisor.stop(Duration::from_secs(5)).await;
-    served
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    node.wait().await
 }

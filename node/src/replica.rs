@@ -48,6 +48,6 @@ pub async fn run(args: SimArgs) -> Result<()> {
         seed: args.seed,
         poison: args.poison,
     };
-    serve(listener, config, crate::shutdown_signal()).await?;
+    serve(listener, config, crate::server::shutdown_signal()).await?;
     Ok(())
 }

@@ -129,6 +129,18 @@ impl Endpoint {
         ca: &CaCert,
         config: TransportConfig,
     ) -> Result<Self, TransportError> {
+        let socket = std::net::UdpSocket::bind(addr).map_err(TransportError::Socket)?;
+        Self::on_socket(socket, identity, ca, config)
+    }
+
+    /// An endpoint on a socket the caller bound (so that its port, 0 included, is known
+    /// before anything else starts).
+    pub fn on_socket(
+        socket: std::net::UdpSocket,
+        identity: &NodeIdentity,
+        ca: &CaCert,
+        config: TransportConfig,
+    ) -> Result<Self, TransportError> {
         let provider = provider();
         let mut roots = RootCertStore::empty();
         roots.add(ca.der().clone())?;
@@ -163,7 +175,16 @@ impl Endpoint {
         ));
         client.transport_config(Arc::new(config.quinn(0)?));
 
-        let inner = quinn::Endpoint::server(server, addr).map_err(TransportError::Socket)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| {
+            TransportError::Socket(std::io::Error::other("no async runtime for the endpoint"))
+        })?;
+        let inner = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(TransportError::Socket)?;
         Ok(Endpoint {
             inner,
             shared: Arc::new(Shared {

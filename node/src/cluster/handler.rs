@@ -10,7 +10,8 @@ use crate::front::AppState;
 use sluice_actors::assigner::{next_assignment, LoadReport, Schedule, ScheduleConfig};
 use sluice_raft::voter_policy::{choose_voters, VoterCandidate, DESIRED_VOTERS};
 use sluice_raft::{
-    ControlCommand, ControlPlane, ControlPlaneError, ControlResponse, NodeAddr, NodeInfo, Role,
+    ControlCommand, ControlPlane, ControlPlaneError, ControlResponse, ControlState, NodeAddr,
+    NodeInfo, Role,
 };
 use sluice_transport::join::BoxFuture;
 use sluice_transport::{
@@ -273,64 +274,47 @@ impl NodeHandler {
         }
     }
 
-    /// Keeps the front door's fleet in step with the control state, and on the leader
-    /// runs the assigner: a repair as soon as the registry changes, a rebalancing round
-    /// on the routers' load every period.
-    pub async fn leader_loop(self: Arc<Self>) {
-        let mut rx = self.cp.state();
-        let period = Duration::from_micros(
+    /// The router's side of the control state, on every node: the fleet it routes to,
+    /// the tenants it admits.
+    pub(super) fn apply_control(&self, state: &ControlState) {
+        let Some(front) = self.front() else {
+            return;
+        };
+        let local = self.local.snapshot();
+        let me = self.cp.metrics().id;
+        let assigner = self.assigner_config();
+        if let Some(fleet) = fleet_of(state, me, &self.model, &local, &assigner) {
+            front.set_fleet(fleet);
+        }
+        let keys = crate::tenants::keys::KeyRing::new(
+            state
+                .tenants()
+                .iter()
+                .map(|(name, t)| (name.clone(), t.key_sha256)),
+        );
+        let reservations = state
+            .reservations()
+            .iter()
+            .filter_map(|(t, m)| Some((t.clone(), *m.get(&self.model)?)))
+            .collect();
+        front.set_tenants(me, keys, reservations, state.blast_radius().clone());
+    }
+
+    /// How often the leader runs a full assigner round.
+    pub(super) fn round_period(&self) -> Duration {
+        Duration::from_micros(
             self.schedule
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .config()
                 .period_us
                 .max(1_000_000),
-        );
-        let mut next_round = tokio::time::Instant::now() + period;
-        loop {
-            let state = rx.borrow_and_update().clone();
-            let local = self.local.snapshot();
-            let me = self.cp.metrics().id;
-            let assigner = self.assigner_config();
-            if let (Some(front), Some(fleet)) = (
-                self.front(),
-                fleet_of(&state, me, &self.model, &local, &assigner),
-            ) {
-                front.set_fleet(fleet);
-            }
-            if let Some(front) = self.front() {
-                let keys = crate::tenants::keys::KeyRing::new(
-                    state
-                        .tenants()
-                        .iter()
-                        .map(|(name, t)| (name.clone(), t.key_sha256)),
-                );
-                let reservations = state
-                    .reservations()
-                    .iter()
-                    .filter_map(|(t, m)| Some((t.clone(), *m.get(&self.model)?)))
-                    .collect();
-                front.set_tenants(me, keys, reservations, state.blast_radius().clone());
-            }
-            if self.is_leader() {
-                let round = tokio::time::Instant::now() >= next_round;
-                if round {
-                    next_round = tokio::time::Instant::now() + period;
-                }
-                if let Err(e) = self.assign(round).await {
-                    tracing::warn!(error = %e, "assigner round not committed");
-                }
-            }
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+        )
     }
 
     /// One leader step of the assigner: a fresh initial assignment when replicas joined
     /// (or none exists), a repair when some left or failed, a full round when `round`.
-    async fn assign(&self, round: bool) -> Result<(), ControlPlaneError> {
+    pub(super) async fn assign(&self, round: bool) -> Result<(), ControlPlaneError> {
         let state = self.cp.state().borrow().clone();
         let reg = registry(&state, &self.model);
         let config = self.assigner_config();

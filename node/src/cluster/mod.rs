@@ -6,6 +6,7 @@
 //! CA key and join token only on the node that initialized the cluster) and `raft/` (the
 //! durable log and snapshots).
 
+mod actors;
 pub mod cli;
 pub mod forward;
 mod handler;
@@ -75,6 +76,21 @@ pub struct ClusterNode {
     local: Arc<LocalReplicas>,
     model: String,
     capacity: f64,
+    handler: Arc<NodeHandler>,
+    setup: Arc<Setup>,
+}
+
+/// What the cluster side's actors are started with.
+struct Setup {
+    me: NodeInfo,
+    join: Option<SocketAddr>,
+    urls: HashMap<ReplicaId, String>,
+    capacity: f64,
+    model: String,
+    load_share: Duration,
+    report_every: Duration,
+    autoscaler: Option<crate::config::LiveAutoscaler>,
+    start_timeout: Duration,
 }
 
 /// What the supervisor's events need of the cluster: the node's replicas and registry.
@@ -234,14 +250,15 @@ async fn identity(args: &ClusterArgs) -> Result<(NodeIdentity, CaCert)> {
 pub async fn start(
     cfg: &NodeConfig,
     args: &ClusterArgs,
+    quic: std::net::UdpSocket,
     http: SocketAddr,
     local_urls: &[String],
     state_slot: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
 ) -> Result<ClusterNode> {
     let (identity, ca) = identity(args).await?;
     let id = identity.node_id();
-    let endpoint = Endpoint::bind(args.listen, &identity, &ca, TransportConfig::default())
-        .with_context(|| format!("cannot listen for cluster traffic on {}", args.listen))?;
+    let endpoint = Endpoint::on_socket(quic, &identity, &ca, TransportConfig::default())
+        .context("cannot serve cluster traffic")?;
     // The bound address (port 0 picks a free one).
     let listen = endpoint
         .local_addr()
@@ -310,6 +327,11 @@ pub async fn start(
         roles: BTreeSet::from([RoleHint::Voter, RoleHint::Router, RoleHint::Supervisor]),
         gpus: u32::try_from(cfg.gpus).unwrap_or(u32::MAX),
     };
+    // The autoscaler decides on fresh load: routers report at least once per tick.
+    let report_every = cfg
+        .autoscaler
+        .as_ref()
+        .map_or(REPORT_EVERY, |a| a.tick.min(REPORT_EVERY));
     let node = ClusterNode {
         id,
         listen,
@@ -319,62 +341,23 @@ pub async fn start(
         local: local.clone(),
         model: cfg.model.clone(),
         capacity: cfg.profile.capacity_mu_per_min,
-    };
-    // Membership and registration need a quorum; the front door does not wait for one
-    // (with no leader it routes on the last state it has).
-    {
-        let (cp, client, handler) = (cp.clone(), client.clone(), handler.clone());
-        let (capacity, model, peer) = (
-            cfg.profile.capacity_mu_per_min,
-            cfg.model.clone(),
-            args.join,
-        );
-        tokio::spawn(async move {
-            let mut wait = Duration::from_millis(300);
-            loop {
-                let r = async {
-                    become_member(id, &cp, &client, &handler, me.clone(), peer).await?;
-                    register_replicas(id, &cp, &urls, capacity, &model).await
-                }
-                .await;
-                match r {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "not yet a full member; retrying");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        });
-    }
-    tokio::spawn(handler.clone().leader_loop());
-    if !args.load_share.is_zero() {
-        tokio::spawn(gossip(
-            id,
-            cp.clone(),
-            client.clone(),
-            handler.clone(),
-            args.load_share,
-        ));
-    }
-    // The autoscaler decides on fresh load: routers report at least once per tick.
-    let report_every = cfg
-        .autoscaler
-        .as_ref()
-        .map_or(REPORT_EVERY, |a| a.tick.min(REPORT_EVERY));
-    tokio::spawn(report_load(client, handler.clone(), report_every));
-    if let Some(a) = cfg.autoscaler.clone() {
-        tokio::spawn(scale::run(
-            handler.clone(),
-            a,
-            cfg.profile.capacity_mu_per_min,
-            cfg.start_timeout,
+        handler,
+        setup: Arc::new(Setup {
+            me,
+            join: args.join,
+            urls,
+            capacity: cfg.profile.capacity_mu_per_min,
+            model: cfg.model.clone(),
+            load_share: args.load_share,
             report_every,
-        ));
-    }
+            autoscaler: cfg.autoscaler.clone(),
+            start_timeout: cfg.start_timeout,
+        }),
+    };
     Ok(node)
 }
+
+pub(crate) use actors::next_change;
 
 /// Makes sure the control state lists this node and Raft counts it as a member: the
 /// leader (possibly this node) adds it as a learner, records it, and re-chooses voters.
@@ -474,66 +457,8 @@ const JOIN_RETRY_FOR: Duration = Duration::from_secs(30);
 /// so one lost message does not matter.
 const IMPLICATIONS_RESENT_FOR: Duration = Duration::from_secs(3);
 
-/// Sends this router's in-flight load to every other node every `every` (default
-/// 200 ms), so that a burst placed by one router is seen by the others within a fraction
-/// of a second.
-async fn gossip(
-    id: u64,
-    cp: ControlPlane<QuicRaft>,
-    client: Arc<Client>,
-    handler: Arc<NodeHandler>,
-    every: Duration,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-        let Some(front) = handler.front() else {
-            continue;
-        };
-        let report = NodeRpc::Gossip(rpc::Gossip {
-            loads: front.own_load(),
-            demand: front.own_demand(),
-            implicated: front.own_implications(IMPLICATIONS_RESENT_FOR),
-        });
-        let state = cp.state().borrow().clone();
-        for n in state.nodes().values().filter(|n| n.id != id) {
-            let Ok(addr) = n.quic_addr.parse::<SocketAddr>() else {
-                continue;
-            };
-            let (client, report) = (client.clone(), report.clone());
-            tokio::spawn(async move {
-                let _ = client.call::<_, NodeReply>(addr, &report, every * 2).await;
-            });
-        }
-    }
-}
-
 /// How often routers report their load to the leader when no autoscaler asks for more.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
-
-/// Routers report their measured load to the leader every `every`; the report also
-/// tells the leader the node is live.
-async fn report_load(client: Arc<Client>, handler: Arc<NodeHandler>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(state) = handler.front() else {
-            continue;
-        };
-        let report = state.take_load();
-        match handler.leader_addr() {
-            Some(Membership::Me) => handler.add_load(&report),
-            Some(Membership::At(addr)) => {
-                if let Err(e) = ask(&client, addr, NodeRpc::Load(report)).await {
-                    tracing::debug!(error = %e, "load report not delivered");
-                }
-            }
-            None => {}
-        }
-    }
-}
 
 /// The front door's view of the fleet from the control state: every registered replica
 /// of the model, local ones over HTTP and the others through their nodes, and the

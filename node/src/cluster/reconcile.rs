@@ -8,6 +8,8 @@
 use super::{local_index, NodeHandle};
 use crate::front::AppState;
 use crate::supervisor::run::Supervisor;
+use crate::tree::{Duty, Turn};
+use ractor::ActorProcessingErr;
 use sluice_actors::slice::ReplicaId;
 use sluice_raft::{ControlCommand, ControlResponse, ReplicaHealth};
 use std::collections::HashSet;
@@ -20,32 +22,58 @@ const DRAIN_PROPAGATION: Duration = Duration::from_secs(1);
 /// SIGTERM to SIGKILL when a drained engine is stopped.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-pub async fn run(
+/// The reconciler actor's duty. Which replicas are being started or drained (`busy`)
+/// outlives a restart of the actor: the tasks doing it still run.
+pub struct Reconciler {
     node: NodeHandle,
     supervisor: Arc<Supervisor>,
     front: Arc<AppState>,
     drain_deadline: Duration,
-) {
-    let busy: Arc<Mutex<HashSet<ReplicaId>>> = Arc::default();
-    // Replicas of this node the registry has listed: a local one that disappears from
-    // it was removed on purpose (its start was withdrawn) and is stopped.
-    let mut listed: HashSet<ReplicaId> = HashSet::new();
-    let mut rx = node.cp.state();
-    loop {
-        let state = rx.borrow_and_update().clone();
+    busy: Arc<Mutex<HashSet<ReplicaId>>>,
+    /// Replicas of this node the registry has listed: a local one that disappears from
+    /// it was removed on purpose (its start was withdrawn) and is stopped.
+    listed: HashSet<ReplicaId>,
+    rx: tokio::sync::watch::Receiver<Arc<sluice_raft::ControlState>>,
+}
+
+impl Reconciler {
+    pub fn new(
+        node: NodeHandle,
+        supervisor: Arc<Supervisor>,
+        front: Arc<AppState>,
+        drain_deadline: Duration,
+        busy: Arc<Mutex<HashSet<ReplicaId>>>,
+    ) -> Self {
+        let rx = node.cp.state();
+        Self {
+            node,
+            supervisor,
+            front,
+            drain_deadline,
+            busy,
+            listed: HashSet::new(),
+            rx,
+        }
+    }
+}
+
+impl Duty for Reconciler {
+    async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
+        let state = self.rx.borrow_and_update().clone();
+        let (node, supervisor, busy) = (&self.node, &self.supervisor, &self.busy);
         let local = node.local.snapshot();
         for r in state.replicas().values().filter(|r| r.node == node.id) {
-            listed.insert(r.id);
+            self.listed.insert(r.id);
             let start = r.health == ReplicaHealth::Starting && !local.contains_key(&r.id);
             let stop = r.health == ReplicaHealth::Draining && local.contains_key(&r.id);
-            if (start || stop) && claim(&busy, r.id) {
+            if (start || stop) && claim(busy, r.id) {
                 let (node, sup, front, busy) = (
                     node.clone(),
                     supervisor.clone(),
-                    front.clone(),
+                    self.front.clone(),
                     busy.clone(),
                 );
-                let id = r.id;
+                let (id, drain_deadline) = (r.id, self.drain_deadline);
                 tokio::spawn(async move {
                     if start {
                         launch(&node, &sup, &front, id).await;
@@ -57,18 +85,15 @@ pub async fn run(
             }
         }
         for id in local.keys() {
-            if listed.contains(id) && state.replica(*id).is_none() && claim(&busy, *id) {
+            if self.listed.contains(id) && state.replica(*id).is_none() && claim(busy, *id) {
                 tracing::info!(replica = id.0, "replica left the registry; stopping it");
                 supervisor.retire(local_index(*id), STOP_GRACE).await;
                 node.local.remove(*id);
-                listed.remove(id);
-                release(&busy, *id);
+                self.listed.remove(id);
+                release(busy, *id);
             }
         }
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+        Ok(super::next_change(&mut self.rx).await)
     }
 }
 

@@ -7,6 +7,8 @@
 use super::handler::NodeHandler;
 use super::replica_id;
 use crate::config::LiveAutoscaler;
+use crate::tree::{Duty, Turn};
+use ractor::ActorProcessingErr;
 use sluice_actors::autoscaler::placement::{
     free_index, place, Host, Placed, SlotState, StartWatch,
 };
@@ -16,31 +18,77 @@ use sluice_raft::{ControlCommand, ControlState, ReplicaHealth, ReplicaInfo};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub async fn run(
+/// The autoscaler actor's duty (run only while this node leads): what it learned of
+/// the load and of the starts it asked for.
+pub struct Autoscaler {
     handler: Arc<NodeHandler>,
     cfg: LiveAutoscaler,
     capacity: f64,
     start_timeout: Duration,
     report_every: Duration,
-) {
-    let mut tick = tokio::time::interval(cfg.tick);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let epoch = Instant::now();
-    let mut last = Instant::now();
-    let mut scaler: Option<LeaderScaler> = None;
-    let mut leader_since: Option<Instant> = None;
-    let mut starts = StartWatch::default();
-    loop {
-        tick.tick().await;
-        let elapsed = last.elapsed();
-        last = Instant::now();
+    tick: tokio::time::Interval,
+    epoch: Instant,
+    last: Instant,
+    scaler: Option<LeaderScaler>,
+    leader_since: Option<Instant>,
+    starts: StartWatch,
+}
+
+impl Autoscaler {
+    pub fn new(
+        handler: Arc<NodeHandler>,
+        cfg: LiveAutoscaler,
+        capacity: f64,
+        start_timeout: Duration,
+        report_every: Duration,
+    ) -> Self {
+        let mut tick = tokio::time::interval(cfg.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // MU reported before this leadership began was another term's.
+        handler.take_mu();
+        Self {
+            handler,
+            cfg,
+            capacity,
+            start_timeout,
+            report_every,
+            tick,
+            epoch: Instant::now(),
+            last: Instant::now(),
+            scaler: None,
+            leader_since: None,
+            starts: StartWatch::default(),
+        }
+    }
+}
+
+impl Drop for Autoscaler {
+    /// Out of office: the offered load shown in status is no longer this node's to tell.
+    fn drop(&mut self) {
+        self.handler.set_offered(None);
+    }
+}
+
+impl Duty for Autoscaler {
+    async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
+        self.tick.tick().await;
+        let (handler, cfg, capacity, start_timeout, report_every, epoch) = (
+            self.handler.clone(),
+            self.cfg.clone(),
+            self.capacity,
+            self.start_timeout,
+            self.report_every,
+            self.epoch,
+        );
+        let elapsed = self.last.elapsed();
+        self.last = Instant::now();
         let mu = handler.take_mu();
         if !handler.is_leader() {
             handler.set_offered(None);
-            scaler = None;
-            leader_since = None;
-            starts = StartWatch::default();
-            continue;
+            self.scaler = None;
+            self.leader_since = None;
+            self.starts = StartWatch::default();
+            return Ok(Turn::Again);
         }
         let state = handler.control().state().borrow().clone();
         let model = handler.model().to_owned();
@@ -48,7 +96,7 @@ pub async fn run(
         // anyone yet, so it takes every node for live until they had time to report.
         let window = report_every * 3;
         let live: std::collections::BTreeSet<u64> =
-            if leader_since.get_or_insert_with(Instant::now).elapsed() > window {
+            if self.leader_since.get_or_insert_with(Instant::now).elapsed() > window {
                 handler.live_nodes(window)
             } else {
                 state.nodes().keys().copied().collect()
@@ -60,16 +108,16 @@ pub async fn run(
                 .map(|n| n.gpus as usize)
                 .sum::<usize>()
         });
-        let scaler = match &mut scaler {
+        let scaler = match &mut self.scaler {
             Some(s) => s,
             None => match by_name(&cfg.policy, &cfg.core, max) {
-                Ok(core) => scaler.insert(LeaderScaler::new(
+                Ok(core) => self.scaler.insert(LeaderScaler::new(
                     core,
                     (cfg.core.down_window_s * 1e6) as u64,
                 )),
                 Err(e) => {
                     tracing::error!(error = %e, "autoscaler cannot run");
-                    return;
+                    return Ok(Turn::Done);
                 }
             },
         };
@@ -137,7 +185,7 @@ pub async fn run(
         // come up) are withdrawn, so placement can try elsewhere.
         let now_us = epoch.elapsed().as_micros() as u64;
         let timeout_us = (start_timeout * 2).as_micros() as u64;
-        for id in starts.stalled(&placed, &hosts, now_us, timeout_us) {
+        for id in self.starts.stalled(&placed, &hosts, now_us, timeout_us) {
             tracing::warn!(
                 replica = id.0,
                 "replica did not start; placing it elsewhere"
@@ -177,6 +225,7 @@ pub async fn run(
                 .await;
             }
         }
+        Ok(Turn::Again)
     }
 }
 

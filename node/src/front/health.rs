@@ -3,9 +3,11 @@
 //! processes and refused connections quickly.
 
 use super::AppState;
+use crate::tree::{Duty, Turn};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request};
+use ractor::ActorProcessingErr;
 use std::sync::Arc;
 
 /// Slow answers in a row before a replica counts as down: one late `/health` on a busy
@@ -22,13 +24,30 @@ enum Check {
     Slow,
 }
 
-pub async fn run(state: Arc<AppState>) {
-    let mut tick = tokio::time::interval(state.config.health_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut slow: std::collections::HashMap<sluice_actors::slice::ReplicaId, u32> =
-        Default::default();
-    loop {
-        tick.tick().await;
+/// The health-check actor's duty: one round of checks every interval; how many slow
+/// answers each replica gave in a row is its memory.
+pub struct HealthChecks {
+    state: Arc<AppState>,
+    tick: tokio::time::Interval,
+    slow: std::collections::HashMap<sluice_actors::slice::ReplicaId, u32>,
+}
+
+impl HealthChecks {
+    pub fn new(state: Arc<AppState>) -> Self {
+        let mut tick = tokio::time::interval(state.config.health_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            state,
+            tick,
+            slow: Default::default(),
+        }
+    }
+}
+
+impl Duty for HealthChecks {
+    async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
+        self.tick.tick().await;
+        let state = &self.state;
         let checks = state.local_upstreams().into_iter().map(|(id, base)| {
             let state = state.clone();
             async move {
@@ -43,7 +62,7 @@ pub async fn run(state: Arc<AppState>) {
             }
         });
         for (id, base, found) in futures_util::future::join_all(checks).await {
-            let streak = slow.entry(id).or_default();
+            let streak = self.slow.entry(id).or_default();
             *streak = if found == Check::Slow { *streak + 1 } else { 0 };
             let healthy =
                 found == Check::Up || (found == Check::Slow && *streak < SLOW_CHECKS_TO_FAIL);
@@ -59,6 +78,7 @@ pub async fn run(state: Arc<AppState>) {
                 tracing::debug!(replica = id.0, %base, ?found, "health check failed");
             }
         }
+        Ok(Turn::Again)
     }
 }
 

@@ -12,6 +12,7 @@ mod sse;
 pub mod tenancy;
 
 use crate::config::NodeConfig;
+use crate::tree::{every, ChildSpec};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -30,6 +31,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
+use tokio::time::MissedTickBehavior;
 
 pub use metrics::Metrics;
 pub use probe::Ejection;
@@ -474,15 +476,40 @@ pub fn http_client(connect_timeout: Duration) -> Client<HttpConnector, Full<Byte
         .build(connector)
 }
 
-/// The axum app, with the health-check loop started on the current runtime.
-pub fn app(state: Arc<AppState>) -> Router {
-    tokio::spawn(health::run(state.clone()));
-    tokio::spawn(probe::run(state.clone()));
-    tokio::spawn(tenancy::run(state.clone()));
-    // In a cluster the Raft leader runs the assigner on every router's reports.
+/// The front door's actors: health checks, the prober, the tenants' reservations, and
+/// (standalone only: in a cluster the Raft leader runs it on every router's reports)
+/// the assigner.
+pub fn actors(state: &Arc<AppState>) -> Vec<ChildSpec> {
+    let mut actors = vec![
+        ChildSpec::duty("health", {
+            let state = state.clone();
+            move || health::HealthChecks::new(state.clone())
+        }),
+        ChildSpec::duty("prober", {
+            let state = state.clone();
+            move || {
+                let state = state.clone();
+                every(probe::PROBE_EVERY, MissedTickBehavior::Delay, move || {
+                    probe::round(state.clone())
+                })
+            }
+        }),
+        ChildSpec::duty("tenancy", {
+            let state = state.clone();
+            move || tenancy::rebalancer(state.clone())
+        }),
+    ];
     if let (Some(schedule), None) = (state.schedule.clone(), &state.remote) {
-        tokio::spawn(assign::run(state.clone(), schedule));
+        let state = state.clone();
+        actors.push(ChildSpec::duty("assigner", move || {
+            assign::Rounds::new(state.clone(), schedule.clone())
+        }));
     }
+    actors
+}
+
+/// The axum app. Its actors ([`actors`]) run in the node's tree.
+pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))

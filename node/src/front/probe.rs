@@ -119,74 +119,74 @@ pub fn core_for(
     Ok(core)
 }
 
-pub async fn run(state: Arc<AppState>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let locals = state.local_upstreams();
-        {
-            // Replicas come and go with the autoscaler: probe the ones here now, but
-            // not an engine the supervisor has down or starting (its start has its own
-            // deadline; probing it would only eject it).
-            let ids: Vec<ReplicaId> = locals
-                .iter()
-                .map(|(id, _)| *id)
-                .filter(|id| !state.engine_down(*id))
-                .collect();
+/// How often the prober looks at its replicas.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// One round of the prober actor: the replicas to watch, the engines' own progress
+/// gauges, the core's verdicts, and the probes it asks for.
+pub async fn round(state: Arc<AppState>) {
+    let locals = state.local_upstreams();
+    {
+        // Replicas come and go with the autoscaler: probe the ones here now, but
+        // not an engine the supervisor has down or starting (its start has its own
+        // deadline; probing it would only eject it).
+        let ids: Vec<ReplicaId> = locals
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !state.engine_down(*id))
+            .collect();
+        let now = state.now_ms();
+        let changes = state
+            .prober
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_replicas(&ids, now);
+        state.apply_verdicts(changes);
+    }
+    // The engines' own gauges: work queued while tokens stand still is a hang.
+    let reads = locals.iter().map(|(id, base)| {
+        let state = state.clone();
+        let (id, base) = (*id, base.clone());
+        async move { (id, engine_progress(&state, &base).await) }
+    });
+    for (id, progress) in futures_util::future::join_all(reads).await {
+        if let Some((queued, tokens)) = progress {
             let now = state.now_ms();
             let changes = state
                 .prober
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .set_replicas(&ids, now);
+                .on_progress(id, queued, tokens, now);
             state.apply_verdicts(changes);
         }
-        // The engines' own gauges: work queued while tokens stand still is a hang.
-        let reads = locals.iter().map(|(id, base)| {
-            let state = state.clone();
-            let (id, base) = (*id, base.clone());
-            async move { (id, engine_progress(&state, &base).await) }
+    }
+    let now = state.now_ms();
+    let t = state
+        .prober
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .tick(now);
+    state.apply_verdicts(t.changes);
+    for probe in t.probes {
+        let Some(base) = locals
+            .iter()
+            .find(|(id, _)| *id == probe.replica)
+            .map(|(_, b)| b.clone())
+        else {
+            continue;
+        };
+        // Probed by the name the engine itself serves: a wrong name is a 404 that
+        // would eject a healthy replica.
+        let Some(model) = state.probe_model(probe.replica) else {
+            // Not even the model is known: the engine has not answered /v1/models.
+            report_probe(&state, probe, false);
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let ok = send_probe(&state, &base, &model).await;
+            report_probe(&state, probe, ok);
         });
-        for (id, progress) in futures_util::future::join_all(reads).await {
-            if let Some((queued, tokens)) = progress {
-                let now = state.now_ms();
-                let changes = state
-                    .prober
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .on_progress(id, queued, tokens, now);
-                state.apply_verdicts(changes);
-            }
-        }
-        let now = state.now_ms();
-        let t = state
-            .prober
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .tick(now);
-        state.apply_verdicts(t.changes);
-        for probe in t.probes {
-            let Some(base) = locals
-                .iter()
-                .find(|(id, _)| *id == probe.replica)
-                .map(|(_, b)| b.clone())
-            else {
-                continue;
-            };
-            // Probed by the name the engine itself serves: a wrong name is a 404 that
-            // would eject a healthy replica.
-            let Some(model) = state.probe_model(probe.replica) else {
-                // Not even the model is known: the engine has not answered /v1/models.
-                report_probe(&state, probe, false);
-                continue;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let ok = send_probe(&state, &base, &model).await;
-                report_probe(&state, probe, ok);
-            });
-        }
     }
 }
 

@@ -197,13 +197,16 @@ impl AppState {
     }
 }
 
-pub async fn run(state: Arc<AppState>) {
-    let mut tick = tokio::time::interval(REBALANCE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-        state.rebalance();
-    }
+/// The tenancy actor's duty: reservations re-balanced between routers every period.
+pub fn rebalancer(state: Arc<AppState>) -> impl crate::tree::Duty {
+    crate::tree::every(
+        REBALANCE_EVERY,
+        tokio::time::MissedTickBehavior::Skip,
+        move || {
+            state.rebalance();
+            std::future::ready(())
+        },
+    )
 }
 
 /// The request body as the engine gets it: the scheduling priority of its class, and a

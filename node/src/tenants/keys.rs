@@ -41,6 +41,10 @@ impl KeyRing {
         self.entries.is_empty()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -1,0 +1,263 @@
+//! The cluster side's actors: the router's view of the control state, membership,
+//! load sharing and reporting on every node, and the leader's assigner and autoscaler,
+//! which run only while this node leads.
+
+use super::handler::{Membership, NodeHandler};
+use super::raft_net::QuicRaft;
+use super::rpc::{self, NodeReply, NodeRpc};
+use super::{ask, become_member, register_replicas, ClusterNode, IMPLICATIONS_RESENT_FOR};
+use crate::supervisor::restart::RestartPolicy;
+use crate::tree::{every, ChildSpec, Duty, Turn};
+use ractor::ActorProcessingErr;
+use sluice_actors::slice::ReplicaId;
+use sluice_raft::{ControlPlane, ControlState, NodeInfo};
+use sluice_transport::Client;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// How often leadership is looked at: the leader's actors start this soon after an
+/// election.
+const LEADERSHIP_EVERY: Duration = Duration::from_millis(100);
+
+/// Waits for the control state to change, or a second (a turn that found nothing to do
+/// may find something now). A closed channel means Raft is gone: the duty is over.
+pub(crate) async fn next_change(rx: &mut watch::Receiver<Arc<ControlState>>) -> Turn {
+    tokio::select! {
+        r = rx.changed() => if r.is_err() { return Turn::Done },
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+    Turn::Again
+}
+
+/// The router actor's control side: every change of the control state becomes the
+/// fleet and tenants the front door reads.
+struct ControlView {
+    handler: Arc<NodeHandler>,
+    rx: watch::Receiver<Arc<ControlState>>,
+}
+
+impl Duty for ControlView {
+    async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
+        let state = self.rx.borrow_and_update().clone();
+        self.handler.apply_control(&state);
+        Ok(next_change(&mut self.rx).await)
+    }
+}
+
+/// The leader's assigner: a repair as soon as the registry changes, a rebalancing
+/// round on the routers' load every period.
+struct AssignerRounds {
+    handler: Arc<NodeHandler>,
+    rx: watch::Receiver<Arc<ControlState>>,
+    next_round: Instant,
+}
+
+impl Duty for AssignerRounds {
+    async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
+        self.rx.borrow_and_update();
+        let round = Instant::now() >= self.next_round;
+        if round {
+            self.next_round = Instant::now() + self.handler.round_period();
+        }
+        if let Err(e) = self.handler.assign(round).await {
+            tracing::warn!(error = %e, "assigner round not committed");
+        }
+        Ok(next_change(&mut self.rx).await)
+    }
+}
+
+/// Becoming a full member: recorded in the control state, counted by Raft, replicas
+/// registered. Needs a quorum, so it is retried with backoff; the front door does not
+/// wait for it (with no leader it routes on the last state it has).
+struct JoinUp {
+    id: u64,
+    cp: ControlPlane<QuicRaft>,
+    client: Arc<Client>,
+    handler: Arc<NodeHandler>,
+    me: NodeInfo,
+    peer: Option<SocketAddr>,
+    urls: HashMap<ReplicaId, String>,
+    capacity: f64,
+    model: String,
+    wait: Duration,
+}
+
+impl Duty for JoinUp {
+    async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
+        let r = async {
+            become_member(
+                self.id,
+                &self.cp,
+                &self.client,
+                &self.handler,
+                self.me.clone(),
+                self.peer,
+            )
+            .await?;
+            register_replicas(self.id, &self.cp, &self.urls, self.capacity, &self.model).await
+        }
+        .await;
+        match r {
+            Ok(()) => Ok(Turn::Done),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "not yet a full member; retrying");
+                tokio::time::sleep(self.wait).await;
+                self.wait = (self.wait * 2).min(Duration::from_secs(5));
+                Ok(Turn::Again)
+            }
+        }
+    }
+}
+
+/// Sends this router's in-flight load to every other node, so that a burst placed by
+/// one router is seen by the others within a fraction of a second.
+async fn gossip_once(
+    id: u64,
+    cp: &ControlPlane<QuicRaft>,
+    client: &Arc<Client>,
+    handler: &NodeHandler,
+    every: Duration,
+) {
+    let Some(front) = handler.front() else {
+        return;
+    };
+    let report = NodeRpc::Gossip(rpc::Gossip {
+        loads: front.own_load(),
+        demand: front.own_demand(),
+        implicated: front.own_implications(IMPLICATIONS_RESENT_FOR),
+    });
+    let state = cp.state().borrow().clone();
+    for n in state.nodes().values().filter(|n| n.id != id) {
+        let Ok(addr) = n.quic_addr.parse::<SocketAddr>() else {
+            continue;
+        };
+        let (client, report) = (client.clone(), report.clone());
+        tokio::spawn(async move {
+            let _ = client.call::<_, NodeReply>(addr, &report, every * 2).await;
+        });
+    }
+}
+
+/// Reports this router's measured load to the leader; the report also tells the leader
+/// the node is live.
+async fn report_once(client: &Client, handler: &NodeHandler) {
+    let Some(state) = handler.front() else {
+        return;
+    };
+    let report = state.take_load();
+    match handler.leader_addr() {
+        Some(Membership::Me) => handler.add_load(&report),
+        Some(Membership::At(addr)) => {
+            if let Err(e) = ask(client, addr, NodeRpc::Load(report)).await {
+                tracing::debug!(error = %e, "load report not delivered");
+            }
+        }
+        None => {}
+    }
+}
+
+impl ClusterNode {
+    /// The cluster side's actors for the node's tree.
+    pub fn actors(&self) -> Vec<ChildSpec> {
+        let s = &self.setup;
+        let handler = self.handler.clone();
+        let (leading_tx, leading) = watch::channel(false);
+        let mut actors = vec![
+            ChildSpec::duty("control-view", {
+                let (handler, cp) = (handler.clone(), self.cp.clone());
+                move || ControlView {
+                    handler: handler.clone(),
+                    rx: cp.state(),
+                }
+            }),
+            ChildSpec::duty("membership", {
+                let (cp, client, handler, s) = (
+                    self.cp.clone(),
+                    self.client.clone(),
+                    handler.clone(),
+                    s.clone(),
+                );
+                let id = self.id;
+                move || JoinUp {
+                    id,
+                    cp: cp.clone(),
+                    client: client.clone(),
+                    handler: handler.clone(),
+                    me: s.me.clone(),
+                    peer: s.join,
+                    urls: s.urls.clone(),
+                    capacity: s.capacity,
+                    model: s.model.clone(),
+                    wait: Duration::from_millis(300),
+                }
+            }),
+            ChildSpec::duty("leadership", {
+                let handler = handler.clone();
+                let leading_tx = Arc::new(leading_tx);
+                move || {
+                    let (handler, leading_tx) = (handler.clone(), leading_tx.clone());
+                    every(LEADERSHIP_EVERY, MissedTickBehavior::Skip, move || {
+                        let now = handler.is_leader();
+                        leading_tx.send_if_modified(|was| std::mem::replace(was, now) != now);
+                        std::future::ready(())
+                    })
+                }
+            }),
+            ChildSpec::duty("load-report", {
+                let (client, handler) = (self.client.clone(), handler.clone());
+                let period = s.report_every;
+                move || {
+                    let (client, handler) = (client.clone(), handler.clone());
+                    every(period, MissedTickBehavior::Delay, move || {
+                        let (client, handler) = (client.clone(), handler.clone());
+                        async move { report_once(&client, &handler).await }
+                    })
+                }
+            }),
+        ];
+        if !s.load_share.is_zero() {
+            let (cp, client, handler) = (self.cp.clone(), self.client.clone(), handler.clone());
+            let (id, period) = (self.id, s.load_share);
+            actors.push(ChildSpec::duty("gossip", move || {
+                let (cp, client, handler) = (cp.clone(), client.clone(), handler.clone());
+                every(period, MissedTickBehavior::Skip, move || {
+                    let (cp, client, handler) = (cp.clone(), client.clone(), handler.clone());
+                    async move { gossip_once(id, &cp, &client, &handler, period).await }
+                })
+            }));
+        }
+        let mut leader = vec![ChildSpec::duty("assigner", {
+            let (handler, cp) = (handler.clone(), self.cp.clone());
+            move || AssignerRounds {
+                handler: handler.clone(),
+                rx: cp.state(),
+                next_round: Instant::now() + handler.round_period(),
+            }
+        })];
+        if let Some(cfg) = s.autoscaler.clone() {
+            let handler = handler.clone();
+            let (capacity, start_timeout, report_every) =
+                (s.capacity, s.start_timeout, s.report_every);
+            leader.push(ChildSpec::duty("autoscaler", move || {
+                super::scale::Autoscaler::new(
+                    handler.clone(),
+                    cfg.clone(),
+                    capacity,
+                    start_timeout,
+                    report_every,
+                )
+            }));
+        }
+        actors.push(ChildSpec::group(
+            "leader",
+            leader,
+            RestartPolicy::default(),
+            Some(leading),
+        ));
+        actors
+    }
+}

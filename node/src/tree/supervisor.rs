@@ -1,0 +1,324 @@
+//! A supervisor of named children: a child that fails (panics or returns an error) is
+//! restarted after the [`RestartPolicy`]'s backoff; one that keeps failing makes the
+//! supervisor itself fail, which its own supervisor answers the same way — and at the
+//! root, the node stops with the name of the actor and its last error. A supervisor may
+//! be gated: its children run only while the gate is open (the leader's duties run
+//! only while this node leads).
+
+use crate::supervisor::restart::{Decision, RestartPolicy, RestartState};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How long a stopping supervisor waits for a child to end its turn before killing it.
+const STOP_WAIT: Duration = Duration::from_secs(1);
+
+type Spawned = Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>>;
+
+/// How to start one child, again and again: linked to the supervisor it is given.
+#[derive(Clone)]
+pub struct ChildSpec {
+    pub name: &'static str,
+    start: Arc<dyn Fn(ActorCell) -> Spawned + Send + Sync>,
+}
+
+impl ChildSpec {
+    pub fn new<F, Fut>(name: &'static str, start: F) -> Self
+    where
+        F: Fn(ActorCell) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<ActorCell, SpawnErr>> + Send + 'static,
+    {
+        Self {
+            name,
+            start: Arc::new(move |parent| Box::pin(start(parent))),
+        }
+    }
+
+    /// A child that runs `duty()` in a [`super::Shell`]; every restart builds a fresh duty.
+    pub fn duty<D, F>(name: &'static str, duty: F) -> Self
+    where
+        D: super::Duty,
+        F: Fn() -> D + Send + Sync + 'static,
+    {
+        let duty = Arc::new(duty);
+        Self::new(name, move |parent| {
+            let duty = duty.clone();
+            async move {
+                let (actor, _) =
+                    Actor::spawn_linked(None, super::Shell::<D>::default(), duty(), parent).await?;
+                Ok(actor.get_cell())
+            }
+        })
+    }
+
+    /// A child that is itself a supervisor of `children`, running them only while
+    /// `gate` (when given) reads true.
+    pub fn group(
+        name: &'static str,
+        children: Vec<ChildSpec>,
+        policy: RestartPolicy,
+        gate: Option<watch::Receiver<bool>>,
+    ) -> Self {
+        Self::new(name, move |parent| {
+            let args = SupervisorArgs {
+                name,
+                children: children.clone(),
+                policy,
+                gate: gate.clone(),
+                fatal: None,
+            };
+            async move {
+                let (actor, _) = Actor::spawn_linked(None, Supervisor, args, parent).await?;
+                Ok(actor.get_cell())
+            }
+        })
+    }
+}
+
+pub struct SupervisorArgs {
+    pub name: &'static str,
+    pub children: Vec<ChildSpec>,
+    pub policy: RestartPolicy,
+    pub gate: Option<watch::Receiver<bool>>,
+    /// The root's: where a meltdown is told (the node then stops with it).
+    pub fatal: Option<watch::Sender<Option<String>>>,
+}
+
+#[derive(Debug)]
+pub enum SupervisorMsg {
+    /// Start child `.0` (again).
+    Start(usize),
+    /// The gate opened or closed.
+    Gate(bool),
+    /// The names of the children running now, for status and tests.
+    Running(ractor::RpcReplyPort<Vec<&'static str>>),
+    /// Fault injection for tests: panic the named child (or, nested, a grandchild).
+    #[cfg(test)]
+    Panic(&'static str),
+}
+
+pub struct Supervisor;
+
+pub struct SupervisorState {
+    name: &'static str,
+    children: Vec<ChildSpec>,
+    policy: RestartPolicy,
+    /// Per child: its actor while it runs, when it started, its restart history.
+    running: Vec<Option<(ActorCell, Instant)>>,
+    history: Vec<RestartState>,
+    by_id: HashMap<ActorId, usize>,
+    open: bool,
+    born: Instant,
+    gate_task: Option<tokio::task::JoinHandle<()>>,
+    fatal: Option<watch::Sender<Option<String>>>,
+}
+
+impl SupervisorState {
+    fn running_children(&self) -> Vec<(&'static str, ActorCell)> {
+        self.children
+            .iter()
+            .zip(&self.running)
+            .filter_map(|(c, r)| Some((c.name, r.as_ref()?.0.clone())))
+            .collect()
+    }
+
+    /// Stops every child and tells the node (at the root) why.
+    fn give_up(&mut self, m: Meltdown) -> ActorProcessingErr {
+        self.stop_all();
+        if let Some(fatal) = &self.fatal {
+            fatal.send_replace(Some(m.to_string()));
+        }
+        Box::new(m)
+    }
+
+    fn stop_all(&mut self) {
+        for (cell, _) in self.running.iter_mut().filter_map(Option::take) {
+            self.by_id.remove(&cell.get_id());
+            cell.stop(Some("not leader".to_owned()));
+        }
+    }
+}
+
+/// Why a supervisor gave up: the child that kept failing and its last error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "the {child} actor (in {group}) failed {times} times within {window:?}; last error: {last}"
+)]
+pub struct Meltdown {
+    pub group: &'static str,
+    pub child: String,
+    pub times: usize,
+    pub window: Duration,
+    pub last: String,
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let n = args.children.len();
+        let open = args.gate.as_ref().is_none_or(|g| *g.borrow());
+        let gate_task = args.gate.map(|mut gate| {
+            let me = me.clone();
+            tokio::spawn(async move {
+                while gate.changed().await.is_ok() {
+                    let open = *gate.borrow_and_update();
+                    if me.send_message(SupervisorMsg::Gate(open)).is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        if open {
+            for i in 0..n {
+                me.send_message(SupervisorMsg::Start(i))?;
+            }
+        }
+        Ok(SupervisorState {
+            name: args.name,
+            children: args.children,
+            policy: args.policy,
+            running: vec![None; n],
+            history: vec![RestartState::default(); n],
+            by_id: HashMap::new(),
+            open,
+            born: Instant::now(),
+            gate_task,
+            fatal: args.fatal,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<SupervisorMsg>,
+        s: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = s.gate_task.take() {
+            t.abort();
+        }
+        // In order, last started first; a child busy past the bound is killed.
+        for (cell, _) in s.running.iter_mut().rev().filter_map(Option::take) {
+            s.by_id.remove(&cell.get_id());
+            if cell.stop_and_wait(None, Some(STOP_WAIT)).await.is_err() {
+                cell.kill();
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        s: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Start(i) => {
+                if !s.open || s.running.get(i).is_none_or(Option::is_some) {
+                    return Ok(());
+                }
+                let spec = s.children[i].clone();
+                let cell = (spec.start)(me.get_cell()).await?;
+                tracing::debug!(group = s.name, actor = spec.name, "actor started");
+                s.by_id.insert(cell.get_id(), i);
+                s.running[i] = Some((cell, Instant::now()));
+            }
+            SupervisorMsg::Gate(open) if open != s.open => {
+                s.open = open;
+                tracing::info!(group = s.name, running = open, "actors follow the gate");
+                if open {
+                    for i in 0..s.children.len() {
+                        me.send_message(SupervisorMsg::Start(i))?;
+                    }
+                } else {
+                    s.stop_all();
+                }
+            }
+            SupervisorMsg::Gate(_) => {}
+            SupervisorMsg::Running(reply) => {
+                let mut names = Vec::new();
+                for (name, cell) in s.running_children() {
+                    names.push(name);
+                    if cell.is_message_type_of::<SupervisorMsg>() == Some(true) {
+                        let group: ActorRef<SupervisorMsg> = cell.into();
+                        names.extend(
+                            ractor::call!(group, SupervisorMsg::Running).unwrap_or_default(),
+                        );
+                    }
+                }
+                let _ = reply.send(names);
+            }
+            #[cfg(test)]
+            SupervisorMsg::Panic(name) => {
+                for (child, cell) in s.running_children() {
+                    if cell.is_message_type_of::<SupervisorMsg>() == Some(true) {
+                        let _ = cell.send_message(SupervisorMsg::Panic(name));
+                    } else if child == name {
+                        let _ = cell.send_message(super::ShellMsg::Panic);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        s: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, error) = match event {
+            SupervisionEvent::ActorFailed(cell, e) => {
+                // A group that gave up gives up for everyone above it.
+                if let Some(m) = e.downcast_ref::<Meltdown>() {
+                    return Err(s.give_up(m.clone()));
+                }
+                (cell, Some(e.to_string()))
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            _ => return Ok(()),
+        };
+        // Children stopped on purpose (the gate closed) are no longer listed.
+        let Some(i) = s.by_id.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let Some((_, started)) = s.running[i].take() else {
+            return Ok(());
+        };
+        let name = s.children[i].name;
+        let Some(error) = error else {
+            tracing::debug!(group = s.name, actor = name, "actor finished its duty");
+            return Ok(());
+        };
+        let now_ms = s.born.elapsed().as_millis() as u64;
+        match s.history[i].on_exit(&s.policy, now_ms, started.elapsed()) {
+            Decision::RestartAfter(delay) => {
+                tracing::warn!(group = s.name, actor = name, %error, ?delay, "actor failed; restarting it");
+                me.send_after(delay, move || SupervisorMsg::Start(i));
+            }
+            Decision::GiveUp => {
+                tracing::error!(group = s.name, actor = name, %error, "actor keeps failing; giving up");
+                return Err(s.give_up(Meltdown {
+                    group: s.name,
+                    child: name.to_owned(),
+                    times: s.policy.max_restarts + 1,
+                    window: s.policy.window,
+                    last: error,
+                }));
+            }
+        }
+        Ok(())
+    }
+}
