@@ -1,5 +1,6 @@
 //! Node configuration: a TOML file, overridden by command-line flags.
 
+use crate::supervisor::restart::RestartPolicy;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sluice_actors::assigner::{AssignerConfig, ScheduleConfig};
@@ -294,6 +295,9 @@ pub struct NodeConfig {
     pub connect_timeout: Duration,
     pub health_interval: Duration,
     pub shutdown_grace: Duration,
+    /// How the node's actors are restarted, and when one that keeps failing stops the
+    /// node.
+    pub actor_restarts: RestartPolicy,
 }
 
 impl NodeConfig {
@@ -544,6 +548,7 @@ impl NodeConfig {
                 g if g.is_finite() && (0.0..=3600.0).contains(&g) => Duration::from_secs_f64(g),
                 g => bail!("node.shutdown_grace_s must be between 0 and 3600 seconds, got {g}"),
             },
+            actor_restarts: RestartPolicy::default(),
         })
     }
 }

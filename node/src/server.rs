@@ -9,7 +9,7 @@ use crate::front::{self, AppState};
 use crate::launcher;
 use crate::supervisor::restart::RestartPolicy;
 use crate::supervisor::run::{Event, Supervisor};
-use crate::tree::{ChildSpec, Duty, Tree, Turn};
+use crate::tree::{ChildSpec, Duty, OnRestart, Tree, Turn};
 use anyhow::{Context, Result};
 use axum::serve::ListenerExt;
 use ractor::ActorProcessingErr;
@@ -198,7 +198,7 @@ impl Node {
         ));
         actors.push(ejections(eject_rx, supervisor.clone(), handle.clone()));
         if let Some(n) = &node {
-            actors.extend(n.actors());
+            actors.extend(n.actors(cfg.actor_restarts));
             // Placements and drains (the autoscaler's or an operator's) on this node.
             let (handle, supervisor, state) = (n.handle(), supervisor.clone(), state.clone());
             let busy: Arc<std::sync::Mutex<std::collections::HashSet<ReplicaId>>> = Arc::default();
@@ -213,8 +213,12 @@ impl Node {
                 )
             }));
         }
+        let on_restart: OnRestart = {
+            let state = state.clone();
+            Arc::new(move |actor| state.actor_restarted(actor))
+        };
         let tree = Arc::new(
-            Tree::start(actors, RestartPolicy::default())
+            Tree::start(actors, cfg.actor_restarts, Some(on_restart))
                 .await
                 .context("cannot start the node's actors")?,
         );
@@ -339,9 +343,22 @@ async fn serve(
 /// is lost to a restart (but the one whose handling failed).
 type Inbox<T> = Arc<Mutex<mpsc::UnboundedReceiver<T>>>;
 
-/// Waits for the next event; `None` once every sender is gone.
-async fn next<T>(inbox: &Inbox<T>) -> Option<T> {
-    inbox.lock().await.recv().await
+/// What waiting on an inbox found.
+enum Next<T> {
+    Event(T),
+    /// Nothing for a second: the turn ends, so the actor can hear its own messages.
+    Quiet,
+    /// Every sender is gone.
+    Closed,
+}
+
+async fn next<T>(inbox: &Inbox<T>) -> Next<T> {
+    let mut rx = inbox.lock().await;
+    match tokio::time::timeout(crate::tree::MAX_WAIT, rx.recv()).await {
+        Ok(Some(e)) => Next::Event(e),
+        Ok(None) => Next::Closed,
+        Err(_) => Next::Quiet,
+    }
 }
 
 /// The supervisor's events become routing changes and registry writes.
@@ -369,8 +386,10 @@ fn engine_events(
 
 impl<F: Fn(usize) -> ReplicaId + Send + 'static> Duty for EngineEvents<F> {
     async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
-        let Some(ev) = next(&self.inbox).await else {
-            return Ok(Turn::Done);
+        let ev = match next(&self.inbox).await {
+            Next::Event(ev) => ev,
+            Next::Quiet => return Ok(Turn::Again),
+            Next::Closed => return Ok(Turn::Done),
         };
         let (state, node) = (&self.state, &self.node);
         let (index, up) = match &ev {
@@ -431,8 +450,10 @@ fn ejections(
 
 impl Duty for Ejections {
     async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
-        let Some(e) = next(&self.inbox).await else {
-            return Ok(Turn::Done);
+        let e = match next(&self.inbox).await {
+            Next::Event(e) => e,
+            Next::Quiet => return Ok(Turn::Again),
+            Next::Closed => return Ok(Turn::Done),
         };
         if let front::Ejection::Ejected(id, incarnation) = e {
             if let Some(n) = &self.node {
@@ -469,3 +490,6 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
 }
+
+#[cfg(test)]
+mod tests;

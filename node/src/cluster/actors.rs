@@ -28,7 +28,7 @@ const LEADERSHIP_EVERY: Duration = Duration::from_millis(100);
 pub(crate) async fn next_change(rx: &mut watch::Receiver<Arc<ControlState>>) -> Turn {
     tokio::select! {
         r = rx.changed() => if r.is_err() { return Turn::Done },
-        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        _ = tokio::time::sleep(crate::tree::MAX_WAIT) => {}
     }
     Turn::Again
 }
@@ -162,7 +162,7 @@ async fn report_once(client: &Client, handler: &NodeHandler) {
 
 impl ClusterNode {
     /// The cluster side's actors for the node's tree.
-    pub fn actors(&self) -> Vec<ChildSpec> {
+    pub fn actors(&self, policy: RestartPolicy) -> Vec<ChildSpec> {
         let s = &self.setup;
         let handler = self.handler.clone();
         let (leading_tx, leading) = watch::channel(false);
@@ -252,12 +252,7 @@ impl ClusterNode {
                 )
             }));
         }
-        actors.push(ChildSpec::group(
-            "leader",
-            leader,
-            RestartPolicy::default(),
-            Some(leading),
-        ));
+        actors.push(ChildSpec::group("leader", leader, policy, Some(leading)));
         actors
     }
 }

@@ -71,7 +71,9 @@ impl Drop for Autoscaler {
 
 impl Duty for Autoscaler {
     async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
-        self.tick.tick().await;
+        if !crate::tree::ticked(&mut self.tick).await {
+            return Ok(Turn::Again);
+        }
         let (handler, cfg, capacity, start_timeout, report_every, epoch) = (
             self.handler.clone(),
             self.cfg.clone(),

@@ -37,7 +37,9 @@ impl Rounds {
 
 impl Duty for Rounds {
     async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
-        self.tick.tick().await;
+        if !crate::tree::ticked(&mut self.tick).await {
+            return Ok(Turn::Again);
+        }
         let state = &self.state;
         let now_us = state.now_us();
         let mut core = state.core();

@@ -46,7 +46,9 @@ impl HealthChecks {
 
 impl Duty for HealthChecks {
     async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
-        self.tick.tick().await;
+        if !crate::tree::ticked(&mut self.tick).await {
+            return Ok(Turn::Again);
+        }
         let state = &self.state;
         let checks = state.local_upstreams().into_iter().map(|(id, base)| {
             let state = state.clone();

@@ -39,6 +39,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActorLabel {
+    actor: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaLabel {
     replica: u64,
 }
@@ -92,6 +97,7 @@ pub struct Metrics {
     generation: Gauge,
     probes: Family<OutcomeLabel, Counter>,
     ejections: Family<ReplicaLabel, Counter>,
+    actor_restarts: Family<ActorLabel, Counter>,
     tenant_requests: Family<TenantClass, Counter>,
     tenant_mu: Family<TenantClass, Counter<f64, AtomicU64>>,
     tenant_reserved: Family<TenantLabel, Gauge<f64, AtomicU64>>,
@@ -140,6 +146,12 @@ impl Metrics {
         generation.set(1);
         let probes = Family::<OutcomeLabel, Counter>::default();
         let ejections = Family::<ReplicaLabel, Counter>::default();
+        let actor_restarts = Family::<ActorLabel, Counter>::default();
+        registry.register(
+            "actor_restarts",
+            "Times one of the node's actors failed and was restarted",
+            actor_restarts.clone(),
+        );
         registry.register(
             "probes",
             "Health probes of this node's replicas, by outcome (ok, failed)",
@@ -323,6 +335,7 @@ impl Metrics {
             generation,
             probes,
             ejections,
+            actor_restarts,
             tenant_requests,
             tenant_mu,
             tenant_reserved,
@@ -463,6 +476,12 @@ impl Metrics {
 
     pub fn retry(&self) {
         self.retries.inc();
+    }
+
+    pub fn actor_restarted(&self, actor: &'static str) {
+        self.actor_restarts
+            .get_or_create(&ActorLabel { actor })
+            .inc();
     }
 
     pub fn spill(&self) {

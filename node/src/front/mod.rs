@@ -439,6 +439,11 @@ impl AppState {
         self.core().set_external_load(all);
     }
 
+    /// One of the node's actors failed and was restarted.
+    pub fn actor_restarted(&self, actor: &'static str) {
+        self.metrics.actor_restarted(actor);
+    }
+
     /// This router's in-flight load per replica, for the others.
     pub fn own_load(&self) -> ReplicaLoads {
         self.core().own_load()

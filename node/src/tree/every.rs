@@ -29,8 +29,19 @@ where
     Fut: Future<Output = ()> + Send,
 {
     async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
-        self.tick.tick().await;
-        (self.step)().await;
+        if ticked(&mut self.tick).await {
+            (self.step)().await;
+        }
         Ok(Turn::Again)
     }
+}
+
+/// Longest a turn waits for its moment: an actor hears its own messages (a stop, a
+/// fault injected by a test) only between turns.
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits for `tick`, or [`MAX_WAIT`]: whether it ticked (a tick is never lost to the
+/// wait ending first).
+pub async fn ticked(tick: &mut Interval) -> bool {
+    tokio::time::timeout(MAX_WAIT, tick.tick()).await.is_ok()
 }

@@ -8,9 +8,11 @@ mod every;
 mod shell;
 mod supervisor;
 
-pub use every::{every, Every};
+pub use every::{every, ticked, Every, MAX_WAIT};
 pub use shell::{Duty, Shell, ShellMsg, Turn};
-pub use supervisor::{ChildSpec, Meltdown, Supervisor, SupervisorArgs, SupervisorMsg};
+pub use supervisor::{
+    ChildSpec, Meltdown, OnRestart, Parent, Supervisor, SupervisorArgs, SupervisorMsg,
+};
 
 use crate::supervisor::restart::RestartPolicy;
 use ractor::{Actor, ActorRef, SpawnErr};
@@ -28,7 +30,11 @@ pub struct Tree {
 
 impl Tree {
     /// Starts `children` under one root supervisor.
-    pub async fn start(children: Vec<ChildSpec>, policy: RestartPolicy) -> Result<Self, SpawnErr> {
+    pub async fn start(
+        children: Vec<ChildSpec>,
+        policy: RestartPolicy,
+        on_restart: Option<OnRestart>,
+    ) -> Result<Self, SpawnErr> {
         let (tx, fatal) = watch::channel(None);
         let args = SupervisorArgs {
             name: "node",
@@ -36,6 +42,7 @@ impl Tree {
             policy,
             gate: None,
             fatal: Some(tx),
+            on_restart,
         };
         let (root, _) = Actor::spawn(None, Supervisor, args).await?;
         Ok(Self { root, fatal })

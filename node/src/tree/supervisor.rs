@@ -20,17 +20,27 @@ const STOP_WAIT: Duration = Duration::from_secs(1);
 
 type Spawned = Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>>;
 
+/// Told the name of every actor restarted after a failure (a metric counts them).
+pub type OnRestart = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// What a child is started with: the supervisor it is linked to, and the restart hook
+/// a nested supervisor passes on.
+pub struct Parent {
+    pub cell: ActorCell,
+    pub on_restart: Option<OnRestart>,
+}
+
 /// How to start one child, again and again: linked to the supervisor it is given.
 #[derive(Clone)]
 pub struct ChildSpec {
     pub name: &'static str,
-    start: Arc<dyn Fn(ActorCell) -> Spawned + Send + Sync>,
+    start: Arc<dyn Fn(Parent) -> Spawned + Send + Sync>,
 }
 
 impl ChildSpec {
     pub fn new<F, Fut>(name: &'static str, start: F) -> Self
     where
-        F: Fn(ActorCell) -> Fut + Send + Sync + 'static,
+        F: Fn(Parent) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<ActorCell, SpawnErr>> + Send + 'static,
     {
         Self {
@@ -50,7 +60,8 @@ impl ChildSpec {
             let duty = duty.clone();
             async move {
                 let (actor, _) =
-                    Actor::spawn_linked(None, super::Shell::<D>::default(), duty(), parent).await?;
+                    Actor::spawn_linked(None, super::Shell::<D>::default(), duty(), parent.cell)
+                        .await?;
                 Ok(actor.get_cell())
             }
         })
@@ -71,9 +82,10 @@ impl ChildSpec {
                 policy,
                 gate: gate.clone(),
                 fatal: None,
+                on_restart: parent.on_restart,
             };
             async move {
-                let (actor, _) = Actor::spawn_linked(None, Supervisor, args, parent).await?;
+                let (actor, _) = Actor::spawn_linked(None, Supervisor, args, parent.cell).await?;
                 Ok(actor.get_cell())
             }
         })
@@ -87,6 +99,7 @@ pub struct SupervisorArgs {
     pub gate: Option<watch::Receiver<bool>>,
     /// The root's: where a meltdown is told (the node then stops with it).
     pub fatal: Option<watch::Sender<Option<String>>>,
+    pub on_restart: Option<OnRestart>,
 }
 
 #[derive(Debug)]
@@ -116,6 +129,7 @@ pub struct SupervisorState {
     born: Instant,
     gate_task: Option<tokio::task::JoinHandle<()>>,
     fatal: Option<watch::Sender<Option<String>>>,
+    on_restart: Option<OnRestart>,
 }
 
 impl SupervisorState {
@@ -196,6 +210,7 @@ impl Actor for Supervisor {
             born: Instant::now(),
             gate_task,
             fatal: args.fatal,
+            on_restart: args.on_restart,
         })
     }
 
@@ -229,7 +244,11 @@ impl Actor for Supervisor {
                     return Ok(());
                 }
                 let spec = s.children[i].clone();
-                let cell = (spec.start)(me.get_cell()).await?;
+                let parent = Parent {
+                    cell: me.get_cell(),
+                    on_restart: s.on_restart.clone(),
+                };
+                let cell = (spec.start)(parent).await?;
                 tracing::debug!(group = s.name, actor = spec.name, "actor started");
                 s.by_id.insert(cell.get_id(), i);
                 s.running[i] = Some((cell, Instant::now()));
@@ -306,6 +325,9 @@ impl Actor for Supervisor {
         match s.history[i].on_exit(&s.policy, now_ms, started.elapsed()) {
             Decision::RestartAfter(delay) => {
                 tracing::warn!(group = s.name, actor = name, %error, ?delay, "actor failed; restarting it");
+                if let Some(hook) = &s.on_restart {
+                    hook(name);
+                }
                 me.send_after(delay, move || SupervisorMsg::Start(i));
             }
             Decision::GiveUp => {

@@ -59,7 +59,7 @@ async fn settle(d: Duration) {
 async fn a_panicked_actor_is_restarted_and_the_others_keep_running() {
     let (a, a_turns) = counter("a", false, None);
     let (b, b_turns) = counter("b", false, None);
-    let tree = Tree::start(vec![a, b], policy()).await.unwrap();
+    let tree = Tree::start(vec![a, b], policy(), None).await.unwrap();
     settle(Duration::from_secs(1)).await;
     assert_eq!(tree.running().await, vec!["a", "b"]);
     tree.panic("a");
@@ -79,7 +79,7 @@ async fn a_panicked_actor_is_restarted_and_the_others_keep_running() {
 async fn an_actor_that_keeps_failing_melts_the_tree_down_with_its_name() {
     let (good, _) = counter("good", false, None);
     let (bad, bad_turns) = counter("bad", true, None);
-    let tree = Tree::start(vec![good, bad], policy()).await.unwrap();
+    let tree = Tree::start(vec![good, bad], policy(), None).await.unwrap();
     let why = tokio::time::timeout(Duration::from_secs(30), tree.meltdown())
         .await
         .expect("the tree gives up");
@@ -95,7 +95,7 @@ async fn an_actor_that_keeps_failing_melts_the_tree_down_with_its_name() {
 async fn a_meltdown_inside_a_group_takes_the_whole_tree_down() {
     let (bad, _) = counter("inner", true, None);
     let group = ChildSpec::group("leader", vec![bad], policy(), None);
-    let tree = Tree::start(vec![group], policy()).await.unwrap();
+    let tree = Tree::start(vec![group], policy(), None).await.unwrap();
     let why = tokio::time::timeout(Duration::from_secs(30), tree.meltdown())
         .await
         .expect("the tree gives up");
@@ -108,7 +108,9 @@ async fn gated_actors_run_only_while_the_gate_is_open() {
     let (duty, turns) = counter("assigner", false, None);
     let (always, _) = counter("gossip", false, None);
     let group = ChildSpec::group("leader", vec![duty], policy(), Some(gate));
-    let tree = Tree::start(vec![always, group], policy()).await.unwrap();
+    let tree = Tree::start(vec![always, group], policy(), None)
+        .await
+        .unwrap();
     settle(Duration::from_secs(1)).await;
     assert_eq!(tree.running().await, vec!["gossip", "leader"]);
     assert_eq!(turns.load(Ordering::SeqCst), 0);
@@ -135,7 +137,9 @@ async fn gated_actors_run_only_while_the_gate_is_open() {
 async fn a_finished_duty_is_not_restarted_and_stop_ends_everything() {
     let (once, turns) = counter("membership", false, Some(3));
     let (loop_, loop_turns) = counter("gossip", false, None);
-    let tree = Tree::start(vec![once, loop_], policy()).await.unwrap();
+    let tree = Tree::start(vec![once, loop_], policy(), None)
+        .await
+        .unwrap();
     settle(Duration::from_secs(2)).await;
     assert_eq!(turns.load(Ordering::SeqCst), 3);
     assert_eq!(tree.running().await, vec!["gossip"]);

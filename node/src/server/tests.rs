@@ -1,0 +1,266 @@
+//! The node in one process: simulated engines served in-process on port 0, the real
+//! front door, cluster side and actor tree. No fixed sleeps: every wait is for a
+//! condition, with a deadline.
+
+use super::*;
+use crate::config::Overrides;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use sluice_engine::server::{serve as serve_engine, ServerConfig};
+use std::path::Path;
+use tokio::sync::oneshot;
+
+const MODEL: &str = "tiny-test-model";
+
+async fn engines(n: usize) -> Vec<String> {
+    let mut urls = Vec::new();
+    for seed in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        let config = ServerConfig {
+            model: MODEL.to_owned(),
+            params: sluice_actors::Profile::default_profile().engine,
+            time_scale: 0.0,
+            seed: seed as u64,
+            poison: None,
+        };
+        tokio::spawn(serve_engine(listener, config, std::future::pending()));
+    }
+    urls
+}
+
+fn config(urls: Vec<String>, restarts: RestartPolicy) -> NodeConfig {
+    let mut cfg = NodeConfig::load(
+        None,
+        Overrides {
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            replica_urls: urls,
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    cfg.actor_restarts = restarts;
+    cfg.shutdown_grace = Duration::from_secs(1);
+    cfg
+}
+
+fn quick_restarts(max_restarts: usize) -> RestartPolicy {
+    RestartPolicy {
+        base: Duration::from_millis(20),
+        max: Duration::from_millis(50),
+        reset_after: Duration::from_secs(600),
+        max_restarts,
+        window: Duration::from_secs(600),
+    }
+}
+
+struct Running {
+    node: Node,
+    stop: oneshot::Sender<()>,
+}
+
+async fn start(cfg: NodeConfig, cluster: Option<ClusterArgs>) -> Running {
+    let quic = cluster
+        .as_ref()
+        .map(|c| std::net::UdpSocket::bind(c.listen).unwrap());
+    let listeners = Listeners {
+        http: tokio::net::TcpListener::bind(cfg.http).await.unwrap(),
+        quic,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let node = Node::start(cfg, cluster, listeners, async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    Running { node, stop }
+}
+
+async fn http(addr: SocketAddr, path: &str, body: Option<serde_json::Value>) -> (u16, String) {
+    let client = front::http_client(Duration::from_secs(2));
+    let req = match body {
+        Some(b) => hyper::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(b.to_string()))),
+        None => hyper::Request::get(format!("http://{addr}{path}")).body(Full::new(Bytes::new())),
+    }
+    .unwrap();
+    let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await
+    else {
+        return (0, String::new());
+    };
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn chat(addr: SocketAddr) -> u16 {
+    let body = serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 4,
+    });
+    http(addr, "/v1/chat/completions", Some(body)).await.0
+}
+
+/// The node's count of restarts of `actor`, from its /metrics.
+async fn restarts(addr: SocketAddr, actor: &str) -> u64 {
+    let (_, text) = http(addr, "/metrics", None).await;
+    let prefix = format!("sluice_actor_restarts_total{{actor=\"{actor}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_actor_restarts_after_a_panic_and_the_node_keeps_serving() {
+    let r = start(config(engines(2).await, quick_restarts(5)), None).await;
+    let addr = r.node.http_addr();
+    eventually("a chat request is served", || async {
+        chat(addr).await == 200
+    })
+    .await;
+    let names = r.node.actors().await;
+    for expected in ["health", "prober", "tenancy", "engine-events", "ejections"] {
+        assert!(names.contains(&expected), "{expected} not in {names:?}");
+    }
+    for name in names {
+        r.node.panic_actor(name);
+        eventually(&format!("{name} restarted"), || async {
+            restarts(addr, name).await == 1
+        })
+        .await;
+        eventually(&format!("{name} running again"), || async {
+            r.node.actors().await.contains(&name)
+        })
+        .await;
+        assert_eq!(chat(addr).await, 200, "after {name} restarted");
+    }
+    let _ = r.stop.send(());
+    r.node.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_that_keeps_failing_stops_the_node_with_its_name() {
+    let r = start(config(engines(1).await, quick_restarts(2)), None).await;
+    let addr = r.node.http_addr();
+    eventually("a chat request is served", || async {
+        chat(addr).await == 200
+    })
+    .await;
+    for k in 1..=2 {
+        r.node.panic_actor("prober");
+        eventually("the prober restarted", || async {
+            restarts(addr, "prober").await == k
+        })
+        .await;
+        eventually("the prober running again", || async {
+            r.node.actors().await.contains(&"prober")
+        })
+        .await;
+    }
+    r.node.panic_actor("prober");
+    let err = tokio::time::timeout(Duration::from_secs(30), r.node.wait())
+        .await
+        .expect("the node stops")
+        .expect_err("a meltdown is an error");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("prober") && msg.contains("failed 3 times"),
+        "{msg}"
+    );
+    // The front door is closed.
+    assert_eq!(http(addr, "/health", None).await.0, 0);
+}
+
+fn cluster_args(dir: &Path, join: Option<(SocketAddr, String)>) -> ClusterArgs {
+    ClusterArgs {
+        data_dir: dir.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rack: "rack-0".to_owned(),
+        join: join.as_ref().map(|j| j.0),
+        token: join.map(|j| j.1),
+        load_share: Duration::from_millis(200),
+    }
+}
+
+/// Which of `nodes` runs the leader's assigner now.
+async fn assigners(nodes: &[&Running]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for r in nodes {
+        if r.node.actors().await.contains(&"assigner") {
+            out.extend(r.node.cluster().map(|c| c.0));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_actors_follow_leadership_across_a_leader_loss() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
+    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
+        .unwrap()
+        .to_string();
+    let first = start(
+        config(engines(1).await, quick_restarts(5)),
+        Some(cluster_args(dirs[0].path(), None)),
+    )
+    .await;
+    let (_, seed) = first.node.cluster().unwrap();
+    let mut nodes = vec![first];
+    for dir in &dirs[1..] {
+        let args = cluster_args(dir.path(), Some((seed, token.clone())));
+        nodes.push(start(config(engines(1).await, quick_restarts(5)), Some(args)).await);
+    }
+    // Exactly one node — the leader — runs the assigner (stably: not in passing).
+    eventually("one assigner", || async {
+        let all: Vec<&Running> = nodes.iter().collect();
+        let first = assigners(&all).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        first.len() == 1 && assigners(&all).await == first
+    })
+    .await;
+    let leader_id = assigners(&nodes.iter().collect::<Vec<_>>()).await[0];
+    for r in &nodes {
+        let addr = r.node.http_addr();
+        eventually("every node serves", || async { chat(addr).await == 200 }).await;
+    }
+    // The leader goes: one of the others takes over its duties, and they keep serving.
+    let at = nodes
+        .iter()
+        .position(|r| r.node.cluster().map(|c| c.0) == Some(leader_id))
+        .unwrap();
+    let leader = nodes.remove(at);
+    let _ = leader.stop.send(());
+    leader.node.wait().await.unwrap();
+    let rest: Vec<&Running> = nodes.iter().collect();
+    eventually("one assigner, on a new leader", || async {
+        let now = assigners(&rest).await;
+        now.len() == 1 && now[0] != leader_id
+    })
+    .await;
+    for r in &nodes {
+        let addr = r.node.http_addr();
+        eventually("the survivors serve", || async { chat(addr).await == 200 }).await;
+    }
+    for r in nodes {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+}
