@@ -47,6 +47,8 @@ impl Proc {
     pub fn start(args: &[&str], ready_prefix: &str) -> Result<Self> {
         let mut child = Command::new(sluice_bin()?)
             .args(args)
+            // Tests cut nodes off from each other with `cluster isolate`.
+            .env("SLUICE_DRILL_HOOKS", "1")
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             .spawn()

@@ -146,6 +146,8 @@ impl Cluster {
             cmd.args(["--join", &self.nodes[0].quic, "--token", &self.token]);
         }
         cmd.env("SLUICE_SIM_POISON", POISON);
+        // The drill partitions nodes with `cluster isolate`.
+        cmd.env("SLUICE_DRILL_HOOKS", "1");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

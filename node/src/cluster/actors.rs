@@ -2,10 +2,11 @@
 //! load sharing and reporting on every node, and the leader's assigner and autoscaler,
 //! which run only while this node leads.
 
+use super::call::{self, Backoff};
 use super::handler::{Membership, NodeHandler};
 use super::raft_net::QuicRaft;
-use super::rpc::{self, NodeReply, NodeRpc};
-use super::{ask, become_member, register_replicas, ClusterNode, IMPLICATIONS_RESENT_FOR};
+use super::rpc::{self, LoadRpc};
+use super::{become_member, register_replicas, ClusterNode, IMPLICATIONS_RESENT_FOR};
 use crate::supervisor::restart::RestartPolicy;
 use crate::tree::{every, ChildSpec, Duty, Turn};
 use ractor::ActorProcessingErr;
@@ -18,6 +19,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
+
+/// How long a load report may take to reach the leader.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A node keeps asking to become a member (across membership's turns) this way.
+const JOIN_UP: Backoff = Backoff {
+    first: Duration::from_millis(300),
+    max: Duration::from_secs(5),
+    give_up_after: Duration::MAX,
+};
 
 /// How often leadership is looked at: the leader's actors start this soon after an
 /// election.
@@ -83,7 +94,7 @@ struct JoinUp {
     urls: HashMap<ReplicaId, String>,
     capacity: f64,
     model: String,
-    wait: Duration,
+    failures: u32,
 }
 
 impl Duty for JoinUp {
@@ -104,9 +115,10 @@ impl Duty for JoinUp {
         match r {
             Ok(()) => Ok(Turn::Done),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "not yet a full member; retrying");
-                tokio::time::sleep(self.wait).await;
-                self.wait = (self.wait * 2).min(Duration::from_secs(5));
+                self.failures += 1;
+                let wait = JOIN_UP.delay(self.failures);
+                tracing::warn!(error = %format!("{e:#}"), ?wait, "not yet a full member; retrying");
+                tokio::time::sleep(wait).await;
                 Ok(Turn::Again)
             }
         }
@@ -125,7 +137,7 @@ async fn gossip_once(
     let Some(front) = handler.front() else {
         return;
     };
-    let report = NodeRpc::Gossip(rpc::Gossip {
+    let report = LoadRpc::Gossip(rpc::Gossip {
         loads: front.own_load(),
         demand: front.own_demand(),
         implicated: front.own_implications(IMPLICATIONS_RESENT_FOR),
@@ -137,7 +149,7 @@ async fn gossip_once(
         };
         let (client, report) = (client.clone(), report.clone());
         tokio::spawn(async move {
-            let _ = client.call::<_, NodeReply>(addr, &report, every * 2).await;
+            let _ = call::load(&client, addr, report, every * 2).await;
         });
     }
 }
@@ -152,7 +164,8 @@ async fn report_once(client: &Client, handler: &NodeHandler) {
     match handler.leader_addr() {
         Some(Membership::Me) => handler.add_load(&report),
         Some(Membership::At(addr)) => {
-            if let Err(e) = ask(client, addr, NodeRpc::Load(report)).await {
+            let sent = call::load(client, addr, LoadRpc::Report(report), REPORT_TIMEOUT).await;
+            if let Err(e) = sent {
                 tracing::debug!(error = %e, "load report not delivered");
             }
         }
@@ -192,7 +205,7 @@ impl ClusterNode {
                     urls: s.urls.clone(),
                     capacity: s.capacity,
                     model: s.model.clone(),
-                    wait: Duration::from_millis(300),
+                    failures: 0,
                 }
             }),
             ChildSpec::duty("leadership", {

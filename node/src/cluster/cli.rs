@@ -1,13 +1,14 @@
 //! `sluice cluster …`: start a cluster, look at it, shrink it. Credentials come from a
 //! node's data directory: the CLI speaks mutual TLS with that node's identity.
 
-use super::rpc::{ClusterStatus, NodeReply, NodeRpc};
+use super::rpc::{
+    AdminAnswer, AdminRpc, ClusterStatus, DrillRpc, NodeReply, NodeRpc, Refusal, RpcError,
+};
 use super::{INIT_MARKER, TLS_DIR};
 use anyhow::{bail, Context, Result};
 use sluice_transport::{CaCert, Client, Endpoint, NodeIdentity, TransportConfig};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 /// Where `node start` records its addresses, for the CLI's default target.
 pub const ADDR_FILE: &str = "listen";
@@ -56,24 +57,55 @@ fn target(data_dir: &Path, node: Option<SocketAddr>) -> Result<SocketAddr> {
         .with_context(|| format!("bad address in {}", data_dir.join(ADDR_FILE).display()))
 }
 
-pub(crate) async fn call(
+/// An admin request to the node of `data_dir` (or `node`). An unknown outcome says
+/// how to find out what happened.
+pub(crate) async fn admin(
     data_dir: &Path,
     node: Option<SocketAddr>,
-    rpc: NodeRpc,
-) -> Result<NodeReply> {
+    rpc: AdminRpc,
+) -> Result<AdminAnswer> {
     let addr = target(data_dir, node)?;
     let client = client(data_dir).await?;
-    client
-        .call::<_, NodeReply>(addr, &rpc, Duration::from_secs(20))
+    super::call::admin(&client, addr, rpc)
         .await
-        .with_context(|| format!("cannot reach the node at {addr}"))
+        .map_err(|e| explain(e, addr))
+}
+
+/// A write to the control state through the node of `data_dir` (or `node`).
+pub(crate) async fn write(
+    data_dir: &Path,
+    node: Option<SocketAddr>,
+    cmd: sluice_raft::ControlCommand,
+) -> Result<()> {
+    admin(data_dir, node, AdminRpc::Write(cmd)).await.map(drop)
+}
+
+/// The cluster's status as the node of `data_dir` (or `node`) sees it.
+pub(crate) async fn fetch_status(
+    data_dir: &Path,
+    node: Option<SocketAddr>,
+) -> Result<ClusterStatus> {
+    match admin(data_dir, node, AdminRpc::Status).await? {
+        AdminAnswer::Status(s) => Ok(*s),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+fn explain(e: RpcError, addr: SocketAddr) -> anyhow::Error {
+    match e {
+        RpcError::Refused(Refusal::Unreachable(why)) => {
+            anyhow::anyhow!("cannot reach the node at {addr}: {why}")
+        }
+        RpcError::Unknown(why) => anyhow::anyhow!(
+            "the node at {addr} did not answer ({why}); the change may or may not have been made: \
+             look with `sluice cluster status` before repeating it"
+        ),
+        refused => anyhow::anyhow!("{refused}"),
+    }
 }
 
 pub async fn status(data_dir: &Path, node: Option<SocketAddr>, json: bool) -> Result<()> {
-    let s: ClusterStatus = match call(data_dir, node, NodeRpc::Status).await? {
-        NodeReply::Status(s) => s,
-        other => bail!("unexpected answer: {other:?}"),
-    };
+    let s = fetch_status(data_dir, node).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -103,14 +135,11 @@ pub async fn status(data_dir: &Path, node: Option<SocketAddr>, json: bool) -> Re
 
 /// Removes `id` from the cluster (its voter seat first, then its record).
 pub async fn remove(data_dir: &Path, node: Option<SocketAddr>, id: u64) -> Result<()> {
-    match call(data_dir, node, NodeRpc::Remove(id)).await? {
-        NodeReply::Done => {
-            println!("node {id} removed");
-            Ok(())
-        }
-        NodeReply::Failed(e) => bail!("removing node {id} failed: {e}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    admin(data_dir, node, AdminRpc::Remove(id))
+        .await
+        .with_context(|| format!("removing node {id} failed"))?;
+    println!("node {id} removed");
+    Ok(())
 }
 
 /// This data directory's node leaves the cluster.
@@ -128,23 +157,27 @@ pub async fn drain(data_dir: &Path, node: Option<SocketAddr>, replica: u64) -> R
         replica: sluice_actors::slice::ReplicaId(replica),
         health: sluice_raft::ReplicaHealth::Draining,
     };
-    match call(data_dir, node, NodeRpc::Write(cmd)).await? {
-        NodeReply::Done => {
-            println!("replica {replica} is draining");
-            Ok(())
-        }
-        NodeReply::Failed(e) => bail!("replica {replica} cannot be drained: {e}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    write(data_dir, node, cmd)
+        .await
+        .with_context(|| format!("replica {replica} cannot be drained"))?;
+    println!("replica {replica} is draining");
+    Ok(())
 }
 
 /// Chaos hook: the node drops all cluster traffic to and from `nodes` (empty: heals).
 pub async fn isolate(data_dir: &Path, node: Option<SocketAddr>, nodes: Vec<u64>) -> Result<()> {
-    match call(data_dir, node, NodeRpc::Isolate(nodes.clone())).await? {
-        NodeReply::Done => {
-            println!("isolated from {nodes:?}");
-            Ok(())
-        }
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    let addr = target(data_dir, node)?;
+    let client = client(data_dir).await?;
+    let rpc = NodeRpc::Drill(DrillRpc::Isolate(nodes.clone()));
+    let answer = match client
+        .call::<_, NodeReply>(addr, &rpc, super::call::ADMIN_TIMEOUT)
+        .await
+    {
+        Ok(NodeReply::Drill(answer)) => answer,
+        Ok(other) => Err(super::call::unexpected(&other)),
+        Err(e) => Err(e.into()),
+    };
+    answer.map_err(|e| explain(e, addr))?;
+    println!("isolated from {nodes:?}");
+    Ok(())
 }

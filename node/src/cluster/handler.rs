@@ -4,7 +4,10 @@
 
 use super::forward::LocalReplicas;
 use super::raft_net::QuicRaft;
-use super::rpc::{ClusterStatus, NodeReply, NodeRpc, NodeStatus, ReplicaStatus, SliceStatus};
+use super::rpc::{
+    AdminAnswer, AdminRpc, ClusterStatus, DrillRpc, LoadRpc, NodeReply, NodeRpc, NodeStatus,
+    Refusal, ReplicaStatus, RpcError, SliceStatus,
+};
 use super::{fleet_of, registry};
 use crate::front::AppState;
 use sluice_actors::assigner::{next_assignment, LoadReport, Schedule, ScheduleConfig};
@@ -22,6 +25,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Set to `1` in a node's environment to honour chaos drills' hooks.
+pub const DRILL_HOOKS_ENV: &str = "SLUICE_DRILL_HOOKS";
 
 /// Where the leader is, as this node sees it.
 pub enum Membership {
@@ -46,6 +52,8 @@ pub struct NodeHandler {
     seen: Mutex<std::collections::HashMap<u64, Instant>>,
     front: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
     started: Instant,
+    /// Whether chaos drills' hooks (cutting the node off) are honoured.
+    drill_hooks: bool,
 }
 
 impl NodeHandler {
@@ -71,6 +79,7 @@ impl NodeHandler {
             seen: Mutex::new(std::collections::HashMap::new()),
             front,
             started: Instant::now(),
+            drill_hooks: std::env::var_os(DRILL_HOOKS_ENV).is_some_and(|v| v == "1"),
         }
     }
 
@@ -122,7 +131,8 @@ impl NodeHandler {
             ControlCommand::AddNode(info)
         };
         if let ControlResponse::Rejected(r) = self.cp.write(cmd).await? {
-            return Err(ControlPlaneError::Indeterminate(r.to_string()));
+            // Definite: the state machine said no, nothing changed.
+            return Err(ControlPlaneError::Refused(r.to_string()));
         }
         self.place_voters(None).await
     }
@@ -346,28 +356,84 @@ impl NodeHandler {
         Ok(())
     }
 
-    /// Writes that must run on the leader, forwarded there once if this node is not it.
-    async fn on_leader(&self, rpc: NodeRpc, may_forward: bool) -> NodeReply {
+    /// Membership changes that must run on the leader, forwarded there once if this
+    /// node is not it.
+    async fn on_leader(&self, rpc: AdminRpc, may_forward: bool) -> Result<AdminAnswer, RpcError> {
         match self.leader_addr() {
-            Some(Membership::Me) => match match &rpc {
-                NodeRpc::Join(info) => self.admit(info.clone()).await,
-                NodeRpc::Remove(id) => self.remove(*id).await,
-                _ => Ok(()),
-            } {
-                Ok(()) => NodeReply::Done,
-                Err(e) => NodeReply::Failed(e.to_string()),
-            },
+            Some(Membership::Me) => {
+                match &rpc {
+                    AdminRpc::Join(info) => self.admit(info.clone()).await?,
+                    AdminRpc::Remove(id) => self.remove(*id).await?,
+                    _ => {}
+                }
+                Ok(AdminAnswer::Done)
+            }
             Some(Membership::At(addr)) if may_forward => {
-                match super::ask(&self.client, addr, NodeRpc::AtLeader(Box::new(rpc))).await {
-                    Ok(()) => NodeReply::Done,
-                    Err(e) => NodeReply::Failed(e),
+                super::call::admin(&self.client, addr, AdminRpc::AtLeader(Box::new(rpc))).await
+            }
+            Some(Membership::At(addr)) => Err(RpcError::Refused(Refusal::NotLeader(addr))),
+            None => Err(RpcError::Refused(Refusal::NoLeader)),
+        }
+    }
+
+    /// Membership and operators' requests.
+    async fn admin(&self, peer: u64, rpc: AdminRpc) -> Result<AdminAnswer, RpcError> {
+        match rpc {
+            AdminRpc::Join(info) if info.id != peer => Err(RpcError::Refused(Refusal::Invalid(
+                format!("node {peer} cannot join as node {}", info.id),
+            ))),
+            rpc @ (AdminRpc::Join(_) | AdminRpc::Remove(_)) => self.on_leader(rpc, true).await,
+            // Forwarded by a node that believed this one leads: never forwarded again.
+            AdminRpc::AtLeader(rpc) => match *rpc {
+                AdminRpc::AtLeader(_) => Err(RpcError::Refused(Refusal::Invalid(
+                    "nested forwarding".into(),
+                ))),
+                rpc => self.on_leader(rpc, false).await,
+            },
+            AdminRpc::Status => Ok(AdminAnswer::Status(Box::new(self.status()))),
+            AdminRpc::Write(cmd) => match self.cp.write(cmd).await? {
+                ControlResponse::Rejected(r) => {
+                    Err(RpcError::Refused(Refusal::Rejected(r.to_string())))
+                }
+                _ => Ok(AdminAnswer::Done),
+            },
+        }
+    }
+
+    /// Load reports to the leader and gossip between routers.
+    fn load(&self, peer: u64, rpc: LoadRpc) {
+        match rpc {
+            LoadRpc::Report(report) => {
+                self.seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(peer, Instant::now());
+                if self.is_leader() {
+                    self.add_load(&report);
                 }
             }
-            Some(Membership::At(addr)) => {
-                NodeReply::Failed(format!("not the leader; the leader is at {addr}"))
+            LoadRpc::Gossip(g) => {
+                if let Some(front) = self.front() {
+                    front.peer_load(peer, g.loads);
+                    front.peer_demand(peer, g.demand);
+                    front.peer_implications(&g.implicated);
+                }
             }
-            _ => NodeReply::Failed("no leader".into()),
         }
+    }
+
+    /// Chaos drills' hooks, only on a node started for drills.
+    fn drill(&self, rpc: DrillRpc) -> Result<(), RpcError> {
+        if !self.drill_hooks {
+            return Err(RpcError::Refused(Refusal::DrillHooksOff));
+        }
+        match rpc {
+            DrillRpc::Isolate(nodes) => {
+                tracing::warn!(?nodes, "partition: cutting this node off from nodes");
+                self.partition.set(nodes);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -382,44 +448,12 @@ impl sluice_transport::Handler for NodeHandler {
         }
         let answer = match request {
             NodeRpc::Raft(rpc) => NodeReply::Raft(self.cp.handle_rpc(rpc).await),
-            NodeRpc::Join(info) if info.id != peer => {
-                NodeReply::Failed(format!("node {peer} cannot join as node {}", info.id))
+            NodeRpc::Admin(rpc) => NodeReply::Admin(self.admin(peer, rpc).await),
+            NodeRpc::Load(rpc) => {
+                self.load(peer, rpc);
+                NodeReply::Load(Ok(()))
             }
-            rpc @ (NodeRpc::Join(_) | NodeRpc::Remove(_)) => self.on_leader(rpc, true).await,
-            // Forwarded by a node that believed this one leads: never forwarded again.
-            NodeRpc::AtLeader(rpc) => match *rpc {
-                NodeRpc::AtLeader(_) => NodeReply::Failed("nested forwarding".into()),
-                rpc => self.on_leader(rpc, false).await,
-            },
-            NodeRpc::Status => NodeReply::Status(self.status()),
-            NodeRpc::Write(cmd) => match self.cp.write(cmd).await {
-                Ok(ControlResponse::Rejected(r)) => NodeReply::Failed(r.to_string()),
-                Ok(_) => NodeReply::Done,
-                Err(e) => NodeReply::Failed(e.to_string()),
-            },
-            NodeRpc::Isolate(nodes) => {
-                tracing::warn!(?nodes, "partition: cutting this node off from nodes");
-                self.partition.set(nodes);
-                NodeReply::Done
-            }
-            NodeRpc::Load(report) => {
-                self.seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(peer, Instant::now());
-                if self.is_leader() {
-                    self.add_load(&report);
-                }
-                NodeReply::Done
-            }
-            NodeRpc::Gossip(g) => {
-                if let Some(front) = self.front() {
-                    front.peer_load(peer, g.loads);
-                    front.peer_demand(peer, g.demand);
-                    front.peer_implications(&g.implicated);
-                }
-                NodeReply::Done
-            }
+            NodeRpc::Drill(rpc) => NodeReply::Drill(self.drill(rpc)),
             NodeRpc::Forward(req) => {
                 self.local.serve(req, reply).await;
                 return;

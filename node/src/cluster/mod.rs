@@ -7,6 +7,7 @@
 //! durable log and snapshots).
 
 mod actors;
+pub mod call;
 pub mod cli;
 pub mod forward;
 mod handler;
@@ -21,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use forward::LocalReplicas;
 use handler::{Membership, NodeHandler};
 use raft_net::QuicRaft;
-use rpc::{NodeReply, NodeRpc};
+use rpc::{AdminRpc, Refusal, RpcError};
 use sluice_actors::assigner::{initial_assignment, ReplicaInfo as AssignerReplica};
 use sluice_actors::slice::ReplicaId;
 use sluice_raft::{
@@ -29,8 +30,7 @@ use sluice_raft::{
     ReplicaHealth, ReplicaInfo, RoleHint,
 };
 use sluice_transport::{
-    join_cluster, CaCert, Client, Endpoint, JoinOptions, JoinRefusal, JoinToken, NodeIdentity,
-    TransportConfig, TransportError,
+    join_cluster, CaCert, Client, Endpoint, JoinOptions, JoinToken, NodeIdentity, TransportConfig,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -194,7 +194,7 @@ fn tls_dir(data: &Path) -> PathBuf {
 }
 
 /// This node's identity: from the data directory, or by joining with the token.
-async fn identity(args: &ClusterArgs) -> Result<(NodeIdentity, CaCert)> {
+async fn identity(args: &ClusterArgs, listen: SocketAddr) -> Result<(NodeIdentity, CaCert)> {
     let tls = tls_dir(&args.data_dir);
     if tls.join("node.pem").exists() {
         let ca = CaCert::load(&tls).context("cannot read the cluster CA certificate")?;
@@ -214,31 +214,18 @@ async fn identity(args: &ClusterArgs) -> Result<(NodeIdentity, CaCert)> {
     // The authority cannot decide while leadership moves (its write of a node id comes
     // back "leader changed"): that passes, so ask again for a while. A burnt id is
     // harmless.
-    let until = tokio::time::Instant::now() + JOIN_RETRY_FOR;
-    let joined = loop {
-        let attempt = join_cluster(
-            peer,
-            &token,
-            JoinOptions {
-                requested_node_id: None,
-                rack: Some(args.rack.clone()),
-                addresses: vec![args.listen],
-            },
-            &TransportConfig::default(),
-        )
-        .await;
-        match attempt {
-            Err(TransportError::JoinRefused(JoinRefusal::Unavailable(why)))
-                if tokio::time::Instant::now() < until =>
-            {
-                tracing::warn!(%peer, %why, "join not decided now; asking again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            other => {
-                break other.with_context(|| format!("cannot join the cluster through {peer}"))?
-            }
-        }
-    };
+    let transport = TransportConfig::default();
+    let joined = call::retry("join", JOIN_BACKOFF, || {
+        let options = JoinOptions {
+            requested_node_id: None,
+            rack: Some(args.rack.clone()),
+            addresses: vec![listen],
+        };
+        let (token, transport) = (&token, &transport);
+        async move { join_cluster(peer, token, options, transport).await }
+    })
+    .await
+    .with_context(|| format!("cannot join the cluster through {peer}"))?;
     std::fs::create_dir_all(&tls).with_context(|| format!("cannot create {}", tls.display()))?;
     joined.save(&tls).context("cannot save the node identity")?;
     tracing::info!(node = joined.identity.node_id(), %peer, "joined the cluster");
@@ -255,7 +242,10 @@ pub async fn start(
     local_urls: &[String],
     state_slot: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
 ) -> Result<ClusterNode> {
-    let (identity, ca) = identity(args).await?;
+    let bound = quic
+        .local_addr()
+        .context("cannot read the cluster socket's address")?;
+    let (identity, ca) = identity(args, bound).await?;
     let id = identity.node_id();
     let endpoint = Endpoint::on_socket(quic, &identity, &ca, TransportConfig::default())
         .context("cannot serve cluster traffic")?;
@@ -368,43 +358,28 @@ async fn become_member(
     handler: &Arc<NodeHandler>,
     me: NodeInfo,
     peer: Option<SocketAddr>,
-) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+) -> Result<(), RpcError> {
     loop {
-        let state = cp.state().borrow().clone();
-        let metrics = cp.metrics();
-        let recorded = state.node(id) == Some(&me);
-        if recorded && metrics.members.contains_key(&id) {
+        let member = call::retry("membership", MEMBERSHIP_BACKOFF, || async {
+            let recorded = cp.state().borrow().node(id) == Some(&me);
+            if recorded && cp.metrics().members.contains_key(&id) {
+                return Ok::<_, RpcError>(true);
+            }
+            let leader = match handler.leader_addr() {
+                Some(Membership::Me) => {
+                    handler.admit(me.clone()).await?;
+                    return Ok(false);
+                }
+                Some(Membership::At(addr)) => addr,
+                None => peer.ok_or(RpcError::Refused(Refusal::NoLeader))?,
+            };
+            call::admin(client, leader, AdminRpc::Join(me.clone())).await?;
+            Ok(false)
+        })
+        .await?;
+        if member {
             return Ok(());
         }
-        let result = match handler.leader_addr() {
-            Some(Membership::Me) => handler.admit(me.clone()).await.map_err(|e| e.to_string()),
-            Some(Membership::At(addr)) => ask(client, addr, NodeRpc::Join(me.clone())).await,
-            None => match peer {
-                Some(addr) => ask(client, addr, NodeRpc::Join(me.clone())).await,
-                None => Err("no leader yet".to_owned()),
-            },
-        };
-        match result {
-            Ok(()) => continue,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::info!(error = %e, "waiting to become a member");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            Err(e) => bail!("could not become a cluster member: {e}"),
-        }
-    }
-}
-
-pub(super) async fn ask(client: &Client, addr: SocketAddr, rpc: NodeRpc) -> Result<(), String> {
-    match client
-        .call::<_, NodeReply>(addr, &rpc, Duration::from_secs(20))
-        .await
-    {
-        Ok(NodeReply::Done) => Ok(()),
-        Ok(NodeReply::Failed(e)) => Err(e),
-        Ok(other) => Err(format!("unexpected answer {other:?}")),
-        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -450,8 +425,19 @@ async fn register_replicas(
     Ok(())
 }
 
-/// How long a joining node keeps asking while the cluster cannot decide.
-const JOIN_RETRY_FOR: Duration = Duration::from_secs(30);
+/// How a joining node keeps asking while the cluster cannot decide.
+const JOIN_BACKOFF: call::Backoff = call::Backoff {
+    first: Duration::from_millis(500),
+    max: Duration::from_secs(2),
+    give_up_after: Duration::from_secs(30),
+};
+
+/// How a node keeps asking to be made a member while leadership settles.
+const MEMBERSHIP_BACKOFF: call::Backoff = call::Backoff {
+    first: Duration::from_millis(300),
+    max: Duration::from_secs(2),
+    give_up_after: Duration::from_secs(30),
+};
 
 /// How long a router keeps telling the others of an implication: many gossip rounds,
 /// so one lost message does not matter.

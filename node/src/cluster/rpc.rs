@@ -5,31 +5,138 @@ use serde::{Deserialize, Serialize};
 use sluice_actors::assigner::LoadReport;
 use sluice_actors::slice::ReplicaId;
 use sluice_raft::{NodeInfo, RaftRpc};
+use std::net::SocketAddr;
 
-/// A request from one node to another.
+/// A request from one node to another, by service. Raft stays the first variant: its
+/// encoding is what the cluster benchmark's stand-in node speaks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum NodeRpc {
+    /// Raft's own messages, answered [`NodeReply::Raft`].
     Raft(RaftRpc),
+    /// Membership and operators' requests, answered [`NodeReply::Admin`].
+    Admin(AdminRpc),
+    /// Load sharing between routers and reports to the leader, answered
+    /// [`NodeReply::Load`].
+    Load(LoadRpc),
+    /// An OpenAI request for a replica of the receiving node; answered with a stream of
+    /// [`ForwardFrame`]s.
+    Forward(ForwardRequest),
+    /// Chaos drills' hooks, answered [`NodeReply::Drill`]; refused by a node not
+    /// started for drills.
+    Drill(DrillRpc),
+}
+
+/// Membership and administration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminRpc {
     /// A node that joined asks to become a member (learner, then voter as the voter
     /// policy allows) and to be recorded in the control state.
     Join(NodeInfo),
     /// Removes a node from the voters and the control state.
     Remove(u64),
     Status,
-    /// A router's measured load since its last report, for the leader's assigner.
-    Load(LoadReport),
-    /// An OpenAI request for a replica of the receiving node; answered with a stream of
-    /// [`ForwardFrame`]s.
-    Forward(ForwardRequest),
-    /// The sender's router's in-flight load per replica and what its tenants asked.
-    Gossip(Gossip),
     /// An operator's write to the control state (e.g. a tenant reservation); followers
     /// forward it to the leader.
     Write(sluice_raft::ControlCommand),
-    /// Chaos hook: drop all cluster traffic to and from these nodes (empty: heal).
-    Isolate(Vec<u64>),
     /// A `Join` or `Remove` passed on by a node that believed the receiver leads.
-    AtLeader(Box<NodeRpc>),
+    AtLeader(Box<AdminRpc>),
+}
+
+/// What routers tell each other and the leader about load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LoadRpc {
+    /// A router's measured load since its last report, for the leader's assigner; it
+    /// also tells the leader the node is live.
+    Report(LoadReport),
+    /// The sender's router's in-flight load per replica and what its tenants asked.
+    Gossip(Gossip),
+}
+
+/// Hooks only chaos drills use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DrillRpc {
+    /// Drop all cluster traffic to and from these nodes (empty: heal).
+    Isolate(Vec<u64>),
+}
+
+/// What an admin request did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminAnswer {
+    Done,
+    Status(Box<ClusterStatus>),
+}
+
+/// Why a request between nodes did not succeed, kept apart by what the caller may
+/// conclude: a refusal did nothing (safe to retry or to report as not done), an unknown
+/// outcome may have taken effect (check before repeating what is not idempotent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum RpcError {
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("no leader")]
+    NoLeader,
+    #[error("not the leader; the leader is at {0}")]
+    NotLeader(SocketAddr),
+    /// The node could not be reached: nothing was sent.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The control state refused the command (e.g. an unknown tenant).
+    #[error("{0}")]
+    Rejected(String),
+    /// The request makes no sense from this sender (e.g. joining as another node).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("this node was not started with drill hooks (SLUICE_DRILL_HOOKS=1)")]
+    DrillHooksOff,
+}
+
+impl RpcError {
+    /// Worth asking again shortly: leadership moves, nodes come back, and a lost
+    /// answer's request is asked again only where repeating it is harmless.
+    pub fn transient(&self) -> bool {
+        matches!(
+            self,
+            RpcError::Unknown(_)
+                | RpcError::Refused(
+                    Refusal::NoLeader | Refusal::NotLeader(_) | Refusal::Unreachable(_)
+                )
+        )
+    }
+}
+
+impl From<sluice_raft::ControlPlaneError> for RpcError {
+    fn from(e: sluice_raft::ControlPlaneError) -> Self {
+        use sluice_raft::ControlPlaneError as E;
+        match e {
+            E::NoLeader { .. } => RpcError::Refused(Refusal::NoLeader),
+            E::Refused(why) => RpcError::Refused(Refusal::Rejected(why)),
+            E::Fatal(why) => RpcError::Refused(Refusal::Unreachable(why)),
+            other => RpcError::Unknown(other.to_string()),
+        }
+    }
+}
+
+impl From<sluice_transport::TransportError> for RpcError {
+    fn from(e: sluice_transport::TransportError) -> Self {
+        use sluice_transport::TransportError as T;
+        match e {
+            // Nothing reached the peer.
+            T::Connect { .. }
+            | T::Handshake { .. }
+            | T::Refused(_)
+            | T::EndpointClosed
+            | T::NoPeerCertificate
+            | T::WrongPeer { .. } => RpcError::Refused(Refusal::Unreachable(e.to_string())),
+            // Sent, and then the answer was lost.
+            other => RpcError::Unknown(other.to_string()),
+        }
+    }
 }
 
 /// What a router tells the others several times a second.
@@ -44,13 +151,13 @@ pub struct Gossip {
     pub implicated: Vec<sluice_actors::router::Implication>,
 }
 
-/// The answer to anything but `Forward`.
+/// The answer to anything but `Forward`, by service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum NodeReply {
     Raft(sluice_raft::RaftRpcReply),
-    Done,
-    Status(ClusterStatus),
-    Failed(String),
+    Admin(Result<AdminAnswer, RpcError>),
+    Load(Result<(), RpcError>),
+    Drill(Result<(), RpcError>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -237,6 +237,15 @@ async fn the_leaders_actors_follow_leadership_across_a_leader_loss() {
     })
     .await;
     let leader_id = assigners(&nodes.iter().collect::<Vec<_>>()).await[0];
+    // A node not started for drills refuses their hooks, with the reason.
+    let (_, quic) = nodes[1].node.cluster().unwrap();
+    let refused = crate::cluster::cli::isolate(dirs[1].path(), Some(quic), vec![leader_id])
+        .await
+        .expect_err("drill hooks are off");
+    assert!(
+        format!("{refused:#}").contains("drill hooks"),
+        "{refused:#}"
+    );
     for r in &nodes {
         let addr = r.node.http_addr();
         eventually("every node serves", || async { chat(addr).await == 200 }).await;

@@ -3,20 +3,11 @@
 //! `sluice cluster status` does, and a refusal is a non-zero exit with its reason.
 
 use super::keys;
-use crate::cluster::cli::call;
-use crate::cluster::rpc::{NodeReply, NodeRpc};
+use crate::cluster::cli::{fetch_status, write};
 use anyhow::{bail, Result};
 use sluice_raft::ControlCommand;
 use std::net::SocketAddr;
 use std::path::Path;
-
-async fn write(data_dir: &Path, node: Option<SocketAddr>, cmd: ControlCommand) -> Result<()> {
-    match call(data_dir, node, NodeRpc::Write(cmd)).await? {
-        NodeReply::Done => Ok(()),
-        NodeReply::Failed(e) => bail!("{e}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
-}
 
 /// Creates `name` and prints its API key (the only time it is shown).
 pub async fn create(data_dir: &Path, node: Option<SocketAddr>, name: &str) -> Result<()> {
@@ -98,10 +89,7 @@ pub async fn remove(data_dir: &Path, node: Option<SocketAddr>, name: &str) -> Re
 }
 
 pub async fn list(data_dir: &Path, node: Option<SocketAddr>, json: bool) -> Result<()> {
-    let s = match call(data_dir, node, NodeRpc::Status).await? {
-        NodeReply::Status(s) => s,
-        other => bail!("unexpected answer: {other:?}"),
-    };
+    let s = fetch_status(data_dir, node).await?;
     let rows: Vec<serde_json::Value> = s
         .tenants
         .iter()
