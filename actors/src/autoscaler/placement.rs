@@ -8,7 +8,8 @@
 //!   its engine and prefix cache are already there.
 //! - **Cheapest first down.** A start still in progress is cancelled before a serving
 //!   replica is drained; then the fullest rack gives one up, so scaling in keeps the
-//!   spread scaling out made.
+//!   spread scaling out made; among equals, the one with the fewest requests in flight,
+//!   since a draining replica holds its GPU until its last request is done.
 //! - **GPUs.** Every replica a host holds (starting, serving, unhealthy or draining)
 //!   occupies one of its GPUs until it is stopped; a host that is not live gets nothing.
 
@@ -47,6 +48,9 @@ pub struct Placed {
     pub id: ReplicaId,
     pub host: u64,
     pub state: SlotState,
+    /// Requests in flight on it, as far as the caller knows (0 when it does not): only
+    /// breaks ties between drain candidates.
+    pub in_flight: u64,
 }
 
 /// What to change so that `desired` replicas are starting or serving.
@@ -138,6 +142,7 @@ pub fn place(desired: usize, hosts: &[Host], replicas: &[Placed]) -> Placement {
                         r.state == SlotState::Starting,
                         active_in[rack(r.host)],
                         active_on.get(&r.host).copied().unwrap_or(0),
+                        std::cmp::Reverse(r.in_flight),
                         r.id,
                     )
                 })
@@ -217,6 +222,16 @@ mod tests {
             .collect()
     }
 
+    /// Replica `i` of `host`, as a node would number it.
+    fn slot(host: u64, i: u64, state: SlotState) -> Placed {
+        Placed {
+            id: ReplicaId((host << 20) | i),
+            host,
+            state,
+            in_flight: 0,
+        }
+    }
+
     /// Applies a plan the way the fleet would once every start is ready and every
     /// drain has finished.
     fn settle(replicas: &mut Vec<Placed>, plan: &Placement) {
@@ -232,6 +247,7 @@ mod tests {
                 id: ReplicaId((h << 20) | index as u64),
                 host: h,
                 state: SlotState::Serving,
+                in_flight: 0,
             });
         }
     }
@@ -265,11 +281,7 @@ mod tests {
     #[test]
     fn warm_replicas_come_back_before_cold_starts_and_starts_are_cancelled_first() {
         let hs = hosts(2, 1, 4);
-        let r = |id: u64, host: u64, state| Placed {
-            id: ReplicaId((host << 20) | id),
-            host,
-            state,
-        };
+        let r = |id: u64, host: u64, state| slot(host, id, state);
         let fleet = vec![
             r(0, 1, SlotState::Serving),
             r(1, 1, SlotState::Draining),
@@ -288,6 +300,18 @@ mod tests {
     }
 
     #[test]
+    fn among_equals_the_replica_with_the_least_work_drains() {
+        let hs = hosts(2, 1, 2);
+        let r = |host: u64, i: u64, in_flight| Placed {
+            in_flight,
+            ..slot(host, i, SlotState::Serving)
+        };
+        let fleet = vec![r(1, 0, 3), r(1, 1, 9), r(2, 0, 0)];
+        // Host 1 is the fullest; of its two, the one with 3 requests left goes.
+        assert_eq!(place(2, &hs, &fleet).drain, vec![ReplicaId(1 << 20)]);
+    }
+
+    #[test]
     fn dead_hosts_and_full_hosts_get_nothing() {
         let mut hs = hosts(2, 1, 1);
         hs[0].live = false;
@@ -297,6 +321,7 @@ mod tests {
             id: ReplicaId(2 << 20),
             host: 2,
             state: SlotState::Unhealthy,
+            in_flight: 0,
         };
         assert!(
             place(3, &hs, &[unhealthy]).start.is_empty(),
@@ -307,11 +332,7 @@ mod tests {
     #[test]
     fn starts_on_dead_hosts_or_past_the_timeout_are_withdrawn() {
         let mut hs = hosts(2, 1, 2);
-        let start = |host: u64, i: u64| Placed {
-            id: ReplicaId((host << 20) | i),
-            host,
-            state: SlotState::Starting,
-        };
+        let start = |host: u64, i: u64| slot(host, i, SlotState::Starting);
         let fleet = vec![start(1, 0), start(2, 0)];
         let mut w = StartWatch::default();
         assert!(w.stalled(&fleet, &hs, 0, 10).is_empty());
@@ -342,12 +363,13 @@ mod tests {
             .prop_flat_map(|(racks, per, gpus)| {
                 let hs = hosts(racks, per, gpus);
                 let n = hs.len();
-                let slots = proptest::collection::vec((0..n, 0u8..4, any::<bool>()), 0..n * gpus);
+                let slots =
+                    proptest::collection::vec((0..n, 0u8..4, any::<bool>(), 0u64..4), 0..n * gpus);
                 (Just(hs), slots, 0usize..20)
             })
             .prop_map(|(mut hs, slots, desired)| {
                 let mut placed: Vec<Placed> = Vec::new();
-                for (h, state, dead) in slots {
+                for (h, state, dead, in_flight) in slots {
                     let host = hs[h].id;
                     if placed.iter().filter(|p| p.host == host).count() >= hs[h].gpus {
                         continue;
@@ -365,6 +387,7 @@ mod tests {
                             SlotState::Unhealthy,
                             SlotState::Draining,
                         ][state as usize],
+                        in_flight,
                     });
                 }
                 (hs, placed, desired)

@@ -210,17 +210,8 @@ pub fn simulate_scaled(
                 };
                 let desired = sc.autoscaler.decide(&inputs, &sc.bounds);
                 let work: Vec<u32> = obs.iter().map(|o| o.active_requests).collect();
-                let racks = fleet.racks;
                 let rack_of = |i: usize| fleet.rack_of(i);
-                for i in reconcile(
-                    &mut power,
-                    desired,
-                    &rack_of,
-                    racks,
-                    &work,
-                    t,
-                    sc.cold_start_us,
-                ) {
+                for i in reconcile(&mut power, desired, &rack_of, &work, t, sc.cold_start_us) {
                     // A new engine: its prefix cache starts empty.
                     replicas[i].core = EngineCore::new(fleet.params.clone());
                 }

@@ -3,13 +3,13 @@
 //! take traffic (a GPU is paid for from the moment it is requested), removed replicas
 //! first stop taking new requests and are released only when their last request is done.
 //!
-//! Which replica to start or stop is decided here, in pure functions: start where the
-//! racks are thinnest (a draining replica first, since it is warm and needs no cold
-//! start), cancel the latest pending start before draining anything, and drain the
-//! replica with the least work.
+//! Which replica to start or stop is not decided here: the live leader's placement core
+//! (`sluice_actors::autoscaler::placement`) decides it, over the simulated fleet.
 
+use sluice_actors::autoscaler::placement::{place, Host, Placed, SlotState};
 use sluice_actors::autoscaler::{Autoscaler, ScaleBounds};
 use sluice_actors::mu::MuCoefficients;
+use sluice_actors::slice::ReplicaId;
 
 /// A replica's power state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,84 +63,77 @@ pub fn counts(power: &[Power]) -> (usize, usize) {
     })
 }
 
-/// Moves `power` toward `desired` ready-or-starting replicas. `rack_of` gives each
-/// replica's rack and `work` its outstanding requests. Returns the replicas that were
+/// Moves `power` toward `desired` ready-or-starting replicas, with the placement core
+/// the live leader runs, so the choices measured here are the ones that ship. The
+/// simulated fleet has no hosts, so each replica slot is a one-GPU host in its rack;
+/// `work` is each replica's outstanding requests. Returns the replicas that were
 /// switched on from `Off` (their engines start cold).
 pub fn reconcile(
     power: &mut [Power],
     desired: usize,
     rack_of: &dyn Fn(usize) -> usize,
-    racks: usize,
     work: &[u32],
     now_us: u64,
     cold_start_us: u64,
 ) -> Vec<usize> {
+    let (hosts, placed) = as_placement(power, rack_of, work);
+    let plan = place(desired, &hosts, &placed);
+    let n = power.len();
+    let slot = |id: ReplicaId| usize::try_from(id.0).ok().filter(|&i| i < n);
+    for i in plan.undrain.into_iter().filter_map(slot) {
+        power[i] = Power::Ready;
+    }
+    for i in plan.drain.into_iter().filter_map(slot) {
+        // A start not yet ready is cancelled outright; a serving replica drains.
+        power[i] = match power[i] {
+            Power::Starting { .. } => Power::Off,
+            _ => Power::Draining,
+        };
+    }
     let mut started = Vec::new();
-    let (ready, starting) = counts(power);
-    let mut current = ready + starting;
-    let nracks = racks.max(1);
-    let mut per_rack = vec![0usize; nracks];
-    for (i, p) in power.iter().enumerate() {
-        if matches!(p, Power::Ready | Power::Starting { .. }) {
-            per_rack[rack_of(i) % nracks] += 1;
-        }
-    }
-    while current < desired {
-        // Thinnest rack first; within it a draining replica (warm, instant), then the
-        // lowest index.
-        let pick = power
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| matches!(p, Power::Off | Power::Draining))
-            .min_by_key(|&(i, p)| (per_rack[rack_of(i) % nracks], *p != Power::Draining, i))
-            .map(|(i, _)| i);
-        let Some(i) = pick else { break };
-        if power[i] == Power::Draining {
-            power[i] = Power::Ready;
-        } else {
-            power[i] = Power::Starting {
-                ready_at_us: now_us.saturating_add(cold_start_us),
-            };
-            started.push(i);
-        }
-        per_rack[rack_of(i) % nracks] += 1;
-        current += 1;
-    }
-    while current > desired {
-        // Cancel the pending start that would be ready last, before draining anything.
-        let pending = power
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| match p {
-                Power::Starting { ready_at_us } => Some((*ready_at_us, i)),
-                _ => None,
-            })
-            .max();
-        if let Some((_, i)) = pending {
-            power[i] = Power::Off;
-            per_rack[rack_of(i) % nracks] -= 1;
-            current -= 1;
-            continue;
-        }
-        // Drain from the fullest rack the replica with the least outstanding work.
-        let victim = power
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| **p == Power::Ready)
-            .min_by_key(|&(i, _)| {
-                (
-                    std::cmp::Reverse(per_rack[rack_of(i) % nracks]),
-                    work.get(i).copied().unwrap_or(0),
-                    std::cmp::Reverse(i),
-                )
-            })
-            .map(|(i, _)| i);
-        let Some(i) = victim else { break };
-        power[i] = Power::Draining;
-        per_rack[rack_of(i) % nracks] -= 1;
-        current -= 1;
+    for i in plan.start.into_iter().filter_map(|h| slot(ReplicaId(h))) {
+        power[i] = Power::Starting {
+            ready_at_us: now_us.saturating_add(cold_start_us),
+        };
+        started.push(i);
     }
     started
+}
+
+/// The fleet as the placement core sees it: slot `i` is host `i` (one GPU, in rack
+/// `rack_of(i)`) and, unless it is off, replica `i` on it.
+fn as_placement(
+    power: &[Power],
+    rack_of: &dyn Fn(usize) -> usize,
+    work: &[u32],
+) -> (Vec<Host>, Vec<Placed>) {
+    let hosts = (0..power.len())
+        .map(|i| Host {
+            id: i as u64,
+            rack: rack_of(i).to_string(),
+            gpus: 1,
+            live: true,
+        })
+        .collect();
+    let placed = power
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let state = match p {
+                Power::Off => return None,
+                Power::Starting { .. } => SlotState::Starting,
+                Power::Ready => SlotState::Serving,
+                Power::Draining => SlotState::Draining,
+            };
+            Some(Placed {
+                id: ReplicaId(i as u64),
+                host: i as u64,
+                state,
+                in_flight: work.get(i).copied().map_or(0, u64::from),
+            })
+        })
+        .collect();
+    (hosts, placed)
 }
 
 /// Promotes replicas whose cold start is over.
@@ -164,18 +157,17 @@ mod tests {
     }
 
     #[test]
-    fn starts_spread_over_racks_and_reuses_draining_replicas_first() {
+    fn draining_replicas_come_back_warm_before_cold_starts_spread_over_racks() {
         let mut p = vec![Power::Off; 9];
         p[0] = Power::Ready;
         p[3] = Power::Draining; // rack 0
-        let started = reconcile(&mut p, 3, &rack, 3, &[0; 9], 100, 60);
-        // Racks 1 and 2 are empty: one replica each, cold.
-        assert_eq!(started, vec![1, 2]);
+        let started = reconcile(&mut p, 3, &rack, &[0; 9], 100, 60);
+        assert_eq!(p[3], Power::Ready, "warm first");
+        // Rack 0 now has two: the cold start goes to the thinnest rack, 1.
+        assert_eq!(started, vec![1]);
         assert_eq!(p[1], Power::Starting { ready_at_us: 160 });
-        assert_eq!(p[3], Power::Draining);
-        let started = reconcile(&mut p, 4, &rack, 3, &[0; 9], 100, 60);
-        assert!(started.is_empty(), "the draining replica comes back warm");
-        assert_eq!(p[3], Power::Ready);
+        let started = reconcile(&mut p, 4, &rack, &[0; 9], 100, 60);
+        assert_eq!(started, vec![2]);
         promote(&mut p, 160);
         assert_eq!(counts(&p), (4, 0));
     }
@@ -189,11 +181,60 @@ mod tests {
             Power::Starting { ready_at_us: 50 },
         ];
         let work = [5, 1, 7, 0];
-        reconcile(&mut p, 2, &|i| i % 2, 2, &work, 0, 60);
+        reconcile(&mut p, 2, &|i| i % 2, &work, 0, 60);
         assert_eq!(p[3], Power::Off);
         // Rack 0 has two ready replicas (0 and 2): drain its idler one.
         assert_eq!(p[0], Power::Draining);
         assert_eq!(counts(&p), (2, 0));
+    }
+
+    /// The same fleet named as the live leader names it: node ids for hosts, racks as
+    /// in a config file, replica ids as a node mints them (`host << 20 | index`). The
+    /// core must choose the same slots whatever the names.
+    fn live_view(power: &[Power], work: &[u32]) -> (Vec<Host>, Vec<Placed>) {
+        let (mut hosts, mut placed) = as_placement(power, &rack, work);
+        for h in &mut hosts {
+            h.rack = format!("rack-{}", ["a", "b", "c"][rack(h.id as usize)]);
+            h.id += 100;
+        }
+        for p in &mut placed {
+            p.host += 100;
+            p.id = ReplicaId(p.host << 20);
+        }
+        (hosts, placed)
+    }
+
+    #[test]
+    fn the_simulator_and_the_live_core_choose_the_same_replicas() {
+        let mut p = vec![Power::Off; 9];
+        for i in [0, 1, 2, 3, 4, 6] {
+            p[i] = Power::Ready;
+        }
+        let work = [4, 0, 2, 1, 3, 0, 9, 0, 0];
+        let slot_of_host = |h: u64| (h - 100) as usize;
+        let slot_of_replica = |id: &ReplicaId| slot_of_host(id.0 >> 20);
+
+        // Scale out by two: the live core starts on these hosts...
+        let (hosts, placed) = live_view(&p, &work);
+        let out = place(8, &hosts, &placed);
+        let live: Vec<usize> = out.start.iter().map(|&h| slot_of_host(h)).collect();
+        // ...and the simulator starts the same slots.
+        let mut sim = p.clone();
+        assert_eq!(reconcile(&mut sim, 8, &rack, &work, 0, 60), live);
+        assert_eq!(live, vec![5, 7]);
+
+        // Scale in by two: rack 0 (slots 0, 3, 6) is the fullest; then all racks tie at
+        // two and the least busy of the ties goes.
+        let (hosts, placed) = live_view(&p, &work);
+        let in_ = place(4, &hosts, &placed);
+        let live: Vec<usize> = in_.drain.iter().map(slot_of_replica).collect();
+        let mut sim = p.clone();
+        reconcile(&mut sim, 4, &rack, &work, 0, 60);
+        let drained: Vec<usize> = (0..9).filter(|&i| sim[i] == Power::Draining).collect();
+        let mut sorted = live.clone();
+        sorted.sort_unstable();
+        assert_eq!(drained, sorted);
+        assert_eq!(live, vec![3, 1]);
     }
 
     proptest! {
@@ -213,7 +254,7 @@ mod tests {
                 .collect();
             let n = p.len();
             let before = p.clone();
-            reconcile(&mut p, desired, &rack, 3, &vec![0; n], 0, 60);
+            reconcile(&mut p, desired, &rack, &vec![0; n], 0, 60);
             let (r, s) = counts(&p);
             prop_assert_eq!(r + s, desired.min(n));
             // A serving replica is never switched off with work on it: it drains first.

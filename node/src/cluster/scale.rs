@@ -123,7 +123,11 @@ impl Duty for Autoscaler {
                 }
             },
         };
-        let placed = placed_replicas(&state, &model);
+        // Only this router's share of each replica's requests: enough to break ties.
+        let front = handler.front();
+        let placed = placed_replicas(&state, &model, |id| {
+            front.as_ref().map_or(0, |f| f.in_flight(id))
+        });
         let ready = placed
             .iter()
             .filter(|p| p.state == SlotState::Serving)
@@ -232,7 +236,11 @@ impl Duty for Autoscaler {
 }
 
 /// The model's replicas as placement sees them.
-fn placed_replicas(state: &ControlState, model: &str) -> Vec<Placed> {
+fn placed_replicas(
+    state: &ControlState,
+    model: &str,
+    in_flight: impl Fn(ReplicaId) -> u64,
+) -> Vec<Placed> {
     state
         .replicas_of_model(model)
         .map(|r| Placed {
@@ -244,6 +252,7 @@ fn placed_replicas(state: &ControlState, model: &str) -> Vec<Placed> {
                 ReplicaHealth::Draining => SlotState::Draining,
                 ReplicaHealth::Starting => SlotState::Starting,
             },
+            in_flight: in_flight(r.id),
         })
         .collect()
 }
