@@ -7,6 +7,7 @@
 //! a GPU host, the GPU), so every signal goes to the whole group, and a stop or kill
 //! waits until no process of the group is left.
 
+use crate::supervisor::listening;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -131,9 +132,31 @@ pub fn ignores_priority(template: &str) -> bool {
     vllm && !priority
 }
 
+/// How many ports a real engine is tried on when another process takes the one it was
+/// given before it binds it.
+const PORT_ATTEMPTS: usize = 3;
+
 /// A real engine: a free loopback port, the filled template, then `/health` polled
-/// until it answers 200 (model loading can take minutes) or the process exits.
+/// until it answers 200 (model loading can take minutes) or the process exits. The port
+/// was free a moment before the engine binds it: if another process took it meanwhile
+/// (the engine exits, or a stranger answers `/health`), a new port is tried.
 async fn launch_command(i: usize, template: &str, spec: &EngineSpec) -> Result<ChildReplica> {
+    for attempt in 1..=PORT_ATTEMPTS {
+        match try_port(i, template, spec).await? {
+            Some(replica) => return Ok(replica),
+            None => tracing::warn!(
+                replica = i,
+                attempt,
+                "another process took the engine's port before it did; trying another"
+            ),
+        }
+    }
+    bail!("replica {i}: another process took its port {PORT_ATTEMPTS} times in a row")
+}
+
+/// One start on a fresh port: the ready engine, or `None` when the port turned out to
+/// be someone else's.
+async fn try_port(i: usize, template: &str, spec: &EngineSpec) -> Result<Option<ChildReplica>> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .context("cannot find a free port for the engine")?
@@ -154,13 +177,26 @@ async fn launch_command(i: usize, template: &str, spec: &EngineSpec) -> Result<C
     let url = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + spec.start_timeout;
     let client = crate::front::http_client(Duration::from_secs(1));
+    // Whether the port is held by another process than the engine (`None`: the engine
+    // is gone) — when /proc cannot tell, the port is trusted.
+    let stranger = |pgid: Option<i32>| {
+        listening::anyone_listens_on(port) == Some(true)
+            && pgid.is_none_or(|g| listening::group_listens_on(g, port) == Some(false))
+    };
     loop {
         if let Some(status) = replica.child.try_wait()? {
             // What the engine started (an EngineCore, workers) goes with it.
             replica.kill().await;
+            if stranger(None) {
+                return Ok(None);
+            }
             bail!("replica {i} exited with {status} before it was ready");
         }
         if health_ok(&client, &url).await {
+            if stranger(replica.pgid) {
+                replica.kill().await;
+                return Ok(None);
+            }
             break;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -174,7 +210,7 @@ async fn launch_command(i: usize, template: &str, spec: &EngineSpec) -> Result<C
     }
     tracing::info!(replica = i, %url, pid = replica.child.id(), "replica started");
     replica.url = url;
-    Ok(replica)
+    Ok(Some(replica))
 }
 
 async fn health_ok(

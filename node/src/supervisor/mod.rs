@@ -3,5 +3,6 @@
 
 pub mod cpu_quota;
 pub mod lifecycle;
+pub mod listening;
 pub mod restart;
 pub mod run;
