@@ -13,6 +13,7 @@ mod mu_utilization;
 pub mod placement;
 mod request_rate;
 mod static_peak;
+mod step;
 mod window;
 
 #[cfg(test)]
@@ -24,6 +25,7 @@ pub use leader::LeaderScaler;
 pub use mu_utilization::MuUtilization;
 pub use request_rate::RequestRate;
 pub use static_peak::StaticPeak;
+pub use step::{local_index, replica_id, ScaleCommand, ScaleLeader, ScaleTick, ScaleView};
 pub use window::Window;
 
 /// One observation per tick (the caller ticks every few seconds; Knative's tick is 2 s).

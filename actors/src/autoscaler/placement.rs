@@ -201,7 +201,7 @@ pub fn free_index(host: u64, taken: impl IntoIterator<Item = ReplicaId>) -> usiz
     let used: std::collections::BTreeSet<usize> = taken
         .into_iter()
         .filter(|id| id.0 >> 20 == host)
-        .map(|id| (id.0 & ((1 << 20) - 1)) as usize)
+        .map(super::local_index)
         .collect();
     (0..).find(|i| !used.contains(i)).unwrap_or(0)
 }

@@ -9,7 +9,7 @@ use super::scaling::{ScalePoint, Scaling};
 use crate::trace::{self, Trace};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sluice_actors::autoscaler::{self, AutoscalerConfig, ScaleBounds};
+use sluice_actors::autoscaler::{self, AutoscalerConfig, LeaderScaler, ScaleBounds, ScaleLeader};
 use sluice_actors::router::RoutingPolicy;
 use sluice_actors::Profile;
 use std::path::PathBuf;
@@ -316,10 +316,13 @@ pub fn run(
             };
             let mut scaling = match scaler {
                 Some(sc) => Some(Scaling {
-                    autoscaler: {
+                    leader: {
                         let mut c = sc_config(args)?;
                         c.static_replicas = c.static_replicas.or(Some(peak));
-                        autoscaler::by_name(sc, &c, args.replicas)?
+                        let core = autoscaler::by_name(sc, &c, args.replicas)?;
+                        // As the live leader runs it: its first down window only scales out.
+                        let down_window_us = (c.down_window_s * 1e6) as u64;
+                        ScaleLeader::new(LeaderScaler::new(core, down_window_us))
                     },
                     bounds: ScaleBounds {
                         min: args.min_replicas.min(args.replicas),

@@ -3,9 +3,8 @@
 //! code the live node runs; only the clock is virtual.
 
 use super::outcome::{summarize, PolicyReport, RequestRecord, Slo};
-use super::scaling::{counts, promote, reconcile, Power, ScalePoint, Scaling};
+use super::scaling::{self, counts, promote, Power, ScalePoint, Scaling, TickLoad};
 use crate::trace::Trace;
-use sluice_actors::autoscaler::ScaleInputs;
 use sluice_actors::mu::RequestShape;
 use sluice_actors::router::{KvIndex, ReplicaObservation, RouteRequest, RoutingPolicy, Usage};
 use sluice_actors::slice::{ReplicaId, SliceKey};
@@ -197,21 +196,26 @@ pub fn simulate_scaled(
                         *p = Power::Off;
                     }
                 }
-                let (ready, starting) = counts(&power);
                 let tick_s = sc.tick_us.max(1) as f64 / 1e6;
-                let inputs = ScaleInputs {
-                    now_us: t,
-                    ready,
-                    starting,
+                let load = TickLoad {
                     mu_per_min: tick_mu * 60.0 / tick_s,
                     in_flight_requests: obs.iter().map(|o| f64::from(o.active_requests)).sum(),
                     requests_per_s: tick_arrivals as f64 / tick_s,
                     capacity_mu_per_min: fleet.capacity_mu_per_min,
                 };
-                let desired = sc.autoscaler.decide(&inputs, &sc.bounds);
                 let work: Vec<u32> = obs.iter().map(|o| o.active_requests).collect();
                 let rack_of = |i: usize| fleet.rack_of(i);
-                for i in reconcile(&mut power, desired, &rack_of, &work, t, sc.cold_start_us) {
+                let (desired, started) = scaling::tick(
+                    &mut sc.leader,
+                    &mut power,
+                    load,
+                    sc.bounds,
+                    &rack_of,
+                    &work,
+                    t,
+                    sc.cold_start_us,
+                );
+                for i in started {
                     // A new engine: its prefix cache starts empty.
                     replicas[i].core = EngineCore::new(fleet.params.clone());
                 }
@@ -224,7 +228,7 @@ pub fn simulate_scaled(
                     desired,
                     ready,
                     starting,
-                    mu_per_min: inputs.mu_per_min,
+                    mu_per_min: load.mu_per_min,
                 });
                 tick_mu = 0.0;
                 tick_arrivals = 0;
@@ -346,7 +350,7 @@ pub fn simulate_scaled(
     billed_us += on * last_us.saturating_sub(billed_since);
     let gpu_seconds = billed_us as f64 / 1e6;
     let name = match scaling.as_deref() {
-        Some(sc) => format!("{}+{}", policy.name(), sc.autoscaler.name()),
+        Some(sc) => format!("{}+{}", policy.name(), sc.leader.name()),
         None => policy.name().to_owned(),
     };
     let report = summarize(
@@ -477,8 +481,12 @@ mod tests {
             capacity_mu_per_min: profile.capacity_mu_per_min,
         };
         let mut scaling = Scaling {
-            autoscaler: sluice_actors::autoscaler::by_name("sluice", &Default::default(), 8)
-                .unwrap(),
+            leader: sluice_actors::autoscaler::ScaleLeader::new(
+                sluice_actors::autoscaler::LeaderScaler::new(
+                    sluice_actors::autoscaler::by_name("sluice", &Default::default(), 8).unwrap(),
+                    0,
+                ),
+            ),
             bounds: sluice_actors::autoscaler::ScaleBounds {
                 min: 1,
                 max: 8,

@@ -3,11 +3,12 @@
 //! take traffic (a GPU is paid for from the moment it is requested), removed replicas
 //! first stop taking new requests and are released only when their last request is done.
 //!
-//! Which replica to start or stop is not decided here: the live leader's placement core
-//! (`sluice_actors::autoscaler::placement`) decides it, over the simulated fleet.
+//! Neither the count nor which replica to start or stop is decided here: the live
+//! leader's scaling step (`sluice_actors::autoscaler::ScaleLeader`: the autoscaler core,
+//! then placement) decides both, over the simulated fleet.
 
-use sluice_actors::autoscaler::placement::{place, Host, Placed, SlotState};
-use sluice_actors::autoscaler::{Autoscaler, ScaleBounds};
+use sluice_actors::autoscaler::placement::{Host, Placed, SlotState};
+use sluice_actors::autoscaler::{ScaleBounds, ScaleCommand, ScaleLeader, ScaleView};
 use sluice_actors::mu::MuCoefficients;
 use sluice_actors::slice::ReplicaId;
 
@@ -33,7 +34,8 @@ impl Power {
 
 /// How a run is autoscaled.
 pub struct Scaling {
-    pub autoscaler: Box<dyn Autoscaler>,
+    /// The leader's scaling step, as the live leader runs it.
+    pub leader: ScaleLeader,
     pub bounds: ScaleBounds,
     /// Prices arrivals for the autoscaler's MU-rate input.
     pub coeffs: MuCoefficients,
@@ -63,41 +65,77 @@ pub fn counts(power: &[Power]) -> (usize, usize) {
     })
 }
 
-/// Moves `power` toward `desired` ready-or-starting replicas, with the placement core
-/// the live leader runs, so the choices measured here are the ones that ship. The
-/// simulated fleet has no hosts, so each replica slot is a one-GPU host in its rack;
-/// `work` is each replica's outstanding requests. Returns the replicas that were
-/// switched on from `Off` (their engines start cold).
-pub fn reconcile(
+/// What the fleet did over a tick, for the scaler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TickLoad {
+    pub mu_per_min: f64,
+    pub in_flight_requests: f64,
+    pub requests_per_s: f64,
+    pub capacity_mu_per_min: f64,
+}
+
+/// One tick of the live leader's scaling step over the simulated fleet, and the fleet's
+/// power following its commands. The simulated fleet has no hosts, so each replica slot
+/// is a one-GPU host in its rack; `work` is each replica's outstanding requests. Returns
+/// the desired count and the replicas switched on from `Off` (their engines start cold).
+#[allow(clippy::too_many_arguments)]
+pub fn tick(
+    leader: &mut ScaleLeader,
     power: &mut [Power],
-    desired: usize,
+    load: TickLoad,
+    bounds: ScaleBounds,
     rack_of: &dyn Fn(usize) -> usize,
     work: &[u32],
     now_us: u64,
     cold_start_us: u64,
-) -> Vec<usize> {
+) -> (usize, Vec<usize>) {
     let (hosts, placed) = as_placement(power, rack_of, work);
-    let plan = place(desired, &hosts, &placed);
+    let taken: Vec<ReplicaId> = placed.iter().map(|p| p.id).collect();
+    let t = leader.tick(&ScaleView {
+        now_us,
+        mu_per_min: load.mu_per_min,
+        in_flight_requests: load.in_flight_requests,
+        requests_per_s: load.requests_per_s,
+        capacity_mu_per_min: load.capacity_mu_per_min,
+        bounds,
+        placed: &placed,
+        hosts: &hosts,
+        taken: &taken,
+        recorded: None,
+        // A simulated start always completes after its cold start.
+        start_timeout_us: u64::MAX,
+    });
     let n = power.len();
     let slot = |id: ReplicaId| usize::try_from(id.0).ok().filter(|&i| i < n);
-    for i in plan.undrain.into_iter().filter_map(slot) {
-        power[i] = Power::Ready;
-    }
-    for i in plan.drain.into_iter().filter_map(slot) {
-        // A start not yet ready is cancelled outright; a serving replica drains.
-        power[i] = match power[i] {
-            Power::Starting { .. } => Power::Off,
-            _ => Power::Draining,
-        };
-    }
     let mut started = Vec::new();
-    for i in plan.start.into_iter().filter_map(|h| slot(ReplicaId(h))) {
-        power[i] = Power::Starting {
-            ready_at_us: now_us.saturating_add(cold_start_us),
-        };
-        started.push(i);
+    for command in t.commands {
+        match command {
+            ScaleCommand::Undrain(id) => {
+                if let Some(i) = slot(id) {
+                    power[i] = Power::Ready;
+                }
+            }
+            // A start not yet ready is cancelled outright; a serving replica drains.
+            ScaleCommand::Drain(id) => {
+                if let Some(i) = slot(id) {
+                    power[i] = match power[i] {
+                        Power::Starting { .. } => Power::Off,
+                        _ => Power::Draining,
+                    };
+                }
+            }
+            ScaleCommand::Start { host, .. } => {
+                if let Some(i) = usize::try_from(host).ok().filter(|&i| i < n) {
+                    power[i] = Power::Starting {
+                        ready_at_us: now_us.saturating_add(cold_start_us),
+                    };
+                    started.push(i);
+                }
+            }
+            ScaleCommand::SetDesired(_) | ScaleCommand::Withdraw(_) => {}
+        }
     }
-    started
+    (t.desired, started)
 }
 
 /// The fleet as the placement core sees it: slot `i` is host `i` (one GPU, in rack
@@ -151,6 +189,42 @@ pub fn promote(power: &mut [Power], now_us: u64) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use sluice_actors::autoscaler::placement::place;
+    use sluice_actors::autoscaler::{LeaderScaler, StaticPeak};
+
+    /// The leader's step with a scaler that wants `desired`.
+    fn reconcile(
+        power: &mut [Power],
+        desired: usize,
+        rack_of: &dyn Fn(usize) -> usize,
+        work: &[u32],
+        now_us: u64,
+        cold_start_us: u64,
+    ) -> Vec<usize> {
+        let mut leader = ScaleLeader::new(LeaderScaler::new(Box::new(StaticPeak::new(desired)), 0));
+        let load = TickLoad {
+            mu_per_min: 0.0,
+            in_flight_requests: 0.0,
+            requests_per_s: 0.0,
+            capacity_mu_per_min: 1.0,
+        };
+        let bounds = ScaleBounds {
+            min: 0,
+            max: usize::MAX,
+            reserved_floor: 0,
+        };
+        tick(
+            &mut leader,
+            power,
+            load,
+            bounds,
+            rack_of,
+            work,
+            now_us,
+            cold_start_us,
+        )
+        .1
+    }
 
     fn rack(i: usize) -> usize {
         i % 3

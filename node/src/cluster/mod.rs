@@ -43,15 +43,7 @@ pub const RAFT_DIR: &str = "raft";
 /// Present until the first node has formed the cluster.
 pub const INIT_MARKER: &str = "initialize-on-start";
 
-/// Replica ids are global: the node id in the high bits, the local index below.
-pub fn replica_id(node: u64, index: usize) -> ReplicaId {
-    ReplicaId((node << 20) | index as u64)
-}
-
-/// The launch index of one of this node's replicas (standalone ids are the index).
-pub fn local_index(id: ReplicaId) -> usize {
-    (id.0 & ((1 << 20) - 1)) as usize
-}
+pub use sluice_actors::autoscaler::{local_index, replica_id};
 
 /// What `node start` gets in cluster mode.
 #[derive(Debug, Clone)]

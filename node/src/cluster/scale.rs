@@ -1,25 +1,25 @@
-//! The autoscaler on the leader: every tick, the MU the routers reported becomes a
-//! desired replica count (the same core `sluice sim` runs), committed to Raft, and the
-//! placement core turns the difference into replicas placed on hosts with free GPUs
-//! (`Starting`), drained ones taken back, or replicas drained. Each node's supervisor
-//! carries out what concerns it (`reconcile`).
+//! The autoscaler on the leader: every tick, the MU the routers reported and the
+//! control state go through the leader's scaling step (`ScaleLeader`, the same core
+//! `sluice sim` runs): a desired replica count committed to Raft, and replicas placed on
+//! hosts with free GPUs (`Starting`), drained ones taken back, or replicas drained. Each
+//! node's supervisor carries out what concerns it (`reconcile`).
 
 use super::handler::NodeHandler;
-use super::replica_id;
 use crate::config::LiveAutoscaler;
 use crate::tree::{Duty, Turn};
 use ractor::ActorProcessingErr;
-use sluice_actors::autoscaler::placement::{
-    free_index, place, Host, Placed, SlotState, StartWatch,
+use sluice_actors::autoscaler::placement::{Host, Placed, SlotState};
+use sluice_actors::autoscaler::{
+    by_name, LeaderScaler, ScaleBounds, ScaleCommand, ScaleLeader, ScaleView,
 };
-use sluice_actors::autoscaler::{by_name, LeaderScaler, ScaleBounds, ScaleInputs};
 use sluice_actors::slice::ReplicaId;
 use sluice_raft::{ControlCommand, ControlState, ReplicaHealth, ReplicaInfo};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The autoscaler actor's duty (run only while this node leads): what it learned of
-/// the load and of the starts it asked for.
+/// The autoscaler actor's duty (run only while this node leads): a thin shell over the
+/// leader's scaling step ([`ScaleLeader`]), which it feeds from the control state and
+/// whose commands it writes to Raft.
 pub struct Autoscaler {
     handler: Arc<NodeHandler>,
     cfg: LiveAutoscaler,
@@ -29,9 +29,8 @@ pub struct Autoscaler {
     tick: tokio::time::Interval,
     epoch: Instant,
     last: Instant,
-    scaler: Option<LeaderScaler>,
+    leader: Option<ScaleLeader>,
     leader_since: Option<Instant>,
-    starts: StartWatch,
 }
 
 impl Autoscaler {
@@ -55,9 +54,8 @@ impl Autoscaler {
             tick,
             epoch: Instant::now(),
             last: Instant::now(),
-            scaler: None,
+            leader: None,
             leader_since: None,
-            starts: StartWatch::default(),
         }
     }
 }
@@ -74,49 +72,41 @@ impl Duty for Autoscaler {
         if !crate::tree::ticked(&mut self.tick).await {
             return Ok(Turn::Again);
         }
-        let (handler, cfg, capacity, start_timeout, report_every, epoch) = (
-            self.handler.clone(),
-            self.cfg.clone(),
-            self.capacity,
-            self.start_timeout,
-            self.report_every,
-            self.epoch,
-        );
+        let handler = self.handler.clone();
         let elapsed = self.last.elapsed();
         self.last = Instant::now();
         let mu = handler.take_mu();
         if !handler.is_leader() {
             handler.set_offered(None);
-            self.scaler = None;
+            self.leader = None;
             self.leader_since = None;
-            self.starts = StartWatch::default();
             return Ok(Turn::Again);
         }
         let state = handler.control().state().borrow().clone();
         let model = handler.model().to_owned();
         // A node is live while its router reports; a new leader has not heard from
         // anyone yet, so it takes every node for live until they had time to report.
-        let window = report_every * 3;
+        let window = self.report_every * 3;
         let live: std::collections::BTreeSet<u64> =
             if self.leader_since.get_or_insert_with(Instant::now).elapsed() > window {
                 handler.live_nodes(window)
             } else {
                 state.nodes().keys().copied().collect()
             };
-        let max = cfg.max_replicas.unwrap_or_else(|| {
+        let max = self.cfg.max_replicas.unwrap_or_else(|| {
             state
                 .nodes()
                 .values()
                 .map(|n| n.gpus as usize)
                 .sum::<usize>()
         });
-        let scaler = match &mut self.scaler {
-            Some(s) => s,
-            None => match by_name(&cfg.policy, &cfg.core, max) {
-                Ok(core) => self.scaler.insert(LeaderScaler::new(
+        let leader = match &mut self.leader {
+            Some(l) => l,
+            None => match by_name(&self.cfg.policy, &self.cfg.core, max) {
+                Ok(core) => self.leader.insert(ScaleLeader::new(LeaderScaler::new(
                     core,
-                    (cfg.core.down_window_s * 1e6) as u64,
-                )),
+                    (self.cfg.core.down_window_s * 1e6) as u64,
+                ))),
                 Err(e) => {
                     tracing::error!(error = %e, "autoscaler cannot run");
                     return Ok(Turn::Done);
@@ -128,55 +118,6 @@ impl Duty for Autoscaler {
         let placed = placed_replicas(&state, &model, |id| {
             front.as_ref().map_or(0, |f| f.in_flight(id))
         });
-        let ready = placed
-            .iter()
-            .filter(|p| p.state == SlotState::Serving)
-            .count();
-        let starting = placed
-            .iter()
-            .filter(|p| p.state == SlotState::Starting)
-            .count();
-        let minutes = elapsed.as_secs_f64() / 60.0;
-        let inputs = ScaleInputs {
-            now_us: epoch.elapsed().as_micros() as u64,
-            ready,
-            starting,
-            mu_per_min: if minutes > 0.0 { mu / minutes } else { 0.0 },
-            in_flight_requests: 0.0,
-            requests_per_s: 0.0,
-            capacity_mu_per_min: capacity,
-        };
-        let bounds = ScaleBounds {
-            min: cfg.min_replicas,
-            max,
-            reserved_floor: reserved_floor(&state, &model, capacity),
-        };
-        let desired = scaler.decide(&inputs, &bounds);
-        handler.set_offered(Some(inputs.mu_per_min));
-        tracing::debug!(
-            mu_per_min = inputs.mu_per_min,
-            ready,
-            starting,
-            desired,
-            "autoscaler tick"
-        );
-        if state.desired_replicas().get(&model).copied() != Some(desired as u32) {
-            tracing::info!(
-                desired,
-                ready,
-                starting,
-                mu_per_min = inputs.mu_per_min,
-                "replica count changes"
-            );
-            write(
-                &handler,
-                ControlCommand::SetDesiredReplicas {
-                    model: model.clone(),
-                    count: desired as u32,
-                },
-            )
-            .await;
-        }
         let hosts: Vec<Host> = state
             .nodes()
             .values()
@@ -187,49 +128,85 @@ impl Duty for Autoscaler {
                 live: live.contains(&n.id),
             })
             .collect();
-        // Starts that never became ready (their node died, or the engine would not
-        // come up) are withdrawn, so placement can try elsewhere.
-        let now_us = epoch.elapsed().as_micros() as u64;
-        let timeout_us = (start_timeout * 2).as_micros() as u64;
-        for id in self.starts.stalled(&placed, &hosts, now_us, timeout_us) {
-            tracing::warn!(
-                replica = id.0,
-                "replica did not start; placing it elsewhere"
-            );
-            write(&handler, ControlCommand::RemoveReplica(id)).await;
-        }
-        let plan = place(desired, &hosts, &placed);
-        let mut taken: Vec<ReplicaId> = state.replicas().keys().copied().collect();
-        for host in plan.start {
-            let index = free_index(host, taken.iter().copied());
-            let id = replica_id(host, index);
-            taken.push(id);
-            tracing::info!(replica = id.0, node = host, "placing a replica");
-            write(
-                &handler,
-                ControlCommand::RegisterReplica(ReplicaInfo {
-                    id,
-                    node: host,
-                    model: model.clone(),
-                    endpoint: String::new(),
-                    capacity_mu_per_min: capacity,
-                    health: ReplicaHealth::Starting,
-                }),
-            )
-            .await;
-        }
-        for (ids, health, what) in [
-            (plan.undrain, ReplicaHealth::Healthy, "back into service"),
-            (plan.drain, ReplicaHealth::Draining, "draining"),
-        ] {
-            for replica in ids {
-                tracing::info!(replica = replica.0, "{what}");
-                write(
-                    &handler,
-                    ControlCommand::SetReplicaHealth { replica, health },
-                )
-                .await;
-            }
+        let taken: Vec<ReplicaId> = state.replicas().keys().copied().collect();
+        let minutes = elapsed.as_secs_f64() / 60.0;
+        let capacity = self.capacity;
+        let tick = leader.tick(&ScaleView {
+            now_us: self.epoch.elapsed().as_micros() as u64,
+            mu_per_min: if minutes > 0.0 { mu / minutes } else { 0.0 },
+            in_flight_requests: 0.0,
+            requests_per_s: 0.0,
+            capacity_mu_per_min: capacity,
+            bounds: ScaleBounds {
+                min: self.cfg.min_replicas,
+                max,
+                reserved_floor: reserved_floor(&state, &model, capacity),
+            },
+            placed: &placed,
+            hosts: &hosts,
+            taken: &taken,
+            recorded: state.desired_replicas().get(&model).map(|&c| c as usize),
+            // Starts that never became ready (their node died, or the engine would not
+            // come up) are withdrawn after this long.
+            start_timeout_us: (self.start_timeout * 2).as_micros() as u64,
+        });
+        handler.set_offered(Some(tick.inputs.mu_per_min));
+        tracing::debug!(
+            mu_per_min = tick.inputs.mu_per_min,
+            ready = tick.inputs.ready,
+            starting = tick.inputs.starting,
+            desired = tick.desired,
+            "autoscaler tick"
+        );
+        for command in tick.commands {
+            let cmd = match command {
+                ScaleCommand::SetDesired(count) => {
+                    tracing::info!(
+                        desired = count,
+                        ready = tick.inputs.ready,
+                        starting = tick.inputs.starting,
+                        mu_per_min = tick.inputs.mu_per_min,
+                        "replica count changes"
+                    );
+                    ControlCommand::SetDesiredReplicas {
+                        model: model.clone(),
+                        count: u32::try_from(count).unwrap_or(u32::MAX),
+                    }
+                }
+                ScaleCommand::Withdraw(id) => {
+                    tracing::warn!(
+                        replica = id.0,
+                        "replica did not start; placing it elsewhere"
+                    );
+                    ControlCommand::RemoveReplica(id)
+                }
+                ScaleCommand::Start { id, host } => {
+                    tracing::info!(replica = id.0, node = host, "placing a replica");
+                    ControlCommand::RegisterReplica(ReplicaInfo {
+                        id,
+                        node: host,
+                        model: model.clone(),
+                        endpoint: String::new(),
+                        capacity_mu_per_min: capacity,
+                        health: ReplicaHealth::Starting,
+                    })
+                }
+                ScaleCommand::Undrain(replica) => {
+                    tracing::info!(replica = replica.0, "back into service");
+                    ControlCommand::SetReplicaHealth {
+                        replica,
+                        health: ReplicaHealth::Healthy,
+                    }
+                }
+                ScaleCommand::Drain(replica) => {
+                    tracing::info!(replica = replica.0, "draining");
+                    ControlCommand::SetReplicaHealth {
+                        replica,
+                        health: ReplicaHealth::Draining,
+                    }
+                }
+            };
+            write(&handler, cmd).await;
         }
         Ok(Turn::Again)
     }
