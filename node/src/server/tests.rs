@@ -273,3 +273,97 @@ async fn the_leaders_actors_follow_leadership_across_a_leader_loss() {
         r.node.wait().await.unwrap();
     }
 }
+
+/// A counter of the node's /metrics with these labels (0 when absent).
+async fn counter(addr: SocketAddr, name: &str, labels: &str) -> u64 {
+    let (_, text) = http(addr, "/metrics", None).await;
+    let prefix = format!("sluice_{name}_total{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn hang(engine: &str) {
+    let client = front::http_client(Duration::from_secs(2));
+    let req = hyper::Request::post(format!("{engine}/admin/fault"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(r#"{"kind":"hang"}"#)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert!(
+        resp.status().is_success(),
+        "fault not set: {}",
+        resp.status()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prober_ejects_a_silently_hung_engine_and_requests_go_elsewhere() {
+    let urls = engines(2).await;
+    let r = start(config(urls.clone(), quick_restarts(5)), None).await;
+    let addr = r.node.http_addr();
+    eventually("a chat request is served", || async {
+        chat(addr).await == 200
+    })
+    .await;
+    // Engine 0 still answers /health but never finishes a request.
+    hang(&urls[0]).await;
+    eventually("the hung replica is ejected", || async {
+        counter(addr, "ejections", "replica=\"0\"").await >= 1
+    })
+    .await;
+    assert_eq!(counter(addr, "ejections", "replica=\"1\"").await, 0);
+    let before = counter(addr, "routed", "replica=\"0\"").await;
+    for _ in 0..10 {
+        assert_eq!(chat(addr).await, 200);
+    }
+    assert_eq!(counter(addr, "routed", "replica=\"0\"").await, before);
+    let _ = r.stop.send(());
+    r.node.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_replica_is_gone_forwards_to_another_nodes_replica() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
+    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
+        .unwrap()
+        .to_string();
+    let a_engines = engines(1).await;
+    let a = start(
+        config(a_engines.clone(), quick_restarts(5)),
+        Some(cluster_args(dirs[0].path(), None)),
+    )
+    .await;
+    let (_, seed) = a.node.cluster().unwrap();
+    let b = start(
+        config(engines(1).await, quick_restarts(5)),
+        Some(cluster_args(dirs[1].path(), Some((seed, token)))),
+    )
+    .await;
+    let (a_addr, b_addr) = (a.node.http_addr(), b.node.http_addr());
+    for addr in [a_addr, b_addr] {
+        eventually("the node serves", || async { chat(addr).await == 200 }).await;
+    }
+    // Node 2's replica is `2 << 20`; node 1's own replica hangs and is ejected.
+    let remote = format!("replica=\"{}\"", crate::cluster::replica_id(2, 0).0);
+    eventually("node 1 knows node 2's replica", || async {
+        let (_, text) = http(a_addr, "/metrics", None).await;
+        text.contains(&format!("sluice_replica_available{{{remote}}}"))
+    })
+    .await;
+    hang(&a_engines[0]).await;
+    eventually("node 1's replica is ejected", || async {
+        counter(a_addr, "ejections", "replica=\"1048576\"").await >= 1
+    })
+    .await;
+    let before = counter(a_addr, "routed", &remote).await;
+    for _ in 0..5 {
+        assert_eq!(chat(a_addr).await, 200, "forwarded through QUIC");
+    }
+    assert!(counter(a_addr, "routed", &remote).await >= before + 5);
+    for r in [a, b] {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+}
