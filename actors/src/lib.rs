@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod assigner;
 pub mod autoscaler;
+pub mod lifecycle;
 pub mod mu;
 pub mod prober;
 pub mod profile;

@@ -18,6 +18,7 @@
 mod budget;
 mod config;
 mod decide;
+mod ejections;
 mod hang;
 mod liveness;
 
@@ -27,6 +28,7 @@ mod tests;
 pub use budget::{RetryBudget, WINDOW_S as RETRY_BUDGET_WINDOW_S};
 pub use config::{ProbeConfig, ProbeConfigError};
 pub use decide::ProberCore;
+pub use ejections::{Effect, Ejections};
 pub use liveness::{liveness_marks, Mark, Standing};
 
 use crate::slice::ReplicaId;
@@ -93,6 +95,18 @@ pub enum RealOutcome {
     /// A server error or timeout: the router's passive ejection weighs these; the
     /// prober only notes that nothing completed.
     Failed,
+}
+
+impl RealOutcome {
+    /// How a request answered with HTTP `status` ended (`None`: no status came back, or
+    /// the answer was not finished).
+    pub fn of_status(status: Option<u16>) -> Self {
+        match status {
+            Some(s) if (200..300).contains(&s) => RealOutcome::Success,
+            Some(s) if (400..500).contains(&s) => RealOutcome::ClientError,
+            _ => RealOutcome::Failed,
+        }
+    }
 }
 
 /// Names one probe, so a late answer is never taken for a later probe's.

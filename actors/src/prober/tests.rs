@@ -562,3 +562,11 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn only_a_2xx_is_a_success_and_only_a_4xx_the_clients_fault() {
+    assert_eq!(RealOutcome::of_status(Some(200)), RealOutcome::Success);
+    assert_eq!(RealOutcome::of_status(Some(429)), RealOutcome::ClientError);
+    assert_eq!(RealOutcome::of_status(Some(503)), RealOutcome::Failed);
+    assert_eq!(RealOutcome::of_status(None), RealOutcome::Failed);
+}

@@ -864,34 +864,38 @@ impl RouterCore {
     }
 }
 
+/// A router over `replicas` replicas of equal capacity with `subset` of them to a slice,
+/// priced by a small fixed profile: the tests of the router and of the cores built on it.
+#[cfg(test)]
+pub(crate) fn test_router(replicas: u64, subset: usize) -> RouterCore {
+    let ids: Vec<ReplicaId> = (0..replicas).map(ReplicaId).collect();
+    let specs: Vec<ReplicaSpec> = ids
+        .iter()
+        .map(|&id| ReplicaSpec {
+            id,
+            capacity_mu_per_min: 60_000.0,
+        })
+        .collect();
+    let coeffs = MuCoefficients {
+        uncached_input: 0.019,
+        cached_input: 0.0,
+        output: 0.129,
+        input_output: 0.00004,
+        image: 0.0,
+        attention: 0.0,
+    };
+    let assignment = Assignment::uniform(1, &ids, 8, subset)
+        .unwrap_or_else(|e| panic!("a test assignment of {replicas} replicas: {e}"));
+    RouterCore::new(coeffs, RouterConfig::default(), &specs, assignment)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::router::blocks::NO_CONTENT;
 
     fn core(n: u64, subset: usize) -> RouterCore {
-        let ids: Vec<ReplicaId> = (0..n).map(ReplicaId).collect();
-        let specs: Vec<ReplicaSpec> = ids
-            .iter()
-            .map(|&id| ReplicaSpec {
-                id,
-                capacity_mu_per_min: 60_000.0,
-            })
-            .collect();
-        let coeffs = MuCoefficients {
-            uncached_input: 0.019,
-            cached_input: 0.0,
-            output: 0.129,
-            input_output: 0.00004,
-            image: 0.0,
-            attention: 0.0,
-        };
-        RouterCore::new(
-            coeffs,
-            RouterConfig::default(),
-            &specs,
-            Assignment::uniform(1, &ids, 8, subset).unwrap(),
-        )
+        test_router(n, subset)
     }
 
     fn adm(w: &str, input: u32, max: u32) -> Admission<'static> {

@@ -16,7 +16,6 @@ pub mod policy;
 pub mod prefix_index;
 pub mod quarantine;
 pub mod recency;
-pub mod retry;
 pub mod sluice_policy;
 pub mod workload;
 
@@ -30,5 +29,4 @@ pub use ledger::{Charge, Ledger, ReplicaInflight, RequestId};
 pub use models::{parse_model_list, ServedModels};
 pub use policy::{KvIndex, NoKvIndex, ReplicaObservation, RouteRequest, RoutingPolicy};
 pub use quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
-pub use retry::{upstream_failed, UpstreamFailure};
 pub use workload::{default_sources, workload_key, KeyInputs, KeySource};

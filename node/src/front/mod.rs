@@ -127,7 +127,7 @@ pub struct AppState {
     probe_prioritized: bool,
     /// Retries stay within a share of traffic, so a failing fleet is not hit twice.
     retry_budget: Mutex<sluice_actors::prober::RetryBudget>,
-    ejected: Mutex<std::collections::HashSet<ReplicaId>>,
+    ejected: Mutex<sluice_actors::prober::Ejections>,
     ejections: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Ejection>>,
     /// Tenants' keys, reservations and admission (cluster mode; open without tenants).
     tenancy: Mutex<tenancy::Tenancy>,
@@ -224,7 +224,7 @@ impl AppState {
             retry_budget: Mutex::new(sluice_actors::prober::RetryBudget::new(prober.config())),
             prober: Mutex::new(prober),
             probe_prioritized: node.probe_prioritized,
-            ejected: Mutex::new(std::collections::HashSet::new()),
+            ejected: Mutex::new(Default::default()),
             ejections: std::sync::OnceLock::new(),
             model_reports: Mutex::new(Default::default()),
             models_asked: Mutex::new(HashMap::new()),

@@ -8,7 +8,8 @@ use super::AppState;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use sluice_actors::prober::{
-    Probe, ProberCore, RealOutcome, Verdict, VerdictChange, PROBE_MAX_TOKENS, PROBE_PRIORITY,
+    Effect, Ejections, Probe, ProberCore, RealOutcome, VerdictChange, PROBE_MAX_TOKENS,
+    PROBE_PRIORITY,
 };
 use sluice_actors::slice::ReplicaId;
 use std::sync::Arc;
@@ -26,11 +27,7 @@ pub enum Ejection {
 impl AppState {
     /// A real request on `replica` ended: the prober's idle clock and verdicts see it.
     pub(super) fn real_outcome(&self, replica: ReplicaId, status: Option<u16>) {
-        let outcome = match status {
-            Some(s) if (200..300).contains(&s) => RealOutcome::Success,
-            Some(s) if (400..500).contains(&s) => RealOutcome::ClientError,
-            _ => RealOutcome::Failed,
-        };
+        let outcome = RealOutcome::of_status(status);
         let now = self.now_ms();
         let changes = self
             .prober
@@ -44,29 +41,39 @@ impl AppState {
         if changes.is_empty() {
             return;
         }
-        let mut ejected = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
-        for c in changes {
-            let out = !c.verdict.in_service();
-            let was = ejected.contains(&c.replica);
-            if out && !was {
-                ejected.insert(c.replica);
-                self.metrics.ejection(c.replica.0);
-                tracing::warn!(replica = c.replica.0, verdict = ?c.verdict, "prober ejects a replica");
-                self.core().set_checked_health(c.replica, false);
-                if let Some(tx) = self.ejections.get() {
-                    let _ = tx.send(Ejection::Ejected(c.replica, self.incarnation(c.replica)));
+        let mut ejected = self.ejected();
+        let effects = ejected.apply(changes);
+        // Carried out under the lock, so that an ejection and a restore of one replica
+        // are never reported out of order.
+        self.carry_out(effects);
+        drop(ejected);
+    }
+
+    fn ejected(&self) -> std::sync::MutexGuard<'_, Ejections> {
+        self.ejected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn carry_out(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Eject(replica, verdict) => {
+                    self.metrics.ejection(replica.0);
+                    tracing::warn!(replica = replica.0, verdict = ?verdict, "prober ejects a replica");
+                    self.core().set_checked_health(replica, false);
+                    if let Some(tx) = self.ejections.get() {
+                        let _ = tx.send(Ejection::Ejected(replica, self.incarnation(replica)));
+                    }
                 }
-            } else if !out && was {
-                ejected.remove(&c.replica);
-                tracing::info!(replica = c.replica.0, "prober restores a replica");
-                if let Some(tx) = self.ejections.get() {
-                    let _ = tx.send(Ejection::Restored(c.replica));
+                Effect::Restore(replica) => {
+                    tracing::info!(replica = replica.0, "prober restores a replica");
+                    if let Some(tx) = self.ejections.get() {
+                        let _ = tx.send(Ejection::Restored(replica));
+                    }
                 }
-            } else if let Verdict::Deferred { .. } = c.verdict {
-                tracing::warn!(
-                    replica = c.replica.0,
+                Effect::Kept(replica) => tracing::warn!(
+                    replica = replica.0,
                     "replica condemned but kept: ejection cap reached"
-                );
+                ),
             }
         }
     }
@@ -86,10 +93,7 @@ impl AppState {
 
     /// Whether the prober keeps `replica` out of service.
     pub(super) fn is_ejected(&self, replica: ReplicaId) -> bool {
-        self.ejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&replica)
+        self.ejected().contains(replica)
     }
 
     /// The replica was restarted and is ready: it starts over with a clean record.
@@ -100,11 +104,10 @@ impl AppState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .restored(replica, now);
-        self.apply_verdicts(changes);
-        self.ejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&replica);
+        let mut ejected = self.ejected();
+        let effects = ejected.restored(replica, changes);
+        self.carry_out(effects);
+        drop(ejected);
     }
 }
 

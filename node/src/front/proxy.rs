@@ -11,11 +11,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use sluice_actors::lifecycle::{Broke, Fail, Lifecycle, Next};
+use sluice_actors::prober::RetryBudget;
 use sluice_actors::router::quarantine::fingerprint;
-use sluice_actors::router::{
-    upstream_failed, workload_key, Admission, KeyInputs, Placement, PromptBlocks, RequestId, Usage,
-    Verdict,
-};
+use sluice_actors::router::{workload_key, Admission, KeyInputs, PromptBlocks, RouterCore, Usage};
 use sluice_actors::slice::ReplicaId;
 use sluice_engine::openai::{read_for_routing, ApiError, Endpoint};
 use std::sync::Arc;
@@ -25,14 +24,46 @@ use std::time::Instant;
 /// the client going away (the response body is dropped).
 struct Inflight {
     state: Arc<AppState>,
-    id: RequestId,
+    life: Lifecycle,
     usage: Option<Usage>,
+}
+
+impl Inflight {
+    /// The replica failed while it held the request (it hung, broke off its answer or
+    /// went silent).
+    fn broke(&mut self, how: Broke) -> Fail {
+        let now = self.state.now_ms();
+        self.life.failed_holding(how, &mut self.state.core(), now)
+    }
 }
 
 impl Drop for Inflight {
     fn drop(&mut self) {
-        self.state.core().finish(self.id, self.usage.take());
+        let usage = self.usage.take();
+        self.life.finish(&mut self.state.core(), usage);
     }
+}
+
+/// Runs `f` on the router core and the retry budget together, always locked in this
+/// order.
+fn with_core_and_budget<R>(
+    state: &AppState,
+    f: impl FnOnce(&mut RouterCore, &mut RetryBudget) -> R,
+) -> R {
+    let mut core = state.core();
+    let mut budget = state.retry_budget.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut core, &mut budget)
+}
+
+/// The client's error for a request the lifecycle failed; `message` replaces the core's
+/// where the shell knows more.
+fn failure(fail: Fail, message: Option<String>) -> Failure {
+    let message = message.unwrap_or_else(|| fail.to_string());
+    let mut e = ApiError::new(fail.status(), fail.error_type(), message);
+    if let Some(code) = fail.code() {
+        e = e.with_code(code);
+    }
+    (e, fail.retry_after_s())
 }
 
 fn label(endpoint: Endpoint) -> &'static str {
@@ -146,89 +177,53 @@ async fn forward(
     let cost = state.core().quote(&admission);
     let pass = state.gate(api_key, cost)?;
     admission.radius = pass.radius;
-    if let Some(fp) = admission.fingerprint {
-        if let Verdict::Refused { replicas } = state.core().verdict(fp, state.now_ms()) {
+    let begun = with_core_and_budget(state, |core, budget| {
+        Lifecycle::begin(core, budget, &admission, state.now_ms())
+    });
+    let (life, mut placement) = begun.map_err(|f| {
+        if let Fail::Quarantined { .. } = f {
             state.metrics.quarantined();
-            return Err((
-                ApiError::new(
-                    422,
-                    "invalid_request_error",
-                    format!(
-                        "this request was being served by {replicas} replicas when each of \
-                         them failed; it is refused for now so that it cannot break more"
-                    ),
-                )
-                .with_code("request_quarantined"),
-                None,
-            ));
         }
-    }
-    let body = super::tenancy::engine_body(&body, &pass, parsed.stream && !parsed.include_usage);
-    let tenant = pass.tenant;
-    let no_replica = || {
-        (
-            ApiError::new(
-                503,
-                "service_unavailable",
-                "no healthy replica is available",
-            ),
-            Some(1),
-        )
-    };
-    let mut placement = state
-        .core()
-        .place(&admission, state.now_ms())
-        .ok_or_else(no_replica)?;
+        failure(f, None)
+    })?;
     let mut guard = Inflight {
         state: state.clone(),
-        id: placement.id,
+        life,
         usage: None,
     };
+    let body = super::tenancy::engine_body(&body, &pass, parsed.stream && !parsed.include_usage);
+    let tenant = pass.tenant;
     let deadline = tokio::time::Instant::from_std(started + state.config.request_timeout);
-    state
-        .retry_budget
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .on_request(state.now_ms());
 
-    let mut retried = false;
     let resp = loop {
         if placement.spilled {
             state.metrics.spill();
         }
         state.metrics.routed(placement.replica.0);
-        let upstream = state.upstream(placement.replica).ok_or_else(no_replica)?;
+        let upstream = state
+            .upstream(placement.replica)
+            .ok_or_else(|| failure(Fail::NoReplica, None))?;
         match tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, &body)).await {
             Ok(Ok(resp)) => break resp,
             Ok(Err(e)) => {
                 state.metrics.upstream_failure(placement.replica.0);
+                let retried = guard.life.retried();
                 tracing::warn!(replica = placement.replica.0, error = %e.message, delivered = e.delivered, retried, "upstream failed before answering");
-                let next = upstream_failed(
-                    e.delivered,
-                    retried,
-                    &mut state.retry_budget.lock().unwrap_or_else(|p| p.into_inner()),
-                    state.now_ms(),
-                );
-                if next.implicate {
-                    state
-                        .core()
-                        .implicate(guard.id, placement.replica, state.now_ms());
+                let next = with_core_and_budget(state, |core, budget| {
+                    guard
+                        .life
+                        .failed_before_answer(e.delivered, core, budget, state.now_ms())
+                });
+                if guard.life.retried() && !retried {
+                    // Counted once the budget grants it, whether or not a replica is left.
+                    state.metrics.retry();
                 }
-                if !next.retry {
-                    state
-                        .core()
-                        .on_replica_failure(placement.replica, state.now_ms());
-                    return Err((
-                        ApiError::new(502, "upstream_error", "the replica could not be reached"),
-                        Some(1),
-                    ));
+                match next {
+                    Next::Retry(p) => placement = p,
+                    Next::Fail(f) => return Err(failure(f, None)),
                 }
-                retried = true;
-                state.metrics.retry();
-                let failed = placement.replica;
-                placement = retry(state, &mut guard, failed).ok_or_else(no_replica)?;
             }
-            Err(_) => return Err(timeout(state, &guard, &placement)),
+            Err(_) => return Err(timeout(state, &mut guard)),
         }
     };
     state
@@ -262,18 +257,11 @@ async fn forward(
     let bytes = match tokio::time::timeout_at(deadline, resp.into_body().collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) => {
-            failed_holding(state, guard.id, replica);
+            let f = guard.broke(Broke::Answer);
             state.metrics.upstream_failure(replica.0);
-            return Err((
-                ApiError::new(
-                    502,
-                    "upstream_error",
-                    format!("the replica's answer was cut off: {e}"),
-                ),
-                None,
-            ));
+            return Err(failure(f, Some(format!("{f}: {e}"))));
         }
-        Err(_) => return Err(timeout(state, &guard, &placement)),
+        Err(_) => return Err(timeout(state, &mut guard)),
     };
     if status.is_success() {
         guard.usage = body_usage(&bytes);
@@ -320,15 +308,6 @@ impl SendError {
             delivered: false,
         }
     }
-}
-
-/// The replica failed while it held request `id` (it hung, broke off its answer or
-/// went silent): count it against the replica, and implicate the request.
-fn failed_holding(state: &AppState, id: RequestId, replica: ReplicaId) {
-    let now = state.now_ms();
-    let mut core = state.core();
-    core.on_replica_failure(replica, now);
-    core.implicate(id, replica, now);
 }
 
 /// Sends the request to `upstream`: over HTTP to a local engine, over QUIC through the
@@ -383,29 +362,16 @@ async fn send(
     }
 }
 
-fn retry(state: &AppState, guard: &mut Inflight, failed: ReplicaId) -> Option<Placement> {
-    let placed = state.core().retry(guard.id, failed, state.now_ms());
-    if placed.is_none() {
-        // The core already finished the request; nothing is left to free.
-        guard.id = 0;
-    }
-    placed
-}
-
-fn timeout(state: &AppState, guard: &Inflight, placement: &Placement) -> Failure {
-    failed_holding(state, guard.id, placement.replica);
-    state.metrics.upstream_failure(placement.replica.0);
-    (
-        ApiError::new(
-            504,
-            "timeout",
-            format!(
-                "the replica did not answer within {:?}",
-                state.config.request_timeout
-            ),
-        ),
-        None,
-    )
+/// The request's deadline passed while its replica held it.
+fn timeout(state: &AppState, guard: &mut Inflight) -> Failure {
+    let replica = guard.life.replica();
+    let f = guard.broke(Broke::Deadline);
+    state.metrics.upstream_failure(replica.0);
+    let message = format!(
+        "the replica did not answer within {:?}",
+        state.config.request_timeout
+    );
+    failure(f, Some(message))
 }
 
 /// Who a stream's tokens are metered to.
@@ -496,7 +462,10 @@ fn stream_response(
                     let before = p.meter.tokens;
                     let data = p.meter.pass(data);
                     if p.meter.tokens != before {
-                        p.guard.state.core().progress(p.guard.id, p.meter.tokens);
+                        p.guard
+                            .state
+                            .core()
+                            .progress(p.guard.life.id(), p.meter.tokens);
                     }
                     if p.meter.done {
                         p.settle();
@@ -520,33 +489,25 @@ fn stream_response(
                     if let Some(t) = &p.m.tenant {
                         state.metrics.tenant_duration(t, took);
                     }
-                    failed_holding(&state, p.guard.id, p.m.replica);
-                    return Some((Ok(error_event("the replica ended the stream early")), p));
+                    let f = p.guard.broke(Broke::Answer);
+                    return Some((Ok(error_event(f, "the replica ended the stream early")), p));
                 }
                 // Finished and accounted: what the engine does after `[DONE]` (a
                 // break, or holding the connection open) is no failure of this request.
                 Ok(Some(Err(_))) | Err(_) if p.settled => return None,
                 Ok(Some(Err(e))) => {
                     p.finished = true;
-                    let state = p.guard.state.clone();
-                    failed_holding(&state, p.guard.id, p.m.replica);
-                    state.metrics.upstream_failure(p.m.replica.0);
-                    return Some((
-                        Ok(error_event(&format!("the replica's stream broke: {e}"))),
-                        p,
-                    ));
+                    let f = p.guard.broke(Broke::Answer);
+                    p.guard.state.metrics.upstream_failure(p.m.replica.0);
+                    let message = format!("the replica's stream broke: {e}");
+                    return Some((Ok(error_event(f, &message)), p));
                 }
                 Err(_) => {
                     p.finished = true;
-                    let state = p.guard.state.clone();
-                    failed_holding(&state, p.guard.id, p.m.replica);
-                    state.metrics.upstream_failure(p.m.replica.0);
-                    return Some((
-                        Ok(error_event(&format!(
-                            "the replica sent nothing for {idle:?}"
-                        ))),
-                        p,
-                    ));
+                    let f = p.guard.broke(Broke::Answer);
+                    p.guard.state.metrics.upstream_failure(p.m.replica.0);
+                    let message = format!("the replica sent nothing for {idle:?}");
+                    return Some((Ok(error_event(f, &message)), p));
                 }
             }
         }
@@ -584,7 +545,7 @@ fn coalesce_ready(body: &mut UpstreamBody, first: Bytes) -> Bytes {
 }
 
 /// An SSE error event in the shape OpenAI clients raise on.
-fn error_event(message: &str) -> Bytes {
-    let e = ApiError::new(502, "upstream_error", message);
+fn error_event(fail: Fail, message: &str) -> Bytes {
+    let e = ApiError::new(fail.status(), fail.error_type(), message);
     Bytes::from(format!("data: {}\n\n", e.body()))
 }

@@ -12,13 +12,13 @@ use crate::trace::{splitmix64 as splitmix, Trace};
 use sluice_actors::assigner::{
     next_assignment, AssignerConfig, LoadReport, ReplicaInfo, Schedule, ScheduleConfig,
 };
+use sluice_actors::lifecycle::{Broke, Fail, Lifecycle, Next};
 use sluice_actors::prober::{
-    liveness_marks, Probe, ProbeConfig, ProberCore, RealOutcome, RetryBudget, Standing, Verdict,
-    VerdictChange, PROBE_MAX_TOKENS, PROBE_PRIORITY,
+    liveness_marks, Effect, Ejections, Probe, ProbeConfig, ProberCore, RealOutcome, RetryBudget,
+    Standing, VerdictChange, PROBE_MAX_TOKENS, PROBE_PRIORITY,
 };
 use sluice_actors::router::{
-    upstream_failed, Admission, PromptBlocks, QuarantineConfig, ReplicaSpec, RequestId as RouterId,
-    RouterConfig, RouterCore, Usage,
+    Admission, PromptBlocks, QuarantineConfig, ReplicaSpec, RouterConfig, RouterCore, Usage,
 };
 use sluice_actors::slice::{ReplicaId, SliceKey};
 use sluice_actors::Profile;
@@ -142,7 +142,7 @@ struct Node {
     router: RouterCore,
     prober: ProberCore,
     budget: RetryBudget,
-    ejected: Vec<usize>,
+    ejected: Ejections,
     /// Writes waiting for a reachable leader.
     outbox: VecDeque<Write>,
     open: bool,
@@ -157,8 +157,8 @@ struct Req {
     poison: bool,
     sent_us: u64,
     attempt: u8,
-    rid: RouterId,
-    replica: u32,
+    /// Its life at the door's router, once placed.
+    life: Option<Lifecycle>,
     started: bool,
     next_token: u32,
     last_us: u64,
@@ -166,6 +166,13 @@ struct Req {
     /// Counted in its door's open requests.
     counted: bool,
     done: Option<(u64, Outcome)>,
+}
+
+impl Req {
+    /// The replica of its current attempt.
+    fn replica(&self) -> usize {
+        self.life.map_or(0, |l| l.replica().0 as usize)
+    }
 }
 
 const PROBE_BIT: u64 = 1 << 63;
@@ -335,7 +342,7 @@ impl<'t> World<'t> {
             router,
             prober,
             budget: RetryBudget::new(&probe_config),
-            ejected: Vec::new(),
+            ejected: Ejections::default(),
             outbox: VecDeque::new(),
             open: true,
             inflight: 0,
@@ -471,8 +478,7 @@ impl<'t> World<'t> {
             poison,
             sent_us: self.now,
             attempt: 0,
-            rid: 0,
-            replica: 0,
+            life: None,
             started: false,
             next_token: 0,
             last_us: self.now,
@@ -495,17 +501,6 @@ impl<'t> World<'t> {
         let (workload, input, output, fingerprint) = self.shape(q);
         let blocks = PromptBlocks::of_tokens(&self.prompt(q));
         let now_ms = self.now / 1000;
-        let node = &mut self.nodes[door];
-        let verdict = node.router.verdict(fingerprint, now_ms);
-        if matches!(verdict, sluice_actors::router::Verdict::Refused { .. }) {
-            self.answer(
-                q,
-                Outcome::Explicit {
-                    why: "HTTP 422 request_quarantined".into(),
-                },
-            );
-            return;
-        }
         let admission = Admission {
             workload: workload.map(SliceKey),
             blocks: &blocks,
@@ -516,18 +511,13 @@ impl<'t> World<'t> {
             fingerprint: Some(fingerprint),
             radius: None,
         };
-        node.budget.on_request(now_ms);
-        match node.router.place(&admission, now_ms) {
-            Some(p) => {
-                self.reqs[q as usize].rid = p.id;
+        let node = &mut self.nodes[door];
+        match Lifecycle::begin(&mut node.router, &mut node.budget, &admission, now_ms) {
+            Ok((life, p)) => {
+                self.reqs[q as usize].life = Some(life);
                 self.dispatch(q, p.replica.0 as usize);
             }
-            None => self.answer(
-                q,
-                Outcome::Explicit {
-                    why: "HTTP 503 service_unavailable".into(),
-                },
-            ),
+            Err(f) => self.answer(q, failed(f)),
         }
     }
 
@@ -558,8 +548,7 @@ impl<'t> World<'t> {
     /// Sends the current attempt of `q` to `replica`.
     fn dispatch(&mut self, q: u32, replica: usize) {
         self.routed[replica] += 1;
-        let req = &mut self.reqs[q as usize];
-        req.replica = replica as u32;
+        let req = &self.reqs[q as usize];
         let door = req.door as usize;
         let attempt = req.attempt;
         let host = self.spec.host(replica);
@@ -590,12 +579,14 @@ impl<'t> World<'t> {
                 }
                 self.kick(replica);
             }
-            Err(why) => self.finish_failed(
+            Err(why) => self.answered(
                 q,
+                replica,
+                400,
+                None,
                 Outcome::Explicit {
                     why: format!("HTTP 400 {why}"),
                 },
-                false,
             ),
         }
     }
@@ -657,7 +648,7 @@ impl<'t> World<'t> {
     fn current(&self, id: u64, r: usize) -> Option<u32> {
         let q = (id >> 8) as u32;
         let req = self.reqs.get(q as usize)?;
-        (req.done.is_none() && u64::from(req.attempt) == id & 0xff && req.replica as usize == r)
+        (req.done.is_none() && u64::from(req.attempt) == id & 0xff && req.replica() == r)
             .then_some(q)
     }
 
@@ -673,8 +664,10 @@ impl<'t> World<'t> {
         req.started = true;
         req.last_us = self.now;
         if index % 16 == 15 {
-            let (door, rid) = (req.door as usize, req.rid);
-            self.nodes[door].router.progress(rid, index + 1);
+            if let Some(life) = req.life {
+                let door = req.door as usize;
+                self.nodes[door].router.progress(life.id(), index + 1);
+            }
         }
     }
 
@@ -684,7 +677,6 @@ impl<'t> World<'t> {
         };
         self.detach(q, r);
         let req = &self.reqs[q as usize];
-        let (door, rid) = (req.door as usize, req.rid);
         let outcome = if req.corrupt || req.next_token != usage.completion_tokens {
             Outcome::Lost {
                 why: format!(
@@ -695,20 +687,52 @@ impl<'t> World<'t> {
         } else {
             Outcome::Ok
         };
-        let node = &mut self.nodes[door];
-        node.router.finish(
-            rid,
-            Some(Usage {
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-                cached_tokens: usage.cached_tokens,
-            }),
+        let usage = Usage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cached_tokens: usage.cached_tokens,
+        };
+        self.answered(q, r, 200, Some(usage), outcome);
+    }
+
+    /// Replica `r` answered `q` with HTTP `status`: its door's router and prober hear
+    /// of it as a live door's do.
+    fn answered(&mut self, q: u32, r: usize, status: u16, usage: Option<Usage>, outcome: Outcome) {
+        let now_ms = self.now / 1000;
+        let door = self.reqs[q as usize].door as usize;
+        self.with_life(q, |life, node| life.finish(&mut node.router, usage));
+        let changes = self.nodes[door].prober.on_real_outcome(
+            ReplicaId(r as u64),
+            RealOutcome::of_status(Some(status)),
+            now_ms,
         );
-        let changes =
-            node.prober
-                .on_real_outcome(ReplicaId(r as u64), RealOutcome::Success, self.now / 1000);
         self.answer(q, outcome);
         self.verdicts(door, changes);
+    }
+
+    /// Runs `f` on `q`'s lifecycle with its door's node (its router and retry budget).
+    fn with_life<R>(
+        &mut self,
+        q: u32,
+        f: impl FnOnce(&mut Lifecycle, &mut Node) -> R,
+    ) -> Option<R> {
+        let req = &mut self.reqs[q as usize];
+        let life = req.life.as_mut()?;
+        Some(f(life, &mut self.nodes[req.door as usize]))
+    }
+
+    /// Carries out what the lifecycle decided after an attempt of `q` failed.
+    fn next(&mut self, q: u32, next: Option<Next>) {
+        match next {
+            Some(Next::Retry(p)) => {
+                let req = &mut self.reqs[q as usize];
+                req.attempt = req.attempt.wrapping_add(1);
+                self.dispatch(q, p.replica.0 as usize);
+            }
+            Some(Next::Fail(f)) => self.answer(q, failed(f)),
+            // Only a placed request has attempts that can fail.
+            None => {}
+        }
     }
 
     fn detach(&mut self, q: u32, r: usize) {
@@ -722,44 +746,10 @@ impl<'t> World<'t> {
     fn upstream_failure(&mut self, q: u32, delivered: bool) {
         self.failures += 1;
         let now_ms = self.now / 1000;
-        let req = &self.reqs[q as usize];
-        let (door, rid, replica, retried) = (
-            req.door as usize,
-            req.rid,
-            req.replica as usize,
-            req.attempt > 0,
-        );
-        let node = &mut self.nodes[door];
-        let next = upstream_failed(delivered, retried, &mut node.budget, now_ms);
-        if next.implicate {
-            node.router
-                .implicate(rid, ReplicaId(replica as u64), now_ms);
-        }
-        if !next.retry {
-            node.router
-                .on_replica_failure(ReplicaId(replica as u64), now_ms);
-            node.router.finish(rid, None);
-            self.answer(
-                q,
-                Outcome::Explicit {
-                    why: "HTTP 502 upstream_error".into(),
-                },
-            );
-            return;
-        }
-        match node.router.retry(rid, ReplicaId(replica as u64), now_ms) {
-            Some(p) => {
-                let req = &mut self.reqs[q as usize];
-                req.attempt = req.attempt.wrapping_add(1);
-                self.dispatch(q, p.replica.0 as usize);
-            }
-            None => self.answer(
-                q,
-                Outcome::Explicit {
-                    why: "HTTP 503 service_unavailable".into(),
-                },
-            ),
-        }
+        let next = self.with_life(q, |life, node| {
+            life.failed_before_answer(delivered, &mut node.router, &mut node.budget, now_ms)
+        });
+        self.next(q, next);
     }
 
     /// The attempt broke after the replica took it: a stream already started ends
@@ -769,35 +759,14 @@ impl<'t> World<'t> {
         if req.done.is_some() || req.attempt != attempt {
             return;
         }
-        let (replica, started) = (req.replica as usize, req.started);
+        let (replica, started) = (req.replica(), req.started);
         self.detach(q, replica);
-        if started {
-            self.failures += 1;
-            self.finish_failed(
-                q,
-                Outcome::Explicit {
-                    why: "the answer was cut off (error event)".into(),
-                },
-                true,
-            );
-        } else {
-            self.upstream_failure(q, true);
-        }
-    }
-
-    /// Ends `q` with a failure while it held its replica (timeout, cut stream): the
-    /// replica is counted against, and the request implicated when `holding`.
-    fn finish_failed(&mut self, q: u32, outcome: Outcome, holding: bool) {
+        self.failures += 1;
         let now_ms = self.now / 1000;
-        let req = &self.reqs[q as usize];
-        let (door, rid, replica) = (req.door as usize, req.rid, req.replica as u64);
-        let node = &mut self.nodes[door];
-        if holding {
-            node.router.on_replica_failure(ReplicaId(replica), now_ms);
-            node.router.implicate(rid, ReplicaId(replica), now_ms);
-        }
-        node.router.finish(rid, None);
-        self.answer(q, outcome);
+        let next = self.with_life(q, |life, node| {
+            life.lost(started, &mut node.router, &mut node.budget, now_ms)
+        });
+        self.next(q, next);
     }
 
     fn answer(&mut self, q: u32, outcome: Outcome) {
@@ -894,27 +863,26 @@ impl<'t> World<'t> {
         if changes.is_empty() {
             return;
         }
-        for c in changes {
-            let r = c.replica.0 as usize;
-            let node = &mut self.nodes[n];
-            let was = node.ejected.contains(&r);
-            match c.verdict {
-                Verdict::Unhealthy { .. } if !was => {
-                    node.ejected.push(r);
-                    node.router.set_checked_health(c.replica, false);
-                    node.outbox.push_back(Write::Health {
-                        replica: r,
-                        standing: Standing::HeldByNode,
-                    });
-                    self.restart_engine(r, self.spec.engine_restart_us);
-                }
-                Verdict::Healthy | Verdict::Deferred { .. } if was => {
-                    node.ejected.retain(|&x| x != r);
-                }
-                _ => {}
+        let effects = self.nodes[n].ejected.apply(changes);
+        self.carry_out(n, effects);
+        self.flush(n);
+    }
+
+    /// Node `n`'s part in its prober's effects: only an ejection asks for anything
+    /// (a restore or a kept replica changes nothing here).
+    fn carry_out(&mut self, n: usize, effects: Vec<Effect>) {
+        for effect in effects {
+            if let Effect::Eject(replica, _) = effect {
+                let r = replica.0 as usize;
+                let node = &mut self.nodes[n];
+                node.router.set_checked_health(replica, false);
+                node.outbox.push_back(Write::Health {
+                    replica: r,
+                    standing: Standing::HeldByNode,
+                });
+                self.restart_engine(r, self.spec.engine_restart_us);
             }
         }
-        self.flush(n);
     }
 
     /// Proposes `n`'s waiting writes while a leader takes them; what commits is applied
@@ -987,7 +955,7 @@ impl<'t> World<'t> {
             .prober
             .restored(ReplicaId(r as u64), self.now / 1000);
         let node = &mut self.nodes[host];
-        node.ejected.retain(|&x| x != r);
+        let effects = node.ejected.restored(ReplicaId(r as u64), changes);
         node.router.set_checked_health(ReplicaId(r as u64), true);
         if self.control.health[r] != Standing::Serving {
             node.outbox.push_back(Write::Health {
@@ -995,7 +963,7 @@ impl<'t> World<'t> {
                 standing: Standing::Serving,
             });
         }
-        self.verdicts(host, changes);
+        self.carry_out(host, effects);
         self.flush(host);
     }
 
@@ -1015,19 +983,17 @@ impl<'t> World<'t> {
             }
             true
         });
+        let now_ms = self.now / 1000;
         for q in expired {
-            let replica = self.reqs[q as usize].replica as usize;
+            let replica = self.reqs[q as usize].replica();
             self.detach(q, replica);
             let id = (u64::from(q) << 8) | u64::from(self.reqs[q as usize].attempt);
             self.engines[replica].core.abort(RequestId(id));
             self.failures += 1;
-            self.finish_failed(
-                q,
-                Outcome::Explicit {
-                    why: "HTTP 504 timeout".into(),
-                },
-                true,
-            );
+            let fail = self.with_life(q, |life, node| {
+                life.failed_holding(Broke::Deadline, &mut node.router, now_ms)
+            });
+            self.answer(q, failed(fail.unwrap_or(Fail::Timeout)));
         }
     }
 
@@ -1529,6 +1495,15 @@ fn voters(spec: &Spec) -> Vec<usize> {
         .into_iter()
         .map(|id| id as usize)
         .collect()
+}
+
+/// What the client saw of a request the lifecycle failed, as the ledger records it.
+fn failed(f: Fail) -> Outcome {
+    let why = match f {
+        Fail::CutOff => "the answer was cut off (error event)".into(),
+        _ => format!("HTTP {} {}", f.status(), f.code().unwrap_or(f.error_type())),
+    };
+    Outcome::Explicit { why }
 }
 
 fn short(items: &[usize]) -> String {

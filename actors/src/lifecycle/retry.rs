@@ -1,21 +1,21 @@
-//! What the front door does when a call to a replica fails before any answer came back:
-//! the one rule the live proxy and the simulator's virtual front doors share.
+//! The retry rule: when a call to a replica fails before any answer came back, whether
+//! the request gets another replica, and whether it is implicated in the failure.
 
 use crate::prober::RetryBudget;
 
 /// The front door's next move after an upstream failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamFailure {
+pub(crate) struct UpstreamFailure {
     /// The replica took the request and then failed: the request may be what broke it,
     /// so it is implicated (see `quarantine`).
-    pub implicate: bool,
+    pub(crate) implicate: bool,
     /// Place it once more elsewhere; otherwise answer 502.
-    pub retry: bool,
+    pub(crate) retry: bool,
 }
 
 /// A request gets at most one retry, and only while the router's retry budget allows,
 /// so that failing replicas do not multiply the load that made them fail.
-pub fn upstream_failed(
+pub(crate) fn upstream_failed(
     delivered: bool,
     already_retried: bool,
     budget: &mut RetryBudget,

@@ -1,0 +1,181 @@
+//! A request's life at a front door, from its placement to its end: admitted or refused,
+//! retried once elsewhere or failed with which error, finished exactly once. The live
+//! proxy and the simulator's virtual doors both run this core, so that their retry,
+//! fail-over and accounting cannot drift apart. The shell does the I/O (sending, timing,
+//! streaming) and reports what happened; the core tells the router core and says what
+//! to do next. Pure: the router core, the retry budget and the clock value are passed in.
+
+mod fail;
+mod retry;
+
+#[cfg(test)]
+mod tests;
+
+pub use fail::Fail;
+
+use crate::prober::RetryBudget;
+use crate::router::{Admission, Placement, RequestId, RouterCore, Usage, Verdict};
+use crate::slice::ReplicaId;
+use retry::upstream_failed;
+
+/// How a replica failed a request it had taken, too late for a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broke {
+    /// The request's deadline passed with the replica holding it.
+    Deadline,
+    /// The answer broke off, went silent or ended early after it began.
+    Answer,
+}
+
+impl Broke {
+    fn fail(self) -> Fail {
+        match self {
+            Broke::Deadline => Fail::Timeout,
+            Broke::Answer => Fail::CutOff,
+        }
+    }
+}
+
+/// What the door does after an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Next {
+    /// Send the request again, to this placement (never the replica that failed).
+    Retry(Placement),
+    /// Answer the client with this error; the router has already finished the request.
+    Fail(Fail),
+}
+
+/// One admitted request at its door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle {
+    id: RequestId,
+    /// The replica of the current attempt.
+    replica: ReplicaId,
+    retried: bool,
+    /// The router still holds it (in flight, charged to `replica`).
+    open: bool,
+}
+
+impl Lifecycle {
+    /// Admits and places a request at `now_ms`. A quarantined request is refused before
+    /// it can break another replica; one that finds no replica is answered 503. Only a
+    /// request actually sent deposits into the retry budget.
+    pub fn begin(
+        router: &mut RouterCore,
+        budget: &mut RetryBudget,
+        admission: &Admission<'_>,
+        now_ms: u64,
+    ) -> Result<(Self, Placement), Fail> {
+        if let Some(fp) = admission.fingerprint {
+            if let Verdict::Refused { replicas } = router.verdict(fp, now_ms) {
+                return Err(Fail::Quarantined { replicas });
+            }
+        }
+        let placement = router.place(admission, now_ms).ok_or(Fail::NoReplica)?;
+        budget.on_request(now_ms);
+        let life = Self {
+            id: placement.id,
+            replica: placement.replica,
+            retried: false,
+            open: true,
+        };
+        Ok((life, placement))
+    }
+
+    /// The router's name for the request.
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The replica of the current attempt.
+    pub fn replica(&self) -> ReplicaId {
+        self.replica
+    }
+
+    /// Whether the request is on its second attempt.
+    pub fn retried(&self) -> bool {
+        self.retried
+    }
+
+    /// Whether the router still holds the request.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// The current attempt's call failed at `now_ms` before any answer came back;
+    /// `delivered`: the replica took the request first (so the request may be what broke
+    /// it). The request is retried once elsewhere while the budget allows; otherwise the
+    /// replica is counted against and the request fails with 502 (503 when the retry
+    /// finds no replica).
+    pub fn failed_before_answer(
+        &mut self,
+        delivered: bool,
+        router: &mut RouterCore,
+        budget: &mut RetryBudget,
+        now_ms: u64,
+    ) -> Next {
+        if !self.open {
+            return Next::Fail(Fail::Unreachable);
+        }
+        let next = upstream_failed(delivered, self.retried, budget, now_ms);
+        if next.implicate {
+            router.implicate(self.id, self.replica, now_ms);
+        }
+        if !next.retry {
+            router.on_replica_failure(self.replica, now_ms);
+            self.finish(router, None);
+            return Next::Fail(Fail::Unreachable);
+        }
+        self.retried = true;
+        // The router counts the failure against the replica, and finishes the request
+        // itself when no other replica can take it.
+        match router.retry(self.id, self.replica, now_ms) {
+            Some(p) => {
+                self.replica = p.replica;
+                Next::Retry(p)
+            }
+            None => {
+                self.open = false;
+                Next::Fail(Fail::NoReplica)
+            }
+        }
+    }
+
+    /// The replica failed at `now_ms` while it held the request, too late to retry: the
+    /// failure is counted against the replica, the request implicated (it may be what
+    /// hung or broke it) and finished.
+    pub fn failed_holding(&mut self, how: Broke, router: &mut RouterCore, now_ms: u64) -> Fail {
+        if self.open {
+            router.on_replica_failure(self.replica, now_ms);
+            router.implicate(self.id, self.replica, now_ms);
+            self.finish(router, None);
+        }
+        how.fail()
+    }
+
+    /// The connection to the replica was lost at `now_ms` after the replica took the
+    /// request: a failed call like any other while nothing of the answer has reached the
+    /// client, an answer cut off once some has.
+    pub fn lost(
+        &mut self,
+        answer_started: bool,
+        router: &mut RouterCore,
+        budget: &mut RetryBudget,
+        now_ms: u64,
+    ) -> Next {
+        if answer_started {
+            Next::Fail(self.failed_holding(Broke::Answer, router, now_ms))
+        } else {
+            self.failed_before_answer(true, router, budget, now_ms)
+        }
+    }
+
+    /// The request ended — answered (with the engine's `usage` when it completed), or
+    /// given up by the door. Only the first end reaches the router, however many paths
+    /// of the shell end it.
+    pub fn finish(&mut self, router: &mut RouterCore, usage: Option<Usage>) {
+        if std::mem::take(&mut self.open) {
+            router.finish(self.id, usage);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+use super::*;
+use crate::prober::{ProbeConfig, RETRY_BUDGET_WINDOW_S};
+use crate::router::core::test_router as router;
+use crate::router::NO_CONTENT;
+use crate::slice::SliceKey;
+use proptest::prelude::*;
+
+/// A budget of `reserve_per_s` retries a second and `ratio` of one per request.
+fn budget(ratio: f64, reserve_per_s: f64) -> RetryBudget {
+    RetryBudget::new(&ProbeConfig {
+        retry_budget_ratio: ratio,
+        retry_budget_min_per_s: reserve_per_s,
+        ..ProbeConfig::default()
+    })
+}
+
+fn admission(key: u64, fingerprint: Option<u64>) -> Admission<'static> {
+    Admission {
+        workload: Some(SliceKey(key)),
+        blocks: &NO_CONTENT,
+        input_tokens: 100,
+        images: 0,
+        max_tokens: Some(50),
+        n: 1,
+        fingerprint,
+        radius: None,
+    }
+}
+
+#[test]
+fn a_failed_call_is_retried_once_on_another_replica_then_fails_502() {
+    let mut r = router(4, 4);
+    let mut b = budget(0.0, 10.0);
+    let (mut life, first) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
+    assert_eq!(life.replica(), first.replica);
+    let Next::Retry(second) = life.failed_before_answer(false, &mut r, &mut b, 10) else {
+        panic!("the first failure is retried");
+    };
+    assert_ne!(second.replica, first.replica);
+    assert_eq!((life.replica(), life.retried()), (second.replica, true));
+    assert_eq!(r.in_flight(), 1);
+    assert_eq!(
+        life.failed_before_answer(false, &mut r, &mut b, 20),
+        Next::Fail(Fail::Unreachable)
+    );
+    assert!(!life.is_open());
+    assert_eq!(r.in_flight(), 0, "the router finished it");
+}
+
+#[test]
+fn without_budget_the_first_failure_is_final() {
+    let mut r = router(4, 4);
+    let mut b = budget(0.0, 0.0);
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
+    assert_eq!(
+        life.failed_before_answer(true, &mut r, &mut b, 0),
+        Next::Fail(Fail::Unreachable)
+    );
+    assert_eq!(r.in_flight(), 0);
+}
+
+#[test]
+fn a_retry_that_finds_no_replica_is_503_and_finished_by_the_router() {
+    // The only replica failed.
+    let mut r = router(1, 1);
+    let mut b = budget(0.0, 10.0);
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
+    assert_eq!(
+        life.failed_before_answer(false, &mut r, &mut b, 0),
+        Next::Fail(Fail::NoReplica)
+    );
+    assert!(!life.is_open());
+    assert_eq!(r.in_flight(), 0);
+}
+
+#[test]
+fn a_request_delivered_to_replicas_that_failed_is_quarantined() {
+    let mut r = router(4, 4);
+    let mut b = budget(0.0, 10.0);
+    let poison = admission(7, Some(0xbad));
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &poison, 0).unwrap();
+    assert!(matches!(
+        life.failed_before_answer(true, &mut r, &mut b, 0),
+        Next::Retry(_)
+    ));
+    assert_eq!(
+        life.failed_holding(Broke::Deadline, &mut r, 5),
+        Fail::Timeout
+    );
+    // Implicated on two replicas, the default limit.
+    assert_eq!(
+        Lifecycle::begin(&mut r, &mut b, &poison, 10),
+        Err(Fail::Quarantined { replicas: 2 })
+    );
+    // A request never delivered is not implicated.
+    let clean = admission(8, Some(0x600d));
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &clean, 20).unwrap();
+    let Next::Retry(_) = life.failed_before_answer(false, &mut r, &mut b, 20) else {
+        panic!("retried");
+    };
+    life.failed_before_answer(false, &mut r, &mut b, 20);
+    assert_eq!(r.verdict(0x600d, 30), Verdict::Clear);
+}
+
+#[test]
+fn a_request_placed_nowhere_deposits_nothing_in_the_budget() {
+    let mut r = router(2, 2);
+    for id in 0..2 {
+        r.set_checked_health(ReplicaId(id), false);
+    }
+    let mut b = budget(1.0, 0.0);
+    assert_eq!(
+        Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0),
+        Err(Fail::NoReplica)
+    );
+    assert!(!b.try_retry(0), "no deposit for a request never sent");
+    r.set_checked_health(ReplicaId(0), true);
+    assert!(Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).is_ok());
+    assert!(b.try_retry(0));
+}
+
+#[test]
+fn a_broken_answer_is_never_retried_and_ends_once() {
+    let mut r = router(4, 4);
+    let mut b = budget(0.0, 10.0);
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
+    assert_eq!(life.lost(true, &mut r, &mut b, 0), Next::Fail(Fail::CutOff));
+    assert_eq!(r.in_flight(), 0);
+    // The shell's other paths end it again: nothing more reaches the router.
+    life.finish(&mut r, None);
+    assert_eq!(
+        life.failed_holding(Broke::Deadline, &mut r, 1),
+        Fail::Timeout
+    );
+    assert_eq!(r.in_flight(), 0);
+    // Lost before any of the answer came back: a delivered call failure, retried.
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &admission(2, None), 0).unwrap();
+    assert!(matches!(
+        life.lost(false, &mut r, &mut b, 0),
+        Next::Retry(_)
+    ));
+}
+
+#[test]
+fn failures_are_answered_as_the_openai_api_would() {
+    let q = Fail::Quarantined { replicas: 2 };
+    assert_eq!((q.status(), q.code()), (422, Some("request_quarantined")));
+    assert_eq!(
+        (Fail::NoReplica.status(), Fail::NoReplica.error_type()),
+        (503, "service_unavailable")
+    );
+    assert_eq!(Fail::Unreachable.retry_after_s(), Some(1));
+    assert_eq!(Fail::Timeout.retry_after_s(), None);
+    assert_eq!(
+        (Fail::CutOff.status(), Fail::CutOff.error_type()),
+        (502, "upstream_error")
+    );
+}
+
+/// What the shell reports of request `.0` (an index into the open requests).
+#[derive(Debug, Clone)]
+enum Event {
+    Admit(u64),
+    CallFailed(usize, bool),
+    Held(usize, bool),
+    Lost(usize, bool),
+    Finish(usize),
+    Later(u64),
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        3 => (0u64..16).prop_map(Event::Admit),
+        4 => (0usize..8, any::<bool>()).prop_map(|(i, d)| Event::CallFailed(i, d)),
+        1 => (0usize..8, any::<bool>()).prop_map(|(i, d)| Event::Held(i, d)),
+        1 => (0usize..8, any::<bool>()).prop_map(|(i, s)| Event::Lost(i, s)),
+        2 => (0usize..8).prop_map(Event::Finish),
+        1 => (0u64..3_000).prop_map(Event::Later),
+    ]
+}
+
+proptest! {
+    /// Whatever the shell reports, in whatever order: the router holds exactly the
+    /// requests still open, a request is retried at most once and never onto the
+    /// replica that failed, a failed request is finished, and retries stay within the
+    /// budget's bound.
+    #[test]
+    fn the_router_holds_exactly_the_open_requests(
+        events in proptest::collection::vec(event(), 1..120),
+        replicas in 1u64..6,
+        ratio in 0.0f64..0.5,
+        reserve in 0.0f64..2.0,
+    ) {
+        let mut r = router(replicas, replicas as usize);
+        let mut b = budget(ratio, reserve);
+        let mut lives: Vec<(Lifecycle, u32)> = Vec::new();
+        let (mut now, mut begun, mut retries) = (0u64, 0u64, 0u64);
+        for ev in events {
+            // The open request an event is about, if any.
+            let k = match &ev {
+                Event::CallFailed(i, _) | Event::Held(i, _) | Event::Lost(i, _) | Event::Finish(i) => {
+                    match lives.len() {
+                        0 => continue,
+                        n => i % n,
+                    }
+                }
+                Event::Admit(_) | Event::Later(_) => 0,
+            };
+            match ev {
+                Event::Admit(key) => {
+                    if let Ok((life, p)) = Lifecycle::begin(&mut r, &mut b, &admission(key, Some(key)), now) {
+                        prop_assert_eq!(life.replica(), p.replica);
+                        begun += 1;
+                        lives.push((life, 0));
+                    }
+                }
+                Event::CallFailed(_, delivered) => {
+                    let (life, tries) = &mut lives[k];
+                    let (was_open, failed) = (life.is_open(), life.replica());
+                    match life.failed_before_answer(delivered, &mut r, &mut b, now) {
+                        Next::Retry(p) => {
+                            prop_assert!(was_open);
+                            prop_assert_ne!(p.replica, failed);
+                            *tries += 1;
+                            retries += 1;
+                            prop_assert!(*tries <= 1, "retried twice");
+                        }
+                        Next::Fail(f) => {
+                            prop_assert!(matches!(f, Fail::Unreachable | Fail::NoReplica));
+                            prop_assert!(!life.is_open());
+                        }
+                    }
+                }
+                Event::Held(_, deadline) => {
+                    let how = if deadline { Broke::Deadline } else { Broke::Answer };
+                    let f = lives[k].0.failed_holding(how, &mut r, now);
+                    prop_assert_eq!(f, if deadline { Fail::Timeout } else { Fail::CutOff });
+                    prop_assert!(!lives[k].0.is_open());
+                }
+                Event::Lost(_, started) => {
+                    let (life, tries) = &mut lives[k];
+                    if let Next::Retry(_) = life.lost(started, &mut r, &mut b, now) {
+                        prop_assert!(!started);
+                        *tries += 1;
+                        retries += 1;
+                        prop_assert!(*tries <= 1, "retried twice");
+                    }
+                }
+                Event::Finish(_) => {
+                    lives[k].0.finish(&mut r, None);
+                }
+                Event::Later(ms) => now += ms,
+            }
+            let open = lives.iter().filter(|(l, _)| l.is_open()).count();
+            prop_assert_eq!(r.in_flight(), open);
+        }
+        // The budget's bound over the slots the run spanned.
+        let bound = ratio * begun as f64 + reserve * (now / 1000 + RETRY_BUDGET_WINDOW_S) as f64;
+        prop_assert!(retries as f64 <= bound + 1e-9, "{retries} retries, bound {bound}");
+    }
+}
