@@ -73,14 +73,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn coeffs() -> MuCoefficients {
-        MuCoefficients {
-            uncached_input: 0.019,
-            cached_input: 0.0,
-            output: 0.129,
-            input_output: 0.00004,
-            image: 0.0,
-            attention: 0.0,
-        }
+        crate::mu::pricing::test_coefficients()
     }
 
     #[test]

@@ -84,6 +84,20 @@ pub fn attention_pairs(uncached: f64, cached: f64) -> f64 {
     uncached * (cached + uncached / 2.0)
 }
 
+/// Text-only prices with no cache discount: enough for the tests of what is priced in
+/// MU (the in-flight ledger, the router) without a calibrated profile.
+#[cfg(test)]
+pub(crate) fn test_coefficients() -> MuCoefficients {
+    MuCoefficients {
+        uncached_input: 0.019,
+        cached_input: 0.0,
+        output: 0.129,
+        input_output: 0.00004,
+        image: 0.0,
+        attention: 0.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -876,14 +876,7 @@ pub(crate) fn test_router(replicas: u64, subset: usize) -> RouterCore {
             capacity_mu_per_min: 60_000.0,
         })
         .collect();
-    let coeffs = MuCoefficients {
-        uncached_input: 0.019,
-        cached_input: 0.0,
-        output: 0.129,
-        input_output: 0.00004,
-        image: 0.0,
-        attention: 0.0,
-    };
+    let coeffs = crate::mu::pricing::test_coefficients();
     let assignment = Assignment::uniform(1, &ids, 8, subset)
         .unwrap_or_else(|e| panic!("a test assignment of {replicas} replicas: {e}"));
     RouterCore::new(coeffs, RouterConfig::default(), &specs, assignment)

@@ -7,7 +7,14 @@
 //! duration; its fault strikes a third of the way in (after the balancer drained the
 //! doors it takes down) and is healed a third of a slot later.
 
+mod cluster;
 pub mod control;
+mod engines;
+mod faults;
+mod probes;
+mod requests;
+mod samples;
+pub mod spec;
 pub mod world;
 
 use crate::drill::{self, checks, ledger, DrillArgs, DrillReport, PoisonReport};
@@ -15,7 +22,8 @@ use crate::trace::splitmix64 as splitmix;
 use crate::trace::{self, Trace};
 use anyhow::{bail, Result};
 use sluice_actors::Profile;
-use world::{Act, Spec, World};
+use spec::{Act, Spec};
+use world::World;
 
 /// How long after the load the run may go on for every request to be answered (past the
 /// doors' request timeout, so that none is cut short by the drill) and every replica

@@ -1,0 +1,334 @@
+//! The requests' side of the virtual fleet: the load arriving through the balancer,
+//! each request's attempts at its door — run by the live node's request-lifecycle core
+//! — its tokens as the engine streams them, and its answer in the ledger.
+
+use super::world::{Ev, Node, Power, Req, World, POISON_FINGERPRINT, POISON_KEY, SECOND_US};
+use crate::drill::ledger::Outcome;
+use crate::trace::splitmix64 as splitmix;
+use sluice_actors::lifecycle::{Broke, Fail, Lifecycle, Next};
+use sluice_actors::prober::RealOutcome;
+use sluice_actors::router::{Admission, PromptBlocks, Usage};
+use sluice_actors::slice::{ReplicaId, SliceKey};
+use sluice_engine::core::{EngineRequest, RequestId};
+
+impl World<'_> {
+    pub(super) fn arrival(&mut self, i: u32) {
+        if let Some(next) = self.trace.requests.get(i as usize + 1) {
+            if next.arrival_us <= self.end_us {
+                self.push(next.arrival_us, Ev::Arrival(i + 1));
+            }
+        }
+        let stream = splitmix(u64::from(i)) & 1 == 1;
+        self.admit(Some(i), stream, false);
+    }
+
+    /// A client sends a request through the balancer: to the next open door.
+    pub(super) fn admit(&mut self, trace: Option<u32>, stream: bool, poison: bool) {
+        let n = self.nodes.len();
+        let door = (0..n)
+            .map(|k| (self.door_rr + k) % n)
+            .find(|&d| self.nodes[d].open && self.reach.up[d]);
+        self.door_rr = self.door_rr.wrapping_add(1);
+        let q = self.reqs.len() as u32;
+        self.reqs.push(Req {
+            trace,
+            door: door.unwrap_or(0) as u32,
+            stream,
+            poison,
+            sent_us: self.now,
+            attempt: 0,
+            life: None,
+            started: false,
+            next_token: 0,
+            last_us: self.now,
+            corrupt: false,
+            counted: false,
+            done: None,
+        });
+        let Some(door) = door else {
+            self.answer(
+                q,
+                Outcome::Explicit {
+                    why: "no front door open".into(),
+                },
+            );
+            return;
+        };
+        self.active.push(q);
+        self.nodes[door].inflight += 1;
+        self.reqs[q as usize].counted = true;
+        let (workload, input, output, fingerprint) = self.shape(q);
+        let blocks = PromptBlocks::of_tokens(&self.prompt(q));
+        let now_ms = self.now / 1000;
+        let admission = Admission {
+            workload: workload.map(SliceKey),
+            blocks: &blocks,
+            input_tokens: input,
+            images: 0,
+            max_tokens: Some(output),
+            n: 1,
+            fingerprint: Some(fingerprint),
+            radius: None,
+        };
+        let node = &mut self.nodes[door];
+        match Lifecycle::begin(&mut node.router, &mut node.budget, &admission, now_ms) {
+            Ok((life, p)) => {
+                self.reqs[q as usize].life = Some(life);
+                self.dispatch(q, p.replica.0 as usize);
+            }
+            Err(f) => self.answer(q, failed(f)),
+        }
+    }
+
+    /// (workload key, prompt tokens, output tokens, body fingerprint) of request `q`.
+    fn shape(&self, q: u32) -> (Option<u64>, u32, u32, u64) {
+        let r = &self.reqs[q as usize];
+        match r.trace.and_then(|t| self.trace.requests.get(t as usize)) {
+            Some(t) => (
+                t.session,
+                t.prompt.len(),
+                t.output_tokens.max(1),
+                splitmix(u64::from(r.trace.unwrap_or(0)) ^ 0xb0d7),
+            ),
+            None => (Some(POISON_KEY), 64, 32, POISON_FINGERPRINT),
+        }
+    }
+
+    pub(super) fn prompt(&self, q: u32) -> Vec<u32> {
+        match self.reqs[q as usize]
+            .trace
+            .and_then(|t| self.trace.requests.get(t as usize))
+        {
+            Some(t) => t.prompt.tokens(),
+            None => (0..64).map(|k| 7 + k).collect(),
+        }
+    }
+
+    /// Sends the current attempt of `q` to `replica`.
+    fn dispatch(&mut self, q: u32, replica: usize) {
+        self.routed[replica] += 1;
+        let req = &self.reqs[q as usize];
+        let door = req.door as usize;
+        let attempt = req.attempt;
+        let host = self.spec.host(replica);
+        if host != door && !self.reach.can(door, host) {
+            // Forwarded on a connection to a peer that is gone: no answer until the
+            // QUIC idle timeout, and the door cannot tell whether it arrived.
+            self.push(self.now + self.spec.peer_timeout_us, Ev::Cut(q, attempt));
+            return;
+        }
+        if self.engines[replica].power != Power::Up {
+            // The engine's port refuses the connection: not delivered.
+            self.upstream_failure(q, false);
+            return;
+        }
+        let (_, _, output, _) = self.shape(q);
+        let prompt = self.prompt(q);
+        let id = (u64::from(q) << 8) | u64::from(attempt);
+        let e = &mut self.engines[replica];
+        match e.core.add_request(
+            EngineRequest::new(RequestId(id), prompt, output, output),
+            self.now,
+        ) {
+            Ok(()) => {
+                e.on.push(q);
+                if self.reqs[q as usize].poison {
+                    // The poison hangs whichever engine serves it.
+                    e.hung = true;
+                }
+                self.kick(replica);
+            }
+            Err(why) => self.answered(
+                q,
+                replica,
+                400,
+                None,
+                Outcome::Explicit {
+                    why: format!("HTTP 400 {why}"),
+                },
+            ),
+        }
+    }
+
+    pub(super) fn current(&self, id: u64, r: usize) -> Option<u32> {
+        let q = (id >> 8) as u32;
+        let req = self.reqs.get(q as usize)?;
+        (req.done.is_none() && u64::from(req.attempt) == id & 0xff && req.replica() == r)
+            .then_some(q)
+    }
+
+    pub(super) fn token(&mut self, r: usize, id: u64, index: u32) {
+        let Some(q) = self.current(id, r) else {
+            return;
+        };
+        let req = &mut self.reqs[q as usize];
+        if index != req.next_token {
+            req.corrupt = true;
+        }
+        req.next_token = index + 1;
+        req.started = true;
+        req.last_us = self.now;
+        if index % 16 == 15 {
+            if let Some(life) = req.life {
+                let door = req.door as usize;
+                self.nodes[door].router.progress(life.id(), index + 1);
+            }
+        }
+    }
+
+    pub(super) fn finished(&mut self, r: usize, id: u64, usage: sluice_engine::core::Usage) {
+        let Some(q) = self.current(id, r) else {
+            return;
+        };
+        self.detach(q, r);
+        let req = &self.reqs[q as usize];
+        let outcome = if req.corrupt || req.next_token != usage.completion_tokens {
+            Outcome::Lost {
+                why: format!(
+                    "tokens do not add up: {} streamed, usage says {}",
+                    req.next_token, usage.completion_tokens
+                ),
+            }
+        } else {
+            Outcome::Ok
+        };
+        let usage = Usage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cached_tokens: usage.cached_tokens,
+        };
+        self.answered(q, r, 200, Some(usage), outcome);
+    }
+
+    /// Replica `r` answered `q` with HTTP `status`: its door's router and prober hear
+    /// of it as a live door's do.
+    pub(super) fn answered(
+        &mut self,
+        q: u32,
+        r: usize,
+        status: u16,
+        usage: Option<Usage>,
+        outcome: Outcome,
+    ) {
+        let now_ms = self.now / 1000;
+        let door = self.reqs[q as usize].door as usize;
+        self.with_life(q, |life, node| life.finish(&mut node.router, usage));
+        let changes = self.nodes[door].prober.on_real_outcome(
+            ReplicaId(r as u64),
+            RealOutcome::of_status(Some(status)),
+            now_ms,
+        );
+        self.answer(q, outcome);
+        self.verdicts(door, changes);
+    }
+
+    /// Runs `f` on `q`'s lifecycle with its door's node (its router and retry budget).
+    fn with_life<R>(
+        &mut self,
+        q: u32,
+        f: impl FnOnce(&mut Lifecycle, &mut Node) -> R,
+    ) -> Option<R> {
+        let req = &mut self.reqs[q as usize];
+        let life = req.life.as_mut()?;
+        Some(f(life, &mut self.nodes[req.door as usize]))
+    }
+
+    /// An attempt of `q` failed (one more failure counted): `decide` asks its lifecycle,
+    /// with its door's node, what now at the clock value it is given; that is carried out.
+    fn attempt_failed(
+        &mut self,
+        q: u32,
+        decide: impl FnOnce(&mut Lifecycle, &mut Node, u64) -> Next,
+    ) {
+        self.failures += 1;
+        let now_ms = self.now / 1000;
+        match self.with_life(q, |life, node| decide(life, node, now_ms)) {
+            Some(Next::Retry(p)) => {
+                let req = &mut self.reqs[q as usize];
+                req.attempt = req.attempt.wrapping_add(1);
+                self.dispatch(q, p.replica.0 as usize);
+            }
+            Some(Next::Fail(f)) => self.answer(q, failed(f)),
+            // Only a placed request has attempts that can fail.
+            None => {}
+        }
+    }
+
+    /// The request's attempt failed before any answer reached the client.
+    fn upstream_failure(&mut self, q: u32, delivered: bool) {
+        self.attempt_failed(q, |life, node, now_ms| {
+            life.failed_before_answer(delivered, &mut node.router, &mut node.budget, now_ms)
+        });
+    }
+
+    /// The attempt broke after the replica took it: a stream already started ends
+    /// with an error event; otherwise the door may retry.
+    pub(super) fn cut(&mut self, q: u32, attempt: u8) {
+        let req = &self.reqs[q as usize];
+        if req.done.is_some() || req.attempt != attempt {
+            return;
+        }
+        let (replica, started) = (req.replica(), req.started);
+        self.detach(q, replica);
+        self.attempt_failed(q, |life, node, now_ms| {
+            life.lost(started, &mut node.router, &mut node.budget, now_ms)
+        });
+    }
+
+    pub(super) fn answer(&mut self, q: u32, outcome: Outcome) {
+        let req = &mut self.reqs[q as usize];
+        if req.done.is_some() {
+            return;
+        }
+        req.done = Some((self.now, outcome));
+        if std::mem::take(&mut req.counted) {
+            let door = req.door as usize;
+            self.nodes[door].inflight = self.nodes[door].inflight.saturating_sub(1);
+        }
+        if req.poison {
+            self.poison_waiting = false;
+            if self.poison_on || self.poison_final {
+                self.push(self.now + SECOND_US, Ev::Poison);
+            }
+        }
+    }
+
+    /// Timeouts at the doors: a stream silent past the idle timeout, a request past
+    /// its deadline. Both end with an explicit error and count against the replica.
+    pub(super) fn timeouts(&mut self) {
+        let mut expired = Vec::new();
+        self.active.retain(|&q| {
+            let r = &self.reqs[q as usize];
+            if r.done.is_some() {
+                return false;
+            }
+            if (r.started && self.now.saturating_sub(r.last_us) > self.spec.stream_idle_us)
+                || self.now.saturating_sub(r.sent_us) > self.spec.request_timeout_us
+            {
+                expired.push(q);
+            }
+            true
+        });
+        let now_ms = self.now / 1000;
+        for q in expired {
+            let replica = self.reqs[q as usize].replica();
+            self.detach(q, replica);
+            let id = (u64::from(q) << 8) | u64::from(self.reqs[q as usize].attempt);
+            self.engines[replica].core.abort(RequestId(id));
+            self.failures += 1;
+            let fail = self.with_life(q, |life, node| {
+                life.failed_holding(Broke::Deadline, &mut node.router, now_ms)
+            });
+            self.answer(q, failed(fail.unwrap_or(Fail::Timeout)));
+        }
+    }
+}
+
+/// What the client saw of a request the lifecycle failed, as the ledger records it.
+fn failed(f: Fail) -> Outcome {
+    let why = match f {
+        Fail::CutOff => "the answer was cut off (error event)".into(),
+        _ => format!("HTTP {} {}", f.status(), f.code().unwrap_or(f.error_type())),
+    };
+    Outcome::Explicit { why }
+}
