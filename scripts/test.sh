@@ -49,10 +49,10 @@ step "build"
 cargo build --workspace --bins --locked
 
 step "rust tests"
-bounded 30m cargo test --workspace --locked --exclude sluice-chaos
+bounded 30m cargo test --workspace --locked --exclude sluice-loadgen
 # One at a time: calibration measures a live engine's throughput and must not share
 # the two cores with the load generator's tests.
-bounded 15m cargo test -p sluice-chaos --locked -- --test-threads=1
+bounded 15m cargo test -p sluice-loadgen --locked -- --test-threads=1
 
 step "end-to-end tests with the openai client"
 SLUICE_BIN="$PWD/target/debug/sluice" bounded 10m .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider

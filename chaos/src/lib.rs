@@ -1,7 +1,6 @@
-//! Fault injection, drills, the discrete-event simulator and the load generator.
+//! Chaos drills: faults injected into a local cluster of real node processes, and the
+//! same scenarios in virtual time over the simulated fleet, each checked for lost
+//! requests and diverging committed state.
 
-pub mod calibrate;
 pub mod drill;
-pub mod loadgen;
-pub mod sim;
-pub mod trace;
+pub mod virtual_drill;

@@ -38,11 +38,11 @@ enum Command {
     #[command(subcommand)]
     Tenant(TenantCommand),
     /// Simulate a fleet in virtual time: replay a trace under routing policies and compare them.
-    Sim(sluice_chaos::sim::cli::SimArgs),
+    Sim(sluice_sim::cli::SimArgs),
     /// Drive load at an OpenAI-compatible endpoint and report throughput and latency.
-    Loadgen(sluice_chaos::loadgen::LoadgenArgs),
+    Loadgen(sluice_loadgen::LoadgenArgs),
     /// Measure an OpenAI-compatible engine and fit a profile's MU coefficients and capacity.
-    Calibrate(sluice_chaos::calibrate::CalibrateArgs),
+    Calibrate(sluice_loadgen::calibrate::CalibrateArgs),
     /// Chaos drills on a local cluster of real node processes.
     #[command(subcommand)]
     Chaos(ChaosCommand),
@@ -338,8 +338,8 @@ fn run(cli: Cli) -> Result<()> {
                 cluster::cli::remove(&data_dir, node, id).await
             }
             Command::Sim(_) => Ok(()),
-            Command::Loadgen(a) => sluice_chaos::loadgen::cli_main(a).await,
-            Command::Calibrate(a) => sluice_chaos::calibrate::cli_main(a).await,
+            Command::Loadgen(a) => sluice_loadgen::cli_main(a).await,
+            Command::Calibrate(a) => sluice_loadgen::calibrate::cli_main(a).await,
             Command::Chaos(ChaosCommand::Drill(a)) => sluice_chaos::drill::cli_main(a).await,
             Command::Replica(ReplicaCommand::Sim(a)) => {
                 replica::run(replica::SimArgs {

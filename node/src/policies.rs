@@ -7,8 +7,8 @@ use sluice_actors::router::sluice_policy::{SluiceOptions, SluicePolicy};
 use sluice_actors::router::RoutingPolicy;
 use sluice_actors::slice::ReplicaId;
 use sluice_actors::Profile;
-use sluice_chaos::sim::cli::{cli_main, SimArgs};
-use sluice_chaos::sim::FleetSpec;
+use sluice_sim::cli::{cli_main, SimArgs};
+use sluice_sim::FleetSpec;
 
 /// Sluice with a fixed uniform slice map and no assigner rounds: the ablation that shows
 /// what the assigner adds. Not part of `all`.

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use serde_json::Value;
 use sluice_chaos::drill::ledger::{judge_stream, Outcome};
-use sluice_chaos::sim::scaling::ScalePoint;
+use sluice_sim::scaling::ScalePoint;
 use sluice_tests::cluster::{init, status, wait_status, Node};
 use sluice_tests::Http;
 use std::collections::{BTreeMap, BTreeSet};
@@ -186,7 +186,7 @@ fn write_ramp(points: &[ScalePoint], per_replica: f64) -> Result<()> {
         ));
     }
     std::fs::write(dir.join("ramp.csv"), csv)?;
-    sluice_chaos::sim::plot::replicas_over_time(
+    sluice_sim::plot::replicas_over_time(
         &dir.join("ramp.svg"),
         "Live autoscaler: 3 nodes × 2 GPUs, load ramp",
         &[("replicas (healthy + starting)".to_owned(), points.to_vec())],

@@ -4,9 +4,9 @@
 //! taken out (the drill takes a node out before it stops or kills it).
 
 use super::ledger::{judge_stream, Outcome, Record};
-use crate::loadgen::exchange::{client, HttpClient};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use sluice_loadgen::exchange::{client, HttpClient};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};

@@ -149,9 +149,9 @@ pub async fn cli_main(args: DrillArgs) -> Result<()> {
         bail!("--duration must be at least 9 s and --rate positive");
     }
     let report = if args.virtual_time {
-        crate::sim::drill::check(&args)?;
+        crate::virtual_drill::check(&args)?;
         let a = args.clone();
-        tokio::task::spawn_blocking(move || crate::sim::drill::run(&a))
+        tokio::task::spawn_blocking(move || crate::virtual_drill::run(&a))
             .await
             .context("the virtual drill panicked")??
     } else {
@@ -623,7 +623,7 @@ async fn heal(
 }
 
 async fn admin_fault(endpoint: &str, body: &str) -> Result<()> {
-    let http = crate::loadgen::exchange::client(4, Duration::from_secs(2));
+    let http = sluice_loadgen::exchange::client(4, Duration::from_secs(2));
     let req = hyper::Request::post(format!("{endpoint}/admin/fault"))
         .header("content-type", "application/json")
         .body(http_body_util::Full::new(bytes::Bytes::from(

@@ -52,7 +52,7 @@ impl Watcher {
         let exe = std::env::current_exe().ok();
         let task = tokio::spawn(async move {
             let Some(exe) = exe else { return };
-            let http = crate::loadgen::exchange::client(8, Duration::from_secs(1));
+            let http = sluice_loadgen::exchange::client(8, Duration::from_secs(1));
             let mut counters = Counters::default();
             let mut prev_endpoints: HashMap<u64, String> = HashMap::new();
             loop {
@@ -154,7 +154,7 @@ async fn first_status(exe: &std::path::Path, targets: &[Target]) -> Option<Value
     None
 }
 
-async fn metrics(http: &crate::loadgen::exchange::HttpClient, addr: &str) -> Option<String> {
+async fn metrics(http: &sluice_loadgen::exchange::HttpClient, addr: &str) -> Option<String> {
     use http_body_util::BodyExt;
     let req = hyper::Request::get(format!("http://{addr}/metrics"))
         .body(http_body_util::Full::new(bytes::Bytes::new()))

@@ -126,7 +126,7 @@ impl RequestSource for SyntheticSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loadgen::Mode;
+    use crate::Mode;
     use serde_json::Value;
     use std::collections::BTreeSet;
 

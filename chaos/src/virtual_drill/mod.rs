@@ -18,10 +18,10 @@ pub mod spec;
 pub mod world;
 
 use crate::drill::{self, checks, ledger, DrillArgs, DrillReport, PoisonReport};
-use crate::trace::splitmix64 as splitmix;
-use crate::trace::{self, Trace};
 use anyhow::{bail, Result};
 use sluice_actors::Profile;
+use sluice_sim::trace::splitmix64 as splitmix;
+use sluice_sim::trace::{self, Trace};
 use spec::{Act, Spec};
 use world::World;
 
@@ -121,7 +121,7 @@ pub fn load(spec: &Spec, load: f64, end_us: u64, seed: u64) -> Trace {
                 r.prompt.segments.retain(|s| s.len > 0);
             }
         }
-        crate::sim::load::scale_to_load(
+        sluice_sim::load::scale_to_load(
             &mut t,
             &spec.profile.mu,
             load,

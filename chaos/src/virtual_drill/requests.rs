@@ -4,12 +4,12 @@
 
 use super::world::{Ev, Node, Power, Req, World, POISON_FINGERPRINT, POISON_KEY, SECOND_US};
 use crate::drill::ledger::Outcome;
-use crate::trace::splitmix64 as splitmix;
 use sluice_actors::lifecycle::{Broke, Fail, Lifecycle, Next};
 use sluice_actors::prober::RealOutcome;
 use sluice_actors::router::{Admission, PromptBlocks, Usage};
 use sluice_actors::slice::{ReplicaId, SliceKey};
 use sluice_engine::core::{EngineRequest, RequestId};
+use sluice_sim::trace::splitmix64 as splitmix;
 
 impl World<'_> {
     pub(super) fn arrival(&mut self, i: u32) {

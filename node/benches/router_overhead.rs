@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release -p sluice
-//! cargo bench -p sluice-chaos --bench router_overhead [-- OPTIONS]
+//! cargo bench -p sluice --bench router_overhead [-- OPTIONS]
 //!   --pin none|split      CPU placement (default none, see below)
 //!   --duration S          measured seconds per run (default 4)
 //!   --warmup S            discarded warm-up run before each measured one (default 0.7)
@@ -30,7 +30,7 @@
 //! Results go to stdout and, as JSON, to `target/bench-router/results.json`.
 
 use serde::Serialize;
-use sluice_chaos::loadgen::{self, Endpoint, LoadConfig, Mode, Report};
+use sluice_loadgen::{Endpoint, LoadConfig, Mode, Report};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -321,7 +321,7 @@ impl Bench<'_> {
         // that the CPU counters below cover the measured window only.
         cfg.duration = self.o.warmup;
         cfg.warmup = Duration::ZERO;
-        loadgen::run(&cfg).await.expect("warm-up run");
+        sluice_loadgen::run(&cfg).await.expect("warm-up run");
         cfg.duration = self.o.duration;
         let pids = [
             std::process::id(),
@@ -334,7 +334,7 @@ impl Bench<'_> {
             machine_busy_seconds(),
             std::time::Instant::now(),
         );
-        let report = loadgen::run(&cfg).await.expect("load run");
+        let report = sluice_loadgen::run(&cfg).await.expect("load run");
         let (after, busy1, elapsed) = (pids.map(cpu_seconds), machine_busy_seconds(), t0.elapsed());
         let used = |i: usize| after[i] - before[i];
         let ours: f64 = (0..pids.len()).map(used).sum();

@@ -1,4 +1,5 @@
-//! An HTTP/1.1 load generator for OpenAI-compatible endpoints.
+//! What drives a live OpenAI-compatible endpoint: the HTTP/1.1 load generator
+//! (`sluice loadgen`) and, built on it, calibration (`sluice calibrate`).
 //!
 //! What is sent comes from a [`RequestSource`] (today the [`SyntheticSource`], later a
 //! trace replayer), when it is sent from the [`Mode`]: a closed loop of `concurrency`
@@ -11,6 +12,7 @@
 //! request is abandoned after `request_timeout`. It only ever talks to the configured
 //! base URL.
 
+pub mod calibrate;
 mod cli;
 mod config;
 mod driver;

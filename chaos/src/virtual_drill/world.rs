@@ -12,7 +12,6 @@ use super::control::{Control, Reach, Write};
 use super::spec::{Act, Spec};
 use crate::drill::ledger::{Outcome, Record};
 use crate::drill::watch::Sample;
-use crate::trace::Trace;
 use sluice_actors::assigner::{
     next_assignment, AssignerConfig, LoadReport, Schedule, ScheduleConfig,
 };
@@ -21,6 +20,7 @@ use sluice_actors::prober::{Ejections, Probe, ProbeConfig, ProberCore, RetryBudg
 use sluice_actors::router::{QuarantineConfig, ReplicaSpec, RouterConfig, RouterCore};
 use sluice_actors::slice::ReplicaId;
 use sluice_engine::core::{EngineCore, EngineEvent};
+use sluice_sim::trace::Trace;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
