@@ -7,8 +7,7 @@ use sluice_actors::slice::ReplicaId;
 use sluice_raft::{NodeInfo, RaftRpc};
 use std::net::SocketAddr;
 
-/// A request from one node to another, by service. Raft stays the first variant: its
-/// encoding is what the cluster benchmark's stand-in node speaks.
+/// A request from one node to another, by service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum NodeRpc {
     /// Raft's own messages, answered [`NodeReply::Raft`].
