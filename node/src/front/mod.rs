@@ -107,6 +107,14 @@ pub struct FrontConfig {
     pub health_interval: Duration,
 }
 
+/// The front door's shared state. Locks are short and never held across an `.await`.
+/// Where two are held together it is in this order, and in no other:
+///
+/// - `registry_health` → `core` (a new fleet from the control state),
+/// - `ejected` → `core`, and `ejected` → `engines` (the prober's verdicts carried out),
+/// - `core` → `retry_budget` (a request placed or retried).
+///
+/// Every other lock is taken alone.
 pub struct AppState {
     core: Mutex<RouterCore>,
     upstreams: RwLock<HashMap<ReplicaId, Upstream>>,
