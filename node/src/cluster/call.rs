@@ -59,6 +59,18 @@ impl Transient for RpcError {
     }
 }
 
+impl Transient for sluice_raft::ControlPlaneError {
+    /// No leader now, or a write whose fate is unknown: asked again only by callers whose
+    /// writes are idempotent.
+    fn transient(&self) -> bool {
+        matches!(
+            self,
+            sluice_raft::ControlPlaneError::NoLeader { .. }
+                | sluice_raft::ControlPlaneError::Indeterminate(_)
+        )
+    }
+}
+
 impl Transient for sluice_transport::TransportError {
     /// The joined-through node could not decide now (leadership moves) or could not be
     /// reached yet.
@@ -73,6 +85,13 @@ impl Transient for sluice_transport::TransportError {
         )
     }
 }
+
+/// How idempotent writes to the control state are asked again while leadership moves.
+pub const WRITE_BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(300),
+    max: Duration::from_secs(1),
+    give_up_after: Duration::from_secs(6),
+};
 
 /// Exponential backoff with a deadline.
 #[derive(Debug, Clone, Copy)]

@@ -166,18 +166,11 @@ impl NodeHandler {
         self.place_voters(Some(id)).await?;
         // Removing the leader's own seat moves leadership: the record is written through
         // whoever leads next (RemoveNode is idempotent, so retrying is safe).
-        let mut attempt = 0;
-        loop {
-            match self.cp.write(ControlCommand::RemoveNode(id)).await {
-                Ok(_) => return Ok(()),
-                Err(e) if attempt < 10 => {
-                    tracing::info!(error = %e, "retrying the removal record");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        super::call::retry("removal record", super::call::WRITE_BACKOFF, || {
+            self.cp.write(ControlCommand::RemoveNode(id))
+        })
+        .await
+        .map(drop)
     }
 
     pub fn add_load(&self, report: &LoadReport) {

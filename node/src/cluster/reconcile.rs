@@ -19,6 +19,13 @@ use std::time::Duration;
 /// Time for every router to apply a `Draining` state before its work is counted: a
 /// request routed just before it saw the state still arrives after this.
 const DRAIN_PROPAGATION: Duration = Duration::from_secs(1);
+/// A replica's registry writes outlast a leader election or two.
+const COMMIT_BACKOFF: super::call::Backoff = super::call::Backoff {
+    first: Duration::from_millis(300),
+    max: Duration::from_secs(1),
+    give_up_after: Duration::from_secs(10),
+};
+
 /// SIGTERM to SIGKILL when a drained engine is stopped.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -181,18 +188,14 @@ async fn drain(
     tracing::info!(replica = id.0, "drained replica stopped and removed");
 }
 
-/// Commits `cmd`, retrying while there is no leader.
+/// Commits `cmd` (idempotent), asking again while there is no leader.
 async fn commit(node: &NodeHandle, cmd: ControlCommand) -> Option<ControlResponse> {
     let what = cmd.to_string();
-    for attempt in 0..20u32 {
-        match node.cp.write(cmd.clone()).await {
-            Ok(r) => return Some(r),
-            Err(e) => {
-                tracing::debug!(command = %what, attempt, error = %e, "retrying a write");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+    match super::call::retry(&what, COMMIT_BACKOFF, || node.cp.write(cmd.clone())).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(command = %what, error = %e, "write not committed; giving up");
+            None
         }
     }
-    tracing::warn!(command = %what, "write not committed; giving up");
-    None
 }
