@@ -301,6 +301,20 @@ impl NodeHandler {
             .filter_map(|(t, m)| Some((t.clone(), *m.get(&self.model)?)))
             .collect();
         front.set_tenants(me, keys, reservations, state.blast_radius().clone());
+        if !front.caught_up() && self.caught_up(state) {
+            front.set_caught_up();
+        }
+    }
+
+    /// Whether this node has applied the cluster's control state: its own record is in
+    /// it (so is everything committed before it joined), and since it started it has
+    /// heard from a leader and applied all the leader said was committed (so a node
+    /// restarted after a while has the tenants created meanwhile).
+    fn caught_up(&self, state: &ControlState) -> bool {
+        let m = self.cp.metrics();
+        state.node(m.id).is_some()
+            && m.leader.is_some()
+            && m.last_applied_index >= m.committed_index
     }
 
     /// How often the leader runs a full assigner round.

@@ -150,6 +150,10 @@ pub struct AppState {
     profile: sluice_actors::Profile,
     /// The supervisor's word on each launched engine.
     engines: Mutex<HashMap<ReplicaId, EngineStatus>>,
+    /// Whether this node has applied the cluster's control state (its tenants above
+    /// all): until then it admits no client request, rather than serve an open door on
+    /// a cluster that has tenants. Standalone nodes have nothing to wait for.
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 /// A supervised engine as the front door knows it.
@@ -208,6 +212,7 @@ impl AppState {
             fallback_model.as_deref(),
             &Default::default(),
         );
+        let standalone = remote.is_none();
         let state = Arc::new(Self {
             core: Mutex::new(core),
             upstreams: RwLock::new(upstreams.into_iter().map(|u| (u.id, u)).collect()),
@@ -239,6 +244,7 @@ impl AppState {
             served: RwLock::new(Arc::new(initial_served.clone())),
             profile: node.profile.clone(),
             engines: Mutex::new(HashMap::new()),
+            caught_up: std::sync::atomic::AtomicBool::new(standalone),
         });
         if let Some(m) = &initial_served.model {
             state
@@ -447,6 +453,20 @@ impl AppState {
         self.core().set_external_load(all);
     }
 
+    /// Cluster mode: this node has applied the control state as the cluster has it.
+    pub fn set_caught_up(&self) {
+        if !self
+            .caught_up
+            .swap(true, std::sync::atomic::Ordering::Release)
+        {
+            tracing::info!("the cluster's control state is applied; admitting requests");
+        }
+    }
+
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// One of the node's actors failed and was restarted.
     pub fn actor_restarted(&self, actor: &'static str) {
         self.metrics.actor_restarted(actor);
@@ -559,7 +579,8 @@ async fn node_health(State(s): State<Arc<AppState>>) -> Response {
     let now = s.now_ms();
     let views = s.core().replicas(now);
     let available = views.iter().filter(|v| v.available).count();
-    let status = if available > 0 {
+    let caught_up = s.caught_up();
+    let status = if available > 0 && caught_up {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -579,7 +600,12 @@ async fn node_health(State(s): State<Arc<AppState>>) -> Response {
         })
         .collect();
     let scale = s.core().token_scale();
-    let body = serde_json::json!({"status": if available > 0 {"ok"} else {"no replica available"},
+    let said = match (caught_up, available > 0) {
+        (false, _) => "catching up with the cluster's control state",
+        (true, true) => "ok",
+        (true, false) => "no replica available",
+    };
+    let body = serde_json::json!({"status": said,
         "model": served.model, "replicas": views.len(), "available": available,
         "tokenizer": {"counts": "sluice stand-in, scaled to the engine's reported prompt tokens",
             "scale": scale},

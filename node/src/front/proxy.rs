@@ -98,6 +98,20 @@ async fn forward(
     req: Request,
     started: Instant,
 ) -> Result<Response, Failure> {
+    if !state.caught_up() {
+        // Without the control state this node knows no tenant keys: admitting requests
+        // now would leave the door open on a cluster that has tenants.
+        return Err((
+            ApiError::new(
+                503,
+                "service_unavailable",
+                "this node has not yet applied the cluster's control state; retry shortly"
+                    .to_owned(),
+            )
+            .with_code("node_catching_up"),
+            Some(1),
+        ));
+    }
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, state.config.max_body_bytes)
         .collect()

@@ -367,3 +367,78 @@ async fn a_node_whose_replica_is_gone_forwards_to_another_nodes_replica() {
         r.node.wait().await.unwrap();
     }
 }
+
+/// A chat request's status and its `Retry-After` and error code.
+async fn chat_detail(addr: SocketAddr) -> (u16, Option<String>, String) {
+    let client = front::http_client(Duration::from_secs(2));
+    let body = serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 4,
+    });
+    let req = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, retry, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_has_not_applied_the_control_state_refuses_requests() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
+    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
+        .unwrap()
+        .to_string();
+    let first = start(
+        config(engines(1).await, quick_restarts(5)),
+        Some(cluster_args(dirs[0].path(), None)),
+    )
+    .await;
+    let (_, first_quic) = first.node.cluster().unwrap();
+    let second = start(
+        config(engines(1).await, quick_restarts(5)),
+        Some(cluster_args(dirs[1].path(), Some((first_quic, token)))),
+    )
+    .await;
+    let (_, second_quic) = second.node.cluster().unwrap();
+    let addr = second.node.http_addr();
+    eventually("the joined node serves", || async {
+        chat(addr).await == 200
+    })
+    .await;
+    // Both go down; the second comes back alone: it has its own log, but no leader has
+    // told it what the cluster committed since, so it refuses rather than guess.
+    for r in [second, first] {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+    let mut args = cluster_args(dirs[1].path(), None);
+    args.listen = second_quic;
+    let second = start(config(engines(1).await, quick_restarts(5)), Some(args)).await;
+    let addr = second.node.http_addr();
+    let (status, retry, body) = chat_detail(addr).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(body.contains("node_catching_up"), "{body}");
+    // The first node comes back at its address: a leader, the log applied, requests in.
+    let mut args = cluster_args(dirs[0].path(), None);
+    args.listen = first_quic;
+    let first = start(config(engines(1).await, quick_restarts(5)), Some(args)).await;
+    eventually("the node admits requests once caught up", || async {
+        chat(addr).await == 200
+    })
+    .await;
+    for r in [second, first] {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+}
