@@ -57,23 +57,43 @@ fn quick_restarts(max_restarts: usize) -> RestartPolicy {
 struct Running {
     node: Node,
     stop: oneshot::Sender<()>,
+    /// The engines it fronts, when given by URL.
+    engines: Vec<String>,
 }
 
 async fn start(cfg: NodeConfig, cluster: Option<ClusterArgs>) -> Running {
-    let quic = cluster
-        .as_ref()
-        .map(|c| std::net::UdpSocket::bind(c.listen).unwrap());
+    let mut quic = None;
+    if let Some(c) = &cluster {
+        // A node stopped in this process lets go of its address once its endpoint's
+        // last handle is dropped, a moment after it stopped.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while quic.is_none() {
+            match std::net::UdpSocket::bind(c.listen) {
+                Ok(s) => quic = Some(s),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot bind {}: {e}", c.listen),
+            }
+        }
+    }
     let listeners = Listeners {
         http: tokio::net::TcpListener::bind(cfg.http).await.unwrap(),
         quic,
     };
     let (stop, stopped) = oneshot::channel::<()>();
+    let engines = cfg.urls.clone();
     let node = Node::start(cfg, cluster, listeners, async move {
         let _ = stopped.await;
     })
     .await
     .unwrap();
-    Running { node, stop }
+    Running {
+        node,
+        stop,
+        engines,
+    }
 }
 
 async fn http(addr: SocketAddr, path: &str, body: Option<serde_json::Value>) -> (u16, String) {
@@ -210,9 +230,10 @@ async fn assigners(nodes: &[&Running]) -> Vec<u64> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leaders_actors_follow_leadership_across_a_leader_loss() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+/// A cluster of `n` nodes with one in-process engine each: the first initializes it,
+/// the others join through it. The data directories outlive the nodes.
+async fn cluster(n: usize) -> (Vec<tempfile::TempDir>, Vec<Running>) {
+    let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
     let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
         .unwrap()
@@ -228,6 +249,12 @@ async fn the_leaders_actors_follow_leadership_across_a_leader_loss() {
         let args = cluster_args(dir.path(), Some((seed, token.clone())));
         nodes.push(start(config(engines(1).await, quick_restarts(5)), Some(args)).await);
     }
+    (dirs, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_actors_follow_leadership_across_a_leader_loss() {
+    let (dirs, mut nodes) = cluster(3).await;
     // Exactly one node — the leader — runs the assigner (stably: not in passing).
     eventually("one assigner", || async {
         let all: Vec<&Running> = nodes.iter().collect();
@@ -324,23 +351,9 @@ async fn the_prober_ejects_a_silently_hung_engine_and_requests_go_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_replica_is_gone_forwards_to_another_nodes_replica() {
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
-    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
-        .unwrap()
-        .to_string();
-    let a_engines = engines(1).await;
-    let a = start(
-        config(a_engines.clone(), quick_restarts(5)),
-        Some(cluster_args(dirs[0].path(), None)),
-    )
-    .await;
-    let (_, seed) = a.node.cluster().unwrap();
-    let b = start(
-        config(engines(1).await, quick_restarts(5)),
-        Some(cluster_args(dirs[1].path(), Some((seed, token)))),
-    )
-    .await;
+    let (_dirs, nodes) = cluster(2).await;
+    let mut nodes = nodes.into_iter();
+    let (a, b) = (nodes.next().unwrap(), nodes.next().unwrap());
     let (a_addr, b_addr) = (a.node.http_addr(), b.node.http_addr());
     for addr in [a_addr, b_addr] {
         eventually("the node serves", || async { chat(addr).await == 200 }).await;
@@ -352,7 +365,7 @@ async fn a_node_whose_replica_is_gone_forwards_to_another_nodes_replica() {
         text.contains(&format!("sluice_replica_available{{{remote}}}"))
     })
     .await;
-    hang(&a_engines[0]).await;
+    hang(&a.engines[0]).await;
     eventually("node 1's replica is ejected", || async {
         counter(a_addr, "ejections", "replica=\"1048576\"").await >= 1
     })
@@ -393,51 +406,49 @@ async fn chat_detail(addr: SocketAddr) -> (u16, Option<String>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_has_not_applied_the_control_state_refuses_requests() {
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
-    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
-        .unwrap()
-        .to_string();
-    let first = start(
-        config(engines(1).await, quick_restarts(5)),
-        Some(cluster_args(dirs[0].path(), None)),
-    )
-    .await;
-    let (_, first_quic) = first.node.cluster().unwrap();
-    let second = start(
-        config(engines(1).await, quick_restarts(5)),
-        Some(cluster_args(dirs[1].path(), Some((first_quic, token)))),
-    )
-    .await;
-    let (_, second_quic) = second.node.cluster().unwrap();
-    let addr = second.node.http_addr();
-    eventually("the joined node serves", || async {
-        chat(addr).await == 200
-    })
-    .await;
-    // Both go down; the second comes back alone: it has its own log, but no leader has
-    // told it what the cluster committed since, so it refuses rather than guess.
-    for r in [second, first] {
+    let (dirs, nodes) = cluster(2).await;
+    for r in &nodes {
+        let addr = r.node.http_addr();
+        eventually("the node serves", || async { chat(addr).await == 200 }).await;
+    }
+    // The voter policy may leave one voter: the node that leads is it.
+    let all: Vec<&Running> = nodes.iter().collect();
+    eventually("a leader", || async { assigners(&all).await.len() == 1 }).await;
+    let leader_id = assigners(&all).await[0];
+    let at = |id: u64| {
+        nodes
+            .iter()
+            .position(|r| r.node.cluster().map(|c| c.0) == Some(id))
+    };
+    let (lead, follow) = match at(leader_id) {
+        Some(0) => (0, 1),
+        _ => (1, 0),
+    };
+    let quic: Vec<SocketAddr> = nodes.iter().map(|r| r.node.cluster().unwrap().1).collect();
+    for r in nodes {
         let _ = r.stop.send(());
         r.node.wait().await.unwrap();
     }
-    let mut args = cluster_args(dirs[1].path(), None);
-    args.listen = second_quic;
-    let second = start(config(engines(1).await, quick_restarts(5)), Some(args)).await;
-    let addr = second.node.http_addr();
+    // The follower comes back alone: it has its own log, but no leader has told it
+    // what the cluster committed since, so it refuses rather than guess.
+    let mut args = cluster_args(dirs[follow].path(), None);
+    args.listen = quic[follow];
+    let follower = start(config(engines(1).await, quick_restarts(5)), Some(args)).await;
+    let addr = follower.node.http_addr();
     let (status, retry, body) = chat_detail(addr).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry.as_deref(), Some("1"));
     assert!(body.contains("node_catching_up"), "{body}");
-    // The first node comes back at its address: a leader, the log applied, requests in.
-    let mut args = cluster_args(dirs[0].path(), None);
-    args.listen = first_quic;
-    let first = start(config(engines(1).await, quick_restarts(5)), Some(args)).await;
+    // The leader comes back at its address: the follower hears it, applies the log,
+    // and admits requests.
+    let mut args = cluster_args(dirs[lead].path(), None);
+    args.listen = quic[lead];
+    let leader = start(config(engines(1).await, quick_restarts(5)), Some(args)).await;
     eventually("the node admits requests once caught up", || async {
         chat(addr).await == 200
     })
     .await;
-    for r in [second, first] {
+    for r in [follower, leader] {
         let _ = r.stop.send(());
         r.node.wait().await.unwrap();
     }
