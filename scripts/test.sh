@@ -55,11 +55,11 @@ bounded 30m cargo test --workspace --locked --exclude sluice-loadgen
 bounded 15m cargo test -p sluice-loadgen --locked -- --test-threads=1
 
 step "end-to-end tests with the openai client"
-SLUICE_BIN="$PWD/target/debug/sluice" bounded 10m .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+SLUICE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/sluice" bounded 10m .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
 
 step "real-engine tests: the node in front of vLLM, and supervising it"
 # Engines are started by the tests in their own process groups and stopped with them.
-SLUICE_BIN="$PWD/target/debug/sluice" SLUICE_REAL_ENGINES_REQUIRED=1 \
+SLUICE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/sluice" SLUICE_REAL_ENGINES_REQUIRED=1 \
   bounded 30m .venv/bin/python -m pytest tests/real_engines -q -p no:cacheprovider
 
 echo
