@@ -60,12 +60,13 @@ impl Transient for RpcError {
 }
 
 impl Transient for sluice_raft::ControlPlaneError {
-    /// No leader now, or a write whose fate is unknown: asked again only by callers whose
-    /// writes are idempotent.
+    /// No leader now, a leader busy with a membership change, or a write whose fate is
+    /// unknown: asked again only by callers whose writes are idempotent.
     fn transient(&self) -> bool {
         matches!(
             self,
             sluice_raft::ControlPlaneError::NoLeader { .. }
+                | sluice_raft::ControlPlaneError::Refused(_)
                 | sluice_raft::ControlPlaneError::Indeterminate(_)
         )
     }

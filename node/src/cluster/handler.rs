@@ -136,7 +136,7 @@ impl NodeHandler {
             ControlCommand::AddNode(info)
         };
         if let ControlResponse::Rejected(r) = self.cp.write(cmd).await? {
-            // Definite: the state machine said no, nothing changed.
+            // The state machine said no and nothing changed (not "outcome unknown").
             return Err(ControlPlaneError::Refused(r.to_string()));
         }
         self.place_voters(None).await

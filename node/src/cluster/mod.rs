@@ -424,10 +424,10 @@ const JOIN_BACKOFF: call::Backoff = call::Backoff {
     give_up_after: Duration::from_secs(30),
 };
 
-/// How a node keeps asking to be made a member while leadership settles.
+/// How a node keeps asking to be made a member while leadership and other joins settle.
 const MEMBERSHIP_BACKOFF: call::Backoff = call::Backoff {
     first: Duration::from_millis(300),
-    max: Duration::from_secs(2),
+    max: Duration::from_secs(1),
     give_up_after: Duration::from_secs(30),
 };
 

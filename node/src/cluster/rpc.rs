@@ -85,9 +85,13 @@ pub enum Refusal {
     /// The node could not be reached: nothing was sent.
     #[error("unreachable: {0}")]
     Unreachable(String),
-    /// The control state refused the command (e.g. an unknown tenant).
+    /// The control state refused the command (e.g. an unknown tenant): final.
     #[error("{0}")]
     Rejected(String),
+    /// The leader cannot take it now (e.g. a membership change is in progress): nothing
+    /// was done, and asking again shortly may succeed.
+    #[error("busy: {0}")]
+    Busy(String),
     /// The request makes no sense from this sender (e.g. joining as another node).
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -114,7 +118,7 @@ impl From<sluice_raft::ControlPlaneError> for RpcError {
         use sluice_raft::ControlPlaneError as E;
         match e {
             E::NoLeader { .. } => RpcError::Refused(Refusal::NoLeader),
-            E::Refused(why) => RpcError::Refused(Refusal::Rejected(why)),
+            E::Refused(why) => RpcError::Refused(Refusal::Busy(why)),
             E::Fatal(why) => RpcError::Refused(Refusal::Unreachable(why)),
             other => RpcError::Unknown(other.to_string()),
         }
