@@ -25,6 +25,10 @@ use tokio::task::JoinHandle;
 /// it goes on without (they are asked again as they come up).
 const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a cluster node holds its first connections while it catches up with the
+/// cluster's control state.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
 /// What a node listens on, bound by the caller before the node starts (so that a busy
 /// port fails before any engine starts, and tests can bind port 0).
 pub struct Listeners {
@@ -294,6 +298,14 @@ async fn serve(
     let meltdown = tree.meltdown();
     let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let failure = failed.clone();
+    // A cluster node that has not applied the control state yet (a restart usually
+    // catches up within a second) leaves the connections it is sent in the listen
+    // queue for a while rather than answer them 503 at once; past the wait it serves,
+    // and refuses what it cannot admit yet.
+    let until = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    while !state.caught_up() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let server = async move {
         axum::serve(listener, front::app(state))
             .with_graceful_shutdown(async move {
