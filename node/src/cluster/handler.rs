@@ -54,10 +54,6 @@ pub struct NodeHandler {
     started: Instant,
     /// Whether chaos drills' hooks (cutting the node off) are honoured.
     drill_hooks: bool,
-    /// A leader's entries (or snapshot) were accepted since this node started: what it
-    /// committed is known here. (Raft's own metrics name a leader from the vote kept on
-    /// disk, even while that leader is down.)
-    heard_leader: std::sync::atomic::AtomicBool,
 }
 
 impl NodeHandler {
@@ -84,7 +80,6 @@ impl NodeHandler {
             front,
             started: Instant::now(),
             drill_hooks: std::env::var_os(DRILL_HOOKS_ENV).is_some_and(|v| v == "1"),
-            heard_leader: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -312,15 +307,12 @@ impl NodeHandler {
     }
 
     /// Whether this node has applied the cluster's control state: its own record is in
-    /// it (so is everything committed before it joined), and since it started it has
-    /// heard from a leader and applied all the leader said was committed (so a node
-    /// restarted after a while has the tenants created meanwhile); a leader itself has
-    /// won an election in this run.
+    /// it (so is everything committed before it joined, the tenants above all) and all
+    /// it knows to be committed is applied. A node restarted with its log on disk has;
+    /// a joiner, or a node whose log was lost, has not until the leader sends it.
     fn caught_up(&self, state: &ControlState) -> bool {
         let m = self.cp.metrics();
-        let heard =
-            m.role == Role::Leader || self.heard_leader.load(std::sync::atomic::Ordering::Acquire);
-        state.node(m.id).is_some() && heard && m.last_applied_index >= m.committed_index
+        state.node(m.id).is_some() && m.last_applied_index >= m.committed_index
     }
 
     /// How often the leader runs a full assigner round.
@@ -460,14 +452,7 @@ impl sluice_transport::Handler for NodeHandler {
             return;
         }
         let answer = match request {
-            NodeRpc::Raft(rpc) => {
-                let reply = self.cp.handle_rpc(rpc).await;
-                if accepted_from_leader(&reply) {
-                    self.heard_leader
-                        .store(true, std::sync::atomic::Ordering::Release);
-                }
-                NodeReply::Raft(reply)
-            }
+            NodeRpc::Raft(rpc) => NodeReply::Raft(self.cp.handle_rpc(rpc).await),
             NodeRpc::Admin(rpc) => NodeReply::Admin(self.admin(peer, rpc).await),
             NodeRpc::Load(rpc) => {
                 self.load(peer, rpc);
@@ -482,15 +467,6 @@ impl sluice_transport::Handler for NodeHandler {
         if let Err(e) = reply.respond(&answer).await {
             tracing::debug!(peer, error = %e, "reply not delivered");
         }
-    }
-}
-
-/// Whether a Raft reply accepts a leader's entries or snapshot.
-fn accepted_from_leader(reply: &sluice_raft::RaftRpcReply) -> bool {
-    match reply {
-        sluice_raft::RaftRpcReply::AppendEntries(r) => r.is_success(),
-        sluice_raft::RaftRpcReply::FullSnapshot(_) => true,
-        _ => false,
     }
 }
 

@@ -429,8 +429,10 @@ async fn a_node_that_has_not_applied_the_control_state_refuses_requests() {
         let _ = r.stop.send(());
         r.node.wait().await.unwrap();
     }
-    // The follower comes back alone: it has its own log, but no leader has told it
-    // what the cluster committed since, so it refuses rather than guess.
+    // The follower comes back alone and without its log (a lost disk, or a joiner
+    // before the leader has sent it the log): it knows no tenant, so it refuses rather
+    // than leave the door open.
+    std::fs::remove_dir_all(dirs[follow].path().join(crate::cluster::RAFT_DIR)).unwrap();
     let mut args = cluster_args(dirs[follow].path(), None);
     args.listen = quic[follow];
     let follower = start(config(engines(1).await, quick_restarts(5)), Some(args)).await;
@@ -439,8 +441,8 @@ async fn a_node_that_has_not_applied_the_control_state_refuses_requests() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry.as_deref(), Some("1"));
     assert!(body.contains("node_catching_up"), "{body}");
-    // The leader comes back at its address: the follower hears it, applies the log,
-    // and admits requests.
+    // The leader comes back at its address: it sends the follower the log, and the
+    // follower admits requests.
     let mut args = cluster_args(dirs[lead].path(), None);
     args.listen = quic[lead];
     let leader = start(config(engines(1).await, quick_restarts(5)), Some(args)).await;
