@@ -26,8 +26,8 @@ use tokio::task::JoinHandle;
 const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a cluster node holds its first connections while it catches up with the
-/// cluster's control state.
-const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+/// cluster's control state: a restarted follower waits for the leader to reach it again.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(15);
 
 /// What a node listens on, bound by the caller before the node starts (so that a busy
 /// port fails before any engine starts, and tests can bind port 0).
@@ -298,8 +298,8 @@ async fn serve(
     let meltdown = tree.meltdown();
     let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let failure = failed.clone();
-    // A cluster node that has not applied the control state yet (a joiner usually gets
-    // the log within a second) leaves the connections it is sent in the listen queue
+    // A cluster node that has not applied the control state yet (a joiner or a
+    // restarted follower gets the log within seconds) leaves the connections it is sent in the listen queue
     // for a while rather than answer them 503 at once; past the wait it serves, and
     // refuses what it cannot admit yet.
     let until = tokio::time::Instant::now() + CATCH_UP_WAIT;

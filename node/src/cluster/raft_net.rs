@@ -57,7 +57,13 @@ impl RaftTransport for QuicRaft {
             Ok(other) => Err(TransportFailure::Failed(format!(
                 "node {target} answered a Raft message with {other:?}"
             ))),
-            Err(TransportError::Timeout(_)) => Err(TransportFailure::Timeout),
+            Err(TransportError::Timeout(_)) => {
+                // A peer restarted at the same address never answers on the old
+                // connection (it cannot reset it): dial afresh next time rather than wait
+                // out the idle timeout.
+                self.client.forget(to);
+                Err(TransportFailure::Timeout)
+            }
             Err(
                 e @ (TransportError::Connect { .. }
                 | TransportError::Handshake { .. }
