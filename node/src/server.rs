@@ -299,9 +299,9 @@ async fn serve(
     let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let failure = failed.clone();
     // A cluster node that has not applied the control state yet (a joiner or a
-    // restarted follower gets the log within seconds) leaves the connections it is sent in the listen queue
-    // for a while rather than answer them 503 at once; past the wait it serves, and
-    // refuses what it cannot admit yet.
+    // restarted follower gets the log within seconds) leaves the connections it is sent
+    // in the listen queue for a while rather than answer them 503 at once; past the wait
+    // it serves, and refuses what it cannot admit yet.
     let until = tokio::time::Instant::now() + CATCH_UP_WAIT;
     while !state.caught_up() && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -41,7 +41,10 @@ impl Autoscaler {
         start_timeout: Duration,
         report_every: Duration,
     ) -> Self {
-        let mut tick = tokio::time::interval(cfg.tick);
+        // The first decision one tick after leadership began, not at once: a cluster that
+        // is still forming (nodes joining, registering their replicas, reporting load)
+        // would be scaled on the part of it that came first.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.tick, cfg.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // MU reported before this leadership began was another term's.
         handler.take_mu();

@@ -48,17 +48,15 @@ impl Tree {
         Ok(Self { root, fatal })
     }
 
-    /// Resolves with the reason once an actor has failed too often (never otherwise).
+    /// Resolves with the reason once an actor has failed too often, or the tree ended
+    /// (after [`Tree::stop`], or if the root itself failed).
     pub fn meltdown(&self) -> impl std::future::Future<Output = String> + Send + 'static {
         let mut fatal = self.fatal.clone();
         async move {
-            let why = match fatal.wait_for(Option::is_some).await {
-                Ok(why) => why.clone(),
-                Err(_) => None,
-            };
-            match why {
-                Some(why) => why,
-                None => std::future::pending().await,
+            match fatal.wait_for(Option::is_some).await {
+                Ok(why) => why.clone().unwrap_or_default(),
+                // The root ended without saying why (only `stop` ends it otherwise).
+                Err(_) => "the node's supervision tree stopped".to_owned(),
             }
         }
     }

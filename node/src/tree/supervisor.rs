@@ -133,6 +133,39 @@ pub struct SupervisorState {
 }
 
 impl SupervisorState {
+    /// Child `i` failed after running `ran`: restarted after the policy's backoff, or,
+    /// past its intensity, this supervisor gives up.
+    fn failed(
+        &mut self,
+        me: &ActorRef<SupervisorMsg>,
+        i: usize,
+        ran: Duration,
+        error: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let name = self.children[i].name;
+        let now_ms = self.born.elapsed().as_millis() as u64;
+        match self.history[i].on_exit(&self.policy, now_ms, ran) {
+            Decision::RestartAfter(delay) => {
+                tracing::warn!(group = self.name, actor = name, %error, ?delay, "actor failed; restarting it");
+                if let Some(hook) = &self.on_restart {
+                    hook(name);
+                }
+                me.send_after(delay, move || SupervisorMsg::Start(i));
+                Ok(())
+            }
+            Decision::GiveUp => {
+                tracing::error!(group = self.name, actor = name, %error, "actor keeps failing; giving up");
+                Err(self.give_up(Meltdown {
+                    group: self.name,
+                    child: name.to_owned(),
+                    times: self.policy.max_restarts + 1,
+                    window: self.policy.window,
+                    last: error,
+                }))
+            }
+        }
+    }
+
     fn running_children(&self) -> Vec<(&'static str, ActorCell)> {
         self.children
             .iter()
@@ -248,7 +281,14 @@ impl Actor for Supervisor {
                     cell: me.get_cell(),
                     on_restart: s.on_restart.clone(),
                 };
-                let cell = (spec.start)(parent).await?;
+                let cell = match (spec.start)(parent).await {
+                    Ok(cell) => cell,
+                    // A start that fails counts as a failure of the child, not of this
+                    // supervisor.
+                    Err(e) => {
+                        return s.failed(&me, i, Duration::ZERO, format!("cannot start: {e}"))
+                    }
+                };
                 tracing::debug!(group = s.name, actor = spec.name, "actor started");
                 s.by_id.insert(cell.get_id(), i);
                 s.running[i] = Some((cell, Instant::now()));
@@ -321,26 +361,6 @@ impl Actor for Supervisor {
             tracing::debug!(group = s.name, actor = name, "actor finished its duty");
             return Ok(());
         };
-        let now_ms = s.born.elapsed().as_millis() as u64;
-        match s.history[i].on_exit(&s.policy, now_ms, started.elapsed()) {
-            Decision::RestartAfter(delay) => {
-                tracing::warn!(group = s.name, actor = name, %error, ?delay, "actor failed; restarting it");
-                if let Some(hook) = &s.on_restart {
-                    hook(name);
-                }
-                me.send_after(delay, move || SupervisorMsg::Start(i));
-            }
-            Decision::GiveUp => {
-                tracing::error!(group = s.name, actor = name, %error, "actor keeps failing; giving up");
-                return Err(s.give_up(Meltdown {
-                    group: s.name,
-                    child: name.to_owned(),
-                    times: s.policy.max_restarts + 1,
-                    window: s.policy.window,
-                    last: error,
-                }));
-            }
-        }
-        Ok(())
+        s.failed(&me, i, started.elapsed(), error)
     }
 }

@@ -148,3 +148,27 @@ async fn a_finished_duty_is_not_restarted_and_stop_ends_everything() {
     settle(Duration::from_secs(2)).await;
     assert_eq!(loop_turns.load(Ordering::SeqCst), after);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_child_that_cannot_start_is_retried_then_melts_the_tree_down() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = attempts.clone();
+    let broken = ChildSpec::new("broken", move |_parent| {
+        a.fetch_add(1, Ordering::SeqCst);
+        async { Err(ractor::SpawnErr::StartupFailed("no socket".into())) }
+    });
+    let (good, good_turns) = counter("good", false, None);
+    let tree = Tree::start(vec![good, broken], policy(), None)
+        .await
+        .unwrap();
+    let why = tokio::time::timeout(Duration::from_secs(30), tree.meltdown())
+        .await
+        .expect("the tree gives up");
+    assert!(
+        why.contains("broken") && why.contains("cannot start"),
+        "{why}"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 4);
+    // The others ran meanwhile: a start failure is the child's, not its supervisor's.
+    assert!(good_turns.load(Ordering::SeqCst) > 0);
+}
