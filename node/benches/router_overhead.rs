@@ -29,6 +29,10 @@
 //! server-side; `--pin none` (the default) lets the scheduler place everything.
 //! Results go to stdout and, as JSON, to `target/bench-router/results.json`.
 
+#[path = "common/host.rs"]
+mod host;
+
+use host::{cpu_seconds, machine_busy_seconds};
 use serde::Serialize;
 use sluice_loadgen::{Endpoint, LoadConfig, Mode, Report};
 use std::io::{BufRead, BufReader};
@@ -184,54 +188,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SIGTERM for a graceful stop, then make sure.
-        // SAFETY: signalling our own child by pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        host::stop(&mut self.child, self.name, Duration::from_secs(1));
     }
-}
-
-/// User + system CPU seconds used so far by process `pid` (all its threads).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 14th and
-    // 15th fields overall, i.e. the 12th and 13th after it.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
-}
-
-/// Busy CPU seconds of the whole machine so far (all CPUs; idle and iowait excluded).
-fn machine_busy_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0.0;
-    };
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let busy: f64 = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .map(|&i| f.get(i).copied().unwrap_or(0.0))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// Waits (at most `max`) until the rest of the machine is nearly idle: other work on

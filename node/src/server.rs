@@ -65,7 +65,18 @@ pub struct Node {
     http: SocketAddr,
     cluster: Option<(u64, SocketAddr)>,
     tree_running: Arc<Tree>,
-    done: JoinHandle<Result<()>>,
+    /// The node's serving task; `None` once [`Node::wait`] took it.
+    done: Option<JoinHandle<Result<()>>>,
+}
+
+impl Drop for Node {
+    /// A node whose handle is dropped without [`Node::wait`] stops: its task has no
+    /// other owner.
+    fn drop(&mut self) {
+        if let Some(task) = self.done.take() {
+            task.abort();
+        }
+    }
 }
 
 impl Node {
@@ -241,7 +252,7 @@ impl Node {
             http: local,
             cluster,
             tree_running: tree,
-            done,
+            done: Some(done),
         })
     }
 
@@ -268,8 +279,11 @@ impl Node {
 
     /// Waits until the node has stopped: `Ok` after a requested shutdown, the reason
     /// when an actor kept failing.
-    pub async fn wait(self) -> Result<()> {
-        self.done.await.context("the node's task failed")?
+    pub async fn wait(mut self) -> Result<()> {
+        match self.done.take() {
+            Some(task) => task.await.context("the node's task failed")?,
+            None => Ok(()),
+        }
     }
 }
 
@@ -302,10 +316,7 @@ async fn serve(
     // restarted follower gets the log within seconds) leaves the connections it is sent
     // in the listen queue for a while rather than answer them 503 at once; past the wait
     // it serves, and refuses what it cannot admit yet.
-    let until = tokio::time::Instant::now() + CATCH_UP_WAIT;
-    while !state.caught_up() && tokio::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    state.wait_caught_up(CATCH_UP_WAIT).await;
     let server = async move {
         axum::serve(listener, front::app(state))
             .with_graceful_shutdown(async move {

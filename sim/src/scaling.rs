@@ -104,6 +104,8 @@ pub fn tick(
         recorded: None,
         // A simulated start always completes after its cold start.
         start_timeout_us: u64::MAX,
+        // Every simulated host is live.
+        liveness_grace_us: 0,
     });
     let n = power.len();
     let slot = |id: ReplicaId| usize::try_from(id.0).ok().filter(|&i| i < n);

@@ -43,6 +43,9 @@ pub struct ScaleView<'a> {
     pub recorded: Option<usize>,
     /// How long a start may take before it is withdrawn.
     pub start_timeout_us: u64,
+    /// A new leader has heard from no node yet: for this long after its first tick it
+    /// takes every host for live, whatever `hosts` says.
+    pub liveness_grace_us: u64,
 }
 
 /// A tick's outcome: the count, what the scaler was fed, and the commands.
@@ -57,6 +60,8 @@ pub struct ScaleTick {
 pub struct ScaleLeader {
     scaler: LeaderScaler,
     starts: StartWatch,
+    /// This leader's first tick.
+    since_us: Option<u64>,
 }
 
 impl ScaleLeader {
@@ -64,6 +69,7 @@ impl ScaleLeader {
         Self {
             scaler,
             starts: StartWatch::default(),
+            since_us: None,
         }
     }
 
@@ -88,13 +94,29 @@ impl ScaleLeader {
         if v.recorded != Some(desired) {
             commands.push(ScaleCommand::SetDesired(desired));
         }
+        let since = *self.since_us.get_or_insert(v.now_us);
+        let in_grace = v.now_us.saturating_sub(since) < v.liveness_grace_us;
+        let all_live: Vec<Host>;
+        let hosts = if in_grace {
+            all_live = v
+                .hosts
+                .iter()
+                .map(|h| Host {
+                    live: true,
+                    ..h.clone()
+                })
+                .collect();
+            &all_live[..]
+        } else {
+            v.hosts
+        };
         let stalled = self
             .starts
-            .stalled(v.placed, v.hosts, v.now_us, v.start_timeout_us);
+            .stalled(v.placed, hosts, v.now_us, v.start_timeout_us);
         commands.extend(stalled.iter().map(|id| ScaleCommand::Withdraw(*id)));
         // Placement decides over the fleet as it is (a withdrawn start still counts
         // this tick; its host is judged again at the next).
-        let plan = place(desired, v.hosts, v.placed);
+        let plan = place(desired, hosts, v.placed);
         let mut taken = v.taken.to_vec();
         for host in plan.start {
             let id = replica_id(host, free_index(host, taken.iter().copied()));
@@ -165,6 +187,7 @@ mod tests {
             taken,
             recorded: Some(placed.len()),
             start_timeout_us: 60_000_000,
+            liveness_grace_us: 0,
         }
     }
 
@@ -219,6 +242,33 @@ mod tests {
         let taken = [replica_id(1, 0), replica_id(2, 0)];
         let t = leader().tick(&view(0, 150.0, &placed, &hs, &taken));
         assert!(t
+            .commands
+            .contains(&ScaleCommand::Withdraw(replica_id(2, 0))));
+    }
+
+    #[test]
+    fn a_new_leader_trusts_every_host_until_they_had_time_to_report() {
+        let mut hs = hosts(2);
+        hs[1].live = false;
+        let placed = [Placed {
+            id: replica_id(2, 0),
+            host: 2,
+            state: SlotState::Starting,
+            in_flight: 0,
+        }];
+        let taken = [replica_id(2, 0)];
+        let mut l = leader();
+        let mut at = |t: u64| {
+            let mut v = view(t, 0.0, &placed, &hs, &taken);
+            v.liveness_grace_us = 15_000_000;
+            l.tick(&v)
+        };
+        // Within the grace the silent host's start is left alone...
+        assert!(!at(0)
+            .commands
+            .contains(&ScaleCommand::Withdraw(replica_id(2, 0))));
+        // ...and after it, it is withdrawn.
+        assert!(at(16_000_000)
             .commands
             .contains(&ScaleCommand::Withdraw(replica_id(2, 0))));
     }

@@ -3,62 +3,24 @@
 //! `failover` sections measure Raft as the node runs it without the rest of the node
 //! (replicas, routers, gossip) competing for the CPU.
 //!
-//! The transport and the handler below do what the node's (private) `raft_net.rs` and
-//! `handler.rs` do for Raft; they use the node's `NodeRpc` / `NodeReply`, so a change
-//! of the protocol shows up here as a compile error, not as a bench that silently
-//! speaks another encoding.
+//! Raft's network is the node's own (`raft_net::QuicRaft`); the handler below does what
+//! the node's `handler.rs` does for Raft, with the node's `NodeRpc` / `NodeReply`, so a
+//! change of the protocol shows up here as a compile error, not as a bench that
+//! silently speaks another encoding.
 
-use sluice_node::cluster::call::unexpected;
+use sluice_node::cluster::raft_net::Partition;
+pub use sluice_node::cluster::raft_net::QuicRaft;
 use sluice_node::cluster::rpc::{ForwardFrame, NodeReply, NodeRpc, Refusal, RpcError};
 use sluice_raft::{
-    ControlCommand, ControlPlane, ControlPlaneConfig, NodeAddr, NodeId, RaftRpc, RaftRpcReply,
-    RaftTransport, RemoteRefusal, TransportFailure,
+    ControlCommand, ControlPlane, ControlPlaneConfig, NodeAddr, NodeId, RaftRpcReply, RemoteRefusal,
 };
 use sluice_transport::{
-    Client, ClusterCa, Endpoint, Handler, NodeIdentity, Reply, TransportConfig, TransportError,
+    Client, ClusterCa, Endpoint, Handler, NodeIdentity, Reply, TransportConfig,
 };
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-#[derive(Clone)]
-pub struct QuicRaft {
-    client: Arc<Client>,
-    timeout: Duration,
-}
-
-impl RaftTransport for QuicRaft {
-    async fn send(
-        &self,
-        target: NodeId,
-        addr: &NodeAddr,
-        rpc: RaftRpc,
-    ) -> Result<RaftRpcReply, TransportFailure> {
-        let to: SocketAddr = addr.quic.parse().map_err(|e| {
-            TransportFailure::Unreachable(format!("node {target} at '{addr}': {e}"))
-        })?;
-        match self
-            .client
-            .call::<_, NodeReply>(to, &NodeRpc::Raft(rpc), self.timeout)
-            .await
-        {
-            Ok(NodeReply::Raft(r)) => Ok(r),
-            Ok(other) => Err(TransportFailure::Failed(unexpected(&other).to_string())),
-            Err(TransportError::Timeout(_)) => Err(TransportFailure::Timeout),
-            Err(
-                e @ (TransportError::Connect { .. }
-                | TransportError::Handshake { .. }
-                | TransportError::ConnectionLost(_)),
-            ) => {
-                self.client.forget(to);
-                Err(TransportFailure::Unreachable(e.to_string()))
-            }
-            Err(e) => Err(TransportFailure::Failed(e.to_string())),
-        }
-    }
-}
 
 /// Answers Raft messages with `handle_rpc`; before the control plane is open, as
 /// unavailable (like the node during startup).
@@ -160,6 +122,7 @@ pub async fn start_group(pki: &Pki, dir: &Path) -> Vec<Member> {
         let transport = QuicRaft {
             client: Arc::new(Client::new(endpoint.clone())),
             timeout: Duration::from_secs(2),
+            partition: Partition::default(),
         };
         let cp = ControlPlane::open(
             id,

@@ -2,21 +2,8 @@
 //! every run records how busy the rest of the machine was, and each section first
 //! waits for it to go quiet.
 
+use crate::host::{cpu_seconds, machine_busy_seconds};
 use std::time::{Duration, Instant};
-
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
-}
-
-/// User + system CPU seconds used so far by process `pid` (all its threads).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / clk_tck()
-}
 
 /// `pid` and all its live descendants.
 fn process_tree(pid: u32) -> Vec<u32> {
@@ -38,24 +25,6 @@ fn process_tree(pid: u32) -> Vec<u32> {
         i += 1;
     }
     out
-}
-
-/// Busy CPU seconds of the whole machine so far (idle and iowait excluded).
-fn machine_busy_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0.0;
-    };
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    let busy: f64 = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .map(|&i| f.get(i).copied().unwrap_or(0.0))
-        .sum();
-    busy / clk_tck()
 }
 
 fn cores() -> f64 {

@@ -63,6 +63,8 @@ mod failover;
 mod failover_proc;
 mod forward;
 mod group;
+#[path = "../common/host.rs"]
+mod host;
 mod machine;
 mod options;
 mod procs;

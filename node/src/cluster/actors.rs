@@ -8,7 +8,7 @@ use super::raft_net::QuicRaft;
 use super::rpc::{self, LoadRpc};
 use super::{become_member, register_replicas, ClusterNode, IMPLICATIONS_RESENT_FOR};
 use crate::supervisor::restart::RestartPolicy;
-use crate::tree::{every, ChildSpec, Duty, Turn};
+use crate::tree::{every, ticked, ChildSpec, Duty, Turn};
 use ractor::ActorProcessingErr;
 use sluice_actors::slice::ReplicaId;
 use sluice_raft::{ControlPlane, ControlState, NodeInfo};
@@ -125,32 +125,44 @@ impl Duty for JoinUp {
     }
 }
 
-/// Sends this router's in-flight load to every other node, so that a burst placed by
-/// one router is seen by the others within a fraction of a second.
-async fn gossip_once(
+/// The gossip actor's duty: this router's in-flight load to every other node every
+/// period, so that a burst placed by one router is seen by the others within a fraction
+/// of a second. The sends in flight are the actor's: they end with it.
+struct Gossip {
     id: u64,
-    cp: &ControlPlane<QuicRaft>,
-    client: &Arc<Client>,
-    handler: &NodeHandler,
+    cp: ControlPlane<QuicRaft>,
+    client: Arc<Client>,
+    handler: Arc<NodeHandler>,
     every: Duration,
-) {
-    let Some(front) = handler.front() else {
-        return;
-    };
-    let report = LoadRpc::Gossip(rpc::Gossip {
-        loads: front.own_load(),
-        demand: front.own_demand(),
-        implicated: front.own_implications(IMPLICATIONS_RESENT_FOR),
-    });
-    let state = cp.state().borrow().clone();
-    for n in state.nodes().values().filter(|n| n.id != id) {
-        let Ok(addr) = n.quic_addr.parse::<SocketAddr>() else {
-            continue;
+    tick: tokio::time::Interval,
+    sends: tokio::task::JoinSet<()>,
+}
+
+impl Duty for Gossip {
+    async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
+        while self.sends.try_join_next().is_some() {}
+        if !ticked(&mut self.tick).await {
+            return Ok(Turn::Again);
+        }
+        let Some(front) = self.handler.front() else {
+            return Ok(Turn::Again);
         };
-        let (client, report) = (client.clone(), report.clone());
-        tokio::spawn(async move {
-            let _ = call::load(&client, addr, report, every * 2).await;
+        let report = LoadRpc::Gossip(rpc::Gossip {
+            loads: front.own_load(),
+            demand: front.own_demand(),
+            implicated: front.own_implications(IMPLICATIONS_RESENT_FOR),
         });
+        let state = self.cp.state().borrow().clone();
+        for n in state.nodes().values().filter(|n| n.id != self.id) {
+            let Ok(addr) = n.quic_addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            let (client, report, limit) = (self.client.clone(), report.clone(), self.every * 2);
+            self.sends.spawn(async move {
+                let _ = call::load(&client, addr, report, limit).await;
+            });
+        }
+        Ok(Turn::Again)
     }
 }
 
@@ -236,11 +248,17 @@ impl ClusterNode {
             let (cp, client, handler) = (self.cp.clone(), self.client.clone(), handler.clone());
             let (id, period) = (self.id, s.load_share);
             actors.push(ChildSpec::duty("gossip", move || {
-                let (cp, client, handler) = (cp.clone(), client.clone(), handler.clone());
-                every(period, MissedTickBehavior::Skip, move || {
-                    let (cp, client, handler) = (cp.clone(), client.clone(), handler.clone());
-                    async move { gossip_once(id, &cp, &client, &handler, period).await }
-                })
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                Gossip {
+                    id,
+                    cp: cp.clone(),
+                    client: client.clone(),
+                    handler: handler.clone(),
+                    every: period,
+                    tick,
+                    sends: tokio::task::JoinSet::new(),
+                }
             }));
         }
         let mut leader = vec![ChildSpec::duty("assigner", {

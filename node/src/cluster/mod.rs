@@ -11,7 +11,7 @@ pub mod call;
 pub mod cli;
 pub mod forward;
 mod handler;
-mod raft_net;
+pub mod raft_net;
 pub mod reconcile;
 pub mod rpc;
 mod scale;

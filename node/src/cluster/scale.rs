@@ -30,7 +30,6 @@ pub struct Autoscaler {
     epoch: Instant,
     last: Instant,
     leader: Option<ScaleLeader>,
-    leader_since: Option<Instant>,
 }
 
 impl Autoscaler {
@@ -58,7 +57,6 @@ impl Autoscaler {
             epoch: Instant::now(),
             last: Instant::now(),
             leader: None,
-            leader_since: None,
         }
     }
 }
@@ -82,20 +80,14 @@ impl Duty for Autoscaler {
         if !handler.is_leader() {
             handler.set_offered(None);
             self.leader = None;
-            self.leader_since = None;
             return Ok(Turn::Again);
         }
         let state = handler.control().state().borrow().clone();
         let model = handler.model().to_owned();
-        // A node is live while its router reports; a new leader has not heard from
-        // anyone yet, so it takes every node for live until they had time to report.
+        // A node is live while its router reports (the step gives a new leader time
+        // to hear from everyone).
         let window = self.report_every * 3;
-        let live: std::collections::BTreeSet<u64> =
-            if self.leader_since.get_or_insert_with(Instant::now).elapsed() > window {
-                handler.live_nodes(window)
-            } else {
-                state.nodes().keys().copied().collect()
-            };
+        let live = handler.live_nodes(window);
         let max = self.cfg.max_replicas.unwrap_or_else(|| {
             state
                 .nodes()
@@ -152,6 +144,7 @@ impl Duty for Autoscaler {
             // Starts that never became ready (their node died, or the engine would not
             // come up) are withdrawn after this long.
             start_timeout_us: (self.start_timeout * 2).as_micros() as u64,
+            liveness_grace_us: window.as_micros() as u64,
         });
         handler.set_offered(Some(tick.inputs.mu_per_min));
         tracing::debug!(

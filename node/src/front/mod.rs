@@ -12,7 +12,7 @@ mod sse;
 pub mod tenancy;
 
 use crate::config::NodeConfig;
-use crate::tree::{every, ChildSpec};
+use crate::tree::ChildSpec;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -31,7 +31,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
-use tokio::time::MissedTickBehavior;
 
 pub use metrics::Metrics;
 pub use probe::Ejection;
@@ -154,6 +153,7 @@ pub struct AppState {
     /// all): until then it admits no client request, rather than serve an open door on
     /// a cluster that has tenants. Standalone nodes have nothing to wait for.
     caught_up: std::sync::atomic::AtomicBool,
+    caught_up_now: tokio::sync::Notify,
 }
 
 /// A supervised engine as the front door knows it.
@@ -245,6 +245,7 @@ impl AppState {
             profile: node.profile.clone(),
             engines: Mutex::new(HashMap::new()),
             caught_up: std::sync::atomic::AtomicBool::new(standalone),
+            caught_up_now: tokio::sync::Notify::new(),
         });
         if let Some(m) = &initial_served.model {
             state
@@ -460,7 +461,20 @@ impl AppState {
             .swap(true, std::sync::atomic::Ordering::Release)
         {
             tracing::info!("the cluster's control state is applied; admitting requests");
+            self.caught_up_now.notify_waiters();
         }
+    }
+
+    /// Waits until this node has caught up, or `limit`: whether it has.
+    pub async fn wait_caught_up(&self, limit: Duration) -> bool {
+        let now = self.caught_up_now.notified();
+        tokio::pin!(now);
+        // Registered before the check, so a catch-up in between is not missed.
+        now.as_mut().enable();
+        if self.caught_up() {
+            return true;
+        }
+        tokio::time::timeout(limit, now).await.is_ok() || self.caught_up()
     }
 
     pub fn caught_up(&self) -> bool {
@@ -520,12 +534,7 @@ pub fn actors(state: &Arc<AppState>) -> Vec<ChildSpec> {
         }),
         ChildSpec::duty("prober", {
             let state = state.clone();
-            move || {
-                let state = state.clone();
-                every(probe::PROBE_EVERY, MissedTickBehavior::Delay, move || {
-                    probe::round(state.clone())
-                })
-            }
+            move || probe::Prober::new(state.clone())
         }),
         ChildSpec::duty("tenancy", {
             let state = state.clone();

@@ -123,11 +123,41 @@ pub fn core_for(
 }
 
 /// How often the prober looks at its replicas.
-pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// One round of the prober actor: the replicas to watch, the engines' own progress
-/// gauges, the core's verdicts, and the probes it asks for.
-pub async fn round(state: Arc<AppState>) {
+/// The prober actor's duty: a round every [`PROBE_EVERY`]. The probes it sent are the
+/// actor's: they end with it.
+pub struct Prober {
+    state: Arc<AppState>,
+    tick: tokio::time::Interval,
+    probes: tokio::task::JoinSet<()>,
+}
+
+impl Prober {
+    pub fn new(state: Arc<AppState>) -> Self {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            state,
+            tick,
+            probes: tokio::task::JoinSet::new(),
+        }
+    }
+}
+
+impl crate::tree::Duty for Prober {
+    async fn turn(&mut self) -> Result<crate::tree::Turn, ractor::ActorProcessingErr> {
+        while self.probes.try_join_next().is_some() {}
+        if crate::tree::ticked(&mut self.tick).await {
+            round(&self.state, &mut self.probes).await;
+        }
+        Ok(crate::tree::Turn::Again)
+    }
+}
+
+/// One round of the prober: the replicas to watch, the engines' own progress gauges, the
+/// core's verdicts, and the probes it asks for (sent into `probes`).
+async fn round(state: &Arc<AppState>, probes: &mut tokio::task::JoinSet<()>) {
     let locals = state.local_upstreams();
     {
         // Replicas come and go with the autoscaler: probe the ones here now, but
@@ -182,11 +212,11 @@ pub async fn round(state: Arc<AppState>) {
         // would eject a healthy replica.
         let Some(model) = state.probe_model(probe.replica) else {
             // Not even the model is known: the engine has not answered /v1/models.
-            report_probe(&state, probe, false);
+            report_probe(state, probe, false);
             continue;
         };
         let state = state.clone();
-        tokio::spawn(async move {
+        probes.spawn(async move {
             let ok = send_probe(&state, &base, &model).await;
             report_probe(&state, probe, ok);
         });

@@ -125,11 +125,7 @@ async fn chat(addr: SocketAddr) -> u16 {
 
 /// The node's count of restarts of `actor`, from its /metrics.
 async fn restarts(addr: SocketAddr, actor: &str) -> u64 {
-    let (_, text) = http(addr, "/metrics", None).await;
-    let prefix = format!("sluice_actor_restarts_total{{actor=\"{actor}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
-        .unwrap_or(0)
+    counter(addr, "actor_restarts", &format!("actor=\"{actor}\"")).await
 }
 
 async fn eventually<F, Fut>(what: &str, mut check: F)
