@@ -7,8 +7,9 @@ use crate::cluster::{self, ClusterArgs, ClusterNode, NodeHandle};
 use crate::config::NodeConfig;
 use crate::front::{self, AppState};
 use crate::launcher;
+use crate::supervisor::engine::Event;
+use crate::supervisor::engines::Supervisor;
 use crate::supervisor::restart::RestartPolicy;
-use crate::supervisor::run::{Event, Supervisor};
 use crate::tree::{ChildSpec, Duty, OnRestart, Tree, Turn};
 use anyhow::{Context, Result};
 use axum::serve::ListenerExt;
@@ -193,14 +194,24 @@ impl Node {
         for (i, models) in discovered {
             state.learn_models(id_of(i), Some(models));
         }
+        let on_restart: OnRestart = {
+            let state = state.clone();
+            Arc::new(move |actor| state.actor_restarted(actor))
+        };
         // Launched replicas are supervised: restarted with backoff when they exit.
         let (events, event_rx) = mpsc::unbounded_channel();
-        let supervisor = Arc::new(Supervisor::start(
-            children,
-            spec,
-            RestartPolicy::default(),
-            events,
-        ));
+        let supervisor = Arc::new(
+            Supervisor::start(
+                children,
+                spec,
+                RestartPolicy::default(),
+                cfg.actor_restarts,
+                events,
+                Some(on_restart.clone()),
+            )
+            .await
+            .context("cannot start the engine supervisor")?,
+        );
         let (eject_tx, eject_rx) = mpsc::unbounded_channel();
         state.set_ejection_sink(eject_tx);
         let handle = node.as_ref().map(ClusterNode::handle);
@@ -228,10 +239,6 @@ impl Node {
                 )
             }));
         }
-        let on_restart: OnRestart = {
-            let state = state.clone();
-            Arc::new(move |actor| state.actor_restarted(actor))
-        };
         let tree = Arc::new(
             Tree::start(actors, cfg.actor_restarts, Some(on_restart))
                 .await
@@ -309,7 +316,15 @@ async fn serve(
     });
     let handle = node.as_ref().map(ClusterNode::handle);
     let draining = handle.clone();
-    let meltdown = tree.meltdown();
+    let meltdown = {
+        let (actors, engines) = (tree.meltdown(), supervisor.meltdown());
+        async move {
+            tokio::select! {
+                why = actors => why,
+                why = engines => why,
+            }
+        }
+    };
     let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let failure = failed.clone();
     // A cluster node that has not applied the control state yet (a joiner or a

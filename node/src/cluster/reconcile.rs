@@ -7,7 +7,7 @@
 
 use super::{local_index, NodeHandle};
 use crate::front::AppState;
-use crate::supervisor::run::Supervisor;
+use crate::supervisor::engines::Supervisor;
 use crate::tree::{Duty, Turn};
 use ractor::ActorProcessingErr;
 use sluice_actors::slice::ReplicaId;

@@ -44,16 +44,6 @@ fn config(urls: Vec<String>, restarts: RestartPolicy) -> NodeConfig {
     cfg
 }
 
-fn quick_restarts(max_restarts: usize) -> RestartPolicy {
-    RestartPolicy {
-        base: Duration::from_millis(20),
-        max: Duration::from_millis(50),
-        reset_after: Duration::from_secs(600),
-        max_restarts,
-        window: Duration::from_secs(600),
-    }
-}
-
 struct Running {
     node: Node,
     stop: oneshot::Sender<()>,
@@ -145,7 +135,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_actor_restarts_after_a_panic_and_the_node_keeps_serving() {
-    let r = start(config(engines(2).await, quick_restarts(5)), None).await;
+    let r = start(config(engines(2).await, RestartPolicy::quick(5)), None).await;
     let addr = r.node.http_addr();
     eventually("a chat request is served", || async {
         chat(addr).await == 200
@@ -173,7 +163,7 @@ async fn every_actor_restarts_after_a_panic_and_the_node_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_actor_that_keeps_failing_stops_the_node_with_its_name() {
-    let r = start(config(engines(1).await, quick_restarts(2)), None).await;
+    let r = start(config(engines(1).await, RestartPolicy::quick(2)), None).await;
     let addr = r.node.http_addr();
     eventually("a chat request is served", || async {
         chat(addr).await == 200
@@ -235,7 +225,7 @@ async fn cluster(n: usize) -> (Vec<tempfile::TempDir>, Vec<Running>) {
         .unwrap()
         .to_string();
     let first = start(
-        config(engines(1).await, quick_restarts(5)),
+        config(engines(1).await, RestartPolicy::quick(5)),
         Some(cluster_args(dirs[0].path(), None)),
     )
     .await;
@@ -243,7 +233,13 @@ async fn cluster(n: usize) -> (Vec<tempfile::TempDir>, Vec<Running>) {
     let mut nodes = vec![first];
     for dir in &dirs[1..] {
         let args = cluster_args(dir.path(), Some((seed, token.clone())));
-        nodes.push(start(config(engines(1).await, quick_restarts(5)), Some(args)).await);
+        nodes.push(
+            start(
+                config(engines(1).await, RestartPolicy::quick(5)),
+                Some(args),
+            )
+            .await,
+        );
     }
     (dirs, nodes)
 }
@@ -323,7 +319,7 @@ async fn hang(engine: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prober_ejects_a_silently_hung_engine_and_requests_go_elsewhere() {
     let urls = engines(2).await;
-    let r = start(config(urls.clone(), quick_restarts(5)), None).await;
+    let r = start(config(urls.clone(), RestartPolicy::quick(5)), None).await;
     let addr = r.node.http_addr();
     eventually("a chat request is served", || async {
         chat(addr).await == 200
@@ -431,7 +427,11 @@ async fn a_node_that_has_not_applied_the_control_state_refuses_requests() {
     std::fs::remove_dir_all(dirs[follow].path().join(crate::cluster::RAFT_DIR)).unwrap();
     let mut args = cluster_args(dirs[follow].path(), None);
     args.listen = quic[follow];
-    let follower = start(config(engines(1).await, quick_restarts(5)), Some(args)).await;
+    let follower = start(
+        config(engines(1).await, RestartPolicy::quick(5)),
+        Some(args),
+    )
+    .await;
     let addr = follower.node.http_addr();
     let (status, retry, body) = chat_detail(addr).await;
     assert_eq!(status, 503, "{body}");
@@ -441,7 +441,11 @@ async fn a_node_that_has_not_applied_the_control_state_refuses_requests() {
     // follower admits requests.
     let mut args = cluster_args(dirs[lead].path(), None);
     args.listen = quic[lead];
-    let leader = start(config(engines(1).await, quick_restarts(5)), Some(args)).await;
+    let leader = start(
+        config(engines(1).await, RestartPolicy::quick(5)),
+        Some(args),
+    )
+    .await;
     eventually("the node admits requests once caught up", || async {
         chat(addr).await == 200
     })

@@ -111,6 +111,16 @@ impl Lifecycle {
         }
     }
 
+    /// An engine whose shell failed and was started again: the old process group is
+    /// gone, and incarnation `incarnation` is to be started (the returned effect).
+    pub fn relaunch(policy: RestartPolicy, incarnation: u64) -> (Self, Effect) {
+        let life = Self {
+            incarnation,
+            ..Self::starting(policy)
+        };
+        (life, Effect::Launch { incarnation })
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
     }

@@ -27,6 +27,20 @@ impl Default for RestartPolicy {
     }
 }
 
+impl RestartPolicy {
+    /// Restarts within tens of milliseconds, giving up after `max_restarts` (tests).
+    #[cfg(test)]
+    pub fn quick(max_restarts: usize) -> Self {
+        Self {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+            reset_after: Duration::from_secs(600),
+            max_restarts,
+            window: Duration::from_secs(600),
+        }
+    }
+}
+
 /// One replica's restart history.
 #[derive(Debug, Clone, Default)]
 pub struct RestartState {
