@@ -97,11 +97,30 @@ impl UsageJson {
     }
 }
 
-/// Usage from a complete (non-streaming) response body, if it has one.
+/// Usage from a complete (non-streaming) response body, if it has one. Engines put
+/// `usage` last, so its value is read where the key last occurs rather than by parsing
+/// the whole answer; a body where that finds nothing is parsed whole.
 pub fn body_usage(body: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<UsageChunk>(body)
+    usage_at_last_key(body).or_else(|| {
+        serde_json::from_slice::<UsageChunk>(body)
+            .ok()?
+            .usage
+            .map(|u| u.usage())
+    })
+}
+
+/// The value of the last `"usage":` in `body`. Inside a JSON string a quote is escaped,
+/// so an unescaped `"usage"` followed by a colon is an object key.
+fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let at = body.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let rest = body[at + KEY.len()..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?;
+    serde_json::Deserializer::from_slice(rest)
+        .into_iter::<Option<UsageJson>>()
+        .next()?
         .ok()?
-        .usage
         .map(|u| u.usage())
 }
 
@@ -279,5 +298,14 @@ mod tests {
             })
         );
         assert_eq!(body_usage(b"not json"), None);
+        // Usage first, a `usage` key inside the text, null usage: all read right.
+        let first = br#"{"usage":{"prompt_tokens":2,"completion_tokens":3},"choices":[{"text":"say \"usage\": {}"}]}"#;
+        assert_eq!(body_usage(first).map(|u| u.completion_tokens), Some(3));
+        assert_eq!(body_usage(br#"{"choices":[],"usage":null}"#), None);
+        assert_eq!(
+            body_usage(br#"{"choices":[],"usage": {"completion_tokens":4}}"#)
+                .map(|u| u.completion_tokens),
+            Some(4)
+        );
     }
 }
