@@ -2,6 +2,7 @@
 //! virtual time, over the same engine model the live replicas run.
 
 pub mod cli;
+pub mod des;
 pub mod load;
 pub mod outcome;
 pub mod plot;

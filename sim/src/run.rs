@@ -1,17 +1,16 @@
-//! The discrete-event loop: arrivals from a trace, routed by a policy onto a fleet of
-//! engine models stepping in virtual time. The engine core and the policy are the same
-//! code the live node runs; only the clock is virtual.
+//! `sluice sim`'s model for the discrete-event loop (`des`): arrivals from a trace,
+//! routed by a policy onto a fleet of engine models stepping in virtual time. The engine
+//! core and the policy are the same code the live node runs; only the clock is virtual.
 
 use super::outcome::{summarize, PolicyReport, RequestRecord, Slo};
 use super::scaling::{self, counts, promote, Power, ScalePoint, Scaling, TickLoad};
+use crate::des::{self, Model, Queue, VirtualEngine};
 use crate::trace::Trace;
 use sluice_actors::mu::RequestShape;
 use sluice_actors::router::{KvIndex, ReplicaObservation, RouteRequest, RoutingPolicy, Usage};
 use sluice_actors::slice::{ReplicaId, SliceKey};
-use sluice_engine::core::{EngineCore, EngineEvent, EngineRequest, RequestId};
+use sluice_engine::core::{EngineEvent, EngineRequest, RequestId};
 use sluice_engine::EngineParams;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 
 /// The simulated fleet: identical replicas spread round-robin over racks.
 #[derive(Debug, Clone)]
@@ -71,17 +70,9 @@ pub struct SimRun {
     pub scale: Vec<ScalePoint>,
 }
 
-struct Replica {
-    core: EngineCore,
-    /// Events of the step in progress, delivered when it ends.
-    pending: Vec<EngineEvent>,
-    stepping: bool,
-    busy_us: u64,
-}
-
 /// The engines' real prefix caches, read by KV-event-driven policies.
 struct FleetKv<'a> {
-    replicas: &'a [Replica],
+    replicas: &'a [VirtualEngine],
     block_size: u32,
 }
 
@@ -107,6 +98,57 @@ pub fn simulate(
     simulate_scaled(trace, fleet, policy, None, opts)
 }
 
+/// What happens at a point of a run's virtual time. At one time a load sample comes
+/// first, then an arrival, then steps ending (by replica), then the autoscaler's tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Sample,
+    Arrival(u32),
+    Step(u32),
+    Tick,
+}
+
+impl Ev {
+    fn rank(self) -> u64 {
+        match self {
+            Ev::Sample => 0,
+            Ev::Arrival(_) => 1,
+            Ev::Step(r) => 2 + u64::from(r),
+            Ev::Tick => u64::MAX,
+        }
+    }
+}
+
+/// One replay in progress: the fleet, the policy, and what is measured.
+struct Replay<'a> {
+    trace: &'a Trace,
+    fleet: &'a FleetSpec,
+    policy: &'a mut dyn RoutingPolicy,
+    scaling: Option<&'a mut Scaling>,
+    opts: &'a SimOptions,
+    queue: Queue<Ev>,
+    /// Arrivals and step ends still to come: the run ends when none are.
+    work: usize,
+    replicas: Vec<VirtualEngine>,
+    obs: Vec<ReplicaObservation>,
+    power: Vec<Power>,
+    /// First-token time of each request, by trace index.
+    first_token: Vec<Option<u64>>,
+    records: Vec<RequestRecord>,
+    rejected: u64,
+    events: u64,
+    timeline: Vec<Sample>,
+    imbalance_sum: f64,
+    imbalance_samples: u64,
+    last_us: u64,
+    delivered: Vec<EngineEvent>,
+    tick_mu: f64,
+    tick_arrivals: u64,
+    billed_us: u64,
+    billed_since: u64,
+    scale_points: Vec<ScalePoint>,
+}
+
 /// Replays `trace` with `fleet.replicas` as the most replicas there can be, switched on
 /// and off by `scaling`'s autoscaler (all of them on, always, without one). GPU seconds
 /// count every replica from the moment it is requested until it is released.
@@ -114,42 +156,10 @@ pub fn simulate_scaled(
     trace: &Trace,
     fleet: &FleetSpec,
     policy: &mut dyn RoutingPolicy,
-    mut scaling: Option<&mut Scaling>,
+    scaling: Option<&mut Scaling>,
     opts: &SimOptions,
 ) -> SimRun {
-    let mut replicas: Vec<Replica> = (0..fleet.replicas)
-        .map(|_| Replica {
-            core: EngineCore::new(fleet.params.clone()),
-            pending: Vec::new(),
-            stepping: false,
-            busy_us: 0,
-        })
-        .collect();
-    let mut obs: Vec<ReplicaObservation> = (0..fleet.replicas)
-        .map(|i| ReplicaObservation {
-            id: ReplicaId(i as u64),
-            healthy: true,
-            capacity_mu_per_min: fleet.capacity_mu_per_min,
-            active_requests: 0,
-            waiting: 0,
-            kv_usage: 0.0,
-        })
-        .collect();
-    // First-token time of each request, by trace index.
-    let mut first_token: Vec<Option<u64>> = vec![None; trace.requests.len()];
-    let mut records = Vec::with_capacity(trace.requests.len());
-    let mut rejected = 0u64;
-    let mut steps: BinaryHeap<Reverse<(u64, u32)>> = BinaryHeap::new();
-    let mut events = 0u64;
-    let mut next_arrival = 0usize;
-    let mut timeline = Vec::new();
-    let mut imbalance_sum = 0.0;
-    let mut imbalance_samples = 0u64;
-    let start_us = trace.requests.first().map_or(0, |r| r.arrival_us);
-    let mut next_sample = start_us;
-    let mut last_us = start_us;
-    let mut delivered = Vec::new();
-    let mut power = match &scaling {
+    let power = match &scaling {
         Some(sc) => (0..fleet.replicas)
             .map(|i| {
                 if i < sc.initial {
@@ -161,138 +171,218 @@ pub fn simulate_scaled(
             .collect(),
         None => vec![Power::Ready; fleet.replicas],
     };
-    for (o, p) in obs.iter_mut().zip(&power) {
-        o.healthy = *p == Power::Ready;
+    let obs = (0..fleet.replicas)
+        .map(|i| ReplicaObservation {
+            id: ReplicaId(i as u64),
+            healthy: power[i] == Power::Ready,
+            capacity_mu_per_min: fleet.capacity_mu_per_min,
+            active_requests: 0,
+            waiting: 0,
+            kv_usage: 0.0,
+        })
+        .collect();
+    let start_us = trace.requests.first().map_or(0, |r| r.arrival_us);
+    let mut queue = Queue::default();
+    let mut work = 0;
+    if let Some(first) = trace.requests.first() {
+        queue.push_ranked(first.arrival_us, Ev::Arrival(0).rank(), Ev::Arrival(0));
+        work += 1;
     }
-    let mut next_tick = scaling.as_ref().map(|sc| start_us + sc.tick_us.max(1));
-    let mut tick_mu = 0.0;
-    let mut tick_arrivals = 0u64;
-    let mut billed_us = 0u64;
-    let mut billed_since = start_us;
-    let mut scale_points = Vec::new();
+    queue.push_ranked(start_us, Ev::Sample.rank(), Ev::Sample);
+    if let Some(sc) = &scaling {
+        queue.push_ranked(start_us + sc.tick_us.max(1), Ev::Tick.rank(), Ev::Tick);
+    }
+    let mut replay = Replay {
+        trace,
+        fleet,
+        policy,
+        scaling,
+        opts,
+        queue,
+        work,
+        replicas: (0..fleet.replicas)
+            .map(|_| VirtualEngine::new(fleet.params.clone()))
+            .collect(),
+        obs,
+        power,
+        first_token: vec![None; trace.requests.len()],
+        records: Vec::with_capacity(trace.requests.len()),
+        rejected: 0,
+        events: 0,
+        timeline: Vec::new(),
+        imbalance_sum: 0.0,
+        imbalance_samples: 0,
+        last_us: start_us,
+        delivered: Vec::new(),
+        tick_mu: 0.0,
+        tick_arrivals: 0,
+        billed_us: 0,
+        billed_since: start_us,
+        scale_points: Vec::new(),
+    };
+    des::run(&mut replay);
+    replay.finish(start_us)
+}
 
-    loop {
-        let arrival_at = trace.requests.get(next_arrival).map(|r| r.arrival_us);
-        let step_at = steps.peek().map(|Reverse((t, _))| *t);
-        let now = match (arrival_at, step_at) {
-            (None, None) => break,
-            (Some(a), Some(s)) => a.min(s),
-            (Some(a), None) => a,
-            (None, Some(s)) => s,
+impl Model for Replay<'_> {
+    type Event = Ev;
+
+    fn queue(&mut self) -> &mut Queue<Ev> {
+        &mut self.queue
+    }
+
+    /// The load is replayed and every request has left its replica; samples and ticks
+    /// alone do not keep the run going.
+    fn ends_before(&mut self, _at: u64) -> bool {
+        self.work == 0
+    }
+
+    fn handle(&mut self, now: u64, ev: Ev) {
+        match ev {
+            Ev::Sample => self.sample(now),
+            Ev::Tick => self.tick(now),
+            Ev::Arrival(i) => {
+                self.work -= 1;
+                self.events += 1;
+                self.last_us = now;
+                self.arrival(i as usize, now);
+            }
+            Ev::Step(r) => {
+                self.work -= 1;
+                self.events += 1;
+                self.last_us = now;
+                self.step_end(r as usize, now);
+            }
+        }
+    }
+}
+
+impl Replay<'_> {
+    fn sample(&mut self, now: u64) {
+        let (imb, sample) = sample_load(&self.obs, now, self.opts.keep_timeline);
+        if let Some(i) = imb {
+            self.imbalance_sum += i;
+            self.imbalance_samples += 1;
+        }
+        self.timeline.extend(sample);
+        let next = now + self.opts.sample_every_us.max(1);
+        self.queue.push_ranked(next, Ev::Sample.rank(), Ev::Sample);
+    }
+
+    /// An autoscaler tick: the leader's scaling step over the fleet's last tick.
+    fn tick(&mut self, t: u64) {
+        let Some(sc) = self.scaling.as_deref_mut() else {
+            return;
         };
-        if let (Some(t), Some(sc)) = (next_tick, scaling.as_deref_mut()) {
-            if t < now {
-                // An autoscaler tick, before the next arrival or step end.
-                events += 1;
-                let on = power.iter().filter(|p| p.billed()).count() as u64;
-                billed_us += on * (t - billed_since);
-                billed_since = t;
-                promote(&mut power, t);
-                for (i, p) in power.iter_mut().enumerate() {
-                    if *p == Power::Draining
-                        && !replicas[i].stepping
-                        && !replicas[i].core.has_work()
-                    {
-                        *p = Power::Off;
-                    }
-                }
-                let tick_s = sc.tick_us.max(1) as f64 / 1e6;
-                let load = TickLoad {
-                    mu_per_min: tick_mu * 60.0 / tick_s,
-                    in_flight_requests: obs.iter().map(|o| f64::from(o.active_requests)).sum(),
-                    requests_per_s: tick_arrivals as f64 / tick_s,
-                    capacity_mu_per_min: fleet.capacity_mu_per_min,
-                };
-                let work: Vec<u32> = obs.iter().map(|o| o.active_requests).collect();
-                let rack_of = |i: usize| fleet.rack_of(i);
-                let (desired, started) = scaling::tick(
-                    &mut sc.leader,
-                    &mut power,
-                    load,
-                    sc.bounds,
-                    &rack_of,
-                    &work,
-                    t,
-                    sc.cold_start_us,
-                );
-                for i in started {
-                    // A new engine: its prefix cache starts empty.
-                    replicas[i].core = EngineCore::new(fleet.params.clone());
-                }
-                for (o, p) in obs.iter_mut().zip(&power) {
-                    o.healthy = *p == Power::Ready;
-                }
-                let (ready, starting) = counts(&power);
-                scale_points.push(ScalePoint {
-                    at_us: t,
-                    desired,
-                    ready,
-                    starting,
-                    mu_per_min: load.mu_per_min,
-                });
-                tick_mu = 0.0;
-                tick_arrivals = 0;
-                next_tick = Some(t + sc.tick_us.max(1));
-                continue;
+        self.events += 1;
+        let on = self.power.iter().filter(|p| p.billed()).count() as u64;
+        self.billed_us += on * (t - self.billed_since);
+        self.billed_since = t;
+        promote(&mut self.power, t);
+        for (i, p) in self.power.iter_mut().enumerate() {
+            if *p == Power::Draining
+                && !self.replicas[i].stepping()
+                && !self.replicas[i].core.has_work()
+            {
+                *p = Power::Off;
             }
         }
-        while next_sample <= now {
-            let (imb, sample) = sample_load(&obs, next_sample, opts.keep_timeline);
-            if let Some(i) = imb {
-                imbalance_sum += i;
-                imbalance_samples += 1;
-            }
-            timeline.extend(sample);
-            next_sample += opts.sample_every_us.max(1);
+        let tick_s = sc.tick_us.max(1) as f64 / 1e6;
+        let load = TickLoad {
+            mu_per_min: self.tick_mu * 60.0 / tick_s,
+            in_flight_requests: self.obs.iter().map(|o| f64::from(o.active_requests)).sum(),
+            requests_per_s: self.tick_arrivals as f64 / tick_s,
+            capacity_mu_per_min: self.fleet.capacity_mu_per_min,
+        };
+        let work: Vec<u32> = self.obs.iter().map(|o| o.active_requests).collect();
+        let fleet = self.fleet;
+        let rack_of = |i: usize| fleet.rack_of(i);
+        let (desired, started) = scaling::tick(
+            &mut sc.leader,
+            &mut self.power,
+            load,
+            sc.bounds,
+            &rack_of,
+            &work,
+            t,
+            sc.cold_start_us,
+        );
+        for i in started {
+            // A new engine: its prefix cache starts empty.
+            self.replicas[i].restart(fleet.params.clone());
         }
-        events += 1;
-        last_us = now;
-        if step_at == Some(now) && arrival_at.is_none_or(|a| a > now) {
-            // A step ends: deliver its events, then start the next one.
-            let Some(Reverse((_, r))) = steps.pop() else {
-                break;
-            };
-            let r = r as usize;
-            std::mem::swap(&mut delivered, &mut replicas[r].pending);
-            for ev in delivered.drain(..) {
-                match ev {
-                    EngineEvent::Token { id, index } => {
-                        first_token[id.0 as usize].get_or_insert(now);
-                        policy.on_progress(id.0, index + 1, now);
-                    }
-                    EngineEvent::Finished { id, usage, .. } => {
-                        let req = &trace.requests[id.0 as usize];
-                        records.push(RequestRecord {
-                            arrival_us: req.arrival_us,
-                            first_token_us: first_token[id.0 as usize].unwrap_or(now),
-                            finish_us: now,
-                            output_tokens: usage.completion_tokens,
-                            prompt_tokens: usage.prompt_tokens,
-                            cached_tokens: usage.cached_tokens,
-                        });
-                        obs[r].active_requests = obs[r].active_requests.saturating_sub(1);
-                        let u = Usage {
-                            prompt_tokens: usage.prompt_tokens,
-                            completion_tokens: usage.completion_tokens,
-                            cached_tokens: usage.cached_tokens,
-                        };
-                        policy.on_finish(id.0, Some(u), now);
-                    }
-                    EngineEvent::Preempted { .. } => {}
-                }
-            }
-            start_step(&mut replicas[r], r, now, &mut steps);
-            observe(&replicas[r], &mut obs[r]);
-            continue;
+        for (o, p) in self.obs.iter_mut().zip(&self.power) {
+            o.healthy = *p == Power::Ready;
         }
+        let (ready, starting) = counts(&self.power);
+        self.scale_points.push(ScalePoint {
+            at_us: t,
+            desired,
+            ready,
+            starting,
+            mu_per_min: load.mu_per_min,
+        });
+        self.tick_mu = 0.0;
+        self.tick_arrivals = 0;
+        let next = t + sc.tick_us.max(1);
+        self.queue.push_ranked(next, Ev::Tick.rank(), Ev::Tick);
+    }
 
-        // An arrival.
-        let idx = next_arrival;
-        next_arrival += 1;
+    /// A step ends: deliver its events, then start the next one.
+    fn step_end(&mut self, r: usize, now: u64) {
+        self.replicas[r].end_step(&mut self.delivered);
+        for ev in self.delivered.drain(..) {
+            match ev {
+                EngineEvent::Token { id, index } => {
+                    self.first_token[id.0 as usize].get_or_insert(now);
+                    self.policy.on_progress(id.0, index + 1, now);
+                }
+                EngineEvent::Finished { id, usage, .. } => {
+                    let req = &self.trace.requests[id.0 as usize];
+                    self.records.push(RequestRecord {
+                        arrival_us: req.arrival_us,
+                        first_token_us: self.first_token[id.0 as usize].unwrap_or(now),
+                        finish_us: now,
+                        output_tokens: usage.completion_tokens,
+                        prompt_tokens: usage.prompt_tokens,
+                        cached_tokens: usage.cached_tokens,
+                    });
+                    let o = &mut self.obs[r];
+                    o.active_requests = o.active_requests.saturating_sub(1);
+                    let u = Usage {
+                        prompt_tokens: usage.prompt_tokens,
+                        completion_tokens: usage.completion_tokens,
+                        cached_tokens: usage.cached_tokens,
+                    };
+                    self.policy.on_finish(id.0, Some(u), now);
+                }
+                EngineEvent::Preempted { .. } => {}
+            }
+        }
+        self.kick(r, now);
+    }
+
+    /// Starts replica `r`'s next step if it has work, and observes it.
+    fn kick(&mut self, r: usize, now: u64) {
+        if let Some(end) = self.replicas[r].start_step(now) {
+            self.work += 1;
+            let ev = Ev::Step(r as u32);
+            self.queue.push_ranked(end, ev.rank(), ev);
+        }
+        observe(&self.replicas[r], &mut self.obs[r]);
+    }
+
+    fn arrival(&mut self, idx: usize, now: u64) {
+        let trace = self.trace;
+        if let Some(next) = trace.requests.get(idx + 1) {
+            let ev = Ev::Arrival(idx as u32 + 1);
+            self.queue.push_ranked(next.arrival_us, ev.rank(), ev);
+            self.work += 1;
+        }
         let req = &trace.requests[idx];
-        if let Some(sc) = scaling.as_deref() {
-            tick_arrivals += 1;
-            tick_mu += sc.coeffs.price(&RequestShape {
+        if let Some(sc) = self.scaling.as_deref() {
+            self.tick_arrivals += 1;
+            self.tick_mu += sc.coeffs.price(&RequestShape {
                 uncached_input: req.prompt.len(),
                 cached_input: 0,
                 output: req.output_tokens,
@@ -304,22 +394,22 @@ pub fn simulate_scaled(
             id: idx as u64,
             workload: req.session.map(SliceKey),
             prompt: &tokens,
-            max_tokens: opts.exact_max_tokens.then_some(req.output_tokens),
+            max_tokens: self.opts.exact_max_tokens.then_some(req.output_tokens),
             images: 0,
         };
         let kv = FleetKv {
-            replicas: &replicas,
-            block_size: fleet.params.block_size,
+            replicas: &self.replicas,
+            block_size: self.fleet.params.block_size,
         };
-        let Some(target) = policy.route(&route, &obs, &kv, now) else {
-            rejected += 1;
-            continue;
+        let Some(target) = self.policy.route(&route, &self.obs, &kv, now) else {
+            self.rejected += 1;
+            return;
         };
         let r = target.0 as usize;
-        let Some(replica) = replicas.get_mut(r) else {
-            rejected += 1;
-            policy.on_finish(idx as u64, None, now);
-            continue;
+        let Some(replica) = self.replicas.get_mut(r) else {
+            self.rejected += 1;
+            self.policy.on_finish(idx as u64, None, now);
+            return;
         };
         let output = req.output_tokens.max(1);
         match replica.core.add_request(
@@ -327,66 +417,50 @@ pub fn simulate_scaled(
             now,
         ) {
             Ok(()) => {
-                obs[r].active_requests += 1;
-                if !replica.stepping {
-                    start_step(replica, r, now, &mut steps);
-                }
-                observe(replica, &mut obs[r]);
+                self.obs[r].active_requests += 1;
+                self.kick(r, now);
             }
             Err(_) => {
-                rejected += 1;
-                policy.on_finish(idx as u64, None, now);
+                self.rejected += 1;
+                self.policy.on_finish(idx as u64, None, now);
             }
         }
     }
 
-    let span_s = last_us.saturating_sub(start_us) as f64 / 1e6;
-    let imbalance = if imbalance_samples == 0 {
-        1.0
-    } else {
-        imbalance_sum / imbalance_samples as f64
-    };
-    let on = power.iter().filter(|p| p.billed()).count() as u64;
-    billed_us += on * last_us.saturating_sub(billed_since);
-    let gpu_seconds = billed_us as f64 / 1e6;
-    let name = match scaling.as_deref() {
-        Some(sc) => format!("{}+{}", policy.name(), sc.leader.name()),
-        None => policy.name().to_owned(),
-    };
-    let report = summarize(
-        &name,
-        &records,
-        rejected,
-        &opts.slo,
-        span_s,
-        imbalance,
-        gpu_seconds,
-    );
-    SimRun {
-        report,
-        records,
-        timeline,
-        events,
-        scale: scale_points,
+    fn finish(self, start_us: u64) -> SimRun {
+        let span_s = self.last_us.saturating_sub(start_us) as f64 / 1e6;
+        let imbalance = if self.imbalance_samples == 0 {
+            1.0
+        } else {
+            self.imbalance_sum / self.imbalance_samples as f64
+        };
+        let on = self.power.iter().filter(|p| p.billed()).count() as u64;
+        let billed_us = self.billed_us + on * self.last_us.saturating_sub(self.billed_since);
+        let gpu_seconds = billed_us as f64 / 1e6;
+        let name = match self.scaling.as_deref() {
+            Some(sc) => format!("{}+{}", self.policy.name(), sc.leader.name()),
+            None => self.policy.name().to_owned(),
+        };
+        let report = summarize(
+            &name,
+            &self.records,
+            self.rejected,
+            &self.opts.slo,
+            span_s,
+            imbalance,
+            gpu_seconds,
+        );
+        SimRun {
+            report,
+            records: self.records,
+            timeline: self.timeline,
+            events: self.events,
+            scale: self.scale_points,
+        }
     }
 }
 
-fn start_step(r: &mut Replica, idx: usize, now: u64, steps: &mut BinaryHeap<Reverse<(u64, u32)>>) {
-    r.stepping = false;
-    if !r.core.has_work() {
-        return;
-    }
-    let summary = r.core.step_into(now, &mut r.pending);
-    if summary.duration_us == 0 && r.pending.is_empty() {
-        return;
-    }
-    let d = summary.duration_us.max(1);
-    r.busy_us += d;
-    r.stepping = true;
-    steps.push(Reverse((now + d, idx as u32)));
-}
-
-fn observe(r: &Replica, o: &mut ReplicaObservation) {
+fn observe(r: &VirtualEngine, o: &mut ReplicaObservation) {
     let s = r.core.stats();
     o.waiting = s.waiting;
     o.kv_usage = s.kv_usage;

@@ -6,24 +6,18 @@ use super::control::Write;
 use super::world::{Ev, Power, World, PROBE_BIT};
 use sluice_actors::prober::Standing;
 use sluice_actors::slice::ReplicaId;
-use sluice_engine::core::{EngineCore, EngineEvent};
+use sluice_engine::core::EngineEvent;
 
 impl World<'_> {
     pub(super) fn kick(&mut self, r: usize) {
         let e = &mut self.engines[r];
-        if e.stepping || e.hung || e.power != Power::Up || !e.core.has_work() {
+        if e.hung || e.power != Power::Up {
             return;
         }
-        let summary = e.core.step_into(self.now, &mut e.pending);
-        if summary.duration_us == 0 && e.pending.is_empty() {
-            return;
+        if let Some(end) = e.engine.start_step(self.now) {
+            let epoch = e.epoch;
+            self.push(end, Ev::Step(r as u32, epoch));
         }
-        e.stepping = true;
-        let epoch = e.epoch;
-        self.push(
-            self.now + summary.duration_us.max(1),
-            Ev::Step(r as u32, epoch),
-        );
     }
 
     pub(super) fn step_end(&mut self, r: usize, epoch: u32) {
@@ -31,13 +25,13 @@ impl World<'_> {
         if e.epoch != epoch || e.power != Power::Up {
             return;
         }
-        e.stepping = false;
         if e.hung {
             // A hung engine never finishes its step: nothing comes out of it.
-            e.pending.clear();
+            e.engine.drop_step();
             return;
         }
-        let mut events = std::mem::take(&mut e.pending);
+        let mut events = std::mem::take(&mut self.delivered);
+        e.engine.end_step(&mut events);
         for ev in &events {
             match *ev {
                 EngineEvent::Token { id, index } => {
@@ -59,7 +53,7 @@ impl World<'_> {
             }
         }
         events.clear();
-        self.engines[r].pending = events;
+        self.delivered = events;
         self.kick(r);
     }
 
@@ -83,11 +77,9 @@ impl World<'_> {
         let e = &mut self.engines[r];
         e.power = power;
         e.epoch += 1;
-        e.stepping = false;
         e.hung = false;
-        e.pending.clear();
         e.probes.clear();
-        e.core = EngineCore::new(self.spec.profile.engine.clone());
+        e.engine.restart(self.spec.profile.engine.clone());
         for q in std::mem::take(&mut e.on) {
             let attempt = self.reqs[q as usize].attempt;
             self.push(self.now + notice_us, Ev::Cut(q, attempt));

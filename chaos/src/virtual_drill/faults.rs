@@ -157,7 +157,7 @@ impl World<'_> {
             }
             Act::Slow(replicas, factor) => {
                 for &r in &replicas {
-                    self.engines[r].core.set_slowdown(factor);
+                    self.engines[r].engine.core.set_slowdown(factor);
                 }
                 self.struck(format!(
                     "{} replica(s) {} {factor}× slower",
@@ -167,7 +167,7 @@ impl World<'_> {
             }
             Act::Unslow(replicas) => {
                 for &r in &replicas {
-                    self.engines[r].core.set_slowdown(1.0);
+                    self.engines[r].engine.core.set_slowdown(1.0);
                 }
                 self.healed("slow replicas back to normal".into());
             }

@@ -24,7 +24,7 @@ impl World<'_> {
                 if e.power != Power::Up {
                     continue;
                 }
-                let s = e.core.stats();
+                let s = e.engine.core.stats();
                 let (queued, tokens) = (s.running + s.waiting, e.tokens_total);
                 let changes =
                     self.nodes[n]
@@ -50,7 +50,7 @@ impl World<'_> {
         let prompt: Vec<u32> = (0..8).collect();
         let req = EngineRequest::new(RequestId(id), prompt, PROBE_MAX_TOKENS, PROBE_MAX_TOKENS)
             .with_priority(PROBE_PRIORITY);
-        match self.engines[r].core.add_request(req, self.now) {
+        match self.engines[r].engine.core.add_request(req, self.now) {
             Ok(()) => {
                 self.engines[r].probes.insert(id, p);
                 self.kick(r);

@@ -126,7 +126,7 @@ impl World<'_> {
         let prompt = self.prompt(q);
         let id = (u64::from(q) << 8) | u64::from(attempt);
         let e = &mut self.engines[replica];
-        match e.core.add_request(
+        match e.engine.core.add_request(
             EngineRequest::new(RequestId(id), prompt, output, output),
             self.now,
         ) {
@@ -314,7 +314,7 @@ impl World<'_> {
             let replica = self.reqs[q as usize].replica();
             self.detach(q, replica);
             let id = (u64::from(q) << 8) | u64::from(self.reqs[q as usize].attempt);
-            self.engines[replica].core.abort(RequestId(id));
+            self.engines[replica].engine.core.abort(RequestId(id));
             self.failures += 1;
             let fail = self.with_life(q, |life, node| {
                 life.failed_holding(Broke::Deadline, &mut node.router, now_ms)

@@ -1,7 +1,8 @@
 //! The virtual fleet in discrete-event time: every node runs the live node's policy
 //! cores — the router core (choice, passive health, quarantine), the request lifecycle
 //! with its retry rule and budget, the prober core and its verdicts' effects, and the
-//! leader's assigner step — over engine-model replicas, and the shells' parts are played
+//! leader's assigner step — over engine-model replicas in the simulator's event loop
+//! (`sluice_sim::des`), and the shells' parts are played
 //! with the live timings by the sibling modules (`requests`, `engines`, `probes`,
 //! `cluster`, `faults`, `samples`). This one holds the fleet's state and the event loop
 //! that hands each event to them; the ledger and the samples are the ones the process
@@ -19,10 +20,10 @@ use sluice_actors::lifecycle::Lifecycle;
 use sluice_actors::prober::{Ejections, Probe, ProbeConfig, ProberCore, RetryBudget, Standing};
 use sluice_actors::router::{QuarantineConfig, ReplicaSpec, RouterConfig, RouterCore};
 use sluice_actors::slice::ReplicaId;
-use sluice_engine::core::{EngineCore, EngineEvent};
+use sluice_engine::core::EngineEvent;
+use sluice_sim::des::{self, Model, Queue, VirtualEngine};
 use sluice_sim::trace::Trace;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// What happens at a point in virtual time; ties are broken by the order of scheduling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,9 +50,7 @@ pub(super) enum Power {
 
 /// One replica: the engine model and what the loop tracks of it.
 pub(super) struct Engine {
-    pub(super) core: EngineCore,
-    pub(super) pending: Vec<EngineEvent>,
-    pub(super) stepping: bool,
+    pub(super) engine: VirtualEngine,
     pub(super) power: Power,
     pub(super) hung: bool,
     pub(super) epoch: u32,
@@ -129,10 +128,13 @@ pub struct World<'t> {
     pub(super) reqs: Vec<Req>,
     /// Ledger indices of requests not answered yet.
     pub(super) active: Vec<u32>,
-    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
-    seq: u64,
+    queue: Queue<Ev>,
+    /// A step's events, while they are handed out (its allocation kept).
+    pub(super) delivered: Vec<EngineEvent>,
     pub now: u64,
     pub(super) end_us: u64,
+    /// How long past `end_us` the run may go on settling.
+    grace_us: u64,
     pub(super) plan: Vec<(u64, Act)>,
     pub(super) door_rr: usize,
     pub(super) routed: Vec<u64>,
@@ -151,6 +153,54 @@ pub struct World<'t> {
     /// When the leader last heard from each node, and which leader that was.
     pub(super) last_heard: Vec<u64>,
     pub(super) heard_by: Option<usize>,
+}
+
+/// The world as the event loop drives it (its events stay private to the drill).
+struct Drive<'w, 't>(&'w mut World<'t>);
+
+impl Model for Drive<'_, '_> {
+    type Event = Ev;
+
+    fn queue(&mut self) -> &mut Queue<Ev> {
+        &mut self.0.queue
+    }
+
+    /// Past the load's end, the run stops once every request is answered and every
+    /// replica serves again, or when the grace runs out.
+    fn ends_before(&mut self, at: u64) -> bool {
+        let w = &mut *self.0;
+        w.now = at;
+        if at <= w.end_us {
+            return false;
+        }
+        let settled = w.active.is_empty()
+            && w.engines.iter().all(|e| e.power == Power::Up)
+            && w.plan.is_empty()
+            && !w.poison_on
+            && !w.poison_final
+            && !w.poison_waiting;
+        if settled || at > w.end_us + w.grace_us {
+            // One more look at the settled fleet.
+            w.sample();
+            return true;
+        }
+        false
+    }
+
+    fn handle(&mut self, _at: u64, ev: Ev) {
+        let w = &mut *self.0;
+        match ev {
+            Ev::Arrival(i) => w.arrival(i),
+            Ev::Step(r, epoch) => w.step_end(r as usize, epoch),
+            Ev::EngineUp(r, epoch) => w.engine_up(r as usize, epoch),
+            Ev::NodeUp(n) => w.node_up(n as usize),
+            Ev::Cut(q, attempt) => w.cut(q, attempt),
+            Ev::Second => w.second(),
+            Ev::Sample => w.sample(),
+            Ev::Director => w.direct(),
+            Ev::Poison => w.poison_send(),
+        }
+    }
 }
 
 impl<'t> World<'t> {
@@ -174,9 +224,7 @@ impl<'t> World<'t> {
         let control = Control::new(spec.nodes, voters, n, first, spec.election_us);
         let engines = (0..n)
             .map(|_| Engine {
-                core: EngineCore::new(spec.profile.engine.clone()),
-                pending: Vec::new(),
-                stepping: false,
+                engine: VirtualEngine::new(spec.profile.engine.clone()),
                 power: Power::Up,
                 hung: false,
                 epoch: 0,
@@ -195,10 +243,11 @@ impl<'t> World<'t> {
             next_round_us: ROUND_US,
             reqs: Vec::new(),
             active: Vec::new(),
-            heap: BinaryHeap::new(),
-            seq: 0,
+            queue: Queue::default(),
+            delivered: Vec::new(),
             now: 0,
             end_us,
+            grace_us: 0,
             plan,
             door_rr: 0,
             routed: vec![0; n],
@@ -282,8 +331,7 @@ impl<'t> World<'t> {
     }
 
     pub(super) fn push(&mut self, at: u64, ev: Ev) {
-        self.seq += 1;
-        self.heap.push(Reverse((at, self.seq, ev)));
+        self.queue.push(at, ev);
     }
 
     /// Runs to the end: load until `end_us`, then until every request is answered and
@@ -295,33 +343,8 @@ impl<'t> World<'t> {
         self.push(SECOND_US, Ev::Second);
         self.push(0, Ev::Sample);
         self.push(0, Ev::Director);
-        while let Some(Reverse((at, _, ev))) = self.heap.pop() {
-            self.now = at;
-            if at > self.end_us {
-                let settled = self.active.is_empty()
-                    && self.engines.iter().all(|e| e.power == Power::Up)
-                    && self.plan.is_empty()
-                    && !self.poison_on
-                    && !self.poison_final
-                    && !self.poison_waiting;
-                if settled || at > self.end_us + grace_us {
-                    // One more look at the settled fleet.
-                    self.sample();
-                    break;
-                }
-            }
-            match ev {
-                Ev::Arrival(i) => self.arrival(i),
-                Ev::Step(r, epoch) => self.step_end(r as usize, epoch),
-                Ev::EngineUp(r, epoch) => self.engine_up(r as usize, epoch),
-                Ev::NodeUp(n) => self.node_up(n as usize),
-                Ev::Cut(q, attempt) => self.cut(q, attempt),
-                Ev::Second => self.second(),
-                Ev::Sample => self.sample(),
-                Ev::Director => self.direct(),
-                Ev::Poison => self.poison_send(),
-            }
-        }
+        self.grace_us = grace_us;
+        des::run(&mut Drive(self));
         for &q in &std::mem::take(&mut self.active) {
             let r = &mut self.reqs[q as usize];
             if r.done.is_none() {
