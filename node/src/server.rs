@@ -239,11 +239,14 @@ impl Node {
                 )
             }));
         }
-        let tree = Arc::new(
-            Tree::start(actors, cfg.actor_restarts, Some(on_restart))
-                .await
-                .context("cannot start the node's actors")?,
-        );
+        let tree = match Tree::start(actors, cfg.actor_restarts, Some(on_restart)).await {
+            Ok(tree) => Arc::new(tree),
+            Err(e) => {
+                // No engine outlives a node that could not start.
+                supervisor.stop(Duration::from_secs(5)).await;
+                return Err(anyhow::Error::new(e).context("cannot start the node's actors"));
+            }
+        };
         tracing::info!(%local, replicas = urls.len(), model = %cfg.model, "node serving");
         let cluster = node.as_ref().map(|n| (n.id, n.listen));
         let done = tokio::spawn(serve(

@@ -265,6 +265,26 @@ mod tests {
     }
 
     #[test]
+    fn a_relaunched_engine_starts_the_incarnation_it_was_given() {
+        let (mut l, launch) = Lifecycle::relaunch(RestartPolicy::default(), 4);
+        assert_eq!(launch, Effect::Launch { incarnation: 4 });
+        assert_eq!(l.phase(), Phase::Starting);
+        assert!(matches!(
+            l.on(Input::Kill { incarnation: 4 }, 0)[..],
+            [Effect::Ignored(_)]
+        ));
+        assert_eq!(l.on(Input::Ready, 10), vec![Effect::Up { incarnation: 4 }]);
+        // It then lives as any other: an exit restarts the next incarnation.
+        let out = l.on(Input::Exited, 20);
+        assert_eq!(out[..2], [Effect::Down, Effect::KillGroup]);
+        assert!(matches!(out[2], Effect::Backoff(_)));
+        assert_eq!(
+            l.on(Input::BackoffOver, 30),
+            vec![Effect::Launch { incarnation: 5 }]
+        );
+    }
+
+    #[test]
     fn crash_loops_give_up_and_stops_are_final() {
         let mut l = Lifecycle::starting(RestartPolicy::default());
         let mut now = 0;
