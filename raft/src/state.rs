@@ -49,6 +49,10 @@ pub enum ReplicaHealth {
     Draining,
     /// Placed by the autoscaler; its node is starting the engine. No endpoint yet.
     Starting,
+    /// Its node went silent (killed, powered off, cut off): the leader took it out of
+    /// service, and clears the mark when the node is heard again (or the node clears
+    /// it by registering its replicas anew).
+    Unreachable,
 }
 
 /// An engine replica serving one model on one node.
@@ -268,6 +272,14 @@ pub enum ControlCommand {
         tenant: String,
         replicas: u32,
     },
+    /// The leader's liveness mark: a `Healthy` replica becomes `Unreachable`
+    /// (`reachable: false`), an `Unreachable` one `Healthy` again (`true`). Any other
+    /// standing is its node's to decide and is left as it is, so a mark decided on an
+    /// older view never undoes the node's own word.
+    MarkReachable {
+        replica: ReplicaId,
+        reachable: bool,
+    },
 }
 
 impl fmt::Display for ControlCommand {
@@ -305,6 +317,9 @@ impl fmt::Display for ControlCommand {
             Self::RemoveTenant(name) => write!(f, "RemoveTenant({name})"),
             Self::SetBlastRadius { tenant, replicas } => {
                 write!(f, "SetBlastRadius({tenant}, {replicas})")
+            }
+            Self::MarkReachable { replica, reachable } => {
+                write!(f, "MarkReachable({}, {reachable})", replica.0)
             }
         }
     }
@@ -540,6 +555,17 @@ pub fn apply(state: &mut ControlState, cmd: ControlCommand) -> ControlResponse {
                 None => reject(Rejection::UnknownReplica(replica.0)),
             }
         }
+        ControlCommand::MarkReachable { replica, reachable } => {
+            let Some(r) = state.replicas.get_mut(&replica) else {
+                return reject(Rejection::UnknownReplica(replica.0));
+            };
+            match (r.health, reachable) {
+                (ReplicaHealth::Healthy, false) => r.health = ReplicaHealth::Unreachable,
+                (ReplicaHealth::Unreachable, true) => r.health = ReplicaHealth::Healthy,
+                _ => {}
+            }
+            ControlResponse::Ok
+        }
     }
 }
 
@@ -762,6 +788,57 @@ mod tests {
             },
         );
         assert_eq!(s.desired_replicas().get("m"), Some(&3));
+    }
+
+    #[test]
+    fn liveness_marks_touch_only_healthy_and_unreachable_replicas() {
+        let mut s = ControlState::default();
+        apply(&mut s, ControlCommand::AddNode(node(1, "a")));
+        let mut r = replica(10, 1, "m");
+        apply(&mut s, ControlCommand::RegisterReplica(r.clone()));
+        let mark = |reachable| ControlCommand::MarkReachable {
+            replica: ReplicaId(10),
+            reachable,
+        };
+        apply(&mut s, mark(false));
+        assert_eq!(
+            s.replica(ReplicaId(10)).unwrap().health,
+            ReplicaHealth::Unreachable
+        );
+        apply(&mut s, mark(true));
+        assert_eq!(
+            s.replica(ReplicaId(10)).unwrap().health,
+            ReplicaHealth::Healthy
+        );
+        // The node's own word stands: a draining replica is neither marked nor cleared.
+        for health in [
+            ReplicaHealth::Draining,
+            ReplicaHealth::Unhealthy,
+            ReplicaHealth::Starting,
+        ] {
+            r.health = health;
+            apply(&mut s, ControlCommand::RegisterReplica(r.clone()));
+            apply(&mut s, mark(false));
+            apply(&mut s, mark(true));
+            assert_eq!(s.replica(ReplicaId(10)).unwrap().health, health);
+        }
+        // A node that comes back registers its replicas anew, which clears the mark.
+        r.health = ReplicaHealth::Healthy;
+        apply(&mut s, ControlCommand::RegisterReplica(r.clone()));
+        apply(&mut s, mark(false));
+        apply(&mut s, ControlCommand::RegisterReplica(r));
+        assert_eq!(
+            s.replica(ReplicaId(10)).unwrap().health,
+            ReplicaHealth::Healthy
+        );
+        assert!(apply(
+            &mut s,
+            ControlCommand::MarkReachable {
+                replica: ReplicaId(99),
+                reachable: true
+            }
+        )
+        .is_rejected());
     }
 
     #[test]

@@ -188,6 +188,31 @@ async fn three_nodes_join_route_fail_over_and_restart() -> Result<()> {
     }
     let gen_after = after["generation"].as_u64().unwrap_or(0);
     assert!(gen_after >= generation);
+    // The new leader takes the dead node's replica out of service in the registry (its
+    // liveness mark), and moves its slices: routers stop finding it by timing out.
+    let dead = |s: &serde_json::Value, health: &str| {
+        s["replicas"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|x| x["node"].as_u64() == Some(leader) && x["health"] == health)
+        })
+    };
+    wait_status(&others, Duration::from_secs(15), |s| dead(s, "unreachable")).await?;
+    let out_after = killed_at.elapsed();
+    assert!(
+        out_after < Duration::from_secs(10),
+        "the dead node's replica was marked after {out_after:?}"
+    );
+    wait_status(&others, Duration::from_secs(15), |s| {
+        s["slices"].as_array().is_some_and(|sl| {
+            sl.iter().all(|x| {
+                x["subset"]
+                    .as_array()
+                    .is_some_and(|sub| sub.iter().all(|r| r.as_u64().map(node_of) != Some(leader)))
+            })
+        })
+    })
+    .await
+    .context("the dead node's slices were not moved")?;
 
     // All three killed and restarted: every committed entry is still there.
     for p in procs.iter_mut() {
@@ -196,10 +221,13 @@ async fn three_nodes_join_route_fail_over_and_restart() -> Result<()> {
     }
     drop(procs);
     let procs: Vec<Proc> = nodes.iter().map(|n| n.start(None)).collect::<Result<_>>()?;
+    // Back, the node's replica serves again: no mark outlives the silence.
     let back = wait_status(&all, Duration::from_secs(30), |s| {
         s["leader"].as_u64().is_some()
             && s["nodes"].as_array().is_some_and(|n| n.len() == 3)
-            && s["replicas"].as_array().is_some_and(|r| r.len() == 3)
+            && s["replicas"]
+                .as_array()
+                .is_some_and(|r| r.len() == 3 && r.iter().all(|x| x["health"] == "healthy"))
     })
     .await?;
     assert!(back["generation"].as_u64().unwrap_or(0) >= gen_after);

@@ -50,10 +50,62 @@ pub fn liveness_marks(
         .collect()
 }
 
+/// The leader's liveness step. A leader has heard from nobody when its leadership
+/// begins, so for `grace_us` after that it only clears marks: it never takes a node's
+/// replicas out of service before the node had time to report to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessWatch {
+    pub since_us: u64,
+    pub grace_us: u64,
+}
+
+impl LivenessWatch {
+    pub fn marks(
+        &self,
+        now_us: u64,
+        replicas: impl IntoIterator<Item = (ReplicaId, u64, Standing)>,
+        heard: impl Fn(u64) -> bool,
+    ) -> Vec<Mark> {
+        let settled = now_us.saturating_sub(self.since_us) >= self.grace_us;
+        let mut marks = liveness_marks(replicas, heard);
+        marks.retain(|m| settled || !m.unreachable);
+        marks
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_new_leader_only_clears_marks_until_every_node_had_time_to_report() {
+        let watch = LivenessWatch {
+            since_us: 10_000_000,
+            grace_us: 3_000_000,
+        };
+        let fleet = [
+            (ReplicaId(0), 0, Standing::Serving),
+            (ReplicaId(1), 1, Standing::Unreachable),
+        ];
+        let silent = |_| false;
+        let heard = |_| true;
+        assert!(watch.marks(12_999_999, fleet, silent).is_empty());
+        assert_eq!(
+            watch.marks(12_000_000, fleet, heard),
+            vec![Mark {
+                replica: ReplicaId(1),
+                unreachable: false
+            }]
+        );
+        assert_eq!(
+            watch.marks(13_000_000, fleet, silent),
+            vec![Mark {
+                replica: ReplicaId(0),
+                unreachable: true
+            }]
+        );
+    }
 
     #[test]
     fn a_silent_node_loses_its_serving_replicas_and_gets_them_back_when_heard() {

@@ -29,7 +29,7 @@ pub use budget::{RetryBudget, WINDOW_S as RETRY_BUDGET_WINDOW_S};
 pub use config::{ProbeConfig, ProbeConfigError};
 pub use decide::ProberCore;
 pub use ejections::{Effect, Ejections};
-pub use liveness::{liveness_marks, Mark, Standing};
+pub use liveness::{liveness_marks, LivenessWatch, Mark, Standing};
 
 use crate::slice::ReplicaId;
 

@@ -261,14 +261,25 @@ impl ClusterNode {
                 }
             }));
         }
-        let mut leader = vec![ChildSpec::duty("assigner", {
-            let (handler, cp) = (handler.clone(), self.cp.clone());
-            move || AssignerRounds {
-                handler: handler.clone(),
-                rx: cp.state(),
-                next_round: Instant::now() + handler.round_period(),
-            }
-        })];
+        let mut leader = vec![
+            ChildSpec::duty("assigner", {
+                let (handler, cp) = (handler.clone(), self.cp.clone());
+                move || AssignerRounds {
+                    handler: handler.clone(),
+                    rx: cp.state(),
+                    next_round: Instant::now() + handler.round_period(),
+                }
+            }),
+            ChildSpec::duty("liveness", {
+                // A router is heard at each load report and, more often, each gossip.
+                let heard_every = match s.load_share.is_zero() {
+                    true => s.report_every,
+                    false => s.load_share.min(s.report_every),
+                };
+                let handler = handler.clone();
+                move || super::liveness::Liveness::new(handler.clone(), heard_every)
+            }),
+        ];
         if let Some(cfg) = s.autoscaler.clone() {
             let handler = handler.clone();
             let (capacity, start_timeout, report_every) =

@@ -48,7 +48,8 @@ pub struct NodeHandler {
     mu_since: Mutex<f64>,
     /// The offered MU/min the autoscaler saw at its last tick (leader only).
     offered: Mutex<Option<f64>>,
-    /// When each node's router last reported its load: the leader's view of who is live.
+    /// When each node's router last reported its load or gossiped: the leader's view of
+    /// who is live.
     seen: Mutex<std::collections::HashMap<u64, Instant>>,
     front: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
     started: Instant,
@@ -407,12 +408,13 @@ impl NodeHandler {
 
     /// Load reports to the leader and gossip between routers.
     fn load(&self, peer: u64, rpc: LoadRpc) {
+        // Either is word from the peer's router: the leader's view of who is live.
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, Instant::now());
         match rpc {
             LoadRpc::Report(report) => {
-                self.seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(peer, Instant::now());
                 if self.is_leader() {
                     self.add_load(&report);
                 }

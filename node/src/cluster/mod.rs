@@ -11,6 +11,7 @@ pub mod call;
 pub mod cli;
 pub mod forward;
 mod handler;
+mod liveness;
 pub mod raft_net;
 pub mod reconcile;
 pub mod rpc;

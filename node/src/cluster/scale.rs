@@ -221,7 +221,7 @@ fn placed_replicas(
             host: r.node,
             state: match r.health {
                 ReplicaHealth::Healthy => SlotState::Serving,
-                ReplicaHealth::Unhealthy => SlotState::Unhealthy,
+                ReplicaHealth::Unhealthy | ReplicaHealth::Unreachable => SlotState::Unhealthy,
                 ReplicaHealth::Draining => SlotState::Draining,
                 ReplicaHealth::Starting => SlotState::Starting,
             },
@@ -244,7 +244,9 @@ fn reserved_floor(state: &ControlState, model: &str, capacity: f64) -> usize {
     }
 }
 
-async fn write(handler: &NodeHandler, cmd: ControlCommand) {
+/// Commits `cmd`, logging (not failing on) a refusal or an unknown outcome: the next
+/// tick decides again from the state as it then is.
+pub(super) async fn write(handler: &NodeHandler, cmd: ControlCommand) {
     let what = cmd.to_string();
     match handler.control().write(cmd).await {
         Ok(r) if r.is_rejected() => tracing::warn!(command = %what, answer = ?r, "refused"),

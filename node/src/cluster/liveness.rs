@@ -1,0 +1,102 @@
+//! The leader's liveness marks: the replicas of a node it has not heard from for the
+//! liveness window (killed, powered off with its rack, cut off) are taken out of
+//! service in Raft at once, instead of every router finding each dead replica by timing
+//! out on it, and the assigner moves their slices. The mark is kept apart from the
+//! prober's verdicts (`ReplicaHealth::Unreachable`); the leader clears it when the node
+//! is heard again, and a restarted node clears it by registering its replicas anew. The
+//! decisions are the `LivenessWatch` core's.
+
+use super::handler::NodeHandler;
+use super::scale::write;
+use crate::tree::{ticked, Duty, Turn};
+use ractor::ActorProcessingErr;
+use sluice_actors::prober::{LivenessWatch, Standing};
+use sluice_raft::{ControlCommand, ReplicaHealth};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::time::{Interval, MissedTickBehavior};
+
+/// How often the leader looks.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// The shortest silence taken for a node's loss: a busy host's router may miss a few
+/// beats, and a false mark takes its replicas out of service.
+const MIN_WINDOW: Duration = Duration::from_secs(3);
+
+/// The liveness actor's duty (run only while this node leads).
+pub struct Liveness {
+    handler: Arc<NodeHandler>,
+    /// A node not heard from for this long is taken for gone.
+    window: Duration,
+    watch: LivenessWatch,
+    epoch: Instant,
+    tick: Interval,
+}
+
+impl Liveness {
+    /// Routers are heard every `heard_every`; three missed beats (and at least
+    /// [`MIN_WINDOW`]) make a node silent.
+    pub fn new(handler: Arc<NodeHandler>, heard_every: Duration) -> Self {
+        let window = (heard_every * 3).max(MIN_WINDOW);
+        let mut tick = tokio::time::interval(LOOK_EVERY);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        Self {
+            handler,
+            window,
+            // Leadership begins now: no node has reported to this leader yet.
+            watch: LivenessWatch {
+                since_us: 0,
+                grace_us: window.as_micros() as u64,
+            },
+            epoch: Instant::now(),
+            tick,
+        }
+    }
+}
+
+/// A replica's standing as far as liveness goes.
+fn standing(health: ReplicaHealth) -> Standing {
+    match health {
+        ReplicaHealth::Healthy => Standing::Serving,
+        ReplicaHealth::Unreachable => Standing::Unreachable,
+        ReplicaHealth::Unhealthy | ReplicaHealth::Draining | ReplicaHealth::Starting => {
+            Standing::HeldByNode
+        }
+    }
+}
+
+impl Duty for Liveness {
+    async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
+        if !ticked(&mut self.tick).await || !self.handler.is_leader() {
+            return Ok(Turn::Again);
+        }
+        let live = self.handler.live_nodes(self.window);
+        let state = self.handler.control().state().borrow().clone();
+        let marks = self.watch.marks(
+            self.epoch.elapsed().as_micros() as u64,
+            state
+                .replicas()
+                .values()
+                .map(|r| (r.id, r.node, standing(r.health))),
+            |node| live.contains(&node),
+        );
+        for m in marks {
+            let node = state.replica(m.replica).map_or(0, |r| r.node);
+            if m.unreachable {
+                tracing::warn!(replica = m.replica.0, node, window = ?self.window, "node silent: its replica is out of service");
+            } else {
+                tracing::info!(
+                    replica = m.replica.0,
+                    node,
+                    "node heard again: its replica serves again"
+                );
+            }
+            let cmd = ControlCommand::MarkReachable {
+                replica: m.replica,
+                reachable: !m.unreachable,
+            };
+            write(&self.handler, cmd).await;
+        }
+        Ok(Turn::Again)
+    }
+}
