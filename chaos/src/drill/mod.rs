@@ -85,7 +85,7 @@ pub struct DrillArgs {
     pub engine_restart_s: f64,
     /// Virtual drills: what-if — the leader marks the replicas of a node silent for 3 s
     /// unreachable, and a restarted node keeps its replicas out of service until they
-    /// serve (live nodes do neither yet).
+    /// serve (live nodes do the first since issue 16, item 2, not the second).
     #[arg(long)]
     pub mark_silent_nodes: bool,
 }
