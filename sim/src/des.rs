@@ -38,10 +38,6 @@ impl<E: Ord> Queue<E> {
     fn pop(&mut self) -> Option<(u64, E)> {
         self.heap.pop().map(|Reverse((at, _, _, ev))| (at, ev))
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
 }
 
 /// What a run of the loop simulates: it owns its queue and handles each event.

@@ -204,11 +204,12 @@ async fn three_nodes_join_route_fail_over_and_restart() -> Result<()> {
     );
     wait_status(&others, Duration::from_secs(15), |s| {
         s["slices"].as_array().is_some_and(|sl| {
-            sl.iter().all(|x| {
-                x["subset"]
-                    .as_array()
-                    .is_some_and(|sub| sub.iter().all(|r| r.as_u64().map(node_of) != Some(leader)))
-            })
+            !sl.is_empty()
+                && sl.iter().all(|x| {
+                    x["subset"].as_array().is_some_and(|sub| {
+                        sub.iter().all(|r| r.as_u64().map(node_of) != Some(leader))
+                    })
+                })
         })
     })
     .await

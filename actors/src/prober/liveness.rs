@@ -50,6 +50,10 @@ pub fn liveness_marks(
         .collect()
 }
 
+/// The shortest silence taken for a node's loss: a busy host's router may miss a few
+/// beats, and a false mark takes its replicas out of service.
+pub const MIN_LIVENESS_WINDOW_US: u64 = 3_000_000;
+
 /// The leader's liveness step. A leader has heard from nobody when its leadership
 /// begins, so for `grace_us` after that it only clears marks: it never takes a node's
 /// replicas out of service before the node had time to report to it.
@@ -60,6 +64,26 @@ pub struct LivenessWatch {
 }
 
 impl LivenessWatch {
+    /// The silence after which a node whose router is heard every `beat_us` is taken
+    /// for gone: three missed beats, and at least [`MIN_LIVENESS_WINDOW_US`].
+    pub const fn window_us(beat_us: u64) -> u64 {
+        let missed = beat_us.saturating_mul(3);
+        if missed > MIN_LIVENESS_WINDOW_US {
+            missed
+        } else {
+            MIN_LIVENESS_WINDOW_US
+        }
+    }
+
+    /// A leadership that began at `since_us`, over routers heard every `beat_us`: its
+    /// grace is one window.
+    pub fn new(since_us: u64, beat_us: u64) -> Self {
+        Self {
+            since_us,
+            grace_us: Self::window_us(beat_us),
+        }
+    }
+
     pub fn marks(
         &self,
         now_us: u64,
@@ -77,6 +101,13 @@ impl LivenessWatch {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_window_is_three_missed_beats_but_never_shorter_than_the_floor() {
+        assert_eq!(LivenessWatch::window_us(200_000), MIN_LIVENESS_WINDOW_US);
+        assert_eq!(LivenessWatch::window_us(5_000_000), 15_000_000);
+        assert_eq!(LivenessWatch::new(7, 5_000_000).grace_us, 15_000_000);
+    }
 
     #[test]
     fn a_new_leader_only_clears_marks_until_every_node_had_time_to_report() {

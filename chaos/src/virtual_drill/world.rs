@@ -17,7 +17,9 @@ use sluice_actors::assigner::{
     next_assignment, AssignerConfig, LoadReport, Schedule, ScheduleConfig,
 };
 use sluice_actors::lifecycle::Lifecycle;
-use sluice_actors::prober::{Ejections, Probe, ProbeConfig, ProberCore, RetryBudget, Standing};
+use sluice_actors::prober::{
+    Ejections, LivenessWatch, Probe, ProbeConfig, ProberCore, RetryBudget, Standing,
+};
 use sluice_actors::router::{QuarantineConfig, ReplicaSpec, RouterConfig, RouterCore};
 use sluice_actors::slice::ReplicaId;
 use sluice_engine::core::EngineEvent;
@@ -107,8 +109,9 @@ pub(super) const DIRECTOR_US: u64 = 100_000;
 /// The assigner's round period and the gossip freshness, as on a live node.
 pub(super) const ROUND_US: u64 = 60_000_000;
 pub(super) const IMPLICATION_FRESH_MS: u64 = 3_000;
-/// A node not heard from for this long is taken for gone (three load reports).
-pub const LIVENESS_US: u64 = 3_000_000;
+/// A node not heard from for this long is taken for gone (the live leader's window over
+/// load reports once a second).
+pub const LIVENESS_US: u64 = LivenessWatch::window_us(SECOND_US);
 /// The poison client's key and body fingerprint.
 pub const POISON_KEY: u64 = 0x706f_6973_6f6e_0001;
 pub(super) const POISON_FINGERPRINT: u64 = 0x706f_6973_6f6e_0002;

@@ -216,6 +216,17 @@ impl NodeHandler {
         &self.cp
     }
 
+    /// Commits a leader's decision, logging (not failing on) a refusal or an unknown
+    /// outcome: the leader's next tick decides again from the state as it then is.
+    pub(super) async fn commit_logged(&self, cmd: ControlCommand) {
+        let what = cmd.to_string();
+        match self.cp.write(cmd).await {
+            Ok(r) if r.is_rejected() => tracing::warn!(command = %what, answer = ?r, "refused"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(command = %what, error = %e, "not committed"),
+        }
+    }
+
     pub(super) fn model(&self) -> &str {
         &self.model
     }

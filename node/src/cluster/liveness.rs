@@ -7,10 +7,9 @@
 //! decisions are the `LivenessWatch` core's.
 
 use super::handler::NodeHandler;
-use super::scale::write;
 use crate::tree::{ticked, Duty, Turn};
 use ractor::ActorProcessingErr;
-use sluice_actors::prober::{LivenessWatch, Standing};
+use sluice_actors::prober::{LivenessWatch, Mark, Standing};
 use sluice_raft::{ControlCommand, ReplicaHealth};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,10 +17,6 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 /// How often the leader looks.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
-
-/// The shortest silence taken for a node's loss: a busy host's router may miss a few
-/// beats, and a false mark takes its replicas out of service.
-const MIN_WINDOW: Duration = Duration::from_secs(3);
 
 /// The liveness actor's duty (run only while this node leads).
 pub struct Liveness {
@@ -34,20 +29,16 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// Routers are heard every `heard_every`; three missed beats (and at least
-    /// [`MIN_WINDOW`]) make a node silent.
+    /// Routers are heard every `heard_every`.
     pub fn new(handler: Arc<NodeHandler>, heard_every: Duration) -> Self {
-        let window = (heard_every * 3).max(MIN_WINDOW);
+        let beat_us = u64::try_from(heard_every.as_micros()).unwrap_or(u64::MAX);
         let mut tick = tokio::time::interval(LOOK_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         Self {
             handler,
-            window,
+            window: Duration::from_micros(LivenessWatch::window_us(beat_us)),
             // Leadership begins now: no node has reported to this leader yet.
-            watch: LivenessWatch {
-                since_us: 0,
-                grace_us: window.as_micros() as u64,
-            },
+            watch: LivenessWatch::new(0, beat_us),
             epoch: Instant::now(),
             tick,
         }
@@ -71,17 +62,24 @@ impl Duty for Liveness {
             return Ok(Turn::Again);
         }
         let live = self.handler.live_nodes(self.window);
-        let state = self.handler.control().state().borrow().clone();
-        let marks = self.watch.marks(
-            self.epoch.elapsed().as_micros() as u64,
-            state
-                .replicas()
-                .values()
-                .map(|r| (r.id, r.node, standing(r.health))),
-            |node| live.contains(&node),
-        );
-        for m in marks {
-            let node = state.replica(m.replica).map_or(0, |r| r.node);
+        // Decided on the state as it is now; the borrow ends before any write.
+        let marks: Vec<(Mark, u64)> = {
+            let state = self.handler.control().state();
+            let state = state.borrow();
+            let marks = self.watch.marks(
+                self.epoch.elapsed().as_micros() as u64,
+                state
+                    .replicas()
+                    .values()
+                    .map(|r| (r.id, r.node, standing(r.health))),
+                |node| live.contains(&node),
+            );
+            marks
+                .into_iter()
+                .map(|m| (m, state.replica(m.replica).map_or(0, |r| r.node)))
+                .collect()
+        };
+        for (m, node) in marks {
             if m.unreachable {
                 tracing::warn!(replica = m.replica.0, node, window = ?self.window, "node silent: its replica is out of service");
             } else {
@@ -95,7 +93,7 @@ impl Duty for Liveness {
                 replica: m.replica,
                 reachable: !m.unreachable,
             };
-            write(&self.handler, cmd).await;
+            self.handler.commit_logged(cmd).await;
         }
         Ok(Turn::Again)
     }

@@ -202,7 +202,7 @@ impl Duty for Autoscaler {
                     }
                 }
             };
-            write(&handler, cmd).await;
+            handler.commit_logged(cmd).await;
         }
         Ok(Turn::Again)
     }
@@ -241,17 +241,6 @@ fn reserved_floor(state: &ControlState, model: &str, capacity: f64) -> usize {
         (reserved / capacity).ceil() as usize
     } else {
         0
-    }
-}
-
-/// Commits `cmd`, logging (not failing on) a refusal or an unknown outcome: the next
-/// tick decides again from the state as it then is.
-pub(super) async fn write(handler: &NodeHandler, cmd: ControlCommand) {
-    let what = cmd.to_string();
-    match handler.control().write(cmd).await {
-        Ok(r) if r.is_rejected() => tracing::warn!(command = %what, answer = ?r, "refused"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(command = %what, error = %e, "not committed"),
     }
 }
 

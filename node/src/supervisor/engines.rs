@@ -7,9 +7,9 @@
 //! down, so this supervisor is a root of its own that the node stops after Raft.
 
 use super::engine::{Begin, EngineMsg, EngineShell, Event, ShellArgs};
-use super::restart::{Decision, RestartPolicy, RestartState};
+use super::restart::{RestartPolicy, RestartState};
 use crate::launcher::{launch_one, ChildReplica, EngineSpec};
-use crate::tree::{Meltdown, OnRestart};
+use crate::tree::{Failure, OnRestart};
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
 };
@@ -298,26 +298,20 @@ impl Actor for Engines {
             .shell
             .take()
             .map_or(Duration::ZERO, |(_, at)| at.elapsed());
-        let error = error.unwrap_or_else(|| "its shell stopped by itself".to_owned());
-        let name = "engine";
-        match slot.history.on_exit(&s.args.shells, now_ms, ran) {
-            Decision::RestartAfter(delay) => {
-                tracing::warn!(replica = index, %error, ?delay, "engine shell failed; restarting it and its engine");
-                if let Some(hook) = &s.args.on_restart {
-                    hook(name);
-                }
+        let failure = Failure {
+            group: "engines",
+            kind: "engine",
+            child: format!("engine {index}"),
+            ran,
+            error: error.unwrap_or_else(|| "its shell stopped by itself".to_owned()),
+        };
+        let on_restart = s.args.on_restart.as_ref();
+        match failure.decide(&mut slot.history, &s.args.shells, now_ms, on_restart) {
+            Ok(delay) => {
                 me.send_after(delay, move || EnginesMsg::Restart(index));
                 Ok(())
             }
-            Decision::GiveUp => {
-                let m = Meltdown {
-                    group: "engines",
-                    child: format!("engine {index}"),
-                    times: s.args.shells.max_restarts + 1,
-                    window: s.args.shells.window,
-                    last: error,
-                };
-                tracing::error!(replica = index, reason = %m, "engine shell keeps failing; the node stops");
+            Err(m) => {
                 // The node stops: no engine outlives the supervisor (a stopped shell
                 // drops its process, which kills the group).
                 for (shell, _) in s.slots.values().filter_map(|x| x.shell.as_ref()) {

@@ -11,7 +11,7 @@ mod supervisor;
 pub use every::{every, ticked, Every, MAX_WAIT};
 pub use shell::{Duty, Shell, ShellMsg, Turn};
 pub use supervisor::{
-    ChildSpec, Meltdown, OnRestart, Parent, Supervisor, SupervisorArgs, SupervisorMsg,
+    ChildSpec, Failure, Meltdown, OnRestart, Parent, Supervisor, SupervisorArgs, SupervisorMsg,
 };
 
 use crate::supervisor::restart::RestartPolicy;

@@ -143,26 +143,25 @@ impl SupervisorState {
         error: String,
     ) -> Result<(), ActorProcessingErr> {
         let name = self.children[i].name;
+        let failure = Failure {
+            group: self.name,
+            kind: name,
+            child: name.to_owned(),
+            ran,
+            error,
+        };
         let now_ms = self.born.elapsed().as_millis() as u64;
-        match self.history[i].on_exit(&self.policy, now_ms, ran) {
-            Decision::RestartAfter(delay) => {
-                tracing::warn!(group = self.name, actor = name, %error, ?delay, "actor failed; restarting it");
-                if let Some(hook) = &self.on_restart {
-                    hook(name);
-                }
+        match failure.decide(
+            &mut self.history[i],
+            &self.policy,
+            now_ms,
+            self.on_restart.as_ref(),
+        ) {
+            Ok(delay) => {
                 me.send_after(delay, move || SupervisorMsg::Start(i));
                 Ok(())
             }
-            Decision::GiveUp => {
-                tracing::error!(group = self.name, actor = name, %error, "actor keeps failing; giving up");
-                Err(self.give_up(Meltdown {
-                    group: self.name,
-                    child: name.to_owned(),
-                    times: self.policy.max_restarts + 1,
-                    window: self.policy.window,
-                    last: error,
-                }))
-            }
+            Err(m) => Err(self.give_up(m)),
         }
     }
 
@@ -187,6 +186,57 @@ impl SupervisorState {
         for (cell, _) in self.running.iter_mut().filter_map(Option::take) {
             self.by_id.remove(&cell.get_id());
             cell.stop(Some("not leader".to_owned()));
+        }
+    }
+}
+
+/// One failure of a supervised child, as every supervisor of the node answers it.
+pub struct Failure {
+    pub group: &'static str,
+    /// What restarts are counted as (`sluice_actor_restarts_total{actor}`).
+    pub kind: &'static str,
+    /// The child by name, for logs and the meltdown.
+    pub child: String,
+    /// How long it had run.
+    pub ran: Duration,
+    pub error: String,
+}
+
+impl Failure {
+    /// Restart after the returned backoff (the restart counted and logged), or, past the
+    /// policy's intensity, the meltdown to report.
+    pub fn decide(
+        self,
+        history: &mut RestartState,
+        policy: &RestartPolicy,
+        now_ms: u64,
+        on_restart: Option<&OnRestart>,
+    ) -> Result<Duration, Meltdown> {
+        let Failure {
+            group,
+            kind,
+            child,
+            ran,
+            error,
+        } = self;
+        match history.on_exit(policy, now_ms, ran) {
+            Decision::RestartAfter(delay) => {
+                tracing::warn!(group, actor = %child, %error, ?delay, "actor failed; restarting it");
+                if let Some(hook) = on_restart {
+                    hook(kind);
+                }
+                Ok(delay)
+            }
+            Decision::GiveUp => {
+                tracing::error!(group, actor = %child, %error, "actor keeps failing; giving up");
+                Err(Meltdown {
+                    group,
+                    child,
+                    times: policy.max_restarts + 1,
+                    window: policy.window,
+                    last: error,
+                })
+            }
         }
     }
 }
