@@ -6,8 +6,10 @@
 //! * [`server`]: the OpenAI-compatible HTTP shell around one core (`serve`).
 //! * [`openai`], [`tokenizer`]: request parsing and the stand-in tokenizer, shared with
 //!   the router.
+//! * [`continuation`]: the request that continues an answer on another replica.
 //! * [`words`]: the deterministic pseudo-output (words and natural answer lengths).
 
+pub mod continuation;
 pub mod core;
 pub mod kv;
 pub mod metrics;

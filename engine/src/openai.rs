@@ -380,7 +380,39 @@ fn render_chat(obj: &Map<String, Value>) -> Result<(String, u32), ApiError> {
             }
         }
     }
-    let shape = render_messages(messages);
+    let ending = Ending::of(obj);
+    for key in ["add_generation_prompt", "continue_final_message"] {
+        if obj
+            .get(key)
+            .is_some_and(|v| !v.is_boolean() && !v.is_null())
+        {
+            return Err(ApiError::invalid(
+                format!("'{key}' must be a boolean"),
+                Some(key),
+            ));
+        }
+    }
+    if ending.continue_final {
+        // As vLLM: `add_generation_prompt` defaults to true and must be turned off.
+        if ending.generation_prompt {
+            return Err(ApiError::invalid(
+                "'continue_final_message' and 'add_generation_prompt' cannot both be true",
+                Some("continue_final_message"),
+            ));
+        }
+        if messages
+            .last()
+            .and_then(|m| m.get("role"))
+            .and_then(Value::as_str)
+            != Some("assistant")
+        {
+            return Err(ApiError::invalid(
+                "'continue_final_message' needs the last message to be the assistant's",
+                Some("continue_final_message"),
+            ));
+        }
+    }
+    let shape = render_messages(messages, ending);
     Ok((shape.text, shape.images))
 }
 
@@ -397,10 +429,31 @@ struct RenderedChat {
     images: u32,
 }
 
-fn render_messages(messages: &[Value]) -> RenderedChat {
+/// How the chat template ends the prompt (vLLM's `add_generation_prompt` and
+/// `continue_final_message`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ending {
+    /// Open an assistant turn for the model to write (the default).
+    generation_prompt: bool,
+    /// Leave the final (assistant) message open, for the model to go on writing it.
+    continue_final: bool,
+}
+
+impl Ending {
+    fn of(obj: &Map<String, Value>) -> Self {
+        let flag = |k: &str| obj.get(k).and_then(Value::as_bool);
+        Self {
+            generation_prompt: flag("add_generation_prompt").unwrap_or(true),
+            continue_final: flag("continue_final_message").unwrap_or(false),
+        }
+    }
+}
+
+fn render_messages(messages: &[Value], ending: Ending) -> RenderedChat {
     let mut text = String::from("<|begin_of_text|>");
     let mut images = 0u32;
-    for m in messages {
+    let last = messages.len().saturating_sub(1);
+    for (i, m) in messages.iter().enumerate() {
         let Value::Object(m) = m else {
             continue;
         };
@@ -431,9 +484,14 @@ fn render_messages(messages: &[Value]) -> RenderedChat {
         if let Some(calls @ Value::Array(_)) = m.get("tool_calls") {
             text.push_str(&calls.to_string());
         }
+        if ending.continue_final && i == last {
+            return RenderedChat { text, images };
+        }
         text.push_str("<|eot_id|>");
     }
-    text.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+    if ending.generation_prompt {
+        text.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+    }
     RenderedChat { text, images }
 }
 
@@ -478,7 +536,7 @@ pub fn read_for_routing(endpoint: Endpoint, body: &[u8]) -> Result<RoutingView, 
                 content.extend_from_slice(tools.as_bytes());
             }
             if let Some(Value::Array(messages)) = obj.get("messages") {
-                let r = render_messages(messages);
+                let r = render_messages(messages, Ending::of(&obj));
                 tokens += crate::tokenizer::count_tokens(&r.text);
                 images = r.images;
                 content.extend_from_slice(r.text.as_bytes());

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sluice_actors::assigner::{AssignerConfig, ScheduleConfig};
 use sluice_actors::autoscaler::AutoscalerConfig;
+use sluice_actors::lifecycle::MigrationLimits;
 use sluice_actors::mu::EstimatorConfig;
 use sluice_actors::prober::ProbeConfig;
 use sluice_actors::router::affinity::AffinityConfig;
@@ -214,6 +215,12 @@ pub struct RouterSection {
     pub quarantine_after: usize,
     /// How long such an implication counts.
     pub quarantine_window_s: f64,
+    /// Times one request may be continued on another replica after its replica failed
+    /// mid-answer (token-replay migration; 0 turns it off).
+    pub migrations_per_request: u8,
+    /// Migrations a front door starts per second, sustained, and at once.
+    pub migrations_per_s: f64,
+    pub migration_burst: f64,
 }
 
 impl Default for RouterSection {
@@ -239,6 +246,9 @@ impl Default for RouterSection {
             health_interval_ms: 1000,
             quarantine_after: quarantine.limit,
             quarantine_window_s: quarantine.window_ms as f64 / 1e3,
+            migrations_per_request: MigrationLimits::default().per_request,
+            migrations_per_s: MigrationLimits::default().per_s,
+            migration_burst: MigrationLimits::default().burst,
         }
     }
 }
@@ -292,6 +302,8 @@ pub struct NodeConfig {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub stream_idle_timeout: Duration,
+    /// Token-replay migration's limits.
+    pub migration: MigrationLimits,
     pub connect_timeout: Duration,
     pub health_interval: Duration,
     pub shutdown_grace: Duration,
@@ -434,6 +446,13 @@ impl NodeConfig {
                 bail!("router.{name} must be a positive number of seconds, got {v}")
             }
         };
+        let non_negative = |name: &str, v: f64| -> Result<f64> {
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                bail!("router.{name} must be a non-negative number, got {v}")
+            }
+        };
         if r.subset_size == 0 || r.slice_count == 0 {
             bail!("router.subset_size and router.slice_count must be at least 1");
         }
@@ -542,6 +561,11 @@ impl NodeConfig {
             max_body_bytes: r.max_body_bytes,
             request_timeout: positive("request_timeout_s", r.request_timeout_s)?,
             stream_idle_timeout: positive("stream_idle_timeout_s", r.stream_idle_timeout_s)?,
+            migration: MigrationLimits {
+                per_request: r.migrations_per_request,
+                per_s: non_negative("migrations_per_s", r.migrations_per_s)?,
+                burst: non_negative("migration_burst", r.migration_burst)?,
+            },
             connect_timeout: Duration::from_millis(r.connect_timeout_ms.max(1)),
             health_interval: Duration::from_millis(r.health_interval_ms.max(10)),
             shutdown_grace: match fc.node.shutdown_grace_s {

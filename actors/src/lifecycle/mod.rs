@@ -6,12 +6,14 @@
 //! to do next. Pure: the router core, the retry budget and the clock value are passed in.
 
 mod fail;
+mod migrate;
 mod retry;
 
 #[cfg(test)]
 mod tests;
 
 pub use fail::Fail;
+pub use migrate::{MigrationBudget, MigrationLimits};
 
 use crate::prober::RetryBudget;
 use crate::router::{Admission, Placement, RequestId, RouterCore, Usage, Verdict};
@@ -45,6 +47,53 @@ pub enum Next {
     Fail(Fail),
 }
 
+/// Why a request that broke midway was not moved to another replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmoved {
+    /// The request had already ended.
+    Ended,
+    /// Its deadline passed.
+    Deadline,
+    /// The engine cannot continue it faithfully (n > 1, structured output, …).
+    NotResumable,
+    /// It moved as often as one request may.
+    RequestLimit,
+    /// The door's migrations per second are spent.
+    Budget,
+    /// It broke as many replicas as the quarantine allows.
+    Quarantined { replicas: usize },
+    /// No other replica can take it.
+    NoReplica,
+}
+
+impl Unmoved {
+    /// Its metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Unmoved::Ended => "ended",
+            Unmoved::Deadline => "deadline",
+            Unmoved::NotResumable => "not_resumable",
+            Unmoved::RequestLimit => "request_limit",
+            Unmoved::Budget => "budget",
+            Unmoved::Quarantined { .. } => "quarantined",
+            Unmoved::NoReplica => "no_replica",
+        }
+    }
+}
+
+/// A migration refused: the client's error, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub fail: Fail,
+    pub why: Unmoved,
+}
+
+impl Refusal {
+    fn new(fail: Fail, why: Unmoved) -> Self {
+        Self { fail, why }
+    }
+}
+
 /// One admitted request at its door.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifecycle {
@@ -52,6 +101,8 @@ pub struct Lifecycle {
     /// The replica of the current attempt.
     replica: ReplicaId,
     retried: bool,
+    /// Times it moved to another replica mid-answer.
+    migrations: u8,
     /// The router still holds it (in flight, charged to `replica`).
     open: bool,
 }
@@ -77,6 +128,7 @@ impl Lifecycle {
             id: placement.id,
             replica: placement.replica,
             retried: false,
+            migrations: 0,
             open: true,
         };
         Ok((life, placement))
@@ -95,6 +147,11 @@ impl Lifecycle {
     /// Whether the request is on its second attempt.
     pub fn retried(&self) -> bool {
         self.retried
+    }
+
+    /// Times the request moved to another replica mid-answer.
+    pub fn migrations(&self) -> u8 {
+        self.migrations
     }
 
     /// Whether the router still holds the request.
@@ -151,6 +208,64 @@ impl Lifecycle {
             self.finish(router, None);
         }
         how.fail()
+    }
+
+    /// The replica failed at `now_ms` while it held the request, after its answer began
+    /// (or, for an answer sent whole, before any of it reached the client). The request
+    /// moves to another replica when the engine can continue it faithfully
+    /// (`resumable`), the deadline has not passed, the request is within its own
+    /// migration limit and the door's budget, and the failure does not make it a
+    /// quarantined request (one that broke every replica it landed on). Otherwise it
+    /// fails as [`Self::failed_holding`] does.
+    pub fn failed_midway(
+        &mut self,
+        how: Broke,
+        resumable: bool,
+        router: &mut RouterCore,
+        budget: &mut MigrationBudget,
+        now_ms: u64,
+    ) -> Result<Placement, Refusal> {
+        if !self.open {
+            return Err(Refusal::new(how.fail(), Unmoved::Ended));
+        }
+        let unmoved = if how == Broke::Deadline {
+            Some(Unmoved::Deadline)
+        } else if !resumable {
+            Some(Unmoved::NotResumable)
+        } else if self.migrations >= budget.limits().per_request {
+            Some(Unmoved::RequestLimit)
+        } else {
+            None
+        };
+        router.implicate(self.id, self.replica, now_ms);
+        let unmoved = unmoved.or_else(|| {
+            router
+                .refused(self.id, now_ms)
+                .map(|replicas| Unmoved::Quarantined { replicas })
+        });
+        let unmoved = unmoved.or_else(|| (!budget.try_take(now_ms)).then_some(Unmoved::Budget));
+        if let Some(why) = unmoved {
+            let fail = match why {
+                Unmoved::Quarantined { replicas } => Fail::Quarantined { replicas },
+                _ => how.fail(),
+            };
+            router.on_replica_failure(self.replica, now_ms);
+            self.finish(router, None);
+            return Err(Refusal::new(fail, why));
+        }
+        // The router counts the failure against the replica, and finishes the request
+        // itself when no other replica can take it.
+        match router.retry(self.id, self.replica, now_ms) {
+            Some(p) => {
+                self.replica = p.replica;
+                self.migrations += 1;
+                Ok(p)
+            }
+            None => {
+                self.open = false;
+                Err(Refusal::new(how.fail(), Unmoved::NoReplica))
+            }
+        }
     }
 
     /// The connection to the replica was lost at `now_ms` after the replica took the

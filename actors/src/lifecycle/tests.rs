@@ -259,3 +259,124 @@ proptest! {
         prop_assert!(retries as f64 <= bound + 1e-9, "{retries} retries, bound {bound}");
     }
 }
+
+fn migrations(per_request: u8, burst: f64) -> MigrationBudget {
+    MigrationBudget::new(MigrationLimits {
+        per_request,
+        per_s: 0.0,
+        burst,
+    })
+}
+
+#[test]
+fn a_broken_answer_moves_to_another_replica_within_its_limits() {
+    let mut r = router(4, 4);
+    let mut b = budget(0.0, 10.0);
+    let mut m = migrations(2, 10.0);
+    let (mut life, first) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
+    let second = life
+        .failed_midway(Broke::Answer, true, &mut r, &mut m, 10)
+        .unwrap();
+    assert_ne!(second.replica, first.replica);
+    assert_eq!((life.replica(), life.migrations()), (second.replica, 1));
+    assert_eq!(r.in_flight(), 1, "still held, now by the new replica");
+    let third = life
+        .failed_midway(Broke::Answer, true, &mut r, &mut m, 20)
+        .unwrap();
+    assert!(![first.replica, second.replica].contains(&third.replica));
+    // Its own limit is two moves.
+    let refused = life
+        .failed_midway(Broke::Answer, true, &mut r, &mut m, 30)
+        .unwrap_err();
+    assert_eq!(refused, Refusal::new(Fail::CutOff, Unmoved::RequestLimit));
+    assert_eq!(r.in_flight(), 0, "finished once refused");
+    assert_eq!(
+        life.failed_midway(Broke::Answer, true, &mut r, &mut m, 40),
+        Err(Refusal::new(Fail::CutOff, Unmoved::Ended))
+    );
+}
+
+#[test]
+fn what_cannot_be_continued_or_is_past_its_deadline_fails_as_before() {
+    let mut r = router(4, 4);
+    let mut b = budget(0.0, 10.0);
+    let mut m = migrations(2, 10.0);
+    for (how, resumable, want) in [
+        (
+            Broke::Answer,
+            false,
+            Refusal::new(Fail::CutOff, Unmoved::NotResumable),
+        ),
+        (
+            Broke::Deadline,
+            true,
+            Refusal::new(Fail::Timeout, Unmoved::Deadline),
+        ),
+    ] {
+        let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
+        assert_eq!(
+            life.failed_midway(how, resumable, &mut r, &mut m, 0),
+            Err(want)
+        );
+        assert_eq!(r.in_flight(), 0);
+    }
+    // The door's budget: one migration in the bucket, none refilled.
+    let mut r = router(4, 4);
+    let mut m = migrations(2, 1.0);
+    let (mut one, _) = Lifecycle::begin(&mut r, &mut b, &admission(2, None), 0).unwrap();
+    let (mut two, _) = Lifecycle::begin(&mut r, &mut b, &admission(3, None), 0).unwrap();
+    assert!(one
+        .failed_midway(Broke::Answer, true, &mut r, &mut m, 0)
+        .is_ok());
+    assert_eq!(
+        two.failed_midway(Broke::Answer, true, &mut r, &mut m, 0),
+        Err(Refusal::new(Fail::CutOff, Unmoved::Budget))
+    );
+    // Migration off.
+    let mut r = router(4, 4);
+    let mut off = MigrationBudget::new(MigrationLimits::OFF);
+    let (mut three, _) = Lifecycle::begin(&mut r, &mut b, &admission(4, None), 0).unwrap();
+    assert_eq!(
+        three.failed_midway(Broke::Answer, true, &mut r, &mut off, 0),
+        Err(Refusal::new(Fail::CutOff, Unmoved::RequestLimit))
+    );
+}
+
+#[test]
+fn a_request_that_breaks_every_replica_it_moves_to_is_quarantined_not_moved_forever() {
+    let mut r = router(4, 4);
+    let mut b = budget(0.0, 10.0);
+    let mut m = migrations(5, 10.0);
+    let poison = admission(7, Some(0xbad));
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &poison, 0).unwrap();
+    assert!(life
+        .failed_midway(Broke::Answer, true, &mut r, &mut m, 0)
+        .is_ok());
+    // Implicated on two replicas, the default limit: refused, not moved a second time.
+    assert_eq!(
+        life.failed_midway(Broke::Answer, true, &mut r, &mut m, 5),
+        Err(Refusal::new(
+            Fail::Quarantined { replicas: 2 },
+            Unmoved::Quarantined { replicas: 2 }
+        ))
+    );
+    assert_eq!(r.in_flight(), 0);
+    assert_eq!(
+        Lifecycle::begin(&mut r, &mut b, &poison, 10),
+        Err(Fail::Quarantined { replicas: 2 })
+    );
+}
+
+#[test]
+fn a_move_that_finds_no_replica_ends_the_request() {
+    let mut r = router(1, 1);
+    let mut b = budget(0.0, 10.0);
+    let mut m = migrations(2, 10.0);
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
+    assert_eq!(
+        life.failed_midway(Broke::Answer, true, &mut r, &mut m, 0),
+        Err(Refusal::new(Fail::CutOff, Unmoved::NoReplica))
+    );
+    assert!(!life.is_open());
+    assert_eq!(r.in_flight(), 0);
+}

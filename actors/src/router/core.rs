@@ -339,6 +339,16 @@ impl RouterCore {
         self.quarantine.verdict(fingerprint, now_ms)
     }
 
+    /// Whether request `id`'s fingerprint is now refused by the quarantine, and after
+    /// how many replicas.
+    pub fn refused(&self, id: RequestId, now_ms: u64) -> Option<usize> {
+        let fp = self.active.get(&id)?.fingerprint?;
+        match self.quarantine.verdict(fp, now_ms) {
+            Verdict::Refused { replicas } => Some(replicas),
+            _ => None,
+        }
+    }
+
     /// Request `id` was on `replica` when the replica failed (it hung, broke off the
     /// answer, or went silent): the request may be what broke it.
     pub fn implicate(&mut self, id: RequestId, replica: ReplicaId, now_ms: u64) {

@@ -39,6 +39,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActorLabel {
     actor: &'static str,
 }
@@ -85,6 +90,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     retries: Counter,
+    migrations: Family<ReasonLabel, Counter>,
+    migrations_refused: Family<ReasonLabel, Counter>,
     spills: Counter,
     quarantined: Counter,
     routed: Family<ReplicaLabel, Counter>,
@@ -129,6 +136,21 @@ impl Metrics {
         let mut registry = Registry::with_prefix("sluice");
         let requests = Family::<RequestLabels, Counter>::default();
         let retries = Counter::default();
+        let migrations = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "migrations",
+            "Requests continued on another replica after theirs failed mid-answer, by what \
+             failed (broke, silent, ended_early, answer_lost)",
+            migrations.clone(),
+        );
+        let migrations_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "migrations_refused",
+            "Requests whose replica failed mid-answer and that were not continued elsewhere, \
+             by why (not_resumable, request_limit, budget, quarantined, no_replica, deadline, \
+             send_failed)",
+            migrations_refused.clone(),
+        );
         let spills = Counter::default();
         let quarantined = Counter::default();
         let routed = Family::<ReplicaLabel, Counter>::default();
@@ -323,6 +345,8 @@ impl Metrics {
             engine_restarts,
             requests,
             retries,
+            migrations,
+            migrations_refused,
             spills,
             quarantined,
             routed,
@@ -476,6 +500,16 @@ impl Metrics {
 
     pub fn retry(&self) {
         self.retries.inc();
+    }
+
+    pub fn migrated(&self, reason: &'static str) {
+        self.migrations.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn migration_refused(&self, reason: &'static str) {
+        self.migrations_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn actor_restarted(&self, actor: &'static str) {

@@ -8,7 +8,9 @@ mod metrics;
 pub mod models;
 mod probe;
 mod proxy;
+mod splice;
 mod sse;
+mod stream;
 pub mod tenancy;
 
 use crate::config::NodeConfig;
@@ -111,7 +113,8 @@ pub struct FrontConfig {
 ///
 /// - `registry_health` → `core` (a new fleet from the control state),
 /// - `ejected` → `core`, and `ejected` → `engines` (the prober's verdicts carried out),
-/// - `core` → `retry_budget` (a request placed or retried).
+/// - `core` → `retry_budget` (a request placed or retried),
+/// - `core` → `migrations` (a request continued on another replica).
 ///
 /// Every other lock is taken alone.
 pub struct AppState {
@@ -134,6 +137,9 @@ pub struct AppState {
     probe_prioritized: bool,
     /// Retries stay within a share of traffic, so a failing fleet is not hit twice.
     retry_budget: Mutex<sluice_actors::prober::RetryBudget>,
+    /// Migrations stay within their own rate, so a flapping fleet cannot turn every
+    /// request into several.
+    migrations: Mutex<sluice_actors::lifecycle::MigrationBudget>,
     ejected: Mutex<sluice_actors::prober::Ejections>,
     ejections: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Ejection>>,
     /// Tenants' keys, reservations and admission (cluster mode; open without tenants).
@@ -235,6 +241,9 @@ impl AppState {
             peer_loads: Mutex::new(HashMap::new()),
             tenancy: Mutex::new(tenancy::Tenancy::new(0)),
             retry_budget: Mutex::new(sluice_actors::prober::RetryBudget::new(prober.config())),
+            migrations: Mutex::new(sluice_actors::lifecycle::MigrationBudget::new(
+                node.migration,
+            )),
             prober: Mutex::new(prober),
             probe_prioritized: node.probe_prioritized,
             ejected: Mutex::new(Default::default()),

@@ -1,7 +1,8 @@
 //! Forwarding one request: place it, send it, retry once elsewhere if the connection
 //! fails before anything reached the client, stream the answer back while metering it.
 
-use super::sse::{body_usage, SseMeter};
+use super::sse::body_usage;
+use super::stream::{stream_response, Metered};
 use super::{error_response, header_str, AppState, Target, Upstream};
 use crate::cluster::forward::{self, UpstreamBody};
 use crate::cluster::rpc::ForwardRequest;
@@ -11,29 +12,49 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use sluice_actors::lifecycle::{Broke, Fail, Lifecycle, Next};
+use sluice_actors::lifecycle::{Broke, Fail, Lifecycle, Next, Refusal};
 use sluice_actors::prober::RetryBudget;
 use sluice_actors::router::quarantine::fingerprint;
-use sluice_actors::router::{workload_key, Admission, KeyInputs, PromptBlocks, RouterCore, Usage};
-use sluice_actors::slice::ReplicaId;
+use sluice_actors::router::{
+    workload_key, Admission, KeyInputs, Placement, PromptBlocks, RouterCore, Usage,
+};
 use sluice_engine::openai::{read_for_routing, ApiError, Endpoint};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Frees the request's in-flight MU however its handling ends — completion, error, or
 /// the client going away (the response body is dropped).
-struct Inflight {
-    state: Arc<AppState>,
-    life: Lifecycle,
-    usage: Option<Usage>,
+pub(super) struct Inflight {
+    pub state: Arc<AppState>,
+    pub life: Lifecycle,
+    pub usage: Option<Usage>,
 }
 
 impl Inflight {
     /// The replica failed while it held the request (it hung, broke off its answer or
-    /// went silent).
-    fn broke(&mut self, how: Broke) -> Fail {
+    /// went silent), and the request is not to be moved.
+    pub fn broke(&mut self, how: Broke) -> Fail {
         let now = self.state.now_ms();
         self.life.failed_holding(how, &mut self.state.core(), now)
+    }
+
+    /// The replica failed while it held the request: its placement on another replica
+    /// if the lifecycle moves it (`resumable`: the engine can continue it faithfully).
+    pub fn migrate(&mut self, how: Broke, resumable: bool) -> Result<Placement, Refusal> {
+        let now = self.state.now_ms();
+        let mut core = self.state.core();
+        let mut budget = self
+            .state
+            .migrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.life
+            .failed_midway(how, resumable, &mut core, &mut budget, now)
+    }
+
+    /// The request ended without usage (the engine answered with an error).
+    pub fn finish(&mut self) {
+        self.life.finish(&mut self.state.core(), None);
     }
 }
 
@@ -66,7 +87,7 @@ fn failure(fail: Fail, message: Option<String>) -> Failure {
     (e, fail.retry_after_s())
 }
 
-fn label(endpoint: Endpoint) -> &'static str {
+pub(super) fn label(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::Chat => "chat",
         Endpoint::Completion => "completions",
@@ -209,73 +230,90 @@ async fn forward(
     let tenant = pass.tenant;
     let deadline = tokio::time::Instant::from_std(started + state.config.request_timeout);
 
-    let resp = loop {
-        if placement.spilled {
-            state.metrics.spill();
+    // An answer sent whole that breaks before it is all here has reached no client:
+    // it is sent again, whole, to another replica (the same migration as a stream's).
+    let mut first_byte = true;
+    let (status, content_type, bytes, replica) = loop {
+        let resp = loop {
+            if placement.spilled {
+                state.metrics.spill();
+            }
+            state.metrics.routed(placement.replica.0);
+            let upstream = state
+                .upstream(placement.replica)
+                .ok_or_else(|| failure(Fail::NoReplica, None))?;
+            match tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, &body)).await {
+                Ok(Ok(resp)) => break resp,
+                Ok(Err(e)) => {
+                    state.metrics.upstream_failure(placement.replica.0);
+                    let retried = guard.life.retried();
+                    tracing::warn!(replica = placement.replica.0, error = %e.message, delivered = e.delivered, retried, "upstream failed before answering");
+                    let next = with_core_and_budget(state, |core, budget| {
+                        guard
+                            .life
+                            .failed_before_answer(e.delivered, core, budget, state.now_ms())
+                    });
+                    if guard.life.retried() && !retried {
+                        // Counted once the budget grants it, whether or not a replica is left.
+                        state.metrics.retry();
+                    }
+                    match next {
+                        Next::Retry(p) => placement = p,
+                        Next::Fail(f) => return Err(failure(f, None)),
+                    }
+                }
+                Err(_) => return Err(timeout(state, &mut guard)),
+            }
+        };
+        if std::mem::take(&mut first_byte) {
+            state
+                .metrics
+                .first_byte(label(endpoint), started.elapsed().as_secs_f64());
         }
-        state.metrics.routed(placement.replica.0);
-        let upstream = state
-            .upstream(placement.replica)
-            .ok_or_else(|| failure(Fail::NoReplica, None))?;
-        match tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, &body)).await {
-            Ok(Ok(resp)) => break resp,
+        let status = resp.status();
+        let is_stream = parsed.stream
+            && status.is_success()
+            && resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if is_stream {
+            return Ok(stream_response(
+                state.clone(),
+                guard,
+                resp,
+                Metered {
+                    replica: placement.replica,
+                    endpoint,
+                    started,
+                    tenant,
+                    model: parsed.model,
+                    strip_usage: !parsed.include_usage,
+                    body,
+                    prompt_tokens: admission.input_tokens,
+                    deadline,
+                },
+            ));
+        }
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        match tokio::time::timeout_at(deadline, resp.into_body().collect()).await {
+            Ok(Ok(b)) => break (status, content_type, b.to_bytes(), placement.replica),
             Ok(Err(e)) => {
                 state.metrics.upstream_failure(placement.replica.0);
-                let retried = guard.life.retried();
-                tracing::warn!(replica = placement.replica.0, error = %e.message, delivered = e.delivered, retried, "upstream failed before answering");
-                let next = with_core_and_budget(state, |core, budget| {
-                    guard
-                        .life
-                        .failed_before_answer(e.delivered, core, budget, state.now_ms())
-                });
-                if guard.life.retried() && !retried {
-                    // Counted once the budget grants it, whether or not a replica is left.
-                    state.metrics.retry();
-                }
-                match next {
-                    Next::Retry(p) => placement = p,
-                    Next::Fail(f) => return Err(failure(f, None)),
+                match guard.migrate(Broke::Answer, true) {
+                    Ok(p) => {
+                        state.metrics.migrated("answer_lost");
+                        tracing::info!(from = placement.replica.0, to = p.replica.0, error = %e, "sending a broken answer's request again elsewhere");
+                        placement = p;
+                    }
+                    Err(r) => {
+                        state.metrics.migration_refused(r.why.label());
+                        return Err(failure(r.fail, Some(format!("{}: {e}", r.fail))));
+                    }
                 }
             }
             Err(_) => return Err(timeout(state, &mut guard)),
         }
-    };
-    state
-        .metrics
-        .first_byte(label(endpoint), started.elapsed().as_secs_f64());
-
-    let status = resp.status();
-    let is_stream = parsed.stream
-        && status.is_success()
-        && resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let replica = placement.replica;
-    if is_stream {
-        return Ok(stream_response(
-            state.clone(),
-            guard,
-            resp,
-            Metered {
-                replica,
-                endpoint,
-                started,
-                tenant,
-                model: parsed.model,
-                strip_usage: !parsed.include_usage,
-            },
-        ));
-    }
-    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = match tokio::time::timeout_at(deadline, resp.into_body().collect()).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) => {
-            let f = guard.broke(Broke::Answer);
-            state.metrics.upstream_failure(replica.0);
-            return Err(failure(f, Some(format!("{f}: {e}"))));
-        }
-        Err(_) => return Err(timeout(state, &mut guard)),
     };
     if status.is_success() {
         guard.usage = body_usage(&bytes);
@@ -308,8 +346,8 @@ async fn forward(
 }
 
 /// Why no answer head came back from a replica.
-struct SendError {
-    message: String,
+pub(super) struct SendError {
+    pub message: String,
     /// The engine took the request before it failed (it may be the request's doing);
     /// otherwise nothing reached it.
     delivered: bool,
@@ -326,7 +364,7 @@ impl SendError {
 
 /// Sends the request to `upstream`: over HTTP to a local engine, over QUIC through the
 /// node that runs a remote one. An error means no answer came back (safe to retry).
-async fn send(
+pub(super) async fn send(
     state: &AppState,
     upstream: &Upstream,
     endpoint: Endpoint,
@@ -386,180 +424,4 @@ fn timeout(state: &AppState, guard: &mut Inflight) -> Failure {
         state.config.request_timeout
     );
     failure(f, Some(message))
-}
-
-/// Who a stream's tokens are metered to.
-struct Metered {
-    replica: ReplicaId,
-    endpoint: Endpoint,
-    started: Instant,
-    tenant: Option<String>,
-    /// The model as the request named it.
-    model: String,
-    /// The client did not ask for usage: the engine's usage event is not passed on.
-    strip_usage: bool,
-}
-
-/// Passes the upstream SSE stream through, metering tokens as they go (and taking out
-/// the usage event the client did not ask for). A stream that goes silent past the
-/// idle timeout or breaks ends with an explicit error event, never a silent cut.
-fn stream_response(
-    state: Arc<AppState>,
-    guard: Inflight,
-    resp: hyper::Response<UpstreamBody>,
-    m: Metered,
-) -> Response {
-    struct Pump {
-        body: UpstreamBody,
-        meter: SseMeter,
-        guard: Inflight,
-        finished: bool,
-        /// The request's outcome is accounted (at `[DONE]`, before the body ends).
-        settled: bool,
-        m: Metered,
-    }
-    impl Pump {
-        /// Meters and accounts a stream the engine finished (`[DONE]`, or an error
-        /// event). Done as soon as it is seen: a client that hangs up right after
-        /// `[DONE]` drops the stream before the upstream body's end is polled.
-        fn settle(&mut self) {
-            if self.settled {
-                return;
-            }
-            self.settled = true;
-            let state = self.guard.state.clone();
-            let took = self.m.started.elapsed().as_secs_f64();
-            state.metrics.duration(label(self.m.endpoint), took);
-            if let Some(t) = &self.m.tenant {
-                state.metrics.tenant_duration(t, took);
-            }
-            if self.meter.done {
-                state.metered(
-                    self.m.replica,
-                    &self.m.model,
-                    self.m.tenant.as_deref(),
-                    self.meter.usage.as_ref(),
-                );
-            }
-            self.guard.usage = self.meter.usage;
-            state.real_outcome(self.m.replica, self.meter.done.then_some(200));
-        }
-    }
-    let idle = state.config.stream_idle_timeout;
-    let replica = m.replica;
-    let pump = Pump {
-        body: resp.into_body(),
-        meter: if m.strip_usage {
-            SseMeter::stripping_usage()
-        } else {
-            SseMeter::default()
-        },
-        guard,
-        finished: false,
-        settled: false,
-        m,
-    };
-    let stream = futures_util::stream::unfold(pump, move |mut p| async move {
-        if p.finished {
-            return None;
-        }
-        loop {
-            match tokio::time::timeout(idle, p.body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    let Ok(first) = frame.into_data() else {
-                        continue;
-                    };
-                    // Send every frame that is already here as one write, and meter
-                    // and account them once: one syscall and one lock per batch, not
-                    // per token.
-                    let data = coalesce_ready(&mut p.body, first);
-                    let before = p.meter.tokens;
-                    let data = p.meter.pass(data);
-                    if p.meter.tokens != before {
-                        p.guard
-                            .state
-                            .core()
-                            .progress(p.guard.life.id(), p.meter.tokens);
-                    }
-                    if p.meter.done {
-                        p.settle();
-                    }
-                    if data.is_empty() {
-                        // Held back until its event is complete, or the usage event.
-                        continue;
-                    }
-                    return Some((Ok::<Bytes, std::io::Error>(data), p));
-                }
-                Ok(None) => {
-                    p.finished = true;
-                    if p.meter.done || p.meter.error {
-                        p.settle();
-                        return None;
-                    }
-                    // The replica closed the stream without finishing it.
-                    let state = p.guard.state.clone();
-                    let took = p.m.started.elapsed().as_secs_f64();
-                    state.metrics.duration(label(p.m.endpoint), took);
-                    if let Some(t) = &p.m.tenant {
-                        state.metrics.tenant_duration(t, took);
-                    }
-                    let f = p.guard.broke(Broke::Answer);
-                    return Some((Ok(error_event(f, "the replica ended the stream early")), p));
-                }
-                // Finished and accounted: what the engine does after `[DONE]` (a
-                // break, or holding the connection open) is no failure of this request.
-                Ok(Some(Err(_))) | Err(_) if p.settled => return None,
-                Ok(Some(Err(e))) => {
-                    p.finished = true;
-                    let f = p.guard.broke(Broke::Answer);
-                    p.guard.state.metrics.upstream_failure(p.m.replica.0);
-                    let message = format!("the replica's stream broke: {e}");
-                    return Some((Ok(error_event(f, &message)), p));
-                }
-                Err(_) => {
-                    p.finished = true;
-                    let f = p.guard.broke(Broke::Answer);
-                    p.guard.state.metrics.upstream_failure(p.m.replica.0);
-                    let message = format!("the replica sent nothing for {idle:?}");
-                    return Some((Ok(error_event(f, &message)), p));
-                }
-            }
-        }
-    });
-    let mut out = Response::new(Body::from_stream(stream));
-    let h = out.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-sluice-replica", HeaderValue::from(replica.0));
-    out
-}
-
-/// `first` followed by the data frames `body` can yield without waiting. The end of the
-/// body is seen again by the next poll; an error taken here leaves a body that ended
-/// without `[DONE]`, which the pump answers with an explicit error event.
-fn coalesce_ready(body: &mut UpstreamBody, first: Bytes) -> Bytes {
-    use futures_util::FutureExt;
-    use hyper::body::Body as _;
-    let mut more: Option<bytes::BytesMut> = None;
-    while !body.is_end_stream() {
-        match body.frame().now_or_never() {
-            Some(Some(Ok(frame))) => {
-                if let Ok(d) = frame.into_data() {
-                    more.get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
-                        .extend_from_slice(&d);
-                }
-            }
-            _ => break,
-        }
-    }
-    more.map_or(first, bytes::BytesMut::freeze)
-}
-
-/// An SSE error event in the shape OpenAI clients raise on.
-fn error_event(fail: Fail, message: &str) -> Bytes {
-    let e = ApiError::new(fail.status(), fail.error_type(), message);
-    Bytes::from(format!("data: {}\n\n", e.body()))
 }

@@ -1,10 +1,14 @@
 //! Reads an OpenAI SSE stream as it passes through: counts the generated tokens (for
-//! in-flight cost correction) and picks up the final usage. The front door always asks
-//! the engine for that usage; when the client did not, the usage event is taken out of
-//! the client's stream, which is otherwise passed on unchanged.
+//! in-flight cost correction), picks up the final usage, and keeps the text the client
+//! has received (so that the answer can be continued elsewhere if its replica fails).
+//! The front door always asks the engine for that usage; when the client did not, the
+//! usage event is taken out of the client's stream. Only whole events are passed on, so
+//! that a stream broken mid-event never leaves half an event with the client.
 
+use super::splice::Splice;
 use serde::Deserialize;
 use sluice_actors::router::Usage;
+use std::borrow::Cow;
 
 /// Longest event we buffer while looking for its end; past that the meter stops
 /// counting rather than grow without bound (the bytes still flow to the client).
@@ -19,10 +23,24 @@ pub struct SseMeter {
     pub usage: Option<Usage>,
     pub done: bool,
     pub error: bool,
+    /// The output text of the first choice passed on so far.
+    pub text: String,
+    /// The stream's `id` and `created`, from its first chunk.
+    pub id: Option<String>,
+    pub created: Option<u64>,
+    /// A choice has finished (a `finish_reason` was passed on).
+    pub finished: bool,
+    /// What was passed on cannot be continued as text: tool calls, reasoning, or an
+    /// event too long to read.
+    pub opaque: bool,
     overflowed: bool,
     /// Take usage-only events out of the stream passed on (the client did not ask).
     strip_usage: bool,
-    /// The events to pass on, when stripping.
+    /// Rewrites a continuation's events to read as the first attempt's.
+    splice: Option<Splice>,
+    /// Collect the events to pass on in `out` (else the chunk is passed as it came).
+    emit: bool,
+    /// The events to pass on.
     out: Vec<u8>,
 }
 
@@ -31,9 +49,13 @@ struct UsageChunk {
     usage: Option<UsageJson>,
 }
 
-/// Just enough of a chunk to tell whether it carried output.
+/// Just enough of a chunk to tell whether it carried output, and which.
 #[derive(Deserialize)]
 struct OutputChunk<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    created: Option<u64>,
     #[serde(default, borrow)]
     choices: Vec<ChoiceJson<'a>>,
     usage: Option<UsageJson>,
@@ -41,30 +63,48 @@ struct OutputChunk<'a> {
 
 #[derive(Deserialize)]
 struct ChoiceJson<'a> {
+    #[serde(default)]
+    index: u32,
     #[serde(default, borrow)]
-    text: Option<std::borrow::Cow<'a, str>>,
+    text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     delta: Option<DeltaJson<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct DeltaJson<'a> {
     #[serde(default, borrow)]
-    content: Option<std::borrow::Cow<'a, str>>,
+    content: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    reasoning_content: Option<std::borrow::Cow<'a, str>>,
+    reasoning_content: Option<Cow<'a, str>>,
     #[serde(default)]
     tool_calls: Option<serde::de::IgnoredAny>,
 }
 
+fn some(t: &Option<Cow<'_, str>>) -> bool {
+    t.as_ref().is_some_and(|t| !t.is_empty())
+}
+
 impl ChoiceJson<'_> {
     fn has_output(&self) -> bool {
-        let some =
-            |t: &Option<std::borrow::Cow<'_, str>>| t.as_ref().is_some_and(|t| !t.is_empty());
         some(&self.text)
-            || self.delta.as_ref().is_some_and(|d| {
-                some(&d.content) || some(&d.reasoning_content) || d.tool_calls.is_some()
-            })
+            || self.delta.as_ref().is_some_and(DeltaJson::is_opaque)
+            || self.content().is_some()
+    }
+
+    /// The text this chunk adds to the choice's answer.
+    fn content(&self) -> Option<&str> {
+        let delta = self.delta.as_ref().and_then(|d| d.content.as_deref());
+        self.text.as_deref().or(delta).filter(|t| !t.is_empty())
+    }
+}
+
+impl DeltaJson<'_> {
+    /// Output that is not the answer's text.
+    fn is_opaque(&self) -> bool {
+        some(&self.reasoning_content) || self.tool_calls.is_some()
     }
 }
 
@@ -133,14 +173,33 @@ impl SseMeter {
         }
     }
 
-    /// Meters `chunk` and returns what to pass on: `chunk` itself, or, when stripping
-    /// usage, the complete events seen so far minus the usage-only ones.
+    /// From now on, the stream is a continuation of what was passed on so far: its
+    /// events are rewritten to read as the first attempt's (what was held back of the
+    /// broken stream is dropped).
+    pub fn splice(&mut self) {
+        self.pending.clear();
+        self.done = false;
+        self.error = false;
+        self.splice = Some(Splice::new(self.id.clone(), self.created, self.tokens));
+    }
+
+    /// Meters `chunk` and returns what to pass on: the whole events seen so far (minus
+    /// usage-only ones when stripping, rewritten when splicing), which is `chunk` itself
+    /// when it is whole events and nothing is rewritten.
     pub fn pass(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
+        if self.overflowed {
+            return chunk;
+        }
+        let whole = self.pending.is_empty()
+            && chunk.ends_with(b"\n\n")
+            && !self.strip_usage
+            && self.splice.is_none();
+        self.emit = !whole;
         self.feed(&chunk);
-        if self.strip_usage && !self.overflowed {
-            bytes::Bytes::from(std::mem::take(&mut self.out))
-        } else {
+        if whole {
             chunk
+        } else {
+            bytes::Bytes::from(std::mem::take(&mut self.out))
         }
     }
 
@@ -160,8 +219,9 @@ impl SseMeter {
         self.pending.extend_from_slice(rest);
         if self.pending.len() > MAX_EVENT_BYTES {
             self.overflowed = true;
+            self.opaque = true;
             // What was held back goes on as it came.
-            if self.strip_usage {
+            if self.emit {
                 let held = std::mem::take(&mut self.pending);
                 self.out.extend_from_slice(&held);
             }
@@ -170,6 +230,17 @@ impl SseMeter {
     }
 
     fn on_event(&mut self, event: &[u8]) {
+        let rewritten;
+        let event = match &mut self.splice {
+            None => event,
+            Some(s) => match s.event(event) {
+                Some(e) => {
+                    rewritten = e;
+                    &rewritten[..]
+                }
+                None => return,
+            },
+        };
         let mut usage_only = false;
         for line in event.split(|&b| b == b'\n') {
             let Some(data) = line.strip_prefix(b"data:") else {
@@ -182,6 +253,19 @@ impl SseMeter {
             } else if data.starts_with(b"{\"error\"") {
                 self.error = true;
             } else if let Ok(c) = serde_json::from_slice::<OutputChunk>(data) {
+                if self.id.is_none() {
+                    self.id = c.id.as_deref().map(str::to_owned);
+                    self.created = c.created;
+                }
+                for ch in &c.choices {
+                    self.finished |= ch.finish_reason.is_some();
+                    self.opaque |= ch.delta.as_ref().is_some_and(DeltaJson::is_opaque);
+                    if ch.index == 0 {
+                        if let Some(t) = ch.content() {
+                            self.text.push_str(t);
+                        }
+                    }
+                }
                 let outputs = c.choices.iter().filter(|ch| ch.has_output()).count() as u32;
                 match &c.usage {
                     Some(u) => {
@@ -195,7 +279,7 @@ impl SseMeter {
                 }
             }
         }
-        if self.strip_usage && !usage_only {
+        if self.emit && !(self.strip_usage && usage_only) {
             self.out.extend_from_slice(event);
             self.out.extend_from_slice(b"\n\n");
         }
@@ -306,6 +390,91 @@ mod tests {
             body_usage(br#"{"choices":[],"usage": {"completion_tokens":4}}"#)
                 .map(|u| u.completion_tokens),
             Some(4)
+        );
+    }
+
+    #[test]
+    fn only_whole_events_are_passed_on_and_the_text_is_kept() {
+        let stream = concat!(
+            "data: {\"id\":\"c-1\",\"created\":5,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"}}]}\n\n",
+            "data: {\"id\":\"c-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}]}\n\n",
+        );
+        for split in [1, 9, stream.len()] {
+            let mut m = SseMeter::default();
+            let mut passed = Vec::new();
+            for piece in stream.as_bytes().chunks(split) {
+                let out = m.pass(bytes::Bytes::copy_from_slice(piece));
+                // Whatever is passed on ends an event.
+                assert!(out.is_empty() || out.ends_with(b"\n\n"), "split {split}");
+                passed.extend_from_slice(&out);
+            }
+            assert_eq!(passed, stream.as_bytes());
+            assert_eq!(
+                (m.text.as_str(), m.id.as_deref(), m.created),
+                ("Hello", Some("c-1"), Some(5))
+            );
+            assert!(!m.finished && !m.opaque);
+        }
+        let mut m = SseMeter::default();
+        m.feed(
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\n\n",
+        );
+        assert!(m.opaque);
+        m.feed(b"data: {\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"stop\"}]}\n\n");
+        assert!(m.finished);
+    }
+
+    #[test]
+    fn a_continuation_reads_as_the_first_attempt() {
+        let mut m = SseMeter::default();
+        m.pass(bytes::Bytes::from_static(concat!(
+            "data: {\"id\":\"c-1\",\"created\":5,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"id\":\"c-1\",\"created\":5,\"choices\":[{\"index\":0,\"delta\":{\"content\":\" a\"}}]}\n\n",
+            "data: {\"id\":\"c-1\",\"created\":5,\"choices\":[{\"index\":0,\"delta\":{\"content\":\" b\"}}]}\n\n",
+            "data: {\"id\":\"c-1\",\"created\":5,\"choices\":[{\"index\":0,\"delta\":{\"con",
+        ).as_bytes()));
+        assert_eq!((m.tokens, m.text.as_str()), (2, " a b"));
+        // The half event of the broken stream is dropped; the new stream is spliced in.
+        m.splice();
+        let out = m.pass(bytes::Bytes::from_static(concat!(
+            "data: {\"id\":\"other\",\"created\":9,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"id\":\"other\",\"created\":9,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\" c\"}}]}\n\n",
+            "data: {\"id\":\"other\",\"created\":9,\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+            "data: {\"id\":\"other\",\"created\":9,\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":1,\"total_tokens\":13,",
+            "\"prompt_tokens_details\":{\"cached_tokens\":11}}}\n\n",
+            "data: [DONE]\n\n",
+        ).as_bytes()));
+        let out = String::from_utf8(out.to_vec()).unwrap();
+        let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 4, "the bare role chunk is dropped: {out}");
+        assert!(
+            !out.contains("other") && !out.contains("role") && !out.contains(":9"),
+            "{out}"
+        );
+        let chunk = |i: usize| -> serde_json::Value {
+            serde_json::from_str(events[i].strip_prefix("data: ").unwrap()).unwrap()
+        };
+        assert_eq!(chunk(0)["choices"][0]["delta"]["content"], " c");
+        assert_eq!(
+            (chunk(0)["id"].clone(), chunk(0)["created"].clone()),
+            ("c-1".into(), 5.into())
+        );
+        let usage = &chunk(2)["usage"];
+        assert_eq!(
+            (
+                usage["prompt_tokens"].clone(),
+                usage["completion_tokens"].clone(),
+                usage["total_tokens"].clone()
+            ),
+            (10.into(), 3.into(), 13.into())
+        );
+        assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 10);
+        assert_eq!(events[3], "data: [DONE]");
+        assert!(m.done && m.finished);
+        assert_eq!((m.tokens, m.text.as_str()), (3, " a b c"));
+        assert_eq!(
+            m.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((10, 3))
         );
     }
 }

@@ -13,6 +13,11 @@ use tokio::sync::oneshot;
 const MODEL: &str = "tiny-test-model";
 
 async fn engines(n: usize) -> Vec<String> {
+    engines_at(n, 0.0).await
+}
+
+/// `n` simulated engines whose steps take `time_scale` of their modelled time.
+async fn engines_at(n: usize, time_scale: f64) -> Vec<String> {
     let mut urls = Vec::new();
     for seed in 0..n {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -20,7 +25,7 @@ async fn engines(n: usize) -> Vec<String> {
         let config = ServerConfig {
             model: MODEL.to_owned(),
             params: sluice_actors::Profile::default_profile().engine,
-            time_scale: 0.0,
+            time_scale,
             seed: seed as u64,
             poison: None,
         };
@@ -454,4 +459,103 @@ async fn a_node_that_has_not_applied_the_control_state_refuses_requests() {
         let _ = r.stop.send(());
         r.node.wait().await.unwrap();
     }
+}
+
+/// The SSE events of `text`, without their `data: ` prefix.
+fn sse_events(text: &str) -> Vec<&str> {
+    text.split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_replica_hangs_is_continued_on_another_and_reads_as_one_answer() {
+    let urls = engines_at(2, 1.0).await;
+    let mut cfg = config(urls.clone(), RestartPolicy::quick(5));
+    cfg.stream_idle_timeout = Duration::from_millis(500);
+    let r = start(cfg, None).await;
+    let addr = r.node.http_addr();
+    eventually("a chat request is served", || async {
+        chat(addr).await == 200
+    })
+    .await;
+    const TOKENS: usize = 40;
+    let body = serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "tell me a long story"}],
+        "max_tokens": TOKENS,
+        "ignore_eos": true,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let req = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = front::http_client(Duration::from_secs(2))
+        .request(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first: usize = resp.headers()["x-sluice-replica"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    let mut hung = false;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            text.push_str(std::str::from_utf8(&data).unwrap());
+            if !hung && sse_events(&text).len() >= 3 {
+                // The replica serving the stream stops mid-answer.
+                hang(&urls[first]).await;
+                hung = true;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the stream ends");
+    assert!(hung, "the stream was cut mid-answer: {text}");
+    let events = sse_events(&text);
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let ids: std::collections::HashSet<String> = chunks
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "one id: {ids:?}");
+    let contents = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    let finishes = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["finish_reason"].is_string())
+        .count();
+    let roles = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["delta"]["role"].is_string())
+        .count();
+    assert_eq!((contents, finishes, roles), (TOKENS, 1, 1), "{text}");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], TOKENS, "{text}");
+    assert_eq!(
+        counter(addr, "migrations", "reason=\"silent\"").await,
+        1,
+        "moved once"
+    );
+    let _ = r.stop.send(());
+    r.node.wait().await.unwrap();
 }

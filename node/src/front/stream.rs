@@ -1,0 +1,397 @@
+//! A streamed answer on its way to the client: passed through as the engine writes it,
+//! metered, and — when the replica serving it fails mid-answer (the stream breaks, goes
+//! silent or ends early) — continued on another replica and spliced in, so that the
+//! client reads one answer (token-replay migration). What cannot be continued ends with
+//! an explicit error event, never a silent cut.
+
+use super::proxy::{label, send, Inflight};
+use super::sse::SseMeter;
+use super::AppState;
+use crate::cluster::forward::UpstreamBody;
+use axum::body::Body;
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use sluice_actors::lifecycle::{Broke, Fail};
+use sluice_actors::slice::ReplicaId;
+use sluice_engine::continuation::{continuation, Continuation, NotResumable};
+use sluice_engine::openai::{ApiError, Endpoint};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Who a stream's tokens are metered to, and what continuing it takes.
+pub(super) struct Metered {
+    pub replica: ReplicaId,
+    pub endpoint: Endpoint,
+    pub started: Instant,
+    pub tenant: Option<String>,
+    /// The model as the request named it.
+    pub model: String,
+    /// The client did not ask for usage: the engine's usage event is not passed on.
+    pub strip_usage: bool,
+    /// The body the engines are sent, for a continuation.
+    pub body: Bytes,
+    /// The router's count of the prompt's tokens, for usage the door writes itself.
+    pub prompt_tokens: u32,
+    /// The request's deadline.
+    pub deadline: tokio::time::Instant,
+}
+
+/// How a stream's replica failed it.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// The stream broke (connection lost, peer gone).
+    Broke,
+    /// Nothing came for the idle timeout.
+    Silent,
+    /// The replica closed the stream without finishing it.
+    EndedEarly,
+}
+
+impl Cut {
+    fn label(self) -> &'static str {
+        match self {
+            Cut::Broke => "broke",
+            Cut::Silent => "silent",
+            Cut::EndedEarly => "ended_early",
+        }
+    }
+}
+
+/// What became of a stream whose replica failed.
+enum Rescue {
+    /// It goes on from another replica.
+    Continued,
+    /// These last events end it (an explicit error, or the ending the door wrote).
+    Ended(Bytes),
+}
+
+struct Pump {
+    body: UpstreamBody,
+    meter: SseMeter,
+    guard: Inflight,
+    finished: bool,
+    /// The request's outcome is accounted (at `[DONE]`, before the body ends).
+    settled: bool,
+    m: Metered,
+}
+
+impl Pump {
+    fn state(&self) -> Arc<AppState> {
+        self.guard.state.clone()
+    }
+
+    fn record_duration(&self) {
+        let state = &self.guard.state;
+        let took = self.m.started.elapsed().as_secs_f64();
+        state.metrics.duration(label(self.m.endpoint), took);
+        if let Some(t) = &self.m.tenant {
+            state.metrics.tenant_duration(t, took);
+        }
+    }
+
+    /// Meters and accounts a stream the engine finished (`[DONE]`, or an error event).
+    /// Done as soon as it is seen: a client that hangs up right after `[DONE]` drops the
+    /// stream before the upstream body's end is polled.
+    fn settle(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        self.record_duration();
+        let state = self.state();
+        if self.meter.done {
+            state.metered(
+                self.m.replica,
+                &self.m.model,
+                self.m.tenant.as_deref(),
+                self.meter.usage.as_ref(),
+            );
+        }
+        self.guard.usage = self.meter.usage;
+        state.real_outcome(self.m.replica, self.meter.done.then_some(200));
+    }
+
+    /// The stream's replica failed it (`cut`, described by `message`): continue the
+    /// answer on another replica if the lifecycle allows, else end it explicitly.
+    async fn rescue(&mut self, cut: Cut, message: String) -> Rescue {
+        let state = self.state();
+        state.metrics.upstream_failure(self.m.replica.0);
+        let plan = if self.meter.finished {
+            // Every choice had finished; only the stream's close was lost.
+            Ok(Continuation::Exhausted)
+        } else if self.meter.opaque {
+            Err(NotResumable("an answer with tool calls or reasoning"))
+        } else {
+            continuation(
+                self.m.endpoint,
+                &self.m.body,
+                &self.meter.text,
+                self.meter.tokens,
+            )
+        };
+        let body = match plan {
+            Ok(Continuation::Exhausted) => return Rescue::Ended(self.close()),
+            Ok(Continuation::Body(b)) => Some(Bytes::from(b)),
+            Err(why) => {
+                tracing::info!(replica = self.m.replica.0, %why, "stream not continued");
+                None
+            }
+        };
+        let mut how = (cut, message);
+        loop {
+            let placed = self.guard.migrate(Broke::Answer, body.is_some());
+            let p = match placed {
+                Ok(p) => p,
+                Err(refused) => {
+                    state.metrics.migration_refused(refused.why.label());
+                    self.record_duration();
+                    return Rescue::Ended(error_event(refused.fail, &how.1));
+                }
+            };
+            let Some(body) = &body else {
+                unreachable!("the lifecycle moves only what can be continued")
+            };
+            state.metrics.migrated(how.0.label());
+            state.metrics.routed(p.replica.0);
+            tracing::info!(
+                from = self.m.replica.0,
+                to = p.replica.0,
+                reason = how.0.label(),
+                tokens = self.meter.tokens,
+                "continuing a stream on another replica"
+            );
+            self.m.replica = p.replica;
+            let Some(upstream) = state.upstream(p.replica) else {
+                how = (Cut::Broke, "the new replica is gone".to_owned());
+                continue;
+            };
+            let sent = tokio::time::timeout_at(
+                self.m.deadline,
+                send(&state, &upstream, self.m.endpoint, body),
+            )
+            .await;
+            match sent {
+                Ok(Ok(resp)) if resp.status().is_success() => {
+                    self.body = resp.into_body();
+                    self.meter.splice();
+                    return Rescue::Continued;
+                }
+                Ok(Ok(resp)) => {
+                    // The engine refused the continuation itself: its word ends it.
+                    let status = resp.status().as_u16();
+                    let text = match resp.into_body().collect().await {
+                        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+                        Err(e) => e.to_string(),
+                    };
+                    state.metrics.migration_refused("engine_refused");
+                    self.guard.finish();
+                    self.record_duration();
+                    let e = ApiError::new(
+                        502,
+                        "upstream_error",
+                        format!(
+                            "{}; continuing it elsewhere was refused (HTTP {status}): {text}",
+                            how.1
+                        ),
+                    );
+                    return Rescue::Ended(Bytes::from(format!("data: {}\n\n", e.body())));
+                }
+                Ok(Err(e)) => {
+                    state.metrics.upstream_failure(p.replica.0);
+                    how = (
+                        Cut::Broke,
+                        format!("{}; continuing it failed: {}", how.1, e.message),
+                    );
+                }
+                Err(_) => {
+                    let f = self.guard.broke(Broke::Deadline);
+                    self.record_duration();
+                    return Rescue::Ended(error_event(
+                        f,
+                        "the request's deadline passed while it was being continued",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Ends a stream whose answer is complete but whose replica failed before closing
+    /// it: the finishing chunk if none was sent, usage if the client asked, `[DONE]`.
+    fn close(&mut self) -> Bytes {
+        self.guard.broke(Broke::Answer);
+        self.record_duration();
+        let object = match self.m.endpoint {
+            Endpoint::Chat => "chat.completion.chunk",
+            Endpoint::Completion => "text_completion",
+        };
+        let head = serde_json::json!({
+            "id": self.meter.id,
+            "object": object,
+            "created": self.meter.created,
+            "model": self.m.model,
+        });
+        let chunk = |extra: serde_json::Value| {
+            let mut c = head.clone();
+            if let (Some(c), serde_json::Value::Object(extra)) = (c.as_object_mut(), extra) {
+                c.extend(extra);
+            }
+            format!("data: {c}\n\n")
+        };
+        let mut out = String::new();
+        if !self.meter.finished {
+            let choice = match self.m.endpoint {
+                Endpoint::Chat => {
+                    serde_json::json!({"index": 0, "delta": {}, "finish_reason": "length"})
+                }
+                Endpoint::Completion => {
+                    serde_json::json!({"index": 0, "text": "", "finish_reason": "length"})
+                }
+            };
+            out.push_str(&chunk(serde_json::json!({ "choices": [choice] })));
+        }
+        let usage = sluice_actors::router::Usage {
+            prompt_tokens: self.m.prompt_tokens,
+            completion_tokens: self.meter.tokens,
+            cached_tokens: 0,
+        };
+        if !self.m.strip_usage {
+            out.push_str(&chunk(serde_json::json!({
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                },
+            })));
+        }
+        out.push_str("data: [DONE]\n\n");
+        self.guard.state.metered(
+            self.m.replica,
+            &self.m.model,
+            self.m.tenant.as_deref(),
+            Some(&usage),
+        );
+        self.settled = true;
+        Bytes::from(out)
+    }
+}
+
+/// Passes the upstream SSE stream through, metering tokens as they go (and taking out
+/// the usage event the client did not ask for).
+pub(super) fn stream_response(
+    state: Arc<AppState>,
+    guard: Inflight,
+    resp: hyper::Response<UpstreamBody>,
+    m: Metered,
+) -> Response {
+    let idle = state.config.stream_idle_timeout;
+    let replica = m.replica;
+    let pump = Pump {
+        body: resp.into_body(),
+        meter: if m.strip_usage {
+            SseMeter::stripping_usage()
+        } else {
+            SseMeter::default()
+        },
+        guard,
+        finished: false,
+        settled: false,
+        m,
+    };
+    let stream = futures_util::stream::unfold(pump, move |mut p| async move {
+        if p.finished {
+            return None;
+        }
+        loop {
+            let (cut, message) = match tokio::time::timeout(idle, p.body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    let Ok(first) = frame.into_data() else {
+                        continue;
+                    };
+                    // Send every frame that is already here as one write, and meter
+                    // and account them once: one syscall and one lock per batch, not
+                    // per token.
+                    let data = coalesce_ready(&mut p.body, first);
+                    let before = p.meter.tokens;
+                    let data = p.meter.pass(data);
+                    if p.meter.tokens != before {
+                        p.guard
+                            .state
+                            .core()
+                            .progress(p.guard.life.id(), p.meter.tokens);
+                    }
+                    if p.meter.done {
+                        p.settle();
+                    }
+                    if data.is_empty() {
+                        // Held back until its event is complete, or the usage event.
+                        continue;
+                    }
+                    return Some((Ok::<Bytes, std::io::Error>(data), p));
+                }
+                Ok(None) if p.meter.done || p.meter.error => {
+                    p.finished = true;
+                    p.settle();
+                    return None;
+                }
+                // Finished and accounted: what the engine does after `[DONE]` (a
+                // break, or holding the connection open) is no failure of this request.
+                Ok(Some(Err(_))) | Err(_) if p.settled => return None,
+                Ok(None) => (
+                    Cut::EndedEarly,
+                    "the replica ended the stream early".to_owned(),
+                ),
+                Ok(Some(Err(e))) => (Cut::Broke, format!("the replica's stream broke: {e}")),
+                Err(_) => (
+                    Cut::Silent,
+                    format!("the replica sent nothing for {idle:?}"),
+                ),
+            };
+            match p.rescue(cut, message).await {
+                Rescue::Continued => continue,
+                Rescue::Ended(last) => {
+                    p.finished = true;
+                    return Some((Ok(last), p));
+                }
+            }
+        }
+    });
+    let mut out = Response::new(Body::from_stream(stream));
+    let h = out.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-sluice-replica", HeaderValue::from(replica.0));
+    out
+}
+
+/// `first` followed by the data frames `body` can yield without waiting. The end of the
+/// body is seen again by the next poll; an error taken here leaves a body that ended
+/// without `[DONE]`, which the pump answers like any other failure of its replica.
+fn coalesce_ready(body: &mut UpstreamBody, first: Bytes) -> Bytes {
+    use futures_util::FutureExt;
+    use hyper::body::Body as _;
+    let mut more: Option<bytes::BytesMut> = None;
+    while !body.is_end_stream() {
+        match body.frame().now_or_never() {
+            Some(Some(Ok(frame))) => {
+                if let Ok(d) = frame.into_data() {
+                    more.get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                        .extend_from_slice(&d);
+                }
+            }
+            _ => break,
+        }
+    }
+    more.map_or(first, bytes::BytesMut::freeze)
+}
+
+/// An SSE error event in the shape OpenAI clients raise on.
+fn error_event(fail: Fail, message: &str) -> Bytes {
+    let e = ApiError::new(fail.status(), fail.error_type(), message);
+    Bytes::from(format!("data: {}\n\n", e.body()))
+}
