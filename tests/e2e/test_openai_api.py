@@ -238,6 +238,60 @@ def test_a_crashed_replica_is_retried_elsewhere_without_client_errors():
             r.stop()
 
 
+def read_stream(stream, on_piece=None):
+    """Text pieces, finish reasons, ids and usage of a streamed answer as the openai client
+    reads it; `on_piece(count)` is called after each piece of text."""
+    pieces, finishes, ids, usage = [], [], set(), None
+    for chunk in stream:
+        ids.add(chunk.id)
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            piece = choice.delta.content if hasattr(choice, "delta") else choice.text
+            if piece:
+                pieces.append(piece)
+                if on_piece:
+                    on_piece(len(pieces))
+            if choice.finish_reason:
+                finishes.append(choice.finish_reason)
+    return pieces, finishes, ids, usage
+
+
+@pytest.mark.parametrize("kind", ["chat", "completions"])
+def test_a_stream_whose_replica_dies_mid_answer_completes_on_another(kind):
+    reps = [start_replica(seed=i) for i in range(2)]
+    n = start_node([r.url for r in reps])
+    try:
+        c = client(n)
+        tokens = 60
+        extra = {"max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True},
+                 "extra_body": {"ignore_eos": True}}
+        if kind == "chat":
+            raw = c.chat.completions.with_raw_response.create(
+                model=MODEL, messages=[{"role": "user", "content": "tell me a story"}], **extra)
+        else:
+            raw = c.completions.with_raw_response.create(model=MODEL, prompt="Once upon a time", **extra)
+        serving = reps[int(raw.headers["x-sluice-replica"])]
+
+        def crash_after_five(count):
+            if count == 5:
+                http("POST", serving.url + "/admin/fault", json.dumps({"kind": "crash"}).encode(),
+                     {"content-type": "application/json"})
+                assert wait_until(lambda: serving.proc.poll() is not None)
+
+        pieces, finishes, ids, usage = read_stream(raw.parse(), crash_after_five)
+        assert serving.proc.poll() is not None
+        # One answer: every token once, one finish, one id, usage for one request.
+        assert (len(pieces), finishes, len(ids)) == (tokens, ["length"], 1), (pieces, finishes, ids)
+        assert usage.completion_tokens == tokens and usage.prompt_tokens > 0, usage
+        assert usage.total_tokens == usage.prompt_tokens + tokens
+        assert metric(n.url, "sluice_migrations_total", {"reason": "broke"}) == 1
+        assert metric(n.url, "sluice_requests_total", {"code": "200"}) == 1
+    finally:
+        n.stop()
+        for r in reps:
+            r.stop()
+
+
 def test_the_model_is_learned_from_the_engines_and_a_replica_serving_another_is_reported():
     reps = [start_replica(seed=0, model="qwen-tiny"), start_replica(seed=1, model="qwen-tiny"),
             start_replica(seed=2, model="other-model")]

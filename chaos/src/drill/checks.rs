@@ -146,6 +146,7 @@ mod tests {
             slices: vec![(0, vec![1, 2]), (1 << 63, vec![3, 4])],
             routed: routed.iter().copied().collect(),
             failures: 0,
+            migrations: 0,
         }
     }
 

@@ -117,6 +117,9 @@ pub struct DrillReport {
     pub routed_after_dead: Vec<String>,
     /// What the poison client saw and where the poison did damage.
     pub poison: Option<PoisonReport>,
+    /// Streams continued on another replica after theirs failed mid-answer (as last
+    /// sampled).
+    pub migrations: u64,
     pub faults: Vec<String>,
     pub timeline: Vec<Second>,
 }
@@ -218,11 +221,13 @@ fn print(r: &DrillReport) {
     let rec = &r.recovery;
     let t = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.1} s"));
     println!(
-        "  after the fault: failures seen {}, out of service {}, reassigned {}, all back {}",
+        "  after the fault: failures seen {}, out of service {}, reassigned {}, all back {}; \
+         streams continued elsewhere {}",
         t(rec.detected_s),
         t(rec.ejected_s),
         t(rec.reassigned_s),
-        t(rec.restored_s)
+        t(rec.restored_s),
+        r.migrations
     );
     if let Some(p) = &r.poison {
         println!(
@@ -369,6 +374,7 @@ pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport>
     });
     let health: Vec<(u64, usize)> = samples.iter().map(|s| (s.at_ms, s.in_service)).collect();
     Ok(DrillReport {
+        migrations: samples.last().map_or(0, |s| s.migrations),
         recovery: checks::recovery(&samples, from, full),
         routed_after_dead: checks::routed_after_dead(&samples, DEAD_ROUTING_BOUND_MS),
         poison,

@@ -28,6 +28,8 @@ pub struct Sample {
     pub routed: BTreeMap<u64, u64>,
     /// Failed probes and failed upstream calls all routers have seen so far.
     pub failures: u64,
+    /// Streams all routers have continued on another replica so far.
+    pub migrations: u64,
 }
 
 /// Where to look: each node's data directory (credentials), QUIC and HTTP addresses.
@@ -72,6 +74,7 @@ impl Watcher {
                 s.at_ms = epoch.elapsed().as_millis() as u64;
                 s.routed = counters.routed.clone();
                 s.failures = counters.failures;
+                s.migrations = counters.migrations;
                 out.lock().unwrap_or_else(|p| p.into_inner()).push(s);
             }
         });
@@ -177,6 +180,7 @@ pub struct Counters {
     last: HashMap<(usize, String), u64>,
     pub routed: BTreeMap<u64, u64>,
     pub failures: u64,
+    pub migrations: u64,
 }
 
 impl Counters {
@@ -197,7 +201,8 @@ impl Counters {
             };
             let counted = name.starts_with("sluice_routed_total{")
                 || name.starts_with("sluice_upstream_failures_total{")
-                || name == "sluice_probes_total{outcome=\"failed\"}";
+                || name == "sluice_probes_total{outcome=\"failed\"}"
+                || name.starts_with("sluice_migrations_total{");
             if !counted {
                 continue;
             }
@@ -208,6 +213,8 @@ impl Counters {
                 if let Some(r) = replica() {
                     *self.routed.entry(r).or_default() += added;
                 }
+            } else if name.starts_with("sluice_migrations_total{") {
+                self.migrations += added;
             } else {
                 self.failures += added;
             }

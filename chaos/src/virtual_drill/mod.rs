@@ -89,6 +89,7 @@ pub fn run(args: &DrillArgs) -> Result<DrillReport> {
         recovery: checks::recovery(&samples, from, w.full()),
         routed_after_dead: checks::routed_after_dead(&samples, drill::DEAD_ROUTING_BOUND_MS),
         poison,
+        migrations: w.migrations,
         faults: std::mem::take(&mut w.faults),
         timeline: drill::plot::seconds(&records, &health),
     })

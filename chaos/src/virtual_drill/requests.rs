@@ -40,6 +40,7 @@ impl World<'_> {
             life: None,
             started: false,
             next_token: 0,
+            resumed: 0,
             last_us: self.now,
             corrupt: false,
             counted: false,
@@ -123,7 +124,11 @@ impl World<'_> {
             return;
         }
         let (_, _, output, _) = self.shape(q);
-        let prompt = self.prompt(q);
+        // A continuation's prompt ends with the answer so far, and asks for the rest.
+        let resumed = req.resumed;
+        let mut prompt = self.prompt(q);
+        prompt.extend((0..resumed).map(|i| 1_000 + i));
+        let output = output.saturating_sub(resumed).max(1);
         let id = (u64::from(q) << 8) | u64::from(attempt);
         let e = &mut self.engines[replica];
         match e.engine.core.add_request(
@@ -162,6 +167,7 @@ impl World<'_> {
             return;
         };
         let req = &mut self.reqs[q as usize];
+        let index = req.resumed + index;
         if index != req.next_token {
             req.corrupt = true;
         }
@@ -182,6 +188,12 @@ impl World<'_> {
         };
         self.detach(q, r);
         let req = &self.reqs[q as usize];
+        // Usage for one request, as the live door splices a continuation's.
+        let usage = Usage {
+            prompt_tokens: usage.prompt_tokens.saturating_sub(req.resumed),
+            completion_tokens: usage.completion_tokens + req.resumed,
+            cached_tokens: usage.cached_tokens,
+        };
         let outcome = if req.corrupt || req.next_token != usage.completion_tokens {
             Outcome::Lost {
                 why: format!(
@@ -191,11 +203,6 @@ impl World<'_> {
             }
         } else {
             Outcome::Ok
-        };
-        let usage = Usage {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            cached_tokens: usage.cached_tokens,
         };
         self.answered(q, r, 200, Some(usage), outcome);
     }
@@ -246,6 +253,9 @@ impl World<'_> {
             Some(Next::Retry(p)) => {
                 let req = &mut self.reqs[q as usize];
                 req.attempt = req.attempt.wrapping_add(1);
+                // Nothing of the answer reached the client: it starts over.
+                req.next_token = 0;
+                req.started = false;
                 self.dispatch(q, p.replica.0 as usize);
             }
             Some(Next::Fail(f)) => self.answer(q, failed(f)),
@@ -261,18 +271,52 @@ impl World<'_> {
         });
     }
 
-    /// The attempt broke after the replica took it: a stream already started ends
-    /// with an error event; otherwise the door may retry.
+    /// The attempt broke after the replica took it: a stream already started is
+    /// continued elsewhere (or ends with an error event); otherwise — nothing reached
+    /// the client, an answer sent whole has not begun — the door may retry.
     pub(super) fn cut(&mut self, q: u32, attempt: u8) {
         let req = &self.reqs[q as usize];
         if req.done.is_some() || req.attempt != attempt {
             return;
         }
-        let (replica, started) = (req.replica(), req.started);
+        let (replica, started) = (req.replica(), req.started && req.stream);
         self.detach(q, replica);
+        if started {
+            self.migrate(q);
+            return;
+        }
         self.attempt_failed(q, |life, node, now_ms| {
-            life.lost(started, &mut node.router, &mut node.budget, now_ms)
+            life.lost(false, &mut node.router, &mut node.budget, now_ms)
         });
+    }
+
+    /// The replica serving `q`'s stream failed mid-answer (it was detached): the
+    /// lifecycle continues it on another replica from the token the client has, as the
+    /// live door does, or it ends with an error event.
+    fn migrate(&mut self, q: u32) {
+        self.failures += 1;
+        let now_ms = self.now / 1000;
+        let moved = self.with_life(q, |life, node| {
+            life.failed_midway(
+                Broke::Answer,
+                true,
+                &mut node.router,
+                &mut node.migrations,
+                now_ms,
+            )
+        });
+        match moved {
+            Some(Ok(p)) => {
+                let req = &mut self.reqs[q as usize];
+                req.attempt = req.attempt.wrapping_add(1);
+                req.resumed = req.next_token;
+                req.last_us = self.now;
+                self.migrations += 1;
+                self.dispatch(q, p.replica.0 as usize);
+            }
+            Some(Err(refused)) => self.answer(q, failed(refused.fail)),
+            None => {}
+        }
     }
 
     pub(super) fn answer(&mut self, q: u32, outcome: Outcome) {
@@ -302,19 +346,24 @@ impl World<'_> {
             if r.done.is_some() {
                 return false;
             }
-            if (r.started && self.now.saturating_sub(r.last_us) > self.spec.stream_idle_us)
-                || self.now.saturating_sub(r.sent_us) > self.spec.request_timeout_us
-            {
-                expired.push(q);
+            if self.now.saturating_sub(r.sent_us) > self.spec.request_timeout_us {
+                expired.push((q, false));
+            } else if r.started && self.now.saturating_sub(r.last_us) > self.spec.stream_idle_us {
+                expired.push((q, r.stream));
             }
             true
         });
         let now_ms = self.now / 1000;
-        for q in expired {
+        for (q, silent_stream) in expired {
             let replica = self.reqs[q as usize].replica();
             self.detach(q, replica);
             let id = (u64::from(q) << 8) | u64::from(self.reqs[q as usize].attempt);
             self.engines[replica].engine.core.abort(RequestId(id));
+            if silent_stream {
+                // A silent stream is continued elsewhere, as the live door does.
+                self.migrate(q);
+                continue;
+            }
             self.failures += 1;
             let fail = self.with_life(q, |life, node| {
                 life.failed_holding(Broke::Deadline, &mut node.router, now_ms)

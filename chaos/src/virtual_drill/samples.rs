@@ -48,6 +48,7 @@ impl World<'_> {
                 .map(|(r, &c)| (r as u64, c))
                 .collect::<BTreeMap<_, _>>(),
             failures: self.failures,
+            migrations: self.migrations,
         });
     }
 }

@@ -16,7 +16,7 @@ use crate::drill::watch::Sample;
 use sluice_actors::assigner::{
     next_assignment, AssignerConfig, LoadReport, Schedule, ScheduleConfig,
 };
-use sluice_actors::lifecycle::Lifecycle;
+use sluice_actors::lifecycle::{Lifecycle, MigrationBudget, MigrationLimits};
 use sluice_actors::prober::{
     Ejections, LivenessWatch, Probe, ProbeConfig, ProberCore, RetryBudget, Standing,
 };
@@ -68,6 +68,7 @@ pub(super) struct Node {
     pub(super) router: RouterCore,
     pub(super) prober: ProberCore,
     pub(super) budget: RetryBudget,
+    pub(super) migrations: MigrationBudget,
     pub(super) ejected: Ejections,
     /// Writes waiting for a reachable leader.
     pub(super) outbox: VecDeque<Write>,
@@ -88,6 +89,9 @@ pub(super) struct Req {
     pub(super) life: Option<Lifecycle>,
     pub(super) started: bool,
     pub(super) next_token: u32,
+    /// Tokens the client had received when the current attempt began (a continuation
+    /// on another replica, after its first one failed mid-stream).
+    pub(super) resumed: u32,
     pub(super) last_us: u64,
     pub(super) corrupt: bool,
     /// Counted in its door's open requests.
@@ -142,6 +146,8 @@ pub struct World<'t> {
     pub(super) door_rr: usize,
     pub(super) routed: Vec<u64>,
     pub(super) failures: u64,
+    /// Streams continued on another replica after theirs failed mid-answer.
+    pub(super) migrations: u64,
     pub samples: Vec<Sample>,
     pub(super) last_epochs: Vec<u32>,
     pub(super) poison_on: bool,
@@ -255,6 +261,7 @@ impl<'t> World<'t> {
             door_rr: 0,
             routed: vec![0; n],
             failures: 0,
+            migrations: 0,
             samples: Vec::new(),
             last_epochs: vec![0; n],
             poison_on: false,
@@ -321,6 +328,7 @@ impl<'t> World<'t> {
             router,
             prober,
             budget: RetryBudget::new(&probe_config),
+            migrations: MigrationBudget::new(MigrationLimits::default()),
             ejected: Ejections::default(),
             outbox: VecDeque::new(),
             open: true,

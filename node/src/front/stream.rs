@@ -145,6 +145,11 @@ impl Pump {
             let p = match placed {
                 Ok(p) => p,
                 Err(refused) => {
+                    tracing::info!(
+                        replica = self.m.replica.0,
+                        why = refused.why.label(),
+                        "stream not continued"
+                    );
                     state.metrics.migration_refused(refused.why.label());
                     self.record_duration();
                     return Rescue::Ended(error_event(refused.fail, &how.1));
