@@ -250,8 +250,9 @@ async fn a_hung_replica_is_ejected_and_restarted() -> Result<()> {
     Ok(())
 }
 
-/// Keeps `n` long non-streaming generations in flight against `base` (each one that
-/// ends is replaced at once) until aborted.
+/// Keeps `n` long generations in flight against `base` (each one that ends is replaced
+/// at once) until aborted; every other one streams, so that the router judges the
+/// replica from its streams as well.
 fn saturate(http: &Http, base: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
     (0..n)
         .map(|k| {
@@ -263,6 +264,7 @@ fn saturate(http: &Http, base: &str, n: usize) -> Vec<tokio::task::JoinHandle<()
                         "messages": [{"role": "user", "content": format!("long job {k}.{round}")}],
                         "max_tokens": 1500,
                         "ignore_eos": true,
+                        "stream": k % 2 == 1,
                     })
                     .to_string();
                     let _ = http
@@ -334,8 +336,13 @@ async fn probe_priority_prevents_false_ejections_under_overload() -> Result<()> 
                 .fold(0.0, |a, (_, v)| a + v)
         };
         let (ok, failed) = (count("\"ok\""), count("\"failed\""));
+        let stalls: f64 = http
+            .metric(&base, "sluice_stream_stalls_total")
+            .await?
+            .iter()
+            .fold(0.0, |a, (_, v)| a + v);
         eprintln!(
-            "prioritized={prioritized}: ejected after {ejected:?} (watched {window:?}); probes ok {ok}, failed {failed}"
+            "prioritized={prioritized}: ejected after {ejected:?} (watched {window:?}); probes ok {ok}, failed {failed}; stream stalls {stalls}"
         );
         if prioritized {
             assert_eq!(
@@ -346,6 +353,10 @@ async fn probe_priority_prevents_false_ejections_under_overload() -> Result<()> 
             assert_eq!(
                 failed, 0.0,
                 "prioritized probes failed on a healthy replica"
+            );
+            assert_eq!(
+                stalls, 0.0,
+                "a busy replica's streams were taken for a hang"
             );
         } else {
             assert!(

@@ -13,6 +13,7 @@ use super::ledger::{Charge, Ledger, ReplicaInflight, RequestId};
 use super::load_order::LoadOrder;
 use super::prefix_index::PrefixIndex;
 use super::quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
+use super::stall::{StallConfig, StreamStalls};
 use super::workload::anonymous_key;
 use crate::assigner::{LoadMeter, LoadReport, DEFAULT_BUCKET_BITS};
 use crate::mu::{
@@ -43,6 +44,8 @@ pub struct RouterConfig {
     pub load_bucket_bits: u32,
     /// How requests implicated in replica failures are held in.
     pub quarantine: QuarantineConfig,
+    /// When a replica's silent streams make it hung.
+    pub stall: StallConfig,
 }
 
 impl Default for RouterConfig {
@@ -56,6 +59,7 @@ impl Default for RouterConfig {
             waste_weight: 1.0,
             load_bucket_bits: DEFAULT_BUCKET_BITS,
             quarantine: QuarantineConfig::default(),
+            stall: StallConfig::default(),
         }
     }
 }
@@ -182,6 +186,8 @@ pub struct RouterCore {
     /// In-flight load other routers reported on each replica (MU, requests).
     external: IdMap<ReplicaId, (f64, u64)>,
     quarantine: Quarantine,
+    /// Streams' progress per replica: a replica whose streams all stopped is hung.
+    stalls: StreamStalls,
     /// Engine prompt tokens per stand-in token, learned from usage.
     token_scale: TokenScale,
     /// Where unkeyed prompts fan out, for their conversation identity.
@@ -222,6 +228,7 @@ impl RouterCore {
             meter: LoadMeter::new(config.load_bucket_bits, 0),
             external: IdMap::default(),
             quarantine: Quarantine::new(config.quarantine),
+            stalls: StreamStalls::new(config.stall),
             token_scale: TokenScale::default(),
             conversations: Conversations::default(),
             index: PrefixIndex::default(),
@@ -324,6 +331,7 @@ impl RouterCore {
     /// count the failure against the replica and place the request elsewhere.
     pub fn retry(&mut self, id: RequestId, failed: ReplicaId, now_ms: u64) -> Option<Placement> {
         self.on_replica_failure(failed, now_ms);
+        self.stalls.ended(failed, id);
         if let Some(a) = self.active.get(&id) {
             self.affinity.on_failed(a.workload.0, failed);
         }
@@ -337,6 +345,17 @@ impl RouterCore {
     /// Whether a request with this fingerprint is routed, kept in its subset or refused.
     pub fn verdict(&self, fingerprint: u64, now_ms: u64) -> Verdict {
         self.quarantine.verdict(fingerprint, now_ms)
+    }
+
+    /// The replicas whose producing streams have all been silent past their bound at
+    /// `now_ms`: hung, whatever their health checks say. Each is counted a failure (and
+    /// so passively ejected); its streams are judged once.
+    pub fn take_stalled(&mut self, now_ms: u64) -> Vec<ReplicaId> {
+        let stalled = self.stalls.take_stalled(now_ms);
+        for &r in &stalled {
+            self.on_replica_failure(r, now_ms);
+        }
+        stalled
     }
 
     /// Whether request `id`'s fingerprint is now refused by the quarantine, and after
@@ -629,13 +648,15 @@ impl RouterCore {
         }
     }
 
-    /// `generated` output tokens (over all `n` choices) have streamed back.
-    pub fn progress(&mut self, id: RequestId, generated: u32) {
+    /// `generated` output tokens (over all `n` choices) have streamed back by `now_ms`.
+    pub fn progress(&mut self, id: RequestId, generated: u32, now_ms: u64) {
         let Some(a) = self.active.get_mut(&id) else {
             return;
         };
+        let added = generated.saturating_sub(a.generated);
         a.generated = generated;
         let (cost, replica) = (a.cost, a.replica);
+        self.stalls.progressed(replica, id, added, now_ms);
         let charge = self.charge(&cost, generated);
         self.ledger.update(id, charge);
         self.reorder(replica);
@@ -653,6 +674,7 @@ impl RouterCore {
         let Some(a) = self.active.remove(&id) else {
             return;
         };
+        self.stalls.ended(a.replica, id);
         if let Some(u) = usage {
             if u.cached_tokens > 0 {
                 self.reports_cached.insert(a.replica);
@@ -966,7 +988,7 @@ mod tests {
         // waits for the whole queued prefill on the other: it goes to the first.
         let mut c = core(2, 2);
         let decoding = c.place(&adm("a", 10, 2_000), 0).unwrap();
-        c.progress(decoding.id, 1);
+        c.progress(decoding.id, 1, 0);
         let busy = c.ledger().replica(decoding.replica);
         assert!(busy.queue_mu < 0.5 * busy.mu, "{busy:?}");
         let other = ReplicaId(1 - decoding.replica.0);
@@ -1019,7 +1041,7 @@ mod tests {
     fn a_workload_follows_its_prefix_and_is_priced_by_what_is_cached_there() {
         let mut c = core(2, 2);
         let first = c.place(&adm("chat", 10_000, 100), 0).unwrap();
-        c.progress(first.id, 100);
+        c.progress(first.id, 100, 0);
         c.finish(
             first.id,
             Some(Usage {
@@ -1095,7 +1117,7 @@ mod tests {
         let mut c = core(2, 2);
         let p = c.place(&adm("w", 1000, 500), 0).unwrap();
         let before = c.ledger().replica(p.replica).mu;
-        c.progress(p.id, 1);
+        c.progress(p.id, 1, 0);
         assert!(c.ledger().replica(p.replica).mu < before);
         c.finish(
             p.id,

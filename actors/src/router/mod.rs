@@ -17,6 +17,7 @@ pub mod prefix_index;
 pub mod quarantine;
 pub mod recency;
 pub mod sluice_policy;
+pub mod stall;
 pub mod workload;
 
 pub use affinity::{AffinityConfig, PrefixAffinity};

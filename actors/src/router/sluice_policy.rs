@@ -220,9 +220,9 @@ impl RoutingPolicy for SluicePolicy {
         Some(placed.replica)
     }
 
-    fn on_progress(&mut self, id: u64, generated: u32, _now_us: u64) {
+    fn on_progress(&mut self, id: u64, generated: u32, now_us: u64) {
         if let Some(&pid) = self.ids.get(&id) {
-            self.core.progress(pid, generated);
+            self.core.progress(pid, generated, now_us / 1000);
         }
     }
 

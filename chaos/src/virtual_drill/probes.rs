@@ -19,6 +19,10 @@ impl World<'_> {
             if !self.reach.up[n] {
                 continue;
             }
+            // As the live prober's round begins: replicas hung by their streams' word.
+            for r in self.nodes[n].router.take_stalled(now_ms) {
+                self.stalled(n, r.0 as usize);
+            }
             for r in self.locals(n) {
                 let e = &self.engines[r];
                 if e.power != Power::Up {

@@ -177,7 +177,9 @@ impl World<'_> {
         if index % 16 == 15 {
             if let Some(life) = req.life {
                 let door = req.door as usize;
-                self.nodes[door].router.progress(life.id(), index + 1);
+                self.nodes[door]
+                    .router
+                    .progress(life.id(), index + 1, self.now / 1000);
             }
         }
     }
@@ -288,6 +290,35 @@ impl World<'_> {
         self.attempt_failed(q, |life, node, now_ms| {
             life.lost(false, &mut node.router, &mut node.budget, now_ms)
         });
+    }
+
+    /// Door `n`'s router took replica `r` for hung (every stream on it stopped): the
+    /// requests it holds there move, as the live door's alarm moves them — a started
+    /// stream is continued, anything else fails over as a call that got no answer.
+    pub(super) fn stalled(&mut self, n: usize, r: usize) {
+        let held: Vec<u32> = self
+            .active
+            .iter()
+            .copied()
+            .filter(|&q| {
+                let req = &self.reqs[q as usize];
+                req.door as usize == n
+                    && req.done.is_none()
+                    && req.life.is_some()
+                    && req.replica() == r
+            })
+            .collect();
+        for q in held {
+            self.detach(q, r);
+            let id = (u64::from(q) << 8) | u64::from(self.reqs[q as usize].attempt);
+            self.engines[r].engine.core.abort(RequestId(id));
+            let req = &self.reqs[q as usize];
+            if req.started && req.stream {
+                self.migrate(q);
+            } else {
+                self.upstream_failure(q, true);
+            }
+        }
     }
 
     /// The replica serving `q`'s stream failed mid-answer (it was detached): the

@@ -91,6 +91,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     retries: Counter,
     migrations: Family<ReasonLabel, Counter>,
+    stream_stalls: Family<ReplicaLabel, Counter>,
     migrations_refused: Family<ReasonLabel, Counter>,
     spills: Counter,
     quarantined: Counter,
@@ -142,6 +143,13 @@ impl Metrics {
             "Requests continued on another replica after theirs failed mid-answer, by what \
              failed (broke, silent, ended_early, answer_lost)",
             migrations.clone(),
+        );
+        let stream_stalls = Family::<ReplicaLabel, Counter>::default();
+        registry.register(
+            "stream_stalls",
+            "Times every stream on a replica stopped producing past its bound: taken for \
+             hung, ejected by this router, its requests moved",
+            stream_stalls.clone(),
         );
         let migrations_refused = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -346,6 +354,7 @@ impl Metrics {
             requests,
             retries,
             migrations,
+            stream_stalls,
             migrations_refused,
             spills,
             quarantined,
@@ -504,6 +513,12 @@ impl Metrics {
 
     pub fn migrated(&self, reason: &'static str) {
         self.migrations.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn stream_stall(&self, replica: u64) {
+        self.stream_stalls
+            .get_or_create(&ReplicaLabel { replica })
+            .inc();
     }
 
     pub fn migration_refused(&self, reason: &'static str) {

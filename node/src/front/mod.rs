@@ -140,6 +140,8 @@ pub struct AppState {
     /// Migrations stay within their own rate, so a flapping fleet cannot turn every
     /// request into several.
     migrations: Mutex<sluice_actors::lifecycle::MigrationBudget>,
+    /// The replicas last found hung from their streams: the requests they hold move.
+    stall_alarm: tokio::sync::watch::Sender<Arc<[ReplicaId]>>,
     ejected: Mutex<sluice_actors::prober::Ejections>,
     ejections: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Ejection>>,
     /// Tenants' keys, reservations and admission (cluster mode; open without tenants).
@@ -244,6 +246,7 @@ impl AppState {
             migrations: Mutex::new(sluice_actors::lifecycle::MigrationBudget::new(
                 node.migration,
             )),
+            stall_alarm: tokio::sync::watch::Sender::new(Arc::from(Vec::new())),
             prober: Mutex::new(prober),
             probe_prioritized: node.probe_prioritized,
             ejected: Mutex::new(Default::default()),

@@ -111,6 +111,46 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Replicas (local or remote) whose streams through this door have all stopped
+    /// past their bound are hung: the router ejects them, and every request they hold
+    /// here is told to move.
+    pub(super) fn judge_streams(&self) {
+        let now = self.now_ms();
+        let stalled = self.core().take_stalled(now);
+        if stalled.is_empty() {
+            return;
+        }
+        for r in &stalled {
+            tracing::warn!(
+                replica = r.0,
+                "every stream on the replica stopped: taken for hung, its requests move"
+            );
+            self.metrics.stream_stall(r.0);
+        }
+        self.stall_alarm.send_replace(Arc::from(stalled));
+    }
+
+    /// Resolves once `replica` is found hung from its streams (after `alarm` was made).
+    pub(super) async fn until_stalled(
+        alarm: &mut tokio::sync::watch::Receiver<Arc<[ReplicaId]>>,
+        replica: ReplicaId,
+    ) {
+        loop {
+            if alarm.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if alarm.borrow_and_update().contains(&replica) {
+                return;
+            }
+        }
+    }
+
+    pub(super) fn stall_alarm(&self) -> tokio::sync::watch::Receiver<Arc<[ReplicaId]>> {
+        self.stall_alarm.subscribe()
+    }
+}
+
 /// A new prober core over this node's local replicas.
 pub fn core_for(
     config: &sluice_actors::prober::ProbeConfig,
@@ -155,9 +195,11 @@ impl crate::tree::Duty for Prober {
     }
 }
 
-/// One round of the prober: the replicas to watch, the engines' own progress gauges, the
-/// core's verdicts, and the probes it asks for (sent into `probes`).
+/// One round of the prober: the replicas hung by their streams' word, the replicas to
+/// watch, the engines' own progress gauges, the core's verdicts, and the probes it asks
+/// for (sent into `probes`).
 async fn round(state: &Arc<AppState>, probes: &mut tokio::task::JoinSet<()>) {
+    state.judge_streams();
     let locals = state.local_upstreams();
     {
         // Replicas come and go with the autoscaler: probe the ones here now, but

@@ -233,6 +233,8 @@ async fn forward(
     // An answer sent whole that breaks before it is all here has reached no client:
     // it is sent again, whole, to another replica (the same migration as a stream's).
     let mut first_byte = true;
+    // A replica found hung from its streams gives up the requests it holds here too.
+    let mut alarm = state.stall_alarm();
     let (status, content_type, bytes, replica) = loop {
         let resp = loop {
             if placement.spilled {
@@ -242,7 +244,14 @@ async fn forward(
             let upstream = state
                 .upstream(placement.replica)
                 .ok_or_else(|| failure(Fail::NoReplica, None))?;
-            match tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, &body)).await {
+            let sent = tokio::select! {
+                sent = tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, &body)) => sent,
+                () = AppState::until_stalled(&mut alarm, placement.replica) => Ok(Err(SendError {
+                    message: "the replica was taken for hung (every stream on it stopped)".to_owned(),
+                    delivered: true,
+                })),
+            };
+            match sent {
                 Ok(Ok(resp)) => break resp,
                 Ok(Err(e)) => {
                     state.metrics.upstream_failure(placement.replica.0);
@@ -296,13 +305,21 @@ async fn forward(
             ));
         }
         let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-        match tokio::time::timeout_at(deadline, resp.into_body().collect()).await {
+        let collected = tokio::select! {
+            collected = tokio::time::timeout_at(deadline, resp.into_body().collect()) => {
+                collected.map(|r| r.map_err(|e| ("answer_lost", e.to_string())))
+            }
+            () = AppState::until_stalled(&mut alarm, placement.replica) => {
+                Ok(Err(("stalled", "the replica was taken for hung".to_owned())))
+            }
+        };
+        match collected {
             Ok(Ok(b)) => break (status, content_type, b.to_bytes(), placement.replica),
-            Ok(Err(e)) => {
+            Ok(Err((reason, e))) => {
                 state.metrics.upstream_failure(placement.replica.0);
                 match guard.migrate(Broke::Answer, true) {
                     Ok(p) => {
-                        state.metrics.migrated("answer_lost");
+                        state.metrics.migrated(reason);
                         tracing::info!(from = placement.replica.0, to = p.replica.0, error = %e, "sending a broken answer's request again elsewhere");
                         placement = p;
                     }

@@ -47,6 +47,8 @@ enum Cut {
     Silent,
     /// The replica closed the stream without finishing it.
     EndedEarly,
+    /// Every stream on the replica stopped: it is hung.
+    Stalled,
 }
 
 impl Cut {
@@ -55,6 +57,7 @@ impl Cut {
             Cut::Broke => "broke",
             Cut::Silent => "silent",
             Cut::EndedEarly => "ended_early",
+            Cut::Stalled => "stalled",
         }
     }
 }
@@ -69,6 +72,8 @@ enum Rescue {
 
 struct Pump {
     body: UpstreamBody,
+    /// Says when replicas are found hung from their streams.
+    alarm: tokio::sync::watch::Receiver<Arc<[ReplicaId]>>,
     meter: SseMeter,
     guard: Inflight,
     finished: bool,
@@ -295,6 +300,7 @@ pub(super) fn stream_response(
     let replica = m.replica;
     let pump = Pump {
         body: resp.into_body(),
+        alarm: state.stall_alarm(),
         meter: if m.strip_usage {
             SseMeter::stripping_usage()
         } else {
@@ -310,8 +316,18 @@ pub(super) fn stream_response(
             return None;
         }
         loop {
-            let (cut, message) = match tokio::time::timeout(idle, p.body.frame()).await {
-                Ok(Some(Ok(frame))) => {
+            // `None`: the replica was found hung from its streams.
+            let polled = tokio::select! {
+                polled = tokio::time::timeout(idle, p.body.frame()) => Some(polled),
+                () = AppState::until_stalled(&mut p.alarm, p.m.replica) => None,
+            };
+            let (cut, message) = match polled {
+                None if p.settled => return None,
+                None => (
+                    Cut::Stalled,
+                    "every stream on the replica stopped: it was taken for hung".to_owned(),
+                ),
+                Some(Ok(Some(Ok(frame)))) => {
                     let Ok(first) = frame.into_data() else {
                         continue;
                     };
@@ -322,10 +338,11 @@ pub(super) fn stream_response(
                     let before = p.meter.tokens;
                     let data = p.meter.pass(data);
                     if p.meter.tokens != before {
+                        let now = p.guard.state.now_ms();
                         p.guard
                             .state
                             .core()
-                            .progress(p.guard.life.id(), p.meter.tokens);
+                            .progress(p.guard.life.id(), p.meter.tokens, now);
                     }
                     if p.meter.done {
                         p.settle();
@@ -336,20 +353,20 @@ pub(super) fn stream_response(
                     }
                     return Some((Ok::<Bytes, std::io::Error>(data), p));
                 }
-                Ok(None) if p.meter.done || p.meter.error => {
+                Some(Ok(None)) if p.meter.done || p.meter.error => {
                     p.finished = true;
                     p.settle();
                     return None;
                 }
                 // Finished and accounted: what the engine does after `[DONE]` (a
                 // break, or holding the connection open) is no failure of this request.
-                Ok(Some(Err(_))) | Err(_) if p.settled => return None,
-                Ok(None) => (
+                Some(Ok(Some(Err(_))) | Err(_)) if p.settled => return None,
+                Some(Ok(None)) => (
                     Cut::EndedEarly,
                     "the replica ended the stream early".to_owned(),
                 ),
-                Ok(Some(Err(e))) => (Cut::Broke, format!("the replica's stream broke: {e}")),
-                Err(_) => (
+                Some(Ok(Some(Err(e)))) => (Cut::Broke, format!("the replica's stream broke: {e}")),
+                Some(Err(_)) => (
                     Cut::Silent,
                     format!("the replica sent nothing for {idle:?}"),
                 ),

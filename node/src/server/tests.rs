@@ -468,11 +468,12 @@ fn sse_events(text: &str) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_whose_replica_hangs_is_continued_on_another_and_reads_as_one_answer() {
+/// A node over two engines streams a chat whose engine hangs after three events: the
+/// stream must end as one answer of 40 tokens. Returns the node and the replica that hung.
+async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usize) {
     let urls = engines_at(2, 1.0).await;
     let mut cfg = config(urls.clone(), RestartPolicy::quick(5));
-    cfg.stream_idle_timeout = Duration::from_millis(500);
+    cfg.stream_idle_timeout = stream_idle_timeout;
     let r = start(cfg, None).await;
     let addr = r.node.http_addr();
     eventually("a chat request is served", || async {
@@ -516,7 +517,8 @@ async fn a_stream_whose_replica_hangs_is_continued_on_another_and_reads_as_one_a
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), read)
+    // Well within the idle timeout of the stall case: the stall is what ends the wait.
+    tokio::time::timeout(Duration::from_secs(20), read)
         .await
         .expect("the stream ends");
     assert!(hung, "the stream was cut mid-answer: {text}");
@@ -551,10 +553,35 @@ async fn a_stream_whose_replica_hangs_is_continued_on_another_and_reads_as_one_a
     assert_eq!((contents, finishes, roles), (TOKENS, 1, 1), "{text}");
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["completion_tokens"], TOKENS, "{text}");
+    (r, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_replica_goes_silent_is_continued_on_another_and_reads_as_one_answer() {
+    let (r, _) = a_stream_through_a_hang(Duration::from_millis(500)).await;
+    let addr = r.node.http_addr();
     assert_eq!(
         counter(addr, "migrations", "reason=\"silent\"").await,
         1,
         "moved once"
+    );
+    let _ = r.stop.send(());
+    r.node.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_streams_all_stop_is_taken_for_hung_and_its_streams_move() {
+    // The idle timeout is far off: only the streams' own silence can tell.
+    let (r, hung) = a_stream_through_a_hang(Duration::from_secs(60)).await;
+    let addr = r.node.http_addr();
+    assert_eq!(
+        counter(addr, "migrations", "reason=\"stalled\"").await,
+        1,
+        "moved once, on the stall"
+    );
+    assert_eq!(
+        counter(addr, "stream_stalls", &format!("replica=\"{hung}\"")).await,
+        1
     );
     let _ = r.stop.send(());
     r.node.wait().await.unwrap();
