@@ -21,6 +21,14 @@ use std::time::Duration;
 /// Body of an upstream answer, local or forwarded.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// How often a node serving a forwarded request says it is alive while its engine is
+/// quiet (waiting for the first token, or between tokens).
+pub const ALIVE_EVERY: Duration = Duration::from_millis(500);
+
+/// Silence after which the router takes the serving node for gone: four missed signs of
+/// life, well under QUIC's idle timeout (5 s), which is what noticed a dead node before.
+pub const PEER_SILENCE: Duration = Duration::from_secs(2);
+
 /// The paths a forwarded request may name.
 const PATHS: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
 
@@ -120,9 +128,18 @@ impl LocalReplicas {
                 return;
             }
         };
-        let resp = tokio::select! {
-            r = self.client.request(request) => r,
-            _ = reply.cancelled() => return,
+        let answer = self.client.request(request);
+        tokio::pin!(answer);
+        let resp = loop {
+            tokio::select! {
+                r = &mut answer => break r,
+                _ = reply.cancelled() => return,
+                () = tokio::time::sleep(ALIVE_EVERY) => {
+                    if reply.send(&ForwardFrame::Alive).await.is_err() {
+                        return;
+                    }
+                }
+            }
         };
         let resp = match resp {
             Ok(r) => r,
@@ -153,7 +170,16 @@ impl LocalReplicas {
             return;
         }
         let mut body = resp.into_body();
-        while let Some(frame) = body.frame().await {
+        loop {
+            let Ok(frame) = tokio::time::timeout(ALIVE_EVERY, body.frame()).await else {
+                if reply.send(&ForwardFrame::Alive).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let Some(frame) = frame else {
+                break;
+            };
             let msg = match frame {
                 Ok(f) => match f.into_data() {
                     Ok(d) => ForwardFrame::Chunk(d.to_vec()),
@@ -189,28 +215,34 @@ pub enum ForwardError {
 }
 
 /// Sends `req` to the node at `node` and returns the replica's answer as an HTTP
-/// response whose body streams as the frames arrive. `timeout` bounds each wait.
+/// response whose body streams as the frames arrive. The serving node says it is alive
+/// while its engine is quiet, so a silence of [`PEER_SILENCE`] means the node is gone
+/// (or cut off): the call fails then, or the body breaks, rather than wait for QUIC's
+/// idle timeout. The caller bounds the whole request.
 pub async fn call(
     client: &Client,
     node: SocketAddr,
     req: ForwardRequest,
-    timeout: Duration,
 ) -> Result<hyper::Response<UpstreamBody>, ForwardError> {
     let mut stream = client
-        .call_stream::<_, ForwardFrame>(node, &NodeRpc::Forward(req), timeout)
+        .call_stream::<_, ForwardFrame>(node, &NodeRpc::Forward(req), PEER_SILENCE)
         .await
         .map_err(|e| match e {
             TransportError::Timeout(d) => ForwardError::Timeout(d),
             e => ForwardError::Unreachable(e.to_string()),
         })?;
-    let (status, content_type) = match stream.next().await {
+    let mut head = stream.next().await;
+    while let Some(Ok(ForwardFrame::Alive)) = head {
+        head = stream.next().await;
+    }
+    let (status, content_type) = match head {
         Some(Ok(ForwardFrame::Head {
             status,
             content_type,
         })) => (status, content_type),
         Some(Ok(ForwardFrame::Error(m))) => return Err(ForwardError::Unreachable(m)),
         Some(Ok(ForwardFrame::Broke(m))) => return Err(ForwardError::Broke(m)),
-        Some(Ok(ForwardFrame::Chunk(_))) => {
+        Some(Ok(ForwardFrame::Chunk(_) | ForwardFrame::Alive)) => {
             return Err(ForwardError::Unreachable("answer without a head".into()))
         }
         Some(Err(TransportError::Timeout(d))) => return Err(ForwardError::Timeout(d)),
@@ -219,7 +251,12 @@ pub async fn call(
     };
     let frames = futures_util::stream::unfold(Some(stream), |s| async move {
         let mut s = s?;
-        match s.next().await? {
+        let mut next = s.next().await?;
+        while let Ok(ForwardFrame::Alive) = next {
+            next = s.next().await?;
+        }
+        match next {
+            Ok(ForwardFrame::Alive) => None,
             Ok(ForwardFrame::Chunk(b)) => Some((Ok(Frame::data(Bytes::from(b))), Some(s))),
             Ok(ForwardFrame::Error(m) | ForwardFrame::Broke(m)) => {
                 Some((Err(std::io::Error::other(m)), None))
@@ -227,6 +264,12 @@ pub async fn call(
             Ok(ForwardFrame::Head { .. }) => {
                 Some((Err(std::io::Error::other("a second answer head")), None))
             }
+            Err(TransportError::Timeout(_)) => Some((
+                Err(std::io::Error::other(format!(
+                    "the node serving the replica sent nothing for {PEER_SILENCE:?}: taken for gone"
+                ))),
+                None,
+            )),
             Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
         }
     });

@@ -184,6 +184,10 @@ pub enum ForwardFrame {
     /// The engine took the request and failed before answering (it may be the
     /// request's doing).
     Broke(String),
+    /// Nothing to send yet, but the serving node is alive: sent when the engine has
+    /// been quiet for [`ALIVE_EVERY`](crate::cluster::forward::ALIVE_EVERY), so that a
+    /// router tells a dead node from a slow engine at once.
+    Alive,
 }
 
 /// What `sluice cluster status` shows.

@@ -421,7 +421,7 @@ pub(super) async fn send(
                 .to_owned(),
                 body: body.to_vec(),
             };
-            forward::call(client, *node, req, state.config.request_timeout)
+            forward::call(client, *node, req)
                 .await
                 .map_err(|e| SendError {
                     delivered: !matches!(e, forward::ForwardError::Unreachable(_)),

@@ -224,13 +224,18 @@ async fn assigners(nodes: &[&Running]) -> Vec<u64> {
 /// A cluster of `n` nodes with one in-process engine each: the first initializes it,
 /// the others join through it. The data directories outlive the nodes.
 async fn cluster(n: usize) -> (Vec<tempfile::TempDir>, Vec<Running>) {
+    cluster_at(n, 0.0).await
+}
+
+/// `n` nodes, each over one engine whose steps take `time_scale` of their modelled time.
+async fn cluster_at(n: usize, time_scale: f64) -> (Vec<tempfile::TempDir>, Vec<Running>) {
     let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
     let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
         .unwrap()
         .to_string();
     let first = start(
-        config(engines(1).await, RestartPolicy::quick(5)),
+        config(engines_at(1, time_scale).await, RestartPolicy::quick(5)),
         Some(cluster_args(dirs[0].path(), None)),
     )
     .await;
@@ -240,7 +245,7 @@ async fn cluster(n: usize) -> (Vec<tempfile::TempDir>, Vec<Running>) {
         let args = cluster_args(dir.path(), Some((seed, token.clone())));
         nodes.push(
             start(
-                config(engines(1).await, RestartPolicy::quick(5)),
+                config(engines_at(1, time_scale).await, RestartPolicy::quick(5)),
                 Some(args),
             )
             .await,
@@ -308,10 +313,14 @@ async fn counter(addr: SocketAddr, name: &str, labels: &str) -> u64 {
 }
 
 async fn hang(engine: &str) {
+    fault(engine, serde_json::json!({"kind": "hang"})).await;
+}
+
+async fn fault(engine: &str, fault: serde_json::Value) {
     let client = front::http_client(Duration::from_secs(2));
     let req = hyper::Request::post(format!("{engine}/admin/fault"))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(r#"{"kind":"hang"}"#)))
+        .body(Full::new(Bytes::from(fault.to_string())))
         .unwrap();
     let resp = client.request(req).await.unwrap();
     assert!(
@@ -585,4 +594,53 @@ async fn a_replica_whose_streams_all_stop_is_taken_for_hung_and_its_streams_move
     );
     let _ = r.stop.send(());
     r.node.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_waits_out_a_slow_engine_while_its_node_says_it_is_alive() {
+    let (_dirs, nodes) = cluster_at(2, 1.0).await;
+    let mut nodes = nodes.into_iter();
+    let (a, b) = (nodes.next().unwrap(), nodes.next().unwrap());
+    let a_addr = a.node.http_addr();
+    eventually("the node serves", || async { chat(a_addr).await == 200 }).await;
+    let remote = format!("replica=\"{}\"", crate::cluster::replica_id(2, 0).0);
+    eventually("node 1 knows node 2's replica", || async {
+        let (_, text) = http(a_addr, "/metrics", None).await;
+        text.contains(&format!("sluice_replica_available{{{remote}}}"))
+    })
+    .await;
+    hang(&a.engines[0]).await;
+    eventually("node 1's replica is ejected", || async {
+        counter(a_addr, "ejections", "replica=\"1048576\"").await >= 1
+    })
+    .await;
+    // Node 2's engine now takes seconds for a step: its first token comes later than
+    // the silence that would mean node 2 is gone, but node 2 keeps saying it is alive.
+    fault(
+        &b.engines[0],
+        serde_json::json!({"kind": "slow", "value": 600}),
+    )
+    .await;
+    let body = serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1,
+    });
+    let started = tokio::time::Instant::now();
+    let (status, text) = http(a_addr, "/v1/chat/completions", Some(body)).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        took > crate::cluster::forward::PEER_SILENCE,
+        "the engine answered within {took:?}: not slower than the silence bound"
+    );
+    let (_, metrics) = http(a_addr, "/metrics", None).await;
+    assert!(
+        metrics.lines().any(|l| l == "sluice_retries_total 0"),
+        "not taken for gone, so not retried"
+    );
+    for r in [a, b] {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
 }
