@@ -64,6 +64,9 @@ impl Default for RouterConfig {
     }
 }
 
+/// Most implications a router announces in one gossip round (the newest).
+pub const ANNOUNCED_AT_MOST: usize = 512;
+
 /// A replica the router may send to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReplicaSpec {
@@ -376,9 +379,15 @@ impl RouterCore {
         }
     }
 
-    /// This router's implications made within `max_age_ms`, for the other routers.
-    pub fn implications(&mut self, now_ms: u64, max_age_ms: u64) -> Vec<Implication> {
-        self.quarantine.recent(now_ms, max_age_ms)
+    /// The implications this router knows that still count — its own and those it
+    /// heard — newest first, at most [`ANNOUNCED_AT_MOST`]. Routers re-announce them every
+    /// gossip round while they count, so that one that restarted or missed a round
+    /// learns them again from any other: the quarantine outlives any one node.
+    pub fn announced_implications(&mut self, now_ms: u64) -> Vec<Implication> {
+        let mut all = self.quarantine.recent(now_ms, u64::MAX);
+        all.sort_by_key(|i| (i.age_ms, i.fingerprint, i.replica));
+        all.truncate(ANNOUNCED_AT_MOST);
+        all
     }
 
     /// Implications other routers reported.
@@ -1311,7 +1320,7 @@ mod tests {
         // With its subset out, a confined request finds no replica...
         c.finish(second.id, None);
         let mut c2 = core(6, 2);
-        c2.merge_implications(&c.implications(0, 1_000), 0);
+        c2.merge_implications(&c.announced_implications(0), 0);
         let s = c2
             .assignment()
             .lookup(poison.workload.unwrap())
@@ -1356,5 +1365,53 @@ mod tests {
         c.set_checked_health(ReplicaId(1), false);
         assert_eq!(c.place(&adm("x", 100, 10), 0), None);
         assert_eq!(c.in_flight(), 0);
+    }
+
+    #[test]
+    fn implications_are_announced_while_they_count_so_a_restarted_router_relearns_them() {
+        let mut heard = core(6, 2);
+        let old = Implication {
+            fingerprint: 5,
+            replica: ReplicaId(1),
+            age_ms: 0,
+        };
+        heard.merge_implications(
+            &[
+                old,
+                Implication {
+                    replica: ReplicaId(2),
+                    ..old
+                },
+            ],
+            0,
+        );
+        // Nine minutes later, still within the ten-minute window: announced, with its age.
+        let announced = heard.announced_implications(540_000);
+        assert_eq!(announced.len(), 2);
+        assert!(announced.iter().all(|i| i.age_ms == 540_000));
+        // A router that starts now learns the refusal from it.
+        let mut restarted = core(6, 2);
+        restarted.merge_implications(&announced, 540_000);
+        assert_eq!(
+            restarted.verdict(5, 540_000),
+            Verdict::Refused { replicas: 2 }
+        );
+        // Past the window nothing is announced, and it expires everywhere at once.
+        assert!(heard.announced_implications(600_000).is_empty());
+        assert_eq!(restarted.verdict(5, 600_000), Verdict::Clear);
+        // At most the newest ANNOUNCED_AT_MOST go out.
+        let many: Vec<Implication> = (0..ANNOUNCED_AT_MOST as u64 + 10)
+            .map(|k| Implication {
+                fingerprint: 1_000 + k,
+                replica: ReplicaId(1),
+                age_ms: k,
+            })
+            .collect();
+        heard.merge_implications(&many, 540_000);
+        let announced = heard.announced_implications(540_000);
+        assert_eq!(announced.len(), ANNOUNCED_AT_MOST);
+        assert!(announced
+            .iter()
+            .all(|i| i.age_ms < ANNOUNCED_AT_MOST as u64));
     }
 }

@@ -4,7 +4,7 @@
 
 use super::control::Write;
 use super::spec::Spec;
-use super::world::{World, IMPLICATION_FRESH_MS, LIVENESS_US, ROUND_US};
+use super::world::{World, LIVENESS_US, ROUND_US};
 use sluice_actors::assigner::{next_assignment, LoadReport, ReplicaInfo};
 use sluice_actors::prober::{liveness_marks, Standing};
 use sluice_actors::slice::ReplicaId;
@@ -66,11 +66,7 @@ impl World<'_> {
                 t.1 += k;
             }
             own.push(loads);
-            implications[side].extend(
-                self.nodes[n]
-                    .router
-                    .implications(now_ms, IMPLICATION_FRESH_MS),
-            );
+            implications[side].extend(self.nodes[n].router.announced_implications(now_ms));
         }
         for (n, loads) in own.iter().enumerate() {
             if !self.reach.up[n] {

@@ -112,7 +112,6 @@ pub(super) const SAMPLE_US: u64 = 500_000;
 pub(super) const DIRECTOR_US: u64 = 100_000;
 /// The assigner's round period and the gossip freshness, as on a live node.
 pub(super) const ROUND_US: u64 = 60_000_000;
-pub(super) const IMPLICATION_FRESH_MS: u64 = 3_000;
 /// A node not heard from for this long is taken for gone (the live leader's window over
 /// load reports once a second).
 pub const LIVENESS_US: u64 = LivenessWatch::window_us(SECOND_US);

@@ -6,7 +6,7 @@ use super::call::{self, Backoff};
 use super::handler::{Membership, NodeHandler};
 use super::raft_net::QuicRaft;
 use super::rpc::{self, LoadRpc};
-use super::{become_member, register_replicas, ClusterNode, IMPLICATIONS_RESENT_FOR};
+use super::{become_member, register_replicas, ClusterNode};
 use crate::supervisor::restart::RestartPolicy;
 use crate::tree::{every, ticked, ChildSpec, Duty, Turn};
 use ractor::ActorProcessingErr;
@@ -150,7 +150,7 @@ impl Duty for Gossip {
         let report = LoadRpc::Gossip(rpc::Gossip {
             loads: front.own_load(),
             demand: front.own_demand(),
-            implicated: front.own_implications(IMPLICATIONS_RESENT_FOR),
+            implicated: front.announced_implications(),
         });
         let state = self.cp.state().borrow().clone();
         for n in state.nodes().values().filter(|n| n.id != self.id) {

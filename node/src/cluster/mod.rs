@@ -432,10 +432,6 @@ const MEMBERSHIP_BACKOFF: call::Backoff = call::Backoff {
     give_up_after: Duration::from_secs(30),
 };
 
-/// How long a router keeps telling the others of an implication: many gossip rounds,
-/// so one lost message does not matter.
-const IMPLICATIONS_RESENT_FOR: Duration = Duration::from_secs(3);
-
 /// How often routers report their load to the leader when no autoscaler asks for more.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 

@@ -503,10 +503,11 @@ impl AppState {
         self.core().own_load()
     }
 
-    /// Requests this router implicated in replica failures within `fresh`.
-    pub fn own_implications(&self, fresh: Duration) -> Vec<sluice_actors::router::Implication> {
+    /// The implications of requests in replica failures this router knows that still
+    /// count, for the others (re-announced while they count).
+    pub fn announced_implications(&self) -> Vec<sluice_actors::router::Implication> {
         let now = self.now_ms();
-        self.core().implications(now, fresh.as_millis() as u64)
+        self.core().announced_implications(now)
     }
 
     /// Implications another router reported: its poison requests are ours too.
