@@ -206,6 +206,18 @@ mod tests {
             prompt_of(Endpoint::Chat, &c),
             format!("{}Hello, wor", prompt_of(Endpoint::Chat, &req))
         );
+        // The simulated engine goes on after the words the message already has.
+        let parsed = parse_request(Endpoint::Chat, &body(c.clone())).unwrap();
+        assert_eq!(
+            parsed.continued_tokens,
+            crate::tokenizer::count_tokens("Hello, wor") as u32
+        );
+        assert_eq!(
+            parse_request(Endpoint::Chat, &body(req.clone()))
+                .unwrap()
+                .continued_tokens,
+            0
+        );
         // A continuation continued again appends to the same message.
         let again = cont(Endpoint::Chat, c, "ld", 1);
         assert_eq!(again["messages"][1]["content"], "Hello, world");

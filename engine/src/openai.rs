@@ -35,6 +35,12 @@ pub struct ParsedRequest {
     pub n: u32,
     /// vLLM's `cache_salt`: prefix-cache isolation between requests that differ in it.
     pub cache_salt: Option<String>,
+    /// OpenAI's `seed`: the simulated engine's words then depend on it alone, so that
+    /// the same request gives the same answer on any replica.
+    pub seed: Option<u64>,
+    /// Output tokens already in the final assistant message being continued
+    /// (`continue_final_message`): the answer goes on from there.
+    pub continued_tokens: u32,
 }
 
 /// A prompt is text, or pre-tokenized ids (completions only).
@@ -153,10 +159,23 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
     let (obj, model) = object_with_model(body)?;
     let (prompt, images) = match endpoint {
         Endpoint::Chat => {
-            let (text, images) = render_chat(&obj)?;
-            (PromptInput::Text(text), images)
+            let r = render_chat(&obj)?;
+            (PromptInput::Text(r.text), r.images)
         }
         Endpoint::Completion => (parse_prompt(&obj)?, 0),
+    };
+    let continued_tokens = match endpoint {
+        Endpoint::Chat => continued_tokens(&obj),
+        Endpoint::Completion => 0,
+    };
+    let seed = match obj.get("seed") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .or_else(|| n.as_i64().map(|v| v as u64))
+                .ok_or_else(|| ApiError::invalid("'seed' must be an integer", Some("seed")))?,
+        ),
+        Some(_) => return Err(ApiError::invalid("'seed' must be an integer", Some("seed"))),
     };
     let max_tokens = match endpoint {
         Endpoint::Chat => opt_u32(&obj, "max_completion_tokens")?.or(opt_u32(&obj, "max_tokens")?),
@@ -215,7 +234,28 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         ignore_eos,
         n,
         cache_salt,
+        seed,
+        continued_tokens,
     })
+}
+
+/// Tokens of the final assistant message a chat asks to continue (0 if none).
+fn continued_tokens(obj: &Map<String, Value>) -> u32 {
+    if !Ending::of(obj).continue_final {
+        return 0;
+    }
+    let Some(Value::Array(messages)) = obj.get("messages") else {
+        return 0;
+    };
+    let text = match messages.last().and_then(|m| m.get("content")) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    };
+    u32::try_from(crate::tokenizer::count_tokens(&text)).unwrap_or(u32::MAX)
 }
 
 fn opt_u32(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, ApiError> {
@@ -305,7 +345,7 @@ const ROLES: [&str; 6] = [
 
 /// Checks chat messages as the simulated engine does, then renders them. A router does
 /// not call this: it passes whatever the engine accepts (see [`read_for_routing`]).
-fn render_chat(obj: &Map<String, Value>) -> Result<(String, u32), ApiError> {
+fn render_chat(obj: &Map<String, Value>) -> Result<RenderedChat, ApiError> {
     let messages = match obj.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(Value::Array(_)) => {
@@ -412,8 +452,7 @@ fn render_chat(obj: &Map<String, Value>) -> Result<(String, u32), ApiError> {
             ));
         }
     }
-    let shape = render_messages(messages, ending);
-    Ok((shape.text, shape.images))
+    Ok(render_messages(messages, ending))
 }
 
 fn is_image_part(kind: &str) -> bool {

@@ -61,6 +61,17 @@ pub fn output_word(seed: u64, index: u32) -> &'static str {
     WORDS[word_index(seed, index)]
 }
 
+/// The seed of a request's words when the client gave one (OpenAI's `seed`): the same
+/// on every replica, so a continued answer goes on with the words it would have had.
+pub fn client_seed(seed: u64) -> u64 {
+    mix64(seed ^ 0x5eed_0fc1_1e47)
+}
+
+/// The text of the first `n` output tokens of a request seeded with `seed`.
+pub fn output_text(seed: u64, n: u32) -> String {
+    (0..n).map(|i| output_word(seed, i)).collect()
+}
+
 /// The token id of output token `index` of the request seeded with `seed`.
 pub fn output_token(seed: u64, index: u32) -> u32 {
     word_tokens()[word_index(seed, index)]

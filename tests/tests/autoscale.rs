@@ -120,7 +120,7 @@ async fn one(http: &Http, base: &str, i: u64) -> Option<String> {
     if !stream {
         return None;
     }
-    match judge_stream(&text) {
+    match judge_stream(&text, None) {
         Outcome::Ok => None,
         Outcome::Lost { why } | Outcome::Explicit { why } => Some(format!("request {i}: {why}")),
     }

@@ -103,7 +103,7 @@ async fn one(http: &Http, base: &str, key: &str, i: u64) -> Outcome {
     }
     let text = String::from_utf8_lossy(&text);
     let problem = match status {
-        200 => match judge_stream(&text) {
+        200 => match judge_stream(&text, None) {
             StreamOutcome::Ok => None,
             StreamOutcome::Lost { why } | StreamOutcome::Explicit { why } => Some(why),
         },

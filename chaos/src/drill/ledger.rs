@@ -127,8 +127,12 @@ fn recovery_ms(records: &[Record], fault_ms: u64) -> Option<u64> {
 }
 
 /// Checks one streamed answer (the SSE body): complete with `[DONE]`, or ended by an
-/// error event; and the content chunks add up to the usage the engine reported.
-pub fn judge_stream(body: &str) -> Outcome {
+/// error event; the content chunks add up to the usage the engine reported; and, when
+/// the answer's text is known in advance (`expected`, a seeded request to the simulated
+/// engine), it is exactly that text — no token lost, repeated or changed where a
+/// continuation was spliced in.
+pub fn judge_stream(body: &str, expected: Option<&str>) -> Outcome {
+    let mut text = String::new();
     let mut chunks = 0u64;
     let mut usage = None;
     let mut done = false;
@@ -161,8 +165,9 @@ pub fn judge_stream(body: &str) -> Outcome {
         let content = v["choices"][0]["delta"]["content"]
             .as_str()
             .or_else(|| v["choices"][0]["text"].as_str());
-        if content.is_some_and(|c| !c.is_empty()) {
+        if let Some(c) = content.filter(|c| !c.is_empty()) {
             chunks += 1;
+            text.push_str(c);
         }
     }
     match (error, done, usage) {
@@ -175,7 +180,20 @@ pub fn judge_stream(body: &str) -> Outcome {
         (None, true, Some(u)) if u != chunks => Outcome::Lost {
             why: format!("{chunks} token chunks but usage says {u}: tokens skipped or duplicated"),
         },
-        (None, true, _) => Outcome::Ok,
+        (None, true, _) => judge_text(&text, expected),
+    }
+}
+
+/// A whole answer's text against the text it must be, when known.
+pub fn judge_text(text: &str, expected: Option<&str>) -> Outcome {
+    match expected {
+        Some(want) if want != text => Outcome::Lost {
+            why: format!(
+                "the text differs from the request's after {} bytes: tokens lost, repeated or changed",
+                text.bytes().zip(want.bytes()).take_while(|(a, b)| a == b).count()
+            ),
+        },
+        _ => Outcome::Ok,
     }
 }
 
@@ -204,21 +222,33 @@ mod tests {
             |t: &str| format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{t}\"}}}}]}}\n\n");
         let usage = "data: {\"choices\":[],\"usage\":{\"completion_tokens\":2}}\n\n";
         let whole = format!("{}{}{usage}data: [DONE]\n\n", chunk("a"), chunk("b"));
-        assert_eq!(judge_stream(&whole), Outcome::Ok);
+        assert_eq!(judge_stream(&whole, None), Outcome::Ok);
+        assert_eq!(judge_stream(&whole, Some("ab")), Outcome::Ok);
+        // A splice that repeated a token and dropped another: the count adds up, the
+        // text does not.
+        let spliced = format!("{}{}{usage}data: [DONE]\n\n", chunk("a"), chunk("a"));
+        assert_eq!(judge_stream(&spliced, None), Outcome::Ok);
+        assert!(matches!(
+            judge_stream(&spliced, Some("ab")),
+            Outcome::Lost { .. }
+        ));
         let dup = format!(
             "{}{}{}{usage}data: [DONE]\n\n",
             chunk("a"),
             chunk("b"),
             chunk("b")
         );
-        assert!(matches!(judge_stream(&dup), Outcome::Lost { .. }));
+        assert!(matches!(judge_stream(&dup, None), Outcome::Lost { .. }));
         let cut = chunk("a");
-        assert!(matches!(judge_stream(&cut), Outcome::Lost { .. }));
+        assert!(matches!(judge_stream(&cut, None), Outcome::Lost { .. }));
         let failed = format!(
             "{}data: {{\"error\":{{\"message\":\"replica lost\"}}}}\n\n",
             chunk("a")
         );
-        assert!(matches!(judge_stream(&failed), Outcome::Explicit { .. }));
+        assert!(matches!(
+            judge_stream(&failed, None),
+            Outcome::Explicit { .. }
+        ));
     }
 
     #[test]

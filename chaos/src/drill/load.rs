@@ -3,7 +3,7 @@
 //! clients behind a load balancer: it sends only through front doors the drill has not
 //! taken out (the drill takes a node out before it stops or kills it).
 
-use super::ledger::{judge_stream, Outcome, Record};
+use super::ledger::{judge_stream, judge_text, Outcome, Record};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use sluice_loadgen::exchange::{client, HttpClient};
@@ -109,6 +109,7 @@ pub fn start(
                     content: format!("drill request {k}: tell me about fault tolerance"),
                     session: format!("session-{}", k % 64),
                     stream,
+                    seed: Some(k),
                 };
                 let outcome =
                     tokio::time::timeout(deadline, one(&http, &doors.urls[door], &key, &ask))
@@ -143,15 +144,27 @@ pub struct Ask {
     /// Its `x-session-id`: the workload key that picks its slice.
     pub session: String,
     pub stream: bool,
+    /// OpenAI's `seed`: the simulated engine's answer is then known in advance, and
+    /// checked word for word.
+    pub seed: Option<u64>,
 }
+
+/// Tokens every drill request asks for (and, with `ignore_eos`, gets).
+const ANSWER_TOKENS: u32 = 32;
 
 async fn one(http: &HttpClient, base: &str, auth: &str, ask: &Ask) -> Outcome {
     let stream = ask.stream;
     let mut body = serde_json::json!({
         "model": MODEL,
         "messages": [{"role": "user", "content": ask.content}],
-        "max_tokens": 32,
+        "max_tokens": ANSWER_TOKENS,
         "ignore_eos": true,
+    });
+    if let Some(seed) = ask.seed {
+        body["seed"] = seed.into();
+    }
+    let expected = ask.seed.map(|seed| {
+        sluice_engine::words::output_text(sluice_engine::words::client_seed(seed), ANSWER_TOKENS)
     });
     if stream {
         body["stream"] = true.into();
@@ -198,11 +211,16 @@ async fn one(http: &HttpClient, base: &str, auth: &str, ask: &Ask) -> Outcome {
         };
     }
     if stream {
-        judge_stream(&text)
+        judge_stream(&text, expected.as_deref())
     } else {
         match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(v) if v["choices"][0]["message"]["content"].is_string() => Outcome::Ok,
-            _ => Outcome::Lost {
+            Ok(v) => match v["choices"][0]["message"]["content"].as_str() {
+                Some(content) => judge_text(content, expected.as_deref()),
+                None => Outcome::Lost {
+                    why: "a 200 without a completion".into(),
+                },
+            },
+            Err(_) => Outcome::Lost {
                 why: "a 200 without a completion".into(),
             },
         }

@@ -565,6 +565,7 @@ async fn strike(
                 content: format!("{}: answer this", cluster::POISON),
                 session: POISON_SESSION.into(),
                 stream: false,
+                seed: None,
             };
             at = epoch.elapsed();
             let h = load::poison(doors.clone(), ask, POISON_DEADLINE, epoch, key.to_owned());

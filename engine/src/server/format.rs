@@ -32,12 +32,13 @@ pub(super) fn response_head(s: &Shared, endpoint: Endpoint, n: u64, stream: bool
     head
 }
 
-/// How a request's answers are written: its endpoint's shape, its response head, and
-/// the seed of its words.
+/// How a request's answers are written: its endpoint's shape, its response head, the
+/// seed of its words, and the index of its first word (past a continued message's).
 pub(super) struct Format {
     pub endpoint: Endpoint,
     pub head: String,
     pub seed: u64,
+    pub offset: u32,
 }
 
 fn usage_json(out: &mut String, u: &Usage) {
@@ -86,7 +87,7 @@ impl Format {
         first: bool,
         finish: Option<FinishReason>,
     ) {
-        let word = output_word(self.seed, index);
+        let word = output_word(self.seed, self.offset + index);
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(self.head.as_bytes());
         match self.endpoint {

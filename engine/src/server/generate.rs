@@ -67,7 +67,11 @@ async fn generate(s: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, body: 
 
     let n = s.next_id.fetch_add(1, Ordering::Relaxed);
     let id = RequestId(n);
-    let seed = mix64(s.seed ^ mix64(n));
+    let seed = req
+        .seed
+        .map_or_else(|| mix64(s.seed ^ mix64(n)), crate::words::client_seed);
+    // A continued answer goes on with the words after those it already has.
+    let offset = req.continued_tokens;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let engine_req = EngineRequest {
         id,
@@ -103,6 +107,7 @@ async fn generate(s: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, body: 
         endpoint,
         head: response_head(&s, endpoint, n, req.stream),
         seed,
+        offset,
     };
 
     // Nothing is sent until the first token: a hung engine sends no bytes at all.
@@ -123,9 +128,9 @@ async fn generate(s: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, body: 
     let mut msg = first;
     loop {
         match msg {
-            Out::Token(i) => text.push_str(output_word(seed, i)),
+            Out::Token(i) => text.push_str(output_word(seed, offset + i)),
             Out::Last(i, reason, usage) => {
-                text.push_str(output_word(seed, i));
+                text.push_str(output_word(seed, offset + i));
                 guard.disarm();
                 return json_response(StatusCode::OK, fmt.full_body(&text, reason, usage));
             }

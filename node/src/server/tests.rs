@@ -495,6 +495,7 @@ async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usi
         "messages": [{"role": "user", "content": "tell me a long story"}],
         "max_tokens": TOKENS,
         "ignore_eos": true,
+        "seed": 7,
         "stream": true,
         "stream_options": {"include_usage": true},
     });
@@ -560,6 +561,15 @@ async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usi
         .filter(|c| c["choices"][0]["delta"]["role"].is_string())
         .count();
     assert_eq!((contents, finishes, roles), (TOKENS, 1, 1), "{text}");
+    // Seeded, the simulated engine's answer is known: the splice lost, repeated or
+    // changed no word.
+    let said: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let words =
+        sluice_engine::words::output_text(sluice_engine::words::client_seed(7), TOKENS as u32);
+    assert_eq!(said, words);
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["completion_tokens"], TOKENS, "{text}");
     (r, first)
