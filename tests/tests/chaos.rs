@@ -52,8 +52,15 @@ fn every_drill_loses_nothing_and_recovers() -> Result<()> {
         "partition",
         "slow-replica",
         "rolling-restart",
+        "full-restart",
     ] {
-        let r = drill(scenario, "15", &[])?;
+        // A whole-cluster outage sends nothing while it lasts: a longer run.
+        let duration = if scenario == "full-restart" {
+            "25"
+        } else {
+            "15"
+        };
+        let r = drill(scenario, duration, &[])?;
         assert_eq!(r["scenario"], scenario);
         assert_eq!(r["lost"], 0, "{scenario}: {r}");
         assert_eq!(r["state_agrees"], true, "{scenario}");

@@ -31,6 +31,7 @@ pub const SCENARIOS: &[&str] = &[
     "slow-replica",
     "rolling-restart",
     "poison-request",
+    "full-restart",
     "all",
 ];
 
@@ -470,6 +471,33 @@ async fn take_out(doors: &load::Doors, i: usize) {
     doors.drain(i, Duration::from_secs(10)).await;
 }
 
+/// How long the balancer waits for a restarted node to say it is ready.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// Puts node `i` back behind the balancer once its `/health` says it serves (it has
+/// applied the cluster's control state and has a replica), as a load balancer's health
+/// check would; after [`READY_WITHIN`] it goes back regardless, and its answers count.
+async fn bring_back(doors: &load::Doors, i: usize) -> Duration {
+    let http = sluice_loadgen::exchange::client(2, Duration::from_secs(1));
+    let started = Instant::now();
+    while started.elapsed() < READY_WITHIN {
+        let Ok(req) = hyper::Request::get(format!("{}/health", doors.urls[i]))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+        else {
+            break;
+        };
+        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), http.request(req)).await
+        {
+            if resp.status().is_success() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    doors.set_open(i, true);
+    started.elapsed()
+}
+
 async fn strike(
     scenario: &str,
     c: &mut Cluster,
@@ -503,6 +531,17 @@ async fn strike(
             c.kill(follower).await;
             log.push(format!("kill -9 of node {follower}"));
             Undo::Restart(vec![follower])
+        }
+        "full-restart" => {
+            for i in 0..n {
+                take_out(doors, i).await;
+            }
+            at = epoch.elapsed();
+            for i in 0..n {
+                c.kill(i).await;
+            }
+            log.push(format!("kill -9 of every node at once ({n})"));
+            Undo::Restart((0..n).collect())
         }
         "rack-loss" => {
             let rack = c.nodes[follower].rack.clone();
@@ -579,8 +618,11 @@ async fn strike(
                 take_out(doors, i).await;
                 c.stop(i).await;
                 c.restart(i).await?;
-                doors.set_open(i, true);
-                log.push(format!("node {i} restarted (SIGTERM, then started again)"));
+                let took = bring_back(doors, i).await;
+                log.push(format!(
+                    "node {i} restarted (SIGTERM, then started again; ready after {:.1} s)",
+                    took.as_secs_f64()
+                ));
                 // Let it rejoin before the next one goes.
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
@@ -601,10 +643,16 @@ async fn heal(
 ) -> Result<Option<load::PoisonHandle>> {
     match undo {
         Undo::Restart(nodes) => {
-            for i in nodes {
+            // All of them first: a whole cluster restarted needs a quorum to serve.
+            for &i in &nodes {
                 c.restart(i).await?;
-                doors.set_open(i, true);
-                log.push(format!("node {i} started again"));
+            }
+            for i in nodes {
+                let took = bring_back(doors, i).await;
+                log.push(format!(
+                    "node {i} started again (ready after {:.1} s)",
+                    took.as_secs_f64()
+                ));
             }
         }
         Undo::Heal(nodes) => {

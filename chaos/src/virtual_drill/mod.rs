@@ -177,6 +177,14 @@ pub fn strike(spec: &Spec, sc: &str, at_us: u64, heal_after_us: u64, seed: u64) 
                 heal_after_us,
             },
         )],
+        "full-restart" => vec![(
+            at_us,
+            Act::Kill {
+                nodes: (0..nodes).collect(),
+                deadline_us,
+                heal_after_us,
+            },
+        )],
         "node-crash-restart" => vec![(
             at_us,
             Act::Kill {

@@ -516,14 +516,20 @@ async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usi
     let mut body = resp.into_body();
     let mut text = String::new();
     let mut hung = false;
+    let mut hung_at = None;
+    let mut gap = Duration::ZERO;
     let read = async {
+        let mut last = tokio::time::Instant::now();
         while let Some(frame) = body.frame().await {
             let data = frame.unwrap().into_data().unwrap();
+            gap = gap.max(last.elapsed());
+            last = tokio::time::Instant::now();
             text.push_str(std::str::from_utf8(&data).unwrap());
             if !hung && sse_events(&text).len() >= 3 {
                 // The replica serving the stream stops mid-answer.
                 hang(&urls[first]).await;
                 hung = true;
+                hung_at = Some(tokio::time::Instant::now());
             }
         }
     };
@@ -532,6 +538,11 @@ async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usi
         .await
         .expect("the stream ends");
     assert!(hung, "the stream was cut mid-answer: {text}");
+    // What the client saw of the hang: its longest wait between two chunks.
+    eprintln!(
+        "hang mid-stream (idle timeout {stream_idle_timeout:?}): the client's longest wait for a chunk {gap:?}, {:?} from the hang to the end",
+        hung_at.map(|t| t.elapsed())
+    );
     let events = sse_events(&text);
     assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
     assert!(!text.contains("\"error\""), "{text}");
