@@ -111,6 +111,9 @@ impl AppState {
     }
 }
 
+/// Says which replicas were last found hung from their streams.
+pub(super) type StallAlarm = tokio::sync::watch::Receiver<Arc<[ReplicaId]>>;
+
 impl AppState {
     /// Replicas (local or remote) whose streams through this door have all stopped
     /// past their bound are hung: the router ejects them, and every request they hold
@@ -132,10 +135,7 @@ impl AppState {
     }
 
     /// Resolves once `replica` is found hung from its streams (after `alarm` was made).
-    pub(super) async fn until_stalled(
-        alarm: &mut tokio::sync::watch::Receiver<Arc<[ReplicaId]>>,
-        replica: ReplicaId,
-    ) {
+    pub(super) async fn until_stalled(alarm: &mut StallAlarm, replica: ReplicaId) {
         loop {
             if alarm.changed().await.is_err() {
                 return std::future::pending().await;
@@ -146,7 +146,7 @@ impl AppState {
         }
     }
 
-    pub(super) fn stall_alarm(&self) -> tokio::sync::watch::Receiver<Arc<[ReplicaId]>> {
+    pub(super) fn stall_alarm(&self) -> StallAlarm {
         self.stall_alarm.subscribe()
     }
 }

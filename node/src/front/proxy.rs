@@ -1,8 +1,9 @@
 //! Forwarding one request: place it, send it, retry once elsewhere if the connection
 //! fails before anything reached the client, stream the answer back while metering it.
 
+use super::probe::StallAlarm;
 use super::sse::body_usage;
-use super::stream::{stream_response, Metered};
+use super::stream::{is_event_stream, stream_response, Metered};
 use super::{error_response, header_str, AppState, Target, Upstream};
 use crate::cluster::forward::{self, UpstreamBody};
 use crate::cluster::rpc::ForwardRequest;
@@ -236,56 +237,23 @@ async fn forward(
     // A replica found hung from its streams gives up the requests it holds here too.
     let mut alarm = state.stall_alarm();
     let (status, content_type, bytes, replica) = loop {
-        let resp = loop {
-            if placement.spilled {
-                state.metrics.spill();
-            }
-            state.metrics.routed(placement.replica.0);
-            let upstream = state
-                .upstream(placement.replica)
-                .ok_or_else(|| failure(Fail::NoReplica, None))?;
-            let sent = tokio::select! {
-                sent = tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, &body)) => sent,
-                () = AppState::until_stalled(&mut alarm, placement.replica) => Ok(Err(SendError {
-                    message: "the replica was taken for hung (every stream on it stopped)".to_owned(),
-                    delivered: true,
-                })),
-            };
-            match sent {
-                Ok(Ok(resp)) => break resp,
-                Ok(Err(e)) => {
-                    state.metrics.upstream_failure(placement.replica.0);
-                    let retried = guard.life.retried();
-                    tracing::warn!(replica = placement.replica.0, error = %e.message, delivered = e.delivered, retried, "upstream failed before answering");
-                    let next = with_core_and_budget(state, |core, budget| {
-                        guard
-                            .life
-                            .failed_before_answer(e.delivered, core, budget, state.now_ms())
-                    });
-                    if guard.life.retried() && !retried {
-                        // Counted once the budget grants it, whether or not a replica is left.
-                        state.metrics.retry();
-                    }
-                    match next {
-                        Next::Retry(p) => placement = p,
-                        Next::Fail(f) => return Err(failure(f, None)),
-                    }
-                }
-                Err(_) => return Err(timeout(state, &mut guard)),
-            }
-        };
+        let resp = answer_head(
+            state,
+            &mut guard,
+            &mut placement,
+            &mut alarm,
+            deadline,
+            endpoint,
+            &body,
+        )
+        .await?;
         if std::mem::take(&mut first_byte) {
             state
                 .metrics
                 .first_byte(label(endpoint), started.elapsed().as_secs_f64());
         }
         let status = resp.status();
-        let is_stream = parsed.stream
-            && status.is_success()
-            && resp
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let is_stream = parsed.stream && status.is_success() && is_event_stream(&resp);
         if is_stream {
             return Ok(stream_response(
                 state.clone(),
@@ -360,6 +328,58 @@ async fn forward(
     );
     h.insert("x-sluice-replica", HeaderValue::from(replica.0));
     Ok(out)
+}
+
+/// Sends the request to its placement until an answer head comes back: a call that
+/// fails first (or whose replica is found hung meanwhile) is retried once elsewhere
+/// while the lifecycle allows; `placement` is where the head came from.
+async fn answer_head(
+    state: &Arc<AppState>,
+    guard: &mut Inflight,
+    placement: &mut Placement,
+    alarm: &mut StallAlarm,
+    deadline: tokio::time::Instant,
+    endpoint: Endpoint,
+    body: &Bytes,
+) -> Result<hyper::Response<UpstreamBody>, Failure> {
+    loop {
+        if placement.spilled {
+            state.metrics.spill();
+        }
+        state.metrics.routed(placement.replica.0);
+        let upstream = state
+            .upstream(placement.replica)
+            .ok_or_else(|| failure(Fail::NoReplica, None))?;
+        let sent = tokio::select! {
+            sent = tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, body)) => sent,
+            () = AppState::until_stalled(alarm, placement.replica) => Ok(Err(SendError {
+                message: "the replica was taken for hung (every stream on it stopped)".to_owned(),
+                delivered: true,
+            })),
+        };
+        match sent {
+            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Err(e)) => {
+                state.metrics.upstream_failure(placement.replica.0);
+                let retried = guard.life.retried();
+                tracing::warn!(replica = placement.replica.0, error = %e.message, delivered = e.delivered, retried, "upstream failed before answering");
+                let next = with_core_and_budget(state, |core, budget| {
+                    guard
+                        .life
+                        .failed_before_answer(e.delivered, core, budget, state.now_ms())
+                });
+                if guard.life.retried() && !retried {
+                    // Counted once the budget grants it, whether or not a replica is left.
+                    state.metrics.retry();
+                }
+                match next {
+                    Next::Retry(p) => *placement = p,
+                    Next::Fail(f) => return Err(failure(f, None)),
+                }
+            }
+            Err(_) => return Err(timeout(state, guard)),
+        }
+    }
 }
 
 /// Why no answer head came back from a replica.

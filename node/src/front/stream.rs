@@ -4,6 +4,7 @@
 //! client reads one answer (token-replay migration). What cannot be continued ends with
 //! an explicit error event, never a silent cut.
 
+use super::probe::StallAlarm;
 use super::proxy::{label, send, Inflight};
 use super::sse::SseMeter;
 use super::AppState;
@@ -13,7 +14,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use sluice_actors::lifecycle::{Broke, Fail};
+use sluice_actors::lifecycle::{Broke, Fail, Refusal};
 use sluice_actors::slice::ReplicaId;
 use sluice_engine::continuation::{continuation, Continuation, NotResumable};
 use sluice_engine::openai::{ApiError, Endpoint};
@@ -62,6 +63,17 @@ impl Cut {
     }
 }
 
+/// Longest wait for, and most of, an engine's refusal of a continuation that is read
+/// into the client's error event.
+const REFUSAL_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+const REFUSAL_BYTES: usize = 4096;
+
+pub(super) fn is_event_stream(resp: &hyper::Response<UpstreamBody>) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
 /// What became of a stream whose replica failed.
 enum Rescue {
     /// It goes on from another replica.
@@ -73,7 +85,7 @@ enum Rescue {
 struct Pump {
     body: UpstreamBody,
     /// Says when replicas are found hung from their streams.
-    alarm: tokio::sync::watch::Receiver<Arc<[ReplicaId]>>,
+    alarm: StallAlarm,
     meter: SseMeter,
     guard: Inflight,
     finished: bool,
@@ -138,30 +150,23 @@ impl Pump {
         };
         let body = match plan {
             Ok(Continuation::Exhausted) => return Rescue::Ended(self.close()),
-            Ok(Continuation::Body(b)) => Some(Bytes::from(b)),
+            Ok(Continuation::Body(b)) => Bytes::from(b),
             Err(why) => {
                 tracing::info!(replica = self.m.replica.0, %why, "stream not continued");
-                None
+                let fail = match self.guard.migrate(Broke::Answer, false) {
+                    Err(refused) => return self.refused(refused, &message),
+                    // Not resumable is never moved; should it be, it still ends here.
+                    Ok(_) => self.guard.broke(Broke::Answer),
+                };
+                self.record_duration();
+                return Rescue::Ended(error_event(fail, &message));
             }
         };
         let mut how = (cut, message);
         loop {
-            let placed = self.guard.migrate(Broke::Answer, body.is_some());
-            let p = match placed {
+            let p = match self.guard.migrate(Broke::Answer, true) {
                 Ok(p) => p,
-                Err(refused) => {
-                    tracing::info!(
-                        replica = self.m.replica.0,
-                        why = refused.why.label(),
-                        "stream not continued"
-                    );
-                    state.metrics.migration_refused(refused.why.label());
-                    self.record_duration();
-                    return Rescue::Ended(error_event(refused.fail, &how.1));
-                }
-            };
-            let Some(body) = &body else {
-                unreachable!("the lifecycle moves only what can be continued")
+                Err(refused) => return self.refused(refused, &how.1),
             };
             state.metrics.migrated(how.0.label());
             state.metrics.routed(p.replica.0);
@@ -177,13 +182,18 @@ impl Pump {
                 how = (Cut::Broke, "the new replica is gone".to_owned());
                 continue;
             };
-            let sent = tokio::time::timeout_at(
-                self.m.deadline,
-                send(&state, &upstream, self.m.endpoint, body),
-            )
-            .await;
+            let sent = tokio::select! {
+                sent = tokio::time::timeout_at(
+                    self.m.deadline,
+                    send(&state, &upstream, self.m.endpoint, &body),
+                ) => sent,
+                () = AppState::until_stalled(&mut self.alarm, p.replica) => {
+                    how = (Cut::Stalled, format!("{}; the replica continuing it was taken for hung", how.1));
+                    continue;
+                }
+            };
             match sent {
-                Ok(Ok(resp)) if resp.status().is_success() => {
+                Ok(Ok(resp)) if resp.status().is_success() && is_event_stream(&resp) => {
                     self.body = resp.into_body();
                     self.meter.splice();
                     return Rescue::Continued;
@@ -191,9 +201,14 @@ impl Pump {
                 Ok(Ok(resp)) => {
                     // The engine refused the continuation itself: its word ends it.
                     let status = resp.status().as_u16();
-                    let text = match resp.into_body().collect().await {
-                        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
-                        Err(e) => e.to_string(),
+                    let read = tokio::time::timeout(
+                        REFUSAL_READ_LIMIT,
+                        http_body_util::Limited::new(resp.into_body(), REFUSAL_BYTES).collect(),
+                    );
+                    let text = match read.await {
+                        Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "no body".to_owned(),
                     };
                     state.metrics.migration_refused("engine_refused");
                     self.guard.finish();
@@ -225,6 +240,21 @@ impl Pump {
                 }
             }
         }
+    }
+
+    /// A migration the lifecycle refused: the stream ends with its error event.
+    fn refused(&mut self, refused: Refusal, message: &str) -> Rescue {
+        tracing::info!(
+            replica = self.m.replica.0,
+            why = refused.why.label(),
+            "stream not continued"
+        );
+        self.guard
+            .state
+            .metrics
+            .migration_refused(refused.why.label());
+        self.record_duration();
+        Rescue::Ended(error_event(refused.fail, message))
     }
 
     /// Ends a stream whose answer is complete but whose replica failed before closing
