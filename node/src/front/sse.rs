@@ -180,7 +180,10 @@ impl SseMeter {
         self.pending.clear();
         self.done = false;
         self.error = false;
-        self.splice = Some(Splice::new(self.id.clone(), self.created, self.tokens));
+        // Nothing reached the client yet: the new stream is the answer as it comes.
+        if self.id.is_some() {
+            self.splice = Some(Splice::new(self.id.clone(), self.created, self.tokens));
+        }
     }
 
     /// Meters `chunk` and returns what to pass on: the whole events seen so far (minus
