@@ -165,6 +165,34 @@ pub enum ClusterCommand {
         #[arg(long)]
         node: Option<SocketAddr>,
     },
+    /// Join tokens: any voter admits a node that presents a live one.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a new join token and print it (shown only now); the old ones stay valid
+    /// until revoked — to rotate, create, hand out, then revoke the old one.
+    Create {
+        /// Its id, for revoking it later [default: one made from the token].
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// No node joins with this token any more (nodes that joined with it stay).
+    Revoke {
+        /// The token's id (`initial` is the one `cluster init` printed).
+        id: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// The ids of the live join tokens.
+    List {
+        #[command(flatten)]
+        reach: Reach,
+    },
 }
 
 /// Where a command reaches the cluster: a node's data directory (credentials, and the

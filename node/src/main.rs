@@ -91,6 +91,15 @@ fn run(cli: Cli) -> Result<()> {
             Command::Cluster(ClusterCommand::Remove { id, data_dir, node }) => {
                 cluster::cli::remove(&data_dir, node, id).await
             }
+            Command::Cluster(ClusterCommand::Token(TokenCommand::Create { id, reach })) => {
+                cluster::cli::token_create(&reach.data_dir, reach.node, id).await
+            }
+            Command::Cluster(ClusterCommand::Token(TokenCommand::Revoke { id, reach })) => {
+                cluster::cli::token_revoke(&reach.data_dir, reach.node, &id).await
+            }
+            Command::Cluster(ClusterCommand::Token(TokenCommand::List { reach })) => {
+                cluster::cli::token_list(&reach.data_dir, reach.node).await
+            }
             Command::Sim(_) => Ok(()),
             Command::Loadgen(a) => sluice_loadgen::cli_main(a).await,
             Command::Calibrate(a) => sluice_loadgen::calibrate::cli_main(a).await,

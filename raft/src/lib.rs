@@ -35,6 +35,7 @@ pub mod log_store;
 pub mod mem_router;
 pub mod network;
 pub mod node;
+pub mod private_dir;
 pub mod sm_store;
 pub mod state;
 pub mod voter_policy;
@@ -49,8 +50,8 @@ pub use node::{
     send_to_leader, ControlMetrics, ControlPlane, ControlPlaneConfig, ControlPlaneError, Role,
 };
 pub use state::{
-    apply, ControlCommand, ControlResponse, ControlState, NodeId, NodeInfo, Rejection,
-    ReplicaHealth, ReplicaInfo, RoleHint, TenantInfo,
+    apply, ClusterAuthority, ControlCommand, ControlResponse, ControlState, NodeId, NodeInfo,
+    Rejection, ReplicaHealth, ReplicaInfo, RoleHint, TenantInfo,
 };
 
 /// How to reach a Raft member. Stored in Raft membership, so keep it small and stable:

@@ -374,7 +374,7 @@ impl LogStore {
             path: dir.join(WAL_FILE),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io_err)?;
+        crate::private_dir::create_private_dir(dir).map_err(io_err)?;
         let lock = lock_dir(dir)?;
         let path = dir.join(WAL_FILE);
         let _ = std::fs::remove_file(dir.join(WAL_TMP_FILE));

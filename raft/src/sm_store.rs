@@ -131,7 +131,7 @@ impl SmStore {
     /// Opens the state machine in `dir`, loading the latest snapshot if there is one.
     /// Blocking: call it from `spawn_blocking` or before the runtime is busy.
     pub fn open(dir: &Path) -> Result<Self, SmStoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| SmStoreError::Io {
+        crate::private_dir::create_private_dir(dir).map_err(|source| SmStoreError::Io {
             path: dir.to_path_buf(),
             source,
         })?;

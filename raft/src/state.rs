@@ -74,6 +74,27 @@ pub struct TenantInfo {
     pub key_sha256: [u8; 32],
 }
 
+/// The cluster's CA and the join tokens it admits with, replicated so that any voter can
+/// admit a joining node — the node that ran `cluster init` is no single point (as
+/// Consul's built-in CA keeps its root in its Raft store). The key is in the Raft log
+/// and snapshots on disk, whose directory only its owner may read.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterAuthority {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    /// Token id → SHA-256 of its secret (never the secret).
+    pub tokens: BTreeMap<String, [u8; 32]>,
+}
+
+impl fmt::Debug for ClusterAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterAuthority")
+            .field("ca_key_pem", &"<redacted>")
+            .field("tokens", &self.tokens.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything the fleet agrees on through Raft.
 ///
 /// Fields are private so that only [`apply`] changes them; readers use the accessors.
@@ -93,6 +114,8 @@ pub struct ControlState {
     retired_node_ids: BTreeSet<NodeId>,
     /// Tenant → the most replicas of each model its requests may reach.
     blast_radius: BTreeMap<String, u32>,
+    /// The CA and join tokens; `None` until the node holding them writes them.
+    authority: Option<ClusterAuthority>,
 }
 
 impl Default for ControlState {
@@ -108,6 +131,7 @@ impl Default for ControlState {
             next_node_id: 1,
             retired_node_ids: BTreeSet::new(),
             blast_radius: BTreeMap::new(),
+            authority: None,
         }
     }
 }
@@ -165,6 +189,11 @@ impl ControlState {
     /// may reach.
     pub fn blast_radius(&self) -> &BTreeMap<String, u32> {
         &self.blast_radius
+    }
+
+    /// The CA and join tokens any voter admits with, once written.
+    pub fn authority(&self) -> Option<&ClusterAuthority> {
+        self.authority.as_ref()
     }
 
     /// What the fleet can serve of `model` with a replica on every GPU, in MU/min: every
@@ -280,6 +309,22 @@ pub enum ControlCommand {
         replica: ReplicaId,
         reachable: bool,
     },
+    /// The cluster's CA and its first join token (id, SHA-256 of the secret), written
+    /// once, together, by the node that made them; again with the same CA: no change
+    /// (the token is not brought back if it was revoked); a different CA is refused.
+    SetCa {
+        ca_cert_pem: String,
+        ca_key_pem: String,
+        token: (String, [u8; 32]),
+    },
+    /// A join token (the SHA-256 of its secret) under an id; the same id with another
+    /// secret is refused. Needs the CA first.
+    AddJoinToken {
+        id: String,
+        secret_sha256: [u8; 32],
+    },
+    /// No node joins with this token any more. Idempotent.
+    RevokeJoinToken(String),
 }
 
 impl fmt::Display for ControlCommand {
@@ -321,6 +366,10 @@ impl fmt::Display for ControlCommand {
             Self::MarkReachable { replica, reachable } => {
                 write!(f, "MarkReachable({}, {reachable})", replica.0)
             }
+            // Never the key or a token's hash.
+            Self::SetCa { .. } => write!(f, "SetCa"),
+            Self::AddJoinToken { id, .. } => write!(f, "AddJoinToken({id})"),
+            Self::RevokeJoinToken(id) => write!(f, "RevokeJoinToken({id})"),
         }
     }
 }
@@ -554,6 +603,53 @@ pub fn apply(state: &mut ControlState, cmd: ControlCommand) -> ControlResponse {
                 Some(_) => reject(Rejection::NotStarting(replica.0)),
                 None => reject(Rejection::UnknownReplica(replica.0)),
             }
+        }
+        ControlCommand::SetCa {
+            ca_cert_pem,
+            ca_key_pem,
+            token,
+        } => match &state.authority {
+            Some(a) if a.ca_cert_pem == ca_cert_pem => ControlResponse::Ok,
+            Some(_) => reject(Rejection::InvalidValue(
+                "the cluster already has another CA".into(),
+            )),
+            None if ca_cert_pem.is_empty() || ca_key_pem.is_empty() => {
+                reject(Rejection::InvalidValue("an empty CA".into()))
+            }
+            None => {
+                state.authority = Some(ClusterAuthority {
+                    ca_cert_pem,
+                    ca_key_pem,
+                    tokens: BTreeMap::from([token]),
+                });
+                ControlResponse::Ok
+            }
+        },
+        ControlCommand::AddJoinToken { id, secret_sha256 } => {
+            let Some(a) = &mut state.authority else {
+                return reject(Rejection::InvalidValue(
+                    "the cluster's CA is not known yet".into(),
+                ));
+            };
+            if id.is_empty() || id.len() > 64 {
+                return reject(Rejection::InvalidValue(
+                    "a token id has 1 to 64 characters".into(),
+                ));
+            }
+            match a.tokens.get(&id) {
+                Some(h) if *h == secret_sha256 => ControlResponse::Ok,
+                Some(_) => reject(Rejection::InvalidValue(format!("token id {id} is taken"))),
+                None => {
+                    a.tokens.insert(id, secret_sha256);
+                    ControlResponse::Ok
+                }
+            }
+        }
+        ControlCommand::RevokeJoinToken(id) => {
+            if let Some(a) = &mut state.authority {
+                a.tokens.remove(&id);
+            }
+            ControlResponse::Ok
         }
         ControlCommand::MarkReachable { replica, reachable } => {
             let Some(r) = state.replicas.get_mut(&replica) else {
@@ -912,6 +1008,16 @@ mod tests {
             }),
             ("[tu]", 0u32..4)
                 .prop_map(|(tenant, replicas)| ControlCommand::SetBlastRadius { tenant, replicas }),
+            "[cd]".prop_map(|c| ControlCommand::SetCa {
+                ca_cert_pem: c,
+                ca_key_pem: "k".into(),
+                token: ("x".into(), [0; 32])
+            }),
+            ("[xy]", 0u8..3).prop_map(|(id, k)| ControlCommand::AddJoinToken {
+                id,
+                secret_sha256: [k; 32]
+            }),
+            "[xy]".prop_map(ControlCommand::RevokeJoinToken),
         ]
     }
 
@@ -958,5 +1064,50 @@ mod tests {
                 prop_assert!(s.nodes().keys().all(|id| !s.is_retired(*id)));
             }
         }
+    }
+
+    #[test]
+    fn the_ca_is_written_once_and_tokens_come_and_go() {
+        let mut s = ControlState::default();
+        let token = |id: &str, k: u8| ControlCommand::AddJoinToken {
+            id: id.into(),
+            secret_sha256: [k; 32],
+        };
+        assert!(apply(&mut s, token("a", 1)).is_rejected(), "no CA yet");
+        let ca = |c: &str| ControlCommand::SetCa {
+            ca_cert_pem: c.into(),
+            ca_key_pem: "SECRET-KEY".into(),
+            token: ("initial".into(), [9; 32]),
+        };
+        assert_eq!(apply(&mut s, ca("cert")), ControlResponse::Ok);
+        assert_eq!(
+            apply(&mut s, ControlCommand::RevokeJoinToken("initial".into())),
+            ControlResponse::Ok
+        );
+        assert_eq!(
+            apply(&mut s, ca("cert")),
+            ControlResponse::Ok,
+            "the same again"
+        );
+        assert!(
+            s.authority().unwrap().tokens.is_empty(),
+            "a revoked token is not brought back"
+        );
+        assert!(apply(&mut s, ca("other")).is_rejected(), "never replaced");
+        assert_eq!(apply(&mut s, token("a", 1)), ControlResponse::Ok);
+        assert_eq!(apply(&mut s, token("a", 1)), ControlResponse::Ok);
+        assert!(apply(&mut s, token("a", 2)).is_rejected(), "id taken");
+        assert_eq!(apply(&mut s, token("b", 2)), ControlResponse::Ok);
+        assert_eq!(
+            apply(&mut s, ControlCommand::RevokeJoinToken("a".into())),
+            ControlResponse::Ok
+        );
+        let a = s.authority().unwrap();
+        assert_eq!(a.tokens.keys().collect::<Vec<_>>(), vec!["b"]);
+        assert!(
+            !format!("{s:?}").contains("SECRET"),
+            "the key is never printed"
+        );
+        assert_eq!(format!("{}", ca("cert")), "SetCa");
     }
 }

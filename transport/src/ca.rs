@@ -156,6 +156,11 @@ impl ClusterCa {
         Ok(ClusterCa { cert, issuer })
     }
 
+    /// The CA's signing key, PEM: a secret, for the cluster's replicated state only.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
     /// Writes `ca.pem` and `ca.key` (mode 0600) into `dir`, replacing any there.
     pub fn save(&self, dir: &Path) -> Result<(), TransportError> {
         self.cert.save(dir)?;

@@ -94,6 +94,7 @@ struct JoinUp {
     urls: HashMap<ReplicaId, String>,
     capacity: f64,
     model: String,
+    tls: std::path::PathBuf,
     failures: u32,
 }
 
@@ -109,7 +110,8 @@ impl Duty for JoinUp {
                 self.peer,
             )
             .await?;
-            register_replicas(self.id, &self.cp, &self.urls, self.capacity, &self.model).await
+            register_replicas(self.id, &self.cp, &self.urls, self.capacity, &self.model).await?;
+            super::handler::publish_authority(&self.tls, &self.cp).await
         }
         .await;
         match r {
@@ -217,6 +219,7 @@ impl ClusterNode {
                     urls: s.urls.clone(),
                     capacity: s.capacity,
                     model: s.model.clone(),
+                    tls: s.tls.clone(),
                     failures: 0,
                 }
             }),

@@ -6,7 +6,7 @@ use super::rpc::{
 };
 use super::{INIT_MARKER, TLS_DIR};
 use anyhow::{bail, Context, Result};
-use sluice_transport::{CaCert, Client, Endpoint, NodeIdentity, TransportConfig};
+use sluice_transport::{CaCert, Client, Endpoint, JoinToken, NodeIdentity, TransportConfig};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -179,5 +179,75 @@ pub async fn isolate(data_dir: &Path, node: Option<SocketAddr>, nodes: Vec<u64>)
     };
     answer.map_err(|e| explain(e, addr))?;
     println!("isolated from {nodes:?}");
+    Ok(())
+}
+
+/// Makes a join token, records its hash in the control state under `id`, and prints it.
+pub async fn token_create(
+    data_dir: &Path,
+    node: Option<SocketAddr>,
+    id: Option<String>,
+) -> Result<()> {
+    let (id, token) = create_token(data_dir, node, id).await?;
+    println!(
+        "join token {id} created; pass it to `node start --join PEER --token` (shown only now):"
+    );
+    println!("{token}");
+    Ok(())
+}
+
+/// Makes a join token and records its hash in the control state under `id` (or one
+/// made from the token): the id and the token.
+pub(crate) async fn create_token(
+    data_dir: &Path,
+    node: Option<SocketAddr>,
+    id: Option<String>,
+) -> Result<(String, JoinToken)> {
+    let ca = CaCert::load(&data_dir.join(TLS_DIR))
+        .with_context(|| format!("no cluster credentials in {}", data_dir.display()))?;
+    let token = JoinToken::generate(&ca).context("cannot make a token")?;
+    let hash = super::handler::token_hash(token.secret());
+    let id = id.unwrap_or_else(|| {
+        let short: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+        format!("token-{short}")
+    });
+    let cmd = sluice_raft::ControlCommand::AddJoinToken {
+        id: id.clone(),
+        secret_sha256: hash,
+    };
+    write(data_dir, node, cmd)
+        .await
+        .map_err(|e| e.context(format!("join token {id} was not created")))?;
+    Ok((id, token))
+}
+
+/// No node joins with token `id` any more.
+pub async fn token_revoke(data_dir: &Path, node: Option<SocketAddr>, id: &str) -> Result<()> {
+    let known = fetch_status(data_dir, node).await?.join_tokens;
+    if !known.iter().any(|t| t == id) {
+        bail!(
+            "no join token {id}; the live ones are: {}",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
+    write(
+        data_dir,
+        node,
+        sluice_raft::ControlCommand::RevokeJoinToken(id.to_owned()),
+    )
+    .await?;
+    println!("join token {id} revoked");
+    Ok(())
+}
+
+/// Prints the ids of the live join tokens.
+pub async fn token_list(data_dir: &Path, node: Option<SocketAddr>) -> Result<()> {
+    for id in fetch_status(data_dir, node).await?.join_tokens {
+        println!("{id}");
+    }
     Ok(())
 }

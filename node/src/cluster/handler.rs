@@ -10,6 +10,7 @@ use super::rpc::{
 };
 use super::{fleet_of, registry};
 use crate::front::AppState;
+use anyhow::Context as _;
 use sluice_actors::assigner::{next_assignment, LoadReport, Schedule, ScheduleConfig};
 use sluice_raft::voter_policy::{choose_voters, VoterCandidate, DESIRED_VOTERS};
 use sluice_raft::{
@@ -286,6 +287,9 @@ impl NodeHandler {
             tenants: state.tenants().keys().cloned().collect(),
             reservations: state.reservations().clone(),
             blast_radius: state.blast_radius().clone(),
+            join_tokens: state
+                .authority()
+                .map_or_else(Vec::new, |a| a.tokens.keys().cloned().collect()),
         }
     }
 
@@ -483,48 +487,98 @@ impl sluice_transport::Handler for NodeHandler {
     }
 }
 
-/// Admits joiners on the node that holds the CA key: checks the token in constant time,
-/// allocates a never-used node id through Raft, signs the joiner's CSR.
+/// Admits joiners on any node, with the CA and join tokens the control state holds:
+/// checks the token's hash in constant time against every live token, allocates a
+/// never-used node id through Raft, signs the joiner's CSR. A node that has not yet
+/// applied a state with the CA refuses (the joiner may ask another).
 struct RaftAuthority {
-    ca: ClusterCa,
-    token: JoinToken,
     cp: ControlPlane<QuicRaft>,
+}
+
+/// The SHA-256 of a join token's secret: what the control state keeps of it.
+pub(super) fn token_hash(secret: &[u8]) -> [u8; 32] {
+    crate::tenants::keys::sha256(secret)
 }
 
 impl JoinAuthority for RaftAuthority {
     fn join(&self, request: JoinRequest) -> BoxFuture<'_, Result<JoinResponse, JoinRefusal>> {
         Box::pin(async move {
-            if !self.token.secret_matches(&request.token_secret) {
+            let authority = self.cp.state().borrow().authority().cloned();
+            let Some(authority) = authority else {
+                return Err(JoinRefusal::Unavailable(
+                    "this node does not know the cluster's CA yet".into(),
+                ));
+            };
+            let presented = token_hash(&request.token_secret);
+            // Every token is compared, so the time taken says nothing of which matched.
+            let matched = authority.tokens.values().fold(false, |any, h| {
+                any | bool::from(subtle::ConstantTimeEq::ct_eq(&h[..], &presented[..]))
+            });
+            if !matched {
                 return Err(JoinRefusal::WrongToken);
             }
+            let ca = ClusterCa::from_pem(&authority.ca_cert_pem, &authority.ca_key_pem)
+                .map_err(|e| JoinRefusal::Unavailable(format!("the cluster's CA: {e}")))?;
             let id = match self.cp.write(ControlCommand::AllocateNodeId).await {
                 Ok(ControlResponse::NodeIdAllocated(id)) => id,
                 Ok(other) => return Err(JoinRefusal::Unavailable(format!("{other:?}"))),
                 Err(e) => return Err(JoinRefusal::Unavailable(e.to_string())),
             };
-            let cert_pem = self
-                .ca
+            let cert_pem = ca
                 .sign_csr(&request.csr_pem, id)
                 .map_err(|e| JoinRefusal::BadRequest(e.to_string()))?;
             tracing::info!(node = id, rack = ?request.rack, "admitted a joining node");
             Ok(JoinResponse {
                 node_id: id,
                 cert_pem,
-                ca_pem: self.ca.cert().pem(),
+                ca_pem: ca.cert().pem(),
             })
         })
     }
 }
 
-/// The join authority, on a node whose data directory holds the CA key.
-pub fn authority(
-    tls: &Path,
-    cp: ControlPlane<QuicRaft>,
-) -> anyhow::Result<Option<Arc<dyn JoinAuthority>>> {
-    if !tls.join("ca.key").exists() {
-        return Ok(None);
-    }
-    let ca = ClusterCa::load(tls)?;
-    let token = JoinToken::load(tls)?;
-    Ok(Some(Arc::new(RaftAuthority { ca, token, cp })))
+/// The join authority every node runs.
+pub fn authority(cp: ControlPlane<QuicRaft>) -> Arc<dyn JoinAuthority> {
+    Arc::new(RaftAuthority { cp })
 }
+
+/// On the node whose TLS directory holds the CA key (the one that ran `cluster init`):
+/// writes the CA and its join token into the control state, once, so that every voter
+/// can admit nodes from then on. Elsewhere, or once written, nothing to do.
+pub(super) async fn publish_authority(
+    tls: &Path,
+    cp: &ControlPlane<QuicRaft>,
+) -> anyhow::Result<()> {
+    if !tls.join("ca.key").exists() {
+        return Ok(());
+    }
+    let ca = ClusterCa::load(tls).context("cannot read the cluster's CA")?;
+    let token = JoinToken::load(tls).context("cannot read the join token")?;
+    let published = cp
+        .state()
+        .borrow()
+        .authority()
+        .is_some_and(|a| a.ca_cert_pem == ca.cert().pem());
+    if published {
+        // With its token, which may since have been revoked, and stays so.
+        return Ok(());
+    }
+    // Both in one command: a crash cannot leave the CA without its token.
+    let cmd = ControlCommand::SetCa {
+        ca_cert_pem: ca.cert().pem(),
+        ca_key_pem: ca.key_pem(),
+        token: (INITIAL_TOKEN.to_owned(), token_hash(token.secret())),
+    };
+    match cp.write(cmd).await {
+        Ok(ControlResponse::Rejected(r)) => {
+            anyhow::bail!("the cluster refused this node's CA: {r}")
+        }
+        Ok(_) => {}
+        Err(e) => anyhow::bail!("the cluster's CA and join token are not committed yet: {e}"),
+    }
+    tracing::info!("the cluster's CA is replicated: every voter admits joining nodes");
+    Ok(())
+}
+
+/// The id of the join token `cluster init` made.
+pub const INITIAL_TOKEN: &str = "initial";

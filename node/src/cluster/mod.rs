@@ -84,6 +84,8 @@ struct Setup {
     report_every: Duration,
     autoscaler: Option<crate::config::LiveAutoscaler>,
     start_timeout: Duration,
+    /// This node's TLS directory: where the CA key is, on the node that made it.
+    tls: PathBuf,
 }
 
 /// What the supervisor's events need of the cluster: the node's replicas and registry.
@@ -285,11 +287,11 @@ pub async fn start(
         cfg.assigner.clone().unwrap_or_default(),
         state_slot,
     ));
-    let authority = handler::authority(&tls_dir(&args.data_dir), cp.clone())?;
+    let authority = handler::authority(cp.clone());
     tokio::spawn(sluice_transport::serve(
         endpoint.clone(),
         handler.clone(),
-        authority,
+        Some(authority),
     ));
 
     let marker = args.data_dir.join(INIT_MARKER);
@@ -335,6 +337,7 @@ pub async fn start(
             report_every,
             autoscaler: cfg.autoscaler.clone(),
             start_timeout: cfg.start_timeout,
+            tls: tls_dir(&args.data_dir),
         }),
     };
     Ok(node)

@@ -218,6 +218,9 @@ pub struct ClusterStatus {
     /// Tenant → the most replicas of a model its requests may reach.
     #[serde(default)]
     pub blast_radius: std::collections::BTreeMap<String, u32>,
+    /// The ids of the join tokens nodes may join with (never the tokens).
+    #[serde(default)]
+    pub join_tokens: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -253,7 +253,7 @@ pub fn engine_body(body: &bytes::Bytes, pass: &Pass, ask_usage: bool) -> bytes::
 
 /// A tenant's cache salt: a hash, so engine logs do not name tenants.
 fn salt(tenant: &str) -> String {
-    let h = crate::tenants::keys::sha256(&format!("sluice-cache-salt:{tenant}"));
+    let h = crate::tenants::keys::sha256(format!("sluice-cache-salt:{tenant}"));
     h.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 

@@ -665,3 +665,98 @@ async fn a_forwarded_request_waits_out_a_slow_engine_while_its_node_says_it_is_a
         r.node.wait().await.unwrap();
     }
 }
+
+/// Starts a node that joins through `peer` with `token`, retrying for a while as a
+/// joiner does while the cluster cannot admit yet; `Err` once `within` has passed.
+async fn join_through(
+    peer: SocketAddr,
+    token: &str,
+    within: Duration,
+) -> Result<(tempfile::TempDir, Running), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(engines(1).await, RestartPolicy::quick(5));
+        let listeners = Listeners {
+            http: tokio::net::TcpListener::bind(cfg.http).await.unwrap(),
+            quic: Some(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let args = cluster_args(dir.path(), Some((peer, token.to_owned())));
+        match Node::start(cfg, Some(args), listeners, async move {
+            let _ = stopped.await;
+        })
+        .await
+        {
+            Ok(node) => {
+                let running = Running {
+                    node,
+                    stop,
+                    engines: Vec::new(),
+                };
+                return Ok((dir, running));
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %format!("{e:#}"), "not admitted yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(format!("{e:#}")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_voter_admits_once_the_init_node_is_gone_for_good_and_tokens_rotate() {
+    let (dirs, nodes) = cluster(3).await;
+    let initial = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
+        .unwrap()
+        .to_string();
+    let mut nodes = nodes.into_iter();
+    let (init, b, c) = (
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+    );
+    let (_, b_quic) = b.node.cluster().unwrap();
+    let status = || crate::cluster::cli::fetch_status(dirs[1].path(), Some(b_quic));
+    eventually("all three are voters, the CA replicated", || async {
+        status().await.is_ok_and(|s| {
+            s.nodes.iter().filter(|n| n.role != "learner").count() == 3
+                && s.join_tokens == ["initial"]
+        })
+    })
+    .await;
+    // The node that made the CA and the token is lost for good.
+    let _ = init.stop.send(());
+    init.node.wait().await.unwrap();
+    // A new node joins through another voter, with the token `cluster init` printed.
+    let (_d, joined) = join_through(b_quic, &initial, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("no voter admitted the new node: {e}"));
+    let (new_id, _) = joined.node.cluster().unwrap();
+    eventually("the new node is a member", || async {
+        status()
+            .await
+            .is_ok_and(|s| s.nodes.iter().any(|n| n.id == new_id))
+    })
+    .await;
+    let addr = joined.node.http_addr();
+    eventually("the new node serves", || async { chat(addr).await == 200 }).await;
+    // Rotation: a new token, then the old one revoked.
+    let (id, fresh) = crate::cluster::cli::create_token(dirs[1].path(), Some(b_quic), None)
+        .await
+        .unwrap();
+    crate::cluster::cli::token_revoke(dirs[1].path(), Some(b_quic), "initial")
+        .await
+        .unwrap();
+    assert_eq!(status().await.unwrap().join_tokens, vec![id]);
+    let refused = join_through(b_quic, &initial, Duration::ZERO).await;
+    assert!(refused.is_err(), "a revoked token admitted a node");
+    let (_e, second) = join_through(b_quic, &fresh.to_string(), Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("the new token was refused: {e}"));
+    for r in [b, c, joined, second] {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+}

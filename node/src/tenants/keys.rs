@@ -16,8 +16,8 @@ pub fn generate() -> anyhow::Result<String> {
     Ok(format!("{KEY_PREFIX}{hex}"))
 }
 
-pub fn sha256(key: &str) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+pub fn sha256(key: impl AsRef<[u8]>) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_ref());
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
     out
