@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from conftest import MODEL, http, metric, start_node, start_replica, wait_until
+from sluice_proc import read_stream
 
 
 def client(node, **kw):
@@ -236,24 +237,6 @@ def test_a_crashed_replica_is_retried_elsewhere_without_client_errors():
         n.stop()
         for r in reps:
             r.stop()
-
-
-def read_stream(stream, on_piece=None):
-    """Text pieces, finish reasons, ids and usage of a streamed answer as the openai client
-    reads it; `on_piece(count)` is called after each piece of text."""
-    pieces, finishes, ids, usage = [], [], set(), None
-    for chunk in stream:
-        ids.add(chunk.id)
-        usage = chunk.usage or usage
-        for choice in chunk.choices:
-            piece = choice.delta.content if hasattr(choice, "delta") else choice.text
-            if piece:
-                pieces.append(piece)
-                if on_piece:
-                    on_piece(len(pieces))
-            if choice.finish_reason:
-                finishes.append(choice.finish_reason)
-    return pieces, finishes, ids, usage
 
 
 @pytest.mark.parametrize("kind", ["chat", "completions"])

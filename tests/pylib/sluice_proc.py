@@ -109,3 +109,21 @@ def wait_until(pred, timeout=10.0, every=0.05):
             return True
         time.sleep(every)
     return pred()
+
+
+def read_stream(stream, on_piece=None):
+    """Text pieces, finish reasons, ids and usage of a streamed answer as the openai client
+    reads it (chat or completions); `on_piece(count)` is called after each piece of text."""
+    pieces, finishes, ids, usage = [], [], set(), None
+    for chunk in stream:
+        ids.add(chunk.id)
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            piece = choice.delta.content if hasattr(choice, "delta") else choice.text
+            if piece:
+                pieces.append(piece)
+                if on_piece:
+                    on_piece(len(pieces))
+            if choice.finish_reason:
+                finishes.append(choice.finish_reason)
+    return pieces, finishes, ids, usage

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from conftest import MODEL, metric, start_node, wait_until
+from sluice_proc import read_stream
 
 TOKENS = 400
 
@@ -25,22 +26,15 @@ def client(node):
 
 
 def read_killing_after(raw, engine, pieces_before_kill=5):
-    """Pieces, finish reasons, ids and usage of a stream; kills `engine` once
-    `pieces_before_kill` pieces have arrived."""
-    pieces, finishes, ids, usage = [], [], set(), None
-    for chunk in raw.parse():
-        ids.add(chunk.id)
-        usage = chunk.usage or usage
-        for choice in chunk.choices:
-            piece = choice.delta.content if hasattr(choice, "delta") else choice.text
-            if piece:
-                pieces.append(piece)
-                if len(pieces) == pieces_before_kill:
-                    os.killpg(engine.pgid, signal.SIGKILL)
-                    assert wait_until(lambda: engine.proc.poll() is not None, 10, 0.05)
-            if choice.finish_reason:
-                finishes.append(choice.finish_reason)
-    return pieces, finishes, ids, usage
+    """Pieces, finish reasons, ids and usage of a stream; kills `engine` (its whole
+    process group, kill -9) once `pieces_before_kill` pieces have arrived."""
+
+    def kill(count):
+        if count == pieces_before_kill:
+            os.killpg(engine.pgid, signal.SIGKILL)
+            assert wait_until(lambda: engine.proc.poll() is not None, 10, 0.05)
+
+    return read_stream(raw.parse(), kill)
 
 
 def test_a_vllm_killed_mid_stream_and_the_chat_stream_completes(node, vllm_two):

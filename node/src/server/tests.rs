@@ -355,6 +355,24 @@ async fn the_prober_ejects_a_silently_hung_engine_and_requests_go_elsewhere() {
     r.node.wait().await.unwrap();
 }
 
+/// In a two-node cluster, leaves node 1 (at `a_addr`, over `a_engine`) only node 2's
+/// replica: node 1 learns of it, then its own replica hangs and is ejected. Returns the
+/// remote replica's metric label (node 2's replica is `2 << 20`).
+async fn only_the_remote_replica(a_addr: SocketAddr, a_engine: &str) -> String {
+    let remote = format!("replica=\"{}\"", crate::cluster::replica_id(2, 0).0);
+    eventually("node 1 knows node 2's replica", || async {
+        let (_, text) = http(a_addr, "/metrics", None).await;
+        text.contains(&format!("sluice_replica_available{{{remote}}}"))
+    })
+    .await;
+    hang(a_engine).await;
+    eventually("node 1's replica is ejected", || async {
+        counter(a_addr, "ejections", "replica=\"1048576\"").await >= 1
+    })
+    .await;
+    remote
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_replica_is_gone_forwards_to_another_nodes_replica() {
     let (_dirs, nodes) = cluster(2).await;
@@ -364,18 +382,7 @@ async fn a_node_whose_replica_is_gone_forwards_to_another_nodes_replica() {
     for addr in [a_addr, b_addr] {
         eventually("the node serves", || async { chat(addr).await == 200 }).await;
     }
-    // Node 2's replica is `2 << 20`; node 1's own replica hangs and is ejected.
-    let remote = format!("replica=\"{}\"", crate::cluster::replica_id(2, 0).0);
-    eventually("node 1 knows node 2's replica", || async {
-        let (_, text) = http(a_addr, "/metrics", None).await;
-        text.contains(&format!("sluice_replica_available{{{remote}}}"))
-    })
-    .await;
-    hang(&a.engines[0]).await;
-    eventually("node 1's replica is ejected", || async {
-        counter(a_addr, "ejections", "replica=\"1048576\"").await >= 1
-    })
-    .await;
+    let remote = only_the_remote_replica(a_addr, &a.engines[0]).await;
     let before = counter(a_addr, "routed", &remote).await;
     for _ in 0..5 {
         assert_eq!(chat(a_addr).await, 200, "forwarded through QUIC");
@@ -624,17 +631,7 @@ async fn a_forwarded_request_waits_out_a_slow_engine_while_its_node_says_it_is_a
     let (a, b) = (nodes.next().unwrap(), nodes.next().unwrap());
     let a_addr = a.node.http_addr();
     eventually("the node serves", || async { chat(a_addr).await == 200 }).await;
-    let remote = format!("replica=\"{}\"", crate::cluster::replica_id(2, 0).0);
-    eventually("node 1 knows node 2's replica", || async {
-        let (_, text) = http(a_addr, "/metrics", None).await;
-        text.contains(&format!("sluice_replica_available{{{remote}}}"))
-    })
-    .await;
-    hang(&a.engines[0]).await;
-    eventually("node 1's replica is ejected", || async {
-        counter(a_addr, "ejections", "replica=\"1048576\"").await >= 1
-    })
-    .await;
+    only_the_remote_replica(a_addr, &a.engines[0]).await;
     // Node 2's engine now takes seconds for a step: its first token comes later than
     // the silence that would mean node 2 is gone, but node 2 keeps saying it is alive.
     fault(
