@@ -89,9 +89,7 @@ fn some(t: &Option<Cow<'_, str>>) -> bool {
 
 impl ChoiceJson<'_> {
     fn has_output(&self) -> bool {
-        some(&self.text)
-            || self.delta.as_ref().is_some_and(DeltaJson::is_opaque)
-            || self.content().is_some()
+        self.content().is_some() || self.delta.as_ref().is_some_and(DeltaJson::is_opaque)
     }
 
     /// The text this chunk adds to the choice's answer.
