@@ -27,14 +27,22 @@ pub enum Broke {
     Deadline,
     /// The answer broke off, went silent or ended early after it began.
     Answer,
+    /// The router took the whole replica for hung: every stream on it stopped. The
+    /// replica's fault, not any one request's, so no request is implicated.
+    Hung,
 }
 
 impl Broke {
     fn fail(self) -> Fail {
         match self {
             Broke::Deadline => Fail::Timeout,
-            Broke::Answer => Fail::CutOff,
+            Broke::Answer | Broke::Hung => Fail::CutOff,
         }
+    }
+
+    /// Whether the request may be what broke the replica.
+    fn implicates(self) -> bool {
+        self != Broke::Hung
     }
 }
 
@@ -200,11 +208,13 @@ impl Lifecycle {
 
     /// The replica failed at `now_ms` while it held the request, too late to retry: the
     /// failure is counted against the replica, the request implicated (it may be what
-    /// hung or broke it) and finished.
+    /// hung or broke it; not when the whole replica was taken for hung) and finished.
     pub fn failed_holding(&mut self, how: Broke, router: &mut RouterCore, now_ms: u64) -> Fail {
         if self.open {
             router.on_replica_failure(self.replica, now_ms);
-            router.implicate(self.id, self.replica, now_ms);
+            if how.implicates() {
+                router.implicate(self.id, self.replica, now_ms);
+            }
             self.finish(router, None);
         }
         how.fail()
@@ -237,7 +247,9 @@ impl Lifecycle {
         } else {
             None
         };
-        router.implicate(self.id, self.replica, now_ms);
+        if how.implicates() {
+            router.implicate(self.id, self.replica, now_ms);
+        }
         let unmoved = unmoved.or_else(|| {
             router
                 .refused(self.id, now_ms)
@@ -283,6 +295,15 @@ impl Lifecycle {
         } else {
             self.failed_before_answer(true, router, budget, now_ms)
         }
+    }
+
+    /// The replica answered the request whole at `now_ms`, with `usage`: a sign that it
+    /// works, whatever its other streams show (see `router::stall`). Ends the request.
+    pub fn completed(&mut self, router: &mut RouterCore, usage: Usage, now_ms: u64) {
+        if self.open {
+            router.heard_from(self.replica, now_ms);
+        }
+        self.finish(router, Some(usage));
     }
 
     /// The request ended — answered (with the engine's `usage` when it completed), or

@@ -368,6 +368,29 @@ fn a_request_that_breaks_every_replica_it_moves_to_is_quarantined_not_moved_fore
 }
 
 #[test]
+fn a_request_moved_off_replicas_taken_for_hung_is_not_implicated() {
+    let mut r = router(4, 4);
+    let mut b = budget(0.0, 10.0);
+    let mut m = migrations(5, 10.0);
+    let innocent = admission(7, Some(0x600d));
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &innocent, 0).unwrap();
+    // Every stream on two replicas in turn stopped: the replicas' fault.
+    for t in [0, 5] {
+        assert!(life
+            .failed_midway(Broke::Hung, true, &mut r, &mut m, t)
+            .is_ok());
+    }
+    // Not movable any more, it fails as cut off, never as quarantined.
+    let mut limited = migrations(2, 10.0);
+    assert_eq!(
+        life.failed_midway(Broke::Hung, true, &mut r, &mut limited, 10),
+        Err(Refusal::new(Fail::CutOff, Unmoved::RequestLimit))
+    );
+    assert_eq!(r.verdict(0x600d, 10), Verdict::Clear);
+    assert!(Lifecycle::begin(&mut r, &mut b, &innocent, 10).is_ok());
+}
+
+#[test]
 fn a_move_that_finds_no_replica_ends_the_request() {
     let mut r = router(1, 1);
     let mut b = budget(0.0, 10.0);

@@ -142,6 +142,9 @@ struct Active {
     replica: ReplicaId,
     slice: SliceKey,
     generated: u32,
+    /// When its latest tokens came back from its current replica (`None` before its
+    /// first token there).
+    last_token_ms: Option<u64>,
     n: u32,
     fingerprint: Option<u64>,
     radius: Option<BlastRadius>,
@@ -303,6 +306,7 @@ impl RouterCore {
             replica: ReplicaId(0),
             slice: workload,
             generated: 0,
+            last_token_ms: None,
             n: a.n.max(1),
             fingerprint: a.fingerprint,
             radius: a.radius,
@@ -334,8 +338,10 @@ impl RouterCore {
     /// count the failure against the replica and place the request elsewhere.
     pub fn retry(&mut self, id: RequestId, failed: ReplicaId, now_ms: u64) -> Option<Placement> {
         self.on_replica_failure(failed, now_ms);
-        self.stalls.ended(failed, id);
-        if let Some(a) = self.active.get(&id) {
+        if let Some(a) = self.active.get_mut(&id) {
+            if a.last_token_ms.take().is_some() {
+                self.stalls.ended(failed);
+            }
             self.affinity.on_failed(a.workload.0, failed);
         }
         let placed = self.assign(id, &[failed], now_ms);
@@ -359,6 +365,12 @@ impl RouterCore {
             self.on_replica_failure(r, now_ms);
         }
         stalled
+    }
+
+    /// `replica` answered a request whole or passed a probe at `now_ms`: it is working,
+    /// whatever its streams show.
+    pub fn heard_from(&mut self, replica: ReplicaId, now_ms: u64) {
+        self.stalls.heard(replica, now_ms);
     }
 
     /// Whether request `id`'s fingerprint is now refused by the quarantine, and after
@@ -664,8 +676,12 @@ impl RouterCore {
         };
         let added = generated.saturating_sub(a.generated);
         a.generated = generated;
+        let previous_ms = a.last_token_ms;
+        if added > 0 {
+            a.last_token_ms = Some(now_ms);
+        }
         let (cost, replica) = (a.cost, a.replica);
-        self.stalls.progressed(replica, id, added, now_ms);
+        self.stalls.progressed(replica, previous_ms, added, now_ms);
         let charge = self.charge(&cost, generated);
         self.ledger.update(id, charge);
         self.reorder(replica);
@@ -683,7 +699,9 @@ impl RouterCore {
         let Some(a) = self.active.remove(&id) else {
             return;
         };
-        self.stalls.ended(a.replica, id);
+        if a.last_token_ms.is_some() {
+            self.stalls.ended(a.replica);
+        }
         if let Some(u) = usage {
             if u.cached_tokens > 0 {
                 self.reports_cached.insert(a.replica);
@@ -841,6 +859,7 @@ impl RouterCore {
             .enumerate()
             .map(|(i, r)| (r.spec.id, i))
             .collect();
+        self.stalls.forget_gone(|r| self.slots.contains_key(&r));
         self.max_capacity = self
             .replicas
             .iter()

@@ -1,12 +1,22 @@
 //! Hangs found from the streams themselves. A router sees every token its streams
-//! carry: when every stream a replica is producing has stopped for much longer than that
-//! replica's own recent gap between tokens (and at least a floor), the replica is hung
-//! — whatever its `/health` says — and its streams should move. Needs no probe and no
-//! engine gauge, so it works for a replica on another node as well as for a local one.
-//! Streams that have not produced their first token are not judged: under overload a
-//! new request may wait long for its prefill while the replica is working.
+//! carry: when a replica is producing streams and nothing at all has come back from it —
+//! no token on any stream, no answer, no passed probe — for much longer than that
+//! replica's own recent gap between tokens (and at least a floor), the replica is hung,
+//! whatever its `/health` says, and its streams should move. Needs no engine gauge, so
+//! it works for a replica on another node as well as for a local one.
+//!
+//! Kept per replica, not per stream: the newest sign of life and how many streams are
+//! producing there. A stream that has not produced its first token is not counted (under
+//! overload a new request may wait long for its prefill while the replica works), but
+//! its first token, like any finished answer, is a sign of life.
+//!
+//! Silence everywhere at once is not a hang. When the router's own host, or a machine
+//! its engines share, stops for a few seconds, every producing replica falls silent
+//! together and then resumes. So a silent replica is judged hung only when another
+//! replica has been heard without a break for a good part of that silence (a witness
+//! that the router, and the world around it, kept working), or when no other replica is
+//! producing at all (then nothing tells a pause from a hang, and a hang costs more).
 
-use super::RequestId;
 use crate::slice::ReplicaId;
 use std::collections::HashMap;
 
@@ -22,7 +32,7 @@ pub struct StallConfig {
 impl Default for StallConfig {
     fn default() -> Self {
         Self {
-            floor_ms: 2_500,
+            floor_ms: 3_000,
             gaps: 20.0,
         }
     }
@@ -31,19 +41,44 @@ impl Default for StallConfig {
 /// Weight of a new gap in the running mean.
 const GAP_WEIGHT: f64 = 0.1;
 
-/// One replica's producing streams.
-#[derive(Debug, Clone, Default)]
-struct Streams {
-    /// When each stream last produced tokens.
-    last_ms: HashMap<RequestId, u64>,
+/// What is known of one replica's pace.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pace {
+    /// Streams producing tokens there now.
+    producing: u32,
+    /// The newest sign of life from it.
+    heard_ms: u64,
+    /// Since when it has been heard with no silence of half its bound or more.
+    run_since_ms: u64,
+    /// When it was last taken for hung (its silence counts again from then).
+    judged_ms: u64,
     /// Running mean of the gap between one token and the next, per stream.
     gap_ms: Option<f64>,
+}
+
+impl Pace {
+    fn bound_ms(&self, config: &StallConfig) -> u64 {
+        (config.gaps * self.gap_ms.unwrap_or(0.0)).max(config.floor_ms as f64) as u64
+    }
+
+    fn heard(&mut self, now_ms: u64, config: &StallConfig) {
+        if self.run_since_ms == 0
+            || now_ms.saturating_sub(self.heard_ms) >= self.bound_ms(config) / 2
+        {
+            self.run_since_ms = now_ms.max(1);
+        }
+        self.heard_ms = self.heard_ms.max(now_ms);
+    }
+
+    fn silent_for(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.heard_ms)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct StreamStalls {
     config: StallConfig,
-    replicas: HashMap<ReplicaId, Streams>,
+    replicas: HashMap<ReplicaId, Pace>,
 }
 
 impl StreamStalls {
@@ -54,62 +89,98 @@ impl StreamStalls {
         }
     }
 
-    /// Stream `id` on `replica` produced `tokens` more tokens at `now_ms`.
-    pub fn progressed(&mut self, replica: ReplicaId, id: RequestId, tokens: u32, now_ms: u64) {
+    /// A stream on `replica` produced `tokens` more tokens at `now_ms`; `previous_ms`
+    /// is when it last did (`None`: these are its first there, so it starts producing).
+    pub fn progressed(
+        &mut self,
+        replica: ReplicaId,
+        previous_ms: Option<u64>,
+        tokens: u32,
+        now_ms: u64,
+    ) {
         if tokens == 0 {
             return;
         }
-        let s = self.replicas.entry(replica).or_default();
-        if let Some(prev) = s.last_ms.insert(id, now_ms) {
-            let gap = now_ms.saturating_sub(prev) as f64 / f64::from(tokens);
-            s.gap_ms = Some(match s.gap_ms {
-                Some(mean) => mean + GAP_WEIGHT * (gap - mean),
-                None => gap,
-            });
+        let p = self.replicas.entry(replica).or_default();
+        p.heard(now_ms, &self.config);
+        match previous_ms {
+            None => p.producing += 1,
+            Some(prev) => {
+                let gap = now_ms.saturating_sub(prev) as f64 / f64::from(tokens);
+                p.gap_ms = Some(match p.gap_ms {
+                    Some(mean) => mean + GAP_WEIGHT * (gap - mean),
+                    None => gap,
+                });
+            }
         }
     }
 
-    /// Stream `id` left `replica` (finished, failed, or moved elsewhere).
-    pub fn ended(&mut self, replica: ReplicaId, id: RequestId) {
+    /// A stream that was producing on `replica` left it (finished, failed, or moved).
+    pub fn ended(&mut self, replica: ReplicaId) {
         // The replica's pace (its mean gap) outlives its streams.
-        if let Some(s) = self.replicas.get_mut(&replica) {
-            s.last_ms.remove(&id);
+        if let Some(p) = self.replicas.get_mut(&replica) {
+            p.producing = p.producing.saturating_sub(1);
         }
+    }
+
+    /// `replica` did something only a working engine does at `now_ms`: it answered a
+    /// request whole or passed a probe.
+    pub fn heard(&mut self, replica: ReplicaId, now_ms: u64) {
+        self.replicas
+            .entry(replica)
+            .or_default()
+            .heard(now_ms, &self.config);
     }
 
     /// The silence after which `replica`'s streams count as stalled.
     pub fn bound_ms(&self, replica: ReplicaId) -> u64 {
-        let gap = self
-            .replicas
+        self.replicas
             .get(&replica)
-            .and_then(|s| s.gap_ms)
-            .unwrap_or(0.0);
-        (self.config.gaps * gap).max(self.config.floor_ms as f64) as u64
+            .copied()
+            .unwrap_or_default()
+            .bound_ms(&self.config)
     }
 
-    /// The replicas all of whose producing streams have been silent past their bound at
-    /// `now_ms` (at least one stream each), in replica order. Their streams are judged
-    /// once: they are forgotten here (they move, or come back with their next token).
+    /// The replicas with producing streams from which nothing came back for longer than
+    /// their bound at `now_ms`, with a witness that it was not a pause of everything (see
+    /// the module docs), in replica order. Each is judged once per bound: its silence
+    /// counts again from now (its streams move, or come back with a token).
     pub fn take_stalled(&mut self, now_ms: u64) -> Vec<ReplicaId> {
+        let config = self.config;
+        let producing = self.replicas.values().filter(|p| p.producing > 0).count();
+        // The longest unbroken run among the replicas heard lately.
+        let witness_since = self
+            .replicas
+            .values()
+            .filter(|p| p.run_since_ms > 0 && p.silent_for(now_ms) < p.bound_ms(&config) / 2)
+            .map(|p| p.run_since_ms)
+            .min();
         let mut out: Vec<ReplicaId> = self
             .replicas
             .iter()
-            .filter(|(&r, s)| {
-                let bound = self.bound_ms(r);
-                !s.last_ms.is_empty()
-                    && s.last_ms
-                        .values()
-                        .all(|&t| now_ms.saturating_sub(t) > bound)
+            .filter(|(_, p)| {
+                let bound = p.bound_ms(&config);
+                let witnessed =
+                    witness_since.is_some_and(|since| since <= now_ms.saturating_sub(bound / 2));
+                p.producing > 0
+                    && now_ms.saturating_sub(p.heard_ms.max(p.judged_ms)) > bound
+                    && (witnessed || producing == 1)
             })
             .map(|(&r, _)| r)
             .collect();
         out.sort_unstable();
         for r in &out {
-            if let Some(s) = self.replicas.get_mut(r) {
-                s.last_ms.clear();
+            if let Some(p) = self.replicas.get_mut(r) {
+                p.judged_ms = now_ms;
             }
         }
         out
+    }
+
+    /// Forgets the replicas that left the fleet (`in_fleet` is false) once no stream
+    /// is producing there.
+    pub fn forget_gone(&mut self, in_fleet: impl Fn(ReplicaId) -> bool) {
+        self.replicas.retain(|&r, p| in_fleet(r) || p.producing > 0);
     }
 }
 
@@ -120,52 +191,171 @@ mod tests {
 
     const R: ReplicaId = ReplicaId(1);
 
-    #[test]
-    fn a_replica_is_stalled_when_all_its_streams_stop_past_the_bound() {
-        let mut s = StreamStalls::new(StallConfig::default());
-        // Two streams at 20 ms a token.
-        for t in 0..50u64 {
-            s.progressed(R, 1, 1, t * 20);
-            s.progressed(R, 2, 1, t * 20 + 5);
+    /// `streams` streams on `R` producing one token each every `gap` ms until `end`,
+    /// offset by 5 ms each; returns when each last produced.
+    fn produce(s: &mut StreamStalls, streams: usize, gap: u64, end: u64) -> Vec<Option<u64>> {
+        let mut last = vec![None; streams];
+        let mut t = 0;
+        while t <= end {
+            for (k, l) in last.iter_mut().enumerate() {
+                let now = t + 5 * k as u64;
+                s.progressed(R, *l, 1, now);
+                *l = Some(now);
+            }
+            t += gap;
         }
-        assert_eq!(s.bound_ms(R), 2_500, "the floor: 20 gaps of 20 ms are less");
-        let last = 49 * 20 + 5;
-        assert!(s.take_stalled(last + 2_400).is_empty());
+        last
+    }
+
+    #[test]
+    fn a_replica_is_stalled_when_nothing_comes_back_past_the_bound() {
+        let mut s = StreamStalls::new(StallConfig::default());
+        let last = produce(&mut s, 2, 20, 980);
+        assert_eq!(s.bound_ms(R), 3_000, "the floor: 20 gaps of 20 ms are less");
+        let newest = last[1].unwrap();
+        assert!(s.take_stalled(newest + 2_900).is_empty());
         // One stream still moving: not a hang (that stream's request may be the
         // replica's only work left).
         let mut moving = s.clone();
-        moving.progressed(R, 2, 1, last + 2_550);
-        assert!(moving.take_stalled(last + 2_600).is_empty());
-        // A stream that ended is no longer judged; with none left, nothing is.
-        moving.ended(R, 1);
-        moving.ended(R, 2);
+        moving.progressed(R, last[1], 1, newest + 2_950);
+        assert!(moving.take_stalled(newest + 3_100).is_empty());
+        // Streams that ended are no longer judged; with none left, nothing is.
+        moving.ended(R);
+        moving.ended(R);
         assert!(moving.take_stalled(1_000_000).is_empty());
-        // Both silent: stalled, and judged once.
-        assert_eq!(s.take_stalled(last + 2_600), vec![R]);
-        assert!(s.take_stalled(last + 5_000).is_empty());
-        // A stream that comes back is judged again.
-        s.progressed(R, 1, 1, last + 5_000);
-        assert_eq!(s.take_stalled(last + 8_000), vec![R]);
+        // Both silent: stalled, and judged once per bound.
+        assert_eq!(s.take_stalled(newest + 3_100), vec![R]);
+        assert!(s.take_stalled(newest + 5_000).is_empty());
+        assert_eq!(
+            s.take_stalled(newest + 6_200),
+            vec![R],
+            "streams that neither move nor produce are judged again"
+        );
+        // One that comes back is a sign of life, and its long gap lengthens the bound.
+        s.progressed(R, last[0], 1, newest + 6_300);
+        let bound = s.bound_ms(R);
+        assert!(bound > 10_000, "{bound}");
+        assert!(s.take_stalled(newest + 6_300 + bound).is_empty());
+        assert_eq!(s.take_stalled(newest + 6_301 + bound), vec![R]);
     }
 
     #[test]
     fn a_slow_replica_gets_a_longer_bound() {
         let mut s = StreamStalls::new(StallConfig::default());
-        for t in 0..100u64 {
-            s.progressed(R, 1, 1, t * 400);
-        }
+        let last = produce(&mut s, 1, 400, 99 * 400);
         let bound = s.bound_ms(R);
         assert!((7_900..=8_000).contains(&bound), "{bound}");
         assert!(
-            s.take_stalled(99 * 400 + 7_000).is_empty(),
+            s.take_stalled(last[0].unwrap() + 7_000).is_empty(),
             "slow, not hung"
         );
         // Tokens that come in batches count per token.
         let mut b = StreamStalls::new(StallConfig::default());
+        let mut prev = None;
         for t in 0..100u64 {
-            b.progressed(R, 1, 10, t * 400);
+            b.progressed(R, prev, 10, t * 400);
+            prev = Some(t * 400);
         }
-        assert_eq!(b.bound_ms(R), 2_500);
+        assert_eq!(b.bound_ms(R), 3_000);
+    }
+
+    /// An overloaded engine pauses every running stream while it computes newcomers'
+    /// prompts (or recomputes preempted ones): the newcomers' first tokens, answers sent
+    /// whole and passed probes show it is working.
+    #[test]
+    fn an_overloaded_replica_that_still_answers_is_not_hung() {
+        let base = StreamStalls::new(StallConfig::default());
+        let mut s = base.clone();
+        let last = produce(&mut s, 12, 50, 5_000);
+        let paused = last[11].unwrap();
+        // A newcomer's first token 2.5 s into the pause, another stream's at 5 s.
+        let mut first_tokens = s.clone();
+        first_tokens.progressed(R, None, 1, paused + 2_500);
+        assert!(first_tokens.take_stalled(paused + 5_000).is_empty());
+        first_tokens.progressed(R, None, 1, paused + 5_000);
+        assert!(first_tokens.take_stalled(paused + 7_900).is_empty());
+        // An answer sent whole, or a probe passed.
+        let mut heard = s.clone();
+        heard.heard(R, paused + 2_000);
+        assert!(heard.take_stalled(paused + 4_900).is_empty());
+        assert_eq!(heard.take_stalled(paused + 5_100), vec![R], "then silence");
+        // Another replica's life says nothing of this one, and while it goes on without
+        // a break it witnesses that the silence is this replica's own.
+        let mut other = s.clone();
+        let q = ReplicaId(2);
+        let mut prev = None;
+        for t in (0..=paused + 3_100).step_by(40) {
+            other.progressed(q, prev, 1, t);
+            prev = Some(t);
+        }
+        assert_eq!(other.take_stalled(paused + 3_100), vec![R]);
+    }
+
+    /// The router's host, or the machine its engines share, stops for a few seconds:
+    /// every producing replica is silent at once, then all resume. Not a hang.
+    #[test]
+    fn silence_everywhere_at_once_is_a_pause_not_a_hang() {
+        let q = ReplicaId(2);
+        let mut s = StreamStalls::new(StallConfig::default());
+        let (mut pr, mut pq) = (None, None);
+        let mut t = 0;
+        let mut tick = |s: &mut StreamStalls, t: u64| {
+            s.progressed(R, pr, 1, t);
+            s.progressed(q, pq, 1, t + 7);
+            pr = Some(t);
+            pq = Some(t + 7);
+        };
+        while t <= 5_000 {
+            tick(&mut s, t);
+            t += 50;
+        }
+        // A 4.5 s pause, judged every second through it: nothing.
+        for at in (t..t + 4_500).step_by(1_000) {
+            assert!(s.take_stalled(at).is_empty(), "at {at}");
+        }
+        // Q resumes first; a round lands before R's next token: still nothing (Q's
+        // run is too short to witness R's silence).
+        let resumed = t + 4_500;
+        s.progressed(q, pq, 1, resumed);
+        assert!(s.take_stalled(resumed + 20).is_empty());
+        // Both resume: nothing ever.
+        let mut t2 = resumed + 50;
+        let mut pr2 = pr;
+        let mut pq2 = Some(resumed);
+        while t2 <= resumed + 10_000 {
+            s.progressed(R, pr2, 1, t2);
+            s.progressed(q, pq2, 1, t2 + 7);
+            pr2 = Some(t2);
+            pq2 = Some(t2 + 7);
+            assert!(s.take_stalled(t2 + 20).is_empty());
+            t2 += 50;
+        }
+        // Had R stayed silent while Q went on, R would be judged once Q's run witnessed
+        // half of R's bound.
+        let mut alone = StreamStalls::new(StallConfig::default());
+        alone.progressed(R, None, 1, 0);
+        let mut prev = None;
+        let mut judged = None;
+        for t in (0..20_000u64).step_by(50) {
+            alone.progressed(q, prev, 1, t);
+            prev = Some(t);
+            if judged.is_none() && alone.take_stalled(t) == vec![R] {
+                judged = Some(t);
+            }
+        }
+        assert_eq!(judged, Some(3_050));
+    }
+
+    #[test]
+    fn replicas_that_left_are_forgotten_once_their_streams_are_gone() {
+        let mut s = StreamStalls::new(StallConfig::default());
+        s.progressed(R, None, 1, 0);
+        s.heard(ReplicaId(2), 0);
+        s.forget_gone(|_| false);
+        assert_eq!(s.take_stalled(10_000), vec![R], "still producing there");
+        s.ended(R);
+        s.forget_gone(|_| false);
+        assert!(s.replicas.is_empty());
     }
 
     proptest! {
@@ -173,17 +363,45 @@ mod tests {
         #[test]
         fn streams_that_keep_producing_are_never_stalled(
             gaps in proptest::collection::vec(1u64..3_000, 2..100),
-            streams in 1u64..5,
+            streams in 1usize..5,
         ) {
             let mut s = StreamStalls::new(StallConfig::default());
+            let mut last = vec![None; streams];
             let mut now = 0;
             for gap in gaps {
                 now += gap;
-                for k in 0..streams {
-                    s.progressed(R, k, 1, now);
+                for l in last.iter_mut() {
+                    s.progressed(R, *l, 1, now);
+                    *l = Some(now);
                 }
                 let bound = s.bound_ms(R);
                 prop_assert!(s.take_stalled(now + bound).is_empty());
+            }
+        }
+
+        /// Whatever streams start, produce and end, a replica is stalled exactly when
+        /// streams are producing there and nothing came from it past the bound.
+        #[test]
+        fn stalled_exactly_when_producing_and_silent(
+            events in proptest::collection::vec((0u8..4, 0u64..2_000), 1..60),
+        ) {
+            let mut s = StreamStalls::new(StallConfig::default());
+            let (mut producing, mut heard, mut now) = (0u32, 0u64, 0u64);
+            for (what, dt) in events {
+                now += dt;
+                match what {
+                    0 => { s.progressed(R, None, 1, now); producing += 1; heard = now; }
+                    1 if producing > 0 => { s.progressed(R, Some(now - dt), 1, now); heard = now; }
+                    2 if producing > 0 => { s.ended(R); producing -= 1; }
+                    3 => { s.heard(R, now); heard = now; }
+                    _ => {}
+                }
+                let bound = s.bound_ms(R);
+                let expect = producing > 0 && now - heard > bound;
+                prop_assert_eq!(s.take_stalled(now) == vec![R], expect);
+                if expect {
+                    heard = now;
+                }
             }
         }
     }

@@ -73,7 +73,10 @@ impl World<'_> {
 
     pub(super) fn probe_result(&mut self, r: usize, p: Probe, ok: bool) {
         let n = self.spec.host(r);
-        if !ok {
+        if ok {
+            // As the live prober's: a passed probe shows the replica works.
+            self.nodes[n].router.heard_from(p.replica, self.now / 1000);
+        } else {
             self.failures += 1;
         }
         let changes = self.nodes[n].prober.on_probe_result(p, ok, self.now / 1000);

@@ -221,7 +221,10 @@ impl World<'_> {
     ) {
         let now_ms = self.now / 1000;
         let door = self.reqs[q as usize].door as usize;
-        self.with_life(q, |life, node| life.finish(&mut node.router, usage));
+        self.with_life(q, |life, node| match usage {
+            Some(u) => life.completed(&mut node.router, u, now_ms),
+            None => life.finish(&mut node.router, None),
+        });
         let changes = self.nodes[door].prober.on_real_outcome(
             ReplicaId(r as u64),
             RealOutcome::of_status(Some(status)),
@@ -284,7 +287,7 @@ impl World<'_> {
         let (replica, started) = (req.replica(), req.started && req.stream);
         self.detach(q, replica);
         if started {
-            self.migrate(q);
+            self.migrate(q, Broke::Answer);
             return;
         }
         self.attempt_failed(q, |life, node, now_ms| {
@@ -314,7 +317,7 @@ impl World<'_> {
             self.engines[r].engine.core.abort(RequestId(id));
             let req = &self.reqs[q as usize];
             if req.started && req.stream {
-                self.migrate(q);
+                self.migrate(q, Broke::Hung);
             } else {
                 self.upstream_failure(q, true);
             }
@@ -324,17 +327,11 @@ impl World<'_> {
     /// The replica serving `q`'s stream failed mid-answer (it was detached): the
     /// lifecycle continues it on another replica from the token the client has, as the
     /// live door does, or it ends with an error event.
-    fn migrate(&mut self, q: u32) {
+    fn migrate(&mut self, q: u32, how: Broke) {
         self.failures += 1;
         let now_ms = self.now / 1000;
         let moved = self.with_life(q, |life, node| {
-            life.failed_midway(
-                Broke::Answer,
-                true,
-                &mut node.router,
-                &mut node.migrations,
-                now_ms,
-            )
+            life.failed_midway(how, true, &mut node.router, &mut node.migrations, now_ms)
         });
         match moved {
             Some(Ok(p)) => {
@@ -392,7 +389,7 @@ impl World<'_> {
             self.engines[replica].engine.core.abort(RequestId(id));
             if silent_stream {
                 // A silent stream is continued elsewhere, as the live door does.
-                self.migrate(q);
+                self.migrate(q, Broke::Answer);
                 continue;
             }
             self.failures += 1;

@@ -268,6 +268,9 @@ async fn round(state: &Arc<AppState>, probes: &mut tokio::task::JoinSet<()>) {
 fn report_probe(state: &AppState, probe: Probe, ok: bool) {
     state.metrics.probe(ok);
     let now = state.now_ms();
+    if ok {
+        state.core().heard_from(probe.replica, now);
+    }
     let changes = state
         .prober
         .lock()

@@ -61,8 +61,11 @@ impl Inflight {
 
 impl Drop for Inflight {
     fn drop(&mut self) {
-        let usage = self.usage.take();
-        self.life.finish(&mut self.state.core(), usage);
+        let mut core = self.state.core();
+        match self.usage.take() {
+            Some(usage) => self.life.completed(&mut core, usage, self.state.now_ms()),
+            None => self.life.finish(&mut core, None),
+        }
     }
 }
 
@@ -285,7 +288,12 @@ async fn forward(
             Ok(Ok(b)) => break (status, content_type, b.to_bytes(), placement.replica),
             Ok(Err((reason, e))) => {
                 state.metrics.upstream_failure(placement.replica.0);
-                match guard.migrate(Broke::Answer, true) {
+                let broke = if reason == "stalled" {
+                    Broke::Hung
+                } else {
+                    Broke::Answer
+                };
+                match guard.migrate(broke, true) {
                     Ok(p) => {
                         state.metrics.migrated(reason);
                         tracing::info!(from = placement.replica.0, to = p.replica.0, error = %e, "sending a broken answer's request again elsewhere");

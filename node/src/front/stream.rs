@@ -61,6 +61,14 @@ impl Cut {
             Cut::Stalled => "stalled",
         }
     }
+
+    /// What the lifecycle is told: a replica taken for hung implicates no request.
+    fn broke(self) -> Broke {
+        match self {
+            Cut::Stalled => Broke::Hung,
+            _ => Broke::Answer,
+        }
+    }
 }
 
 /// Longest wait for, and most of, an engine's refusal of a continuation that is read
@@ -149,14 +157,14 @@ impl Pump {
             )
         };
         let body = match plan {
-            Ok(Continuation::Exhausted) => return Rescue::Ended(self.close()),
+            Ok(Continuation::Exhausted) => return Rescue::Ended(self.close(cut)),
             Ok(Continuation::Body(b)) => Bytes::from(b),
             Err(why) => {
                 tracing::info!(replica = self.m.replica.0, %why, "stream not continued");
-                let fail = match self.guard.migrate(Broke::Answer, false) {
+                let fail = match self.guard.migrate(cut.broke(), false) {
                     Err(refused) => return self.refused(refused, &message),
                     // Not resumable is never moved; should it be, it still ends here.
-                    Ok(_) => self.guard.broke(Broke::Answer),
+                    Ok(_) => self.guard.broke(cut.broke()),
                 };
                 self.record_duration();
                 return Rescue::Ended(error_event(fail, &message));
@@ -164,7 +172,7 @@ impl Pump {
         };
         let mut how = (cut, message);
         loop {
-            let p = match self.guard.migrate(Broke::Answer, true) {
+            let p = match self.guard.migrate(how.0.broke(), true) {
                 Ok(p) => p,
                 Err(refused) => return self.refused(refused, &how.1),
             };
@@ -259,8 +267,8 @@ impl Pump {
 
     /// Ends a stream whose answer is complete but whose replica failed before closing
     /// it: the finishing chunk if none was sent, usage if the client asked, `[DONE]`.
-    fn close(&mut self) -> Bytes {
-        self.guard.broke(Broke::Answer);
+    fn close(&mut self, cut: Cut) -> Bytes {
+        self.guard.broke(cut.broke());
         self.record_duration();
         let object = match self.m.endpoint {
             Endpoint::Chat => "chat.completion.chunk",
