@@ -3,10 +3,10 @@
 //! requests and probes hear of it.
 
 use super::control::Write;
-use super::world::{Ev, Power, World, PROBE_BIT};
+use super::world::{attempt_id, Ev, Power, World, PROBE_BIT};
 use sluice_actors::prober::Standing;
 use sluice_actors::slice::ReplicaId;
-use sluice_engine::core::EngineEvent;
+use sluice_engine::core::{EngineEvent, RequestId};
 
 impl World<'_> {
     pub(super) fn kick(&mut self, r: usize) {
@@ -62,6 +62,13 @@ impl World<'_> {
         if let Some(k) = on.iter().position(|&x| x == q) {
             on.swap_remove(k);
         }
+    }
+
+    /// The door gives up `q`'s current attempt on replica `r`: the engine aborts it.
+    pub(super) fn withdraw(&mut self, q: u32, r: usize) {
+        self.detach(q, r);
+        let id = attempt_id(q, self.reqs[q as usize].attempt);
+        self.engines[r].engine.core.abort(RequestId(id));
     }
 
     /// Engine `r` goes down and starts again `after_us` later (a supervisor restart,

@@ -2,7 +2,9 @@
 //! each request's attempts at its door — run by the live node's request-lifecycle core
 //! — its tokens as the engine streams them, and its answer in the ledger.
 
-use super::world::{Ev, Node, Power, Req, World, POISON_FINGERPRINT, POISON_KEY, SECOND_US};
+use super::world::{
+    attempt_id, Ev, Node, Power, Req, World, POISON_FINGERPRINT, POISON_KEY, SECOND_US,
+};
 use crate::drill::ledger::Outcome;
 use sluice_actors::lifecycle::{Broke, Fail, Lifecycle, Next};
 use sluice_actors::prober::RealOutcome;
@@ -129,7 +131,7 @@ impl World<'_> {
         let mut prompt = self.prompt(q);
         prompt.extend((0..resumed).map(|i| 1_000 + i));
         let output = output.saturating_sub(resumed).max(1);
-        let id = (u64::from(q) << 8) | u64::from(attempt);
+        let id = attempt_id(q, attempt);
         let e = &mut self.engines[replica];
         match e.engine.core.add_request(
             EngineRequest::new(RequestId(id), prompt, output, output),
@@ -155,6 +157,7 @@ impl World<'_> {
         }
     }
 
+    /// The request whose current attempt on replica `r` has engine id `id`.
     pub(super) fn current(&self, id: u64, r: usize) -> Option<u32> {
         let q = (id >> 8) as u32;
         let req = self.reqs.get(q as usize)?;
@@ -312,9 +315,7 @@ impl World<'_> {
             })
             .collect();
         for q in held {
-            self.detach(q, r);
-            let id = (u64::from(q) << 8) | u64::from(self.reqs[q as usize].attempt);
-            self.engines[r].engine.core.abort(RequestId(id));
+            self.withdraw(q, r);
             let req = &self.reqs[q as usize];
             if req.started && req.stream {
                 self.migrate(q, Broke::Hung);
@@ -383,10 +384,7 @@ impl World<'_> {
         });
         let now_ms = self.now / 1000;
         for (q, silent_stream) in expired {
-            let replica = self.reqs[q as usize].replica();
-            self.detach(q, replica);
-            let id = (u64::from(q) << 8) | u64::from(self.reqs[q as usize].attempt);
-            self.engines[replica].engine.core.abort(RequestId(id));
+            self.withdraw(q, self.reqs[q as usize].replica());
             if silent_stream {
                 // A silent stream is continued elsewhere, as the live door does.
                 self.migrate(q, Broke::Answer);

@@ -106,6 +106,11 @@ impl Req {
     }
 }
 
+/// The engine's id for attempt `attempt` of request `q` (read back by `World::current`).
+pub(super) fn attempt_id(q: u32, attempt: u8) -> u64 {
+    (u64::from(q) << 8) | u64::from(attempt)
+}
+
 pub(super) const PROBE_BIT: u64 = 1 << 63;
 pub(super) const SECOND_US: u64 = 1_000_000;
 pub(super) const SAMPLE_US: u64 = 500_000;

@@ -206,7 +206,7 @@ pub(crate) async fn create_token(
     let ca = CaCert::load(&data_dir.join(TLS_DIR))
         .with_context(|| format!("no cluster credentials in {}", data_dir.display()))?;
     let token = JoinToken::generate(&ca).context("cannot make a token")?;
-    let hash = super::handler::token_hash(token.secret());
+    let hash = crate::tenants::keys::sha256(token.secret());
     let id = id.unwrap_or_else(|| {
         let short: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
         format!("token-{short}")

@@ -495,11 +495,6 @@ struct RaftAuthority {
     cp: ControlPlane<QuicRaft>,
 }
 
-/// The SHA-256 of a join token's secret: what the control state keeps of it.
-pub(super) fn token_hash(secret: &[u8]) -> [u8; 32] {
-    crate::tenants::keys::sha256(secret)
-}
-
 impl JoinAuthority for RaftAuthority {
     fn join(&self, request: JoinRequest) -> BoxFuture<'_, Result<JoinResponse, JoinRefusal>> {
         Box::pin(async move {
@@ -509,7 +504,7 @@ impl JoinAuthority for RaftAuthority {
                     "this node does not know the cluster's CA yet".into(),
                 ));
             };
-            let presented = token_hash(&request.token_secret);
+            let presented = crate::tenants::keys::sha256(request.token_secret.as_slice());
             // Every token is compared, so the time taken says nothing of which matched.
             let matched = authority.tokens.values().fold(false, |any, h| {
                 any | bool::from(subtle::ConstantTimeEq::ct_eq(&h[..], &presented[..]))
@@ -567,7 +562,10 @@ pub(super) async fn publish_authority(
     let cmd = ControlCommand::SetCa {
         ca_cert_pem: ca.cert().pem(),
         ca_key_pem: ca.key_pem(),
-        token: (INITIAL_TOKEN.to_owned(), token_hash(token.secret())),
+        token: (
+            INITIAL_TOKEN.to_owned(),
+            crate::tenants::keys::sha256(token.secret()),
+        ),
     };
     match cp.write(cmd).await {
         Ok(ControlResponse::Rejected(r)) => {

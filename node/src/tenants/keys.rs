@@ -16,6 +16,7 @@ pub fn generate() -> anyhow::Result<String> {
     Ok(format!("{KEY_PREFIX}{hex}"))
 }
 
+/// The SHA-256 of a secret: what the control state keeps of a tenant key or a join token.
 pub fn sha256(key: impl AsRef<[u8]>) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_ref());
     let mut out = [0u8; 32];
