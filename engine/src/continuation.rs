@@ -21,9 +21,87 @@ pub enum Continuation {
 #[error("{0} cannot be continued on another replica")]
 pub struct NotResumable(pub &'static str);
 
+/// What the client received of an answer before its replica failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received<'a> {
+    /// The answer's text so far.
+    pub text: &'a str,
+    /// Its output tokens so far.
+    pub tokens: u32,
+    /// Every choice had finished (only the stream's close was lost).
+    pub finished: bool,
+    /// Output that is not plain text was streamed (tool calls, reasoning).
+    pub opaque: bool,
+}
+
+/// What continues `body` (as the engine was sent it, for `endpoint`) after the client
+/// received `received`.
+pub fn plan(
+    endpoint: Endpoint,
+    body: &[u8],
+    received: Received<'_>,
+) -> Result<Continuation, NotResumable> {
+    if received.finished {
+        Ok(Continuation::Exhausted)
+    } else if received.opaque {
+        Err(NotResumable("an answer with tool calls or reasoning"))
+    } else {
+        continuation(endpoint, body, received.text, received.tokens)
+    }
+}
+
+/// The events that end a stream whose answer needs nothing more (see
+/// [`Continuation::Exhausted`]), as the engine would have sent them: a finishing chunk
+/// unless every choice had finished, the usage chunk when the client asked for it, and
+/// `[DONE]`. `head` holds the stream's `id`, `created` and `model`.
+pub fn ending(
+    endpoint: Endpoint,
+    head: &Map<String, Value>,
+    finished: bool,
+    usage: Option<(u32, u32)>,
+) -> String {
+    let chunk = |object: &str, extra: Value| {
+        let mut c = head.clone();
+        c.insert("object".to_owned(), object.into());
+        if let Value::Object(extra) = extra {
+            c.extend(extra);
+        }
+        format!("data: {}\n\n", Value::Object(c))
+    };
+    let (object, last) = match endpoint {
+        Endpoint::Chat => (
+            "chat.completion.chunk",
+            serde_json::json!({"index": 0, "delta": {}, "finish_reason": "length"}),
+        ),
+        Endpoint::Completion => (
+            "text_completion",
+            serde_json::json!({"index": 0, "text": "", "finish_reason": "length"}),
+        ),
+    };
+    let mut out = String::new();
+    if !finished {
+        out.push_str(&chunk(object, serde_json::json!({ "choices": [last] })));
+    }
+    if let Some((prompt, completion)) = usage {
+        out.push_str(&chunk(
+            object,
+            serde_json::json!({
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
+            }),
+        ));
+    }
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
 /// The continuation of `body` (as the engine was sent it, for `endpoint`) after the
 /// client received `text`, `sent` tokens of output.
-pub fn continuation(
+fn continuation(
     endpoint: Endpoint,
     body: &[u8],
     text: &str,
@@ -187,6 +265,65 @@ mod tests {
             PromptInput::Text(t) => t,
             PromptInput::Tokens(_) => panic!("text"),
         }
+    }
+
+    #[test]
+    fn a_finished_answer_needs_nothing_and_opaque_output_is_not_continued() {
+        let req = body(json!({"model": "m", "prompt": "p", "max_tokens": 10}));
+        let received = Received {
+            text: "done",
+            tokens: 4,
+            finished: true,
+            opaque: false,
+        };
+        assert_eq!(
+            plan(Endpoint::Completion, &req, received),
+            Ok(Continuation::Exhausted)
+        );
+        let opaque = Received {
+            finished: false,
+            opaque: true,
+            ..received
+        };
+        assert!(plan(Endpoint::Completion, &req, opaque).is_err());
+        let plain = Received {
+            finished: false,
+            ..received
+        };
+        assert!(matches!(
+            plan(Endpoint::Completion, &req, plain),
+            Ok(Continuation::Body(_))
+        ));
+    }
+
+    #[test]
+    fn an_ending_finishes_reports_usage_when_asked_and_closes() {
+        let head: Map<String, Value> =
+            serde_json::from_value(json!({"id": "c-1", "created": 5, "model": "m"})).unwrap();
+        let events = |s: String| -> Vec<String> {
+            s.split("\n\n")
+                .filter(|e| !e.is_empty())
+                .map(|e| e.trim_start_matches("data: ").to_owned())
+                .collect()
+        };
+        let e = events(ending(Endpoint::Chat, &head, false, Some((7, 3))));
+        assert_eq!(e.len(), 3);
+        let finish: Value = serde_json::from_str(&e[0]).unwrap();
+        assert_eq!(finish["id"], "c-1");
+        assert_eq!(finish["created"], 5);
+        assert_eq!(finish["object"], "chat.completion.chunk");
+        assert_eq!(finish["choices"][0]["finish_reason"], "length");
+        let usage: Value = serde_json::from_str(&e[1]).unwrap();
+        assert_eq!(usage["usage"]["total_tokens"], 10);
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(e[2], "[DONE]");
+        // Finished already, no usage asked: only the close.
+        let e = events(ending(Endpoint::Completion, &head, true, None));
+        assert_eq!(e, vec!["[DONE]".to_owned()]);
+        let e = events(ending(Endpoint::Completion, &head, false, None));
+        let finish: Value = serde_json::from_str(&e[0]).unwrap();
+        assert_eq!(finish["object"], "text_completion");
+        assert_eq!(finish["choices"][0]["text"], "");
     }
 
     #[test]

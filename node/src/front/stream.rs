@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use sluice_actors::lifecycle::{Broke, Fail, Refusal};
 use sluice_actors::slice::ReplicaId;
-use sluice_engine::continuation::{continuation, Continuation, NotResumable};
+use sluice_engine::continuation::{ending, plan, Continuation, Received};
 use sluice_engine::openai::{ApiError, Endpoint};
 use std::sync::Arc;
 use std::time::Instant;
@@ -143,20 +143,13 @@ impl Pump {
     async fn rescue(&mut self, cut: Cut, message: String) -> Rescue {
         let state = self.state();
         state.metrics.upstream_failure(self.m.replica.0);
-        let plan = if self.meter.finished {
-            // Every choice had finished; only the stream's close was lost.
-            Ok(Continuation::Exhausted)
-        } else if self.meter.opaque {
-            Err(NotResumable("an answer with tool calls or reasoning"))
-        } else {
-            continuation(
-                self.m.endpoint,
-                &self.m.body,
-                &self.meter.text,
-                self.meter.tokens,
-            )
+        let received = Received {
+            text: &self.meter.text,
+            tokens: self.meter.tokens,
+            finished: self.meter.finished,
+            opaque: self.meter.opaque,
         };
-        let body = match plan {
+        let body = match plan(self.m.endpoint, &self.m.body, received) {
             Ok(Continuation::Exhausted) => return Rescue::Ended(self.close(cut)),
             Ok(Continuation::Body(b)) => Bytes::from(b),
             Err(why) => {
@@ -270,51 +263,18 @@ impl Pump {
     fn close(&mut self, cut: Cut) -> Bytes {
         self.guard.broke(cut.broke());
         self.record_duration();
-        let object = match self.m.endpoint {
-            Endpoint::Chat => "chat.completion.chunk",
-            Endpoint::Completion => "text_completion",
-        };
-        let head = serde_json::json!({
-            "id": self.meter.id,
-            "object": object,
-            "created": self.meter.created,
-            "model": self.m.model,
-        });
-        let chunk = |extra: serde_json::Value| {
-            let mut c = head.clone();
-            if let (Some(c), serde_json::Value::Object(extra)) = (c.as_object_mut(), extra) {
-                c.extend(extra);
-            }
-            format!("data: {c}\n\n")
-        };
-        let mut out = String::new();
-        if !self.meter.finished {
-            let choice = match self.m.endpoint {
-                Endpoint::Chat => {
-                    serde_json::json!({"index": 0, "delta": {}, "finish_reason": "length"})
-                }
-                Endpoint::Completion => {
-                    serde_json::json!({"index": 0, "text": "", "finish_reason": "length"})
-                }
-            };
-            out.push_str(&chunk(serde_json::json!({ "choices": [choice] })));
-        }
+        let mut head = serde_json::Map::new();
+        head.insert("id".to_owned(), self.meter.id.clone().into());
+        head.insert("created".to_owned(), self.meter.created.into());
+        head.insert("model".to_owned(), self.m.model.clone().into());
         let usage = sluice_actors::router::Usage {
             prompt_tokens: self.m.prompt_tokens,
             completion_tokens: self.meter.tokens,
             cached_tokens: 0,
         };
-        if !self.m.strip_usage {
-            out.push_str(&chunk(serde_json::json!({
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-                },
-            })));
-        }
-        out.push_str("data: [DONE]\n\n");
+        let reported =
+            (!self.m.strip_usage).then_some((usage.prompt_tokens, usage.completion_tokens));
+        let out = ending(self.m.endpoint, &head, self.meter.finished, reported);
         self.guard.state.metered(
             self.m.replica,
             &self.m.model,
