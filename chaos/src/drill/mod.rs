@@ -84,11 +84,16 @@ pub struct DrillArgs {
     /// engine loads its weights in tens of seconds).
     #[arg(long, default_value_t = 30.0)]
     pub engine_restart_s: f64,
-    /// Virtual drills: what-if — the leader marks the replicas of a node silent for 3 s
-    /// unreachable, and a restarted node keeps its replicas out of service until they
-    /// serve (live nodes do the first since issue 16, item 2, not the second).
+    /// Virtual drills: without the leader's liveness marks (the replicas of a node silent
+    /// for 3 s taken out of service), which live nodes have had since issue 16, item 2:
+    /// the drill as it ran before them.
     #[arg(long)]
-    pub mark_silent_nodes: bool,
+    pub no_liveness_marks: bool,
+    /// Virtual drills: what-if — a restarted node keeps its replicas out of service
+    /// until they serve (live nodes do not yet). `--mark-silent-nodes`, its old name,
+    /// meant this and the marks together, which are now the default.
+    #[arg(long, alias = "mark-silent-nodes")]
+    pub hold_restarted_replicas: bool,
 }
 
 /// One second of the drill, for the timeline.

@@ -111,7 +111,7 @@ impl World<'_> {
         }
         // Nodes silent for the liveness window lose their replicas in the registry.
         let g = self.spec.gpus_per_node.max(1);
-        let marking = self.spec.mark_silent_nodes;
+        let marking = self.spec.liveness_marks;
         let heard = |n: u64| self.now.saturating_sub(self.last_heard[n as usize]) <= LIVENESS_US;
         let marks = liveness_marks(
             self.control

@@ -259,7 +259,7 @@ impl World<'_> {
         self.apply(n, 0..self.control.applied[n]);
         self.apply_everywhere();
         for r in self.locals(n) {
-            if self.spec.mark_silent_nodes {
+            if self.spec.hold_restarted {
                 // Its engines are starting: out of service until they serve.
                 self.nodes[n].outbox.push_back(Write::Health {
                     replica: r,

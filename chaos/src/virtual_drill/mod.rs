@@ -57,7 +57,8 @@ pub fn run(args: &DrillArgs) -> Result<DrillReport> {
         request_timeout_us: 300_000_000,
         quarantine: !args.no_quarantine,
         keep_slices: scenarios.contains(&"poison-request"),
-        mark_silent_nodes: args.mark_silent_nodes,
+        liveness_marks: !args.no_liveness_marks,
+        hold_restarted: args.hold_restarted_replicas,
     };
     let end_us = secs(args.duration);
     let trace = load(&spec, args.load, end_us, args.seed);

@@ -24,10 +24,12 @@ pub struct Spec {
     pub quarantine: bool,
     /// Keep every sample's slice map (for the poison containment check).
     pub keep_slices: bool,
-    /// The leader marks the replicas of nodes silent for [`LIVENESS_US`](super::world::LIVENESS_US) unreachable,
-    /// and a restarted node holds its replicas out of service until they serve. Live
-    /// nodes do not do this yet; the drill measures what it would change.
-    pub mark_silent_nodes: bool,
+    /// The leader marks the replicas of nodes silent for
+    /// [`LIVENESS_US`](super::world::LIVENESS_US) unreachable, as live leaders do.
+    pub liveness_marks: bool,
+    /// A restarted node holds its replicas out of service until they serve. Live nodes
+    /// do not do this yet; the drill measures what it would change.
+    pub hold_restarted: bool,
 }
 
 impl Spec {

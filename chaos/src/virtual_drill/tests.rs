@@ -16,7 +16,8 @@ fn args(scenario: &str, nodes: usize, racks: usize, gpus: usize, duration: f64) 
         virtual_time: true,
         load: 0.5,
         engine_restart_s: 30.0,
-        mark_silent_nodes: false,
+        no_liveness_marks: false,
+        hold_restarted_replicas: false,
     }
 }
 
@@ -77,8 +78,10 @@ fn marking_silent_nodes_moves_their_slices_in_seconds_and_keeps_requests_whole()
         "partition",
     ] {
         let mut a = args(sc, 12, 3, 2, 60.0);
+        a.no_liveness_marks = true;
         let shipped = drill(&a);
-        a.mark_silent_nodes = true;
+        a.no_liveness_marks = false;
+        a.hold_restarted_replicas = true;
         let marked = drill(&a);
         assert!(
             marked.summary.success_rate_after_fault >= 0.99,
@@ -111,7 +114,7 @@ fn without_the_quarantine_the_poison_spreads_past_its_subset() {
 fn a_large_fleet_loses_a_rack_without_losing_requests() {
     // 240 replicas on 60 nodes in 6 racks; the documented run is 2,000 replicas.
     let mut a = args("rack-loss", 60, 6, 4, 90.0);
-    a.mark_silent_nodes = true;
+    a.hold_restarted_replicas = true;
     let r = drill(&a);
     assert!(
         r.summary.success_rate_after_fault >= 0.999,
@@ -156,7 +159,8 @@ fn plans_spare_the_first_leaders_rack_and_pick_about_one_percent() {
         request_timeout_us: 0,
         quarantine: true,
         keep_slices: false,
-        mark_silent_nodes: false,
+        liveness_marks: true,
+        hold_restarted: false,
     };
     for seed in 0..20 {
         match &strike(&spec, "rack-loss", 1, 1, seed)[0].1 {
