@@ -278,21 +278,16 @@ async fn forward(
         let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
         let collected = tokio::select! {
             collected = tokio::time::timeout_at(deadline, resp.into_body().collect()) => {
-                collected.map(|r| r.map_err(|e| ("answer_lost", e.to_string())))
+                collected.map(|r| r.map_err(|e| (Broke::Answer, "answer_lost", e.to_string())))
             }
             () = AppState::until_stalled(&mut alarm, placement.replica) => {
-                Ok(Err(("stalled", "the replica was taken for hung".to_owned())))
+                Ok(Err((Broke::Hung, "stalled", "the replica was taken for hung".to_owned())))
             }
         };
         match collected {
             Ok(Ok(b)) => break (status, content_type, b.to_bytes(), placement.replica),
-            Ok(Err((reason, e))) => {
+            Ok(Err((broke, reason, e))) => {
                 state.metrics.upstream_failure(placement.replica.0);
-                let broke = if reason == "stalled" {
-                    Broke::Hung
-                } else {
-                    Broke::Answer
-                };
                 match guard.migrate(broke, true) {
                     Ok(p) => {
                         state.metrics.migrated(reason);
