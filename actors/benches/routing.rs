@@ -69,6 +69,8 @@ fn run(replicas: usize, traffic: Traffic, decisions: usize) -> Stats {
         .map(|&id| ReplicaSpec {
             id,
             capacity_mu_per_min: profile.capacity_mu_per_min,
+            host: id.0,
+            rack: id.0,
         })
         .collect();
     let assignment = match Assignment::uniform(1, &ids, replicas * 4, 2) {

@@ -129,6 +129,9 @@ pub struct NodeSection {
     pub http: SocketAddr,
     /// How long in-flight requests may run on after SIGINT/SIGTERM.
     pub shutdown_grace_s: f64,
+    /// Cluster mode: how long the node certificates this node signs (its own renewals,
+    /// nodes joining through it) are valid. Renewed at two thirds.
+    pub cert_lifetime_s: f64,
 }
 
 impl Default for NodeSection {
@@ -136,6 +139,7 @@ impl Default for NodeSection {
         Self {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace_s: 30.0,
+            cert_lifetime_s: sluice_transport::ca::DEFAULT_NODE_CERT_LIFETIME.as_secs_f64(),
         }
     }
 }
@@ -310,6 +314,8 @@ pub struct NodeConfig {
     /// How the node's actors are restarted, and when one that keeps failing stops the
     /// node.
     pub actor_restarts: RestartPolicy,
+    /// How long node certificates signed here live.
+    pub cert_lifetime: Duration,
 }
 
 impl NodeConfig {
@@ -573,9 +579,18 @@ impl NodeConfig {
                 g => bail!("node.shutdown_grace_s must be between 0 and 3600 seconds, got {g}"),
             },
             actor_restarts: RestartPolicy::default(),
+            cert_lifetime: match fc.node.cert_lifetime_s {
+                l if l.is_finite() && (10.0..=CERT_LIFETIME_MAX_S).contains(&l) => {
+                    Duration::from_secs_f64(l)
+                }
+                l => bail!("node.cert_lifetime_s must be between 10 seconds and a year, got {l}"),
+            },
         })
     }
 }
+
+/// The longest `[node] cert_lifetime_s` (a year).
+const CERT_LIFETIME_MAX_S: f64 = 365.0 * 86_400.0;
 
 /// Every profile in `dir` (`*.toml`), each checked; a bad one is an error naming it.
 fn load_profile_dir(dir: &Path) -> Result<Vec<Profile>> {

@@ -24,8 +24,11 @@ pub const CA_KEY_FILE: &str = "ca.key";
 
 /// How long a cluster CA is valid.
 pub const CA_VALIDITY: Duration = Duration::days(20 * 365);
-/// How long a node certificate is valid. There is no rotation yet, so this is long.
-pub const NODE_CERT_VALIDITY: Duration = Duration::days(5 * 365);
+/// How long a node certificate is valid unless the node is configured otherwise: short,
+/// because nodes renew theirs automatically (at two thirds of it) and a certificate that
+/// leaks, or a node that is removed, stops counting within a day.
+pub const DEFAULT_NODE_CERT_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
 /// Certificates are back-dated this much to tolerate clock skew between nodes.
 const BACKDATE: Duration = Duration::hours(1);
 
@@ -175,16 +178,21 @@ impl ClusterCa {
         Self::from_pem(&cert, &key)
     }
 
-    /// Signs a node's certificate signing request for `node_id` and returns the
-    /// certificate PEM.
+    /// Signs a node's certificate signing request for `node_id`, valid for `lifetime`
+    /// from now, and returns the certificate PEM.
     ///
     /// The request's signature proves the requester holds the key. Everything else in the
     /// request (names, usages, CA flag) is ignored: the certificate gets exactly the node
     /// id SAN `node-<id>.sluice`, server and client authentication, and no CA rights.
-    pub fn sign_csr(&self, csr_pem: &str, node_id: u64) -> Result<String, TransportError> {
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        node_id: u64,
+        lifetime: std::time::Duration,
+    ) -> Result<String, TransportError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| TransportError::Certificate(format!("certificate request: {e}")))?;
-        csr.params = node_params(node_id)?;
+        csr.params = node_params(node_id, lifetime)?;
         let cert = csr.signed_by(&self.issuer)?;
         Ok(cert.pem())
     }
@@ -229,8 +237,11 @@ pub fn bootstrap(
     })
 }
 
-/// Parameters of a node certificate for `node_id`.
-fn node_params(node_id: u64) -> Result<CertificateParams, TransportError> {
+/// Parameters of a node certificate for `node_id`, valid for `lifetime` from now.
+fn node_params(
+    node_id: u64,
+    lifetime: std::time::Duration,
+) -> Result<CertificateParams, TransportError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Sluice");
@@ -249,7 +260,9 @@ fn node_params(node_id: u64) -> Result<CertificateParams, TransportError> {
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE;
-    params.not_after = now + NODE_CERT_VALIDITY;
+    let lifetime = Duration::try_from(lifetime)
+        .map_err(|e| TransportError::Certificate(format!("certificate lifetime: {e}")))?;
+    params.not_after = now + lifetime;
     params.serial_number = Some(random_serial()?);
     Ok(params)
 }
@@ -292,7 +305,9 @@ mod tests {
         }
         // A certificate signed by the loaded CA verifies against the original.
         let req = crate::CertRequest::new().unwrap();
-        let pem = loaded.sign_csr(req.csr_pem(), 9).unwrap();
+        let pem = loaded
+            .sign_csr(req.csr_pem(), 9, DEFAULT_NODE_CERT_LIFETIME)
+            .unwrap();
         let id = req.into_identity(&pem, ca.cert()).unwrap();
         assert_eq!(id.node_id(), 9);
     }
@@ -316,8 +331,12 @@ mod tests {
     fn a_node_certificate_is_not_a_ca() {
         let ca = ClusterCa::generate("test").unwrap();
         let req = crate::CertRequest::new().unwrap();
-        let pem = ca.sign_csr(req.csr_pem(), 1).unwrap();
+        let pem = ca
+            .sign_csr(req.csr_pem(), 1, DEFAULT_NODE_CERT_LIFETIME)
+            .unwrap();
         assert!(CaCert::from_pem(&pem).is_err());
-        assert!(ca.sign_csr("garbage", 1).is_err());
+        assert!(ca
+            .sign_csr("garbage", 1, DEFAULT_NODE_CERT_LIFETIME)
+            .is_err());
     }
 }

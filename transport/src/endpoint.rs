@@ -107,7 +107,9 @@ pub struct Endpoint {
 
 struct Shared {
     node_id: u64,
-    client: quinn::ClientConfig,
+    /// Replaced when the node's certificate is renewed; each dial takes the current one.
+    client: std::sync::RwLock<quinn::ClientConfig>,
+    ca: CaCert,
     config: TransportConfig,
 }
 
@@ -141,40 +143,7 @@ impl Endpoint {
         ca: &CaCert,
         config: TransportConfig,
     ) -> Result<Self, TransportError> {
-        let provider = provider();
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.der().clone())?;
-        let client_verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-                // Joiners have no certificate; `sluice/1` without one is refused in `serve`.
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TransportError::TlsConfig(e.to_string()))?;
-        let mut server_tls = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(client_verifier)
-            .with_single_cert(identity.cert_chain().to_vec(), identity.private_key())?;
-        server_tls.alpn_protocols = vec![ALPN_CLUSTER.to_vec(), ALPN_JOIN.to_vec()];
-        let server_crypto = QuicServerConfig::try_from(server_tls)
-            .map_err(|e| TransportError::TlsConfig(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server.transport_config(Arc::new(config.quinn(config.max_concurrent_streams)?));
-
-        let mut client_tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier::new(
-                ca.der(),
-                Arc::clone(&provider),
-            )?))
-            .with_client_auth_cert(identity.cert_chain().to_vec(), identity.private_key())?;
-        client_tls.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
-        let mut client = quinn::ClientConfig::new(Arc::new(
-            QuicClientConfig::try_from(client_tls)
-                .map_err(|e| TransportError::TlsConfig(e.to_string()))?,
-        ));
-        client.transport_config(Arc::new(config.quinn(0)?));
-
+        let (server, client) = tls_configs(identity, ca, &config)?;
         let runtime = quinn::default_runtime().ok_or_else(|| {
             TransportError::Socket(std::io::Error::other("no async runtime for the endpoint"))
         })?;
@@ -189,10 +158,32 @@ impl Endpoint {
             inner,
             shared: Arc::new(Shared {
                 node_id: identity.node_id(),
-                client,
+                client: std::sync::RwLock::new(client),
+                ca: ca.clone(),
                 config,
             }),
         })
+    }
+
+    /// Presents `identity` (this node's renewed certificate) from now on: to connections
+    /// accepted and dialled after this call. Connections already open stay as they are:
+    /// TLS checks certificates only at the handshake.
+    pub fn renew(&self, identity: &NodeIdentity) -> Result<(), TransportError> {
+        if identity.node_id() != self.shared.node_id {
+            return Err(TransportError::Certificate(format!(
+                "a certificate for node {} cannot replace node {}'s",
+                identity.node_id(),
+                self.shared.node_id
+            )));
+        }
+        let (server, client) = tls_configs(identity, &self.shared.ca, &self.shared.config)?;
+        self.inner.set_server_config(Some(server));
+        *self
+            .shared
+            .client
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = client;
+        Ok(())
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
@@ -226,7 +217,7 @@ impl Endpoint {
         };
         let connecting = self
             .inner
-            .connect_with(self.shared.client.clone(), addr, &server_name)
+            .connect_with(self.client_config(), addr, &server_name)
             .map_err(|e| TransportError::Connect {
                 addr,
                 reason: e.to_string(),
@@ -256,6 +247,14 @@ impl Endpoint {
         })
     }
 
+    fn client_config(&self) -> quinn::ClientConfig {
+        self.shared
+            .client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub(crate) async fn accept(&self) -> Option<quinn::Incoming> {
         self.inner.accept().await
     }
@@ -269,6 +268,54 @@ impl Endpoint {
     pub async fn wait_idle(&self, limit: Duration) {
         let _ = tokio::time::timeout(limit, self.inner.wait_idle()).await;
     }
+}
+
+/// The server and client configurations of an endpoint presenting `identity` and
+/// trusting peers signed by `ca`.
+fn tls_configs(
+    identity: &NodeIdentity,
+    ca: &CaCert,
+    config: &TransportConfig,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().clone())?;
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            // Joiners have no certificate; `sluice/1` without one is refused in `serve`.
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TransportError::TlsConfig(e.to_string()))?;
+    let mut server_tls = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(identity.cert_chain().to_vec(), identity.private_key())?;
+    server_tls.alpn_protocols = vec![ALPN_CLUSTER.to_vec(), ALPN_JOIN.to_vec()];
+    // No session resumption either way: a resumed handshake checks no certificate, so
+    // one that expired (or a node removed since) would keep getting in.
+    server_tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server_tls.send_tls13_tickets = 0;
+    let server_crypto = QuicServerConfig::try_from(server_tls)
+        .map_err(|e| TransportError::TlsConfig(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(Arc::new(config.quinn(config.max_concurrent_streams)?));
+
+    let mut client_tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier::new(
+            ca.der(),
+            Arc::clone(&provider),
+        )?))
+        .with_client_auth_cert(identity.cert_chain().to_vec(), identity.private_key())?;
+    client_tls.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
+    client_tls.resumption = rustls::client::Resumption::disabled();
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(client_tls)
+            .map_err(|e| TransportError::TlsConfig(e.to_string()))?,
+    ));
+    client.transport_config(Arc::new(config.quinn(0)?));
+    Ok((server, client))
 }
 
 /// An established `sluice/1` connection to a peer whose node id was read from its

@@ -10,6 +10,7 @@
 //! (mode 0600).
 
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{CertificateParams, KeyPair};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -73,8 +74,8 @@ pub(crate) fn key_matches_cert(
     Ok(parsed.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
 }
 
-/// Whether `cert` carries a valid signature by `ca`, and is within its validity period.
-fn signed_by_ca(cert: &CertificateDer<'_>, ca: &CaCert) -> Result<(), TransportError> {
+/// Checks that `cert` carries a valid signature by `ca`; returns the end of its validity.
+fn signed_by_ca(cert: &CertificateDer<'_>, ca: &CaCert) -> Result<SystemTime, TransportError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|e| TransportError::Certificate(format!("certificate: {e}")))?;
     let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca.der())
@@ -84,12 +85,20 @@ fn signed_by_ca(cert: &CertificateDer<'_>, ca: &CaCert) -> Result<(), TransportE
         .map_err(|_| {
             TransportError::Certificate("certificate is not signed by the cluster CA".into())
         })?;
-    if !parsed.validity().is_valid() {
-        return Err(TransportError::Certificate(
-            "certificate is outside its validity period".into(),
-        ));
+    let end = parsed.validity().not_after.timestamp();
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(end).unwrap_or(0)))
+}
+
+/// How long from `now` until a certificate valid until `not_after` is renewed by a node
+/// whose certificates live `lifetime`: at two thirds of it (a third left), so that a
+/// renewal that fails has time to be tried again; at once when it is already due, or
+/// when it outlives `lifetime` (issued under a longer policy, or before one was set).
+pub fn renewal_due_in(now: SystemTime, not_after: SystemTime, lifetime: Duration) -> Duration {
+    let left = not_after.duration_since(now).unwrap_or(Duration::ZERO);
+    if left > lifetime {
+        return Duration::ZERO;
     }
-    Ok(())
+    left.saturating_sub(lifetime / 3)
 }
 
 /// A fresh key pair and a certificate signing request for it. Send [`Self::csr_pem`] to
@@ -129,10 +138,7 @@ impl CertRequest {
         cert_pem: &str,
         ca: &CaCert,
     ) -> Result<NodeIdentity, TransportError> {
-        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| TransportError::Certificate(format!("node certificate PEM: {e}")))?
-            .into_owned();
-        NodeIdentity::assemble(vec![cert, ca.der().clone()], self.key, ca)
+        NodeIdentity::issued(cert_pem, self.key, ca)
     }
 }
 
@@ -141,6 +147,7 @@ pub struct NodeIdentity {
     node_id: u64,
     cert_chain: Vec<CertificateDer<'static>>,
     key: PrivatePkcs8KeyDer<'static>,
+    not_after: SystemTime,
 }
 
 impl std::fmt::Debug for NodeIdentity {
@@ -157,6 +164,7 @@ impl Clone for NodeIdentity {
             node_id: self.node_id,
             cert_chain: self.cert_chain.clone(),
             key: self.key.clone_key(),
+            not_after: self.not_after,
         }
     }
 }
@@ -166,10 +174,63 @@ impl NodeIdentity {
     /// the CA (the first node of a cluster). Other nodes join instead.
     pub fn generate(ca: &ClusterCa, node_id: u64) -> Result<Self, TransportError> {
         let req = CertRequest::new()?;
-        let cert_pem = ca.sign_csr(req.csr_pem(), node_id)?;
+        let cert_pem = ca.sign_csr(
+            req.csr_pem(),
+            node_id,
+            crate::ca::DEFAULT_NODE_CERT_LIFETIME,
+        )?;
         req.into_identity(&cert_pem, ca.cert())
     }
 
+    /// A certificate request for this node's own key, to renew its certificate: the key
+    /// stays, so `node.key` is never rewritten and a crash mid-renewal cannot leave a
+    /// certificate that does not match it.
+    pub fn renewal_request(&self) -> Result<String, TransportError> {
+        let key = self.key_pair()?;
+        Ok(CertificateParams::default()
+            .serialize_request(&key)?
+            .pem()?)
+    }
+
+    /// This identity with the certificate the CA issued for [`Self::renewal_request`]:
+    /// checked like a first certificate, and for the same node id.
+    pub fn renewed(&self, cert_pem: &str, ca: &CaCert) -> Result<NodeIdentity, TransportError> {
+        let next = NodeIdentity::issued(cert_pem, self.key_pair()?, ca)?;
+        if next.node_id != self.node_id {
+            return Err(TransportError::Certificate(format!(
+                "the renewed certificate is for node {}, not {}",
+                next.node_id, self.node_id
+            )));
+        }
+        Ok(next)
+    }
+
+    fn key_pair(&self) -> Result<KeyPair, TransportError> {
+        KeyPair::try_from(&self.key)
+            .map_err(|e| TransportError::Certificate(format!("this node's key: {e}")))
+    }
+
+    /// A certificate just issued for `key`: it must be within its validity period.
+    fn issued(cert_pem: &str, key: KeyPair, ca: &CaCert) -> Result<Self, TransportError> {
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| TransportError::Certificate(format!("node certificate PEM: {e}")))?
+            .into_owned();
+        let valid = x509_parser::parse_x509_certificate(&cert)
+            .map_err(|e| TransportError::Certificate(format!("certificate: {e}")))?
+            .1
+            .validity()
+            .is_valid();
+        if !valid {
+            return Err(TransportError::Certificate(
+                "certificate is outside its validity period".into(),
+            ));
+        }
+        NodeIdentity::assemble(vec![cert, ca.der().clone()], key, ca)
+    }
+
+    /// Checks the chain against the key and `ca`. An expired certificate is accepted:
+    /// a node that was down past its certificate's end must still know who it is, to
+    /// renew it ([`Self::not_after`]).
     fn assemble(
         cert_chain: Vec<CertificateDer<'static>>,
         key: KeyPair,
@@ -183,13 +244,19 @@ impl NodeIdentity {
                 "the certificate is not for this node's key".into(),
             ));
         }
-        signed_by_ca(leaf, ca)?;
+        let not_after = signed_by_ca(leaf, ca)?;
         let node_id = node_id_from_cert(leaf)?;
         Ok(NodeIdentity {
             node_id,
             cert_chain,
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            not_after,
         })
+    }
+
+    /// When the node certificate stops being valid.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
     }
 
     pub fn node_id(&self) -> u64 {
@@ -275,8 +342,71 @@ mod tests {
         // A certificate for someone else's key is refused.
         let req = CertRequest::new().unwrap();
         let stolen = ca
-            .sign_csr(CertRequest::new().unwrap().csr_pem(), 5)
+            .sign_csr(
+                CertRequest::new().unwrap().csr_pem(),
+                5,
+                crate::ca::DEFAULT_NODE_CERT_LIFETIME,
+            )
             .unwrap();
         assert!(req.into_identity(&stolen, ca.cert()).is_err());
+    }
+
+    #[test]
+    fn renewal_is_due_with_a_third_left_or_when_the_certificate_outlives_the_policy() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(86_400);
+        // Just issued for a day: due in two thirds of a day.
+        assert_eq!(renewal_due_in(t0, t0 + day, day), day * 2 / 3);
+        // A third left, or less, or expired: now.
+        assert_eq!(renewal_due_in(t0, t0 + day / 3, day), Duration::ZERO);
+        assert_eq!(renewal_due_in(t0 + day, t0, day), Duration::ZERO);
+        // Issued for five years under an older policy: now.
+        assert_eq!(renewal_due_in(t0, t0 + day * 1825, day), Duration::ZERO);
+        // Short-lived: 30 s certificates are renewed at 20 s.
+        let s30 = Duration::from_secs(30);
+        assert_eq!(renewal_due_in(t0, t0 + s30, s30), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_renewed_identity_keeps_its_key_and_id_and_an_expired_one_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate("t").unwrap();
+        // Issued with no time left: expired at once (as after a long outage).
+        let req = CertRequest::new().unwrap();
+        let pem = ca.sign_csr(req.csr_pem(), 7, Duration::ZERO).unwrap();
+        let der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .into_owned();
+        let old =
+            NodeIdentity::assemble(vec![der, ca.cert().der().clone()], req.key, ca.cert()).unwrap();
+        old.save(dir.path()).unwrap();
+        let loaded = NodeIdentity::load(dir.path(), ca.cert()).unwrap();
+        assert_eq!(loaded.node_id(), 7);
+        assert!(loaded.not_after() <= SystemTime::now());
+
+        let hour = Duration::from_secs(3600);
+        let csr = loaded.renewal_request().unwrap();
+        let new = loaded
+            .renewed(&ca.sign_csr(&csr, 7, hour).unwrap(), ca.cert())
+            .unwrap();
+        assert_eq!(new.node_id(), 7);
+        assert!(new.not_after() > SystemTime::now() + hour / 2);
+        assert_ne!(new.cert_chain()[0], loaded.cert_chain()[0]);
+        assert_eq!(
+            new.private_key().secret_der(),
+            loaded.private_key().secret_der()
+        );
+        // A certificate for another node id, or from another CA, is refused.
+        let other = loaded.renewed(&ca.sign_csr(&csr, 8, hour).unwrap(), ca.cert());
+        assert!(other.unwrap_err().to_string().contains("node 8"));
+        let stranger = ClusterCa::generate("other").unwrap();
+        assert!(loaded
+            .renewed(&stranger.sign_csr(&csr, 7, hour).unwrap(), ca.cert())
+            .is_err());
+        // An expired certificate is not accepted as newly issued (certificate times
+        // have whole seconds: past a second, the one issued with no time left is).
+        std::thread::sleep(Duration::from_millis(1100));
+        let stale = loaded.renewed(&pem, ca.cert()).unwrap_err();
+        assert!(stale.to_string().contains("validity"), "{stale}");
     }
 }

@@ -163,7 +163,11 @@ impl TokenJoinAuthority {
         };
         let cert_pem = self
             .ca
-            .sign_csr(&request.csr_pem, node_id)
+            .sign_csr(
+                &request.csr_pem,
+                node_id,
+                crate::ca::DEFAULT_NODE_CERT_LIFETIME,
+            )
             .map_err(|e| JoinRefusal::BadRequest(e.to_string()))?;
         state.taken.insert(node_id);
         if node_id >= state.next {

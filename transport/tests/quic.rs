@@ -11,8 +11,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use sluice_transport::{
-    codes, identity::node_id_from_cert, join::BoxFuture, join_cluster, serve, CaCert, Client,
-    ClusterCa, Endpoint, Handler, JoinAuthority, JoinOptions, JoinRefusal, JoinRequest,
+    codes, identity::node_id_from_cert, join::BoxFuture, join_cluster, serve, CaCert, CertRequest,
+    Client, ClusterCa, Endpoint, Handler, JoinAuthority, JoinOptions, JoinRefusal, JoinRequest,
     JoinResponse, JoinToken, NodeIdentity, Reply, TokenJoinAuthority, TransportConfig,
     TransportError,
 };
@@ -614,4 +614,55 @@ async fn a_dead_peer_is_noticed_within_the_idle_timeout() {
     );
     assert!(started.elapsed() < Duration::from_secs(3));
     forwarder.abort();
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_presented_on_new_connections_both_ways() {
+    init_tracing();
+    let ca = ClusterCa::generate("test").unwrap();
+    let day = Duration::from_secs(86_400);
+    // Two nodes whose certificates live two seconds.
+    let short = |id: u64| {
+        let req = CertRequest::new().unwrap();
+        let pem = ca
+            .sign_csr(req.csr_pem(), id, Duration::from_secs(2))
+            .unwrap();
+        req.into_identity(&pem, ca.cert()).unwrap()
+    };
+    let (server_id, client_id) = (short(1), short(2));
+    let server = start_server(&server_id, ca.cert(), None);
+    let client = Client::new(bind(&client_id, ca.cert()));
+    let who: u64 = client.call(server.addr, &Req::WhoAmI, T).await.unwrap();
+    assert_eq!(who, 2);
+    client.connection(server.addr).await.unwrap().close();
+    // Both expire (certificate times have whole seconds).
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let renew = |id: &NodeIdentity| {
+        let pem = ca
+            .sign_csr(&id.renewal_request().unwrap(), id.node_id(), day)
+            .unwrap();
+        id.renewed(&pem, ca.cert()).unwrap()
+    };
+
+    // The expired client is refused by the server.
+    let err = client
+        .call::<_, u64>(server.addr, &Req::WhoAmI, T)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+    // Renewed, it is let in, and then refuses the expired server.
+    client.endpoint().renew(&renew(&client_id)).unwrap();
+    let err = client
+        .call::<_, u64>(server.addr, &Req::WhoAmI, T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
+    // The server renewed too: calls go through again, as node 2.
+    server.endpoint.renew(&renew(&server_id)).unwrap();
+    let who: u64 = client.call(server.addr, &Req::WhoAmI, T).await.unwrap();
+    assert_eq!(who, 2);
+
+    // An endpoint takes only its own node's certificate.
+    let err = server.endpoint.renew(&renew(&client_id)).unwrap_err();
+    assert!(err.to_string().contains("node 2"), "{err}");
 }

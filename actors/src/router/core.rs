@@ -72,6 +72,18 @@ pub const ANNOUNCED_AT_MOST: usize = 512;
 pub struct ReplicaSpec {
     pub id: ReplicaId,
     pub capacity_mu_per_min: f64,
+    /// The machine it runs on (a node id) and its rack ([`ReplicaSpec::rack_of`]): what
+    /// killed one replica may have killed its neighbours too, so a retry looks in other
+    /// racks first, then on other machines.
+    pub host: u64,
+    pub rack: u64,
+}
+
+impl ReplicaSpec {
+    /// A rack's name as a [`ReplicaSpec::rack`].
+    pub fn rack_of(name: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+    }
 }
 
 /// What the router knows of a request at admission.
@@ -344,11 +356,39 @@ impl RouterCore {
             }
             self.affinity.on_failed(a.workload.0, failed);
         }
-        let placed = self.assign(id, &[failed], now_ms);
+        let mut placed = None;
+        for away in self.away_from(failed) {
+            placed = self.assign(id, &away, now_ms);
+            if placed.is_some() {
+                break;
+            }
+        }
         if placed.is_none() {
             self.finish(id, None);
         }
         placed
+    }
+
+    /// What a retry after `failed` excludes, widest first: its rack, its machine, itself
+    /// (each only while it differs from the one before).
+    fn away_from(&self, failed: ReplicaId) -> Vec<Vec<ReplicaId>> {
+        let Some(f) = self.slots.get(&failed).map(|&i| self.replicas[i].spec) else {
+            return vec![vec![failed]];
+        };
+        let around = |near: &dyn Fn(&ReplicaSpec) -> bool| -> Vec<ReplicaId> {
+            self.replicas
+                .iter()
+                .filter(|r| r.spec.id == failed || near(&r.spec))
+                .map(|r| r.spec.id)
+                .collect()
+        };
+        let mut levels = vec![
+            around(&|r| r.rack == f.rack),
+            around(&|r| r.host == f.host),
+            vec![failed],
+        ];
+        levels.dedup();
+        levels
     }
 
     /// Whether a request with this fingerprint is routed, kept in its subset or refused.
@@ -934,6 +974,8 @@ pub(crate) fn test_router(replicas: u64, subset: usize) -> RouterCore {
         .map(|&id| ReplicaSpec {
             id,
             capacity_mu_per_min: 60_000.0,
+            host: id.0,
+            rack: id.0,
         })
         .collect();
     let coeffs = crate::mu::pricing::test_coefficients();
@@ -1035,6 +1077,8 @@ mod tests {
             .map(|&i| ReplicaSpec {
                 id: ReplicaId(i),
                 capacity_mu_per_min: 60_000.0,
+                host: i,
+                rack: i,
             })
             .collect();
         c.set_replicas(&specs);
@@ -1183,6 +1227,53 @@ mod tests {
         );
         // A new request of the same workload avoids it while ejected.
         assert_ne!(c.place(&adm("x", 100, 10), 10).unwrap().replica, p.replica);
+    }
+
+    #[test]
+    fn a_retry_leaves_the_failed_replicas_rack_then_machine_while_another_can_take_it() {
+        // (replica, machine, rack); every slice's subset is the whole fleet.
+        let on = |fleet: &[(u64, u64, u64)]| {
+            let ids: Vec<ReplicaId> = fleet.iter().map(|&(r, _, _)| ReplicaId(r)).collect();
+            let specs: Vec<ReplicaSpec> = fleet
+                .iter()
+                .map(|&(r, host, rack)| ReplicaSpec {
+                    id: ReplicaId(r),
+                    capacity_mu_per_min: 60_000.0,
+                    host,
+                    rack,
+                })
+                .collect();
+            let assignment = Assignment::uniform(1, &ids, 8, ids.len()).unwrap();
+            RouterCore::new(
+                crate::mu::pricing::test_coefficients(),
+                RouterConfig::default(),
+                &specs,
+                assignment,
+            )
+        };
+        let retried = |fleet: &[(u64, u64, u64)], workload: &str| {
+            // A fresh router each time: the retry ejects the failed replica.
+            let mut c = on(fleet);
+            let p = c.place(&adm(workload, 100, 10), 0).unwrap();
+            let r = c.retry(p.id, p.replica, 0).unwrap();
+            (p.replica.0, r.replica.0)
+        };
+        // Two racks of two machines of two replicas.
+        let racks: Vec<(u64, u64, u64)> = (0..8).map(|r| (r, r / 2, r / 4)).collect();
+        // One rack of three machines of two replicas.
+        let machines: Vec<(u64, u64, u64)> = (0..6).map(|r| (r, r / 2, 0)).collect();
+        let mut first = std::collections::BTreeSet::new();
+        for i in 0..40 {
+            let (p, r) = retried(&racks, &format!("w{i}"));
+            first.insert(p);
+            assert_ne!(p / 4, r / 4, "{p} then {r}: the same rack");
+            let (p, r) = retried(&machines, &format!("w{i}"));
+            assert_ne!(p / 2, r / 2, "{p} then {r}: the same machine");
+        }
+        assert!(first.len() > 2, "the first choices vary: {first:?}");
+        // One machine only: the retry takes its sibling rather than failing.
+        let (p, r) = retried(&[(0, 7, 0), (1, 7, 0)], "x");
+        assert_ne!(p, r);
     }
 
     #[test]

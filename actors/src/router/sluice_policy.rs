@@ -88,6 +88,9 @@ impl SluicePolicy {
             .map(|r| ReplicaSpec {
                 id: r.id,
                 capacity_mu_per_min: r.capacity_mu_per_min,
+                // The simulator's replicas have a machine each.
+                host: r.id.0,
+                rack: ReplicaSpec::rack_of(&r.rack),
             })
             .collect();
         Ok(Self {

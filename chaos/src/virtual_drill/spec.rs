@@ -27,8 +27,9 @@ pub struct Spec {
     /// The leader marks the replicas of nodes silent for
     /// [`LIVENESS_US`](super::world::LIVENESS_US) unreachable, as live leaders do.
     pub liveness_marks: bool,
-    /// A restarted node holds its replicas out of service until they serve. Live nodes
-    /// do not do this yet; the drill measures what it would change.
+    /// A restarted node holds its replicas out of service until they serve, as a live
+    /// node does (it waits for the engines it launches before it rejoins); off, the
+    /// drill shows what routable-before-ready replicas cost.
     pub hold_restarted: bool,
 }
 

@@ -308,6 +308,8 @@ impl<'t> World<'t> {
             .map(|r| ReplicaSpec {
                 id: ReplicaId(r as u64),
                 capacity_mu_per_min: self.spec.profile.capacity_mu_per_min,
+                host: self.spec.host(r) as u64,
+                rack: self.spec.rack(self.spec.host(r)) as u64,
             })
             .collect();
         let mut config = RouterConfig::default();

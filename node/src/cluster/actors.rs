@@ -246,6 +246,26 @@ impl ClusterNode {
                     })
                 }
             }),
+            ChildSpec::duty("cert-renewal", {
+                let (cp, endpoint, handler, s) = (
+                    self.cp.clone(),
+                    self.endpoint.clone(),
+                    handler.clone(),
+                    s.clone(),
+                );
+                let id = self.id;
+                move || super::certs::CertRenewal {
+                    id,
+                    cp: cp.clone(),
+                    endpoint: endpoint.clone(),
+                    handler: handler.clone(),
+                    ca: s.ca.clone(),
+                    tls: s.tls.clone(),
+                    lifetime: s.cert_lifetime,
+                    current: None,
+                    retry_at: None,
+                }
+            }),
         ];
         if !s.load_share.is_zero() {
             let (cp, client, handler) = (self.cp.clone(), self.client.clone(), handler.clone());

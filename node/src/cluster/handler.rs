@@ -493,6 +493,8 @@ impl sluice_transport::Handler for NodeHandler {
 /// applied a state with the CA refuses (the joiner may ask another).
 struct RaftAuthority {
     cp: ControlPlane<QuicRaft>,
+    /// How long the certificates it signs live.
+    lifetime: std::time::Duration,
 }
 
 impl JoinAuthority for RaftAuthority {
@@ -520,7 +522,7 @@ impl JoinAuthority for RaftAuthority {
                 Err(e) => return Err(JoinRefusal::Unavailable(e.to_string())),
             };
             let cert_pem = ca
-                .sign_csr(&request.csr_pem, id)
+                .sign_csr(&request.csr_pem, id, self.lifetime)
                 .map_err(|e| JoinRefusal::BadRequest(e.to_string()))?;
             tracing::info!(node = id, rack = ?request.rack, "admitted a joining node");
             Ok(JoinResponse {
@@ -532,9 +534,12 @@ impl JoinAuthority for RaftAuthority {
     }
 }
 
-/// The join authority every node runs.
-pub fn authority(cp: ControlPlane<QuicRaft>) -> Arc<dyn JoinAuthority> {
-    Arc::new(RaftAuthority { cp })
+/// The join authority every node runs; it signs certificates that live `lifetime`.
+pub fn authority(
+    cp: ControlPlane<QuicRaft>,
+    lifetime: std::time::Duration,
+) -> Arc<dyn JoinAuthority> {
+    Arc::new(RaftAuthority { cp, lifetime })
 }
 
 /// On the node whose TLS directory holds the CA key (the one that ran `cluster init`):

@@ -8,6 +8,7 @@
 
 mod actors;
 pub mod call;
+pub mod certs;
 pub mod cli;
 pub mod forward;
 mod handler;
@@ -25,6 +26,7 @@ use handler::{Membership, NodeHandler};
 use raft_net::QuicRaft;
 use rpc::{AdminRpc, Refusal, RpcError};
 use sluice_actors::assigner::{initial_assignment, ReplicaInfo as AssignerReplica};
+use sluice_actors::router::ReplicaSpec;
 use sluice_actors::slice::ReplicaId;
 use sluice_raft::{
     ControlCommand, ControlPlane, ControlPlaneConfig, ControlState, NodeAddr, NodeInfo,
@@ -86,6 +88,9 @@ struct Setup {
     start_timeout: Duration,
     /// This node's TLS directory: where the CA key is, on the node that made it.
     tls: PathBuf,
+    /// The CA this node trusts, and how long its certificates live.
+    ca: CaCert,
+    cert_lifetime: Duration,
 }
 
 /// What the supervisor's events need of the cluster: the node's replicas and registry.
@@ -287,7 +292,7 @@ pub async fn start(
         cfg.assigner.clone().unwrap_or_default(),
         state_slot,
     ));
-    let authority = handler::authority(cp.clone());
+    let authority = handler::authority(cp.clone(), cfg.cert_lifetime);
     tokio::spawn(sluice_transport::serve(
         endpoint.clone(),
         handler.clone(),
@@ -338,6 +343,8 @@ pub async fn start(
             autoscaler: cfg.autoscaler.clone(),
             start_timeout: cfg.start_timeout,
             tls: tls_dir(&args.data_dir),
+            ca,
+            cert_lifetime: cfg.cert_lifetime,
         }),
     };
     Ok(node)
@@ -461,7 +468,13 @@ pub fn fleet_of(
             let addr: SocketAddr = state.node(r.node)?.quic_addr.parse().ok()?;
             Upstream::remote(r.id, addr)
         };
-        upstreams.push((up, r.capacity_mu_per_min));
+        let spec = ReplicaSpec {
+            id: r.id,
+            capacity_mu_per_min: r.capacity_mu_per_min,
+            host: r.node,
+            rack: ReplicaSpec::rack_of(&rack_of(state, r.node)),
+        };
+        upstreams.push((up, spec));
         health.push((r.id, r.health == ReplicaHealth::Healthy));
     }
     if upstreams.is_empty() {
@@ -478,6 +491,13 @@ pub fn fleet_of(
     })
 }
 
+/// A node's rack; a node not (yet) recorded is a rack of its own.
+fn rack_of(state: &ControlState, node: u64) -> String {
+    state
+        .node(node)
+        .map_or_else(|| format!("node-{node}"), |n| n.rack.clone())
+}
+
 /// The registry as the assigner sees it: replicas with their nodes' racks.
 pub fn registry(state: &ControlState, model: &str) -> Vec<AssignerReplica> {
     state
@@ -486,9 +506,7 @@ pub fn registry(state: &ControlState, model: &str) -> Vec<AssignerReplica> {
         .filter(|r| r.model == model)
         .map(|r| AssignerReplica {
             id: r.id,
-            rack: state
-                .node(r.node)
-                .map_or_else(|| format!("node-{}", r.node), |n| n.rack.clone()),
+            rack: rack_of(state, r.node),
             capacity_mu_per_min: r.capacity_mu_per_min,
             healthy: r.health == ReplicaHealth::Healthy,
             draining: r.health == ReplicaHealth::Draining,

@@ -106,6 +106,8 @@ pub struct Metrics {
     probes: Family<OutcomeLabel, Counter>,
     ejections: Family<ReplicaLabel, Counter>,
     actor_restarts: Family<ActorLabel, Counter>,
+    cert_renewals: Family<OutcomeLabel, Counter>,
+    cert_expiry: Gauge<f64, AtomicU64>,
     tenant_requests: Family<TenantClass, Counter>,
     tenant_mu: Family<TenantClass, Counter<f64, AtomicU64>>,
     tenant_reserved: Family<TenantLabel, Gauge<f64, AtomicU64>>,
@@ -181,6 +183,18 @@ impl Metrics {
             "actor_restarts",
             "Times one of the node's actors failed and was restarted",
             actor_restarts.clone(),
+        );
+        let cert_renewals = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "node_cert_renewals",
+            "Renewals of this node's certificate, by outcome (renewed, failed)",
+            cert_renewals.clone(),
+        );
+        let cert_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "node_cert_expires_in_seconds",
+            "Seconds until this node's certificate expires (negative: expired)",
+            cert_expiry.clone(),
         );
         registry.register(
             "probes",
@@ -369,6 +383,8 @@ impl Metrics {
             probes,
             ejections,
             actor_restarts,
+            cert_renewals,
+            cert_expiry,
             tenant_requests,
             tenant_mu,
             tenant_reserved,
@@ -531,6 +547,16 @@ impl Metrics {
         self.actor_restarts
             .get_or_create(&ActorLabel { actor })
             .inc();
+    }
+
+    pub fn cert_renewal(&self, outcome: &'static str) {
+        self.cert_renewals
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    pub fn set_cert_expiry(&self, seconds: f64) {
+        self.cert_expiry.set(seconds);
     }
 
     pub fn spill(&self) {

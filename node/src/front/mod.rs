@@ -44,10 +44,10 @@ pub struct Upstream {
     pub target: Target,
 }
 
-/// The fleet as the control state describes it: every replica with where it is reached
-/// and its capacity, the registry's health verdicts, and the slice map.
+/// The fleet as the control state describes it: every replica with where it is reached,
+/// its capacity and machine, the registry's health verdicts, and the slice map.
 pub struct FleetView {
-    pub upstreams: Vec<(Upstream, f64)>,
+    pub upstreams: Vec<(Upstream, ReplicaSpec)>,
     pub health: Vec<(ReplicaId, bool)>,
     pub assignment: Assignment,
 }
@@ -196,6 +196,9 @@ impl AppState {
             .map(|&id| ReplicaSpec {
                 id,
                 capacity_mu_per_min: node.profile.capacity_mu_per_min,
+                // One node: every replica is on this machine.
+                host: 0,
+                rack: 0,
             })
             .collect();
         let registry: Vec<ReplicaInfo> = ids
@@ -311,13 +314,7 @@ impl AppState {
             health: healthy,
             assignment,
         } = fleet;
-        let specs: Vec<ReplicaSpec> = upstreams
-            .iter()
-            .map(|(u, cap)| ReplicaSpec {
-                id: u.id,
-                capacity_mu_per_min: *cap,
-            })
-            .collect();
+        let specs: Vec<ReplicaSpec> = upstreams.iter().map(|(_, spec)| *spec).collect();
         let capacity: f64 = specs
             .iter()
             .filter(|s| healthy.iter().any(|(id, ok)| *id == s.id && *ok))
@@ -496,6 +493,15 @@ impl AppState {
     /// One of the node's actors failed and was restarted.
     pub fn actor_restarted(&self, actor: &'static str) {
         self.metrics.actor_restarted(actor);
+    }
+
+    /// This node's certificate: a renewal's `outcome` (when one was tried) and the
+    /// seconds it has left.
+    pub fn cert_state(&self, outcome: Option<&'static str>, seconds_left: f64) {
+        if let Some(o) = outcome {
+            self.metrics.cert_renewal(o);
+        }
+        self.metrics.set_cert_expiry(seconds_left);
     }
 
     /// This router's in-flight load per replica, for the others.

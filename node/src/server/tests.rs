@@ -757,3 +757,70 @@ async fn any_voter_admits_once_the_init_node_is_gone_for_good_and_tokens_rotate(
         r.node.wait().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_that_live_ten_seconds_are_renewed_and_new_connections_keep_working() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
+    let tls = |i: usize| dirs[i].path().join(crate::cluster::TLS_DIR);
+    let token = sluice_transport::JoinToken::load(&tls(0))
+        .unwrap()
+        .to_string();
+    let short = |urls| {
+        let mut cfg = config(urls, RestartPolicy::quick(5));
+        cfg.cert_lifetime = Duration::from_secs(10);
+        cfg
+    };
+    let a = start(
+        short(engines(1).await),
+        Some(cluster_args(dirs[0].path(), None)),
+    )
+    .await;
+    let (_, a_quic) = a.node.cluster().unwrap();
+    let b = start(
+        short(engines(1).await),
+        Some(cluster_args(dirs[1].path(), Some((a_quic, token)))),
+    )
+    .await;
+    let (_, b_quic) = b.node.cluster().unwrap();
+    let first_b = std::fs::read(tls(1).join("node.pem")).unwrap();
+    // Node A's certificate from `cluster init` lives a day: renewed at once to the
+    // policy. Node B's, signed by A at its join, lives 10 s: renewed at about 6.7 s and
+    // 13.3 s. Wait for two renewals on each.
+    for r in [&a, &b] {
+        let addr = r.node.http_addr();
+        eventually("two renewals", || async {
+            counter(addr, "node_cert_renewals", "outcome=\"renewed\"").await >= 2
+        })
+        .await;
+        assert_eq!(
+            counter(addr, "node_cert_renewals", "outcome=\"failed\"").await,
+            0
+        );
+    }
+    // Every certificate the nodes started with has expired by now; new connections,
+    // made with each node's renewed certificate on disk to its renewed endpoint, work.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ca = sluice_transport::CaCert::load(&tls(0)).unwrap();
+    for (i, quic) in [(0, a_quic), (1, b_quic)] {
+        let id = sluice_transport::NodeIdentity::load(&tls(i), &ca).unwrap();
+        let left = id
+            .not_after()
+            .duration_since(std::time::SystemTime::now())
+            .expect("the certificate on disk is valid");
+        assert!(left <= Duration::from_secs(10), "{left:?}");
+        let status = crate::cluster::cli::fetch_status(dirs[i].path(), Some(quic))
+            .await
+            .unwrap();
+        assert_eq!(status.nodes.len(), 2);
+    }
+    assert_ne!(std::fs::read(tls(1).join("node.pem")).unwrap(), first_b);
+    // Requests through either door still reach both replicas' nodes.
+    for r in [&a, &b] {
+        assert_eq!(chat(r.node.http_addr()).await, 200);
+    }
+    for r in [a, b] {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+}

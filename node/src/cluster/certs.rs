@@ -1,0 +1,193 @@
+//! Renewing this node's certificate before it expires. Node certificates are short-lived
+//! (`[node] cert_lifetime_s`, a day by default) so that one that leaks, or belongs to a
+//! removed node, stops counting soon. Every member holds the cluster's CA in its applied
+//! control state (`ClusterAuthority`), so a node renews by signing a request for its own
+//! key with it — no peer has to be reachable, which also lets a node that was down past
+//! its certificate's end renew from its replayed log and be let back in. A retired node
+//! id is never renewed.
+
+use super::handler::NodeHandler;
+use super::raft_net::QuicRaft;
+use crate::tree::{Duty, Turn, MAX_WAIT};
+use ractor::ActorProcessingErr;
+use sluice_raft::{ControlPlane, ControlState};
+use sluice_transport::identity::renewal_due_in;
+use sluice_transport::{CaCert, ClusterCa, Endpoint, NodeIdentity, TransportError};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Why a node's certificate was not renewed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewalError {
+    #[error("this node has not applied the cluster's CA yet")]
+    NoAuthority,
+    #[error("node {0} was removed from the cluster: its certificate is not renewed")]
+    Retired(u64),
+    #[error("the cluster's CA is not the one this node trusts (ca.pem): rotate it first")]
+    OtherCa,
+    #[error(transparent)]
+    Certificate(#[from] TransportError),
+}
+
+/// Signs `csr_pem` for `node` with the CA in `state`, valid for `lifetime`: what a
+/// member may do for itself, as long as its id was not retired.
+pub fn sign_own(
+    state: &ControlState,
+    trusted: &CaCert,
+    node: u64,
+    csr_pem: &str,
+    lifetime: Duration,
+) -> Result<String, RenewalError> {
+    if state.is_retired(node) {
+        return Err(RenewalError::Retired(node));
+    }
+    let authority = state.authority().ok_or(RenewalError::NoAuthority)?;
+    let ca = ClusterCa::from_pem(&authority.ca_cert_pem, &authority.ca_key_pem)?;
+    if ca.cert() != trusted {
+        return Err(RenewalError::OtherCa);
+    }
+    Ok(ca.sign_csr(csr_pem, node, lifetime)?)
+}
+
+/// The renewal actor's duty: waits until this node's certificate is due
+/// ([`renewal_due_in`]), then renews it, saves it (`node.pem`; the key stays) and has the
+/// endpoint present it from then on. A failed renewal is tried again every few seconds.
+pub(super) struct CertRenewal {
+    pub id: u64,
+    pub cp: ControlPlane<QuicRaft>,
+    pub endpoint: Endpoint,
+    pub handler: Arc<NodeHandler>,
+    pub ca: CaCert,
+    pub tls: PathBuf,
+    pub lifetime: Duration,
+    /// The identity in use; read from `tls` when the duty (re)starts.
+    pub current: Option<NodeIdentity>,
+    /// Not before this moment after a failure.
+    pub retry_at: Option<tokio::time::Instant>,
+}
+
+/// How long after a failed renewal it is tried again (at most a tenth of the lifetime).
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+impl CertRenewal {
+    fn renew(&self, current: &NodeIdentity) -> Result<NodeIdentity, RenewalError> {
+        let csr = current.renewal_request()?;
+        let state = self.cp.state().borrow().clone();
+        let pem = sign_own(&state, &self.ca, self.id, &csr, self.lifetime)?;
+        let next = current.renewed(&pem, &self.ca)?;
+        next.save(&self.tls)?;
+        self.endpoint.renew(&next)?;
+        Ok(next)
+    }
+
+    fn record(&self, outcome: Option<&'static str>, identity: &NodeIdentity) {
+        if let Some(front) = self.handler.front() {
+            front.cert_state(outcome, seconds_left(identity.not_after()));
+        }
+    }
+}
+
+fn seconds_left(not_after: SystemTime) -> f64 {
+    match not_after.duration_since(SystemTime::now()) {
+        Ok(left) => left.as_secs_f64(),
+        Err(past) => -past.duration().as_secs_f64(),
+    }
+}
+
+impl Duty for CertRenewal {
+    async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
+        let current = match self.current.take() {
+            Some(c) => c,
+            None => NodeIdentity::load(&self.tls, &self.ca)?,
+        };
+        self.record(None, &current);
+        let due = renewal_due_in(SystemTime::now(), current.not_after(), self.lifetime);
+        let waiting = self
+            .retry_at
+            .map_or(Duration::ZERO, |t| t - tokio::time::Instant::now().min(t));
+        let wait = due.max(waiting);
+        if !wait.is_zero() {
+            self.current = Some(current);
+            tokio::time::sleep(wait.min(MAX_WAIT)).await;
+            return Ok(Turn::Again);
+        }
+        match self.renew(&current) {
+            Ok(next) => {
+                tracing::info!(
+                    node = self.id,
+                    valid_for_s = seconds_left(next.not_after()),
+                    "renewed this node's certificate"
+                );
+                self.record(Some("renewed"), &next);
+                self.retry_at = None;
+                self.current = Some(next);
+            }
+            Err(e) => {
+                // Before the control state with the CA is applied (a node's first
+                // seconds), a certificate still valid simply waits for it.
+                let early = matches!(e, RenewalError::NoAuthority)
+                    && current.not_after() > SystemTime::now();
+                if early {
+                    tracing::debug!(node = self.id, error = %e, "certificate renewal waits");
+                    self.record(None, &current);
+                } else {
+                    tracing::warn!(node = self.id, error = %e, "cannot renew this node's certificate");
+                    self.record(Some("failed"), &current);
+                }
+                self.retry_at =
+                    Some(tokio::time::Instant::now() + RETRY_EVERY.min(self.lifetime / 10));
+                self.current = Some(current);
+            }
+        }
+        Ok(Turn::Again)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_raft::{apply, ControlCommand};
+    use sluice_transport::CertRequest;
+
+    fn with_ca(ca: &ClusterCa) -> ControlState {
+        let mut s = ControlState::default();
+        apply(
+            &mut s,
+            ControlCommand::SetCa {
+                ca_cert_pem: ca.cert().pem(),
+                ca_key_pem: ca.key_pem(),
+                token: ("initial".into(), [7; 32]),
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn a_member_signs_its_own_request_with_the_replicated_ca_unless_retired() {
+        let ca = ClusterCa::generate("t").unwrap();
+        let req = CertRequest::new().unwrap();
+        let hour = Duration::from_secs(3600);
+        // No CA applied yet.
+        let err = sign_own(&ControlState::default(), ca.cert(), 3, req.csr_pem(), hour);
+        assert!(matches!(err, Err(RenewalError::NoAuthority)), "{err:?}");
+        let mut state = with_ca(&ca);
+        let pem = sign_own(&state, ca.cert(), 3, req.csr_pem(), hour).unwrap();
+        let id = req.into_identity(&pem, ca.cert()).unwrap();
+        assert_eq!(id.node_id(), 3);
+        let left = id.not_after().duration_since(SystemTime::now()).unwrap();
+        assert!(
+            left <= hour && left > hour - Duration::from_secs(60),
+            "{left:?}"
+        );
+        // A CA this node does not trust is not used.
+        let other = ClusterCa::generate("other").unwrap();
+        let csr = id.renewal_request().unwrap();
+        let err = sign_own(&state, other.cert(), 3, &csr, hour);
+        assert!(matches!(err, Err(RenewalError::OtherCa)), "{err:?}");
+        // Removed: never again.
+        apply(&mut state, ControlCommand::RemoveNode(3));
+        let err = sign_own(&state, ca.cert(), 3, &csr, hour);
+        assert!(matches!(err, Err(RenewalError::Retired(3))), "{err:?}");
+    }
+}
