@@ -145,7 +145,12 @@ impl Node {
         let (state, node) = match (&cluster_args, listeners.quic) {
             (Some(ca), Some(quic)) => {
                 let slot = Arc::new(tokio::sync::OnceCell::new());
-                let node = cluster::start(&cfg, ca, quic, local, &urls, slot.clone()).await?;
+                // Engines that have not said what they serve are still loading: they are
+                // registered `Starting`, and in service once they answer.
+                let answered: std::collections::BTreeSet<usize> =
+                    discovered.keys().copied().collect();
+                let node =
+                    cluster::start(&cfg, ca, quic, local, &urls, &answered, slot.clone()).await?;
                 std::fs::write(
                     ca.data_dir.join(cluster::cli::ADDR_FILE),
                     node.listen.to_string(),

@@ -96,10 +96,9 @@ pub struct DrillArgs {
     #[arg(long)]
     pub no_liveness_marks: bool,
     /// Virtual drills: what-if — a restarted node's replicas are routable at once, before
-    /// their engines serve (as for engines a node does not launch, given with
-    /// `--upstream`). By default a restarted node holds them out of service until they
-    /// serve, as a live node does: it launches its engines and waits for them before it
-    /// rejoins.
+    /// their engines serve. By default a restarted node holds them out of service until
+    /// they serve, as a live node does: it waits for the engines it launches before it
+    /// rejoins, and registers engines given by URL `Starting` until they answer.
     #[arg(long, conflicts_with = "hold_restarted_replicas")]
     pub no_hold_restarted_replicas: bool,
     /// Virtual drills: the default since it was found to be what live nodes do; kept so

@@ -11,9 +11,9 @@ use crate::supervisor::restart::RestartPolicy;
 use crate::tree::{every, ticked, ChildSpec, Duty, Turn};
 use ractor::ActorProcessingErr;
 use sluice_actors::slice::ReplicaId;
-use sluice_raft::{ControlPlane, ControlState, NodeInfo};
+use sluice_raft::{ControlCommand, ControlPlane, ControlState, NodeInfo, ReplicaHealth};
 use sluice_transport::Client;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +92,7 @@ struct JoinUp {
     me: NodeInfo,
     peer: Option<SocketAddr>,
     urls: HashMap<ReplicaId, String>,
+    serving: HashSet<ReplicaId>,
     capacity: f64,
     model: String,
     tls: std::path::PathBuf,
@@ -110,7 +111,15 @@ impl Duty for JoinUp {
                 self.peer,
             )
             .await?;
-            register_replicas(self.id, &self.cp, &self.urls, self.capacity, &self.model).await?;
+            register_replicas(
+                self.id,
+                &self.cp,
+                &self.urls,
+                &self.serving,
+                self.capacity,
+                &self.model,
+            )
+            .await?;
             super::handler::publish_authority(&self.tls, &self.cp).await
         }
         .await;
@@ -124,6 +133,63 @@ impl Duty for JoinUp {
                 Ok(Turn::Again)
             }
         }
+    }
+}
+
+/// Puts this node's engines in service once they answer: one that was still loading at
+/// start is registered `Starting` (`register_replicas`), so no router sends to it, and
+/// becomes `Healthy` when it first lists its models.
+struct EngineReadiness {
+    id: u64,
+    cp: ControlPlane<QuicRaft>,
+    rx: watch::Receiver<Arc<ControlState>>,
+    urls: HashMap<ReplicaId, String>,
+    http: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+}
+
+/// How often a loading engine is asked whether it serves.
+const READINESS_EVERY: Duration = Duration::from_secs(1);
+
+impl Duty for EngineReadiness {
+    async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
+        let state = self.rx.borrow_and_update().clone();
+        let mut loading: Vec<(ReplicaId, &String)> = self
+            .urls
+            .iter()
+            .filter(|(r, _)| {
+                state
+                    .replica(**r)
+                    .is_some_and(|i| i.node == self.id && i.health == ReplicaHealth::Starting)
+            })
+            .map(|(r, u)| (*r, u))
+            .collect();
+        if loading.is_empty() {
+            return Ok(next_change(&mut self.rx).await);
+        }
+        loading.sort();
+        for (replica, url) in loading {
+            if crate::front::models::fetch(&self.http, url).await.is_none() {
+                continue;
+            }
+            let ready = ControlCommand::ReplicaReady {
+                replica,
+                endpoint: url.clone(),
+            };
+            match self.cp.write(ready).await {
+                Ok(r) if !r.is_rejected() => {
+                    tracing::info!(replica = replica.0, %url, "engine answers: in service")
+                }
+                Ok(r) => tracing::debug!(replica = replica.0, ?r, "engine readiness not taken"),
+                Err(e) => {
+                    tracing::debug!(replica = replica.0, error = %e, "engine readiness not committed")
+                }
+            }
+        }
+        tokio::time::sleep(READINESS_EVERY).await;
+        Ok(Turn::Again)
     }
 }
 
@@ -217,6 +283,7 @@ impl ClusterNode {
                     me: s.me.clone(),
                     peer: s.join,
                     urls: s.urls.clone(),
+                    serving: s.serving.clone(),
                     capacity: s.capacity,
                     model: s.model.clone(),
                     tls: s.tls.clone(),
@@ -244,6 +311,17 @@ impl ClusterNode {
                         let (client, handler) = (client.clone(), handler.clone());
                         async move { report_once(&client, &handler).await }
                     })
+                }
+            }),
+            ChildSpec::duty("engine-readiness", {
+                let (cp, s) = (self.cp.clone(), s.clone());
+                let id = self.id;
+                move || EngineReadiness {
+                    id,
+                    cp: cp.clone(),
+                    rx: cp.state(),
+                    urls: s.urls.clone(),
+                    http: crate::front::http_client(Duration::from_secs(1)),
                 }
             }),
             ChildSpec::duty("cert-renewal", {

@@ -35,7 +35,7 @@ use sluice_raft::{
 use sluice_transport::{
     join_cluster, CaCert, Client, Endpoint, JoinOptions, JoinToken, NodeIdentity, TransportConfig,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +80,8 @@ struct Setup {
     me: NodeInfo,
     join: Option<SocketAddr>,
     urls: HashMap<ReplicaId, String>,
+    /// Those of `urls` that answered at start; the others are still loading.
+    serving: HashSet<ReplicaId>,
     capacity: f64,
     model: String,
     load_share: Duration,
@@ -240,6 +242,7 @@ pub async fn start(
     quic: std::net::UdpSocket,
     http: SocketAddr,
     local_urls: &[String],
+    answered: &std::collections::BTreeSet<usize>,
     state_slot: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
 ) -> Result<ClusterNode> {
     let bound = quic
@@ -283,6 +286,7 @@ pub async fn start(
         .map(|(i, u)| (replica_id(id, i), u.trim_end_matches('/').to_owned()))
         .collect();
     local.set(urls.clone());
+    let serving: HashSet<ReplicaId> = answered.iter().map(|&i| replica_id(id, i)).collect();
     let handler = Arc::new(NodeHandler::new(
         cp.clone(),
         client.clone(),
@@ -336,6 +340,7 @@ pub async fn start(
             me,
             join: args.join,
             urls,
+            serving,
             capacity: cfg.profile.capacity_mu_per_min,
             model: cfg.model.clone(),
             load_share: args.load_share,
@@ -386,12 +391,13 @@ async fn become_member(
     }
 }
 
-/// Registers this node's replicas (healthy) and removes registrations of replicas it no
-/// longer runs.
+/// Registers this node's replicas — healthy if they answered at start (`serving`), else
+/// `Starting` until they do — and removes registrations of replicas it no longer runs.
 async fn register_replicas(
     node_id: u64,
     cp: &ControlPlane<QuicRaft>,
     urls: &HashMap<ReplicaId, String>,
+    serving: &HashSet<ReplicaId>,
     capacity: f64,
     model: &str,
 ) -> Result<()> {
@@ -412,7 +418,11 @@ async fn register_replicas(
             model: model.to_owned(),
             endpoint: urls[&rid].clone(),
             capacity_mu_per_min: capacity,
-            health: ReplicaHealth::Healthy,
+            health: if serving.contains(&rid) {
+                ReplicaHealth::Healthy
+            } else {
+                ReplicaHealth::Starting
+            },
         };
         if state.replica(rid) == Some(&info) {
             continue;

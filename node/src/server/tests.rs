@@ -824,3 +824,67 @@ async fn certificates_that_live_ten_seconds_are_renewed_and_new_connections_keep
         r.node.wait().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_still_loading_is_registered_starting_and_served_once_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::cluster::cli::init(dir.path(), "test").unwrap();
+    // The second engine's address answers nothing yet: it is still loading.
+    let loading = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut urls = engines(1).await;
+    urls.push(format!("http://{loading}"));
+    let r = start(
+        config(urls, RestartPolicy::quick(5)),
+        Some(cluster_args(dir.path(), None)),
+    )
+    .await;
+    let (id, quic) = r.node.cluster().unwrap();
+    let loading_id = crate::cluster::replica_id(id, 1).0;
+    let health = || async {
+        crate::cluster::cli::fetch_status(dir.path(), Some(quic))
+            .await
+            .ok()
+            .and_then(|s| {
+                let h = |rid: u64| {
+                    s.replicas
+                        .iter()
+                        .find(|x| x.id == rid)
+                        .map(|x| x.health.clone())
+                };
+                Some((h(crate::cluster::replica_id(id, 0).0)?, h(loading_id)?))
+            })
+    };
+    eventually("both registered", || async { health().await.is_some() }).await;
+    assert_eq!(
+        health().await.unwrap(),
+        ("healthy".to_owned(), "starting".to_owned())
+    );
+    // Requests meanwhile all go to the engine that serves, none to the loading one.
+    let addr = r.node.http_addr();
+    for _ in 0..10 {
+        assert_eq!(chat(addr).await, 200);
+    }
+    let routed =
+        |rid: u64| async move { counter(addr, "routed", &format!("replica=\"{rid}\"")).await };
+    assert_eq!(routed(loading_id).await, 0);
+    assert!(routed(crate::cluster::replica_id(id, 0).0).await >= 10);
+    // It finishes loading: it is put in service.
+    let listener = tokio::net::TcpListener::bind(loading).await.unwrap();
+    let engine = ServerConfig {
+        model: MODEL.to_owned(),
+        params: sluice_actors::Profile::default_profile().engine,
+        time_scale: 0.0,
+        seed: 9,
+        poison: None,
+    };
+    tokio::spawn(serve_engine(listener, engine, std::future::pending()));
+    eventually("the loaded engine is in service", || async {
+        health().await.is_some_and(|h| h.1 == "healthy")
+    })
+    .await;
+    let _ = r.stop.send(());
+    r.node.wait().await.unwrap();
+}
