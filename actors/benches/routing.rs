@@ -107,6 +107,7 @@ fn run(replicas: usize, traffic: Traffic, decisions: usize) -> Stats {
             n: 1,
             fingerprint: None,
             radius: None,
+            stream: false,
         };
         let t = Instant::now();
         let placed = black_box(core.place(&a, now_ms));

@@ -24,6 +24,7 @@ fn admission(key: u64, fingerprint: Option<u64>) -> Admission<'static> {
         n: 1,
         fingerprint,
         radius: None,
+        stream: false,
     }
 }
 

@@ -13,7 +13,7 @@ use super::ledger::{Charge, Ledger, ReplicaInflight, RequestId};
 use super::load_order::LoadOrder;
 use super::prefix_index::PrefixIndex;
 use super::quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
-use super::stall::{StallConfig, StreamStalls};
+use super::stall::{Awaited, StallConfig, StreamStalls};
 use super::workload::anonymous_key;
 use crate::assigner::{LoadMeter, LoadReport, DEFAULT_BUCKET_BITS};
 use crate::mu::{
@@ -104,6 +104,10 @@ pub struct Admission<'a> {
     pub fingerprint: Option<u64>,
     /// Its tenant's bound on the replicas it may reach; `None`: the whole fleet.
     pub radius: Option<BlastRadius>,
+    /// The answer streams back: its first token is awaited from each replica it is
+    /// sent to, and a replica from which none comes, nor anything else, is judged hung
+    /// ([`super::stall`]).
+    pub stream: bool,
 }
 
 /// Where a request goes and what it is charged.
@@ -157,6 +161,11 @@ struct Active {
     /// When its latest tokens came back from its current replica (`None` before its
     /// first token there).
     last_token_ms: Option<u64>,
+    /// A stream: whether its first token is awaited from each replica.
+    stream: bool,
+    /// A stream sent to its current replica and not yet answered there: when, and how
+    /// long the work queued ahead of it there should have taken.
+    awaiting: Option<(u64, u64)>,
     n: u32,
     fingerprint: Option<u64>,
     radius: Option<BlastRadius>,
@@ -319,6 +328,8 @@ impl RouterCore {
             slice: workload,
             generated: 0,
             last_token_ms: None,
+            stream: a.stream,
+            awaiting: None,
             n: a.n.max(1),
             fingerprint: a.fingerprint,
             radius: a.radius,
@@ -369,6 +380,18 @@ impl RouterCore {
         placed
     }
 
+    /// How long the work queued on `replica` should take at its capacity.
+    fn queue_ms(&self, replica: ReplicaId) -> u64 {
+        let capacity = self
+            .slots
+            .get(&replica)
+            .map_or(0.0, |&i| self.replicas[i].spec.capacity_mu_per_min);
+        if capacity <= 0.0 {
+            return 0;
+        }
+        (self.ledger.replica(replica).queue_mu / capacity * 60_000.0) as u64
+    }
+
     /// What a retry after `failed` excludes, widest first: its rack, its machine, itself
     /// (each only while it differs from the one before).
     fn away_from(&self, failed: ReplicaId) -> Vec<Vec<ReplicaId>> {
@@ -400,7 +423,26 @@ impl RouterCore {
     /// `now_ms`: hung, whatever their health checks say. Each is counted a failure (and
     /// so passively ejected); its streams are judged once.
     pub fn take_stalled(&mut self, now_ms: u64) -> Vec<ReplicaId> {
-        let stalled = self.stalls.take_stalled(now_ms);
+        // Streams still waiting for their first token: the oldest per replica, with the
+        // work that was queued ahead of it (what came after it cannot delay it).
+        let mut oldest: IdMap<ReplicaId, (u64, u64)> = IdMap::default();
+        for a in self.active.values() {
+            if let Some(w) = a.awaiting {
+                let o = oldest.entry(a.replica).or_insert(w);
+                if w.0 < o.0 {
+                    *o = w;
+                }
+            }
+        }
+        let awaited: Vec<Awaited> = oldest
+            .into_iter()
+            .map(|(replica, (since_ms, queue_ms))| Awaited {
+                replica,
+                since_ms,
+                queue_ms,
+            })
+            .collect();
+        let stalled = self.stalls.take_stalled_with(now_ms, &awaited);
         for &r in &stalled {
             self.on_replica_failure(r, now_ms);
         }
@@ -583,6 +625,8 @@ impl RouterCore {
         let charge = self.charge(&cost, 0);
         let mu = charge.mu;
         let new_kv = u64::from(shape.uncached_input) + u64::from(shape.output);
+        // The work a stream will wait behind there, before it joins it.
+        let ahead_ms = self.queue_ms(choice.replica);
         // A retried request leaves the replica it was charged to.
         let previous = self.ledger.placed_on(id);
         self.ledger.admit(id, choice.replica, slice_start, charge);
@@ -606,6 +650,7 @@ impl RouterCore {
             a.slice = slice_start;
             a.expected_cached = shape.cached_input;
             a.charged_kv = new_kv;
+            a.awaiting = a.stream.then_some((now_ms, ahead_ms));
         }
         Some(Placement {
             id,
@@ -719,6 +764,7 @@ impl RouterCore {
         let previous_ms = a.last_token_ms;
         if added > 0 {
             a.last_token_ms = Some(now_ms);
+            a.awaiting = None;
         }
         let (cost, replica) = (a.cost, a.replica);
         self.stalls.progressed(replica, previous_ms, added, now_ms);
@@ -1003,6 +1049,7 @@ mod tests {
             n: 1,
             fingerprint: None,
             radius: None,
+            stream: false,
         }
     }
 
@@ -1227,6 +1274,49 @@ mod tests {
         );
         // A new request of the same workload avoids it while ejected.
         assert_ne!(c.place(&adm("x", 100, 10), 10).unwrap().replica, p.replica);
+    }
+
+    #[test]
+    fn a_replica_whose_streams_never_start_while_another_answers_is_taken_for_hung() {
+        let streamed = |w: &str| Admission {
+            stream: true,
+            ..adm(w, 100, 400)
+        };
+        let run = |stream: bool| {
+            let mut c = core(2, 2);
+            // Two requests, on the two replicas.
+            let first = c
+                .place(
+                    &Admission {
+                        stream,
+                        ..streamed("a")
+                    },
+                    0,
+                )
+                .unwrap();
+            let mut other = None;
+            for i in 0..20 {
+                let p = c.place(&streamed(&format!("b{i}")), 0).unwrap();
+                if p.replica != first.replica {
+                    other = Some(p);
+                    break;
+                }
+            }
+            let other = other.expect("a request on the other replica");
+            // The other replica streams on; the first one never sends a token.
+            let mut judged = None;
+            for t in (50..10_000u64).step_by(50) {
+                c.progress(other.id, (t / 50) as u32, t);
+                if judged.is_none() && c.take_stalled(t) == vec![first.replica] {
+                    judged = Some(t);
+                }
+            }
+            judged
+        };
+        let judged = run(true).expect("the silent replica is judged");
+        assert!((3_000..=3_200).contains(&judged), "{judged}");
+        // An answer sent whole gives nothing to wait for: not judged from the streams.
+        assert_eq!(run(false), None);
     }
 
     #[test]

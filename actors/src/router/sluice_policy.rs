@@ -214,6 +214,8 @@ impl RoutingPolicy for SluicePolicy {
             n: 1,
             fingerprint: None,
             radius: None,
+            // The simulator judges no stalls: how the answer travels changes nothing.
+            stream: false,
         };
         let placed = self.core.place(&admission, now_us / 1000)?;
         if let Some(old) = self.ids.insert(req.id, placed.id) {

@@ -6,9 +6,11 @@
 //! it works for a replica on another node as well as for a local one.
 //!
 //! Kept per replica, not per stream: the newest sign of life and how many streams are
-//! producing there. A stream that has not produced its first token is not counted (under
-//! overload a new request may wait long for its prefill while the replica works), but
-//! its first token, like any finished answer, is a sign of life.
+//! producing there. A stream waiting for its first token counts apart ([`Awaited`]): a
+//! replica whose only streams wait is judged by the same silence, but over a bound at
+//! least [`QUEUE_FACTOR`] times what the work queued there should take at its capacity
+//! (a long prefill is work, not a hang), and only with a witness. Its first token, like
+//! any finished answer, is a sign of life.
 //!
 //! Silence everywhere at once is not a hang. When the router's own host, or a machine
 //! its engines share, stops for a few seconds, every producing replica falls silent
@@ -36,6 +38,19 @@ impl Default for StallConfig {
             gaps: 20.0,
         }
     }
+}
+
+/// A replica whose streams only wait for their first token is judged after this many
+/// times the expected time of the work queued there (and never before its bound).
+pub const QUEUE_FACTOR: u64 = 3;
+
+/// Streams waiting for their first token on one replica: since when the oldest has
+/// waited there, and how long the work queued there should take at its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Awaited {
+    pub replica: ReplicaId,
+    pub since_ms: u64,
+    pub queue_ms: u64,
 }
 
 /// Weight of a new gap in the running mean.
@@ -146,8 +161,22 @@ impl StreamStalls {
     /// the module docs), in replica order. Each is judged once per bound: its silence
     /// counts again from now (its streams move, or come back with a token).
     pub fn take_stalled(&mut self, now_ms: u64) -> Vec<ReplicaId> {
+        self.take_stalled_with(now_ms, &[])
+    }
+
+    /// [`Self::take_stalled`], also judging replicas whose only streams wait for their
+    /// first token (`awaited`, one entry per replica).
+    pub fn take_stalled_with(&mut self, now_ms: u64, awaited: &[Awaited]) -> Vec<ReplicaId> {
         let config = self.config;
-        let producing = self.replicas.values().filter(|p| p.producing > 0).count();
+        let waiting = |r: ReplicaId| awaited.iter().find(|a| a.replica == r);
+        for a in awaited {
+            self.replicas.entry(a.replica).or_default();
+        }
+        let busy = self
+            .replicas
+            .iter()
+            .filter(|(&r, p)| p.producing > 0 || waiting(r).is_some())
+            .count();
         // The longest unbroken run among the replicas heard lately.
         let witness_since = self
             .replicas
@@ -155,16 +184,26 @@ impl StreamStalls {
             .filter(|p| p.run_since_ms > 0 && p.silent_for(now_ms) < p.bound_ms(&config) / 2)
             .map(|p| p.run_since_ms)
             .min();
+        let witnessed = |bound: u64| {
+            witness_since.is_some_and(|since| since <= now_ms.saturating_sub(bound / 2))
+        };
         let mut out: Vec<ReplicaId> = self
             .replicas
             .iter()
-            .filter(|(_, p)| {
+            .filter(|&(&r, p)| {
                 let bound = p.bound_ms(&config);
-                let witnessed =
-                    witness_since.is_some_and(|since| since <= now_ms.saturating_sub(bound / 2));
-                p.producing > 0
-                    && now_ms.saturating_sub(p.heard_ms.max(p.judged_ms)) > bound
-                    && (witnessed || producing == 1)
+                let quiet_since = p.heard_ms.max(p.judged_ms);
+                if p.producing > 0 {
+                    now_ms.saturating_sub(quiet_since) > bound && (witnessed(bound) || busy == 1)
+                } else if let Some(a) = waiting(r) {
+                    // Nothing heard since the oldest stream was sent, past what its queue
+                    // explains; a lone replica's wait proves nothing (its prefill may be
+                    // long), so a witness is needed.
+                    let bound = bound.max(QUEUE_FACTOR.saturating_mul(a.queue_ms));
+                    now_ms.saturating_sub(quiet_since.max(a.since_ms)) > bound && witnessed(bound)
+                } else {
+                    false
+                }
             })
             .map(|(&r, _)| r)
             .collect();
@@ -344,6 +383,60 @@ mod tests {
             }
         }
         assert_eq!(judged, Some(3_050));
+    }
+
+    /// A hang that leaves no stream producing: the streams sent to the replica wait for
+    /// their first token, and nothing comes back from it.
+    #[test]
+    fn a_replica_whose_streams_only_wait_is_judged_past_its_queue_with_a_witness() {
+        let q = ReplicaId(2);
+        let waiting = |queue_ms| Awaited {
+            replica: R,
+            since_ms: 1_000,
+            queue_ms,
+        };
+        // Q produces without a break all along: the witness.
+        let witnessed = |queue_ms: u64| {
+            let mut s = StreamStalls::new(StallConfig::default());
+            let mut prev = None;
+            let mut judged = None;
+            for t in (0..20_000u64).step_by(50) {
+                s.progressed(q, prev, 1, t);
+                prev = Some(t);
+                if judged.is_none() && s.take_stalled_with(t, &[waiting(queue_ms)]) == vec![R] {
+                    judged = Some(t);
+                }
+            }
+            judged
+        };
+        // A short queue: the floor (3 s after the oldest stream was sent).
+        assert_eq!(witnessed(100), Some(4_050));
+        // A queue expected to take 2 s: three times that.
+        assert_eq!(witnessed(2_000), Some(7_050));
+        // A first token (or any sign of life) starts the silence again.
+        let mut s = StreamStalls::new(StallConfig::default());
+        let mut prev = None;
+        for t in (0..3_000u64).step_by(50) {
+            s.progressed(q, prev, 1, t);
+            prev = Some(t);
+        }
+        s.heard(R, 3_000);
+        for t in (3_000..5_950u64).step_by(50) {
+            s.progressed(q, prev, 1, t);
+            prev = Some(t);
+            assert!(s.take_stalled_with(t, &[waiting(100)]).is_empty(), "at {t}");
+        }
+        // Alone, a wait proves nothing: never judged.
+        let mut alone = StreamStalls::new(StallConfig::default());
+        for t in (0..60_000u64).step_by(500) {
+            assert!(alone.take_stalled_with(t, &[waiting(100)]).is_empty());
+        }
+        // Nor when every replica is silent at once (a pause).
+        let mut paused = StreamStalls::new(StallConfig::default());
+        paused.progressed(q, None, 1, 0);
+        for t in (0..10_000u64).step_by(500) {
+            assert!(paused.take_stalled_with(t, &[waiting(100)]).is_empty());
+        }
     }
 
     #[test]

@@ -72,6 +72,7 @@ impl World<'_> {
             n: 1,
             fingerprint: Some(fingerprint),
             radius: None,
+            stream: self.reqs[q as usize].stream,
         };
         let node = &mut self.nodes[door];
         match Lifecycle::begin(&mut node.router, &mut node.budget, &admission, now_ms) {

@@ -83,7 +83,7 @@ impl CertRenewal {
 
     fn record(&self, outcome: Option<&'static str>, identity: &NodeIdentity) {
         if let Some(front) = self.handler.front() {
-            front.cert_state(outcome, seconds_left(identity.not_after()));
+            front.cert_state(self.id, outcome, seconds_left(identity.not_after()));
         }
     }
 }

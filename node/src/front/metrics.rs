@@ -49,6 +49,11 @@ struct ActorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaLabel {
     replica: u64,
 }
@@ -107,7 +112,8 @@ pub struct Metrics {
     ejections: Family<ReplicaLabel, Counter>,
     actor_restarts: Family<ActorLabel, Counter>,
     cert_renewals: Family<OutcomeLabel, Counter>,
-    cert_expiry: Gauge<f64, AtomicU64>,
+    /// Keyed by the node, so that a node outside a cluster (no certificate) shows none.
+    cert_expiry: Family<NodeLabel, Gauge<f64, AtomicU64>>,
     tenant_requests: Family<TenantClass, Counter>,
     tenant_mu: Family<TenantClass, Counter<f64, AtomicU64>>,
     tenant_reserved: Family<TenantLabel, Gauge<f64, AtomicU64>>,
@@ -190,7 +196,7 @@ impl Metrics {
             "Renewals of this node's certificate, by outcome (renewed, failed)",
             cert_renewals.clone(),
         );
-        let cert_expiry = Gauge::<f64, AtomicU64>::default();
+        let cert_expiry = Family::<NodeLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "node_cert_expires_in_seconds",
             "Seconds until this node's certificate expires (negative: expired)",
@@ -555,8 +561,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_cert_expiry(&self, seconds: f64) {
-        self.cert_expiry.set(seconds);
+    pub fn set_cert_expiry(&self, node: u64, seconds: f64) {
+        self.cert_expiry
+            .get_or_create(&NodeLabel { node })
+            .set(seconds);
     }
 
     pub fn spill(&self) {

@@ -495,13 +495,13 @@ impl AppState {
         self.metrics.actor_restarted(actor);
     }
 
-    /// This node's certificate: a renewal's `outcome` (when one was tried) and the
+    /// Node `node`'s certificate: a renewal's `outcome` (when one was tried) and the
     /// seconds it has left.
-    pub fn cert_state(&self, outcome: Option<&'static str>, seconds_left: f64) {
+    pub fn cert_state(&self, node: u64, outcome: Option<&'static str>, seconds_left: f64) {
         if let Some(o) = outcome {
             self.metrics.cert_renewal(o);
         }
-        self.metrics.set_cert_expiry(seconds_left);
+        self.metrics.set_cert_expiry(node, seconds_left);
     }
 
     /// This router's in-flight load per replica, for the others.

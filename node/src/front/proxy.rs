@@ -211,6 +211,7 @@ async fn forward(
         n: parsed.n.saturating_mul(parsed.prompts),
         fingerprint: Some(fingerprint(&body)),
         radius: None,
+        stream: parsed.stream,
     };
     // Who is asking, and whether there is room: before anything is placed.
     let cost = state.core().quote(&admission);

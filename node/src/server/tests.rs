@@ -797,6 +797,14 @@ async fn certificates_that_live_ten_seconds_are_renewed_and_new_connections_keep
             counter(addr, "node_cert_renewals", "outcome=\"failed\"").await,
             0
         );
+        let (id, _) = r.node.cluster().unwrap();
+        let (_, text) = http(addr, "/metrics", None).await;
+        let prefix = format!("sluice_node_cert_expires_in_seconds{{node=\"{id}\"}} ");
+        let left: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+            .expect("the certificate's time left is reported");
+        assert!(left > 0.0 && left <= 10.0, "{left}");
     }
     // Every certificate the nodes started with has expired by now; new connections,
     // made with each node's renewed certificate on disk to its renewed endpoint, work.
