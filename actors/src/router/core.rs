@@ -164,7 +164,7 @@ struct Active {
     /// A stream: whether its first token is awaited from each replica.
     stream: bool,
     /// A stream sent to its current replica and not yet answered there: when, and how
-    /// long the work queued ahead of it there should have taken.
+    /// long the work queued there up to it (its own prefill included) should take.
     awaiting: Option<(u64, u64)>,
     n: u32,
     fingerprint: Option<u64>,
@@ -424,7 +424,7 @@ impl RouterCore {
     /// so passively ejected); its streams are judged once.
     pub fn take_stalled(&mut self, now_ms: u64) -> Vec<ReplicaId> {
         // Streams still waiting for their first token: the oldest per replica, with the
-        // work that was queued ahead of it (what came after it cannot delay it).
+        // work queued there up to it (what came after it cannot delay it).
         let mut oldest: IdMap<ReplicaId, (u64, u64)> = IdMap::default();
         for a in self.active.values() {
             if let Some(w) = a.awaiting {
@@ -625,11 +625,12 @@ impl RouterCore {
         let charge = self.charge(&cost, 0);
         let mu = charge.mu;
         let new_kv = u64::from(shape.uncached_input) + u64::from(shape.output);
-        // The work a stream will wait behind there, before it joins it.
-        let ahead_ms = self.queue_ms(choice.replica);
         // A retried request leaves the replica it was charged to.
         let previous = self.ledger.placed_on(id);
         self.ledger.admit(id, choice.replica, slice_start, charge);
+        // What a stream waits for there before its first token: the work queued ahead of
+        // it and its own prefill (not what comes after it).
+        let ahead_ms = self.queue_ms(choice.replica);
         if let Some(p) = previous {
             self.reorder(p);
         }
@@ -1278,25 +1279,25 @@ mod tests {
 
     #[test]
     fn a_replica_whose_streams_never_start_while_another_answers_is_taken_for_hung() {
-        let streamed = |w: &str| Admission {
-            stream: true,
-            ..adm(w, 100, 400)
-        };
-        let run = |stream: bool| {
+        let run = |stream: bool, input: u32| {
             let mut c = core(2, 2);
             // Two requests, on the two replicas.
             let first = c
                 .place(
                     &Admission {
                         stream,
-                        ..streamed("a")
+                        ..adm("a", input, 400)
                     },
                     0,
                 )
                 .unwrap();
             let mut other = None;
             for i in 0..20 {
-                let p = c.place(&streamed(&format!("b{i}")), 0).unwrap();
+                let streamed = Admission {
+                    stream: true,
+                    ..adm(&format!("b{i}"), 100, 400)
+                };
+                let p = c.place(&streamed, 0).unwrap();
                 if p.replica != first.replica {
                     other = Some(p);
                     break;
@@ -1305,7 +1306,7 @@ mod tests {
             let other = other.expect("a request on the other replica");
             // The other replica streams on; the first one never sends a token.
             let mut judged = None;
-            for t in (50..10_000u64).step_by(50) {
+            for t in (50..60_000u64).step_by(50) {
                 c.progress(other.id, (t / 50) as u32, t);
                 if judged.is_none() && c.take_stalled(t) == vec![first.replica] {
                     judged = Some(t);
@@ -1313,10 +1314,20 @@ mod tests {
             }
             judged
         };
-        let judged = run(true).expect("the silent replica is judged");
+        let judged = run(true, 100).expect("the silent replica is judged");
         assert!((3_000..=3_200).contains(&judged), "{judged}");
+        // A long prompt's own prefill is work: its replica is given three times as long.
+        let c = core(1, 1);
+        let prefill_ms = {
+            let mut c = c;
+            c.place(&adm("p", 100_000, 1), 0).unwrap();
+            c.queue_ms(ReplicaId(0))
+        };
+        assert!(prefill_ms > 1_200, "{prefill_ms}");
+        let long = run(true, 100_000).expect("judged in the end");
+        assert!(long > 3 * prefill_ms, "{long} vs {prefill_ms}");
         // An answer sent whole gives nothing to wait for: not judged from the streams.
-        assert_eq!(run(false), None);
+        assert_eq!(run(false, 100), None);
     }
 
     #[test]

@@ -45,7 +45,8 @@ impl Default for StallConfig {
 pub const QUEUE_FACTOR: u64 = 3;
 
 /// Streams waiting for their first token on one replica: since when the oldest has
-/// waited there, and how long the work queued there should take at its capacity.
+/// waited there, and how long the work queued there when it was sent (its own prefill
+/// included) should take at the replica's capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Awaited {
     pub replica: ReplicaId,
