@@ -691,6 +691,21 @@ mod tests {
         let c = NodeConfig::load(Some(share.path()), Overrides::default()).unwrap();
         assert_eq!(c.router.decode_share, 0.5);
 
+        // Node certificates: a day by default, 10 s to a year.
+        assert_eq!(c.cert_lifetime, Duration::from_secs(86_400));
+        for (lifetime, ok) in [("5", false), ("10", true), ("1e9", false), ("nan", false)] {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            writeln!(f, "[node]\ncert_lifetime_s = {lifetime}").unwrap();
+            let r = NodeConfig::load(Some(f.path()), Overrides::default());
+            match ok {
+                true => assert_eq!(r.unwrap().cert_lifetime, Duration::from_secs(10)),
+                false => {
+                    let e = r.unwrap_err().to_string();
+                    assert!(e.contains("node.cert_lifetime_s"), "{lifetime}: {e}");
+                }
+            }
+        }
+
         let e = NodeConfig::load(
             None,
             Overrides {

@@ -1317,12 +1317,9 @@ mod tests {
         let judged = run(true, 100).expect("the silent replica is judged");
         assert!((3_000..=3_200).contains(&judged), "{judged}");
         // A long prompt's own prefill is work: its replica is given three times as long.
-        let c = core(1, 1);
-        let prefill_ms = {
-            let mut c = c;
-            c.place(&adm("p", 100_000, 1), 0).unwrap();
-            c.queue_ms(ReplicaId(0))
-        };
+        let mut alone = core(1, 1);
+        alone.place(&adm("p", 100_000, 1), 0).unwrap();
+        let prefill_ms = alone.queue_ms(ReplicaId(0));
         assert!(prefill_ms > 1_200, "{prefill_ms}");
         let long = run(true, 100_000).expect("judged in the end");
         assert!(long > 3 * prefill_ms, "{long} vs {prefill_ms}");
