@@ -50,6 +50,19 @@ pub fn sign_own(
     Ok(ca.sign_csr(csr_pem, node, lifetime)?)
 }
 
+/// How a failed renewal counts: before the control state with the CA is applied (a
+/// node's first seconds), a certificate still valid simply waits for it (`false`);
+/// anything else is a failure to report (`true`).
+pub fn is_failure(e: &RenewalError, not_after: SystemTime, now: SystemTime) -> bool {
+    !(matches!(e, RenewalError::NoAuthority) && not_after > now)
+}
+
+/// When a failed renewal is tried again: every few seconds, at most a tenth of the
+/// lifetime apart.
+pub fn retry_after(lifetime: Duration) -> Duration {
+    RETRY_EVERY.min(lifetime / 10)
+}
+
 /// The renewal actor's duty: waits until this node's certificate is due
 /// ([`renewal_due_in`]), then renews it, saves it (`node.pem`; the key stays) and has the
 /// endpoint present it from then on. A failed renewal is tried again every few seconds.
@@ -67,7 +80,7 @@ pub(super) struct CertRenewal {
     pub retry_at: Option<tokio::time::Instant>,
 }
 
-/// How long after a failed renewal it is tried again (at most a tenth of the lifetime).
+/// How long after a failed renewal it is tried again (see [`retry_after`]).
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 
 impl CertRenewal {
@@ -124,19 +137,14 @@ impl Duty for CertRenewal {
                 self.current = Some(next);
             }
             Err(e) => {
-                // Before the control state with the CA is applied (a node's first
-                // seconds), a certificate still valid simply waits for it.
-                let early = matches!(e, RenewalError::NoAuthority)
-                    && current.not_after() > SystemTime::now();
-                if early {
-                    tracing::debug!(node = self.id, error = %e, "certificate renewal waits");
-                    self.record(None, &current);
-                } else {
+                if is_failure(&e, current.not_after(), SystemTime::now()) {
                     tracing::warn!(node = self.id, error = %e, "cannot renew this node's certificate");
                     self.record(Some("failed"), &current);
+                } else {
+                    tracing::debug!(node = self.id, error = %e, "certificate renewal waits");
+                    self.record(None, &current);
                 }
-                self.retry_at =
-                    Some(tokio::time::Instant::now() + RETRY_EVERY.min(self.lifetime / 10));
+                self.retry_at = Some(tokio::time::Instant::now() + retry_after(self.lifetime));
                 self.current = Some(current);
             }
         }
@@ -189,5 +197,20 @@ mod tests {
         apply(&mut state, ControlCommand::RemoveNode(3));
         let err = sign_own(&state, ca.cert(), 3, &csr, hour);
         assert!(matches!(err, Err(RenewalError::Retired(3))), "{err:?}");
+    }
+
+    #[test]
+    fn only_a_valid_certificate_waiting_for_the_ca_is_not_a_failure() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let (valid, expired) = (now + Duration::from_secs(1), now - Duration::from_secs(1));
+        assert!(!is_failure(&RenewalError::NoAuthority, valid, now));
+        assert!(is_failure(&RenewalError::NoAuthority, expired, now));
+        assert!(is_failure(&RenewalError::Retired(3), valid, now));
+        assert!(is_failure(&RenewalError::OtherCa, valid, now));
+        assert_eq!(
+            retry_after(Duration::from_secs(86_400)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(retry_after(Duration::from_secs(10)), Duration::from_secs(1));
     }
 }

@@ -22,16 +22,22 @@ async fn engines_at(n: usize, time_scale: f64) -> Vec<String> {
     for seed in 0..n {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         urls.push(format!("http://{}", listener.local_addr().unwrap()));
-        let config = ServerConfig {
-            model: MODEL.to_owned(),
-            params: sluice_actors::Profile::default_profile().engine,
-            time_scale,
-            seed: seed as u64,
-            poison: None,
-        };
-        tokio::spawn(serve_engine(listener, config, std::future::pending()));
+        engine_on(listener, time_scale, seed as u64);
     }
     urls
+}
+
+/// A simulated engine serving on `listener` for the rest of the test (the test's runtime
+/// owns it and stops it with the test).
+fn engine_on(listener: tokio::net::TcpListener, time_scale: f64, seed: u64) {
+    let config = ServerConfig {
+        model: MODEL.to_owned(),
+        params: sluice_actors::Profile::default_profile().engine,
+        time_scale,
+        seed,
+        poison: None,
+    };
+    tokio::spawn(serve_engine(listener, config, std::future::pending()));
 }
 
 fn config(urls: Vec<String>, restarts: RestartPolicy) -> NodeConfig {
@@ -880,15 +886,11 @@ async fn an_engine_still_loading_is_registered_starting_and_served_once_it_answe
     assert_eq!(routed(loading_id).await, 0);
     assert!(routed(crate::cluster::replica_id(id, 0).0).await >= 10);
     // It finishes loading: it is put in service.
-    let listener = tokio::net::TcpListener::bind(loading).await.unwrap();
-    let engine = ServerConfig {
-        model: MODEL.to_owned(),
-        params: sluice_actors::Profile::default_profile().engine,
-        time_scale: 0.0,
-        seed: 9,
-        poison: None,
-    };
-    tokio::spawn(serve_engine(listener, engine, std::future::pending()));
+    engine_on(
+        tokio::net::TcpListener::bind(loading).await.unwrap(),
+        0.0,
+        9,
+    );
     eventually("the loaded engine is in service", || async {
         health().await.is_some_and(|h| h.1 == "healthy")
     })
