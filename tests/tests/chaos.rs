@@ -1,7 +1,7 @@
 //! A short run of every chaos drill (`sluice chaos drill SCENARIO`) on three real nodes
 //! in three racks: no request is lost, every node ends with the same committed state
 //! (including a write made before the fault), at least 99% of the requests sent after
-//! the fault succeed, a silently hung replica is ejected within 15 s, no router sends
+//! the fault succeed, a silently hung replica is ejected within 10 s, no router sends
 //! to a replica long after it was marked dead, and a poison request hurts only replicas
 //! of its slice's subset and is then refused.
 //! `docs/RELIABILITY.md` has the figures of longer runs.
@@ -88,7 +88,8 @@ fn every_drill_loses_nothing_and_recovers() -> Result<()> {
             let down = r["recovery"]["ejected_s"]
                 .as_f64()
                 .context("the hang was never detected")?;
-            assert!(down < 15.0, "hung replica ejected after {down} s");
+            // Found from the requests waiting on it (~3 s), not the engine's gauge (10 s+).
+            assert!(down < 10.0, "hung replica ejected after {down} s");
         }
     }
     // In the same test: drills share the machine's two cores badly.

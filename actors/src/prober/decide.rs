@@ -9,6 +9,12 @@ use super::{
 };
 use crate::slice::ReplicaId;
 
+/// How long the engine's output-token counter must have stood still for a router's
+/// word that the replica's requests all stalled to condemn it: two of the prober's
+/// samples, well within the routers' 3 s floor, so a hang is confirmed as soon as it is
+/// reported, and an engine that writes any token meanwhile is not hung.
+pub const STREAMS_CONFIRMED_AFTER_MS: u64 = 2_000;
+
 /// What the prober knows of one replica.
 #[derive(Debug, Clone)]
 struct ReplicaState {
@@ -24,6 +30,8 @@ struct ReplicaState {
     /// When `probe_failures` reached `failures_to_eject`.
     probes_failed_ms: Option<u64>,
     stall: StallDetector,
+    /// When a router first took its streams here for hung since the last proof.
+    streams_stalled_ms: Option<u64>,
 }
 
 impl ReplicaState {
@@ -36,6 +44,7 @@ impl ReplicaState {
             probe_failures: 0,
             probes_failed_ms: None,
             stall: StallDetector::default(),
+            streams_stalled_ms: None,
         }
     }
 
@@ -45,6 +54,7 @@ impl ReplicaState {
         self.proven_ms = now_ms;
         self.probe_failures = 0;
         self.probes_failed_ms = None;
+        self.streams_stalled_ms = None;
         self.stall.progressed(now_ms);
     }
 
@@ -64,10 +74,20 @@ impl ReplicaState {
                 Reason::Stalled,
             )
         });
-        match (probes, stall) {
-            (Some(p), Some(s)) => Some(if s.0 < p.0 { s } else { p }),
-            (p, s) => p.or(s),
-        }
+        // A router's word is confirmed by the engine's own counter: a busy engine that
+        // is only slow for that router's requests still writes tokens.
+        let confirmed = self
+            .stall
+            .still_for()
+            .is_some_and(|still| still >= STREAMS_CONFIRMED_AFTER_MS);
+        let streams = self
+            .streams_stalled_ms
+            .filter(|_| confirmed)
+            .map(|t| (t, Reason::StreamsStalled));
+        [probes, stall, streams]
+            .into_iter()
+            .flatten()
+            .min_by_key(|&(t, _)| t)
     }
 
     fn probe_due(&self, config: &ProbeConfig, now_ms: u64) -> bool {
@@ -90,11 +110,11 @@ impl ReplicaState {
 /// - A replica unproven for `idle_window_ms` is probed, at most once per
 ///   `idle_window_ms` and one probe at a time; a probe unanswered or answered late has
 ///   failed.
-/// - `failures_to_eject` failed probes in a row, or a stall (see `StallDetector`),
-///   condemn it. Condemned replicas are ejected oldest condemnation first while fewer
+/// - `failures_to_eject` failed probes in a row, a stall (see `StallDetector`), or a
+///   router's word that its streams there all stalled, condemn it. Condemned replicas are ejected oldest condemnation first while fewer
 ///   than [`ProbeConfig::max_ejected`] of the pool are ejected; the rest are
 ///   [`Verdict::Deferred`], and go back to healthy if their signal clears (a proof, or
-///   for a stall the tokens moving again) before a slot frees.
+///   for a gauge stall the tokens moving again) before a slot frees.
 /// - Ejection ends only with [`ProberCore::restored`] (or removal from the pool). A pool
 ///   that shrinks until its ejections exceed the cap keeps them, and ejects no more
 ///   until it is back under.
@@ -170,6 +190,29 @@ impl ProberCore {
             return Vec::new();
         };
         state.stall.sample(queued, tokens_total, now_ms);
+        self.settle(now_ms)
+    }
+
+    /// A router took `replica`'s streams for hung at `at_ms` (its silence outlasted the
+    /// bound from the replica's own pace; see `router::stall`), heard at `now_ms`. It
+    /// condemns the replica once the engine's token counter has stood still for
+    /// [`STREAMS_CONFIRMED_AFTER_MS`] (an engine without that gauge is left to the
+    /// probes). Word older than the replica's last proof (a completed request or probe,
+    /// or its restart) is stale — a peer's gossip repeats it for a while — and ignored.
+    pub fn on_streams_stalled(
+        &mut self,
+        replica: ReplicaId,
+        at_ms: u64,
+        now_ms: u64,
+    ) -> Vec<VerdictChange> {
+        let Some(state) = self.replicas.get_mut(&replica) else {
+            return Vec::new();
+        };
+        if at_ms <= state.proven_ms || !state.verdict.in_service() {
+            return Vec::new();
+        }
+        let since = state.streams_stalled_ms.map_or(at_ms, |t| t.min(at_ms));
+        state.streams_stalled_ms = Some(since);
         self.settle(now_ms)
     }
 

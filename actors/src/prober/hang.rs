@@ -11,6 +11,8 @@ pub struct StallDetector {
     stalled_since_ms: Option<u64>,
     /// When the last sample was taken.
     sampled_ms: u64,
+    /// The sample at which the counter was first seen at its present value.
+    still_since_ms: u64,
 }
 
 impl StallDetector {
@@ -21,6 +23,9 @@ impl StallDetector {
     /// for an hour is not a hang the moment a request arrives.
     pub fn sample(&mut self, queued: u32, tokens_total: u64, now_ms: u64) {
         let advanced = self.tokens_total.is_some_and(|t| t != tokens_total);
+        if advanced || self.tokens_total.is_none() {
+            self.still_since_ms = now_ms;
+        }
         self.tokens_total = Some(tokens_total);
         self.sampled_ms = now_ms;
         if queued == 0 || advanced {
@@ -36,6 +41,13 @@ impl StallDetector {
         if self.stalled_since_ms.is_some() {
             self.stalled_since_ms = Some(now_ms);
         }
+    }
+
+    /// For how long, as of the last sample, the engine has produced no token at all,
+    /// busy or not; `None` before two samples.
+    pub fn still_for(&self) -> Option<u64> {
+        (self.tokens_total.is_some() && self.sampled_ms > self.still_since_ms)
+            .then(|| self.sampled_ms - self.still_since_ms)
     }
 
     /// When the current stall began, if the last sample showed it lasting at least

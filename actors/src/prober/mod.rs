@@ -47,6 +47,10 @@ pub enum Reason {
     ProbesFailed,
     /// Work stayed queued with no output token for `stall_window_ms`.
     Stalled,
+    /// A router's streams on it all fell silent past their bound (`router::stall`):
+    /// this node's own or a peer's, told by gossip. Seconds sooner than the engine's
+    /// gauges can show a hang under load, and needs none.
+    StreamsStalled,
 }
 
 /// The prober's view of a replica.

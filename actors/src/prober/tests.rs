@@ -570,3 +570,75 @@ fn only_a_2xx_is_a_success_and_only_a_4xx_the_clients_fault() {
     assert_eq!(RealOutcome::of_status(Some(503)), RealOutcome::Failed);
     assert_eq!(RealOutcome::of_status(None), RealOutcome::Failed);
 }
+
+#[test]
+fn a_routers_word_that_its_streams_stalled_ejects_once_the_counter_agrees() {
+    let mut c = core(3);
+    // r1's counter stands still from 1 s on; r2's moves.
+    for t in (1_000..=3_000).step_by(1_000) {
+        c.on_progress(r(1), 0, 50, t);
+        c.on_progress(r(2), 4, t, t);
+    }
+    // Word older than the replica's last proof (here, joining the pool at 0) is stale.
+    assert!(c.on_streams_stalled(r(1), 0, 3_000).is_empty());
+    assert_eq!(
+        c.on_streams_stalled(r(1), 3_000, 3_100),
+        [VerdictChange {
+            replica: r(1),
+            verdict: Verdict::Unhealthy {
+                since_ms: 3_100,
+                reason: Reason::StreamsStalled
+            }
+        }]
+    );
+    // Repeated by gossip: no second change.
+    assert!(c.on_streams_stalled(r(1), 3_000, 3_500).is_empty());
+    // Restarted: the same word, still gossiped, no longer counts.
+    c.restored(r(1), 9_000);
+    assert!(c.on_streams_stalled(r(1), 3_000, 9_100).is_empty());
+    assert_eq!(c.verdict(r(1)), Some(Verdict::Healthy));
+    // An engine that writes tokens is busy, not hung, whatever a router saw.
+    assert!(c.on_streams_stalled(r(2), 3_000, 3_100).is_empty());
+    assert_eq!(c.verdict(r(2)), Some(Verdict::Healthy));
+}
+
+#[test]
+fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
+    let mut c = core(3);
+    // No gauge sampled yet: the word alone condemns nothing.
+    assert!(c.on_streams_stalled(r(0), 1_000, 1_000).is_empty());
+    c.on_progress(r(0), 1, 7, 1_000);
+    assert!(c.on_progress(r(0), 1, 7, 2_000).is_empty(), "still for 1 s");
+    assert_eq!(
+        c.on_progress(r(0), 1, 7, 3_000),
+        [VerdictChange {
+            replica: r(0),
+            verdict: Verdict::Unhealthy {
+                since_ms: 3_000,
+                reason: Reason::StreamsStalled
+            }
+        }],
+        "still for 2 s: confirmed"
+    );
+    // Past the ejection cap (one of three) a second is deferred, and a completed
+    // request clears the word.
+    c.on_progress(r(1), 1, 7, 1_000);
+    c.on_progress(r(1), 1, 7, 3_000);
+    assert_eq!(
+        c.on_streams_stalled(r(1), 2_500, 3_000),
+        [VerdictChange {
+            replica: r(1),
+            verdict: Verdict::Deferred {
+                since_ms: 2_500,
+                reason: Reason::StreamsStalled
+            }
+        }]
+    );
+    assert_eq!(
+        c.on_real_outcome(r(1), RealOutcome::Success, 3_500),
+        [VerdictChange {
+            replica: r(1),
+            verdict: Verdict::Healthy
+        }]
+    );
+}

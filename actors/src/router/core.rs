@@ -67,6 +67,11 @@ impl Default for RouterConfig {
 /// Most implications a router announces in one gossip round (the newest).
 pub const ANNOUNCED_AT_MOST: usize = 512;
 
+/// How long a router keeps telling the others that it took a replica for hung: several
+/// gossip rounds, and less than any engine restart, so the word is never taken for news
+/// about the restarted engine (the prober also ignores word older than a restart).
+pub const STALLS_ANNOUNCED_FOR_MS: u64 = 3_000;
+
 /// A replica the router may send to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReplicaSpec {
@@ -163,8 +168,8 @@ struct Active {
     last_token_ms: Option<u64>,
     /// A stream: whether its first token is awaited from each replica.
     stream: bool,
-    /// A stream sent to its current replica and not yet answered there: when, and how
-    /// long the work queued there up to it (its own prefill included) should take.
+    /// Sent to its current replica and nothing back from there yet: when, and how long
+    /// the work queued there up to it (its own prefill included) should take.
     awaiting: Option<(u64, u64)>,
     n: u32,
     fingerprint: Option<u64>,
@@ -423,23 +428,26 @@ impl RouterCore {
     /// `now_ms`: hung, whatever their health checks say. Each is counted a failure (and
     /// so passively ejected); its streams are judged once.
     pub fn take_stalled(&mut self, now_ms: u64) -> Vec<ReplicaId> {
-        // Streams still waiting for their first token: the oldest per replica, with the
-        // work queued there up to it (what came after it cannot delay it).
-        let mut oldest: IdMap<ReplicaId, (u64, u64)> = IdMap::default();
-        for a in self.active.values() {
-            if let Some(w) = a.awaiting {
-                let o = oldest.entry(a.replica).or_insert(w);
-                if w.0 < o.0 {
-                    *o = w;
-                }
-            }
-        }
-        let awaited: Vec<Awaited> = oldest
-            .into_iter()
-            .map(|(replica, (since_ms, queue_ms))| Awaited {
-                replica,
-                since_ms,
-                queue_ms,
+        // Requests still waiting for the first thing back from their replica, each with
+        // the work queued there up to it (what came after it cannot delay it).
+        let awaited: Vec<Awaited> = self
+            .active
+            .values()
+            .filter_map(|a| {
+                let (since_ms, queue_ms) = a.awaiting?;
+                // A whole answer comes back once it is all written; one whose length
+                // has no bound cannot be judged by its wait.
+                let tokens = if a.stream {
+                    1
+                } else {
+                    a.max_tokens? / a.n.max(1)
+                };
+                Some(Awaited {
+                    replica: a.replica,
+                    since_ms,
+                    queue_ms,
+                    tokens,
+                })
             })
             .collect();
         let stalled = self.stalls.take_stalled_with(now_ms, &awaited);
@@ -447,6 +455,17 @@ impl RouterCore {
             self.on_replica_failure(r, now_ms);
         }
         stalled
+    }
+
+    /// The replicas this router took for hung within the last [`STALLS_ANNOUNCED_FOR_MS`],
+    /// each with how long ago: re-announced to the other nodes every gossip round for
+    /// that long, so one missed round does not keep a hung replica of theirs in service.
+    pub fn announced_stalls(&self, now_ms: u64) -> Vec<(ReplicaId, u64)> {
+        self.stalls
+            .judged_since(now_ms.saturating_sub(STALLS_ANNOUNCED_FOR_MS))
+            .into_iter()
+            .map(|(r, at)| (r, now_ms.saturating_sub(at)))
+            .collect()
     }
 
     /// `replica` answered a request whole or passed a probe at `now_ms`: it is working,
@@ -651,7 +670,7 @@ impl RouterCore {
             a.slice = slice_start;
             a.expected_cached = shape.cached_input;
             a.charged_kv = new_kv;
-            a.awaiting = a.stream.then_some((now_ms, ahead_ms));
+            a.awaiting = Some((now_ms, ahead_ms));
         }
         Some(Placement {
             id,
@@ -1323,8 +1342,60 @@ mod tests {
         assert!(prefill_ms > 1_200, "{prefill_ms}");
         let long = run(true, 100_000).expect("judged in the end");
         assert!(long > 3 * prefill_ms, "{long} vs {prefill_ms}");
-        // An answer sent whole gives nothing to wait for: not judged from the streams.
-        assert_eq!(run(false, 100), None);
+        // An answer sent whole: writing its 400 tokens at the pace seen elsewhere (50 ms
+        // a token) explains three times 20 s of silence.
+        let whole = run(false, 100).expect("judged in the end");
+        assert!(whole >= 3 * 399 * 50, "{whole}");
+    }
+
+    #[test]
+    fn a_replica_that_never_answers_whole_while_another_streams_is_taken_for_hung() {
+        let mut c = core(2, 2);
+        // A stream on each replica at 20 ms a token: both paces known.
+        let mut on = Vec::new();
+        for i in 0..40 {
+            let a = Admission {
+                stream: true,
+                ..adm(&format!("s{i}"), 100, 40)
+            };
+            let p = c.place(&a, 0).unwrap();
+            if !on.iter().any(|q: &Placement| q.replica == p.replica) {
+                on.push(p);
+            }
+            if on.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(on.len(), 2);
+        for t in (20..=800u64).step_by(20) {
+            for p in &on {
+                c.progress(p.id, (t / 20) as u32, t);
+            }
+        }
+        let (hung, live) = (on[0], on[1]);
+        c.finish(hung.id, None);
+        // A whole answer of at most 100 tokens on the first replica, which then falls
+        // silent; the second streams on.
+        let mut whole = None;
+        for i in 0..40 {
+            let p = c.place(&adm(&format!("w{i}"), 100, 100), 1_000).unwrap();
+            if p.replica == hung.replica {
+                whole = Some(p);
+                break;
+            }
+            c.finish(p.id, None);
+        }
+        assert!(whole.is_some(), "a whole answer on the first replica");
+        let mut judged = None;
+        for t in (1_000..60_000u64).step_by(50) {
+            c.progress(live.id, 40 + ((t - 1_000) / 20) as u32, t);
+            if judged.is_none() && c.take_stalled(t) == vec![hung.replica] {
+                judged = Some(t);
+            }
+        }
+        // Writing 100 tokens at 20 ms takes ~2 s: three times that, past the 3 s floor.
+        let judged = judged.expect("judged");
+        assert!((6_900..=7_400).contains(&judged), "{judged}");
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! it works for a replica on another node as well as for a local one.
 //!
 //! Kept per replica, not per stream: the newest sign of life and how many streams are
-//! producing there. A stream waiting for its first token counts apart ([`Awaited`]): a
-//! replica whose only streams wait is judged by the same silence, but over a bound at
-//! least [`QUEUE_FACTOR`] times what the work queued there should take at its capacity
-//! (a long prefill is work, not a hang), and only with a witness. Its first token, like
-//! any finished answer, is a sign of life.
+//! producing there. A request waiting for the first thing its replica sends back — a
+//! stream's first token, or an answer sent whole — counts apart ([`Awaited`]): a replica
+//! whose only requests wait is judged by the same silence, but over a bound at least
+//! [`QUEUE_FACTOR`] times what the work queued there should take at its capacity (a
+//! long prefill is work, not a hang) plus, for a whole answer, what writing it should
+//! take at the replica's own pace, and only with a witness. A first token, like any
+//! finished answer, is a sign of life.
 //!
 //! Silence everywhere at once is not a hang. When the router's own host, or a machine
 //! its engines share, stops for a few seconds, every producing replica falls silent
@@ -44,14 +46,30 @@ impl Default for StallConfig {
 /// times the expected time of the work queued there (and never before its bound).
 pub const QUEUE_FACTOR: u64 = 3;
 
-/// Streams waiting for their first token on one replica: since when the oldest has
-/// waited there, and how long the work queued there when it was sent (its own prefill
-/// included) should take at the replica's capacity.
+/// A request waiting on `replica` for the first thing it sends back: since when, how
+/// long the work queued there when it was sent (its own prefill included) should take
+/// at the replica's capacity, and how many tokens the replica writes before anything
+/// comes back (1 for a stream; the most it may write for an answer sent whole).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Awaited {
     pub replica: ReplicaId,
     pub since_ms: u64,
     pub queue_ms: u64,
+    pub tokens: u32,
+}
+
+impl Awaited {
+    /// The silence that would make its wait a hang on a replica whose own bound is
+    /// `bound` and whose pace is `gap_ms` per token; `None` when nothing bounds it (a
+    /// whole answer before any pace is known).
+    fn bound_ms(&self, bound: u64, gap_ms: Option<f64>) -> Option<u64> {
+        let writing = match self.tokens {
+            0 | 1 => 0,
+            t => (gap_ms? * f64::from(t - 1)) as u64,
+        };
+        let work = self.queue_ms.saturating_add(writing);
+        Some(bound.max(QUEUE_FACTOR.saturating_mul(work)))
+    }
 }
 
 /// Weight of a new gap in the running mean.
@@ -91,10 +109,36 @@ impl Pace {
     }
 }
 
+/// Signs of life from all replicas together: at low load no single replica is heard
+/// without a break, but the replicas together still show that the router and the world
+/// around it kept working.
+#[derive(Debug, Clone, Copy, Default)]
+struct World {
+    heard_ms: u64,
+    /// Since when some replica has been heard with no silence of half the floor or more.
+    run_since_ms: u64,
+}
+
+impl World {
+    fn heard(&mut self, now_ms: u64, config: &StallConfig) {
+        if self.run_since_ms == 0 || now_ms.saturating_sub(self.heard_ms) >= config.floor_ms / 2 {
+            self.run_since_ms = now_ms.max(1);
+        }
+        self.heard_ms = self.heard_ms.max(now_ms);
+    }
+
+    /// The start of the run going on at `now_ms`, if one is.
+    fn running_since(&self, now_ms: u64, config: &StallConfig) -> Option<u64> {
+        (self.run_since_ms > 0 && now_ms.saturating_sub(self.heard_ms) < config.floor_ms / 2)
+            .then_some(self.run_since_ms)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct StreamStalls {
     config: StallConfig,
     replicas: HashMap<ReplicaId, Pace>,
+    world: World,
 }
 
 impl StreamStalls {
@@ -102,6 +146,7 @@ impl StreamStalls {
         Self {
             config,
             replicas: HashMap::new(),
+            world: World::default(),
         }
     }
 
@@ -117,6 +162,7 @@ impl StreamStalls {
         if tokens == 0 {
             return;
         }
+        self.world.heard(now_ms, &self.config);
         let p = self.replicas.entry(replica).or_default();
         p.heard(now_ms, &self.config);
         match previous_ms {
@@ -142,6 +188,7 @@ impl StreamStalls {
     /// `replica` did something only a working engine does at `now_ms`: it answered a
     /// request whole or passed a probe.
     pub fn heard(&mut self, replica: ReplicaId, now_ms: u64) {
+        self.world.heard(now_ms, &self.config);
         self.replicas
             .entry(replica)
             .or_default()
@@ -165,26 +212,32 @@ impl StreamStalls {
         self.take_stalled_with(now_ms, &[])
     }
 
-    /// [`Self::take_stalled`], also judging replicas whose only streams wait for their
-    /// first token (`awaited`, one entry per replica).
+    /// [`Self::take_stalled`], also judging replicas whose only requests wait for the
+    /// first thing back (`awaited`: any number per replica).
     pub fn take_stalled_with(&mut self, now_ms: u64, awaited: &[Awaited]) -> Vec<ReplicaId> {
         let config = self.config;
-        let waiting = |r: ReplicaId| awaited.iter().find(|a| a.replica == r);
+        let waiting = |r: ReplicaId| awaited.iter().filter(move |a| a.replica == r);
         for a in awaited {
             self.replicas.entry(a.replica).or_default();
         }
         let busy = self
             .replicas
             .iter()
-            .filter(|(&r, p)| p.producing > 0 || waiting(r).is_some())
+            .filter(|(&r, p)| p.producing > 0 || waiting(r).next().is_some())
             .count();
-        // The longest unbroken run among the replicas heard lately.
+        // The longest unbroken run among the replicas heard lately, or of all of them
+        // together.
         let witness_since = self
             .replicas
             .values()
             .filter(|p| p.run_since_ms > 0 && p.silent_for(now_ms) < p.bound_ms(&config) / 2)
             .map(|p| p.run_since_ms)
+            .chain(self.world.running_since(now_ms, &config))
             .min();
+        // A replica whose pace this router has not seen yet is taken to write at the
+        // pace of those it has (a fleet's replicas serve one model alike).
+        let paces: Vec<f64> = self.replicas.values().filter_map(|p| p.gap_ms).collect();
+        let fleet_gap = (!paces.is_empty()).then(|| paces.iter().sum::<f64>() / paces.len() as f64);
         let witnessed = |bound: u64| {
             witness_since.is_some_and(|since| since <= now_ms.saturating_sub(bound / 2))
         };
@@ -196,14 +249,17 @@ impl StreamStalls {
                 let quiet_since = p.heard_ms.max(p.judged_ms);
                 if p.producing > 0 {
                     now_ms.saturating_sub(quiet_since) > bound && (witnessed(bound) || busy == 1)
-                } else if let Some(a) = waiting(r) {
-                    // Nothing heard since the oldest stream was sent, past what its queue
+                } else {
+                    // Nothing heard since a waiting request was sent, past what its work
                     // explains; a lone replica's wait proves nothing (its prefill may be
                     // long), so a witness is needed.
-                    let bound = bound.max(QUEUE_FACTOR.saturating_mul(a.queue_ms));
-                    now_ms.saturating_sub(quiet_since.max(a.since_ms)) > bound && witnessed(bound)
-                } else {
-                    false
+                    waiting(r).any(|a| {
+                        a.bound_ms(bound, p.gap_ms.or(fleet_gap))
+                            .is_some_and(|bound| {
+                                now_ms.saturating_sub(quiet_since.max(a.since_ms)) > bound
+                                    && witnessed(bound)
+                            })
+                    })
                 }
             })
             .map(|(&r, _)| r)
@@ -214,6 +270,19 @@ impl StreamStalls {
                 p.judged_ms = now_ms;
             }
         }
+        out
+    }
+
+    /// The replicas taken for hung at or after `since_ms`, with when: what this router
+    /// tells the replicas' own nodes, whose probers eject and restart them.
+    pub fn judged_since(&self, since_ms: u64) -> Vec<(ReplicaId, u64)> {
+        let mut out: Vec<(ReplicaId, u64)> = self
+            .replicas
+            .iter()
+            .filter(|(_, p)| p.judged_ms > 0 && p.judged_ms >= since_ms)
+            .map(|(&r, p)| (r, p.judged_ms))
+            .collect();
+        out.sort_unstable();
         out
     }
 
@@ -386,6 +455,49 @@ mod tests {
         assert_eq!(judged, Some(3_050));
     }
 
+    /// At low load no other replica is heard without a break, but together they are:
+    /// that witnesses a silence as well as one busy replica would, and a pause of
+    /// everything still is not a hang.
+    #[test]
+    fn replicas_heard_in_turn_witness_together() {
+        let (q1, q2) = (ReplicaId(2), ReplicaId(3));
+        // Q1 answers at 0, 2, 4 s…, Q2 at 1, 3, 5 s…: each alone has 2 s silences.
+        let life = |s: &mut StreamStalls, t: u64| {
+            if t.is_multiple_of(1_000) {
+                s.heard(if t.is_multiple_of(2_000) { q1 } else { q2 }, t);
+            }
+        };
+        let waiting = Awaited {
+            replica: R,
+            since_ms: 10_000,
+            queue_ms: 100,
+            tokens: 1,
+        };
+        let mut s = StreamStalls::new(StallConfig::default());
+        let mut judged = None;
+        for t in (0..20_000u64).step_by(100) {
+            life(&mut s, t);
+            let awaited: &[Awaited] = if t >= 10_000 { &[waiting] } else { &[] };
+            if judged.is_none() && s.take_stalled_with(t, awaited) == vec![R] {
+                judged = Some(t);
+            }
+        }
+        assert_eq!(
+            judged,
+            Some(13_100),
+            "the floor past the oldest stream's send"
+        );
+        // The same wait while everything is silent from 11 s on: never judged.
+        let mut paused = StreamStalls::new(StallConfig::default());
+        for t in (0..20_000u64).step_by(100) {
+            if t < 11_000 {
+                life(&mut paused, t);
+            }
+            let awaited: &[Awaited] = if t >= 10_000 { &[waiting] } else { &[] };
+            assert!(paused.take_stalled_with(t, awaited).is_empty(), "at {t}");
+        }
+    }
+
     /// A hang that leaves no stream producing: the streams sent to the replica wait for
     /// their first token, and nothing comes back from it.
     #[test]
@@ -395,6 +507,7 @@ mod tests {
             replica: R,
             since_ms: 1_000,
             queue_ms,
+            tokens: 1,
         };
         // Q produces without a break all along: the witness.
         let witnessed = |queue_ms: u64| {

@@ -52,6 +52,7 @@ impl World<'_> {
         // Load every router has in flight, summed per partition side.
         let mut totals: [HashMap<ReplicaId, (f64, u64)>; 2] = Default::default();
         let mut implications: [Vec<sluice_actors::router::Implication>; 2] = Default::default();
+        let mut stalls: [Vec<(ReplicaId, u64)>; 2] = Default::default();
         let mut own = Vec::with_capacity(self.nodes.len());
         for n in 0..self.nodes.len() {
             if !self.reach.up[n] {
@@ -67,6 +68,7 @@ impl World<'_> {
             }
             own.push(loads);
             implications[side].extend(self.nodes[n].router.announced_implications(now_ms));
+            stalls[side].extend(self.nodes[n].router.announced_stalls(now_ms));
         }
         for (n, loads) in own.iter().enumerate() {
             if !self.reach.up[n] {
@@ -82,6 +84,13 @@ impl World<'_> {
             let router = &mut self.nodes[n].router;
             router.set_external_load(others);
             router.merge_implications(&implications[side], now_ms);
+            // Word of hung replicas: each node's prober weighs it for its own.
+            let mut changes = Vec::new();
+            for &(r, age) in &stalls[side] {
+                let at = now_ms.saturating_sub(age);
+                changes.extend(self.nodes[n].prober.on_streams_stalled(r, at, now_ms));
+            }
+            self.verdicts(n, changes);
         }
     }
 

@@ -22,6 +22,9 @@ impl World<'_> {
             // As the live prober's round begins: replicas hung by their streams' word.
             for r in self.nodes[n].router.take_stalled(now_ms) {
                 self.stalled(n, r.0 as usize);
+                // Its own prober weighs the word at once (it ignores others' replicas).
+                let changes = self.nodes[n].prober.on_streams_stalled(r, now_ms, now_ms);
+                self.verdicts(n, changes);
             }
             for r in self.locals(n) {
                 let e = &self.engines[r];

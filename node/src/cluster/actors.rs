@@ -219,6 +219,7 @@ impl Duty for Gossip {
             loads: front.own_load(),
             demand: front.own_demand(),
             implicated: front.announced_implications(),
+            stalled: front.announced_stalls(),
         });
         let state = self.cp.state().borrow().clone();
         for n in state.nodes().values().filter(|n| n.id != self.id) {

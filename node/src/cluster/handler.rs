@@ -439,6 +439,7 @@ impl NodeHandler {
                     front.peer_load(peer, g.loads);
                     front.peer_demand(peer, g.demand);
                     front.peer_implications(&g.implicated);
+                    front.streams_stalled(&g.stalled);
                 }
             }
         }

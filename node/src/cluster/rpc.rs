@@ -152,6 +152,9 @@ pub struct Gossip {
     pub demand: sluice_actors::admission::NodeDemand,
     /// Requests this router recently saw on replicas as they failed (quarantine).
     pub implicated: Vec<sluice_actors::router::Implication>,
+    /// Replicas this router lately took for hung from their streams, with how many ms
+    /// ago: the receiving node's prober ejects and restarts its own.
+    pub stalled: Vec<(ReplicaId, u64)>,
 }
 
 /// The answer to anything but `Forward`, by service.

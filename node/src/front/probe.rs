@@ -131,7 +131,35 @@ impl AppState {
             );
             self.metrics.stream_stall(r.0);
         }
+        // This node's own hung replicas go to its prober at once (ejected and
+        // restarted; it ignores the others), their nodes hear of theirs by gossip.
+        let word: Vec<(ReplicaId, u64)> = stalled.iter().map(|&r| (r, 0)).collect();
+        self.streams_stalled(&word);
         self.stall_alarm.send_replace(Arc::from(stalled));
+    }
+
+    /// Routers (this one or a peer's) took these replicas' streams for hung, each
+    /// `age` ms ago: the prober weighs it for those that are local.
+    pub fn streams_stalled(&self, stalls: &[(ReplicaId, u64)]) {
+        if stalls.is_empty() {
+            return;
+        }
+        let now = self.now_ms();
+        let mut changes = Vec::new();
+        {
+            let mut prober = self.prober.lock().unwrap_or_else(|p| p.into_inner());
+            for &(r, age) in stalls {
+                changes.extend(prober.on_streams_stalled(r, now.saturating_sub(age), now));
+            }
+        }
+        self.apply_verdicts(changes);
+    }
+
+    /// The replicas this router took for hung lately, with how long ago, for the
+    /// other nodes.
+    pub fn announced_stalls(&self) -> Vec<(ReplicaId, u64)> {
+        let now = self.now_ms();
+        self.core().announced_stalls(now)
     }
 
     /// Resolves once `replica` is found hung from its streams (after `alarm` was made).
