@@ -824,3 +824,39 @@ fn crash_fault_exits_the_process() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// As vLLM does, an answer is named after the request's `x-request-id`
+/// (`chatcmpl-<id>`); an id unsafe in JSON as it is gets the engine's own name.
+#[tokio::test]
+async fn answers_are_named_after_x_request_id_as_vllm_names_them() {
+    let s = start(0.0).await;
+    let c = client();
+    let named = |id: &'static str, stream: bool| {
+        let body = chat(
+            "Name me",
+            json!({"max_tokens": 3, "ignore_eos": true, "stream": stream}),
+        );
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/v1/chat/completions", s.addr))
+            .header("content-type", "application/json")
+            .header("x-request-id", id)
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let c = c.clone();
+        async move {
+            let resp = c.request(req).await.unwrap();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        }
+    };
+    let whole: Value = serde_json::from_str(&named("trace-1.0", false).await).unwrap();
+    assert_eq!(whole["id"], "chatcmpl-trace-1.0");
+    let streamed = named("trace-2.5", true).await;
+    let events = sse_events(&streamed);
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["id"], "chatcmpl-trace-2.5");
+    let unsafe_id: Value = serde_json::from_str(&named("quo\"te", false).await).unwrap();
+    let id = unsafe_id["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-") && !id.contains("quo"), "{id}");
+}

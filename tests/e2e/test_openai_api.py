@@ -125,6 +125,34 @@ def test_unknown_model_is_a_404(node):
     assert e.value.body["code"] == "model_not_found"
 
 
+def test_the_request_id_is_echoed_and_names_the_engines_answer(node):
+    c = client(node)
+    r = c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+        extra_headers={"x-request-id": "e2e-trace-42"})
+    # The client reads it back as the request's id; the engine named its answer after
+    # the attempt it was sent (`<id>.<n>`, as vLLM does).
+    assert r._request_id == "e2e-trace-42"
+    assert r.id.startswith("chatcmpl-e2e-trace-42."), r.id
+    with c.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "count"}], max_tokens=4, stream=True,
+            extra_headers={"x-request-id": "e2e-stream-7"}) as resp:
+        assert resp.headers["x-request-id"] == "e2e-stream-7"
+        ids = {chunk.id for chunk in resp.parse()}
+    assert ids and all(i.startswith("chatcmpl-e2e-stream-7.") for i in ids), ids
+    # Without one, or with one unfit for a header or a log line, the door makes one;
+    # errors carry it too.
+    made = c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+        extra_headers={"x-request-id": "has a space"})
+    assert made._request_id.startswith("sluice-"), made._request_id
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.request_id.startswith("sluice-")
+    status, headers, _ = http("GET", node.url + "/v1/nothing", headers={"x-request-id": "lost-1"})
+    assert status == 404 and headers.get("x-request-id") == "lost-1"
+
+
 def test_oversized_body_is_a_413(node):
     with pytest.raises(openai.APIStatusError) as e:
         client(node).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * 100_000}])

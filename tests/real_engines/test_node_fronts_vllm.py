@@ -49,6 +49,27 @@ def test_chat_and_completions_streaming_and_not(node):
     assert "".join(pieces)
 
 
+def test_the_request_id_reaches_vllm_and_comes_back(node):
+    c = client(node)
+    # Twice under one id, at once: each engine attempt gets its own (`<id>.<n>`), so vLLM
+    # never sees an id that is still running.
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hello there"}], max_tokens=16,
+        extra_body={"ignore_eos": True}, extra_headers={"x-request-id": "real-trace-9"})))
+        for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 2
+    for r in out:
+        assert r._request_id == "real-trace-9"
+        # vLLM named its answer after the attempt it was sent.
+        assert r.id.startswith("chatcmpl-real-trace-9."), r.id
+    assert out[0].id != out[1].id
+
+
 def test_a_stream_is_metered_whether_or_not_the_client_asked_for_usage(node):
     c = client(node)
     before = metric(node.url, "sluice_completion_tokens_total", {"model": MODEL})

@@ -9,9 +9,27 @@ use crate::core::{FinishReason, Usage};
 use crate::openai::Endpoint;
 use crate::words::{mix64, output_word};
 
+/// The id a request's answers carry after `x-request-id`, as vLLM names its answers
+/// `chatcmpl-<X-Request-Id>`: only an id safe in hand-written JSON as it is (letters,
+/// digits and `-_.:/+=@`, at most 200 characters) is taken.
+pub(super) fn named_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    let v = headers.get("x-request-id")?.to_str().ok()?;
+    let ok = !v.is_empty()
+        && v.len() <= 200
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b));
+    ok.then(|| v.to_owned())
+}
+
 /// `{"id":…,"object":…,"created":…,"model":…,"choices":` — the common head of every
-/// response object of a request.
-pub(super) fn response_head(s: &Shared, endpoint: Endpoint, n: u64, stream: bool) -> String {
+/// response object of a request; its id is `named` (see [`named_id`]) when given.
+pub(super) fn response_head(
+    s: &Shared,
+    endpoint: Endpoint,
+    n: u64,
+    stream: bool,
+    named: Option<&str>,
+) -> String {
     let (prefix, object) = match (endpoint, stream) {
         (Endpoint::Chat, true) => ("chatcmpl", "chat.completion.chunk"),
         (Endpoint::Chat, false) => ("chatcmpl", "chat.completion"),
@@ -22,11 +40,18 @@ pub(super) fn response_head(s: &Shared, endpoint: Endpoint, n: u64, stream: bool
         .map(|d| d.as_secs())
         .unwrap_or(s.created);
     let mut head = String::with_capacity(96 + s.model_json.len());
+    let _ = match named {
+        Some(id) => write!(head, "{{\"id\":\"{prefix}-{id}\","),
+        None => write!(
+            head,
+            "{{\"id\":\"{prefix}-{:016x}{:08x}\",",
+            mix64(s.seed ^ n),
+            n & 0xffff_ffff
+        ),
+    };
     let _ = write!(
         head,
-        "{{\"id\":\"{prefix}-{:016x}{:08x}\",\"object\":\"{object}\",\"created\":{created},\"model\":{},\"choices\":",
-        mix64(s.seed ^ n),
-        n & 0xffff_ffff,
+        "\"object\":\"{object}\",\"created\":{created},\"model\":{},\"choices\":",
         s.model_json
     );
     head

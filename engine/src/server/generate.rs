@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::engine_task::{AbortGuard, Cmd, Out, Sink, ENGINE_GONE};
 use super::fault::{injected_error, take_poison};
-use super::format::{response_head, Format};
+use super::format::{named_id, response_head, Format};
 use super::http::{error_response, json_response, read_body};
 use super::sse;
 use super::validate::{check_target, shape, Shape};
@@ -105,7 +105,7 @@ async fn generate(s: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, body: 
     let mut guard = AbortGuard::new(id, s.cmd.clone());
     let fmt = Format {
         endpoint,
-        head: response_head(&s, endpoint, n, req.stream),
+        head: response_head(&s, endpoint, n, req.stream, named_id(&headers).as_deref()),
         seed,
         offset,
     };

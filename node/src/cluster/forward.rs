@@ -5,6 +5,7 @@
 //! remote replicas.
 
 use super::rpc::{ForwardFrame, ForwardRequest, NodeRpc};
+use crate::front::request_id::{self, RequestId};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -17,6 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::RwLock;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Body of an upstream answer, local or forwarded.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -98,7 +100,14 @@ impl LocalReplicas {
         self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub async fn serve(&self, req: ForwardRequest, mut reply: Reply) {
+    pub async fn serve(&self, req: ForwardRequest, reply: Reply) {
+        // An id the door would not have made is replaced, as the door replaces one.
+        let id = RequestId::parse(&req.request_id).unwrap_or_else(RequestId::generate);
+        let span = tracing::info_span!("forwarded", request_id = %id);
+        self.serve_as(req, &id, reply).instrument(span).await
+    }
+
+    async fn serve_as(&self, req: ForwardRequest, id: &RequestId, mut reply: Reply) {
         self.in_flight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _serving = Serving(&self.in_flight);
@@ -120,6 +129,7 @@ impl LocalReplicas {
         }
         let request = match hyper::Request::post(format!("{base}{}", req.path))
             .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(request_id::HEADER, id.for_attempt())
             .body(Full::new(Bytes::from(req.body)))
         {
             Ok(r) => r,

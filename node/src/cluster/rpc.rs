@@ -172,6 +172,9 @@ pub struct ForwardRequest {
     /// `/v1/chat/completions` or `/v1/completions`.
     pub path: String,
     pub body: Vec<u8>,
+    /// The request's `x-request-id` at the door: the serving node logs it and names
+    /// its engine attempt after it.
+    pub request_id: String,
 }
 
 /// One piece of a forwarded answer: the head first, then body chunks.

@@ -8,6 +8,7 @@ mod metrics;
 pub mod models;
 mod probe;
 mod proxy;
+pub mod request_id;
 mod splice;
 mod sse;
 mod stream;
@@ -579,6 +580,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }
 

@@ -2,6 +2,7 @@
 //! fails before anything reached the client, stream the answer back while metering it.
 
 use super::probe::StallAlarm;
+use super::request_id::{self, RequestId};
 use super::sse::body_usage;
 use super::stream::{is_event_stream, stream_response, Metered};
 use super::{error_response, header_str, AppState, Target, Upstream};
@@ -100,7 +101,13 @@ pub(super) fn label(endpoint: Endpoint) -> &'static str {
 
 pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
     let started = Instant::now();
-    let resp = match forward(&state, endpoint, req, started).await {
+    // Named by the front door's layer; a handler called without it names its own.
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::generate);
+    let resp = match forward(&state, endpoint, req, &id, started).await {
         Ok(r) => r,
         Err((e, retry_after)) => {
             if e.status >= 500 {
@@ -121,6 +128,7 @@ async fn forward(
     state: &Arc<AppState>,
     endpoint: Endpoint,
     req: Request,
+    id: &RequestId,
     started: Instant,
 ) -> Result<Response, Failure> {
     if !state.caught_up() {
@@ -247,7 +255,7 @@ async fn forward(
             &mut placement,
             &mut alarm,
             deadline,
-            endpoint,
+            (endpoint, id),
             &body,
         )
         .await?;
@@ -273,6 +281,7 @@ async fn forward(
                     body,
                     prompt_tokens: admission.input_tokens,
                     deadline,
+                    request_id: id.clone(),
                 },
             ));
         }
@@ -343,7 +352,7 @@ async fn answer_head(
     placement: &mut Placement,
     alarm: &mut StallAlarm,
     deadline: tokio::time::Instant,
-    endpoint: Endpoint,
+    (endpoint, id): (Endpoint, &RequestId),
     body: &Bytes,
 ) -> Result<hyper::Response<UpstreamBody>, Failure> {
     loop {
@@ -355,7 +364,7 @@ async fn answer_head(
             .upstream(placement.replica)
             .ok_or_else(|| failure(Fail::NoReplica, None))?;
         let sent = tokio::select! {
-            sent = tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, body)) => sent,
+            sent = tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, id, body)) => sent,
             () = AppState::until_stalled(alarm, placement.replica) => Ok(Err(SendError {
                 message: "the replica was taken for hung (every stream on it stopped)".to_owned(),
                 delivered: true,
@@ -403,12 +412,14 @@ impl SendError {
     }
 }
 
-/// Sends the request to `upstream`: over HTTP to a local engine, over QUIC through the
-/// node that runs a remote one. An error means no answer came back (safe to retry).
+/// Sends the request to `upstream`: over HTTP to a local engine (as one attempt of
+/// request `id`), over QUIC through the node that runs a remote one (which names the
+/// attempt). An error means no answer came back (safe to retry).
 pub(super) async fn send(
     state: &AppState,
     upstream: &Upstream,
     endpoint: Endpoint,
+    id: &RequestId,
     body: &Bytes,
 ) -> Result<hyper::Response<UpstreamBody>, SendError> {
     match &upstream.target {
@@ -423,6 +434,7 @@ pub(super) async fn send(
             };
             let request = hyper::Request::post(uri.clone())
                 .header(header::CONTENT_TYPE, "application/json")
+                .header(request_id::HEADER, id.for_attempt())
                 .body(Full::new(body.clone()))
                 .map_err(|e| SendError::before(format!("bad upstream request: {e}")))?;
             let resp = state.client.request(request).await.map_err(|e| SendError {
@@ -444,6 +456,7 @@ pub(super) async fn send(
                 }
                 .to_owned(),
                 body: body.to_vec(),
+                request_id: id.as_str().to_owned(),
             };
             forward::call(client, *node, req)
                 .await

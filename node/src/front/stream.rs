@@ -6,6 +6,7 @@
 
 use super::probe::StallAlarm;
 use super::proxy::{label, send, Inflight};
+use super::request_id::RequestId;
 use super::sse::SseMeter;
 use super::AppState;
 use crate::cluster::forward::UpstreamBody;
@@ -37,6 +38,8 @@ pub(super) struct Metered {
     pub prompt_tokens: u32,
     /// The request's deadline.
     pub deadline: tokio::time::Instant,
+    /// Its `x-request-id`: a stream's later log lines are outside the request's span.
+    pub request_id: RequestId,
 }
 
 /// How a stream's replica failed it.
@@ -153,7 +156,7 @@ impl Pump {
             Ok(Continuation::Exhausted) => return Rescue::Ended(self.close(cut)),
             Ok(Continuation::Body(b)) => Bytes::from(b),
             Err(why) => {
-                tracing::info!(replica = self.m.replica.0, %why, "stream not continued");
+                tracing::info!(request_id = %self.m.request_id, replica = self.m.replica.0, %why, "stream not continued");
                 let fail = match self.guard.migrate(cut.broke(), false) {
                     Err(refused) => return self.refused(refused, &message),
                     // Not resumable is never moved; should it be, it still ends here.
@@ -172,6 +175,7 @@ impl Pump {
             state.metrics.migrated(how.0.label());
             state.metrics.routed(p.replica.0);
             tracing::info!(
+                request_id = %self.m.request_id,
                 from = self.m.replica.0,
                 to = p.replica.0,
                 reason = how.0.label(),
@@ -186,7 +190,7 @@ impl Pump {
             let sent = tokio::select! {
                 sent = tokio::time::timeout_at(
                     self.m.deadline,
-                    send(&state, &upstream, self.m.endpoint, &body),
+                    send(&state, &upstream, self.m.endpoint, &self.m.request_id, &body),
                 ) => sent,
                 () = AppState::until_stalled(&mut self.alarm, p.replica) => {
                     how = (Cut::Stalled, format!("{}; the replica continuing it was taken for hung", how.1));
@@ -246,6 +250,7 @@ impl Pump {
     /// A migration the lifecycle refused: the stream ends with its error event.
     fn refused(&mut self, refused: Refusal, message: &str) -> Rescue {
         tracing::info!(
+            request_id = %self.m.request_id,
             replica = self.m.replica.0,
             why = refused.why.label(),
             "stream not continued"

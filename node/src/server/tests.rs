@@ -394,25 +394,51 @@ async fn a_node_whose_replica_is_gone_forwards_to_another_nodes_replica() {
         assert_eq!(chat(a_addr).await, 200, "forwarded through QUIC");
     }
     assert!(counter(a_addr, "routed", &remote).await >= before + 5);
+    // The client's x-request-id comes back, and names the attempt the serving node sent
+    // its engine (the engine names its answer after it, as vLLM does).
+    let (echoed, body) = chat_named(a_addr, "fwd-trace-1").await;
+    assert_eq!(echoed.as_deref(), Some("fwd-trace-1"));
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = answer["id"].as_str().unwrap_or_default();
+    assert!(id.starts_with("chatcmpl-fwd-trace-1."), "{id}");
     for r in [a, b] {
         let _ = r.stop.send(());
         r.node.wait().await.unwrap();
     }
 }
 
-/// A chat request's status and its `Retry-After` and error code.
-async fn chat_detail(addr: SocketAddr) -> (u16, Option<String>, String) {
+/// A chat request sent with `x-request-id: id`: the id echoed, and the body.
+async fn chat_named(addr: SocketAddr, id: &str) -> (Option<String>, String) {
+    let resp = chat_sent(addr, Some(id)).await;
+    let echoed = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (echoed, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A short chat request's answer, sent with `x-request-id` when given.
+async fn chat_sent(addr: SocketAddr, id: Option<&str>) -> hyper::Response<hyper::body::Incoming> {
     let client = front::http_client(Duration::from_secs(2));
     let body = serde_json::json!({
         "model": MODEL,
         "messages": [{"role": "user", "content": "hello there"}],
         "max_tokens": 4,
     });
-    let req = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
+    let mut req = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json");
+    if let Some(id) = id {
+        req = req.header("x-request-id", id);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    client.request(req).await.unwrap()
+}
+
+/// A chat request's status and its `Retry-After` and error code.
+async fn chat_detail(addr: SocketAddr) -> (u16, Option<String>, String) {
+    let resp = chat_sent(addr, None).await;
     let status = resp.status().as_u16();
     let retry = resp
         .headers()
