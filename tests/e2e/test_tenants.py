@@ -151,3 +151,42 @@ def test_a_tenants_blast_radius_bounds_the_replicas_its_requests_reach():
         assert wait_until(lambda: len(replicas_reached(keys["acme"], 12)) > 1, timeout=10)
     finally:
         node.stop()
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_on_metrics(cluster):
+    """docs/grafana/sluice-fleet.json queries only what a running node exposes: after one
+    tenant's streamed request, every series name in its expressions is on /metrics."""
+    data, node = cluster
+    rc, out, err = sluice("tenant", "create", "dashboard", "--data-dir", data)
+    assert rc == 0, err
+    key = next(line for line in out.splitlines() if line.startswith("sk-sluice-"))
+    rc, _, err = sluice("tenant", "reserve", "dashboard", "--mu-per-min", "5", "--data-dir", data)
+    assert rc == 0, err
+    client = openai.OpenAI(base_url=node.url + "/v1", api_key=key, max_retries=0)
+
+    def streamed():
+        try:
+            chunks = list(client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                stream=True, extra_body={"ignore_eos": True}))
+            return len(chunks) > 1
+        except openai.APIStatusError:
+            return False
+
+    assert wait_until(streamed, timeout=10), "the dashboard tenant's stream was not served"
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "grafana", "sluice-fleet.json")
+    with open(path) as f:
+        dashboard = json.load(f)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queried = {m for e in exprs for m in re.findall(r"\bsluice_[a-z0-9_]+", e)}
+    _, _, body = http("GET", node.url + "/metrics")
+    exposed = {line.split("{")[0].split(" ")[0] for line in body.decode().splitlines()
+               if line and not line.startswith("#")}
+    missing = sorted(queried - exposed)
+    assert not missing, f"the dashboard queries series no node exposes: {missing}"
+    # What operators look at first is all there.
+    for needed in ["sluice_time_to_first_byte_seconds_bucket", "sluice_time_per_output_token_seconds_bucket",
+                   "sluice_replica_inflight_mu", "sluice_replica_capacity_mu_per_min",
+                   "sluice_cached_prompt_tokens_total", "sluice_tenant_mu_total",
+                   "sluice_migrations_total", "sluice_ejections_total"]:
+        assert needed in queried, needed

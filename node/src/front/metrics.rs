@@ -104,9 +104,11 @@ pub struct Metrics {
     upstream_failures: Family<ReplicaLabel, Counter>,
     duration: Family<EndpointLabel, Histogram>,
     first_byte: Family<EndpointLabel, Histogram>,
+    per_token: Family<EndpointLabel, Histogram>,
     inflight_mu: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
     inflight_requests: Family<ReplicaLabel, Gauge>,
     available: Family<ReplicaLabel, Gauge>,
+    capacity: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
     generation: Gauge,
     probes: Family<OutcomeLabel, Counter>,
     ejections: Family<ReplicaLabel, Counter>,
@@ -128,7 +130,30 @@ pub struct Metrics {
     token_scale: Gauge<f64, AtomicU64>,
     engine_state: Family<ReplicaState, Gauge>,
     engine_restarts: Family<ReplicaLabel, Counter>,
+    /// Tenants with a label of their own; the rest share [`OTHER_TENANTS`].
+    tenants_named: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Most tenants named in labels: past them, new tenants' samples go to
+/// [`OTHER_TENANTS`], so that a fleet with thousands of tenants does not make thousands
+/// of series per metric.
+pub const TENANT_LABELS_AT_MOST: usize = 100;
+pub const OTHER_TENANTS: &str = "other";
+
+/// What a mid-answer failure can be when a request is continued elsewhere (stream cuts,
+/// and an answer sent whole that was lost): shown at zero before the first.
+const MIGRATION_REASONS: [&str; 5] = ["broke", "silent", "ended_early", "stalled", "answer_lost"];
+/// Why one was not continued, as the lifecycle and the stream say it.
+const REFUSAL_REASONS: [&str; 8] = [
+    "ended",
+    "deadline",
+    "not_resumable",
+    "request_limit",
+    "budget",
+    "quarantined",
+    "no_replica",
+    "engine_refused",
+];
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 18))
@@ -177,12 +202,37 @@ impl Metrics {
         let first_byte = Family::<EndpointLabel, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
+        let per_token = Family::<EndpointLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "time_per_output_token_seconds",
+            "Of a streamed answer: time from its first token to its last over the tokens \
+             after the first (TPOT), as the client saw it",
+            per_token.clone(),
+        );
+        for reason in MIGRATION_REASONS {
+            let _ = migrations.get_or_create(&ReasonLabel { reason });
+        }
+        for reason in REFUSAL_REASONS {
+            let _ = migrations_refused.get_or_create(&ReasonLabel { reason });
+        }
         let inflight_mu = Family::<ReplicaLabel, Gauge<f64, AtomicU64>>::default();
         let inflight_requests = Family::<ReplicaLabel, Gauge>::default();
         let available = Family::<ReplicaLabel, Gauge>::default();
+        let capacity = Family::<ReplicaLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "replica_capacity_mu_per_min",
+            "Model units a minute the replica sustains at the SLO (its profile's capacity): \
+             in-flight MU over it is the share of a minute of work queued there",
+            capacity.clone(),
+        );
         let generation = Gauge::default();
         generation.set(1);
         let probes = Family::<OutcomeLabel, Counter>::default();
+        for outcome in ["ok", "failed"] {
+            let _ = probes.get_or_create(&OutcomeLabel { outcome });
+        }
         let ejections = Family::<ReplicaLabel, Counter>::default();
         let actor_restarts = Family::<ActorLabel, Counter>::default();
         registry.register(
@@ -382,9 +432,11 @@ impl Metrics {
             upstream_failures,
             duration,
             first_byte,
+            per_token,
             inflight_mu,
             inflight_requests,
             available,
+            capacity,
             generation,
             probes,
             ejections,
@@ -395,7 +447,22 @@ impl Metrics {
             tenant_mu,
             tenant_reserved,
             tenant_duration,
+            tenants_named: std::sync::Mutex::default(),
         }
+    }
+
+    /// The label `tenant`'s samples go under: its name while fewer than
+    /// [`TENANT_LABELS_AT_MOST`] tenants are named, else [`OTHER_TENANTS`].
+    fn tenant_label(&self, tenant: &str) -> String {
+        let mut named = self.tenants_named.lock().unwrap_or_else(|p| p.into_inner());
+        if named.contains(tenant) {
+            return tenant.to_owned();
+        }
+        if named.len() < TENANT_LABELS_AT_MOST && tenant != OTHER_TENANTS {
+            named.insert(tenant.to_owned());
+            return tenant.to_owned();
+        }
+        OTHER_TENANTS.to_owned()
     }
 
     pub fn tenant_decision(
@@ -411,7 +478,7 @@ impl Metrics {
             Decision::Refused { .. } => "refused",
         };
         let l = TenantClass {
-            tenant: tenant.to_owned(),
+            tenant: self.tenant_label(tenant),
             class,
         };
         self.tenant_requests.get_or_create(&l).inc();
@@ -423,7 +490,7 @@ impl Metrics {
     pub fn tenant_reserved(&self, tenant: &str, mu_per_min: f64) {
         self.tenant_reserved
             .get_or_create(&TenantLabel {
-                tenant: tenant.to_owned(),
+                tenant: self.tenant_label(tenant),
             })
             .set(mu_per_min);
     }
@@ -431,7 +498,7 @@ impl Metrics {
     pub fn tenant_duration(&self, tenant: &str, seconds: f64) {
         self.tenant_duration
             .get_or_create(&TenantLabel {
-                tenant: tenant.to_owned(),
+                tenant: self.tenant_label(tenant),
             })
             .observe(seconds);
     }
@@ -441,7 +508,7 @@ impl Metrics {
         let l = TokenLabels {
             replica,
             model: model.to_owned(),
-            tenant: tenant.unwrap_or("none").to_owned(),
+            tenant: tenant.map_or_else(|| "none".to_owned(), |t| self.tenant_label(t)),
         };
         self.prompt_tokens
             .get_or_create(&l)
@@ -591,6 +658,13 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// A streamed answer's time per output token after its first.
+    pub fn per_token(&self, endpoint: &'static str, seconds: f64) {
+        self.per_token
+            .get_or_create(&EndpointLabel { endpoint })
+            .observe(seconds);
+    }
+
     pub fn first_byte(&self, endpoint: &'static str, seconds: f64) {
         self.first_byte
             .get_or_create(&EndpointLabel { endpoint })
@@ -601,16 +675,73 @@ impl Metrics {
     pub fn render(&self, replicas: &[ReplicaView]) -> String {
         for r in replicas {
             let l = ReplicaLabel { replica: r.id.0 };
+            // Every replica's counters exist from the start, at zero: a dashboard's
+            // rate() of them is 0, not "no data".
+            for counter in [
+                &self.routed,
+                &self.upstream_failures,
+                &self.ejections,
+                &self.stream_stalls,
+                &self.engine_restarts,
+            ] {
+                let _ = counter.get_or_create(&l);
+            }
             self.inflight_mu.get_or_create(&l).set(r.inflight.mu);
             self.inflight_requests
                 .get_or_create(&l)
                 .set(r.inflight.requests as i64);
             self.available.get_or_create(&l).set(i64::from(r.available));
+            self.capacity.get_or_create(&l).set(r.capacity_mu_per_min);
         }
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_actors::admission::Decision;
+
+    #[test]
+    fn tenants_past_the_cap_share_one_label() {
+        let m = Metrics::new();
+        for i in 0..TENANT_LABELS_AT_MOST + 20 {
+            m.tenant_decision(&format!("t{i}"), Decision::Reserved, 1.0);
+        }
+        // One named before the cap keeps its label.
+        m.tenant_duration("t3", 0.5);
+        let text = m.render(&[]);
+        let named: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sluice_tenant_requests_total{"))
+            .filter_map(|l| l.split("tenant=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(named.len(), TENANT_LABELS_AT_MOST + 1, "{named:?}");
+        assert!(named.contains(OTHER_TENANTS));
+        assert!(text.contains("sluice_tenant_request_duration_seconds_count{tenant=\"t3\"} 1"));
+        let other = text
+            .lines()
+            .find(|l| {
+                l.starts_with("sluice_tenant_requests_total{") && l.contains("tenant=\"other\"")
+            })
+            .unwrap_or_default();
+        assert!(other.ends_with(" 20"), "{other}");
+    }
+
+    #[test]
+    fn counters_a_dashboard_rates_exist_at_zero() {
+        let m = Metrics::new();
+        let text = m.render(&[]);
+        for line in [
+            "sluice_migrations_total{reason=\"stalled\"} 0",
+            "sluice_migrations_refused_total{reason=\"budget\"} 0",
+            "sluice_probes_total{outcome=\"failed\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
     }
 }

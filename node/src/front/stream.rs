@@ -103,6 +103,8 @@ struct Pump {
     /// The request's outcome is accounted (at `[DONE]`, before the body ends).
     settled: bool,
     m: Metered,
+    /// When its first token passed, for the time per output token.
+    first_token: Option<Instant>,
 }
 
 impl Pump {
@@ -114,6 +116,10 @@ impl Pump {
         let state = &self.guard.state;
         let took = self.m.started.elapsed().as_secs_f64();
         state.metrics.duration(label(self.m.endpoint), took);
+        if let (Some(first), 2..) = (self.first_token, self.meter.tokens) {
+            let per = first.elapsed().as_secs_f64() / f64::from(self.meter.tokens - 1);
+            state.metrics.per_token(label(self.m.endpoint), per);
+        }
         if let Some(t) = &self.m.tenant {
             state.metrics.tenant_duration(t, took);
         }
@@ -313,6 +319,7 @@ pub(super) fn stream_response(
         finished: false,
         settled: false,
         m,
+        first_token: None,
     };
     let stream = futures_util::stream::unfold(pump, move |mut p| async move {
         if p.finished {
@@ -341,6 +348,7 @@ pub(super) fn stream_response(
                     let before = p.meter.tokens;
                     let data = p.meter.pass(data);
                     if p.meter.tokens != before {
+                        p.first_token.get_or_insert_with(Instant::now);
                         let now = p.guard.state.now_ms();
                         p.guard
                             .state
