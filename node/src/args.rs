@@ -168,6 +168,14 @@ pub enum ClusterCommand {
     /// Join tokens: any voter admits a node that presents a live one.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Rotate the cluster's CA: a new one is made here and replicated; every member
+    /// trusts both, then the new one signs and every member renews under it, then the
+    /// old one is trusted no more (`cluster status` shows the progress). Join tokens pin
+    /// the CA: create new ones once the rotation is over.
+    RotateCa {
+        #[command(flatten)]
+        reach: Reach,
+    },
 }
 
 #[derive(Subcommand)]

@@ -100,6 +100,9 @@ fn run(cli: Cli) -> Result<()> {
             Command::Cluster(ClusterCommand::Token(TokenCommand::List { reach })) => {
                 cluster::cli::token_list(&reach.data_dir, reach.node).await
             }
+            Command::Cluster(ClusterCommand::RotateCa { reach }) => {
+                cluster::cli::rotate_ca(&reach.data_dir, reach.node).await
+            }
             Command::Sim(_) => Ok(()),
             Command::Loadgen(a) => sluice_loadgen::cli_main(a).await,
             Command::Calibrate(a) => sluice_loadgen::calibrate::cli_main(a).await,

@@ -50,8 +50,8 @@ pub use node::{
     send_to_leader, ControlMetrics, ControlPlane, ControlPlaneConfig, ControlPlaneError, Role,
 };
 pub use state::{
-    apply, ClusterAuthority, ControlCommand, ControlResponse, ControlState, NodeId, NodeInfo,
-    Rejection, ReplicaHealth, ReplicaInfo, RoleHint, TenantInfo,
+    apply, CaRotation, ClusterAuthority, ControlCommand, ControlResponse, ControlState, NodeId,
+    NodeInfo, Rejection, ReplicaHealth, ReplicaInfo, RoleHint, RotationPhase, TenantInfo,
 };
 
 /// How to reach a Raft member. Stored in Raft membership, so keep it small and stable:

@@ -84,6 +84,61 @@ pub struct ClusterAuthority {
     pub ca_key_pem: String,
     /// Token id → SHA-256 of its secret (never the secret).
     pub tokens: BTreeMap<String, [u8; 32]>,
+    /// A rotation of the CA under way.
+    pub rotation: Option<CaRotation>,
+}
+
+/// Rotating the cluster's CA with both trusted during the change. First every member
+/// takes the next CA into its trust and says so ([`RotationPhase::Trusting`]); only then
+/// does it sign — a node that renewed under a CA its peers did not trust yet would be cut
+/// off, the leader's replication with it. Then every member renews its certificate under
+/// it and says so ([`RotationPhase::Renewing`]) while the previous CA is still trusted;
+/// once all have, the previous one is trusted no more. A member that never answers holds
+/// the rotation: remove it (`sluice cluster remove`) and it goes on.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRotation {
+    pub phase: RotationPhase,
+    /// Trusting: the next CA. Renewing: the previous one (`ca_cert_pem` is the new).
+    pub other_cert_pem: String,
+    /// Trusting: the next CA's key. Renewing: empty (the previous CA signs nothing).
+    pub other_key_pem: String,
+    /// The members that said they are done with this phase.
+    pub done: BTreeSet<NodeId>,
+}
+
+impl fmt::Debug for CaRotation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaRotation")
+            .field("phase", &self.phase)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RotationPhase {
+    Trusting,
+    Renewing,
+}
+
+impl ClusterAuthority {
+    /// The CA certificates a member trusts now, the signing CA first.
+    pub fn trusted_pems(&self) -> Vec<&str> {
+        let mut out = vec![self.ca_cert_pem.as_str()];
+        if let Some(r) = &self.rotation {
+            out.push(r.other_cert_pem.as_str());
+        }
+        out
+    }
+
+    /// The rotation's new CA certificate (what acknowledgements name), if one is under
+    /// way.
+    pub fn rotating_to(&self) -> Option<&str> {
+        self.rotation.as_ref().map(|r| match r.phase {
+            RotationPhase::Trusting => r.other_cert_pem.as_str(),
+            RotationPhase::Renewing => self.ca_cert_pem.as_str(),
+        })
+    }
 }
 
 impl fmt::Debug for ClusterAuthority {
@@ -224,6 +279,32 @@ impl ControlState {
         self.retired_node_ids.contains(&id)
     }
 
+    /// Moves a CA rotation on once every member is done with its phase: from trusting
+    /// to renewing (the next CA signs from now on, the previous one is still trusted),
+    /// from renewing to done (the previous one is trusted no more).
+    fn advance_rotation(&mut self) {
+        let members: BTreeSet<NodeId> = self.nodes.keys().copied().collect();
+        let Some(a) = self.authority.as_mut() else {
+            return;
+        };
+        let Some(r) = a.rotation.as_mut() else {
+            return;
+        };
+        if !members.is_subset(&r.done) {
+            return;
+        }
+        match r.phase {
+            RotationPhase::Trusting => {
+                let previous = std::mem::replace(&mut a.ca_cert_pem, r.other_cert_pem.clone());
+                a.ca_key_pem = std::mem::take(&mut r.other_key_pem);
+                r.other_cert_pem = previous;
+                r.phase = RotationPhase::Renewing;
+                r.done.clear();
+            }
+            RotationPhase::Renewing => a.rotation = None,
+        }
+    }
+
     /// Keeps `AllocateNodeId` clear of ids already in Raft membership (e.g. the founding
     /// voters, which join before anyone writes an `AddNode`). Called by the state machine
     /// for each applied membership entry, so every replica does it at the same log index.
@@ -325,6 +406,19 @@ pub enum ControlCommand {
     },
     /// No node joins with this token any more. Idempotent.
     RevokeJoinToken(String),
+    /// Starts rotating the CA to this one (see [`CaRotation`]). Again with the same CA
+    /// while it is under way: no change; another CA then is refused.
+    BeginCaRotation {
+        ca_cert_pem: String,
+        ca_key_pem: String,
+    },
+    /// `node` is done with `phase` of the rotation to the CA `to` (its certificate PEM);
+    /// word about another rotation or phase is stale and changes nothing.
+    CaRotationDone {
+        node: NodeId,
+        to: String,
+        phase: RotationPhase,
+    },
 }
 
 impl fmt::Display for ControlCommand {
@@ -370,6 +464,10 @@ impl fmt::Display for ControlCommand {
             Self::SetCa { .. } => write!(f, "SetCa"),
             Self::AddJoinToken { id, .. } => write!(f, "AddJoinToken({id})"),
             Self::RevokeJoinToken(id) => write!(f, "RevokeJoinToken({id})"),
+            Self::BeginCaRotation { .. } => write!(f, "BeginCaRotation"),
+            Self::CaRotationDone { node, phase, .. } => {
+                write!(f, "CaRotationDone({node}, {phase:?})")
+            }
         }
     }
 }
@@ -458,6 +556,8 @@ pub fn apply(state: &mut ControlState, cmd: ControlCommand) -> ControlResponse {
             }
             state.bump_next_node_id(id);
             state.retired_node_ids.insert(id);
+            // A removed member no longer holds a CA rotation.
+            state.advance_rotation();
             ControlResponse::Ok
         }
         ControlCommand::UpdateNode(node) => match state.nodes.get_mut(&node.id) {
@@ -621,6 +721,7 @@ pub fn apply(state: &mut ControlState, cmd: ControlCommand) -> ControlResponse {
                     ca_cert_pem,
                     ca_key_pem,
                     tokens: BTreeMap::from([token]),
+                    rotation: None,
                 });
                 ControlResponse::Ok
             }
@@ -649,6 +750,51 @@ pub fn apply(state: &mut ControlState, cmd: ControlCommand) -> ControlResponse {
             if let Some(a) = &mut state.authority {
                 a.tokens.remove(&id);
             }
+            ControlResponse::Ok
+        }
+        ControlCommand::BeginCaRotation {
+            ca_cert_pem,
+            ca_key_pem,
+        } => {
+            let Some(a) = &mut state.authority else {
+                return reject(Rejection::InvalidValue(
+                    "the cluster's CA is not known yet".into(),
+                ));
+            };
+            if ca_cert_pem.is_empty() || ca_key_pem.is_empty() {
+                return reject(Rejection::InvalidValue("an empty CA".into()));
+            }
+            if a.rotating_to() == Some(ca_cert_pem.as_str()) {
+                return ControlResponse::Ok;
+            }
+            if a.rotation.is_some() {
+                return reject(Rejection::InvalidValue(
+                    "a CA rotation is under way: it finishes first".into(),
+                ));
+            }
+            if a.ca_cert_pem == ca_cert_pem {
+                return reject(Rejection::InvalidValue(
+                    "that is the cluster's CA already".into(),
+                ));
+            }
+            a.rotation = Some(CaRotation {
+                phase: RotationPhase::Trusting,
+                other_cert_pem: ca_cert_pem,
+                other_key_pem: ca_key_pem,
+                done: BTreeSet::new(),
+            });
+            state.advance_rotation();
+            ControlResponse::Ok
+        }
+        ControlCommand::CaRotationDone { node, to, phase } => {
+            let Some(a) = &mut state.authority else {
+                return ControlResponse::Ok;
+            };
+            let current = a.rotating_to() == Some(to.as_str());
+            if let Some(r) = a.rotation.as_mut().filter(|r| current && r.phase == phase) {
+                r.done.insert(node);
+            }
+            state.advance_rotation();
             ControlResponse::Ok
         }
         ControlCommand::MarkReachable { replica, reachable } => {
@@ -975,6 +1121,88 @@ mod tests {
             }
         )
         .is_rejected());
+    }
+
+    #[test]
+    fn a_ca_rotation_trusts_first_then_signs_then_forgets_the_previous_ca() {
+        let mut s = ControlState::default();
+        for id in [1, 2] {
+            apply(&mut s, ControlCommand::AddNode(node(id, "a")));
+        }
+        let begin = |c: &str| ControlCommand::BeginCaRotation {
+            ca_cert_pem: c.into(),
+            ca_key_pem: format!("{c}-key"),
+        };
+        assert!(apply(&mut s, begin("new")).is_rejected(), "no CA yet");
+        apply(
+            &mut s,
+            ControlCommand::SetCa {
+                ca_cert_pem: "old".into(),
+                ca_key_pem: "old-key".into(),
+                token: ("t".into(), [1; 32]),
+            },
+        );
+        assert!(apply(&mut s, begin("old")).is_rejected(), "already the CA");
+        assert_eq!(apply(&mut s, begin("new")), ControlResponse::Ok);
+        assert_eq!(
+            apply(&mut s, begin("new")),
+            ControlResponse::Ok,
+            "idempotent"
+        );
+        assert!(apply(&mut s, begin("other")).is_rejected(), "one at a time");
+        let a = s.authority().unwrap();
+        assert_eq!(a.trusted_pems(), ["old", "new"]);
+        assert_eq!(
+            a.ca_key_pem, "old-key",
+            "the old CA signs until all trust the new"
+        );
+        let done = |node: NodeId, to: &str, phase| ControlCommand::CaRotationDone {
+            node,
+            to: to.into(),
+            phase,
+        };
+        // Stale word (another CA, another phase) changes nothing.
+        apply(&mut s, done(1, "other", RotationPhase::Trusting));
+        apply(&mut s, done(1, "new", RotationPhase::Renewing));
+        assert!(s
+            .authority()
+            .unwrap()
+            .rotation
+            .as_ref()
+            .unwrap()
+            .done
+            .is_empty());
+        apply(&mut s, done(1, "new", RotationPhase::Trusting));
+        assert_eq!(
+            s.authority().unwrap().ca_cert_pem,
+            "old",
+            "node 2 does not trust it yet"
+        );
+        apply(&mut s, done(2, "new", RotationPhase::Trusting));
+        let a = s.authority().unwrap();
+        assert_eq!(
+            (a.ca_cert_pem.as_str(), a.ca_key_pem.as_str()),
+            ("new", "new-key")
+        );
+        assert_eq!(
+            a.trusted_pems(),
+            ["new", "old"],
+            "the previous CA is still trusted"
+        );
+        let r = a.rotation.as_ref().unwrap();
+        assert_eq!(
+            (r.phase, r.other_key_pem.as_str()),
+            (RotationPhase::Renewing, "")
+        );
+        assert_eq!(a.rotating_to(), Some("new"));
+        apply(&mut s, done(2, "new", RotationPhase::Renewing));
+        assert!(s.authority().unwrap().rotation.is_some());
+        // Node 1 is removed instead of answering: the rotation finishes without it.
+        apply(&mut s, ControlCommand::RemoveNode(1));
+        let a = s.authority().unwrap();
+        assert!(a.rotation.is_none());
+        assert_eq!(a.trusted_pems(), ["new"]);
+        assert_eq!(a.tokens.len(), 1, "tokens outlive a rotation");
     }
 
     fn arb_command() -> impl Strategy<Value = ControlCommand> {

@@ -54,6 +54,7 @@ fn every_drill_loses_nothing_and_recovers() -> Result<()> {
         "rolling-restart",
         "full-restart",
         "cert-renewal",
+        "ca-rotation",
     ] {
         // A whole-cluster outage sends nothing while it lasts: a longer run; the node
         // killed in cert-renewal stays down past its 10 s certificate.

@@ -33,25 +33,69 @@ pub const DEFAULT_NODE_CERT_LIFETIME: std::time::Duration =
 const BACKDATE: Duration = Duration::hours(1);
 
 /// The cluster CA certificate alone: what every node needs to verify its peers.
+///
+/// It may carry other CAs trusted with it (`ca.pem` then holds several certificates, the
+/// CA first): while the cluster's CA is rotated, peers whose certificates the other CA
+/// signed are still let in.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CaCert {
     der: CertificateDer<'static>,
+    also: Vec<CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for CaCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaCert")
             .field("sha256", &self.fingerprint_hex())
+            .field("also_trusted", &self.also.len())
             .finish()
     }
 }
 
 impl CaCert {
-    /// Parses one PEM `CERTIFICATE` and checks it is a CA certificate.
+    /// Parses PEM `CERTIFICATE`s, each a CA certificate: the CA, then any trusted with it.
     pub fn from_pem(pem: &str) -> Result<Self, TransportError> {
-        let der = CertificateDer::from_pem_slice(pem.as_bytes())
-            .map_err(|e| TransportError::Certificate(format!("CA certificate PEM: {e}")))?;
-        Self::from_der(der.into_owned())
+        let mut all = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|c| {
+                c.map_err(|e| TransportError::Certificate(format!("CA certificate PEM: {e}")))
+                    .and_then(|c| Self::from_der(c.into_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter();
+        let mut ca = all.next().ok_or_else(|| {
+            TransportError::Certificate("CA certificate PEM: no certificate".into())
+        })?;
+        for other in all {
+            ca = ca.trusting(&other);
+        }
+        Ok(ca)
+    }
+
+    /// This CA, also trusting `other`'s own certificate (not what `other` trusts).
+    pub fn trusting(&self, other: &CaCert) -> CaCert {
+        let mut next = self.clone();
+        if !next.roots().any(|r| r == &other.der) {
+            next.also.push(other.der.clone());
+        }
+        next
+    }
+
+    /// This CA alone, trusting no other.
+    pub fn alone(&self) -> CaCert {
+        CaCert {
+            der: self.der.clone(),
+            also: Vec::new(),
+        }
+    }
+
+    /// Every CA certificate trusted: this CA first.
+    pub fn roots(&self) -> impl Iterator<Item = &CertificateDer<'static>> {
+        std::iter::once(&self.der).chain(self.also.iter())
+    }
+
+    /// Whether `ca`'s own certificate is among those trusted.
+    pub fn trusts(&self, ca: &CaCert) -> bool {
+        self.roots().any(|r| r == &ca.der)
     }
 
     /// Wraps a DER certificate after checking it is a CA certificate.
@@ -63,18 +107,22 @@ impl CaCert {
                 "certificate is not a CA certificate (basicConstraints CA:FALSE)".into(),
             ));
         }
-        Ok(CaCert { der })
+        Ok(CaCert {
+            der,
+            also: Vec::new(),
+        })
     }
 
     pub fn der(&self) -> &CertificateDer<'static> {
         &self.der
     }
 
+    /// Every trusted CA certificate as PEM, this CA first: what `ca.pem` holds.
     pub fn pem(&self) -> String {
-        pem_encode("CERTIFICATE", &self.der)
+        self.roots().map(|c| pem_encode("CERTIFICATE", c)).collect()
     }
 
-    /// SHA-256 of the DER certificate: what a join token pins.
+    /// SHA-256 of this CA's DER certificate: what a join token pins.
     pub fn fingerprint(&self) -> [u8; 32] {
         fsutil::sha256(&self.der)
     }
@@ -135,6 +183,7 @@ impl ClusterCa {
         Ok(ClusterCa {
             cert: CaCert {
                 der: cert.der().clone(),
+                also: Vec::new(),
             },
             issuer: Issuer::new(params, key),
         })
@@ -147,7 +196,7 @@ impl ClusterCa {
 
     /// Builds the CA from its certificate and key PEM.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TransportError> {
-        let cert = CaCert::from_pem(cert_pem)?;
+        let cert = CaCert::from_pem(cert_pem)?.alone();
         let key = KeyPair::from_pem(key_pem)
             .map_err(|e| TransportError::Certificate(format!("CA key: {e}")))?;
         if !identity::key_matches_cert(&key, cert.der())? {
@@ -286,6 +335,37 @@ pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_trusts_each_of_its_cas_and_the_first_is_the_ca() {
+        let (a, b) = (
+            ClusterCa::generate("a").unwrap(),
+            ClusterCa::generate("b").unwrap(),
+        );
+        let both = a.cert().trusting(b.cert());
+        assert_eq!(both.trusting(b.cert()), both, "trusted once");
+        let dir = tempfile::tempdir().unwrap();
+        both.save(dir.path()).unwrap();
+        let loaded = CaCert::load(dir.path()).unwrap();
+        assert_eq!(loaded, both);
+        assert_eq!(
+            loaded.fingerprint(),
+            a.cert().fingerprint(),
+            "pins name the first"
+        );
+        assert!(loaded.trusts(a.cert()) && loaded.trusts(b.cert()));
+        assert_eq!(loaded.alone(), *a.cert());
+        // A certificate of either loads under the bundle; under one CA alone, only its.
+        let id_b = NodeIdentity::generate(&b, 7).unwrap();
+        id_b.save(dir.path()).unwrap();
+        assert!(NodeIdentity::load(dir.path(), &loaded).is_ok());
+        assert!(NodeIdentity::load(dir.path(), a.cert()).is_err());
+        assert!(id_b.signed_by(b.cert()) && !id_b.signed_by(&loaded));
+        // A cluster CA is never a bundle, whatever PEM it is built from.
+        let key = b.key_pem();
+        let built = ClusterCa::from_pem(&b.cert().trusting(a.cert()).pem(), &key).unwrap();
+        assert_eq!(built.cert(), b.cert());
+    }
 
     #[test]
     fn ca_save_load_round_trip() {

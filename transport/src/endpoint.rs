@@ -109,7 +109,8 @@ struct Shared {
     node_id: u64,
     /// Replaced when the node's certificate is renewed; each dial takes the current one.
     client: std::sync::RwLock<quinn::ClientConfig>,
-    ca: CaCert,
+    /// The CAs trusted: replaced while the cluster's CA is rotated.
+    ca: std::sync::RwLock<CaCert>,
     config: TransportConfig,
 }
 
@@ -159,7 +160,7 @@ impl Endpoint {
             shared: Arc::new(Shared {
                 node_id: identity.node_id(),
                 client: std::sync::RwLock::new(client),
-                ca: ca.clone(),
+                ca: std::sync::RwLock::new(ca.clone()),
                 config,
             }),
         })
@@ -169,6 +170,22 @@ impl Endpoint {
     /// accepted and dialled after this call. Connections already open stay as they are:
     /// TLS checks certificates only at the handshake.
     pub fn renew(&self, identity: &NodeIdentity) -> Result<(), TransportError> {
+        let ca = self.trusted();
+        self.present(identity, &ca)
+    }
+
+    /// The CAs this endpoint trusts.
+    pub fn trusted(&self) -> CaCert {
+        self.shared
+            .ca
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Presents `identity` and trusts the peers `ca` (with the CAs it carries) signed,
+    /// from now on: how a node takes a new CA on during its rotation.
+    pub fn present(&self, identity: &NodeIdentity, ca: &CaCert) -> Result<(), TransportError> {
         if identity.node_id() != self.shared.node_id {
             return Err(TransportError::Certificate(format!(
                 "a certificate for node {} cannot replace node {}'s",
@@ -176,7 +193,8 @@ impl Endpoint {
                 self.shared.node_id
             )));
         }
-        let (server, client) = tls_configs(identity, &self.shared.ca, &self.shared.config)?;
+        let (server, client) = tls_configs(identity, ca, &self.shared.config)?;
+        *self.shared.ca.write().unwrap_or_else(|p| p.into_inner()) = ca.clone();
         self.inner.set_server_config(Some(server));
         *self
             .shared
@@ -279,7 +297,9 @@ fn tls_configs(
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone())?;
+    for root in ca.roots() {
+        roots.add(root.clone())?;
+    }
     let client_verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
             // Joiners have no certificate; `sluice/1` without one is refused in `serve`.
@@ -304,7 +324,7 @@ fn tls_configs(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier::new(
-            ca.der(),
+            ca.roots(),
             Arc::clone(&provider),
         )?))
         .with_client_auth_cert(identity.cert_chain().to_vec(), identity.private_key())?;

@@ -78,13 +78,19 @@ pub(crate) fn key_matches_cert(
 fn signed_by_ca(cert: &CertificateDer<'_>, ca: &CaCert) -> Result<SystemTime, TransportError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|e| TransportError::Certificate(format!("certificate: {e}")))?;
-    let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca.der())
-        .map_err(|e| TransportError::Certificate(format!("CA certificate: {e}")))?;
-    parsed
-        .verify_signature(Some(ca_parsed.public_key()))
-        .map_err(|_| {
-            TransportError::Certificate("certificate is not signed by the cluster CA".into())
-        })?;
+    let mut signed = false;
+    for root in ca.roots() {
+        let (_, ca_parsed) = x509_parser::parse_x509_certificate(root)
+            .map_err(|e| TransportError::Certificate(format!("CA certificate: {e}")))?;
+        signed |= parsed
+            .verify_signature(Some(ca_parsed.public_key()))
+            .is_ok();
+    }
+    if !signed {
+        return Err(TransportError::Certificate(
+            "certificate is not signed by the cluster CA".into(),
+        ));
+    }
     let end = parsed.validity().not_after.timestamp();
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(end).unwrap_or(0)))
 }
@@ -252,6 +258,13 @@ impl NodeIdentity {
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
             not_after,
         })
+    }
+
+    /// Whether `ca` itself (not the CAs it also trusts) signed this certificate.
+    pub fn signed_by(&self, ca: &CaCert) -> bool {
+        self.cert_chain
+            .first()
+            .is_some_and(|leaf| signed_by_ca(leaf, &ca.alone()).is_ok())
     }
 
     /// When the node certificate stops being valid.

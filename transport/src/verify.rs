@@ -40,12 +40,14 @@ pub(crate) struct ClusterServerVerifier {
 }
 
 impl ClusterServerVerifier {
-    pub(crate) fn new(
-        ca: &CertificateDer<'static>,
+    pub(crate) fn new<'a>(
+        cas: impl IntoIterator<Item = &'a CertificateDer<'static>>,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, Error> {
         let mut roots = RootCertStore::empty();
-        roots.add(ca.clone())?;
+        for ca in cas {
+            roots.add(ca.clone())?;
+        }
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| Error::General(e.to_string()))?;

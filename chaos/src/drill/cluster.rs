@@ -288,6 +288,22 @@ impl Cluster {
             .collect()
     }
 
+    /// `sluice cluster rotate-ca` with node `i`'s credentials.
+    pub async fn rotate_ca(&self, i: usize) -> Result<()> {
+        let n = &self.nodes[i];
+        let out = Command::new(&self.exe)
+            .args(["cluster", "rotate-ca", "--data-dir"])
+            .arg(&n.dir)
+            .args(["--node", &n.quic])
+            .output()
+            .await
+            .context("cannot run cluster rotate-ca")?;
+        if !out.status.success() {
+            bail!("rotate-ca failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// `sluice cluster isolate --from IDS` on node `i` (empty: heal).
     pub async fn isolate(&self, i: usize, from: &[u64]) -> Result<()> {
         let n = &self.nodes[i];

@@ -33,6 +33,7 @@ pub const SCENARIOS: &[&str] = &[
     "poison-request",
     "full-restart",
     "cert-renewal",
+    "ca-rotation",
     "all",
 ];
 
@@ -51,7 +52,7 @@ const POISON_SESSION: &str = "poison-session";
 #[derive(Debug, Clone, Args)]
 pub struct DrillArgs {
     /// rack-loss, silent-hang, leader-kill, node-crash-restart, partition,
-    /// slow-replica, rolling-restart, poison-request, full-restart, cert-renewal, or all
+    /// slow-replica, rolling-restart, poison-request, full-restart, cert-renewal, ca-rotation, or all
     /// (each of them in a seeded random order).
     pub scenario: String,
     #[arg(long, default_value_t = 3)]
@@ -283,6 +284,8 @@ enum Undo {
     Heal(Vec<usize>),
     Unfault(String),
     StopPoison(load::PoisonHandle),
+    /// Waits for the CA rotation away from this CA (its SHA-256) to be over.
+    AwaitCaRotation(String),
     Nothing,
 }
 
@@ -563,6 +566,18 @@ async fn strike(
             ));
             Undo::Restart(vec![follower])
         }
+        "ca-rotation" => {
+            // The cluster's CA is replaced under load: every node takes the new one into
+            // its trust, renews under it, and forgets the old one; no request may notice.
+            let before = c.status().await.context("no status")?;
+            let old = before["ca_sha256"].as_str().unwrap_or_default().to_owned();
+            at = epoch.elapsed();
+            c.rotate_ca(follower).await?;
+            log.push(format!(
+                "`cluster rotate-ca` from node {follower}: a new CA for every node under load"
+            ));
+            Undo::AwaitCaRotation(old)
+        }
         "full-restart" => {
             for i in 0..n {
                 take_out(doors, i).await;
@@ -703,10 +718,27 @@ async fn heal(
             log.push("the poison client stops (after one more try)".into());
             return Ok(Some(h));
         }
+        Undo::AwaitCaRotation(old) => {
+            let done = c
+                .wait(CA_ROTATION_LIMIT, |s| {
+                    s["ca_rotation"].is_null()
+                        && s["ca_sha256"].as_str().is_some_and(|ca| ca != old)
+                })
+                .await
+                .context("the CA rotation did not finish")?;
+            log.push(format!(
+                "CA rotation over by the end of the load: every member renewed under {}, the old CA retired",
+                done["ca_sha256"].as_str().unwrap_or("?")
+            ));
+        }
         Undo::Nothing => {}
     }
     Ok(None)
 }
+
+/// How long a CA rotation may take in a drill: three trust-and-renew rounds of a few
+/// Raft writes each, well under it.
+const CA_ROTATION_LIMIT: Duration = Duration::from_secs(30);
 
 async fn admin_fault(endpoint: &str, body: &str) -> Result<()> {
     let http = sluice_loadgen::exchange::client(4, Duration::from_secs(2));

@@ -240,7 +240,7 @@ pub fn strike(spec: &Spec, sc: &str, at_us: u64, heal_after_us: u64, seed: u64) 
 /// Checks the virtual drill's arguments.
 /// Scenarios about what the virtual world has no model of (certificates); `all` leaves
 /// them out.
-pub const NOT_MODELLED: &[&str] = &["cert-renewal"];
+pub const NOT_MODELLED: &[&str] = &["cert-renewal", "ca-rotation"];
 
 pub fn check(args: &DrillArgs) -> Result<()> {
     if NOT_MODELLED.contains(&args.scenario.as_str()) {

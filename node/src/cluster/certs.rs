@@ -10,7 +10,7 @@ use super::handler::NodeHandler;
 use super::raft_net::QuicRaft;
 use crate::tree::{Duty, Turn, MAX_WAIT};
 use ractor::ActorProcessingErr;
-use sluice_raft::{ControlPlane, ControlState};
+use sluice_raft::{ClusterAuthority, ControlCommand, ControlPlane, ControlState, RotationPhase};
 use sluice_transport::identity::renewal_due_in;
 use sluice_transport::{CaCert, ClusterCa, Endpoint, NodeIdentity, TransportError};
 use std::path::PathBuf;
@@ -31,23 +31,70 @@ pub enum RenewalError {
 }
 
 /// Signs `csr_pem` for `node` with the CA in `state`, valid for `lifetime`: what a
-/// member may do for itself, as long as its id was not retired.
+/// member may do for itself, as long as its id was not retired. Returns the certificate
+/// and the CA that signed it.
 pub fn sign_own(
     state: &ControlState,
     trusted: &CaCert,
     node: u64,
     csr_pem: &str,
     lifetime: Duration,
-) -> Result<String, RenewalError> {
+) -> Result<(String, CaCert), RenewalError> {
     if state.is_retired(node) {
         return Err(RenewalError::Retired(node));
     }
     let authority = state.authority().ok_or(RenewalError::NoAuthority)?;
     let ca = ClusterCa::from_pem(&authority.ca_cert_pem, &authority.ca_key_pem)?;
-    if ca.cert() != trusted {
+    if !trusted.trusts(ca.cert()) {
         return Err(RenewalError::OtherCa);
     }
-    Ok(ca.sign_csr(csr_pem, node, lifetime)?)
+    Ok((ca.sign_csr(csr_pem, node, lifetime)?, ca.cert().clone()))
+}
+
+/// The CAs a member trusts under `authority`: the signing CA first, and during a
+/// rotation the other one too.
+pub fn trust_of(authority: &ClusterAuthority) -> Result<CaCert, TransportError> {
+    CaCert::from_pem(&authority.trusted_pems().concat())
+}
+
+/// What a member still has to do for a CA rotation, given what it trusts and which CA
+/// signed its certificate: pure, so that the rule is tested apart from the duty.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RotationStep {
+    /// Nothing: no rotation, or this member is done with its phase.
+    Nothing,
+    /// Trust these CAs (save them, present them).
+    Trust(CaCert),
+    /// Renew the certificate now, under the signing CA.
+    Renew,
+    /// Tell the cluster this phase is done here.
+    Done(ControlCommand),
+}
+
+pub fn rotation_step(
+    authority: &ClusterAuthority,
+    node: u64,
+    trusted: &CaCert,
+    signed_by_current: bool,
+) -> Result<RotationStep, TransportError> {
+    let want = trust_of(authority)?;
+    if &want != trusted {
+        return Ok(RotationStep::Trust(want));
+    }
+    let (Some(r), Some(to)) = (&authority.rotation, authority.rotating_to()) else {
+        return Ok(RotationStep::Nothing);
+    };
+    if r.phase == RotationPhase::Renewing && !signed_by_current {
+        return Ok(RotationStep::Renew);
+    }
+    if r.done.contains(&node) {
+        return Ok(RotationStep::Nothing);
+    }
+    Ok(RotationStep::Done(ControlCommand::CaRotationDone {
+        node,
+        to: to.to_owned(),
+        phase: r.phase,
+    }))
 }
 
 /// How a failed renewal counts: before the control state with the CA is applied (a
@@ -87,11 +134,44 @@ impl CertRenewal {
     fn renew(&self, current: &NodeIdentity) -> Result<NodeIdentity, RenewalError> {
         let csr = current.renewal_request()?;
         let state = self.cp.state().borrow().clone();
-        let pem = sign_own(&state, &self.ca, self.id, &csr, self.lifetime)?;
-        let next = current.renewed(&pem, &self.ca)?;
+        let (pem, signer) = sign_own(&state, &self.ca, self.id, &csr, self.lifetime)?;
+        let next = current.renewed(&pem, &signer)?;
         next.save(&self.tls)?;
         self.endpoint.renew(&next)?;
         Ok(next)
+    }
+
+    /// Follows a CA rotation one step (see [`rotation_step`]); whether the certificate
+    /// must be renewed now.
+    async fn follow_rotation(&mut self, current: &NodeIdentity) -> Result<bool, RenewalError> {
+        let state = self.cp.state().borrow().clone();
+        let Some(authority) = state.authority() else {
+            return Ok(false);
+        };
+        let signer = CaCert::from_pem(&authority.ca_cert_pem)?;
+        match rotation_step(authority, self.id, &self.ca, current.signed_by(&signer))? {
+            RotationStep::Nothing => Ok(false),
+            RotationStep::Renew => Ok(true),
+            RotationStep::Trust(ca) => {
+                ca.save(&self.tls)?;
+                self.endpoint.present(current, &ca)?;
+                tracing::info!(node = self.id, ca = %ca.fingerprint_hex(), trusted = ca.roots().count(), "trusting the cluster's CAs as rotated");
+                self.ca = ca;
+                Ok(false)
+            }
+            RotationStep::Done(cmd) => {
+                match self.cp.write(cmd).await {
+                    Ok(r) if !r.is_rejected() => {
+                        tracing::info!(node = self.id, "done with this phase of the CA rotation")
+                    }
+                    Ok(r) => tracing::warn!(node = self.id, ?r, "CA rotation step refused"),
+                    Err(e) => {
+                        tracing::debug!(node = self.id, error = %e, "CA rotation step not committed yet")
+                    }
+                }
+                Ok(false)
+            }
+        }
     }
 
     fn record(&self, outcome: Option<&'static str>, identity: &NodeIdentity) {
@@ -115,14 +195,31 @@ impl Duty for CertRenewal {
             None => NodeIdentity::load(&self.tls, &self.ca)?,
         };
         self.record(None, &current);
-        let due = renewal_due_in(SystemTime::now(), current.not_after(), self.lifetime);
+        let rotate = match self.follow_rotation(&current).await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(node = self.id, error = %e, "cannot follow the CA rotation");
+                false
+            }
+        };
+        let due = if rotate {
+            Duration::ZERO
+        } else {
+            renewal_due_in(SystemTime::now(), current.not_after(), self.lifetime)
+        };
         let waiting = self
             .retry_at
             .map_or(Duration::ZERO, |t| t - tokio::time::Instant::now().min(t));
         let wait = due.max(waiting);
         if !wait.is_zero() {
             self.current = Some(current);
-            tokio::time::sleep(wait.min(MAX_WAIT)).await;
+            // A new control state may carry a CA rotation's next step.
+            let mut changes = self.cp.state();
+            changes.borrow_and_update();
+            tokio::select! {
+                () = tokio::time::sleep(wait.min(MAX_WAIT)) => {}
+                _ = changes.changed() => {}
+            }
             return Ok(Turn::Again);
         }
         match self.renew(&current) {
@@ -181,7 +278,8 @@ mod tests {
         assert!(matches!(err, Err(RenewalError::NoAuthority)), "{err:?}");
         let mut state = with_ca(&ca);
         let pem = sign_own(&state, ca.cert(), 3, req.csr_pem(), hour).unwrap();
-        let id = req.into_identity(&pem, ca.cert()).unwrap();
+        let id = req.into_identity(&pem.0, ca.cert()).unwrap();
+        assert_eq!(&pem.1, ca.cert(), "the signer is named");
         assert_eq!(id.node_id(), 3);
         let left = id.not_after().duration_since(SystemTime::now()).unwrap();
         assert!(
@@ -212,5 +310,73 @@ mod tests {
             Duration::from_secs(5)
         );
         assert_eq!(retry_after(Duration::from_secs(10)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_member_trusts_then_says_so_then_renews_then_says_so() {
+        let old = ClusterCa::generate("old").unwrap();
+        let new = ClusterCa::generate("new").unwrap();
+        let mut state = with_ca(&old);
+        apply(&mut state, ControlCommand::AddNode(member(3)));
+        let step = |state: &ControlState, trusted: &CaCert, signed_by_current: bool| {
+            rotation_step(state.authority().unwrap(), 3, trusted, signed_by_current).unwrap()
+        };
+        assert_eq!(step(&state, old.cert(), true), RotationStep::Nothing);
+        apply(
+            &mut state,
+            ControlCommand::BeginCaRotation {
+                ca_cert_pem: new.cert().pem(),
+                ca_key_pem: new.key_pem(),
+            },
+        );
+        let both = old.cert().trusting(new.cert());
+        assert_eq!(
+            step(&state, old.cert(), true),
+            RotationStep::Trust(both.clone())
+        );
+        let RotationStep::Done(said) = step(&state, &both, true) else {
+            panic!("trusting both, it says so");
+        };
+        apply(&mut state, said);
+        // The only member trusts it: the new CA signs; renew, then say so.
+        let both_new_first = new.cert().trusting(old.cert());
+        assert_eq!(
+            step(&state, &both, true),
+            RotationStep::Trust(both_new_first.clone())
+        );
+        assert_eq!(step(&state, &both_new_first, false), RotationStep::Renew);
+        let RotationStep::Done(said) = step(&state, &both_new_first, true) else {
+            panic!("renewed, it says so");
+        };
+        apply(&mut state, said);
+        assert_eq!(
+            step(&state, &both_new_first, true),
+            RotationStep::Trust(new.cert().clone()),
+            "the old CA is trusted no more"
+        );
+        assert_eq!(step(&state, new.cert(), true), RotationStep::Nothing);
+        // Signing with the rotated state uses the new CA.
+        let req = CertRequest::new().unwrap();
+        let (_, signer) = sign_own(
+            &state,
+            new.cert(),
+            3,
+            req.csr_pem(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(&signer, new.cert());
+    }
+
+    fn member(id: u64) -> sluice_raft::NodeInfo {
+        sluice_raft::NodeInfo {
+            id,
+            quic_addr: String::new(),
+            http_addr: String::new(),
+            rack: "r".into(),
+            labels: Default::default(),
+            roles: Default::default(),
+            gpus: 1,
+        }
     }
 }

@@ -6,7 +6,9 @@ use super::rpc::{
 };
 use super::{INIT_MARKER, TLS_DIR};
 use anyhow::{bail, Context, Result};
-use sluice_transport::{CaCert, Client, Endpoint, JoinToken, NodeIdentity, TransportConfig};
+use sluice_transport::{
+    CaCert, Client, ClusterCa, Endpoint, JoinToken, NodeIdentity, TransportConfig,
+};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -130,6 +132,18 @@ pub async fn status(data_dir: &Path, node: Option<SocketAddr>, json: bool) -> Re
     for r in &s.replicas {
         println!("{:<12} {:<6} {:<10} {}", r.id, r.node, r.health, r.endpoint);
     }
+    if let Some(ca) = &s.ca_sha256 {
+        println!("cluster CA: {ca}");
+    }
+    if let Some(r) = &s.ca_rotation {
+        println!(
+            "CA rotation to {}: {}, done on {} of {} members",
+            r.to_sha256,
+            r.phase,
+            r.done.len(),
+            s.nodes.len()
+        );
+    }
     Ok(())
 }
 
@@ -241,6 +255,32 @@ pub async fn token_revoke(data_dir: &Path, node: Option<SocketAddr>, id: &str) -
     )
     .await?;
     println!("join token {id} revoked");
+    Ok(())
+}
+
+/// Starts rotating the cluster's CA to one made here (see `sluice_raft::CaRotation`).
+pub async fn rotate_ca(data_dir: &Path, node: Option<SocketAddr>) -> Result<()> {
+    let status = fetch_status(data_dir, node).await?;
+    if let Some(r) = status.ca_rotation {
+        bail!(
+            "a CA rotation is under way (to {}, {}): it finishes first",
+            r.to_sha256,
+            r.phase
+        );
+    }
+    let ca = ClusterCa::generate("sluice").context("cannot make a CA")?;
+    let cmd = sluice_raft::ControlCommand::BeginCaRotation {
+        ca_cert_pem: ca.cert().pem(),
+        ca_key_pem: ca.key_pem(),
+    };
+    write(data_dir, node, cmd)
+        .await
+        .map_err(|e| e.context("the CA rotation was not started"))?;
+    println!(
+        "rotating the cluster's CA to {}: members trust it, then renew under it; \
+         `cluster status` shows the progress. Join tokens pin the CA: create new ones once it is over.",
+        ca.cert().fingerprint_hex()
+    );
     Ok(())
 }
 

@@ -290,6 +290,19 @@ impl NodeHandler {
             join_tokens: state
                 .authority()
                 .map_or_else(Vec::new, |a| a.tokens.keys().cloned().collect()),
+            ca_sha256: state.authority().and_then(|a| sha256_of(&a.ca_cert_pem)),
+            ca_rotation: state.authority().and_then(|a| {
+                let r = a.rotation.as_ref()?;
+                Some(super::rpc::CaRotationStatus {
+                    phase: match r.phase {
+                        sluice_raft::RotationPhase::Trusting => "trusting",
+                        sluice_raft::RotationPhase::Renewing => "renewing",
+                    }
+                    .to_owned(),
+                    to_sha256: a.rotating_to().and_then(sha256_of).unwrap_or_default(),
+                    done: r.done.iter().copied().collect(),
+                })
+            }),
         }
     }
 
@@ -492,6 +505,13 @@ impl sluice_transport::Handler for NodeHandler {
 /// checks the token's hash in constant time against every live token, allocates a
 /// never-used node id through Raft, signs the joiner's CSR. A node that has not yet
 /// applied a state with the CA refuses (the joiner may ask another).
+/// The SHA-256 of a CA certificate given as PEM, in hex.
+fn sha256_of(pem: &str) -> Option<String> {
+    sluice_transport::CaCert::from_pem(pem)
+        .ok()
+        .map(|c| c.fingerprint_hex())
+}
+
 struct RaftAuthority {
     cp: ControlPlane<QuicRaft>,
     /// How long the certificates it signs live.
@@ -529,7 +549,9 @@ impl JoinAuthority for RaftAuthority {
             Ok(JoinResponse {
                 node_id: id,
                 cert_pem,
-                ca_pem: ca.cert().pem(),
+                // Every CA the members trust now, the signing one first: during a CA
+                // rotation the joiner must let in peers of either.
+                ca_pem: authority.trusted_pems().concat(),
             })
         })
     }

@@ -227,6 +227,23 @@ pub struct ClusterStatus {
     /// The ids of the join tokens nodes may join with (never the tokens).
     #[serde(default)]
     pub join_tokens: Vec<String>,
+    /// SHA-256 of the CA that signs node certificates now (what new join tokens pin).
+    #[serde(default)]
+    pub ca_sha256: Option<String>,
+    /// A CA rotation under way: its phase and which members are done with it.
+    #[serde(default)]
+    pub ca_rotation: Option<CaRotationStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaRotationStatus {
+    /// `trusting` (members take the new CA into their trust) or `renewing` (the new CA
+    /// signs; members renew under it while the previous one is still trusted).
+    pub phase: String,
+    /// SHA-256 of the CA rotated to.
+    pub to_sha256: String,
+    /// The members done with this phase.
+    pub done: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

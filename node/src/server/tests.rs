@@ -791,6 +791,93 @@ async fn any_voter_admits_once_the_init_node_is_gone_for_good_and_tokens_rotate(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_ca_is_rotated_with_both_trusted_meanwhile_and_the_old_one_then_refused() {
+    let (dirs, nodes) = cluster(3).await;
+    for r in &nodes {
+        let addr = r.node.http_addr();
+        eventually("the node serves", || async { chat(addr).await == 200 }).await;
+    }
+    let tls = |i: usize| dirs[i].path().join(crate::cluster::TLS_DIR);
+    let quic = |i: usize| nodes[i].node.cluster().unwrap().1;
+    let old = sluice_transport::CaCert::load(&tls(0)).unwrap();
+    eventually("three members", || async {
+        crate::cluster::cli::fetch_status(dirs[0].path(), Some(quic(0)))
+            .await
+            .is_ok_and(|s| s.nodes.len() == 3)
+    })
+    .await;
+    // Node 0's credentials as they were, to try them once the rotation is over.
+    let before = tempfile::tempdir().unwrap();
+    for f in ["node.pem", "node.key", "ca.pem"] {
+        std::fs::copy(tls(0).join(f), before.path().join(f)).unwrap();
+    }
+    // From node 2's data directory, as an operator would.
+    crate::cluster::cli::rotate_ca(dirs[2].path(), Some(quic(2)))
+        .await
+        .unwrap();
+    eventually("the rotation is over", || async {
+        crate::cluster::cli::fetch_status(dirs[1].path(), Some(quic(1)))
+            .await
+            .is_ok_and(|s| s.ca_rotation.is_none() && s.ca_sha256 != Some(old.fingerprint_hex()))
+    })
+    .await;
+    let status = crate::cluster::cli::fetch_status(dirs[0].path(), Some(quic(0)))
+        .await
+        .unwrap();
+    let new_sha = status.ca_sha256.clone().unwrap();
+    for i in 0..3 {
+        // Each node trusts the new CA alone, and its certificate is the new CA's.
+        eventually("the node trusts the new CA alone", || async {
+            sluice_transport::CaCert::load(&tls(i))
+                .is_ok_and(|c| c.fingerprint_hex() == new_sha && c.roots().count() == 1)
+        })
+        .await;
+        let ca = sluice_transport::CaCert::load(&tls(i)).unwrap();
+        let id = sluice_transport::NodeIdentity::load(&tls(i), &ca).unwrap();
+        assert!(id.signed_by(&ca), "node {i}'s certificate is the new CA's");
+        assert!(!id.signed_by(&old));
+        // Nodes still talk: status through every node, forwarding through every door.
+        let s = crate::cluster::cli::fetch_status(dirs[i].path(), Some(quic(i)))
+            .await
+            .unwrap();
+        assert_eq!(s.nodes.len(), 3);
+        assert_eq!(chat(nodes[i].node.http_addr()).await, 200);
+    }
+    // Node 0's certificate from before the rotation is refused now, though the client
+    // trusts both CAs: the servers no longer trust the old one. Its new one gets in.
+    let new_ca = sluice_transport::CaCert::load(&tls(0)).unwrap();
+    let both = new_ca.trusting(&old);
+    let old_identity = sluice_transport::NodeIdentity::load(before.path(), &old).unwrap();
+    let new_identity = sluice_transport::NodeIdentity::load(&tls(0), &new_ca).unwrap();
+    for (identity, admitted) in [(&old_identity, false), (&new_identity, true)] {
+        let ep = sluice_transport::Endpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            identity,
+            &both,
+            sluice_transport::TransportConfig::default(),
+        )
+        .unwrap();
+        // The server's verdict on the client's certificate comes with the first
+        // exchange: ask for its status.
+        let rpc = sluice_transport::Client::new(ep.clone());
+        let call =
+            crate::cluster::call::admin(&rpc, quic(1), crate::cluster::rpc::AdminRpc::Status);
+        let got = tokio::time::timeout(Duration::from_secs(10), call).await;
+        assert_eq!(
+            matches!(got, Ok(Ok(_))),
+            admitted,
+            "an identity signed by the {} CA: {got:?}",
+            if admitted { "new" } else { "old" }
+        );
+        ep.close();
+    }
+    for r in nodes {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_that_live_ten_seconds_are_renewed_and_new_connections_keep_working() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
