@@ -216,10 +216,14 @@ impl StreamStalls {
     /// first thing back (`awaited`: any number per replica).
     pub fn take_stalled_with(&mut self, now_ms: u64, awaited: &[Awaited]) -> Vec<ReplicaId> {
         let config = self.config;
-        let waiting = |r: ReplicaId| awaited.iter().filter(move |a| a.replica == r);
+        // Grouped once: a round is linear in the requests waiting, not their product with
+        // the fleet (it runs under the router's lock).
+        let mut by_replica: HashMap<ReplicaId, Vec<&Awaited>> = HashMap::new();
         for a in awaited {
+            by_replica.entry(a.replica).or_default().push(a);
             self.replicas.entry(a.replica).or_default();
         }
+        let waiting = |r: ReplicaId| by_replica.get(&r).into_iter().flatten().copied();
         let busy = self
             .replicas
             .iter()
