@@ -10,10 +10,11 @@ use super::{
 use crate::slice::ReplicaId;
 
 /// How long the engine's output-token counter must have stood still for a router's
-/// word that the replica's requests all stalled to condemn it: two of the prober's
-/// samples, well within the routers' 3 s floor, so a hang is confirmed as soon as it is
-/// reported, and an engine that writes any token meanwhile is not hung.
-pub const STREAMS_CONFIRMED_AFTER_MS: u64 = 2_000;
+/// word that the replica's requests all stalled to condemn it. An engine that writes any
+/// token meanwhile is not hung; but a busy one can write none for seconds in one long
+/// step (a CPU vLLM recomputing preempted prompts stood still over 2 s under 24 long
+/// streams, and was ejected with 2 s here), so half the gauge's own stall window.
+pub const STREAMS_CONFIRMED_AFTER_MS: u64 = 5_000;
 
 /// What the prober knows of one replica.
 #[derive(Debug, Clone)]

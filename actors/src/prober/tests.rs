@@ -573,59 +573,65 @@ fn only_a_2xx_is_a_success_and_only_a_4xx_the_clients_fault() {
 
 #[test]
 fn a_routers_word_that_its_streams_stalled_ejects_once_the_counter_agrees() {
+    const C: u64 = decide::STREAMS_CONFIRMED_AFTER_MS;
+    let t = 1_000 + C; // the counter has stood still for C by then
     let mut c = core(3);
     // r1's counter stands still from 1 s on; r2's moves.
-    for t in (1_000..=3_000).step_by(1_000) {
-        c.on_progress(r(1), 0, 50, t);
-        c.on_progress(r(2), 4, t, t);
+    for at in (1_000..=t).step_by(1_000) {
+        c.on_progress(r(1), 0, 50, at);
+        c.on_progress(r(2), 4, at, at);
     }
     // Word older than the replica's last proof (here, joining the pool at 0) is stale.
-    assert!(c.on_streams_stalled(r(1), 0, 3_000).is_empty());
+    assert!(c.on_streams_stalled(r(1), 0, t).is_empty());
     assert_eq!(
-        c.on_streams_stalled(r(1), 3_000, 3_100),
+        c.on_streams_stalled(r(1), t, t + 100),
         [VerdictChange {
             replica: r(1),
             verdict: Verdict::Unhealthy {
-                since_ms: 3_100,
+                since_ms: t + 100,
                 reason: Reason::StreamsStalled
             }
         }]
     );
     // Repeated by gossip: no second change.
-    assert!(c.on_streams_stalled(r(1), 3_000, 3_500).is_empty());
+    assert!(c.on_streams_stalled(r(1), t, t + 500).is_empty());
     // Restarted: the same word, still gossiped, no longer counts.
-    c.restored(r(1), 9_000);
-    assert!(c.on_streams_stalled(r(1), 3_000, 9_100).is_empty());
+    c.restored(r(1), t + 6_000);
+    assert!(c.on_streams_stalled(r(1), t, t + 6_100).is_empty());
     assert_eq!(c.verdict(r(1)), Some(Verdict::Healthy));
     // An engine that writes tokens is busy, not hung, whatever a router saw.
-    assert!(c.on_streams_stalled(r(2), 3_000, 3_100).is_empty());
+    assert!(c.on_streams_stalled(r(2), t, t + 100).is_empty());
     assert_eq!(c.verdict(r(2)), Some(Verdict::Healthy));
 }
 
 #[test]
 fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
+    const C: u64 = decide::STREAMS_CONFIRMED_AFTER_MS;
     let mut c = core(3);
     // No gauge sampled yet: the word alone condemns nothing.
     assert!(c.on_streams_stalled(r(0), 1_000, 1_000).is_empty());
     c.on_progress(r(0), 1, 7, 1_000);
-    assert!(c.on_progress(r(0), 1, 7, 2_000).is_empty(), "still for 1 s");
+    assert!(
+        c.on_progress(r(0), 1, 7, C).is_empty(),
+        "still for less than the confirmation"
+    );
     assert_eq!(
-        c.on_progress(r(0), 1, 7, 3_000),
+        c.on_progress(r(0), 1, 7, 1_000 + C),
         [VerdictChange {
             replica: r(0),
             verdict: Verdict::Unhealthy {
-                since_ms: 3_000,
+                since_ms: 1_000 + C,
                 reason: Reason::StreamsStalled
             }
         }],
-        "still for 2 s: confirmed"
+        "still long enough: confirmed"
     );
     // Past the ejection cap (one of three) a second is deferred, and a completed
     // request clears the word.
     c.on_progress(r(1), 1, 7, 1_000);
-    c.on_progress(r(1), 1, 7, 3_000);
+    c.on_progress(r(1), 1, 7, 1_000 + C);
     assert_eq!(
-        c.on_streams_stalled(r(1), 2_500, 3_000),
+        c.on_streams_stalled(r(1), 2_500, 1_000 + C),
         [VerdictChange {
             replica: r(1),
             verdict: Verdict::Deferred {
@@ -635,7 +641,7 @@ fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
         }]
     );
     assert_eq!(
-        c.on_real_outcome(r(1), RealOutcome::Success, 3_500),
+        c.on_real_outcome(r(1), RealOutcome::Success, 1_500 + C),
         [VerdictChange {
             replica: r(1),
             verdict: Verdict::Healthy
