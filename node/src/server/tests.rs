@@ -409,18 +409,22 @@ async fn a_node_whose_replica_is_gone_forwards_to_another_nodes_replica() {
 
 /// A chat request sent with `x-request-id: id`: the id echoed, and the body.
 async fn chat_named(addr: SocketAddr, id: &str) -> (Option<String>, String) {
-    let resp = chat_sent(addr, Some(id)).await;
-    let echoed = resp
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (echoed, String::from_utf8_lossy(&bytes).into_owned())
+    let (_, echoed, body) = chat_answer(addr, Some(id), "x-request-id").await;
+    (echoed, body)
 }
 
-/// A short chat request's answer, sent with `x-request-id` when given.
-async fn chat_sent(addr: SocketAddr, id: Option<&str>) -> hyper::Response<hyper::body::Incoming> {
+/// A chat request's status and its `Retry-After` and error code.
+async fn chat_detail(addr: SocketAddr) -> (u16, Option<String>, String) {
+    chat_answer(addr, None, "retry-after").await
+}
+
+/// A short chat request, sent with `x-request-id` when given: its status, the answer's
+/// `header`, and its body.
+async fn chat_answer(
+    addr: SocketAddr,
+    id: Option<&str>,
+    header: &str,
+) -> (u16, Option<String>, String) {
     let client = front::http_client(Duration::from_secs(2));
     let body = serde_json::json!({
         "model": MODEL,
@@ -433,20 +437,15 @@ async fn chat_sent(addr: SocketAddr, id: Option<&str>) -> hyper::Response<hyper:
         req = req.header("x-request-id", id);
     }
     let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
-    client.request(req).await.unwrap()
-}
-
-/// A chat request's status and its `Retry-After` and error code.
-async fn chat_detail(addr: SocketAddr) -> (u16, Option<String>, String) {
-    let resp = chat_sent(addr, None).await;
+    let resp = client.request(req).await.unwrap();
     let status = resp.status().as_u16();
-    let retry = resp
+    let value = resp
         .headers()
-        .get("retry-after")
+        .get(header)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, retry, String::from_utf8_lossy(&bytes).into_owned())
+    (status, value, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
