@@ -1,6 +1,10 @@
 //! The estimate of what is unknown at admission: how many tokens a request will
 //! generate. It comes from a running history per workload (exponentially weighted),
-//! bounded in memory, and capped by the request's own `max_tokens`. (How much of a
+//! bounded in memory, and capped by the request's own `max_tokens`. A workload with no
+//! history of its own is expected to do what the traffic as a whole does: without keys,
+//! every conversation is new at its first request, and a fixed guess there (say 256
+//! tokens in front of ~30-token code completions) inflates the queue a replica seems to
+//! hold and drives requests away from the replicas caching their prefix. (How much of a
 //! prompt a replica caches is estimated per replica in `router::affinity`.)
 
 use std::collections::HashMap;
@@ -8,7 +12,7 @@ use std::collections::HashMap;
 /// Settings of the estimator.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EstimatorConfig {
-    /// Output length assumed for a workload with no history.
+    /// Output length assumed before any request has finished.
     pub default_output: u32,
     /// Weight of the newest observation in the moving averages (0..=1).
     pub alpha: f64,
@@ -37,6 +41,9 @@ struct History {
 pub struct OutputEstimator {
     config: EstimatorConfig,
     history: HashMap<u64, History>,
+    /// Every workload's outputs together, weighted as a workload's are (`None` until a
+    /// request finishes).
+    overall: Option<f64>,
     tick: u64,
 }
 
@@ -45,6 +52,7 @@ impl OutputEstimator {
         Self {
             config,
             history: HashMap::new(),
+            overall: None,
             tick: 0,
         }
     }
@@ -52,8 +60,13 @@ impl OutputEstimator {
     /// Output tokens expected of a request of `workload` that allows at most
     /// `max_tokens`.
     pub fn estimate(&self, workload: u64, max_tokens: Option<u32>) -> u32 {
-        let output = match self.history.get(&workload) {
-            Some(h) => h.output.round().max(1.0) as u32,
+        let output = match self
+            .history
+            .get(&workload)
+            .map(|h| h.output)
+            .or(self.overall)
+        {
+            Some(mean) => mean.round().max(1.0) as u32,
             None => self.config.default_output,
         };
         max_tokens.map_or(output, |m| output.min(m)).max(1)
@@ -64,6 +77,8 @@ impl OutputEstimator {
         self.tick += 1;
         let a = self.config.alpha;
         let tick = self.tick;
+        let seen = f64::from(output_tokens);
+        self.overall = Some(self.overall.map_or(seen, |o| a * seen + (1.0 - a) * o));
         self.history
             .entry(workload)
             .and_modify(|h| {
@@ -99,7 +114,7 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn unknown_workload_gets_the_default_capped_by_max_tokens() {
+    fn before_anything_finished_a_workload_gets_the_default_capped_by_max_tokens() {
         let e = OutputEstimator::new(EstimatorConfig::default());
         assert_eq!(e.estimate(1, None), 256);
         assert_eq!(e.estimate(1, Some(10)), 10);
@@ -111,10 +126,29 @@ mod tests {
         for _ in 0..50 {
             e.observe(7, 40);
         }
-        let est = e.estimate(7, Some(2000));
-        assert_eq!(est, 40);
-        // Another workload is untouched.
-        assert_eq!(e.estimate(8, None), 256);
+        for _ in 0..50 {
+            e.observe(9, 400);
+        }
+        assert_eq!(e.estimate(7, Some(2000)), 40);
+        assert_eq!(e.estimate(9, None), 400);
+    }
+
+    #[test]
+    fn a_workload_never_seen_expects_what_the_traffic_does_lately() {
+        let mut e = OutputEstimator::new(EstimatorConfig::default());
+        // Short completions from many one-off conversations: a new one is short too.
+        for w in 0..50 {
+            e.observe(w, 30);
+        }
+        assert_eq!(e.estimate(1_000, None), 30);
+        assert_eq!(e.estimate(1_000, Some(8)), 8);
+        // The traffic turns to long answers; the guess for newcomers follows.
+        for w in 50..100 {
+            e.observe(w, 600);
+        }
+        assert_eq!(e.estimate(1_001, None), 600);
+        // A known workload keeps its own history.
+        assert_eq!(e.estimate(0, None), 30);
     }
 
     #[test]

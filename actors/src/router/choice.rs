@@ -2,8 +2,8 @@
 //! any replica expected to hold the workload's prefix — with the best score: the seconds
 //! of work queued there if it took the request (its in-flight MU plus what this request
 //! costs *there*, where cached prompt tokens are nearly free, relative to capacity), plus
-//! the delay that prefill a warm replica would have skipped imposes on the requests
-//! sharing the replica. Outside the home only when the home is clearly worse, because
+//! the prefill a warm replica would have skipped, once more: capacity taken from
+//! whoever comes next. Outside the home only when the home is clearly worse, because
 //! leaving it throws away the prefix cache.
 
 use super::load_order::Floor;
@@ -17,8 +17,6 @@ pub struct Candidate {
     /// MU in flight there that a request arriving now would wait for (queued prefill,
     /// a share of running decode).
     pub inflight_mu: f64,
-    /// Requests in flight on the replica.
-    pub inflight_requests: u64,
     pub capacity_mu_per_min: f64,
     /// This request's price on this replica (depends on what it has cached).
     pub cost_mu: f64,
@@ -35,19 +33,23 @@ impl Candidate {
         (self.inflight_mu + self.cost_mu) * 60.0 / self.capacity_mu_per_min
     }
 
-    /// What placing the request here costs, in request-seconds: its own `load_s`, plus
-    /// the delay its *avoidable* work imposes on others. Avoidable work is what this
-    /// replica would spend beyond the request's cheapest price anywhere (`min_cost`,
-    /// the price on the replica holding most of its prefix): prefill a warm replica
-    /// would skip. It delays every request sharing the replica, so it is counted once
-    /// per request in flight there (at least once), times `waste_weight`.
+    /// What placing the request here costs, in seconds: its own `load_s`, plus its
+    /// *avoidable* work times `waste_weight`. Avoidable work is what this replica would
+    /// spend beyond the request's cheapest price anywhere (`min_cost`, the price on the
+    /// replica holding most of its prefix): prefill a warm replica would skip, capacity
+    /// lost to whoever comes next there.
+    ///
+    /// It used to count once per request in flight on the replica, as if each of them
+    /// waited for it. Most of them are decoding, and a prefill beside them lengthens one
+    /// step of theirs, not their wait for a first token; so counted, a burst of one
+    /// conversation piled onto its one warm replica while idle replicas could have
+    /// taken it (`docs/SIM_NOTES.md`, "Bursts of one conversation").
     pub fn score_s(&self, min_cost: f64, waste_weight: f64) -> f64 {
         if self.capacity_mu_per_min <= 0.0 {
             return f64::INFINITY;
         }
         let waste_s = (self.cost_mu - min_cost).max(0.0) * 60.0 / self.capacity_mu_per_min;
-        let sharing = self.inflight_requests.max(1) as f64;
-        self.load_s() + waste_weight * sharing * waste_s
+        self.load_s() + waste_weight * waste_s
     }
 }
 
@@ -79,9 +81,10 @@ pub struct Choice {
 
 /// The replicas a request knows nothing special about: not in its slice's subset, not
 /// expected to hold any of its prompt. Each costs the request `cost_mu` (its price with
-/// nothing cached). `walk` yields them each with a [`Floor`] that holds for every
-/// replica not yet yielded (as [`LoadOrder::walk`](super::load_order::LoadOrder::walk)
-/// does), so the choice stops walking as soon as none further on can win.
+/// nothing cached). `walk` yields them least queued first, each with a [`Floor`] that
+/// holds for every replica not yet yielded (as
+/// [`LoadOrder::walk`](super::load_order::LoadOrder::walk) does), so the choice stops
+/// walking as soon as none further on can win.
 pub struct ColdReplicas<I> {
     pub walk: I,
     pub cost_mu: f64,
@@ -137,11 +140,11 @@ pub fn choose<I: Iterator<Item = (Candidate, Floor)>>(
             outside = Some((s, *c));
         }
     }
-    // A cold replica not yet walked scores at least the floor's queue, the request's
-    // price on the largest replica, and its avoidable part times the floor's sharing:
-    // stop when that cannot beat the best outside. Ties go to the first walked.
-    let waste_s = waste_weight * (cold_cost - min_cost).max(0.0) * 60.0;
-    let price_s = cold_cost * 60.0 / max_capacity;
+    // A cold replica not yet walked scores at least the floor's queue plus the
+    // request's price and its avoidable part on the largest replica: stop when that
+    // cannot beat the best outside. Ties go to the first walked.
+    let waste_mu = waste_weight * (cold_cost - min_cost).max(0.0);
+    let price_s = (cold_cost + waste_mu) * 60.0 / max_capacity;
     for (c, floor) in cold.walk {
         if usable(&c) && c.capacity_mu_per_min > 0.0 {
             let s = score(&c);
@@ -149,7 +152,7 @@ pub fn choose<I: Iterator<Item = (Candidate, Floor)>>(
                 outside = Some((s, c));
             }
         }
-        let bound = floor.queued_s + price_s + waste_s * floor.sharing;
+        let bound = floor.queued_s + price_s;
         if outside.is_some_and(|(bs, _)| bound >= bs) {
             break;
         }
@@ -194,11 +197,9 @@ mod tests {
             .iter()
             .map(|c| c.capacity_mu_per_min)
             .fold(0.0, f64::max);
-        // Walked by queue alone: the sharing floor is what any replica has at least.
         let walk = cold.into_iter().map(move |c| {
             let floor = Floor {
                 queued_s: queued(&c),
-                sharing: 1.0 / max_capacity,
             };
             (c, floor)
         });
@@ -253,7 +254,6 @@ mod tests {
             id: ReplicaId(id),
             healthy: true,
             inflight_mu: mu,
-            inflight_requests: 0,
             capacity_mu_per_min: 60_000.0,
             cost_mu: 10.0,
             warm: false,
@@ -366,38 +366,37 @@ mod tests {
     }
 
     #[test]
-    fn avoidable_prefill_weighs_more_on_a_replica_many_requests_share() {
+    fn avoidable_prefill_is_charged_once_beside_the_requests_own_wait() {
         // The request costs 310 MU on cold replicas and 10 on the warm one, which has
         // 650 MU queued (0.66 s with it) against 0 and 200 on the cold ones.
         let mut w = cand(0, 650.0);
         w.warm = true;
-        w.inflight_requests = 4;
         let idle = Candidate {
             cost_mu: 310.0,
             ..cand(1, 0.0)
         };
-        let mut shared = Candidate {
+        let queued = Candidate {
             cost_mu: 310.0,
             ..cand(2, 200.0)
         };
-        shared.inflight_requests = 8;
         let subset = [ReplicaId(0), ReplicaId(1), ReplicaId(2)];
         let policy = SpillPolicy::default();
         // Ignoring waste, the idle replica finishes the request first (0.31 s).
-        let c = choose_fleet(&subset, &[w, idle, shared], &[], policy, 0.0).unwrap();
+        let c = choose_fleet(&subset, &[w, idle, queued], &[], policy, 0.0).unwrap();
         assert_eq!(c.replica, ReplicaId(1));
-        // Its 300 MU of avoidable prefill (0.3 s) delays nobody there, so it still wins.
-        let c = choose_fleet(&subset, &[w, idle, shared], &[], policy, 1.0).unwrap();
+        // With its 300 MU of avoidable prefill (0.3 s) it still wins: 0.61 < 0.66.
+        let c = choose_fleet(&subset, &[w, idle, queued], &[], policy, 1.0).unwrap();
         assert_eq!(c.replica, ReplicaId(1));
-        // With requests sharing the idle replica, the waste delays each of them: stay warm.
+        // A little queued there, and the warm replica wins (0.71 > 0.66).
         let busy = Candidate {
-            inflight_requests: 3,
+            inflight_mu: 100.0,
             ..idle
         };
-        let c = choose_fleet(&subset, &[w, busy, shared], &[], policy, 1.0).unwrap();
+        let c = choose_fleet(&subset, &[w, busy, queued], &[], policy, 1.0).unwrap();
         assert_eq!(c.replica, ReplicaId(0));
-        // Scores: own load plus weight × sharing × waste.
-        assert!((busy.score_s(10.0, 1.0) - (0.31 + 3.0 * 0.3)).abs() < 1e-9);
+        // Scores: own load plus weight × waste.
+        assert!((busy.score_s(10.0, 1.0) - (0.41 + 0.3)).abs() < 1e-9);
+        assert!((busy.score_s(10.0, 2.0) - (0.41 + 0.6)).abs() < 1e-9);
         assert!((w.score_s(10.0, 1.0) - 0.66).abs() < 1e-9);
     }
 
@@ -443,7 +442,7 @@ mod tests {
             excl_mask in any::<u16>(),
         ) {
             let fleet: Vec<Candidate> = loads.iter().enumerate().map(|(i, &(mu, h, cost, warm))| {
-                Candidate { id: ReplicaId(i as u64), healthy: h, inflight_mu: mu, inflight_requests: 0, capacity_mu_per_min: 60_000.0, cost_mu: cost, warm }
+                Candidate { id: ReplicaId(i as u64), healthy: h, inflight_mu: mu, capacity_mu_per_min: 60_000.0, cost_mu: cost, warm }
             }).collect();
             let subset: Vec<ReplicaId> = fleet.iter().filter(|c| subset_mask >> c.id.0 & 1 == 1).map(|c| c.id).collect();
             let exclude: Vec<ReplicaId> = fleet.iter().filter(|c| excl_mask >> c.id.0 & 1 == 1).map(|c| c.id).collect();
@@ -479,17 +478,16 @@ mod tests {
     proptest! {
         #[test]
         fn walking_the_cold_replicas_in_order_finds_what_scoring_all_finds(
-            loads in proptest::collection::vec((0.0f64..10_000.0, any::<bool>(), 0u64..12, 0u8..4, any::<bool>(), 0u8..3), 1..40),
+            loads in proptest::collection::vec((0.0f64..10_000.0, any::<bool>(), 0u8..4, any::<bool>(), 0u8..3), 1..40),
             subset_mask in any::<u64>(),
             excl_mask in any::<u64>(),
             waste_weight in prop::sample::select(vec![0.0, 1.0, 2.0]),
         ) {
             // Cold replicas all cost 300; some others hold part of the prompt.
-            let fleet: Vec<Candidate> = loads.iter().enumerate().map(|(i, &(mu, h, n, cached, warm, cap))| Candidate {
+            let fleet: Vec<Candidate> = loads.iter().enumerate().map(|(i, &(mu, h, cached, warm, cap))| Candidate {
                 id: ReplicaId(i as u64),
                 healthy: h,
                 inflight_mu: mu,
-                inflight_requests: n,
                 capacity_mu_per_min: [60_000.0, 90_000.0, 120_000.0][cap as usize],
                 cost_mu: 300.0 - 70.0 * f64::from(cached),
                 warm: warm && cached > 0,

@@ -36,8 +36,9 @@ pub struct RouterConfig {
     /// is 35 µs; the rest is the step's fixed cost, paid whether it runs or not. (The
     /// queued prefill always counts whole.)
     pub decode_share: f64,
-    /// Weight of avoidable prefill (work a warm replica would skip) in the choice, per
-    /// request sharing the replica: 1 counts the delay it imposes on each of them once.
+    /// Weight of avoidable prefill (work a warm replica would skip) in the choice, on top
+    /// of the request's own wait: 1 counts the capacity it takes from whoever comes next
+    /// on that replica once.
     pub waste_weight: f64,
     /// Buckets (`2^bits`) of the keyspace the admitted load is measured in, for the
     /// assigner.
@@ -708,12 +709,11 @@ impl RouterCore {
     /// `None` for a replica the router does not know.
     fn candidate(&self, r: ReplicaId, cost_mu: f64, warm: bool, now_ms: u64) -> Option<Candidate> {
         let entry = self.replicas.get(*self.slots.get(&r)?)?;
-        let (mu, requests) = self.inflight(r);
+        let (mu, _) = self.inflight(r);
         Some(Candidate {
             id: r,
             healthy: entry.checked_healthy && entry.passive.available(now_ms),
             inflight_mu: mu,
-            inflight_requests: requests,
             capacity_mu_per_min: entry.spec.capacity_mu_per_min,
             cost_mu,
             warm,
@@ -736,13 +736,12 @@ impl RouterCore {
         }
     }
 
-    /// Where `r` belongs in the load order: seconds queued, requests per MU/min.
-    fn order_keys(&self, r: ReplicaId, capacity: f64) -> (f64, f64) {
-        let (mu, requests) = self.inflight(r);
+    /// Where `r` belongs in the load order: seconds queued.
+    fn queued_s(&self, r: ReplicaId, capacity: f64) -> f64 {
         if capacity > 0.0 {
-            (mu * 60.0 / capacity, requests.max(1) as f64 / capacity)
+            self.inflight(r).0 * 60.0 / capacity
         } else {
-            (f64::INFINITY, f64::INFINITY)
+            f64::INFINITY
         }
     }
 
@@ -751,8 +750,8 @@ impl RouterCore {
         let Some(&slot) = self.slots.get(&r) else {
             return;
         };
-        let (queued_s, sharing) = self.order_keys(r, self.replicas[slot].spec.capacity_mu_per_min);
-        self.order.update(r, queued_s, sharing);
+        let queued_s = self.queued_s(r, self.replicas[slot].spec.capacity_mu_per_min);
+        self.order.update(r, queued_s);
     }
 
     /// Lists `r` in the load order if the router may send to it.
@@ -762,8 +761,8 @@ impl RouterCore {
         };
         let entry = self.replicas[slot];
         if entry.checked_healthy && entry.passive.available(now_ms) {
-            let (queued_s, sharing) = self.order_keys(r, entry.spec.capacity_mu_per_min);
-            self.order.set(r, queued_s, sharing);
+            let queued_s = self.queued_s(r, entry.spec.capacity_mu_per_min);
+            self.order.set(r, queued_s);
         }
     }
 

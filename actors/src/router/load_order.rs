@@ -1,17 +1,16 @@
-//! The available replicas ordered twice — by the seconds of work queued on them, and by
-//! the requests sharing them per unit of capacity — so that the choice can look outside
-//! a request's home without scoring the whole fleet. A replica's score grows with both
-//! (see [`Candidate::score_s`](super::choice::Candidate::score_s)), so walking the two
-//! orders side by side from their least loaded ends, every replica not yet met scores
-//! at least what the two current positions allow, and the walk stops as soon as that
-//! floor cannot beat the best found (Fagin's threshold algorithm). Updates cost
-//! O(log fleet).
+//! The available replicas ordered by the seconds of work queued on them, so that the
+//! choice can look outside a request's home without scoring the whole fleet. A cold
+//! replica's score grows with its queue (see
+//! [`Candidate::score_s`](super::choice::Candidate::score_s)), so walking the order from
+//! its least loaded end, every replica not yet met scores at least what the current
+//! position allows, and the walk stops as soon as that floor cannot beat the best found.
+//! Updates cost O(log fleet).
 //!
 //! Only replicas the router may send to are listed: a replica failing its health check
 //! or ejected by passive health leaves the order, and an ejection's end brings it back
 //! ([`LoadOrder::readmit`]), so that a lost rack is not walked past on every request.
 
-use super::id_map::{IdMap, IdSet};
+use super::id_map::IdMap;
 use crate::slice::ReplicaId;
 use std::collections::BTreeSet;
 
@@ -26,57 +25,46 @@ fn key(queued_s: f64) -> u64 {
 }
 
 /// Where a walk stands: every replica not yet met has at least `queued_s` seconds of
-/// work queued and at least `sharing` requests in flight (counted as at least one) per
-/// MU/min of capacity.
+/// work queued.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Floor {
     pub queued_s: f64,
-    pub sharing: f64,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadOrder {
     /// (queued seconds as ordered bits, replica) of every listed replica.
     by_queue: BTreeSet<(u64, ReplicaId)>,
-    /// (requests per MU/min as ordered bits, replica).
-    by_sharing: BTreeSet<(u64, ReplicaId)>,
-    keys: IdMap<ReplicaId, (u64, u64)>,
+    keys: IdMap<ReplicaId, u64>,
     /// Replicas left out until a time: (until ms, replica).
     ejected: BTreeSet<(u64, ReplicaId)>,
 }
 
 impl LoadOrder {
-    /// Lists `replica` (or moves it) at `queued_s` seconds of queued work and `sharing`
-    /// requests (at least one) per MU/min.
-    pub fn set(&mut self, replica: ReplicaId, queued_s: f64, sharing: f64) {
-        let k = (key(queued_s), key(sharing));
+    /// Lists `replica` (or moves it) at `queued_s` seconds of queued work.
+    pub fn set(&mut self, replica: ReplicaId, queued_s: f64) {
+        let k = key(queued_s);
         if let Some(old) = self.keys.insert(replica, k) {
-            if old.0 != k.0 {
-                self.by_queue.remove(&(old.0, replica));
-                self.by_queue.insert((k.0, replica));
-            }
-            if old.1 != k.1 {
-                self.by_sharing.remove(&(old.1, replica));
-                self.by_sharing.insert((k.1, replica));
+            if old != k {
+                self.by_queue.remove(&(old, replica));
+                self.by_queue.insert((k, replica));
             }
             return;
         }
-        self.by_queue.insert((k.0, replica));
-        self.by_sharing.insert((k.1, replica));
+        self.by_queue.insert((k, replica));
     }
 
     /// Moves `replica` if it is listed; a no-op otherwise.
-    pub fn update(&mut self, replica: ReplicaId, queued_s: f64, sharing: f64) {
+    pub fn update(&mut self, replica: ReplicaId, queued_s: f64) {
         if self.keys.contains_key(&replica) {
-            self.set(replica, queued_s, sharing);
+            self.set(replica, queued_s);
         }
     }
 
     /// Takes `replica` out of the order (it cannot be sent to).
     pub fn remove(&mut self, replica: ReplicaId) {
-        if let Some((q, n)) = self.keys.remove(&replica) {
+        if let Some(q) = self.keys.remove(&replica) {
             self.by_queue.remove(&(q, replica));
-            self.by_sharing.remove(&(n, replica));
         }
     }
 
@@ -104,20 +92,15 @@ impl LoadOrder {
         self.keys.contains_key(&replica)
     }
 
-    /// Every listed replica once, taken from the two orders in turn, each with the floor
-    /// that holds for the replicas not yet yielded.
-    pub fn walk(&self) -> Walk<'_> {
-        Walk {
-            queue: self.by_queue.iter(),
-            sharing: self.by_sharing.iter(),
-            floor: Floor {
-                queued_s: 0.0,
-                sharing: 0.0,
-            },
-            seen: IdSet::default(),
-            turn: false,
-            left: self.keys.len(),
-        }
+    /// Every listed replica once, least queued first, each with the floor that holds
+    /// for the replicas not yet yielded.
+    pub fn walk(&self) -> impl Iterator<Item = (ReplicaId, Floor)> + '_ {
+        self.by_queue.iter().map(|&(k, r)| {
+            let floor = Floor {
+                queued_s: f64::from_bits(k),
+            };
+            (r, floor)
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -131,45 +114,8 @@ impl LoadOrder {
     /// Forgets everything (the replica set is rebuilt).
     pub fn clear(&mut self) {
         self.by_queue.clear();
-        self.by_sharing.clear();
         self.keys.clear();
         self.ejected.clear();
-    }
-}
-
-/// See [`LoadOrder::walk`].
-pub struct Walk<'a> {
-    queue: std::collections::btree_set::Iter<'a, (u64, ReplicaId)>,
-    sharing: std::collections::btree_set::Iter<'a, (u64, ReplicaId)>,
-    floor: Floor,
-    /// Replicas yielded so far.
-    seen: IdSet<ReplicaId>,
-    turn: bool,
-    left: usize,
-}
-
-impl Iterator for Walk<'_> {
-    type Item = (ReplicaId, Floor);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        while self.left > 0 {
-            self.turn = !self.turn;
-            let r = if self.turn {
-                let &(k, r) = self.queue.next()?;
-                self.floor.queued_s = f64::from_bits(k);
-                r
-            } else {
-                let &(k, r) = self.sharing.next()?;
-                self.floor.sharing = f64::from_bits(k);
-                r
-            };
-            if !self.seen.insert(r) {
-                continue;
-            }
-            self.left -= 1;
-            return Some((r, self.floor));
-        }
-        None
     }
 }
 
@@ -185,15 +131,14 @@ mod tests {
     #[test]
     fn the_walk_follows_the_latest_load_and_ejections_end() {
         let mut o = LoadOrder::default();
-        o.set(ReplicaId(1), 3.0, 1.0);
-        o.set(ReplicaId(2), 1.0, 3.0);
-        o.set(ReplicaId(3), 2.0, 2.0);
-        // Least queued, then least shared, then the next least queued.
-        assert_eq!(walked(&o), [2, 1, 3]);
-        o.set(ReplicaId(2), 5.0, 5.0);
+        o.set(ReplicaId(1), 3.0);
+        o.set(ReplicaId(2), 1.0);
+        o.set(ReplicaId(3), 2.0);
+        assert_eq!(walked(&o), [2, 3, 1]);
+        o.set(ReplicaId(2), 5.0);
         assert_eq!(walked(&o), [3, 1, 2]);
         o.eject(ReplicaId(3), 100);
-        o.update(ReplicaId(3), 0.0, 0.0);
+        o.update(ReplicaId(3), 0.0);
         assert!(
             !o.contains(ReplicaId(3)),
             "an ejected replica is not moved back"
@@ -206,14 +151,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn the_walk_meets_every_replica_once_above_its_floor(ops in proptest::collection::vec((0u64..20, 0.0f64..100.0, 0.0f64..10.0, any::<bool>()), 0..200)) {
+        fn the_walk_meets_every_replica_once_above_its_floor(ops in proptest::collection::vec((0u64..20, 0.0f64..100.0, any::<bool>()), 0..200)) {
             let mut o = LoadOrder::default();
-            let mut truth: std::collections::HashMap<ReplicaId, (f64, f64)> = Default::default();
-            for (id, queued, sharing, keep) in ops {
+            let mut truth: std::collections::HashMap<ReplicaId, f64> = Default::default();
+            for (id, queued, keep) in ops {
                 let r = ReplicaId(id);
                 if keep {
-                    o.set(r, queued, sharing);
-                    truth.insert(r, (queued, sharing));
+                    o.set(r, queued);
+                    truth.insert(r, queued);
                 } else {
                     o.remove(r);
                     truth.remove(&r);
@@ -223,8 +168,7 @@ mod tests {
             prop_assert_eq!(walk.len(), truth.len());
             for (i, (_, floor)) in walk.iter().enumerate() {
                 for (later, _) in &walk[i + 1..] {
-                    let (q, n) = truth[later];
-                    prop_assert!(q >= floor.queued_s && n >= floor.sharing);
+                    prop_assert!(truth[later] >= floor.queued_s);
                 }
             }
             let mut met: Vec<ReplicaId> = walk.iter().map(|(r, _)| *r).collect();

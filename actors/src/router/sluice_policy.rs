@@ -263,6 +263,16 @@ mod tests {
         }
     }
 
+    fn unkeyed(id: u64, prompt: &[u32]) -> RouteRequest<'_> {
+        RouteRequest {
+            id,
+            workload: None,
+            prompt,
+            max_tokens: Some(30),
+            images: 0,
+        }
+    }
+
     fn req<'a>(id: u64, workload: &str, prompt: &'a [u32]) -> RouteRequest<'a> {
         RouteRequest {
             id,
@@ -299,6 +309,63 @@ mod tests {
         }
         assert_eq!(p.core().in_flight(), 0);
         assert!(p.core().ledger().replica(slice.subset[0]).requests == 0);
+    }
+
+    #[test]
+    fn a_burst_of_one_conversation_spreads_past_its_busy_warm_replica() {
+        // Code completion without keys: one editing session's ~2k-token file context,
+        // a new tail per request, ~30 tokens out. Every replica is busy decoding other
+        // conversations; the session's one warm replica takes the burst until its queue
+        // costs more than computing the context elsewhere, then the burst spreads
+        // (counting the lost prefix once per request decoding on the other replicas
+        // kept all of it on the warm one).
+        let mut p = policy(8);
+        let fleet: Vec<_> = (0..8).map(|i| obs(i, true)).collect();
+        let context: Vec<u32> = (0..2000).map(|t| 7 + t % 5000).collect();
+        let with_tail = |n: u32| -> Vec<u32> {
+            let mut v = context.clone();
+            v.extend((0..300).map(|t| 100_000 + n * 1_000 + t));
+            v
+        };
+        let first = with_tail(0);
+        let warm = p.route(&unkeyed(0, &first), &fleet, &NoKvIndex, 0).unwrap();
+        p.on_progress(0, 1, 40);
+        p.on_finish(
+            0,
+            Some(Usage {
+                prompt_tokens: 2300,
+                completion_tokens: 30,
+                cached_tokens: 0,
+            }),
+            300,
+        );
+        // Four other conversations decoding on every replica.
+        for id in 1..=32u64 {
+            let other: Vec<u32> = (0..500).map(|t| (id as u32) * 10_000 + t).collect();
+            p.route(&unkeyed(id, &other), &fleet, &NoKvIndex, 400)
+                .unwrap();
+            p.on_progress(id, 1, 450);
+        }
+        let mut used = std::collections::BTreeSet::new();
+        let mut on_warm = 0;
+        for n in 1..=24u32 {
+            let prompt = with_tail(n);
+            let r = p
+                .route(
+                    &unkeyed(100 + u64::from(n), &prompt),
+                    &fleet,
+                    &NoKvIndex,
+                    500,
+                )
+                .unwrap();
+            on_warm += u32::from(r == warm);
+            used.insert(r);
+        }
+        assert!(
+            on_warm >= 2,
+            "the warm replica takes the start of the burst"
+        );
+        assert!(used.len() >= 3, "the burst stays on {used:?}");
     }
 
     #[test]
