@@ -131,6 +131,12 @@ impl ClusterAuthority {
         out
     }
 
+    /// [`trusted_pems`](Self::trusted_pems) as one PEM bundle: what a member's trust
+    /// store and a joining node's CA file hold.
+    pub fn trusted_pem_bundle(&self) -> String {
+        self.trusted_pems().concat()
+    }
+
     /// The rotation's new CA certificate (what acknowledgements name), if one is under
     /// way.
     pub fn rotating_to(&self) -> Option<&str> {
@@ -1202,6 +1208,7 @@ mod tests {
         let a = s.authority().unwrap();
         assert!(a.rotation.is_none());
         assert_eq!(a.trusted_pems(), ["new"]);
+        assert_eq!(a.trusted_pem_bundle(), "new");
         assert_eq!(a.tokens.len(), 1, "tokens outlive a rotation");
     }
 

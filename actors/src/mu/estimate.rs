@@ -4,7 +4,9 @@
 //! history of its own is expected to do what the traffic as a whole does: without keys,
 //! every conversation is new at its first request, and a fixed guess there (say 256
 //! tokens in front of ~30-token code completions) inflates the queue a replica seems to
-//! hold and drives requests away from the replicas caching their prefix. (How much of a
+//! hold and drives requests away from the replicas caching their prefix. That overall
+//! average starts at the configured default and moves with each finished request, so a
+//! router that has seen one tiny answer does not yet take every newcomer for tiny. (How much of a
 //! prompt a replica caches is estimated per replica in `router::affinity`.)
 
 use std::collections::HashMap;
@@ -12,7 +14,8 @@ use std::collections::HashMap;
 /// Settings of the estimator.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EstimatorConfig {
-    /// Output length assumed before any request has finished.
+    /// Output length assumed for a workload with no history before the traffic has
+    /// said otherwise: where the overall average starts.
     pub default_output: u32,
     /// Weight of the newest observation in the moving averages (0..=1).
     pub alpha: f64,
@@ -41,9 +44,9 @@ struct History {
 pub struct OutputEstimator {
     config: EstimatorConfig,
     history: HashMap<u64, History>,
-    /// Every workload's outputs together, weighted as a workload's are (`None` until a
-    /// request finishes).
-    overall: Option<f64>,
+    /// Every workload's outputs together, weighted as a workload's are, starting from
+    /// the configured default.
+    overall: f64,
     tick: u64,
 }
 
@@ -52,7 +55,7 @@ impl OutputEstimator {
         Self {
             config,
             history: HashMap::new(),
-            overall: None,
+            overall: f64::from(config.default_output),
             tick: 0,
         }
     }
@@ -60,15 +63,11 @@ impl OutputEstimator {
     /// Output tokens expected of a request of `workload` that allows at most
     /// `max_tokens`.
     pub fn estimate(&self, workload: u64, max_tokens: Option<u32>) -> u32 {
-        let output = match self
+        let mean = self
             .history
             .get(&workload)
-            .map(|h| h.output)
-            .or(self.overall)
-        {
-            Some(mean) => mean.round().max(1.0) as u32,
-            None => self.config.default_output,
-        };
+            .map_or(self.overall, |h| h.output);
+        let output = mean.round().max(1.0) as u32;
         max_tokens.map_or(output, |m| output.min(m)).max(1)
     }
 
@@ -77,8 +76,7 @@ impl OutputEstimator {
         self.tick += 1;
         let a = self.config.alpha;
         let tick = self.tick;
-        let seen = f64::from(output_tokens);
-        self.overall = Some(self.overall.map_or(seen, |o| a * seen + (1.0 - a) * o));
+        self.overall = a * f64::from(output_tokens) + (1.0 - a) * self.overall;
         self.history
             .entry(workload)
             .and_modify(|h| {
@@ -114,7 +112,7 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn before_anything_finished_a_workload_gets_the_default_capped_by_max_tokens() {
+    fn before_anything_finished_a_new_workload_gets_the_default_capped_by_max_tokens() {
         let e = OutputEstimator::new(EstimatorConfig::default());
         assert_eq!(e.estimate(1, None), 256);
         assert_eq!(e.estimate(1, Some(10)), 10);
@@ -136,6 +134,9 @@ mod tests {
     #[test]
     fn a_workload_never_seen_expects_what_the_traffic_does_lately() {
         let mut e = OutputEstimator::new(EstimatorConfig::default());
+        // One short answer moves the guess for newcomers only by its weight.
+        e.observe(999, 2);
+        assert_eq!(e.estimate(1_000, None), 205);
         // Short completions from many one-off conversations: a new one is short too.
         for w in 0..50 {
             e.observe(w, 30);

@@ -194,27 +194,36 @@ impl ProberCore {
         self.settle(now_ms)
     }
 
-    /// A router took `replica`'s streams for hung at `at_ms` (its silence outlasted the
-    /// bound from the replica's own pace; see `router::stall`), heard at `now_ms`. It
-    /// condemns the replica once the engine's token counter has stood still for
+    /// Routers took these replicas' streams for hung (their silence outlasted the bound
+    /// from the replica's own pace; see `router::stall`), each `age` ms before `now_ms`
+    /// — the local router's word and the peers' gossip alike. A replica is condemned
+    /// once the engine's token counter has stood still for
     /// [`STREAMS_CONFIRMED_AFTER_MS`] (an engine without that gauge is left to the
     /// probes). Word older than the replica's last proof (a completed request or probe,
-    /// or its restart) is stale — a peer's gossip repeats it for a while — and ignored.
-    pub fn on_streams_stalled(
-        &mut self,
-        replica: ReplicaId,
-        at_ms: u64,
-        now_ms: u64,
-    ) -> Vec<VerdictChange> {
-        let Some(state) = self.replicas.get_mut(&replica) else {
+    /// or its restart) is stale — a peer's gossip repeats it for a while — and ignored,
+    /// as are replicas this prober does not watch.
+    pub fn on_stall_word(&mut self, word: &[(ReplicaId, u64)], now_ms: u64) -> Vec<VerdictChange> {
+        let mut marked = false;
+        for &(replica, age_ms) in word {
+            marked |= self.mark_streams_stalled(replica, now_ms.saturating_sub(age_ms));
+        }
+        if !marked {
             return Vec::new();
+        }
+        self.settle(now_ms)
+    }
+
+    /// Records a stall verdict of `at_ms` unless it is stale; true if it counts.
+    fn mark_streams_stalled(&mut self, replica: ReplicaId, at_ms: u64) -> bool {
+        let Some(state) = self.replicas.get_mut(&replica) else {
+            return false;
         };
         if at_ms <= state.proven_ms || !state.verdict.in_service() {
-            return Vec::new();
+            return false;
         }
         let since = state.streams_stalled_ms.map_or(at_ms, |t| t.min(at_ms));
         state.streams_stalled_ms = Some(since);
-        self.settle(now_ms)
+        true
     }
 
     /// `probe` was answered at `now_ms` (`ok`: it completed with its token), or the

@@ -582,9 +582,9 @@ fn a_routers_word_that_its_streams_stalled_ejects_once_the_counter_agrees() {
         c.on_progress(r(2), 4, at, at);
     }
     // Word older than the replica's last proof (here, joining the pool at 0) is stale.
-    assert!(c.on_streams_stalled(r(1), 0, t).is_empty());
+    assert!(c.on_stall_word(&[(r(1), t)], t).is_empty());
     assert_eq!(
-        c.on_streams_stalled(r(1), t, t + 100),
+        c.on_stall_word(&[(r(1), 100)], t + 100),
         [VerdictChange {
             replica: r(1),
             verdict: Verdict::Unhealthy {
@@ -594,13 +594,13 @@ fn a_routers_word_that_its_streams_stalled_ejects_once_the_counter_agrees() {
         }]
     );
     // Repeated by gossip: no second change.
-    assert!(c.on_streams_stalled(r(1), t, t + 500).is_empty());
+    assert!(c.on_stall_word(&[(r(1), 500)], t + 500).is_empty());
     // Restarted: the same word, still gossiped, no longer counts.
     c.restored(r(1), t + 6_000);
-    assert!(c.on_streams_stalled(r(1), t, t + 6_100).is_empty());
+    assert!(c.on_stall_word(&[(r(1), 6_100)], t + 6_100).is_empty());
     assert_eq!(c.verdict(r(1)), Some(Verdict::Healthy));
     // An engine that writes tokens is busy, not hung, whatever a router saw.
-    assert!(c.on_streams_stalled(r(2), t, t + 100).is_empty());
+    assert!(c.on_stall_word(&[(r(2), 100)], t + 100).is_empty());
     assert_eq!(c.verdict(r(2)), Some(Verdict::Healthy));
 }
 
@@ -609,7 +609,7 @@ fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
     const C: u64 = decide::STREAMS_CONFIRMED_AFTER_MS;
     let mut c = core(3);
     // No gauge sampled yet: the word alone condemns nothing.
-    assert!(c.on_streams_stalled(r(0), 1_000, 1_000).is_empty());
+    assert!(c.on_stall_word(&[(r(0), 0)], 1_000).is_empty());
     c.on_progress(r(0), 1, 7, 1_000);
     assert!(
         c.on_progress(r(0), 1, 7, C).is_empty(),
@@ -631,7 +631,7 @@ fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
     c.on_progress(r(1), 1, 7, 1_000);
     c.on_progress(r(1), 1, 7, 1_000 + C);
     assert_eq!(
-        c.on_streams_stalled(r(1), 2_500, 1_000 + C),
+        c.on_stall_word(&[(r(1), C - 1_500)], 1_000 + C),
         [VerdictChange {
             replica: r(1),
             verdict: Verdict::Deferred {

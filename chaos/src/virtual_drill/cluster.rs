@@ -85,11 +85,7 @@ impl World<'_> {
             router.set_external_load(others);
             router.merge_implications(&implications[side], now_ms);
             // Word of hung replicas: each node's prober weighs it for its own.
-            let mut changes = Vec::new();
-            for &(r, age) in &stalls[side] {
-                let at = now_ms.saturating_sub(age);
-                changes.extend(self.nodes[n].prober.on_streams_stalled(r, at, now_ms));
-            }
+            let changes = self.nodes[n].prober.on_stall_word(&stalls[side], now_ms);
             self.verdicts(n, changes);
         }
     }

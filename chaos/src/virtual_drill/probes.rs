@@ -20,12 +20,14 @@ impl World<'_> {
                 continue;
             }
             // As the live prober's round begins: replicas hung by their streams' word.
-            for r in self.nodes[n].router.take_stalled(now_ms) {
+            let stalled = self.nodes[n].router.take_stalled(now_ms);
+            for r in &stalled {
                 self.stalled(n, r.0 as usize);
-                // Its own prober weighs the word at once (it ignores others' replicas).
-                let changes = self.nodes[n].prober.on_streams_stalled(r, now_ms, now_ms);
-                self.verdicts(n, changes);
             }
+            // Its own prober weighs the word at once (it ignores others' replicas).
+            let word: Vec<(ReplicaId, u64)> = stalled.iter().map(|&r| (r, 0)).collect();
+            let changes = self.nodes[n].prober.on_stall_word(&word, now_ms);
+            self.verdicts(n, changes);
             for r in self.locals(n) {
                 let e = &self.engines[r];
                 if e.power != Power::Up {

@@ -54,7 +54,7 @@ pub fn sign_own(
 /// The CAs a member trusts under `authority`: the signing CA first, and during a
 /// rotation the other one too.
 pub fn trust_of(authority: &ClusterAuthority) -> Result<CaCert, TransportError> {
-    CaCert::from_pem(&authority.trusted_pems().concat())
+    CaCert::from_pem(&authority.trusted_pem_bundle())
 }
 
 /// What a member still has to do for a CA rotation, given what it trusts and which CA

@@ -551,7 +551,7 @@ impl JoinAuthority for RaftAuthority {
                 cert_pem,
                 // Every CA the members trust now, the signing one first: during a CA
                 // rotation the joiner must let in peers of either.
-                ca_pem: authority.trusted_pems().concat(),
+                ca_pem: authority.trusted_pem_bundle(),
             })
         })
     }

@@ -145,13 +145,11 @@ impl AppState {
             return;
         }
         let now = self.now_ms();
-        let mut changes = Vec::new();
-        {
-            let mut prober = self.prober.lock().unwrap_or_else(|p| p.into_inner());
-            for &(r, age) in stalls {
-                changes.extend(prober.on_streams_stalled(r, now.saturating_sub(age), now));
-            }
-        }
+        let changes = self
+            .prober
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_stall_word(stalls, now);
         self.apply_verdicts(changes);
     }
 
