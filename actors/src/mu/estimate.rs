@@ -6,8 +6,8 @@
 //! tokens in front of ~30-token code completions) inflates the queue a replica seems to
 //! hold and drives requests away from the replicas caching their prefix. That overall
 //! average starts at the configured default and moves with each finished request, so a
-//! router that has seen one tiny answer does not yet take every newcomer for tiny. (How much of a
-//! prompt a replica caches is estimated per replica in `router::affinity`.)
+//! router that has seen one tiny answer does not yet take every newcomer for tiny. (How
+//! much of a prompt a replica caches is estimated per replica in `router::affinity`.)
 
 use std::collections::HashMap;
 
