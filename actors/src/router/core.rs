@@ -217,7 +217,7 @@ pub struct RouterCore {
     next_id: RequestId,
     meter: LoadMeter,
     /// In-flight load other routers reported on each replica (MU, requests).
-    external: IdMap<ReplicaId, (f64, u64)>,
+    external: IdMap<ReplicaId, f64>,
     quarantine: Quarantine,
     /// Streams' progress per replica: a replica whose streams all stopped is hung.
     stalls: StreamStalls,
@@ -709,7 +709,7 @@ impl RouterCore {
     /// `None` for a replica the router does not know.
     fn candidate(&self, r: ReplicaId, cost_mu: f64, warm: bool, now_ms: u64) -> Option<Candidate> {
         let entry = self.replicas.get(*self.slots.get(&r)?)?;
-        let (mu, _) = self.inflight(r);
+        let mu = self.inflight(r);
         Some(Candidate {
             id: r,
             healthy: entry.checked_healthy && entry.passive.available(now_ms),
@@ -720,12 +720,10 @@ impl RouterCore {
         })
     }
 
-    /// The MU a request arriving now would wait for on `r`, and the requests in flight
-    /// there: this router's and the others' reported.
-    fn inflight(&self, r: ReplicaId) -> (f64, u64) {
-        let own = self.ledger.replica(r);
-        let (ext_mu, ext_requests) = self.external.get(&r).copied().unwrap_or((0.0, 0));
-        (own.queue_mu + ext_mu, own.requests + ext_requests)
+    /// The MU a request arriving now would wait for on `r`: this router's and the
+    /// others' reported.
+    fn inflight(&self, r: ReplicaId) -> f64 {
+        self.ledger.replica(r).queue_mu + self.external.get(&r).copied().unwrap_or(0.0)
     }
 
     /// What a request of cost `cost` adds to its replica after `generated` tokens.
@@ -739,7 +737,7 @@ impl RouterCore {
     /// Where `r` belongs in the load order: seconds queued.
     fn queued_s(&self, r: ReplicaId, capacity: f64) -> f64 {
         if capacity > 0.0 {
-            self.inflight(r).0 * 60.0 / capacity
+            self.inflight(r) * 60.0 / capacity
         } else {
             f64::INFINITY
         }
@@ -906,13 +904,11 @@ impl RouterCore {
     /// Replaces the slice map (a newer generation from the assigner).
     /// The in-flight load other routers have on each replica (the sum of their latest
     /// reports), counted with this router's own when choosing. Replaces the previous.
-    pub fn set_external_load(&mut self, loads: impl IntoIterator<Item = (ReplicaId, f64, u64)>) {
+    pub fn set_external_load(&mut self, loads: impl IntoIterator<Item = (ReplicaId, f64)>) {
         let mut touched: Vec<ReplicaId> = self.external.drain().map(|(id, _)| id).collect();
-        for (id, mu, requests) in loads {
+        for (id, mu) in loads {
             if mu.is_finite() && mu >= 0.0 {
-                let e = self.external.entry(id).or_insert((0.0, 0));
-                e.0 += mu;
-                e.1 += requests;
+                *self.external.entry(id).or_insert(0.0) += mu;
                 touched.push(id);
             }
         }
@@ -1099,14 +1095,14 @@ mod tests {
     fn other_routers_load_steers_the_choice() {
         let mut c = core(2, 2);
         // Another router has a long request on replica 0: this one avoids it.
-        c.set_external_load([(ReplicaId(0), 5_000.0, 1)]);
+        c.set_external_load([(ReplicaId(0), 5_000.0)]);
         for i in 0..3 {
             let p = c.place(&adm(&format!("w{i}"), 100, 10), 0).unwrap();
             assert_eq!(p.replica, ReplicaId(1));
             c.finish(p.id, None);
         }
         assert!(c.own_load().is_empty());
-        c.set_external_load([(ReplicaId(1), 5_000.0, 1), (ReplicaId(0), f64::NAN, 9)]);
+        c.set_external_load([(ReplicaId(1), 5_000.0), (ReplicaId(0), f64::NAN)]);
         let p = c.place(&adm("w", 100, 10), 0).unwrap();
         assert_eq!(p.replica, ReplicaId(0));
         // Others are told what a newcomer would wait for there: the prefill whole and
@@ -1128,7 +1124,7 @@ mod tests {
         let busy = c.ledger().replica(decoding.replica);
         assert!(busy.queue_mu < 0.5 * busy.mu, "{busy:?}");
         let other = ReplicaId(1 - decoding.replica.0);
-        c.set_external_load([(other, 0.8 * busy.mu, 1)]);
+        c.set_external_load([(other, 0.8 * busy.mu)]);
         let p = c.place(&adm("c", 100, 10), 0).unwrap();
         assert_eq!(p.replica, decoding.replica);
     }

@@ -339,7 +339,7 @@ mod tests {
             }),
             300,
         );
-        // Four other conversations decoding on every replica.
+        // 32 other conversations decoding across the fleet.
         for id in 1..=32u64 {
             let other: Vec<u32> = (0..500).map(|t| (id as u32) * 10_000 + t).collect();
             p.route(&unkeyed(id, &other), &fleet, &NoKvIndex, 400)

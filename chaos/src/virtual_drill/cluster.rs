@@ -50,7 +50,7 @@ impl World<'_> {
     pub(super) fn gossip(&mut self) {
         let now_ms = self.now / 1000;
         // Load every router has in flight, summed per partition side.
-        let mut totals: [HashMap<ReplicaId, (f64, u64)>; 2] = Default::default();
+        let mut totals: [HashMap<ReplicaId, f64>; 2] = Default::default();
         let mut implications: [Vec<sluice_actors::router::Implication>; 2] = Default::default();
         let mut stalls: [Vec<(ReplicaId, u64)>; 2] = Default::default();
         let mut own = Vec::with_capacity(self.nodes.len());
@@ -61,10 +61,8 @@ impl World<'_> {
             }
             let side = usize::from(self.reach.side[n].min(1));
             let loads = self.nodes[n].router.own_load();
-            for &(id, mu, k) in &loads {
-                let t = totals[side].entry(id).or_insert((0.0, 0));
-                t.0 += mu;
-                t.1 += k;
+            for &(id, mu, _) in &loads {
+                *totals[side].entry(id).or_insert(0.0) += mu;
             }
             own.push(loads);
             implications[side].extend(self.nodes[n].router.announced_implications(now_ms));
@@ -75,12 +73,10 @@ impl World<'_> {
                 continue;
             }
             let side = usize::from(self.reach.side[n].min(1));
-            let mine: HashMap<ReplicaId, (f64, u64)> =
-                loads.iter().map(|&(id, mu, k)| (id, (mu, k))).collect();
-            let others = totals[side].iter().map(|(&id, &(mu, k))| {
-                let (m, c) = mine.get(&id).copied().unwrap_or((0.0, 0));
-                (id, (mu - m).max(0.0), k.saturating_sub(c))
-            });
+            let mine: HashMap<ReplicaId, f64> = loads.iter().map(|&(id, mu, _)| (id, mu)).collect();
+            let others = totals[side]
+                .iter()
+                .map(|(&id, &mu)| (id, (mu - mine.get(&id).copied().unwrap_or(0.0)).max(0.0)));
             let router = &mut self.nodes[n].router;
             router.set_external_load(others);
             router.merge_implications(&implications[side], now_ms);

@@ -456,9 +456,11 @@ impl AppState {
         let now = Instant::now();
         peers.insert(node, (now, loads));
         peers.retain(|_, (at, _)| now.duration_since(*at) < PEER_LOAD_TTL);
-        let all: Vec<(ReplicaId, f64, u64)> = peers
+        // Request counts travel with the load (the wire keeps them); the choice weighs
+        // only the MU.
+        let all: Vec<(ReplicaId, f64)> = peers
             .values()
-            .flat_map(|(_, l)| l.iter().copied())
+            .flat_map(|(_, l)| l.iter().map(|&(id, mu, _)| (id, mu)))
             .collect();
         drop(peers);
         self.core().set_external_load(all);
