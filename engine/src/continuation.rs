@@ -41,6 +41,9 @@ pub fn plan(
     body: &[u8],
     received: Received<'_>,
 ) -> Result<Continuation, NotResumable> {
+    if matches!(endpoint, Endpoint::Responses | Endpoint::Embeddings) {
+        return Err(blocked(endpoint));
+    }
     if received.finished {
         Ok(Continuation::Exhausted)
     } else if received.opaque {
@@ -77,6 +80,8 @@ pub fn ending(
             "text_completion",
             serde_json::json!({"index": 0, "text": "", "finish_reason": "length"}),
         ),
+        // Never continued (see [`plan`]), so never ended here: only `[DONE]`.
+        Endpoint::Responses | Endpoint::Embeddings => return "data: [DONE]\n\n".to_owned(),
     };
     let mut out = String::new();
     if !finished {
@@ -117,11 +122,7 @@ fn continuation(
         // Nothing reached the client: starting over is continuing.
         return Ok(Continuation::Body(body.to_vec()));
     }
-    let limits: &[&str] = match endpoint {
-        Endpoint::Chat => &["max_completion_tokens", "max_tokens"],
-        Endpoint::Completion => &["max_tokens"],
-    };
-    for key in limits {
+    for key in endpoint.limit_fields() {
         if let Some(limit) = obj.get(*key).and_then(Value::as_u64) {
             let left = limit.saturating_sub(u64::from(sent));
             if left == 0 {
@@ -139,6 +140,7 @@ fn continuation(
     match endpoint {
         Endpoint::Completion => extend_prompt(&mut obj, text)?,
         Endpoint::Chat => extend_assistant(&mut obj, text)?,
+        Endpoint::Responses | Endpoint::Embeddings => return Err(blocked(endpoint)),
     }
     serde_json::to_vec(&Value::Object(obj))
         .map(Continuation::Body)
@@ -193,6 +195,18 @@ fn blocker(endpoint: Endpoint, obj: &Map<String, Value>) -> Option<&'static str>
             };
             forced.then_some("a chat with a forced tool call")
         }
+        Endpoint::Responses | Endpoint::Embeddings => Some(blocked(endpoint).0),
+    }
+}
+
+/// Why an endpoint's answers are never continued.
+fn blocked(endpoint: Endpoint) -> NotResumable {
+    match endpoint {
+        // vLLM's Responses API has no `continue_final_message`: a continuation would be
+        // a new answer after the partial one, not the same answer going on.
+        Endpoint::Responses => NotResumable("a Responses API answer"),
+        Endpoint::Embeddings => NotResumable("an embeddings request"),
+        Endpoint::Chat | Endpoint::Completion => NotResumable("this request"),
     }
 }
 
@@ -265,6 +279,24 @@ mod tests {
             PromptInput::Text(t) => t,
             PromptInput::Tokens(_) => panic!("text"),
         }
+    }
+
+    #[test]
+    fn responses_and_embeddings_are_never_continued() {
+        let received = Received {
+            text: "so far",
+            tokens: 2,
+            finished: false,
+            opaque: false,
+        };
+        let body = br#"{"model":"m","input":"hi","max_output_tokens":9}"#;
+        assert!(plan(Endpoint::Responses, body, received).is_err());
+        assert!(plan(
+            Endpoint::Embeddings,
+            br#"{"model":"m","input":"hi"}"#,
+            received
+        )
+        .is_err());
     }
 
     #[test]

@@ -837,8 +837,12 @@ impl RouterCore {
                 images: a.images,
             });
             self.meter.record(a.workload, actual - charged);
-            let per_choice = u.completion_tokens / a.n;
-            self.estimator.observe(a.workload.0, per_choice);
+            // A request that can write nothing (embeddings) says nothing of how long
+            // answers are.
+            if a.max_tokens != Some(0) {
+                self.estimator
+                    .observe(a.workload.0, u.completion_tokens / a.n);
+            }
             let written = u64::from(u.prompt_tokens.saturating_sub(u.cached_tokens))
                 + u64::from(u.completion_tokens);
             self.affinity.on_completed(
@@ -1089,6 +1093,35 @@ mod tests {
         // Two more thousand uncached prompt tokens are charged (and their attention).
         let input_cost = 0.019 * 1_000.0;
         assert!(after >= before + 2.0 * input_cost, "{before} -> {after}");
+    }
+
+    #[test]
+    fn requests_that_write_nothing_leave_the_expected_answer_length_alone() {
+        let mut c = core(1, 1);
+        let usage = |out| {
+            Some(Usage {
+                prompt_tokens: 100,
+                completion_tokens: out,
+                cached_tokens: 0,
+            })
+        };
+        for _ in 0..20 {
+            let p = c.place(&adm("chat", 100, 500), 0).unwrap();
+            c.finish(p.id, usage(300));
+        }
+        let before = c.quote(&adm("chat", 100, 500));
+        // Embeddings of the same workload: no output allowed, none written.
+        for _ in 0..50 {
+            let p = c.place(&adm("chat", 100, 0), 0).unwrap();
+            c.finish(p.id, usage(0));
+        }
+        assert_eq!(c.quote(&adm("chat", 100, 500)), before);
+        // Chat answers that write nothing do teach it.
+        for _ in 0..50 {
+            let p = c.place(&adm("chat", 100, 500), 0).unwrap();
+            c.finish(p.id, usage(1));
+        }
+        assert!(c.quote(&adm("chat", 100, 500)) < 0.5 * before);
     }
 
     #[test]

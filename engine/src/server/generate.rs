@@ -39,6 +39,14 @@ pub(super) async fn completions(
     generate(s, Endpoint::Completion, headers, body).await
 }
 
+pub(super) async fn responses(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    generate(s, Endpoint::Responses, headers, body).await
+}
+
 async fn generate(s: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let bytes = match read_body(&headers, body, MAX_BODY_BYTES).await {
         Ok(b) => b,

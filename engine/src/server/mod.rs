@@ -6,20 +6,24 @@
 //! there is no drift), then delivers the step's events. When idle (or hung) it waits for
 //! the next command. With `time_scale = 0` steps take no wall time (zero-delay mode).
 //!
-//! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (streaming and not),
+//! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses`
+//! (streaming and not), `POST /v1/embeddings`,
 //! `GET /v1/models`, `GET /health`, `GET /metrics`, `GET|POST /admin/fault`.
 //!
 //! The parts, each where it is because it changes for its own reasons:
 //! `engine_task` (the loop that owns the core), `routes` (the endpoint table and the
 //! small endpoints), `generate` (a generation request from body to answer), `validate`
 //! (what this engine accepts), `fault` (injected faults), `format` (OpenAI response
-//! bodies), `sse` (streaming), `http` (body limits and JSON replies).
+//! bodies), `responses` (the Responses API's bodies and events), `embed` (embeddings),
+//! `sse` (streaming), `http` (body limits and JSON replies).
 
+mod embed;
 mod engine_task;
 mod fault;
 mod format;
 mod generate;
 mod http;
+mod responses;
 mod routes;
 mod sse;
 mod validate;

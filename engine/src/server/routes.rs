@@ -10,8 +10,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
+use super::embed::embeddings;
 use super::fault::{get_fault, post_fault};
-use super::generate::{chat_completions, completions};
+use super::generate::{chat_completions, completions, responses};
 use super::http::{error_response, json_response};
 use super::Shared;
 use crate::openai::ApiError;
@@ -21,6 +22,8 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(responses))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics_handler))

@@ -59,24 +59,20 @@ impl SseStream {
     fn render(&mut self, msg: Out, out: &mut Vec<u8>) {
         match msg {
             Out::Token(i) => {
-                self.fmt.token_chunk(out, i, self.sent == 0, None);
+                self.fmt.token(out, i, self.sent == 0);
                 self.sent += 1;
             }
             Out::Last(i, reason, usage) => {
-                self.fmt.token_chunk(out, i, self.sent == 0, Some(reason));
+                self.fmt
+                    .last(out, (i, self.sent == 0), reason, &usage, self.include_usage);
                 self.sent += 1;
-                if self.include_usage {
-                    self.fmt.usage_chunk(out, &usage);
-                }
-                out.extend_from_slice(b"data: [DONE]\n\n");
                 self.done = true;
                 self.guard.disarm();
             }
             Out::Rejected(m) => {
                 let e = ApiError::new(500, "InternalServerError", m);
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(e.body().as_bytes());
-                out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+                let seq = self.fmt.next_sequence_number(self.sent);
+                out.extend_from_slice(e.stream_event(self.fmt.endpoint, seq).as_bytes());
                 self.done = true;
                 self.guard.disarm();
             }

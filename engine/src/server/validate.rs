@@ -45,10 +45,10 @@ pub(super) fn shape(
     endpoint: Endpoint,
     req: &ParsedRequest,
 ) -> Result<Shape, ApiError> {
-    let prompt_field = if endpoint == Endpoint::Chat {
-        "messages"
-    } else {
-        "prompt"
+    let prompt_field = match endpoint {
+        Endpoint::Chat => "messages",
+        Endpoint::Responses | Endpoint::Embeddings => "input",
+        Endpoint::Completion => "prompt",
     };
     let prompt = req.prompt.tokens();
     let prompt_len = prompt.len();

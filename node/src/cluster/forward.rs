@@ -13,6 +13,7 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use sluice_actors::slice::ReplicaId;
+use sluice_engine::openai::Endpoint;
 use sluice_transport::{Client, Reply, TransportError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,9 +31,6 @@ pub const ALIVE_EVERY: Duration = Duration::from_millis(500);
 /// Silence after which the router takes the serving node for gone: four missed signs of
 /// life, well under QUIC's idle timeout (5 s), which is what noticed a dead node before.
 pub const PEER_SILENCE: Duration = Duration::from_secs(2);
-
-/// The paths a forwarded request may name.
-const PATHS: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
 
 /// This node's own replicas, by id: what a forwarded request may reach.
 pub struct LocalReplicas {
@@ -121,7 +119,7 @@ impl LocalReplicas {
                 .await;
             return;
         };
-        if !PATHS.contains(&req.path.as_str()) {
+        if !Endpoint::ALL.iter().any(|e| e.path() == req.path) {
             let _ = reply
                 .respond(&fail(format!("cannot forward to '{}'", req.path)))
                 .await;

@@ -60,9 +60,9 @@ pub enum Target {
     Local {
         /// `http://host:port`, no trailing slash.
         base: String,
-        /// Parsed once: the hot path clones these instead of formatting and parsing.
-        chat_uri: hyper::Uri,
-        completions_uri: hyper::Uri,
+        /// Each endpoint's URI ([`Endpoint::ALL`]'s order), parsed once: the hot path
+        /// clones these instead of formatting and parsing.
+        uris: Arc<[hyper::Uri]>,
     },
     /// A replica of another node, reached through that node over QUIC.
     Remote { node: SocketAddr },
@@ -76,13 +76,13 @@ impl Upstream {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("replica URL '{url}': {e}"))
         };
+        let uris = Endpoint::ALL
+            .iter()
+            .map(|e| uri(e.path()))
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             id,
-            target: Target::Local {
-                chat_uri: uri("/v1/chat/completions")?,
-                completions_uri: uri("/v1/completions")?,
-                base,
-            },
+            target: Target::Local { uris, base },
         })
     }
 
@@ -577,6 +577,8 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(responses))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/health", get(node_health))
         .route("/metrics", get(metrics))
@@ -592,6 +594,14 @@ async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
 
 async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Response {
     proxy::handle(s, Endpoint::Completion, req).await
+}
+
+async fn responses(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    proxy::handle(s, Endpoint::Responses, req).await
+}
+
+async fn embeddings(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    proxy::handle(s, Endpoint::Embeddings, req).await
 }
 
 async fn models(State(s): State<Arc<AppState>>) -> Response {

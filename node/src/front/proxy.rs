@@ -92,13 +92,6 @@ fn failure(fail: Fail, message: Option<String>) -> Failure {
     (e, fail.retry_after_s())
 }
 
-pub(super) fn label(endpoint: Endpoint) -> &'static str {
-    match endpoint {
-        Endpoint::Chat => "chat",
-        Endpoint::Completion => "completions",
-    }
-}
-
 pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
     let started = Instant::now();
     // Named by the front door's layer; a handler called without it names its own.
@@ -118,7 +111,7 @@ pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> R
     };
     state
         .metrics
-        .request(label(endpoint), resp.status().as_u16());
+        .request(endpoint.label(), resp.status().as_u16());
     resp
 }
 
@@ -239,7 +232,12 @@ async fn forward(
         life,
         usage: None,
     };
-    let body = super::tenancy::engine_body(&body, &pass, parsed.stream && !parsed.include_usage);
+    // A stream's usage is what meters it: chat and completions send it only when asked
+    // (a response's last event always has it).
+    let ask_usage = parsed.stream
+        && !parsed.include_usage
+        && matches!(endpoint, Endpoint::Chat | Endpoint::Completion);
+    let body = super::tenancy::engine_body(&body, &pass, ask_usage);
     let tenant = pass.tenant;
     let deadline = tokio::time::Instant::from_std(started + state.config.request_timeout);
 
@@ -262,7 +260,7 @@ async fn forward(
         if std::mem::take(&mut first_byte) {
             state
                 .metrics
-                .first_byte(label(endpoint), started.elapsed().as_secs_f64());
+                .first_byte(endpoint.label(), started.elapsed().as_secs_f64());
         }
         let status = resp.status();
         let is_stream = parsed.stream && status.is_success() && is_event_stream(&resp);
@@ -277,7 +275,7 @@ async fn forward(
                     started,
                     tenant,
                     model: parsed.model,
-                    strip_usage: !parsed.include_usage,
+                    strip_usage: ask_usage,
                     body,
                     prompt_tokens: admission.input_tokens,
                     deadline,
@@ -326,7 +324,7 @@ async fn forward(
     state.real_outcome(replica, Some(status.as_u16()));
     state
         .metrics
-        .duration(label(endpoint), started.elapsed().as_secs_f64());
+        .duration(endpoint.label(), started.elapsed().as_secs_f64());
     if let Some(t) = &tenant {
         state
             .metrics
@@ -423,16 +421,8 @@ pub(super) async fn send(
     body: &Bytes,
 ) -> Result<hyper::Response<UpstreamBody>, SendError> {
     match &upstream.target {
-        Target::Local {
-            chat_uri,
-            completions_uri,
-            ..
-        } => {
-            let uri = match endpoint {
-                Endpoint::Chat => chat_uri,
-                Endpoint::Completion => completions_uri,
-            };
-            let request = hyper::Request::post(uri.clone())
+        Target::Local { uris, .. } => {
+            let request = hyper::Request::post(uris[endpoint as usize].clone())
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(request_id::HEADER, id.for_attempt())
                 .body(Full::new(body.clone()))
@@ -450,11 +440,7 @@ pub(super) async fn send(
                 .ok_or_else(|| SendError::before("no cluster transport for a remote replica"))?;
             let req = ForwardRequest {
                 replica: upstream.id,
-                path: match endpoint {
-                    Endpoint::Chat => "/v1/chat/completions",
-                    Endpoint::Completion => "/v1/completions",
-                }
-                .to_owned(),
+                path: endpoint.path().to_owned(),
                 body: body.to_vec(),
                 request_id: id.as_str().to_owned(),
             };

@@ -8,6 +8,7 @@
 use super::splice::Splice;
 use serde::Deserialize;
 use sluice_actors::router::Usage;
+use sluice_engine::openai::Endpoint;
 use std::borrow::Cow;
 
 /// Longest event we buffer while looking for its end; past that the meter stops
@@ -42,6 +43,41 @@ pub struct SseMeter {
     emit: bool,
     /// The events to pass on.
     out: Vec<u8>,
+    /// The stream is the Responses API's (named events, usage in the last one).
+    responses: bool,
+    /// The sequence number after the last Responses event seen.
+    pub next_sequence: u32,
+}
+
+/// A Responses API event: its type, and what of it the meter reads.
+#[derive(Deserialize)]
+struct ResponseEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    sequence_number: Option<u32>,
+    #[serde(default, borrow)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(default)]
+    response: Option<ResponseJson>,
+    #[serde(default)]
+    item: Option<ItemJson>,
+}
+
+#[derive(Deserialize)]
+struct ResponseJson {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    created_at: Option<u64>,
+    #[serde(default)]
+    usage: Option<UsageJson>,
+}
+
+#[derive(Deserialize)]
+struct ItemJson {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -106,13 +142,15 @@ impl DeltaJson<'_> {
     }
 }
 
+/// Usage as chat, completions and embeddings report it, or as the Responses API names
+/// the same counts.
 #[derive(Deserialize)]
 pub struct UsageJson {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     prompt_tokens: u32,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     completion_tokens: u32,
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens_details")]
     prompt_tokens_details: Option<Details>,
 }
 
@@ -163,12 +201,20 @@ fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
 }
 
 impl SseMeter {
-    /// A meter that takes usage-only events out of what it passes on.
-    pub fn stripping_usage() -> Self {
+    /// The meter of a stream of `endpoint`, taking usage-only events out of what it
+    /// passes on when `strip_usage`.
+    pub fn new(endpoint: Endpoint, strip_usage: bool) -> Self {
         Self {
-            strip_usage: true,
+            strip_usage,
+            responses: endpoint == Endpoint::Responses,
             ..Self::default()
         }
+    }
+
+    /// A meter of chat or completions that takes usage-only events out.
+    #[cfg(test)]
+    pub fn stripping_usage() -> Self {
+        Self::new(Endpoint::Chat, true)
     }
 
     /// From now on, the stream is a continuation of what was passed on so far: its
@@ -249,7 +295,9 @@ impl SseMeter {
             };
             let data = data.strip_prefix(b" ").unwrap_or(data);
             let data = data.strip_suffix(b"\r").unwrap_or(data);
-            if data == b"[DONE]" {
+            if self.responses {
+                self.on_response_event(data);
+            } else if data == b"[DONE]" {
                 self.done = true;
             } else if data.starts_with(b"{\"error\"") {
                 self.error = true;
@@ -283,6 +331,54 @@ impl SseMeter {
         if self.emit && !(self.strip_usage && usage_only) {
             self.out.extend_from_slice(event);
             self.out.extend_from_slice(b"\n\n");
+        }
+    }
+}
+
+impl SseMeter {
+    /// Reads one Responses API event: the answer's text as it grows, and its end with
+    /// the usage (`response.completed`, or `response.incomplete` when cut at its limit).
+    fn on_response_event(&mut self, data: &[u8]) {
+        let Ok(e) = serde_json::from_slice::<ResponseEvent>(data) else {
+            return;
+        };
+        if let Some(n) = e.sequence_number {
+            self.next_sequence = self.next_sequence.max(n.saturating_add(1));
+        }
+        match &*e.kind {
+            "response.created" => {
+                if let Some(r) = &e.response {
+                    self.id.clone_from(&r.id);
+                    self.created = r.created_at;
+                }
+            }
+            "response.output_text.delta" => {
+                if let Some(d) = e.delta.as_deref().filter(|d| !d.is_empty()) {
+                    // An engine may put several tokens in one delta: the final usage
+                    // corrects the count.
+                    self.tokens += 1;
+                    self.text.push_str(d);
+                }
+            }
+            "response.output_item.added" => {
+                // Tool calls and reasoning are output that is not the answer's text.
+                self.opaque |= e
+                    .item
+                    .as_ref()
+                    .and_then(|i| i.kind.as_deref())
+                    .is_some_and(|k| k != "message");
+            }
+            "response.completed" | "response.incomplete" => {
+                self.done = true;
+                self.finished = true;
+                if let Some(u) = e.response.as_ref().and_then(|r| r.usage.as_ref()) {
+                    let u = u.usage();
+                    self.tokens = self.tokens.max(u.completion_tokens);
+                    self.usage = Some(u);
+                }
+            }
+            "response.failed" | "error" => self.error = true,
+            _ => {}
         }
     }
 }
@@ -391,6 +487,89 @@ mod tests {
             body_usage(br#"{"choices":[],"usage": {"completion_tokens":4}}"#)
                 .map(|u| u.completion_tokens),
             Some(4)
+        );
+    }
+
+    /// A Responses API stream as vLLM writes it: one delta may hold several tokens,
+    /// and the usage is in the last event, under the Responses API's names.
+    const RESPONSE_STREAM: &str = concat!(
+        "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,",
+        "\"response\":{\"id\":\"resp_1\",\"created_at\":77,\"usage\":null}}\n\n",
+        "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",",
+        "\"sequence_number\":1,\"item\":{\"type\":\"message\"}}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",",
+        "\"sequence_number\":2,\"delta\":\" a \\\"b\\\"\"}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",",
+        "\"sequence_number\":3,\"delta\":\" c\"}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":4,",
+        "\"response\":{\"id\":\"resp_1\",\"status\":\"incomplete\",\"usage\":{\"input_tokens\":9,",
+        "\"input_tokens_details\":{\"cached_tokens\":4},\"output_tokens\":3,\"total_tokens\":12}}}\n\n",
+    );
+
+    #[test]
+    fn reads_a_responses_stream_however_the_bytes_are_split() {
+        for split in 1..RESPONSE_STREAM.len() {
+            let mut m = SseMeter::new(Endpoint::Responses, false);
+            let mut passed = Vec::new();
+            for piece in RESPONSE_STREAM.as_bytes().chunks(split) {
+                passed.extend_from_slice(&m.pass(bytes::Bytes::copy_from_slice(piece)));
+            }
+            assert_eq!(passed, RESPONSE_STREAM.as_bytes(), "split {split}");
+            assert!(
+                m.done && m.finished && !m.opaque && !m.error,
+                "split {split}"
+            );
+            assert_eq!(m.text, " a \"b\" c");
+            assert_eq!((m.id.as_deref(), m.created), (Some("resp_1"), Some(77)));
+            // The engine's count, not the deltas'.
+            assert_eq!(m.tokens, 3);
+            assert_eq!(
+                m.usage,
+                Some(Usage {
+                    prompt_tokens: 9,
+                    completion_tokens: 3,
+                    cached_tokens: 4
+                })
+            );
+            assert_eq!(m.next_sequence, 5);
+        }
+    }
+
+    #[test]
+    fn a_responses_stream_with_a_tool_call_or_an_error_is_told_apart() {
+        let mut tool = SseMeter::new(Endpoint::Responses, false);
+        tool.feed(b"data: {\"type\":\"response.output_item.added\",\"item\":{\"type\":\"function_call\"}}\n\n");
+        assert!(tool.opaque && !tool.done);
+        let mut failed = SseMeter::new(Endpoint::Responses, false);
+        failed.feed(
+            b"event: error\ndata: {\"type\":\"error\",\"message\":\"x\",\"sequence_number\":6}\n\n",
+        );
+        assert!(failed.error && !failed.done && failed.next_sequence == 7);
+        // Chat's `[DONE]` means nothing in a Responses stream.
+        let mut m = SseMeter::new(Endpoint::Responses, false);
+        m.feed(b"data: [DONE]\n\n");
+        assert!(!m.done);
+    }
+
+    #[test]
+    fn reads_usage_of_whole_responses_and_embeddings() {
+        let response = br#"{"id":"resp_1","output":[{"content":[{"text":"usage"}]}],"usage":{"input_tokens":20,"input_tokens_details":{"cached_tokens":16},"output_tokens":8,"total_tokens":28},"user":null}"#;
+        assert_eq!(
+            body_usage(response),
+            Some(Usage {
+                prompt_tokens: 20,
+                completion_tokens: 8,
+                cached_tokens: 16
+            })
+        );
+        let embeddings = br#"{"data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":6,"total_tokens":6,"completion_tokens":0,"prompt_tokens_details":null}}"#;
+        assert_eq!(
+            body_usage(embeddings),
+            Some(Usage {
+                prompt_tokens: 6,
+                completion_tokens: 0,
+                cached_tokens: 0
+            })
         );
     }
 

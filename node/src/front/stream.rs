@@ -5,7 +5,7 @@
 //! an explicit error event, never a silent cut.
 
 use super::probe::StallAlarm;
-use super::proxy::{label, send, Inflight};
+use super::proxy::{send, Inflight};
 use super::request_id::RequestId;
 use super::sse::SseMeter;
 use super::AppState;
@@ -115,10 +115,10 @@ impl Pump {
     fn record_duration(&self) {
         let state = &self.guard.state;
         let took = self.m.started.elapsed().as_secs_f64();
-        state.metrics.duration(label(self.m.endpoint), took);
+        state.metrics.duration(self.m.endpoint.label(), took);
         if let (Some(first), 2..) = (self.first_token, self.meter.tokens) {
             let per = first.elapsed().as_secs_f64() / f64::from(self.meter.tokens - 1);
-            state.metrics.per_token(label(self.m.endpoint), per);
+            state.metrics.per_token(self.m.endpoint.label(), per);
         }
         if let Some(t) = &self.m.tenant {
             state.metrics.tenant_duration(t, took);
@@ -169,7 +169,7 @@ impl Pump {
                     Ok(_) => self.guard.broke(cut.broke()),
                 };
                 self.record_duration();
-                return Rescue::Ended(error_event(fail, &message));
+                return Rescue::Ended(self.error_event(fail, &message));
             }
         };
         let mut how = (cut, message);
@@ -244,7 +244,7 @@ impl Pump {
                 Err(_) => {
                     let f = self.guard.broke(Broke::Deadline);
                     self.record_duration();
-                    return Rescue::Ended(error_event(
+                    return Rescue::Ended(self.error_event(
                         f,
                         "the request's deadline passed while it was being continued",
                     ));
@@ -266,7 +266,18 @@ impl Pump {
             .metrics
             .migration_refused(refused.why.label());
         self.record_duration();
-        Rescue::Ended(error_event(refused.fail, message))
+        Rescue::Ended(self.error_event(refused.fail, message))
+    }
+
+    /// The event that ends the client's stream with `fail`, in its endpoint's shape.
+    fn error_event(&self, fail: Fail, message: &str) -> Bytes {
+        let e = ApiError::new(fail.status(), fail.error_type(), message);
+        let event = match self.m.endpoint {
+            Endpoint::Responses => e.stream_event(Endpoint::Responses, self.meter.next_sequence),
+            // OpenAI's client raises the error chunk; no `[DONE]` follows it.
+            _ => format!("data: {}\n\n", e.body()),
+        };
+        Bytes::from(event)
     }
 
     /// Ends a stream whose answer is complete but whose replica failed before closing
@@ -310,11 +321,7 @@ pub(super) fn stream_response(
     let pump = Pump {
         body: resp.into_body(),
         alarm: state.stall_alarm(),
-        meter: if m.strip_usage {
-            SseMeter::stripping_usage()
-        } else {
-            SseMeter::default()
-        },
+        meter: SseMeter::new(m.endpoint, m.strip_usage),
         guard,
         finished: false,
         settled: false,
@@ -421,10 +428,4 @@ fn coalesce_ready(body: &mut UpstreamBody, first: Bytes) -> Bytes {
         }
     }
     more.map_or(first, bytes::BytesMut::freeze)
-}
-
-/// An SSE error event in the shape OpenAI clients raise on.
-fn error_event(fail: Fail, message: &str) -> Bytes {
-    let e = ApiError::new(fail.status(), fail.error_type(), message);
-    Bytes::from(format!("data: {}\n\n", e.body()))
 }

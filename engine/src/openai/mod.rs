@@ -5,6 +5,11 @@
 //! Parsing is lenient about fields it does not use (tools, temperature, …) so that a
 //! router can front real engines, and strict about the ones it does.
 
+mod embeddings;
+mod responses;
+
+pub use embeddings::{parse_embeddings, EmbeddingsRequest, Encoding, MAX_INPUTS};
+use responses::{check as check_responses, messages as responses_messages};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -13,6 +18,49 @@ use serde_json::{Map, Value};
 pub enum Endpoint {
     Chat,
     Completion,
+    /// OpenAI's Responses API, stateless: `input` and `instructions` are a chat.
+    Responses,
+    /// Embeddings: prompts only, no output.
+    Embeddings,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Chat,
+        Endpoint::Completion,
+        Endpoint::Responses,
+        Endpoint::Embeddings,
+    ];
+
+    /// Where the endpoint is served.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completion => "/v1/completions",
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+
+    /// Its name in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Completion => "completions",
+            Endpoint::Responses => "responses",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    /// The body field that bounds the answer's tokens, by precedence.
+    pub(crate) fn limit_fields(self) -> &'static [&'static str] {
+        match self {
+            Endpoint::Chat => &["max_completion_tokens", "max_tokens"],
+            Endpoint::Completion => &["max_tokens"],
+            Endpoint::Responses => &["max_output_tokens"],
+            Endpoint::Embeddings => &[],
+        }
+    }
 }
 
 /// What the router and engine need to know about a request.
@@ -117,6 +165,23 @@ impl ApiError {
         self
     }
 
+    /// The event that ends a stream of `endpoint` with this error: for the Responses
+    /// API an `error` event (numbered `sequence_number`), else a chunk holding the error
+    /// body (OpenAI's client raises it) and `[DONE]`.
+    pub fn stream_event(&self, endpoint: Endpoint, sequence_number: u32) -> String {
+        if endpoint != Endpoint::Responses {
+            return format!("data: {}\n\ndata: [DONE]\n\n", self.body());
+        }
+        let data = serde_json::json!({
+            "type": "error",
+            "code": self.code.unwrap_or(self.kind),
+            "message": self.message,
+            "param": self.param,
+            "sequence_number": sequence_number,
+        });
+        format!("event: error\ndata: {data}\n\n")
+    }
+
     /// The JSON body OpenAI clients parse.
     pub fn body(&self) -> String {
         serde_json::to_string(&ErrorBody {
@@ -163,10 +228,21 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
             (PromptInput::Text(r.text), r.images)
         }
         Endpoint::Completion => (parse_prompt(&obj)?, 0),
+        Endpoint::Responses => {
+            check_responses(&obj)?;
+            let r = render_messages(&responses_messages(&obj), Ending::default());
+            (PromptInput::Text(r.text), r.images)
+        }
+        Endpoint::Embeddings => {
+            return Err(ApiError::invalid(
+                "an embeddings request generates nothing: read it with parse_embeddings",
+                None,
+            ))
+        }
     };
     let continued_tokens = match endpoint {
         Endpoint::Chat => continued_tokens(&obj),
-        Endpoint::Completion => 0,
+        _ => 0,
     };
     let seed = match obj.get("seed") {
         None | Some(Value::Null) => None,
@@ -177,14 +253,16 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         ),
         Some(_) => return Err(ApiError::invalid("'seed' must be an integer", Some("seed"))),
     };
-    let max_tokens = match endpoint {
-        Endpoint::Chat => opt_u32(&obj, "max_completion_tokens")?.or(opt_u32(&obj, "max_tokens")?),
-        Endpoint::Completion => opt_u32(&obj, "max_tokens")?,
-    };
+    let max_tokens = max_tokens(endpoint, &obj)?;
     if max_tokens == Some(0) {
+        let field = endpoint
+            .limit_fields()
+            .last()
+            .copied()
+            .unwrap_or("max_tokens");
         return Err(ApiError::invalid(
-            "'max_tokens' must be at least 1",
-            Some("max_tokens"),
+            format!("'{field}' must be at least 1"),
+            Some(field),
         ));
     }
     let stream = opt_bool(&obj, "stream")?.unwrap_or(false);
@@ -194,6 +272,32 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(ApiError::invalid("'user' must be a string", Some("user"))),
     };
+    let (priority, cache_salt) = scheduling(&obj)?;
+    let ignore_eos = opt_bool(&obj, "ignore_eos")?.unwrap_or(false);
+    let n = opt_u32(&obj, "n")?.unwrap_or(1);
+    if n == 0 {
+        return Err(ApiError::invalid("'n' must be at least 1", Some("n")));
+    }
+    Ok(ParsedRequest {
+        endpoint,
+        model,
+        prompt,
+        images,
+        max_tokens,
+        stream,
+        include_usage,
+        user,
+        priority,
+        ignore_eos,
+        n,
+        cache_salt,
+        seed,
+        continued_tokens,
+    })
+}
+
+/// vLLM's `priority` (lower first; 0 if unset) and `cache_salt`.
+fn scheduling(obj: &Map<String, Value>) -> Result<(i64, Option<String>), ApiError> {
     let priority = match obj.get("priority") {
         None | Some(Value::Null) => 0,
         Some(Value::Number(n)) => n
@@ -216,27 +320,18 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
             ))
         }
     };
-    let ignore_eos = opt_bool(&obj, "ignore_eos")?.unwrap_or(false);
-    let n = opt_u32(&obj, "n")?.unwrap_or(1);
-    if n == 0 {
-        return Err(ApiError::invalid("'n' must be at least 1", Some("n")));
+    Ok((priority, cache_salt))
+}
+
+/// The request's bound on its answer's tokens: the first of its endpoint's limit
+/// fields that is set.
+fn max_tokens(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
+    for key in endpoint.limit_fields() {
+        if let Some(v) = opt_u32(obj, key)? {
+            return Ok(Some(v));
+        }
     }
-    Ok(ParsedRequest {
-        endpoint,
-        model,
-        prompt,
-        images,
-        max_tokens,
-        stream,
-        include_usage,
-        user,
-        priority,
-        ignore_eos,
-        n,
-        cache_salt,
-        seed,
-        continued_tokens,
-    })
+    Ok(None)
 }
 
 /// Tokens of the final assistant message a chat asks to continue (0 if none).
@@ -478,6 +573,16 @@ struct Ending {
     continue_final: bool,
 }
 
+impl Default for Ending {
+    /// An assistant turn opened after the conversation.
+    fn default() -> Self {
+        Self {
+            generation_prompt: true,
+            continue_final: false,
+        }
+    }
+}
+
 impl Ending {
     fn of(obj: &Map<String, Value>) -> Self {
         let flag = |k: &str| obj.get(k).and_then(Value::as_bool);
@@ -582,20 +687,35 @@ pub fn read_for_routing(endpoint: Endpoint, body: &[u8]) -> Result<RoutingView, 
             }
             (tokens, 1, images)
         }
-        Endpoint::Completion => {
-            let prompt = obj.get("prompt");
+        Endpoint::Completion | Endpoint::Embeddings => {
+            let field = if endpoint == Endpoint::Completion {
+                "prompt"
+            } else {
+                "input"
+            };
+            let prompt = obj.get(field);
             let (tokens, prompts) = count_prompts(prompt);
             content = prompt_content(prompt);
             (tokens, prompts, 0)
         }
+        Endpoint::Responses => {
+            let r = render_messages(&responses_messages(&obj), Ending::default());
+            let tokens = crate::tokenizer::count_tokens(&r.text);
+            content = r.text.into_bytes();
+            (tokens, 1, r.images)
+        }
     };
-    let max_tokens = match endpoint {
-        Endpoint::Chat => opt_u32(&obj, "max_completion_tokens")?.or(opt_u32(&obj, "max_tokens")?),
-        Endpoint::Completion => opt_u32(&obj, "max_tokens")?,
+    let (max_tokens, stream) = match endpoint {
+        // Nothing is generated, and nothing streams.
+        Endpoint::Embeddings => (Some(0), false),
+        _ => (
+            max_tokens(endpoint, &obj)?,
+            opt_bool(&obj, "stream")?.unwrap_or(false),
+        ),
     };
     Ok(RoutingView {
         model,
-        stream: opt_bool(&obj, "stream")?.unwrap_or(false),
+        stream,
         include_usage: include_usage(&obj)?,
         user: match obj.get("user") {
             None | Some(Value::Null) => None,
@@ -836,6 +956,134 @@ mod tests {
             chat(r#"{"model":"m","messages":[{"role":"function","name":"f","content":"x"}]}"#)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_response_is_priced_and_rendered_as_the_chat_it_is() {
+        let chat_body = r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},
+            {"role":"user","content":"hi"},{"role":"assistant","content":"hello"},
+            {"role":"user","content":[{"type":"text","text":"and?"}]}],"max_tokens":9}"#;
+        let response_body = r#"{"model":"m","instructions":"Be brief.","input":[
+            {"role":"user","content":"hi"},
+            {"type":"message","role":"assistant","content":[{"type":"output_text","text":"hello"}]},
+            {"role":"user","content":[{"type":"input_text","text":"and?"}]}],"max_output_tokens":9}"#;
+        let chat = parse_request(Endpoint::Chat, chat_body.as_bytes()).unwrap();
+        let response = parse_request(Endpoint::Responses, response_body.as_bytes()).unwrap();
+        assert_eq!(response.prompt, chat.prompt);
+        assert_eq!(response.max_tokens, Some(9));
+        let routed = read_for_routing(Endpoint::Responses, response_body.as_bytes()).unwrap();
+        let routed_chat = read_for_routing(Endpoint::Chat, chat_body.as_bytes()).unwrap();
+        assert_eq!(routed.content, routed_chat.content);
+        assert_eq!(
+            (routed.prompt_tokens, routed.max_tokens),
+            (response.prompt.token_count(), Some(9))
+        );
+        // A plain string is one user message; an image part counts.
+        let text = parse_request(Endpoint::Responses, br#"{"model":"m","input":"hi"}"#).unwrap();
+        assert!(
+            matches!(text.prompt, PromptInput::Text(t) if t.contains("user<|end_header_id|>\n\nhi"))
+        );
+        let image = read_for_routing(
+            Endpoint::Responses,
+            br#"{"model":"m","input":[{"role":"user","content":[{"type":"input_image","image_url":"x"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(image.images, 1);
+    }
+
+    #[test]
+    fn responses_the_engine_cannot_take_are_refused_naming_the_field() {
+        for (body, param) in [
+            (r#"{"model":"m"}"#, "input"),
+            (r#"{"model":"m","input":[]}"#, "input"),
+            (r#"{"model":"m","input":7}"#, "input"),
+            (
+                r#"{"model":"m","input":[{"role":"wizard","content":"x"}]}"#,
+                "input",
+            ),
+            (
+                r#"{"model":"m","input":[{"type":"reasoning","summary":[]}]}"#,
+                "input",
+            ),
+            (
+                r#"{"model":"m","input":"x","instructions":3}"#,
+                "instructions",
+            ),
+            (
+                r#"{"model":"m","input":"x","previous_response_id":"resp_1"}"#,
+                "previous_response_id",
+            ),
+            (
+                r#"{"model":"m","input":"x","max_output_tokens":0}"#,
+                "max_output_tokens",
+            ),
+        ] {
+            let e = parse_request(Endpoint::Responses, body.as_bytes()).unwrap_err();
+            assert_eq!((e.status, e.param.as_deref()), (400, Some(param)), "{body}");
+        }
+        // The router reads what it prices and leaves the rest to the engine.
+        assert!(read_for_routing(
+            Endpoint::Responses,
+            br#"{"model":"m","input":[{"type":"reasoning","summary":[]}],"previous_response_id":"r"}"#
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn embeddings_take_texts_and_token_ids_and_write_nothing() {
+        let e = |b: &str| parse_embeddings(b.as_bytes());
+        let one = e(r#"{"model":"m","input":"the cat"}"#).unwrap();
+        assert_eq!(one.inputs, vec![PromptInput::Text("the cat".into())]);
+        assert_eq!((one.encoding, one.dimensions), (Encoding::Float, None));
+        let many = e(r#"{"model":"m","input":["a","b"],"encoding_format":"base64","dimensions":8,"priority":-2}"#).unwrap();
+        assert_eq!(
+            (
+                many.inputs.len(),
+                many.encoding,
+                many.dimensions,
+                many.priority
+            ),
+            (2, Encoding::Base64, Some(8), -2)
+        );
+        assert_eq!(
+            e(r#"{"model":"m","input":[[1,2],[3]]}"#).unwrap().inputs,
+            vec![
+                PromptInput::Tokens(vec![1, 2]),
+                PromptInput::Tokens(vec![3])
+            ]
+        );
+        assert_eq!(
+            e(r#"{"model":"m","input":[4,5]}"#).unwrap().inputs,
+            vec![PromptInput::Tokens(vec![4, 5])]
+        );
+        for (body, param) in [
+            (r#"{"model":"m"}"#, "input"),
+            (r#"{"model":"m","input":[]}"#, "input"),
+            (r#"{"model":"m","input":[""]}"#, "input"),
+            (r#"{"model":"m","input":[{"a":1}]}"#, "input"),
+            (
+                r#"{"model":"m","input":"x","encoding_format":"int8"}"#,
+                "encoding_format",
+            ),
+            (r#"{"model":"m","input":"x","dimensions":0}"#, "dimensions"),
+        ] {
+            let err = e(body).unwrap_err();
+            assert_eq!(
+                (err.status, err.param.as_deref()),
+                (400, Some(param)),
+                "{body}"
+            );
+        }
+        let routed = read_for_routing(
+            Endpoint::Embeddings,
+            br#"{"model":"m","input":["a b","c"],"stream":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (routed.prompts, routed.max_tokens, routed.stream),
+            (2, Some(0), false)
+        );
+        assert_eq!(routed.content, b"a b");
     }
 
     #[test]
