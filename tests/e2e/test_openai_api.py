@@ -246,6 +246,25 @@ def test_a_stream_that_goes_silent_ends_with_an_error_event(fault_node):
     assert wait_until(lambda: metric(node.url, "sluice_replica_inflight_mu") == 0)
 
 
+def test_a_responses_stream_that_goes_silent_ends_with_an_error_event(fault_node):
+    # A response is not continued elsewhere (vLLM cannot continue one): its stream ends
+    # with the Responses API's own error event, numbered after the last one sent.
+    node, replica = fault_node
+    events = []
+    for event in client(node).responses.create(model=MODEL, input="hi", max_output_tokens=5000, stream=True,
+                                               extra_body={"ignore_eos": True}):
+        events.append(event)
+        if len(events) == 6:
+            set_fault(replica, "hang")
+    assert [e.type for e in events[:4]] == ["response.created", "response.in_progress",
+                                            "response.output_item.added", "response.content_part.added"]
+    last = events[-1]
+    assert last.type == "error" and "sent nothing" in last.message, last
+    assert last.sequence_number == events[-2].sequence_number + 1
+    assert metric(node.url, "sluice_migrations_refused_total", {"reason": "not_resumable"}) == 1
+    assert wait_until(lambda: metric(node.url, "sluice_replica_inflight_mu") == 0)
+
+
 def test_a_crashed_replica_is_retried_elsewhere_without_client_errors():
     reps = [start_replica(seed=i) for i in range(2)]
     # Health checks far apart, so only the connection failure tells the router.

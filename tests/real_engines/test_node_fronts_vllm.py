@@ -181,3 +181,36 @@ def test_prioritized_probes_do_not_eject_busy_healthy_replicas(node):
     assert metric(node.url, "sluice_probes_total", {"outcome": "ok"}) >= ok_before + 2
     assert metric(node.url, "sluice_ejections_total") == 0
     assert metric(node.url, "sluice_replica_available") == 2
+
+
+def test_a_response_through_the_node_whole_and_streamed(node):
+    c = client(node)
+    r = c.responses.create(model=MODEL, instructions="Be brief.", input="Hello there", max_output_tokens=6,
+                           extra_body={"ignore_eos": True})
+    assert r.object == "response" and r.output_text
+    assert r.usage.output_tokens == 6 and r.usage.input_tokens > 3
+    before = metric(node.url, "sluice_completion_tokens_total", {"model": MODEL})
+    with c.responses.stream(model=MODEL, input=[{"role": "user", "content": "Once upon a time"}],
+                            max_output_tokens=7, extra_body={"ignore_eos": True}) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.output_text == "".join(deltas) and final.usage.output_tokens == 7
+    # Metered from the response's last event, whole or streamed.
+    assert metric(node.url, "sluice_completion_tokens_total", {"model": MODEL}) - before == 7
+    assert metric(node.url, "sluice_requests_total", {"endpoint": "responses", "code": "200"}) >= 2
+
+
+def test_a_responses_conversation_stays_on_one_replica_and_hits_its_prefix_cache(node):
+    c = client(node)
+    served, cached, turns = set(), [], []
+    for turn in range(3):
+        turns.append({"role": "user", "content": f"step {turn}"})
+        raw = c.responses.with_raw_response.create(model=MODEL, instructions=LONG, input=turns,
+                                                   max_output_tokens=2,
+                                                   extra_headers={"x-session-id": "responses-agent"})
+        r = raw.parse()
+        served.add(raw.headers["x-sluice-replica"])
+        cached.append(r.usage.input_tokens_details.cached_tokens)
+        turns.append({"role": "assistant", "content": r.output_text})
+    assert len(served) == 1
+    assert cached[1] > 0 and cached[2] > 0, cached

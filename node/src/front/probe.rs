@@ -12,6 +12,7 @@ use sluice_actors::prober::{
     PROBE_PRIORITY,
 };
 use sluice_actors::slice::ReplicaId;
+use sluice_engine::openai::Endpoint;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -306,34 +307,48 @@ fn report_probe(state: &AppState, probe: Probe, ok: bool) {
 }
 
 /// One output token at the highest priority: a healthy engine answers it ahead of its
-/// queue however busy it is.
+/// queue however busy it is. An engine that serves no completions (a pooling model: 404)
+/// is asked for one embedding instead.
 async fn send_probe(state: &AppState, base: &str, model: &str) -> bool {
-    let mut body = serde_json::json!({
+    let mut completion = serde_json::json!({
         "model": model,
         "prompt": "ping",
         "max_tokens": PROBE_MAX_TOKENS,
     });
+    let mut embedding = serde_json::json!({"model": model, "input": "ping"});
     if state.probe_prioritized {
-        body["priority"] = serde_json::json!(PROBE_PRIORITY);
+        completion["priority"] = serde_json::json!(PROBE_PRIORITY);
+        embedding["priority"] = serde_json::json!(PROBE_PRIORITY);
     }
-    let body = body.to_string();
-    let Ok(req) = hyper::Request::post(format!("{base}/v1/completions"))
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-    else {
-        return false;
-    };
     let limit = Duration::from_millis(state.probe_timeout_ms());
     let call = async {
-        let resp = state.client.request(req).await.ok()?;
-        let ok = resp.status().is_success();
-        resp.into_body().collect().await.ok()?;
-        Some(ok)
+        match probe_call(state, base, Endpoint::Completion, &completion).await? {
+            404 => Some(probe_call(state, base, Endpoint::Embeddings, &embedding).await? < 300),
+            status => Some(status < 300),
+        }
     };
     matches!(tokio::time::timeout(limit, call).await, Ok(Some(true)))
 }
 
-/// Requests admitted and not finished, and generated tokens so far, from the engine's
+/// The HTTP status of one probe to `endpoint`, its answer read whole; `None` if none.
+async fn probe_call(
+    state: &AppState,
+    base: &str,
+    endpoint: Endpoint,
+    body: &serde_json::Value,
+) -> Option<u16> {
+    let req = hyper::Request::post(format!("{base}{}", endpoint.path()))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .ok()?;
+    let resp = state.client.request(req).await.ok()?;
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await.ok()?;
+    Some(status)
+}
+
+/// Requests admitted and not finished, and the tokens it has worked through so far
+/// (prompt and generated: a pooling engine generates none), from the engine's
 /// vLLM-style `/metrics`.
 pub async fn engine_progress(state: &AppState, base: &str) -> Option<(u32, u64)> {
     let req = hyper::Request::get(format!("{base}/metrics"))
@@ -362,6 +377,10 @@ pub async fn engine_progress(state: &AppState, base: &str) -> Option<(u32, u64)>
     };
     let running = value("vllm:num_requests_running").unwrap_or(0.0);
     let waiting = value("vllm:num_requests_waiting").unwrap_or(0.0);
-    let tokens = value("vllm:generation_tokens")?;
-    Some(((running + waiting).max(0.0) as u32, tokens.max(0.0) as u64))
+    let generated = value("vllm:generation_tokens")?;
+    let prompts = value("vllm:prompt_tokens").unwrap_or(0.0);
+    Some((
+        (running + waiting).max(0.0) as u32,
+        (generated + prompts).max(0.0) as u64,
+    ))
 }
