@@ -115,8 +115,26 @@ def test_bad_fields_are_400s_naming_the_field(node, kwargs, param):
 def test_wrong_method_and_path_get_openai_errors(node):
     status, _, body = http("GET", node.url + "/v1/chat/completions")
     assert status == 405 and "not allowed" in json.loads(body)["error"]["message"]
-    status, _, body = http("GET", node.url + "/v1/nothing")
+    status, _, body = http("GET", node.url + "/nothing")
     assert status == 404 and json.loads(body)["error"]["type"] == "not_found_error"
+    # Any POST under /v1/ is passed through to the engines; other methods are not.
+    status, _, body = http("GET", node.url + "/v1/nothing")
+    assert status == 405 and json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_other_v1_paths_pass_through_to_the_engine(node):
+    # The simulated engine has no /v1/rerank: its own answer comes back, counted as "other".
+    status, _, body = http("POST", node.url + "/v1/rerank", {"model": MODEL, "query": "q", "documents": ["d"]})
+    assert status == 404 and json.loads(body)["error"]["message"] == "no such endpoint"
+    assert metric(node.url, "sluice_requests_total", {"endpoint": "other", "code": "404"}) >= 1
+    # What Sluice reads of it must be readable; paths that could leave /v1/ are not sent.
+    for path, body, want in [("/v1/rerank", b"not json", 400), ("/v1/rerank", b'{"model": 3}', 400),
+                             ("/v1/a/../models", b"{}", 404), ("/v1/a%2e%2e", b"{}", 404)]:
+        status, _, raw = http("POST", node.url + path, body, {"content-type": "application/json"})
+        assert status == want, (path, raw)
+        assert "error" in json.loads(raw)
+    with pytest.raises(openai.NotFoundError):
+        client(node).post("/rerank", body={"model": "no-such-model"}, cast_to=object)
 
 
 def test_unknown_model_is_a_404(node):
@@ -149,7 +167,7 @@ def test_the_request_id_is_echoed_and_names_the_engines_answer(node):
     with pytest.raises(openai.NotFoundError) as e:
         c.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "hi"}])
     assert e.value.request_id.startswith("sluice-")
-    status, headers, _ = http("GET", node.url + "/v1/nothing", headers={"x-request-id": "lost-1"})
+    status, headers, _ = http("GET", node.url + "/nothing", headers={"x-request-id": "lost-1"})
     assert status == 404 and headers.get("x-request-id") == "lost-1"
 
 

@@ -214,3 +214,21 @@ def test_a_responses_conversation_stays_on_one_replica_and_hits_its_prefix_cache
         turns.append({"role": "assistant", "content": r.output_text})
     assert len(served) == 1
     assert cached[1] > 0 and cached[2] > 0, cached
+
+
+def test_other_engine_endpoints_pass_through_and_are_metered(node):
+    # vLLM's Anthropic-style /v1/messages: not an endpoint Sluice reads, passed through.
+    before = metric(node.url, "sluice_completion_tokens_total", {"model": MODEL})
+    body = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    status, headers, raw = http("POST", node.url + "/v1/messages", body)
+    assert status == 200, raw
+    answer = json.loads(raw)
+    assert answer["type"] == "message" and answer["usage"]["output_tokens"] == 4
+    assert "x-sluice-replica" in {k.lower() for k in headers}
+    # Usage under the Anthropic names is read too.
+    assert metric(node.url, "sluice_completion_tokens_total", {"model": MODEL}) - before == 4
+    status, _, raw = http("POST", node.url + "/v1/messages", {**body, "stream": True})
+    assert status == 200
+    events = [line[len("event: "):] for line in raw.decode().splitlines() if line.startswith("event: ")]
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+    assert metric(node.url, "sluice_requests_total", {"endpoint": "other", "code": "200"}) >= 2

@@ -731,6 +731,48 @@ pub fn read_for_routing(endpoint: Endpoint, body: &[u8]) -> Result<RoutingView, 
     })
 }
 
+/// Reads a request to an endpoint Sluice does not know (passed through to the engine as
+/// it came): its `model` if it names one (`""` if not), whether it streams, its
+/// `max_tokens` if set, and its whole body as the prompt — so that it is priced by its
+/// size and keyed by its content.
+pub fn read_for_passthrough(body: &[u8]) -> Result<RoutingView, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(
+            format!("request body is not valid JSON (only JSON bodies are passed through): {e}"),
+            None,
+        )
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid(
+            "request body must be a JSON object",
+            None,
+        ));
+    };
+    let model = match obj.get("model") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'model' must be a non-empty string",
+                Some("model"),
+            ))
+        }
+    };
+    let text = String::from_utf8_lossy(body);
+    Ok(RoutingView {
+        model,
+        stream: opt_bool(&obj, "stream")?.unwrap_or(false),
+        include_usage: false,
+        user: obj.get("user").and_then(Value::as_str).map(str::to_owned),
+        max_tokens: max_tokens(Endpoint::Chat, &obj)?,
+        n: 1,
+        prompts: 1,
+        prompt_tokens: crate::tokenizer::count_tokens(&text),
+        images: 0,
+        content: body.to_vec(),
+    })
+}
+
 /// A completions prompt's content: its text or its ids' bytes (of the first prompt of
 /// a batch).
 fn prompt_content(prompt: Option<&Value>) -> Vec<u8> {

@@ -13,7 +13,6 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use sluice_actors::slice::ReplicaId;
-use sluice_engine::openai::Endpoint;
 use sluice_transport::{Client, Reply, TransportError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -119,7 +118,7 @@ impl LocalReplicas {
                 .await;
             return;
         };
-        if !Endpoint::ALL.iter().any(|e| e.path() == req.path) {
+        if !crate::front::passable(&req.path) {
             let _ = reply
                 .respond(&fail(format!("cannot forward to '{}'", req.path)))
                 .await;

@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 
 pub use metrics::Metrics;
 pub use probe::Ejection;
+pub use proxy::passable;
+use proxy::Route;
 
 /// A replica the front door forwards to.
 #[derive(Debug, Clone)]
@@ -580,6 +582,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/responses", post(responses))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/{*rest}", post(other))
         .route("/health", get(node_health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -589,19 +592,30 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    proxy::handle(s, Endpoint::Chat, req).await
+    proxy::handle(s, Route::Api(Endpoint::Chat), req).await
 }
 
 async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    proxy::handle(s, Endpoint::Completion, req).await
+    proxy::handle(s, Route::Api(Endpoint::Completion), req).await
+}
+
+/// Any other `POST /v1/…` (vLLM's `/v1/score`, `/v1/rerank`, `/v1/messages`, …): passed
+/// through to a replica as it came.
+async fn other(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    let path = req.uri().path();
+    if !proxy::passable(path) {
+        return not_found(req).await;
+    }
+    let route = Route::Other(Arc::from(path));
+    proxy::handle(s, route, req).await
 }
 
 async fn responses(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    proxy::handle(s, Endpoint::Responses, req).await
+    proxy::handle(s, Route::Api(Endpoint::Responses), req).await
 }
 
 async fn embeddings(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    proxy::handle(s, Endpoint::Embeddings, req).await
+    proxy::handle(s, Route::Api(Endpoint::Embeddings), req).await
 }
 
 async fn models(State(s): State<Arc<AppState>>) -> Response {

@@ -4,7 +4,7 @@
 use super::probe::StallAlarm;
 use super::request_id::{self, RequestId};
 use super::sse::body_usage;
-use super::stream::{is_event_stream, stream_response, Metered};
+use super::stream::{is_event_stream, pass_stream, stream_response, Metered};
 use super::{error_response, header_str, AppState, Target, Upstream};
 use crate::cluster::forward::{self, UpstreamBody};
 use crate::cluster::rpc::ForwardRequest;
@@ -20,7 +20,7 @@ use sluice_actors::router::quarantine::fingerprint;
 use sluice_actors::router::{
     workload_key, Admission, KeyInputs, Placement, PromptBlocks, RouterCore, Usage,
 };
-use sluice_engine::openai::{read_for_routing, ApiError, Endpoint};
+use sluice_engine::openai::{read_for_passthrough, read_for_routing, ApiError, Endpoint};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -92,7 +92,47 @@ fn failure(fail: Fail, message: Option<String>) -> Failure {
     (e, fail.retry_after_s())
 }
 
-pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
+/// Where a request goes on the engine: an endpoint Sluice reads, or another `/v1/` path
+/// passed through as it came (priced by its size, answered as the engine answers).
+#[derive(Debug, Clone)]
+pub enum Route {
+    Api(Endpoint),
+    Other(Arc<str>),
+}
+
+impl Route {
+    pub fn path(&self) -> &str {
+        match self {
+            Route::Api(e) => e.path(),
+            Route::Other(p) => p,
+        }
+    }
+
+    /// Its name in metrics (bounded: every other path is `other`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Api(e) => e.label(),
+            Route::Other(_) => "other",
+        }
+    }
+}
+
+/// Whether `path` may be passed through to an engine: under `/v1/`, of plain URL
+/// characters, with no way out of it (no `..`, no empty segment).
+pub fn passable(path: &str) -> bool {
+    path.len() <= 200
+        && path.strip_prefix("/v1/").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .split('/')
+                    .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+        })
+}
+
+pub async fn handle(state: Arc<AppState>, route: Route, req: Request) -> Response {
     let started = Instant::now();
     // Named by the front door's layer; a handler called without it names its own.
     let id = req
@@ -100,7 +140,7 @@ pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> R
         .get::<RequestId>()
         .cloned()
         .unwrap_or_else(RequestId::generate);
-    let resp = match forward(&state, endpoint, req, &id, started).await {
+    let resp = match forward(&state, &route, req, &id, started).await {
         Ok(r) => r,
         Err((e, retry_after)) => {
             if e.status >= 500 {
@@ -109,9 +149,7 @@ pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> R
             error_response(&e, retry_after)
         }
     };
-    state
-        .metrics
-        .request(endpoint.label(), resp.status().as_u16());
+    state.metrics.request(route.label(), resp.status().as_u16());
     resp
 }
 
@@ -119,7 +157,7 @@ type Failure = (ApiError, Option<u32>);
 
 async fn forward(
     state: &Arc<AppState>,
-    endpoint: Endpoint,
+    route: &Route,
     req: Request,
     id: &RequestId,
     started: Instant,
@@ -164,9 +202,15 @@ async fn forward(
             ))
         }
     };
-    let parsed = read_for_routing(endpoint, &body).map_err(|e| (e, None))?;
+    let mut parsed = match route {
+        Route::Api(endpoint) => read_for_routing(*endpoint, &body),
+        Route::Other(_) => read_for_passthrough(&body),
+    }
+    .map_err(|e| (e, None))?;
     let served = state.served();
-    if !served.serves(&parsed.model) {
+    // A passed-through request that names no model is the engines' to judge.
+    let named = !parsed.model.is_empty() || matches!(route, Route::Api(_));
+    if named && !served.serves(&parsed.model) {
         return Err(match &served.model {
             Some(ours) => (
                 ApiError::new(
@@ -189,6 +233,10 @@ async fn forward(
                 Some(1),
             ),
         });
+    }
+    if parsed.model.is_empty() {
+        // Metered under the model the fleet serves.
+        parsed.model = served.model.clone().unwrap_or_default();
     }
     drop(served);
     let api_key =
@@ -236,7 +284,7 @@ async fn forward(
     // (a response's last event always has it).
     let ask_usage = parsed.stream
         && !parsed.include_usage
-        && matches!(endpoint, Endpoint::Chat | Endpoint::Completion);
+        && matches!(route, Route::Api(Endpoint::Chat | Endpoint::Completion));
     let body = super::tenancy::engine_body(&body, &pass, ask_usage);
     let tenant = pass.tenant;
     let deadline = tokio::time::Instant::from_std(started + state.config.request_timeout);
@@ -253,25 +301,28 @@ async fn forward(
             &mut placement,
             &mut alarm,
             deadline,
-            (endpoint, id),
+            (route, id),
             &body,
         )
         .await?;
         if std::mem::take(&mut first_byte) {
             state
                 .metrics
-                .first_byte(endpoint.label(), started.elapsed().as_secs_f64());
+                .first_byte(route.label(), started.elapsed().as_secs_f64());
         }
         let status = resp.status();
         let is_stream = parsed.stream && status.is_success() && is_event_stream(&resp);
         if is_stream {
+            let Route::Api(endpoint) = route else {
+                return Ok(pass_stream(guard, resp, placement.replica));
+            };
             return Ok(stream_response(
                 state.clone(),
                 guard,
                 resp,
                 Metered {
                     replica: placement.replica,
-                    endpoint,
+                    endpoint: *endpoint,
                     started,
                     tenant,
                     model: parsed.model,
@@ -324,7 +375,7 @@ async fn forward(
     state.real_outcome(replica, Some(status.as_u16()));
     state
         .metrics
-        .duration(endpoint.label(), started.elapsed().as_secs_f64());
+        .duration(route.label(), started.elapsed().as_secs_f64());
     if let Some(t) = &tenant {
         state
             .metrics
@@ -350,7 +401,7 @@ async fn answer_head(
     placement: &mut Placement,
     alarm: &mut StallAlarm,
     deadline: tokio::time::Instant,
-    (endpoint, id): (Endpoint, &RequestId),
+    (route, id): (&Route, &RequestId),
     body: &Bytes,
 ) -> Result<hyper::Response<UpstreamBody>, Failure> {
     loop {
@@ -362,7 +413,7 @@ async fn answer_head(
             .upstream(placement.replica)
             .ok_or_else(|| failure(Fail::NoReplica, None))?;
         let sent = tokio::select! {
-            sent = tokio::time::timeout_at(deadline, send(state, &upstream, endpoint, id, body)) => sent,
+            sent = tokio::time::timeout_at(deadline, send(state, &upstream, route, id, body)) => sent,
             () = AppState::until_stalled(alarm, placement.replica) => Ok(Err(SendError {
                 message: "the replica was taken for hung (every stream on it stopped)".to_owned(),
                 delivered: true,
@@ -416,13 +467,19 @@ impl SendError {
 pub(super) async fn send(
     state: &AppState,
     upstream: &Upstream,
-    endpoint: Endpoint,
+    route: &Route,
     id: &RequestId,
     body: &Bytes,
 ) -> Result<hyper::Response<UpstreamBody>, SendError> {
     match &upstream.target {
-        Target::Local { uris, .. } => {
-            let request = hyper::Request::post(uris[endpoint as usize].clone())
+        Target::Local { uris, base } => {
+            let uri = match route {
+                Route::Api(e) => uris[*e as usize].clone(),
+                Route::Other(path) => format!("{base}{path}")
+                    .parse()
+                    .map_err(|e| SendError::before(format!("bad upstream path: {e}")))?,
+            };
+            let request = hyper::Request::post(uri)
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(request_id::HEADER, id.for_attempt())
                 .body(Full::new(body.clone()))
@@ -440,7 +497,7 @@ pub(super) async fn send(
                 .ok_or_else(|| SendError::before("no cluster transport for a remote replica"))?;
             let req = ForwardRequest {
                 replica: upstream.id,
-                path: endpoint.path().to_owned(),
+                path: route.path().to_owned(),
                 body: body.to_vec(),
                 request_id: id.as_str().to_owned(),
             };
@@ -464,4 +521,36 @@ fn timeout(state: &AppState, guard: &mut Inflight) -> Failure {
         state.config.request_timeout
     );
     failure(f, Some(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passable;
+
+    #[test]
+    fn only_plain_paths_under_v1_pass_through() {
+        for ok in [
+            "/v1/rerank",
+            "/v1/score",
+            "/v1/messages",
+            "/v1/audio/speech",
+            "/v1/a-b_c.d",
+        ] {
+            assert!(passable(ok), "{ok}");
+        }
+        for bad in [
+            "/v1/",
+            "/v1",
+            "/v2/rerank",
+            "/v1/../admin/fault",
+            "/v1/a/./b",
+            "/v1/a//b",
+            "/v1/a%2e%2e",
+            "/v1/a?b",
+            "/v1/a b",
+        ] {
+            assert!(!passable(bad), "{bad}");
+        }
+        assert!(!passable(&format!("/v1/{}", "a".repeat(300))));
+    }
 }

@@ -5,7 +5,7 @@
 //! an explicit error event, never a silent cut.
 
 use super::probe::StallAlarm;
-use super::proxy::{send, Inflight};
+use super::proxy::{send, Inflight, Route};
 use super::request_id::RequestId;
 use super::sse::SseMeter;
 use super::AppState;
@@ -172,6 +172,7 @@ impl Pump {
                 return Rescue::Ended(self.error_event(fail, &message));
             }
         };
+        let route = Route::Api(self.m.endpoint);
         let mut how = (cut, message);
         loop {
             let p = match self.guard.migrate(how.0.broke(), true) {
@@ -196,7 +197,7 @@ impl Pump {
             let sent = tokio::select! {
                 sent = tokio::time::timeout_at(
                     self.m.deadline,
-                    send(&state, &upstream, self.m.endpoint, &self.m.request_id, &body),
+                    send(&state, &upstream, &route, &self.m.request_id, &body),
                 ) => sent,
                 () = AppState::until_stalled(&mut self.alarm, p.replica) => {
                     how = (Cut::Stalled, format!("{}; the replica continuing it was taken for hung", how.1));
@@ -405,6 +406,38 @@ pub(super) fn stream_response(
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-sluice-replica", HeaderValue::from(replica.0));
+    out
+}
+
+/// A stream of an endpoint Sluice does not read, passed through as the engine writes
+/// it: its request is in flight until the stream ends or the client goes away.
+pub(super) fn pass_stream(
+    guard: Inflight,
+    resp: hyper::Response<UpstreamBody>,
+    replica: ReplicaId,
+) -> Response {
+    let (parts, body) = resp.into_parts();
+    let frames =
+        futures_util::stream::unfold((body, Some(guard)), |(mut body, guard)| async move {
+            guard.as_ref()?;
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    let data = frame.into_data().unwrap_or_default();
+                    Some((Ok::<Bytes, std::io::Error>(data), (body, guard)))
+                }
+                Some(Err(e)) => Some((Err(e), (body, None))),
+                None => None,
+            }
+        });
+    let mut out = Response::new(Body::from_stream(frames));
+    *out.status_mut() = parts.status;
+    let h = out.headers_mut();
+    for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+        if let Some(v) = parts.headers.get(&name) {
+            h.insert(name, v.clone());
+        }
+    }
     h.insert("x-sluice-replica", HeaderValue::from(replica.0));
     out
 }
