@@ -55,6 +55,42 @@ async fn chat(http: &Http, base: &str, session: &str) -> Result<(u16, Option<u64
     Ok((a.status, a.replica))
 }
 
+/// A Responses API request and an embeddings request of one session: each one's
+/// status, replica and whether its body is the answer it should be.
+async fn responses_and_embeddings(
+    http: &Http,
+    base: &str,
+    session: &str,
+) -> Result<[(u16, Option<u64>, bool); 2]> {
+    let calls = [
+        (
+            "/v1/responses",
+            serde_json::json!({"model": MODEL, "input": format!("hi from {session}"),
+                "max_output_tokens": 3, "ignore_eos": true}),
+            "output_tokens",
+        ),
+        (
+            "/v1/embeddings",
+            serde_json::json!({"model": MODEL, "input": [format!("embed {session}"), "and this"]}),
+            "embedding",
+        ),
+    ];
+    let mut out = [(0, None, false); 2];
+    for (slot, (path, body, expected)) in out.iter_mut().zip(calls) {
+        let a = http
+            .send(
+                "POST",
+                &format!("{base}{path}"),
+                &[("x-session-id", session)],
+                Some(body.to_string()),
+            )
+            .await?;
+        let text = String::from_utf8_lossy(&a.body);
+        *slot = (a.status, a.replica, text.contains(expected));
+    }
+    Ok(out)
+}
+
 fn node_of(replica: u64) -> u64 {
     replica >> 20
 }
@@ -160,6 +196,21 @@ async fn three_nodes_join_route_fail_over_and_restart() -> Result<()> {
         assert!(
             remote_streams > 0,
             "no stream through node {me} was served remotely"
+        );
+        // The Responses API and embeddings are forwarded like chat.
+        let mut remote = [0; 2];
+        for k in 0..12 {
+            let answers = responses_and_embeddings(&http, &base, &format!("n{i}-r{k}")).await?;
+            for (count, (code, replica, whole)) in remote.iter_mut().zip(answers) {
+                assert!(code == 200 && whole, "through node {me}: HTTP {code}");
+                if node_of(replica.context("no replica header")?) != me {
+                    *count += 1;
+                }
+            }
+        }
+        assert!(
+            remote.iter().all(|&n| n > 0),
+            "responses and embeddings through node {me} served remotely: {remote:?}"
         );
     }
 
