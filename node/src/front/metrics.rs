@@ -93,6 +93,8 @@ pub const ENGINE_STATES: [&str; 6] = [
 
 pub struct Metrics {
     registry: Registry,
+    /// The same happenings as they come, for the live view.
+    pub events: super::events::Events,
     requests: Family<RequestLabels, Counter>,
     retries: Counter,
     migrations: Family<ReasonLabel, Counter>,
@@ -411,6 +413,7 @@ impl Metrics {
         );
         Self {
             registry,
+            events: Default::default(),
             prompt_tokens,
             cached_tokens,
             completion_tokens,
@@ -569,6 +572,8 @@ impl Metrics {
         self.engine_restarts
             .get_or_create(&ReplicaLabel { replica })
             .inc();
+        self.events
+            .push("restart", format!("replica {replica}: engine restarted"));
     }
 
     pub fn probe(&self, ok: bool) {
@@ -580,11 +585,18 @@ impl Metrics {
         self.ejections
             .get_or_create(&ReplicaLabel { replica })
             .inc();
+        self.events.push(
+            "ejection",
+            format!("replica {replica}: ejected by the prober"),
+        );
     }
 
     pub fn assignment(&self, generation: u64) {
-        self.generation
-            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        let g = i64::try_from(generation).unwrap_or(i64::MAX);
+        if self.generation.set(g) != g {
+            self.events
+                .push("assignment", format!("slice map generation {generation}"));
+        }
     }
 
     pub fn request(&self, endpoint: &'static str, status: u16) {
@@ -600,8 +612,12 @@ impl Metrics {
         self.retries.inc();
     }
 
-    pub fn migrated(&self, reason: &'static str) {
+    pub fn migrated(&self, reason: &'static str, from: u64, to: u64) {
         self.migrations.get_or_create(&ReasonLabel { reason }).inc();
+        self.events.push(
+            "migration",
+            format!("a request moved from replica {from} to {to} ({reason})"),
+        );
     }
 
     pub fn stream_stall(&self, replica: u64) {
@@ -614,12 +630,18 @@ impl Metrics {
         self.migrations_refused
             .get_or_create(&ReasonLabel { reason })
             .inc();
+        self.events.push(
+            "migration_refused",
+            format!("a request was not moved ({reason})"),
+        );
     }
 
     pub fn actor_restarted(&self, actor: &'static str) {
         self.actor_restarts
             .get_or_create(&ActorLabel { actor })
             .inc();
+        self.events
+            .push("actor_restart", format!("actor {actor} restarted"));
     }
 
     pub fn cert_renewal(&self, outcome: &'static str) {

@@ -3,6 +3,7 @@
 //! bytes and reads clocks.
 
 mod assign;
+mod events;
 mod health;
 mod metrics;
 pub mod models;
@@ -13,6 +14,7 @@ mod splice;
 mod sse;
 mod stream;
 pub mod tenancy;
+pub mod view;
 
 use crate::config::NodeConfig;
 use crate::tree::ChildSpec;
@@ -165,6 +167,8 @@ pub struct AppState {
     /// a cluster that has tenants. Standalone nodes have nothing to wait for.
     caught_up: std::sync::atomic::AtomicBool,
     caught_up_now: tokio::sync::Notify,
+    /// The cluster's side of the live view (cluster mode).
+    cluster_view: std::sync::OnceLock<view::ClusterSource>,
 }
 
 /// A supervised engine as the front door knows it.
@@ -264,6 +268,7 @@ impl AppState {
             engines: Mutex::new(HashMap::new()),
             caught_up: std::sync::atomic::AtomicBool::new(standalone),
             caught_up_now: tokio::sync::Notify::new(),
+            cluster_view: std::sync::OnceLock::new(),
         });
         if let Some(m) = &initial_served.model {
             state
@@ -468,6 +473,11 @@ impl AppState {
         self.core().set_external_load(all);
     }
 
+    /// Cluster mode: where the live view learns the leader, members and registry.
+    pub fn set_cluster_view(&self, source: view::ClusterSource) {
+        let _ = self.cluster_view.set(source);
+    }
+
     /// Cluster mode: this node has applied the control state as the cluster has it.
     pub fn set_caught_up(&self) {
         if !self
@@ -583,6 +593,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/{*rest}", post(other))
+        .route("/ui", get(view::page))
+        .route("/ui/app.js", get(view::script))
+        .route("/ui/style.css", get(view::style))
+        .route("/ui/state", get(view::state))
         .route("/health", get(node_health))
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -349,7 +349,9 @@ async fn forward(
                 state.metrics.upstream_failure(placement.replica.0);
                 match guard.migrate(broke, true) {
                     Ok(p) => {
-                        state.metrics.migrated(reason);
+                        state
+                            .metrics
+                            .migrated(reason, placement.replica.0, p.replica.0);
                         tracing::info!(from = placement.replica.0, to = p.replica.0, error = %e, "sending a broken answer's request again elsewhere");
                         placement = p;
                     }

@@ -179,7 +179,9 @@ impl Pump {
                 Ok(p) => p,
                 Err(refused) => return self.refused(refused, &how.1),
             };
-            state.metrics.migrated(how.0.label());
+            state
+                .metrics
+                .migrated(how.0.label(), self.m.replica.0, p.replica.0);
             state.metrics.routed(p.replica.0);
             tracing::info!(
                 request_id = %self.m.request_id,

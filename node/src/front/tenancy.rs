@@ -197,6 +197,42 @@ impl AppState {
     }
 }
 
+/// A tenant's reservation and what the cluster asked of it lately.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantUse {
+    pub tenant: String,
+    pub reserved_mu_per_min: f64,
+    /// Every router's recent demand (this one's and its peers' last reports), MU/min.
+    pub used_mu_per_min: f64,
+}
+
+impl AppState {
+    /// Every tenant with a reservation or recent demand, by name.
+    pub fn tenant_use(&self) -> Vec<TenantUse> {
+        let now = self.now_us();
+        let t = self.tenancy();
+        let fresh = Instant::now();
+        let mut used: BTreeMap<String, f64> = t.admission.demand(now);
+        for (at, demand) in t.peers.values() {
+            if fresh.duration_since(*at) < DEMAND_TTL {
+                for (tenant, mu) in demand {
+                    *used.entry(tenant.clone()).or_insert(0.0) += mu;
+                }
+            }
+        }
+        for tenant in t.reservations.keys() {
+            used.entry(tenant.clone()).or_insert(0.0);
+        }
+        used.into_iter()
+            .map(|(tenant, used_mu_per_min)| TenantUse {
+                reserved_mu_per_min: t.reservations.get(&tenant).copied().unwrap_or(0.0),
+                tenant,
+                used_mu_per_min,
+            })
+            .collect()
+    }
+}
+
 /// The tenancy actor's duty: reservations re-balanced between routers every period.
 pub fn rebalancer(state: Arc<AppState>) -> impl crate::tree::Duty {
     crate::tree::every(
