@@ -173,10 +173,17 @@ impl NodeHandle {
 }
 
 impl ClusterNode {
-    /// Where the live view learns the leader, the members and the registry.
+    /// Where the live view learns the leader, the members and the registry. It holds
+    /// the handler weakly: the handler reaches the front door, and a cycle would keep
+    /// both (and the node's QUIC endpoint, its port bound) alive after the node stops.
     pub fn view_source(&self) -> crate::front::view::ClusterSource {
-        let handler = self.handler.clone();
-        Box::new(move || handler.view_snapshot())
+        let handler = Arc::downgrade(&self.handler);
+        Box::new(move || {
+            handler
+                .upgrade()
+                .map(|h| h.view_snapshot())
+                .unwrap_or_default()
+        })
     }
 
     pub fn handle(&self) -> NodeHandle {
