@@ -1129,6 +1129,14 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_are_listed_in_their_own_order() {
+        // Routers index per-endpoint tables by `endpoint as usize`.
+        for (i, e) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i, "{e:?}");
+        }
+    }
+
+    #[test]
     fn error_body_is_openai_shaped() {
         let body: Value =
             serde_json::from_str(&ApiError::invalid("bad", Some("model")).body()).unwrap();

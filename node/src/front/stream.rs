@@ -413,25 +413,30 @@ pub(super) fn stream_response(
 }
 
 /// A stream of an endpoint Sluice does not read, passed through as the engine writes
-/// it: its request is in flight until the stream ends or the client goes away.
+/// it: its request is in flight until the stream ends or the client goes away, and
+/// each piece that comes counts as progress (so that its replica is not taken for hung
+/// while it streams).
 pub(super) fn pass_stream(
     guard: Inflight,
     resp: hyper::Response<UpstreamBody>,
     replica: ReplicaId,
 ) -> Response {
     let (parts, body) = resp.into_parts();
-    let frames =
-        futures_util::stream::unfold((body, Some(guard)), |(mut body, guard)| async move {
-            guard.as_ref()?;
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    let data = frame.into_data().unwrap_or_default();
-                    Some((Ok::<Bytes, std::io::Error>(data), (body, guard)))
-                }
-                Some(Err(e)) => Some((Err(e), (body, None))),
-                None => None,
+    let start = (body, Some(guard), 0u32);
+    let frames = futures_util::stream::unfold(start, |(mut body, guard, pieces)| async move {
+        let g = guard.as_ref()?;
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let data = frame.into_data().unwrap_or_default();
+                let pieces = pieces.saturating_add(1);
+                let now = g.state.now_ms();
+                g.state.core().progress(g.life.id(), pieces, now);
+                Some((Ok::<Bytes, std::io::Error>(data), (body, guard, pieces)))
             }
-        });
+            Some(Err(e)) => Some((Err(e), (body, None, pieces))),
+            None => None,
+        }
+    });
     let mut out = Response::new(Body::from_stream(frames));
     *out.status_mut() = parts.status;
     let h = out.headers_mut();
