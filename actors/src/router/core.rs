@@ -40,6 +40,9 @@ pub struct RouterConfig {
     /// of the request's own wait: 1 counts the capacity it takes from whoever comes next
     /// on that replica once.
     pub waste_weight: f64,
+    /// Prompt tokens an engine step takes at most (vLLM's `max_num_batched_tokens`):
+    /// requests whose prefill shares a step do not find each other's blocks cached.
+    pub step_tokens: u32,
     /// Buckets (`2^bits`) of the keyspace the admitted load is measured in, for the
     /// assigner.
     pub load_bucket_bits: u32,
@@ -58,6 +61,7 @@ impl Default for RouterConfig {
             affinity: AffinityConfig::default(),
             decode_share: 0.3,
             waste_weight: 1.0,
+            step_tokens: 8192,
             load_bucket_bits: DEFAULT_BUCKET_BITS,
             quarantine: QuarantineConfig::default(),
             stall: StallConfig::default(),
@@ -390,6 +394,29 @@ impl RouterCore {
     }
 
     /// How long the work queued on `replica` should take at its capacity.
+    /// How long `tokens` uncached prompt tokens take to compute on `replica`, ms.
+    fn prefill_ms(&self, replica: ReplicaId, tokens: u32) -> u64 {
+        let capacity = self
+            .slots
+            .get(&replica)
+            .map_or(0.0, |&i| self.replicas[i].spec.capacity_mu_per_min);
+        if capacity <= 0.0 {
+            return 0;
+        }
+        let mu = self.coeffs.price(&RequestShape {
+            uncached_input: tokens,
+            cached_input: 0,
+            output: 0,
+            images: 0,
+        });
+        (mu / capacity * 60_000.0) as u64
+    }
+
+    /// One engine step full of prefill on `replica`, ms.
+    fn step_ms(&self, replica: ReplicaId) -> u64 {
+        self.prefill_ms(replica, self.config.step_tokens)
+    }
+
     fn queue_ms(&self, replica: ReplicaId) -> u64 {
         let capacity = self
             .slots
@@ -533,10 +560,17 @@ impl RouterCore {
         let slice = self.assignment.lookup(workload);
         // Prompt blocks each replica is expected to hold, from the content index.
         let cache = self.config.affinity.cache_tokens.max(1);
+        // A block counts once computed before this request's own prefill would begin
+        // there: the work queued ahead of it, less one engine step (what shares a step
+        // with the prefill computing a block computes it too).
+        let ready_by = |r: ReplicaId| -> u64 {
+            let step = self.step_ms(r);
+            now_ms + self.queue_ms(r).saturating_sub(step)
+        };
         let held = self.contents.get(&id).map(|content| {
             let affinity = &self.affinity;
-            let matched = self.index.matched(&content.chain, |r, stamp| {
-                affinity.written(r).saturating_sub(stamp) < cache
+            let matched = self.index.matched_ready(&content.chain, |r, stamp, ready| {
+                affinity.written(r).saturating_sub(stamp) < cache && ready <= ready_by(r)
             });
             (matched, content)
         });
@@ -659,10 +693,17 @@ impl RouterCore {
         }
         self.reorder(choice.replica);
         self.affinity.on_placed(choice.replica, new_kv);
+        let prefill_ms = self.prefill_ms(choice.replica, shape.uncached_input);
         if let Some(content) = self.contents.get_mut(&id) {
             content.held = held_blocks;
             let stamp = self.affinity.written(choice.replica);
-            self.index.insert(choice.replica, &content.chain, stamp);
+            let done = now_ms + ahead_ms;
+            self.index.insert_computed(
+                choice.replica,
+                &content.chain,
+                stamp,
+                (done.saturating_sub(prefill_ms), done),
+            );
         } else if self.keyed(workload) {
             // Only a request without content is priced by its workload's history.
             self.affinity

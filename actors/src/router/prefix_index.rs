@@ -20,6 +20,9 @@ struct Holder {
     replica: ReplicaId,
     /// The replica's written-KV counter when the block was last placed there.
     stamp: u64,
+    /// When the block is expected computed there (router clock, ms): a request placed
+    /// beside the one computing it, in the same engine step, computes it again.
+    ready_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -63,7 +66,23 @@ impl PrefixIndex {
     /// The prompt's full blocks `chain` were sent to `replica`, whose written-KV counter
     /// stood at `stamp`.
     pub fn insert(&mut self, replica: ReplicaId, chain: &[u64], stamp: u64) {
-        for &h in chain {
+        self.insert_computed(replica, chain, stamp, (0, 0));
+    }
+
+    /// As [`Self::insert`], for a prompt whose prefill there is expected to run from
+    /// `span.0` to `span.1` (ms): each block is ready once the prefill has passed it. A
+    /// block already ready there stays ready.
+    pub fn insert_computed(
+        &mut self,
+        replica: ReplicaId,
+        chain: &[u64],
+        stamp: u64,
+        span: (u64, u64),
+    ) {
+        let n = chain.len().max(1) as u64;
+        let (from, to) = (span.0, span.1.max(span.0));
+        for (i, &h) in chain.iter().enumerate() {
+            let ready_ms = from + (to - from) * (i as u64 + 1) / n;
             // Every touch has its own tick, so eviction is least-recently-used by block.
             self.tick += 1;
             let tick = self.tick;
@@ -74,12 +93,18 @@ impl PrefixIndex {
             e.last = tick;
             // Holders are kept in the order they were last placed: the first is the
             // stalest (stamps of different replicas are not comparable).
+            let mut ready_ms = ready_ms;
             if let Some(at) = e.holders.iter().position(|x| x.replica == replica) {
+                ready_ms = ready_ms.min(e.holders[at].ready_ms);
                 e.holders.remove(at);
             } else if e.holders.len() >= self.max_holders {
                 e.holders.remove(0);
             }
-            e.holders.push(Holder { replica, stamp });
+            e.holders.push(Holder {
+                replica,
+                stamp,
+                ready_ms,
+            });
         }
         if self.blocks.len() > self.max_blocks {
             let cutoff = super::recency::median_tick(self.blocks.values().map(|e| e.last));
@@ -95,6 +120,16 @@ impl PrefixIndex {
         chain: &[u64],
         live: impl Fn(ReplicaId, u64) -> bool,
     ) -> IdMap<ReplicaId, Held> {
+        self.matched_ready(chain, |r, stamp, _| live(r, stamp))
+    }
+
+    /// As [`Self::matched`], with `live(replica, stamp, ready_ms)` also told when each
+    /// block is expected computed there.
+    pub fn matched_ready(
+        &self,
+        chain: &[u64],
+        live: impl Fn(ReplicaId, u64, u64) -> bool,
+    ) -> IdMap<ReplicaId, Held> {
         let mut out: IdMap<ReplicaId, Held> = IdMap::default();
         for (i, h) in chain.iter().enumerate() {
             let Some(e) = self.blocks.get(h) else {
@@ -107,7 +142,7 @@ impl PrefixIndex {
                     blocks: 0,
                     oldest: x.stamp,
                 });
-                if held.blocks == i && live(x.replica, x.stamp) {
+                if held.blocks == i && live(x.replica, x.stamp, x.ready_ms) {
                     out.insert(
                         x.replica,
                         Held {
@@ -149,6 +184,25 @@ mod tests {
 
     const A: ReplicaId = ReplicaId(1);
     const B: ReplicaId = ReplicaId(2);
+
+    #[test]
+    fn blocks_are_ready_as_the_prefill_passes_them_and_stay_ready() {
+        let mut idx = PrefixIndex::default();
+        // A four-block prompt whose prefill runs from 100 to 200 ms.
+        idx.insert_computed(A, &[1, 2, 3, 4], 0, (100, 200));
+        let ready_by = |idx: &PrefixIndex, t: u64| {
+            idx.matched_ready(&[1, 2, 3, 4], |_, _, ready| ready <= t)
+                .get(&A)
+                .map_or(0, |h| h.blocks)
+        };
+        let at = [99, 125, 160, 200].map(|t| ready_by(&idx, t));
+        assert_eq!(at, [0, 1, 2, 4]);
+        // Placed there again later: what was computed stays computed.
+        idx.insert_computed(A, &[1, 2, 3, 4], 5, (900, 1_000));
+        assert_eq!(ready_by(&idx, 200), 4);
+        // `matched` does not ask.
+        assert_eq!(idx.matched(&[1, 2, 3, 4], |_, _| true)[&A].blocks, 4);
+    }
 
     #[test]
     fn the_longest_held_prefix_per_replica() {

@@ -312,6 +312,48 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_does_not_count_on_blocks_its_first_request_is_still_computing() {
+        // Requests sharing a 2k-token context arrive together on an idle fleet. The
+        // first one's prefill is still running when the rest come: an engine batches
+        // them into the same step, where none finds the others' blocks cached, so they
+        // are not priced as hits on its replica and spread. Once that prefill is done,
+        // the context is a hit there and the next request goes to it.
+        let mut p = policy(8);
+        let fleet: Vec<_> = (0..8).map(|i| obs(i, true)).collect();
+        let context: Vec<u32> = (0..2000).map(|t| 7 + t % 5000).collect();
+        let with_tail = |n: u32| -> Vec<u32> {
+            let mut v = context.clone();
+            v.extend((0..64).map(|t| 100_000 + n * 1_000 + t));
+            v
+        };
+        let first = p
+            .route(&unkeyed(0, &with_tail(0)), &fleet, &NoKvIndex, 0)
+            .unwrap();
+        let mut on_first = 0;
+        let mut used = std::collections::BTreeSet::new();
+        for n in 1..=5u32 {
+            let r = p
+                .route(&unkeyed(u64::from(n), &with_tail(n)), &fleet, &NoKvIndex, 1)
+                .unwrap();
+            on_first += u32::from(r == first);
+            used.insert(r);
+        }
+        assert!(
+            on_first <= 1,
+            "{on_first} of 5 joined the prefill in progress"
+        );
+        assert!(used.len() >= 3, "{used:?}");
+        for id in 0..=5u64 {
+            p.on_progress(id, 1, 60);
+            p.on_finish(id, Some(Usage::default()), 300);
+        }
+        let later = p
+            .route(&unkeyed(9, &with_tail(9)), &fleet, &NoKvIndex, 1_000)
+            .unwrap();
+        assert_eq!(later, first);
+    }
+
+    #[test]
     fn a_burst_of_one_conversation_spreads_past_its_busy_warm_replica() {
         // Code completion without keys: one editing session's ~2k-token file context,
         // a new tail per request, ~30 tokens out. Every replica is busy decoding other
