@@ -570,7 +570,9 @@ impl RouterCore {
         let held = self.contents.get(&id).map(|content| {
             let affinity = &self.affinity;
             let matched = self.index.matched_ready(&content.chain, |r, stamp, ready| {
-                affinity.written(r).saturating_sub(stamp) < cache && ready <= ready_by(r)
+                // Most blocks were computed long ago: only the others ask the queue.
+                affinity.written(r).saturating_sub(stamp) < cache
+                    && (ready <= now_ms || ready <= ready_by(r))
             });
             (matched, content)
         });
