@@ -393,9 +393,8 @@ impl RouterCore {
         placed
     }
 
-    /// How long the work queued on `replica` should take at its capacity.
-    /// How long `tokens` uncached prompt tokens take to compute on `replica`, ms.
-    fn prefill_ms(&self, replica: ReplicaId, tokens: u32) -> u64 {
+    /// How long `mu` of work takes on `replica` at its capacity, ms.
+    fn mu_ms(&self, replica: ReplicaId, mu: f64) -> u64 {
         let capacity = self
             .slots
             .get(&replica)
@@ -403,13 +402,18 @@ impl RouterCore {
         if capacity <= 0.0 {
             return 0;
         }
+        (mu / capacity * 60_000.0) as u64
+    }
+
+    /// How long `tokens` uncached prompt tokens take to compute on `replica`, ms.
+    fn prefill_ms(&self, replica: ReplicaId, tokens: u32) -> u64 {
         let mu = self.coeffs.price(&RequestShape {
             uncached_input: tokens,
             cached_input: 0,
             output: 0,
             images: 0,
         });
-        (mu / capacity * 60_000.0) as u64
+        self.mu_ms(replica, mu)
     }
 
     /// One engine step full of prefill on `replica`, ms.
@@ -417,15 +421,9 @@ impl RouterCore {
         self.prefill_ms(replica, self.config.step_tokens)
     }
 
+    /// How long the work queued on `replica` should take at its capacity.
     fn queue_ms(&self, replica: ReplicaId) -> u64 {
-        let capacity = self
-            .slots
-            .get(&replica)
-            .map_or(0.0, |&i| self.replicas[i].spec.capacity_mu_per_min);
-        if capacity <= 0.0 {
-            return 0;
-        }
-        (self.ledger.replica(replica).queue_mu / capacity * 60_000.0) as u64
+        self.mu_ms(replica, self.ledger.replica(replica).queue_mu)
     }
 
     /// What a retry after `failed` excludes, widest first: its rack, its machine, itself

@@ -70,18 +70,7 @@ fn inputs(obj: &Map<String, Value>) -> Result<Vec<PromptInput>, ApiError> {
             Some("input"),
         )
     };
-    let ids = |items: &[Value]| -> Result<PromptInput, ApiError> {
-        items
-            .iter()
-            .map(|v| {
-                v.as_u64()
-                    .filter(|&t| t < u64::from(crate::tokenizer::VOCAB))
-                    .map(|t| t as u32)
-            })
-            .collect::<Option<Vec<u32>>>()
-            .map(PromptInput::Tokens)
-            .ok_or_else(bad)
-    };
+    let ids = |items: &[Value]| super::token_ids(items).ok_or_else(bad);
     let out = match obj.get("input") {
         None => return Err(ApiError::invalid("'input' is required", Some("input"))),
         Some(Value::String(s)) => vec![PromptInput::Text(s.clone())],

@@ -415,6 +415,7 @@ fn parse_prompt(obj: &Map<String, Value>) -> Result<PromptInput, ApiError> {
     }
 }
 
+/// Token ids of the vocabulary, at least one.
 fn token_ids(items: &[Value]) -> Option<PromptInput> {
     items
         .iter()

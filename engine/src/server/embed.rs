@@ -13,10 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 
-use super::engine_task::{AbortGuard, Cmd, Out, Sink};
+use super::engine_task::{submit, Out};
 use super::fault::{injected_error, take_poison};
 use super::format::named_id;
 use super::http::{error_response, json_response, read_body};
@@ -88,7 +86,6 @@ async fn run(s: &Shared, req: &EmbeddingsRequest) -> Result<Vec<Run>, ApiError> 
         check_limits(&s.params, tokens.len(), 1, 1)
             .map_err(|e| ApiError::invalid(format!("input {i}: {e}"), Some("input")))?;
         let n = s.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
         let engine_req = EngineRequest {
             id: RequestId(n),
             prompt: tokens.clone(),
@@ -96,29 +93,10 @@ async fn run(s: &Shared, req: &EmbeddingsRequest) -> Result<Vec<Run>, ApiError> 
             output_len: 1,
             priority: req.priority,
             seed: mix64(s.seed ^ mix64(n)),
-            hash_root: req
-                .cache_salt
-                .as_deref()
-                .map_or(crate::kv::ROOT_HASH, crate::core::salted_root),
+            hash_root: crate::kv::ROOT_HASH,
         };
-        let sink = Sink {
-            tx,
-            arrived: Instant::now(),
-        };
-        if s.cmd
-            .send(Cmd::Add {
-                req: engine_req,
-                sink,
-            })
-            .is_err()
-        {
-            return Err(ApiError::new(
-                503,
-                "ServiceUnavailableError",
-                "the engine is shutting down",
-            ));
-        }
-        waits.push((tokens, rx, AbortGuard::new(RequestId(n), s.cmd.clone())));
+        let (rx, guard) = submit(&s.cmd, engine_req, req.cache_salt.as_deref())?;
+        waits.push((tokens, rx, guard));
     }
     let mut runs = Vec::with_capacity(waits.len());
     for (tokens, mut rx, mut guard) in waits {

@@ -70,6 +70,30 @@ impl Drop for AbortGuard {
     }
 }
 
+/// Hands `req` to the engine task: the channel its tokens come on, and the guard that
+/// aborts it if the handler goes away first. `cache_salt` roots its prefix hashes.
+pub(super) fn submit(
+    cmd: &mpsc::UnboundedSender<Cmd>,
+    mut req: EngineRequest,
+    cache_salt: Option<&str>,
+) -> Result<(mpsc::UnboundedReceiver<Out>, AbortGuard), crate::openai::ApiError> {
+    req.hash_root = cache_salt.map_or(crate::kv::ROOT_HASH, crate::core::salted_root);
+    let id = req.id;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink = Sink {
+        tx,
+        arrived: Instant::now(),
+    };
+    if cmd.send(Cmd::Add { req, sink }).is_err() {
+        return Err(crate::openai::ApiError::new(
+            503,
+            "ServiceUnavailableError",
+            "the engine is shutting down",
+        ));
+    }
+    Ok((rx, AbortGuard::new(id, cmd.clone())))
+}
+
 pub(super) async fn engine_loop(
     mut core: EngineCore,
     mut rx: mpsc::UnboundedReceiver<Cmd>,

@@ -9,10 +9,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 
-use super::engine_task::{AbortGuard, Cmd, Out, Sink, ENGINE_GONE};
+use super::engine_task::{submit, Out, ENGINE_GONE};
 use super::fault::{injected_error, take_poison};
 use super::format::{named_id, response_head, Format};
 use super::http::{error_response, json_response, read_body};
@@ -80,7 +78,6 @@ async fn generate(s: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, body: 
         .map_or_else(|| mix64(s.seed ^ mix64(n)), crate::words::client_seed);
     // A continued answer goes on with the words after those it already has.
     let offset = req.continued_tokens;
-    let (tx, mut rx) = mpsc::unbounded_channel();
     let engine_req = EngineRequest {
         id,
         prompt,
@@ -88,29 +85,12 @@ async fn generate(s: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, body: 
         output_len,
         priority: req.priority,
         seed,
-        hash_root: req
-            .cache_salt
-            .as_deref()
-            .map_or(crate::kv::ROOT_HASH, crate::core::salted_root),
+        hash_root: crate::kv::ROOT_HASH,
     };
-    let sink = Sink {
-        tx,
-        arrived: Instant::now(),
+    let (mut rx, mut guard) = match submit(&s.cmd, engine_req, req.cache_salt.as_deref()) {
+        Ok(sent) => sent,
+        Err(e) => return error_response(&e),
     };
-    if s.cmd
-        .send(Cmd::Add {
-            req: engine_req,
-            sink,
-        })
-        .is_err()
-    {
-        return error_response(&ApiError::new(
-            503,
-            "ServiceUnavailableError",
-            "the engine is shutting down",
-        ));
-    }
-    let mut guard = AbortGuard::new(id, s.cmd.clone());
     let fmt = Format {
         endpoint,
         head: response_head(&s, endpoint, n, req.stream, named_id(&headers).as_deref()),
