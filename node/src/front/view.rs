@@ -77,6 +77,8 @@ struct Keyspace {
     /// Each slice's share of the keyspace and its replicas, in key order (the first
     /// [`LISTED_SLICES`] with their subsets; the band shows every one).
     starts: Vec<f64>,
+    /// Each slice's preferred replica (what colours it in the band).
+    firsts: Vec<u64>,
     subsets: Vec<Vec<u64>>,
     moved: Vec<usize>,
 }
@@ -113,6 +115,10 @@ pub async fn state(State(s): State<Arc<AppState>>) -> Response {
             starts: slices
                 .iter()
                 .map(|sl| sl.start.0 as f64 / u64::MAX as f64)
+                .collect(),
+            firsts: slices
+                .iter()
+                .map(|sl| sl.subset.first().map_or(0, |r| r.0))
                 .collect(),
             subsets: slices
                 .iter()

@@ -104,8 +104,7 @@ function renderKeyspace(s) {
   for (let i = 0; i < k.starts.length; i++) {
     const x0 = k.starts[i] * width;
     const x1 = (i + 1 < k.starts.length ? k.starts[i + 1] : 1) * width;
-    const subset = k.subsets[i];
-    ctx.fillStyle = subset && subset.length ? subsetColour(subset[0]) : "#9aa4b2";
+    ctx.fillStyle = subsetColour(k.firsts[i]);
     ctx.fillRect(x0, 12, Math.max(1, x1 - x0 - 0.5), 32);
     if (moved.has(i)) {
       ctx.fillStyle = "#d9534f";
