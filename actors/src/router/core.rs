@@ -567,7 +567,7 @@ impl RouterCore {
         };
         let held = self.contents.get(&id).map(|content| {
             let affinity = &self.affinity;
-            let matched = self.index.matched_ready(&content.chain, |r, stamp, ready| {
+            let matched = self.index.matched(&content.chain, |r, stamp, ready| {
                 // Most blocks were computed long ago: only the others ask the queue.
                 affinity.written(r).saturating_sub(stamp) < cache
                     && (ready <= now_ms || ready <= ready_by(r))
@@ -767,7 +767,7 @@ impl RouterCore {
     /// The MU a request arriving now would wait for on `r`: this router's and the
     /// others' reported.
     fn inflight(&self, r: ReplicaId) -> f64 {
-        self.ledger.replica(r).queue_mu + self.external.get(&r).copied().unwrap_or(0.0)
+        self.ledger.replica(r).queue_mu + self.peer_load(r)
     }
 
     /// What a request of cost `cost` adds to its replica after `generated` tokens.

@@ -115,17 +115,10 @@ impl PrefixIndex {
     /// For each replica holding a prefix of `chain`: how many leading blocks it holds,
     /// and the oldest stamp among them. `live(replica, stamp)` says whether a block
     /// stamped `stamp` may still be cached there.
+    /// For each replica holding a prefix of `chain`: how many leading blocks it holds,
+    /// and the oldest stamp among them. `live(replica, stamp, ready_ms)` says whether a
+    /// block stamped `stamp`, expected computed there at `ready_ms`, counts.
     pub fn matched(
-        &self,
-        chain: &[u64],
-        live: impl Fn(ReplicaId, u64) -> bool,
-    ) -> IdMap<ReplicaId, Held> {
-        self.matched_ready(chain, |r, stamp, _| live(r, stamp))
-    }
-
-    /// As [`Self::matched`], with `live(replica, stamp, ready_ms)` also told when each
-    /// block is expected computed there.
-    pub fn matched_ready(
         &self,
         chain: &[u64],
         live: impl Fn(ReplicaId, u64, u64) -> bool,
@@ -191,7 +184,7 @@ mod tests {
         // A four-block prompt whose prefill runs from 100 to 200 ms.
         idx.insert_computed(A, &[1, 2, 3, 4], 0, (100, 200));
         let ready_by = |idx: &PrefixIndex, t: u64| {
-            idx.matched_ready(&[1, 2, 3, 4], |_, _, ready| ready <= t)
+            idx.matched(&[1, 2, 3, 4], |_, _, ready| ready <= t)
                 .get(&A)
                 .map_or(0, |h| h.blocks)
         };
@@ -200,8 +193,8 @@ mod tests {
         // Placed there again later: what was computed stays computed.
         idx.insert_computed(A, &[1, 2, 3, 4], 5, (900, 1_000));
         assert_eq!(ready_by(&idx, 200), 4);
-        // `matched` does not ask.
-        assert_eq!(idx.matched(&[1, 2, 3, 4], |_, _| true)[&A].blocks, 4);
+        // A lookup that does not ask finds them all.
+        assert_eq!(idx.matched(&[1, 2, 3, 4], |_, _, _| true)[&A].blocks, 4);
     }
 
     #[test]
@@ -210,7 +203,7 @@ mod tests {
         idx.insert(A, &[1, 2, 3, 4], 0);
         idx.insert(B, &[1, 2, 9], 0);
         idx.insert(A, &[1], 7);
-        let m = idx.matched(&[1, 2, 3, 5], |_, _| true);
+        let m = idx.matched(&[1, 2, 3, 5], |_, _, _| true);
         assert_eq!(
             m.get(&A),
             Some(&Held {
@@ -219,7 +212,7 @@ mod tests {
             })
         );
         assert_eq!(m.get(&B).map(|h| h.blocks), Some(2));
-        assert!(idx.matched(&[7, 1, 2], |_, _| true).is_empty());
+        assert!(idx.matched(&[7, 1, 2], |_, _, _| true).is_empty());
     }
 
     #[test]
@@ -228,12 +221,12 @@ mod tests {
         idx.insert(A, &[1, 2, 3], 10);
         idx.insert(B, &[1, 2, 3], 500);
         // A's cache turned over since stamp 10.
-        let m = idx.matched(&[1, 2, 3], |r, stamp| r != A || stamp > 100);
+        let m = idx.matched(&[1, 2, 3], |r, stamp, _| r != A || stamp > 100);
         assert_eq!((m.get(&A), m.get(&B).map(|h| h.blocks)), (None, Some(3)));
         idx.forget_replica(B);
-        assert_eq!(idx.matched(&[1, 2, 3], |_, _| true).get(&B), None);
+        assert_eq!(idx.matched(&[1, 2, 3], |_, _, _| true).get(&B), None);
         assert_eq!(
-            idx.matched(&[1, 2, 3], |_, _| true)
+            idx.matched(&[1, 2, 3], |_, _, _| true)
                 .get(&A)
                 .map(|h| h.blocks),
             Some(3)
@@ -249,7 +242,7 @@ mod tests {
             idx.insert(ReplicaId(r), &[1, 2], 0);
         }
         assert!(idx.len() <= 100);
-        let m = idx.matched(&[1, 2], |_, _| true);
+        let m = idx.matched(&[1, 2], |_, _, _| true);
         assert_eq!(m.len(), 2, "{m:?}");
         assert!(m.contains_key(&ReplicaId(9)) && m.contains_key(&ReplicaId(8)));
     }
@@ -269,7 +262,7 @@ mod tests {
                 *l = (*l).max(len);
             }
             let chain: Vec<u64> = (0..probe as u64).collect();
-            for (r, held) in idx.matched(&chain, |_, _| true) {
+            for (r, held) in idx.matched(&chain, |_, _, _| true) {
                 prop_assert_eq!(held.blocks, longest[&r].min(probe));
             }
         }

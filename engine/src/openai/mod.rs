@@ -206,17 +206,21 @@ fn object_with_model(body: &[u8]) -> Result<(Map<String, Value>, String), ApiErr
             None,
         ));
     };
-    let model = match obj.get("model") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "'model' must be a non-empty string",
-                Some("model"),
-            ))
-        }
-        None => return Err(ApiError::invalid("'model' is required", Some("model"))),
-    };
+    let model = model_field(&obj)?
+        .ok_or_else(|| ApiError::invalid("'model' is required", Some("model")))?;
     Ok((obj, model))
+}
+
+/// The body's `model`, if it names one: a non-empty string.
+fn model_field(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match obj.get("model") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::invalid(
+            "'model' must be a non-empty string",
+            Some("model"),
+        )),
+    }
 }
 
 /// Parses and validates a request body for `endpoint`.
@@ -749,16 +753,7 @@ pub fn read_for_passthrough(body: &[u8]) -> Result<RoutingView, ApiError> {
             None,
         ));
     };
-    let model = match obj.get("model") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "'model' must be a non-empty string",
-                Some("model"),
-            ))
-        }
-    };
+    let model = model_field(&obj)?.unwrap_or_default();
     let text = String::from_utf8_lossy(body);
     Ok(RoutingView {
         model,

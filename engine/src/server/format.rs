@@ -173,11 +173,6 @@ impl Format {
         }
     }
 
-    /// The sequence number of a Responses event after `sent` tokens' events.
-    pub fn next_sequence_number(&self, sent: u32) -> u32 {
-        super::responses::next_sequence_number(sent)
-    }
-
     /// One SSE chunk carrying token `index` (words are plain ASCII: no escaping needed).
     fn token_chunk(
         &self,

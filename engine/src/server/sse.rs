@@ -71,7 +71,7 @@ impl SseStream {
             }
             Out::Rejected(m) => {
                 let e = ApiError::new(500, "InternalServerError", m);
-                let seq = self.fmt.next_sequence_number(self.sent);
+                let seq = super::responses::next_sequence_number(self.sent);
                 out.extend_from_slice(e.stream_event(self.fmt.endpoint, seq).as_bytes());
                 self.done = true;
                 self.guard.disarm();

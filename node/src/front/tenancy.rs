@@ -49,6 +49,22 @@ impl Tenancy {
     }
 }
 
+impl Tenancy {
+    /// Every router's demand that still counts: this one's, and its peers' reports
+    /// younger than [`DEMAND_TTL`].
+    fn demands(&self, now_us: u64) -> BTreeMap<u64, NodeDemand> {
+        let fresh = Instant::now();
+        let mut demands: BTreeMap<u64, NodeDemand> = self
+            .peers
+            .iter()
+            .filter(|(_, (at, _))| fresh.duration_since(*at) < DEMAND_TTL)
+            .map(|(n, (_, d))| (*n, d.clone()))
+            .collect();
+        demands.insert(self.me, self.admission.demand(now_us));
+        demands
+    }
+}
+
 /// How an admitted request is treated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pass {
@@ -189,9 +205,7 @@ impl AppState {
         let fresh = Instant::now();
         t.peers
             .retain(|_, (at, _)| fresh.duration_since(*at) < DEMAND_TTL);
-        let mut demands: BTreeMap<u64, NodeDemand> =
-            t.peers.iter().map(|(n, (_, d))| (*n, d.clone())).collect();
-        demands.insert(t.me, t.admission.demand(now));
+        let demands = t.demands(now);
         let b = budgets(t.me, &t.reservations, t.capacity, &demands);
         t.admission.set_budgets(&b, now);
     }
@@ -211,13 +225,10 @@ impl AppState {
     pub fn tenant_use(&self) -> Vec<TenantUse> {
         let now = self.now_us();
         let t = self.tenancy();
-        let fresh = Instant::now();
-        let mut used: BTreeMap<String, f64> = t.admission.demand(now);
-        for (at, demand) in t.peers.values() {
-            if fresh.duration_since(*at) < DEMAND_TTL {
-                for (tenant, mu) in demand {
-                    *used.entry(tenant.clone()).or_insert(0.0) += mu;
-                }
+        let mut used: BTreeMap<String, f64> = BTreeMap::new();
+        for demand in t.demands(now).values() {
+            for (tenant, mu) in demand {
+                *used.entry(tenant.clone()).or_insert(0.0) += mu;
             }
         }
         for tenant in t.reservations.keys() {
