@@ -9,6 +9,10 @@ use std::path::Path;
 /// The profile shipped with Sluice: Llama-3.1-8B on one H100.
 pub const DEFAULT_PROFILE_TOML: &str = include_str!("../profiles/llama-3.1-8b-h100.toml");
 
+/// The second model of the embedded default: Llama-3.2-3B on one H100 (its step model
+/// scaled from the 8B's, see the file).
+pub const SMALL_PROFILE_TOML: &str = include_str!("../profiles/llama-3.2-3b-h100.toml");
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
@@ -54,7 +58,10 @@ impl Profile {
 
     /// The profiles built into the binary.
     pub fn embedded() -> Vec<Self> {
-        vec![Self::default_profile()]
+        // Checked by a unit test, like the default.
+        let small = Self::parse(SMALL_PROFILE_TOML, "<embedded 3b>")
+            .unwrap_or_else(|e| panic!("embedded profile: {e}"));
+        vec![Self::default_profile(), small]
     }
 
     /// The built-in profile calibrated for `model`, if there is one.
@@ -154,6 +161,19 @@ mod tests {
         assert!(!p.serves("Qwen/Qwen2.5-7B-Instruct"));
         assert!(Profile::embedded_for("meta-llama/Llama-3.1-8B-Instruct").is_some());
         assert!(Profile::embedded_for("tiny-llama-nobody-calibrated").is_none());
+    }
+
+    #[test]
+    fn the_second_embedded_model_costs_less_per_token_and_sustains_as_many_mu() {
+        let big = Profile::default_profile();
+        let small = Profile::embedded_for("meta-llama/Llama-3.2-3B-Instruct").unwrap();
+        assert_eq!(small.model, "llama-3.2-3b-instruct");
+        // Fewer weights: every token is cheaper on the smaller model's replica...
+        assert!(small.mu.uncached_input < big.mu.uncached_input);
+        assert!(small.mu.output < big.mu.output);
+        assert!(small.kv_cache_tokens() > big.kv_cache_tokens());
+        // ...while an MU is still a millisecond of its replica's time at the SLO.
+        assert!((50_000.0..70_000.0).contains(&small.capacity_mu_per_min));
     }
 
     #[test]

@@ -25,6 +25,24 @@ pub struct FileConfig {
     pub assigner: AssignerSection,
     pub prober: ProberSection,
     pub autoscaler: AutoscalerSection,
+    /// Several models on one node, each its own fleet (replicas, profile, slices);
+    /// replaces `[replicas]`' count, urls, model and profile.
+    pub models: Vec<ModelSection>,
+}
+
+/// One model a node serves: its replicas (launched, or already running at `urls`) and
+/// the profile that prices it.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// The model's name, as requests name it (launched engines serve it); with `urls`,
+    /// optional: the engines say.
+    pub name: Option<String>,
+    /// Replicas to launch (ignored when `urls` is set).
+    pub replicas: usize,
+    pub urls: Vec<String>,
+    /// Default: the built-in or `profile_dir` profile calibrated for the model.
+    pub profile: Option<PathBuf>,
 }
 
 /// The leader's autoscaler (cluster mode): the core's knobs, the bounds, and how
@@ -147,8 +165,9 @@ impl Default for NodeSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicaSection {
-    /// Simulated replicas to launch as child processes (ignored when `urls` is set).
-    pub count: usize,
+    /// Simulated replicas to launch as child processes (ignored when `urls` is set)
+    /// [default: 4; a standalone node given nothing serves [`embedded_models`]].
+    pub count: Option<usize>,
     /// Already-running OpenAI-compatible engines to front instead.
     pub urls: Vec<String>,
     /// Profile file for pricing and the simulated engines; the embedded default if unset.
@@ -177,7 +196,7 @@ pub struct ReplicaSection {
 impl Default for ReplicaSection {
     fn default() -> Self {
         Self {
-            count: 4,
+            count: None,
             urls: Vec::new(),
             profile: None,
             profile_dir: None,
@@ -273,6 +292,38 @@ pub struct Overrides {
     pub time_scale: Option<f64>,
     pub gpus: Option<usize>,
     pub model: Option<String>,
+    /// The node joins or runs a cluster (one model per node there).
+    pub cluster: bool,
+}
+
+/// Replicas launched when nothing says how many.
+const DEFAULT_REPLICAS: usize = 4;
+
+/// What a standalone node given no replicas, models or profile serves: two simulated
+/// models, so that routing by model shows at once.
+pub fn embedded_models() -> Vec<ModelSection> {
+    [
+        ("llama-3.1-8b-instruct", DEFAULT_REPLICAS),
+        ("llama-3.2-3b-instruct", 2),
+    ]
+    .into_iter()
+    .map(|(name, replicas)| ModelSection {
+        name: Some(name.to_owned()),
+        replicas,
+        ..ModelSection::default()
+    })
+    .collect()
+}
+
+/// One model of a node that serves several, checked.
+#[derive(Debug, Clone)]
+pub struct ModelFleet {
+    /// `None`: the engines at `urls` say.
+    pub name: Option<String>,
+    pub launch: usize,
+    pub urls: Vec<String>,
+    pub profile_path: Option<PathBuf>,
+    pub profile: Profile,
 }
 
 /// Everything `node start` needs, validated.
@@ -280,7 +331,11 @@ pub struct Overrides {
 pub struct NodeConfig {
     pub http: SocketAddr,
     pub launch: usize,
-    /// GPUs this host owns (at least `launch`).
+    /// Every model this node serves, each its own fleet ([`NodeConfig::fleets`]); the
+    /// fields `launch`, `urls`, `model`, `model_override` and `profile*` describe the
+    /// first.
+    pub models: Vec<ModelFleet>,
+    /// GPUs this host owns (at least the replicas launched, every model's together).
     pub gpus: usize,
     /// A real engine's command template; `None`: the simulated engine.
     pub command: Option<String>,
@@ -343,6 +398,29 @@ impl NodeConfig {
         }
     }
 
+    /// One configuration per model this node serves (its own when it serves one): each
+    /// prices by its model's profile and launches or fronts its own replicas.
+    pub fn fleets(&self) -> Vec<NodeConfig> {
+        if self.models.len() <= 1 {
+            return vec![self.clone()];
+        }
+        self.models
+            .iter()
+            .map(|m| {
+                let mut c = self.clone();
+                c.models = Vec::new();
+                c.launch = m.launch;
+                c.urls = m.urls.clone();
+                c.profile_path = m.profile_path.clone();
+                c.router.affinity.cache_tokens = m.profile.kv_cache_tokens();
+                c.profile = m.profile.clone();
+                c.model_override = m.name.clone();
+                c.model = m.name.clone().unwrap_or_else(|| m.profile.model.clone());
+                c
+            })
+            .collect()
+    }
+
     pub fn load(file: Option<&Path>, o: Overrides) -> Result<Self> {
         let fc: FileConfig = match file {
             Some(path) => {
@@ -353,46 +431,103 @@ impl NodeConfig {
             }
             None => FileConfig::default(),
         };
-        let profile_path = o.profile.or(fc.replicas.profile.clone());
         let profile_catalog = match o.profile_dir.or(fc.replicas.profile_dir.clone()) {
             Some(dir) => load_profile_dir(&dir)?,
             None => Vec::new(),
         };
-        let model_override = o.model.or(fc.replicas.model.clone());
+        let replicas_set = fc.replicas.count.is_some()
+            || !fc.replicas.urls.is_empty()
+            || fc.replicas.model.is_some()
+            || fc.replicas.profile.is_some();
+        let flags_set = o.replicas.is_some()
+            || !o.replica_urls.is_empty()
+            || o.model.is_some()
+            || o.profile.is_some();
+        if !fc.models.is_empty() && (replicas_set || flags_set) {
+            bail!(
+                "[[models]] gives each model its replicas and profile: leave out [replicas] count, \
+                 urls, model and profile, and --replicas, --replica, --model and --profile"
+            );
+        }
+        let sections = if !fc.models.is_empty() {
+            fc.models.clone()
+        } else if !o.cluster && !replicas_set && !flags_set && fc.replicas.command.is_none() {
+            embedded_models()
+        } else {
+            Vec::new()
+        };
+        let models = sections
+            .iter()
+            .map(|m| model_fleet(m, &profile_catalog))
+            .collect::<Result<Vec<_>>>()?;
+        let mut names = std::collections::HashSet::new();
+        for n in models.iter().filter_map(|m| m.name.as_deref()) {
+            if !names.insert(n) {
+                bail!("model '{n}' is listed twice in [[models]]");
+            }
+        }
+        if o.cluster && models.len() > 1 {
+            bail!(
+                "a cluster node serves one model for now: give one [[models]] entry (or \
+                 [replicas]) per node"
+            );
+        }
+        let (profile_path, model_override, urls, launch) = match models.first() {
+            Some(first) => (
+                first.profile_path.clone(),
+                first.name.clone(),
+                first.urls.clone(),
+                first.launch,
+            ),
+            None => {
+                let urls = if o.replica_urls.is_empty() {
+                    fc.replicas.urls.clone()
+                } else {
+                    o.replica_urls
+                };
+                check_urls(&urls)?;
+                let launch = if urls.is_empty() {
+                    o.replicas.or(fc.replicas.count).unwrap_or(DEFAULT_REPLICAS)
+                } else {
+                    0
+                };
+                (
+                    o.profile.or(fc.replicas.profile.clone()),
+                    o.model.or(fc.replicas.model.clone()),
+                    urls,
+                    launch,
+                )
+            }
+        };
         if model_override
             .as_deref()
             .is_some_and(|m| m.trim().is_empty())
         {
             bail!("the model name must not be empty");
         }
-        let profile = match &profile_path {
-            Some(p) => Profile::load(p)?,
-            None => Profile::default_profile(),
+        let profile = match (&profile_path, models.first()) {
+            (_, Some(first)) => first.profile.clone(),
+            (Some(p), None) => Profile::load(p)?,
+            (None, None) => Profile::default_profile(),
         };
-        let urls = if o.replica_urls.is_empty() {
-            fc.replicas.urls.clone()
+        let launched: usize = if models.is_empty() {
+            launch
         } else {
-            o.replica_urls
+            models.iter().map(|m| m.launch).sum()
         };
-        for u in &urls {
-            if !(u.starts_with("http://") && u.len() > "http://".len()) {
-                bail!(
-                    "replica URL '{u}' must start with http:// (for example http://127.0.0.1:8000)"
-                );
-            }
-        }
-        let launch = if urls.is_empty() {
-            o.replicas.unwrap_or(fc.replicas.count)
-        } else {
-            0
-        };
-        let gpus = if urls.is_empty() {
-            o.gpus.or(fc.replicas.gpus).unwrap_or(launch)
-        } else {
+        let engines: usize = if models.is_empty() {
             urls.len()
+        } else {
+            models.iter().map(|m| m.urls.len()).sum()
         };
-        if gpus < launch {
-            bail!("cannot start {launch} replicas on {gpus} GPUs: one replica takes one GPU");
+        // Engines given by URL run wherever they run; launched ones take this host's GPUs.
+        let gpus = if launched == 0 && engines > 0 {
+            engines
+        } else {
+            o.gpus.or(fc.replicas.gpus).unwrap_or(launched)
+        };
+        if gpus < launched {
+            bail!("cannot start {launched} replicas on {gpus} GPUs: one replica takes one GPU");
         }
         let autoscaler = if fc.autoscaler.enabled {
             let a = &fc.autoscaler;
@@ -427,7 +562,7 @@ impl NodeConfig {
         if urls.is_empty() && launch == 0 && (gpus == 0 || autoscaler.is_none()) {
             bail!("no replicas: set --replicas N (N ≥ 1) or give --replica URL");
         }
-        if fc.replicas.command.is_some() && !urls.is_empty() {
+        if fc.replicas.command.is_some() && engines > 0 {
             bail!("replicas.command launches engines; it cannot be combined with replica URLs");
         }
         let start_timeout = match fc.replicas.start_timeout_s {
@@ -547,6 +682,7 @@ impl NodeConfig {
         Ok(Self {
             http: o.http.unwrap_or(fc.node.http),
             launch,
+            models,
             gpus,
             command: fc.replicas.command.clone(),
             start_timeout,
@@ -601,6 +737,50 @@ impl NodeConfig {
 /// The longest `[node] cert_lifetime_s` (a year).
 const CERT_LIFETIME_MAX_S: f64 = 365.0 * 86_400.0;
 
+/// Replica URLs must be plain `http://` addresses.
+fn check_urls(urls: &[String]) -> Result<()> {
+    for u in urls {
+        if !(u.starts_with("http://") && u.len() > "http://".len()) {
+            bail!("replica URL '{u}' must start with http:// (for example http://127.0.0.1:8000)");
+        }
+    }
+    Ok(())
+}
+
+/// A `[[models]]` entry, checked, with the profile that prices it: its own file, else
+/// the one `profile_dir` or the binary has calibrated for it, else the default.
+fn model_fleet(m: &ModelSection, catalog: &[Profile]) -> Result<ModelFleet> {
+    let name = m.name.as_deref().map(str::trim);
+    if name.is_some_and(str::is_empty) {
+        bail!("a [[models]] entry's name must not be empty");
+    }
+    check_urls(&m.urls)?;
+    let label = name.unwrap_or("(unnamed)");
+    if m.urls.is_empty() && m.replicas == 0 {
+        bail!("model '{label}' has no replicas: set replicas = N (N ≥ 1) or urls");
+    }
+    if m.urls.is_empty() && name.is_none() {
+        bail!("a [[models]] entry that launches replicas needs a name (the model they serve)");
+    }
+    let profile = match (&m.profile, name) {
+        (Some(p), _) => Profile::load(p)?,
+        (None, Some(n)) => catalog
+            .iter()
+            .find(|p| p.serves(n))
+            .cloned()
+            .or_else(|| Profile::embedded_for(n))
+            .unwrap_or_else(Profile::default_profile),
+        (None, None) => Profile::default_profile(),
+    };
+    Ok(ModelFleet {
+        name: name.map(str::to_owned),
+        launch: if m.urls.is_empty() { m.replicas } else { 0 },
+        urls: m.urls.clone(),
+        profile_path: m.profile.clone(),
+        profile,
+    })
+}
+
 /// Every profile in `dir` (`*.toml`), each checked; a bad one is an error naming it.
 fn load_profile_dir(dir: &Path) -> Result<Vec<Profile>> {
     let entries = std::fs::read_dir(dir)
@@ -622,13 +802,122 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn defaults_launch_four_simulated_replicas() {
+    fn a_standalone_node_given_nothing_serves_two_simulated_models() {
         let c = NodeConfig::load(None, Overrides::default()).unwrap();
-        assert_eq!(c.launch, 4);
-        assert_eq!(c.model, "llama-3.1-8b-instruct");
         assert_eq!(c.key_sources.len(), 3);
-        // The router expects as much prefix cache as the profile's engine has.
-        assert_eq!(c.router.affinity.cache_tokens, c.profile.kv_cache_tokens());
+        assert_eq!(c.gpus, 6);
+        let fleets = c.fleets();
+        let shape: Vec<(&str, usize, &str)> = fleets
+            .iter()
+            .map(|f| (f.model.as_str(), f.launch, f.profile.model.as_str()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("llama-3.1-8b-instruct", 4, "llama-3.1-8b-instruct"),
+                ("llama-3.2-3b-instruct", 2, "llama-3.2-3b-instruct")
+            ]
+        );
+        for f in &fleets {
+            // Each fleet's router expects as much prefix cache as its engine has.
+            assert_eq!(f.router.affinity.cache_tokens, f.profile.kv_cache_tokens());
+            assert_eq!(f.model_override.as_deref(), Some(f.model.as_str()));
+        }
+        // A cluster node, or one given replicas, serves the default model alone.
+        let cluster = Overrides {
+            cluster: true,
+            ..Overrides::default()
+        };
+        let c = NodeConfig::load(None, cluster).unwrap();
+        assert_eq!((c.launch, c.model.as_str()), (4, "llama-3.1-8b-instruct"));
+        assert_eq!(c.fleets().len(), 1);
+        let three = Overrides {
+            replicas: Some(3),
+            ..Overrides::default()
+        };
+        let c = NodeConfig::load(None, three).unwrap();
+        assert_eq!((c.fleets().len(), c.launch, c.gpus), (1, 3, 3));
+    }
+
+    #[test]
+    fn models_are_listed_each_with_its_replicas_and_profile() {
+        let load = |text: &str, o: Overrides| {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            writeln!(f, "{text}").unwrap();
+            NodeConfig::load(Some(f.path()), o).map_err(|e| format!("{e:#}"))
+        };
+        let c = load(
+            "[[models]]\nname = \"llama-3.2-3b-instruct\"\nreplicas = 1\n\
+             [[models]]\nname = \"my-model\"\nreplicas = 2\n\
+             [[models]]\nurls = [\"http://127.0.0.1:9000\"]",
+            Overrides::default(),
+        )
+        .unwrap();
+        // GPUs for the launched replicas of every model together.
+        assert_eq!(c.gpus, 3);
+        let fleets = c.fleets();
+        assert_eq!(fleets.len(), 3);
+        assert_eq!(fleets[0].profile.model, "llama-3.2-3b-instruct");
+        // A model nobody calibrated is priced by the default profile (and said so).
+        assert_eq!(
+            (fleets[1].model.as_str(), fleets[1].launch),
+            ("my-model", 2)
+        );
+        assert_eq!(fleets[1].profile.model, "llama-3.1-8b-instruct");
+        // Engines given by URL say what they serve.
+        assert_eq!(fleets[2].model_override, None);
+        assert_eq!(fleets[2].urls, ["http://127.0.0.1:9000"]);
+        for (text, o, needle) in [
+            (
+                "[[models]]\nname = \"a\"\nreplicas = 1\n[[models]]\nname = \"a\"\nreplicas = 1",
+                Overrides::default(),
+                "listed twice",
+            ),
+            (
+                "[[models]]\nname = \"a\"",
+                Overrides::default(),
+                "has no replicas",
+            ),
+            (
+                "[[models]]\nreplicas = 2",
+                Overrides::default(),
+                "needs a name",
+            ),
+            (
+                "[[models]]\nname = \"a\"\nreplicas = 1\n[replicas]\ncount = 2",
+                Overrides::default(),
+                "leave out [replicas]",
+            ),
+            (
+                "[[models]]\nname = \"a\"\nreplicas = 1",
+                Overrides {
+                    model: Some("b".into()),
+                    ..Overrides::default()
+                },
+                "--model",
+            ),
+            (
+                "[[models]]\nname = \"a\"\nreplicas = 1\n[[models]]\nname = \"b\"\nreplicas = 1",
+                Overrides {
+                    cluster: true,
+                    ..Overrides::default()
+                },
+                "one model",
+            ),
+            (
+                "[[models]]\nname = \"a\"\nreplicas = 3\n[replicas]\ngpus = 2",
+                Overrides::default(),
+                "on 2 GPUs",
+            ),
+            (
+                "[[models]]\nname = \"a\"\nurls = [\"localhost:1\"]",
+                Overrides::default(),
+                "http://",
+            ),
+        ] {
+            let e = load(text, o).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]
@@ -790,7 +1079,8 @@ mod tests {
             NodeConfig::load(Some(f.path()), o).map_err(|e| format!("{e:#}"))
         };
         let c = load("", Overrides::default()).unwrap();
-        assert_eq!((c.gpus, c.autoscaler.is_none()), (4, true));
+        // The embedded default's two models: 4 + 2 replicas.
+        assert_eq!((c.gpus, c.autoscaler.is_none()), (6, true));
         let o = |r, g| Overrides {
             replicas: Some(r),
             gpus: Some(g),

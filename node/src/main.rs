@@ -154,6 +154,7 @@ async fn node_start(a: StartArgs) -> Result<()> {
         profile_dir: a.profile_dir,
         time_scale: a.time_scale,
         model: a.model,
+        cluster: cluster_args.is_some(),
     };
     let cfg = config::NodeConfig::load(a.config.as_deref(), overrides)?;
     if cfg.autoscaler.is_some() && cluster_args.is_none() {

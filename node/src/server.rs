@@ -86,7 +86,7 @@ impl Node {
     /// until `shutdown` resolves (then in-flight requests get the grace period) or an
     /// actor keeps failing (then [`Node::wait`] returns that error).
     pub async fn start(
-        mut cfg: NodeConfig,
+        cfg: NodeConfig,
         cluster_args: Option<ClusterArgs>,
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -96,146 +96,77 @@ impl Node {
                 "the [autoscaler] runs on the cluster's leader: start the node with --data-dir (cluster mode)"
             );
         }
+        let configs = cfg.fleets();
+        if cluster_args.is_some() && configs.len() > 1 {
+            anyhow::bail!("a cluster node serves one model for now: give it one [[models]] entry");
+        }
         let local = listeners.http.local_addr()?;
-        let spec = launcher::EngineSpec {
-            model: cfg.model.clone(),
-            profile: cfg.profile_path.clone(),
-            time_scale: cfg.time_scale,
-            command: cfg.command.clone(),
-            start_timeout: cfg.start_timeout,
-        };
-        let children = if cfg.launch > 0 {
-            launcher::launch(cfg.launch, &spec).await?
-        } else {
-            Vec::new()
-        };
-        let urls: Vec<String> = if children.is_empty() {
-            cfg.urls.clone()
-        } else {
-            children.iter().map(|c| c.url.clone()).collect()
-        };
-        // Ask the engines what they serve before anything is named after a model (the
-        // cluster registry, the profile): launched ones are ready, others get a moment.
-        let discovered = front::models::discover(
-            &front::http_client(cfg.connect_timeout),
-            &urls,
-            DISCOVERY_WAIT.min(cfg.start_timeout),
-        )
-        .await;
-        let majority = {
-            let reports = discovered
-                .iter()
-                .map(|(i, m)| (ReplicaId(*i as u64), m.clone()))
-                .collect();
-            sluice_actors::router::ServedModels::decide(
-                cfg.model_override.as_deref(),
-                None,
-                &reports,
-            )
-            .model
-        };
-        match majority {
-            Some(m) => cfg.serve_model(&m),
-            None if !urls.is_empty() => tracing::warn!(
-                engines = urls.len(),
-                "no engine has said which model it serves yet; asking again as they come up"
-            ),
-            None => {}
-        }
-        let (state, node) = match (&cluster_args, listeners.quic) {
-            (Some(ca), Some(quic)) => {
-                let slot = Arc::new(tokio::sync::OnceCell::new());
-                // Engines that have not said what they serve are still loading: they are
-                // registered `Starting`, and in service once they answer.
-                let answered: std::collections::BTreeSet<usize> =
-                    discovered.keys().copied().collect();
-                let node =
-                    cluster::start(&cfg, ca, quic, local, &urls, &answered, slot.clone()).await?;
-                std::fs::write(
-                    ca.data_dir.join(cluster::cli::ADDR_FILE),
-                    node.listen.to_string(),
-                )
-                .context("cannot record the node's address")?;
-                let upstreams = urls
-                    .iter()
-                    .enumerate()
-                    .map(|(i, u)| front::Upstream::local(cluster::replica_id(node.id, i), u))
-                    .collect::<Result<Vec<_>>>()?;
-                let state = AppState::new(&cfg, upstreams, Some(node.client.clone()))?;
-                let _ = slot.set(state.clone());
-                state.set_cluster_view(node.view_source());
-                tracing::info!(node = node.id, quic = %node.listen, rack = %ca.rack, "cluster member");
-                (state, Some(node))
-            }
-            (Some(_), None) => anyhow::bail!("cluster mode needs a QUIC socket"),
-            (None, _) => {
-                let upstreams = urls
-                    .iter()
-                    .enumerate()
-                    .map(|(i, u)| front::Upstream::local(ReplicaId(i as u64), u))
-                    .collect::<Result<Vec<_>>>()?;
-                (AppState::new(&cfg, upstreams, None)?, None)
-            }
-        };
-        let id_of = {
-            let node_id = node.as_ref().map(|n| n.id);
-            move |index: usize| match node_id {
-                Some(n) => cluster::replica_id(n, index),
-                None => ReplicaId(index as u64),
-            }
-        };
-        if let Some(template) = cfg.command.as_deref() {
-            if cfg.probe_prioritized && launcher::ignores_priority(template) {
-                tracing::warn!(
-                    command = template,
-                    "this vLLM is started without `--scheduling-policy priority`: it ignores request \
-                     priorities, so health probes queue behind real work and a busy healthy replica \
-                     can be ejected; add the flag to [replicas] command"
-                );
-                for i in 0..cfg.launch {
-                    state.priority_ignored(id_of(i));
-                }
-            }
-        }
-        for (i, models) in discovered {
-            state.learn_models(id_of(i), Some(models));
-        }
-        let on_restart: OnRestart = {
-            let state = state.clone();
-            Arc::new(move |actor| state.actor_restarted(actor))
-        };
-        // Launched replicas are supervised: restarted with backoff when they exit.
-        let (events, event_rx) = mpsc::unbounded_channel();
-        let supervisor = Arc::new(
-            Supervisor::start(
-                children,
-                spec,
-                RestartPolicy::default(),
-                cfg.actor_restarts,
-                events,
-                Some(on_restart.clone()),
+        let metrics = Arc::new(front::Metrics::new());
+        let mut quic = listeners.quic;
+        let mut fleets = Vec::new();
+        let mut supervisors: Vec<Arc<Supervisor>> = Vec::new();
+        let mut actors = Vec::new();
+        let mut node: Option<ClusterNode> = None;
+        let mut next_id = 0;
+        let mut total = 0;
+        for fleet_cfg in configs {
+            let started = match start_fleet(
+                fleet_cfg,
+                &cluster_args,
+                &mut quic,
+                local,
+                metrics.clone(),
+                next_id,
             )
             .await
-            .context("cannot start the engine supervisor")?,
-        );
-        let (eject_tx, eject_rx) = mpsc::unbounded_channel();
-        state.set_ejection_sink(eject_tx);
-        let handle = node.as_ref().map(ClusterNode::handle);
-        let mut actors = front::actors(&state);
-        actors.push(engine_events(
-            event_rx,
-            state.clone(),
-            handle.clone(),
-            id_of,
-        ));
-        actors.push(ejections(eject_rx, supervisor.clone(), handle.clone()));
-        if let Some(n) = &node {
-            actors.extend(n.actors(cfg.actor_restarts));
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    // No engine outlives a node that could not start.
+                    for s in &supervisors {
+                        s.stop(Duration::from_secs(5)).await;
+                    }
+                    return Err(e);
+                }
+            };
+            next_id += started.engines as u64;
+            total += started.engines;
+            fleets.push(started.state);
+            supervisors.push(started.supervisor);
+            actors.push(started.actors);
+            if started.node.is_some() {
+                node = started.node;
+            }
+        }
+        let on_restart: OnRestart = {
+            let metrics = metrics.clone();
+            Arc::new(move |actor| metrics.actor_restarted(actor))
+        };
+        let mut children: Vec<ChildSpec> = if actors.len() == 1 {
+            actors.pop().unwrap_or_default()
+        } else {
+            // Each model's actors in a group of their own, named after the model.
+            fleets
+                .iter()
+                .zip(actors)
+                .map(|(f, a)| {
+                    let name: &'static str = Box::leak(
+                        format!("model {}", f.served().model.clone().unwrap_or_default())
+                            .into_boxed_str(),
+                    );
+                    ChildSpec::group(name, a, cfg.actor_restarts, None)
+                })
+                .collect()
+        };
+        if let (Some(n), Some(state), Some(supervisor)) =
+            (&node, fleets.first(), supervisors.first())
+        {
+            children.extend(n.actors(cfg.actor_restarts));
             // Placements and drains (the autoscaler's or an operator's) on this node.
             let (handle, supervisor, state) = (n.handle(), supervisor.clone(), state.clone());
             let busy: Arc<std::sync::Mutex<std::collections::HashSet<ReplicaId>>> = Arc::default();
             let deadline = cfg.drain_deadline;
-            actors.push(ChildSpec::duty("reconciler", move || {
+            children.push(ChildSpec::duty("reconciler", move || {
                 cluster::reconcile::Reconciler::new(
                     handle.clone(),
                     supervisor.clone(),
@@ -245,21 +176,26 @@ impl Node {
                 )
             }));
         }
-        let tree = match Tree::start(actors, cfg.actor_restarts, Some(on_restart)).await {
+        let tree = match Tree::start(children, cfg.actor_restarts, Some(on_restart)).await {
             Ok(tree) => Arc::new(tree),
             Err(e) => {
-                // No engine outlives a node that could not start.
-                supervisor.stop(Duration::from_secs(5)).await;
+                for s in &supervisors {
+                    s.stop(Duration::from_secs(5)).await;
+                }
                 return Err(anyhow::Error::new(e).context("cannot start the node's actors"));
             }
         };
-        tracing::info!(%local, replicas = urls.len(), model = %cfg.model, "node serving");
+        let Some(fleets) = front::Fleets::new(fleets) else {
+            anyhow::bail!("the node serves no model");
+        };
+        let models: Vec<String> = fleets.names();
+        tracing::info!(%local, replicas = total, ?models, "node serving");
         let cluster = node.as_ref().map(|n| (n.id, n.listen));
         let done = tokio::spawn(serve(
             listeners.http,
-            state,
+            fleets,
             node,
-            supervisor,
+            supervisors,
             tree.clone(),
             cfg.shutdown_grace,
             shutdown,
@@ -303,14 +239,191 @@ impl Node {
     }
 }
 
+/// How one fleet's engine indexes map to replica ids: a cluster node's carry its node
+/// id; a standalone node numbers its fleets' replicas one after another.
+#[derive(Debug, Clone, Copy)]
+enum ReplicaIds {
+    Cluster(u64),
+    Standalone { first: u64 },
+}
+
+impl ReplicaIds {
+    fn id(self, index: usize) -> ReplicaId {
+        match self {
+            ReplicaIds::Cluster(node) => cluster::replica_id(node, index),
+            ReplicaIds::Standalone { first } => ReplicaId(first + index as u64),
+        }
+    }
+
+    fn index(self, id: ReplicaId) -> usize {
+        match self {
+            ReplicaIds::Cluster(_) => cluster::local_index(id),
+            ReplicaIds::Standalone { first } => id.0.saturating_sub(first) as usize,
+        }
+    }
+}
+
+/// One model's fleet, started: its front-door state, its engines' supervisor, its
+/// actors, and (cluster mode) the node's cluster side.
+struct StartedFleet {
+    state: Arc<AppState>,
+    supervisor: Arc<Supervisor>,
+    actors: Vec<ChildSpec>,
+    node: Option<ClusterNode>,
+    engines: usize,
+}
+
+/// Launches (or finds) one model's engines, asks them what they serve, and builds the
+/// fleet's state and actors; standalone replicas are numbered from `first_id`.
+async fn start_fleet(
+    mut cfg: NodeConfig,
+    cluster_args: &Option<ClusterArgs>,
+    quic: &mut Option<std::net::UdpSocket>,
+    local: SocketAddr,
+    metrics: Arc<front::Metrics>,
+    first_id: u64,
+) -> Result<StartedFleet> {
+    let spec = launcher::EngineSpec {
+        model: cfg.model.clone(),
+        profile: cfg.profile_path.clone(),
+        time_scale: cfg.time_scale,
+        command: cfg.command.clone(),
+        start_timeout: cfg.start_timeout,
+    };
+    let children = if cfg.launch > 0 {
+        launcher::launch(cfg.launch, &spec).await?
+    } else {
+        Vec::new()
+    };
+    let urls: Vec<String> = if children.is_empty() {
+        cfg.urls.clone()
+    } else {
+        children.iter().map(|c| c.url.clone()).collect()
+    };
+    // Ask the engines what they serve before anything is named after a model (the
+    // cluster registry, the profile): launched ones are ready, others get a moment.
+    let discovered = front::models::discover(
+        &front::http_client(cfg.connect_timeout),
+        &urls,
+        DISCOVERY_WAIT.min(cfg.start_timeout),
+    )
+    .await;
+    let majority = {
+        let reports = discovered
+            .iter()
+            .map(|(i, m)| (ReplicaId(*i as u64), m.clone()))
+            .collect();
+        sluice_actors::router::ServedModels::decide(cfg.model_override.as_deref(), None, &reports)
+            .model
+    };
+    match majority {
+        Some(m) => cfg.serve_model(&m),
+        None if !urls.is_empty() => tracing::warn!(
+            engines = urls.len(),
+            "no engine has said which model it serves yet; asking again as they come up"
+        ),
+        None => {}
+    }
+    let (state, node, ids) = match (cluster_args, quic.take()) {
+        (Some(ca), Some(quic)) => {
+            let slot = Arc::new(tokio::sync::OnceCell::new());
+            // Engines that have not said what they serve are still loading: they are
+            // registered `Starting`, and in service once they answer.
+            let answered: std::collections::BTreeSet<usize> = discovered.keys().copied().collect();
+            let node =
+                cluster::start(&cfg, ca, quic, local, &urls, &answered, slot.clone()).await?;
+            std::fs::write(
+                ca.data_dir.join(cluster::cli::ADDR_FILE),
+                node.listen.to_string(),
+            )
+            .context("cannot record the node's address")?;
+            let ids = ReplicaIds::Cluster(node.id);
+            let upstreams = urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| front::Upstream::local(ids.id(i), u))
+                .collect::<Result<Vec<_>>>()?;
+            let state = AppState::new(&cfg, upstreams, Some(node.client.clone()), metrics)?;
+            let _ = slot.set(state.clone());
+            state.set_cluster_view(node.view_source());
+            tracing::info!(node = node.id, quic = %node.listen, rack = %ca.rack, "cluster member");
+            (state, Some(node), ids)
+        }
+        (Some(_), None) => anyhow::bail!("cluster mode needs a QUIC socket"),
+        (None, _) => {
+            let ids = ReplicaIds::Standalone { first: first_id };
+            let upstreams = urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| front::Upstream::local(ids.id(i), u))
+                .collect::<Result<Vec<_>>>()?;
+            (AppState::new(&cfg, upstreams, None, metrics)?, None, ids)
+        }
+    };
+    if let Some(template) = cfg.command.as_deref() {
+        if cfg.probe_prioritized && launcher::ignores_priority(template) {
+            tracing::warn!(
+                command = template,
+                "this vLLM is started without `--scheduling-policy priority`: it ignores request \
+                 priorities, so health probes queue behind real work and a busy healthy replica \
+                 can be ejected; add the flag to [replicas] command"
+            );
+            for i in 0..cfg.launch {
+                state.priority_ignored(ids.id(i));
+            }
+        }
+    }
+    for (i, models) in discovered {
+        state.learn_models(ids.id(i), Some(models));
+    }
+    let on_restart: OnRestart = {
+        let state = state.clone();
+        Arc::new(move |actor| state.actor_restarted(actor))
+    };
+    // Launched replicas are supervised: restarted with backoff when they exit.
+    let (events, event_rx) = mpsc::unbounded_channel();
+    let supervisor = Arc::new(
+        Supervisor::start(
+            children,
+            spec,
+            RestartPolicy::default(),
+            cfg.actor_restarts,
+            events,
+            Some(on_restart),
+        )
+        .await
+        .context("cannot start the engine supervisor")?,
+    );
+    let (eject_tx, eject_rx) = mpsc::unbounded_channel();
+    state.set_ejection_sink(eject_tx);
+    let handle = node.as_ref().map(ClusterNode::handle);
+    let mut actors = front::actors(&state);
+    actors.push(engine_events(
+        event_rx,
+        state.clone(),
+        handle.clone(),
+        move |i| ids.id(i),
+    ));
+    actors.push(ejections(eject_rx, supervisor.clone(), handle, move |id| {
+        ids.index(id)
+    }));
+    Ok(StartedFleet {
+        state,
+        supervisor,
+        actors,
+        node,
+        engines: urls.len(),
+    })
+}
+
 /// Serves until `shutdown` (or a meltdown of the tree), then stops in order: the front
 /// door stops accepting and in-flight requests get `grace`; requests forwarded from
 /// other nodes finish; the actors stop; Raft and the endpoint close; the engines stop.
 async fn serve(
     listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
+    fleets: Arc<front::Fleets>,
     node: Option<ClusterNode>,
-    supervisor: Arc<Supervisor>,
+    supervisors: Vec<Arc<Supervisor>>,
     tree: Arc<Tree>,
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -326,11 +439,13 @@ async fn serve(
     let handle = node.as_ref().map(ClusterNode::handle);
     let draining = handle.clone();
     let meltdown = {
-        let (actors, engines) = (tree.meltdown(), supervisor.meltdown());
+        let actors = tree.meltdown();
+        let engines =
+            futures_util::future::select_all(supervisors.iter().map(|s| Box::pin(s.meltdown())));
         async move {
             tokio::select! {
                 why = actors => why,
-                why = engines => why,
+                (why, _, _) = engines => why,
             }
         }
     };
@@ -340,9 +455,9 @@ async fn serve(
     // restarted follower gets the log within seconds) leaves the connections it is sent
     // in the listen queue for a while rather than answer them 503 at once; past the wait
     // it serves, and refuses what it cannot admit yet.
-    state.wait_caught_up(CATCH_UP_WAIT).await;
+    fleets.first().wait_caught_up(CATCH_UP_WAIT).await;
     let server = async move {
-        axum::serve(listener, front::app(state))
+        axum::serve(listener, front::app(fleets))
             .with_graceful_shutdown(async move {
                 tokio::select! {
                     _ = shutdown => {}
@@ -378,7 +493,9 @@ async fn serve(
     if let Some(node) = node {
         node.shutdown().await;
     }
-    supervisor.stop(Duration::from_secs(5)).await;
+    for s in &supervisors {
+        s.stop(Duration::from_secs(5)).await;
+    }
     let failed = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
     match failed {
         Some(why) => Err(anyhow::anyhow!(why)),
@@ -476,26 +593,30 @@ impl<F: Fn(usize) -> ReplicaId + Send + 'static> Duty for EngineEvents<F> {
 
 /// Replicas the prober ejects (hung without saying so) are marked unhealthy in the
 /// registry and restarted.
-struct Ejections {
+struct Ejections<F> {
     inbox: Inbox<front::Ejection>,
     supervisor: Arc<Supervisor>,
     node: Option<NodeHandle>,
+    /// The supervisor's index of a replica.
+    index_of: F,
 }
 
 fn ejections(
     rx: mpsc::UnboundedReceiver<front::Ejection>,
     supervisor: Arc<Supervisor>,
     node: Option<NodeHandle>,
+    index_of: impl Fn(ReplicaId) -> usize + Clone + Send + Sync + 'static,
 ) -> ChildSpec {
     let inbox: Inbox<front::Ejection> = Arc::new(Mutex::new(rx));
     ChildSpec::duty("ejections", move || Ejections {
         inbox: inbox.clone(),
         supervisor: supervisor.clone(),
         node: node.clone(),
+        index_of: index_of.clone(),
     })
 }
 
-impl Duty for Ejections {
+impl<F: Fn(ReplicaId) -> usize + Send + 'static> Duty for Ejections<F> {
     async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
         let e = match next(&self.inbox).await {
             Next::Event(e) => e,
@@ -506,9 +627,7 @@ impl Duty for Ejections {
             if let Some(n) = &self.node {
                 n.replica_failed(id).await;
             }
-            self.supervisor
-                .kill(cluster::local_index(id), incarnation)
-                .await;
+            self.supervisor.kill((self.index_of)(id), incarnation).await;
         }
         Ok(Turn::Again)
     }

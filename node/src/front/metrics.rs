@@ -1,5 +1,6 @@
-//! Prometheus metrics of the front door. Labels stay bounded: endpoint, status code
-//! and replica index only — never a workload, user or key.
+//! Prometheus metrics of the front door, one registry for every model the node serves.
+//! Labels stay bounded: endpoint, status code, replica index and model (the few the
+//! node serves), tenants capped — never a workload, user or key.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -76,6 +77,26 @@ struct ProfileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaModel {
+    replica: u64,
+    model: String,
+}
+
+/// One model's fleet as `/metrics` shows it: its model (`None` until an engine said),
+/// the profile pricing it, its replicas now, and its tokenizer scale.
+pub struct FleetSample<'a> {
+    pub model: Option<String>,
+    pub profile: &'a sluice_actors::Profile,
+    pub replicas: Vec<ReplicaView>,
+    pub token_scale: f64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaState {
     replica: u64,
     state: &'static str,
@@ -129,7 +150,10 @@ pub struct Metrics {
     model_profile: Family<ProfileLabels, Gauge>,
     model_mismatch: Family<ReplicaLabel, Gauge>,
     priority_ignored: Family<ReplicaLabel, Gauge>,
-    token_scale: Gauge<f64, AtomicU64>,
+    token_scale: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    model_inflight_mu: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    model_capacity: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    replica_model: Family<ReplicaModel, Gauge>,
     engine_state: Family<ReplicaState, Gauge>,
     engine_restarts: Family<ReplicaLabel, Counter>,
     /// Tenants with a label of their own; the rest share [`OTHER_TENANTS`].
@@ -357,8 +381,10 @@ impl Metrics {
         let model_profile = Family::<ProfileLabels, Gauge>::default();
         let model_mismatch = Family::<ReplicaLabel, Gauge>::default();
         let priority_ignored = Family::<ReplicaLabel, Gauge>::default();
-        let token_scale = Gauge::<f64, AtomicU64>::default();
-        token_scale.set(1.0);
+        let token_scale = Family::<ModelLabel, Gauge<f64, AtomicU64>>::default();
+        let model_inflight_mu = Family::<ModelLabel, Gauge<f64, AtomicU64>>::default();
+        let model_capacity = Family::<ModelLabel, Gauge<f64, AtomicU64>>::default();
+        let replica_model = Family::<ReplicaModel, Gauge>::default();
         let engine_state = Family::<ReplicaState, Gauge>::default();
         let engine_restarts = Family::<ReplicaLabel, Counter>::default();
         registry.register(
@@ -383,7 +409,7 @@ impl Metrics {
         );
         registry.register(
             "model_profile",
-            "1 for the model this node serves and the profile that prices it; calibrated=\"false\" when the model has no calibrated profile and a default stands in",
+            "1 for each model this node serves and the profile that prices it; calibrated=\"false\" when the model has no calibrated profile and a default stands in",
             model_profile.clone(),
         );
         registry.register(
@@ -398,8 +424,23 @@ impl Metrics {
         );
         registry.register(
             "tokenizer_scale",
-            "Engine prompt tokens per token of Sluice's stand-in tokenizer, learned from usage; prices use it",
+            "Engine prompt tokens per token of Sluice's stand-in tokenizer, learned from usage, per model; prices use it",
             token_scale.clone(),
+        );
+        registry.register(
+            "model_inflight_mu",
+            "Model units this router has in flight on the model's replicas",
+            model_inflight_mu.clone(),
+        );
+        registry.register(
+            "model_capacity_mu_per_min",
+            "What the model's available replicas sustain at the SLO, in MU per minute",
+            model_capacity.clone(),
+        );
+        registry.register(
+            "replica_model",
+            "1 for the model each replica serves (join on replica for per-model views)",
+            replica_model.clone(),
         );
         registry.register(
             "engine_state",
@@ -422,6 +463,9 @@ impl Metrics {
             model_mismatch,
             priority_ignored,
             token_scale,
+            model_inflight_mu,
+            model_capacity,
+            replica_model,
             engine_state,
             engine_restarts,
             requests,
@@ -530,19 +574,6 @@ impl Metrics {
             .inc();
     }
 
-    /// The model served and the profile pricing it (one sample: the old one is removed).
-    pub fn model_profile(&self, model: &str, profile: &sluice_actors::Profile, calibrated: bool) {
-        self.model_profile.clear();
-        self.model_profile
-            .get_or_create(&ProfileLabels {
-                model: model.to_owned(),
-                profile_model: profile.model.clone(),
-                hardware: profile.hardware.clone(),
-                calibrated: if calibrated { "true" } else { "false" },
-            })
-            .set(1);
-    }
-
     pub fn model_mismatch(&self, replica: u64, mismatched: bool) {
         self.model_mismatch
             .get_or_create(&ReplicaLabel { replica })
@@ -553,10 +584,6 @@ impl Metrics {
         self.priority_ignored
             .get_or_create(&ReplicaLabel { replica })
             .set(i64::from(ignored));
-    }
-
-    pub fn token_scale(&self, scale: f64) {
-        self.token_scale.set(scale);
     }
 
     /// A supervised engine entered `state` (one of [`ENGINE_STATES`]).
@@ -693,9 +720,31 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Renders the registry, with replica gauges refreshed from `replicas`.
-    pub fn render(&self, replicas: &[ReplicaView]) -> String {
-        for r in replicas {
+    /// Renders the registry, with each fleet's model, profile and replica gauges
+    /// refreshed.
+    pub fn render(&self, fleets: &[FleetSample]) -> String {
+        // Samples of a model no longer served go.
+        for family in [
+            &self.token_scale,
+            &self.model_inflight_mu,
+            &self.model_capacity,
+        ] {
+            family.clear();
+        }
+        self.model_profile.clear();
+        self.replica_model.clear();
+        for f in fleets {
+            self.fleet(f);
+        }
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    fn fleet(&self, f: &FleetSample) {
+        for r in &f.replicas {
             let l = ReplicaLabel { replica: r.id.0 };
             // Every replica's counters exist from the start, at zero: a dashboard's
             // rate() of them is 0, not "no data".
@@ -715,11 +764,42 @@ impl Metrics {
             self.available.get_or_create(&l).set(i64::from(r.available));
             self.capacity.get_or_create(&l).set(r.capacity_mu_per_min);
         }
-        let mut out = String::new();
-        if encode(&mut out, &self.registry).is_err() {
-            out.clear();
+        let Some(model) = &f.model else {
+            return;
+        };
+        let m = ModelLabel {
+            model: model.clone(),
+        };
+        self.token_scale.get_or_create(&m).set(f.token_scale);
+        let inflight: f64 = f.replicas.iter().map(|r| r.inflight.mu).sum();
+        let capacity: f64 = f
+            .replicas
+            .iter()
+            .filter(|r| r.available)
+            .map(|r| r.capacity_mu_per_min)
+            .sum();
+        self.model_inflight_mu.get_or_create(&m).set(inflight);
+        self.model_capacity.get_or_create(&m).set(capacity);
+        for r in &f.replicas {
+            self.replica_model
+                .get_or_create(&ReplicaModel {
+                    replica: r.id.0,
+                    model: model.clone(),
+                })
+                .set(1);
         }
-        out
+        self.model_profile
+            .get_or_create(&ProfileLabels {
+                model: model.clone(),
+                profile_model: f.profile.model.clone(),
+                hardware: f.profile.hardware.clone(),
+                calibrated: if f.profile.serves(model) {
+                    "true"
+                } else {
+                    "false"
+                },
+            })
+            .set(1);
     }
 }
 

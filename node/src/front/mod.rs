@@ -4,6 +4,7 @@
 
 mod assign;
 mod events;
+pub mod fleets;
 mod health;
 mod metrics;
 pub mod models;
@@ -37,6 +38,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+pub use fleets::Fleets;
 pub use metrics::Metrics;
 pub use probe::Ejection;
 pub use proxy::passable;
@@ -129,7 +131,8 @@ pub struct AppState {
     /// Reaches other nodes (cluster mode).
     remote: Option<Arc<sluice_transport::Client>>,
     config: FrontConfig,
-    metrics: Metrics,
+    /// The node's one registry, shared by its fleets.
+    metrics: Arc<Metrics>,
     start: Instant,
     /// The replicas as the assigner sees them, and its rounds (`None`: fixed map).
     registry: Vec<ReplicaInfo>,
@@ -190,12 +193,13 @@ const PEER_LOAD_TTL: Duration = Duration::from_secs(2);
 const LOCAL_RACK: &str = "local";
 
 impl AppState {
-    /// The front door over `upstreams`, all in this node's rack; `remote` reaches the
-    /// other nodes of a cluster.
+    /// The fleet of `node`'s model over `upstreams`, all in this node's rack; `remote`
+    /// reaches the other nodes of a cluster; `metrics` is the node's registry.
     pub fn new(
         node: &NodeConfig,
         upstreams: Vec<Upstream>,
         remote: Option<Arc<sluice_transport::Client>>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let ids: Vec<ReplicaId> = upstreams.iter().map(|u| u.id).collect();
         let specs: Vec<ReplicaSpec> = ids
@@ -245,7 +249,7 @@ impl AppState {
                 stream_idle_timeout: node.stream_idle_timeout,
                 health_interval: node.health_interval,
             },
-            metrics: Metrics::new(),
+            metrics,
             start: Instant::now(),
             registry,
             schedule: node.assigner.clone(),
@@ -263,18 +267,13 @@ impl AppState {
             ejections: std::sync::OnceLock::new(),
             model_reports: Mutex::new(Default::default()),
             models_asked: Mutex::new(HashMap::new()),
-            served: RwLock::new(Arc::new(initial_served.clone())),
+            served: RwLock::new(Arc::new(initial_served)),
             profile: node.profile.clone(),
             engines: Mutex::new(HashMap::new()),
             caught_up: std::sync::atomic::AtomicBool::new(standalone),
             caught_up_now: tokio::sync::Notify::new(),
             cluster_view: std::sync::OnceLock::new(),
         });
-        if let Some(m) = &initial_served.model {
-            state
-                .metrics
-                .model_profile(m, &node.profile, node.profile.serves(m));
-        }
         Ok(state)
     }
 
@@ -584,8 +583,9 @@ pub fn actors(state: &Arc<AppState>) -> Vec<ChildSpec> {
     actors
 }
 
-/// The axum app. Its actors ([`actors`]) run in the node's tree.
-pub fn app(state: Arc<AppState>) -> Router {
+/// The axum app over the node's fleets. Their actors ([`actors`]) run in the node's
+/// tree.
+pub fn app(fleets: Arc<Fleets>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -602,39 +602,39 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_id::layer))
-        .with_state(state)
+        .with_state(fleets)
 }
 
-async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    proxy::handle(s, Route::Api(Endpoint::Chat), req).await
+async fn chat(State(f): State<Arc<Fleets>>, req: Request) -> Response {
+    proxy::handle(f, Route::Api(Endpoint::Chat), req).await
 }
 
-async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    proxy::handle(s, Route::Api(Endpoint::Completion), req).await
+async fn completions(State(f): State<Arc<Fleets>>, req: Request) -> Response {
+    proxy::handle(f, Route::Api(Endpoint::Completion), req).await
 }
 
 /// Any other `POST /v1/…` (vLLM's `/v1/score`, `/v1/rerank`, `/v1/messages`, …): passed
 /// through to a replica as it came.
-async fn other(State(s): State<Arc<AppState>>, req: Request) -> Response {
+async fn other(State(f): State<Arc<Fleets>>, req: Request) -> Response {
     let path = req.uri().path();
     if !proxy::passable(path) {
         return not_found(req).await;
     }
     let route = Route::Other(Arc::from(path));
-    proxy::handle(s, route, req).await
+    proxy::handle(f, route, req).await
 }
 
-async fn responses(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    proxy::handle(s, Route::Api(Endpoint::Responses), req).await
+async fn responses(State(f): State<Arc<Fleets>>, req: Request) -> Response {
+    proxy::handle(f, Route::Api(Endpoint::Responses), req).await
 }
 
-async fn embeddings(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    proxy::handle(s, Route::Api(Endpoint::Embeddings), req).await
+async fn embeddings(State(f): State<Arc<Fleets>>, req: Request) -> Response {
+    proxy::handle(f, Route::Api(Endpoint::Embeddings), req).await
 }
 
-async fn models(State(s): State<Arc<AppState>>) -> Response {
-    let served = s.served();
-    let data: Vec<serde_json::Value> = served
+/// Every model the node's fleets serve, with the names their engines also answer to.
+async fn models(State(f): State<Arc<Fleets>>) -> Response {
+    let data: Vec<serde_json::Value> = f
         .names()
         .into_iter()
         .map(
@@ -645,16 +645,10 @@ async fn models(State(s): State<Arc<AppState>>) -> Response {
     json_response(StatusCode::OK, body.to_string())
 }
 
-async fn node_health(State(s): State<Arc<AppState>>) -> Response {
-    let now = s.now_ms();
-    let views = s.core().replicas(now);
+/// One fleet's replicas for `/health`: how many are available, and each one.
+fn fleet_health(s: &AppState) -> (usize, Vec<serde_json::Value>) {
+    let views = s.core().replicas(s.now_ms());
     let available = views.iter().filter(|v| v.available).count();
-    let caught_up = s.caught_up();
-    let status = if available > 0 && caught_up {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     let urls: HashMap<ReplicaId, String> = s.local_upstreams().into_iter().collect();
     let served = s.served();
     let reports = s
@@ -662,34 +656,68 @@ async fn node_health(State(s): State<Arc<AppState>>) -> Response {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let upstreams: Vec<serde_json::Value> = views
+    let upstreams = views
         .iter()
         .map(|v| {
             serde_json::json!({"id": v.id.0, "url": urls.get(&v.id), "available": v.available,
-                "models": reports.get(&v.id), "model_mismatch": !served.agrees(v.id)})
+                "model": served.model, "models": reports.get(&v.id),
+                "model_mismatch": !served.agrees(v.id)})
         })
         .collect();
-    let scale = s.core().token_scale();
+    (available, upstreams)
+}
+
+/// 200 while any model has a replica to serve it (a node serving one of its models
+/// still takes that model's traffic); each model's replicas are listed.
+async fn node_health(State(f): State<Arc<Fleets>>) -> Response {
+    let mut upstreams = Vec::new();
+    let mut models = Vec::new();
+    let mut available = 0;
+    for s in f.all() {
+        let (up, listed) = fleet_health(s);
+        models.push(
+            serde_json::json!({"model": s.served().model, "replicas": listed.len(),
+            "available": up, "tokenizer_scale": s.core().token_scale()}),
+        );
+        available += up;
+        upstreams.extend(listed);
+    }
+    let caught_up = f.first().caught_up();
+    let status = if available > 0 && caught_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let said = match (caught_up, available > 0) {
         (false, _) => "catching up with the cluster's control state",
         (true, true) => "ok",
         (true, false) => "no replica available",
     };
+    let first = f.first();
     let body = serde_json::json!({"status": said,
-        "model": served.model, "replicas": views.len(), "available": available,
+        "model": first.served().model, "models": models,
+        "replicas": upstreams.len(), "available": available,
         "tokenizer": {"counts": "sluice stand-in, scaled to the engine's reported prompt tokens",
-            "scale": scale},
+            "scale": first.core().token_scale()},
         "upstreams": upstreams});
     json_response(status, body.to_string())
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    let (views, scale) = {
-        let core = s.core();
-        (core.replicas(s.now_ms()), core.token_scale())
-    };
-    s.metrics.token_scale(scale);
-    let text = s.metrics.render(&views);
+async fn metrics(State(f): State<Arc<Fleets>>) -> Response {
+    let samples: Vec<metrics::FleetSample> = f
+        .all()
+        .iter()
+        .map(|s| {
+            let core = s.core();
+            metrics::FleetSample {
+                model: s.served().model.clone(),
+                profile: &s.profile,
+                replicas: core.replicas(s.now_ms()),
+                token_scale: core.token_scale(),
+            }
+        })
+        .collect();
+    let text = f.metrics().render(&samples);
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

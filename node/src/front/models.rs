@@ -92,8 +92,8 @@ impl AppState {
         if served.model != next.model {
             if let Some(m) = &next.model {
                 tracing::info!(model = %m, "serving model");
-                let (profile, calibrated) = (&self.profile, self.profile.serves(m));
-                if !calibrated {
+                let profile = &self.profile;
+                if !profile.serves(m) {
                     tracing::warn!(
                         model = %m,
                         profile = %profile.model,
@@ -102,7 +102,6 @@ impl AppState {
                          profile shown (run `sluice calibrate` and start with --profile)"
                     );
                 }
-                self.metrics.model_profile(m, profile, calibrated);
             }
         }
         for (rid, theirs) in &next.mismatched {

@@ -5,7 +5,7 @@ use super::probe::StallAlarm;
 use super::request_id::{self, RequestId};
 use super::sse::body_usage;
 use super::stream::{is_event_stream, pass_stream, stream_response, Metered};
-use super::{error_response, header_str, AppState, Target, Upstream};
+use super::{error_response, header_str, AppState, Fleets, Target, Upstream};
 use crate::cluster::forward::{self, UpstreamBody};
 use crate::cluster::rpc::ForwardRequest;
 use axum::body::Body;
@@ -132,7 +132,7 @@ pub fn passable(path: &str) -> bool {
         })
 }
 
-pub async fn handle(state: Arc<AppState>, route: Route, req: Request) -> Response {
+pub async fn handle(fleets: Arc<Fleets>, route: Route, req: Request) -> Response {
     let started = Instant::now();
     // Named by the front door's layer; a handler called without it names its own.
     let id = req
@@ -140,7 +140,7 @@ pub async fn handle(state: Arc<AppState>, route: Route, req: Request) -> Respons
         .get::<RequestId>()
         .cloned()
         .unwrap_or_else(RequestId::generate);
-    let resp = match forward(&state, &route, req, &id, started).await {
+    let resp = match forward(&fleets, &route, req, &id, started).await {
         Ok(r) => r,
         Err((e, retry_after)) => {
             if e.status >= 500 {
@@ -149,20 +149,24 @@ pub async fn handle(state: Arc<AppState>, route: Route, req: Request) -> Respons
             error_response(&e, retry_after)
         }
     };
-    state.metrics.request(route.label(), resp.status().as_u16());
+    fleets
+        .metrics()
+        .request(route.label(), resp.status().as_u16());
     resp
 }
 
 type Failure = (ApiError, Option<u32>);
 
 async fn forward(
-    state: &Arc<AppState>,
+    fleets: &Fleets,
     route: &Route,
     req: Request,
     id: &RequestId,
     started: Instant,
 ) -> Result<Response, Failure> {
-    if !state.caught_up() {
+    // Node-wide: every fleet has the same door settings and catch-up.
+    let door = fleets.first();
+    if !door.caught_up() {
         // Without the control state this node knows no tenant keys: admitting requests
         // now would leave the door open on a cluster that has tenants.
         return Err((
@@ -177,7 +181,7 @@ async fn forward(
         ));
     }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, state.config.max_body_bytes)
+    let body = match Limited::new(body, door.config.max_body_bytes)
         .collect()
         .await
     {
@@ -190,7 +194,7 @@ async fn forward(
                 ApiError::new(
                     413,
                     "invalid_request_error",
-                    format!("request body exceeds {} bytes", state.config.max_body_bytes),
+                    format!("request body exceeds {} bytes", door.config.max_body_bytes),
                 ),
                 None,
             ))
@@ -207,38 +211,13 @@ async fn forward(
         Route::Other(_) => read_for_passthrough(&body),
     }
     .map_err(|e| (e, None))?;
-    let served = state.served();
-    // A passed-through request that names no model is the engines' to judge.
-    let named = !parsed.model.is_empty() || matches!(route, Route::Api(_));
-    if named && !served.serves(&parsed.model) {
-        return Err(match &served.model {
-            Some(ours) => (
-                ApiError::new(
-                    404,
-                    "invalid_request_error",
-                    format!(
-                        "The model `{}` does not exist. This node serves `{ours}`.",
-                        parsed.model
-                    ),
-                )
-                .with_code("model_not_found"),
-                None,
-            ),
-            None => (
-                ApiError::new(
-                    503,
-                    "service_unavailable",
-                    "no engine has said which model it serves yet (they may still be loading)",
-                ),
-                Some(1),
-            ),
-        });
-    }
+    // The API's readers require a model; a passed-through request that names none is
+    // the engines' to judge (the first fleet's).
+    let state = fleets.serving(&parsed.model)?;
     if parsed.model.is_empty() {
         // Metered under the model the fleet serves.
-        parsed.model = served.model.clone().unwrap_or_default();
+        parsed.model = state.served().model.clone().unwrap_or_default();
     }
-    drop(served);
     let api_key =
         header_str(&parts.headers, "authorization").and_then(|v| v.strip_prefix("Bearer "));
     let workload = workload_key(

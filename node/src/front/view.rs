@@ -5,8 +5,8 @@
 //! tenants' use against their reservations, and what just happened (migrations,
 //! ejections, restarts, new slice maps).
 
-use super::AppState;
-use axum::extract::State;
+use super::Fleets;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::Serialize;
@@ -45,7 +45,9 @@ pub type ClusterSource = Box<dyn Fn() -> ClusterSnapshot + Send + Sync>;
 
 #[derive(Serialize)]
 struct ViewState {
+    /// The model shown, and every model the node serves (the page's tabs).
     model: Option<String>,
+    models: Vec<String>,
     cluster: Option<ClusterSnapshot>,
     replicas: Vec<ReplicaRow>,
     keyspace: Keyspace,
@@ -102,7 +104,23 @@ fn file(body: &'static str, kind: &'static str) -> Response {
     r
 }
 
-pub async fn state(State(s): State<Arc<AppState>>) -> Response {
+/// Which model's fleet the page shows (`?model=NAME`; default: the first).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Shown {
+    model: Option<String>,
+}
+
+pub async fn state(State(f): State<Arc<Fleets>>, Query(shown): Query<Shown>) -> Response {
+    let s = shown
+        .model
+        .as_deref()
+        .and_then(|m| f.all().iter().find(|s| s.served().serves(m)))
+        .unwrap_or_else(|| f.first());
+    let models = f
+        .all()
+        .iter()
+        .filter_map(|s| s.served().model.clone())
+        .collect();
     let cluster = s.cluster_view.get().map(|f| f());
     let now = s.now_ms();
     let (views, keyspace, peer) = {
@@ -161,6 +179,7 @@ pub async fn state(State(s): State<Arc<AppState>>) -> Response {
         .collect();
     let body = ViewState {
         model: s.served().model.clone(),
+        models,
         cluster,
         replicas,
         keyspace,

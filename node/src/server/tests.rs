@@ -30,8 +30,23 @@ async fn engines_at(n: usize, time_scale: f64) -> Vec<String> {
 /// A simulated engine serving on `listener` for the rest of the test (the test's runtime
 /// owns it and stops it with the test).
 fn engine_on(listener: tokio::net::TcpListener, time_scale: f64, seed: u64) {
+    engine_serving(listener, MODEL, time_scale, seed);
+}
+
+/// `n` zero-delay simulated engines serving `model`.
+async fn engines_serving(n: usize, model: &str) -> Vec<String> {
+    let mut urls = Vec::new();
+    for seed in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        engine_serving(listener, model, 0.0, seed as u64);
+    }
+    urls
+}
+
+fn engine_serving(listener: tokio::net::TcpListener, model: &str, time_scale: f64, seed: u64) {
     let config = ServerConfig {
-        model: MODEL.to_owned(),
+        model: model.to_owned(),
         params: sluice_actors::Profile::default_profile().engine,
         time_scale,
         seed,
@@ -409,25 +424,26 @@ async fn a_node_whose_replica_is_gone_forwards_to_another_nodes_replica() {
 
 /// A chat request sent with `x-request-id: id`: the id echoed, and the body.
 async fn chat_named(addr: SocketAddr, id: &str) -> (Option<String>, String) {
-    let (_, echoed, body) = chat_answer(addr, Some(id), "x-request-id").await;
+    let (_, echoed, body) = chat_answer(addr, MODEL, Some(id), "x-request-id").await;
     (echoed, body)
 }
 
 /// A chat request's status and its `Retry-After` and error code.
 async fn chat_detail(addr: SocketAddr) -> (u16, Option<String>, String) {
-    chat_answer(addr, None, "retry-after").await
+    chat_answer(addr, MODEL, None, "retry-after").await
 }
 
-/// A short chat request, sent with `x-request-id` when given: its status, the answer's
-/// `header`, and its body.
+/// A short chat request for `model`, sent with `x-request-id` when given: its status,
+/// the answer's `header`, and its body.
 async fn chat_answer(
     addr: SocketAddr,
+    model: &str,
     id: Option<&str>,
     header: &str,
 ) -> (u16, Option<String>, String) {
     let client = front::http_client(Duration::from_secs(2));
     let body = serde_json::json!({
-        "model": MODEL,
+        "model": model,
         "messages": [{"role": "user", "content": "hello there"}],
         "max_tokens": 4,
     });
@@ -1007,6 +1023,105 @@ async fn an_engine_still_loading_is_registered_starting_and_served_once_it_answe
         health().await.is_some_and(|h| h.1 == "healthy")
     })
     .await;
+    let _ = r.stop.send(());
+    r.node.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serving_two_models_routes_each_request_to_its_models_replicas() {
+    let (alpha, beta) = (
+        engines_serving(2, "alpha").await,
+        engines_serving(1, "beta").await,
+    );
+    let quoted = |urls: &[String]| {
+        urls.iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[models]]\nurls = [{}]\n[[models]]\nurls = [{}]\n",
+            quoted(&alpha),
+            quoted(&beta)
+        ),
+    )
+    .unwrap();
+    let mut cfg = NodeConfig::load(
+        Some(&file),
+        Overrides {
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    cfg.shutdown_grace = Duration::from_secs(1);
+    let r = start(cfg, None).await;
+    let addr = r.node.http_addr();
+    // Each model's requests land on its own replicas (ids 0, 1 and then 2).
+    for _ in 0..6 {
+        let (status, replica, body) = chat_answer(addr, "alpha", None, "x-sluice-replica").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            ["0", "1"].contains(&replica.as_deref().unwrap_or("")),
+            "{replica:?}"
+        );
+        assert!(body.contains("\"model\":\"alpha\""), "{body}");
+        let (status, replica, body) = chat_answer(addr, "beta", None, "x-sluice-replica").await;
+        assert_eq!((status, replica.as_deref()), (200, Some("2")), "{body}");
+    }
+    let (status, _, body) = chat_answer(addr, "gamma", None, "x-sluice-replica").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("model_not_found") && body.contains("`alpha`, `beta`"),
+        "{body}"
+    );
+    let (_, listed) = http(addr, "/v1/models", None).await;
+    let ids: Vec<String> = serde_json::from_str::<serde_json::Value>(&listed).unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["alpha", "beta"]);
+    let (status, health) = http(addr, "/health", None).await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(status, 200);
+    let per_model: Vec<(String, u64)> = health["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["model"].as_str().unwrap().to_owned(),
+                m["replicas"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(per_model, [("alpha".to_owned(), 2), ("beta".to_owned(), 1)]);
+    let (_, metrics) = http(addr, "/metrics", None).await;
+    for line in [
+        "sluice_replica_model{replica=\"2\",model=\"beta\"} 1",
+        "sluice_replica_model{replica=\"1\",model=\"alpha\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing");
+    }
+    for model in ["alpha", "beta"] {
+        assert!(
+            metrics.contains(&format!(
+                "sluice_model_capacity_mu_per_min{{model=\"{model}\"}}"
+            )),
+            "{model}'s capacity missing"
+        );
+    }
+    // Each model's actors run under a group named after it.
+    let names = r.node.actors().await;
+    for group in ["model alpha", "model beta"] {
+        assert!(names.contains(&group), "{group} not in {names:?}");
+    }
     let _ = r.stop.send(());
     r.node.wait().await.unwrap();
 }
