@@ -13,7 +13,7 @@ import time
 import openai
 import pytest
 
-from conftest import MODEL, SLUICE, Proc, http, wait_until
+from conftest import MODEL, SLUICE, Proc, http, start_node, wait_until
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -144,3 +144,18 @@ def test_the_view_stays_readable_for_a_thousand_replicas():
         assert os.path.getsize(out) > 10_000
     finally:
         n.stop()
+
+
+def test_a_node_serving_two_models_shows_a_tab_for_each():
+    """The embedded default (two models): the page has a tab per model, and the chosen
+    model's tab shows that model's replicas only."""
+    n = start_node(extra=["--time-scale", "0"], timeout=120)
+    try:
+        dom = browse(n.url + "/ui?model=llama-3.2-3b-instruct")
+        tabs = re.findall(r'<button class="tab( active)?" data-model="([^"]+)"', dom)
+        assert [m for _, m in tabs] == ["llama-3.1-8b-instruct", "llama-3.2-3b-instruct"], tabs
+        assert [m for active, m in tabs if active] == ["llama-3.2-3b-instruct"]
+        # The second model's replicas are the node's ids 4 and 5.
+        assert sorted(re.findall(r'class="replica [^"]*" data-id="(\d+)"', dom)) == ["4", "5"]
+    finally:
+        assert n.stop() == 0

@@ -188,5 +188,5 @@ def test_every_metric_the_grafana_dashboard_queries_is_on_metrics(cluster):
     for needed in ["sluice_time_to_first_byte_seconds_bucket", "sluice_time_per_output_token_seconds_bucket",
                    "sluice_replica_inflight_mu", "sluice_replica_capacity_mu_per_min",
                    "sluice_cached_prompt_tokens_total", "sluice_tenant_mu_total",
-                   "sluice_migrations_total", "sluice_ejections_total"]:
+                   "sluice_migrations_total", "sluice_ejections_total", "sluice_model_inflight_mu"]:
         assert needed in queried, needed

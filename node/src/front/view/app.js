@@ -31,8 +31,24 @@ function level(seconds) {
   return "l4";
 }
 
+// The model whose fleet is shown (a node serving several has a tab for each).
+let shown = new URLSearchParams(location.search).get("model") || "";
+
+function renderModels(s) {
+  const models = s.models || [];
+  $("models").hidden = models.length < 2;
+  $("model").hidden = models.length >= 2;
+  const tabs = models.map((m) => {
+    const b = el("button", { class: "tab" + (m === s.model ? " active" : ""), "data-model": m }, m);
+    b.addEventListener("click", () => { shown = m; refresh(); });
+    return b;
+  });
+  $("models").replaceChildren(...tabs);
+}
+
 function renderHeader(s) {
   $("model").textContent = "model " + (s.model || "(not known yet)");
+  renderModels(s);
   const c = s.cluster;
   $("whoami").textContent = c ? "node " + c.node : "standalone";
   $("leader").hidden = !c;
@@ -155,7 +171,8 @@ function renderEvents(s) {
 
 async function refresh() {
   try {
-    const r = await fetch("/ui/state", { cache: "no-store" });
+    const query = shown ? "?model=" + encodeURIComponent(shown) : "";
+    const r = await fetch("/ui/state" + query, { cache: "no-store" });
     if (!r.ok) throw new Error("HTTP " + r.status);
     const s = await r.json();
     document.body.classList.remove("stale");

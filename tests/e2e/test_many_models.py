@@ -1,0 +1,76 @@
+"""A node serving several models, as a newcomer meets it: `sluice node start` given no
+replicas runs two simulated models. The official client lists both, each request is
+served by its own model's replicas, an unknown model is a 404 naming what is served,
+and metrics carry the model."""
+
+import pytest
+from openai import NotFoundError, OpenAI
+
+from conftest import metric, start_node
+
+BIG, SMALL = "llama-3.1-8b-instruct", "llama-3.2-3b-instruct"
+# The embedded default launches 4 replicas of the first model, then 2 of the second.
+BIG_REPLICAS, SMALL_REPLICAS = {"0", "1", "2", "3"}, {"4", "5"}
+
+
+@pytest.fixture(scope="module")
+def node():
+    n = start_node(extra=["--time-scale", "0"], timeout=120)
+    yield n
+    assert n.stop() == 0
+
+
+def client(node):
+    return OpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_the_default_node_lists_both_models(node):
+    ids = [m.id for m in client(node).models.list().data]
+    assert ids == [BIG, SMALL]
+
+
+def test_each_model_is_served_by_its_own_replicas(node):
+    c = client(node)
+    for model, replicas in [(BIG, BIG_REPLICAS), (SMALL, SMALL_REPLICAS)]:
+        seen = set()
+        for i in range(6):
+            raw = c.chat.completions.with_raw_response.create(
+                model=model,
+                messages=[{"role": "user", "content": f"conversation {i}: hello"}],
+                max_tokens=4,
+                extra_headers={"x-session-id": f"{model}-{i}"},
+            )
+            seen.add(raw.headers["x-sluice-replica"])
+            answer = raw.parse()
+            assert answer.model == model
+            assert answer.usage.completion_tokens > 0
+        assert seen <= replicas, (model, seen)
+    # The other endpoints route by model the same way.
+    raw = c.responses.with_raw_response.create(model=SMALL, input="hi", max_output_tokens=4)
+    assert raw.headers["x-sluice-replica"] in SMALL_REPLICAS
+    assert raw.parse().status in ("completed", "incomplete")
+    raw = c.embeddings.with_raw_response.create(model=BIG, input=["a", "b"])
+    assert raw.headers["x-sluice-replica"] in BIG_REPLICAS
+    assert len(raw.parse().data) == 2
+
+
+def test_an_unknown_model_is_a_404_naming_the_served_ones(node):
+    with pytest.raises(NotFoundError) as e:
+        client(node).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    body = e.value.body
+    assert body["code"] == "model_not_found"
+    assert f"`{BIG}`, `{SMALL}`" in body["message"]
+
+
+def test_metrics_carry_the_model(node):
+    c = client(node)
+    c.chat.completions.create(model=SMALL, messages=[{"role": "user", "content": "count me"}], max_tokens=4)
+    for r in SMALL_REPLICAS:
+        assert metric(node.url, "sluice_replica_model", {"replica": r, "model": SMALL}) == 1
+    for model in (BIG, SMALL):
+        # Each model priced by the profile calibrated for it.
+        assert metric(node.url, "sluice_model_profile", {"model": model, "profile_model": model,
+                                                          "calibrated": "true"}) == 1
+        assert metric(node.url, "sluice_model_capacity_mu_per_min", {"model": model}) > 0
+    assert metric(node.url, "sluice_completion_tokens_total", {"model": SMALL}) > 0
