@@ -458,19 +458,13 @@ impl NodeConfig {
         };
         let models = sections
             .iter()
-            .map(|m| model_fleet(m, &profile_catalog))
+            .map(|m| model_fleet(m, &profile_catalog, o.cluster))
             .collect::<Result<Vec<_>>>()?;
         let mut names = std::collections::HashSet::new();
         for n in models.iter().filter_map(|m| m.name.as_deref()) {
             if !names.insert(n) {
                 bail!("model '{n}' is listed twice in [[models]]");
             }
-        }
-        if o.cluster && models.len() > 1 {
-            bail!(
-                "a cluster node serves one model for now: give one [[models]] entry (or \
-                 [replicas]) per node"
-            );
         }
         let (profile_path, model_override, urls, launch) = match models.first() {
             Some(first) => (
@@ -559,7 +553,11 @@ impl NodeConfig {
         } else {
             None
         };
-        if urls.is_empty() && launch == 0 && (gpus == 0 || autoscaler.is_none()) {
+        if models.is_empty()
+            && urls.is_empty()
+            && launch == 0
+            && (gpus == 0 || autoscaler.is_none())
+        {
             bail!("no replicas: set --replicas N (N ≥ 1) or give --replica URL");
         }
         if fc.replicas.command.is_some() && engines > 0 {
@@ -749,18 +747,20 @@ fn check_urls(urls: &[String]) -> Result<()> {
 
 /// A `[[models]]` entry, checked, with the profile that prices it: its own file, else
 /// the one `profile_dir` or the binary has calibrated for it, else the default.
-fn model_fleet(m: &ModelSection, catalog: &[Profile]) -> Result<ModelFleet> {
+/// In a cluster a model may have no replica here: the node routes it to other nodes',
+/// and the autoscaler may place some here.
+fn model_fleet(m: &ModelSection, catalog: &[Profile], cluster: bool) -> Result<ModelFleet> {
     let name = m.name.as_deref().map(str::trim);
     if name.is_some_and(str::is_empty) {
         bail!("a [[models]] entry's name must not be empty");
     }
     check_urls(&m.urls)?;
     let label = name.unwrap_or("(unnamed)");
-    if m.urls.is_empty() && m.replicas == 0 {
+    if m.urls.is_empty() && m.replicas == 0 && !cluster {
         bail!("model '{label}' has no replicas: set replicas = N (N ≥ 1) or urls");
     }
     if m.urls.is_empty() && name.is_none() {
-        bail!("a [[models]] entry that launches replicas needs a name (the model they serve)");
+        bail!("a [[models]] entry without urls needs a name (the model its replicas serve)");
     }
     let profile = match (&m.profile, name) {
         (Some(p), _) => Profile::load(p)?,
@@ -867,6 +867,19 @@ mod tests {
         // Engines given by URL say what they serve.
         assert_eq!(fleets[2].model_override, None);
         assert_eq!(fleets[2].urls, ["http://127.0.0.1:9000"]);
+        // A cluster node may route a model it runs no replica of (other nodes do, or the
+        // autoscaler places some here).
+        let cluster = Overrides {
+            cluster: true,
+            ..Overrides::default()
+        };
+        let c = load(
+            "[[models]]\nname = \"a\"\nreplicas = 1\n[[models]]\nname = \"b\"",
+            cluster,
+        )
+        .unwrap();
+        let launches: Vec<usize> = c.fleets().iter().map(|f| f.launch).collect();
+        assert_eq!(launches, [1, 0]);
         for (text, o, needle) in [
             (
                 "[[models]]\nname = \"a\"\nreplicas = 1\n[[models]]\nname = \"a\"\nreplicas = 1",
@@ -895,14 +908,6 @@ mod tests {
                     ..Overrides::default()
                 },
                 "--model",
-            ),
-            (
-                "[[models]]\nname = \"a\"\nreplicas = 1\n[[models]]\nname = \"b\"\nreplicas = 1",
-                Overrides {
-                    cluster: true,
-                    ..Overrides::default()
-                },
-                "one model",
             ),
             (
                 "[[models]]\nname = \"a\"\nreplicas = 3\n[replicas]\ngpus = 2",

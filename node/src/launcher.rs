@@ -38,10 +38,11 @@ pub struct ChildReplica {
     pgid: Option<i32>,
 }
 
-/// Starts `count` replicas and waits until each is ready.
-pub async fn launch(count: usize, spec: &EngineSpec) -> Result<Vec<ChildReplica>> {
+/// Starts `count` replicas, numbered from `first` (a node's engine numbers are unique
+/// across its models), and waits until each is ready.
+pub async fn launch(first: usize, count: usize, spec: &EngineSpec) -> Result<Vec<ChildReplica>> {
     let mut out = Vec::with_capacity(count);
-    for i in 0..count {
+    for i in first..first + count {
         out.push(launch_one(i, spec).await?);
     }
     Ok(out)

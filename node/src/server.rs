@@ -96,47 +96,84 @@ impl Node {
                 "the [autoscaler] runs on the cluster's leader: start the node with --data-dir (cluster mode)"
             );
         }
-        let configs = cfg.fleets();
-        if cluster_args.is_some() && configs.len() > 1 {
-            anyhow::bail!("a cluster node serves one model for now: give it one [[models]] entry");
-        }
         let local = listeners.http.local_addr()?;
+        // Each model's engines, numbered one after another on this node.
+        let mut found: Vec<Engines> = Vec::new();
+        let mut first = 0;
+        for fleet_cfg in cfg.fleets() {
+            let engines = find_engines(fleet_cfg, first).await?;
+            first += engines.urls.len();
+            found.push(engines);
+        }
+        let slot = Arc::new(tokio::sync::OnceCell::new());
+        let node = match (&cluster_args, listeners.quic) {
+            (Some(ca), Some(quic)) => {
+                let locals: Vec<cluster::LocalFleet> = found
+                    .iter()
+                    .map(|e| cluster::LocalFleet {
+                        model: e.cfg.model.clone(),
+                        capacity: e.cfg.profile.capacity_mu_per_min,
+                        urls: e
+                            .urls
+                            .iter()
+                            .cloned()
+                            .enumerate()
+                            .map(|(i, u)| (e.first + i, u))
+                            .collect(),
+                        // Engines that have not said what they serve are still loading:
+                        // they are registered `Starting`, and in service once they answer.
+                        answered: e.discovered.keys().map(|i| e.first + i).collect(),
+                    })
+                    .collect();
+                let node = cluster::start(&cfg, ca, quic, local, &locals, slot.clone()).await?;
+                std::fs::write(
+                    ca.data_dir.join(cluster::cli::ADDR_FILE),
+                    node.listen.to_string(),
+                )
+                .context("cannot record the node's address")?;
+                tracing::info!(node = node.id, quic = %node.listen, rack = %ca.rack, "cluster member");
+                Some(node)
+            }
+            (Some(_), None) => anyhow::bail!("cluster mode needs a QUIC socket"),
+            (None, _) => None,
+        };
+        let id_of = {
+            let node_id = node.as_ref().map(|n| n.id);
+            move |index: usize| match node_id {
+                Some(n) => cluster::replica_id(n, index),
+                None => ReplicaId(index as u64),
+            }
+        };
         let metrics = Arc::new(front::Metrics::new());
-        let mut quic = listeners.quic;
         let mut fleets = Vec::new();
         let mut supervisors: Vec<Arc<Supervisor>> = Vec::new();
         let mut actors = Vec::new();
-        let mut node: Option<ClusterNode> = None;
-        let mut next_id = 0;
+        let mut engines_by_model = std::collections::HashMap::new();
         let mut total = 0;
-        for fleet_cfg in configs {
-            let started = match start_fleet(
-                fleet_cfg,
-                &cluster_args,
-                &mut quic,
-                local,
-                metrics.clone(),
-                next_id,
-            )
-            .await
-            {
+        for e in found {
+            total += e.urls.len();
+            let model = e.cfg.model.clone();
+            let handle = node.as_ref().map(|n| n.handle(&model));
+            let started = match start_fleet(e, &node, handle, metrics.clone(), id_of).await {
                 Ok(f) => f,
-                Err(e) => {
+                Err(err) => {
                     // No engine outlives a node that could not start.
                     for s in &supervisors {
                         s.stop(Duration::from_secs(5)).await;
                     }
-                    return Err(e);
+                    return Err(err);
                 }
             };
-            next_id += started.engines as u64;
-            total += started.engines;
+            engines_by_model.insert(
+                model,
+                cluster::reconcile::ModelEngines {
+                    supervisor: started.supervisor.clone(),
+                    front: started.state.clone(),
+                },
+            );
             fleets.push(started.state);
             supervisors.push(started.supervisor);
             actors.push(started.actors);
-            if started.node.is_some() {
-                node = started.node;
-            }
         }
         let on_restart: OnRestart = {
             let metrics = metrics.clone();
@@ -158,19 +195,21 @@ impl Node {
                 })
                 .collect()
         };
-        if let (Some(n), Some(state), Some(supervisor)) =
-            (&node, fleets.first(), supervisors.first())
-        {
+        let Some(fleets) = front::Fleets::new(fleets) else {
+            anyhow::bail!("the node serves no model");
+        };
+        let _ = slot.set(fleets.clone());
+        let handle = node.as_ref().map(ClusterNode::node_handle);
+        if let (Some(n), Some(handle)) = (&node, &handle) {
             children.extend(n.actors(cfg.actor_restarts));
             // Placements and drains (the autoscaler's or an operator's) on this node.
-            let (handle, supervisor, state) = (n.handle(), supervisor.clone(), state.clone());
+            let handle = handle.clone();
             let busy: Arc<std::sync::Mutex<std::collections::HashSet<ReplicaId>>> = Arc::default();
             let deadline = cfg.drain_deadline;
             children.push(ChildSpec::duty("reconciler", move || {
                 cluster::reconcile::Reconciler::new(
                     handle.clone(),
-                    supervisor.clone(),
-                    state.clone(),
+                    engines_by_model.clone(),
                     deadline,
                     busy.clone(),
                 )
@@ -184,9 +223,6 @@ impl Node {
                 }
                 return Err(anyhow::Error::new(e).context("cannot start the node's actors"));
             }
-        };
-        let Some(fleets) = front::Fleets::new(fleets) else {
-            anyhow::bail!("the node serves no model");
         };
         let models: Vec<String> = fleets.names();
         tracing::info!(%local, replicas = total, ?models, "node serving");
@@ -239,50 +275,23 @@ impl Node {
     }
 }
 
-/// How one fleet's engine indexes map to replica ids: a cluster node's carry its node
-/// id; a standalone node numbers its fleets' replicas one after another.
-#[derive(Debug, Clone, Copy)]
-enum ReplicaIds {
-    Cluster(u64),
-    Standalone { first: u64 },
+/// One model's engines, launched (or given by URL) and asked what they serve.
+struct Engines {
+    /// The fleet's configuration, its model decided.
+    cfg: NodeConfig,
+    spec: launcher::EngineSpec,
+    children: Vec<launcher::ChildReplica>,
+    urls: Vec<String>,
+    /// What each engine (by its place in `urls`) said it serves.
+    discovered: std::collections::BTreeMap<usize, Vec<String>>,
+    /// The node-wide number of the first engine.
+    first: usize,
 }
 
-impl ReplicaIds {
-    fn id(self, index: usize) -> ReplicaId {
-        match self {
-            ReplicaIds::Cluster(node) => cluster::replica_id(node, index),
-            ReplicaIds::Standalone { first } => ReplicaId(first + index as u64),
-        }
-    }
-
-    fn index(self, id: ReplicaId) -> usize {
-        match self {
-            ReplicaIds::Cluster(_) => cluster::local_index(id),
-            ReplicaIds::Standalone { first } => id.0.saturating_sub(first) as usize,
-        }
-    }
-}
-
-/// One model's fleet, started: its front-door state, its engines' supervisor, its
-/// actors, and (cluster mode) the node's cluster side.
-struct StartedFleet {
-    state: Arc<AppState>,
-    supervisor: Arc<Supervisor>,
-    actors: Vec<ChildSpec>,
-    node: Option<ClusterNode>,
-    engines: usize,
-}
-
-/// Launches (or finds) one model's engines, asks them what they serve, and builds the
-/// fleet's state and actors; standalone replicas are numbered from `first_id`.
-async fn start_fleet(
-    mut cfg: NodeConfig,
-    cluster_args: &Option<ClusterArgs>,
-    quic: &mut Option<std::net::UdpSocket>,
-    local: SocketAddr,
-    metrics: Arc<front::Metrics>,
-    first_id: u64,
-) -> Result<StartedFleet> {
+/// Launches (or finds) one model's engines, numbered from `first`, and asks them what
+/// they serve before anything is named after a model (the cluster registry, the
+/// profile): launched ones are ready, others get a moment.
+async fn find_engines(mut cfg: NodeConfig, first: usize) -> Result<Engines> {
     let spec = launcher::EngineSpec {
         model: cfg.model.clone(),
         profile: cfg.profile_path.clone(),
@@ -291,7 +300,7 @@ async fn start_fleet(
         start_timeout: cfg.start_timeout,
     };
     let children = if cfg.launch > 0 {
-        launcher::launch(cfg.launch, &spec).await?
+        launcher::launch(first, cfg.launch, &spec).await?
     } else {
         Vec::new()
     };
@@ -300,8 +309,6 @@ async fn start_fleet(
     } else {
         children.iter().map(|c| c.url.clone()).collect()
     };
-    // Ask the engines what they serve before anything is named after a model (the
-    // cluster registry, the profile): launched ones are ready, others get a moment.
     let discovered = front::models::discover(
         &front::http_client(cfg.connect_timeout),
         &urls,
@@ -324,42 +331,51 @@ async fn start_fleet(
         ),
         None => {}
     }
-    let (state, node, ids) = match (cluster_args, quic.take()) {
-        (Some(ca), Some(quic)) => {
-            let slot = Arc::new(tokio::sync::OnceCell::new());
-            // Engines that have not said what they serve are still loading: they are
-            // registered `Starting`, and in service once they answer.
-            let answered: std::collections::BTreeSet<usize> = discovered.keys().copied().collect();
-            let node =
-                cluster::start(&cfg, ca, quic, local, &urls, &answered, slot.clone()).await?;
-            std::fs::write(
-                ca.data_dir.join(cluster::cli::ADDR_FILE),
-                node.listen.to_string(),
-            )
-            .context("cannot record the node's address")?;
-            let ids = ReplicaIds::Cluster(node.id);
-            let upstreams = urls
-                .iter()
-                .enumerate()
-                .map(|(i, u)| front::Upstream::local(ids.id(i), u))
-                .collect::<Result<Vec<_>>>()?;
-            let state = AppState::new(&cfg, upstreams, Some(node.client.clone()), metrics)?;
-            let _ = slot.set(state.clone());
-            state.set_cluster_view(node.view_source());
-            tracing::info!(node = node.id, quic = %node.listen, rack = %ca.rack, "cluster member");
-            (state, Some(node), ids)
-        }
-        (Some(_), None) => anyhow::bail!("cluster mode needs a QUIC socket"),
-        (None, _) => {
-            let ids = ReplicaIds::Standalone { first: first_id };
-            let upstreams = urls
-                .iter()
-                .enumerate()
-                .map(|(i, u)| front::Upstream::local(ids.id(i), u))
-                .collect::<Result<Vec<_>>>()?;
-            (AppState::new(&cfg, upstreams, None, metrics)?, None, ids)
-        }
-    };
+    Ok(Engines {
+        cfg,
+        spec,
+        children,
+        urls,
+        discovered,
+        first,
+    })
+}
+
+/// One model's fleet, started: its front-door state, its engines' supervisor and its
+/// actors.
+struct StartedFleet {
+    state: Arc<AppState>,
+    supervisor: Arc<Supervisor>,
+    actors: Vec<ChildSpec>,
+}
+
+/// Builds one model's fleet over its engines: the front door's state, the engines'
+/// supervisor, and the fleet's actors (`handle`: the cluster's side of its engines).
+async fn start_fleet(
+    e: Engines,
+    node: &Option<ClusterNode>,
+    handle: Option<NodeHandle>,
+    metrics: Arc<front::Metrics>,
+    id_of: impl Fn(usize) -> ReplicaId + Clone + Send + Sync + 'static,
+) -> Result<StartedFleet> {
+    let Engines {
+        cfg,
+        spec,
+        children,
+        urls,
+        discovered,
+        first,
+    } = e;
+    let upstreams = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| front::Upstream::local(id_of(first + i), u))
+        .collect::<Result<Vec<_>>>()?;
+    let remote = node.as_ref().map(|n| n.client.clone());
+    let state = AppState::new(&cfg, upstreams, remote, metrics)?;
+    if let Some(n) = node {
+        state.set_cluster_view(n.view_source());
+    }
     if let Some(template) = cfg.command.as_deref() {
         if cfg.probe_prioritized && launcher::ignores_priority(template) {
             tracing::warn!(
@@ -369,12 +385,12 @@ async fn start_fleet(
                  can be ejected; add the flag to [replicas] command"
             );
             for i in 0..cfg.launch {
-                state.priority_ignored(ids.id(i));
+                state.priority_ignored(id_of(first + i));
             }
         }
     }
     for (i, models) in discovered {
-        state.learn_models(ids.id(i), Some(models));
+        state.learn_models(id_of(first + i), Some(models));
     }
     let on_restart: OnRestart = {
         let state = state.clone();
@@ -384,6 +400,7 @@ async fn start_fleet(
     let (events, event_rx) = mpsc::unbounded_channel();
     let supervisor = Arc::new(
         Supervisor::start(
+            first,
             children,
             spec,
             RestartPolicy::default(),
@@ -396,23 +413,18 @@ async fn start_fleet(
     );
     let (eject_tx, eject_rx) = mpsc::unbounded_channel();
     state.set_ejection_sink(eject_tx);
-    let handle = node.as_ref().map(ClusterNode::handle);
     let mut actors = front::actors(&state);
     actors.push(engine_events(
         event_rx,
         state.clone(),
         handle.clone(),
-        move |i| ids.id(i),
+        id_of,
     ));
-    actors.push(ejections(eject_rx, supervisor.clone(), handle, move |id| {
-        ids.index(id)
-    }));
+    actors.push(ejections(eject_rx, supervisor.clone(), handle));
     Ok(StartedFleet {
         state,
         supervisor,
         actors,
-        node,
-        engines: urls.len(),
     })
 }
 
@@ -436,7 +448,7 @@ async fn serve(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
     });
-    let handle = node.as_ref().map(ClusterNode::handle);
+    let handle = node.as_ref().map(ClusterNode::node_handle);
     let draining = handle.clone();
     let meltdown = {
         let actors = tree.meltdown();
@@ -593,30 +605,26 @@ impl<F: Fn(usize) -> ReplicaId + Send + 'static> Duty for EngineEvents<F> {
 
 /// Replicas the prober ejects (hung without saying so) are marked unhealthy in the
 /// registry and restarted.
-struct Ejections<F> {
+struct Ejections {
     inbox: Inbox<front::Ejection>,
     supervisor: Arc<Supervisor>,
     node: Option<NodeHandle>,
-    /// The supervisor's index of a replica.
-    index_of: F,
 }
 
 fn ejections(
     rx: mpsc::UnboundedReceiver<front::Ejection>,
     supervisor: Arc<Supervisor>,
     node: Option<NodeHandle>,
-    index_of: impl Fn(ReplicaId) -> usize + Clone + Send + Sync + 'static,
 ) -> ChildSpec {
     let inbox: Inbox<front::Ejection> = Arc::new(Mutex::new(rx));
     ChildSpec::duty("ejections", move || Ejections {
         inbox: inbox.clone(),
         supervisor: supervisor.clone(),
         node: node.clone(),
-        index_of: index_of.clone(),
     })
 }
 
-impl<F: Fn(ReplicaId) -> usize + Send + 'static> Duty for Ejections<F> {
+impl Duty for Ejections {
     async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
         let e = match next(&self.inbox).await {
             Next::Event(e) => e,
@@ -627,7 +635,9 @@ impl<F: Fn(ReplicaId) -> usize + Send + 'static> Duty for Ejections<F> {
             if let Some(n) = &self.node {
                 n.replica_failed(id).await;
             }
-            self.supervisor.kill((self.index_of)(id), incarnation).await;
+            self.supervisor
+                .kill(cluster::local_index(id), incarnation)
+                .await;
         }
         Ok(Turn::Again)
     }

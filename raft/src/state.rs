@@ -214,6 +214,16 @@ impl ControlState {
         self.replicas.get(&id)
     }
 
+    /// Every model the cluster has: one a replica serves or an assignment was made for,
+    /// in name order.
+    pub fn models(&self) -> std::collections::BTreeSet<&str> {
+        self.replicas
+            .values()
+            .map(|r| r.model.as_str())
+            .chain(self.assignments.keys().map(String::as_str))
+            .collect()
+    }
+
     /// Replicas serving `model`, in id order.
     pub fn replicas_of_model<'a>(
         &'a self,

@@ -93,8 +93,8 @@ struct JoinUp {
     peer: Option<SocketAddr>,
     urls: HashMap<ReplicaId, String>,
     serving: HashSet<ReplicaId>,
-    capacity: f64,
-    model: String,
+    /// Each local replica's model and capacity.
+    serves: HashMap<ReplicaId, (String, f64)>,
     tls: std::path::PathBuf,
     failures: u32,
 }
@@ -111,15 +111,7 @@ impl Duty for JoinUp {
                 self.peer,
             )
             .await?;
-            register_replicas(
-                self.id,
-                &self.cp,
-                &self.urls,
-                &self.serving,
-                self.capacity,
-                &self.model,
-            )
-            .await?;
+            register_replicas(self.id, &self.cp, &self.urls, &self.serving, &self.serves).await?;
             super::handler::publish_authority(&self.tls, &self.cp).await
         }
         .await;
@@ -212,15 +204,22 @@ impl Duty for Gossip {
         if !ticked(&mut self.tick).await {
             return Ok(Turn::Again);
         }
-        let Some(front) = self.handler.front() else {
+        let Some(fleets) = self.handler.front() else {
             return Ok(Turn::Again);
         };
-        let report = LoadRpc::Gossip(rpc::Gossip {
-            loads: front.own_load(),
-            demand: front.own_demand(),
-            implicated: front.announced_implications(),
-            stalled: front.announced_stalls(),
-        });
+        let mut gossip = rpc::Gossip {
+            loads: Vec::new(),
+            demand: Vec::new(),
+            implicated: Vec::new(),
+            stalled: Vec::new(),
+        };
+        for (front, model) in fleets.all().iter().zip(self.handler.models()) {
+            gossip.loads.extend(front.own_load());
+            gossip.demand.push((model.clone(), front.own_demand()));
+            gossip.implicated.extend(front.announced_implications());
+            gossip.stalled.extend(front.announced_stalls());
+        }
+        let report = LoadRpc::Gossip(gossip);
         let state = self.cp.state().borrow().clone();
         for n in state.nodes().values().filter(|n| n.id != self.id) {
             let Ok(addr) = n.quic_addr.parse::<SocketAddr>() else {
@@ -238,19 +237,24 @@ impl Duty for Gossip {
 /// Reports this router's measured load to the leader; the report also tells the leader
 /// the node is live.
 async fn report_once(client: &Client, handler: &NodeHandler) {
-    let Some(state) = handler.front() else {
+    let Some(fleets) = handler.front() else {
         return;
     };
-    let report = state.take_load();
-    match handler.leader_addr() {
-        Some(Membership::Me) => handler.add_load(&report),
-        Some(Membership::At(addr)) => {
-            let sent = call::load(client, addr, LoadRpc::Report(report), REPORT_TIMEOUT).await;
-            if let Err(e) = sent {
-                tracing::debug!(error = %e, "load report not delivered");
+    for (state, model) in fleets.all().iter().zip(handler.models()) {
+        let report = state.take_load();
+        match handler.leader_addr() {
+            Some(Membership::Me) => handler.add_load(model, &report),
+            Some(Membership::At(addr)) => {
+                let rpc = LoadRpc::Report {
+                    model: model.clone(),
+                    report,
+                };
+                if let Err(e) = call::load(client, addr, rpc, REPORT_TIMEOUT).await {
+                    tracing::debug!(error = %e, "load report not delivered");
+                }
             }
+            None => {}
         }
-        None => {}
     }
 }
 
@@ -285,8 +289,7 @@ impl ClusterNode {
                     peer: s.join,
                     urls: s.urls.clone(),
                     serving: s.serving.clone(),
-                    capacity: s.capacity,
-                    model: s.model.clone(),
+                    serves: s.serves.clone(),
                     tls: s.tls.clone(),
                     failures: 0,
                 }
@@ -384,13 +387,13 @@ impl ClusterNode {
         ];
         if let Some(cfg) = s.autoscaler.clone() {
             let handler = handler.clone();
-            let (capacity, start_timeout, report_every) =
-                (s.capacity, s.start_timeout, s.report_every);
+            let (capacities, start_timeout, report_every) =
+                (s.capacities.clone(), s.start_timeout, s.report_every);
             leader.push(ChildSpec::duty("autoscaler", move || {
                 super::scale::Autoscaler::new(
                     handler.clone(),
                     cfg.clone(),
-                    capacity,
+                    capacities.clone(),
                     start_timeout,
                     report_every,
                 )

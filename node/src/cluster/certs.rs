@@ -176,7 +176,9 @@ impl CertRenewal {
 
     fn record(&self, outcome: Option<&'static str>, identity: &NodeIdentity) {
         if let Some(front) = self.handler.front() {
-            front.cert_state(self.id, outcome, seconds_left(identity.not_after()));
+            front
+                .first()
+                .cert_state(self.id, outcome, seconds_left(identity.not_after()));
         }
     }
 }

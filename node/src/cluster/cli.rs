@@ -128,9 +128,24 @@ pub async fn status(data_dir: &Path, node: Option<SocketAddr>, json: bool) -> Re
             n.id, n.role, n.rack, n.gpus, n.http, n.quic
         );
     }
-    println!("{:<12} {:<6} {:<10} endpoint", "replica", "node", "health");
+    println!(
+        "{:<12} {:<6} {:<24} {:<10} endpoint",
+        "replica", "node", "model", "health"
+    );
     for r in &s.replicas {
-        println!("{:<12} {:<6} {:<10} {}", r.id, r.node, r.health, r.endpoint);
+        println!(
+            "{:<12} {:<6} {:<24} {:<10} {}",
+            r.id, r.node, r.model, r.health, r.endpoint
+        );
+    }
+    if s.models.len() > 1 {
+        for m in &s.models {
+            let desired = m.desired.map_or("-".to_owned(), |d| d.to_string());
+            println!(
+                "model {}: {} replicas ({} healthy) · assignment generation {} over {} slices · desired {desired}",
+                m.model, m.replicas, m.healthy, m.generation, m.slices
+            );
+        }
     }
     if let Some(ca) = &s.ca_sha256 {
         println!("cluster CA: {ca}");

@@ -9,7 +9,7 @@ use super::rpc::{
     Refusal, ReplicaStatus, RpcError, SliceStatus,
 };
 use super::{fleet_of, registry};
-use crate::front::AppState;
+use crate::front::Fleets;
 use anyhow::Context as _;
 use sluice_actors::assigner::{next_assignment, LoadReport, Schedule, ScheduleConfig};
 use sluice_raft::voter_policy::{choose_voters, VoterCandidate, DESIRED_VOTERS};
@@ -22,6 +22,7 @@ use sluice_transport::{
     ClusterCa, JoinAuthority, JoinRefusal, JoinRequest, JoinResponse, JoinToken, Reply,
 };
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -41,21 +42,30 @@ pub struct NodeHandler {
     client: Arc<sluice_transport::Client>,
     partition: super::raft_net::Partition,
     local: Arc<LocalReplicas>,
-    model: String,
-    schedule: Mutex<Schedule>,
-    /// Load reports since the last round (leader only).
-    load: Mutex<Option<LoadReport>>,
-    /// MU reported since the autoscaler's last tick (leader only).
-    mu_since: Mutex<f64>,
-    /// The offered MU/min the autoscaler saw at its last tick (leader only).
-    offered: Mutex<Option<f64>>,
+    /// The models this node's front door routes, its own first.
+    models: Vec<String>,
+    schedule: ScheduleConfig,
+    /// The leader's books per model of the cluster (leader only).
+    desks: Mutex<HashMap<String, Desk>>,
     /// When each node's router last reported its load or gossiped: the leader's view of
     /// who is live.
     seen: Mutex<std::collections::HashMap<u64, Instant>>,
-    front: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
+    front: Arc<tokio::sync::OnceCell<Arc<Fleets>>>,
     started: Instant,
     /// Whether chaos drills' hooks (cutting the node off) are honoured.
     drill_hooks: bool,
+}
+
+/// What the leader keeps for one model: its assigner rounds and the load they balance,
+/// and what its autoscaler measured.
+struct Desk {
+    schedule: Schedule,
+    /// Load reports since the last round.
+    load: Option<LoadReport>,
+    /// MU reported since the autoscaler's last tick.
+    mu_since: f64,
+    /// The offered MU/min the autoscaler saw at its last tick.
+    offered: Option<f64>,
 }
 
 impl NodeHandler {
@@ -64,20 +74,18 @@ impl NodeHandler {
         client: Arc<sluice_transport::Client>,
         partition: super::raft_net::Partition,
         local: Arc<LocalReplicas>,
-        model: String,
+        models: Vec<String>,
         schedule: ScheduleConfig,
-        front: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
+        front: Arc<tokio::sync::OnceCell<Arc<Fleets>>>,
     ) -> Self {
         Self {
             cp,
             client,
             partition,
             local,
-            model,
-            schedule: Mutex::new(Schedule::new(schedule, 0)),
-            load: Mutex::new(None),
-            mu_since: Mutex::new(0.0),
-            offered: Mutex::new(None),
+            models,
+            schedule,
+            desks: Mutex::new(HashMap::new()),
             seen: Mutex::new(std::collections::HashMap::new()),
             front,
             started: Instant::now(),
@@ -86,16 +94,30 @@ impl NodeHandler {
     }
 
     fn assigner_config(&self) -> sluice_actors::assigner::AssignerConfig {
-        self.schedule
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .config()
-            .assigner
-            .clone()
+        self.schedule.assigner.clone()
     }
 
-    pub fn front(&self) -> Option<Arc<AppState>> {
+    /// Runs `f` on `model`'s desk, opened on first use.
+    fn desk<R>(&self, model: &str, f: impl FnOnce(&mut Desk) -> R) -> R {
+        let mut desks = self.desks.lock().unwrap_or_else(|p| p.into_inner());
+        let desk = desks.entry(model.to_owned()).or_insert_with(|| Desk {
+            schedule: Schedule::new(self.schedule.clone(), 0),
+            load: None,
+            mu_since: 0.0,
+            offered: None,
+        });
+        f(desk)
+    }
+
+    pub fn front(&self) -> Option<Arc<Fleets>> {
         self.front.get().cloned()
+    }
+
+    /// The fleet of `model`, if this node's front door routes it.
+    pub fn fleet(&self, model: &str) -> Option<Arc<crate::front::AppState>> {
+        let fleets = self.front()?;
+        let i = self.models.iter().position(|m| m == model)?;
+        fleets.all().get(i).cloned()
     }
 
     fn now_us(&self) -> u64 {
@@ -175,26 +197,39 @@ impl NodeHandler {
         .map(drop)
     }
 
-    pub fn add_load(&self, report: &LoadReport) {
-        // Corrections of finished requests are negative where the estimate was high;
-        // they count against the admissions they correct.
-        *self.mu_since.lock().unwrap_or_else(|p| p.into_inner()) +=
-            report.mu.iter().filter(|v| v.is_finite()).sum::<f64>();
+    pub fn add_load(&self, model: &str, report: &LoadReport) {
         // Re-stamped on this node's clock: the routers' clocks started at other times.
-        LoadReport::accumulate(
-            &mut self.load.lock().unwrap_or_else(|p| p.into_inner()),
-            &report.received(self.now_us()),
-        );
+        let received = report.received(self.now_us());
+        self.desk(model, |d| {
+            // Corrections of finished requests are negative where the estimate was
+            // high; they count against the admissions they correct.
+            d.mu_since += report.mu.iter().filter(|v| v.is_finite()).sum::<f64>();
+            LoadReport::accumulate(&mut d.load, &received);
+        });
     }
 
-    /// MU the routers reported since the last call. A net negative (corrections of
-    /// earlier over-estimates) is carried over to offset the next admissions.
-    pub(super) fn take_mu(&self) -> f64 {
-        let mut mu = self.mu_since.lock().unwrap_or_else(|p| p.into_inner());
-        if *mu < 0.0 {
-            return 0.0;
+    /// MU the routers reported for `model` since the last call. A net negative
+    /// (corrections of earlier over-estimates) is carried over to offset the next
+    /// admissions.
+    pub(super) fn take_mu(&self, model: &str) -> f64 {
+        self.desk(model, |d| {
+            if d.mu_since < 0.0 {
+                return 0.0;
+            }
+            std::mem::take(&mut d.mu_since)
+        })
+    }
+
+    /// Forgets the MU reported for every model (another term's).
+    pub(super) fn forget_mu(&self) {
+        for d in self
+            .desks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values_mut()
+        {
+            d.mu_since = 0.0;
         }
-        std::mem::take(&mut *mu)
     }
 
     /// Nodes whose router reported within `within` (this node always counts).
@@ -208,9 +243,21 @@ impl NodeHandler {
             .collect()
     }
 
-    /// The autoscaler's latest reading of offered load, for `cluster status`.
-    pub(super) fn set_offered(&self, mu_per_min: Option<f64>) {
-        *self.offered.lock().unwrap_or_else(|p| p.into_inner()) = mu_per_min;
+    /// The autoscaler's latest reading of `model`'s offered load, for `cluster status`.
+    pub(super) fn set_offered(&self, model: &str, mu_per_min: Option<f64>) {
+        self.desk(model, |d| d.offered = mu_per_min);
+    }
+
+    /// No autoscaler reading counts any more (this node stopped leading).
+    pub(super) fn clear_offered(&self) {
+        for d in self
+            .desks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values_mut()
+        {
+            d.offered = None;
+        }
     }
 
     pub(super) fn control(&self) -> &ControlPlane<QuicRaft> {
@@ -228,8 +275,9 @@ impl NodeHandler {
         }
     }
 
-    pub(super) fn model(&self) -> &str {
-        &self.model
+    /// The models this node's front door routes, its own first.
+    pub fn models(&self) -> &[String] {
+        &self.models
     }
 
     /// The cluster's side of the live view.
@@ -260,6 +308,7 @@ impl NodeHandler {
     fn status(&self) -> ClusterStatus {
         let m = self.cp.metrics();
         let state = self.cp.state().borrow().clone();
+        let own = self.models.first().map_or("", String::as_str);
         let role = |id: u64| {
             if m.leader == Some(id) {
                 "leader"
@@ -291,12 +340,13 @@ impl NodeHandler {
                 .map(|r| ReplicaStatus {
                     id: r.id.0,
                     node: r.node,
+                    model: r.model.clone(),
                     endpoint: r.endpoint.clone(),
                     health: format!("{:?}", r.health).to_lowercase(),
                 })
                 .collect(),
-            generation: state.assignment(&self.model).map_or(0, |a| a.generation),
-            slices: state.assignment(&self.model).map_or_else(Vec::new, |a| {
+            generation: state.assignment(own).map_or(0, |a| a.generation),
+            slices: state.assignment(own).map_or_else(Vec::new, |a| {
                 a.slices()
                     .iter()
                     .map(|s| SliceStatus {
@@ -305,8 +355,27 @@ impl NodeHandler {
                     })
                     .collect()
             }),
-            desired: state.desired_replicas().get(&self.model).copied(),
-            offered_mu_per_min: *self.offered.lock().unwrap_or_else(|p| p.into_inner()),
+            desired: state.desired_replicas().get(own).copied(),
+            offered_mu_per_min: self.desk(own, |d| d.offered),
+            models: state
+                .models()
+                .into_iter()
+                .map(|model| {
+                    let replicas: Vec<_> = state.replicas_of_model(model).collect();
+                    super::rpc::ModelStatus {
+                        model: model.to_owned(),
+                        replicas: replicas.len(),
+                        healthy: replicas
+                            .iter()
+                            .filter(|r| r.health == sluice_raft::ReplicaHealth::Healthy)
+                            .count(),
+                        generation: state.assignment(model).map_or(0, |a| a.generation),
+                        slices: state.assignment(model).map_or(0, |a| a.slices().len()),
+                        desired: state.desired_replicas().get(model).copied(),
+                        offered_mu_per_min: self.desk(model, |d| d.offered),
+                    }
+                })
+                .collect(),
             answered_by: m.id,
             term: m.term,
             tenants: state.tenants().keys().cloned().collect(),
@@ -334,29 +403,33 @@ impl NodeHandler {
     /// The router's side of the control state, on every node: the fleet it routes to,
     /// the tenants it admits.
     pub(super) fn apply_control(&self, state: &ControlState) {
-        let Some(front) = self.front() else {
+        let Some(fleets) = self.front() else {
             return;
         };
         let local = self.local.snapshot();
         let me = self.cp.metrics().id;
         let assigner = self.assigner_config();
-        if let Some(fleet) = fleet_of(state, me, &self.model, &local, &assigner) {
-            front.set_fleet(fleet);
-        }
-        let keys = crate::tenants::keys::KeyRing::new(
-            state
-                .tenants()
+        let caught_up = self.caught_up(state);
+        // Each fleet: its model's replicas and slices, and the tenants' reservations of it.
+        for (front, model) in fleets.all().iter().zip(&self.models) {
+            if let Some(fleet) = fleet_of(state, me, model, &local, &assigner) {
+                front.set_fleet(fleet);
+            }
+            let keys = crate::tenants::keys::KeyRing::new(
+                state
+                    .tenants()
+                    .iter()
+                    .map(|(name, t)| (name.clone(), t.key_sha256)),
+            );
+            let reservations = state
+                .reservations()
                 .iter()
-                .map(|(name, t)| (name.clone(), t.key_sha256)),
-        );
-        let reservations = state
-            .reservations()
-            .iter()
-            .filter_map(|(t, m)| Some((t.clone(), *m.get(&self.model)?)))
-            .collect();
-        front.set_tenants(me, keys, reservations, state.blast_radius().clone());
-        if !front.caught_up() && self.caught_up(state) {
-            front.set_caught_up();
+                .filter_map(|(t, m)| Some((t.clone(), *m.get(model)?)))
+                .collect();
+            front.set_tenants(me, keys, reservations, state.blast_radius().clone());
+            if !front.caught_up() && caught_up {
+                front.set_caught_up();
+            }
         }
     }
 
@@ -371,46 +444,42 @@ impl NodeHandler {
 
     /// How often the leader runs a full assigner round.
     pub(super) fn round_period(&self) -> Duration {
-        Duration::from_micros(
-            self.schedule
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .config()
-                .period_us
-                .max(1_000_000),
-        )
+        Duration::from_micros(self.schedule.period_us.max(1_000_000))
     }
 
-    /// One leader step of the assigner: a fresh initial assignment when replicas joined
-    /// (or none exists), a repair when some left or failed, a full round when `round`.
+    /// One leader step of the assigner for every model of the cluster: a fresh initial
+    /// assignment when replicas joined (or none exists), a repair when some left or
+    /// failed, a full round when `round`.
     pub(super) async fn assign(&self, round: bool) -> Result<(), ControlPlaneError> {
         let state = self.cp.state().borrow().clone();
-        let reg = registry(&state, &self.model);
         let config = self.assigner_config();
-        let now = self.now_us();
-        let next = {
-            let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
-            next_assignment(
-                state.assignment(&self.model),
-                &reg,
-                round,
-                &mut s,
-                || self.load.lock().unwrap_or_else(|p| p.into_inner()).take(),
-                now,
-                &config,
-            )
-        };
-        if let Some(assignment) = next {
-            tracing::info!(
-                generation = assignment.generation,
-                "committing an assignment"
-            );
-            self.cp
-                .write(ControlCommand::SetAssignment {
-                    model: self.model.clone(),
-                    assignment,
-                })
-                .await?;
+        for model in state.models() {
+            let reg = registry(&state, model);
+            let now = self.now_us();
+            let next = self.desk(model, |d| {
+                next_assignment(
+                    state.assignment(model),
+                    &reg,
+                    round,
+                    &mut d.schedule,
+                    || d.load.take(),
+                    now,
+                    &config,
+                )
+            });
+            if let Some(assignment) = next {
+                tracing::info!(
+                    model,
+                    generation = assignment.generation,
+                    "committing an assignment"
+                );
+                self.cp
+                    .write(ControlCommand::SetAssignment {
+                        model: model.to_owned(),
+                        assignment,
+                    })
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -467,17 +536,21 @@ impl NodeHandler {
             .unwrap_or_else(|p| p.into_inner())
             .insert(peer, Instant::now());
         match rpc {
-            LoadRpc::Report(report) => {
+            LoadRpc::Report { model, report } => {
                 if self.is_leader() {
-                    self.add_load(&report);
+                    self.add_load(&model, &report);
                 }
             }
             LoadRpc::Gossip(g) => {
-                if let Some(front) = self.front() {
-                    front.peer_load(peer, g.loads);
-                    front.peer_demand(peer, g.demand);
-                    front.peer_implications(&g.implicated);
-                    front.streams_stalled(&g.stalled);
+                if let Some(fleets) = self.front() {
+                    for (front, model) in fleets.all().iter().zip(&self.models) {
+                        front.peer_load(peer, g.loads.clone());
+                        if let Some((_, demand)) = g.demand.iter().find(|(m, _)| m == model) {
+                            front.peer_demand(peer, demand.clone());
+                        }
+                        front.peer_implications(&g.implicated);
+                        front.streams_stalled(&g.stalled);
+                    }
                 }
             }
         }

@@ -19,7 +19,7 @@ pub mod rpc;
 mod scale;
 
 use crate::config::NodeConfig;
-use crate::front::{AppState, FleetView, Upstream};
+use crate::front::{FleetView, Fleets, Upstream};
 use anyhow::{bail, Context, Result};
 use forward::LocalReplicas;
 use handler::{Membership, NodeHandler};
@@ -69,10 +69,20 @@ pub struct ClusterNode {
     pub endpoint: Endpoint,
     pub client: Arc<Client>,
     local: Arc<LocalReplicas>,
-    model: String,
-    capacity: f64,
     handler: Arc<NodeHandler>,
     setup: Arc<Setup>,
+}
+
+/// One model's engines on this node, as the cluster registers them.
+#[derive(Debug, Clone)]
+pub struct LocalFleet {
+    pub model: String,
+    /// A replica's capacity, from the model's profile.
+    pub capacity: f64,
+    /// Engine index (unique on this node, across models) → URL.
+    pub urls: Vec<(usize, String)>,
+    /// Those of `urls` that answered at start; the others are still loading.
+    pub answered: BTreeSet<usize>,
 }
 
 /// What the cluster side's actors are started with.
@@ -82,8 +92,10 @@ struct Setup {
     urls: HashMap<ReplicaId, String>,
     /// Those of `urls` that answered at start; the others are still loading.
     serving: HashSet<ReplicaId>,
-    capacity: f64,
-    model: String,
+    /// Each local replica's model and capacity.
+    serves: HashMap<ReplicaId, (String, f64)>,
+    /// A replica's capacity per model this node serves (what the autoscaler places).
+    capacities: HashMap<String, f64>,
     load_share: Duration,
     report_every: Duration,
     autoscaler: Option<crate::config::LiveAutoscaler>,
@@ -186,13 +198,21 @@ impl ClusterNode {
         })
     }
 
-    pub fn handle(&self) -> NodeHandle {
+    /// The handle for node-wide duties (draining, reconciling), named after the node's
+    /// first model.
+    pub fn node_handle(&self) -> NodeHandle {
+        let first = self.handler.models().first().cloned().unwrap_or_default();
+        self.handle(&first)
+    }
+
+    /// What the supervisor's events of `model`'s engines need of the cluster.
+    pub fn handle(&self, model: &str) -> NodeHandle {
         NodeHandle {
             id: self.id,
             cp: self.cp.clone(),
             local: self.local.clone(),
-            model: self.model.clone(),
-            capacity: self.capacity,
+            model: model.to_owned(),
+            capacity: self.setup.capacities.get(model).copied().unwrap_or(0.0),
         }
     }
 
@@ -254,9 +274,8 @@ pub async fn start(
     args: &ClusterArgs,
     quic: std::net::UdpSocket,
     http: SocketAddr,
-    local_urls: &[String],
-    answered: &std::collections::BTreeSet<usize>,
-    state_slot: Arc<tokio::sync::OnceCell<Arc<AppState>>>,
+    fleets: &[LocalFleet],
+    state_slot: Arc<tokio::sync::OnceCell<Arc<Fleets>>>,
 ) -> Result<ClusterNode> {
     let bound = quic
         .local_addr()
@@ -293,19 +312,31 @@ pub async fn start(
     let local = Arc::new(LocalReplicas::new(crate::front::http_client(
         cfg.connect_timeout,
     )));
-    let urls: HashMap<ReplicaId, String> = local_urls
+    let urls: HashMap<ReplicaId, String> = fleets
         .iter()
-        .enumerate()
-        .map(|(i, u)| (replica_id(id, i), u.trim_end_matches('/').to_owned()))
+        .flat_map(|f| &f.urls)
+        .map(|(i, u)| (replica_id(id, *i), u.trim_end_matches('/').to_owned()))
         .collect();
     local.set(urls.clone());
-    let serving: HashSet<ReplicaId> = answered.iter().map(|&i| replica_id(id, i)).collect();
+    let serving: HashSet<ReplicaId> = fleets
+        .iter()
+        .flat_map(|f| &f.answered)
+        .map(|&i| replica_id(id, i))
+        .collect();
+    let serves: HashMap<ReplicaId, (String, f64)> = fleets
+        .iter()
+        .flat_map(|f| {
+            f.urls
+                .iter()
+                .map(|(i, _)| (replica_id(id, *i), (f.model.clone(), f.capacity)))
+        })
+        .collect();
     let handler = Arc::new(NodeHandler::new(
         cp.clone(),
         client.clone(),
         partition,
         local.clone(),
-        cfg.model.clone(),
+        fleets.iter().map(|f| f.model.clone()).collect(),
         cfg.assigner.clone().unwrap_or_default(),
         state_slot,
     ));
@@ -330,7 +361,15 @@ pub async fn start(
         quic_addr: listen.to_string(),
         http_addr: http.to_string(),
         rack: args.rack.clone(),
-        labels: BTreeMap::new(),
+        // Where the autoscaler may place each model.
+        labels: BTreeMap::from([(
+            scale::MODELS_LABEL.to_owned(),
+            fleets
+                .iter()
+                .map(|f| f.model.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        )]),
         roles: BTreeSet::from([RoleHint::Voter, RoleHint::Router, RoleHint::Supervisor]),
         gpus: u32::try_from(cfg.gpus).unwrap_or(u32::MAX),
     };
@@ -346,16 +385,17 @@ pub async fn start(
         endpoint,
         client: client.clone(),
         local: local.clone(),
-        model: cfg.model.clone(),
-        capacity: cfg.profile.capacity_mu_per_min,
         handler,
         setup: Arc::new(Setup {
             me,
             join: args.join,
             urls,
             serving,
-            capacity: cfg.profile.capacity_mu_per_min,
-            model: cfg.model.clone(),
+            serves,
+            capacities: fleets
+                .iter()
+                .map(|f| (f.model.clone(), f.capacity))
+                .collect(),
             load_share: args.load_share,
             report_every,
             autoscaler: cfg.autoscaler.clone(),
@@ -411,8 +451,7 @@ async fn register_replicas(
     cp: &ControlPlane<QuicRaft>,
     urls: &HashMap<ReplicaId, String>,
     serving: &HashSet<ReplicaId>,
-    capacity: f64,
-    model: &str,
+    serves: &HashMap<ReplicaId, (String, f64)>,
 ) -> Result<()> {
     let state = cp.state().borrow().clone();
     for r in state.replicas().values() {
@@ -425,12 +464,15 @@ async fn register_replicas(
     let mut ids: Vec<_> = urls.keys().copied().collect();
     ids.sort();
     for rid in ids {
+        let Some((model, capacity)) = serves.get(&rid) else {
+            continue;
+        };
         let info = ReplicaInfo {
             id: rid,
             node: node_id,
-            model: model.to_owned(),
+            model: model.clone(),
             endpoint: urls[&rid].clone(),
-            capacity_mu_per_min: capacity,
+            capacity_mu_per_min: *capacity,
             health: if serving.contains(&rid) {
                 ReplicaHealth::Healthy
             } else {

@@ -12,7 +12,7 @@ use crate::tree::{Duty, Turn};
 use ractor::ActorProcessingErr;
 use sluice_actors::slice::ReplicaId;
 use sluice_raft::{ControlCommand, ControlResponse, ReplicaHealth};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,12 +29,19 @@ const COMMIT_BACKOFF: super::call::Backoff = super::call::Backoff {
 /// SIGTERM to SIGKILL when a drained engine is stopped.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// One model's engines on this node: who launches them and the fleet that routes them.
+#[derive(Clone)]
+pub struct ModelEngines {
+    pub supervisor: Arc<Supervisor>,
+    pub front: Arc<AppState>,
+}
+
 /// The reconciler actor's duty. Which replicas are being started or drained (`busy`)
 /// outlives a restart of the actor: the tasks doing it still run.
 pub struct Reconciler {
     node: NodeHandle,
-    supervisor: Arc<Supervisor>,
-    front: Arc<AppState>,
+    /// This node's engines by model.
+    engines: HashMap<String, ModelEngines>,
     drain_deadline: Duration,
     busy: Arc<Mutex<HashSet<ReplicaId>>>,
     /// Replicas of this node the registry has listed: a local one that disappears from
@@ -46,16 +53,14 @@ pub struct Reconciler {
 impl Reconciler {
     pub fn new(
         node: NodeHandle,
-        supervisor: Arc<Supervisor>,
-        front: Arc<AppState>,
+        engines: HashMap<String, ModelEngines>,
         drain_deadline: Duration,
         busy: Arc<Mutex<HashSet<ReplicaId>>>,
     ) -> Self {
         let rx = node.cp.state();
         Self {
             node,
-            supervisor,
-            front,
+            engines,
             drain_deadline,
             busy,
             listed: HashSet::new(),
@@ -67,25 +72,32 @@ impl Reconciler {
 impl Duty for Reconciler {
     async fn turn(&mut self) -> Result<Turn, ActorProcessingErr> {
         let state = self.rx.borrow_and_update().clone();
-        let (node, supervisor, busy) = (&self.node, &self.supervisor, &self.busy);
+        let (node, busy) = (&self.node, &self.busy);
         let local = node.local.snapshot();
         for r in state.replicas().values().filter(|r| r.node == node.id) {
             self.listed.insert(r.id);
             let start = r.health == ReplicaHealth::Starting && !local.contains_key(&r.id);
             let stop = r.health == ReplicaHealth::Draining && local.contains_key(&r.id);
-            if (start || stop) && claim(busy, r.id) {
-                let (node, sup, front, busy) = (
-                    node.clone(),
-                    supervisor.clone(),
-                    self.front.clone(),
-                    busy.clone(),
-                );
+            if !(start || stop) {
+                continue;
+            }
+            let Some(engines) = self.engines.get(&r.model).cloned() else {
+                if start && claim(busy, r.id) {
+                    tracing::warn!(replica = r.id.0, model = %r.model, "placed here, but this node does not run the model; withdrawing it");
+                    commit(node, ControlCommand::RemoveReplica(r.id)).await;
+                    release(busy, r.id);
+                }
+                continue;
+            };
+            if claim(busy, r.id) {
+                let (node, busy) = (node.clone(), busy.clone());
                 let (id, drain_deadline) = (r.id, self.drain_deadline);
                 tokio::spawn(async move {
+                    let (sup, front) = (&engines.supervisor, &engines.front);
                     if start {
-                        launch(&node, &sup, &front, id).await;
+                        launch(&node, sup, front, id).await;
                     } else {
-                        drain(&node, &sup, &front, id, drain_deadline).await;
+                        drain(&node, sup, front, id, drain_deadline).await;
                     }
                     release(&busy, id);
                 });
@@ -94,7 +106,10 @@ impl Duty for Reconciler {
         for id in local.keys() {
             if self.listed.contains(id) && state.replica(*id).is_none() && claim(busy, *id) {
                 tracing::info!(replica = id.0, "replica left the registry; stopping it");
-                supervisor.retire(local_index(*id), STOP_GRACE).await;
+                // Whichever model's supervisor runs it.
+                for e in self.engines.values() {
+                    e.supervisor.retire(local_index(*id), STOP_GRACE).await;
+                }
                 node.local.remove(*id);
                 self.listed.remove(id);
                 release(busy, *id);

@@ -44,9 +44,9 @@ pub enum AdminRpc {
 /// What routers tell each other and the leader about load.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LoadRpc {
-    /// A router's measured load since its last report, for the leader's assigner; it
-    /// also tells the leader the node is live.
-    Report(LoadReport),
+    /// A router's measured load of one model since its last report, for the leader's
+    /// assigner (each model has its own); it also tells the leader the node is live.
+    Report { model: String, report: LoadReport },
     /// The sender's router's in-flight load per replica and what its tenants asked.
     Gossip(Gossip),
 }
@@ -148,8 +148,9 @@ pub struct Gossip {
     /// In-flight (MU, requests) per replica, so that every router counts the others'
     /// work when it chooses.
     pub loads: Vec<(ReplicaId, f64, u64)>,
-    /// MU/min asked of this node per tenant, so that reservations follow the traffic.
-    pub demand: sluice_actors::admission::NodeDemand,
+    /// MU/min asked of this node per tenant, per model (reservations are per model),
+    /// so that reservations follow the traffic.
+    pub demand: Vec<(String, sluice_actors::admission::NodeDemand)>,
     /// Requests this router recently saw on replicas as they failed (quarantine).
     pub implicated: Vec<sluice_actors::router::Implication>,
     /// Replicas this router lately took for hung from their streams, with how many ms
@@ -202,7 +203,8 @@ pub struct ClusterStatus {
     pub leader: Option<u64>,
     pub nodes: Vec<NodeStatus>,
     pub replicas: Vec<ReplicaStatus>,
-    /// Generation of the model's assignment (0: none committed yet).
+    /// Generation of the answering node's (first) model's assignment (0: none
+    /// committed yet); `models` has every model's.
     pub generation: u64,
     /// The committed assignment's slices: first key and replica subset, in key order.
     #[serde(default)]
@@ -233,6 +235,21 @@ pub struct ClusterStatus {
     /// A CA rotation under way: its phase and which members are done with it.
     #[serde(default)]
     pub ca_rotation: Option<CaRotationStatus>,
+    /// Every model of the registry: its assignment, replicas and autoscaler's word.
+    #[serde(default)]
+    pub models: Vec<ModelStatus>,
+}
+
+/// One model of the cluster in `cluster status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelStatus {
+    pub model: String,
+    pub replicas: usize,
+    pub healthy: usize,
+    pub generation: u64,
+    pub slices: usize,
+    pub desired: Option<u32>,
+    pub offered_mu_per_min: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,6 +284,8 @@ pub struct SliceStatus {
 pub struct ReplicaStatus {
     pub id: u64,
     pub node: u64,
+    #[serde(default)]
+    pub model: String,
     pub endpoint: String,
     pub health: String,
 }

@@ -14,29 +14,33 @@ use sluice_actors::autoscaler::{
 };
 use sluice_actors::slice::ReplicaId;
 use sluice_raft::{ControlCommand, ControlState, ReplicaHealth, ReplicaInfo};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The autoscaler actor's duty (run only while this node leads): a thin shell over the
-/// leader's scaling step ([`ScaleLeader`]), which it feeds from the control state and
-/// whose commands it writes to Raft.
+/// leader's scaling step ([`ScaleLeader`]), one per model, which it feeds from the
+/// control state and whose commands it writes to Raft. The models share the hosts'
+/// GPUs: each sees a host's GPUs less those other models' replicas hold.
 pub struct Autoscaler {
     handler: Arc<NodeHandler>,
     cfg: LiveAutoscaler,
-    capacity: f64,
+    /// A replica's capacity per model this node serves; other models' comes from the
+    /// registry.
+    capacities: HashMap<String, f64>,
     start_timeout: Duration,
     report_every: Duration,
     tick: tokio::time::Interval,
     epoch: Instant,
     last: Instant,
-    leader: Option<ScaleLeader>,
+    leaders: HashMap<String, ScaleLeader>,
 }
 
 impl Autoscaler {
     pub fn new(
         handler: Arc<NodeHandler>,
         cfg: LiveAutoscaler,
-        capacity: f64,
+        capacities: HashMap<String, f64>,
         start_timeout: Duration,
         report_every: Duration,
     ) -> Self {
@@ -46,17 +50,17 @@ impl Autoscaler {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.tick, cfg.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // MU reported before this leadership began was another term's.
-        handler.take_mu();
+        handler.forget_mu();
         Self {
             handler,
             cfg,
-            capacity,
+            capacities,
             start_timeout,
             report_every,
             tick,
             epoch: Instant::now(),
             last: Instant::now(),
-            leader: None,
+            leaders: HashMap::new(),
         }
     }
 }
@@ -64,7 +68,7 @@ impl Autoscaler {
 impl Drop for Autoscaler {
     /// Out of office: the offered load shown in status is no longer this node's to tell.
     fn drop(&mut self) {
-        self.handler.set_offered(None);
+        self.handler.clear_offered();
     }
 }
 
@@ -76,14 +80,53 @@ impl Duty for Autoscaler {
         let handler = self.handler.clone();
         let elapsed = self.last.elapsed();
         self.last = Instant::now();
-        let mu = handler.take_mu();
         if !handler.is_leader() {
-            handler.set_offered(None);
-            self.leader = None;
+            handler.forget_mu();
+            handler.clear_offered();
+            self.leaders.clear();
             return Ok(Turn::Again);
         }
         let state = handler.control().state().borrow().clone();
-        let model = handler.model().to_owned();
+        let mut models: Vec<String> = state.models().into_iter().map(str::to_owned).collect();
+        for m in self.capacities.keys() {
+            if !models.contains(m) {
+                models.push(m.clone());
+            }
+        }
+        models.sort();
+        for model in models {
+            let capacity = self.capacities.get(&model).copied().or_else(|| {
+                state
+                    .replicas_of_model(&model)
+                    .map(|r| r.capacity_mu_per_min)
+                    .next()
+            });
+            let Some(capacity) = capacity else {
+                continue;
+            };
+            if self
+                .tick_model(&state, &model, capacity, elapsed)
+                .await
+                .is_err()
+            {
+                return Ok(Turn::Done);
+            }
+        }
+        Ok(Turn::Again)
+    }
+}
+
+impl Autoscaler {
+    /// One tick of `model`'s scaling step; `Err` when its policy cannot run.
+    async fn tick_model(
+        &mut self,
+        state: &ControlState,
+        model: &str,
+        capacity: f64,
+        elapsed: Duration,
+    ) -> Result<(), ()> {
+        let handler = self.handler.clone();
+        let mu = handler.take_mu(model);
         // A node is live while its router reports (the step gives a new leader time
         // to hear from everyone).
         let window = self.report_every * 3;
@@ -95,22 +138,25 @@ impl Duty for Autoscaler {
                 .map(|n| n.gpus as usize)
                 .sum::<usize>()
         });
-        let leader = match &mut self.leader {
+        let leader = match self.leaders.get_mut(model) {
             Some(l) => l,
             None => match by_name(&self.cfg.policy, &self.cfg.core, max) {
-                Ok(core) => self.leader.insert(ScaleLeader::new(LeaderScaler::new(
-                    core,
-                    (self.cfg.core.down_window_s * 1e6) as u64,
-                ))),
+                Ok(core) => self
+                    .leaders
+                    .entry(model.to_owned())
+                    .or_insert(ScaleLeader::new(LeaderScaler::new(
+                        core,
+                        (self.cfg.core.down_window_s * 1e6) as u64,
+                    ))),
                 Err(e) => {
                     tracing::error!(error = %e, "autoscaler cannot run");
-                    return Ok(Turn::Done);
+                    return Err(());
                 }
             },
         };
         // Only this router's share of each replica's requests: enough to break ties.
-        let front = handler.front();
-        let placed = placed_replicas(&state, &model, |id| {
+        let front = handler.fleet(model);
+        let placed = placed_replicas(state, model, |id| {
             front.as_ref().map_or(0, |f| f.in_flight(id))
         });
         let hosts: Vec<Host> = state
@@ -119,13 +165,17 @@ impl Duty for Autoscaler {
             .map(|n| Host {
                 id: n.id,
                 rack: n.rack.clone(),
-                gpus: n.gpus as usize,
+                // A node that does not run the model has no GPU for it.
+                gpus: if runs(n, model) {
+                    (n.gpus as usize).saturating_sub(held_by_others(state, n.id, model))
+                } else {
+                    0
+                },
                 live: live.contains(&n.id),
             })
             .collect();
         let taken: Vec<ReplicaId> = state.replicas().keys().copied().collect();
         let minutes = elapsed.as_secs_f64() / 60.0;
-        let capacity = self.capacity;
         let tick = leader.tick(&ScaleView {
             now_us: self.epoch.elapsed().as_micros() as u64,
             mu_per_min: if minutes > 0.0 { mu / minutes } else { 0.0 },
@@ -135,19 +185,20 @@ impl Duty for Autoscaler {
             bounds: ScaleBounds {
                 min: self.cfg.min_replicas,
                 max,
-                reserved_floor: reserved_floor(&state, &model, capacity),
+                reserved_floor: reserved_floor(state, model, capacity),
             },
             placed: &placed,
             hosts: &hosts,
             taken: &taken,
-            recorded: state.desired_replicas().get(&model).map(|&c| c as usize),
+            recorded: state.desired_replicas().get(model).map(|&c| c as usize),
             // Starts that never became ready (their node died, or the engine would not
             // come up) are withdrawn after this long.
             start_timeout_us: (self.start_timeout * 2).as_micros() as u64,
             liveness_grace_us: window.as_micros() as u64,
         });
-        handler.set_offered(Some(tick.inputs.mu_per_min));
+        handler.set_offered(model, Some(tick.inputs.mu_per_min));
         tracing::debug!(
+            model,
             mu_per_min = tick.inputs.mu_per_min,
             ready = tick.inputs.ready,
             starting = tick.inputs.starting,
@@ -158,6 +209,7 @@ impl Duty for Autoscaler {
             let cmd = match command {
                 ScaleCommand::SetDesired(count) => {
                     tracing::info!(
+                        model,
                         desired = count,
                         ready = tick.inputs.ready,
                         starting = tick.inputs.starting,
@@ -165,7 +217,7 @@ impl Duty for Autoscaler {
                         "replica count changes"
                     );
                     ControlCommand::SetDesiredReplicas {
-                        model: model.clone(),
+                        model: model.to_owned(),
                         count: u32::try_from(count).unwrap_or(u32::MAX),
                     }
                 }
@@ -177,11 +229,11 @@ impl Duty for Autoscaler {
                     ControlCommand::RemoveReplica(id)
                 }
                 ScaleCommand::Start { id, host } => {
-                    tracing::info!(replica = id.0, node = host, "placing a replica");
+                    tracing::info!(model, replica = id.0, node = host, "placing a replica");
                     ControlCommand::RegisterReplica(ReplicaInfo {
                         id,
                         node: host,
-                        model: model.clone(),
+                        model: model.to_owned(),
                         endpoint: String::new(),
                         capacity_mu_per_min: capacity,
                         health: ReplicaHealth::Starting,
@@ -204,8 +256,27 @@ impl Duty for Autoscaler {
             };
             handler.commit_logged(cmd).await;
         }
-        Ok(Turn::Again)
+        Ok(())
     }
+}
+
+/// The label a node lists the models it can launch under (comma-separated).
+pub const MODELS_LABEL: &str = "models";
+
+/// Whether node `n` can launch replicas of `model` (a node that lists none: any).
+pub fn runs(n: &sluice_raft::NodeInfo, model: &str) -> bool {
+    n.labels
+        .get(MODELS_LABEL)
+        .is_none_or(|list| list.split(',').any(|m| m == model))
+}
+
+/// GPUs of `host` that other models' replicas hold: the models share the hosts.
+fn held_by_others(state: &ControlState, host: u64, model: &str) -> usize {
+    state
+        .replicas()
+        .values()
+        .filter(|r| r.node == host && r.model != model)
+        .count()
 }
 
 /// The model's replicas as placement sees them.

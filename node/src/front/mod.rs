@@ -189,6 +189,9 @@ pub type ReplicaLoads = Vec<(ReplicaId, f64, u64)>;
 /// partitioned away) stops weighing on the choice.
 const PEER_LOAD_TTL: Duration = Duration::from_secs(2);
 
+/// The replica a fleet with none yet maps its keyspace to: no replica has this id.
+const NO_REPLICA: ReplicaId = ReplicaId(u64::MAX);
+
 /// Rack of a standalone node's replicas: they share its host.
 const LOCAL_RACK: &str = "local";
 
@@ -217,6 +220,9 @@ impl AppState {
             .map(|id| ReplicaInfo::new(id.0, LOCAL_RACK, node.profile.capacity_mu_per_min))
             .collect();
         let assignment = match &node.assigner {
+            // A cluster node may route a model it runs no replica of: until the control
+            // state gives the model's map, every request of it finds no replica.
+            _ if ids.is_empty() => Assignment::uniform(0, &[NO_REPLICA], 1, 1)?,
             Some(schedule) => initial_assignment(&registry, &schedule.assigner)?,
             None => Assignment::uniform(1, &ids, node.slice_count, node.subset_size)?,
         };

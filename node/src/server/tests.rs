@@ -1125,3 +1125,92 @@ async fn a_node_serving_two_models_routes_each_request_to_its_models_replicas() 
     let _ = r.stop.send(());
     r.node.wait().await.unwrap();
 }
+
+/// A cluster node's configuration from a `[[models]]` file.
+fn cluster_config(models: &str) -> NodeConfig {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, models).unwrap();
+    let mut cfg = NodeConfig::load(
+        Some(&file),
+        Overrides {
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            cluster: true,
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    cfg.actor_restarts = RestartPolicy::quick(5);
+    cfg.shutdown_grace = Duration::from_secs(1);
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_routes_each_model_to_the_node_that_runs_it() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
+    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
+        .unwrap()
+        .to_string();
+    // Node a runs alpha and routes beta; node b the other way round.
+    let alpha = engines_serving(1, "alpha").await;
+    let beta = engines_serving(1, "beta").await;
+    let a = start(
+        cluster_config(&format!(
+            "[[models]]\nurls = [\"{}\"]\n[[models]]\nname = \"beta\"\n",
+            alpha[0]
+        )),
+        Some(cluster_args(dirs[0].path(), None)),
+    )
+    .await;
+    let (a_id, seed) = a.node.cluster().unwrap();
+    let b = start(
+        cluster_config(&format!(
+            "[[models]]\nname = \"alpha\"\n[[models]]\nurls = [\"{}\"]\n",
+            beta[0]
+        )),
+        Some(cluster_args(dirs[1].path(), Some((seed, token)))),
+    )
+    .await;
+    let (b_id, _) = b.node.cluster().unwrap();
+    let (a_addr, b_addr) = (a.node.http_addr(), b.node.http_addr());
+    // Every request is served by its model's replica, forwarded where the node runs none.
+    for (addr, model, on) in [
+        (a_addr, "alpha", a_id),
+        (a_addr, "beta", b_id),
+        (b_addr, "alpha", a_id),
+        (b_addr, "beta", b_id),
+    ] {
+        let replica = crate::cluster::replica_id(on, 0).0.to_string();
+        eventually(&format!("{model} served through {addr}"), || async {
+            let (status, served_by, _) = chat_answer(addr, model, None, "x-sluice-replica").await;
+            status == 200 && served_by.as_deref() == Some(replica.as_str())
+        })
+        .await;
+    }
+    let (_, listed) = http(b_addr, "/v1/models", None).await;
+    assert!(
+        listed.contains("\"alpha\"") && listed.contains("\"beta\""),
+        "{listed}"
+    );
+    // The leader keeps an assignment for each model; status lists both.
+    eventually("both models assigned", || async {
+        let Ok(s) = crate::cluster::cli::fetch_status(dirs[1].path(), None).await else {
+            return false;
+        };
+        let models: Vec<(String, usize, bool)> = s
+            .models
+            .iter()
+            .map(|m| (m.model.clone(), m.replicas, m.generation >= 1))
+            .collect();
+        models == [("alpha".into(), 1, true), ("beta".into(), 1, true)]
+            && s.replicas
+                .iter()
+                .any(|r| r.model == "beta" && r.node == b_id)
+    })
+    .await;
+    for r in [a, b] {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+}

@@ -31,9 +31,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Supervises `children` (launched and ready) as replicas `0..`: their engines are
-    /// restarted under `policy`, their shells under `shells`.
+    /// Supervises `children` (launched and ready) as replicas `first..`: their engines
+    /// are restarted under `policy`, their shells under `shells`.
     pub async fn start(
+        first: usize,
         children: Vec<ChildReplica>,
         spec: EngineSpec,
         policy: RestartPolicy,
@@ -52,7 +53,7 @@ impl Supervisor {
         };
         let (actor, _) = Actor::spawn(None, Engines, args).await?;
         for (i, child) in children.into_iter().enumerate() {
-            let _ = actor.send_message(EnginesMsg::Add(i, child));
+            let _ = actor.send_message(EnginesMsg::Add(first + i, child));
         }
         Ok(Self { actor, spec, fatal })
     }
@@ -373,6 +374,7 @@ mod tests {
             Arc::new(move |name| restarted.lock().unwrap().push(name))
         };
         let sup = Supervisor::start(
+            0,
             vec![first],
             spec,
             RestartPolicy::quick(5),
@@ -421,6 +423,7 @@ mod tests {
         let first = launch_one(0, &spec).await.unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let sup = Supervisor::start(
+            0,
             vec![first],
             spec,
             RestartPolicy::quick(5),
