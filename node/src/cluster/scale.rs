@@ -374,4 +374,47 @@ mod tests {
         assert_eq!(reserved_floor(&state, "m", 1000.0), 3);
         assert_eq!(reserved_floor(&state, "m", 0.0), 0);
     }
+
+    #[test]
+    fn models_share_a_hosts_gpus_and_go_only_where_they_run() {
+        let mut state = ControlState::default();
+        let node = |id: u64, models: Option<&str>| sluice_raft::NodeInfo {
+            id,
+            quic_addr: format!("q{id}"),
+            http_addr: format!("h{id}"),
+            rack: "r".into(),
+            labels: models
+                .map(|m| [(MODELS_LABEL.to_owned(), m.to_owned())].into())
+                .unwrap_or_default(),
+            roles: Default::default(),
+            gpus: 4,
+        };
+        let replica = |id: u64, host: u64, model: &str| ReplicaInfo {
+            id: ReplicaId(id),
+            node: host,
+            model: model.into(),
+            endpoint: "e".into(),
+            capacity_mu_per_min: 1000.0,
+            health: ReplicaHealth::Healthy,
+        };
+        for cmd in [
+            ControlCommand::AddNode(node(1, Some("big,small"))),
+            ControlCommand::AddNode(node(2, Some("small"))),
+            ControlCommand::AddNode(node(3, None)),
+            ControlCommand::RegisterReplica(replica(1, 1, "big")),
+            ControlCommand::RegisterReplica(replica(2, 1, "big")),
+            ControlCommand::RegisterReplica(replica(3, 1, "small")),
+        ] {
+            assert!(!sluice_raft::apply(&mut state, cmd).is_rejected());
+        }
+        // Host 1's four GPUs: two hold big, one small.
+        assert_eq!(held_by_others(&state, 1, "small"), 2);
+        assert_eq!(held_by_others(&state, 1, "big"), 1);
+        assert_eq!(held_by_others(&state, 2, "big"), 0);
+        let nodes = state.nodes();
+        assert!(runs(&nodes[&1], "big") && runs(&nodes[&1], "small"));
+        assert!(!runs(&nodes[&2], "big") && runs(&nodes[&2], "small"));
+        // A node that lists nothing runs anything (one started before models were listed).
+        assert!(runs(&nodes[&3], "big"));
+    }
 }
