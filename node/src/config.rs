@@ -451,7 +451,12 @@ impl NodeConfig {
         }
         let sections = if !fc.models.is_empty() {
             fc.models.clone()
-        } else if !o.cluster && !replicas_set && !flags_set && fc.replicas.command.is_none() {
+        } else if !o.cluster
+            && !replicas_set
+            && !flags_set
+            && o.gpus.is_none()
+            && fc.replicas.command.is_none()
+        {
             embedded_models()
         } else {
             Vec::new()
@@ -480,8 +485,12 @@ impl NodeConfig {
                     o.replica_urls
                 };
                 check_urls(&urls)?;
+                // One replica per GPU unless told otherwise.
                 let launch = if urls.is_empty() {
-                    o.replicas.or(fc.replicas.count).unwrap_or(DEFAULT_REPLICAS)
+                    o.replicas
+                        .or(o.gpus)
+                        .or(fc.replicas.count)
+                        .unwrap_or(DEFAULT_REPLICAS)
                 } else {
                     0
                 };
@@ -837,6 +846,13 @@ mod tests {
         };
         let c = NodeConfig::load(None, three).unwrap();
         assert_eq!((c.fleets().len(), c.launch, c.gpus), (1, 3, 3));
+        // `--gpus N` alone: one replica per GPU of the default model.
+        let gpus = Overrides {
+            gpus: Some(3),
+            ..Overrides::default()
+        };
+        let c = NodeConfig::load(None, gpus).unwrap();
+        assert_eq!((c.fleets().len(), c.launch, c.gpus), (1, 3, 3));
     }
 
     #[test]
@@ -853,8 +869,14 @@ mod tests {
             Overrides::default(),
         )
         .unwrap();
-        // GPUs for the launched replicas of every model together.
+        // GPUs for the launched replicas of every model together, unless given.
         assert_eq!(c.gpus, 3);
+        let more = Overrides {
+            gpus: Some(8),
+            ..Overrides::default()
+        };
+        let c8 = load("[[models]]\nname = \"a\"\nreplicas = 1", more).unwrap();
+        assert_eq!((c8.gpus, c8.launch), (8, 1));
         let fleets = c.fleets();
         assert_eq!(fleets.len(), 3);
         assert_eq!(fleets[0].profile.model, "llama-3.2-3b-instruct");

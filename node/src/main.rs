@@ -146,8 +146,7 @@ async fn node_start(a: StartArgs) -> Result<()> {
     };
     let overrides = config::Overrides {
         http: a.http,
-        // One replica per GPU unless told otherwise.
-        replicas: a.replicas.or(a.gpus),
+        replicas: a.replicas,
         gpus: a.gpus,
         replica_urls: a.replica_urls,
         profile: a.profile,

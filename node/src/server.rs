@@ -150,9 +150,11 @@ impl Node {
         let mut actors = Vec::new();
         let mut engines_by_model = std::collections::HashMap::new();
         let mut total = 0;
+        let mut names = Vec::new();
         for e in found {
             total += e.urls.len();
             let model = e.cfg.model.clone();
+            names.push(model.clone());
             let handle = node.as_ref().map(|n| n.handle(&model));
             let started = match start_fleet(e, &node, handle, metrics.clone(), id_of).await {
                 Ok(f) => f,
@@ -183,14 +185,12 @@ impl Node {
             actors.pop().unwrap_or_default()
         } else {
             // Each model's actors in a group of their own, named after the model.
-            fleets
+            names
                 .iter()
                 .zip(actors)
-                .map(|(f, a)| {
-                    let name: &'static str = Box::leak(
-                        format!("model {}", f.served().model.clone().unwrap_or_default())
-                            .into_boxed_str(),
-                    );
+                .map(|(model, a)| {
+                    // Named once per model at start: leaking these few names is bounded.
+                    let name: &'static str = Box::leak(format!("model {model}").into_boxed_str());
                     ChildSpec::group(name, a, cfg.actor_restarts, None)
                 })
                 .collect()

@@ -41,7 +41,8 @@ struct Load {
 }
 
 impl Load {
-    fn start(bases: Vec<String>, rps: f64) -> Self {
+    /// Requests for `model` at `rps`.
+    fn start(bases: Vec<String>, model: &'static str, rps: f64) -> Self {
         let rate_milli = Arc::new(AtomicU64::new((rps * 1000.0) as u64));
         let outcomes: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -60,7 +61,7 @@ impl Load {
                 let base = bases[(i as usize) % bases.len()].clone();
                 let (http, out) = (http.clone(), out.clone());
                 tasks.push(tokio::spawn(async move {
-                    let r = one(&http, &base, i).await;
+                    let r = one(&http, &base, model, i).await;
                     out.lock().unwrap_or_else(|p| p.into_inner()).push(r);
                 }));
                 i += 1;
@@ -90,12 +91,12 @@ impl Load {
     }
 }
 
-/// One request with a unique ~250-token prompt and exactly 64 output tokens.
-async fn one(http: &Http, base: &str, i: u64) -> Option<String> {
+/// One request for `model` with a unique ~250-token prompt and exactly 64 output tokens.
+async fn one(http: &Http, base: &str, model: &str, i: u64) -> Option<String> {
     use http_body_util::BodyExt;
     let stream = i.is_multiple_of(2);
     let body = serde_json::json!({
-        "model": MODEL,
+        "model": model,
         "messages": [{"role": "user", "content": format!("{i} {}", "data ".repeat(250))}],
         "max_tokens": 64,
         "ignore_eos": true,
@@ -238,7 +239,7 @@ async fn replicas_follow_the_load_across_racks_and_drain_without_failures() -> R
             .map(|n| (n.dir.path().to_owned(), n.quic.clone()))
             .collect(),
     );
-    let load = Load::start(nodes.iter().map(|n| n.base()).collect(), 0.25);
+    let load = Load::start(nodes.iter().map(|n| n.base()).collect(), MODEL, 0.25);
 
     // Light load: the fleet drains down to its minimum of two.
     let low = wait_status(&all, Duration::from_secs(60), |s| {
@@ -377,5 +378,87 @@ async fn a_drained_replica_finishes_its_streams_before_it_stops() -> Result<()> 
     let out = sluice_tests::cluster::sluice(&["cluster", "drain", "999", "--data-dir", &d])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown replica 999"));
+    Ok(())
+}
+
+/// Replicas of every model on each node, and healthy replicas of `model` (from a status).
+fn by_model(s: &Value, model: &str) -> (BTreeMap<u64, usize>, usize) {
+    let mut held = BTreeMap::new();
+    let mut healthy = 0;
+    for r in s["replicas"].as_array().into_iter().flatten() {
+        *held.entry(r["node"].as_u64().unwrap_or(0)).or_default() += 1;
+        if r["model"] == model && r["health"] == "healthy" {
+            healthy += 1;
+        }
+    }
+    (held, healthy)
+}
+
+/// Two models on two nodes of two GPUs: each node starts one replica of the first and
+/// none of the second. The autoscaler gives the second its minimum at once and, under
+/// load, as many replicas as the GPUs the first leaves free — never more replicas on a
+/// node than it has GPUs — and both models keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_share_the_gpus_as_the_autoscaler_places_them() -> Result<()> {
+    const SMALL: &str = "small-model";
+    let work = tempfile::tempdir()?;
+    let profile = sluice_tests::small_profile(work.path(), 600.0)?;
+    let config = work.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nname = {MODEL:?}\nreplicas = 1\nprofile = {p:?}\n\
+             [[models]]\nname = {SMALL:?}\nprofile = {p:?}\n\n\
+             [autoscaler]\nenabled = true\nmin_replicas = 1\ntick_s = 1\nup_window_s = 5\n\
+             down_window_s = 60\n",
+            p = profile.to_string_lossy()
+        ),
+    )?;
+    let cfg = config.to_string_lossy().into_owned();
+    let extra = ["--gpus", "2", "--time-scale", "0", "--config", &cfg];
+    let nodes = [Node::new("r1")?, Node::new("r2")?];
+    let token = init(&nodes[0])?;
+    let _p1 = nodes[0].start_with(None, &extra)?;
+    let _p2 = nodes[1].start_with(Some((&nodes[0].quic, &token)), &extra)?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_status(&all, Duration::from_secs(60), |s| by_model(s, SMALL).1 >= 1)
+        .await
+        .context("the second model did not get its minimum replica")?;
+    let bases: Vec<String> = nodes.iter().map(|n| n.base()).collect();
+    let big = Load::start(bases.clone(), MODEL, 2.0);
+    let small = Load::start(bases, SMALL, 6.0);
+    let full = wait_status(&all, Duration::from_secs(90), |s| {
+        let (held, healthy) = by_model(s, SMALL);
+        assert!(
+            held.values().all(|&n| n <= 2),
+            "more replicas than GPUs on a node: {s}"
+        );
+        healthy >= 2
+    })
+    .await
+    .context("the loaded model did not scale out onto the free GPUs")?;
+    eprintln!("under load: {:?}", by_model(&full, SMALL));
+    // Serve at the peak a while: the autoscaler keeps wanting more than the GPUs hold.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let s = wait_status(&all, Duration::from_secs(10), |_| true).await?;
+    let (held, _) = by_model(&s, SMALL);
+    assert!(held.values().all(|&n| n <= 2), "{s}");
+    assert!(
+        s["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["model"] == MODEL && r["health"] == "healthy"),
+        "the first model lost its replicas: {s}"
+    );
+    for (name, load) in [("first", big), ("second", small)] {
+        let (sent, failures) = load.finish().await?;
+        eprintln!("{name} model: {sent} requests, {} failed", failures.len());
+        assert!(sent > 5, "too little traffic: {sent}");
+        assert!(
+            failures.is_empty(),
+            "{name} model's failed requests: {failures:#?}"
+        );
+    }
     Ok(())
 }
