@@ -94,7 +94,39 @@ fn every_drill_loses_nothing_and_recovers() -> Result<()> {
         }
     }
     // In the same test: drills share the machine's two cores badly.
-    a_poison_request_stays_in_its_subset_and_is_then_refused()
+    a_poison_request_stays_in_its_subset_and_is_then_refused()?;
+    a_node_lost_from_a_two_model_cluster_costs_neither_model_a_request()
+}
+
+/// Two models on every node (two GPUs each, one replica of each): a node killed and
+/// restarted loses no request of either model.
+fn a_node_lost_from_a_two_model_cluster_costs_neither_model_a_request() -> Result<()> {
+    let r = drill(
+        "node-crash-restart",
+        "15",
+        &["--models", "2", "--gpus-per-node", "2"],
+    )?;
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["state_agrees"], true, "{r}");
+    let models: Vec<(&str, u64, u64)> = r["by_model"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["model"].as_str().unwrap_or(""),
+                m["sent"].as_u64().unwrap_or(0),
+                m["lost"].as_u64().unwrap_or(1),
+            )
+        })
+        .collect();
+    assert_eq!(models.len(), 2, "{r}");
+    for (model, sent, lost) in models {
+        assert!(sent >= 50 && lost == 0, "{model}: {sent} sent, {lost} lost");
+    }
+    let rate = r["success_rate_after_fault"].as_f64().unwrap_or(0.0);
+    assert!(rate >= 0.99, "{:.2}% after the fault", rate * 100.0);
+    Ok(())
 }
 
 fn a_poison_request_stays_in_its_subset_and_is_then_refused() -> Result<()> {

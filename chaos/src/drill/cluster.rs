@@ -30,6 +30,8 @@ pub struct Cluster {
     pub nodes: Vec<DrillNode>,
     token: String,
     gpus: usize,
+    /// The nodes' file lists several models (and their replicas).
+    several_models: bool,
     config: PathBuf,
     _work: tempfile::TempDir,
 }
@@ -40,15 +42,37 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// The nodes' `[[models]]` when they serve several: `gpus` replicas split between them
+/// (the first takes what does not divide evenly). One model: none (the flags say).
+fn models_section(gpus: usize, models: &[&str]) -> String {
+    if models.len() < 2 {
+        return String::new();
+    }
+    let each = gpus / models.len();
+    models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let n = if i == 0 {
+                gpus - each * (models.len() - 1)
+            } else {
+                each
+            };
+            format!("\n[[models]]\nname = {m:?}\nreplicas = {n}\n")
+        })
+        .collect()
+}
+
 impl Cluster {
-    /// Initializes a cluster in a fresh directory and starts its nodes; returns once
-    /// every node is a member and every replica is registered. `config_extra` is added to
-    /// the nodes' configuration file.
+    /// Initializes a cluster in a fresh directory and starts its nodes, each with
+    /// `gpus` replicas split between `models`; returns once every node is a member and
+    /// every replica is registered. `config_extra` is added to the nodes' configuration
+    /// file.
     pub async fn start(
         exe: &Path,
         nodes: usize,
         racks: usize,
-        gpus: usize,
+        (gpus, models): (usize, &[&str]),
         config_extra: &str,
     ) -> Result<Self> {
         let work = tempfile::tempdir().context("cannot create the drill's directory")?;
@@ -56,7 +80,10 @@ impl Cluster {
         // Time for in-flight streams to finish on a rolling restart.
         std::fs::write(
             &config,
-            format!("[node]\nshutdown_grace_s = 20\n{config_extra}"),
+            format!(
+                "[node]\nshutdown_grace_s = 20\n{config_extra}{}",
+                models_section(gpus, models)
+            ),
         )?;
         let mut list = Vec::new();
         for i in 0..nodes {
@@ -91,6 +118,7 @@ impl Cluster {
             nodes: list,
             token,
             gpus,
+            several_models: models.len() > 1,
             config,
             _work: work,
         };
@@ -140,8 +168,12 @@ impl Cluster {
         cmd.args(["node", "start", "--data-dir"])
             .arg(&n.dir)
             .args(["--listen", &n.quic, "--http", &n.http, "--rack", &n.rack])
-            .args(["--gpus", &gpus, "--replicas", &gpus, "--config"])
+            .args(["--gpus", &gpus, "--config"])
             .arg(&self.config);
+        if !self.several_models {
+            // Several models list their replicas in the file.
+            cmd.args(["--replicas", &gpus]);
+        }
         if join && !n.dir.join("tls/node.pem").exists() {
             cmd.args(["--join", &self.nodes[0].quic, "--token", &self.token]);
         }

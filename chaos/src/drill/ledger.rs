@@ -22,8 +22,20 @@ pub struct Record {
     pub done_ms: u64,
     /// Which node's front door it went to (index).
     pub node: usize,
+    /// The model it asked for.
+    pub model: &'static str,
     pub stream: bool,
     pub outcome: Outcome,
+}
+
+/// One model's share of a drill's requests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelCount {
+    pub model: &'static str,
+    pub sent: u64,
+    pub succeeded: u64,
+    pub failed_explicit: u64,
+    pub lost: u64,
 }
 
 /// What a drill reports.
@@ -43,6 +55,8 @@ pub struct Summary {
     pub lost_examples: Vec<String>,
     /// The first explicit failures and their reasons.
     pub explicit_examples: Vec<String>,
+    /// The same counts for each model the requests asked for.
+    pub by_model: Vec<ModelCount>,
 }
 
 /// The window over which recovery is judged, and the success rate that counts as
@@ -97,7 +111,36 @@ pub fn summarize(scenario: &str, records: &[Record], fault_ms: Option<u64>) -> S
             .map(|ms| ms as f64 / 1e3),
         lost_examples,
         explicit_examples,
+        by_model: by_model(records),
     }
+}
+
+/// Each model's counts, in the order the models first appear.
+fn by_model(records: &[Record]) -> Vec<ModelCount> {
+    let mut out: Vec<ModelCount> = Vec::new();
+    for r in records {
+        let i = match out.iter().position(|m| m.model == r.model) {
+            Some(i) => i,
+            None => {
+                out.push(ModelCount {
+                    model: r.model,
+                    sent: 0,
+                    succeeded: 0,
+                    failed_explicit: 0,
+                    lost: 0,
+                });
+                out.len() - 1
+            }
+        };
+        let m = &mut out[i];
+        m.sent += 1;
+        match r.outcome {
+            Outcome::Ok => m.succeeded += 1,
+            Outcome::Explicit { .. } => m.failed_explicit += 1,
+            Outcome::Lost { .. } => m.lost += 1,
+        }
+    }
+    out
 }
 
 /// Milliseconds from `fault_ms` to the start of the last window (by send time) whose
@@ -207,6 +250,7 @@ mod tests {
             sent_ms,
             done_ms: sent_ms + 10,
             node: 0,
+            model: "m",
             stream: false,
             outcome: if ok {
                 Outcome::Ok
@@ -277,5 +321,26 @@ mod tests {
         assert_eq!(s.lost_examples.len(), 1);
         let calm = summarize("x", &records[..20], Some(0));
         assert_eq!(calm.recovery_s, None);
+    }
+
+    #[test]
+    fn each_model_is_counted_apart() {
+        let mut records = vec![rec(1, 0, true), rec(2, 0, false), rec(3, 0, true)];
+        records[1].model = "other";
+        let lost = Record {
+            outcome: Outcome::Lost { why: "gone".into() },
+            ..rec(4, 0, true)
+        };
+        records.push(Record {
+            model: "other",
+            ..lost
+        });
+        let s = summarize("x", &records, None);
+        let counts: Vec<(&str, u64, u64, u64, u64)> = s
+            .by_model
+            .iter()
+            .map(|m| (m.model, m.sent, m.succeeded, m.failed_explicit, m.lost))
+            .collect();
+        assert_eq!(counts, [("m", 2, 2, 0, 0), ("other", 2, 0, 1, 1)]);
     }
 }

@@ -11,7 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-pub const MODEL: &str = "llama-3.1-8b-instruct";
+pub const MODEL: &str = DRILL_MODELS[0];
+
+/// The models a drill's cluster may serve (`--models N` takes the first N): the two
+/// with built-in profiles.
+pub const DRILL_MODELS: [&str; 2] = ["llama-3.1-8b-instruct", "llama-3.2-3b-instruct"];
 
 /// Which front doors take traffic, and how many requests each has in flight.
 pub struct Doors {
@@ -77,13 +81,15 @@ impl LoadHandle {
     }
 }
 
-/// Starts sending `rate` requests per second; times are measured from `epoch`.
+/// Starts sending `rate` requests per second, taking `models` in turn; times are
+/// measured from `epoch`.
 pub fn start(
     doors: Arc<Doors>,
     rate: f64,
     deadline: Duration,
     epoch: Instant,
     key: String,
+    models: &'static [&'static str],
 ) -> LoadHandle {
     let key: Arc<str> = Arc::from(format!("Bearer {key}"));
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -105,9 +111,11 @@ pub fn start(
             tasks.push(tokio::spawn(async move {
                 let sent_ms = epoch.elapsed().as_millis() as u64;
                 let stream = k % 2 == 1;
+                let model = models[(k as usize) % models.len().max(1)];
                 let ask = Ask {
                     content: format!("drill request {k}: tell me about fault tolerance"),
                     session: format!("session-{}", k % 64),
+                    model,
                     stream,
                     seed: Some(k),
                 };
@@ -123,6 +131,7 @@ pub fn start(
                     sent_ms,
                     done_ms: epoch.elapsed().as_millis() as u64,
                     node: door,
+                    model,
                     stream,
                     outcome,
                 };
@@ -143,6 +152,7 @@ pub struct Ask {
     pub content: String,
     /// Its `x-session-id`: the workload key that picks its slice.
     pub session: String,
+    pub model: &'static str,
     pub stream: bool,
     /// OpenAI's `seed`: the simulated engine's answer is then known in advance, and
     /// checked word for word.
@@ -155,7 +165,7 @@ const ANSWER_TOKENS: u32 = 32;
 async fn one(http: &HttpClient, base: &str, auth: &str, ask: &Ask) -> Outcome {
     let stream = ask.stream;
     let mut body = serde_json::json!({
-        "model": MODEL,
+        "model": ask.model,
         "messages": [{"role": "user", "content": ask.content}],
         "max_tokens": ANSWER_TOKENS,
         "ignore_eos": true,
@@ -284,6 +294,7 @@ pub fn poison(
                 sent_ms,
                 done_ms: epoch.elapsed().as_millis() as u64,
                 node: door,
+                model: ask.model,
                 stream: ask.stream,
                 outcome,
             });

@@ -61,6 +61,10 @@ pub struct DrillArgs {
     pub racks: usize,
     #[arg(long, default_value_t = 1)]
     pub gpus_per_node: usize,
+    /// Models the cluster serves (live drills; 1 or 2): each node splits its GPUs
+    /// between them, and the clients ask for each in turn.
+    #[arg(long, default_value_t = 1)]
+    pub models: usize,
     /// Seconds of load per scenario.
     #[arg(long, default_value_t = 60.0)]
     pub duration: f64,
@@ -166,6 +170,12 @@ pub async fn cli_main(args: DrillArgs) -> Result<()> {
     if args.nodes < 3 || args.racks < 1 || args.gpus_per_node < 1 {
         bail!("a drill needs --nodes ≥ 3, --racks ≥ 1 and --gpus-per-node ≥ 1");
     }
+    if !(1..=load::DRILL_MODELS.len()).contains(&args.models)
+        || args.gpus_per_node < args.models
+        || (args.virtual_time && args.models > 1)
+    {
+        bail!("--models must be 1 or 2 (a live drill), with --gpus-per-node at least as many");
+    }
     if !(args.duration.is_finite() && args.duration >= 9.0 && args.rate > 0.0) {
         bail!("--duration must be at least 9 s and --rate positive");
     }
@@ -247,6 +257,19 @@ fn print(r: &DrillReport) {
         t(rec.restored_s),
         r.migrations
     );
+    if s.by_model.len() > 1 {
+        let each: Vec<String> = s
+            .by_model
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {} sent, {} succeeded, {} explicit, {} lost",
+                    m.model, m.sent, m.succeeded, m.failed_explicit, m.lost
+                )
+            })
+            .collect();
+        println!("  by model: {}", each.join("; "));
+    }
     if let Some(p) = &r.poison {
         println!(
             "  poison: {} sent, {} refused as quarantined, {} other explicit errors, {} lost",
@@ -298,7 +321,15 @@ pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport>
     if args.no_quarantine {
         config.push_str("[router]\nquarantine_after = 0\n");
     }
-    let mut c = Cluster::start(exe, args.nodes, args.racks, args.gpus_per_node, &config).await?;
+    let models = &load::DRILL_MODELS[..args.models];
+    let mut c = Cluster::start(
+        exe,
+        args.nodes,
+        args.racks,
+        (args.gpus_per_node, models),
+        &config,
+    )
+    .await?;
     // A committed write before any fault: it must be on every node at the end. It is
     // the tenant the load runs as (so the drill also covers key checks on every node).
     let marker = format!("drill-{}", args.seed);
@@ -320,6 +351,7 @@ pub async fn run(exe: &std::path::Path, args: &DrillArgs) -> Result<DrillReport>
         Duration::from_secs(30),
         epoch,
         key.clone(),
+        models,
     );
     let watcher = watch::Watcher::start(
         c.nodes
@@ -649,6 +681,7 @@ async fn strike(
             let ask = load::Ask {
                 content: format!("{}: answer this", cluster::POISON),
                 session: POISON_SESSION.into(),
+                model: load::MODEL,
                 stream: false,
                 seed: None,
             };

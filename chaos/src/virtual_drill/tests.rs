@@ -7,6 +7,7 @@ fn args(scenario: &str, nodes: usize, racks: usize, gpus: usize, duration: f64) 
         nodes,
         racks,
         gpus_per_node: gpus,
+        models: 1,
         duration,
         rate: 10.0,
         seed: 3,

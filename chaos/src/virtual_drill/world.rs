@@ -391,6 +391,7 @@ impl<'t> World<'t> {
                 sent_ms: r.sent_us / 1000,
                 done_ms: done / 1000,
                 node: r.door as usize,
+                model: crate::drill::load::MODEL,
                 stream: r.stream,
                 outcome,
             };
