@@ -43,6 +43,9 @@ pub struct ModelSection {
     pub urls: Vec<String>,
     /// Default: the built-in or `profile_dir` profile calibrated for the model.
     pub profile: Option<PathBuf>,
+    /// The autoscaler's bounds for this model [default: `[autoscaler]`'s].
+    pub min_replicas: Option<usize>,
+    pub max_replicas: Option<usize>,
 }
 
 /// The leader's autoscaler (cluster mode): the core's knobs, the bounds, and how
@@ -84,7 +87,19 @@ pub struct LiveAutoscaler {
     pub core: AutoscalerConfig,
     pub min_replicas: usize,
     pub max_replicas: Option<usize>,
+    /// Bounds `[[models]]` set for their model, in place of the two above.
+    pub per_model: std::collections::BTreeMap<String, (usize, Option<usize>)>,
     pub tick: Duration,
+}
+
+impl LiveAutoscaler {
+    /// `model`'s fewest and most replicas (`None`: every GPU of the cluster).
+    pub fn bounds(&self, model: &str) -> (usize, Option<usize>) {
+        self.per_model
+            .get(model)
+            .copied()
+            .unwrap_or((self.min_replicas, self.max_replicas))
+    }
 }
 
 /// The health prober: the core's knobs, and whether probes jump the engine's queue.
@@ -552,11 +567,27 @@ impl NodeConfig {
                     bail!("autoscaler.{name} must be a positive number of seconds, got {v}")
                 }
             };
+            let mut per_model = std::collections::BTreeMap::new();
+            for m in &sections {
+                if m.min_replicas.is_none() && m.max_replicas.is_none() {
+                    continue;
+                }
+                let Some(name) = m.name.clone() else {
+                    bail!("a [[models]] entry with min_replicas or max_replicas needs its name");
+                };
+                let min = m.min_replicas.unwrap_or(a.min_replicas);
+                let max = m.max_replicas.or(a.max_replicas);
+                if max.is_some_and(|x| x < min) {
+                    bail!("model '{name}': max_replicas must be at least min_replicas");
+                }
+                per_model.insert(name, (min, max));
+            }
             Some(LiveAutoscaler {
                 policy: a.policy.clone(),
                 core: a.core.clone(),
                 min_replicas: a.min_replicas,
                 max_replicas: a.max_replicas,
+                per_model,
                 tick: secs("tick_s", a.tick_s)?,
             })
         } else {
@@ -902,6 +933,28 @@ mod tests {
         .unwrap();
         let launches: Vec<usize> = c.fleets().iter().map(|f| f.launch).collect();
         assert_eq!(launches, [1, 0]);
+        // Each model may bound its own replica count.
+        let scaled = load(
+            "[autoscaler]\nenabled = true\nmin_replicas = 2\nmax_replicas = 6\n\
+             [[models]]\nname = \"a\"\nreplicas = 1\nmax_replicas = 3\n\
+             [[models]]\nname = \"b\"",
+            Overrides {
+                cluster: true,
+                ..Overrides::default()
+            },
+        )
+        .unwrap()
+        .autoscaler
+        .unwrap();
+        assert_eq!(scaled.bounds("a"), (2, Some(3)));
+        assert_eq!(scaled.bounds("b"), (2, Some(6)));
+        let e = load(
+            "[autoscaler]\nenabled = true\n[[models]]\nname = \"a\"\nreplicas = 1\n\
+             min_replicas = 4\nmax_replicas = 3",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("model 'a': max_replicas"), "{e}");
         for (text, o, needle) in [
             (
                 "[[models]]\nname = \"a\"\nreplicas = 1\n[[models]]\nname = \"a\"\nreplicas = 1",

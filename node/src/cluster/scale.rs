@@ -131,7 +131,8 @@ impl Autoscaler {
         // to hear from everyone).
         let window = self.report_every * 3;
         let live = handler.live_nodes(window);
-        let max = self.cfg.max_replicas.unwrap_or_else(|| {
+        let (min, max) = self.cfg.bounds(model);
+        let max = max.unwrap_or_else(|| {
             state
                 .nodes()
                 .values()
@@ -183,7 +184,7 @@ impl Autoscaler {
             requests_per_s: 0.0,
             capacity_mu_per_min: capacity,
             bounds: ScaleBounds {
-                min: self.cfg.min_replicas,
+                min,
                 max,
                 reserved_floor: reserved_floor(state, model, capacity),
             },
