@@ -1,12 +1,17 @@
 """A node serving several models, as a newcomer meets it: `sluice node start` given no
 replicas runs two simulated models. The official client lists both, each request is
 served by its own model's replicas, an unknown model is a 404 naming what is served,
-and metrics carry the model."""
+and metrics carry the model. In a cluster, a node forwards a model it does not run."""
+
+import json
+import os
+import subprocess
+import tempfile
 
 import pytest
 from openai import NotFoundError, OpenAI
 
-from conftest import metric, start_node
+from conftest import SLUICE, Proc, metric, start_node, wait_until
 
 BIG, SMALL = "llama-3.1-8b-instruct", "llama-3.2-3b-instruct"
 # The embedded default launches 4 replicas of the first model, then 2 of the second.
@@ -74,3 +79,52 @@ def test_metrics_carry_the_model(node):
                                                           "calibrated": "true"}) == 1
         assert metric(node.url, "sluice_model_capacity_mu_per_min", {"model": model}) > 0
     assert metric(node.url, "sluice_completion_tokens_total", {"model": SMALL}) > 0
+
+
+def sluice(*args):
+    out = subprocess.run([SLUICE, *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_a_cluster_node_forwards_the_model_it_does_not_run():
+    """Two cluster nodes: the first runs the 8B and routes the 3B, the second the other way
+    round. Through either front door the client reaches both models, each on the node that
+    runs it, and `cluster status` lists the two models with their assignments."""
+    d1, d2 = tempfile.mkdtemp(), tempfile.mkdtemp()
+    sluice("cluster", "init", "--data-dir", d1)
+
+    def node(d, runs, extra=()):
+        cfg = os.path.join(d, "node.toml")
+        with open(cfg, "w") as f:
+            for m in (BIG, SMALL):
+                f.write(f'[[models]]\nname = "{m}"\nreplicas = {1 if m == runs else 0}\n')
+        return Proc([SLUICE, "node", "start", "--data-dir", d, "--listen", "127.0.0.1:0", "--http",
+                     "127.0.0.1:0", "--time-scale", "0", "--config", cfg, *extra], "sluice node listening on ")
+
+    n1 = node(d1, BIG)
+    with open(os.path.join(d1, "tls", "join-token")) as f:
+        token = f.read().strip()
+    with open(os.path.join(d1, "listen")) as f:
+        join = f.read().strip()
+    n2 = node(d2, SMALL, ["--join", join, "--token", token])
+    try:
+        def both_assigned():
+            s = json.loads(sluice("cluster", "status", "--json", "--data-dir", d1))
+            return sorted((m["model"], m["healthy"], m["generation"] >= 1) for m in s["models"]) == [
+                (BIG, 1, True), (SMALL, 1, True)]
+
+        assert wait_until(both_assigned, timeout=60, every=0.3)
+        s = json.loads(sluice("cluster", "status", "--json", "--data-dir", d1))
+        on = {r["model"]: str(r["id"]) for r in s["replicas"]}
+        for n in (n1, n2):
+            c = OpenAI(base_url=n.url + "/v1", api_key="unused", max_retries=2)
+            assert [m.id for m in c.models.list().data] == [BIG, SMALL]
+            for model in (BIG, SMALL):
+                raw = c.chat.completions.with_raw_response.create(
+                    model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+                assert raw.headers["x-sluice-replica"] == on[model], (n.url, model)
+                assert raw.parse().model == model
+    finally:
+        n2.stop()
+        n1.stop()
