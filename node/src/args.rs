@@ -49,8 +49,9 @@ pub enum ChaosCommand {
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
-    /// Start a node: the OpenAI front door over simulated replicas (the default) or
-    /// over already-running engines given with --replica.
+    /// Start a node: the OpenAI front door over simulated replicas (the default: two
+    /// models, 4 + 2 replicas) or over already-running engines given with --replica.
+    /// Several models: `[[models]]` in --config.
     Start(StartArgs),
 }
 
@@ -59,7 +60,9 @@ pub struct StartArgs {
     /// Address of the OpenAI-compatible front door [default: 127.0.0.1:8080].
     #[arg(long)]
     pub http: Option<SocketAddr>,
-    /// Replicas to launch at start [default: 4, or --gpus when given].
+    /// Replicas of one model to launch at start [default: 4, or --gpus when given;
+    /// a standalone node given none of --replicas, --gpus, --replica, --model, --profile
+    /// serves two models].
     #[arg(long)]
     pub replicas: Option<usize>,
     /// GPUs this host owns: one engine replica per GPU at most. In a cluster with the
