@@ -537,7 +537,9 @@ impl NodeHandler {
             .insert(peer, Instant::now());
         match rpc {
             LoadRpc::Report { model, report } => {
-                if self.is_leader() {
+                // Only models the registry has get a desk: a peer cannot make them grow.
+                let known = self.cp.state().borrow().models().contains(model.as_str());
+                if self.is_leader() && known {
                     self.add_load(&model, &report);
                 }
             }
