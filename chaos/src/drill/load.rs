@@ -210,13 +210,23 @@ async fn one(http: &HttpClient, base: &str, auth: &str, ask: &Ask) -> Outcome {
     };
     let text = String::from_utf8_lossy(&bytes);
     if status != 200 {
+        // The error's code and the start of its message: what the report shows of why.
+        let error = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .map(|v| v["error"].clone());
+        let code = error.as_ref().and_then(|e| e["code"].as_str());
+        let message: String = error
+            .as_ref()
+            .and_then(|e| e["message"].as_str())
+            .unwrap_or_default()
+            .chars()
+            .take(120)
+            .collect();
         return Outcome::Explicit {
-            why: match serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-            {
-                Some(code) => format!("HTTP {status} {code}"),
-                None => format!("HTTP {status}"),
+            why: match (code, message.is_empty()) {
+                (Some(code), _) => format!("HTTP {status} {code}: {message}"),
+                (None, false) => format!("HTTP {status}: {message}"),
+                (None, true) => format!("HTTP {status}"),
             },
         };
     }
