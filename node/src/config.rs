@@ -400,17 +400,17 @@ impl NodeConfig {
     pub fn serve_model(&mut self, model: &str) {
         self.model = model.to_owned();
         if self.profile_path.is_none() && !self.profile.serves(model) {
-            let calibrated = self
-                .profile_catalog
-                .iter()
-                .find(|p| p.serves(model))
-                .cloned()
-                .or_else(|| Profile::embedded_for(model));
-            if let Some(p) = calibrated {
-                self.router.affinity.cache_tokens = p.kv_cache_tokens();
-                self.profile = p;
+            if let Some(p) = calibrated_profile(&self.profile_catalog, model) {
+                self.price_with(p);
             }
         }
+    }
+
+    /// Prices with `profile`: the router then expects as much prefix cache as its
+    /// engine has.
+    fn price_with(&mut self, profile: Profile) {
+        self.router.affinity.cache_tokens = profile.kv_cache_tokens();
+        self.profile = profile;
     }
 
     /// One configuration per model this node serves (its own when it serves one): each
@@ -427,8 +427,7 @@ impl NodeConfig {
                 c.launch = m.launch;
                 c.urls = m.urls.clone();
                 c.profile_path = m.profile_path.clone();
-                c.router.affinity.cache_tokens = m.profile.kv_cache_tokens();
-                c.profile = m.profile.clone();
+                c.price_with(m.profile.clone());
                 c.model_override = m.name.clone();
                 c.model = m.name.clone().unwrap_or_else(|| m.profile.model.clone());
                 c
@@ -775,6 +774,15 @@ impl NodeConfig {
 /// The longest `[node] cert_lifetime_s` (a year).
 const CERT_LIFETIME_MAX_S: f64 = 365.0 * 86_400.0;
 
+/// The profile calibrated for `model`: from `profile_dir`, else built in.
+fn calibrated_profile(catalog: &[Profile], model: &str) -> Option<Profile> {
+    catalog
+        .iter()
+        .find(|p| p.serves(model))
+        .cloned()
+        .or_else(|| Profile::embedded_for(model))
+}
+
 /// Replica URLs must be plain `http://` addresses.
 fn check_urls(urls: &[String]) -> Result<()> {
     for u in urls {
@@ -804,12 +812,7 @@ fn model_fleet(m: &ModelSection, catalog: &[Profile], cluster: bool) -> Result<M
     }
     let profile = match (&m.profile, name) {
         (Some(p), _) => Profile::load(p)?,
-        (None, Some(n)) => catalog
-            .iter()
-            .find(|p| p.serves(n))
-            .cloned()
-            .or_else(|| Profile::embedded_for(n))
-            .unwrap_or_else(Profile::default_profile),
+        (None, Some(n)) => calibrated_profile(catalog, n).unwrap_or_else(Profile::default_profile),
         (None, None) => Profile::default_profile(),
     };
     Ok(ModelFleet {

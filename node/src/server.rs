@@ -150,30 +150,26 @@ impl Node {
         let mut actors = Vec::new();
         let mut engines_by_model = std::collections::HashMap::new();
         let mut total = 0;
-        let mut names = Vec::new();
         for e in found {
             total += e.urls.len();
             let model = e.cfg.model.clone();
-            names.push(model.clone());
             let handle = node.as_ref().map(|n| n.handle(&model));
             let started = match start_fleet(e, &node, handle, metrics.clone(), id_of).await {
                 Ok(f) => f,
                 Err(err) => {
                     // No engine outlives a node that could not start.
-                    for s in &supervisors {
-                        s.stop(Duration::from_secs(5)).await;
-                    }
+                    stop_engines(&supervisors).await;
                     return Err(err);
                 }
             };
             engines_by_model.insert(
-                model,
+                model.clone(),
                 cluster::reconcile::ModelEngines {
                     supervisor: started.supervisor.clone(),
                     front: started.state.clone(),
                 },
             );
-            fleets.push(started.state);
+            fleets.push((model, started.state));
             supervisors.push(started.supervisor);
             actors.push(started.actors);
         }
@@ -185,10 +181,10 @@ impl Node {
             actors.pop().unwrap_or_default()
         } else {
             // Each model's actors in a group of their own, named after the model.
-            names
+            fleets
                 .iter()
                 .zip(actors)
-                .map(|(model, a)| {
+                .map(|((model, _), a)| {
                     // Named once per model at start: leaking these few names is bounded.
                     let name: &'static str = Box::leak(format!("model {model}").into_boxed_str());
                     ChildSpec::group(name, a, cfg.actor_restarts, None)
@@ -199,11 +195,10 @@ impl Node {
             anyhow::bail!("the node serves no model");
         };
         let _ = slot.set(fleets.clone());
-        let handle = node.as_ref().map(ClusterNode::node_handle);
-        if let (Some(n), Some(handle)) = (&node, &handle) {
+        if let Some(n) = &node {
             children.extend(n.actors(cfg.actor_restarts));
             // Placements and drains (the autoscaler's or an operator's) on this node.
-            let handle = handle.clone();
+            let handle = n.node_handle();
             let busy: Arc<std::sync::Mutex<std::collections::HashSet<ReplicaId>>> = Arc::default();
             let deadline = cfg.drain_deadline;
             children.push(ChildSpec::duty("reconciler", move || {
@@ -218,9 +213,7 @@ impl Node {
         let tree = match Tree::start(children, cfg.actor_restarts, Some(on_restart)).await {
             Ok(tree) => Arc::new(tree),
             Err(e) => {
-                for s in &supervisors {
-                    s.stop(Duration::from_secs(5)).await;
-                }
+                stop_engines(&supervisors).await;
                 return Err(anyhow::Error::new(e).context("cannot start the node's actors"));
             }
         };
@@ -272,6 +265,13 @@ impl Node {
             Some(task) => task.await.context("the node's task failed")?,
             None => Ok(()),
         }
+    }
+}
+
+/// Stops every engine of the node (SIGTERM, SIGKILL after a grace).
+async fn stop_engines(supervisors: &[Arc<Supervisor>]) {
+    for s in supervisors {
+        s.stop(Duration::from_secs(5)).await;
     }
 }
 
@@ -505,9 +505,7 @@ async fn serve(
     if let Some(node) = node {
         node.shutdown().await;
     }
-    for s in &supervisors {
-        s.stop(Duration::from_secs(5)).await;
-    }
+    stop_engines(&supervisors).await;
     let failed = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
     match failed {
         Some(why) => Err(anyhow::anyhow!(why)),

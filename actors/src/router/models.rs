@@ -104,6 +104,42 @@ impl ServedModels {
     }
 }
 
+/// Why no fleet of a node takes a request for a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unserved {
+    /// Some fleet's engines have not said what they serve yet: it may be theirs.
+    Loading,
+    /// No fleet serves it; these are the models the node serves.
+    Unknown(Vec<String>),
+}
+
+/// Which of a node's fleets (each serving one model) takes a request naming `model`:
+/// the first that serves it; the first of all for a request that names none (the
+/// engines judge a passed-through body).
+pub fn choose_fleet<S: AsRef<ServedModels>>(fleets: &[S], model: &str) -> Result<usize, Unserved> {
+    if model.is_empty() && !fleets.is_empty() {
+        return Ok(0);
+    }
+    if let Some(i) = fleets.iter().position(|f| f.as_ref().serves(model)) {
+        return Ok(i);
+    }
+    if fleets.iter().any(|f| f.as_ref().model.is_none()) {
+        return Err(Unserved::Loading);
+    }
+    Err(Unserved::Unknown(
+        fleets
+            .iter()
+            .filter_map(|f| f.as_ref().model.clone())
+            .collect(),
+    ))
+}
+
+impl AsRef<ServedModels> for ServedModels {
+    fn as_ref(&self) -> &ServedModels {
+        self
+    }
+}
+
 /// The names listed in an OpenAI `/v1/models` answer, in order; `None` if the body is
 /// not such an answer.
 pub fn parse_model_list(body: &[u8]) -> Option<Vec<String>> {
@@ -126,6 +162,38 @@ mod tests {
         list.iter()
             .map(|(id, ms)| (ReplicaId(*id), ms.iter().map(|m| m.to_string()).collect()))
             .collect()
+    }
+
+    #[test]
+    fn a_request_goes_to_the_fleet_serving_its_model_or_is_refused_with_the_reason() {
+        let fleet = |m: &str, engines: &[&str]| {
+            ServedModels::decide(Some(m), None, &reports(&[(0, engines)]))
+        };
+        let big = fleet("big", &["big", "big-alias"]);
+        let small = fleet("small", &["small"]);
+        let loading = ServedModels::default();
+        assert_eq!(choose_fleet(&[big.clone(), small.clone()], "small"), Ok(1));
+        // Another name every engine of a fleet answers to.
+        assert_eq!(
+            choose_fleet(&[big.clone(), small.clone()], "big-alias"),
+            Ok(0)
+        );
+        // No name: the first fleet's engines judge it.
+        assert_eq!(choose_fleet(&[big.clone(), small.clone()], ""), Ok(0));
+        assert_eq!(
+            choose_fleet(&[big.clone(), small.clone()], "gpt-4o"),
+            Err(Unserved::Unknown(vec!["big".into(), "small".into()]))
+        );
+        // While a fleet's engines have not said, an unknown name may be theirs.
+        assert_eq!(
+            choose_fleet(&[big.clone(), loading.clone()], "gpt-4o"),
+            Err(Unserved::Loading)
+        );
+        assert_eq!(choose_fleet(&[big.clone(), loading.clone()], "big"), Ok(0));
+        assert_eq!(
+            choose_fleet::<ServedModels>(&[], ""),
+            Err(Unserved::Unknown(vec![]))
+        );
     }
 
     #[test]

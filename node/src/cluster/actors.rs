@@ -213,9 +213,9 @@ impl Duty for Gossip {
             implicated: Vec::new(),
             stalled: Vec::new(),
         };
-        for (front, model) in fleets.all().iter().zip(self.handler.models()) {
+        for (model, front) in fleets.named() {
             gossip.loads.extend(front.own_load());
-            gossip.demand.push((model.clone(), front.own_demand()));
+            gossip.demand.push((model.to_owned(), front.own_demand()));
             gossip.implicated.extend(front.announced_implications());
             gossip.stalled.extend(front.announced_stalls());
         }
@@ -240,13 +240,13 @@ async fn report_once(client: &Client, handler: &NodeHandler) {
     let Some(fleets) = handler.front() else {
         return;
     };
-    for (state, model) in fleets.all().iter().zip(handler.models()) {
+    for (model, state) in fleets.named() {
         let report = state.take_load();
         match handler.leader_addr() {
             Some(Membership::Me) => handler.add_load(model, &report),
             Some(Membership::At(addr)) => {
                 let rpc = LoadRpc::Report {
-                    model: model.clone(),
+                    model: model.to_owned(),
                     report,
                 };
                 if let Err(e) = call::load(client, addr, rpc, REPORT_TIMEOUT).await {

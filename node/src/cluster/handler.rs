@@ -115,9 +115,7 @@ impl NodeHandler {
 
     /// The fleet of `model`, if this node's front door routes it.
     pub fn fleet(&self, model: &str) -> Option<Arc<crate::front::AppState>> {
-        let fleets = self.front()?;
-        let i = self.models.iter().position(|m| m == model)?;
-        fleets.all().get(i).cloned()
+        self.front()?.of(model).cloned()
     }
 
     fn now_us(&self) -> u64 {
@@ -248,6 +246,15 @@ impl NodeHandler {
         self.desk(model, |d| d.offered = mu_per_min);
     }
 
+    /// The autoscaler's latest reading of `model`'s offered load (leader only).
+    fn offered(&self, model: &str) -> Option<f64> {
+        self.desks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(model)
+            .and_then(|d| d.offered)
+    }
+
     /// No autoscaler reading counts any more (this node stopped leading).
     pub(super) fn clear_offered(&self) {
         for d in self
@@ -356,7 +363,7 @@ impl NodeHandler {
                     .collect()
             }),
             desired: state.desired_replicas().get(own).copied(),
-            offered_mu_per_min: self.desk(own, |d| d.offered),
+            offered_mu_per_min: self.offered(own),
             models: state
                 .models()
                 .into_iter()
@@ -372,7 +379,7 @@ impl NodeHandler {
                         generation: state.assignment(model).map_or(0, |a| a.generation),
                         slices: state.assignment(model).map_or(0, |a| a.slices().len()),
                         desired: state.desired_replicas().get(model).copied(),
-                        offered_mu_per_min: self.desk(model, |d| d.offered),
+                        offered_mu_per_min: self.offered(model),
                     }
                 })
                 .collect(),
@@ -410,23 +417,23 @@ impl NodeHandler {
         let me = self.cp.metrics().id;
         let assigner = self.assigner_config();
         let caught_up = self.caught_up(state);
+        let keys = crate::tenants::keys::KeyRing::new(
+            state
+                .tenants()
+                .iter()
+                .map(|(name, t)| (name.clone(), t.key_sha256)),
+        );
         // Each fleet: its model's replicas and slices, and the tenants' reservations of it.
-        for (front, model) in fleets.all().iter().zip(&self.models) {
+        for (model, front) in fleets.named() {
             if let Some(fleet) = fleet_of(state, me, model, &local, &assigner) {
                 front.set_fleet(fleet);
             }
-            let keys = crate::tenants::keys::KeyRing::new(
-                state
-                    .tenants()
-                    .iter()
-                    .map(|(name, t)| (name.clone(), t.key_sha256)),
-            );
             let reservations = state
                 .reservations()
                 .iter()
                 .filter_map(|(t, m)| Some((t.clone(), *m.get(model)?)))
                 .collect();
-            front.set_tenants(me, keys, reservations, state.blast_radius().clone());
+            front.set_tenants(me, keys.clone(), reservations, state.blast_radius().clone());
             if !front.caught_up() && caught_up {
                 front.set_caught_up();
             }
@@ -545,7 +552,7 @@ impl NodeHandler {
             }
             LoadRpc::Gossip(g) => {
                 if let Some(fleets) = self.front() {
-                    for (front, model) in fleets.all().iter().zip(&self.models) {
+                    for (model, front) in fleets.named() {
                         front.peer_load(peer, g.loads.clone());
                         if let Some((_, demand)) = g.demand.iter().find(|(m, _)| m == model) {
                             front.peer_demand(peer, demand.clone());

@@ -87,13 +87,13 @@ impl Duty for Autoscaler {
             return Ok(Turn::Again);
         }
         let state = handler.control().state().borrow().clone();
-        let mut models: Vec<String> = state.models().into_iter().map(str::to_owned).collect();
-        for m in self.capacities.keys() {
-            if !models.contains(m) {
-                models.push(m.clone());
-            }
-        }
-        models.sort();
+        // The registry's models, and those this node serves that have none yet.
+        let models: std::collections::BTreeSet<String> = state
+            .models()
+            .into_iter()
+            .map(str::to_owned)
+            .chain(self.capacities.keys().cloned())
+            .collect();
         for model in models {
             let capacity = self.capacities.get(&model).copied().or_else(|| {
                 state

@@ -712,11 +712,12 @@ async fn node_health(State(f): State<Arc<Fleets>>) -> Response {
 async fn metrics(State(f): State<Arc<Fleets>>) -> Response {
     let samples: Vec<metrics::FleetSample> = f
         .all()
-        .iter()
         .map(|s| {
+            // `served` is read before the core is locked: locks are taken alone.
+            let model = s.served().model.clone();
             let core = s.core();
             metrics::FleetSample {
-                model: s.served().model.clone(),
+                model,
                 profile: &s.profile,
                 replicas: core.replicas(s.now_ms()),
                 token_scale: core.token_scale(),

@@ -114,13 +114,9 @@ pub async fn state(State(f): State<Arc<Fleets>>, Query(shown): Query<Shown>) -> 
     let s = shown
         .model
         .as_deref()
-        .and_then(|m| f.all().iter().find(|s| s.served().serves(m)))
+        .and_then(|m| f.serving(m).ok())
         .unwrap_or_else(|| f.first());
-    let models = f
-        .all()
-        .iter()
-        .filter_map(|s| s.served().model.clone())
-        .collect();
+    let models = f.all().filter_map(|s| s.served().model.clone()).collect();
     let cluster = s.cluster_view.get().map(|f| f());
     let now = s.now_ms();
     let (views, keyspace, peer) = {
