@@ -13,8 +13,15 @@ use crate::slice::ReplicaId;
 /// word that the replica's requests all stalled to condemn it. An engine that writes any
 /// token meanwhile is not hung; but a busy one can write none for seconds in one long
 /// step (a CPU vLLM recomputing preempted prompts stood still over 2 s under 24 long
-/// streams, and was ejected with 2 s here), so half the gauge's own stall window.
-pub const STREAMS_CONFIRMED_AFTER_MS: u64 = 5_000;
+/// streams, and was ejected with a fixed 2 s here). So the bound is the engine's own:
+/// [`STREAMS_CONFIRM_FACTOR`] times the longest step its samples have shown, at least
+/// [`STREAMS_CONFIRM_FLOOR_MS`], at most half the gauge's own stall window — which is
+/// also what an engine gets before [`STREAMS_CONFIRM_STEPS`] steps have shown its pace.
+pub const STREAMS_CONFIRM_FLOOR_MS: u64 = 2_000;
+/// See [`STREAMS_CONFIRM_FLOOR_MS`].
+pub const STREAMS_CONFIRM_FACTOR: u64 = 4;
+/// See [`STREAMS_CONFIRM_FLOOR_MS`].
+pub const STREAMS_CONFIRM_STEPS: u32 = 3;
 
 /// What the prober knows of one replica.
 #[derive(Debug, Clone)]
@@ -77,10 +84,16 @@ impl ReplicaState {
         });
         // A router's word is confirmed by the engine's own counter: a busy engine that
         // is only slow for that router's requests still writes tokens.
+        let confirm_ms = self.stall.confirm_after_ms(
+            STREAMS_CONFIRM_STEPS,
+            STREAMS_CONFIRM_FACTOR,
+            STREAMS_CONFIRM_FLOOR_MS,
+            config.stall_window_ms / 2,
+        );
         let confirmed = self
             .stall
             .still_for()
-            .is_some_and(|still| still >= STREAMS_CONFIRMED_AFTER_MS);
+            .is_some_and(|still| still >= confirm_ms);
         let streams = self
             .streams_stalled_ms
             .filter(|_| confirmed)
@@ -197,8 +210,8 @@ impl ProberCore {
     /// Routers took these replicas' streams for hung (their silence outlasted the bound
     /// from the replica's own pace; see `router::stall`), each `age` ms before `now_ms`
     /// — the local router's word and the peers' gossip alike. A replica is condemned
-    /// once the engine's token counter has stood still for
-    /// [`STREAMS_CONFIRMED_AFTER_MS`] (an engine without that gauge is left to the
+    /// once the engine's token counter has stood still for the engine's own bound (see
+    /// [`STREAMS_CONFIRM_FLOOR_MS`]; an engine without that gauge is left to the
     /// probes). Word older than the replica's last proof (a completed request or probe,
     /// or its restart) is stale — a peer's gossip repeats it for a while — and ignored,
     /// as are replicas this prober does not watch.
