@@ -196,6 +196,9 @@ impl Node {
         };
         let _ = slot.set(fleets.clone());
         if let Some(n) = &node {
+            fleets.set_directory(n.directory());
+        }
+        if let Some(n) = &node {
             children.extend(n.actors(cfg.actor_restarts));
             // Placements and drains (the autoscaler's or an operator's) on this node.
             let handle = n.node_handle();

@@ -87,10 +87,13 @@ def sluice(*args):
     return out.stdout
 
 
-def test_a_cluster_node_forwards_the_model_it_does_not_run():
-    """Two cluster nodes: the first runs the 8B and routes the 3B, the second the other way
-    round. Through either front door the client reaches both models, each on the node that
-    runs it, and `cluster status` lists the two models with their assignments."""
+@pytest.mark.parametrize("lists", ["both", "its own"])
+def test_a_cluster_node_forwards_the_model_it_does_not_run(lists):
+    """Two cluster nodes: the first runs the 8B, the second the 3B. Each either lists both
+    models (routing the one it runs none of, forwarding to the other node's replica) or
+    only its own (handing requests for the other to the node that routes it). Through
+    either front door the client reaches both models, each on the node that runs it,
+    streamed or not, and `cluster status` lists the two models with their assignments."""
     d1, d2 = tempfile.mkdtemp(), tempfile.mkdtemp()
     sluice("cluster", "init", "--data-dir", d1)
 
@@ -98,7 +101,8 @@ def test_a_cluster_node_forwards_the_model_it_does_not_run():
         cfg = os.path.join(d, "node.toml")
         with open(cfg, "w") as f:
             for m in (BIG, SMALL):
-                f.write(f'[[models]]\nname = "{m}"\nreplicas = {1 if m == runs else 0}\n')
+                if m == runs or lists == "both":
+                    f.write(f'[[models]]\nname = "{m}"\nreplicas = {1 if m == runs else 0}\n')
         return Proc([SLUICE, "node", "start", "--data-dir", d, "--listen", "127.0.0.1:0", "--http",
                      "127.0.0.1:0", "--time-scale", "0", "--config", cfg, *extra], "sluice node listening on ")
 
@@ -119,12 +123,17 @@ def test_a_cluster_node_forwards_the_model_it_does_not_run():
         on = {r["model"]: str(r["id"]) for r in s["replicas"]}
         for n in (n1, n2):
             c = OpenAI(base_url=n.url + "/v1", api_key="unused", max_retries=2)
-            assert [m.id for m in c.models.list().data] == [BIG, SMALL]
+            assert sorted(m.id for m in c.models.list().data) == sorted([BIG, SMALL])
             for model in (BIG, SMALL):
                 raw = c.chat.completions.with_raw_response.create(
                     model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
                 assert raw.headers["x-sluice-replica"] == on[model], (n.url, model)
                 assert raw.parse().model == model
+                stream = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=4, stream=True)
+                chunks = list(stream)
+                assert chunks and all(ch.model == model for ch in chunks)
+                assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] in ("length", "stop")
     finally:
         n2.stop()
         n1.stop()

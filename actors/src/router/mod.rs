@@ -27,7 +27,7 @@ pub use choice::{choose, Candidate, Choice, ColdReplicas, SpillPolicy};
 pub use core::{Admission, Placement, ReplicaSpec, ReplicaView, RouterConfig, RouterCore, Usage};
 pub use health::{EjectionPolicy, PassiveHealth};
 pub use ledger::{Charge, Ledger, ReplicaInflight, RequestId};
-pub use models::{choose_fleet, parse_model_list, ServedModels, Unserved};
+pub use models::{choose_fleet, handoff_order, parse_model_list, ServedModels, Unserved};
 pub use policy::{KvIndex, NoKvIndex, ReplicaObservation, RouteRequest, RoutingPolicy};
 pub use quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
 pub use workload::{default_sources, workload_key, KeyInputs, KeySource};

@@ -134,6 +134,27 @@ pub fn choose_fleet<S: AsRef<ServedModels>>(fleets: &[S], model: &str) -> Result
     ))
 }
 
+/// In which order to try the other nodes that route a model this node does not: by
+/// rendezvous hashing of the request's workload key (or, with none, of `salt`, e.g. its
+/// request id), so a conversation enters the same router each time — that router's
+/// prefix index and subsets know it — and the requests of many spread evenly; a node
+/// that leaves moves only its own conversations.
+pub fn handoff_order(nodes: &[u64], key: Option<crate::slice::SliceKey>, salt: u64) -> Vec<u64> {
+    let seed = key.map_or(salt, |k| k.0);
+    let mut ranked: Vec<(u64, u64)> = nodes
+        .iter()
+        .map(|&n| {
+            (
+                super::baselines::common::mix64(seed ^ super::baselines::common::mix64(n)),
+                n,
+            )
+        })
+        .collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    ranked.dedup_by_key(|(_, n)| *n);
+    ranked.into_iter().map(|(_, n)| n).collect()
+}
+
 impl AsRef<ServedModels> for ServedModels {
     fn as_ref(&self) -> &ServedModels {
         self
@@ -156,7 +177,47 @@ pub fn parse_model_list(body: &[u8]) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slice::SliceKey;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_conversation_is_handed_to_the_same_node_and_many_spread() {
+        let nodes = [3, 7, 11];
+        let key = Some(SliceKey(42));
+        let first = handoff_order(&nodes, key, 1);
+        assert_eq!(
+            handoff_order(&nodes, key, 2),
+            first,
+            "the key decides, not the salt"
+        );
+        assert_eq!(first.len(), 3);
+        // Many keys: every node is someone's first choice, none takes most.
+        let mut firsts = std::collections::HashMap::new();
+        for k in 0..3_000 {
+            *firsts
+                .entry(handoff_order(&nodes, Some(SliceKey(k)), 0)[0])
+                .or_insert(0) += 1;
+        }
+        assert_eq!(firsts.len(), 3);
+        assert!(
+            firsts.values().all(|&c| (700..1_300).contains(&c)),
+            "{firsts:?}"
+        );
+        assert!(handoff_order(&[], key, 0).is_empty());
+    }
+
+    proptest! {
+        /// A node leaving moves only the conversations it was first for.
+        #[test]
+        fn a_node_leaving_moves_only_its_own(key in any::<u64>(), gone in 0usize..4) {
+            let nodes = [1, 2, 3, 4];
+            let before = handoff_order(&nodes, Some(SliceKey(key)), 0);
+            let left: Vec<u64> = nodes.iter().copied().filter(|&n| n != nodes[gone]).collect();
+            let after = handoff_order(&left, Some(SliceKey(key)), 0);
+            let expected: Vec<u64> = before.into_iter().filter(|&n| n != nodes[gone]).collect();
+            prop_assert_eq!(after, expected);
+        }
+    }
 
     fn reports(list: &[(u64, &[&str])]) -> Reports {
         list.iter()

@@ -44,7 +44,7 @@ impl Handler for RaftHandler {
             NodeRpc::Admin(_) => NodeReply::Admin(Err(only_raft())),
             NodeRpc::Load(_) => NodeReply::Load(Err(only_raft())),
             NodeRpc::Drill(_) => NodeReply::Drill(Err(only_raft())),
-            NodeRpc::Forward(_) => {
+            NodeRpc::Forward(_) | NodeRpc::Route(_) => {
                 let no_replica = ForwardFrame::Error("a bench member has no replicas".into());
                 let _ = reply.respond(&no_replica).await;
                 return;

@@ -40,7 +40,7 @@ pub struct LocalReplicas {
 }
 
 /// Counts a forwarded request while it is served.
-struct Serving<'a>(&'a std::sync::atomic::AtomicUsize);
+pub struct Serving<'a>(&'a std::sync::atomic::AtomicUsize);
 
 impl Drop for Serving<'_> {
     fn drop(&mut self) {
@@ -92,6 +92,14 @@ impl LocalReplicas {
     /// Serves one forwarded request: proxies it to the local engine and streams the
     /// answer back. A caller that goes away stops the stream, which drops the engine
     /// request (the engine aborts it).
+    /// Counts a request served for another node until the guard drops: a stopping
+    /// node waits for it.
+    pub fn serving(&self) -> Serving<'_> {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Serving(&self.in_flight)
+    }
+
     /// Forwarded requests being served now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
@@ -105,9 +113,7 @@ impl LocalReplicas {
     }
 
     async fn serve_as(&self, req: ForwardRequest, id: &RequestId, mut reply: Reply) {
-        self.in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _serving = Serving(&self.in_flight);
+        let _serving = self.serving();
         let fail = |m: String| ForwardFrame::Error(m);
         let Some(base) = self.url(req.replica) else {
             let _ = reply
@@ -165,47 +171,59 @@ impl LocalReplicas {
                 return;
             }
         };
-        let head = ForwardFrame::Head {
-            status: resp.status().as_u16(),
-            content_type: resp
-                .headers()
-                .get(hyper::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        };
-        if reply.send(&head).await.is_err() {
-            return;
-        }
-        let mut body = resp.into_body();
-        loop {
-            let Ok(frame) = tokio::time::timeout(ALIVE_EVERY, body.frame()).await else {
-                if reply.send(&ForwardFrame::Alive).await.is_err() {
-                    return;
-                }
-                continue;
-            };
-            let Some(frame) = frame else {
-                break;
-            };
-            let msg = match frame {
-                Ok(f) => match f.into_data() {
-                    Ok(d) => ForwardFrame::Chunk(d.to_vec()),
-                    Err(_) => continue,
-                },
-                Err(e) => {
-                    let _ = reply
-                        .send(&fail(format!("the replica's answer broke off: {e}")))
-                        .await;
-                    break;
-                }
-            };
-            if reply.send(&msg).await.is_err() {
-                // The router went away: dropping `body` aborts the engine request.
+        relay(resp, Vec::new(), reply).await;
+    }
+}
+
+/// Streams an HTTP answer back to the node that asked: its head (with `headers`), then
+/// its body's chunks, saying it is alive while the body is quiet. A caller that goes
+/// away stops it, and dropping the body aborts what produces it.
+pub async fn relay<B>(resp: hyper::Response<B>, headers: Vec<(String, String)>, mut reply: Reply)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let head = ForwardFrame::Head {
+        status: resp.status().as_u16(),
+        content_type: resp
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        headers,
+    };
+    if reply.send(&head).await.is_err() {
+        return;
+    }
+    let mut body = resp.into_body();
+    loop {
+        let Ok(frame) = tokio::time::timeout(ALIVE_EVERY, body.frame()).await else {
+            if reply.send(&ForwardFrame::Alive).await.is_err() {
                 return;
             }
+            continue;
+        };
+        let Some(frame) = frame else {
+            break;
+        };
+        let msg = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) => ForwardFrame::Chunk(d.to_vec()),
+                Err(_) => continue,
+            },
+            Err(e) => {
+                let _ = reply
+                    .send(&ForwardFrame::Error(format!("the answer broke off: {e}")))
+                    .await;
+                break;
+            }
+        };
+        if reply.send(&msg).await.is_err() {
+            // The asking node went away: dropping `body` aborts the request.
+            return;
         }
-        let _ = reply.finish();
     }
+    let _ = reply.finish();
 }
 
 /// Why a forwarded request produced no answer head.
@@ -221,18 +239,18 @@ pub enum ForwardError {
     Timeout(Duration),
 }
 
-/// Sends `req` to the node at `node` and returns the replica's answer as an HTTP
-/// response whose body streams as the frames arrive. The serving node says it is alive
+/// Sends `rpc` (a [`NodeRpc::Forward`] or [`NodeRpc::Route`]) to the node at `node` and
+/// returns the answer as an HTTP response whose body streams as the frames arrive. The serving node says it is alive
 /// while its engine is quiet, so a silence of [`PEER_SILENCE`] means the node is gone
 /// (or cut off): the call fails then, or the body breaks, rather than wait for QUIC's
 /// idle timeout. The caller bounds the whole request.
 pub async fn call(
     client: &Client,
     node: SocketAddr,
-    req: ForwardRequest,
+    rpc: &NodeRpc,
 ) -> Result<hyper::Response<UpstreamBody>, ForwardError> {
     let mut stream = client
-        .call_stream::<_, ForwardFrame>(node, &NodeRpc::Forward(req), PEER_SILENCE)
+        .call_stream::<_, ForwardFrame>(node, rpc, PEER_SILENCE)
         .await
         .map_err(|e| match e {
             TransportError::Timeout(d) => ForwardError::Timeout(d),
@@ -242,11 +260,12 @@ pub async fn call(
     while let Some(Ok(ForwardFrame::Alive)) = head {
         head = stream.next().await;
     }
-    let (status, content_type) = match head {
+    let (status, content_type, headers) = match head {
         Some(Ok(ForwardFrame::Head {
             status,
             content_type,
-        })) => (status, content_type),
+            headers,
+        })) => (status, content_type, headers),
         Some(Ok(ForwardFrame::Error(m))) => return Err(ForwardError::Unreachable(m)),
         Some(Ok(ForwardFrame::Broke(m))) => return Err(ForwardError::Broke(m)),
         Some(Ok(ForwardFrame::Chunk(_) | ForwardFrame::Alive)) => {
@@ -286,8 +305,17 @@ pub async fn call(
     let mut resp = hyper::Response::new(StreamBody::new(frames).boxed_unsync());
     *resp.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-    if let Some(ct) = content_type.and_then(|c| hyper::header::HeaderValue::from_str(&c).ok()) {
-        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, ct);
+    let named = content_type
+        .map(|c| (hyper::header::CONTENT_TYPE.as_str().to_owned(), c))
+        .into_iter()
+        .chain(headers);
+    for (name, value) in named {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(&value),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
     }
     Ok(resp)
 }

@@ -109,6 +109,11 @@ impl NodeHandler {
         f(desk)
     }
 
+    /// Reads the control state as this node last applied it.
+    pub fn read_state<R>(&self, read: impl FnOnce(&ControlState) -> R) -> R {
+        read(&self.cp.state().borrow())
+    }
+
     pub fn front(&self) -> Option<Arc<Fleets>> {
         self.front.get().cloned()
     }
@@ -599,6 +604,21 @@ impl sluice_transport::Handler for NodeHandler {
             NodeRpc::Drill(rpc) => NodeReply::Drill(self.drill(rpc)),
             NodeRpc::Forward(req) => {
                 self.local.serve(req, reply).await;
+                return;
+            }
+            NodeRpc::Route(req) => {
+                let _serving = self.local.serving();
+                let Some(fleets) = self.front() else {
+                    let _ = reply
+                        .respond(&super::rpc::ForwardFrame::Error(
+                            "this node is not serving yet".into(),
+                        ))
+                        .await;
+                    return;
+                };
+                let resp = crate::front::handoff::receive(fleets, req).await;
+                let headers = crate::front::handoff::answer_headers(resp.headers());
+                super::forward::relay(resp, headers, reply).await;
                 return;
             }
         };

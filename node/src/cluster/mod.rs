@@ -184,7 +184,49 @@ impl NodeHandle {
     }
 }
 
+/// Which nodes route which models, as the control state says (each node lists the
+/// models it routes under [`scale::MODELS_LABEL`]). Holds the handler weakly, as the
+/// live view's source does: the front door holds this, and the handler the front door.
+struct ModelDirectory {
+    me: u64,
+    handler: std::sync::Weak<NodeHandler>,
+}
+
+impl crate::front::handoff::Directory for ModelDirectory {
+    fn routers_of(&self, model: &str) -> Vec<(u64, SocketAddr)> {
+        let Some(handler) = self.handler.upgrade() else {
+            return Vec::new();
+        };
+        handler.read_state(|state| {
+            state
+                .nodes()
+                .values()
+                .filter(|n| n.id != self.me && scale::routes(n).any(|m| m == model))
+                .filter_map(|n| Some((n.id, n.quic_addr.parse().ok()?)))
+                .collect()
+        })
+    }
+
+    fn models(&self) -> Vec<String> {
+        let Some(handler) = self.handler.upgrade() else {
+            return Vec::new();
+        };
+        handler.read_state(|state| {
+            let models: BTreeSet<&str> = state.nodes().values().flat_map(scale::routes).collect();
+            models.into_iter().map(str::to_owned).collect()
+        })
+    }
+}
+
 impl ClusterNode {
+    /// The front door's directory of the models other nodes route.
+    pub fn directory(&self) -> Box<dyn crate::front::handoff::Directory> {
+        Box::new(ModelDirectory {
+            me: self.id,
+            handler: Arc::downgrade(&self.handler),
+        })
+    }
+
     /// Where the live view learns the leader, the members and the registry. It holds
     /// the handler weakly: the handler reaches the front door, and a cycle would keep
     /// both (and the node's QUIC endpoint, its port bound) alive after the node stops.

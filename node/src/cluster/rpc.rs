@@ -20,6 +20,9 @@ pub enum NodeRpc {
     /// An OpenAI request for a replica of the receiving node; answered with a stream of
     /// [`ForwardFrame`]s.
     Forward(ForwardRequest),
+    /// A client's request for a model the sending node does not route, for the
+    /// receiver's front door to route as its own; answered like `Forward`.
+    Route(RouteRequest),
     /// Chaos drills' hooks, answered [`NodeReply::Drill`]; refused by a node not
     /// started for drills.
     Drill(DrillRpc),
@@ -178,12 +181,28 @@ pub struct ForwardRequest {
     pub request_id: String,
 }
 
+/// A client's request handed to a node that routes its model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteRequest {
+    /// The front door's path (`/v1/chat/completions`, …).
+    pub path: String,
+    /// The client's headers that routing and admission read (its API key, workload
+    /// key headers), as sent.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The request's `x-request-id` at the first door.
+    pub request_id: String,
+}
+
 /// One piece of a forwarded answer: the head first, then body chunks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardFrame {
     Head {
         status: u16,
         content_type: Option<String>,
+        /// Other headers of the answer the client should see (a routed request's
+        /// `retry-after`, `x-sluice-replica`); none from an engine.
+        headers: Vec<(String, String)>,
     },
     Chunk(Vec<u8>),
     /// The engine could not be reached or its answer broke off.

@@ -264,6 +264,15 @@ impl Autoscaler {
 /// The label a node lists the models it can launch under (comma-separated).
 pub const MODELS_LABEL: &str = "models";
 
+/// The models node `n` routes (and may launch), as it listed them when it joined.
+pub fn routes(n: &sluice_raft::NodeInfo) -> impl Iterator<Item = &str> {
+    n.labels
+        .get(MODELS_LABEL)
+        .into_iter()
+        .flat_map(|list| list.split(','))
+        .filter(|m| !m.is_empty())
+}
+
 /// Whether node `n` can launch replicas of `model` (a node that lists none: any).
 pub fn runs(n: &sluice_raft::NodeInfo, model: &str) -> bool {
     n.labels

@@ -3,21 +3,38 @@
 //! prober, and a request goes to the fleet that serves the model it names (the choice
 //! is the router core's [`choose_fleet`]). Metrics are one registry for all of them.
 
+use super::handoff::Directory;
 use super::{AppState, Metrics};
 use sluice_actors::router::{choose_fleet, Unserved};
 use sluice_engine::openai::ApiError;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The fleets of one node, in configuration order (the first is the default for a
 /// passed-through request that names no model), each with the model it was started for.
 pub struct Fleets {
     fleets: Vec<(String, Arc<AppState>)>,
+    /// In a cluster: which other nodes route the models this one does not.
+    elsewhere: OnceLock<Box<dyn Directory>>,
 }
 
 impl Fleets {
     /// `None` for no fleet: a node serves at least one model.
     pub fn new(fleets: Vec<(String, Arc<AppState>)>) -> Option<Arc<Self>> {
-        (!fleets.is_empty()).then(|| Arc::new(Self { fleets }))
+        (!fleets.is_empty()).then(|| {
+            Arc::new(Self {
+                fleets,
+                elsewhere: OnceLock::new(),
+            })
+        })
+    }
+
+    /// Cluster mode: where the models other nodes route are routed.
+    pub fn set_directory(&self, directory: Box<dyn Directory>) {
+        let _ = self.elsewhere.set(directory);
+    }
+
+    pub fn directory(&self) -> Option<&dyn Directory> {
+        self.elsewhere.get().map(|d| &**d)
     }
 
     /// Each fleet with the model it was started for.
@@ -42,27 +59,43 @@ impl Fleets {
         &self.first().metrics
     }
 
-    /// Every name a client may use, each fleet's model first, without repeats.
+    /// Every name a client may use, each fleet's model first, without repeats; in a
+    /// cluster, then the models only other nodes route.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
-        for f in self.all() {
-            for n in f.served().names() {
-                if !names.iter().any(|m| m == n) {
-                    names.push(n.to_owned());
-                }
+        let ours = self.all().flat_map(|f| {
+            f.served()
+                .names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        });
+        let theirs = self.directory().map(|d| d.models()).unwrap_or_default();
+        for n in ours.chain(theirs) {
+            if !names.contains(&n) {
+                names.push(n);
             }
         }
         names
     }
 
-    /// The fleet serving `model` (the first one for an empty name); a 404 naming what
-    /// this node serves when none does, or a 503 while some fleet's engines have not
-    /// said what they serve yet.
-    pub fn serving(&self, model: &str) -> Result<&Arc<AppState>, (ApiError, Option<u32>)> {
+    /// The fleet serving `model` (the first one for an empty name), or why none does.
+    pub fn choose(&self, model: &str) -> Result<&Arc<AppState>, Unserved> {
         let served: Vec<_> = self.all().map(|f| f.served()).collect();
-        match choose_fleet(&served, model) {
-            Ok(i) => Ok(&self.fleets[i].1),
-            Err(Unserved::Loading) => Err((
+        choose_fleet(&served, model).map(|i| &self.fleets[i].1)
+    }
+
+    /// The fleet serving `model`; a 404 naming what this node (and its cluster) serves
+    /// when none does, or a 503 while some fleet's engines have not said what they
+    /// serve yet.
+    pub fn serving(&self, model: &str) -> Result<&Arc<AppState>, (ApiError, Option<u32>)> {
+        self.choose(model).map_err(|u| self.refusal(model, u))
+    }
+
+    /// The client's error for a request no fleet here takes.
+    pub fn refusal(&self, model: &str, why: Unserved) -> (ApiError, Option<u32>) {
+        match why {
+            Unserved::Loading => (
                 ApiError::new(
                     503,
                     "service_unavailable",
@@ -71,21 +104,34 @@ impl Fleets {
                     ),
                 ),
                 Some(1),
-            )),
-            Err(Unserved::Unknown(ours)) => {
-                let ours: Vec<String> = ours.iter().map(|m| format!("`{m}`")).collect();
-                Err((
-                    ApiError::new(
-                        404,
-                        "invalid_request_error",
-                        format!(
-                            "The model `{model}` does not exist. This node serves {}.",
-                            ours.join(", ")
-                        ),
-                    )
-                    .with_code("model_not_found"),
+            ),
+            Unserved::Unknown(ours) => {
+                let quoted = |ms: &[String]| {
+                    ms.iter()
+                        .map(|m| format!("`{m}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let mut message = format!(
+                    "The model `{model}` does not exist. This node serves {}",
+                    quoted(&ours)
+                );
+                let theirs: Vec<String> = self
+                    .directory()
+                    .map(|d| d.models())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|m| !ours.contains(m))
+                    .collect();
+                if !theirs.is_empty() {
+                    message.push_str(&format!("; its cluster also serves {}", quoted(&theirs)));
+                }
+                message.push('.');
+                (
+                    ApiError::new(404, "invalid_request_error", message)
+                        .with_code("model_not_found"),
                     None,
-                ))
+                )
             }
         }
     }

@@ -123,6 +123,7 @@ pub struct Metrics {
     migrations_refused: Family<ReasonLabel, Counter>,
     spills: Counter,
     quarantined: Counter,
+    handed_off: Counter,
     routed: Family<ReplicaLabel, Counter>,
     upstream_failures: Family<ReplicaLabel, Counter>,
     duration: Family<EndpointLabel, Histogram>,
@@ -220,6 +221,7 @@ impl Metrics {
         );
         let spills = Counter::default();
         let quarantined = Counter::default();
+        let handed_off = Counter::default();
         let routed = Family::<ReplicaLabel, Counter>::default();
         let upstream_failures = Family::<ReplicaLabel, Counter>::default();
         let duration = Family::<EndpointLabel, Histogram>::new_with_constructor(
@@ -338,6 +340,11 @@ impl Metrics {
             "quarantined",
             "Requests refused because they were on several replicas as each failed",
             quarantined.clone(),
+        );
+        registry.register(
+            "handed_off",
+            "Requests for a model this node does not route, handed to a node that does",
+            handed_off.clone(),
         );
         registry.register(
             "routed",
@@ -475,6 +482,7 @@ impl Metrics {
             migrations_refused,
             spills,
             quarantined,
+            handed_off,
             routed,
             upstream_failures,
             duration,
@@ -689,6 +697,10 @@ impl Metrics {
 
     pub fn quarantined(&self) {
         self.quarantined.inc();
+    }
+
+    pub fn handed_off(&self) {
+        self.handed_off.inc();
     }
 
     pub fn routed(&self, replica: u64) {

@@ -5,6 +5,7 @@
 mod assign;
 mod events;
 pub mod fleets;
+pub mod handoff;
 mod health;
 mod metrics;
 pub mod models;

@@ -1,13 +1,14 @@
 //! Forwarding one request: place it, send it, retry once elsewhere if the connection
 //! fails before anything reached the client, stream the answer back while metering it.
 
+use super::handoff::{self, HandedOff};
 use super::probe::StallAlarm;
 use super::request_id::{self, RequestId};
 use super::sse::body_usage;
 use super::stream::{is_event_stream, pass_stream, stream_response, Metered};
 use super::{error_response, header_str, AppState, Fleets, Target, Upstream};
 use crate::cluster::forward::{self, UpstreamBody};
-use crate::cluster::rpc::ForwardRequest;
+use crate::cluster::rpc::{ForwardRequest, NodeRpc};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -18,7 +19,7 @@ use sluice_actors::lifecycle::{Broke, Fail, Lifecycle, Next, Refusal};
 use sluice_actors::prober::RetryBudget;
 use sluice_actors::router::quarantine::fingerprint;
 use sluice_actors::router::{
-    workload_key, Admission, KeyInputs, Placement, PromptBlocks, RouterCore, Usage,
+    workload_key, Admission, KeyInputs, Placement, PromptBlocks, RouterCore, Unserved, Usage,
 };
 use sluice_engine::openai::{read_for_passthrough, read_for_routing, ApiError, Endpoint};
 use std::sync::Arc;
@@ -213,21 +214,39 @@ async fn forward(
     .map_err(|e| (e, None))?;
     // The API's readers require a model; a passed-through request that names none is
     // the engines' to judge (the first fleet's).
-    let state = fleets.serving(&parsed.model)?;
-    if parsed.model.is_empty() {
-        // Metered under the model the fleet serves.
-        parsed.model = state.served().model.clone().unwrap_or_default();
-    }
     let api_key =
         header_str(&parts.headers, "authorization").and_then(|v| v.strip_prefix("Bearer "));
+    // Node-wide, like the door's other settings.
     let workload = workload_key(
-        &state.config.key_sources,
+        &door.config.key_sources,
         &KeyInputs {
             header: |h: &str| header_str(&parts.headers, h),
             user: parsed.user.as_deref(),
             api_key,
         },
     );
+    let state = match fleets.choose(&parsed.model) {
+        Ok(state) => state,
+        // A model only other nodes of the cluster route: theirs to route.
+        Err(Unserved::Unknown(ours)) if parts.extensions.get::<HandedOff>().is_none() => {
+            let handed = handoff::send(
+                fleets,
+                &parsed.model,
+                route,
+                &parts.headers,
+                &body,
+                id,
+                workload,
+            )
+            .await?;
+            return handed.ok_or_else(|| fleets.refusal(&parsed.model, Unserved::Unknown(ours)));
+        }
+        Err(why) => return Err(fleets.refusal(&parsed.model, why)),
+    };
+    if parsed.model.is_empty() {
+        // Metered under the model the fleet serves.
+        parsed.model = state.served().model.clone().unwrap_or_default();
+    }
     let blocks = PromptBlocks::of_bytes(&parsed.content);
     let mut admission = Admission {
         workload,
@@ -482,7 +501,7 @@ pub(super) async fn send(
                 body: body.to_vec(),
                 request_id: id.as_str().to_owned(),
             };
-            forward::call(client, *node, req)
+            forward::call(client, *node, &NodeRpc::Forward(req))
                 .await
                 .map_err(|e| SendError {
                     delivered: !matches!(e, forward::ForwardError::Unreachable(_)),

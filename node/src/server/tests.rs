@@ -1214,3 +1214,80 @@ async fn a_cluster_routes_each_model_to_the_node_that_runs_it() {
         r.node.wait().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_only_another_node_routes_is_handed_to_it() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
+    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
+        .unwrap()
+        .to_string();
+    // Each node lists only the model it runs: a knows nothing of beta's fleet.
+    let alpha = engines_serving(1, "alpha").await;
+    let beta = engines_serving(1, "beta").await;
+    let a = start(
+        cluster_config(&format!("[[models]]\nurls = [\"{}\"]\n", alpha[0])),
+        Some(cluster_args(dirs[0].path(), None)),
+    )
+    .await;
+    let (_, seed) = a.node.cluster().unwrap();
+    let b = start(
+        cluster_config(&format!("[[models]]\nurls = [\"{}\"]\n", beta[0])),
+        Some(cluster_args(dirs[1].path(), Some((seed, token)))),
+    )
+    .await;
+    let (b_id, _) = b.node.cluster().unwrap();
+    let a_addr = a.node.http_addr();
+    let on_b = crate::cluster::replica_id(b_id, 0).0.to_string();
+    eventually("beta served through a", || async {
+        let (status, served_by, _) = chat_answer(a_addr, "beta", None, "x-sluice-replica").await;
+        status == 200 && served_by.as_deref() == Some(on_b.as_str())
+    })
+    .await;
+    // The id the client gave comes back, and the answer is b's engine's.
+    let (status, echoed, body) =
+        chat_answer(a_addr, "beta", Some("handed-1"), "x-request-id").await;
+    assert_eq!(
+        (status, echoed.as_deref()),
+        (200, Some("handed-1")),
+        "{body}"
+    );
+    assert!(body.contains("\"model\":\"beta\""), "{body}");
+    // A stream comes through whole.
+    let (status, sse) = http(
+        a_addr,
+        "/v1/chat/completions",
+        Some(serde_json::json!({
+            "model": "beta",
+            "messages": [{"role": "user", "content": "hello there"}],
+            "max_tokens": 4,
+            "stream": true,
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{sse}");
+    assert!(sse.contains("data: [DONE]"), "{sse}");
+    // a lists both models; a model no node routes is a 404 naming both.
+    let (_, listed) = http(a_addr, "/v1/models", None).await;
+    assert!(
+        listed.contains("\"alpha\"") && listed.contains("\"beta\""),
+        "{listed}"
+    );
+    let (status, _, body) = chat_answer(a_addr, "gamma", None, "x-request-id").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("model_not_found") && body.contains("`alpha`") && body.contains("`beta`"),
+        "{body}"
+    );
+    let (_, metrics) = http(a_addr, "/metrics", None).await;
+    let handed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_handed_off_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(handed >= 3.0, "{handed}");
+    for r in [a, b] {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+}
