@@ -1145,34 +1145,50 @@ fn cluster_config(models: &str) -> NodeConfig {
     cfg
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_routes_each_model_to_the_node_that_runs_it() {
+/// Two cluster nodes over one simulated engine each: a runs alpha, b runs beta; with
+/// `list_both`, each also lists (and routes) the model the other runs.
+async fn alpha_and_beta_nodes(list_both: bool) -> (Vec<tempfile::TempDir>, Running, Running) {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
     let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
         .unwrap()
         .to_string();
-    // Node a runs alpha and routes beta; node b the other way round.
     let alpha = engines_serving(1, "alpha").await;
     let beta = engines_serving(1, "beta").await;
+    let listed = |name: &str| {
+        if list_both {
+            format!("[[models]]\nname = \"{name}\"\n")
+        } else {
+            String::new()
+        }
+    };
     let a = start(
         cluster_config(&format!(
-            "[[models]]\nurls = [\"{}\"]\n[[models]]\nname = \"beta\"\n",
-            alpha[0]
+            "[[models]]\nurls = [\"{}\"]\n{}",
+            alpha[0],
+            listed("beta")
         )),
         Some(cluster_args(dirs[0].path(), None)),
     )
     .await;
-    let (a_id, seed) = a.node.cluster().unwrap();
+    let (_, seed) = a.node.cluster().unwrap();
     let b = start(
         cluster_config(&format!(
-            "[[models]]\nname = \"alpha\"\n[[models]]\nurls = [\"{}\"]\n",
+            "{}[[models]]\nurls = [\"{}\"]\n",
+            listed("alpha"),
             beta[0]
         )),
         Some(cluster_args(dirs[1].path(), Some((seed, token)))),
     )
     .await;
-    let (b_id, _) = b.node.cluster().unwrap();
+    (dirs, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_routes_each_model_to_the_node_that_runs_it() {
+    // Node a runs alpha and routes beta; node b the other way round.
+    let (dirs, a, b) = alpha_and_beta_nodes(true).await;
+    let (a_id, b_id) = (a.node.cluster().unwrap().0, b.node.cluster().unwrap().0);
     let (a_addr, b_addr) = (a.node.http_addr(), b.node.http_addr());
     // Every request is served by its model's replica, forwarded where the node runs none.
     for (addr, model, on) in [
@@ -1217,25 +1233,8 @@ async fn a_cluster_routes_each_model_to_the_node_that_runs_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_only_another_node_routes_is_handed_to_it() {
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
-    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
-        .unwrap()
-        .to_string();
     // Each node lists only the model it runs: a knows nothing of beta's fleet.
-    let alpha = engines_serving(1, "alpha").await;
-    let beta = engines_serving(1, "beta").await;
-    let a = start(
-        cluster_config(&format!("[[models]]\nurls = [\"{}\"]\n", alpha[0])),
-        Some(cluster_args(dirs[0].path(), None)),
-    )
-    .await;
-    let (_, seed) = a.node.cluster().unwrap();
-    let b = start(
-        cluster_config(&format!("[[models]]\nurls = [\"{}\"]\n", beta[0])),
-        Some(cluster_args(dirs[1].path(), Some((seed, token)))),
-    )
-    .await;
+    let (_dirs, a, b) = alpha_and_beta_nodes(false).await;
     let (b_id, _) = b.node.cluster().unwrap();
     let a_addr = a.node.http_addr();
     let on_b = crate::cluster::replica_id(b_id, 0).0.to_string();
