@@ -8,7 +8,6 @@ use sluice_actors::autoscaler::AutoscalerConfig;
 use sluice_actors::lifecycle::MigrationLimits;
 use sluice_actors::mu::EstimatorConfig;
 use sluice_actors::prober::ProbeConfig;
-use sluice_actors::router::affinity::AffinityConfig;
 use sluice_actors::router::{KeySource, QuarantineConfig, RouterConfig, SpillPolicy};
 use sluice_actors::Profile;
 use std::net::SocketAddr;
@@ -46,7 +45,24 @@ pub struct ModelSection {
     /// The autoscaler's bounds for this model [default: `[autoscaler]`'s].
     pub min_replicas: Option<usize>,
     pub max_replicas: Option<usize>,
+    /// How long this model's engines may take to load [default: `[replicas]`'s].
+    pub start_timeout_s: Option<f64>,
+    /// `[router]` settings that differ for this model (its spill rule, timeouts,
+    /// quarantine, migrations…); the rest are the node's.
+    pub router: Option<toml::Table>,
+    /// `[prober]` settings that differ for this model.
+    pub prober: Option<toml::Table>,
 }
+
+/// `[router]` settings every model of a node shares: the front door reads them before
+/// it knows the model (workload keys, body size), or the leader cuts every model's
+/// keyspace with them.
+const NODE_WIDE_ROUTER: [&str; 4] = [
+    "workload_keys",
+    "max_body_bytes",
+    "subset_size",
+    "slice_count",
+];
 
 /// The leader's autoscaler (cluster mode): the core's knobs, the bounds, and how
 /// replicas are drained. Off by default: a node then runs the replicas it started with.
@@ -339,6 +355,21 @@ pub struct ModelFleet {
     pub urls: Vec<String>,
     pub profile_path: Option<PathBuf>,
     pub profile: Profile,
+    /// Its routing and probing: the node's, with what its `[[models]]` entry changes.
+    pub policy: FleetPolicy,
+}
+
+/// What each model's fleet may set apart from the node's: how its requests are routed
+/// and bounded, how its replicas are probed, and how long its engines may take to start.
+#[derive(Debug, Clone)]
+pub struct FleetPolicy {
+    pub router: RouterConfig,
+    pub prober: ProbeConfig,
+    pub probe_prioritized: bool,
+    pub request_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub migration: MigrationLimits,
+    pub start_timeout: Duration,
 }
 
 /// Everything `node start` needs, validated.
@@ -408,6 +439,16 @@ impl NodeConfig {
 
     /// Prices with `profile`: the router then expects as much prefix cache as its
     /// engine has.
+    fn set_policy(&mut self, p: FleetPolicy) {
+        self.router = p.router;
+        self.prober = p.prober;
+        self.probe_prioritized = p.probe_prioritized;
+        self.request_timeout = p.request_timeout;
+        self.stream_idle_timeout = p.stream_idle_timeout;
+        self.migration = p.migration;
+        self.start_timeout = p.start_timeout;
+    }
+
     fn price_with(&mut self, profile: Profile) {
         self.router.affinity.cache_tokens = profile.kv_cache_tokens();
         self.profile = profile;
@@ -427,23 +468,27 @@ impl NodeConfig {
                 c.launch = m.launch;
                 c.urls = m.urls.clone();
                 c.profile_path = m.profile_path.clone();
-                c.price_with(m.profile.clone());
                 c.model_override = m.name.clone();
                 c.model = m.name.clone().unwrap_or_else(|| m.profile.model.clone());
+                c.set_policy(m.policy.clone());
+                c.price_with(m.profile.clone());
                 c
             })
             .collect()
     }
 
     pub fn load(file: Option<&Path>, o: Overrides) -> Result<Self> {
-        let fc: FileConfig = match file {
+        let (fc, raw): (FileConfig, toml::Table) = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?
+                let invalid = || format!("invalid config file {}", path.display());
+                (
+                    toml::from_str(&text).with_context(invalid)?,
+                    toml::from_str(&text).with_context(invalid)?,
+                )
             }
-            None => FileConfig::default(),
+            None => (FileConfig::default(), toml::Table::new()),
         };
         let profile_catalog = match o.profile_dir.or(fc.replicas.profile_dir.clone()) {
             Some(dir) => load_profile_dir(&dir)?,
@@ -475,9 +520,13 @@ impl NodeConfig {
         } else {
             Vec::new()
         };
+        let node_policy = fleet_policy(&fc.router, &fc.prober, fc.replicas.start_timeout_s)?;
         let models = sections
             .iter()
-            .map(|m| model_fleet(m, &profile_catalog, o.cluster))
+            .map(|m| {
+                let policy = model_policy(m, &raw, &fc)?.unwrap_or_else(|| node_policy.clone());
+                model_fleet(m, &profile_catalog, o.cluster, policy)
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut names = std::collections::HashSet::new();
         for n in models.iter().filter_map(|m| m.name.as_deref()) {
@@ -602,10 +651,6 @@ impl NodeConfig {
         if fc.replicas.command.is_some() && engines > 0 {
             bail!("replicas.command launches engines; it cannot be combined with replica URLs");
         }
-        let start_timeout = match fc.replicas.start_timeout_s {
-            t if t.is_finite() && t > 0.0 && t <= 86_400.0 => Duration::from_secs_f64(t),
-            t => bail!("replicas.start_timeout_s must be a positive number of seconds, got {t}"),
-        };
         let drain_deadline = match fc.replicas.drain_deadline_s {
             t if t.is_finite() && (0.0..=86_400.0).contains(&t) => Duration::from_secs_f64(t),
             t => {
@@ -622,44 +667,8 @@ impl NodeConfig {
             .iter()
             .map(|s| s.parse::<KeySource>().map_err(anyhow::Error::msg))
             .collect::<Result<Vec<_>>>()?;
-        let positive = |name: &str, v: f64| -> Result<Duration> {
-            if v.is_finite() && v > 0.0 {
-                Ok(Duration::from_secs_f64(v))
-            } else {
-                bail!("router.{name} must be a positive number of seconds, got {v}")
-            }
-        };
-        let non_negative = |name: &str, v: f64| -> Result<f64> {
-            if v.is_finite() && v >= 0.0 {
-                Ok(v)
-            } else {
-                bail!("router.{name} must be a non-negative number, got {v}")
-            }
-        };
         if r.subset_size == 0 || r.slice_count == 0 {
             bail!("router.subset_size and router.slice_count must be at least 1");
-        }
-        if !(r.spill_ratio.is_finite()
-            && r.spill_ratio >= 1.0
-            && r.spill_slack_s.is_finite()
-            && r.spill_slack_s >= 0.0)
-        {
-            bail!("router.spill_ratio must be ≥ 1 and router.spill_slack_s ≥ 0");
-        }
-        if r.step_tokens == 0 {
-            bail!("router.step_tokens must be at least 1 (vLLM's max_num_batched_tokens)");
-        }
-        if !(0.0..=1.0).contains(&r.decode_share) {
-            bail!(
-                "router.decode_share must be between 0 and 1, got {}",
-                r.decode_share
-            );
-        }
-        if !(r.quarantine_window_s.is_finite() && r.quarantine_window_s > 0.0) {
-            bail!(
-                "router.quarantine_window_s must be a positive number of seconds, got {}",
-                r.quarantine_window_s
-            );
         }
         let assigner = if fc.assigner.enabled {
             let a = &fc.assigner;
@@ -693,36 +702,15 @@ impl NodeConfig {
         } else {
             None
         };
-        let defaults = RouterConfig::default();
-        let router = RouterConfig {
-            spill: SpillPolicy {
-                ratio: r.spill_ratio,
-                slack_s: r.spill_slack_s,
-            },
-            decode_share: r.decode_share,
-            step_tokens: r.step_tokens,
-            estimator: EstimatorConfig {
-                default_output: r.default_output_tokens.max(1),
-                ..defaults.estimator
-            },
-            affinity: AffinityConfig {
-                cache_tokens: profile.kv_cache_tokens(),
-                ..defaults.affinity
-            },
-            quarantine: QuarantineConfig {
-                limit: r.quarantine_after,
-                window_ms: (r.quarantine_window_s * 1e3) as u64,
-                ..defaults.quarantine
-            },
-            ..defaults
-        };
-        Ok(Self {
+        // The first model's (the node's own when it serves one).
+        let policy = models.first().map_or(node_policy, |m| m.policy.clone());
+        let mut config = Self {
             http: o.http.unwrap_or(fc.node.http),
             launch,
             models,
             gpus,
             command: fc.replicas.command.clone(),
-            start_timeout,
+            start_timeout: policy.start_timeout,
             drain_deadline,
             autoscaler,
             urls,
@@ -734,26 +722,17 @@ impl NodeConfig {
             profile_path,
             profile_catalog,
             time_scale,
-            router,
+            router: policy.router,
             subset_size: r.subset_size,
             slice_count: r.slice_count,
             assigner,
-            prober: {
-                let p = fc.prober.core.clone();
-                p.validate()
-                    .map_err(|e| anyhow::anyhow!("invalid [prober] section: {e}"))?;
-                p
-            },
-            probe_prioritized: fc.prober.prioritized,
+            prober: policy.prober,
+            probe_prioritized: policy.probe_prioritized,
             key_sources,
             max_body_bytes: r.max_body_bytes,
-            request_timeout: positive("request_timeout_s", r.request_timeout_s)?,
-            stream_idle_timeout: positive("stream_idle_timeout_s", r.stream_idle_timeout_s)?,
-            migration: MigrationLimits {
-                per_request: r.migrations_per_request,
-                per_s: non_negative("migrations_per_s", r.migrations_per_s)?,
-                burst: non_negative("migration_burst", r.migration_burst)?,
-            },
+            request_timeout: policy.request_timeout,
+            stream_idle_timeout: policy.stream_idle_timeout,
+            migration: policy.migration,
             connect_timeout: Duration::from_millis(r.connect_timeout_ms.max(1)),
             health_interval: Duration::from_millis(r.health_interval_ms.max(10)),
             shutdown_grace: match fc.node.shutdown_grace_s {
@@ -767,8 +746,129 @@ impl NodeConfig {
                 }
                 l => bail!("node.cert_lifetime_s must be between 10 seconds and a year, got {l}"),
             },
-        })
+        };
+        let profile = config.profile.clone();
+        config.price_with(profile);
+        Ok(config)
     }
+}
+
+/// The routing and probing a fleet runs with, checked (its cache size comes with its
+/// profile, [`NodeConfig::price_with`]).
+fn fleet_policy(r: &RouterSection, p: &ProberSection, start_timeout_s: f64) -> Result<FleetPolicy> {
+    let positive = |name: &str, v: f64| -> Result<Duration> {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            bail!("router.{name} must be a positive number of seconds, got {v}")
+        }
+    };
+    let non_negative = |name: &str, v: f64| -> Result<f64> {
+        if v.is_finite() && v >= 0.0 {
+            Ok(v)
+        } else {
+            bail!("router.{name} must be a non-negative number, got {v}")
+        }
+    };
+    if !(r.spill_ratio.is_finite()
+        && r.spill_ratio >= 1.0
+        && r.spill_slack_s.is_finite()
+        && r.spill_slack_s >= 0.0)
+    {
+        bail!("router.spill_ratio must be ≥ 1 and router.spill_slack_s ≥ 0");
+    }
+    if r.step_tokens == 0 {
+        bail!("router.step_tokens must be at least 1 (vLLM's max_num_batched_tokens)");
+    }
+    if !(0.0..=1.0).contains(&r.decode_share) {
+        bail!(
+            "router.decode_share must be between 0 and 1, got {}",
+            r.decode_share
+        );
+    }
+    if !(r.quarantine_window_s.is_finite() && r.quarantine_window_s > 0.0) {
+        bail!(
+            "router.quarantine_window_s must be a positive number of seconds, got {}",
+            r.quarantine_window_s
+        );
+    }
+    p.core
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid [prober] section: {e}"))?;
+    let defaults = RouterConfig::default();
+    Ok(FleetPolicy {
+        router: RouterConfig {
+            spill: SpillPolicy {
+                ratio: r.spill_ratio,
+                slack_s: r.spill_slack_s,
+            },
+            decode_share: r.decode_share,
+            step_tokens: r.step_tokens,
+            estimator: EstimatorConfig {
+                default_output: r.default_output_tokens.max(1),
+                ..defaults.estimator
+            },
+            quarantine: QuarantineConfig {
+                limit: r.quarantine_after,
+                window_ms: (r.quarantine_window_s * 1e3) as u64,
+                ..defaults.quarantine
+            },
+            ..defaults
+        },
+        prober: p.core.clone(),
+        probe_prioritized: p.prioritized,
+        request_timeout: positive("request_timeout_s", r.request_timeout_s)?,
+        stream_idle_timeout: positive("stream_idle_timeout_s", r.stream_idle_timeout_s)?,
+        migration: MigrationLimits {
+            per_request: r.migrations_per_request,
+            per_s: non_negative("migrations_per_s", r.migrations_per_s)?,
+            burst: non_negative("migration_burst", r.migration_burst)?,
+        },
+        start_timeout: match start_timeout_s {
+            t if t.is_finite() && t > 0.0 && t <= 86_400.0 => Duration::from_secs_f64(t),
+            t => bail!("start_timeout_s must be a positive number of seconds, got {t}"),
+        },
+    })
+}
+
+/// A model's own policy when its `[[models]]` entry changes any of the node's: the
+/// node's `[router]` and `[prober]` tables with the entry's over them, checked as a whole.
+fn model_policy(
+    m: &ModelSection,
+    raw: &toml::Table,
+    fc: &FileConfig,
+) -> Result<Option<FleetPolicy>> {
+    if m.router.is_none() && m.prober.is_none() && m.start_timeout_s.is_none() {
+        return Ok(None);
+    }
+    let label = m.name.as_deref().unwrap_or("(unnamed)");
+    if let Some(t) = &m.router {
+        if let Some(k) = t.keys().find(|k| NODE_WIDE_ROUTER.contains(&k.as_str())) {
+            bail!("model '{label}': router.{k} is the node's, set it in [router]");
+        }
+    }
+    fn merged<T: serde::de::DeserializeOwned>(
+        raw: &toml::Table,
+        section: &str,
+        over: Option<&toml::Table>,
+        label: &str,
+    ) -> Result<T> {
+        let mut table = raw
+            .get(section)
+            .and_then(toml::Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        table.extend(over.cloned().unwrap_or_default());
+        toml::Value::Table(table)
+            .try_into()
+            .with_context(|| format!("model '{label}': invalid [models.{section}]"))
+    }
+    let router: RouterSection = merged(raw, "router", m.router.as_ref(), label)?;
+    let prober: ProberSection = merged(raw, "prober", m.prober.as_ref(), label)?;
+    let start = m.start_timeout_s.unwrap_or(fc.replicas.start_timeout_s);
+    fleet_policy(&router, &prober, start)
+        .map(Some)
+        .with_context(|| format!("model '{label}'"))
 }
 
 /// The longest `[node] cert_lifetime_s` (a year).
@@ -797,7 +897,12 @@ fn check_urls(urls: &[String]) -> Result<()> {
 /// the one `profile_dir` or the binary has calibrated for it, else the default.
 /// In a cluster a model may have no replica here: the node routes it to other nodes',
 /// and the autoscaler may place some here.
-fn model_fleet(m: &ModelSection, catalog: &[Profile], cluster: bool) -> Result<ModelFleet> {
+fn model_fleet(
+    m: &ModelSection,
+    catalog: &[Profile],
+    cluster: bool,
+    policy: FleetPolicy,
+) -> Result<ModelFleet> {
     let name = m.name.as_deref().map(str::trim);
     if name.is_some_and(str::is_empty) {
         bail!("a [[models]] entry's name must not be empty");
@@ -821,6 +926,7 @@ fn model_fleet(m: &ModelSection, catalog: &[Profile], cluster: bool) -> Result<M
         urls: m.urls.clone(),
         profile_path: m.profile.clone(),
         profile,
+        policy,
     })
 }
 
@@ -887,6 +993,72 @@ mod tests {
         };
         let c = NodeConfig::load(None, gpus).unwrap();
         assert_eq!((c.fleets().len(), c.launch, c.gpus), (1, 3, 3));
+    }
+
+    #[test]
+    fn a_model_may_route_and_probe_apart_from_the_nodes_defaults() {
+        let load = |text: &str| {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            writeln!(f, "{text}").unwrap();
+            NodeConfig::load(Some(f.path()), Overrides::default()).map_err(|e| format!("{e:#}"))
+        };
+        let c = load(
+            "[router]\nrequest_timeout_s = 100\nspill_ratio = 1.5\n\
+             [prober]\nprobe_timeout_ms = 4000\n\
+             [[models]]\nname = \"big\"\nreplicas = 1\nstart_timeout_s = 1800\n\
+             [models.router]\nrequest_timeout_s = 900\n\
+             [models.prober]\nprobe_timeout_ms = 20000\n\
+             [[models]]\nname = \"small\"\nreplicas = 1",
+        )
+        .unwrap();
+        let f = c.fleets();
+        let seen: Vec<(&str, u64, f64, u64, u64)> = f
+            .iter()
+            .map(|f| {
+                (
+                    f.model.as_str(),
+                    f.request_timeout.as_secs(),
+                    f.router.spill.ratio,
+                    f.prober.probe_timeout_ms,
+                    f.start_timeout.as_secs(),
+                )
+            })
+            .collect();
+        // The big model's own timeouts; what it leaves alone, and the small model
+        // wholly, are the node's.
+        assert_eq!(
+            seen,
+            [
+                ("big", 900, 1.5, 20_000, 1_800),
+                ("small", 100, 1.5, 4_000, 600)
+            ]
+        );
+        // Each fleet's cache is its own profile's.
+        assert_eq!(
+            f[0].router.affinity.cache_tokens,
+            f[0].profile.kv_cache_tokens()
+        );
+        for (text, named) in [
+            (
+                "[[models]]\nname = \"a\"\nreplicas = 1\n[models.router]\nworkload_keys = [\"user\"]",
+                "router.workload_keys is the node's",
+            ),
+            (
+                "[[models]]\nname = \"a\"\nreplicas = 1\n[models.router]\nspill_ratio = 0.5",
+                "model 'a': router.spill_ratio must be ≥ 1",
+            ),
+            (
+                "[[models]]\nname = \"a\"\nreplicas = 1\n[models.router]\nspil_ratio = 2",
+                "model 'a': invalid [models.router]",
+            ),
+            (
+                "[[models]]\nname = \"a\"\nreplicas = 1\nstart_timeout_s = 0",
+                "model 'a': start_timeout_s must be a positive number",
+            ),
+        ] {
+            let e = load(text).unwrap_err();
+            assert!(e.contains(named), "{text}: {e}");
+        }
     }
 
     #[test]
