@@ -16,7 +16,9 @@ use crate::slice::ReplicaId;
 /// streams, and was ejected with a fixed 2 s here). So the bound is the engine's own:
 /// [`STREAMS_CONFIRM_FACTOR`] times the longest step its samples have shown, at least
 /// [`STREAMS_CONFIRM_FLOOR_MS`], at most half the gauge's own stall window — which is
-/// also what an engine gets before [`STREAMS_CONFIRM_STEPS`] steps have shown its pace.
+/// also what an engine gets before [`STREAMS_CONFIRM_STEPS`] steps have shown its pace,
+/// and what one gets that holds no work while its counter stands still (an idle engine
+/// writes no token either: the requests the router waits for may not have reached it).
 pub const STREAMS_CONFIRM_FLOOR_MS: u64 = 2_000;
 /// See [`STREAMS_CONFIRM_FLOOR_MS`].
 pub const STREAMS_CONFIRM_FACTOR: u64 = 4;
@@ -83,17 +85,19 @@ impl ReplicaState {
             )
         });
         // A router's word is confirmed by the engine's own counter: a busy engine that
-        // is only slow for that router's requests still writes tokens.
+        // is only slow for that router's requests still writes tokens. Work held while
+        // the counter stands still is confirmed after the engine's own bound; an engine
+        // that holds nothing (the router's requests are not reaching it — a restarting
+        // node's forwarding, say) only after the cap, as any silence.
+        let cap_ms = config.stall_window_ms / 2;
         let confirm_ms = self.stall.confirm_after_ms(
             STREAMS_CONFIRM_STEPS,
             STREAMS_CONFIRM_FACTOR,
             STREAMS_CONFIRM_FLOOR_MS,
-            config.stall_window_ms / 2,
+            cap_ms,
         );
-        let confirmed = self
-            .stall
-            .still_for()
-            .is_some_and(|still| still >= confirm_ms);
+        let confirmed = self.stall.stalled(confirm_ms).is_some()
+            || self.stall.still_for().is_some_and(|still| still >= cap_ms);
         let streams = self
             .streams_stalled_ms
             .filter(|_| confirmed)

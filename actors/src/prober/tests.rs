@@ -687,6 +687,27 @@ fn an_engine_seen_moving_at_every_sample_is_confirmed_at_the_floor() {
 }
 
 #[test]
+fn an_idle_engine_is_not_confirmed_at_the_floor() {
+    // A quick engine, but holding no work when a router says its streams stalled: the
+    // router's requests are not reaching it, which its counter cannot confirm; only the
+    // cap's silence does.
+    let mut c = core(3);
+    let last = busy_and_moving(&mut c, r(0), 1_000, 6);
+    c.on_progress(r(0), 0, 105, last + 1_000);
+    c.on_stall_word(&[(r(0), 0)], last + 1_000);
+    for still in [2_000, 3_000, 4_000] {
+        assert!(
+            c.on_progress(r(0), 0, 105, last + still).is_empty(),
+            "still {still} ms"
+        );
+    }
+    assert!(
+        !c.on_progress(r(0), 0, 105, last + 5_000).is_empty(),
+        "the cap"
+    );
+}
+
+#[test]
 fn an_engine_that_took_a_long_step_is_given_its_factor_of_it() {
     let mut c = core(3);
     let mut at = busy_and_moving(&mut c, r(0), 1_000, 6);
