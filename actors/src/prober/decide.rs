@@ -86,9 +86,10 @@ impl ReplicaState {
         });
         // A router's word is confirmed by the engine's own counter: a busy engine that
         // is only slow for that router's requests still writes tokens. Work held while
-        // the counter stands still is confirmed after the engine's own bound; an engine
-        // that holds nothing (the router's requests are not reaching it — a restarting
-        // node's forwarding, say) only after the cap, as any silence.
+        // the counter stood still is confirmed after the engine's own bound (even once
+        // the routers have taken that work away); an engine that held nothing (the
+        // router's requests never reached it — a restarting node's forwarding, say)
+        // only after the cap, as any silence.
         let cap_ms = config.stall_window_ms / 2;
         let confirm_ms = self.stall.confirm_after_ms(
             STREAMS_CONFIRM_STEPS,
@@ -96,7 +97,7 @@ impl ReplicaState {
             STREAMS_CONFIRM_FLOOR_MS,
             cap_ms,
         );
-        let confirmed = self.stall.stalled(confirm_ms).is_some()
+        let confirmed = self.stall.held_still_ms() >= confirm_ms
             || self.stall.still_for().is_some_and(|still| still >= cap_ms);
         let streams = self
             .streams_stalled_ms

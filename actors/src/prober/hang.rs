@@ -19,6 +19,10 @@ pub struct StallDetector {
     /// lower bound (between the samples that saw it still): how long this engine's
     /// slowest step has certainly taken.
     longest_step_ms: u64,
+    /// The longest the engine has held work since its counter last moved (or it was
+    /// last proven), kept when that work leaves it: a router that takes the requests
+    /// of a hung engine away empties its queue, but not this.
+    held_still_ms: u64,
 }
 
 impl StallDetector {
@@ -48,6 +52,11 @@ impl StallDetector {
         } else if self.stalled_since_ms.is_none() {
             self.stalled_since_ms = Some(now_ms);
         }
+        if advanced {
+            self.held_still_ms = 0;
+        } else if let Some(since) = self.stalled_since_ms {
+            self.held_still_ms = self.held_still_ms.max(now_ms.saturating_sub(since));
+        }
     }
 
     /// Progress seen some other way (a real request or a probe completed): restart the
@@ -56,6 +65,13 @@ impl StallDetector {
         if self.stalled_since_ms.is_some() {
             self.stalled_since_ms = Some(now_ms);
         }
+        self.held_still_ms = 0;
+    }
+
+    /// For how long, as of the last sample, the engine held work while its counter
+    /// stood still, since the counter last moved or the engine was last proven.
+    pub fn held_still_ms(&self) -> u64 {
+        self.held_still_ms
     }
 
     /// For how long, as of the last sample, the engine has produced no token at all,

@@ -708,6 +708,18 @@ fn an_idle_engine_is_not_confirmed_at_the_floor() {
 }
 
 #[test]
+fn work_taken_away_from_a_hung_engine_still_counts_as_held() {
+    // Hung holding work for 2 s; then the routers move its requests away (its queue
+    // empties) and one's word arrives: what it held while still is evidence enough.
+    let mut c = core(3);
+    let last = busy_and_moving(&mut c, r(0), 1_000, 6);
+    c.on_progress(r(0), 4, 105, last + 1_000);
+    c.on_progress(r(0), 4, 105, last + 2_000);
+    assert!(c.on_progress(r(0), 0, 105, last + 3_000).is_empty());
+    assert!(!c.on_stall_word(&[(r(0), 0)], last + 3_000).is_empty());
+}
+
+#[test]
 fn an_engine_that_took_a_long_step_is_given_its_factor_of_it() {
     let mut c = core(3);
     let mut at = busy_and_moving(&mut c, r(0), 1_000, 6);
