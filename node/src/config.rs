@@ -437,8 +437,7 @@ impl NodeConfig {
         }
     }
 
-    /// Prices with `profile`: the router then expects as much prefix cache as its
-    /// engine has.
+    /// Routes and probes with `p` (a model's own policy).
     fn set_policy(&mut self, p: FleetPolicy) {
         self.router = p.router;
         self.prober = p.prober;
@@ -449,6 +448,8 @@ impl NodeConfig {
         self.start_timeout = p.start_timeout;
     }
 
+    /// Prices with `profile`: the router then expects as much prefix cache as its
+    /// engine has.
     fn price_with(&mut self, profile: Profile) {
         self.router.affinity.cache_tokens = profile.kv_cache_tokens();
         self.profile = profile;
