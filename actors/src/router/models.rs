@@ -134,25 +134,39 @@ pub fn choose_fleet<S: AsRef<ServedModels>>(fleets: &[S], model: &str) -> Result
     ))
 }
 
+/// How long a node that could not take a handed request is tried last.
+pub const HANDOFF_AVOID_MS: u64 = 10_000;
+
 /// In which order to try the other nodes that route a model this node does not: by
 /// rendezvous hashing of the request's workload key (or, with none, of `salt`, e.g. its
 /// request id), so a conversation enters the same router each time — that router's
 /// prefix index and subsets know it — and the requests of many spread evenly; a node
-/// that leaves moves only its own conversations.
-pub fn handoff_order(nodes: &[u64], key: Option<crate::slice::SliceKey>, salt: u64) -> Vec<u64> {
+/// that leaves moves only its own conversations. A node that could not be reached in
+/// the last [`HANDOFF_AVOID_MS`] (`failed_at`: when each last failed) is tried last, so
+/// a dead node does not cost every one of its conversations a timeout.
+pub fn handoff_order(
+    nodes: &[u64],
+    key: Option<crate::slice::SliceKey>,
+    salt: u64,
+    failed_at: &std::collections::HashMap<u64, u64>,
+    now_ms: u64,
+) -> Vec<u64> {
     let seed = key.map_or(salt, |k| k.0);
-    let mut ranked: Vec<(u64, u64)> = nodes
+    let avoided = |n: u64| {
+        failed_at
+            .get(&n)
+            .is_some_and(|&t| now_ms.saturating_sub(t) < HANDOFF_AVOID_MS)
+    };
+    let mut ranked: Vec<(bool, std::cmp::Reverse<u64>, u64)> = nodes
         .iter()
         .map(|&n| {
-            (
-                super::baselines::common::mix64(seed ^ super::baselines::common::mix64(n)),
-                n,
-            )
+            let rank = super::baselines::common::mix64(seed ^ super::baselines::common::mix64(n));
+            (avoided(n), std::cmp::Reverse(rank), n)
         })
         .collect();
-    ranked.sort_unstable_by(|a, b| b.cmp(a));
-    ranked.dedup_by_key(|(_, n)| *n);
-    ranked.into_iter().map(|(_, n)| n).collect()
+    ranked.sort_unstable();
+    ranked.dedup_by_key(|(_, _, n)| *n);
+    ranked.into_iter().map(|(_, _, n)| n).collect()
 }
 
 impl AsRef<ServedModels> for ServedModels {
@@ -180,13 +194,17 @@ mod tests {
     use crate::slice::SliceKey;
     use proptest::prelude::*;
 
+    fn order(nodes: &[u64], key: u64) -> Vec<u64> {
+        handoff_order(nodes, Some(SliceKey(key)), 0, &Default::default(), 0)
+    }
+
     #[test]
     fn a_conversation_is_handed_to_the_same_node_and_many_spread() {
         let nodes = [3, 7, 11];
-        let key = Some(SliceKey(42));
-        let first = handoff_order(&nodes, key, 1);
+        let none = std::collections::HashMap::new();
+        let first = handoff_order(&nodes, Some(SliceKey(42)), 1, &none, 0);
         assert_eq!(
-            handoff_order(&nodes, key, 2),
+            handoff_order(&nodes, Some(SliceKey(42)), 2, &none, 0),
             first,
             "the key decides, not the salt"
         );
@@ -194,16 +212,26 @@ mod tests {
         // Many keys: every node is someone's first choice, none takes most.
         let mut firsts = std::collections::HashMap::new();
         for k in 0..3_000 {
-            *firsts
-                .entry(handoff_order(&nodes, Some(SliceKey(k)), 0)[0])
-                .or_insert(0) += 1;
+            *firsts.entry(order(&nodes, k)[0]).or_insert(0) += 1;
         }
         assert_eq!(firsts.len(), 3);
         assert!(
             firsts.values().all(|&c| (700..1_300).contains(&c)),
             "{firsts:?}"
         );
-        assert!(handoff_order(&[], key, 0).is_empty());
+        assert!(order(&[], 42).is_empty());
+    }
+
+    #[test]
+    fn a_node_that_just_failed_is_tried_last_until_the_window_passes() {
+        let nodes = [3, 7, 11];
+        let usual = order(&nodes, 42);
+        let failed = std::collections::HashMap::from([(usual[0], 1_000)]);
+        let key = Some(SliceKey(42));
+        let during = handoff_order(&nodes, key, 0, &failed, 1_000 + HANDOFF_AVOID_MS - 1);
+        assert_eq!(during, [usual[1], usual[2], usual[0]]);
+        let after = handoff_order(&nodes, key, 0, &failed, 1_000 + HANDOFF_AVOID_MS);
+        assert_eq!(after, usual);
     }
 
     proptest! {
@@ -211,9 +239,9 @@ mod tests {
         #[test]
         fn a_node_leaving_moves_only_its_own(key in any::<u64>(), gone in 0usize..4) {
             let nodes = [1, 2, 3, 4];
-            let before = handoff_order(&nodes, Some(SliceKey(key)), 0);
+            let before = order(&nodes, key);
             let left: Vec<u64> = nodes.iter().copied().filter(|&n| n != nodes[gone]).collect();
-            let after = handoff_order(&left, Some(SliceKey(key)), 0);
+            let after = order(&left, key);
             let expected: Vec<u64> = before.into_iter().filter(|&n| n != nodes[gone]).collect();
             prop_assert_eq!(after, expected);
         }

@@ -7,7 +7,8 @@ use super::handoff::Directory;
 use super::{AppState, Metrics};
 use sluice_actors::router::{choose_fleet, Unserved};
 use sluice_engine::openai::ApiError;
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The fleets of one node, in configuration order (the first is the default for a
 /// passed-through request that names no model), each with the model it was started for.
@@ -15,6 +16,9 @@ pub struct Fleets {
     fleets: Vec<(String, Arc<AppState>)>,
     /// In a cluster: which other nodes route the models this one does not.
     elsewhere: OnceLock<Box<dyn Directory>>,
+    /// When each node last failed to take a handed request (`now_ms`), so that it is
+    /// tried last for a while.
+    pub(super) handoff_failed: Mutex<HashMap<u64, u64>>,
 }
 
 impl Fleets {
@@ -24,6 +28,7 @@ impl Fleets {
             Arc::new(Self {
                 fleets,
                 elsewhere: OnceLock::new(),
+                handoff_failed: Mutex::default(),
             })
         })
     }

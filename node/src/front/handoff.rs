@@ -90,13 +90,33 @@ pub async fn send(
         body: body.to_vec(),
         request_id: id.as_str().to_owned(),
     });
+    let door = fleets.first();
+    let order = {
+        let failed = fleets
+            .handoff_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        handoff_order(&ids, key, salt, &failed, door.now_ms())
+    };
+    let noted = |node: u64, failed: bool| {
+        let mut map = fleets
+            .handoff_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if failed {
+            map.insert(node, door.now_ms());
+        } else {
+            map.remove(&node);
+        }
+    };
     let mut unreachable = Vec::new();
-    for node in handoff_order(&ids, key, salt) {
+    for node in order {
         let Some(&(_, addr)) = routers.iter().find(|(n, _)| *n == node) else {
             continue;
         };
         match forward::call(client, addr, &rpc).await {
             Ok(resp) => {
+                noted(node, false);
                 fleets.metrics().handed_off();
                 tracing::debug!(model, node, "handed to the node that routes the model");
                 let (parts, body) = resp.into_parts();
@@ -106,6 +126,7 @@ pub async fn send(
             // died before answering is sent again, as a replica's would be).
             Err(why @ (ForwardError::Unreachable(_) | ForwardError::Timeout(_))) => {
                 tracing::warn!(model, node, error = %why, "cannot hand the request over; trying the next node");
+                noted(node, true);
                 unreachable.push(node);
             }
             Err(e) => {

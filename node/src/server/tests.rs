@@ -1290,3 +1290,39 @@ async fn a_model_only_another_node_routes_is_handed_to_it() {
         r.node.wait().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_request_goes_on_to_the_next_node_when_one_is_gone() {
+    // a runs alpha; b and c both run beta. With b stopped, a hands beta to c.
+    let (dirs, a, b) = alpha_and_beta_nodes(false).await;
+    let c_dir = tempfile::tempdir().unwrap();
+    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
+        .unwrap()
+        .to_string();
+    let beta = engines_serving(1, "beta").await;
+    let (_, seed) = a.node.cluster().unwrap();
+    let c = start(
+        cluster_config(&format!("[[models]]\nurls = [\"{}\"]\n", beta[0])),
+        Some(cluster_args(c_dir.path(), Some((seed, token)))),
+    )
+    .await;
+    let (c_id, _) = c.node.cluster().unwrap();
+    let a_addr = a.node.http_addr();
+    eventually("beta served through a", || async {
+        chat_answer(a_addr, "beta", None, "x-request-id").await.0 == 200
+    })
+    .await;
+    let _ = b.stop.send(());
+    b.node.wait().await.unwrap();
+    let on_c = crate::cluster::replica_id(c_id, 0).0.to_string();
+    // Each request ranks b or c first by its id; those that meet b first move on.
+    for _ in 0..8 {
+        let (status, served_by, body) = chat_answer(a_addr, "beta", None, "x-sluice-replica").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(served_by.as_deref(), Some(on_c.as_str()));
+    }
+    for r in [a, c] {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+}
