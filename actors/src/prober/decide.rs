@@ -13,17 +13,8 @@ use crate::slice::ReplicaId;
 /// word that the replica's requests all stalled to condemn it. An engine that writes any
 /// token meanwhile is not hung; but a busy one can write none for seconds in one long
 /// step (a CPU vLLM recomputing preempted prompts stood still over 2 s under 24 long
-/// streams, and was ejected with a fixed 2 s here). So the bound is the engine's own:
-/// [`STREAMS_CONFIRM_FACTOR`] times the longest step its samples have shown, at least
-/// [`STREAMS_CONFIRM_FLOOR_MS`], at most half the gauge's own stall window — which is
-/// also what an engine gets before [`STREAMS_CONFIRM_STEPS`] steps have shown its pace,
-/// and what one gets that holds no work while its counter stands still (an idle engine
-/// writes no token either: the requests the router waits for may not have reached it).
-pub const STREAMS_CONFIRM_FLOOR_MS: u64 = 2_000;
-/// See [`STREAMS_CONFIRM_FLOOR_MS`].
-pub const STREAMS_CONFIRM_FACTOR: u64 = 4;
-/// See [`STREAMS_CONFIRM_FLOOR_MS`].
-pub const STREAMS_CONFIRM_STEPS: u32 = 3;
+/// streams, and was ejected with 2 s here), so half the gauge's own stall window.
+pub const STREAMS_CONFIRMED_AFTER_MS: u64 = 5_000;
 
 /// What the prober knows of one replica.
 #[derive(Debug, Clone)]
@@ -85,20 +76,11 @@ impl ReplicaState {
             )
         });
         // A router's word is confirmed by the engine's own counter: a busy engine that
-        // is only slow for that router's requests still writes tokens. Work held while
-        // the counter stood still is confirmed after the engine's own bound (even once
-        // the routers have taken that work away); an engine that held nothing (the
-        // router's requests never reached it — a restarting node's forwarding, say)
-        // only after the cap, as any silence.
-        let cap_ms = config.stall_window_ms / 2;
-        let confirm_ms = self.stall.confirm_after_ms(
-            STREAMS_CONFIRM_STEPS,
-            STREAMS_CONFIRM_FACTOR,
-            STREAMS_CONFIRM_FLOOR_MS,
-            cap_ms,
-        );
-        let confirmed = self.stall.held_still_ms() >= confirm_ms
-            || self.stall.still_for().is_some_and(|still| still >= cap_ms);
+        // is only slow for that router's requests still writes tokens.
+        let confirmed = self
+            .stall
+            .still_for()
+            .is_some_and(|still| still >= STREAMS_CONFIRMED_AFTER_MS);
         let streams = self
             .streams_stalled_ms
             .filter(|_| confirmed)
@@ -215,8 +197,8 @@ impl ProberCore {
     /// Routers took these replicas' streams for hung (their silence outlasted the bound
     /// from the replica's own pace; see `router::stall`), each `age` ms before `now_ms`
     /// — the local router's word and the peers' gossip alike. A replica is condemned
-    /// once the engine's token counter has stood still for the engine's own bound (see
-    /// [`STREAMS_CONFIRM_FLOOR_MS`]; an engine without that gauge is left to the
+    /// once the engine's token counter has stood still for
+    /// [`STREAMS_CONFIRMED_AFTER_MS`] (an engine without that gauge is left to the
     /// probes). Word older than the replica's last proof (a completed request or probe,
     /// or its restart) is stale — a peer's gossip repeats it for a while — and ignored,
     /// as are replicas this prober does not watch.

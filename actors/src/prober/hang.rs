@@ -13,16 +13,6 @@ pub struct StallDetector {
     sampled_ms: u64,
     /// The sample at which the counter was first seen at its present value.
     still_since_ms: u64,
-    /// Samples that saw the counter move: the engine's steps as the samples see them.
-    steps: u32,
-    /// The longest the counter stood still with work queued before it moved, as a
-    /// lower bound (between the samples that saw it still): how long this engine's
-    /// slowest step has certainly taken.
-    longest_step_ms: u64,
-    /// The longest the engine has held work since its counter last moved (or it was
-    /// last proven), kept when that work leaves it: a router that takes the requests
-    /// of a hung engine away empties its queue, but not this.
-    held_still_ms: u64,
 }
 
 impl StallDetector {
@@ -33,15 +23,6 @@ impl StallDetector {
     /// for an hour is not a hang the moment a request arrives.
     pub fn sample(&mut self, queued: u32, tokens_total: u64, now_ms: u64) {
         let advanced = self.tokens_total.is_some_and(|t| t != tokens_total);
-        if advanced {
-            self.steps = self.steps.saturating_add(1);
-            if let Some(busy_since) = self.stalled_since_ms {
-                let step = self
-                    .sampled_ms
-                    .saturating_sub(self.still_since_ms.max(busy_since));
-                self.longest_step_ms = self.longest_step_ms.max(step);
-            }
-        }
         if advanced || self.tokens_total.is_none() {
             self.still_since_ms = now_ms;
         }
@@ -52,11 +33,6 @@ impl StallDetector {
         } else if self.stalled_since_ms.is_none() {
             self.stalled_since_ms = Some(now_ms);
         }
-        if advanced {
-            self.held_still_ms = 0;
-        } else if let Some(since) = self.stalled_since_ms {
-            self.held_still_ms = self.held_still_ms.max(now_ms.saturating_sub(since));
-        }
     }
 
     /// Progress seen some other way (a real request or a probe completed): restart the
@@ -65,13 +41,6 @@ impl StallDetector {
         if self.stalled_since_ms.is_some() {
             self.stalled_since_ms = Some(now_ms);
         }
-        self.held_still_ms = 0;
-    }
-
-    /// For how long, as of the last sample, the engine held work while its counter
-    /// stood still, since the counter last moved or the engine was last proven.
-    pub fn held_still_ms(&self) -> u64 {
-        self.held_still_ms
     }
 
     /// For how long, as of the last sample, the engine has produced no token at all,
@@ -79,22 +48,6 @@ impl StallDetector {
     pub fn still_for(&self) -> Option<u64> {
         (self.tokens_total.is_some() && self.sampled_ms > self.still_since_ms)
             .then(|| self.sampled_ms - self.still_since_ms)
-    }
-
-    /// How long the counter must stand still to confirm a router's word that the
-    /// engine's streams stalled: `factor` times the longest step seen since its
-    /// (re)start, within `[floor_ms, cap_ms]`; `cap_ms` until `min_steps` steps have
-    /// shown the engine's pace. An engine whose every sample shows tokens moving is
-    /// judged quickly; one that has already stood still for a long step while busy
-    /// (a CPU engine recomputing preempted prompts) is given that much more.
-    pub fn confirm_after_ms(&self, min_steps: u32, factor: u64, floor_ms: u64, cap_ms: u64) -> u64 {
-        let cap_ms = cap_ms.max(floor_ms);
-        if self.steps < min_steps {
-            return cap_ms;
-        }
-        self.longest_step_ms
-            .saturating_mul(factor)
-            .clamp(floor_ms, cap_ms)
     }
 
     /// When the current stall began, if the last sample showed it lasting at least

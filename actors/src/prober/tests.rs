@@ -573,9 +573,8 @@ fn only_a_2xx_is_a_success_and_only_a_4xx_the_clients_fault() {
 
 #[test]
 fn a_routers_word_that_its_streams_stalled_ejects_once_the_counter_agrees() {
-    // No step seen yet: the cap, half the gauge's window.
-    let confirm = ProbeConfig::default().stall_window_ms / 2;
-    let t = 1_000 + confirm; // the counter has stood still for confirm by then
+    const C: u64 = decide::STREAMS_CONFIRMED_AFTER_MS;
+    let t = 1_000 + C; // the counter has stood still for C by then
     let mut c = core(3);
     // r1's counter stands still from 1 s on; r2's moves.
     for at in (1_000..=t).step_by(1_000) {
@@ -607,21 +606,21 @@ fn a_routers_word_that_its_streams_stalled_ejects_once_the_counter_agrees() {
 
 #[test]
 fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
-    let confirm = ProbeConfig::default().stall_window_ms / 2;
+    const C: u64 = decide::STREAMS_CONFIRMED_AFTER_MS;
     let mut c = core(3);
     // No gauge sampled yet: the word alone condemns nothing.
     assert!(c.on_stall_word(&[(r(0), 0)], 1_000).is_empty());
     c.on_progress(r(0), 1, 7, 1_000);
     assert!(
-        c.on_progress(r(0), 1, 7, confirm).is_empty(),
+        c.on_progress(r(0), 1, 7, C).is_empty(),
         "still for less than the confirmation"
     );
     assert_eq!(
-        c.on_progress(r(0), 1, 7, 1_000 + confirm),
+        c.on_progress(r(0), 1, 7, 1_000 + C),
         [VerdictChange {
             replica: r(0),
             verdict: Verdict::Unhealthy {
-                since_ms: 1_000 + confirm,
+                since_ms: 1_000 + C,
                 reason: Reason::StreamsStalled
             }
         }],
@@ -630,9 +629,9 @@ fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
     // Past the ejection cap (one of three) a second is deferred, and a completed
     // request clears the word.
     c.on_progress(r(1), 1, 7, 1_000);
-    c.on_progress(r(1), 1, 7, 1_000 + confirm);
+    c.on_progress(r(1), 1, 7, 1_000 + C);
     assert_eq!(
-        c.on_stall_word(&[(r(1), confirm - 1_500)], 1_000 + confirm),
+        c.on_stall_word(&[(r(1), C - 1_500)], 1_000 + C),
         [VerdictChange {
             replica: r(1),
             verdict: Verdict::Deferred {
@@ -642,151 +641,10 @@ fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
         }]
     );
     assert_eq!(
-        c.on_real_outcome(r(1), RealOutcome::Success, 1_500 + confirm),
+        c.on_real_outcome(r(1), RealOutcome::Success, 1_500 + C),
         [VerdictChange {
             replica: r(1),
             verdict: Verdict::Healthy
         }]
     );
-}
-
-/// Samples `replica` once a second from `from_ms`, its counter moving at every sample
-/// with work queued, for `steps` samples; returns the time of the last.
-fn busy_and_moving(c: &mut ProberCore, replica: ReplicaId, from_ms: u64, steps: u64) -> u64 {
-    let mut at = from_ms;
-    for i in 0..steps {
-        at = from_ms + i * 1_000;
-        c.on_progress(replica, 4, 100 + i, at);
-    }
-    at
-}
-
-#[test]
-fn an_engine_seen_moving_at_every_sample_is_confirmed_at_the_floor() {
-    let mut c = core(3);
-    // Six samples, the counter moving at each: five steps of no measurable length.
-    let last = busy_and_moving(&mut c, r(0), 1_000, 6);
-    // Then it hangs: the counter stands at its last value from `last` on.
-    assert!(c.on_progress(r(0), 4, 105, last + 1_000).is_empty());
-    assert!(
-        c.on_stall_word(&[(r(0), 0)], last + 1_000).is_empty(),
-        "still 1 s"
-    );
-    assert_eq!(
-        c.on_progress(r(0), 4, 105, last + 2_000),
-        [VerdictChange {
-            replica: r(0),
-            verdict: Verdict::Unhealthy {
-                since_ms: last + 2_000,
-                reason: Reason::StreamsStalled
-            }
-        }],
-        "still for the floor: confirmed, well before the cap"
-    );
-    assert!(decide::STREAMS_CONFIRM_FLOOR_MS < ProbeConfig::default().stall_window_ms / 2);
-}
-
-#[test]
-fn an_idle_engine_is_not_confirmed_at_the_floor() {
-    // A quick engine, but holding no work when a router says its streams stalled: the
-    // router's requests are not reaching it, which its counter cannot confirm; only the
-    // cap's silence does.
-    let mut c = core(3);
-    let last = busy_and_moving(&mut c, r(0), 1_000, 6);
-    c.on_progress(r(0), 0, 105, last + 1_000);
-    c.on_stall_word(&[(r(0), 0)], last + 1_000);
-    for still in [2_000, 3_000, 4_000] {
-        assert!(
-            c.on_progress(r(0), 0, 105, last + still).is_empty(),
-            "still {still} ms"
-        );
-    }
-    assert!(
-        !c.on_progress(r(0), 0, 105, last + 5_000).is_empty(),
-        "the cap"
-    );
-}
-
-#[test]
-fn work_taken_away_from_a_hung_engine_still_counts_as_held() {
-    // Hung holding work for 2 s; then the routers move its requests away (its queue
-    // empties) and one's word arrives: what it held while still is evidence enough.
-    let mut c = core(3);
-    let last = busy_and_moving(&mut c, r(0), 1_000, 6);
-    c.on_progress(r(0), 4, 105, last + 1_000);
-    c.on_progress(r(0), 4, 105, last + 2_000);
-    assert!(c.on_progress(r(0), 0, 105, last + 3_000).is_empty());
-    assert!(!c.on_stall_word(&[(r(0), 0)], last + 3_000).is_empty());
-}
-
-#[test]
-fn an_engine_that_took_a_long_step_is_given_its_factor_of_it() {
-    let mut c = core(3);
-    let mut at = busy_and_moving(&mut c, r(0), 1_000, 6);
-    // One step of at least 1 s: two samples see the same count while busy.
-    at += 1_000;
-    c.on_progress(r(0), 4, 106, at);
-    at += 1_000;
-    c.on_progress(r(0), 4, 106, at);
-    at += 1_000;
-    c.on_progress(r(0), 4, 107, at);
-    // Now it stands still and a router says its streams stalled: the floor (2 s) is
-    // not enough for an engine that has stood still 1 s in one step; 4 × 1 s, capped
-    // at the default's 5 s, is 4 s.
-    c.on_stall_word(&[(r(0), 0)], at);
-    for still in [1_000, 2_000, 3_000] {
-        assert!(
-            c.on_progress(r(0), 4, 107, at + still).is_empty(),
-            "still {still} ms"
-        );
-    }
-    assert!(
-        !c.on_progress(r(0), 4, 107, at + 4_000).is_empty(),
-        "still 4 s: confirmed"
-    );
-}
-
-#[test]
-fn a_wider_stall_window_widens_the_confirmation_of_an_engine_with_long_steps() {
-    let config = ProbeConfig {
-        stall_window_ms: 30_000,
-        ..ProbeConfig::default()
-    };
-    let mut c = ProberCore::new(config).unwrap();
-    c.set_replicas(&[r(0)], 0);
-    // No pace known yet: half the window, 15 s.
-    c.on_progress(r(0), 4, 7, 1_000);
-    c.on_stall_word(&[(r(0), 0)], 1_000);
-    assert!(c.on_progress(r(0), 4, 7, 15_000).is_empty(), "still 14 s");
-    assert!(!c.on_progress(r(0), 4, 7, 16_000).is_empty(), "still 15 s");
-}
-
-proptest! {
-    /// Whatever the samples, the confirmation stays within its floor and cap, and
-    /// grows with the longest step seen.
-    #[test]
-    fn the_confirmation_is_bounded_and_grows_with_the_longest_step(
-        samples in proptest::collection::vec((0u32..3, 0u64..3, 1u64..3_000), 1..60),
-    ) {
-        let mut d = StallDetector::default();
-        let (mut at, mut tokens) = (0u64, 0u64);
-        let mut last = None;
-        for (queued, moved, gap) in samples {
-            at += gap;
-            tokens += moved;
-            d.sample(queued, tokens, at);
-            let c = d.confirm_after_ms(
-                decide::STREAMS_CONFIRM_STEPS,
-                decide::STREAMS_CONFIRM_FACTOR,
-                decide::STREAMS_CONFIRM_FLOOR_MS,
-                5_000,
-            );
-            prop_assert!((decide::STREAMS_CONFIRM_FLOOR_MS..=5_000).contains(&c));
-            // Once its pace is known (the bound left the cap), it never shrinks.
-            if let Some(prev) = last.filter(|&p| p < 5_000) {
-                prop_assert!(c >= prev, "{} after {}", c, prev);
-            }
-            last = Some(c);
-        }
-    }
 }
