@@ -275,9 +275,7 @@ pub fn routes(n: &sluice_raft::NodeInfo) -> impl Iterator<Item = &str> {
 
 /// Whether node `n` can launch replicas of `model` (a node that lists none: any).
 pub fn runs(n: &sluice_raft::NodeInfo, model: &str) -> bool {
-    n.labels
-        .get(MODELS_LABEL)
-        .is_none_or(|list| list.split(',').any(|m| m == model))
+    !n.labels.contains_key(MODELS_LABEL) || routes(n).any(|m| m == model)
 }
 
 /// GPUs of `host` that other models' replicas hold: the models share the hosts.

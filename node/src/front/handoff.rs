@@ -156,15 +156,16 @@ pub async fn send(
 
 /// Where a handed request's path goes, as the front door's routes would send it.
 fn route_of(path: &str) -> Option<Route> {
-    let endpoint = match path {
-        "/v1/chat/completions" => Endpoint::Chat,
-        "/v1/completions" => Endpoint::Completion,
-        "/v1/responses" => Endpoint::Responses,
-        "/v1/embeddings" => Endpoint::Embeddings,
-        other if proxy::passable(other) => return Some(Route::Other(Arc::from(other))),
-        _ => return None,
-    };
-    Some(Route::Api(endpoint))
+    let api = [
+        Endpoint::Chat,
+        Endpoint::Completion,
+        Endpoint::Responses,
+        Endpoint::Embeddings,
+    ];
+    match api.into_iter().find(|e| e.path() == path) {
+        Some(endpoint) => Some(Route::Api(endpoint)),
+        None => proxy::passable(path).then(|| Route::Other(Arc::from(path))),
+    }
 }
 
 /// Serves a request another node handed here, through this node's front door.
