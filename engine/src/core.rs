@@ -344,6 +344,13 @@ impl Seq {
     fn key(&self) -> (i64, u64) {
         (self.priority, self.arrival)
     }
+
+    /// (hash, block) of each full block this step's scheduled tokens complete.
+    fn blocks_in_step(&self, block_size: u32) -> impl Iterator<Item = (u64, BlockId)> + '_ {
+        let from = (self.computed / block_size) as usize;
+        let to = ((self.computed + self.sched) / block_size) as usize;
+        (from..to).filter_map(|j| Some((*self.hashes.get(j)?, *self.blocks.get(j)?)))
+    }
 }
 
 /// The engine: scheduler, KV cache and step-time model.
@@ -363,6 +370,11 @@ pub struct EngineCore {
     scratch: Vec<u8>,
     done: Vec<u32>,
     now_us: u64,
+    /// Blocks the step being scheduled computes, by hash. vLLM caches a block when it is
+    /// scheduled, so a request scheduled after it in the same step finds it cached (the
+    /// step writes a layer's KV before attending over it); the pool learns it at the
+    /// step's end.
+    scheduled: HashMap<u64, BlockId>,
 }
 
 impl EngineCore {
@@ -394,6 +406,7 @@ impl EngineCore {
             scratch: Vec::new(),
             done: Vec::new(),
             now_us: 0,
+            scheduled: HashMap::new(),
         }
     }
 
@@ -578,6 +591,7 @@ impl EngineCore {
             loop {
                 if self.grow(slot, want) {
                     self.seq_mut(slot).sched = want;
+                    self.mark_scheduled(slot);
                     budget -= want;
                     i += 1;
                     break;
@@ -646,6 +660,7 @@ impl EngineCore {
 
         // 4. The step's effects, at its end.
         let bs = self.params.block_size;
+        self.scheduled.clear();
         self.done.clear();
         for idx in 0..self.running.len() {
             let slot = self.running[idx];
@@ -790,6 +805,7 @@ impl EngineCore {
 
     fn preempt(&mut self, pos: usize, events: &mut Vec<EngineEvent>) {
         let slot = self.running.remove(pos);
+        self.unmark_scheduled(slot);
         self.release_blocks(slot);
         let seq = self.seq_mut(slot);
         seq.running = false;
@@ -820,18 +836,21 @@ impl EngineCore {
     fn admit(&mut self, slot: u32, budget: &mut u32) -> bool {
         let bs = self.params.block_size;
         let pool = &mut self.pool;
+        let scheduled = &self.scheduled;
         let seq = match self.seqs[slot as usize].as_mut() {
             Some(s) => s,
             None => return false,
         };
         debug_assert!(seq.blocks.is_empty() && seq.computed == 0);
+        let lookup =
+            |pool: &BlockPool, h: u64| pool.lookup(h).or_else(|| scheduled.get(&h).copied());
         let len = seq.tokens.len() as u32;
         // At least the last token is computed, so the hit stops before it.
         let max_hit_blocks = ((len - 1) / bs) as usize;
         let mut hits = 0usize;
         let mut evictable_hits = 0u32;
         for &h in seq.hashes.iter().take(max_hit_blocks) {
-            match pool.lookup(h) {
+            match lookup(pool, h) {
                 Some(b) => {
                     if pool.ref_count(b) == 0 {
                         evictable_hits += 1;
@@ -848,7 +867,7 @@ impl EngineCore {
             return false;
         }
         for j in 0..hits {
-            let Some(b) = pool.lookup(seq.hashes[j]) else {
+            let Some(b) = lookup(pool, seq.hashes[j]) else {
                 unreachable!("hit block vanished")
             };
             pool.touch(b);
@@ -873,7 +892,29 @@ impl EngineCore {
         *budget -= want;
         self.waiting.remove(&key);
         self.running.push(slot);
+        self.mark_scheduled(slot);
         true
+    }
+
+    /// The full blocks the sequence in `slot` computes in this step, as cached for the
+    /// requests scheduled after it.
+    fn mark_scheduled(&mut self, slot: u32) {
+        if let Some(seq) = self.seqs[slot as usize].as_ref() {
+            for (h, b) in seq.blocks_in_step(self.params.block_size) {
+                self.scheduled.entry(h).or_insert(b);
+            }
+        }
+    }
+
+    /// A sequence leaves the step before computing: its blocks are not cached after all.
+    fn unmark_scheduled(&mut self, slot: u32) {
+        if let Some(seq) = self.seqs[slot as usize].as_ref() {
+            for (h, b) in seq.blocks_in_step(self.params.block_size) {
+                if self.scheduled.get(&h) == Some(&b) {
+                    self.scheduled.remove(&h);
+                }
+            }
+        }
     }
 
     /// Checks internal invariants (tests only: O(everything)).

@@ -258,10 +258,6 @@ pub struct RouterSection {
     pub workload_keys: Vec<String>,
     /// Output length assumed for a workload with no history.
     pub default_output_tokens: u32,
-    /// Prompt tokens one engine step takes at most (vLLM's `max_num_batched_tokens`):
-    /// a request whose prefill shares a step with the one computing its prefix does not
-    /// find that prefix cached.
-    pub step_tokens: u32,
     pub max_body_bytes: usize,
     /// Bound on a non-streaming request, and on a stream's first response bytes.
     pub request_timeout_s: f64,
@@ -297,7 +293,6 @@ impl Default for RouterSection {
                 "api-key".into(),
             ],
             default_output_tokens: RouterConfig::default().estimator.default_output,
-            step_tokens: RouterConfig::default().step_tokens,
             max_body_bytes: 16 << 20,
             request_timeout_s: 300.0,
             stream_idle_timeout_s: 30.0,
@@ -778,9 +773,6 @@ fn fleet_policy(r: &RouterSection, p: &ProberSection, start_timeout_s: f64) -> R
     {
         bail!("router.spill_ratio must be ≥ 1 and router.spill_slack_s ≥ 0");
     }
-    if r.step_tokens == 0 {
-        bail!("router.step_tokens must be at least 1 (vLLM's max_num_batched_tokens)");
-    }
     if !(0.0..=1.0).contains(&r.decode_share) {
         bail!(
             "router.decode_share must be between 0 and 1, got {}",
@@ -804,7 +796,6 @@ fn fleet_policy(r: &RouterSection, p: &ProberSection, start_timeout_s: f64) -> R
                 slack_s: r.spill_slack_s,
             },
             decode_share: r.decode_share,
-            step_tokens: r.step_tokens,
             estimator: EstimatorConfig {
                 default_output: r.default_output_tokens.max(1),
                 ..defaults.estimator

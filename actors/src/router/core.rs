@@ -40,9 +40,6 @@ pub struct RouterConfig {
     /// of the request's own wait: 1 counts the capacity it takes from whoever comes next
     /// on that replica once.
     pub waste_weight: f64,
-    /// Prompt tokens an engine step takes at most (vLLM's `max_num_batched_tokens`):
-    /// requests whose prefill shares a step do not find each other's blocks cached.
-    pub step_tokens: u32,
     /// Buckets (`2^bits`) of the keyspace the admitted load is measured in, for the
     /// assigner.
     pub load_bucket_bits: u32,
@@ -61,7 +58,6 @@ impl Default for RouterConfig {
             affinity: AffinityConfig::default(),
             decode_share: 0.3,
             waste_weight: 1.0,
-            step_tokens: 8192,
             load_bucket_bits: DEFAULT_BUCKET_BITS,
             quarantine: QuarantineConfig::default(),
             stall: StallConfig::default(),
@@ -405,22 +401,6 @@ impl RouterCore {
         (mu / capacity * 60_000.0) as u64
     }
 
-    /// How long `tokens` uncached prompt tokens take to compute on `replica`, ms.
-    fn prefill_ms(&self, replica: ReplicaId, tokens: u32) -> u64 {
-        let mu = self.coeffs.price(&RequestShape {
-            uncached_input: tokens,
-            cached_input: 0,
-            output: 0,
-            images: 0,
-        });
-        self.mu_ms(replica, mu)
-    }
-
-    /// One engine step full of prefill on `replica`, ms.
-    fn step_ms(&self, replica: ReplicaId) -> u64 {
-        self.prefill_ms(replica, self.config.step_tokens)
-    }
-
     /// How long the work queued on `replica` should take at its capacity.
     fn queue_ms(&self, replica: ReplicaId) -> u64 {
         self.mu_ms(replica, self.ledger.replica(replica).queue_mu)
@@ -558,19 +538,10 @@ impl RouterCore {
         let slice = self.assignment.lookup(workload);
         // Prompt blocks each replica is expected to hold, from the content index.
         let cache = self.config.affinity.cache_tokens.max(1);
-        // A block counts once computed before this request's own prefill would begin
-        // there: the work queued ahead of it, less one engine step (what shares a step
-        // with the prefill computing a block computes it too).
-        let ready_by = |r: ReplicaId| -> u64 {
-            let step = self.step_ms(r);
-            now_ms + self.queue_ms(r).saturating_sub(step)
-        };
         let held = self.contents.get(&id).map(|content| {
             let affinity = &self.affinity;
-            let matched = self.index.matched(&content.chain, |r, stamp, ready| {
-                // Most blocks were computed long ago: only the others ask the queue.
+            let matched = self.index.matched(&content.chain, |r, stamp| {
                 affinity.written(r).saturating_sub(stamp) < cache
-                    && (ready <= now_ms || ready <= ready_by(r))
             });
             (matched, content)
         });
@@ -693,17 +664,10 @@ impl RouterCore {
         }
         self.reorder(choice.replica);
         self.affinity.on_placed(choice.replica, new_kv);
-        let prefill_ms = self.prefill_ms(choice.replica, shape.uncached_input);
         if let Some(content) = self.contents.get_mut(&id) {
             content.held = held_blocks;
             let stamp = self.affinity.written(choice.replica);
-            let done = now_ms + ahead_ms;
-            self.index.insert_computed(
-                choice.replica,
-                &content.chain,
-                stamp,
-                (done.saturating_sub(prefill_ms), done),
-            );
+            self.index.insert(choice.replica, &content.chain, stamp);
         } else if self.keyed(workload) {
             // Only a request without content is priced by its workload's history.
             self.affinity

@@ -20,9 +20,6 @@ struct Holder {
     replica: ReplicaId,
     /// The replica's written-KV counter when the block was last placed there.
     stamp: u64,
-    /// When the block is expected computed there (router clock, ms): a request placed
-    /// beside the one computing it, in the same engine step, computes it again.
-    ready_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -64,25 +61,11 @@ impl PrefixIndex {
     }
 
     /// The prompt's full blocks `chain` were sent to `replica`, whose written-KV counter
-    /// stood at `stamp`.
+    /// stood at `stamp`. They count from now: an engine caches a block when it schedules
+    /// the prefill computing it, so a request scheduled after that one, even in the same
+    /// step, finds it (vLLM; SGLang defers such a request to the next step).
     pub fn insert(&mut self, replica: ReplicaId, chain: &[u64], stamp: u64) {
-        self.insert_computed(replica, chain, stamp, (0, 0));
-    }
-
-    /// As [`Self::insert`], for a prompt whose prefill there is expected to run from
-    /// `span.0` to `span.1` (ms): each block is ready once the prefill has passed it. A
-    /// block already ready there stays ready.
-    pub fn insert_computed(
-        &mut self,
-        replica: ReplicaId,
-        chain: &[u64],
-        stamp: u64,
-        span: (u64, u64),
-    ) {
-        let n = chain.len().max(1) as u64;
-        let (from, to) = (span.0, span.1.max(span.0));
-        for (i, &h) in chain.iter().enumerate() {
-            let ready_ms = from + (to - from) * (i as u64 + 1) / n;
+        for &h in chain {
             // Every touch has its own tick, so eviction is least-recently-used by block.
             self.tick += 1;
             let tick = self.tick;
@@ -93,18 +76,12 @@ impl PrefixIndex {
             e.last = tick;
             // Holders are kept in the order they were last placed: the first is the
             // stalest (stamps of different replicas are not comparable).
-            let mut ready_ms = ready_ms;
             if let Some(at) = e.holders.iter().position(|x| x.replica == replica) {
-                ready_ms = ready_ms.min(e.holders[at].ready_ms);
                 e.holders.remove(at);
             } else if e.holders.len() >= self.max_holders {
                 e.holders.remove(0);
             }
-            e.holders.push(Holder {
-                replica,
-                stamp,
-                ready_ms,
-            });
+            e.holders.push(Holder { replica, stamp });
         }
         if self.blocks.len() > self.max_blocks {
             let cutoff = super::recency::median_tick(self.blocks.values().map(|e| e.last));
@@ -115,13 +92,10 @@ impl PrefixIndex {
     /// For each replica holding a prefix of `chain`: how many leading blocks it holds,
     /// and the oldest stamp among them. `live(replica, stamp)` says whether a block
     /// stamped `stamp` may still be cached there.
-    /// For each replica holding a prefix of `chain`: how many leading blocks it holds,
-    /// and the oldest stamp among them. `live(replica, stamp, ready_ms)` says whether a
-    /// block stamped `stamp`, expected computed there at `ready_ms`, counts.
     pub fn matched(
         &self,
         chain: &[u64],
-        live: impl Fn(ReplicaId, u64, u64) -> bool,
+        live: impl Fn(ReplicaId, u64) -> bool,
     ) -> IdMap<ReplicaId, Held> {
         let mut out: IdMap<ReplicaId, Held> = IdMap::default();
         for (i, h) in chain.iter().enumerate() {
@@ -135,7 +109,7 @@ impl PrefixIndex {
                     blocks: 0,
                     oldest: x.stamp,
                 });
-                if held.blocks == i && live(x.replica, x.stamp, x.ready_ms) {
+                if held.blocks == i && live(x.replica, x.stamp) {
                     out.insert(
                         x.replica,
                         Held {
@@ -179,31 +153,12 @@ mod tests {
     const B: ReplicaId = ReplicaId(2);
 
     #[test]
-    fn blocks_are_ready_as_the_prefill_passes_them_and_stay_ready() {
-        let mut idx = PrefixIndex::default();
-        // A four-block prompt whose prefill runs from 100 to 200 ms.
-        idx.insert_computed(A, &[1, 2, 3, 4], 0, (100, 200));
-        let ready_by = |idx: &PrefixIndex, t: u64| {
-            idx.matched(&[1, 2, 3, 4], |_, _, ready| ready <= t)
-                .get(&A)
-                .map_or(0, |h| h.blocks)
-        };
-        let at = [99, 125, 160, 200].map(|t| ready_by(&idx, t));
-        assert_eq!(at, [0, 1, 2, 4]);
-        // Placed there again later: what was computed stays computed.
-        idx.insert_computed(A, &[1, 2, 3, 4], 5, (900, 1_000));
-        assert_eq!(ready_by(&idx, 200), 4);
-        // A lookup that does not ask finds them all.
-        assert_eq!(idx.matched(&[1, 2, 3, 4], |_, _, _| true)[&A].blocks, 4);
-    }
-
-    #[test]
     fn the_longest_held_prefix_per_replica() {
         let mut idx = PrefixIndex::default();
         idx.insert(A, &[1, 2, 3, 4], 0);
         idx.insert(B, &[1, 2, 9], 0);
         idx.insert(A, &[1], 7);
-        let m = idx.matched(&[1, 2, 3, 5], |_, _, _| true);
+        let m = idx.matched(&[1, 2, 3, 5], |_, _| true);
         assert_eq!(
             m.get(&A),
             Some(&Held {
@@ -212,7 +167,7 @@ mod tests {
             })
         );
         assert_eq!(m.get(&B).map(|h| h.blocks), Some(2));
-        assert!(idx.matched(&[7, 1, 2], |_, _, _| true).is_empty());
+        assert!(idx.matched(&[7, 1, 2], |_, _| true).is_empty());
     }
 
     #[test]
@@ -221,12 +176,12 @@ mod tests {
         idx.insert(A, &[1, 2, 3], 10);
         idx.insert(B, &[1, 2, 3], 500);
         // A's cache turned over since stamp 10.
-        let m = idx.matched(&[1, 2, 3], |r, stamp, _| r != A || stamp > 100);
+        let m = idx.matched(&[1, 2, 3], |r, stamp| r != A || stamp > 100);
         assert_eq!((m.get(&A), m.get(&B).map(|h| h.blocks)), (None, Some(3)));
         idx.forget_replica(B);
-        assert_eq!(idx.matched(&[1, 2, 3], |_, _, _| true).get(&B), None);
+        assert_eq!(idx.matched(&[1, 2, 3], |_, _| true).get(&B), None);
         assert_eq!(
-            idx.matched(&[1, 2, 3], |_, _, _| true)
+            idx.matched(&[1, 2, 3], |_, _| true)
                 .get(&A)
                 .map(|h| h.blocks),
             Some(3)
@@ -242,7 +197,7 @@ mod tests {
             idx.insert(ReplicaId(r), &[1, 2], 0);
         }
         assert!(idx.len() <= 100);
-        let m = idx.matched(&[1, 2], |_, _, _| true);
+        let m = idx.matched(&[1, 2], |_, _| true);
         assert_eq!(m.len(), 2, "{m:?}");
         assert!(m.contains_key(&ReplicaId(9)) && m.contains_key(&ReplicaId(8)));
     }
@@ -262,7 +217,7 @@ mod tests {
                 *l = (*l).max(len);
             }
             let chain: Vec<u64> = (0..probe as u64).collect();
-            for (r, held) in idx.matched(&chain, |_, _, _| true) {
+            for (r, held) in idx.matched(&chain, |_, _| true) {
                 prop_assert_eq!(held.blocks, longest[&r].min(probe));
             }
         }

@@ -312,12 +312,14 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_does_not_count_on_blocks_its_first_request_is_still_computing() {
+    fn a_burst_counts_on_the_context_its_first_request_is_computing() {
         // Requests sharing a 2k-token context arrive together on an idle fleet. The
-        // first one's prefill is still running when the rest come: an engine batches
-        // them into the same step, where none finds the others' blocks cached, so they
-        // are not priced as hits on its replica and spread. Once that prefill is done,
-        // the context is a hit there and the next request goes to it.
+        // first one's prefill has not finished when the next come, but an engine caches
+        // a block when it schedules the prefill computing it: the next requests, behind
+        // it or in the same step, find the context cached (vLLM 0.32, measured: 7 of 8
+        // requests of one step report the shared 896 tokens cached). So the first few
+        // are priced as hits there and join it, and the burst spreads only once that
+        // replica's queue costs more than computing the context elsewhere.
         let mut p = policy(8);
         let fleet: Vec<_> = (0..8).map(|i| obs(i, true)).collect();
         let context: Vec<u32> = (0..2000).map(|t| 7 + t % 5000).collect();
@@ -329,28 +331,21 @@ mod tests {
         let first = p
             .route(&unkeyed(0, &with_tail(0)), &fleet, &NoKvIndex, 0)
             .unwrap();
-        let mut on_first = 0;
-        let mut used = std::collections::BTreeSet::new();
-        for n in 1..=5u32 {
-            let r = p
-                .route(&unkeyed(u64::from(n), &with_tail(n)), &fleet, &NoKvIndex, 1)
-                .unwrap();
-            on_first += u32::from(r == first);
-            used.insert(r);
-        }
-        assert!(
-            on_first <= 1,
-            "{on_first} of 5 joined the prefill in progress"
-        );
-        assert!(used.len() >= 3, "{used:?}");
-        for id in 0..=5u64 {
-            p.on_progress(id, 1, 60);
-            p.on_finish(id, Some(Usage::default()), 300);
-        }
-        let later = p
-            .route(&unkeyed(9, &with_tail(9)), &fleet, &NoKvIndex, 1_000)
+        let second = p
+            .route(&unkeyed(1, &with_tail(1)), &fleet, &NoKvIndex, 1)
             .unwrap();
-        assert_eq!(later, first);
+        assert_eq!(
+            second, first,
+            "the second request joins the context being computed"
+        );
+        let mut used = std::collections::BTreeSet::new();
+        for n in 2..=40u32 {
+            used.insert(
+                p.route(&unkeyed(u64::from(n), &with_tail(n)), &fleet, &NoKvIndex, 1)
+                    .unwrap(),
+            );
+        }
+        assert!(used.len() >= 2, "a long burst stays on {used:?}");
     }
 
     #[test]
