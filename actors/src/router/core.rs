@@ -1284,10 +1284,10 @@ mod tests {
         };
         // A keyed workload's next request is priced as cached where the first one went.
         let a = c.place(&adm("keyed", 20_000, 100), 0).unwrap();
+        c.finish(a.id, None);
         let b = c.place(&adm("keyed", 20_000, 100), 0).unwrap();
         assert_eq!(a.replica, b.replica);
         assert!(b.mu < a.mu / 2.0);
-        c.finish(a.id, None);
         c.finish(b.id, None);
         // Anonymous requests never are, and spread by load.
         let first = c.place(&anon(20_000), 0).unwrap();
