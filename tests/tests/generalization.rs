@@ -76,13 +76,14 @@ fn compare(rows: &[Row]) -> Result<(&Row, f64, f64, f64, f64)> {
 }
 
 /// At loads 0.5 and 0.8: Sluice's TTFT p95 and p99 within the given multiples of the
-/// best baseline's, its prefix hits within 2 points of the best, its goodput within 2%.
+/// best baseline's, its prefix hits within `hit_points` points of the best (the goal is
+/// 2), its goodput within 2%.
 ///
 /// Goodput is compared over the trace's arrivals, which every policy replays alike: as
 /// the share of requests meeting the SLO. (The simulator's `goodput_rps` divides by the
 /// time until the last request finished; on 1,500 requests that all meet the SLO, it
 /// measures when the last few answers ended, not how the traffic was placed.)
-fn holds_its_own(format: &str, p95_margin: f64, p99_margin: f64) -> Result<()> {
+fn holds_its_own(format: &str, p95_margin: f64, p99_margin: f64, hit_points: f64) -> Result<()> {
     for load in ["0.5", "0.8"] {
         let rows = simulate(format, load)?;
         let (s, p95, p99, hit, attainment) = compare(&rows)?;
@@ -97,7 +98,7 @@ fn holds_its_own(format: &str, p95_margin: f64, p99_margin: f64) -> Result<()> {
             s.ttft_p99
         );
         ensure!(
-            s.hit >= hit - 0.02,
+            s.hit >= hit - hit_points / 100.0,
             "{format} at {load}: hits {} vs {hit}",
             s.hit
         );
@@ -114,7 +115,7 @@ fn holds_its_own(format: &str, p95_margin: f64, p99_margin: f64) -> Result<()> {
 fn a_shared_system_prompt_without_session_ids() -> Result<()> {
     // Conversations are told apart by content: no baseline has a better tail or finds
     // more of the cache.
-    holds_its_own("shared-system", 1.0, 1.0)
+    holds_its_own("shared-system", 1.0, 1.0, 2.0)
 }
 
 #[test]
@@ -123,5 +124,15 @@ fn three_applications_carry_all_the_traffic() -> Result<()> {
     // content, so no key queues on a few replicas. The p99 margin is today's gap, not
     // the goal (no worse than the best): round-robin's perfectly even spread wins the
     // tail while the assigner's once-a-minute rounds are still widening the subsets.
-    holds_its_own("few-apps", 1.1, 1.35)
+    holds_its_own("few-apps", 1.1, 1.35, 2.0)
+}
+
+#[test]
+fn bursts_of_short_completions_over_one_file_context() -> Result<()> {
+    // Code completion with no keys, in bursts of one editing session. The margins are
+    // today's gap to dynamo-kv (p95 and p99 ~1.35x, at 8 replicas; hits 4 points under
+    // llm-d's, which piles each session onto one replica), not the goal: a change that
+    // queues bursts behind the replica computing their context again, or prices blocks
+    // being computed as missing, fails here.
+    holds_its_own("bursty-code", 1.45, 1.45, 5.0)
 }
