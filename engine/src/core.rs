@@ -671,14 +671,11 @@ impl EngineCore {
             if seq.sched == 0 {
                 continue;
             }
-            let before = seq.computed / bs;
+            for (h, b) in seq.blocks_in_step(bs) {
+                self.pool.register(b, h);
+            }
             seq.computed += seq.sched;
             seq.sched = 0;
-            let after = seq.computed / bs;
-            for j in before..after {
-                self.pool
-                    .register(seq.blocks[j as usize], seq.hashes[j as usize]);
-            }
             if seq.computed as usize != seq.tokens.len() {
                 continue;
             }

@@ -230,26 +230,24 @@ fn requests_in_one_step_share_the_prefix_the_first_computes() {
     // computes the shared prefix once.
     let mut core = EngineCore::new(EngineParams::default());
     let shared = prompt(11, 900);
-    for i in 0..8u32 {
-        let mut p = shared.clone();
-        p.extend(prompt(100 + i, 5));
-        core.add_request(EngineRequest::new(RequestId(u64::from(i)), p, 1, 1), 0)
-            .unwrap();
-    }
-    let mut events = Vec::new();
-    let s = core.step_into(0, &mut events);
-    assert_eq!(s.scheduled_seqs, 8);
-    assert_eq!(s.batch.prefill_tokens, 905 + 7 * (905 - 896));
-    let mut cached: Vec<u32> = events
-        .iter()
-        .filter_map(|e| match e {
-            EngineEvent::Finished { usage, .. } => Some(usage.cached_tokens),
-            _ => None,
+    let arrivals = (0..8u32)
+        .map(|i| {
+            let mut p = shared.clone();
+            p.extend(prompt(100 + i, 5));
+            (0, EngineRequest::new(RequestId(u64::from(i)), p, 1, 1))
         })
+        .collect();
+    let mut steps = Vec::new();
+    let (recs, _) = run(&mut core, arrivals, |_, s| steps.push(*s));
+    assert_eq!(steps.len(), 1, "all eight in one step");
+    assert_eq!(steps[0].scheduled_seqs, 8);
+    assert_eq!(steps[0].batch.prefill_tokens, 905 + 7 * (905 - 896));
+    let mut cached: Vec<u32> = recs
+        .values()
+        .filter_map(|r| r.finished.map(|(_, u)| u.cached_tokens))
         .collect();
     cached.sort_unstable();
     assert_eq!(cached, [0, 896, 896, 896, 896, 896, 896, 896]);
-    core.check_invariants();
 }
 
 #[test]

@@ -156,13 +156,7 @@ pub async fn send(
 
 /// Where a handed request's path goes, as the front door's routes would send it.
 fn route_of(path: &str) -> Option<Route> {
-    let api = [
-        Endpoint::Chat,
-        Endpoint::Completion,
-        Endpoint::Responses,
-        Endpoint::Embeddings,
-    ];
-    match api.into_iter().find(|e| e.path() == path) {
+    match Endpoint::ALL.into_iter().find(|e| e.path() == path) {
         Some(endpoint) => Some(Route::Api(endpoint)),
         None => proxy::passable(path).then(|| Route::Other(Arc::from(path))),
     }
