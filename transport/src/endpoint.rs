@@ -148,13 +148,13 @@ impl Endpoint {
         let runtime = quinn::default_runtime().ok_or_else(|| {
             TransportError::Socket(std::io::Error::other("no async runtime for the endpoint"))
         })?;
-        let inner = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            runtime,
-        )
-        .map_err(TransportError::Socket)?;
+        let (reset_key, cid_key) = identity.restart_keys();
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let inner = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
+            .map_err(TransportError::Socket)?;
         Ok(Endpoint {
             inner,
             shared: Arc::new(Shared {

@@ -286,6 +286,33 @@ impl NodeIdentity {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
     }
 
+    /// The keys that let a node restarted on the same address end its former process's
+    /// connections: the key of its QUIC stateless resets and the key its connection ids
+    /// are signed with (a packet for an id this node never signed gets no reset). Both
+    /// are derived from its private key, which outlives restarts and renewals, so its
+    /// peers get a reset they accept on their next packet and drop the dead connection
+    /// at once instead of waiting out the idle timeout.
+    pub fn restart_keys(&self) -> (ring::hmac::Key, u64) {
+        let reset = self.derived(b"sluice/1 quic stateless reset");
+        let cid = self.derived(b"sluice/1 quic connection ids");
+        let mut cid_key = [0u8; 8];
+        cid_key.copy_from_slice(&cid[..8]);
+        (
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset),
+            u64::from_le_bytes(cid_key),
+        )
+    }
+
+    /// A secret for one `purpose`, derived from the private key (an HKDF extract with
+    /// the purpose as salt), so that no two uses share key material.
+    fn derived(&self, purpose: &[u8]) -> [u8; 32] {
+        let salt = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, purpose);
+        let tag = ring::hmac::sign(&salt, self.key.secret_pkcs8_der());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&tag.as_ref()[..32]);
+        out
+    }
+
     /// Writes `node.pem` and `node.key` (mode 0600) into `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), TransportError> {
         let chain: String = self

@@ -554,40 +554,11 @@ async fn a_dead_peer_is_noticed_within_the_idle_timeout() {
         idle_timeout: Duration::from_millis(500),
         ..TransportConfig::default()
     };
-    // The "server" is a UDP socket forwarded to a real node; cutting the forwarder makes
-    // the node vanish without a goodbye.
+    // The node is reached through a relay; cutting the relay makes it vanish without a
+    // goodbye.
     let node = start_server(&NodeIdentity::generate(&ca, 1).unwrap(), ca.cert(), None);
-    let proxy = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
-    let proxy_addr = proxy.local_addr().unwrap();
-    let upstream = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
-    upstream.connect(node.addr).await.unwrap();
-    let cut = Arc::new(AtomicBool::new(false));
-    let forwarder = {
-        let cut = Arc::clone(&cut);
-        tokio::spawn(async move {
-            let mut client_addr = None;
-            let mut a = [0u8; 2048];
-            let mut b = [0u8; 2048];
-            loop {
-                tokio::select! {
-                    r = proxy.recv_from(&mut a) => {
-                        let Ok((n, from)) = r else { return };
-                        client_addr = Some(from);
-                        if !cut.load(Ordering::SeqCst) {
-                            let _ = upstream.send(&a[..n]).await;
-                        }
-                    }
-                    r = upstream.recv(&mut b) => {
-                        let Ok(n) = r else { return };
-                        if let (Some(to), false) = (client_addr, cut.load(Ordering::SeqCst)) {
-                            let _ = proxy.send_to(&b[..n], to).await;
-                        }
-                    }
-                }
-            }
-        })
-    };
-
+    let relay = Relay::start(node.addr).await;
+    let proxy_addr = relay.addr;
     let endpoint = Endpoint::bind(
         loopback(),
         &NodeIdentity::generate(&ca, 2).unwrap(),
@@ -603,7 +574,7 @@ async fn a_dead_peer_is_noticed_within_the_idle_timeout() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(!conn.is_closed());
 
-    cut.store(true, Ordering::SeqCst);
+    relay.cut();
     let started = tokio::time::Instant::now();
     let reason = tokio::time::timeout(T, conn.quinn().closed())
         .await
@@ -613,7 +584,102 @@ async fn a_dead_peer_is_noticed_within_the_idle_timeout() {
         "{reason}"
     );
     assert!(started.elapsed() < Duration::from_secs(3));
-    forwarder.abort();
+}
+
+/// A UDP relay in front of a node: its peers dial `addr`. The relay can be cut (the node
+/// vanishes without a goodbye) or pointed at another node on the spot (as if the process
+/// behind the address were replaced).
+struct Relay {
+    addr: SocketAddr,
+    target: Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Self {
+        let front = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+        let back = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let target = Arc::new(std::sync::Mutex::new(Some(target)));
+        let to = Arc::clone(&target);
+        let task = tokio::spawn(async move {
+            let mut client = None;
+            let mut a = [0u8; 2048];
+            let mut b = [0u8; 2048];
+            loop {
+                let current = *to.lock().unwrap();
+                tokio::select! {
+                    r = front.recv_from(&mut a) => {
+                        let Ok((n, from)) = r else { return };
+                        client = Some(from);
+                        if let Some(node) = current {
+                            let _ = back.send_to(&a[..n], node).await;
+                        }
+                    }
+                    r = back.recv_from(&mut b) => {
+                        let Ok((n, from)) = r else { return };
+                        if let (Some(c), true) = (client, current == Some(from)) {
+                            let _ = front.send_to(&b[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        Relay { addr, target, task }
+    }
+
+    fn cut(&self) {
+        *self.target.lock().unwrap() = None;
+    }
+
+    fn point_at(&self, node: SocketAddr) {
+        *self.target.lock().unwrap() = Some(node);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_node_replaced_without_a_goodbye_resets_its_former_connections() {
+    init_tracing();
+    let ca = ClusterCa::generate("test").unwrap();
+    let identity = NodeIdentity::generate(&ca, 1).unwrap();
+    let old = start_server(&identity, ca.cert(), None);
+    let relay = Relay::start(old.addr).await;
+    // An idle timeout far beyond the test's patience: only a reset can close the
+    // connection in time.
+    let config = TransportConfig {
+        idle_timeout: Duration::from_secs(60),
+        ..TransportConfig::default()
+    };
+    let client = Client::new(
+        Endpoint::bind(
+            loopback(),
+            &NodeIdentity::generate(&ca, 2).unwrap(),
+            ca.cert(),
+            config,
+        )
+        .unwrap(),
+    );
+    let _: u64 = client.call(relay.addr, &Req::WhoAmI, T).await.unwrap();
+    let conn = client.connection(relay.addr).await.unwrap();
+
+    // The node's process is replaced by a new one with the same identity (a crash and a
+    // restart): the old one never says goodbye.
+    let new = start_server(&identity, ca.cert(), None);
+    relay.point_at(new.addr);
+    let reason = tokio::time::timeout(T, conn.quinn().closed())
+        .await
+        .expect("the former connection is still open");
+    assert!(matches!(reason, quinn::ConnectionError::Reset), "{reason}");
+    // The next call dials the new process.
+    let _: u64 = client.call(relay.addr, &Req::WhoAmI, T).await.unwrap();
+    assert_eq!(new.handler.calls.load(Ordering::SeqCst), 1);
+    drop(old);
 }
 
 #[tokio::test]

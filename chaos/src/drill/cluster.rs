@@ -75,7 +75,16 @@ impl Cluster {
         (gpus, models): (usize, &[&str]),
         config_extra: &str,
     ) -> Result<Self> {
-        let work = tempfile::tempdir().context("cannot create the drill's directory")?;
+        // SLUICE_DRILL_KEEP=1 keeps the nodes' directories and logs for a post-mortem.
+        let keep = std::env::var_os("SLUICE_DRILL_KEEP").is_some_and(|v| v == "1");
+        let work = tempfile::Builder::new()
+            .prefix("sluice-drill-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .context("cannot create the drill's directory")?;
+        if keep {
+            eprintln!("keeping the drill's directory {}", work.path().display());
+        }
         let config = work.path().join("node.toml");
         // Time for in-flight streams to finish on a rolling restart.
         std::fs::write(

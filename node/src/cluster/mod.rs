@@ -263,6 +263,9 @@ impl ClusterNode {
             tracing::warn!(error = %e, "raft shutdown");
         }
         self.endpoint.close();
+        // Peers learn of the close from the endpoint's last packets: without them their
+        // connections to this address stay open, dead, until the idle timeout.
+        self.endpoint.wait_idle(Duration::from_secs(1)).await;
     }
 }
 
