@@ -11,7 +11,11 @@ import pytest
 from conftest import MODEL, metric, start_node, wait_until
 from sluice_proc import read_stream
 
-TOKENS = 400
+# Long enough that the engine is still generating when it is killed: the tiny model on
+# an idle machine writes 400 tokens in under a second, and an answer already generated
+# (in flight to the node when the kill came) needs no migration. The prompt, ~180 tokens
+# with the chat template, and the answer stay within the engine's 2,048-token context.
+TOKENS = 1500
 
 
 @pytest.fixture(scope="module")

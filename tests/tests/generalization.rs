@@ -130,8 +130,9 @@ fn three_applications_carry_all_the_traffic() -> Result<()> {
 #[test]
 fn bursts_of_short_completions_over_one_file_context() -> Result<()> {
     // Code completion with no keys, in bursts of one editing session. The margins are
-    // today's gap to dynamo-kv (p99 ~1.5x at 8 replicas; hits a few points under
+    // today's gap to dynamo-kv (p95 and p99 ~1.35x, at 8 replicas; hits 4 points under
     // llm-d's, which piles each session onto one replica), not the goal: a change that
-    // prices blocks being computed as missing (the old engine's rule) fails here.
-    holds_its_own("bursty-code", 1.6, 1.6, 6.0)
+    // queues bursts behind the replica computing their context again, or prices blocks
+    // being computed as missing, fails here.
+    holds_its_own("bursty-code", 1.45, 1.45, 5.0)
 }

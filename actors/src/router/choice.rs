@@ -43,13 +43,25 @@ impl Candidate {
     /// waited for it. Most of them are decoding, and a prefill beside them lengthens one
     /// step of theirs, not their wait for a first token; so counted, a burst of one
     /// conversation piled onto its one warm replica while idle replicas could have
-    /// taken it (`docs/SIM_NOTES.md`, "Bursts of one conversation").
+    /// taken it (`docs/SIM_NOTES.md`, "Bursts of one conversation"). On an idle replica
+    /// it does not count at all: there is no one there for it to delay, and a burst
+    /// that spreads onto idle replicas, each computing the shared prefix once in
+    /// parallel, answers sooner than one queued behind the replica still computing it
+    /// (`docs/SIM_NOTES.md`, "Idle replicas").
     pub fn score_s(&self, min_cost: f64, waste_weight: f64) -> f64 {
         if self.capacity_mu_per_min <= 0.0 {
             return f64::INFINITY;
         }
+        if self.idle() {
+            return self.load_s();
+        }
         let waste_s = (self.cost_mu - min_cost).max(0.0) * 60.0 / self.capacity_mu_per_min;
         self.load_s() + waste_weight * waste_s
+    }
+
+    /// Nothing queued or running there, as far as the router knows.
+    pub fn idle(&self) -> bool {
+        self.inflight_mu <= 0.0
     }
 }
 
@@ -141,10 +153,11 @@ pub fn choose<I: Iterator<Item = (Candidate, Floor)>>(
         }
     }
     // A cold replica not yet walked scores at least the floor's queue plus the
-    // request's price and its avoidable part on the largest replica: stop when that
-    // cannot beat the best outside. Ties go to the first walked.
-    let waste_mu = waste_weight * (cold_cost - min_cost).max(0.0);
-    let price_s = (cold_cost + waste_mu) * 60.0 / max_capacity;
+    // request's price on the largest replica, and its avoidable part unless it may be
+    // idle (a floor of nothing queued): stop when that cannot beat the best outside.
+    // Ties go to the first walked.
+    let price_s = cold_cost * 60.0 / max_capacity;
+    let waste_s = waste_weight * (cold_cost - min_cost).max(0.0) * 60.0 / max_capacity;
     for (c, floor) in cold.walk {
         if usable(&c) && c.capacity_mu_per_min > 0.0 {
             let s = score(&c);
@@ -152,7 +165,8 @@ pub fn choose<I: Iterator<Item = (Candidate, Floor)>>(
                 outside = Some((s, c));
             }
         }
-        let bound = floor.queued_s + price_s;
+        let waste_s = if floor.queued_s > 0.0 { waste_s } else { 0.0 };
+        let bound = floor.queued_s + price_s + waste_s;
         if outside.is_some_and(|(bs, _)| bound >= bs) {
             break;
         }
@@ -398,6 +412,34 @@ mod tests {
         assert!((busy.score_s(10.0, 1.0) - (0.41 + 0.3)).abs() < 1e-9);
         assert!((busy.score_s(10.0, 2.0) - (0.41 + 0.6)).abs() < 1e-9);
         assert!((w.score_s(10.0, 1.0) - 0.66).abs() < 1e-9);
+    }
+
+    #[test]
+    fn avoidable_prefill_is_not_charged_on_an_idle_replica() {
+        // A burst's first request is computing the shared context on the warm replica
+        // (400 MU queued); the next request costs 10 MU there and 310 MU elsewhere.
+        let mut warm = cand(0, 400.0);
+        warm.warm = true;
+        warm.cost_mu = 10.0;
+        let idle = Candidate {
+            cost_mu: 310.0,
+            ..cand(1, 0.0)
+        };
+        let subset = [ReplicaId(0), ReplicaId(1)];
+        let policy = SpillPolicy::default();
+        // The idle replica answers first (0.31 s against 0.41 s) and delays no one: its
+        // avoidable 300 MU is not charged.
+        assert!((idle.score_s(10.0, 1.0) - 0.31).abs() < 1e-9);
+        let c = choose_fleet(&subset, &[warm, idle], &[], policy, 1.0).unwrap();
+        assert_eq!(c.replica, ReplicaId(1));
+        // With anything at all in flight there, the avoidable work counts again.
+        let busy = Candidate {
+            inflight_mu: 1.0,
+            ..idle
+        };
+        assert!((busy.score_s(10.0, 1.0) - (0.311 + 0.3)).abs() < 1e-9);
+        let c = choose_fleet(&subset, &[warm, busy], &[], policy, 1.0).unwrap();
+        assert_eq!(c.replica, ReplicaId(0));
     }
 
     #[test]
