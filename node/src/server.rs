@@ -523,7 +523,8 @@ type Inbox<T> = Arc<Mutex<mpsc::UnboundedReceiver<T>>>;
 /// What waiting on an inbox found.
 enum Next<T> {
     Event(T),
-    /// Nothing for a second: the turn ends, so the actor can hear its own messages.
+    /// Nothing for a second, or the actor is stopping: the turn ends, so the actor can
+    /// hear its own messages.
     Quiet,
     /// Every sender is gone.
     Closed,
@@ -531,10 +532,10 @@ enum Next<T> {
 
 async fn next<T>(inbox: &Inbox<T>) -> Next<T> {
     let mut rx = inbox.lock().await;
-    match tokio::time::timeout(crate::tree::MAX_WAIT, rx.recv()).await {
-        Ok(Some(e)) => Next::Event(e),
-        Ok(None) => Next::Closed,
-        Err(_) => Next::Quiet,
+    match crate::tree::bounded(rx.recv()).await {
+        Some(Some(e)) => Next::Event(e),
+        Some(None) => Next::Closed,
+        None => Next::Quiet,
     }
 }
 

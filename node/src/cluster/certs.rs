@@ -8,7 +8,7 @@
 
 use super::handler::NodeHandler;
 use super::raft_net::QuicRaft;
-use crate::tree::{Duty, Turn, MAX_WAIT};
+use crate::tree::{bounded, Duty, Turn};
 use ractor::ActorProcessingErr;
 use sluice_raft::{ClusterAuthority, ControlCommand, ControlPlane, ControlState, RotationPhase};
 use sluice_transport::identity::renewal_due_in;
@@ -218,10 +218,7 @@ impl Duty for CertRenewal {
             // A new control state may carry a CA rotation's next step.
             let mut changes = self.cp.state();
             changes.borrow_and_update();
-            tokio::select! {
-                () = tokio::time::sleep(wait.min(MAX_WAIT)) => {}
-                _ = changes.changed() => {}
-            }
+            let _ = bounded(tokio::time::timeout(wait, changes.changed())).await;
             return Ok(Turn::Again);
         }
         match self.renew(&current) {

@@ -40,8 +40,8 @@ where
 /// fault injected by a test) only between turns.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
-/// Waits for `tick`, or [`MAX_WAIT`]: whether it ticked (a tick is never lost to the
-/// wait ending first).
+/// Waits for `tick`, or [`MAX_WAIT`], or the actor's stop: whether it ticked (a tick is
+/// never lost to the wait ending first).
 pub async fn ticked(tick: &mut Interval) -> bool {
-    tokio::time::timeout(MAX_WAIT, tick.tick()).await.is_ok()
+    super::bounded(tick.tick()).await.is_some()
 }

@@ -6,10 +6,12 @@
 
 mod every;
 mod shell;
+mod stopping;
 mod supervisor;
 
 pub use every::{every, ticked, Every, MAX_WAIT};
 pub use shell::{Duty, Shell, ShellMsg, Turn};
+pub use stopping::bounded;
 pub use supervisor::{
     ChildSpec, Failure, Meltdown, OnRestart, Parent, Supervisor, SupervisorArgs, SupervisorMsg,
 };

@@ -7,6 +7,7 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::future::Future;
 use std::marker::PhantomData;
+use tokio::sync::watch;
 
 /// What a duty wants after a turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,24 +45,34 @@ impl<D> Default for Shell<D> {
     }
 }
 
+/// A duty and its stop flag (raised by the supervisor just before it stops the actor).
+pub struct ShellState<D> {
+    duty: D,
+    stopping: watch::Receiver<bool>,
+}
+
 impl<D: Duty> Actor for Shell<D> {
     type Msg = ShellMsg;
-    type State = D;
-    type Arguments = D;
+    type State = ShellState<D>;
+    type Arguments = (D, watch::Receiver<bool>);
 
-    async fn pre_start(&self, me: ActorRef<ShellMsg>, duty: D) -> Result<D, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<ShellMsg>,
+        (duty, stopping): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         me.send_message(ShellMsg::Turn)?;
-        Ok(duty)
+        Ok(ShellState { duty, stopping })
     }
 
     async fn handle(
         &self,
         me: ActorRef<ShellMsg>,
         msg: ShellMsg,
-        duty: &mut D,
+        s: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ShellMsg::Turn => match duty.turn().await? {
+            ShellMsg::Turn => match super::stopping::turn(&s.stopping, s.duty.turn()).await? {
                 Turn::Again => me.send_message(ShellMsg::Turn)?,
                 Turn::Done => me.stop(Some("done".to_owned())),
             },

@@ -28,6 +28,8 @@ pub type OnRestart = Arc<dyn Fn(&'static str) + Send + Sync>;
 pub struct Parent {
     pub cell: ActorCell,
     pub on_restart: Option<OnRestart>,
+    /// Raised just before the child is stopped, so that its turn ends at once.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// How to start one child, again and again: linked to the supervisor it is given.
@@ -59,9 +61,13 @@ impl ChildSpec {
         Self::new(name, move |parent| {
             let duty = duty.clone();
             async move {
-                let (actor, _) =
-                    Actor::spawn_linked(None, super::Shell::<D>::default(), duty(), parent.cell)
-                        .await?;
+                let (actor, _) = Actor::spawn_linked(
+                    None,
+                    super::Shell::<D>::default(),
+                    (duty(), parent.stopping),
+                    parent.cell,
+                )
+                .await?;
                 Ok(actor.get_cell())
             }
         })
@@ -121,8 +127,8 @@ pub struct SupervisorState {
     name: &'static str,
     children: Vec<ChildSpec>,
     policy: RestartPolicy,
-    /// Per child: its actor while it runs, when it started, its restart history.
-    running: Vec<Option<(ActorCell, Instant)>>,
+    /// Per child: its actor while it runs, and its restart history.
+    running: Vec<Option<Running>>,
     history: Vec<RestartState>,
     by_id: HashMap<ActorId, usize>,
     open: bool,
@@ -130,6 +136,22 @@ pub struct SupervisorState {
     gate_task: Option<tokio::task::JoinHandle<()>>,
     fatal: Option<watch::Sender<Option<String>>>,
     on_restart: Option<OnRestart>,
+}
+
+/// A running child.
+struct Running {
+    cell: ActorCell,
+    started: Instant,
+    /// Its stop flag.
+    stopping: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Asks the child to stop: its current turn ends at once, then it hears the stop.
+    fn stop(&self, reason: &str) {
+        self.stopping.send_replace(true);
+        self.cell.stop(Some(reason.to_owned()));
+    }
 }
 
 impl SupervisorState {
@@ -169,7 +191,7 @@ impl SupervisorState {
         self.children
             .iter()
             .zip(&self.running)
-            .filter_map(|(c, r)| Some((c.name, r.as_ref()?.0.clone())))
+            .filter_map(|(c, r)| Some((c.name, r.as_ref()?.cell.clone())))
             .collect()
     }
 
@@ -183,9 +205,9 @@ impl SupervisorState {
     }
 
     fn stop_all(&mut self) {
-        for (cell, _) in self.running.iter_mut().filter_map(Option::take) {
-            self.by_id.remove(&cell.get_id());
-            cell.stop(Some("not leader".to_owned()));
+        for child in self.running.iter_mut().filter_map(Option::take) {
+            self.by_id.remove(&child.cell.get_id());
+            child.stop("not leader");
         }
     }
 }
@@ -286,7 +308,7 @@ impl Actor for Supervisor {
             name: args.name,
             children: args.children,
             policy: args.policy,
-            running: vec![None; n],
+            running: (0..n).map(|_| None).collect(),
             history: vec![RestartState::default(); n],
             by_id: HashMap::new(),
             open,
@@ -306,10 +328,16 @@ impl Actor for Supervisor {
             t.abort();
         }
         // In order, last started first; a child busy past the bound is killed.
-        for (cell, _) in s.running.iter_mut().rev().filter_map(Option::take) {
-            s.by_id.remove(&cell.get_id());
-            if cell.stop_and_wait(None, Some(STOP_WAIT)).await.is_err() {
-                cell.kill();
+        for child in s.running.iter_mut().rev().filter_map(Option::take) {
+            s.by_id.remove(&child.cell.get_id());
+            child.stopping.send_replace(true);
+            if child
+                .cell
+                .stop_and_wait(None, Some(STOP_WAIT))
+                .await
+                .is_err()
+            {
+                child.cell.kill();
             }
         }
         Ok(())
@@ -327,9 +355,11 @@ impl Actor for Supervisor {
                     return Ok(());
                 }
                 let spec = s.children[i].clone();
+                let (stopping, stop_flag) = watch::channel(false);
                 let parent = Parent {
                     cell: me.get_cell(),
                     on_restart: s.on_restart.clone(),
+                    stopping: stop_flag,
                 };
                 let cell = match (spec.start)(parent).await {
                     Ok(cell) => cell,
@@ -341,7 +371,11 @@ impl Actor for Supervisor {
                 };
                 tracing::debug!(group = s.name, actor = spec.name, "actor started");
                 s.by_id.insert(cell.get_id(), i);
-                s.running[i] = Some((cell, Instant::now()));
+                s.running[i] = Some(Running {
+                    cell,
+                    started: Instant::now(),
+                    stopping,
+                });
             }
             SupervisorMsg::Gate(open) if open != s.open => {
                 s.open = open;
@@ -403,7 +437,7 @@ impl Actor for Supervisor {
         let Some(i) = s.by_id.remove(&cell.get_id()) else {
             return Ok(());
         };
-        let Some((_, started)) = s.running[i].take() else {
+        let Some(Running { started, .. }) = s.running[i].take() else {
             return Ok(());
         };
         let name = s.children[i].name;

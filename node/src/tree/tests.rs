@@ -172,3 +172,38 @@ async fn a_child_that_cannot_start_is_retried_then_melts_the_tree_down() {
     // The others ran meanwhile: a start failure is the child's, not its supervisor's.
     assert!(good_turns.load(Ordering::SeqCst) > 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn stopping_the_tree_does_not_wait_out_its_actors_turns() {
+    // Actors waiting for a far tick, one group nested: each turn waits up to MAX_WAIT,
+    // and an actor hears its stop only between turns, so stopped one after another
+    // they would take about MAX_WAIT each.
+    let idle = |name| {
+        ChildSpec::duty(name, || {
+            every(
+                Duration::from_secs(60),
+                tokio::time::MissedTickBehavior::Delay,
+                || async {},
+            )
+        })
+    };
+    let leader = ChildSpec::group(
+        "leader",
+        vec![idle("assigner"), idle("liveness")],
+        policy(),
+        None,
+    );
+    let tree = Tree::start(vec![idle("prober"), idle("gossip"), leader], policy(), None)
+        .await
+        .unwrap();
+    // Every actor is halfway through a wait.
+    settle(Duration::from_millis(1500)).await;
+    assert_eq!(tree.running().await.len(), 5);
+    let started = tokio::time::Instant::now();
+    tree.stop().await;
+    assert!(
+        started.elapsed() < MAX_WAIT / 10,
+        "stopping took {:?} of the actors' time",
+        started.elapsed()
+    );
+}
