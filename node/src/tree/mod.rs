@@ -70,20 +70,20 @@ impl Tree {
 
     /// Stops every actor, the last started first.
     pub async fn stop(&self) {
-        if self
-            .root
-            .stop_and_wait(None, Some(STOP_LIMIT))
-            .await
-            .is_err()
-        {
-            self.root.kill();
-        }
+        stop_or_kill(&self.root.get_cell(), STOP_LIMIT).await;
     }
 
     /// Fault injection for tests: panics the named actor wherever it is in the tree.
     #[cfg(test)]
     pub fn panic(&self, name: &'static str) {
         let _ = self.root.send_message(SupervisorMsg::Panic(name));
+    }
+}
+
+/// Stops `cell` and waits for it, killing it if it takes longer than `limit`.
+async fn stop_or_kill(cell: &ractor::ActorCell, limit: Duration) {
+    if cell.stop_and_wait(None, Some(limit)).await.is_err() {
+        cell.kill();
     }
 }
 

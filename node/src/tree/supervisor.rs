@@ -331,14 +331,7 @@ impl Actor for Supervisor {
         for child in s.running.iter_mut().rev().filter_map(Option::take) {
             s.by_id.remove(&child.cell.get_id());
             child.stopping.send_replace(true);
-            if child
-                .cell
-                .stop_and_wait(None, Some(STOP_WAIT))
-                .await
-                .is_err()
-            {
-                child.cell.kill();
-            }
+            super::stop_or_kill(&child.cell, STOP_WAIT).await;
         }
         Ok(())
     }
