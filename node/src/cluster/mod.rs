@@ -585,7 +585,7 @@ pub fn fleet_of(
             rack: ReplicaSpec::rack_of(&rack_of(state, r.node)),
         };
         upstreams.push((up, spec));
-        health.push((r.id, r.health == ReplicaHealth::Healthy));
+        health.push((r.id, serves(r, me)));
     }
     if upstreams.is_empty() {
         return None;
@@ -599,6 +599,20 @@ pub fn fleet_of(
         health,
         assignment,
     })
+}
+
+/// Whether the router at node `me` may send `r` work. A liveness mark says that the
+/// leader has not heard from the replica's node; the node that reads it about its own
+/// replicas is evidently running, and its own health checks judge its engines. Taking
+/// the mark at its word there left a door with nothing to serve from when only its
+/// reports to the leader were lost (RELIABILITY.md, "A restarted peer's dead
+/// connections").
+fn serves(r: &sluice_raft::ReplicaInfo, me: u64) -> bool {
+    match r.health {
+        ReplicaHealth::Healthy => true,
+        ReplicaHealth::Unreachable => r.node == me,
+        _ => false,
+    }
 }
 
 /// A node's rack; a node not (yet) recorded is a rack of its own.
@@ -622,4 +636,63 @@ pub fn registry(state: &ControlState, model: &str) -> Vec<AssignerReplica> {
             draining: r.health == ReplicaHealth::Draining,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_raft::{apply, NodeInfo, ReplicaInfo, RoleHint};
+
+    fn node(id: u64) -> NodeInfo {
+        NodeInfo {
+            id,
+            quic_addr: format!("127.0.0.1:{}", 7000 + id),
+            http_addr: format!("127.0.0.1:{}", 8000 + id),
+            rack: format!("rack-{id}"),
+            labels: Default::default(),
+            roles: [RoleHint::Voter].into(),
+            gpus: 1,
+        }
+    }
+
+    #[test]
+    fn a_node_does_not_take_its_own_replicas_for_unreachable() {
+        let mut state = ControlState::default();
+        apply(&mut state, ControlCommand::AddNode(node(1)));
+        apply(&mut state, ControlCommand::AddNode(node(2)));
+        for (id, on) in [(1, 1), (2, 2), (3, 2)] {
+            let replica = ReplicaInfo {
+                id: ReplicaId(id),
+                node: on,
+                model: "m".into(),
+                endpoint: format!("http://127.0.0.1:{}", 9000 + id),
+                capacity_mu_per_min: 100.0,
+                health: ReplicaHealth::Healthy,
+            };
+            apply(&mut state, ControlCommand::RegisterReplica(replica));
+        }
+        // The leader has not heard from node 1 for a while, nor had it from node 2
+        // about replica 2 (say a report was lost).
+        for id in [1, 2] {
+            apply(
+                &mut state,
+                ControlCommand::MarkReachable {
+                    replica: ReplicaId(id),
+                    reachable: false,
+                },
+            );
+        }
+        let local = HashMap::from([(ReplicaId(1), "http://127.0.0.1:9001".to_owned())]);
+        let assigner = sluice_actors::assigner::AssignerConfig::default();
+        let fleet = fleet_of(&state, 1, "m", &local, &assigner).expect("a fleet");
+        // Node 1 serves from its own replica; the other node's marked one stays out.
+        assert_eq!(
+            fleet.health,
+            vec![
+                (ReplicaId(1), true),
+                (ReplicaId(2), false),
+                (ReplicaId(3), true)
+            ]
+        );
+    }
 }
