@@ -35,7 +35,8 @@ const JOIN_UP: Backoff = Backoff {
 const LEADERSHIP_EVERY: Duration = Duration::from_millis(100);
 
 /// Waits for the control state to change, or a second (a turn that found nothing to do
-/// may find something now), or the actor's stop. A closed channel means Raft is gone: the duty is over.
+/// may find something now), or the actor's stop. A closed channel means Raft is gone:
+/// the duty is over.
 pub(crate) async fn next_change(rx: &mut watch::Receiver<Arc<ControlState>>) -> Turn {
     match crate::tree::bounded(rx.changed()).await {
         Some(Err(_)) => Turn::Done,
