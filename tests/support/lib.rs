@@ -13,27 +13,34 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// The `sluice` binary of this workspace, built if it is missing.
+/// The `sluice` binary of this workspace (or `SLUICE_BIN`), brought up to date once per
+/// test process: a binary left over from an older checkout would otherwise be tested
+/// in silence. Cargo's check of an up-to-date binary costs well under a second.
 pub fn sluice_bin() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("SLUICE_BIN") {
         return Ok(PathBuf::from(p));
     }
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_sluice().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_sluice() -> Result<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug").join("sluice");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "sluice", "--bin", "sluice"])
-            .current_dir(&root)
-            .status()
-            .context("cannot run cargo build")?;
-        if !status.success() {
-            bail!("cargo build -p sluice failed");
-        }
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-p", "sluice", "--bin", "sluice"])
+        .current_dir(&root)
+        .status()
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("cargo build -p sluice failed");
     }
-    Ok(bin)
+    Ok(target.join("debug").join("sluice"))
 }
 
 /// A child process that is killed when dropped.
