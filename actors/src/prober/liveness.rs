@@ -18,6 +18,22 @@ pub enum Standing {
     Unreachable,
 }
 
+impl Standing {
+    /// Whether a router may send the replica work. The leader's `Unreachable` mark says
+    /// it has not heard from the replica's node; a router on that very node is evidently
+    /// running and judges its own engines with its own health checks, so the mark does
+    /// not hold there. Taking it at its word left a door with nothing to serve from when
+    /// only its reports to the leader were lost (RELIABILITY.md, "A restarted peer's dead
+    /// connections").
+    pub fn routable(self, on_own_node: bool) -> bool {
+        match self {
+            Standing::Serving => true,
+            Standing::Unreachable => on_own_node,
+            Standing::HeldByNode => false,
+        }
+    }
+}
+
 /// A change the leader commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
@@ -101,6 +117,14 @@ impl LivenessWatch {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_liveness_mark_holds_everywhere_but_on_the_marked_node() {
+        assert!(Standing::Serving.routable(false) && Standing::Serving.routable(true));
+        assert!(!Standing::Unreachable.routable(false));
+        assert!(Standing::Unreachable.routable(true));
+        assert!(!Standing::HeldByNode.routable(false) && !Standing::HeldByNode.routable(true));
+    }
 
     #[test]
     fn the_window_is_three_missed_beats_but_never_shorter_than_the_floor() {

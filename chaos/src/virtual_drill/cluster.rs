@@ -39,9 +39,12 @@ impl World<'_> {
     pub(super) fn apply(&mut self, n: usize, range: std::ops::Range<usize>) {
         for k in range {
             match &self.control.log[k] {
-                Write::Health { replica, standing } => self.nodes[n]
-                    .router
-                    .set_checked_health(ReplicaId(*replica as u64), *standing == Standing::Serving),
+                Write::Health { replica, standing } => {
+                    let own = self.spec.host(*replica) == n;
+                    self.nodes[n]
+                        .router
+                        .set_checked_health(ReplicaId(*replica as u64), standing.routable(own))
+                }
                 Write::Assignment(a) => self.nodes[n].router.set_assignment(a.clone()),
             }
         }

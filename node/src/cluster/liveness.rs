@@ -46,7 +46,7 @@ impl Liveness {
 }
 
 /// A replica's standing as far as liveness goes.
-fn standing(health: ReplicaHealth) -> Standing {
+pub(super) fn standing(health: ReplicaHealth) -> Standing {
     match health {
         ReplicaHealth::Healthy => Standing::Serving,
         ReplicaHealth::Unreachable => Standing::Unreachable,

@@ -585,7 +585,7 @@ pub fn fleet_of(
             rack: ReplicaSpec::rack_of(&rack_of(state, r.node)),
         };
         upstreams.push((up, spec));
-        health.push((r.id, serves(r, me)));
+        health.push((r.id, liveness::standing(r.health).routable(r.node == me)));
     }
     if upstreams.is_empty() {
         return None;
@@ -599,20 +599,6 @@ pub fn fleet_of(
         health,
         assignment,
     })
-}
-
-/// Whether the router at node `me` may send `r` work. A liveness mark says that the
-/// leader has not heard from the replica's node; the node that reads it about its own
-/// replicas is evidently running, and its own health checks judge its engines. Taking
-/// the mark at its word there left a door with nothing to serve from when only its
-/// reports to the leader were lost (RELIABILITY.md, "A restarted peer's dead
-/// connections").
-fn serves(r: &sluice_raft::ReplicaInfo, me: u64) -> bool {
-    match r.health {
-        ReplicaHealth::Healthy => true,
-        ReplicaHealth::Unreachable => r.node == me,
-        _ => false,
-    }
 }
 
 /// A node's rack; a node not (yet) recorded is a rack of its own.

@@ -152,6 +152,12 @@ impl Running {
         self.stopping.send_replace(true);
         self.cell.stop(Some(reason.to_owned()));
     }
+
+    /// Stops the child the same way and waits for it, killing it past `limit`.
+    async fn stop_and_wait(&self, limit: Duration) {
+        self.stopping.send_replace(true);
+        super::stop_or_kill(&self.cell, limit).await;
+    }
 }
 
 impl SupervisorState {
@@ -330,8 +336,7 @@ impl Actor for Supervisor {
         // In order, last started first; a child busy past the bound is killed.
         for child in s.running.iter_mut().rev().filter_map(Option::take) {
             s.by_id.remove(&child.cell.get_id());
-            child.stopping.send_replace(true);
-            super::stop_or_kill(&child.cell, STOP_WAIT).await;
+            child.stop_and_wait(STOP_WAIT).await;
         }
         Ok(())
     }
