@@ -27,6 +27,9 @@ pub enum TraceFormat {
     /// Generated: code completion, ~2k-token prompts, ~30 output tokens, on/off
     /// arrivals (interarrival CV ~10), no workload keys.
     BurstyCode,
+    /// Generated: bursty-code's arrivals and lengths with a prompt of its own for each
+    /// request, as a lengths-only log (Azure's code trace) gives them: nothing shared.
+    BurstyLengths,
     /// Generated: shared-system's trace with each request keyed by its conversation.
     Sessions,
 }
@@ -34,7 +37,7 @@ pub enum TraceFormat {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
     /// Trace file (not needed for the generated formats: agentic, shared-system,
-    /// few-apps, bursty-code, sessions).
+    /// few-apps, bursty-code, bursty-lengths, sessions).
     #[arg(long)]
     pub trace: Option<PathBuf>,
     #[arg(long, value_enum)]
@@ -89,7 +92,7 @@ pub struct SimArgs {
     /// Agentic: number of coding-agent sessions.
     #[arg(long, default_value_t = 500)]
     pub sessions: u32,
-    /// shared-system, few-apps, bursty-code, sessions: requests to generate.
+    /// shared-system, few-apps, bursty-code, bursty-lengths, sessions: requests to generate.
     #[arg(long, default_value_t = 5000)]
     pub requests: u32,
     /// Autoscale the fleet (`--replicas` is then the most there can be): comma-separated
@@ -152,6 +155,7 @@ pub fn load_trace(args: &SimArgs) -> Result<Trace> {
             | TraceFormat::Sessions
             | TraceFormat::FewApps
             | TraceFormat::BurstyCode
+            | TraceFormat::BurstyLengths
     );
     if generated && args.requests == 0 {
         bail!("--requests must be at least 1");
@@ -208,10 +212,11 @@ pub fn load_trace(args: &SimArgs) -> Result<Trace> {
             };
             trace::structures::few_apps(&cfg, args.seed)
         }
-        TraceFormat::BurstyCode => {
+        TraceFormat::BurstyCode | TraceFormat::BurstyLengths => {
             let cfg = trace::structures::BurstyCodeConfig {
                 requests: args.requests,
                 duration_s: args.duration_s.map(|d| d as f64),
+                lengths_only: args.trace_format == TraceFormat::BurstyLengths,
                 ..Default::default()
             };
             trace::structures::bursty_code(&cfg, args.seed)

@@ -84,6 +84,18 @@ fn compare(rows: &[Row]) -> Result<(&Row, f64, f64, f64, f64)> {
 /// time until the last request finished; on 1,500 requests that all meet the SLO, it
 /// measures when the last few answers ended, not how the traffic was placed.)
 fn holds_its_own(format: &str, p95_margin: f64, p99_margin: f64, hit_points: f64) -> Result<()> {
+    holds_its_own_within(format, p95_margin, p99_margin, hit_points, 0.98)
+}
+
+/// [`holds_its_own`] with Sluice's share of requests within the SLO allowed down to
+/// `attainment_share` of the best baseline's.
+fn holds_its_own_within(
+    format: &str,
+    p95_margin: f64,
+    p99_margin: f64,
+    hit_points: f64,
+    attainment_share: f64,
+) -> Result<()> {
     for load in ["0.5", "0.8"] {
         let rows = simulate(format, load)?;
         let (s, p95, p99, hit, attainment) = compare(&rows)?;
@@ -103,7 +115,7 @@ fn holds_its_own(format: &str, p95_margin: f64, p99_margin: f64, hit_points: f64
             s.hit
         );
         ensure!(
-            s.attainment >= attainment * 0.98,
+            s.attainment >= attainment * attainment_share,
             "{format} at {load}: requests within the SLO {} vs {attainment}",
             s.attainment
         );
@@ -135,4 +147,16 @@ fn bursts_of_short_completions_over_one_file_context() -> Result<()> {
     // queues bursts behind the replica computing their context again, or prices blocks
     // being computed as missing, fails here.
     holds_its_own("bursty-code", 1.45, 1.45, 5.0)
+}
+
+#[test]
+fn bursts_of_short_completions_known_by_their_lengths_alone() -> Result<()> {
+    // bursty-code's requests as a lengths-only log (Azure's code trace) records them:
+    // nothing shared, so the choice is balancing alone, through bursts that overrun the
+    // fleet. Sluice's tail must stay with the best balancers' (it is within 1% of it at
+    // both loads). The SLO share's margin is today's gap, not the goal: at 0.8 the
+    // bursts' prefill stretches nearly every decode past the TPOT bound, and policies
+    // that pile work unevenly (random, chwbl: ~3 points more, at a p95 15-30% worse)
+    // leave a few replicas light enough for their requests to meet it.
+    holds_its_own_within("bursty-lengths", 1.03, 1.03, 0.0, 0.94)
 }

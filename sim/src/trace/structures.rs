@@ -374,6 +374,11 @@ pub struct BurstyCodeConfig {
     pub tail_tokens: LogNormal,
     /// The completion. Default median 28, σ 0.4, 10..60 (mean ~30).
     pub output_tokens: LogNormal,
+    /// Give each request a prompt of its own, of the same length: the trace as a
+    /// lengths-only log records it (Azure's code trace has timestamps and token counts,
+    /// no content), so no prefix is shared and routing is balancing alone. The
+    /// arrivals and lengths are the same as with shared contexts. Default false.
+    pub lengths_only: bool,
 }
 
 impl Default for BurstyCodeConfig {
@@ -391,6 +396,7 @@ impl Default for BurstyCodeConfig {
             max_context_tokens: 4000,
             tail_tokens: LogNormal::new(80.0, 0.6, 10.0, 400.0),
             output_tokens: LogNormal::new(28.0, 0.4, 10.0, 60.0),
+            lengths_only: false,
         }
     }
 }
@@ -458,24 +464,33 @@ pub fn bursty_code(cfg: &BurstyCodeConfig, seed: u64) -> Trace {
                 seed: splitmix64(seed ^ splitmix64(0x7461_696c ^ n)),
                 len: tokens(&cfg.tail_tokens, &mut rng),
             };
+            let context = Segment {
+                seed: *ctx_seed,
+                len: *len,
+            };
+            let segments = if cfg.lengths_only {
+                vec![Segment {
+                    seed: splitmix64(tail.seed ^ 0x6c65_6e73),
+                    len: context.len + tail.len,
+                }]
+            } else {
+                vec![context, tail]
+            };
             requests.push(TraceRequest {
                 arrival_us: micros(t),
                 session: None,
-                prompt: Prompt {
-                    segments: vec![
-                        Segment {
-                            seed: *ctx_seed,
-                            len: *len,
-                        },
-                        tail,
-                    ],
-                },
+                prompt: Prompt { segments },
                 output_tokens: tokens(&cfg.output_tokens, &mut rng),
             });
         }
         t = on_end + rng.exponential(cfg.mean_off_s.max(0.0));
     }
-    finish("bursty-code", requests, cap, cfg.duration_s)
+    let name = if cfg.lengths_only {
+        "bursty-lengths"
+    } else {
+        "bursty-code"
+    };
+    finish(name, requests, cap, cfg.duration_s)
 }
 
 #[cfg(test)]
@@ -784,5 +799,36 @@ mod tests {
         )
         .requests
         .is_empty());
+    }
+
+    #[test]
+    fn bursty_lengths_is_bursty_code_with_nothing_shared() {
+        let shared = bursty_code(&BurstyCodeConfig::default(), 3);
+        let cfg = BurstyCodeConfig {
+            lengths_only: true,
+            ..Default::default()
+        };
+        let alone = bursty_code(&cfg, 3);
+        assert_eq!(alone.name, "bursty-lengths");
+        assert_eq!(alone.requests.len(), shared.requests.len());
+        for (a, s) in alone.requests.iter().zip(&shared.requests) {
+            assert_eq!(
+                (a.arrival_us, a.output_tokens, a.prompt.len(), a.session),
+                (s.arrival_us, s.output_tokens, s.prompt.len(), s.session)
+            );
+            assert_eq!(a.prompt.segments.len(), 1);
+        }
+        // No two prompts share a segment, so no block of one is a block of another.
+        let seeds: std::collections::HashSet<u64> = alone
+            .requests
+            .iter()
+            .map(|r| r.prompt.segments[0].seed)
+            .collect();
+        assert_eq!(seeds.len(), alone.requests.len());
+        let (a, b) = (
+            alone.requests[0].prompt.tokens(),
+            alone.requests[1].prompt.tokens(),
+        );
+        assert_ne!(a[..16], b[..16]);
     }
 }
