@@ -27,7 +27,7 @@ use raft_net::QuicRaft;
 use rpc::{AdminRpc, Refusal, RpcError};
 use sluice_actors::assigner::{initial_assignment, ReplicaInfo as AssignerReplica};
 use sluice_actors::router::ReplicaSpec;
-use sluice_actors::slice::ReplicaId;
+use sluice_actors::slice::{Assignment, ReplicaId};
 use sluice_raft::{
     ControlCommand, ControlPlane, ControlPlaneConfig, ControlState, NodeAddr, NodeInfo,
     ReplicaHealth, ReplicaInfo, RoleHint,
@@ -558,7 +558,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// The front door's view of the fleet from the control state: every registered replica
 /// of the model, local ones over HTTP and the others through their nodes, and the
 /// committed assignment (or, before the leader has committed one, the deterministic
-/// initial assignment every node computes alike).
+/// initial assignment every node computes alike). A replica the node cannot reach (its
+/// node unrecorded or its address unreadable) is left out, not the whole fleet; `None`
+/// only when the model has no replica to show.
 pub fn fleet_of(
     state: &ControlState,
     me: u64,
@@ -570,13 +572,18 @@ pub fn fleet_of(
     let mut health = Vec::new();
     for r in state.replicas().values().filter(|r| r.model == model) {
         let up = if r.node == me {
-            match local.get(&r.id) {
-                Some(url) => Upstream::local(r.id, url).ok()?,
-                None => continue,
+            match local.get(&r.id).map(|url| Upstream::local(r.id, url)) {
+                Some(Ok(up)) => up,
+                _ => continue,
             }
         } else {
-            let addr: SocketAddr = state.node(r.node)?.quic_addr.parse().ok()?;
-            Upstream::remote(r.id, addr)
+            let addr = state
+                .node(r.node)
+                .map(|n| n.quic_addr.parse::<SocketAddr>());
+            match addr {
+                Some(Ok(addr)) => Upstream::remote(r.id, addr),
+                _ => continue,
+            }
         };
         let spec = ReplicaSpec {
             id: r.id,
@@ -592,12 +599,31 @@ pub fn fleet_of(
     }
     let assignment = match state.assignment(model) {
         Some(a) => a.clone(),
-        None => initial_assignment(&registry(state, model), assigner).ok()?,
+        None => first_assignment(state, model, assigner)?,
     };
     Some(FleetView {
         upstreams,
         health,
         assignment,
+    })
+}
+
+/// The initial assignment over the model's eligible replicas; when none is eligible
+/// (every one marked before the leader committed a map), over all of them, so that the
+/// door still gets the fleet's view — every replica out of service, requests answered
+/// 503 — rather than keeping the one it had before the marks.
+fn first_assignment(
+    state: &ControlState,
+    model: &str,
+    assigner: &sluice_actors::assigner::AssignerConfig,
+) -> Option<Assignment> {
+    let mut replicas = registry(state, model);
+    initial_assignment(&replicas, assigner).ok().or_else(|| {
+        for r in &mut replicas {
+            r.healthy = true;
+            r.draining = false;
+        }
+        initial_assignment(&replicas, assigner).ok()
     })
 }
 
@@ -641,8 +667,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_node_does_not_take_its_own_replicas_for_unreachable() {
+    /// Two nodes; replica 1 on node 1, replicas 2 and 3 on node 2, all of model "m".
+    fn two_nodes(health: ReplicaHealth) -> ControlState {
         let mut state = ControlState::default();
         apply(&mut state, ControlCommand::AddNode(node(1)));
         apply(&mut state, ControlCommand::AddNode(node(2)));
@@ -653,10 +679,46 @@ mod tests {
                 model: "m".into(),
                 endpoint: format!("http://127.0.0.1:{}", 9000 + id),
                 capacity_mu_per_min: 100.0,
-                health: ReplicaHealth::Healthy,
+                health,
             };
             apply(&mut state, ControlCommand::RegisterReplica(replica));
         }
+        state
+    }
+
+    #[test]
+    fn a_fleet_with_every_replica_out_before_any_assignment_is_still_shown() {
+        // Every replica marked before the leader committed a map: the door must see
+        // them all out of service (and answer 503), not keep its older view.
+        let state = two_nodes(ReplicaHealth::Unhealthy);
+        assert!(state.assignment("m").is_none());
+        let local = HashMap::from([(ReplicaId(1), "http://127.0.0.1:9001".to_owned())]);
+        let assigner = sluice_actors::assigner::AssignerConfig::default();
+        let fleet = fleet_of(&state, 1, "m", &local, &assigner).expect("a fleet");
+        assert!(fleet.health.iter().all(|(_, up)| !up), "{:?}", fleet.health);
+        assert_eq!(fleet.upstreams.len(), 3);
+        assert!(!fleet.assignment.slices().is_empty());
+        // A replica whose node is not recorded is left out, not the whole fleet.
+        let mut state = two_nodes(ReplicaHealth::Healthy);
+        apply(
+            &mut state,
+            ControlCommand::RegisterReplica(ReplicaInfo {
+                id: ReplicaId(4),
+                node: 9,
+                model: "m".into(),
+                endpoint: "http://127.0.0.1:9004".into(),
+                capacity_mu_per_min: 100.0,
+                health: ReplicaHealth::Healthy,
+            }),
+        );
+        let fleet = fleet_of(&state, 1, "m", &local, &assigner).expect("a fleet");
+        let ids: Vec<_> = fleet.upstreams.iter().map(|(_, spec)| spec.id).collect();
+        assert_eq!(ids, vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)]);
+    }
+
+    #[test]
+    fn a_node_does_not_take_its_own_replicas_for_unreachable() {
+        let mut state = two_nodes(ReplicaHealth::Healthy);
         // The leader has not heard from node 1 for a while, nor had it from node 2
         // about replica 2 (say a report was lost).
         for id in [1, 2] {
