@@ -245,6 +245,11 @@ fn engine_env(cmd: &mut Command) {
 const GROUP_GONE_WAIT: Duration = Duration::from_secs(10);
 
 impl ChildReplica {
+    /// The engine's process group, while it has one.
+    pub fn group(&self) -> Option<i32> {
+        self.pgid
+    }
+
     /// Starts `cmd` as the leader of a new process group.
     fn spawn(mut cmd: Command, i: usize) -> Result<Self> {
         cmd.process_group(0).kill_on_drop(true);
@@ -325,20 +330,9 @@ fn group_alive(pgid: Option<i32>) -> bool {
         return false;
     };
     #[cfg(target_os = "linux")]
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        return dir.flatten().any(|e| {
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-                return false;
-            };
-            // "pid (comm) state ppid pgrp ...": comm may hold spaces, so read after ')'.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let mut f = rest.split_whitespace();
-            let state = f.next();
-            let pgrp = f.nth(1).and_then(|v| v.parse::<i32>().ok());
-            pgrp == Some(g) && state != Some("Z") && state != Some("X")
-        });
+    if std::path::Path::new("/proc/self").exists() {
+        return crate::supervisor::proc_stat::all(std::path::Path::new("/proc"))
+            .any(|p| p.pgrp == g && !p.gone());
     }
     // SAFETY: signal 0 sends nothing; it asks whether the group exists.
     unsafe { libc::killpg(g, 0) == 0 }

@@ -395,6 +395,11 @@ async fn start_fleet(
     for (i, models) in discovered {
         state.learn_models(id_of(first + i), Some(models));
     }
+    // The first incarnations were launched before supervision: the prober reads their
+    // process groups' CPU time from the start.
+    for (i, child) in children.iter().enumerate() {
+        state.engine_up(id_of(first + i), 0, child.group());
+    }
     let on_restart: OnRestart = {
         let state = state.clone();
         Arc::new(move |actor| state.actor_restarted(actor))
@@ -572,7 +577,7 @@ impl<F: Fn(usize) -> ReplicaId + Send + 'static> Duty for EngineEvents<F> {
         let (state, node) = (&self.state, &self.node);
         let (index, up) = match &ev {
             Event::Down(i) | Event::GaveUp(i) => (*i, None),
-            Event::Up(i, url, inc) => (*i, Some((url.clone(), *inc))),
+            Event::Up(i, url, inc, group) => (*i, Some((url.clone(), *inc, *group))),
             Event::State(i, _) => (*i, None),
         };
         let id = (self.id_of)(index);
@@ -581,11 +586,11 @@ impl<F: Fn(usize) -> ReplicaId + Send + 'static> Duty for EngineEvents<F> {
             return Ok(Turn::Again);
         }
         match up {
-            Some((url, incarnation)) => {
+            Some((url, incarnation, group)) => {
                 if let Err(e) = state.set_local_url(id, &url) {
                     tracing::warn!(error = %e, "restarted replica has a bad URL");
                 }
-                state.engine_up(id, incarnation);
+                state.engine_up(id, incarnation, group);
                 if incarnation > 0 {
                     state.engine_restarted(id);
                 }

@@ -16,6 +16,19 @@ use crate::slice::ReplicaId;
 /// streams, and was ejected with 2 s here), so half the gauge's own stall window.
 pub const STREAMS_CONFIRMED_AFTER_MS: u64 = 5_000;
 
+/// Sooner when the engine has held work and its own processes have been idle
+/// meanwhile (never for an engine holding nothing, whatever a router believes it sent
+/// there: a restarting node's requests lost on the way are no hang): an engine in a long
+/// step is computing it (the starved CPU vLLM above used its cores throughout), while
+/// one whose loop is stuck — deadlocked, blocked, stopped — uses next to none. A hang
+/// that spins (a GPU collective polling forever) burns CPU and still waits for the
+/// 5 s; so does an engine whose CPU time the shell cannot read.
+pub const STREAMS_CONFIRMED_IDLE_AFTER_MS: u64 = 2_000;
+
+/// At most this share of one CPU, over the counter's stillness, counts as idle: the
+/// HTTP server of a stuck engine still answers health checks and metrics scrapes.
+pub const IDLE_CPU_SHARE: f64 = 0.1;
+
 /// What the prober knows of one replica.
 #[derive(Debug, Clone)]
 struct ReplicaState {
@@ -80,7 +93,10 @@ impl ReplicaState {
         let confirmed = self
             .stall
             .still_for()
-            .is_some_and(|still| still >= STREAMS_CONFIRMED_AFTER_MS);
+            .is_some_and(|still| still >= STREAMS_CONFIRMED_AFTER_MS)
+            || self
+                .stall
+                .idle_stall(STREAMS_CONFIRMED_IDLE_AFTER_MS, IDLE_CPU_SHARE);
         let streams = self
             .streams_stalled_ms
             .filter(|_| confirmed)
@@ -187,10 +203,23 @@ impl ProberCore {
         tokens_total: u64,
         now_ms: u64,
     ) -> Vec<VerdictChange> {
+        self.on_progress_with_cpu(replica, queued, tokens_total, None, now_ms)
+    }
+
+    /// [`ProberCore::on_progress`] with the CPU time (ms) the engine's processes have
+    /// used so far, for an engine whose processes the shell can see.
+    pub fn on_progress_with_cpu(
+        &mut self,
+        replica: ReplicaId,
+        queued: u32,
+        tokens_total: u64,
+        cpu_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Vec<VerdictChange> {
         let Some(state) = self.replicas.get_mut(&replica) else {
             return Vec::new();
         };
-        state.stall.sample(queued, tokens_total, now_ms);
+        state.stall.sample(queued, tokens_total, cpu_ms, now_ms);
         self.settle(now_ms)
     }
 
@@ -198,8 +227,8 @@ impl ProberCore {
     /// from the replica's own pace; see `router::stall`), each `age` ms before `now_ms`
     /// — the local router's word and the peers' gossip alike. A replica is condemned
     /// once the engine's token counter has stood still for
-    /// [`STREAMS_CONFIRMED_AFTER_MS`] (an engine without that gauge is left to the
-    /// probes). Word older than the replica's last proof (a completed request or probe,
+    /// [`STREAMS_CONFIRMED_AFTER_MS`], or [`STREAMS_CONFIRMED_IDLE_AFTER_MS`] with its
+    /// processes idle (an engine without that gauge is left to the probes). Word older than the replica's last proof (a completed request or probe,
     /// or its restart) is stale — a peer's gossip repeats it for a while — and ignored,
     /// as are replicas this prober does not watch.
     pub fn on_stall_word(&mut self, word: &[(ReplicaId, u64)], now_ms: u64) -> Vec<VerdictChange> {

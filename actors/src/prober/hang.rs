@@ -13,6 +13,14 @@ pub struct StallDetector {
     sampled_ms: u64,
     /// The sample at which the counter was first seen at its present value.
     still_since_ms: u64,
+    /// The first sample since the counter last moved (or the last proof) that showed
+    /// work held, and the engine's CPU time (ms) then, when the shell can read it (a
+    /// process it supervises). Unlike `stalled_since_ms` a sample with nothing queued
+    /// does not end it: routers that gave up on a stuck engine cancel what they sent.
+    held_since_ms: Option<u64>,
+    cpu_at_held_ms: Option<u64>,
+    /// The CPU time at the last sample.
+    cpu_last_ms: Option<u64>,
 }
 
 impl StallDetector {
@@ -21,11 +29,24 @@ impl StallDetector {
     /// is progress, a decrease too (a restarted engine counts from zero). The clock
     /// starts when work is first seen queued, not at the last token, so an engine idle
     /// for an hour is not a hang the moment a request arrives.
-    pub fn sample(&mut self, queued: u32, tokens_total: u64, now_ms: u64) {
+    ///
+    /// `cpu_ms` is the CPU time the engine's processes have used so far, when the shell
+    /// can read it.
+    pub fn sample(&mut self, queued: u32, tokens_total: u64, cpu_ms: Option<u64>, now_ms: u64) {
         let advanced = self.tokens_total.is_some_and(|t| t != tokens_total);
         if advanced || self.tokens_total.is_none() {
             self.still_since_ms = now_ms;
+            self.held_since_ms = None;
         }
+        if self.held_since_ms.is_none() && queued > 0 {
+            self.held_since_ms = Some(now_ms);
+            self.cpu_at_held_ms = cpu_ms;
+        }
+        if cpu_ms.is_none() {
+            // A figure missing anywhere in the stretch is no measure of it.
+            self.cpu_at_held_ms = None;
+        }
+        self.cpu_last_ms = cpu_ms;
         self.tokens_total = Some(tokens_total);
         self.sampled_ms = now_ms;
         if queued == 0 || advanced {
@@ -41,6 +62,12 @@ impl StallDetector {
         if self.stalled_since_ms.is_some() {
             self.stalled_since_ms = Some(now_ms);
         }
+        if self.held_since_ms.is_some() {
+            self.held_since_ms = Some(now_ms);
+            // The CPU used since the last sample counts against the new stretch: it
+            // can only make it look busier.
+            self.cpu_at_held_ms = self.cpu_last_ms;
+        }
     }
 
     /// For how long, as of the last sample, the engine has produced no token at all,
@@ -48,6 +75,21 @@ impl StallDetector {
     pub fn still_for(&self) -> Option<u64> {
         (self.tokens_total.is_some() && self.sampled_ms > self.still_since_ms)
             .then(|| self.sampled_ms - self.still_since_ms)
+    }
+
+    /// Whether, as of the last sample, the engine has written no token for at least
+    /// `min_ms` since it was first seen holding work, while its processes used at most
+    /// `max_share` of one CPU: it is not computing a long step, it is doing nothing.
+    /// `false` when the CPU time is not known over the whole stretch, or went down (a
+    /// member of the group exited).
+    pub fn idle_stall(&self, min_ms: u64, max_share: f64) -> bool {
+        let (Some(since), Some(from), Some(to)) =
+            (self.held_since_ms, self.cpu_at_held_ms, self.cpu_last_ms)
+        else {
+            return false;
+        };
+        let span = self.sampled_ms.saturating_sub(since);
+        span >= min_ms && to >= from && (to - from) as f64 <= max_share * span as f64
     }
 
     /// When the current stall began, if the last sample showed it lasting at least

@@ -216,22 +216,22 @@ fn client_errors_and_failures_of_real_traffic_neither_eject_nor_prove() {
 #[test]
 fn stall_detector_needs_queued_work_and_a_still_counter() {
     let mut d = StallDetector::default();
-    d.sample(0, 7, 0);
-    d.sample(0, 7, 60_000);
+    d.sample(0, 7, None, 0);
+    d.sample(0, 7, None, 60_000);
     assert_eq!(d.stalled(STALL), None, "idle is not stalled");
-    d.sample(2, 7, 61_000);
+    d.sample(2, 7, None, 61_000);
     assert_eq!(d.stalled(STALL), None, "the clock starts when work queues");
-    d.sample(2, 7, 61_000 + STALL - 1);
+    d.sample(2, 7, None, 61_000 + STALL - 1);
     assert_eq!(d.stalled(STALL), None);
-    d.sample(2, 7, 61_000 + STALL);
+    d.sample(2, 7, None, 61_000 + STALL);
     assert_eq!(d.stalled(STALL), Some(61_000));
-    d.sample(2, 8, 80_000);
+    d.sample(2, 8, None, 80_000);
     assert_eq!(d.stalled(STALL), None, "a token is progress");
-    d.sample(2, 8, 89_999);
+    d.sample(2, 8, None, 89_999);
     d.progressed(89_999);
-    d.sample(2, 8, 95_000);
+    d.sample(2, 8, None, 95_000);
     assert_eq!(d.stalled(STALL), None, "so is a completed request");
-    d.sample(3, 0, 200_000);
+    d.sample(3, 0, None, 200_000);
     assert_eq!(
         d.stalled(STALL),
         None,
@@ -647,4 +647,89 @@ fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
             verdict: Verdict::Healthy
         }]
     );
+}
+
+#[test]
+fn a_routers_word_is_confirmed_sooner_when_the_engine_holds_work_and_idles() {
+    const SOON: u64 = decide::STREAMS_CONFIRMED_IDLE_AFTER_MS;
+    const C: u64 = decide::STREAMS_CONFIRMED_AFTER_MS;
+    // Replica 0 holds work, writes nothing and uses 2% of a CPU (its HTTP server);
+    // replica 1 the same but computing (90% of a CPU, a long step); replica 2 idles
+    // with nothing queued (a router's requests never reached it); replica 3's CPU time
+    // cannot be read. Ten replicas, so the ejection cap is not what holds any back.
+    let mut c = core(10);
+    let cpu_per_s = [20, 900, 20];
+    let queued = [3, 3, 0];
+    let sample = |c: &mut ProberCore, t: u64| {
+        let mut changes = Vec::new();
+        for i in 0..3 {
+            let cpu = 10_000 + cpu_per_s[i] * t / 1_000;
+            changes.extend(c.on_progress_with_cpu(r(i as u64), queued[i], 7, Some(cpu), t));
+        }
+        changes.extend(c.on_progress_with_cpu(r(3), 3, 7, None, t));
+        changes
+    };
+    assert!(sample(&mut c, 1_000).is_empty());
+    assert!(sample(&mut c, 2_000).is_empty());
+    let word: Vec<_> = (0..4).map(|i| (r(i), 0)).collect();
+    assert!(c.on_stall_word(&word, 2_500).is_empty(), "too soon for any");
+    let changes = sample(&mut c, 1_000 + SOON);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].replica, r(0));
+    assert!(matches!(
+        changes[0].verdict,
+        Verdict::Unhealthy {
+            reason: Reason::StreamsStalled,
+            ..
+        }
+    ));
+    // The others wait for the counter's full confirmation.
+    for t in (1_000 + SOON + 500..1_000 + C).step_by(500) {
+        assert!(sample(&mut c, t).is_empty(), "at {t}");
+    }
+    let late: Vec<_> = sample(&mut c, 1_000 + C)
+        .into_iter()
+        .map(|ch| ch.replica)
+        .collect();
+    assert_eq!(late, vec![r(1), r(2), r(3)]);
+}
+
+#[test]
+fn cpu_time_that_falls_or_goes_missing_is_no_proof_of_idleness() {
+    let mut d = StallDetector::default();
+    d.sample(2, 7, Some(5_000), 0);
+    d.sample(2, 7, Some(100), 3_000);
+    assert!(!d.idle_stall(2_000, 0.1), "a member of the group exited");
+    let mut d = StallDetector::default();
+    d.sample(2, 7, Some(5_000), 0);
+    d.sample(2, 7, None, 1_000);
+    d.sample(2, 7, Some(5_010), 3_000);
+    assert!(!d.idle_stall(2_000, 0.1), "unknown for a while");
+    let mut d = StallDetector::default();
+    d.sample(2, 7, Some(5_000), 0);
+    d.sample(2, 7, Some(5_010), 1_000);
+    assert!(!d.idle_stall(2_000, 0.1), "not long enough");
+    d.sample(2, 7, Some(5_020), 2_000);
+    assert!(d.idle_stall(2_000, 0.1));
+    // A proof restarts the stretch from the last figure.
+    d.progressed(2_500);
+    d.sample(2, 7, Some(5_030), 4_000);
+    assert!(!d.idle_stall(2_000, 0.1));
+    d.sample(2, 7, Some(5_040), 4_500);
+    assert!(d.idle_stall(2_000, 0.1));
+}
+
+#[test]
+fn work_cancelled_by_routers_that_gave_up_does_not_restart_the_idle_stretch() {
+    // A stuck engine's queue empties as routers move their requests away; it is still
+    // the same stretch without a token. A token ends it.
+    let mut d = StallDetector::default();
+    d.sample(0, 7, Some(1_000), 0);
+    d.sample(2, 7, Some(1_005), 1_000);
+    d.sample(0, 7, Some(1_010), 2_000);
+    d.sample(0, 7, Some(1_015), 3_000);
+    assert!(d.idle_stall(2_000, 0.1));
+    d.sample(0, 8, Some(1_020), 4_000);
+    d.sample(0, 8, Some(1_025), 7_000);
+    assert!(!d.idle_stall(2_000, 0.1), "no work held since the token");
 }

@@ -181,6 +181,8 @@ struct EngineStatus {
     /// Exited, killed, backing off or starting: not to be probed.
     down: bool,
     incarnation: u64,
+    /// The engine's process group, when the supervisor knows it.
+    group: Option<i32>,
 }
 
 /// In-flight MU and requests per replica, as one router reports them.
@@ -409,12 +411,24 @@ impl AppState {
             .down = true;
     }
 
-    /// Incarnation `incarnation` of the engine behind `id` is up (supervised engines).
-    pub fn engine_up(&self, id: ReplicaId, incarnation: u64) {
+    /// Incarnation `incarnation` of the engine behind `id` is up (supervised engines),
+    /// running as process group `group` when that is known.
+    pub fn engine_up(&self, id: ReplicaId, incarnation: u64, group: Option<i32>) {
         let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
         let e = engines.entry(id).or_default();
         e.down = false;
         e.incarnation = incarnation;
+        e.group = group;
+    }
+
+    /// The process group of the engine behind `id`, if it is supervised here and up.
+    pub fn engine_group(&self, id: ReplicaId) -> Option<i32> {
+        self.engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .filter(|e| !e.down)
+            .and_then(|e| e.group)
     }
 
     /// Whether the supervisor has the engine behind `id` down or starting.

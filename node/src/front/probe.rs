@@ -13,6 +13,7 @@ use sluice_actors::prober::{
 };
 use sluice_actors::slice::ReplicaId;
 use sluice_engine::openai::Endpoint;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -245,20 +246,23 @@ async fn round(state: &Arc<AppState>, probes: &mut tokio::task::JoinSet<()>) {
             .set_replicas(&ids, now);
         state.apply_verdicts(changes);
     }
-    // The engines' own gauges: work queued while tokens stand still is a hang.
+    // The engines' own gauges: work queued while tokens stand still is a hang; with
+    // the engine's processes idle meanwhile, sooner.
     let reads = locals.iter().map(|(id, base)| {
         let state = state.clone();
         let (id, base) = (*id, base.clone());
         async move { (id, engine_progress(&state, &base).await) }
     });
-    for (id, progress) in futures_util::future::join_all(reads).await {
+    let progress = futures_util::future::join_all(reads).await;
+    let cpu = engines_cpu_ms(state, &locals).await;
+    for ((id, progress), cpu_ms) in progress.into_iter().zip(cpu) {
         if let Some((queued, tokens)) = progress {
             let now = state.now_ms();
             let changes = state
                 .prober
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .on_progress(id, queued, tokens, now);
+                .on_progress_with_cpu(id, queued, tokens, cpu_ms, now);
             state.apply_verdicts(changes);
         }
     }
@@ -290,6 +294,30 @@ async fn round(state: &Arc<AppState>, probes: &mut tokio::task::JoinSet<()>) {
             report_probe(&state, probe, ok);
         });
     }
+}
+
+/// The CPU time each local engine's process group has used so far, in `locals`' order
+/// (`None` for an engine not supervised here, or where `/proc` cannot be read). One
+/// walk of `/proc` for all of them, off the runtime's threads.
+async fn engines_cpu_ms(state: &AppState, locals: &[(ReplicaId, String)]) -> Vec<Option<u64>> {
+    let groups: Vec<Option<i32>> = locals
+        .iter()
+        .map(|(id, _)| state.engine_group(*id))
+        .collect();
+    let known: Vec<i32> = groups.iter().flatten().copied().collect();
+    let read = tokio::task::spawn_blocking(move || {
+        let cpu = crate::supervisor::proc_stat::groups_cpu_ms(&known);
+        known
+            .into_iter()
+            .zip(cpu)
+            .collect::<HashMap<i32, Option<u64>>>()
+    })
+    .await
+    .unwrap_or_default();
+    groups
+        .iter()
+        .map(|g| g.and_then(|g| read.get(&g).copied().flatten()))
+        .collect()
 }
 
 fn report_probe(state: &AppState, probe: Probe, ok: bool) {

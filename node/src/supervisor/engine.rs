@@ -21,8 +21,9 @@ use tokio::task::{AbortHandle, JoinSet};
 pub enum Event {
     /// Replica `index` exited or was killed; it gets no traffic until it is `Up` again.
     Down(usize),
-    /// Incarnation `incarnation` of replica `index` is listening at `url`.
-    Up(usize, String, u64),
+    /// Incarnation `incarnation` of replica `index` is listening at `url`; its process
+    /// group, when it is known (the prober reads the group's CPU time).
+    Up(usize, String, u64, Option<i32>),
     /// Replica `index` kept dying; it stays down.
     GaveUp(usize),
     /// Replica `index` entered a lifecycle state (for metrics).
@@ -209,9 +210,9 @@ impl ShellState {
     /// Hands `child` to a keeper task that reports its exit.
     fn keep(&mut self, me: &ActorRef<EngineMsg>, child: ChildReplica, incarnation: u64) {
         let (tx, rx) = mpsc::channel(2);
-        let url = child.url.clone();
+        let (url, group) = (child.url.clone(), child.group());
         self.tasks.spawn(keeper(child, incarnation, rx, me.clone()));
-        self.keeper = Some(Keeper { tx, url });
+        self.keeper = Some(Keeper { tx, url, group });
     }
 
     /// Carries out the lifecycle's effects in order, and what they lead to.
@@ -256,9 +257,12 @@ impl ShellState {
                 }
                 Effect::Up { incarnation } => {
                     if let Some(k) = &self.keeper {
-                        let _ = self
-                            .events
-                            .send(Event::Up(self.i, k.url.clone(), incarnation));
+                        let _ = self.events.send(Event::Up(
+                            self.i,
+                            k.url.clone(),
+                            incarnation,
+                            k.group,
+                        ));
                     }
                     None
                 }
@@ -292,6 +296,7 @@ impl ShellState {
 struct Keeper {
     tx: mpsc::Sender<KeeperCmd>,
     url: String,
+    group: Option<i32>,
 }
 
 /// End the engine: SIGKILL its group (`stop: None`), or SIGTERM it and SIGKILL what is

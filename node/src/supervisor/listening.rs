@@ -95,9 +95,7 @@ fn socket_inode(link: &str) -> Option<u64> {
 /// The process group in `/proc/PID/stat` (the field after the state; the command name
 /// before it may hold spaces and parentheses, so fields are counted from its end).
 fn process_group(dir: &Path) -> Option<i32> {
-    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(2)?.parse().ok()
+    super::proc_stat::ProcStat::read(dir).map(|p| p.pgrp)
 }
 
 #[cfg(test)]

@@ -7,4 +7,5 @@ pub mod engine;
 pub mod engines;
 pub mod lifecycle;
 pub mod listening;
+pub mod proc_stat;
 pub mod restart;
