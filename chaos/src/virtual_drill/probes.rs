@@ -35,10 +35,14 @@ impl World<'_> {
                 }
                 let s = e.engine.core.stats();
                 let (queued, tokens) = (s.running + s.waiting, e.tokens_total);
-                let changes =
-                    self.nodes[n]
-                        .prober
-                        .on_progress(ReplicaId(r as u64), queued, tokens, now_ms);
+                let cpu_ms = Some(e.cpu_us / 1000);
+                let changes = self.nodes[n].prober.on_progress_with_cpu(
+                    ReplicaId(r as u64),
+                    queued,
+                    tokens,
+                    cpu_ms,
+                    now_ms,
+                );
                 self.verdicts(n, changes);
             }
             let tick = self.nodes[n].prober.tick(now_ms);
