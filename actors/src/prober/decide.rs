@@ -227,8 +227,9 @@ impl ProberCore {
     /// from the replica's own pace; see `router::stall`), each `age` ms before `now_ms`
     /// — the local router's word and the peers' gossip alike. A replica is condemned
     /// once the engine's token counter has stood still for
-    /// [`STREAMS_CONFIRMED_AFTER_MS`], or [`STREAMS_CONFIRMED_IDLE_AFTER_MS`] with its
-    /// processes idle (an engine without that gauge is left to the probes). Word older than the replica's last proof (a completed request or probe,
+    /// [`STREAMS_CONFIRMED_AFTER_MS`], or for [`STREAMS_CONFIRMED_IDLE_AFTER_MS`] with
+    /// work held and its processes idle (an engine without that gauge is left to the
+    /// probes). Word older than the replica's last proof (a completed request or probe,
     /// or its restart) is stale — a peer's gossip repeats it for a while — and ignored,
     /// as are replicas this prober does not watch.
     pub fn on_stall_word(&mut self, word: &[(ReplicaId, u64)], now_ms: u64) -> Vec<VerdictChange> {
