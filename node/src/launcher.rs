@@ -332,7 +332,7 @@ fn group_alive(pgid: Option<i32>) -> bool {
     #[cfg(target_os = "linux")]
     if std::path::Path::new("/proc/self").exists() {
         return crate::supervisor::proc_stat::all(std::path::Path::new("/proc"))
-            .any(|p| p.pgrp == g && !p.gone());
+            .any(|(_, p)| p.pgrp == g && !p.gone());
     }
     // SAFETY: signal 0 sends nothing; it asks whether the group exists.
     unsafe { libc::killpg(g, 0) == 0 }

@@ -19,15 +19,17 @@ pub const STREAMS_CONFIRMED_AFTER_MS: u64 = 5_000;
 /// Sooner when the engine has held work and its own processes have been idle
 /// meanwhile (never for an engine holding nothing, whatever a router believes it sent
 /// there: a restarting node's requests lost on the way are no hang): an engine in a long
-/// step is computing it (the starved CPU vLLM above used its cores throughout), while
-/// one whose loop is stuck — deadlocked, blocked, stopped — uses next to none. A hang
-/// that spins (a GPU collective polling forever) burns CPU and still waits for the
-/// 5 s; so does an engine whose CPU time the shell cannot read.
+/// step is computing it, or waiting for a CPU to compute it on when its neighbours
+/// starve it (the CPU vLLM above), while one whose loop is stuck — deadlocked, blocked,
+/// stopped — neither runs nor asks to. A hang that spins (a GPU collective polling
+/// forever) burns CPU and still waits for the 5 s; so does an engine whose busy time
+/// the shell cannot read.
 pub const STREAMS_CONFIRMED_IDLE_AFTER_MS: u64 = 2_000;
 
-/// At most this share of one CPU, over the counter's stillness, counts as idle: the
-/// HTTP server of a stuck engine still answers health checks and metrics scrapes.
-pub const IDLE_CPU_SHARE: f64 = 0.1;
+/// At most this share of one CPU (run or waited for), over the counter's stillness,
+/// counts as idle: the HTTP server of a stuck engine still answers health checks and
+/// metrics scrapes.
+pub const IDLE_BUSY_SHARE: f64 = 0.1;
 
 /// What the prober knows of one replica.
 #[derive(Debug, Clone)]
@@ -88,6 +90,12 @@ impl ReplicaState {
                 Reason::Stalled,
             )
         });
+        // Half the window with the engine's processes idle: it is not computing.
+        let half = config.stall_window_ms / 2;
+        let idle = self
+            .stall
+            .idle_stall(half, IDLE_BUSY_SHARE)
+            .map(|since| (since.saturating_add(half), Reason::Stalled));
         // A router's word is confirmed by the engine's own counter: a busy engine that
         // is only slow for that router's requests still writes tokens.
         let confirmed = self
@@ -96,12 +104,13 @@ impl ReplicaState {
             .is_some_and(|still| still >= STREAMS_CONFIRMED_AFTER_MS)
             || self
                 .stall
-                .idle_stall(STREAMS_CONFIRMED_IDLE_AFTER_MS, IDLE_CPU_SHARE);
+                .idle_stall(STREAMS_CONFIRMED_IDLE_AFTER_MS, IDLE_BUSY_SHARE)
+                .is_some();
         let streams = self
             .streams_stalled_ms
             .filter(|_| confirmed)
             .map(|t| (t, Reason::StreamsStalled));
-        [probes, stall, streams]
+        [probes, stall, idle, streams]
             .into_iter()
             .flatten()
             .min_by_key(|&(t, _)| t)
@@ -203,23 +212,24 @@ impl ProberCore {
         tokens_total: u64,
         now_ms: u64,
     ) -> Vec<VerdictChange> {
-        self.on_progress_with_cpu(replica, queued, tokens_total, None, now_ms)
+        self.on_progress_with_busy(replica, queued, tokens_total, None, now_ms)
     }
 
-    /// [`ProberCore::on_progress`] with the CPU time (ms) the engine's processes have
-    /// used so far, for an engine whose processes the shell can see.
-    pub fn on_progress_with_cpu(
+    /// [`ProberCore::on_progress`] with how long (ms) the engine's processes have run on
+    /// a CPU or waited runnable for one so far, for an engine whose processes the shell
+    /// can see.
+    pub fn on_progress_with_busy(
         &mut self,
         replica: ReplicaId,
         queued: u32,
         tokens_total: u64,
-        cpu_ms: Option<u64>,
+        busy_ms: Option<u64>,
         now_ms: u64,
     ) -> Vec<VerdictChange> {
         let Some(state) = self.replicas.get_mut(&replica) else {
             return Vec::new();
         };
-        state.stall.sample(queued, tokens_total, cpu_ms, now_ms);
+        state.stall.sample(queued, tokens_total, busy_ms, now_ms);
         self.settle(now_ms)
     }
 

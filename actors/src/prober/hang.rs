@@ -2,6 +2,10 @@
 //! engines answer 200 while their step loop is hung — but a hung loop cannot move the
 //! output-token counter, so work waiting while that counter stands still is a hang.
 
+/// How recently work must have been seen held for an idle stretch to count as stuck
+/// (two prober rounds).
+pub const HELD_RECENTLY_MS: u64 = 2_000;
+
 /// One replica's progress as seen through periodic samples of its engine's gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StallDetector {
@@ -14,13 +18,16 @@ pub struct StallDetector {
     /// The sample at which the counter was first seen at its present value.
     still_since_ms: u64,
     /// The first sample since the counter last moved (or the last proof) that showed
-    /// work held, and the engine's CPU time (ms) then, when the shell can read it (a
-    /// process it supervises). Unlike `stalled_since_ms` a sample with nothing queued
+    /// work held, and the engine's busy time (ms) then: how long its processes have run
+    /// on a CPU or waited runnable for one, when the shell can read it (a process it
+    /// supervises). Unlike `stalled_since_ms` a sample with nothing queued
     /// does not end it: routers that gave up on a stuck engine cancel what they sent.
     held_since_ms: Option<u64>,
-    cpu_at_held_ms: Option<u64>,
-    /// The CPU time at the last sample.
-    cpu_last_ms: Option<u64>,
+    /// The last sample that showed work held.
+    held_last_ms: Option<u64>,
+    busy_at_held_ms: Option<u64>,
+    /// The busy time at the last sample.
+    busy_last_ms: Option<u64>,
 }
 
 impl StallDetector {
@@ -30,23 +37,26 @@ impl StallDetector {
     /// starts when work is first seen queued, not at the last token, so an engine idle
     /// for an hour is not a hang the moment a request arrives.
     ///
-    /// `cpu_ms` is the CPU time the engine's processes have used so far, when the shell
-    /// can read it.
-    pub fn sample(&mut self, queued: u32, tokens_total: u64, cpu_ms: Option<u64>, now_ms: u64) {
+    /// `busy_ms` is how long the engine's processes have run on a CPU or waited runnable
+    /// for one so far, when the shell can read it.
+    pub fn sample(&mut self, queued: u32, tokens_total: u64, busy_ms: Option<u64>, now_ms: u64) {
         let advanced = self.tokens_total.is_some_and(|t| t != tokens_total);
         if advanced || self.tokens_total.is_none() {
             self.still_since_ms = now_ms;
             self.held_since_ms = None;
         }
-        if self.held_since_ms.is_none() && queued > 0 {
-            self.held_since_ms = Some(now_ms);
-            self.cpu_at_held_ms = cpu_ms;
+        if queued > 0 {
+            if self.held_since_ms.is_none() {
+                self.held_since_ms = Some(now_ms);
+                self.busy_at_held_ms = busy_ms;
+            }
+            self.held_last_ms = Some(now_ms);
         }
-        if cpu_ms.is_none() {
+        if busy_ms.is_none() {
             // A figure missing anywhere in the stretch is no measure of it.
-            self.cpu_at_held_ms = None;
+            self.busy_at_held_ms = None;
         }
-        self.cpu_last_ms = cpu_ms;
+        self.busy_last_ms = busy_ms;
         self.tokens_total = Some(tokens_total);
         self.sampled_ms = now_ms;
         if queued == 0 || advanced {
@@ -64,9 +74,9 @@ impl StallDetector {
         }
         if self.held_since_ms.is_some() {
             self.held_since_ms = Some(now_ms);
-            // The CPU used since the last sample counts against the new stretch: it
+            // Time busy since the last sample counts against the new stretch: it
             // can only make it look busier.
-            self.cpu_at_held_ms = self.cpu_last_ms;
+            self.busy_at_held_ms = self.busy_last_ms;
         }
     }
 
@@ -77,19 +87,27 @@ impl StallDetector {
             .then(|| self.sampled_ms - self.still_since_ms)
     }
 
-    /// Whether, as of the last sample, the engine has written no token for at least
-    /// `min_ms` since it was first seen holding work, while its processes used at most
-    /// `max_share` of one CPU: it is not computing a long step, it is doing nothing.
-    /// `false` when the CPU time is not known over the whole stretch, or went down (a
-    /// member of the group exited).
-    pub fn idle_stall(&self, min_ms: u64, max_share: f64) -> bool {
-        let (Some(since), Some(from), Some(to)) =
-            (self.held_since_ms, self.cpu_at_held_ms, self.cpu_last_ms)
-        else {
-            return false;
+    /// Since when, as of the last sample, the engine has written no token for at least
+    /// `min_ms` after it was first seen holding work, still holding some within the last
+    /// [`HELD_RECENTLY_MS`], while its processes used at most `max_share` of one CPU,
+    /// waiting for one included: it is not computing a long step (nor starved of CPU
+    /// while it does), it is doing nothing. `None` as well when the busy time is not
+    /// known over the whole stretch, or went down (a member exited). The recent work is
+    /// what keeps an engine that lost its only request before a token (a client gone)
+    /// and then idled from looking stuck.
+    pub fn idle_stall(&self, min_ms: u64, max_share: f64) -> Option<u64> {
+        let (Some(since), Some(last), Some(from), Some(to)) = (
+            self.held_since_ms,
+            self.held_last_ms,
+            self.busy_at_held_ms,
+            self.busy_last_ms,
+        ) else {
+            return None;
         };
         let span = self.sampled_ms.saturating_sub(since);
-        span >= min_ms && to >= from && (to - from) as f64 <= max_share * span as f64
+        let recent = self.sampled_ms.saturating_sub(last) <= HELD_RECENTLY_MS;
+        let idle = to >= from && (to - from) as f64 <= max_share * span as f64;
+        (span >= min_ms && recent && idle).then_some(since)
     }
 
     /// When the current stall began, if the last sample showed it lasting at least

@@ -658,15 +658,15 @@ fn a_routers_word_is_confirmed_sooner_when_the_engine_holds_work_and_idles() {
     // with nothing queued (a router's requests never reached it); replica 3's CPU time
     // cannot be read. Ten replicas, so the ejection cap is not what holds any back.
     let mut c = core(10);
-    let cpu_per_s = [20, 900, 20];
+    let busy_per_s = [20, 900, 20];
     let queued = [3, 3, 0];
     let sample = |c: &mut ProberCore, t: u64| {
         let mut changes = Vec::new();
         for i in 0..3 {
-            let cpu = 10_000 + cpu_per_s[i] * t / 1_000;
-            changes.extend(c.on_progress_with_cpu(r(i as u64), queued[i], 7, Some(cpu), t));
+            let cpu = 10_000 + busy_per_s[i] * t / 1_000;
+            changes.extend(c.on_progress_with_busy(r(i as u64), queued[i], 7, Some(cpu), t));
         }
-        changes.extend(c.on_progress_with_cpu(r(3), 3, 7, None, t));
+        changes.extend(c.on_progress_with_busy(r(3), 3, 7, None, t));
         changes
     };
     assert!(sample(&mut c, 1_000).is_empty());
@@ -695,28 +695,31 @@ fn a_routers_word_is_confirmed_sooner_when_the_engine_holds_work_and_idles() {
 }
 
 #[test]
-fn cpu_time_that_falls_or_goes_missing_is_no_proof_of_idleness() {
+fn busy_time_that_falls_or_goes_missing_is_no_proof_of_idleness() {
     let mut d = StallDetector::default();
     d.sample(2, 7, Some(5_000), 0);
     d.sample(2, 7, Some(100), 3_000);
-    assert!(!d.idle_stall(2_000, 0.1), "a member of the group exited");
+    assert!(
+        d.idle_stall(2_000, 0.1).is_none(),
+        "a member of the group exited"
+    );
     let mut d = StallDetector::default();
     d.sample(2, 7, Some(5_000), 0);
     d.sample(2, 7, None, 1_000);
     d.sample(2, 7, Some(5_010), 3_000);
-    assert!(!d.idle_stall(2_000, 0.1), "unknown for a while");
+    assert!(d.idle_stall(2_000, 0.1).is_none(), "unknown for a while");
     let mut d = StallDetector::default();
     d.sample(2, 7, Some(5_000), 0);
     d.sample(2, 7, Some(5_010), 1_000);
-    assert!(!d.idle_stall(2_000, 0.1), "not long enough");
+    assert!(d.idle_stall(2_000, 0.1).is_none(), "not long enough");
     d.sample(2, 7, Some(5_020), 2_000);
-    assert!(d.idle_stall(2_000, 0.1));
+    assert!(d.idle_stall(2_000, 0.1).is_some());
     // A proof restarts the stretch from the last figure.
     d.progressed(2_500);
     d.sample(2, 7, Some(5_030), 4_000);
-    assert!(!d.idle_stall(2_000, 0.1));
+    assert!(d.idle_stall(2_000, 0.1).is_none());
     d.sample(2, 7, Some(5_040), 4_500);
-    assert!(d.idle_stall(2_000, 0.1));
+    assert!(d.idle_stall(2_000, 0.1).is_some());
 }
 
 #[test]
@@ -728,8 +731,45 @@ fn work_cancelled_by_routers_that_gave_up_does_not_restart_the_idle_stretch() {
     d.sample(2, 7, Some(1_005), 1_000);
     d.sample(0, 7, Some(1_010), 2_000);
     d.sample(0, 7, Some(1_015), 3_000);
-    assert!(d.idle_stall(2_000, 0.1));
+    assert!(d.idle_stall(2_000, 0.1).is_some());
     d.sample(0, 8, Some(1_020), 4_000);
     d.sample(0, 8, Some(1_025), 7_000);
-    assert!(!d.idle_stall(2_000, 0.1), "no work held since the token");
+    assert!(
+        d.idle_stall(2_000, 0.1).is_none(),
+        "no work held since the token"
+    );
+}
+
+#[test]
+fn an_engine_holding_work_with_its_processes_idle_is_stalled_in_half_the_window() {
+    const HALF: u64 = 5_000;
+    // No router's word at all: replica 0 holds work and idles; replica 1 holds work
+    // and computes; replica 2 lost its only request before a token (a client gone)
+    // and has idled since; replica 3's busy time cannot be read.
+    let mut c = core(10);
+    let busy_per_s = [20, 900, 20, 0];
+    let queued_at = |i: usize, t: u64| match i {
+        2 if t > 1_000 => 0,
+        _ => 3,
+    };
+    let mut ejected = Vec::new();
+    for t in (0..=12_000).step_by(1_000) {
+        for (i, per_s) in busy_per_s.iter().enumerate() {
+            let busy = (i != 3).then(|| 10_000 + per_s * t / 1_000);
+            for ch in c.on_progress_with_busy(r(i as u64), queued_at(i, t), 7, busy, t) {
+                if let Verdict::Unhealthy { reason, .. } = ch.verdict {
+                    ejected.push((ch.replica, t, reason));
+                }
+            }
+        }
+    }
+    // The samples start at 0, so the gauge's own window ends at 10 s.
+    assert_eq!(
+        ejected,
+        vec![
+            (r(0), HALF, Reason::Stalled),
+            (r(1), 10_000, Reason::Stalled),
+            (r(3), 10_000, Reason::Stalled),
+        ]
+    );
 }

@@ -15,7 +15,7 @@ impl World<'_> {
             return;
         }
         if let Some(end) = e.engine.start_step(self.now) {
-            e.cpu_us += end.saturating_sub(self.now);
+            e.busy_us += end.saturating_sub(self.now);
             let epoch = e.epoch;
             self.push(end, Ev::Step(r as u32, epoch));
         }

@@ -35,12 +35,12 @@ impl World<'_> {
                 }
                 let s = e.engine.core.stats();
                 let (queued, tokens) = (s.running + s.waiting, e.tokens_total);
-                let cpu_ms = Some(e.cpu_us / 1000);
-                let changes = self.nodes[n].prober.on_progress_with_cpu(
+                let busy_ms = Some(e.busy_us / 1000);
+                let changes = self.nodes[n].prober.on_progress_with_busy(
                     ReplicaId(r as u64),
                     queued,
                     tokens,
-                    cpu_ms,
+                    busy_ms,
                     now_ms,
                 );
                 self.verdicts(n, changes);

@@ -57,10 +57,10 @@ pub(super) struct Engine {
     pub(super) hung: bool,
     pub(super) epoch: u32,
     pub(super) tokens_total: u64,
-    /// Time spent computing steps (µs): the virtual engine's CPU time, which the live
+    /// Time spent computing steps (µs): the virtual engine's busy time, which the live
     /// prober reads from an engine's processes. A hung engine starts no step, so it
     /// stands still.
-    pub(super) cpu_us: u64,
+    pub(super) busy_us: u64,
     /// Requests (ledger indices) on it now.
     pub(super) on: Vec<u32>,
     /// Probes on it: engine id → (prober's probe).
@@ -246,7 +246,7 @@ impl<'t> World<'t> {
                 hung: false,
                 epoch: 0,
                 tokens_total: 0,
-                cpu_us: 0,
+                busy_us: 0,
                 on: Vec::new(),
                 probes: HashMap::new(),
             })

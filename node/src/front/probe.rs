@@ -254,15 +254,15 @@ async fn round(state: &Arc<AppState>, probes: &mut tokio::task::JoinSet<()>) {
         async move { (id, engine_progress(&state, &base).await) }
     });
     let progress = futures_util::future::join_all(reads).await;
-    let cpu = engines_cpu_ms(state, &locals).await;
-    for ((id, progress), cpu_ms) in progress.into_iter().zip(cpu) {
+    let busy = engines_busy_ms(state, &locals).await;
+    for ((id, progress), busy_ms) in progress.into_iter().zip(busy) {
         if let Some((queued, tokens)) = progress {
             let now = state.now_ms();
             let changes = state
                 .prober
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .on_progress_with_cpu(id, queued, tokens, cpu_ms, now);
+                .on_progress_with_busy(id, queued, tokens, busy_ms, now);
             state.apply_verdicts(changes);
         }
     }
@@ -296,20 +296,21 @@ async fn round(state: &Arc<AppState>, probes: &mut tokio::task::JoinSet<()>) {
     }
 }
 
-/// The CPU time each local engine's process group has used so far, in `locals`' order
-/// (`None` for an engine not supervised here, or where `/proc` cannot be read). One
-/// walk of `/proc` for all of them, off the runtime's threads.
-async fn engines_cpu_ms(state: &AppState, locals: &[(ReplicaId, String)]) -> Vec<Option<u64>> {
+/// How long each local engine's process group has run on a CPU or waited for one so
+/// far (`proc_stat::groups_busy_ms`), in `locals`' order (`None` for an engine not
+/// supervised here, or where `/proc` cannot be read). One walk of `/proc` for all of
+/// them, off the runtime's threads.
+async fn engines_busy_ms(state: &AppState, locals: &[(ReplicaId, String)]) -> Vec<Option<u64>> {
     let groups: Vec<Option<i32>> = locals
         .iter()
         .map(|(id, _)| state.engine_group(*id))
         .collect();
     let known: Vec<i32> = groups.iter().flatten().copied().collect();
     let read = tokio::task::spawn_blocking(move || {
-        let cpu = crate::supervisor::proc_stat::groups_cpu_ms(&known);
+        let busy = crate::supervisor::proc_stat::groups_busy_ms(&known);
         known
             .into_iter()
-            .zip(cpu)
+            .zip(busy)
             .collect::<HashMap<i32, Option<u64>>>()
     })
     .await

@@ -1,9 +1,10 @@
 //! A process's line in `/proc/<pid>/stat` (Linux), read for what the supervisor needs to
 //! know of an engine's process group: whether a member is still alive, which group a
-//! process belongs to, and how much CPU the group has used — an engine that holds work,
-//! writes no token and uses no CPU is not computing anything (`front::probe`).
+//! process belongs to, and how much CPU the group has wanted — an engine that holds
+//! work, writes no token and neither runs nor waits to run is not computing anything
+//! (`front::probe`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The fields of one `stat` line the supervisor reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,26 +12,17 @@ pub struct ProcStat {
     /// `R`, `S`, `D`, `Z`, `X`, …
     pub state: char,
     pub pgrp: i32,
-    /// User plus system time, in clock ticks.
-    pub cpu_ticks: u64,
 }
 
 impl ProcStat {
-    /// Parses "pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt
-    /// cmajflt utime stime …". `comm` may hold spaces and parentheses, so the fields
-    /// are read after the last ')'.
+    /// Parses "pid (comm) state ppid pgrp …". `comm` may hold spaces and parentheses,
+    /// so the fields are read after the last ')'.
     pub fn parse(line: &str) -> Option<Self> {
         let (_, rest) = line.rsplit_once(')')?;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let state = f.first()?.chars().next()?;
-        let pgrp = f.get(2)?.parse().ok()?;
-        let utime: u64 = f.get(11)?.parse().ok()?;
-        let stime: u64 = f.get(12)?.parse().ok()?;
-        Some(Self {
-            state,
-            pgrp,
-            cpu_ticks: utime.saturating_add(stime),
-        })
+        let mut f = rest.split_whitespace();
+        let state = f.next()?.chars().next()?;
+        let pgrp = f.nth(1)?.parse().ok()?;
+        Some(Self { state, pgrp })
     }
 
     /// A zombie or a dead entry: it runs nothing.
@@ -44,8 +36,8 @@ impl ProcStat {
     }
 }
 
-/// Every process's `stat` under `proc`, those that can be read.
-pub fn all(proc: &Path) -> impl Iterator<Item = ProcStat> {
+/// Every process under `proc` whose `stat` can be read: its directory and its `stat`.
+pub fn all(proc: &Path) -> impl Iterator<Item = (PathBuf, ProcStat)> {
     std::fs::read_dir(proc)
         .into_iter()
         .flatten()
@@ -55,44 +47,66 @@ pub fn all(proc: &Path) -> impl Iterator<Item = ProcStat> {
                 .to_str()
                 .is_some_and(|n| n.parse::<u32>().is_ok())
         })
-        .filter_map(|e| ProcStat::read(&e.path()))
+        .filter_map(|e| {
+            let dir = e.path();
+            ProcStat::read(&dir).map(|p| (dir, p))
+        })
 }
 
-/// CPU time in milliseconds used so far by the live processes of each group in
-/// `groups`, in that order; `None` for all when `/proc` cannot be read (not Linux).
-/// The time of members that already exited is not counted, so the figure can fall: a
-/// reader compares two figures only while both show the group doing nothing else.
-pub fn groups_cpu_ms(groups: &[i32]) -> Vec<Option<u64>> {
-    groups_cpu_ms_in(Path::new("/proc"), groups, clock_ticks_per_s())
+/// How long (ms) the live processes of each group in `groups` have run on a CPU or
+/// waited runnable for one, summed over all their threads (`/proc/<pid>/task/*/schedstat`:
+/// time on the CPU, time on a run queue), in that order. The wait counts because an
+/// engine starved of CPU by its neighbours uses little of it while it computes; only
+/// one that neither runs nor asks to is idle. `None` for a group when the figures
+/// cannot be read (not Linux, no scheduler statistics, a member unreadable) or a
+/// thread is blocked in uninterruptible I/O. Threads
+/// and members that exited take their time with them, so a figure can fall: a reader
+/// compares two only while both show the group doing nothing else.
+pub fn groups_busy_ms(groups: &[i32]) -> Vec<Option<u64>> {
+    groups_busy_ms_in(Path::new("/proc"), groups)
 }
 
-fn groups_cpu_ms_in(proc: &Path, groups: &[i32], ticks_per_s: u64) -> Vec<Option<u64>> {
-    if groups.is_empty() || ticks_per_s == 0 || !proc.join("self").exists() {
+fn groups_busy_ms_in(proc: &Path, groups: &[i32]) -> Vec<Option<u64>> {
+    let mut busy_ns: Vec<Option<u64>> = vec![Some(0); groups.len()];
+    if groups.is_empty() || !proc.join("self").exists() {
         return vec![None; groups.len()];
     }
-    let mut ticks = vec![0u64; groups.len()];
-    for p in all(proc).filter(|p| !p.gone()) {
-        if let Some(i) = groups.iter().position(|&g| g == p.pgrp) {
-            ticks[i] = ticks[i].saturating_add(p.cpu_ticks);
-        }
+    for (dir, stat) in all(proc).filter(|(_, p)| !p.gone()) {
+        let Some(i) = groups.iter().position(|&g| g == stat.pgrp) else {
+            continue;
+        };
+        let threads = process_busy_ns(&dir);
+        busy_ns[i] = busy_ns[i].zip(threads).map(|(a, b)| a.saturating_add(b));
     }
-    ticks
+    busy_ns
         .into_iter()
-        .map(|t| Some(t.saturating_mul(1000) / ticks_per_s))
+        .map(|ns| ns.map(|ns| ns / 1_000_000))
         .collect()
 }
 
-fn clock_ticks_per_s() -> u64 {
-    #[cfg(unix)]
-    {
-        // SAFETY: sysconf only reads a system constant.
-        let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        u64::try_from(t).unwrap_or(0)
+/// A process's threads' time on a CPU plus time waiting on a run queue (ns); `None`
+/// if any thread's statistics cannot be read, or a thread is blocked in the kernel
+/// (`D`: disk or other uninterruptible I/O, swapping): neither running nor runnable,
+/// yet not idle by the engine's choice, so the figure would not mean what it says.
+fn process_busy_ns(dir: &Path) -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(dir.join("task")).ok()?.flatten() {
+        let path = task.path();
+        if ProcStat::read(&path)?.state == 'D' {
+            return None;
+        }
+        let text = std::fs::read_to_string(path.join("schedstat")).ok()?;
+        total = total.saturating_add(schedstat_busy_ns(&text)?);
     }
-    #[cfg(not(unix))]
-    {
-        0
-    }
+    Some(total)
+}
+
+/// "on-cpu-ns runqueue-wait-ns timeslices" → the first two summed.
+fn schedstat_busy_ns(line: &str) -> Option<u64> {
+    let mut f = line.split_whitespace();
+    let run: u64 = f.next()?.parse().ok()?;
+    let wait: u64 = f.next()?.parse().ok()?;
+    Some(run.saturating_add(wait))
 }
 
 #[cfg(test)]
@@ -106,18 +120,24 @@ mod tests {
             ProcStat::parse(line),
             Some(ProcStat {
                 state: 'S',
-                pgrp: 4200,
-                cpu_ticks: 300
+                pgrp: 4200
             })
         );
-        assert!(ProcStat::parse("4242 (x) Z 1 7 7 0 -1 0 0 0 0 0 0 0").is_some_and(|p| p.gone()));
+        assert!(ProcStat::parse("4242 (x) Z 1 7 7 0").is_some_and(|p| p.gone()));
         assert_eq!(ProcStat::parse("4242 (x) S 1"), None);
         assert_eq!(ProcStat::parse("garbage"), None);
     }
 
     #[test]
-    fn this_process_group_has_used_cpu_and_a_stranger_group_none() {
-        if !Path::new("/proc/self/stat").exists() {
+    fn a_schedstat_line_gives_time_run_and_waited() {
+        assert_eq!(schedstat_busy_ns("100780 808711 2\n"), Some(909_491));
+        assert_eq!(schedstat_busy_ns("100780"), None);
+        assert_eq!(schedstat_busy_ns("x y z"), None);
+    }
+
+    #[test]
+    fn this_process_group_has_been_busy_and_a_stranger_group_not() {
+        if !Path::new("/proc/self/task").exists() {
             return;
         }
         // SAFETY: getpgrp has no preconditions.
@@ -128,11 +148,11 @@ mod tests {
             x = x.wrapping_mul(31).wrapping_add(i);
         }
         assert_ne!(x, 1);
-        let got = groups_cpu_ms(&[me, i32::MAX]);
+        let got = groups_busy_ms(&[me, i32::MAX]);
         assert!(got[0].is_some_and(|ms| ms > 0), "{got:?}");
         assert_eq!(got[1], Some(0));
         assert_eq!(
-            groups_cpu_ms_in(Path::new("/nonexistent"), &[me], 100),
+            groups_busy_ms_in(Path::new("/nonexistent"), &[me]),
             vec![None]
         );
     }
