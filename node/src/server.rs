@@ -577,7 +577,12 @@ impl<F: Fn(usize) -> ReplicaId + Send + 'static> Duty for EngineEvents<F> {
         let (state, node) = (&self.state, &self.node);
         let (index, up) = match &ev {
             Event::Down(i) | Event::GaveUp(i) => (*i, None),
-            Event::Up(i, url, inc, group) => (*i, Some((url.clone(), *inc, *group))),
+            Event::Up {
+                index,
+                url,
+                incarnation,
+                group,
+            } => (*index, Some((url.clone(), *incarnation, *group))),
             Event::State(i, _) => (*i, None),
         };
         let id = (self.id_of)(index);

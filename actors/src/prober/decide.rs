@@ -203,22 +203,10 @@ impl ProberCore {
         }
     }
 
-    /// A sample of `replica`'s engine gauges: requests admitted and not finished, and
-    /// the output-token counter.
+    /// A sample of `replica`'s engine gauges: requests admitted and not finished, the
+    /// output-token counter, and how long (ms) the engine's processes have run on a CPU
+    /// or waited runnable for one so far (`None`: the shell cannot see its processes).
     pub fn on_progress(
-        &mut self,
-        replica: ReplicaId,
-        queued: u32,
-        tokens_total: u64,
-        now_ms: u64,
-    ) -> Vec<VerdictChange> {
-        self.on_progress_with_busy(replica, queued, tokens_total, None, now_ms)
-    }
-
-    /// [`ProberCore::on_progress`] with how long (ms) the engine's processes have run on
-    /// a CPU or waited runnable for one so far, for an engine whose processes the shell
-    /// can see.
-    pub fn on_progress_with_busy(
         &mut self,
         replica: ReplicaId,
         queued: u32,

@@ -245,8 +245,8 @@ fn queued_work_with_no_tokens_ejects() {
     for t in (0..=STALL).step_by(1_000) {
         // r2's engine reports the same stall, but its requests complete: not hung.
         c.on_real_outcome(r(2), RealOutcome::Success, t);
-        assert!(c.on_progress(r(2), 4, 100, t).is_empty());
-        let changes = c.on_progress(r(1), 4, 100, t);
+        assert!(c.on_progress(r(2), 4, 100, None, t).is_empty());
+        let changes = c.on_progress(r(1), 4, 100, None, t);
         if t < STALL {
             assert!(changes.is_empty(), "at {t}");
         } else {
@@ -439,7 +439,7 @@ fn run(n: u64, events: &[(Ev, u64)]) -> (ProberCore, Vec<String>) {
             Ev::Real(i, o) => c.on_real_outcome(r(i), o, now),
             Ev::Progress(i, queued, delta) => {
                 tokens[i as usize] += delta;
-                c.on_progress(r(i), queued, tokens[i as usize], now)
+                c.on_progress(r(i), queued, tokens[i as usize], None, now)
             }
             Ev::Answer(i, ok) if !outstanding.is_empty() => {
                 let p = outstanding.remove(i % outstanding.len());
@@ -485,7 +485,7 @@ proptest! {
                 c.on_real_outcome(r(0), RealOutcome::Failed, now);
             } else {
                 tokens += 1;
-                c.on_progress(r(0), 3, tokens, now);
+                c.on_progress(r(0), 3, tokens, None, now);
             }
             for p in c.tick(now).probes {
                 c.on_probe_result(p, p.replica == r(0), now + 1);
@@ -578,8 +578,8 @@ fn a_routers_word_that_its_streams_stalled_ejects_once_the_counter_agrees() {
     let mut c = core(3);
     // r1's counter stands still from 1 s on; r2's moves.
     for at in (1_000..=t).step_by(1_000) {
-        c.on_progress(r(1), 0, 50, at);
-        c.on_progress(r(2), 4, at, at);
+        c.on_progress(r(1), 0, 50, None, at);
+        c.on_progress(r(2), 4, at, None, at);
     }
     // Word older than the replica's last proof (here, joining the pool at 0) is stale.
     assert!(c.on_stall_word(&[(r(1), t)], t).is_empty());
@@ -610,13 +610,13 @@ fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
     let mut c = core(3);
     // No gauge sampled yet: the word alone condemns nothing.
     assert!(c.on_stall_word(&[(r(0), 0)], 1_000).is_empty());
-    c.on_progress(r(0), 1, 7, 1_000);
+    c.on_progress(r(0), 1, 7, None, 1_000);
     assert!(
-        c.on_progress(r(0), 1, 7, C).is_empty(),
+        c.on_progress(r(0), 1, 7, None, C).is_empty(),
         "still for less than the confirmation"
     );
     assert_eq!(
-        c.on_progress(r(0), 1, 7, 1_000 + C),
+        c.on_progress(r(0), 1, 7, None, 1_000 + C),
         [VerdictChange {
             replica: r(0),
             verdict: Verdict::Unhealthy {
@@ -628,8 +628,8 @@ fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
     );
     // Past the ejection cap (one of three) a second is deferred, and a completed
     // request clears the word.
-    c.on_progress(r(1), 1, 7, 1_000);
-    c.on_progress(r(1), 1, 7, 1_000 + C);
+    c.on_progress(r(1), 1, 7, None, 1_000);
+    c.on_progress(r(1), 1, 7, None, 1_000 + C);
     assert_eq!(
         c.on_stall_word(&[(r(1), C - 1_500)], 1_000 + C),
         [VerdictChange {
@@ -664,9 +664,9 @@ fn a_routers_word_is_confirmed_sooner_when_the_engine_holds_work_and_idles() {
         let mut changes = Vec::new();
         for i in 0..3 {
             let cpu = 10_000 + busy_per_s[i] * t / 1_000;
-            changes.extend(c.on_progress_with_busy(r(i as u64), queued[i], 7, Some(cpu), t));
+            changes.extend(c.on_progress(r(i as u64), queued[i], 7, Some(cpu), t));
         }
-        changes.extend(c.on_progress_with_busy(r(3), 3, 7, None, t));
+        changes.extend(c.on_progress(r(3), 3, 7, None, t));
         changes
     };
     assert!(sample(&mut c, 1_000).is_empty());
@@ -756,7 +756,7 @@ fn an_engine_holding_work_with_its_processes_idle_is_stalled_in_half_the_window(
     for t in (0..=12_000).step_by(1_000) {
         for (i, per_s) in busy_per_s.iter().enumerate() {
             let busy = (i != 3).then(|| 10_000 + per_s * t / 1_000);
-            for ch in c.on_progress_with_busy(r(i as u64), queued_at(i, t), 7, busy, t) {
+            for ch in c.on_progress(r(i as u64), queued_at(i, t), 7, busy, t) {
                 if let Verdict::Unhealthy { reason, .. } = ch.verdict {
                     ejected.push((ch.replica, t, reason));
                 }

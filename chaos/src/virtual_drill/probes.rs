@@ -36,7 +36,7 @@ impl World<'_> {
                 let s = e.engine.core.stats();
                 let (queued, tokens) = (s.running + s.waiting, e.tokens_total);
                 let busy_ms = Some(e.busy_us / 1000);
-                let changes = self.nodes[n].prober.on_progress_with_busy(
+                let changes = self.nodes[n].prober.on_progress(
                     ReplicaId(r as u64),
                     queued,
                     tokens,

@@ -262,7 +262,7 @@ async fn round(state: &Arc<AppState>, probes: &mut tokio::task::JoinSet<()>) {
                 .prober
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .on_progress_with_busy(id, queued, tokens, busy_ms, now);
+                .on_progress(id, queued, tokens, busy_ms, now);
             state.apply_verdicts(changes);
         }
     }

@@ -21,9 +21,14 @@ use tokio::task::{AbortHandle, JoinSet};
 pub enum Event {
     /// Replica `index` exited or was killed; it gets no traffic until it is `Up` again.
     Down(usize),
-    /// Incarnation `incarnation` of replica `index` is listening at `url`; its process
-    /// group, when it is known (the prober reads the group's CPU time).
-    Up(usize, String, u64, Option<i32>),
+    /// Incarnation `incarnation` of replica `index` is listening at `url`.
+    Up {
+        index: usize,
+        url: String,
+        incarnation: u64,
+        /// Its process group, when known (the prober reads the group's busy time).
+        group: Option<i32>,
+    },
     /// Replica `index` kept dying; it stays down.
     GaveUp(usize),
     /// Replica `index` entered a lifecycle state (for metrics).
@@ -257,12 +262,12 @@ impl ShellState {
                 }
                 Effect::Up { incarnation } => {
                     if let Some(k) = &self.keeper {
-                        let _ = self.events.send(Event::Up(
-                            self.i,
-                            k.url.clone(),
+                        let _ = self.events.send(Event::Up {
+                            index: self.i,
+                            url: k.url.clone(),
                             incarnation,
-                            k.group,
-                        ));
+                            group: k.group,
+                        });
                     }
                     None
                 }

@@ -354,7 +354,12 @@ mod tests {
     async fn next_up(rx: &mut mpsc::UnboundedReceiver<Event>) -> (String, u64) {
         loop {
             match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-                Ok(Some(Event::Up(0, url, incarnation, _))) => return (url, incarnation),
+                Ok(Some(Event::Up {
+                    index: 0,
+                    url,
+                    incarnation,
+                    ..
+                })) => return (url, incarnation),
                 Ok(Some(_)) => {}
                 other => panic!("no Up event: {other:?}"),
             }
@@ -390,7 +395,12 @@ mod tests {
         let (url, incarnation) = loop {
             match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
                 Ok(Some(Event::Down(0))) => down = true,
-                Ok(Some(Event::Up(0, url, incarnation, _))) => break (url, incarnation),
+                Ok(Some(Event::Up {
+                    index: 0,
+                    url,
+                    incarnation,
+                    ..
+                })) => break (url, incarnation),
                 Ok(Some(_)) => {}
                 other => panic!("no restart: {other:?}"),
             }

@@ -1,8 +1,8 @@
-//! A process's line in `/proc/<pid>/stat` (Linux), read for what the supervisor needs to
-//! know of an engine's process group: whether a member is still alive, which group a
-//! process belongs to, and how much CPU the group has wanted — an engine that holds
-//! work, writes no token and neither runs nor waits to run is not computing anything
-//! (`front::probe`).
+//! What the supervisor reads of an engine's process group in `/proc` (Linux): from each
+//! process's `stat`, whether it is still alive and which group it belongs to; from its
+//! threads' `schedstat`, how long the group has run on a CPU or waited for one — an
+//! engine that holds work, writes no token and neither runs nor waits to run is not
+//! computing anything (`front::probe`).
 
 use std::path::{Path, PathBuf};
 
