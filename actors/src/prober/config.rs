@@ -42,7 +42,7 @@ impl Default for ProbeConfig {
             idle_window_ms: 5_000,
             failures_to_eject: 3,
             probe_timeout_ms: 5_000,
-            stall_window_ms: 10_000,
+            stall_window_ms: Self::DEFAULT_STALL_WINDOW_MS,
             max_ejected_share: 0.34,
             retry_budget_ratio: 0.1,
             retry_budget_min_per_s: 1.0,
@@ -62,6 +62,9 @@ pub enum ProbeConfigError {
 }
 
 impl ProbeConfig {
+    /// `stall_window_ms` unless configured.
+    pub const DEFAULT_STALL_WINDOW_MS: u64 = 10_000;
+
     /// Checks every knob: zero windows would probe or condemn on every tick.
     pub fn validate(&self) -> Result<(), ProbeConfigError> {
         let check = |name, got: f64, ok: bool, expected| {

@@ -9,20 +9,14 @@ use super::{
 };
 use crate::slice::ReplicaId;
 
-/// How long the engine's output-token counter must have stood still for a router's
-/// word that the replica's requests all stalled to condemn it. An engine that writes any
-/// token meanwhile is not hung; but a busy one can write none for seconds in one long
-/// step (a CPU vLLM recomputing preempted prompts stood still over 2 s under 24 long
-/// streams, and was ejected with 2 s here), so half the gauge's own stall window.
-pub const STREAMS_CONFIRMED_AFTER_MS: u64 = 5_000;
-
-/// Sooner when the engine has held work and its own processes have been idle
+/// A router's word is confirmed when the counter stood still half `stall_window_ms`;
+/// sooner when the engine has held work and its own processes have been idle
 /// meanwhile (never for an engine holding nothing, whatever a router believes it sent
 /// there: a restarting node's requests lost on the way are no hang): an engine in a long
 /// step is computing it, or waiting for a CPU to compute it on when its neighbours
-/// starve it (the CPU vLLM above), while one whose loop is stuck — deadlocked, blocked,
+/// starve it (a CPU vLLM on two shared cores), while one whose loop is stuck — deadlocked, blocked,
 /// stopped — neither runs nor asks to. A hang that spins (a GPU collective polling
-/// forever) burns CPU and still waits for the 5 s; so does an engine whose busy time
+/// forever) burns CPU and still waits for the half window; so does an engine whose busy time
 /// the shell cannot read.
 pub const STREAMS_CONFIRMED_IDLE_AFTER_MS: u64 = 2_000;
 
@@ -96,12 +90,13 @@ impl ReplicaState {
             .stall
             .idle_stall(half, IDLE_BUSY_SHARE)
             .map(|since| (since.saturating_add(half), Reason::Stalled));
-        // A router's word is confirmed by the engine's own counter: a busy engine that
-        // is only slow for that router's requests still writes tokens.
-        let confirmed = self
-            .stall
-            .still_for()
-            .is_some_and(|still| still >= STREAMS_CONFIRMED_AFTER_MS)
+        // A router's word is confirmed by the engine's own counter, still for half the
+        // window: a busy engine that is only slow for that router's requests still
+        // writes tokens. But a busy one can write none for seconds in one long step (a
+        // CPU vLLM recomputing preempted prompts stood still over 2 s under 24 long
+        // streams; starved on two shared cores, over 5 s), so an operator who widens
+        // the window for slow engines widens this with it.
+        let confirmed = self.stall.still_for().is_some_and(|still| still >= half)
             || self
                 .stall
                 .idle_stall(STREAMS_CONFIRMED_IDLE_AFTER_MS, IDLE_BUSY_SHARE)
@@ -225,7 +220,8 @@ impl ProberCore {
     /// from the replica's own pace; see `router::stall`), each `age` ms before `now_ms`
     /// — the local router's word and the peers' gossip alike. A replica is condemned
     /// once the engine's token counter has stood still for
-    /// [`STREAMS_CONFIRMED_AFTER_MS`], or for [`STREAMS_CONFIRMED_IDLE_AFTER_MS`] with
+    /// half `stall_window_ms` (5 s by default), or for
+    /// [`STREAMS_CONFIRMED_IDLE_AFTER_MS`] with
     /// work held and its processes idle (an engine without that gauge is left to the
     /// probes). Word older than the replica's last proof (a completed request or probe,
     /// or its restart) is stale — a peer's gossip repeats it for a while — and ignored,

@@ -573,7 +573,7 @@ fn only_a_2xx_is_a_success_and_only_a_4xx_the_clients_fault() {
 
 #[test]
 fn a_routers_word_that_its_streams_stalled_ejects_once_the_counter_agrees() {
-    const C: u64 = decide::STREAMS_CONFIRMED_AFTER_MS;
+    const C: u64 = ProbeConfig::DEFAULT_STALL_WINDOW_MS / 2;
     let t = 1_000 + C; // the counter has stood still for C by then
     let mut c = core(3);
     // r1's counter stands still from 1 s on; r2's moves.
@@ -606,7 +606,7 @@ fn a_routers_word_that_its_streams_stalled_ejects_once_the_counter_agrees() {
 
 #[test]
 fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
-    const C: u64 = decide::STREAMS_CONFIRMED_AFTER_MS;
+    const C: u64 = ProbeConfig::DEFAULT_STALL_WINDOW_MS / 2;
     let mut c = core(3);
     // No gauge sampled yet: the word alone condemns nothing.
     assert!(c.on_stall_word(&[(r(0), 0)], 1_000).is_empty());
@@ -652,7 +652,7 @@ fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
 #[test]
 fn a_routers_word_is_confirmed_sooner_when_the_engine_holds_work_and_idles() {
     const SOON: u64 = decide::STREAMS_CONFIRMED_IDLE_AFTER_MS;
-    const C: u64 = decide::STREAMS_CONFIRMED_AFTER_MS;
+    const C: u64 = ProbeConfig::DEFAULT_STALL_WINDOW_MS / 2;
     // Replica 0 holds work, writes nothing and uses 2% of a CPU (its HTTP server);
     // replica 1 the same but computing (90% of a CPU, a long step); replica 2 idles
     // with nothing queued (a router's requests never reached it); replica 3's CPU time
