@@ -3,6 +3,8 @@
 //! rate per second with a burst, so that a lost rack's streams all move at once but a
 //! flapping fleet cannot turn every request into several.
 
+use super::Unmoved;
+
 /// The migration limits of one front door.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MigrationLimits {
@@ -87,6 +89,18 @@ impl MigrationBudget {
         self.level -= UNIT;
         true
     }
+
+    /// Whether a request that has moved `moved` times may move once more at `now_ms`:
+    /// within its own limit first, then the door's rate (spent only when granted).
+    pub fn take_for(&mut self, moved: u8, now_ms: u64) -> Result<(), Unmoved> {
+        if moved >= self.limits.per_request {
+            Err(Unmoved::RequestLimit)
+        } else if !self.try_take(now_ms) {
+            Err(Unmoved::Budget)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +123,23 @@ mod tests {
         // A long quiet spell refills no more than the burst.
         assert_eq!((0..10).filter(|_| b.try_take(60_000)).count(), 3);
         assert!(!MigrationBudget::new(MigrationLimits::OFF).try_take(1_000_000));
+    }
+
+    #[test]
+    fn a_request_moves_within_its_own_limit_and_then_the_doors() {
+        let mut b = MigrationBudget::new(MigrationLimits {
+            per_request: 2,
+            per_s: 0.0,
+            burst: 2.0,
+        });
+        assert_eq!(b.take_for(2, 0), Err(Unmoved::RequestLimit));
+        // A request over its own limit spends none of the door's budget.
+        assert_eq!((b.take_for(0, 0), b.take_for(1, 0)), (Ok(()), Ok(())));
+        assert_eq!(b.take_for(0, 0), Err(Unmoved::Budget));
+        assert_eq!(
+            MigrationBudget::new(MigrationLimits::OFF).take_for(0, 0),
+            Err(Unmoved::RequestLimit)
+        );
     }
 
     proptest! {

@@ -703,6 +703,19 @@ impl Metrics {
         self.handed_off.inc();
     }
 
+    /// A handed request whose routing node was lost midway went on from node `to`.
+    pub fn handoff_continued(&self, from: u64, to: u64) {
+        self.migrations
+            .get_or_create(&ReasonLabel {
+                reason: "node_lost",
+            })
+            .inc();
+        self.events.push(
+            "migration",
+            format!("a handed request moved from node {from} to node {to} (node_lost)"),
+        );
+    }
+
     pub fn routed(&self, replica: u64) {
         self.routed.get_or_create(&ReplicaLabel { replica }).inc();
     }

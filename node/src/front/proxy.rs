@@ -159,7 +159,7 @@ pub async fn handle(fleets: Arc<Fleets>, route: Route, req: Request) -> Response
 type Failure = (ApiError, Option<u32>);
 
 async fn forward(
-    fleets: &Fleets,
+    fleets: &Arc<Fleets>,
     route: &Route,
     req: Request,
     id: &RequestId,
@@ -229,16 +229,8 @@ async fn forward(
         Ok(state) => state,
         // A model only other nodes of the cluster route: theirs to route.
         Err(Unserved::Unknown(ours)) if parts.extensions.get::<HandedOff>().is_none() => {
-            let handed = handoff::send(
-                fleets,
-                &parsed.model,
-                route,
-                &parts.headers,
-                &body,
-                id,
-                workload,
-            )
-            .await?;
+            let handed =
+                handoff::send(fleets, route, &parsed, &parts.headers, &body, id, workload).await?;
             return handed.ok_or_else(|| fleets.refusal(&parsed.model, Unserved::Unknown(ours)));
         }
         Err(why) => return Err(fleets.refusal(&parsed.model, why)),

@@ -79,6 +79,19 @@ impl Cut {
 const REFUSAL_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 const REFUSAL_BYTES: usize = 4096;
 
+/// The start of a refusal's body, for the client's error event.
+pub(super) async fn refusal_text(resp: hyper::Response<UpstreamBody>) -> String {
+    let read = tokio::time::timeout(
+        REFUSAL_READ_LIMIT,
+        http_body_util::Limited::new(resp.into_body(), REFUSAL_BYTES).collect(),
+    );
+    match read.await {
+        Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no body".to_owned(),
+    }
+}
+
 pub(super) fn is_event_stream(resp: &hyper::Response<UpstreamBody>) -> bool {
     resp.headers()
         .get(header::CONTENT_TYPE)
@@ -215,15 +228,7 @@ impl Pump {
                 Ok(Ok(resp)) => {
                     // The engine refused the continuation itself: its word ends it.
                     let status = resp.status().as_u16();
-                    let read = tokio::time::timeout(
-                        REFUSAL_READ_LIMIT,
-                        http_body_util::Limited::new(resp.into_body(), REFUSAL_BYTES).collect(),
-                    );
-                    let text = match read.await {
-                        Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => "no body".to_owned(),
-                    };
+                    let text = refusal_text(resp).await;
                     state.metrics.migration_refused("engine_refused");
                     self.guard.finish();
                     self.record_duration();
@@ -275,12 +280,7 @@ impl Pump {
     /// The event that ends the client's stream with `fail`, in its endpoint's shape.
     fn error_event(&self, fail: Fail, message: &str) -> Bytes {
         let e = ApiError::new(fail.status(), fail.error_type(), message);
-        let event = match self.m.endpoint {
-            Endpoint::Responses => e.stream_event(Endpoint::Responses, self.meter.next_sequence),
-            // OpenAI's client raises the error chunk; no `[DONE]` follows it.
-            _ => format!("data: {}\n\n", e.body()),
-        };
-        Bytes::from(event)
+        error_event(self.m.endpoint, &self.meter, &e)
     }
 
     /// Ends a stream whose answer is complete but whose replica failed before closing
@@ -288,18 +288,17 @@ impl Pump {
     fn close(&mut self, cut: Cut) -> Bytes {
         self.guard.broke(cut.broke());
         self.record_duration();
-        let mut head = serde_json::Map::new();
-        head.insert("id".to_owned(), self.meter.id.clone().into());
-        head.insert("created".to_owned(), self.meter.created.into());
-        head.insert("model".to_owned(), self.m.model.clone().into());
         let usage = sluice_actors::router::Usage {
             prompt_tokens: self.m.prompt_tokens,
             completion_tokens: self.meter.tokens,
             cached_tokens: 0,
         };
-        let reported =
-            (!self.m.strip_usage).then_some((usage.prompt_tokens, usage.completion_tokens));
-        let out = ending(self.m.endpoint, &head, self.meter.finished, reported);
+        let out = ending_events(
+            self.m.endpoint,
+            &self.meter,
+            &self.m.model,
+            (!self.m.strip_usage).then_some(self.m.prompt_tokens),
+        );
         self.guard.state.metered(
             self.m.replica,
             &self.m.model,
@@ -307,8 +306,36 @@ impl Pump {
             Some(&usage),
         );
         self.settled = true;
-        Bytes::from(out)
+        out
     }
+}
+
+/// The event that ends a client's stream of `endpoint` with `e`, after what `meter`
+/// passed on.
+pub(super) fn error_event(endpoint: Endpoint, meter: &SseMeter, e: &ApiError) -> Bytes {
+    let event = match endpoint {
+        Endpoint::Responses => e.stream_event(Endpoint::Responses, meter.next_sequence),
+        // OpenAI's client raises the error chunk; no `[DONE]` follows it.
+        _ => format!("data: {}\n\n", e.body()),
+    };
+    Bytes::from(event)
+}
+
+/// The events that end a stream whose answer `meter` passed on whole, but whose close
+/// was lost: the finishing chunk if none was sent, usage (of `prompt_tokens` and every
+/// token passed on) when the client asked, `[DONE]`.
+pub(super) fn ending_events(
+    endpoint: Endpoint,
+    meter: &SseMeter,
+    model: &str,
+    prompt_tokens: Option<u32>,
+) -> Bytes {
+    let mut head = serde_json::Map::new();
+    head.insert("id".to_owned(), meter.id.clone().into());
+    head.insert("created".to_owned(), meter.created.into());
+    head.insert("model".to_owned(), model.into());
+    let usage = prompt_tokens.map(|p| (p, meter.tokens));
+    Bytes::from(ending(endpoint, &head, meter.finished, usage))
 }
 
 /// Passes the upstream SSE stream through, metering tokens as they go (and taking out

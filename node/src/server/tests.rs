@@ -531,23 +531,17 @@ fn sse_events(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// A node over two engines streams a chat whose engine hangs after three events: the
-/// stream must end as one answer of 40 tokens. Returns the node and the replica that hung.
-async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usize) {
-    let urls = engines_at(2, 1.0).await;
-    let mut cfg = config(urls.clone(), RestartPolicy::quick(5));
-    cfg.stream_idle_timeout = stream_idle_timeout;
-    let r = start(cfg, None).await;
-    let addr = r.node.http_addr();
-    eventually("a chat request is served", || async {
-        chat(addr).await == 200
-    })
-    .await;
-    const TOKENS: usize = 40;
+/// Asks `addr` for a chat stream of `tokens` tokens of `model` (seed 7, `ignore_eos`,
+/// usage asked): the answer's head.
+async fn seeded_stream(
+    addr: SocketAddr,
+    model: &str,
+    tokens: usize,
+) -> hyper::Response<hyper::body::Incoming> {
     let body = serde_json::json!({
-        "model": MODEL,
+        "model": model,
         "messages": [{"role": "user", "content": "tell me a long story"}],
-        "max_tokens": TOKENS,
+        "max_tokens": tokens,
         "ignore_eos": true,
         "seed": 7,
         "stream": true,
@@ -562,6 +556,70 @@ async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usi
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    resp
+}
+
+/// `text` (a chat stream asked with seed 7, `ignore_eos` and usage) reads as one answer
+/// of `tokens` tokens: one id, one role, one finish, usage counting every token, and —
+/// the simulated engine's seeded answer being known — no word lost, repeated or changed
+/// at a splice.
+fn assert_one_answer(text: &str, tokens: usize) {
+    let events = sse_events(text);
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let ids: std::collections::HashSet<String> = chunks
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "one id: {ids:?}");
+    let contents = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    let finishes = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["finish_reason"].is_string())
+        .count();
+    let roles = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["delta"]["role"].is_string())
+        .count();
+    assert_eq!((contents, finishes, roles), (tokens, 1, 1), "{text}");
+    // Seeded, the simulated engine's answer is known: the splice lost, repeated or
+    // changed no word.
+    let said: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let words =
+        sluice_engine::words::output_text(sluice_engine::words::client_seed(7), tokens as u32);
+    assert_eq!(said, words);
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], tokens, "{text}");
+}
+
+/// A node over two engines streams a chat whose engine hangs after three events: the
+/// stream must end as one answer of 40 tokens. Returns the node and the replica that hung.
+async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usize) {
+    let urls = engines_at(2, 1.0).await;
+    let mut cfg = config(urls.clone(), RestartPolicy::quick(5));
+    cfg.stream_idle_timeout = stream_idle_timeout;
+    let r = start(cfg, None).await;
+    let addr = r.node.http_addr();
+    eventually("a chat request is served", || async {
+        chat(addr).await == 200
+    })
+    .await;
+    const TOKENS: usize = 40;
+    let resp = seeded_stream(addr, MODEL, TOKENS).await;
     let first: usize = resp.headers()["x-sluice-replica"]
         .to_str()
         .unwrap()
@@ -597,46 +655,7 @@ async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usi
         "hang mid-stream (idle timeout {stream_idle_timeout:?}): the client's longest wait for a chunk {gap:?}, {:?} from the hang to the end",
         hung_at.map(|t| t.elapsed())
     );
-    let events = sse_events(&text);
-    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
-    assert!(!text.contains("\"error\""), "{text}");
-    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let ids: std::collections::HashSet<String> = chunks
-        .iter()
-        .map(|c| c["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(ids.len(), 1, "one id: {ids:?}");
-    let contents = chunks
-        .iter()
-        .filter(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|t| !t.is_empty())
-        })
-        .count();
-    let finishes = chunks
-        .iter()
-        .filter(|c| c["choices"][0]["finish_reason"].is_string())
-        .count();
-    let roles = chunks
-        .iter()
-        .filter(|c| c["choices"][0]["delta"]["role"].is_string())
-        .count();
-    assert_eq!((contents, finishes, roles), (TOKENS, 1, 1), "{text}");
-    // Seeded, the simulated engine's answer is known: the splice lost, repeated or
-    // changed no word.
-    let said: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    let words =
-        sluice_engine::words::output_text(sluice_engine::words::client_seed(7), TOKENS as u32);
-    assert_eq!(said, words);
-    let usage = &chunks.last().unwrap()["usage"];
-    assert_eq!(usage["completion_tokens"], TOKENS, "{text}");
+    assert_one_answer(&text, TOKENS);
     (r, first)
 }
 
@@ -1322,6 +1341,96 @@ async fn a_handed_request_goes_on_to_the_next_node_when_one_is_gone() {
         assert_eq!(served_by.as_deref(), Some(on_c.as_str()));
     }
     for r in [a, c] {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_stream_goes_on_from_another_node_when_the_one_routing_it_is_lost() {
+    // a runs alpha; b and c each run beta on an engine that streams in real time.
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
+    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
+        .unwrap()
+        .to_string();
+    let alpha = engines_serving(1, "alpha").await;
+    let a = start(
+        cluster_config(&format!("[[models]]\nurls = [\"{}\"]\n", alpha[0])),
+        Some(cluster_args(dirs[0].path(), None)),
+    )
+    .await;
+    let (_, seed) = a.node.cluster().unwrap();
+    let mut betas = Vec::new();
+    for (i, dir) in dirs[1..].iter().enumerate() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        engine_serving(listener, "beta", 1.0, i as u64);
+        let mut cfg = cluster_config(&format!("[[models]]\nurls = [\"{url}\"]\n"));
+        // Lost at once when stopped: its streams are cut, not finished.
+        cfg.shutdown_grace = Duration::ZERO;
+        let node = start(
+            cfg,
+            Some(cluster_args(dir.path(), Some((seed, token.clone())))),
+        )
+        .await;
+        betas.push(node);
+    }
+    let a_addr = a.node.http_addr();
+    for b in &betas {
+        let on = crate::cluster::replica_id(b.node.cluster().unwrap().0, 0)
+            .0
+            .to_string();
+        // Requests go to one node or the other by their ids.
+        eventually("beta served by each node through a", || async {
+            let (status, served_by, _) =
+                chat_answer(a_addr, "beta", None, "x-sluice-replica").await;
+            status == 200 && served_by.as_deref() == Some(on.as_str())
+        })
+        .await;
+    }
+    const TOKENS: usize = 40;
+    let resp = seeded_stream(a_addr, "beta", TOKENS).await;
+    // The node a handed it to routes it (its replica may be on the other node).
+    let routing: u64 = resp.headers()["x-sluice-handed-to"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let serving = betas
+        .iter()
+        .position(|b| b.node.cluster().unwrap().0 == routing)
+        .expect("handed to b or c");
+    let mut lost = Some(betas.remove(serving));
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            text.push_str(std::str::from_utf8(&data).unwrap());
+            if sse_events(&text).len() >= 3 {
+                // The node routing the stream is lost mid-answer.
+                if let Some(r) = lost.take() {
+                    let _ = r.stop.send(());
+                    r.node.wait().await.unwrap();
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the stream ends");
+    assert!(
+        lost.is_none(),
+        "the stream ended before its node was lost: {text}"
+    );
+    assert_one_answer(&text, TOKENS);
+    assert_eq!(
+        counter(a_addr, "migrations", "reason=\"node_lost\"").await,
+        1,
+        "continued once, from the other node"
+    );
+    for r in std::iter::once(a).chain(betas) {
         let _ = r.stop.send(());
         r.node.wait().await.unwrap();
     }
