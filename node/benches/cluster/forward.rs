@@ -1,10 +1,13 @@
 //! Section `forward`: what it costs when a node's request is served by a replica on
 //! another node (forwarded over QUIC) rather than by its own, measured in the same
-//! runs through one front door so that both kinds see the same load.
+//! runs through one front door so that both kinds see the same load. Section `handoff`
+//! ([`bench_handoff`]): what it costs when a node hands a request for a model it does
+//! not route to the node that does, against asking that node directly, the two kinds
+//! alternating in the same runs.
 
 use crate::machine::Background;
 use crate::options::Options;
-use crate::procs::{clear_logs, cluster_specs, count_panics, wait_status};
+use crate::procs::{clear_logs, cluster_specs, count_panics, wait_status, Proc};
 use crate::report::{histogram, Summary};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -13,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 use sluice_actors::slice::ReplicaId;
+use sluice_node::cluster::rpc::ClusterStatus;
 use sluice_node::cluster::{local_index, replica_id};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,21 +41,15 @@ fn on_node(r: u64, node: u64) -> bool {
     replica_id(node, local_index(id)) == id
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Served {
-    Local,
-    Remote,
-}
-
-/// Sends one chat completion; returns where it was served, or an error description.
+/// Sends one chat completion; returns the replica that served it, or an error
+/// description.
 async fn one_request(
     client: &HttpClient,
     uri: &hyper::Uri,
     body: &Bytes,
     session: String,
     stream: bool,
-    local_node: u64,
-) -> Result<Served, String> {
+) -> Result<u64, String> {
     let mut req = hyper::Request::new(Full::new(body.clone()));
     *req.method_mut() = hyper::Method::POST;
     *req.uri_mut() = uri.clone();
@@ -83,13 +81,12 @@ async fn one_request(
             return Err("stream did not end with [DONE]".into());
         }
     }
-    match replica {
-        Some(r) if on_node(r, local_node) => Ok(Served::Local),
-        Some(_) => Ok(Served::Remote),
-        None => Err("no x-sluice-replica header".into()),
-    }
+    replica.ok_or_else(|| "no x-sluice-replica header".into())
 }
 
+/// One run. In the `forward` section `local` is served by node A's own replica and
+/// `remote` by B's (forwarded); in `handoff`, `local` is asked of node B directly and
+/// `remote` handed to B by A.
 #[derive(Serialize)]
 struct ForwardRun {
     stream: bool,
@@ -111,20 +108,31 @@ struct ForwardRun {
     background_cpu_pct: f64,
 }
 
+/// How a run's requests are told apart.
+#[derive(Clone, Copy)]
+enum Split {
+    /// One front door; local when the answer's replica runs on this node.
+    ByReplica { local_node: u64 },
+    /// Requests alternate between the doors; the first is the remote kind.
+    ByDoor,
+}
+
 struct ForwardTarget {
-    uri: hyper::Uri,
-    local_node: u64,
+    /// The doors asked, in turn.
+    uris: Vec<hyper::Uri>,
+    split: Split,
+    model: String,
     max_tokens: u32,
     pids: Vec<u32>,
 }
 
 /// A chat completion of about 32 prompt words, like the load generator's default.
-fn chat_body(max_tokens: u32, stream: bool) -> Bytes {
+fn chat_body(model: &str, max_tokens: u32, stream: bool) -> Bytes {
     const PROMPT: &str = "Prompt: the router sends each request to a replica that has room for \
         its tokens while keeping every tenant within fair share of cluster capacity under load \
         spikes and failures alike so latency stays low";
     let body = serde_json::json!({
-        "model": "llama-3.1-8b-instruct",
+        "model": model,
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": max_tokens,
         "stream": stream,
@@ -143,14 +151,14 @@ async fn forward_load(
     tag: &str,
 ) -> ForwardRun {
     let client = http_client(concurrency);
-    let body = chat_body(t.max_tokens, stream);
+    let body = chat_body(&t.model, t.max_tokens, stream);
     let bg = Background::start(&t.pids);
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {
-            let (client, body, uri, local) =
-                (client.clone(), body.clone(), t.uri.clone(), t.local_node);
+            let (client, body, uris, split) =
+                (client.clone(), body.clone(), t.uris.clone(), t.split);
             let tag = tag.to_owned();
             tokio::spawn(async move {
                 let (mut hl, mut hr) = (histogram(), histogram());
@@ -159,16 +167,21 @@ async fn forward_load(
                 while Instant::now() < deadline {
                     seq += 1;
                     let session = format!("{tag}-{w}-{seq}");
+                    let door = (seq as usize + w) % uris.len();
                     let t = Instant::now();
                     let r = tokio::time::timeout(
                         Duration::from_secs(10),
-                        one_request(&client, &uri, &body, session, stream, local),
+                        one_request(&client, &uris[door], &body, session, stream),
                     )
                     .await;
                     let us = t.elapsed().as_micros().max(1) as u64;
+                    let local = |replica: u64| match split {
+                        Split::ByReplica { local_node } => on_node(replica, local_node),
+                        Split::ByDoor => door != 0,
+                    };
                     match r {
-                        Ok(Ok(Served::Local)) => hl.record(us).expect("record"),
-                        Ok(Ok(Served::Remote)) => hr.record(us).expect("record"),
+                        Ok(Ok(r)) if local(r) => hl.record(us).expect("record"),
+                        Ok(Ok(_)) => hr.record(us).expect("record"),
                         Ok(Err(e)) => *errors.entry(e).or_default() += 1,
                         Err(_) => *errors.entry("timeout (10 s)".into()).or_default() += 1,
                     }
@@ -217,15 +230,20 @@ pub struct ForwardResults {
     node_panics: usize,
 }
 
-pub fn bench_forward(
+/// Two cluster nodes (`prefix`-1 initialized the cluster, `prefix`-2 joined), one
+/// zero-delay replica each, B's of `b_model` when given; returns once both replicas are
+/// healthy, with the nodes' status then (their data dirs live as long as the first).
+fn two_nodes(
     o: &Options,
     bin: &Path,
     logs: &Path,
-    rt: &tokio::runtime::Runtime,
-) -> ForwardResults {
-    clear_logs(logs, "fw-");
+    prefix: &str,
+    b_model: Option<&str>,
+) -> (tempfile::TempDir, Proc, Proc, Vec<ClusterStatus>) {
+    clear_logs(logs, &format!("{prefix}-"));
     let root = tempfile::tempdir_in(&o.dir).expect("temp dir");
-    let specs = cluster_specs(bin, root.path(), "fw", 2, 1);
+    let mut specs = cluster_specs(bin, root.path(), prefix, 2, 1);
+    specs[1].model = b_model.map(str::to_owned);
     let creds = specs[0].data.clone();
     let a = specs[0].start(bin, logs);
     wait_status(
@@ -237,11 +255,10 @@ pub fn bench_forward(
         |s| s.leader.is_some(),
     );
     let b = specs[1].start(bin, logs);
-    let quics = [specs[0].quic, specs[1].quic];
     let st = wait_status(
         bin,
         &creds,
-        &quics,
+        &[specs[0].quic, specs[1].quic],
         Duration::from_secs(30),
         "two nodes, two healthy replicas",
         |s| {
@@ -251,6 +268,16 @@ pub fn bench_forward(
                 && s.replicas.iter().all(|r| r.health == "healthy")
         },
     );
+    (root, a, b, st)
+}
+
+pub fn bench_forward(
+    o: &Options,
+    bin: &Path,
+    logs: &Path,
+    rt: &tokio::runtime::Runtime,
+) -> ForwardResults {
+    let (_root, a, b, st) = two_nodes(o, bin, logs, "fw", None);
     let local_node = st[0].answered_by;
     let replicas: Vec<u64> = st[0].replicas.iter().map(|r| r.id).collect();
     eprintln!(
@@ -258,15 +285,13 @@ pub fn bench_forward(
         a.url, o.max_tokens
     );
     let target = ForwardTarget {
-        uri: format!("{}/v1/chat/completions", a.url)
-            .parse()
-            .expect("uri"),
-        local_node,
+        uris: vec![chat_uri(&a.url)],
+        split: Split::ByReplica { local_node },
+        model: DEFAULT_MODEL.to_owned(),
         max_tokens: o.max_tokens,
         pids: vec![std::process::id(), a.pid(), b.pid()],
     };
-    let mut runs = Vec::new();
-    rt.block_on(async {
+    let runs = rt.block_on(async {
         // Wait until A's front door routes to both replicas.
         let began = Instant::now();
         loop {
@@ -282,45 +307,123 @@ pub fn bench_forward(
                 r.errors
             );
         }
-        for stream in [false, true] {
-            for c in [1, o.concurrency] {
-                // Discarded warm-up, then the measured run.
-                forward_load(&target, stream, c, Duration::from_millis(500), "warm").await;
-                let tag = format!("s{}-c{c}", stream as u8);
-                let r = forward_load(&target, stream, c, o.duration, &tag).await;
-                eprintln!(
-                    "  {:<6} c={:<3} {:>6.0} ok/s (local {:>5.0}/s, remote {:>5.0}/s, {:.0}% remote)  errors {}  cpu/req {:.0} µs  (background {:.0}%)",
-                    if stream { "stream" } else { "json" },
-                    c,
-                    r.ok_per_s,
-                    r.local_per_s,
-                    r.remote_per_s,
-                    r.remote_share * 100.0,
-                    r.errors,
-                    r.cpu_us_per_request,
-                    r.background_cpu_pct
-                );
-                for (k, n) in &r.error_kinds {
-                    eprintln!("      {n} failed: {k}");
-                }
-                eprintln!("      local  {}", r.local.line());
-                eprintln!("      remote {}", r.remote.line());
-                eprintln!(
-                    "      added by forwarding: p50 {:+} µs, p99 {:+} µs",
-                    r.added_p50_us, r.added_p99_us
-                );
-                runs.push(r);
-            }
-        }
+        measured_runs(o, &target, ["local", "remote"], "forwarding").await
     });
     drop(b);
     drop(a);
-    let node_panics = count_panics(logs, "fw-");
-    if node_panics > 0 {
+    ForwardResults {
+        runs,
+        node_panics: panics(logs, "fw-"),
+    }
+}
+
+/// Panics the section's nodes logged, said when there are any.
+fn panics(logs: &Path, prefix: &str) -> usize {
+    let n = count_panics(logs, prefix);
+    if n > 0 {
         eprintln!(
-            "  the nodes logged {node_panics} panics (see {}/fw-*.log)",
+            "  the nodes logged {n} panics (see {}/{prefix}*.log)",
             logs.display()
         );
     }
-    ForwardResults { runs, node_panics }
+    n
+}
+
+/// The measured runs of a section: non-streaming and streaming, at concurrency 1 and
+/// `--concurrency`, each after a discarded warm-up; `kinds` names the local and remote
+/// kinds in the printout, `added` what the remote kind adds.
+async fn measured_runs(
+    o: &Options,
+    target: &ForwardTarget,
+    kinds: [&str; 2],
+    added: &str,
+) -> Vec<ForwardRun> {
+    let mut runs = Vec::new();
+    for stream in [false, true] {
+        for c in [1, o.concurrency] {
+            forward_load(target, stream, c, Duration::from_millis(500), "warm").await;
+            let tag = format!("s{}-c{c}", stream as u8);
+            let r = forward_load(target, stream, c, o.duration, &tag).await;
+            eprintln!(
+                "  {:<6} c={:<3} {:>6.0} ok/s ({} {:>5.0}/s, {} {:>5.0}/s)  errors {}  cpu/req {:.0} µs  (background {:.0}%)",
+                if stream { "stream" } else { "json" },
+                c,
+                r.ok_per_s,
+                kinds[0],
+                r.local_per_s,
+                kinds[1],
+                r.remote_per_s,
+                r.errors,
+                r.cpu_us_per_request,
+                r.background_cpu_pct
+            );
+            for (k, n) in &r.error_kinds {
+                eprintln!("      {n} failed: {k}");
+            }
+            eprintln!("      {:<7}{}", kinds[0], r.local.line());
+            eprintln!("      {:<7}{}", kinds[1], r.remote.line());
+            eprintln!(
+                "      added by {added}: p50 {:+} µs, p99 {:+} µs",
+                r.added_p50_us, r.added_p99_us
+            );
+            runs.push(r);
+        }
+    }
+    runs
+}
+
+/// The model every node serves unless told otherwise.
+const DEFAULT_MODEL: &str = "llama-3.1-8b-instruct";
+/// The model only node B of the `handoff` section serves.
+const HANDED_MODEL: &str = "handed-model";
+
+fn chat_uri(door: &str) -> hyper::Uri {
+    format!("{door}/v1/chat/completions").parse().expect("uri")
+}
+
+/// Section `handoff`: node A runs one replica of the default model, node B one of
+/// another model that A does not list. Requests for B's model alternate between A's
+/// door (handed to B over QUIC, B routes it) and B's own.
+pub fn bench_handoff(
+    o: &Options,
+    bin: &Path,
+    logs: &Path,
+    rt: &tokio::runtime::Runtime,
+) -> ForwardResults {
+    let (_root, a, b, _) = two_nodes(o, bin, logs, "ho", Some(HANDED_MODEL));
+    eprintln!(
+        "handoff: node A at {} runs {DEFAULT_MODEL}, node B at {} runs {HANDED_MODEL}; requests for {HANDED_MODEL} alternate between A (handed to B) and B, {} tokens, ignore_eos",
+        a.url, b.url, o.max_tokens
+    );
+    let target = ForwardTarget {
+        uris: vec![chat_uri(&a.url), chat_uri(&b.url)],
+        split: Split::ByDoor,
+        model: HANDED_MODEL.to_owned(),
+        max_tokens: o.max_tokens,
+        pids: vec![std::process::id(), a.pid(), b.pid()],
+    };
+    let runs = rt.block_on(async {
+        // Wait until A knows where B's model is routed.
+        let began = Instant::now();
+        loop {
+            let r = forward_load(&target, false, 2, Duration::from_millis(500), "probe").await;
+            if r.errors == 0 && r.local.count > 0 && r.remote.count > 0 {
+                break;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(20),
+                "node A does not hand {HANDED_MODEL} to B (direct {}, handed {}, errors {:?})",
+                r.local.count,
+                r.remote.count,
+                r.error_kinds
+            );
+        }
+        measured_runs(o, &target, ["direct", "handed"], "handing over").await
+    });
+    drop(b);
+    drop(a);
+    ForwardResults {
+        runs,
+        node_panics: panics(logs, "ho-"),
+    }
 }

@@ -4,16 +4,17 @@
 //!
 //! ```text
 //! cargo bench -p sluice --bench cluster [-- OPTIONS]
-//!   --only LIST          comma-separated sections: raft, failover, failover-proc, forward
-//!                        (default: all four)
+//!   --only LIST          comma-separated sections: raft, failover, failover-proc, forward,
+//!                        handoff (default: all five)
 //!   --duration S         measured seconds per Raft throughput run and per forwarding run (3)
 //!   --writers 1,8,64     concurrent Raft writers (requests in flight)
 //!   --trials N           in-process failover trials (10)
 //!   --proc-trials N      failover trials with `sluice node start` processes (10)
 //!   --proc-settle S      least time between restarting a killed node and the next kill
 //!                        (6: more than the 5 s QUIC idle timeout, see below)
-//!   --concurrency N      forwarding: concurrency of the loaded runs (16; 1 is always run)
-//!   --max-tokens N       forwarding: tokens per answer, with ignore_eos (8)
+//!   --concurrency N      forwarding and handoff: concurrency of the loaded runs (16; 1 is
+//!                        always run)
+//!   --max-tokens N       forwarding and handoff: tokens per answer, with ignore_eos (8)
 //!   --dir PATH           parent of the Raft data dirs and node data dirs (default: the
 //!                        system temp dir; put it on the disk you want to measure)
 //!   --json PATH          results file (default target/bench-cluster/results.json); the
@@ -22,7 +23,7 @@
 //!   --quiet-wait S       wait up to S for the machine to go quiet before each section (5)
 //! ```
 //!
-//! The failover-proc and forward sections start the `sluice` binary that cargo builds
+//! The failover-proc, forward and handoff sections start the `sluice` binary that cargo builds
 //! with this bench (`SLUICE_BIN` overrides it).
 //!
 //! Sections (one module each):
@@ -54,6 +55,9 @@
 //!   to the engine) or B's (forwarded over QUIC to B, which proxies to its engine).
 //!   Latency is split by that, at concurrency 1 and at `--concurrency`, non-streaming
 //!   and streaming.
+//! - `handoff` ([`forward::bench_handoff`]): node A runs the default model, node B
+//!   another that A does not list. Requests for B's model alternate between A's door
+//!   (handed to B over QUIC; B admits and routes it) and B's own; the same four runs.
 //!
 //! Every run also records how much CPU the rest of the machine used meanwhile
 //! ([`machine`]), since on a small machine other work shows up as latency. [`report`]
@@ -81,7 +85,7 @@ fn main() -> Result<()> {
     let logs = o.out.parent().unwrap_or(Path::new(".")).to_path_buf();
     std::fs::create_dir_all(&logs)
         .with_context(|| format!("create output directory {}", logs.display()))?;
-    let bin = (o.on("failover-proc") || o.on("forward")).then(procs::sluice_bin);
+    let bin = (o.on("failover-proc") || o.on("forward") || o.on("handoff")).then(procs::sluice_bin);
     eprintln!(
         "cluster bench: {cores} CPUs, sections {:?}, data dirs under {}",
         o.sections,
@@ -119,6 +123,10 @@ fn main() -> Result<()> {
         if o.on("forward") {
             quiet();
             results.forward = Some(forward::bench_forward(&o, bin, &logs, &rt));
+        }
+        if o.on("handoff") {
+            quiet();
+            results.handoff = Some(forward::bench_handoff(&o, bin, &logs, &rt));
         }
     }
     results.write(&o.out)?;

@@ -27,7 +27,7 @@ impl Options {
     }
 }
 
-pub const SECTIONS: [&str; 4] = ["raft", "failover", "failover-proc", "forward"];
+pub const SECTIONS: [&str; 5] = ["raft", "failover", "failover-proc", "forward", "handoff"];
 
 /// Cargo runs benches in the package directory (node/); paths given to the bench are
 /// taken from the workspace root instead, as the docs' commands assume.

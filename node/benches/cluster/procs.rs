@@ -129,6 +129,8 @@ pub struct NodeSpec {
     rack: String,
     replicas: usize,
     join: Option<(SocketAddr, String)>,
+    /// The model its replicas serve (`--model`), when not the default.
+    pub model: Option<String>,
 }
 
 impl NodeSpec {
@@ -154,6 +156,9 @@ impl NodeSpec {
             "--replicas".into(),
             self.replicas.to_string(),
         ]);
+        if let Some(model) = &self.model {
+            args.extend(["--model".into(), model.clone()]);
+        }
         if let Some((peer, token)) = &self.join {
             args.extend([
                 "--join".into(),
@@ -204,6 +209,7 @@ pub fn cluster_specs(
             rack: format!("rack-{}", i + 1),
             replicas,
             join: (i > 0).then(|| (quic[0], token.clone())),
+            model: None,
         })
         .collect()
 }

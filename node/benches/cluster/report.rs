@@ -104,6 +104,8 @@ pub struct Results {
     pub failover_proc: Option<ProcFailoverResults>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forward: Option<ForwardResults>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<ForwardResults>,
 }
 
 impl Results {
