@@ -67,7 +67,7 @@ impl Watcher {
                         counters.observe(i, &text);
                     }
                 }
-                let Some(status) = first_status(&exe, &targets).await else {
+                let Some(status) = leaders_status(&exe, &targets).await else {
                     continue;
                 };
                 let mut s = read_status(&status, &mut prev_endpoints);
@@ -137,24 +137,41 @@ fn read_status(s: &Value, prev: &mut HashMap<u64, String>) -> Sample {
     sample
 }
 
-async fn first_status(exe: &std::path::Path, targets: &[Target]) -> Option<Value> {
+/// The cluster's status as its leader tells it: every node is asked at once, and of
+/// the answers the one of the highest term wins, one answered by the leader it names
+/// before others of that term. Any node's answer would do in calm weather, but a node
+/// cut off from the others still answers with the view it had (a cut-off leader still
+/// takes itself for leader, of an older term) and would hide what the majority
+/// committed meanwhile.
+async fn leaders_status(exe: &std::path::Path, targets: &[Target]) -> Option<Value> {
+    let mut asks = tokio::task::JoinSet::new();
     for t in targets {
-        let got = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::process::Command::new(exe)
-                .args(["cluster", "status", "--json", "--data-dir"])
-                .arg(&t.dir)
-                .args(["--node", &t.quic])
-                .output(),
-        )
-        .await;
-        if let Ok(Ok(o)) = got {
-            if let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) {
-                return Some(v);
-            }
-        }
+        let ask = tokio::process::Command::new(exe)
+            .args(["cluster", "status", "--json", "--data-dir"])
+            .arg(&t.dir)
+            .args(["--node", &t.quic])
+            .kill_on_drop(true)
+            .output();
+        asks.spawn(async move {
+            let Ok(Ok(o)) = tokio::time::timeout(Duration::from_secs(2), ask).await else {
+                return None;
+            };
+            serde_json::from_slice::<Value>(&o.stdout).ok()
+        });
     }
-    None
+    let answers = asks.join_all().await;
+    freshest(answers.into_iter().flatten())
+}
+
+/// Of nodes' statuses, the one of the highest term, one answered by the leader it
+/// names before others of that term.
+fn freshest(answers: impl Iterator<Item = Value>) -> Option<Value> {
+    answers.max_by_key(|s| (s["term"].as_u64().unwrap_or(0), answered_by_leader(s)))
+}
+
+/// Whether a status was answered by the node it names as leader.
+fn answered_by_leader(status: &Value) -> bool {
+    status["leader"].as_u64().is_some() && status["leader"] == status["answered_by"]
 }
 
 async fn metrics(http: &sluice_loadgen::exchange::HttpClient, addr: &str) -> Option<String> {
@@ -225,6 +242,26 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_leader_of_the_highest_term_speaks_for_the_cluster() {
+        let status = |term: u64, leader: u64, by: u64| serde_json::json!({"term": term, "leader": leader, "answered_by": by});
+        assert!(answered_by_leader(&status(3, 2, 2)));
+        assert!(!answered_by_leader(&status(3, 2, 1)));
+        assert!(!answered_by_leader(
+            &serde_json::json!({"term": 3, "leader": null, "answered_by": 1})
+        ));
+        // A cut-off old leader (term 2) against the majority's follower and leader.
+        let answers = [status(2, 1, 1), status(3, 2, 3), status(3, 2, 2)];
+        assert_eq!(
+            freshest(answers.iter().cloned()).as_ref(),
+            Some(&answers[2])
+        );
+        assert_eq!(
+            freshest(answers[..2].iter().cloned()).as_ref(),
+            Some(&answers[1])
+        );
+    }
 
     #[test]
     fn counters_add_up_across_restarts() {
