@@ -298,9 +298,12 @@ pub fn run(
         .unwrap_or_else(|| needs.iter().copied().max().unwrap_or(1)));
     let first = fit(needs.first().copied().unwrap_or(1));
     if !scalers.is_empty() {
-        let mean = needs.iter().sum::<usize>() as f64 / needs.len().max(1) as f64;
+        let total = needs.iter().sum::<usize>() as f64;
+        let mean = total / needs.len().max(1) as f64;
+        // A replica-minute each: the oracle's GPU-hours.
+        let oracle_h = total / 60.0;
         eprintln!(
-            "replicas needed per minute at {:.0}% utilization: peak {}, mean {mean:.1}, first {}; static-peak keeps {peak}",
+            "replicas needed per minute at {:.0}% utilization: peak {}, mean {mean:.2}, first {}, oracle {oracle_h:.2} GPU-hours; static-peak keeps {peak}",
             AutoscalerConfig::default().target_utilization * 100.0,
             needs.iter().copied().max().unwrap_or(0),
             needs.first().copied().unwrap_or(0),
@@ -326,7 +329,7 @@ pub fn run(
                         c.static_replicas = c.static_replicas.or(Some(peak));
                         let core = autoscaler::by_name(sc, &c, args.replicas)?;
                         // As the live leader runs it: its first down window only scales out.
-                        let down_window_us = (c.down_window_s * 1e6) as u64;
+                        let down_window_us = (c.down_window_s() * 1e6) as u64;
                         ScaleLeader::new(LeaderScaler::new(core, down_window_us))
                     },
                     bounds: ScaleBounds {
@@ -416,6 +419,8 @@ fn sc_config(args: &SimArgs) -> Result<AutoscalerConfig> {
         c.target_rps_per_replica = t;
     }
     c.static_replicas = args.static_replicas.or(c.static_replicas);
+    // The simulated fleet's cold start is known: the autoscaler plans with it.
+    c.cold_start_s = args.cold_start_s;
     c.validate()?;
     Ok(c)
 }

@@ -12,8 +12,12 @@ pub struct AutoscalerConfig {
     pub target_utilization: f64,
     /// `sluice`: window of the MU rate that scales up. Default 30 s.
     pub up_window_s: f64,
-    /// `sluice`: scale down only to the largest need of this window. Default 300 s.
-    pub down_window_s: f64,
+    /// How long a replica takes from being asked for to serving (its engine's cold
+    /// start). Default 60 s.
+    pub cold_start_s: f64,
+    /// `sluice`, and a new leader's guard: scale down only to the largest need of this
+    /// window. Unset: `cold_start_s` (see [`Self::down_window_s`]).
+    pub down_window_s: Option<f64>,
 
     /// `kpa`: container-concurrency-target-default. Default 100.
     pub kpa_target_concurrency: f64,
@@ -67,7 +71,8 @@ impl Default for AutoscalerConfig {
         Self {
             target_utilization: 0.7,
             up_window_s: 30.0,
-            down_window_s: 300.0,
+            cold_start_s: 60.0,
+            down_window_s: None,
             kpa_target_concurrency: 100.0,
             kpa_target_utilization: 0.7,
             kpa_stable_window_s: 60.0,
@@ -109,6 +114,16 @@ pub enum AutoscalerError {
 const KNATIVE_TARGET_MIN: f64 = 0.01;
 
 impl AutoscalerConfig {
+    /// How long idle capacity is held before it is given back: as long as bringing it
+    /// back would take, unless set. Holding an unneeded replica that long costs at most
+    /// what releasing it and cold-starting it again would (the rent-or-buy bound: at
+    /// most twice the GPU time of knowing the future), where a window of many cold
+    /// starts pays for idle replicas through every lull; shorter than a cold start, a
+    /// lull the length of one start thrashes.
+    pub fn down_window_s(&self) -> f64 {
+        self.down_window_s.unwrap_or(self.cold_start_s)
+    }
+
     /// Checks every knob against the range its source accepts (Knative's
     /// `pkg/autoscaler/config/config.go` validation for `kpa_*`, the HPA API validation
     /// for `hpa_*`).
@@ -130,7 +145,10 @@ impl AutoscalerConfig {
 
         share("target_utilization", self.target_utilization)?;
         positive("up_window_s", self.up_window_s)?;
-        positive("down_window_s", self.down_window_s)?;
+        non_negative("cold_start_s", self.cold_start_s)?;
+        if let Some(w) = self.down_window_s {
+            positive("down_window_s", w)?;
+        }
 
         positive("kpa_target_concurrency", self.kpa_target_concurrency)?;
         share("kpa_target_utilization", self.kpa_target_utilization)?;

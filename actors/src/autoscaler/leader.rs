@@ -47,7 +47,7 @@ mod tests {
     fn a_new_leader_scales_out_at_once_but_in_only_after_a_down_window() {
         let cfg = AutoscalerConfig {
             up_window_s: 10.0,
-            down_window_s: 60.0,
+            down_window_s: Some(60.0),
             ..AutoscalerConfig::default()
         };
         let mut s = LeaderScaler::new(Box::new(MuUtilization::new(&cfg)), 60_000_000);

@@ -31,7 +31,7 @@ impl MuUtilization {
         Self {
             target_utilization: cfg.target_utilization,
             rate: Window::new(secs_to_us(cfg.up_window_s)),
-            needs: Window::new(secs_to_us(cfg.down_window_s)),
+            needs: Window::new(secs_to_us(cfg.down_window_s())),
         }
     }
 }

@@ -87,19 +87,31 @@ fn sluice_with_the_default_window_rises_on_the_first_tick_and_reaches_the_need()
 
 #[test]
 fn sluice_scales_down_only_after_the_long_window() {
-    let mut a = MuUtilization::new(&AutoscalerConfig {
-        up_window_s: 2.0,
-        ..cfg()
-    });
-    let b = bounds();
-    assert_eq!(a.decide(&mu(0, 10, 10.0 * PLAN), &b), 10);
-    let mut t = 1;
-    while t * TICK < 300_000_000 {
-        assert_eq!(a.decide(&mu(t, 10, 3.0 * PLAN), &b), 10, "at {} s", t * 2);
-        t += 1;
+    // The window is a cold start long unless set: both ways.
+    for (c, window_us) in [
+        (cfg(), 60_000_000),
+        (
+            AutoscalerConfig {
+                down_window_s: Some(300.0),
+                ..cfg()
+            },
+            300_000_000,
+        ),
+    ] {
+        let mut a = MuUtilization::new(&AutoscalerConfig {
+            up_window_s: 2.0,
+            ..c
+        });
+        let b = bounds();
+        assert_eq!(a.decide(&mu(0, 10, 10.0 * PLAN), &b), 10);
+        let mut t = 1;
+        while t * TICK < window_us {
+            assert_eq!(a.decide(&mu(t, 10, 3.0 * PLAN), &b), 10, "at {} s", t * 2);
+            t += 1;
+        }
+        // The 10 is now a full window old.
+        assert_eq!(a.decide(&mu(t, 10, 3.0 * PLAN), &b), 3);
     }
-    // The 10 is now a full 300 s old.
-    assert_eq!(a.decide(&mu(t, 10, 3.0 * PLAN), &b), 3);
 }
 
 #[test]
@@ -349,9 +361,20 @@ fn defaults_are_the_sources_and_valid() {
     let c = cfg();
     assert_eq!(c.validate(), Ok(()));
     assert_eq!(
-        (c.target_utilization, c.up_window_s, c.down_window_s),
-        (0.7, 30.0, 300.0)
+        (c.target_utilization, c.up_window_s, c.down_window_s()),
+        (0.7, 30.0, 60.0)
     );
+    // Idle capacity is held as long as a cold start takes, unless told otherwise.
+    let slow = AutoscalerConfig {
+        cold_start_s: 180.0,
+        ..cfg()
+    };
+    assert_eq!(slow.down_window_s(), 180.0);
+    let set = AutoscalerConfig {
+        down_window_s: Some(300.0),
+        ..slow
+    };
+    assert_eq!(set.down_window_s(), 300.0);
     assert_eq!(
         (c.kpa_target_concurrency, c.kpa_target_utilization),
         (100.0, 0.7)
@@ -384,7 +407,8 @@ fn nonsense_settings_are_rejected_by_name() {
         ("target_utilization", |c| c.target_utilization = 1.5),
         ("target_utilization", |c| c.target_utilization = f64::NAN),
         ("up_window_s", |c| c.up_window_s = 0.0),
-        ("down_window_s", |c| c.down_window_s = -1.0),
+        ("down_window_s", |c| c.down_window_s = Some(-1.0)),
+        ("cold_start_s", |c| c.cold_start_s = -1.0),
         ("kpa_target_concurrency", |c| c.kpa_target_concurrency = 0.0),
         ("kpa_target_utilization", |c| c.kpa_target_utilization = 0.0),
         ("kpa_stable_window_s", |c| c.kpa_stable_window_s = 0.0),

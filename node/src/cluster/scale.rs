@@ -147,7 +147,7 @@ impl Autoscaler {
                     .entry(model.to_owned())
                     .or_insert(ScaleLeader::new(LeaderScaler::new(
                         core,
-                        (self.cfg.core.down_window_s * 1e6) as u64,
+                        (self.cfg.core.down_window_s() * 1e6) as u64,
                     ))),
                 Err(e) => {
                     tracing::error!(error = %e, "autoscaler cannot run");
