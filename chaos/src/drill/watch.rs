@@ -57,6 +57,7 @@ impl Watcher {
             let http = sluice_loadgen::exchange::client(8, Duration::from_secs(1));
             let mut counters = Counters::default();
             let mut prev_endpoints: HashMap<u64, String> = HashMap::new();
+            let mut leader_at = 0;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -67,7 +68,7 @@ impl Watcher {
                         counters.observe(i, &text);
                     }
                 }
-                let Some(status) = leaders_status(&exe, &targets).await else {
+                let Some(status) = leaders_status(&exe, &targets, &mut leader_at).await else {
                     continue;
                 };
                 let mut s = read_status(&status, &mut prev_endpoints);
@@ -137,30 +138,45 @@ fn read_status(s: &Value, prev: &mut HashMap<u64, String>) -> Sample {
     sample
 }
 
-/// The cluster's status as its leader tells it: every node is asked at once, and of
-/// the answers the one of the highest term wins, one answered by the leader it names
-/// before others of that term. Any node's answer would do in calm weather, but a node
-/// cut off from the others still answers with the view it had (a cut-off leader still
-/// takes itself for leader, of an older term) and would hide what the majority
-/// committed meanwhile.
-async fn leaders_status(exe: &std::path::Path, targets: &[Target]) -> Option<Value> {
-    let mut asks = tokio::task::JoinSet::new();
-    for t in targets {
-        let ask = tokio::process::Command::new(exe)
-            .args(["cluster", "status", "--json", "--data-dir"])
-            .arg(&t.dir)
-            .args(["--node", &t.quic])
-            .kill_on_drop(true)
-            .output();
-        asks.spawn(async move {
-            let Ok(Ok(o)) = tokio::time::timeout(Duration::from_secs(2), ask).await else {
-                return None;
-            };
-            serde_json::from_slice::<Value>(&o.stdout).ok()
-        });
+/// The cluster's status as its leader tells it. Any node's answer would do in calm
+/// weather, but a node cut off from the others still answers with the view it had and
+/// would hide what the majority committed meanwhile. So the nodes are asked one at a
+/// time — the one that led at the last look first (`*first`), then the others in order
+/// — until one answers as the leader it names; failing that, the answer of the highest
+/// term. One `cluster status` process a look while the leader stands. (A leader cut off
+/// from the majority still takes itself for leader until it hears of a newer term; no
+/// drill cuts the leader off.)
+async fn leaders_status(
+    exe: &std::path::Path,
+    targets: &[Target],
+    first: &mut usize,
+) -> Option<Value> {
+    let start = (*first).min(targets.len().saturating_sub(1));
+    let order = std::iter::once(start).chain((0..targets.len()).filter(|&i| i != start));
+    let mut answers = Vec::new();
+    for i in order {
+        let t = &targets[i];
+        let got = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::process::Command::new(exe)
+                .args(["cluster", "status", "--json", "--data-dir"])
+                .arg(&t.dir)
+                .args(["--node", &t.quic])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await;
+        let Ok(Ok(o)) = got else { continue };
+        let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) else {
+            continue;
+        };
+        if answered_by_leader(&v) {
+            *first = i;
+            return Some(v);
+        }
+        answers.push(v);
     }
-    let answers = asks.join_all().await;
-    freshest(answers.into_iter().flatten())
+    freshest(answers.into_iter())
 }
 
 /// Of nodes' statuses, the one of the highest term, one answered by the leader it
