@@ -18,6 +18,13 @@ pub struct ProbeConfig {
     /// Default 10 s: longer than any single step of a real engine (a long prefill or a
     /// CUDA-graph capture), short enough that a hung replica is restarted in seconds.
     pub stall_window_ms: u64,
+    /// Busy time (on a CPU, or waiting on a run queue for one) of an engine's processes,
+    /// as a share of one CPU, up to which an engine holding work without writing a token
+    /// counts as idle: not computing, so stuck, and confirmed sooner than by the token
+    /// counter alone. Default 0.1. 0 turns the rule off — for an engine that waits for
+    /// its accelerator without using or queueing for a CPU, which would look idle while
+    /// it computes (measure it before relying on the rule there).
+    pub idle_busy_share: f64,
     /// Largest share of the pool the prober ejects at once, in (0, 1]; at least one
     /// replica may always be ejected (Envoy's rule for `max_ejection_percent`).
     ///
@@ -43,6 +50,7 @@ impl Default for ProbeConfig {
             failures_to_eject: 3,
             probe_timeout_ms: 5_000,
             stall_window_ms: Self::DEFAULT_STALL_WINDOW_MS,
+            idle_busy_share: 0.1,
             max_ejected_share: 0.34,
             retry_budget_ratio: 0.1,
             retry_budget_min_per_s: 1.0,
@@ -83,6 +91,13 @@ impl ProbeConfig {
         positive("failures_to_eject", u64::from(self.failures_to_eject))?;
         positive("probe_timeout_ms", self.probe_timeout_ms)?;
         positive("stall_window_ms", self.stall_window_ms)?;
+        let idle = self.idle_busy_share;
+        check(
+            "idle_busy_share",
+            idle,
+            (0.0..=1.0).contains(&idle),
+            "in [0, 1]",
+        )?;
         let share = self.max_ejected_share;
         check(
             "max_ejected_share",

@@ -20,11 +20,6 @@ use crate::slice::ReplicaId;
 /// the shell cannot read.
 pub const STREAMS_CONFIRMED_IDLE_AFTER_MS: u64 = 2_000;
 
-/// At most this share of one CPU (run or waited for), over the counter's stillness,
-/// counts as idle: the HTTP server of a stuck engine still answers health checks and
-/// metrics scrapes.
-pub const IDLE_BUSY_SHARE: f64 = 0.1;
-
 /// What the prober knows of one replica.
 #[derive(Debug, Clone)]
 struct ReplicaState {
@@ -84,12 +79,14 @@ impl ReplicaState {
                 Reason::Stalled,
             )
         });
-        // Half the window with the engine's processes idle: it is not computing.
+        // Half the window with the engine's processes idle: it is not computing. Idle
+        // is at most `idle_busy_share` of one CPU (run or waited for) over the
+        // counter's stillness: the HTTP server of a stuck engine still answers health
+        // checks and metrics scrapes. A share of 0 turns the rule off.
         let half = config.stall_window_ms / 2;
-        let idle = self
-            .stall
-            .idle_stall(half, IDLE_BUSY_SHARE)
-            .map(|since| (since.saturating_add(half), Reason::Stalled));
+        let share = Some(config.idle_busy_share).filter(|&s| s > 0.0);
+        let idle_for = |min_ms| share.and_then(|s| self.stall.idle_stall(min_ms, s));
+        let idle = idle_for(half).map(|since| (since.saturating_add(half), Reason::Stalled));
         // A router's word is confirmed by the engine's own counter, still for half the
         // window: a busy engine that is only slow for that router's requests still
         // writes tokens. But a busy one can write none for seconds in one long step (a
@@ -97,10 +94,7 @@ impl ReplicaState {
         // streams; starved on two shared cores, over 5 s), so an operator who widens
         // the window for slow engines widens this with it.
         let confirmed = self.stall.still_for().is_some_and(|still| still >= half)
-            || self
-                .stall
-                .idle_stall(STREAMS_CONFIRMED_IDLE_AFTER_MS, IDLE_BUSY_SHARE)
-                .is_some();
+            || idle_for(STREAMS_CONFIRMED_IDLE_AFTER_MS).is_some();
         let streams = self
             .streams_stalled_ms
             .filter(|_| confirmed)

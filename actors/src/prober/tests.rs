@@ -60,6 +60,14 @@ fn defaults_validate_and_bad_values_are_named() {
             ..Default::default()
         },
         ProbeConfig {
+            idle_busy_share: -0.1,
+            ..Default::default()
+        },
+        ProbeConfig {
+            idle_busy_share: f64::NAN,
+            ..Default::default()
+        },
+        ProbeConfig {
             max_ejected_share: 1.5,
             ..Default::default()
         },
@@ -746,7 +754,38 @@ fn an_engine_holding_work_with_its_processes_idle_is_stalled_in_half_the_window(
     // No router's word at all: replica 0 holds work and idles; replica 1 holds work
     // and computes; replica 2 lost its only request before a token (a client gone)
     // and has idled since; replica 3's busy time cannot be read.
-    let mut c = core(10);
+    let ejected = idle_engines_ejected(core(10));
+    // The samples start at 0, so the gauge's own window ends at 10 s.
+    assert_eq!(
+        ejected,
+        vec![
+            (r(0), HALF, Reason::Stalled),
+            (r(1), 10_000, Reason::Stalled),
+            (r(3), 10_000, Reason::Stalled),
+        ]
+    );
+    // With the rule off (an engine that waits for its accelerator off the CPU), the
+    // idle one waits out the whole window like the rest.
+    let off = ProberCore::new(ProbeConfig {
+        idle_busy_share: 0.0,
+        ..ProbeConfig::default()
+    })
+    .unwrap();
+    let ejected = idle_engines_ejected(off);
+    assert_eq!(
+        ejected,
+        vec![
+            (r(0), 10_000, Reason::Stalled),
+            (r(1), 10_000, Reason::Stalled),
+            (r(3), 10_000, Reason::Stalled),
+        ]
+    );
+}
+
+/// Feeds `c` twelve seconds of the four engines above, once a second: the ejections.
+fn idle_engines_ejected(mut c: ProberCore) -> Vec<(ReplicaId, u64, Reason)> {
+    let ids: Vec<_> = (0..10).map(r).collect();
+    c.set_replicas(&ids, 0);
     let busy_per_s = [20, 900, 20, 0];
     let queued_at = |i: usize, t: u64| match i {
         2 if t > 1_000 => 0,
@@ -763,13 +802,5 @@ fn an_engine_holding_work_with_its_processes_idle_is_stalled_in_half_the_window(
             }
         }
     }
-    // The samples start at 0, so the gauge's own window ends at 10 s.
-    assert_eq!(
-        ejected,
-        vec![
-            (r(0), HALF, Reason::Stalled),
-            (r(1), 10_000, Reason::Stalled),
-            (r(3), 10_000, Reason::Stalled),
-        ]
-    );
+    ejected
 }
