@@ -1,7 +1,8 @@
 """A node serving several models, as a newcomer meets it: `sluice node start` given no
 replicas runs two simulated models. The official client lists both, each request is
 served by its own model's replicas, an unknown model is a 404 naming what is served,
-and metrics carry the model. In a cluster, a node forwards a model it does not run."""
+and metrics carry the model. In a cluster, a node forwards a model it does not run, and
+a stream it handed on survives the loss of the node routing it."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import pytest
 from openai import NotFoundError, OpenAI
 
 from conftest import SLUICE, Proc, metric, start_node, wait_until
+from sluice_proc import read_stream
 
 BIG, SMALL = "llama-3.1-8b-instruct", "llama-3.2-3b-instruct"
 # The embedded default launches 4 replicas of the first model, then 2 of the second.
@@ -137,3 +139,59 @@ def test_a_cluster_node_forwards_the_model_it_does_not_run(lists):
     finally:
         n2.stop()
         n1.stop()
+
+
+def test_a_handed_stream_survives_the_kill_of_the_node_routing_it():
+    """Three cluster nodes: the first runs the 8B only; the second and third each run a
+    real-time replica of the 3B. A 3B chat stream through the first door is handed to one
+    of the other two (`x-sluice-handed-to`), which is killed with SIGKILL after five
+    pieces. The client still reads one answer, continued from the surviving node."""
+    dirs = [tempfile.mkdtemp() for _ in range(3)]
+    sluice("cluster", "init", "--data-dir", dirs[0])
+
+    def node(d, model, extra=()):
+        cfg = os.path.join(d, "node.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[[models]]\nname = "{model}"\nreplicas = 1\n')
+        return Proc([SLUICE, "node", "start", "--data-dir", d, "--listen", "127.0.0.1:0", "--http",
+                     "127.0.0.1:0", "--time-scale", "1", "--config", cfg, *extra], "sluice node listening on ")
+
+    nodes = [node(dirs[0], BIG)]
+    with open(os.path.join(dirs[0], "tls", "join-token")) as f:
+        token = f.read().strip()
+    with open(os.path.join(dirs[0], "listen")) as f:
+        join = f.read().strip()
+    nodes += [node(d, SMALL, ["--join", join, "--token", token]) for d in dirs[1:]]
+    try:
+        def ready():
+            s = json.loads(sluice("cluster", "status", "--json", "--data-dir", dirs[0]))
+            return sorted((m["model"], m["healthy"]) for m in s["models"]) == [(BIG, 1), (SMALL, 2)]
+
+        assert wait_until(ready, timeout=60, every=0.3)
+        ids = {}
+        for n, d in zip(nodes[1:], dirs[1:]):
+            with open(os.path.join(d, "listen")) as f:
+                addr = f.read().strip()
+            s = json.loads(sluice("cluster", "status", "--json", "--data-dir", dirs[0], "--node", addr))
+            ids[str(s["answered_by"])] = n
+        c = OpenAI(base_url=nodes[0].url + "/v1", api_key="unused", max_retries=0)
+        tokens = 60
+        raw = c.chat.completions.with_raw_response.create(
+            model=SMALL, messages=[{"role": "user", "content": "tell me a story"}], max_tokens=tokens,
+            stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        routing = ids[raw.headers["x-sluice-handed-to"]]
+
+        def kill_after_five(count):
+            if count == 5:
+                routing.proc.kill()
+                routing.proc.wait()
+
+        pieces, finishes, got_ids, usage = read_stream(raw.parse(), kill_after_five)
+        assert routing.proc.poll() is not None, "the stream ended before its node was killed"
+        # One answer: every token once, one finish, one id, usage for one request.
+        assert (len(pieces), finishes, len(got_ids)) == (tokens, ["length"], 1), (pieces, finishes, got_ids)
+        assert usage.completion_tokens == tokens and usage.prompt_tokens > 0, usage
+        assert metric(nodes[0].url, "sluice_migrations_total", {"reason": "node_lost"}) == 1
+    finally:
+        for n in reversed(nodes):
+            n.stop()
