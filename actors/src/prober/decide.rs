@@ -99,7 +99,18 @@ impl ReplicaState {
             .streams_stalled_ms
             .filter(|_| confirmed)
             .map(|t| (t, Reason::StreamsStalled));
-        [probes, stall, idle, streams]
+        // The prober's own probe is a word it need not be told: one output token of a
+        // short prompt, at the head of the queue, that a healthy engine writes at once.
+        // Held unanswered as long as a router's word waits, by an engine that has held
+        // work and idled meanwhile, it is a hang — where no router sends anything (an
+        // idle replica, a quiet fleet) as much as under load.
+        let waited = STREAMS_CONFIRMED_IDLE_AFTER_MS;
+        let probe = self
+            .in_flight
+            .filter(|&(_, sent)| self.stall.sampled_ms().saturating_sub(sent) >= waited)
+            .filter(|_| idle_for(waited).is_some())
+            .map(|(_, sent)| (sent.saturating_add(waited), Reason::Stalled));
+        [probes, stall, idle, streams, probe]
             .into_iter()
             .flatten()
             .min_by_key(|&(t, _)| t)

@@ -95,6 +95,11 @@ impl StallDetector {
     /// known over the whole stretch, or went down (a member exited). The recent work is
     /// what keeps an engine that lost its only request before a token (a client gone)
     /// and then idled from looking stuck.
+    /// When the engine was last sampled.
+    pub fn sampled_ms(&self) -> u64 {
+        self.sampled_ms
+    }
+
     pub fn idle_stall(&self, min_ms: u64, max_share: f64) -> Option<u64> {
         let (Some(since), Some(last), Some(from), Some(to)) = (
             self.held_since_ms,

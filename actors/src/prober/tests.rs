@@ -804,3 +804,38 @@ fn idle_engines_ejected(mut c: ProberCore) -> Vec<(ReplicaId, u64, Reason)> {
     }
     ejected
 }
+
+#[test]
+fn a_probe_held_by_an_idle_engine_ejects_without_any_routers_word() {
+    // No traffic at all: after the idle window each replica is probed. r0's engine holds
+    // its probe and does nothing; r1's holds it while computing (a long step); r2's
+    // answers it. Only r0 is taken for hung, as long as a router's word waits after
+    // the probe went out; r1 is left to the probe's own timeout.
+    let mut c = core(3);
+    let mut sent = None;
+    let mut ejected = Vec::new();
+    for t in (0..=IDLE + 4_000).step_by(1_000) {
+        for p in c.tick(t).probes {
+            sent.get_or_insert(t);
+            if p.replica == r(2) {
+                assert!(c.on_probe_result(p, true, t).is_empty());
+            }
+        }
+        let holding = u32::from(sent.is_some());
+        let changes = [(r(0), 20), (r(1), 900)]
+            .into_iter()
+            .flat_map(|(id, busy_per_s)| {
+                let busy = 10_000 + busy_per_s * t / 1_000;
+                c.on_progress(id, holding, 7, Some(busy), t)
+            });
+        let changes: Vec<_> = changes.collect();
+        for ch in changes {
+            if let Verdict::Unhealthy { reason, .. } = ch.verdict {
+                ejected.push((ch.replica, t, reason));
+            }
+        }
+    }
+    let sent = sent.expect("probed after the idle window");
+    let waited = decide::STREAMS_CONFIRMED_IDLE_AFTER_MS;
+    assert_eq!(ejected, vec![(r(0), sent + waited, Reason::Stalled)]);
+}
