@@ -87,6 +87,11 @@ impl StallDetector {
             .then(|| self.sampled_ms - self.still_since_ms)
     }
 
+    /// When the engine was last sampled.
+    pub fn sampled_ms(&self) -> u64 {
+        self.sampled_ms
+    }
+
     /// Since when, as of the last sample, the engine has written no token for at least
     /// `min_ms` after it was first seen holding work, still holding some within the last
     /// [`HELD_RECENTLY_MS`], while its processes used at most `max_share` of one CPU,
@@ -95,11 +100,6 @@ impl StallDetector {
     /// known over the whole stretch, or went down (a member exited). The recent work is
     /// what keeps an engine that lost its only request before a token (a client gone)
     /// and then idled from looking stuck.
-    /// When the engine was last sampled.
-    pub fn sampled_ms(&self) -> u64 {
-        self.sampled_ms
-    }
-
     pub fn idle_stall(&self, min_ms: u64, max_share: f64) -> Option<u64> {
         let (Some(since), Some(last), Some(from), Some(to)) = (
             self.held_since_ms,
