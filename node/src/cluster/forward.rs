@@ -141,18 +141,8 @@ impl LocalReplicas {
                 return;
             }
         };
-        let answer = self.client.request(request);
-        tokio::pin!(answer);
-        let resp = loop {
-            tokio::select! {
-                r = &mut answer => break r,
-                _ = reply.cancelled() => return,
-                () = tokio::time::sleep(ALIVE_EVERY) => {
-                    if reply.send(&ForwardFrame::Alive).await.is_err() {
-                        return;
-                    }
-                }
-            }
+        let Some(resp) = alive_until(self.client.request(request), &mut reply).await else {
+            return;
         };
         let resp = match resp {
             Ok(r) => r,
@@ -172,6 +162,24 @@ impl LocalReplicas {
             }
         };
         relay(resp, Vec::new(), reply).await;
+    }
+}
+
+/// Awaits `work` (what the answer's head waits for), telling the node that asked that
+/// this one is alive every [`ALIVE_EVERY`] meanwhile, so that a slow engine or a slow
+/// hand-off is not taken for a dead node. `None`: the asking node went away.
+pub async fn alive_until<F: std::future::Future>(work: F, reply: &mut Reply) -> Option<F::Output> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            r = &mut work => return Some(r),
+            _ = reply.cancelled() => return None,
+            () = tokio::time::sleep(ALIVE_EVERY) => {
+                if reply.send(&ForwardFrame::Alive).await.is_err() {
+                    return None;
+                }
+            }
+        }
     }
 }
 

@@ -616,7 +616,14 @@ impl sluice_transport::Handler for NodeHandler {
                         .await;
                     return;
                 };
-                let resp = crate::front::handoff::receive(fleets, req).await;
+                // Routing it can take longer than the asker's patience for silence
+                // (an answer sent whole comes back only once complete): say this node
+                // is alive meanwhile.
+                let mut reply = reply;
+                let work = crate::front::handoff::receive(fleets, req);
+                let Some(resp) = super::forward::alive_until(work, &mut reply).await else {
+                    return;
+                };
                 let headers = crate::front::handoff::answer_headers(resp.headers());
                 super::forward::relay(resp, headers, reply).await;
                 return;

@@ -1435,3 +1435,54 @@ async fn a_handed_stream_goes_on_from_another_node_when_the_one_routing_it_is_lo
         r.node.wait().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_answer_sent_whole_may_take_longer_than_a_peers_silence() {
+    // a runs alpha; b runs beta on an engine slow enough that a whole answer takes
+    // longer than the silence after which a peer is taken for gone.
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
+    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
+        .unwrap()
+        .to_string();
+    let alpha = engines_serving(1, "alpha").await;
+    let a = start(
+        cluster_config(&format!("[[models]]\nurls = [\"{}\"]\n", alpha[0])),
+        Some(cluster_args(dirs[0].path(), None)),
+    )
+    .await;
+    let (_, seed) = a.node.cluster().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    engine_serving(listener, "beta", 3.0, 0);
+    let b = start(
+        cluster_config(&format!("[[models]]\nurls = [\"{url}\"]\n")),
+        Some(cluster_args(dirs[1].path(), Some((seed, token)))),
+    )
+    .await;
+    let a_addr = a.node.http_addr();
+    eventually("beta served through a", || async {
+        chat_answer(a_addr, "beta", None, "x-request-id").await.0 == 200
+    })
+    .await;
+    let body = serde_json::json!({
+        "model": "beta",
+        "messages": [{"role": "user", "content": "tell me a long story"}],
+        "max_tokens": 150,
+        "ignore_eos": true,
+    });
+    let began = tokio::time::Instant::now();
+    let (status, answer) = http(a_addr, "/v1/chat/completions", Some(body)).await;
+    let took = began.elapsed();
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        took > crate::cluster::forward::PEER_SILENCE,
+        "the answer took {took:?}: too quick to show anything"
+    );
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 150, "{answer}");
+    for r in [a, b] {
+        let _ = r.stop.send(());
+        r.node.wait().await.unwrap();
+    }
+}
