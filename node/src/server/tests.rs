@@ -1346,10 +1346,14 @@ async fn a_handed_request_goes_on_to_the_next_node_when_one_is_gone() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handed_stream_goes_on_from_another_node_when_the_one_routing_it_is_lost() {
-    // a runs alpha; b and c each run beta on an engine that streams in real time.
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+/// A cluster: node a runs alpha on a zero-delay engine; each of `betas` more nodes runs
+/// beta on its own simulated engine at `time_scale`, and is lost at once when stopped
+/// (no grace: its streams are cut, not finished).
+async fn alpha_and_betas(
+    betas: usize,
+    time_scale: f64,
+) -> (Vec<tempfile::TempDir>, Running, Vec<Running>) {
+    let dirs: Vec<tempfile::TempDir> = (0..=betas).map(|_| tempfile::tempdir().unwrap()).collect();
     crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
     let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
         .unwrap()
@@ -1361,21 +1365,27 @@ async fn a_handed_stream_goes_on_from_another_node_when_the_one_routing_it_is_lo
     )
     .await;
     let (_, seed) = a.node.cluster().unwrap();
-    let mut betas = Vec::new();
+    let mut nodes = Vec::new();
     for (i, dir) in dirs[1..].iter().enumerate() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        engine_serving(listener, "beta", 1.0, i as u64);
+        engine_serving(listener, "beta", time_scale, i as u64);
         let mut cfg = cluster_config(&format!("[[models]]\nurls = [\"{url}\"]\n"));
-        // Lost at once when stopped: its streams are cut, not finished.
         cfg.shutdown_grace = Duration::ZERO;
         let node = start(
             cfg,
             Some(cluster_args(dir.path(), Some((seed, token.clone())))),
         )
         .await;
-        betas.push(node);
+        nodes.push(node);
     }
+    (dirs, a, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_stream_goes_on_from_another_node_when_the_one_routing_it_is_lost() {
+    // a runs alpha; b and c each run beta on an engine that streams in real time.
+    let (_dirs, a, mut betas) = alpha_and_betas(2, 1.0).await;
     let a_addr = a.node.http_addr();
     for b in &betas {
         let on = crate::cluster::replica_id(b.node.cluster().unwrap().0, 0)
@@ -1440,26 +1450,7 @@ async fn a_handed_stream_goes_on_from_another_node_when_the_one_routing_it_is_lo
 async fn a_handed_answer_sent_whole_may_take_longer_than_a_peers_silence() {
     // a runs alpha; b runs beta on an engine slow enough that a whole answer takes
     // longer than the silence after which a peer is taken for gone.
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
-    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
-        .unwrap()
-        .to_string();
-    let alpha = engines_serving(1, "alpha").await;
-    let a = start(
-        cluster_config(&format!("[[models]]\nurls = [\"{}\"]\n", alpha[0])),
-        Some(cluster_args(dirs[0].path(), None)),
-    )
-    .await;
-    let (_, seed) = a.node.cluster().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    engine_serving(listener, "beta", 3.0, 0);
-    let b = start(
-        cluster_config(&format!("[[models]]\nurls = [\"{url}\"]\n")),
-        Some(cluster_args(dirs[1].path(), Some((seed, token)))),
-    )
-    .await;
+    let (_dirs, a, betas) = alpha_and_betas(1, 3.0).await;
     let a_addr = a.node.http_addr();
     eventually("beta served through a", || async {
         chat_answer(a_addr, "beta", None, "x-request-id").await.0 == 200
@@ -1481,7 +1472,7 @@ async fn a_handed_answer_sent_whole_may_take_longer_than_a_peers_silence() {
     );
     let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(v["usage"]["completion_tokens"], 150, "{answer}");
-    for r in [a, b] {
+    for r in std::iter::once(a).chain(betas) {
         let _ = r.stop.send(());
         r.node.wait().await.unwrap();
     }
