@@ -151,7 +151,10 @@ async fn leaders_status(
     targets: &[Target],
     first: &mut usize,
 ) -> Option<Value> {
-    let start = (*first).min(targets.len().saturating_sub(1));
+    if targets.is_empty() {
+        return None;
+    }
+    let start = (*first).min(targets.len() - 1);
     let order = std::iter::once(start).chain((0..targets.len()).filter(|&i| i != start));
     let mut answers = Vec::new();
     for i in order {

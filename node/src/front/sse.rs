@@ -8,6 +8,7 @@
 use super::splice::Splice;
 use serde::Deserialize;
 use sluice_actors::router::Usage;
+use sluice_engine::continuation::Received;
 use sluice_engine::openai::Endpoint;
 use std::borrow::Cow;
 
@@ -201,6 +202,16 @@ fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
 }
 
 impl SseMeter {
+    /// What the client has received so far, as a continuation is planned from it.
+    pub fn received(&self) -> Received<'_> {
+        Received {
+            text: &self.text,
+            tokens: self.tokens,
+            finished: self.finished,
+            opaque: self.opaque,
+        }
+    }
+
     /// The meter of a stream of `endpoint`, taking usage-only events out of what it
     /// passes on when `strip_usage`.
     pub fn new(endpoint: Endpoint, strip_usage: bool) -> Self {

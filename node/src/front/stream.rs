@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use sluice_actors::lifecycle::{Broke, Fail, Refusal};
 use sluice_actors::slice::ReplicaId;
-use sluice_engine::continuation::{ending, plan, Continuation, Received};
+use sluice_engine::continuation::{ending, plan, Continuation};
 use sluice_engine::openai::{ApiError, Endpoint};
 use std::sync::Arc;
 use std::time::Instant;
@@ -165,13 +165,7 @@ impl Pump {
     async fn rescue(&mut self, cut: Cut, message: String) -> Rescue {
         let state = self.state();
         state.metrics.upstream_failure(self.m.replica.0);
-        let received = Received {
-            text: &self.meter.text,
-            tokens: self.meter.tokens,
-            finished: self.meter.finished,
-            opaque: self.meter.opaque,
-        };
-        let body = match plan(self.m.endpoint, &self.m.body, received) {
+        let body = match plan(self.m.endpoint, &self.m.body, self.meter.received()) {
             Ok(Continuation::Exhausted) => return Rescue::Ended(self.close(cut)),
             Ok(Continuation::Body(b)) => Bytes::from(b),
             Err(why) => {

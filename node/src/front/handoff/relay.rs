@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use sluice_engine::continuation::{plan, Continuation, Received};
+use sluice_engine::continuation::{plan, Continuation};
 use sluice_engine::openai::{ApiError, Endpoint};
 
 /// What the client asked, as far as continuing its answer needs.
@@ -81,14 +81,8 @@ impl Relay {
     async fn rescue(&mut self, why: String) -> Option<Bytes> {
         let from = self.node;
         tracing::warn!(request_id = %self.courier.request_id, node = from, tokens = self.meter.tokens, %why, "the node routing a handed stream was lost");
-        let received = Received {
-            text: &self.meter.text,
-            tokens: self.meter.tokens,
-            finished: self.meter.finished,
-            opaque: self.meter.opaque,
-        };
         let fail = |message: String| ApiError::new(502, "upstream_error", message);
-        let body = match plan(self.sent.endpoint, &self.sent.body, received) {
+        let body = match plan(self.sent.endpoint, &self.sent.body, self.meter.received()) {
             Ok(Continuation::Exhausted) => {
                 self.courier.noted(from, true);
                 return Some(ending_events(
