@@ -248,8 +248,7 @@ pub struct RouterSection {
     pub subset_size: usize,
     /// Slices the keyspace is cut into.
     pub slice_count: usize,
-    /// Leave the home when its best score exceeds `spill_ratio × best elsewhere +
-    /// spill_slack_s` (defaults 1 and 0: the scores already charge the lost cache).
+    /// Leave the subset when its best load exceeds `spill_ratio × best elsewhere + spill_slack_s`.
     pub spill_ratio: f64,
     pub spill_slack_s: f64,
     /// Share of a running request's remaining decode that a new request on the same

@@ -68,14 +68,6 @@ impl Candidate {
 /// When a request whose prefix is cached somewhere leaves its home: the home's best
 /// score must exceed `ratio × (best score elsewhere) + slack_s`. A request with nothing
 /// cached anywhere leaves as soon as a replica outside scores better.
-///
-/// By default there is no margin: a replica outside the home must only score better,
-/// and its score already carries the cache it throws away (the avoidable prefill). A
-/// margin on top counts that loss twice. It used to be 1.2 × + 0.5 s, which held a
-/// burst of short code completions on its busy warm replicas while idle ones could have
-/// answered it sooner (`docs/SIM_NOTES.md`, "The spill margin counted the lost cache
-/// twice"). An operator who values locality over latency sets one (`[router]
-/// spill_ratio`, `spill_slack_s`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SpillPolicy {
     pub ratio: f64,
@@ -85,8 +77,8 @@ pub struct SpillPolicy {
 impl Default for SpillPolicy {
     fn default() -> Self {
         Self {
-            ratio: 1.0,
-            slack_s: 0.0,
+            ratio: 1.2,
+            slack_s: 0.5,
         }
     }
 }
@@ -286,16 +278,6 @@ mod tests {
         choose_fleet(subset, fleet, &[], SpillPolicy::default(), 0.0)
     }
 
-    /// A margin an operator may set: leave a warm home only past 1.2 × + 0.5 s.
-    const MARGIN: SpillPolicy = SpillPolicy {
-        ratio: 1.2,
-        slack_s: 0.5,
-    };
-
-    fn pick_with_margin(subset: &[ReplicaId], fleet: &[Candidate]) -> Option<Choice> {
-        choose_fleet(subset, fleet, &[], MARGIN, 0.0)
-    }
-
     #[test]
     fn picks_least_loaded_in_subset_and_prefers_the_leader_on_ties() {
         let fleet = [cand(0, 0.0), cand(1, 0.0), cand(2, 0.0)];
@@ -349,7 +331,7 @@ mod tests {
         w.warm = true;
         let fleet = [cand(0, 200.0), w, cand(3, 0.0)];
         assert_eq!(
-            pick_with_margin(&[ReplicaId(0)], &fleet).unwrap(),
+            pick(&[ReplicaId(0)], &fleet).unwrap(),
             Choice {
                 replica: ReplicaId(2),
                 spilled: true
@@ -366,51 +348,16 @@ mod tests {
         };
         // 0.4 s of work at home vs 0.01 s outside: 0.4 < 1.2 × 0.01 + 0.5, stay.
         let fleet = [warm(390.0), cand(1, 0.0)];
-        assert!(!pick_with_margin(&subset, &fleet).unwrap().spilled);
+        assert!(!pick(&subset, &fleet).unwrap().spilled);
         // 5 s at home: leave.
         let fleet = [warm(5000.0), cand(1, 0.0)];
         assert_eq!(
-            pick_with_margin(&subset, &fleet).unwrap(),
+            pick(&subset, &fleet).unwrap(),
             Choice {
                 replica: ReplicaId(1),
                 spilled: true
             }
         );
-    }
-
-    #[test]
-    fn by_default_a_warm_request_leaves_home_for_any_better_score_its_lost_cache_charged() {
-        // The request costs 10 MU at its warm home, queued 390 MU (0.4 s with it), and
-        // 310 MU elsewhere. An idle replica outside answers it in 0.31 s and delays no
-        // one: it goes there. One with 50 MU queued would take 0.36 s plus the 0.3 s of
-        // prefill it would spend for nothing: it stays. With the operator's margin it
-        // stays either way.
-        let subset = [ReplicaId(0)];
-        let home = Candidate {
-            warm: true,
-            ..cand(0, 390.0)
-        };
-        let idle = Candidate {
-            cost_mu: 310.0,
-            ..cand(1, 0.0)
-        };
-        let busy = Candidate {
-            inflight_mu: 50.0,
-            ..idle
-        };
-        let by_default = |out: Candidate| {
-            choose_fleet(&subset, &[home, out], &[], SpillPolicy::default(), 1.0).unwrap()
-        };
-        assert_eq!(
-            by_default(idle),
-            Choice {
-                replica: ReplicaId(1),
-                spilled: true
-            }
-        );
-        assert!(!by_default(busy).spilled);
-        let with_margin = choose_fleet(&subset, &[home, idle], &[], MARGIN, 1.0).unwrap();
-        assert!(!with_margin.spilled);
     }
 
     #[test]
@@ -561,8 +508,7 @@ mod tests {
                     let any_warm = usable.iter().any(|c| c.warm);
                     let best_in = usable.iter().filter(|c| is_home(c)).map(|c| c.load_s()).fold(f64::INFINITY, f64::min);
                     let best_out = usable.iter().filter(|c| !is_home(c)).map(|c| c.load_s()).fold(f64::INFINITY, f64::min);
-                    let spill = SpillPolicy::default();
-                    let (ratio, slack) = if any_warm { (spill.ratio, spill.slack_s) } else { (1.0, 0.0) };
+                    let (ratio, slack) = if any_warm { (1.2, 0.5) } else { (1.0, 0.0) };
                     if best_in.is_finite() && best_in <= ratio * best_out + slack {
                         prop_assert!(is_home(picked));
                     }
