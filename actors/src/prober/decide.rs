@@ -20,6 +20,12 @@ use crate::slice::ReplicaId;
 /// the shell cannot read.
 pub const STREAMS_CONFIRMED_IDLE_AFTER_MS: u64 = 2_000;
 
+/// How long an engine holds work without writing a token before it is probed out of
+/// turn: two samples a second apart. A healthy engine writes a token within a step, and
+/// steps of a second are rare (a long prefill); one probe per stretch costs it one
+/// eight-token prompt.
+pub const SUSPECT_AFTER_MS: u64 = 1_000;
+
 /// What the prober knows of one replica.
 #[derive(Debug, Clone)]
 struct ReplicaState {
@@ -118,12 +124,18 @@ impl ReplicaState {
 
     fn probe_due(&self, config: &ProbeConfig, now_ms: u64) -> bool {
         let idle = config.idle_window_ms;
-        self.verdict.in_service()
-            && self.in_flight.is_none()
-            && now_ms.saturating_sub(self.proven_ms) >= idle
+        let quiet = now_ms.saturating_sub(self.proven_ms) >= idle
             && self
                 .probe_sent_ms
-                .is_none_or(|sent| now_ms.saturating_sub(sent) >= idle)
+                .is_none_or(|sent| now_ms.saturating_sub(sent) >= idle);
+        // An engine seen holding work without writing a token is probed at once, once
+        // per such stretch, rather than when the idle window runs out: at low load a
+        // hung replica's first held request may come seconds before the window ends.
+        let suspect = self
+            .stall
+            .held_still(SUSPECT_AFTER_MS)
+            .is_some_and(|since| self.probe_sent_ms.is_none_or(|sent| sent < since));
+        self.verdict.in_service() && self.in_flight.is_none() && (quiet || suspect)
     }
 }
 

@@ -101,18 +101,23 @@ impl StallDetector {
     /// what keeps an engine that lost its only request before a token (a client gone)
     /// and then idled from looking stuck.
     pub fn idle_stall(&self, min_ms: u64, max_share: f64) -> Option<u64> {
-        let (Some(since), Some(last), Some(from), Some(to)) = (
-            self.held_since_ms,
-            self.held_last_ms,
-            self.busy_at_held_ms,
-            self.busy_last_ms,
-        ) else {
+        let since = self.held_still(min_ms)?;
+        let (Some(from), Some(to)) = (self.busy_at_held_ms, self.busy_last_ms) else {
             return None;
         };
         let span = self.sampled_ms.saturating_sub(since);
-        let recent = self.sampled_ms.saturating_sub(last) <= HELD_RECENTLY_MS;
         let idle = to >= from && (to - from) as f64 <= max_share * span as f64;
-        (span >= min_ms && recent && idle).then_some(since)
+        idle.then_some(since)
+    }
+
+    /// Since when, as of the last sample, the engine has written no token for at least
+    /// `min_ms` after it was first seen holding work, still holding some within the last
+    /// [`HELD_RECENTLY_MS`] — busy or not: a suspect, not yet a verdict.
+    pub fn held_still(&self, min_ms: u64) -> Option<u64> {
+        let (since, last) = (self.held_since_ms?, self.held_last_ms?);
+        let span = self.sampled_ms.saturating_sub(since);
+        let recent = self.sampled_ms.saturating_sub(last) <= HELD_RECENTLY_MS;
+        (span >= min_ms && recent).then_some(since)
     }
 
     /// When the current stall began, if the last sample showed it lasting at least

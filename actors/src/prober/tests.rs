@@ -839,3 +839,55 @@ fn a_probe_held_by_an_idle_engine_ejects_without_any_routers_word() {
     let waited = decide::STREAMS_CONFIRMED_IDLE_AFTER_MS;
     assert_eq!(ejected, vec![(r(0), sent + waited, Reason::Stalled)]);
 }
+
+#[test]
+fn an_engine_holding_work_without_a_token_is_probed_before_the_idle_window() {
+    // Each replica proved itself at 0 and takes a request at 1 s. r0 holds it and
+    // idles (hung); r1 holds it while computing a long step; r2 writes tokens at once.
+    // r0 and r1 are probed as soon as two samples show the work held with no token,
+    // long before the idle window; r2 is not. Only r0, idle while it holds the probe,
+    // is ejected, as long as a router's word waits after the probe went out.
+    let mut c = core(3);
+    let mut sent: Vec<(ReplicaId, u64)> = Vec::new();
+    let mut ejected = Vec::new();
+    for t in (0..IDLE).step_by(1_000) {
+        let holding = u32::from(t >= 1_000);
+        for (id, tokens, busy_per_s) in [(r(0), 7, 20), (r(1), 7, 900), (r(2), 7 + t, 900)] {
+            let busy = 10_000 + busy_per_s * t / 1_000;
+            for ch in c.on_progress(id, holding, tokens, Some(busy), t) {
+                if let Verdict::Unhealthy { reason, .. } = ch.verdict {
+                    ejected.push((ch.replica, t, reason));
+                }
+            }
+        }
+        let tick = c.tick(t);
+        sent.extend(tick.probes.iter().map(|p| (p.replica, t)));
+        assert!(tick.changes.is_empty());
+    }
+    // Work first seen held at 1 s; still held with no token at 2 s.
+    let suspect = 1_000 + decide::SUSPECT_AFTER_MS;
+    assert_eq!(sent, vec![(r(0), suspect), (r(1), suspect)]);
+    let waited = decide::STREAMS_CONFIRMED_IDLE_AFTER_MS;
+    assert_eq!(ejected, vec![(r(0), suspect + waited, Reason::Stalled)]);
+}
+
+#[test]
+fn a_suspect_is_probed_once_per_stretch_of_held_work() {
+    // A replica whose engine holds work and answers its probe without writing a token
+    // (an engine whose counter the shell reads wrong) is not probed again until the
+    // idle window, whatever it keeps holding.
+    let mut c = core(1);
+    let mut sent = Vec::new();
+    for t in (0..=3 * IDLE).step_by(1_000) {
+        c.on_progress(r(0), 1, 7, None, t);
+        for p in c.tick(t).probes {
+            sent.push(t);
+            c.on_probe_result(p, true, t);
+        }
+    }
+    // First at two samples of held work. The answer proved the replica and restarted
+    // the stretch at the probe's own time, which no suspicion outlasts: from then on
+    // only the idle window sends one.
+    let suspect = decide::SUSPECT_AFTER_MS;
+    assert_eq!(sent, vec![suspect, suspect + IDLE, suspect + 2 * IDLE]);
+}
