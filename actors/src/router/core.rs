@@ -73,6 +73,10 @@ pub const ANNOUNCED_AT_MOST: usize = 512;
 /// about the restarted engine (the prober also ignores word older than a restart).
 pub const STALLS_ANNOUNCED_FOR_MS: u64 = 3_000;
 
+/// How far back a router tells the others which replicas it heard from: two gossip
+/// rounds, so that one lost round does not leave a busy replica silent to them.
+pub const HEARD_ANNOUNCED_FOR_MS: u64 = 2_000;
+
 /// A replica the router may send to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReplicaSpec {
@@ -401,9 +405,10 @@ impl RouterCore {
         (mu / capacity * 60_000.0) as u64
     }
 
-    /// How long the work queued on `replica` should take at its capacity.
+    /// How long the work queued on `replica` should take at its capacity: this
+    /// router's and what the others report (each router holds only its share).
     fn queue_ms(&self, replica: ReplicaId) -> u64 {
-        self.mu_ms(replica, self.ledger.replica(replica).queue_mu)
+        self.mu_ms(replica, self.inflight(replica))
     }
 
     /// What a retry after `failed` excludes, widest first: its rack, its machine, itself
@@ -470,11 +475,29 @@ impl RouterCore {
     /// each with how long ago: re-announced to the other nodes every gossip round for
     /// that long, so one missed round does not keep a hung replica of theirs in service.
     pub fn announced_stalls(&self, now_ms: u64) -> Vec<(ReplicaId, u64)> {
-        self.stalls
-            .judged_since(now_ms.saturating_sub(STALLS_ANNOUNCED_FOR_MS))
-            .into_iter()
-            .map(|(r, at)| (r, now_ms.saturating_sub(at)))
-            .collect()
+        let judged = self
+            .stalls
+            .judged_since(now_ms.saturating_sub(STALLS_ANNOUNCED_FOR_MS));
+        ages(judged, now_ms)
+    }
+
+    /// The replicas this router heard from within the last [`HEARD_ANNOUNCED_FOR_MS`],
+    /// each with how long ago: so that the others do not take a replica busy with their
+    /// queued requests for hung (see `router::stall`).
+    pub fn announced_heard(&self, now_ms: u64) -> Vec<(ReplicaId, u64)> {
+        let heard = self
+            .stalls
+            .heard_since(now_ms.saturating_sub(HEARD_ANNOUNCED_FOR_MS));
+        ages(heard, now_ms)
+    }
+
+    /// Other routers heard from these replicas, each `age` ms before `now_ms`.
+    pub fn peers_heard(&mut self, heard: &[(ReplicaId, u64)], now_ms: u64) {
+        for &(r, age) in heard {
+            if self.slots.contains_key(&r) {
+                self.stalls.heard_by_peer(r, now_ms.saturating_sub(age));
+            }
+        }
     }
 
     /// `replica` answered a request whole or passed a probe at `now_ms`: it is working,
@@ -1050,6 +1073,15 @@ impl RouterCore {
     }
 }
 
+/// Times stamped on this router's clock, as ages at `now_ms`: what other nodes, whose
+/// clocks started elsewhere, can use.
+fn ages(stamped: Vec<(ReplicaId, u64)>, now_ms: u64) -> Vec<(ReplicaId, u64)> {
+    stamped
+        .into_iter()
+        .map(|(r, at)| (r, now_ms.saturating_sub(at)))
+        .collect()
+}
+
 /// A router over `replicas` replicas of equal capacity with `subset` of them to a slice,
 /// priced by a small fixed profile: the tests of the router and of the cores built on it.
 #[cfg(test)]
@@ -1347,8 +1379,10 @@ mod tests {
 
     #[test]
     fn a_replica_whose_streams_never_start_while_another_answers_is_taken_for_hung() {
-        let run = |stream: bool, input: u32| {
+        let run_with = |stream: bool, input: u32, peers_mu: f64| {
             let mut c = core(2, 2);
+            // Work other routers report queued on each replica.
+            c.set_external_load([(ReplicaId(0), peers_mu), (ReplicaId(1), peers_mu)]);
             // Two requests, on the two replicas.
             let first = c
                 .place(
@@ -1382,8 +1416,14 @@ mod tests {
             }
             judged
         };
+        let run = |stream: bool, input: u32| run_with(stream, input, 0.0);
         let judged = run(true, 100).expect("the silent replica is judged");
         assert!((3_000..=3_200).contains(&judged), "{judged}");
+        // In a cluster each router holds only its share of a replica's queue: the work
+        // the other routers report queued there is waited for too (10 s of it at the
+        // test replicas' 60,000 MU a minute).
+        let queued = run_with(true, 100, 10_000.0).expect("judged in the end");
+        assert!(queued > 3 * 10_000, "{queued}");
         // A long prompt's own prefill is work: its replica is given three times as long.
         let mut alone = core(1, 1);
         alone.place(&adm("p", 100_000, 1), 0).unwrap();

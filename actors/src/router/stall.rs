@@ -14,6 +14,12 @@
 //! take at the replica's own pace, and only with a witness. A first token, like any
 //! finished answer, is a sign of life.
 //!
+//! A router sees only its own streams, and in a cluster most of a replica's work comes
+//! through other routers: a request waiting in a busy replica's queue may hear nothing
+//! for seconds while the replica streams to everyone else. So routers tell each other
+//! which replicas they heard from lately ([`StreamStalls::heard_since`]), and a replica
+//! heard by a peer is not silent ([`StreamStalls::heard_by_peer`]).
+//!
 //! Silence everywhere at once is not a hang. When the router's own host, or a machine
 //! its engines share, stops for a few seconds, every producing replica falls silent
 //! together and then resumes. So a silent replica is judged hung only when another
@@ -86,6 +92,8 @@ struct Pace {
     run_since_ms: u64,
     /// When it was last taken for hung (its silence counts again from then).
     judged_ms: u64,
+    /// The newest sign of life another router reported from it.
+    peer_heard_ms: u64,
     /// Running mean of the gap between one token and the next, per stream.
     gap_ms: Option<f64>,
 }
@@ -195,6 +203,33 @@ impl StreamStalls {
             .heard(now_ms, &self.config);
     }
 
+    /// Another router heard from `replica` at `at_ms` (its word's age taken off this
+    /// router's clock): it counts against the replica's silence here, not as this
+    /// router's own pace or witness.
+    pub fn heard_by_peer(&mut self, replica: ReplicaId, at_ms: u64) {
+        let p = self.replicas.entry(replica).or_default();
+        p.peer_heard_ms = p.peer_heard_ms.max(at_ms);
+    }
+
+    /// The replicas this router itself heard from at or after `since_ms`, with when:
+    /// what it tells the other routers (a peer's word is not passed on).
+    pub fn heard_since(&self, since_ms: u64) -> Vec<(ReplicaId, u64)> {
+        self.stamped_since(since_ms, |p| p.heard_ms)
+    }
+
+    /// The replicas whose `stamp` is set and at or after `since_ms`, with it, in
+    /// replica order.
+    fn stamped_since(&self, since_ms: u64, stamp: impl Fn(&Pace) -> u64) -> Vec<(ReplicaId, u64)> {
+        let mut out: Vec<(ReplicaId, u64)> = self
+            .replicas
+            .iter()
+            .map(|(&r, p)| (r, stamp(p)))
+            .filter(|&(_, at)| at > 0 && at >= since_ms)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// The silence after which `replica`'s streams count as stalled.
     pub fn bound_ms(&self, replica: ReplicaId) -> u64 {
         self.replicas
@@ -250,7 +285,7 @@ impl StreamStalls {
             .iter()
             .filter(|&(&r, p)| {
                 let bound = p.bound_ms(&config);
-                let quiet_since = p.heard_ms.max(p.judged_ms);
+                let quiet_since = p.heard_ms.max(p.judged_ms).max(p.peer_heard_ms);
                 if p.producing > 0 {
                     now_ms.saturating_sub(quiet_since) > bound && (witnessed(bound) || busy == 1)
                 } else {
@@ -280,14 +315,7 @@ impl StreamStalls {
     /// The replicas taken for hung at or after `since_ms`, with when: what this router
     /// tells the replicas' own nodes, whose probers eject and restart them.
     pub fn judged_since(&self, since_ms: u64) -> Vec<(ReplicaId, u64)> {
-        let mut out: Vec<(ReplicaId, u64)> = self
-            .replicas
-            .iter()
-            .filter(|(_, p)| p.judged_ms > 0 && p.judged_ms >= since_ms)
-            .map(|(&r, p)| (r, p.judged_ms))
-            .collect();
-        out.sort_unstable();
-        out
+        self.stamped_since(since_ms, |p| p.judged_ms)
     }
 
     /// Forgets the replicas that left the fleet (`in_fleet` is false) once no stream
@@ -555,6 +583,39 @@ mod tests {
         for t in (0..10_000u64).step_by(500) {
             assert!(paused.take_stalled_with(t, &[waiting(100)]).is_empty());
         }
+    }
+
+    /// A busy replica streams to other routers while this router's request waits in its
+    /// queue: their word that they hear it keeps it from being taken for hung here; when
+    /// the word stops, its silence counts from the last of it.
+    #[test]
+    fn a_replica_other_routers_hear_is_not_silent() {
+        let q = ReplicaId(2);
+        let waiting = Awaited {
+            replica: R,
+            since_ms: 1_000,
+            queue_ms: 100,
+            tokens: 1,
+        };
+        let mut s = StreamStalls::new(StallConfig::default());
+        let mut prev = None;
+        let mut judged = None;
+        for t in (0..30_000u64).step_by(50) {
+            // The witness produces all along; peers hear R every gossip round until 10 s.
+            s.progressed(q, prev, 1, t);
+            prev = Some(t);
+            if t % 1_000 == 0 && t <= 10_000 {
+                s.heard_by_peer(R, t.saturating_sub(400));
+            }
+            if judged.is_none() && s.take_stalled_with(t, &[waiting]) == vec![R] {
+                judged = Some(t);
+            }
+        }
+        // Last heard by a peer at 9.6 s: the floor of 3 s from there.
+        assert_eq!(judged, Some(12_650));
+        // What a router tells the others is only its own hearing, not a peer's word.
+        assert_eq!(s.heard_since(29_000), vec![(q, 29_950)]);
+        assert!(s.heard_since(30_000).is_empty());
     }
 
     #[test]

@@ -56,6 +56,7 @@ impl World<'_> {
         let mut totals: [HashMap<ReplicaId, f64>; 2] = Default::default();
         let mut implications: [Vec<sluice_actors::router::Implication>; 2] = Default::default();
         let mut stalls: [Vec<(ReplicaId, u64)>; 2] = Default::default();
+        let mut heard: [Vec<(ReplicaId, u64)>; 2] = Default::default();
         let mut own = Vec::with_capacity(self.nodes.len());
         for n in 0..self.nodes.len() {
             if !self.reach.up[n] {
@@ -70,6 +71,7 @@ impl World<'_> {
             own.push(loads);
             implications[side].extend(self.nodes[n].router.announced_implications(now_ms));
             stalls[side].extend(self.nodes[n].router.announced_stalls(now_ms));
+            heard[side].extend(self.nodes[n].router.announced_heard(now_ms));
         }
         for (n, loads) in own.iter().enumerate() {
             if !self.reach.up[n] {
@@ -83,6 +85,7 @@ impl World<'_> {
             let router = &mut self.nodes[n].router;
             router.set_external_load(others);
             router.merge_implications(&implications[side], now_ms);
+            router.peers_heard(&heard[side], now_ms);
             // Word of hung replicas: each node's prober weighs it for its own.
             let changes = self.nodes[n].prober.on_stall_word(&stalls[side], now_ms);
             self.verdicts(n, changes);

@@ -28,6 +28,15 @@ impl World<'_> {
             let word: Vec<(ReplicaId, u64)> = stalled.iter().map(|&r| (r, 0)).collect();
             let changes = self.nodes[n].prober.on_stall_word(&word, now_ms);
             self.verdicts(n, changes);
+            // As the live round: probe the replicas here now, but not an engine the
+            // supervisor has down or starting (its start has its own deadline).
+            let up: Vec<ReplicaId> = self
+                .locals(n)
+                .filter(|&r| self.engines[r].power == Power::Up)
+                .map(|r| ReplicaId(r as u64))
+                .collect();
+            let changes = self.nodes[n].prober.set_replicas(&up, now_ms);
+            self.verdicts(n, changes);
             for r in self.locals(n) {
                 let e = &self.engines[r];
                 if e.power != Power::Up {

@@ -212,12 +212,14 @@ impl Duty for Gossip {
             demand: Vec::new(),
             implicated: Vec::new(),
             stalled: Vec::new(),
+            heard: Vec::new(),
         };
         for (model, front) in fleets.named() {
             gossip.loads.extend(front.own_load());
             gossip.demand.push((model.to_owned(), front.own_demand()));
             gossip.implicated.extend(front.announced_implications());
             gossip.stalled.extend(front.announced_stalls());
+            gossip.heard.extend(front.announced_heard());
         }
         let report = LoadRpc::Gossip(gossip);
         let state = self.cp.state().borrow().clone();

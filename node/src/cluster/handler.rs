@@ -564,6 +564,7 @@ impl NodeHandler {
                         }
                         front.peer_implications(&g.implicated);
                         front.streams_stalled(&g.stalled);
+                        front.peers_heard(&g.heard);
                     }
                 }
             }

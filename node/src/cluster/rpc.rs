@@ -159,6 +159,10 @@ pub struct Gossip {
     /// Replicas this router lately took for hung from their streams, with how many ms
     /// ago: the receiving node's prober ejects and restarts its own.
     pub stalled: Vec<(ReplicaId, u64)>,
+    /// Replicas this router lately heard from (a token, an answer, a passed probe),
+    /// with how many ms ago: a busy replica is not taken for hung by a router whose
+    /// request waits in its queue.
+    pub heard: Vec<(ReplicaId, u64)>,
 }
 
 /// The answer to anything but `Forward`, by service.

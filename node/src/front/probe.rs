@@ -162,6 +162,21 @@ impl AppState {
         self.core().announced_stalls(now)
     }
 
+    /// The replicas this router heard from lately, with how long ago, for the other
+    /// nodes: a busy replica is not silent to a router whose request waits there.
+    pub fn announced_heard(&self) -> Vec<(ReplicaId, u64)> {
+        let now = self.now_ms();
+        self.core().announced_heard(now)
+    }
+
+    /// A peer's router heard from these replicas, each `age` ms ago.
+    pub fn peers_heard(&self, heard: &[(ReplicaId, u64)]) {
+        if !heard.is_empty() {
+            let now = self.now_ms();
+            self.core().peers_heard(heard, now);
+        }
+    }
+
     /// Resolves once `replica` is found hung from its streams (after `alarm` was made).
     pub(super) async fn until_stalled(alarm: &mut StallAlarm, replica: ReplicaId) {
         loop {
