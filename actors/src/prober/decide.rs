@@ -98,8 +98,12 @@ impl ReplicaState {
         // writes tokens. But a busy one can write none for seconds in one long step (a
         // CPU vLLM recomputing preempted prompts stood still over 2 s under 24 long
         // streams; starved on two shared cores, over 5 s), so an operator who widens
-        // the window for slow engines widens this with it.
-        let confirmed = self.stall.still_for().is_some_and(|still| still >= half)
+        // the window for slow engines widens this with it. Only stillness with work
+        // counts (an idle engine given one long prefill has not been still while idle).
+        let confirmed = self
+            .stall
+            .still_with_work_for()
+            .is_some_and(|still| still >= half)
             || idle_for(STREAMS_CONFIRMED_IDLE_AFTER_MS).is_some();
         let streams = self
             .streams_stalled_ms
@@ -236,8 +240,8 @@ impl ProberCore {
     /// Routers took these replicas' streams for hung (their silence outlasted the bound
     /// from the replica's own pace; see `router::stall`), each `age` ms before `now_ms`
     /// — the local router's word and the peers' gossip alike. A replica is condemned
-    /// once the engine's token counter has stood still for
-    /// half `stall_window_ms` (5 s by default), or for
+    /// once the engine's token counter has stood still with work held (or with none
+    /// ever reaching it) for half `stall_window_ms` (5 s by default), or for
     /// [`STREAMS_CONFIRMED_IDLE_AFTER_MS`] with
     /// work held and its processes idle (an engine without that gauge is left to the
     /// probes). Word older than the replica's last proof (a completed request or probe,

@@ -82,9 +82,23 @@ impl StallDetector {
 
     /// For how long, as of the last sample, the engine has produced no token at all,
     /// busy or not; `None` before two samples.
-    pub fn still_for(&self) -> Option<u64> {
+    fn still_for(&self) -> Option<u64> {
         (self.tokens_total.is_some() && self.sampled_ms > self.still_since_ms)
             .then(|| self.sampled_ms - self.still_since_ms)
+    }
+
+    /// For how long, as of the last sample, the engine has written no token while it
+    /// had work: since it was first seen holding some after the counter last moved, or,
+    /// if it has held none since, since the counter last moved (a request that never
+    /// reached the engine's queue is no less stuck). Time spent idle before work arrived
+    /// does not count: an engine idle for a minute and then given a long prefill has not
+    /// been still for a minute.
+    pub fn still_with_work_for(&self) -> Option<u64> {
+        let since = self.held_since_ms.unwrap_or(self.still_since_ms);
+        self.still_for().map(|_| {
+            self.sampled_ms
+                .saturating_sub(since.max(self.still_since_ms))
+        })
     }
 
     /// When the engine was last sampled.

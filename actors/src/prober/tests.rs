@@ -657,6 +657,40 @@ fn a_routers_word_waits_for_the_counter_and_a_proof_clears_it() {
     );
 }
 
+/// Seen in a 100-node virtual drill: an engine idle for seconds was given one long
+/// prompt, whose chunked prefill wrote no token for several seconds while requests queued
+/// behind it; a router took it for hung, and the counter's stillness *while idle* made
+/// the word count at once, restarting a healthy engine.
+#[test]
+fn a_routers_word_is_not_confirmed_by_the_time_an_engine_idled_before_its_work() {
+    const C: u64 = ProbeConfig::DEFAULT_STALL_WINDOW_MS / 2;
+    let mut c = core(10);
+    // Idle, nothing queued, counter at 1 from 1 s to 9 s; then work held from 10 s on,
+    // its processes computing all along.
+    for at in (1_000..=9_000).step_by(1_000) {
+        c.on_progress(r(0), 0, 1, Some(0), at);
+    }
+    let busy = |at: u64| Some((at - 9_000) * 9 / 10);
+    assert!(c.on_progress(r(0), 5, 1, busy(10_000), 10_000).is_empty());
+    assert!(c.on_stall_word(&[(r(0), 0)], 10_500).is_empty());
+    for at in (11_000..10_000 + C).step_by(1_000) {
+        assert!(
+            c.on_progress(r(0), 5, 1, busy(at), at).is_empty(),
+            "at {at}"
+        );
+    }
+    // Held with no token for the whole confirmation: the word counts.
+    let changes = c.on_progress(r(0), 5, 1, busy(10_000 + C), 10_000 + C);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(matches!(
+        changes[0].verdict,
+        Verdict::Unhealthy {
+            reason: Reason::StreamsStalled,
+            ..
+        }
+    ));
+}
+
 #[test]
 fn a_routers_word_is_confirmed_sooner_when_the_engine_holds_work_and_idles() {
     const SOON: u64 = decide::STREAMS_CONFIRMED_IDLE_AFTER_MS;

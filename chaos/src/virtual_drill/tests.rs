@@ -158,13 +158,11 @@ fn without_the_quarantine_the_poison_spreads_past_its_subset() {
 
 #[test]
 fn a_large_fleet_loses_a_rack_without_losing_requests() {
-    // 240 replicas on 60 nodes in 6 racks; the documented run is 2,000 replicas.
+    // 240 replicas on 60 nodes in 6 racks; the documented run is 2,000 replicas. No
+    // client sees an error: streams on the dead replicas continue elsewhere, requests
+    // waiting there fail over, and no door takes a busy replica for hung meanwhile.
     let r = drill(&args("rack-loss", 60, 6, 4, 90.0));
-    assert!(
-        r.summary.success_rate_after_fault >= 0.999,
-        "{:#?}",
-        r.summary
-    );
+    assert_eq!(r.summary.failed_explicit, 0, "{:#?}", r.summary);
 }
 
 #[test]
