@@ -471,6 +471,13 @@ impl RouterCore {
         stalled
     }
 
+    /// Breaks ties between equally loaded replicas outside a request's home in an order
+    /// of `salt`'s own (see [`LoadOrder::spread_ties`]): every router of a cluster
+    /// should have its own.
+    pub fn spread_ties(&mut self, salt: u64) {
+        self.order.spread_ties(salt);
+    }
+
     /// The replicas this router took for hung within the last [`STALLS_ANNOUNCED_FOR_MS`],
     /// each with how long ago: re-announced to the other nodes every gossip round for
     /// that long, so one missed round does not keep a hung replica of theirs in service.

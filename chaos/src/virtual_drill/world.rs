@@ -324,12 +324,14 @@ impl<'t> World<'t> {
                 ..config.quarantine
             };
         }
-        let router = RouterCore::new(
+        let mut router = RouterCore::new(
             self.spec.profile.mu,
             config,
             &specs,
             self.control.assignment.clone(),
         );
+        // Each door breaks ties in its own order, as each live node does.
+        router.spread_ties(i as u64 + 1);
         let probe_config = ProbeConfig::default();
         let mut prober = ProberCore::new(probe_config.clone())
             .unwrap_or_else(|e| panic!("the default probe config is valid: {e}"));

@@ -229,7 +229,13 @@ impl AppState {
             Some(schedule) => initial_assignment(&registry, &schedule.assigner)?,
             None => Assignment::uniform(1, &ids, node.slice_count, node.subset_size)?,
         };
-        let core = RouterCore::new(node.profile.mu, node.router, &specs, assignment);
+        let mut core = RouterCore::new(node.profile.mu, node.router, &specs, assignment);
+        // Every router of a cluster breaks ties between idle replicas in its own order, or
+        // they all spill onto the same one (see `LoadOrder::spread_ties`).
+        core.spread_ties(std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::process::id(),
+        ));
         let client = http_client(node.connect_timeout);
         let locals: Vec<ReplicaId> = upstreams
             .iter()
