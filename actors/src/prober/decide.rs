@@ -167,6 +167,15 @@ pub struct ProberCore {
     next_probe: u64,
 }
 
+/// What a node's supervisor says of the engine process behind a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineState {
+    /// Serving, or not supervised here (nothing says otherwise).
+    Up,
+    /// Down, or started and not yet answering.
+    DownOrStarting,
+}
+
 impl ProberCore {
     pub fn new(config: ProbeConfig) -> Result<Self, ProbeConfigError> {
         config.validate()?;
@@ -194,6 +203,22 @@ impl ProberCore {
         }
         self.replicas = next;
         self.settle(now_ms)
+    }
+
+    /// The pool follows the node's engines: a replica whose engine the supervisor has
+    /// down or starting is left out — its start has its own deadline, and probing it
+    /// would only fail it and eject it — and joins, healthy and proven, once it is up.
+    pub fn follow_engines(
+        &mut self,
+        engines: &[(ReplicaId, EngineState)],
+        now_ms: u64,
+    ) -> Vec<VerdictChange> {
+        let up: Vec<ReplicaId> = engines
+            .iter()
+            .filter(|(_, state)| *state == EngineState::Up)
+            .map(|(replica, _)| *replica)
+            .collect();
+        self.set_replicas(&up, now_ms)
     }
 
     /// A real request on `replica` ended with `outcome` at `now_ms`.

@@ -94,11 +94,11 @@ impl StallDetector {
     /// does not count: an engine idle for a minute and then given a long prefill has not
     /// been still for a minute.
     pub fn still_with_work_for(&self) -> Option<u64> {
+        // Work is first seen held no earlier than the counter's last move: both are
+        // reset together when it moves.
         let since = self.held_since_ms.unwrap_or(self.still_since_ms);
-        self.still_for().map(|_| {
-            self.sampled_ms
-                .saturating_sub(since.max(self.still_since_ms))
-        })
+        self.still_for()
+            .map(|_| self.sampled_ms.saturating_sub(since))
     }
 
     /// When the engine was last sampled.

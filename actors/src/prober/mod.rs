@@ -27,7 +27,7 @@ mod tests;
 
 pub use budget::{RetryBudget, WINDOW_S as RETRY_BUDGET_WINDOW_S};
 pub use config::{ProbeConfig, ProbeConfigError};
-pub use decide::ProberCore;
+pub use decide::{EngineState, ProberCore};
 pub use ejections::{Effect, Ejections};
 pub use liveness::{liveness_marks, LivenessWatch, Mark, Standing};
 

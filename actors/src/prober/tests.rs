@@ -350,6 +350,30 @@ fn a_lone_replica_is_still_ejected_and_removal_frees_a_slot() {
 }
 
 #[test]
+fn an_engine_down_or_starting_is_neither_probed_nor_ejected_and_joins_once_up() {
+    let mut c = core(0);
+    let starting = [(r(0), EngineState::Up), (r(1), EngineState::DownOrStarting)];
+    assert!(c.follow_engines(&starting, 0).is_empty());
+    // Its start takes longer than three failed probes would: it is left alone all along.
+    for k in 1..=4 {
+        let now = k * IDLE;
+        assert!(c.follow_engines(&starting, now).is_empty());
+        // It holds work and writes nothing, as a loading engine may.
+        assert!(c.on_progress(r(1), 3, 0, None, now).is_empty());
+        for p in c.tick(now).probes {
+            assert_ne!(p.replica, r(1), "a starting engine is not probed");
+            c.on_probe_result(p, true, now);
+        }
+    }
+    assert_eq!(c.verdict(r(1)), None);
+    let up = [(r(0), EngineState::Up), (r(1), EngineState::Up)];
+    assert!(c.follow_engines(&up, 5 * IDLE).is_empty());
+    assert_eq!(c.verdict(r(1)), Some(Verdict::Healthy));
+    let due: Vec<_> = c.tick(7 * IDLE).probes.iter().map(|p| p.replica).collect();
+    assert!(due.contains(&r(1)), "probed once it is up: {due:?}");
+}
+
+#[test]
 fn restored_replicas_start_over() {
     let mut c = core(1);
     for k in 1..=3 {

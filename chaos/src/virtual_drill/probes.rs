@@ -5,7 +5,7 @@
 use super::control::Write;
 use super::world::{Power, World, PROBE_BIT};
 use sluice_actors::prober::{
-    Effect, Probe, Standing, VerdictChange, PROBE_MAX_TOKENS, PROBE_PRIORITY,
+    Effect, EngineState, Probe, Standing, VerdictChange, PROBE_MAX_TOKENS, PROBE_PRIORITY,
 };
 use sluice_actors::slice::ReplicaId;
 use sluice_engine::core::{EngineRequest, RequestId};
@@ -28,14 +28,17 @@ impl World<'_> {
             let word: Vec<(ReplicaId, u64)> = stalled.iter().map(|&r| (r, 0)).collect();
             let changes = self.nodes[n].prober.on_stall_word(&word, now_ms);
             self.verdicts(n, changes);
-            // As the live round: probe the replicas here now, but not an engine the
-            // supervisor has down or starting (its start has its own deadline).
-            let up: Vec<ReplicaId> = self
+            // As the live round: the pool follows the replicas here and their engines.
+            let engines: Vec<(ReplicaId, EngineState)> = self
                 .locals(n)
-                .filter(|&r| self.engines[r].power == Power::Up)
-                .map(|r| ReplicaId(r as u64))
+                .map(|r| match self.engines[r].power {
+                    Power::Up => (ReplicaId(r as u64), EngineState::Up),
+                    Power::Restarting | Power::Down => {
+                        (ReplicaId(r as u64), EngineState::DownOrStarting)
+                    }
+                })
                 .collect();
-            let changes = self.nodes[n].prober.set_replicas(&up, now_ms);
+            let changes = self.nodes[n].prober.follow_engines(&engines, now_ms);
             self.verdicts(n, changes);
             for r in self.locals(n) {
                 let e = &self.engines[r];

@@ -231,10 +231,11 @@ impl AppState {
         };
         let mut core = RouterCore::new(node.profile.mu, node.router, &specs, assignment);
         // Every router of a cluster breaks ties between idle replicas in its own order, or
-        // they all spill onto the same one (see `LoadOrder::spread_ties`).
+        // they all spill onto the same one (see `LoadOrder::spread_ties`). A new
+        // `RandomState` is keyed at random, so what it hashes does not matter.
         core.spread_ties(std::hash::BuildHasher::hash_one(
             &std::collections::hash_map::RandomState::new(),
-            std::process::id(),
+            0u8,
         ));
         let client = http_client(node.connect_timeout);
         let locals: Vec<ReplicaId> = upstreams

@@ -8,8 +8,8 @@ use super::AppState;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use sluice_actors::prober::{
-    Effect, Ejections, Probe, ProberCore, RealOutcome, VerdictChange, PROBE_MAX_TOKENS,
-    PROBE_PRIORITY,
+    Effect, Ejections, EngineState, Probe, ProberCore, RealOutcome, VerdictChange,
+    PROBE_MAX_TOKENS, PROBE_PRIORITY,
 };
 use sluice_actors::slice::ReplicaId;
 use sluice_engine::openai::Endpoint;
@@ -245,20 +245,24 @@ async fn round(state: &Arc<AppState>, probes: &mut tokio::task::JoinSet<()>) {
     state.judge_streams();
     let locals = state.local_upstreams();
     {
-        // Replicas come and go with the autoscaler: probe the ones here now, but
-        // not an engine the supervisor has down or starting (its start has its own
-        // deadline; probing it would only eject it).
-        let ids: Vec<ReplicaId> = locals
+        // Replicas come and go with the autoscaler, engines with the supervisor.
+        let engines: Vec<(ReplicaId, EngineState)> = locals
             .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| !state.engine_down(*id))
+            .map(|(id, _)| {
+                let engine = if state.engine_down(*id) {
+                    EngineState::DownOrStarting
+                } else {
+                    EngineState::Up
+                };
+                (*id, engine)
+            })
             .collect();
         let now = state.now_ms();
         let changes = state
             .prober
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .set_replicas(&ids, now);
+            .follow_engines(&engines, now);
         state.apply_verdicts(changes);
     }
     // The engines' own gauges: work queued while tokens stand still is a hang; with
