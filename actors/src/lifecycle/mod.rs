@@ -157,6 +157,16 @@ impl Lifecycle {
         self.retried
     }
 
+    /// Whether a router's word that the current replica is hung should move the
+    /// request while no answer has come back. The word is a suspicion the replica's
+    /// prober may not confirm (one computing a long prefill writes no token for
+    /// seconds), so it moves a request only while its retry is left: one that has
+    /// spent it would fail if moved, and waits on instead. A replica really hung is
+    /// ejected by its prober, which ends the attempt anyway.
+    pub fn moves_on_stall_word(&self) -> bool {
+        self.open && !self.retried
+    }
+
     /// Times the request moved to another replica mid-answer.
     pub fn migrations(&self) -> u8 {
         self.migrations

@@ -49,6 +49,22 @@ fn a_failed_call_is_retried_once_on_another_replica_then_fails_502() {
 }
 
 #[test]
+fn a_stall_word_moves_a_waiting_request_only_while_its_retry_is_left() {
+    let mut r = router(4, 4);
+    let mut b = budget(0.0, 10.0);
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
+    assert!(life.moves_on_stall_word());
+    let Next::Retry(_) = life.failed_before_answer(true, &mut r, &mut b, 10) else {
+        panic!("the first failure is retried");
+    };
+    // Moved once already: another move would fail it, so it waits on.
+    assert!(!life.moves_on_stall_word());
+    assert_eq!(r.in_flight(), 1, "still held where it is");
+    life.finish(&mut r, None);
+    assert!(!life.moves_on_stall_word());
+}
+
+#[test]
 fn without_budget_the_first_failure_is_final() {
     let mut r = router(4, 4);
     let mut b = budget(0.0, 0.0);

@@ -302,7 +302,8 @@ impl World<'_> {
 
     /// Door `n`'s router took replica `r` for hung (every stream on it stopped): the
     /// requests it holds there move, as the live door's alarm moves them — a started
-    /// stream is continued, anything else fails over as a call that got no answer.
+    /// stream is continued, anything else fails over as a call that got no answer,
+    /// unless its retry is spent (it waits on, as the live door's does).
     pub(super) fn stalled(&mut self, n: usize, r: usize) {
         let held: Vec<u32> = self
             .active
@@ -310,10 +311,13 @@ impl World<'_> {
             .copied()
             .filter(|&q| {
                 let req = &self.reqs[q as usize];
+                let movable = (req.started && req.stream)
+                    || req.life.is_some_and(|l| l.moves_on_stall_word());
                 req.door as usize == n
                     && req.done.is_none()
                     && req.life.is_some()
                     && req.replica() == r
+                    && movable
             })
             .collect();
         for q in held {

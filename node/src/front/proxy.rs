@@ -404,9 +404,11 @@ async fn answer_head(
         let upstream = state
             .upstream(placement.replica)
             .ok_or_else(|| failure(Fail::NoReplica, None))?;
+        // A request whose retry is spent is not moved by a word (see the lifecycle).
+        let movable = guard.life.moves_on_stall_word();
         let sent = tokio::select! {
             sent = tokio::time::timeout_at(deadline, send(state, &upstream, route, id, body)) => sent,
-            () = AppState::until_stalled(alarm, placement.replica) => Ok(Err(SendError {
+            () = AppState::until_stalled(alarm, placement.replica), if movable => Ok(Err(SendError {
                 message: "the replica was taken for hung (every stream on it stopped)".to_owned(),
                 delivered: true,
             })),
