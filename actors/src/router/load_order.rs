@@ -50,10 +50,10 @@ impl LoadOrder {
     /// last report, dozens of them spill onto it at once.
     pub fn spread_ties(&mut self, salt: u64) {
         self.salt = salt;
-        let listed: Vec<(ReplicaId, u64)> = self.keys.iter().map(|(&r, &k)| (r, k)).collect();
-        self.by_queue = listed
-            .into_iter()
-            .map(|(r, k)| (k, self.rank(r), r))
+        self.by_queue = self
+            .keys
+            .iter()
+            .map(|(&r, &k)| (k, self.rank(r), r))
             .collect();
     }
 

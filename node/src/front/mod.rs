@@ -438,13 +438,13 @@ impl AppState {
             .and_then(|e| e.group)
     }
 
-    /// Whether the supervisor has the engine behind `id` down or starting.
-    pub fn engine_down(&self, id: ReplicaId) -> bool {
-        self.engines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .is_some_and(|e| e.down)
+    /// What the supervisor says of the engine behind `id` (one not supervised here: up).
+    pub fn supervised_state(&self, id: ReplicaId) -> sluice_actors::prober::EngineState {
+        let engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
+        match engines.get(&id).is_some_and(|e| e.down) {
+            true => sluice_actors::prober::EngineState::DownOrStarting,
+            false => sluice_actors::prober::EngineState::Up,
+        }
     }
 
     /// The incarnation of the engine process behind `id` (0 for one not supervised).

@@ -248,14 +248,7 @@ async fn round(state: &Arc<AppState>, probes: &mut tokio::task::JoinSet<()>) {
         // Replicas come and go with the autoscaler, engines with the supervisor.
         let engines: Vec<(ReplicaId, EngineState)> = locals
             .iter()
-            .map(|(id, _)| {
-                let engine = if state.engine_down(*id) {
-                    EngineState::DownOrStarting
-                } else {
-                    EngineState::Up
-                };
-                (*id, engine)
-            })
+            .map(|(id, _)| (*id, state.supervised_state(*id)))
             .collect();
         let now = state.now_ms();
         let changes = state
