@@ -90,6 +90,11 @@ impl MigrationBudget {
         true
     }
 
+    /// Whether [`Self::try_take`] at `now_ms` would grant a migration; takes nothing.
+    pub fn allows(&self, now_ms: u64) -> bool {
+        self.clone().try_take(now_ms)
+    }
+
     /// Whether a request that has moved `moved` times may move once more at `now_ms`:
     /// within its own limit first, then the door's rate (spent only when granted).
     pub fn take_for(&mut self, moved: u8, now_ms: u64) -> Result<(), Unmoved> {

@@ -157,14 +157,36 @@ impl Lifecycle {
         self.retried
     }
 
-    /// Whether a router's word that the current replica is hung should move the
-    /// request while no answer has come back. The word is a suspicion the replica's
+    /// Whether a router's word at `now_ms` that the current replica is hung should move
+    /// the request while no answer has come back. The word is a suspicion the replica's
     /// prober may not confirm (one computing a long prefill writes no token for
-    /// seconds), so it moves a request only while its retry is left: one that has
-    /// spent it would fail if moved, and waits on instead. A replica really hung is
-    /// ejected by its prober, which ends the attempt anyway.
-    pub fn moves_on_stall_word(&self) -> bool {
-        self.open && !self.retried
+    /// seconds), so it moves a request only while a retry would be granted — its own
+    /// is left and the door's `budget` allows one: a request that would fail if moved
+    /// waits on instead. A replica really hung is ejected by its prober, which ends the
+    /// attempt anyway.
+    pub fn moves_on_stall_word(&self, budget: &RetryBudget, now_ms: u64) -> bool {
+        self.open && !self.retried && budget.allows(now_ms)
+    }
+
+    /// The same rule once the answer has begun (a stream under way, or an answer sent
+    /// whole still arriving): the word moves the request only if the migration would
+    /// be granted — the engine can continue it (`resumable`), it is within its own
+    /// limit, not quarantined, and the door's `budget` allows one. Otherwise the answer
+    /// goes on: ending it on a suspicion fails a request the replica may still finish,
+    /// and a replica really hung is ejected and restarted by its prober, which breaks
+    /// the answer anyway.
+    pub fn moves_midway_on_stall_word(
+        &self,
+        resumable: bool,
+        router: &RouterCore,
+        budget: &MigrationBudget,
+        now_ms: u64,
+    ) -> bool {
+        self.open
+            && resumable
+            && self.migrations < budget.limits().per_request
+            && router.refused(self.id, now_ms).is_none()
+            && budget.allows(now_ms)
     }
 
     /// Times the request moved to another replica mid-answer.

@@ -53,15 +53,94 @@ fn a_stall_word_moves_a_waiting_request_only_while_its_retry_is_left() {
     let mut r = router(4, 4);
     let mut b = budget(0.0, 10.0);
     let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
-    assert!(life.moves_on_stall_word());
+    assert!(life.moves_on_stall_word(&b, 10));
     let Next::Retry(_) = life.failed_before_answer(true, &mut r, &mut b, 10) else {
         panic!("the first failure is retried");
     };
     // Moved once already: another move would fail it, so it waits on.
-    assert!(!life.moves_on_stall_word());
+    assert!(!life.moves_on_stall_word(&b, 10));
     assert_eq!(r.in_flight(), 1, "still held where it is");
     life.finish(&mut r, None);
-    assert!(!life.moves_on_stall_word());
+    assert!(!life.moves_on_stall_word(&b, 10));
+    // The door's budget is spent: a move would fail the request, so it waits on too,
+    // and asking spends nothing.
+    let mut spent = budget(0.0, 0.0);
+    let (life, _) = Lifecycle::begin(&mut r, &mut spent, &admission(2, None), 20).unwrap();
+    assert!(!life.moves_on_stall_word(&spent, 20));
+    let mut one = budget(0.0, 0.1);
+    let (life, _) = Lifecycle::begin(&mut r, &mut one, &admission(3, None), 20).unwrap();
+    assert!((0..3).all(|_| life.moves_on_stall_word(&one, 20)));
+    assert!(one.try_retry(20), "the one retry is still there");
+    assert!(!life.moves_on_stall_word(&one, 20));
+}
+
+#[test]
+fn a_stall_word_moves_an_answer_under_way_only_if_the_migration_would_be_granted() {
+    let mut r = router(4, 4);
+    let mut b = budget(0.0, 10.0);
+    let mut m = migrations(1, 10.0);
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
+    assert!(life.moves_midway_on_stall_word(true, &r, &m, 0));
+    // What the engine cannot continue is never moved: it streams on.
+    assert!(!life.moves_midway_on_stall_word(false, &r, &m, 0));
+    assert!(life
+        .failed_midway(Broke::Hung, true, &mut r, &mut m, 0)
+        .is_ok());
+    // At its own limit: a move would end it with an error event, so it streams on.
+    assert!(!life.moves_midway_on_stall_word(true, &r, &m, 5));
+    assert_eq!(r.in_flight(), 1);
+    // The door's budget spent.
+    let mut empty = migrations(2, 0.0);
+    let (other, _) = Lifecycle::begin(&mut r, &mut b, &admission(2, None), 0).unwrap();
+    assert!(!other.moves_midway_on_stall_word(true, &r, &empty, 0));
+    assert!(!empty.try_take(0));
+    // A quarantined request is not moved either.
+    let poison = admission(7, Some(0xbad));
+    let mut m = migrations(5, 10.0);
+    let (mut bad, _) = Lifecycle::begin(&mut r, &mut b, &poison, 0).unwrap();
+    assert!(bad
+        .failed_midway(Broke::Answer, true, &mut r, &mut m, 0)
+        .is_ok());
+    assert!(bad.moves_midway_on_stall_word(true, &r, &m, 1));
+    r.implicate(bad.id(), bad.replica(), 1);
+    assert!(!bad.moves_midway_on_stall_word(true, &r, &m, 2));
+    bad.finish(&mut r, None);
+    assert!(!bad.moves_midway_on_stall_word(true, &r, &m, 2));
+}
+
+proptest! {
+    /// The word's rule answers exactly what the move would: granted or refused.
+    #[test]
+    fn the_midway_word_rule_agrees_with_the_move(
+        moves in 0u8..4,
+        per_request in 0u8..4,
+        burst in 0u8..4,
+        resumable: bool,
+        implicated: bool,
+    ) {
+        let mut r = router(8, 8);
+        let mut b = budget(0.0, 10.0);
+        let mut m = MigrationBudget::new(MigrationLimits {
+            per_request,
+            per_s: 0.0,
+            burst: f64::from(burst),
+        });
+        let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, Some(0x5eed)), 0).unwrap();
+        for t in 0..u64::from(moves) {
+            if life.failed_midway(Broke::Hung, true, &mut r, &mut m, t).is_err() {
+                break;
+            }
+        }
+        if implicated && life.is_open() {
+            r.implicate(life.id(), life.replica(), 10);
+        }
+        let says = life.moves_midway_on_stall_word(resumable, &r, &m, 10);
+        let moved = life
+            .clone()
+            .failed_midway(Broke::Hung, resumable, &mut r.clone(), &mut m.clone(), 10)
+            .is_ok();
+        prop_assert_eq!(says, moved);
+    }
 }
 
 #[test]

@@ -68,6 +68,11 @@ impl RetryBudget {
         true
     }
 
+    /// Whether [`Self::try_retry`] at `now_ms` would grant a retry; counts nothing.
+    pub fn allows(&self, now_ms: u64) -> bool {
+        self.clone().try_retry(now_ms)
+    }
+
     /// Moves the window up to `now_ms`'s slot, emptying the slots that left it; returns
     /// the index of the current slot.
     fn advance(&mut self, now_ms: u64) -> usize {

@@ -302,8 +302,9 @@ impl World<'_> {
 
     /// Door `n`'s router took replica `r` for hung (every stream on it stopped): the
     /// requests it holds there move, as the live door's alarm moves them — a started
-    /// stream is continued, anything else fails over as a call that got no answer,
-    /// unless its retry is spent (it waits on, as the live door's does).
+    /// stream is continued, anything else fails over as a call that got no answer —
+    /// unless the move would be refused (its lifecycle's word rules): then it goes on
+    /// where it is, as at the live door.
     pub(super) fn stalled(&mut self, n: usize, r: usize) {
         let held: Vec<u32> = self
             .active
@@ -311,19 +312,30 @@ impl World<'_> {
             .copied()
             .filter(|&q| {
                 let req = &self.reqs[q as usize];
-                let movable = (req.started && req.stream)
-                    || req.life.is_some_and(|l| l.moves_on_stall_word());
                 req.door as usize == n
                     && req.done.is_none()
                     && req.life.is_some()
                     && req.replica() == r
-                    && movable
             })
             .collect();
+        let now_ms = self.now / 1000;
         for q in held {
-            self.withdraw(q, r);
+            // Asked one at a time: each move spends the budget the next one asks about.
             let req = &self.reqs[q as usize];
-            if req.started && req.stream {
+            let midway = req.started && req.stream;
+            let node = &self.nodes[n];
+            let movable = req.life.is_some_and(|l| {
+                if midway {
+                    l.moves_midway_on_stall_word(true, &node.router, &node.migrations, now_ms)
+                } else {
+                    l.moves_on_stall_word(&node.budget, now_ms)
+                }
+            });
+            if !movable {
+                continue;
+            }
+            self.withdraw(q, r);
+            if midway {
                 self.migrate(q, Broke::Hung);
             } else {
                 self.upstream_failure(q, true);

@@ -189,6 +189,28 @@ impl AppState {
         }
     }
 
+    /// Runs `work` to its end, unless a word that `replica` is hung comes first and
+    /// `moves()` says the word moves the request (the lifecycle's word rules): then
+    /// `None`. A word that would not move it is let pass, and `work` goes on.
+    pub(super) async fn unless_moved<T>(
+        work: impl std::future::Future<Output = T>,
+        alarm: &mut StallAlarm,
+        replica: ReplicaId,
+        mut moves: impl FnMut() -> bool,
+    ) -> Option<T> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                () = Self::until_stalled(alarm, replica) => {
+                    if moves() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     pub(super) fn stall_alarm(&self) -> StallAlarm {
         self.stall_alarm.subscribe()
     }

@@ -55,6 +55,31 @@ impl Inflight {
             .failed_midway(how, resumable, &mut core, &mut budget, now)
     }
 
+    /// Whether a word that its replica is hung moves the request while no answer has
+    /// come back (the lifecycle's rule, over the door's retry budget).
+    pub fn moves_on_stall_word(&self) -> bool {
+        let budget = self
+            .state
+            .retry_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.life.moves_on_stall_word(&budget, self.state.now_ms())
+    }
+
+    /// Whether such a word moves the request once its answer is under way (the
+    /// lifecycle's rule, over the door's migration budget).
+    pub fn moves_midway_on_stall_word(&self, resumable: bool) -> bool {
+        let now = self.state.now_ms();
+        let core = self.state.core();
+        let budget = self
+            .state
+            .migrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.life
+            .moves_midway_on_stall_word(resumable, &core, &budget, now)
+    }
+
     /// The request ended without usage (the engine answered with an error).
     pub fn finish(&mut self) {
         self.life.finish(&mut self.state.core(), None);
@@ -325,13 +350,20 @@ async fn forward(
             ));
         }
         let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-        let collected = tokio::select! {
-            collected = tokio::time::timeout_at(deadline, resp.into_body().collect()) => {
-                collected.map(|r| r.map_err(|e| (Broke::Answer, "answer_lost", e.to_string())))
-            }
-            () = AppState::until_stalled(&mut alarm, placement.replica) => {
-                Ok(Err((Broke::Hung, "stalled", "the replica was taken for hung".to_owned())))
-            }
+        let collected = AppState::unless_moved(
+            tokio::time::timeout_at(deadline, resp.into_body().collect()),
+            &mut alarm,
+            placement.replica,
+            || guard.moves_midway_on_stall_word(true),
+        )
+        .await;
+        let collected = match collected {
+            Some(c) => c.map(|r| r.map_err(|e| (Broke::Answer, "answer_lost", e.to_string()))),
+            None => Ok(Err((
+                Broke::Hung,
+                "stalled",
+                "the replica was taken for hung".to_owned(),
+            ))),
         };
         match collected {
             Ok(Ok(b)) => break (status, content_type, b.to_bytes(), placement.replica),
@@ -404,15 +436,19 @@ async fn answer_head(
         let upstream = state
             .upstream(placement.replica)
             .ok_or_else(|| failure(Fail::NoReplica, None))?;
-        // A request whose retry is spent is not moved by a word (see the lifecycle).
-        let movable = guard.life.moves_on_stall_word();
-        let sent = tokio::select! {
-            sent = tokio::time::timeout_at(deadline, send(state, &upstream, route, id, body)) => sent,
-            () = AppState::until_stalled(alarm, placement.replica), if movable => Ok(Err(SendError {
-                message: "the replica was taken for hung (every stream on it stopped)".to_owned(),
-                delivered: true,
-            })),
-        };
+        // A request whose retry would be refused is not moved by a word (see the
+        // lifecycle).
+        let sent = AppState::unless_moved(
+            tokio::time::timeout_at(deadline, send(state, &upstream, route, id, body)),
+            alarm,
+            placement.replica,
+            || guard.moves_on_stall_word(),
+        )
+        .await
+        .unwrap_or(Ok(Err(SendError {
+            message: "the replica was taken for hung (every stream on it stopped)".to_owned(),
+            delivered: true,
+        })));
         match sent {
             Ok(Ok(resp)) => return Ok(resp),
             Ok(Err(e)) => {

@@ -203,15 +203,23 @@ impl Pump {
                 how = (Cut::Broke, "the new replica is gone".to_owned());
                 continue;
             };
-            let sent = tokio::select! {
-                sent = tokio::time::timeout_at(
+            let guard = &self.guard;
+            let sent = AppState::unless_moved(
+                tokio::time::timeout_at(
                     self.m.deadline,
                     send(&state, &upstream, &route, &self.m.request_id, &body),
-                ) => sent,
-                () = AppState::until_stalled(&mut self.alarm, p.replica) => {
-                    how = (Cut::Stalled, format!("{}; the replica continuing it was taken for hung", how.1));
-                    continue;
-                }
+                ),
+                &mut self.alarm,
+                p.replica,
+                || guard.moves_midway_on_stall_word(true),
+            )
+            .await;
+            let Some(sent) = sent else {
+                how = (
+                    Cut::Stalled,
+                    format!("{}; the replica continuing it was taken for hung", how.1),
+                );
+                continue;
             };
             match sent {
                 Ok(Ok(resp)) if resp.status().is_success() && is_event_stream(&resp) => {
@@ -304,6 +312,12 @@ impl Pump {
     }
 }
 
+/// Whether the engine could continue the stream `m` from what `meter` passed on (an
+/// answer already whole needs no continuing, and is closed, not failed).
+fn resumable(m: &Metered, meter: &SseMeter) -> bool {
+    plan(m.endpoint, &m.body, meter.received()).is_ok()
+}
+
 /// The event that ends a client's stream of `endpoint` with `e`, after what `meter`
 /// passed on.
 pub(super) fn error_event(endpoint: Endpoint, meter: &SseMeter, e: &ApiError) -> Bytes {
@@ -357,11 +371,16 @@ pub(super) fn stream_response(
             return None;
         }
         loop {
-            // `None`: the replica was found hung from its streams.
-            let polled = tokio::select! {
-                polled = tokio::time::timeout(idle, p.body.frame()) => Some(polled),
-                () = AppState::until_stalled(&mut p.alarm, p.m.replica) => None,
-            };
+            // `None`: the replica was found hung from its streams, and the word moves
+            // the stream (a stream that could not move streams on; the lifecycle).
+            let (guard, m, meter, settled) = (&p.guard, &p.m, &p.meter, p.settled);
+            let polled = AppState::unless_moved(
+                tokio::time::timeout(idle, p.body.frame()),
+                &mut p.alarm,
+                p.m.replica,
+                || settled || guard.moves_midway_on_stall_word(resumable(m, meter)),
+            )
+            .await;
             let (cut, message) = match polled {
                 None if p.settled => return None,
                 None => (

@@ -606,12 +606,25 @@ fn assert_one_answer(text: &str, tokens: usize) {
     assert_eq!(usage["completion_tokens"], tokens, "{text}");
 }
 
-/// A node over two engines streams a chat whose engine hangs after three events: the
-/// stream must end as one answer of 40 tokens. Returns the node and the replica that hung.
-async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usize) {
+/// Whether the engine that hung mid-stream comes back.
+#[derive(PartialEq)]
+enum Resume {
+    Never,
+    /// Once the router has taken it for hung.
+    AfterTheWord,
+}
+
+/// A node over two engines (configured by `edit`) streams a chat whose engine hangs
+/// after three events: the stream must end as one answer of 40 tokens. Returns the node
+/// and the replica that hung.
+async fn a_stream_through_a_hang(
+    edit: impl FnOnce(&mut NodeConfig),
+    resume: Resume,
+) -> (Running, usize) {
     let urls = engines_at(2, 1.0).await;
     let mut cfg = config(urls.clone(), RestartPolicy::quick(5));
-    cfg.stream_idle_timeout = stream_idle_timeout;
+    edit(&mut cfg);
+    let stream_idle_timeout = cfg.stream_idle_timeout;
     let r = start(cfg, None).await;
     let addr = r.node.http_addr();
     eventually("a chat request is served", || async {
@@ -642,6 +655,14 @@ async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usi
                 hang(&urls[first]).await;
                 hung = true;
                 hung_at = Some(tokio::time::Instant::now());
+                if resume == Resume::AfterTheWord {
+                    let stalls = format!("replica=\"{first}\"");
+                    eventually("the router takes the replica for hung", || async {
+                        counter(addr, "stream_stalls", &stalls).await == 1
+                    })
+                    .await;
+                    fault(&urls[first], serde_json::json!({"kind": "none"})).await;
+                }
             }
         }
     };
@@ -661,7 +682,11 @@ async fn a_stream_through_a_hang(stream_idle_timeout: Duration) -> (Running, usi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_replica_goes_silent_is_continued_on_another_and_reads_as_one_answer() {
-    let (r, _) = a_stream_through_a_hang(Duration::from_millis(500)).await;
+    let (r, _) = a_stream_through_a_hang(
+        |cfg| cfg.stream_idle_timeout = Duration::from_millis(500),
+        Resume::Never,
+    )
+    .await;
     let addr = r.node.http_addr();
     assert_eq!(
         counter(addr, "migrations", "reason=\"silent\"").await,
@@ -675,7 +700,11 @@ async fn a_stream_whose_replica_goes_silent_is_continued_on_another_and_reads_as
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_streams_all_stop_is_taken_for_hung_and_its_streams_move() {
     // The idle timeout is far off: only the streams' own silence can tell.
-    let (r, hung) = a_stream_through_a_hang(Duration::from_secs(60)).await;
+    let (r, hung) = a_stream_through_a_hang(
+        |cfg| cfg.stream_idle_timeout = Duration::from_secs(60),
+        Resume::Never,
+    )
+    .await;
     let addr = r.node.http_addr();
     assert_eq!(
         counter(addr, "migrations", "reason=\"stalled\"").await,
@@ -686,6 +715,35 @@ async fn a_replica_whose_streams_all_stop_is_taken_for_hung_and_its_streams_move
         counter(addr, "stream_stalls", &format!("replica=\"{hung}\"")).await,
         1
     );
+    let _ = r.stop.send(());
+    r.node.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_word_that_cannot_move_a_stream_lets_it_stream_on() {
+    // Migration is off, so the word that the replica is hung could only end the stream
+    // with an error event. The replica resumes after the word: the stream must read as
+    // one whole answer. The prober is kept from confirming the word (no idle rule, a
+    // long window), as it would not for an engine busy in one long step.
+    let (r, _) = a_stream_through_a_hang(
+        |cfg| {
+            cfg.stream_idle_timeout = Duration::from_secs(60);
+            cfg.migration = sluice_actors::lifecycle::MigrationLimits::OFF;
+            cfg.prober.idle_busy_share = 0.0;
+            cfg.prober.stall_window_ms = 600_000;
+            cfg.prober.probe_timeout_ms = 600_000;
+        },
+        Resume::AfterTheWord,
+    )
+    .await;
+    let addr = r.node.http_addr();
+    let (_, metrics) = http(addr, "/metrics", None).await;
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_migrations_refused_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refused, 0.0, "no move was refused: {metrics}");
     let _ = r.stop.send(());
     r.node.wait().await.unwrap();
 }
