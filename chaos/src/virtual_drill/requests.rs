@@ -384,8 +384,10 @@ impl World<'_> {
         }
     }
 
-    /// Timeouts at the doors: a stream silent past the idle timeout, a request past
-    /// its deadline. Both end with an explicit error and count against the replica.
+    /// Timeouts at the doors: a started stream silent past the idle timeout (continued
+    /// elsewhere), a request past its deadline (an explicit error). An answer sent
+    /// whole has no idle timeout, as at the live door, which waits for it until the
+    /// deadline.
     pub(super) fn timeouts(&mut self) {
         let mut expired = Vec::new();
         self.active.retain(|&q| {
@@ -395,8 +397,11 @@ impl World<'_> {
             }
             if self.now.saturating_sub(r.sent_us) > self.spec.request_timeout_us {
                 expired.push((q, false));
-            } else if r.started && self.now.saturating_sub(r.last_us) > self.spec.stream_idle_us {
-                expired.push((q, r.stream));
+            } else if r.started
+                && r.stream
+                && self.now.saturating_sub(r.last_us) > self.spec.stream_idle_us
+            {
+                expired.push((q, true));
             }
             true
         });
