@@ -5,6 +5,7 @@
 //! short without an error event, or a stream whose tokens do not add up).
 
 use serde::Serialize;
+use sluice_sim::outcome::Percentiles;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -26,6 +27,10 @@ pub struct Record {
     pub model: &'static str,
     pub stream: bool,
     pub outcome: Outcome,
+    /// When the first bytes of a streamed answer came back, in ms since the drill
+    /// started (its time to first token); `None` for answers sent whole and for
+    /// requests that got nothing.
+    pub first_ms: Option<u64>,
 }
 
 /// One model's share of a drill's requests.
@@ -57,6 +62,32 @@ pub struct Summary {
     pub explicit_examples: Vec<String>,
     /// The same counts for each model the requests asked for.
     pub by_model: Vec<ModelCount>,
+    /// Time to first token of the streams answered whole, sent before the first fault
+    /// (all of them when there is none) and sent after it: what a fault did to the
+    /// latency of the requests it did not fail.
+    pub ttft_before: Option<Ttft>,
+    pub ttft_after: Option<Ttft>,
+}
+
+/// Time to first token over a set of streams.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Ttft {
+    pub streams: u64,
+    pub ms: Percentiles,
+}
+
+impl Ttft {
+    /// Over the streams of `records` answered whole; `None` if there are none.
+    fn of<'a>(records: impl Iterator<Item = &'a Record>) -> Option<Self> {
+        let mut ms: Vec<f64> = records
+            .filter(|r| r.stream && r.outcome == Outcome::Ok)
+            .filter_map(|r| Some(r.first_ms?.saturating_sub(r.sent_ms) as f64))
+            .collect();
+        (!ms.is_empty()).then(|| Self {
+            streams: ms.len() as u64,
+            ms: Percentiles::of(&mut ms),
+        })
+    }
 }
 
 /// The window over which recovery is judged, and the success rate that counts as
@@ -99,7 +130,10 @@ pub fn summarize(scenario: &str, records: &[Record], fault_ms: Option<u64>) -> S
     } else {
         after.iter().filter(|r| r.outcome == Outcome::Ok).count() as f64 / after.len() as f64
     };
+    let before_fault = |r: &&Record| fault_ms.is_none_or(|f| r.sent_ms < f);
     Summary {
+        ttft_before: Ttft::of(records.iter().filter(before_fault)),
+        ttft_after: fault_ms.and_then(|f| Ttft::of(records.iter().filter(|r| r.sent_ms >= f))),
         scenario: scenario.to_owned(),
         sent: records.len() as u64,
         succeeded,
@@ -257,7 +291,37 @@ mod tests {
             } else {
                 Outcome::Explicit { why: "503".into() }
             },
+            first_ms: None,
         }
+    }
+
+    #[test]
+    fn time_to_first_token_is_told_before_and_after_the_fault_over_whole_streams() {
+        // Streams sent every 100 ms; their first token 20 ms after, 200 ms after from
+        // the fault at 5 s on; one stream after it failed (its first token 5 s late does
+        // not count), and answers sent whole never count.
+        let mut records: Vec<Record> = (0..100)
+            .map(|i| {
+                let sent_ms = i * 100;
+                let wait = if sent_ms < 5_000 { 20 } else { 200 };
+                Record {
+                    stream: i % 2 == 0,
+                    first_ms: Some(sent_ms + wait),
+                    ..rec(i, sent_ms, true)
+                }
+            })
+            .collect();
+        records[60].outcome = Outcome::Explicit { why: "cut".into() };
+        records[60].first_ms = Some(6_000 + 5_000);
+        let s = summarize("x", &records, Some(5_000));
+        let (before, after) = (s.ttft_before.unwrap(), s.ttft_after.unwrap());
+        assert_eq!((before.streams, after.streams), (25, 24));
+        assert_eq!((before.ms.p50, before.ms.p99), (20.0, 20.0));
+        assert_eq!((after.ms.p50, after.ms.p99), (200.0, 200.0));
+        let calm = summarize("x", &records, None);
+        assert_eq!(calm.ttft_before.unwrap().streams, 49);
+        assert_eq!(calm.ttft_after, None);
+        assert_eq!(summarize("x", &records[..1], Some(0)).ttft_before, None);
     }
 
     #[test]

@@ -119,12 +119,8 @@ pub fn start(
                     stream,
                     seed: Some(k),
                 };
-                let outcome =
-                    tokio::time::timeout(deadline, one(&http, &doors.urls[door], &key, &ask))
-                        .await
-                        .unwrap_or_else(|_| Outcome::Lost {
-                            why: format!("no answer within {deadline:?}"),
-                        });
+                let (outcome, first_ms) =
+                    within(deadline, &http, &doors.urls[door], &key, &ask, epoch).await;
                 doors.in_flight[door].fetch_sub(1, Ordering::Relaxed);
                 let r = Record {
                     id: k,
@@ -134,6 +130,7 @@ pub fn start(
                     model,
                     stream,
                     outcome,
+                    first_ms,
                 };
                 out.lock().unwrap_or_else(|p| p.into_inner()).push(r);
             }));
@@ -162,7 +159,45 @@ pub struct Ask {
 /// Tokens every drill request asks for (and, with `ignore_eos`, gets).
 const ANSWER_TOKENS: u32 = 32;
 
-async fn one(http: &HttpClient, base: &str, auth: &str, ask: &Ask) -> Outcome {
+/// When a streamed answer's first bytes came back, in ms since the drill's epoch (kept
+/// outside the request's future, which a timeout may drop).
+#[derive(Default)]
+struct FirstBytes(std::sync::OnceLock<u64>);
+
+impl FirstBytes {
+    fn get(&self) -> Option<u64> {
+        self.0.get().copied()
+    }
+}
+
+/// [`one`] within `deadline`: how the request ended, and when a stream's first bytes
+/// came back (ms since `epoch`).
+async fn within(
+    deadline: Duration,
+    http: &HttpClient,
+    base: &str,
+    auth: &str,
+    ask: &Ask,
+    epoch: Instant,
+) -> (Outcome, Option<u64>) {
+    let first = FirstBytes::default();
+    let outcome = tokio::time::timeout(deadline, one(http, base, auth, ask, (epoch, &first)))
+        .await
+        .unwrap_or_else(|_| Outcome::Lost {
+            why: format!("no answer within {deadline:?}"),
+        });
+    (outcome, first.get())
+}
+
+/// Sends `ask` to the door at `base` and judges the answer; a stream's first bytes are
+/// timed into `first` (against `epoch`).
+async fn one(
+    http: &HttpClient,
+    base: &str,
+    auth: &str,
+    ask: &Ask,
+    (epoch, first): (Instant, &FirstBytes),
+) -> Outcome {
     let stream = ask.stream;
     let mut body = serde_json::json!({
         "model": ask.model,
@@ -200,14 +235,24 @@ async fn one(http: &HttpClient, base: &str, auth: &str, ask: &Ask) -> Outcome {
         }
     };
     let status = resp.status().as_u16();
-    let bytes = match resp.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return Outcome::Lost {
-                why: format!("answer broke off without an error: {e}"),
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                let Ok(data) = f.into_data() else { continue };
+                if stream && status == 200 && !data.is_empty() {
+                    let _ = first.0.set(epoch.elapsed().as_millis() as u64);
+                }
+                bytes.extend_from_slice(&data);
+            }
+            Err(e) => {
+                return Outcome::Lost {
+                    why: format!("answer broke off without an error: {e}"),
+                }
             }
         }
-    };
+    }
     let text = String::from_utf8_lossy(&bytes);
     if status != 200 {
         // The error's code and the start of its message: what the report shows of why.
@@ -293,12 +338,8 @@ pub fn poison(
                 continue;
             };
             let sent_ms = epoch.elapsed().as_millis() as u64;
-            let outcome =
-                tokio::time::timeout(deadline, one(&http, &doors.urls[door], &auth, &ask))
-                    .await
-                    .unwrap_or_else(|_| Outcome::Lost {
-                        why: format!("no answer within {deadline:?}"),
-                    });
+            let (outcome, first_ms) =
+                within(deadline, &http, &doors.urls[door], &auth, &ask, epoch).await;
             records.push(Record {
                 id: POISON_IDS + k,
                 sent_ms,
@@ -307,6 +348,7 @@ pub fn poison(
                 model: ask.model,
                 stream: ask.stream,
                 outcome,
+                first_ms,
             });
             if last {
                 break;

@@ -229,6 +229,25 @@ pub fn broken(r: &DrillReport) -> Vec<String> {
     out
 }
 
+/// The streams' time to first token, before the fault and after it.
+fn ttft_line(s: &Summary) -> Option<String> {
+    let one = |t: &ledger::Ttft| {
+        format!(
+            "p50 / p95 / p99 {:.0} / {:.0} / {:.0} ms over {} streams",
+            t.ms.p50, t.ms.p95, t.ms.p99, t.streams
+        )
+    };
+    match (&s.ttft_before, &s.ttft_after) {
+        (None, None) => None,
+        (Some(b), None) => Some(format!("time to first token: {}", one(b))),
+        (b, Some(a)) => Some(format!(
+            "time to first token: before the fault {}; after it {}",
+            b.as_ref().map_or("-".to_owned(), one),
+            one(a)
+        )),
+    }
+}
+
 fn print(r: &DrillReport) {
     let s = &r.summary;
     println!(
@@ -257,6 +276,9 @@ fn print(r: &DrillReport) {
         t(rec.restored_s),
         r.migrations
     );
+    if let Some(line) = ttft_line(s) {
+        println!("  {line}");
+    }
     if s.by_model.len() > 1 {
         let each: Vec<String> = s
             .by_model

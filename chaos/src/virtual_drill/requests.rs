@@ -44,6 +44,7 @@ impl World<'_> {
             next_token: 0,
             resumed: 0,
             last_us: self.now,
+            first_us: None,
             corrupt: false,
             counted: false,
             done: None,
@@ -178,6 +179,9 @@ impl World<'_> {
         req.next_token = index + 1;
         req.started = true;
         req.last_us = self.now;
+        if req.stream {
+            req.first_us.get_or_insert(self.now);
+        }
         // Every token, as the live door meters a stream: the router's stall rule
         // judges a replica by its silence, and reports every 16 tokens made a replica
         // whose steps had slowed to 190 ms look silent for 3 s (false hang verdicts).

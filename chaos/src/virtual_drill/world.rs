@@ -97,6 +97,8 @@ pub(super) struct Req {
     /// on another replica, after its first one failed mid-stream).
     pub(super) resumed: u32,
     pub(super) last_us: u64,
+    /// When a stream's first token reached the client.
+    pub(super) first_us: Option<u64>,
     pub(super) corrupt: bool,
     /// Counted in its door's open requests.
     pub(super) counted: bool,
@@ -401,6 +403,7 @@ impl<'t> World<'t> {
                 model: crate::drill::load::MODEL,
                 stream: r.stream,
                 outcome,
+                first_ms: r.first_us.map(|us| us / 1000),
             };
             if r.poison {
                 poison.push(rec);
