@@ -108,7 +108,7 @@ pub struct StartArgs {
     pub token: Option<String>,
     /// Cluster mode: how often this router shares its in-flight load per replica with
     /// the other nodes, in ms; 0 turns sharing off.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = sluice_actors::router::LOAD_SHARE_MS)]
     pub load_share_ms: u64,
 }
 

@@ -65,6 +65,12 @@ impl Default for RouterConfig {
     }
 }
 
+/// How often, by default, a router shares its in-flight load per replica (and its
+/// words: implications, stalls, replicas heard from) with the others. Between two
+/// shares the others place blind to what it placed, so a burst can herd onto a replica
+/// every router thinks idle; a fifth of a second keeps that window short.
+pub const LOAD_SHARE_MS: u64 = 200;
+
 /// Most implications a router announces in one gossip round (the newest).
 pub const ANNOUNCED_AT_MOST: usize = 512;
 

@@ -24,7 +24,9 @@ pub use affinity::{AffinityConfig, PrefixAffinity};
 pub use blast_radius::BlastRadius;
 pub use blocks::{PromptBlocks, NO_CONTENT};
 pub use choice::{choose, Candidate, Choice, ColdReplicas, SpillPolicy};
-pub use core::{Admission, Placement, ReplicaSpec, ReplicaView, RouterConfig, RouterCore, Usage};
+pub use core::{
+    Admission, Placement, ReplicaSpec, ReplicaView, RouterConfig, RouterCore, Usage, LOAD_SHARE_MS,
+};
 pub use health::{EjectionPolicy, PassiveHealth};
 pub use ledger::{Charge, Ledger, ReplicaInflight, RequestId};
 pub use models::{choose_fleet, handoff_order, parse_model_list, ServedModels, Unserved};

@@ -20,7 +20,9 @@ use sluice_actors::lifecycle::{Lifecycle, MigrationBudget, MigrationLimits};
 use sluice_actors::prober::{
     Ejections, LivenessWatch, Probe, ProbeConfig, ProberCore, RetryBudget, Standing,
 };
-use sluice_actors::router::{QuarantineConfig, ReplicaSpec, RouterConfig, RouterCore};
+use sluice_actors::router::{
+    QuarantineConfig, ReplicaSpec, RouterConfig, RouterCore, LOAD_SHARE_MS,
+};
 use sluice_actors::slice::ReplicaId;
 use sluice_engine::core::EngineEvent;
 use sluice_sim::des::{self, Model, Queue, VirtualEngine};
@@ -37,6 +39,9 @@ pub(super) enum Ev {
     /// The door learns that attempt `.1` of request `.0` failed on its replica.
     Cut(u32, u8),
     Second,
+    /// The routers share their load and words, as live nodes do every
+    /// [`LOAD_SHARE_MS`].
+    Gossip,
     Sample,
     Director,
     Poison,
@@ -215,6 +220,10 @@ impl Model for Drive<'_, '_> {
             Ev::NodeUp(n) => w.node_up(n as usize),
             Ev::Cut(q, attempt) => w.cut(q, attempt),
             Ev::Second => w.second(),
+            Ev::Gossip => {
+                w.push(w.now + LOAD_SHARE_MS * 1000, Ev::Gossip);
+                w.gossip();
+            }
             Ev::Sample => w.sample(),
             Ev::Director => w.direct(),
             Ev::Poison => w.poison_send(),
@@ -367,6 +376,7 @@ impl<'t> World<'t> {
             self.push(self.trace.requests[0].arrival_us, Ev::Arrival(0));
         }
         self.push(SECOND_US, Ev::Second);
+        self.push(LOAD_SHARE_MS * 1000, Ev::Gossip);
         self.push(0, Ev::Sample);
         self.push(0, Ev::Director);
         self.grace_us = grace_us;
@@ -429,12 +439,11 @@ impl<'t> World<'t> {
         self.engines.len()
     }
 
-    /// Once a second: the doors' timeouts, the probers, gossip and the control plane.
+    /// Once a second: the doors' timeouts, the probers and the control plane.
     fn second(&mut self) {
         self.push(self.now + SECOND_US, Ev::Second);
         self.timeouts();
         self.probe_round();
-        self.gossip();
         self.control_step();
     }
 }
