@@ -227,7 +227,8 @@ impl World<'_> {
         self.reach.up[n] = false;
         self.nodes[n].open = false;
         for r in self.locals(n) {
-            // Doors elsewhere hear nothing until their connections time out.
+            // Doors elsewhere hear nothing until the node's silence is taken for its
+            // loss.
             self.engine_down(r, Power::Down, self.spec.peer_timeout_us);
         }
         // Requests still open at its door die with it (the drain gave up on them).

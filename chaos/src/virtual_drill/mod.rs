@@ -56,7 +56,7 @@ pub fn run(args: &DrillArgs) -> Result<DrillReport> {
         profile,
         engine_restart_us: secs(args.engine_restart_s),
         node_restart_us: 1_000_000,
-        peer_timeout_us: 5_000_000,
+        peer_timeout_us: sluice_actors::lifecycle::PEER_SILENCE_MS * 1000,
         election_us: 1_500_000,
         stream_idle_us: 30_000_000,
         request_timeout_us: 300_000_000,

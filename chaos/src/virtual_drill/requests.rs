@@ -118,7 +118,8 @@ impl World<'_> {
         let host = self.spec.host(replica);
         if host != door && !self.reach.can(door, host) {
             // Forwarded on a connection to a peer that is gone: no answer until the
-            // QUIC idle timeout, and the door cannot tell whether it arrived.
+            // peer's silence is taken for its loss, and the door cannot tell whether it
+            // arrived.
             self.push(self.now + self.spec.peer_timeout_us, Ev::Cut(q, attempt));
             return;
         }

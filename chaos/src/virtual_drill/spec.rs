@@ -16,7 +16,7 @@ pub struct Spec {
     /// A node process's restart, before its engines start.
     pub node_restart_us: u64,
     /// How long a call to a dead or cut-off peer hangs before the caller gives up (the
-    /// QUIC idle timeout).
+    /// live forward's peer silence, `lifecycle::PEER_SILENCE_MS`).
     pub peer_timeout_us: u64,
     pub election_us: u64,
     pub stream_idle_us: u64,

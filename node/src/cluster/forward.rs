@@ -27,9 +27,9 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, std::io::Error>;
 /// quiet (waiting for the first token, or between tokens).
 pub const ALIVE_EVERY: Duration = Duration::from_millis(500);
 
-/// Silence after which the router takes the serving node for gone: four missed signs of
-/// life, well under QUIC's idle timeout (5 s), which is what noticed a dead node before.
-pub const PEER_SILENCE: Duration = Duration::from_secs(2);
+/// Silence after which the router takes the serving node for gone (see
+/// [`PEER_SILENCE_MS`](sluice_actors::lifecycle::PEER_SILENCE_MS)).
+pub const PEER_SILENCE: Duration = Duration::from_millis(sluice_actors::lifecycle::PEER_SILENCE_MS);
 
 /// This node's own replicas, by id: what a forwarded request may reach.
 pub struct LocalReplicas {
