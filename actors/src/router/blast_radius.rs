@@ -7,8 +7,8 @@
 //! tenant's key over the fleet: every router computes the same set, and a replica
 //! joining, leaving or failing moves the set by at most that one replica.
 
+use super::mix::splitmix64;
 use crate::slice::ReplicaId;
-use sluice_engine::words::mix64;
 
 /// The bound a request carries from its tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,7 +32,9 @@ impl BlastRadius {
 /// The fleet in the tenant's rendezvous order: by a score of (key, replica), highest
 /// first.
 pub fn rank(key: u64, fleet: impl Iterator<Item = ReplicaId>) -> Vec<ReplicaId> {
-    let mut scored: Vec<(u64, ReplicaId)> = fleet.map(|r| (mix64(key ^ mix64(r.0)), r)).collect();
+    let mut scored: Vec<(u64, ReplicaId)> = fleet
+        .map(|r| (splitmix64(key ^ splitmix64(r.0)), r))
+        .collect();
     scored.sort_unstable_by(|a, b| b.cmp(a));
     scored.into_iter().map(|(_, r)| r).collect()
 }

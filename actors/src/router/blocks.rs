@@ -8,6 +8,8 @@
 //! tokens a block); so a conversation, a shared system prompt or an application's
 //! instructions look alike to the router in both.
 
+use super::mix::splitmix64;
+
 /// Bytes per block.
 pub const BLOCK_BYTES: usize = 256;
 
@@ -76,24 +78,17 @@ const SEED: u64 = 0x736c_7569_6365_0001;
 /// A 64-bit hash of `block` continuing `chain`: eight bytes at a time through a
 /// multiply-xorshift mix. Not cryptographic; collisions only cost a wrong guess.
 fn hash_block(chain: u64, block: &[u8]) -> u64 {
-    let mut h = mix(chain ^ block.len() as u64);
+    let mut h = splitmix64(chain ^ block.len() as u64);
     let mut words = block.chunks_exact(8);
     for w in &mut words {
         let mut b = [0u8; 8];
         b.copy_from_slice(w);
-        h = mix(h ^ u64::from_le_bytes(b));
+        h = splitmix64(h ^ u64::from_le_bytes(b));
     }
     let mut b = [0u8; 8];
     let rest = words.remainder();
     b[..rest.len()].copy_from_slice(rest);
-    mix(h ^ u64::from_le_bytes(b) ^ ((rest.len() as u64) << 56))
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    splitmix64(h ^ u64::from_le_bytes(b) ^ ((rest.len() as u64) << 56))
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@
 //! or ejected by passive health leaves the order, and an ejection's end brings it back
 //! ([`LoadOrder::readmit`]), so that a lost rack is not walked past on every request.
 
-use super::baselines::common::mix64;
 use super::id_map::IdMap;
+use super::mix::mix64;
 use crate::slice::ReplicaId;
 use std::collections::BTreeSet;
 

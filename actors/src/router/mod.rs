@@ -11,6 +11,7 @@ pub mod health;
 pub mod id_map;
 pub mod ledger;
 pub mod load_order;
+pub mod mix;
 pub mod models;
 pub mod policy;
 pub mod prefix_index;

@@ -160,7 +160,7 @@ pub fn handoff_order(
     let mut ranked: Vec<(bool, std::cmp::Reverse<u64>, u64)> = nodes
         .iter()
         .map(|&n| {
-            let rank = super::baselines::common::mix64(seed ^ super::baselines::common::mix64(n));
+            let rank = super::mix::mix64(seed ^ super::mix::mix64(n));
             (avoided(n), std::cmp::Reverse(rank), n)
         })
         .collect();

@@ -34,12 +34,7 @@ impl SplitMix64 {
     }
 }
 
-/// SplitMix64's finalizer: a bijective 64-bit mixer.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use crate::router::mix::mix64;
 
 /// Hashes token ids (little-endian bytes) with xxh3 under `seed`; `buf` is scratch space
 /// reused across calls so hashing a long prompt allocates nothing.
