@@ -15,17 +15,17 @@ mod tests;
 pub use fail::Fail;
 pub use migrate::{MigrationBudget, MigrationLimits};
 
+use crate::prober::RetryBudget;
+use crate::router::{Admission, Placement, RequestId, RouterCore, Usage, Verdict};
+use crate::slice::ReplicaId;
+use retry::upstream_failed;
+
 /// How long a door waits on a request forwarded to another node that has gone silent
 /// before it takes the attempt for failed: the serving node says it is alive every
 /// half second while its engine is quiet, so this is four missed signs of life, well
 /// under QUIC's idle timeout (5 s). The live forward and the virtual drill's doors
 /// both use it.
 pub const PEER_SILENCE_MS: u64 = 2_000;
-
-use crate::prober::RetryBudget;
-use crate::router::{Admission, Placement, RequestId, RouterCore, Usage, Verdict};
-use crate::slice::ReplicaId;
-use retry::upstream_failed;
 
 /// How a replica failed a request it had taken, too late for a retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
