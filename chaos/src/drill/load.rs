@@ -159,17 +159,6 @@ pub struct Ask {
 /// Tokens every drill request asks for (and, with `ignore_eos`, gets).
 const ANSWER_TOKENS: u32 = 32;
 
-/// When a streamed answer's first bytes came back, in ms since the drill's epoch (kept
-/// outside the request's future, which a timeout may drop).
-#[derive(Default)]
-struct FirstBytes(std::sync::OnceLock<u64>);
-
-impl FirstBytes {
-    fn get(&self) -> Option<u64> {
-        self.0.get().copied()
-    }
-}
-
 /// [`one`] within `deadline`: how the request ended, and when a stream's first bytes
 /// came back (ms since `epoch`).
 async fn within(
@@ -180,23 +169,24 @@ async fn within(
     ask: &Ask,
     epoch: Instant,
 ) -> (Outcome, Option<u64>) {
-    let first = FirstBytes::default();
-    let outcome = tokio::time::timeout(deadline, one(http, base, auth, ask, (epoch, &first)))
+    let mut first_ms = None;
+    let outcome = tokio::time::timeout(deadline, one(http, base, auth, ask, epoch, &mut first_ms))
         .await
         .unwrap_or_else(|_| Outcome::Lost {
             why: format!("no answer within {deadline:?}"),
         });
-    (outcome, first.get())
+    (outcome, first_ms)
 }
 
-/// Sends `ask` to the door at `base` and judges the answer; a stream's first bytes are
-/// timed into `first` (against `epoch`).
+/// Sends `ask` to the door at `base` and judges the answer; for a stream, also notes
+/// when its first bytes came back (ms since `epoch`) in `first_ms`.
 async fn one(
     http: &HttpClient,
     base: &str,
     auth: &str,
     ask: &Ask,
-    (epoch, first): (Instant, &FirstBytes),
+    epoch: Instant,
+    first_ms: &mut Option<u64>,
 ) -> Outcome {
     let stream = ask.stream;
     let mut body = serde_json::json!({
@@ -241,8 +231,8 @@ async fn one(
         match frame {
             Ok(f) => {
                 let Ok(data) = f.into_data() else { continue };
-                if stream && status == 200 && !data.is_empty() {
-                    let _ = first.0.set(epoch.elapsed().as_millis() as u64);
+                if stream && status == 200 && !data.is_empty() && first_ms.is_none() {
+                    *first_ms = Some(epoch.elapsed().as_millis() as u64);
                 }
                 bytes.extend_from_slice(&data);
             }
