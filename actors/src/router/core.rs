@@ -449,12 +449,20 @@ impl RouterCore {
     /// so passively ejected); its streams are judged once.
     pub fn take_stalled(&mut self, now_ms: u64) -> Vec<ReplicaId> {
         // Requests still waiting for the first thing back from their replica, each with
-        // the work queued there up to it (what came after it cannot delay it).
+        // the work queued there up to it — or the replica's whole queue now, if longer:
+        // other routers report the work they place up to a gossip round late, so a
+        // long prefill placed there just before it may have been unknown when it was
+        // sent, and that work runs first.
+        let mut queued_now: HashMap<ReplicaId, u64> = HashMap::new();
         let awaited: Vec<Awaited> = self
             .active
             .values()
             .filter_map(|a| {
-                let (since_ms, queue_ms) = a.awaiting?;
+                let (since_ms, sent_queue_ms) = a.awaiting?;
+                let now_queue_ms = *queued_now
+                    .entry(a.replica)
+                    .or_insert_with(|| self.queue_ms(a.replica));
+                let queue_ms = sent_queue_ms.max(now_queue_ms);
                 // A whole answer comes back once it is all written; one whose length
                 // has no bound cannot be judged by its wait.
                 let tokens = if a.stream {
@@ -1392,10 +1400,14 @@ mod tests {
 
     #[test]
     fn a_replica_whose_streams_never_start_while_another_answers_is_taken_for_hung() {
-        let run_with = |stream: bool, input: u32, peers_mu: f64| {
+        // `late`: the other routers' report comes only after the requests were sent.
+        let run_with = |stream: bool, input: u32, peers_mu: f64, late: bool| {
             let mut c = core(2, 2);
             // Work other routers report queued on each replica.
-            c.set_external_load([(ReplicaId(0), peers_mu), (ReplicaId(1), peers_mu)]);
+            let peers = [(ReplicaId(0), peers_mu), (ReplicaId(1), peers_mu)];
+            if !late {
+                c.set_external_load(peers);
+            }
             // Two requests, on the two replicas.
             let first = c
                 .place(
@@ -1419,6 +1431,9 @@ mod tests {
                 }
             }
             let other = other.expect("a request on the other replica");
+            if late {
+                c.set_external_load(peers);
+            }
             // The other replica streams on; the first one never sends a token.
             let mut judged = None;
             for t in (50..60_000u64).step_by(50) {
@@ -1429,14 +1444,18 @@ mod tests {
             }
             judged
         };
-        let run = |stream: bool, input: u32| run_with(stream, input, 0.0);
+        let run = |stream: bool, input: u32| run_with(stream, input, 0.0, false);
         let judged = run(true, 100).expect("the silent replica is judged");
         assert!((3_000..=3_200).contains(&judged), "{judged}");
         // In a cluster each router holds only its share of a replica's queue: the work
         // the other routers report queued there is waited for too (10 s of it at the
         // test replicas' 60,000 MU a minute).
-        let queued = run_with(true, 100, 10_000.0).expect("judged in the end");
+        let queued = run_with(true, 100, 10_000.0, false).expect("judged in the end");
         assert!(queued > 3 * 10_000, "{queued}");
+        // Reports come up to a gossip round late: work a peer placed there just before
+        // the request, heard of only after it was sent, is waited for as well.
+        let late = run_with(true, 100, 10_000.0, true).expect("judged in the end");
+        assert!(late > 3 * 10_000, "{late}");
         // A long prompt's own prefill is work: its replica is given three times as long.
         let mut alone = core(1, 1);
         alone.place(&adm("p", 100_000, 1), 0).unwrap();

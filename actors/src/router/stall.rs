@@ -53,9 +53,10 @@ impl Default for StallConfig {
 pub const QUEUE_FACTOR: u64 = 3;
 
 /// A request waiting on `replica` for the first thing it sends back: since when, how
-/// long the work queued there when it was sent (its own prefill included) should take
-/// at the replica's capacity, and how many tokens the replica writes before anything
-/// comes back (1 for a stream; the most it may write for an answer sent whole).
+/// long the work queued there ahead of it (its own prefill included) should take at the
+/// replica's capacity, as far as the router knows, and how many tokens the replica
+/// writes before anything comes back (1 for a stream; the most it may write for an
+/// answer sent whole).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Awaited {
     pub replica: ReplicaId,
