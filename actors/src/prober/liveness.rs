@@ -70,9 +70,10 @@ pub fn liveness_marks(
 /// beats, and a false mark takes its replicas out of service.
 pub const MIN_LIVENESS_WINDOW_US: u64 = 3_000_000;
 
-/// The leader's liveness step. A leader has heard from nobody when its leadership
-/// begins, so for `grace_us` after that it only clears marks: it never takes a node's
-/// replicas out of service before the node had time to report to it.
+/// The leader's liveness step. A leader has heard from nobody before `since_us` — when
+/// it started, or, where only reports to a leader tell who is live, when its leadership
+/// began — so for `grace_us` after that it only clears marks: it never takes a node's
+/// replicas out of service before the node had time to be heard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LivenessWatch {
     pub since_us: u64,

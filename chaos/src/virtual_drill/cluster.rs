@@ -6,7 +6,7 @@ use super::control::Write;
 use super::spec::Spec;
 use super::world::{World, LIVENESS_US, ROUND_US};
 use sluice_actors::assigner::{next_assignment, LoadReport, ReplicaInfo};
-use sluice_actors::prober::{liveness_marks, Standing};
+use sluice_actors::prober::{LivenessWatch, Standing};
 use sluice_actors::slice::ReplicaId;
 use std::collections::HashMap;
 
@@ -77,6 +77,12 @@ impl World<'_> {
             if !self.reach.up[n] {
                 continue;
             }
+            // Every router gossips to every node it can reach: each hears the others.
+            for m in 0..self.nodes.len() {
+                if m != n && self.reach.can(n, m) {
+                    self.nodes[n].heard[m] = self.now;
+                }
+            }
             let side = usize::from(self.reach.side[n].min(1));
             let mine: HashMap<ReplicaId, f64> = loads.iter().map(|&(id, mu, _)| (id, mu)).collect();
             let others = totals[side]
@@ -97,17 +103,12 @@ impl World<'_> {
         let Some(leader) = self.control.leader else {
             return;
         };
-        if self.heard_by != Some(leader) {
-            // A new leader gives every node a full window before judging it.
-            self.heard_by = Some(leader);
-            self.last_heard.iter_mut().for_each(|t| *t = self.now);
-        }
         // Load reports reach the leader from the nodes that can reach it.
         for n in 0..self.nodes.len() {
             if !self.reach.can(n, leader) {
                 continue;
             }
-            self.last_heard[n] = self.now;
+            self.nodes[leader].heard[n] = self.now;
             let report = self.nodes[n].router.take_load(self.now);
             LoadReport::accumulate(&mut self.leader_load, &report);
         }
@@ -116,11 +117,21 @@ impl World<'_> {
                 self.flush(n);
             }
         }
-        // Nodes silent for the liveness window lose their replicas in the registry.
+        // Nodes silent for the liveness window lose their replicas in the registry, as
+        // the leader heard them (and only after it has been up for a window).
         let g = self.spec.gpus_per_node.max(1);
         let marking = self.spec.liveness_marks;
-        let heard = |n: u64| self.now.saturating_sub(self.last_heard[n as usize]) <= LIVENESS_US;
-        let marks = liveness_marks(
+        let at_leader = &self.nodes[leader];
+        let heard = |n: u64| {
+            n as usize == leader
+                || self.now.saturating_sub(at_leader.heard[n as usize]) <= LIVENESS_US
+        };
+        let watch = LivenessWatch {
+            since_us: at_leader.started_us,
+            grace_us: LIVENESS_US,
+        };
+        let marks = watch.marks(
+            self.now,
             self.control
                 .health
                 .iter()

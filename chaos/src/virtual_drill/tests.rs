@@ -150,6 +150,21 @@ fn marking_silent_nodes_moves_their_slices_in_seconds_and_keeps_requests_whole()
 }
 
 #[test]
+fn a_follower_that_takes_over_from_a_dead_leader_marks_it_without_a_new_grace() {
+    // Every router gossips to every node, so the follower elected after the leader's
+    // death has heard the whole cluster all along: the dead leader's replicas go out
+    // of service a liveness window after its last word (checked once a second), not a
+    // window after the election.
+    let r = drill(&args("leader-kill", 12, 3, 2, 60.0));
+    let reassigned = r.recovery.reassigned_s.expect("slices moved");
+    let window_s = world::LIVENESS_US as f64 / 1e6;
+    assert!(
+        reassigned <= window_s + 1.0,
+        "reassigned after {reassigned} s"
+    );
+}
+
+#[test]
 fn without_the_quarantine_the_poison_spreads_past_its_subset() {
     let mut a = args("poison-request", 12, 3, 2, 90.0);
     a.no_quarantine = true;

@@ -83,6 +83,11 @@ pub(super) struct Node {
     pub(super) outbox: VecDeque<Write>,
     pub(super) open: bool,
     pub(super) inflight: u32,
+    /// When this node last heard each node's router (gossip, or a load report while it
+    /// leads); 0: not since it started. What its liveness marks go by when it leads.
+    pub(super) heard: Vec<u64>,
+    /// When this node (re)started: it has heard nobody from before then.
+    pub(super) started_us: u64,
 }
 
 /// One client request as the ledger follows it.
@@ -129,8 +134,8 @@ pub(super) const DIRECTOR_US: u64 = 100_000;
 /// The assigner's round period and the gossip freshness, as on a live node.
 pub(super) const ROUND_US: u64 = 60_000_000;
 /// A node not heard from for this long is taken for gone (the live leader's window over
-/// load reports once a second).
-pub const LIVENESS_US: u64 = LivenessWatch::window_us(SECOND_US);
+/// its routers' gossip).
+pub const LIVENESS_US: u64 = LivenessWatch::window_us(LOAD_SHARE_MS * 1000);
 /// The poison client's key and body fingerprint.
 pub const POISON_KEY: u64 = 0x706f_6973_6f6e_0001;
 pub(super) const POISON_FINGERPRINT: u64 = 0x706f_6973_6f6e_0002;
@@ -174,9 +179,6 @@ pub struct World<'t> {
     pub healed_at_us: u64,
     /// The rack a rolling restart is at.
     pub(super) rolling: Option<usize>,
-    /// When the leader last heard from each node, and which leader that was.
-    pub(super) last_heard: Vec<u64>,
-    pub(super) heard_by: Option<usize>,
 }
 
 /// The world as the event loop drives it (its events stay private to the drill).
@@ -291,8 +293,6 @@ impl<'t> World<'t> {
             fault_at_us: None,
             healed_at_us: 0,
             rolling: None,
-            last_heard: vec![0; spec.nodes],
-            heard_by: None,
             engines,
             trace,
             spec,
@@ -357,6 +357,8 @@ impl<'t> World<'t> {
             outbox: VecDeque::new(),
             open: true,
             inflight: 0,
+            heard: vec![0; self.spec.nodes],
+            started_us: self.now,
         }
     }
 

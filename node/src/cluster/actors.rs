@@ -383,8 +383,8 @@ impl ClusterNode {
                     true => s.report_every,
                     false => s.load_share.min(s.report_every),
                 };
-                let handler = handler.clone();
-                move || super::liveness::Liveness::new(handler.clone(), heard_every)
+                let (handler, gossip) = (handler.clone(), !s.load_share.is_zero());
+                move || super::liveness::Liveness::new(handler.clone(), heard_every, gossip)
             }),
         ];
         if let Some(cfg) = s.autoscaler.clone() {

@@ -123,6 +123,11 @@ impl NodeHandler {
         self.front()?.of(model).cloned()
     }
 
+    /// When this node began: it hears its peers' gossip from then on.
+    pub(super) fn started(&self) -> Instant {
+        self.started
+    }
+
     fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
     }

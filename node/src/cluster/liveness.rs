@@ -29,17 +29,26 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// Routers are heard every `heard_every`.
-    pub fn new(handler: Arc<NodeHandler>, heard_every: Duration) -> Self {
+    /// Routers are heard every `heard_every`. With `gossip`, every router tells every
+    /// node of its load, so this node has heard the whole cluster since it started,
+    /// leading or not, and its grace counts from its start: a follower that takes over
+    /// a dead leader marks the dead node's replicas as soon as the window has passed,
+    /// not a window after its election. Without gossip only the reports to a leader
+    /// tell who is live, and the grace counts from now, when the leadership begins.
+    pub fn new(handler: Arc<NodeHandler>, heard_every: Duration, gossip: bool) -> Self {
         let beat_us = u64::try_from(heard_every.as_micros()).unwrap_or(u64::MAX);
         let mut tick = tokio::time::interval(LOOK_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let epoch = if gossip {
+            handler.started()
+        } else {
+            Instant::now()
+        };
         Self {
             handler,
             window: Duration::from_micros(LivenessWatch::window_us(beat_us)),
-            // Leadership begins now: no node has reported to this leader yet.
             watch: LivenessWatch::new(0, beat_us),
-            epoch: Instant::now(),
+            epoch,
             tick,
         }
     }
