@@ -37,6 +37,9 @@ pub enum Broke {
     /// The router took the whole replica for hung: every stream on it stopped. The
     /// replica's fault, not any one request's, so no request is implicated.
     Hung,
+    /// The node serving the replica went silent (killed, cut off): the fleet's fault,
+    /// so no request is implicated either.
+    NodeLost,
 }
 
 impl Broke {
@@ -44,12 +47,13 @@ impl Broke {
         match self {
             Broke::Deadline => Fail::Timeout,
             Broke::Answer | Broke::Hung => Fail::CutOff,
+            Broke::NodeLost => Fail::Unreachable,
         }
     }
 
     /// Whether the request may be what broke the replica.
     fn implicates(self) -> bool {
-        self != Broke::Hung
+        !matches!(self, Broke::Hung | Broke::NodeLost)
     }
 }
 
@@ -242,6 +246,32 @@ impl Lifecycle {
                 self.open = false;
                 Next::Fail(Fail::NoReplica)
             }
+        }
+    }
+
+    /// The node serving the current attempt went silent at `now_ms` before any answer
+    /// came back (killed, cut off): the fleet's fault, so the request is not implicated.
+    /// It is retried as any failed call while a retry would be granted; once its retry
+    /// is spent (another fault of the fleet took it) it still moves, as a migration
+    /// from nothing sent, within its migration limit and the door's migration `moves`
+    /// — two faults of the fleet do not fail a request that broke nothing. Otherwise it
+    /// fails with 502.
+    pub fn node_lost_before_answer(
+        &mut self,
+        router: &mut RouterCore,
+        budget: &mut RetryBudget,
+        moves: &mut MigrationBudget,
+        now_ms: u64,
+    ) -> Next {
+        if !self.open {
+            return Next::Fail(Fail::Unreachable);
+        }
+        if !self.retried && budget.allows(now_ms) {
+            return self.failed_before_answer(false, router, budget, now_ms);
+        }
+        match self.failed_midway(Broke::NodeLost, true, router, moves, now_ms) {
+            Ok(p) => Next::Retry(p),
+            Err(refused) => Next::Fail(refused.fail),
         }
     }
 

@@ -499,3 +499,61 @@ fn a_move_that_finds_no_replica_ends_the_request() {
     assert!(!life.is_open());
     assert_eq!(r.in_flight(), 0);
 }
+
+#[test]
+fn a_request_whose_node_is_lost_after_its_retry_is_spent_moves_on_and_is_not_implicated() {
+    let mut r = router(4, 4);
+    let mut b = budget(0.0, 10.0);
+    let mut m = migrations(2, 10.0);
+    let innocent = admission(7, Some(0x600d));
+    let (mut life, first) = Lifecycle::begin(&mut r, &mut b, &innocent, 0).unwrap();
+    // The first node lost: retried as any failed call.
+    let Next::Retry(second) = life.node_lost_before_answer(&mut r, &mut b, &mut m, 10) else {
+        panic!("the first loss is retried");
+    };
+    assert_ne!(second.replica, first.replica);
+    assert_eq!((life.retried(), life.migrations()), (true, 0));
+    // The second node lost too: no retry left, but nothing was sent, so it moves.
+    let Next::Retry(third) = life.node_lost_before_answer(&mut r, &mut b, &mut m, 20) else {
+        panic!("moved once its retry is spent");
+    };
+    assert!(![first.replica, second.replica].contains(&third.replica));
+    assert_eq!(life.migrations(), 1);
+    assert_eq!(r.in_flight(), 1);
+    // Lost nodes implicate nobody.
+    assert_eq!(r.verdict(0x600d, 30), Verdict::Clear);
+    // It moves within its migration limit only (two moves), here on a fresh fleet.
+    let mut r = router(6, 6);
+    let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &innocent, 30).unwrap();
+    let mut outcomes = Vec::new();
+    for t in 0..4 {
+        outcomes.push(life.node_lost_before_answer(&mut r, &mut b, &mut m, 40 + t));
+    }
+    assert!(matches!(
+        outcomes[..3],
+        [Next::Retry(_), Next::Retry(_), Next::Retry(_)]
+    ));
+    assert_eq!(outcomes[3], Next::Fail(Fail::Unreachable));
+    assert_eq!(r.in_flight(), 0, "finished once refused");
+    assert_eq!(r.verdict(0x600d, 50), Verdict::Clear);
+}
+
+#[test]
+fn a_lost_node_with_the_doors_retries_spent_moves_the_request_as_a_migration() {
+    let mut r = router(4, 4);
+    // No retry in the budget at all: the move comes from the migration budget, and
+    // with that spent as well the request fails.
+    let mut b = budget(0.0, 0.0);
+    let mut m = migrations(2, 1.0);
+    let (mut one, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
+    let (mut two, _) = Lifecycle::begin(&mut r, &mut b, &admission(2, None), 0).unwrap();
+    assert!(matches!(
+        one.node_lost_before_answer(&mut r, &mut b, &mut m, 0),
+        Next::Retry(_)
+    ));
+    assert!(!one.retried(), "moved, not retried");
+    assert_eq!(
+        two.node_lost_before_answer(&mut r, &mut b, &mut m, 0),
+        Next::Fail(Fail::Unreachable)
+    );
+}

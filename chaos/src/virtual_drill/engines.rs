@@ -90,7 +90,14 @@ impl World<'_> {
         e.engine.restart(self.spec.profile.engine.clone());
         for q in std::mem::take(&mut e.on) {
             let attempt = self.reqs[q as usize].attempt;
-            self.push(self.now + notice_us, Ev::Cut(q, attempt));
+            // An engine that died with its node goes silent with it; one restarted by
+            // its supervisor is reported by its node at once.
+            let ev = if power == Power::Down {
+                Ev::NodeLost(q, attempt)
+            } else {
+                Ev::Cut(q, attempt)
+            };
+            self.push(self.now + notice_us, ev);
         }
     }
 

@@ -127,7 +127,10 @@ impl World<'_> {
                     for q in cross {
                         self.detach(q, r);
                         let attempt = self.reqs[q as usize].attempt;
-                        self.push(self.now + self.spec.peer_timeout_us, Ev::Cut(q, attempt));
+                        self.push(
+                            self.now + self.spec.peer_timeout_us,
+                            Ev::NodeLost(q, attempt),
+                        );
                     }
                 }
                 self.struck(format!(

@@ -120,7 +120,10 @@ impl World<'_> {
             // Forwarded on a connection to a peer that is gone: no answer until the
             // peer's silence is taken for its loss, and the door cannot tell whether it
             // arrived.
-            self.push(self.now + self.spec.peer_timeout_us, Ev::Cut(q, attempt));
+            self.push(
+                self.now + self.spec.peer_timeout_us,
+                Ev::NodeLost(q, attempt),
+            );
             return;
         }
         if self.engines[replica].power != Power::Up {
@@ -288,21 +291,35 @@ impl World<'_> {
 
     /// The attempt broke after the replica took it: a stream already started is
     /// continued elsewhere (or ends with an error event); otherwise — nothing reached
-    /// the client, an answer sent whole has not begun — the door may retry.
-    pub(super) fn cut(&mut self, q: u32, attempt: u8) {
+    /// the client, an answer sent whole has not begun — the door may retry. With
+    /// `node_lost` the node serving it went silent (killed, or cut off from the door):
+    /// a stream under way is continued all the same (the live door cannot tell a
+    /// node's silence mid-answer from any other break), anything else moves as the
+    /// live door's `node_lost_before_answer` moves it — not implicated, and on by
+    /// migration once its retry is spent.
+    pub(super) fn cut(&mut self, q: u32, attempt: u8, node_lost: bool) {
         let req = &self.reqs[q as usize];
         if req.done.is_some() || req.attempt != attempt {
             return;
         }
         let (replica, started) = (req.replica(), req.started && req.stream);
+        let moved = req.life.map_or(0, |l| l.migrations());
         self.detach(q, replica);
         if started {
             self.migrate(q, Broke::Answer);
             return;
         }
         self.attempt_failed(q, |life, node, now_ms| {
-            life.lost(false, &mut node.router, &mut node.budget, now_ms)
+            let (router, budget) = (&mut node.router, &mut node.budget);
+            if node_lost {
+                life.node_lost_before_answer(router, budget, &mut node.migrations, now_ms)
+            } else {
+                life.lost(false, router, budget, now_ms)
+            }
         });
+        if self.reqs[q as usize].life.map_or(0, |l| l.migrations()) > moved {
+            self.migrations += 1;
+        }
     }
 
     /// Door `n`'s router took replica `r` for hung (every stream on it stopped): the

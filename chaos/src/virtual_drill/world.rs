@@ -38,6 +38,9 @@ pub(super) enum Ev {
     NodeUp(u32),
     /// The door learns that attempt `.1` of request `.0` failed on its replica.
     Cut(u32, u8),
+    /// The door takes the node serving attempt `.1` of request `.0` for gone (its
+    /// silence outlasted the peer timeout).
+    NodeLost(u32, u8),
     Second,
     /// The routers share their load and words, as live nodes do every
     /// [`LOAD_SHARE_MS`].
@@ -220,7 +223,8 @@ impl Model for Drive<'_, '_> {
             Ev::Step(r, epoch) => w.step_end(r as usize, epoch),
             Ev::EngineUp(r, epoch) => w.engine_up(r as usize, epoch),
             Ev::NodeUp(n) => w.node_up(n as usize),
-            Ev::Cut(q, attempt) => w.cut(q, attempt),
+            Ev::Cut(q, attempt) => w.cut(q, attempt, false),
+            Ev::NodeLost(q, attempt) => w.cut(q, attempt, true),
             Ev::Second => w.second(),
             Ev::Gossip => {
                 w.push(w.now + LOAD_SHARE_MS * 1000, Ev::Gossip);

@@ -122,7 +122,9 @@ pub struct FrontConfig {
 /// - `registry_health` → `core` (a new fleet from the control state),
 /// - `ejected` → `core`, and `ejected` → `engines` (the prober's verdicts carried out),
 /// - `core` → `retry_budget` (a request placed or retried),
-/// - `core` → `migrations` (a request continued on another replica).
+/// - `core` → `migrations` (a request continued on another replica),
+/// - `core` → `retry_budget` → `migrations` (a request whose node was lost before it
+///   answered: retried, or moved once its retry is spent).
 ///
 /// Every other lock is taken alone.
 pub struct AppState {

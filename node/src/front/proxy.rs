@@ -55,6 +55,26 @@ impl Inflight {
             .failed_midway(how, resumable, &mut core, &mut budget, now)
     }
 
+    /// The node serving the attempt went silent before any answer came back (the
+    /// lifecycle's rule, over the door's retry and migration budgets, locked in that
+    /// order after the core).
+    pub fn node_lost(&mut self) -> Next {
+        let now = self.state.now_ms();
+        let mut core = self.state.core();
+        let mut budget = self
+            .state
+            .retry_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut moves = self
+            .state
+            .migrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.life
+            .node_lost_before_answer(&mut core, &mut budget, &mut moves, now)
+    }
+
     /// Whether a word that its replica is hung moves the request while no answer has
     /// come back (the lifecycle's rule, over the door's retry budget).
     pub fn moves_on_stall_word(&self) -> bool {
@@ -448,21 +468,32 @@ async fn answer_head(
         .unwrap_or(Ok(Err(SendError {
             message: "the replica was taken for hung (every stream on it stopped)".to_owned(),
             delivered: true,
+            node_lost: false,
         })));
         match sent {
             Ok(Ok(resp)) => return Ok(resp),
             Ok(Err(e)) => {
                 state.metrics.upstream_failure(placement.replica.0);
                 let retried = guard.life.retried();
-                tracing::warn!(replica = placement.replica.0, error = %e.message, delivered = e.delivered, retried, "upstream failed before answering");
-                let next = with_core_and_budget(state, |core, budget| {
-                    guard
-                        .life
-                        .failed_before_answer(e.delivered, core, budget, state.now_ms())
-                });
+                tracing::warn!(replica = placement.replica.0, error = %e.message, delivered = e.delivered, node_lost = e.node_lost, retried, "upstream failed before answering");
+                let moved = guard.life.migrations();
+                let next = if e.node_lost {
+                    guard.node_lost()
+                } else {
+                    with_core_and_budget(state, |core, budget| {
+                        guard
+                            .life
+                            .failed_before_answer(e.delivered, core, budget, state.now_ms())
+                    })
+                };
                 if guard.life.retried() && !retried {
                     // Counted once the budget grants it, whether or not a replica is left.
                     state.metrics.retry();
+                }
+                if let (true, Next::Retry(p)) = (guard.life.migrations() > moved, &next) {
+                    state
+                        .metrics
+                        .migrated("node_lost", placement.replica.0, p.replica.0);
                 }
                 match next {
                     Next::Retry(p) => *placement = p,
@@ -480,6 +511,9 @@ pub(super) struct SendError {
     /// The engine took the request before it failed (it may be the request's doing);
     /// otherwise nothing reached it.
     delivered: bool,
+    /// The node serving the replica went silent (killed, cut off): the fleet's fault,
+    /// whether or not the request reached it.
+    node_lost: bool,
 }
 
 impl SendError {
@@ -487,6 +521,7 @@ impl SendError {
         Self {
             message: message.into(),
             delivered: false,
+            node_lost: false,
         }
     }
 }
@@ -517,6 +552,7 @@ pub(super) async fn send(
             let resp = state.client.request(request).await.map_err(|e| SendError {
                 delivered: !e.is_connect(),
                 message: e.to_string(),
+                node_lost: false,
             })?;
             Ok(resp.map(|b| b.map_err(std::io::Error::other).boxed_unsync()))
         }
@@ -535,6 +571,7 @@ pub(super) async fn send(
                 .await
                 .map_err(|e| SendError {
                     delivered: !matches!(e, forward::ForwardError::Unreachable(_)),
+                    node_lost: matches!(e, forward::ForwardError::Timeout(_)),
                     message: e.to_string(),
                 })
         }
