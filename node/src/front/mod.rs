@@ -311,6 +311,17 @@ impl AppState {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The door's retry budget (after `core` when both are held).
+    fn retry_budget(&self) -> MutexGuard<'_, sluice_actors::prober::RetryBudget> {
+        self.retry_budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The door's migration budget (after `core`, and after `retry_budget`, when held
+    /// with them).
+    fn migrations(&self) -> MutexGuard<'_, sluice_actors::lifecycle::MigrationBudget> {
+        self.migrations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn upstream(&self, id: ReplicaId) -> Option<Upstream> {
         self.upstreams
             .read()

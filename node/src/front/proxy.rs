@@ -46,11 +46,7 @@ impl Inflight {
     pub fn migrate(&mut self, how: Broke, resumable: bool) -> Result<Placement, Refusal> {
         let now = self.state.now_ms();
         let mut core = self.state.core();
-        let mut budget = self
-            .state
-            .migrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut budget = self.state.migrations();
         self.life
             .failed_midway(how, resumable, &mut core, &mut budget, now)
     }
@@ -61,16 +57,8 @@ impl Inflight {
     pub fn node_lost(&mut self) -> Next {
         let now = self.state.now_ms();
         let mut core = self.state.core();
-        let mut budget = self
-            .state
-            .retry_budget
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut moves = self
-            .state
-            .migrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut budget = self.state.retry_budget();
+        let mut moves = self.state.migrations();
         self.life
             .node_lost_before_answer(&mut core, &mut budget, &mut moves, now)
     }
@@ -78,11 +66,7 @@ impl Inflight {
     /// Whether a word that its replica is hung moves the request while no answer has
     /// come back (the lifecycle's rule, over the door's retry budget).
     pub fn moves_on_stall_word(&self) -> bool {
-        let budget = self
-            .state
-            .retry_budget
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let budget = self.state.retry_budget();
         self.life.moves_on_stall_word(&budget, self.state.now_ms())
     }
 
@@ -91,11 +75,7 @@ impl Inflight {
     pub fn moves_midway_on_stall_word(&self, resumable: bool) -> bool {
         let now = self.state.now_ms();
         let core = self.state.core();
-        let budget = self
-            .state
-            .migrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let budget = self.state.migrations();
         self.life
             .moves_midway_on_stall_word(resumable, &core, &budget, now)
     }
@@ -123,7 +103,7 @@ fn with_core_and_budget<R>(
     f: impl FnOnce(&mut RouterCore, &mut RetryBudget) -> R,
 ) -> R {
     let mut core = state.core();
-    let mut budget = state.retry_budget.lock().unwrap_or_else(|p| p.into_inner());
+    let mut budget = state.retry_budget();
     f(&mut core, &mut budget)
 }
 

@@ -196,11 +196,7 @@ impl Courier {
         self.noted(node, true);
         let door = self.fleets.first();
         let now = door.now_ms();
-        let granted = door
-            .migrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take_for(self.moved, now);
+        let granted = door.migrations().take_for(self.moved, now);
         match granted {
             Ok(()) => {
                 self.moved += 1;
