@@ -504,6 +504,68 @@ fn scales_to_a_thousand_replicas() {
     }
 }
 
+/// A hot key range already split into 200 slices, all on the same two replicas: the
+/// placement search tries only the likeliest of their slices (`Work::likely`), and
+/// spreads the load round after round as the search over every slice does.
+#[test]
+fn a_hot_range_split_past_the_scan_limit_spreads_like_the_whole_search() {
+    let reg = fleet(4, &[60_000.0; 40]);
+    let cfg = AssignerConfig::default();
+    let n = 400u64;
+    let key = |i: u64| ((i as u128 * END) / n as u128) as u64;
+    let a = manual(
+        (0..n)
+            .map(|i| {
+                let sub = if i < 200 {
+                    vec![0, 1]
+                } else {
+                    vec![2 + i % 38, 2 + (i + 1) % 38]
+                };
+                (key(i), sub)
+            })
+            .collect(),
+    );
+    // About 80% of the load on the hot range, in uneven slices.
+    let truth = SliceLoad::new(
+        (0..n)
+            .map(|i| {
+                let l = if i < 200 {
+                    0.5 + (i % 7) as f64 / 7.0
+                } else {
+                    0.2
+                };
+                (SliceKey(key(i)), l * 6_000.0)
+            })
+            .collect(),
+    )
+    .unwrap();
+    let held = |a: &Assignment, r: u64| {
+        a.slices()
+            .iter()
+            .filter(|s| s.subset.contains(&ReplicaId(r)))
+            .count()
+    };
+    assert!(held(&a, 0) > holdings::SCAN_ALL);
+    let (mut short, mut whole) = (a.clone(), a);
+    let mut last = f64::INFINITY;
+    for round in 0..12 {
+        let p = assign(&short, &measure(&short, &truth), &reg, &cfg);
+        let q = assign_trying(&whole, &measure(&whole, &truth), &reg, &cfg, usize::MAX);
+        check_assignment(&p.assignment, &reg, &cfg, &[0, 1 << 40, u64::MAX]);
+        assert!(p.churn <= cfg.churn_budget + 1e-9);
+        assert_eq!(&assign(&short, &measure(&short, &truth), &reg, &cfg), &p);
+        short = p.assignment;
+        whole = q.assignment;
+        let (s, w) = (
+            true_imbalance(&short, &truth, &reg),
+            true_imbalance(&whole, &truth, &reg),
+        );
+        assert!(s <= 1.05 * w, "round {round}: imbalance {s} against {w}");
+        last = s;
+    }
+    assert!(last <= cfg.target_imbalance, "imbalance {last}");
+}
+
 // ---------------------------------------------------------------- properties
 
 /// A fleet of `racks` racks of identical capacity make-up (so that balance is reachable:

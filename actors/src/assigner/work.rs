@@ -7,6 +7,7 @@
 
 use super::config::AssignerConfig;
 use super::fleet::Fleet;
+use super::holdings::{around, share_key, Holdings, Seen};
 use super::load::SliceLoad;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -24,6 +25,13 @@ const REPLICATION_PENALTY: f64 = 1.0;
 const PREFERRED_PENALTY: f64 = 0.25;
 /// How many of the coldest admissible replicas each candidate operation tries.
 const RECEIVERS: usize = 6;
+/// How many of the coldest replicas the placement search reads once per step, out of
+/// which most slices find their receivers.
+const COOL_PREFIX: usize = 4 * RECEIVERS;
+/// How many of the largest shares, and of the shares nearest each receiver's best
+/// amount (on each side), [`Work::likely`] tries.
+const LARGEST: usize = 4;
+const AROUND: usize = 2;
 /// Share of the round's churn budget that merging may spend; rebalancing gets the rest.
 const MERGE_BUDGET_SHARE: f64 = 0.5;
 /// Rebalancing aims under `1 + AIM × (target_imbalance − 1)`, leaving room for the
@@ -76,14 +84,6 @@ fn util_key(load: f64, cap: f64) -> u64 {
     // Non-negative floats order like their bits; -0.0 and NaN read as 0.
     if u > 0.0 {
         u.to_bits()
-    } else {
-        0
-    }
-}
-
-fn nonneg_bits(x: f64) -> u64 {
-    if x > 0.0 {
-        x.to_bits()
     } else {
         0
     }
@@ -416,15 +416,18 @@ impl<'a> Work<'a> {
         let w = subset.len() as f64;
         pieces
             .iter()
-            .map(|p| {
-                let base = &self.bases[p.base as usize];
-                let fresh = subset
-                    .iter()
-                    .filter(|m| base.binary_search(m).is_err())
-                    .count();
-                p.load * fresh as f64 / w
-            })
+            .map(|p| p.load * self.fresh(subset, p) as f64 / w)
             .sum()
+    }
+
+    /// How many of `subset` did not serve `piece` after repairs.
+    fn fresh(&self, subset: &[u32], piece: &Piece) -> usize {
+        subset.iter().map(|&m| self.is_new(m, piece)).sum()
+    }
+
+    /// 1 if replica `m` did not serve `piece` after repairs, else 0.
+    fn is_new(&self, m: u32, piece: &Piece) -> usize {
+        usize::from(self.bases[piece.base as usize].binary_search(&m).is_err())
     }
 
     /// Merge phase (Dicer's `MergePhase`): merges adjacent pairs whose merged per-replica
@@ -517,7 +520,7 @@ impl<'a> Work<'a> {
     pub fn split(&mut self) {
         let prio = |s: &WSlice| {
             (
-                nonneg_bits(s.load / s.subset.len().max(1) as f64),
+                share_key(s.load / s.subset.len().max(1) as f64),
                 s.end - s.start,
                 Reverse(s.start),
             )
@@ -668,18 +671,14 @@ impl<'a> Work<'a> {
     /// slices, apply the operation that lowers the total penalty most (penalty of load
     /// outside the band + churn + replication), if any lowers it and fits the churn
     /// budget; otherwise retire the replica. Ends when every replica is retired.
-    pub fn place(&mut self, budget: f64) {
+    pub fn place(&mut self, budget: f64, scan_all: usize) {
         if self.ustar <= 0.0 || self.fleet.len() < 2 {
             return;
         }
         self.recompute_loads();
         let n = self.fleet.len();
-        let mut on: Vec<Vec<u32>> = vec![Vec::new(); n];
-        for (i, s) in self.slices.iter().enumerate() {
-            for &m in &s.subset {
-                on[m as usize].push(i as u32);
-            }
-        }
+        let subsets = self.slices.iter().map(|s| s.subset.as_slice());
+        let mut held = Holdings::new(n, subsets, scan_all);
         let members: usize = self.slices.iter().map(|s| s.subset.len()).sum();
         let mut order = Order::new(&self.rload, &self.fleet.cap);
         let eps = self.total * 1e-9;
@@ -694,11 +693,79 @@ impl<'a> Work<'a> {
             if in_band(h) && order.coolest().is_some_and(in_band) {
                 return;
             }
-            match self.best_op(h, &on[h as usize], &order, budget) {
-                Some((delta, op)) if delta < -eps => self.apply(op, &mut on, &mut order),
+            let likely;
+            let tried = match held.of(h, |i| self.share(i)) {
+                Seen::All(list) => list,
+                Seen::ByShare(set) => {
+                    likely = self.likely(h, set, &order, scan_all);
+                    &likely
+                }
+            };
+            match self.best_op(h, tried, &order, budget) {
+                Some((delta, op)) if delta < -eps => self.apply(op, &mut held, &mut order),
                 _ => order.exclude(&self.rload, &self.fleet.cap, h),
             }
         }
+    }
+
+    /// The slices of `h` worth trying when it serves too many to try them all: the
+    /// largest shares (what widening and the biggest moves take), and, for each of the
+    /// coldest replicas, the shares nearest the amount whose move from `h` to it lowers
+    /// the penalty most. Moving a share is a trade of two convex penalties, so the
+    /// slices far from that amount on either side cannot do better than the nearest
+    /// ones, except through the churn and preferred-replica terms, which are small.
+    fn likely(
+        &self,
+        h: u32,
+        set: &BTreeSet<(u64, u32)>,
+        order: &Order,
+        scan_all: usize,
+    ) -> Vec<u32> {
+        if set.len() <= scan_all {
+            return set.iter().map(|&(_, s)| s).collect();
+        }
+        let mut out: Vec<u32> = set.iter().rev().take(LARGEST).map(|&(_, s)| s).collect();
+        let (Some(&(lo, _)), Some(&(hi, _))) = (set.first(), set.last()) else {
+            return out;
+        };
+        let (lo, hi) = (f64::from_bits(lo), f64::from_bits(hi));
+        for r in order
+            .set
+            .iter()
+            .map(|&(_, r)| r)
+            .filter(|&r| r != h)
+            .take(RECEIVERS)
+        {
+            out.extend(around(set, self.best_share(h, r, lo, hi), AROUND));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The share in `[lo, hi]` whose move from `h` to `r` lowers the two replicas'
+    /// penalty, plus its churn, the most (golden-section search: the sum is convex).
+    fn best_share(&self, h: u32, r: u32, lo: f64, hi: f64) -> f64 {
+        const INV_PHI: f64 = 0.618_033_988_749_895;
+        let (lh, lr) = (self.rload[h as usize], self.rload[r as usize]);
+        let cost = |x: f64| self.penalty(h, lh - x) + self.penalty(r, lr + x) + CHURN_PENALTY * x;
+        // Each step keeps one of the two inner points and its cost.
+        let (mut a, mut b) = (lo, hi);
+        let mut c = b - INV_PHI * (b - a);
+        let mut d = a + INV_PHI * (b - a);
+        let (mut fc, mut fd) = (cost(c), cost(d));
+        for _ in 0..32 {
+            if fc <= fd {
+                (b, d, fd) = (d, c, fc);
+                c = b - INV_PHI * (b - a);
+                fc = cost(c);
+            } else {
+                (a, c, fc) = (c, d, fd);
+                d = a + INV_PHI * (b - a);
+                fd = cost(d);
+            }
+        }
+        (a + b) / 2.0
     }
 
     fn best_op(&self, h: u32, on_h: &[u32], order: &Order, budget: f64) -> Option<(f64, Op)> {
@@ -706,6 +773,15 @@ impl<'a> Work<'a> {
         let lh = self.rload[h as usize];
         let over = self.relative(h) > self.hi;
         let room = budget - self.stats.churn;
+        // The coldest replicas, enough for most slices' receivers to come from them.
+        let cool: Vec<u32> = order
+            .set
+            .iter()
+            .map(|&(_, r)| r)
+            .take(COOL_PREFIX)
+            .collect();
+        let mut receivers = Vec::with_capacity(RECEIVERS);
+        let mut fresh = Vec::new();
         for &si in on_h {
             let s = &self.slices[si as usize];
             let w = s.subset.len();
@@ -713,7 +789,18 @@ impl<'a> Work<'a> {
                 continue;
             }
             let per = s.load / w as f64;
-            let now = self.moved(&s.subset, &s.pieces);
+            // Per piece, how many members are new to it; the churn of a candidate is
+            // that count with the candidate's changes, summed as `moved` sums it.
+            fresh.clear();
+            fresh.extend(s.pieces.iter().map(|p| self.fresh(&s.subset, p)));
+            let churn = |fresh_of: &dyn Fn(usize, &Piece) -> usize, width: usize| -> f64 {
+                s.pieces
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| p.load * fresh_of(i, p) as f64 / width as f64)
+                    .sum()
+            };
+            let now = churn(&|i, _| fresh[i], w);
             // Move h's share of the slice to another replica.
             let rest: Vec<u32> = s.subset.iter().copied().filter(|&m| m != h).collect();
             let avoid = self.lone_rack(&rest);
@@ -721,17 +808,11 @@ impl<'a> Work<'a> {
             if s.subset[0] == h {
                 base += PREFERRED_PENALTY * per;
             }
-            let receivers = order
-                .set
-                .iter()
-                .map(|&(_, r)| r)
-                .filter(|r| !s.subset.contains(r) && avoid != Some(self.fleet.rack[*r as usize]))
-                .take(RECEIVERS);
-            let mut cand = rest.clone();
-            cand.push(0);
-            for r in receivers {
-                *cand.last_mut().expect("non-empty") = r;
-                let dm = self.moved(&cand, &s.pieces) - now;
+            self.receivers(&cool, order, &mut receivers, |r| {
+                !s.subset.contains(&r) && avoid != Some(self.fleet.rack[r as usize])
+            });
+            for &r in &receivers {
+                let dm = churn(&|i, p| fresh[i] - self.is_new(h, p) + self.is_new(r, p), w) - now;
                 if dm > 0.0 && dm > room {
                     continue;
                 }
@@ -757,17 +838,9 @@ impl<'a> Work<'a> {
                     let lm = self.rload[m as usize];
                     base += self.penalty(m, lm - dec) - self.penalty(m, lm);
                 }
-                let receivers = order
-                    .set
-                    .iter()
-                    .map(|&(_, r)| r)
-                    .filter(|r| !s.subset.contains(r))
-                    .take(RECEIVERS);
-                let mut cand = s.subset.clone();
-                cand.push(0);
-                for r in receivers {
-                    *cand.last_mut().expect("non-empty") = r;
-                    let dm = self.moved(&cand, &s.pieces) - now;
+                self.receivers(&cool, order, &mut receivers, |r| !s.subset.contains(&r));
+                for &r in &receivers {
+                    let dm = churn(&|i, p| fresh[i] + self.is_new(r, p), w + 1) - now;
                     if dm > 0.0 && dm > room {
                         continue;
                     }
@@ -783,28 +856,48 @@ impl<'a> Work<'a> {
         best
     }
 
-    fn apply(&mut self, op: Op, on: &mut [Vec<u32>], order: &mut Order) {
+    /// The first [`RECEIVERS`] replicas of `order` that pass `ok`, into `out`: from
+    /// `cool`, the order's head, when enough of it passes, else from the whole order.
+    fn receivers(&self, cool: &[u32], order: &Order, out: &mut Vec<u32>, ok: impl Fn(u32) -> bool) {
+        out.clear();
+        out.extend(cool.iter().copied().filter(|&r| ok(r)).take(RECEIVERS));
+        if out.len() < RECEIVERS && cool.len() < order.set.len() {
+            out.clear();
+            out.extend(
+                order
+                    .set
+                    .iter()
+                    .map(|&(_, r)| r)
+                    .filter(|&r| ok(r))
+                    .take(RECEIVERS),
+            );
+        }
+    }
+
+    /// Slice `i`'s load on each of its members.
+    fn share(&self, i: u32) -> f64 {
+        let s = &self.slices[i as usize];
+        s.load / s.subset.len().max(1) as f64
+    }
+
+    fn apply(&mut self, op: Op, held: &mut Holdings, order: &mut Order) {
+        let s = &self.slices;
+        let share = |i: u32, w: usize| s[i as usize].load / w.max(1) as f64;
         let (si, new) = match op {
             Op::Move { slice, from, to } => {
-                let mut sub: Vec<u32> = self.slices[slice as usize]
-                    .subset
-                    .iter()
-                    .copied()
-                    .filter(|&m| m != from)
-                    .collect();
+                let old = &s[slice as usize].subset;
+                let mut sub: Vec<u32> = old.iter().copied().filter(|&m| m != from).collect();
                 sub.push(to);
-                let list = &mut on[from as usize];
-                if let Some(p) = list.iter().position(|&x| x == slice) {
-                    list.swap_remove(p);
-                }
-                on[to as usize].push(slice);
+                held.moved(slice, share(slice, old.len()), from, to);
                 self.stats.moves += 1;
                 (slice as usize, sub)
             }
             Op::Widen { slice, to } => {
-                let mut sub = self.slices[slice as usize].subset.clone();
+                let old = &s[slice as usize].subset;
+                let mut sub = old.clone();
                 sub.push(to);
-                on[to as usize].push(slice);
+                let (was, now) = (share(slice, old.len()), share(slice, sub.len()));
+                held.widened(slice, old, to, was, now);
                 self.stats.widened += 1;
                 (slice as usize, sub)
             }
