@@ -293,10 +293,9 @@ impl World<'_> {
     /// continued elsewhere (or ends with an error event); otherwise — nothing reached
     /// the client, an answer sent whole has not begun — the door may retry. With
     /// `node_lost` the node serving it went silent (killed, or cut off from the door):
-    /// a stream under way is continued all the same (the live door cannot tell a
-    /// node's silence mid-answer from any other break), anything else moves as the
-    /// live door's `node_lost_before_answer` moves it — not implicated, and on by
-    /// migration once its retry is spent.
+    /// it is the fleet's fault, so nothing is implicated. A stream under way is
+    /// continued as any other, anything else moves as the live door's
+    /// `node_lost_before_answer` moves it — on by migration once its retry is spent.
     pub(super) fn cut(&mut self, q: u32, attempt: u8, node_lost: bool) {
         let req = &self.reqs[q as usize];
         if req.done.is_some() || req.attempt != attempt {
@@ -306,7 +305,14 @@ impl World<'_> {
         let moved = req.life.map_or(0, |l| l.migrations());
         self.detach(q, replica);
         if started {
-            self.migrate(q, Broke::Answer);
+            self.migrate(
+                q,
+                if node_lost {
+                    Broke::NodeLost
+                } else {
+                    Broke::Answer
+                },
+            );
             return;
         }
         self.attempt_failed(q, |life, node, now_ms| {

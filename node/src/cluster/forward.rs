@@ -247,6 +247,18 @@ pub enum ForwardError {
     Timeout(Duration),
 }
 
+/// A forwarded answer broke off because the node serving it was lost (silent past
+/// [`PEER_SILENCE`], or its connection dropped): the fleet's fault, not the answer's.
+/// It reaches the front door inside the body's `io::Error`; [`node_lost`] finds it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NodeLost(String);
+
+/// Whether a body error says the node serving the answer was lost.
+pub fn node_lost(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<NodeLost>())
+}
+
 /// Sends `rpc` (a [`NodeRpc::Forward`] or [`NodeRpc::Route`]) to the node at `node` and
 /// returns the answer as an HTTP response whose body streams as the frames arrive. The serving node says it is alive
 /// while its engine is quiet, so a silence of [`PEER_SILENCE`] means the node is gone
@@ -299,8 +311,23 @@ pub async fn call(
                 Some((Err(std::io::Error::other("a second answer head")), None))
             }
             Err(TransportError::Timeout(_)) => Some((
-                Err(std::io::Error::other(format!(
+                Err(std::io::Error::other(NodeLost(format!(
                     "the node serving the replica sent nothing for {PEER_SILENCE:?}: taken for gone"
+                )))),
+                None,
+            )),
+            Err(TransportError::ConnectionLost(m)) => Some((
+                Err(std::io::Error::other(NodeLost(format!(
+                    "the connection to the node serving the replica was lost: {m}"
+                )))),
+                None,
+            )),
+            // Closed on this side: another call found the node gone and dropped the
+            // connection to it (or this node is shutting down).
+            Err(TransportError::EndpointClosed) => Some((
+                Err(std::io::Error::other(NodeLost(
+                    "the connection to the node serving the replica was closed: taken for lost"
+                        .to_owned(),
                 ))),
                 None,
             )),

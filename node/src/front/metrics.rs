@@ -168,8 +168,16 @@ pub const TENANT_LABELS_AT_MOST: usize = 100;
 pub const OTHER_TENANTS: &str = "other";
 
 /// What a mid-answer failure can be when a request is continued elsewhere (stream cuts,
-/// and an answer sent whole that was lost): shown at zero before the first.
-const MIGRATION_REASONS: [&str; 5] = ["broke", "silent", "ended_early", "stalled", "answer_lost"];
+/// an answer sent whole that was lost, the node serving it lost): shown at zero before
+/// the first.
+const MIGRATION_REASONS: [&str; 6] = [
+    "broke",
+    "silent",
+    "ended_early",
+    "stalled",
+    "answer_lost",
+    "node_lost",
+];
 /// Why one was not continued, as the lifecycle and the stream say it.
 const REFUSAL_REASONS: [&str; 8] = [
     "ended",
@@ -201,7 +209,7 @@ impl Metrics {
         registry.register(
             "migrations",
             "Requests continued on another replica after theirs failed mid-answer, by what \
-             failed (broke, silent, ended_early, answer_lost)",
+             failed (broke, silent, ended_early, stalled, answer_lost, node_lost)",
             migrations.clone(),
         );
         let stream_stalls = Family::<ReplicaLabel, Counter>::default();

@@ -358,7 +358,15 @@ async fn forward(
         )
         .await;
         let collected = match collected {
-            Some(c) => c.map(|r| r.map_err(|e| (Broke::Answer, "answer_lost", e.to_string()))),
+            Some(c) => c.map(|r| {
+                r.map_err(|e| {
+                    if forward::node_lost(&e) {
+                        (Broke::NodeLost, "node_lost", e.to_string())
+                    } else {
+                        (Broke::Answer, "answer_lost", e.to_string())
+                    }
+                })
+            }),
             None => Ok(Err((
                 Broke::Hung,
                 "stalled",

@@ -9,7 +9,7 @@ use super::proxy::{send, Inflight, Route};
 use super::request_id::RequestId;
 use super::sse::SseMeter;
 use super::AppState;
-use crate::cluster::forward::UpstreamBody;
+use crate::cluster::forward::{self, UpstreamBody};
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
@@ -53,6 +53,8 @@ enum Cut {
     EndedEarly,
     /// Every stream on the replica stopped: it is hung.
     Stalled,
+    /// The node serving the replica was lost (forwarded streams only).
+    NodeLost,
 }
 
 impl Cut {
@@ -62,14 +64,17 @@ impl Cut {
             Cut::Silent => "silent",
             Cut::EndedEarly => "ended_early",
             Cut::Stalled => "stalled",
+            Cut::NodeLost => "node_lost",
         }
     }
 
-    /// What the lifecycle is told: a replica taken for hung implicates no request.
+    /// What the lifecycle is told: a replica taken for hung, or a node lost, implicates
+    /// no request.
     fn broke(self) -> Broke {
         match self {
             Cut::Stalled => Broke::Hung,
-            _ => Broke::Answer,
+            Cut::NodeLost => Broke::NodeLost,
+            Cut::Broke | Cut::Silent | Cut::EndedEarly => Broke::Answer,
         }
     }
 }
@@ -426,6 +431,7 @@ pub(super) fn stream_response(
                     Cut::EndedEarly,
                     "the replica ended the stream early".to_owned(),
                 ),
+                Some(Ok(Some(Err(e)))) if forward::node_lost(&e) => (Cut::NodeLost, e.to_string()),
                 Some(Ok(Some(Err(e)))) => (Cut::Broke, format!("the replica's stream broke: {e}")),
                 Some(Err(_)) => (
                     Cut::Silent,

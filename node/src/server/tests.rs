@@ -538,9 +538,19 @@ async fn seeded_stream(
     model: &str,
     tokens: usize,
 ) -> hyper::Response<hyper::body::Incoming> {
+    seeded_stream_of(addr, model, "tell me a long story", tokens).await
+}
+
+/// [`seeded_stream`] of another prompt (which may land elsewhere).
+async fn seeded_stream_of(
+    addr: SocketAddr,
+    model: &str,
+    prompt: &str,
+    tokens: usize,
+) -> hyper::Response<hyper::body::Incoming> {
     let body = serde_json::json!({
         "model": model,
-        "messages": [{"role": "user", "content": "tell me a long story"}],
+        "messages": [{"role": "user", "content": prompt}],
         "max_tokens": tokens,
         "ignore_eos": true,
         "seed": 7,
@@ -1440,6 +1450,34 @@ async fn alpha_and_betas(
     (dirs, a, nodes)
 }
 
+/// Reads a stream to its end, stopping `node` (which serves or routes it) mid-answer,
+/// after its third event.
+async fn read_losing(resp: hyper::Response<hyper::body::Incoming>, node: Running) -> String {
+    let mut lost = Some(node);
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            text.push_str(std::str::from_utf8(&data).unwrap());
+            if sse_events(&text).len() >= 3 {
+                if let Some(r) = lost.take() {
+                    let _ = r.stop.send(());
+                    r.node.wait().await.unwrap();
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the stream ends");
+    assert!(
+        lost.is_none(),
+        "the stream ended before its node was lost: {text}"
+    );
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handed_stream_goes_on_from_another_node_when_the_one_routing_it_is_lost() {
     // a runs alpha; b and c each run beta on an engine that streams in real time.
@@ -1469,29 +1507,7 @@ async fn a_handed_stream_goes_on_from_another_node_when_the_one_routing_it_is_lo
         .iter()
         .position(|b| b.node.cluster().unwrap().0 == routing)
         .expect("handed to b or c");
-    let mut lost = Some(betas.remove(serving));
-    let mut body = resp.into_body();
-    let mut text = String::new();
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let data = frame.unwrap().into_data().unwrap();
-            text.push_str(std::str::from_utf8(&data).unwrap());
-            if sse_events(&text).len() >= 3 {
-                // The node routing the stream is lost mid-answer.
-                if let Some(r) = lost.take() {
-                    let _ = r.stop.send(());
-                    r.node.wait().await.unwrap();
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .expect("the stream ends");
-    assert!(
-        lost.is_none(),
-        "the stream ended before its node was lost: {text}"
-    );
+    let text = read_losing(resp, betas.remove(serving)).await;
     assert_one_answer(&text, TOKENS);
     assert_eq!(
         counter(a_addr, "migrations", "reason=\"node_lost\"").await,
@@ -1502,6 +1518,63 @@ async fn a_handed_stream_goes_on_from_another_node_when_the_one_routing_it_is_lo
         let _ = r.stop.send(());
         r.node.wait().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_replicas_node_is_lost_goes_on_elsewhere_blaming_no_request() {
+    // a and b each run beta on an engine that streams in real time.
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    crate::cluster::cli::init(dirs[0].path(), "test").unwrap();
+    let token = sluice_transport::JoinToken::load(&dirs[0].path().join(crate::cluster::TLS_DIR))
+        .unwrap()
+        .to_string();
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        engine_serving(listener, "beta", 1.0, i as u64);
+        let mut cfg = cluster_config(&format!("[[models]]\nurls = [\"{url}\"]\n"));
+        cfg.shutdown_grace = Duration::ZERO;
+        let join = nodes
+            .first()
+            .map(|a: &Running| (a.node.cluster().unwrap().1, token.clone()));
+        nodes.push(start(cfg, Some(cluster_args(dir.path(), join))).await);
+    }
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    let a_addr = a.node.http_addr();
+    let on_b = crate::cluster::replica_id(b.node.cluster().unwrap().0, 0)
+        .0
+        .to_string();
+    const TOKENS: usize = 40;
+    // Streams held open until one of a's lands on b's replica.
+    let mut held = Vec::new();
+    let mut resp = None;
+    for i in 0..200 {
+        let r = seeded_stream_of(a_addr, "beta", &format!("story number {i}"), TOKENS).await;
+        if r.headers()["x-sluice-replica"].to_str().unwrap() == on_b {
+            resp = Some(r);
+            break;
+        }
+        held.push(r);
+    }
+    drop(held);
+    let text = read_losing(resp.expect("a stream routed to b's replica"), b).await;
+    assert_one_answer(&text, TOKENS);
+    // Continued as the node's loss (which implicates no request), not as a break of
+    // the answer.
+    let (_, metrics) = http(a_addr, "/metrics", None).await;
+    let moved: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_migrations_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert_eq!(
+        moved,
+        ["sluice_migrations_total{reason=\"node_lost\"} 1"],
+        "{text}"
+    );
+    let _ = a.stop.send(());
+    a.node.wait().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
