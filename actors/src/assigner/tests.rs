@@ -478,30 +478,17 @@ fn scales_to_a_thousand_replicas() {
         .collect();
     let reg = fleet(20, &caps);
     let cfg = AssignerConfig::default();
-    let t = std::time::Instant::now();
     let a = initial_assignment(&reg, &cfg).unwrap();
-    let init = t.elapsed();
     let rank: Vec<usize> = (0..4096).map(|i| (i * 2654435761usize) % 4096).collect();
     let truth = zipf(&rank, 1.1, 3.0e7);
     let load = measure(&a, &truth);
-    let t = std::time::Instant::now();
+    // How long it takes is the `assigner` bench's to say (docs/BENCHMARKS.md).
     let plan = assign(&a, &load, &reg, &cfg);
-    let round = t.elapsed();
     let n = plan.assignment.slices().len();
-    eprintln!(
-        "1000 replicas: initial {init:?}, round {round:?}, {} -> {n} slices, {} splits, {} moves, imbalance {:.3} -> {:.3}",
-        a.slices().len(),
-        plan.splits,
-        plan.moves,
-        plan.imbalance_before,
-        plan.imbalance_after
-    );
     assert!(n >= 4000);
     check_assignment(&plan.assignment, &reg, &cfg, &[0, 1 << 40, u64::MAX]);
     assert!(plan.churn <= cfg.churn_budget + 1e-9);
-    if !cfg!(debug_assertions) {
-        assert!(round.as_secs_f64() < 1.0, "round took {round:?}");
-    }
+    assert!(plan.imbalance_after < plan.imbalance_before);
 }
 
 /// A hot key range already split into 200 slices, all on the same two replicas: the
