@@ -36,7 +36,6 @@ impl World<'_> {
         for ev in &events {
             match *ev {
                 EngineEvent::Token { id, index } => {
-                    self.engines[r].tokens_total += 1;
                     if id.0 & PROBE_BIT == 0 {
                         self.token(r, id.0, index);
                     }

@@ -45,8 +45,11 @@ impl World<'_> {
                 if e.power != Power::Up {
                     continue;
                 }
+                // What the live prober reads off an engine's gauges: requests queued,
+                // and prompt and output tokens counted since the engine started.
                 let s = e.engine.core.stats();
-                let (queued, tokens) = (s.running + s.waiting, e.tokens_total);
+                let queued = s.running + s.waiting;
+                let tokens = s.generation_tokens + s.prompt_tokens;
                 let busy_ms = Some(e.busy_us / 1000);
                 let changes = self.nodes[n].prober.on_progress(
                     ReplicaId(r as u64),

@@ -64,7 +64,6 @@ pub(super) struct Engine {
     pub(super) power: Power,
     pub(super) hung: bool,
     pub(super) epoch: u32,
-    pub(super) tokens_total: u64,
     /// Time spent computing steps (µs): the virtual engine's busy time, which the live
     /// prober reads from an engine's processes. A hung engine starts no step, so it
     /// stands still.
@@ -262,7 +261,6 @@ impl<'t> World<'t> {
                 power: Power::Up,
                 hung: false,
                 epoch: 0,
-                tokens_total: 0,
                 busy_us: 0,
                 on: Vec::new(),
                 probes: HashMap::new(),
