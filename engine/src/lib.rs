@@ -11,6 +11,7 @@
 
 pub mod continuation;
 pub mod core;
+pub mod exposition;
 pub mod kv;
 pub mod metrics;
 pub mod openai;

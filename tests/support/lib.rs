@@ -192,17 +192,9 @@ impl Http {
             .send("GET", &format!("{base}/metrics"), &[], None)
             .await?;
         let text = String::from_utf8_lossy(&a.body).into_owned();
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (head, value) = l.rsplit_once(' ')?;
-                let (metric, labels) = head.split_once('{').unwrap_or((head, ""));
-                if metric != name {
-                    return None;
-                }
-                Some((labels.trim_end_matches('}').to_owned(), value.parse().ok()?))
-            })
+        Ok(sluice_engine::exposition::samples(&text)
+            .filter(|s| s.name == name)
+            .map(|s| (s.labels.to_owned(), s.value))
             .collect())
     }
 }

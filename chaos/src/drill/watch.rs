@@ -4,6 +4,7 @@
 //! restarted node start again from zero; the watcher adds up what each node counted.
 
 use serde_json::Value;
+use sluice_engine::exposition;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -222,37 +223,30 @@ pub struct Counters {
 impl Counters {
     /// Reads node `node`'s metrics text.
     pub fn observe(&mut self, node: usize, text: &str) {
-        for line in text.lines() {
-            let Some((name, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(v) = value.parse::<f64>() else {
-                continue;
-            };
-            let v = v as u64;
-            let replica = || {
-                name.split_once("replica=\"")
-                    .and_then(|(_, r)| r.split('"').next())
-                    .and_then(|r| r.parse::<u64>().ok())
-            };
-            let counted = name.starts_with("sluice_routed_total{")
-                || name.starts_with("sluice_upstream_failures_total{")
-                || name == "sluice_probes_total{outcome=\"failed\"}"
-                || name.starts_with("sluice_migrations_total{");
+        for s in exposition::samples(text) {
+            let v = s.value as u64;
+            let counted = matches!(
+                s.name,
+                "sluice_routed_total"
+                    | "sluice_upstream_failures_total"
+                    | "sluice_migrations_total"
+            ) || (s.name == "sluice_probes_total"
+                && s.label("outcome") == Some("failed"));
             if !counted {
                 continue;
             }
-            let last = self.last.insert((node, name.to_owned()), v).unwrap_or(0);
+            let series = format!("{}{{{}}}", s.name, s.labels);
+            let last = self.last.insert((node, series), v).unwrap_or(0);
             // A restarted node counts from zero again.
             let added = if v >= last { v - last } else { v };
-            if name.starts_with("sluice_routed_total{") {
-                if let Some(r) = replica() {
-                    *self.routed.entry(r).or_default() += added;
+            match s.name {
+                "sluice_routed_total" => {
+                    if let Some(r) = s.label("replica").and_then(|r| r.parse::<u64>().ok()) {
+                        *self.routed.entry(r).or_default() += added;
+                    }
                 }
-            } else if name.starts_with("sluice_migrations_total{") {
-                self.migrations += added;
-            } else {
-                self.failures += added;
+                "sluice_migrations_total" => self.migrations += added,
+                _ => self.failures += added,
             }
         }
     }

@@ -12,6 +12,7 @@ use sluice_actors::prober::{
     PROBE_MAX_TOKENS, PROBE_PRIORITY,
 };
 use sluice_actors::slice::ReplicaId;
+use sluice_engine::exposition;
 use sluice_engine::openai::Endpoint;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -427,17 +428,7 @@ pub async fn engine_progress(state: &AppState, base: &str) -> Option<(u32, u64)>
         .ok()?
         .to_bytes();
     let text = std::str::from_utf8(&body).ok()?;
-    let value = |name: &str| -> Option<f64> {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (head, v) = l.rsplit_once(' ')?;
-                let metric = head.split('{').next()?;
-                (metric == name || metric == format!("{name}_total"))
-                    .then(|| v.parse::<f64>().ok())?
-            })
-            .reduce(|a, b| a + b)
-    };
+    let value = |name: &str| exposition::sum(text, name);
     let running = value("vllm:num_requests_running").unwrap_or(0.0);
     let waiting = value("vllm:num_requests_waiting").unwrap_or(0.0);
     let generated = value("vllm:generation_tokens")?;
