@@ -46,7 +46,7 @@ pub struct NodeHandler {
     models: Vec<String>,
     schedule: ScheduleConfig,
     /// The leader's books per model of the cluster (leader only).
-    desks: Mutex<HashMap<String, Desk>>,
+    desks: Arc<Mutex<HashMap<String, Desk>>>,
     /// When each node's router last reported its load or gossiped: the leader's view of
     /// who is live.
     seen: Mutex<std::collections::HashMap<u64, Instant>>,
@@ -85,7 +85,7 @@ impl NodeHandler {
             local,
             models,
             schedule,
-            desks: Mutex::new(HashMap::new()),
+            desks: Arc::new(Mutex::new(HashMap::new())),
             seen: Mutex::new(std::collections::HashMap::new()),
             front,
             started: Instant::now(),
@@ -469,21 +469,40 @@ impl NodeHandler {
     /// failed, a full round when `round`.
     pub(super) async fn assign(&self, round: bool) -> Result<(), ControlPlaneError> {
         let state = self.cp.state().borrow().clone();
-        let config = self.assigner_config();
         for model in state.models() {
             let reg = registry(&state, model);
             let now = self.now_us();
-            let next = self.desk(model, |d| {
-                next_assignment(
-                    state.assignment(model),
+            let current = state.assignment(model).cloned();
+            let mut schedule = self.desk(model, |d| d.schedule.clone());
+            let (desks, name, config) =
+                (self.desks.clone(), model.to_owned(), self.assigner_config());
+            // A round over a large fleet takes a while (half a second at 10,000
+            // replicas rebalancing a new skew, docs/BENCHMARKS.md): off the runtime's
+            // threads, with the desks unlocked so that load reports keep coming in.
+            let step = tokio::task::spawn_blocking(move || {
+                let take = || {
+                    let mut desks = desks.lock().unwrap_or_else(|p| p.into_inner());
+                    desks.get_mut(&name).and_then(|d| d.load.take())
+                };
+                let next = next_assignment(
+                    current.as_ref(),
                     &reg,
                     round,
-                    &mut d.schedule,
-                    || d.load.take(),
+                    &mut schedule,
+                    take,
                     now,
                     &config,
-                )
+                );
+                (next, schedule)
             });
+            let (next, schedule) = match step.await {
+                Ok(done) => done,
+                // A panic in the round fails the assigner actor, which its supervisor
+                // restarts; a cancelled one means the runtime is shutting down.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => return Ok(()),
+            };
+            self.desk(model, |d| d.schedule = schedule);
             if let Some(assignment) = next {
                 tracing::info!(
                     model,
