@@ -248,7 +248,8 @@ pub enum ForwardError {
 }
 
 /// A forwarded answer broke off because the node serving it was lost (silent past
-/// [`PEER_SILENCE`], or its connection dropped): the fleet's fault, not the answer's.
+/// [`PEER_SILENCE`], its connection dropped, or closed here once another call found it
+/// gone): the fleet's fault, not the answer's.
 /// It reaches the front door inside the body's `io::Error`; [`node_lost`] finds it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

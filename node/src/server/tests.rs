@@ -1547,19 +1547,30 @@ async fn a_stream_whose_replicas_node_is_lost_goes_on_elsewhere_blaming_no_reque
         .0
         .to_string();
     const TOKENS: usize = 40;
-    // Streams held open until one of a's lands on b's replica.
-    let mut held = Vec::new();
-    let mut resp = None;
-    for i in 0..200 {
-        let r = seeded_stream_of(a_addr, "beta", &format!("story number {i}"), TOKENS).await;
+    // Streams held open (the latest few) until one of a's lands on b's replica, once
+    // a has heard of it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut held = std::collections::VecDeque::new();
+    let mut tries = 0;
+    let resp = loop {
+        tries += 1;
+        let prompt = format!("story number {tries}");
+        let r = seeded_stream_of(a_addr, "beta", &prompt, TOKENS).await;
         if r.headers()["x-sluice-replica"].to_str().unwrap() == on_b {
-            resp = Some(r);
-            break;
+            break r;
         }
-        held.push(r);
-    }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no stream of a's reached b's replica"
+        );
+        held.push_back(r);
+        if held.len() > 16 {
+            held.pop_front();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
     drop(held);
-    let text = read_losing(resp.expect("a stream routed to b's replica"), b).await;
+    let text = read_losing(resp, b).await;
     assert_one_answer(&text, TOKENS);
     // Continued as the node's loss (which implicates no request), not as a break of
     // the answer.
