@@ -80,13 +80,8 @@ struct Order {
 }
 
 fn util_key(load: f64, cap: f64) -> u64 {
-    let u = load / cap;
     // Non-negative floats order like their bits; -0.0 and NaN read as 0.
-    if u > 0.0 {
-        u.to_bits()
-    } else {
-        0
-    }
+    share_key(load / cap)
 }
 
 impl Order {
