@@ -392,6 +392,11 @@ async fn start_fleet(
             }
         }
     }
+    if node.is_some() {
+        for i in (0..urls.len()).filter(|i| !discovered.contains_key(i)) {
+            state.held_until_registered(id_of(first + i));
+        }
+    }
     for (i, models) in discovered {
         state.learn_models(id_of(first + i), Some(models));
     }

@@ -388,6 +388,18 @@ impl AppState {
             .unwrap_or(true)
     }
 
+    /// Cluster mode: an engine still loading at start is registered `Starting`, so it
+    /// takes no work until the registry puts it in service — including in the moment
+    /// between this node catching up and its own registrations being applied.
+    pub fn held_until_registered(&self, id: ReplicaId) {
+        let mut verdicts = self
+            .registry_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        verdicts.insert(id, false);
+        self.core().set_checked_health(id, false);
+    }
+
     /// Requests queued or running in the engine at `base`, by its own `/metrics`
     /// (forwarded requests from other routers included); `None` if it does not answer.
     pub async fn engine_queued(&self, base: &str) -> Option<u32> {
