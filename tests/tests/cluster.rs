@@ -416,3 +416,79 @@ async fn a_minority_partition_cannot_commit_and_the_majority_can() -> Result<()>
     assert!(!has(&healed, "lonely"), "{healed}");
     Ok(())
 }
+
+/// With load sharing off (`--load-share-ms 0`) the leader hears a node only by its load
+/// reports, every 5 s: live nodes stay in service past the leader's grace and the
+/// silence window (three reports), and a node killed with `kill -9` has its replica
+/// marked unreachable once its reports have been missing for the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_load_sharing_the_leader_hears_nodes_by_their_reports_alone() -> Result<()> {
+    /// The leader's silence window without gossip: three report periods.
+    const WINDOW: Duration = Duration::from_secs(15);
+    /// How often a router reports its load to the leader.
+    const REPORT: Duration = Duration::from_secs(5);
+    let nodes = [Node::new("r1")?, Node::new("r2")?, Node::new("r3")?];
+    let token = sluice_tests::cluster::init(&nodes[0])?;
+    let quiet = [
+        "--replicas",
+        "1",
+        "--time-scale",
+        "0",
+        "--load-share-ms",
+        "0",
+    ];
+    let mut procs = vec![nodes[0].start_with(None, &quiet)?];
+    for n in &nodes[1..] {
+        procs.push(n.start_with(Some((&nodes[0].quic, &token)), &quiet)?);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let health = |s: &serde_json::Value| -> Vec<(u64, String)> {
+        s["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| Some((r["node"].as_u64()?, r["health"].as_str()?.to_owned())))
+            .collect()
+    };
+    let s = wait_status(&all, Duration::from_secs(30), |s| {
+        let h = health(s);
+        h.len() == 3 && h.iter().all(|(_, x)| x == "healthy") && s["leader"].is_u64()
+    })
+    .await?;
+    let leader = s["leader"].as_u64().context("no leader")?;
+    // Past the grace and the window, with every node alive and reporting: no marks.
+    let watch = Instant::now();
+    while watch.elapsed() < WINDOW + Duration::from_secs(5) {
+        for n in &all {
+            if let Ok(s) = status(n.dir.path(), Some(&n.quic)) {
+                let h = health(&s);
+                assert!(
+                    h.iter().all(|(_, x)| x == "healthy"),
+                    "a live node marked: {h:?}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // kill -9 a node that does not lead.
+    let victim = (1..=3).find(|&id| id != leader).context("no follower")?;
+    procs[(victim - 1) as usize].child.kill()?;
+    let killed = Instant::now();
+    let others: Vec<&Node> = (1..=3u64)
+        .filter(|&id| id != victim)
+        .map(|id| &nodes[(id - 1) as usize])
+        .collect();
+    wait_status(&others, WINDOW * 2 + Duration::from_secs(10), |s| {
+        health(s)
+            .iter()
+            .any(|(node, x)| *node == victim && x == "unreachable")
+    })
+    .await?;
+    // Its last report came at most a period before the kill.
+    let after = killed.elapsed();
+    assert!(
+        after >= WINDOW - REPORT,
+        "marked {after:?} after the kill, sooner than a window of missing reports"
+    );
+    Ok(())
+}

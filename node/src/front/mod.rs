@@ -365,6 +365,10 @@ impl AppState {
             .unwrap_or_else(|p| p.into_inner());
         let mut core = self.core();
         core.set_replicas(&specs);
+        // A replica that left the view is forgotten by the core, and comes back to it
+        // routable: its verdict must be pushed again then.
+        let present: std::collections::HashSet<ReplicaId> = specs.iter().map(|s| s.id).collect();
+        verdicts.retain(|id, _| present.contains(id));
         // Only changes of the registry's verdict are pushed, so that it does not undo
         // this node's own health checks of its local replicas every time.
         for (id, ok) in healthy {
