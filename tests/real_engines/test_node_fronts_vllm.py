@@ -111,6 +111,16 @@ def _raw(url, path, body):
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_k": 3,
                               "repetition_penalty": 1.1, "min_tokens": 2}),
+    # What a client asks of the answer's shape: several choices, log-probabilities,
+    # stop strings, JSON, an echoed prompt. The node passes each on untouched.
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 2}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "logprobs": True, "top_logprobs": 2}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "stop": ["the", "."], "seed": 7}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Reply in JSON."}],
+                              "response_format": {"type": "json_object"}}),
+    ("/v1/completions", {"prompt": "Once upon a time", "echo": True, "logprobs": 1, "n": 2}),
 ])
 def test_what_the_engine_decides_comes_back_unchanged(node, vllm_two, path, body):
     body = {"model": MODEL, "max_tokens": 4, **body}
@@ -119,6 +129,11 @@ def test_what_the_engine_decides_comes_back_unchanged(node, vllm_two, path, body
     assert via_status == direct_status, (direct, via)
     if direct_status == 200:
         assert len(via["choices"]) == len(direct["choices"])
+        # Every field of a choice the engine wrote (log-probabilities, stop reason, …)
+        # reaches the client.
+        for d, v in zip(direct["choices"], via["choices"]):
+            assert set(v) == set(d), (d, v)
+            assert (v.get("logprobs") is None) == (d.get("logprobs") is None), (d, v)
     else:
         assert via["error"]["message"] == direct["error"]["message"]
 
