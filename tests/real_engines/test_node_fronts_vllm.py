@@ -54,6 +54,29 @@ def test_chat_and_completions_streaming_and_not(node):
     assert "".join(pieces)
 
 
+def test_a_stream_of_several_choices_with_logprobs_reads_whole_and_is_metered(node):
+    c = client(node)
+    before = metric(node.url, "sluice_completion_tokens_total", {"model": MODEL})
+    chunks = list(c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count"}], max_tokens=5, n=2,
+        stream=True, logprobs=True, top_logprobs=1, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True}))
+    tokens = {0: 0, 1: 0}
+    finished = {}
+    for ch in chunks:
+        for choice in ch.choices:
+            if choice.logprobs and choice.logprobs.content:
+                tokens[choice.index] += len(choice.logprobs.content)
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    # Each choice streamed its five tokens, each with its log-probability, and ended once.
+    assert tokens == {0: 5, 1: 5}, tokens
+    assert finished == {0: "length", 1: "length"}, finished
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
+    assert wait_until(lambda: metric(node.url, "sluice_completion_tokens_total",
+                                     {"model": MODEL}) == before + 10)
+
+
 def test_the_request_id_reaches_vllm_and_comes_back(node):
     c = client(node)
     # Twice under one id, at once: each engine attempt gets its own (`<id>.<n>`), so vLLM
