@@ -3,6 +3,7 @@ what a user calls through it with the official openai client, and what it meters
 
 import json
 import threading
+import time
 
 import openai
 import pytest
@@ -75,6 +76,23 @@ def test_a_stream_of_several_choices_with_logprobs_reads_whole_and_is_metered(no
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
     assert wait_until(lambda: metric(node.url, "sluice_completion_tokens_total",
                                      {"model": MODEL}) == before + 10)
+
+
+def test_a_stream_with_usage_in_every_chunk_is_metered_once(node):
+    # vLLM's `continuous_usage_stats` puts the running usage in every chunk: the node
+    # must meter the request's tokens once, not once per chunk.
+    c = client(node)
+    before = metric(node.url, "sluice_completion_tokens_total", {"model": MODEL})
+    chunks = list(c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count"}], max_tokens=6,
+        stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True},
+        extra_body={"ignore_eos": True}))
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    assert sum(1 for ch in chunks if ch.usage is not None) > 2
+    assert wait_until(lambda: metric(node.url, "sluice_completion_tokens_total",
+                                     {"model": MODEL}) == before + 6)
+    time.sleep(0.5)
+    assert metric(node.url, "sluice_completion_tokens_total", {"model": MODEL}) == before + 6
 
 
 def test_the_request_id_reaches_vllm_and_comes_back(node):
