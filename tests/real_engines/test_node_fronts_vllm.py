@@ -95,6 +95,30 @@ def test_a_stream_with_usage_in_every_chunk_is_metered_once(node):
     assert metric(node.url, "sluice_completion_tokens_total", {"model": MODEL}) == before + 6
 
 
+def test_a_client_that_hangs_up_mid_stream_frees_the_engine(node, vllm_two):
+    # A client gone mid-answer must not leave vLLM generating for no one: the node drops
+    # its upstream stream, and vLLM aborts the request instead of writing its 1,500
+    # tokens (the node's probes write a token now and then).
+    generated = lambda: sum(metric(e.url, "vllm:generation_tokens_total") for e in vllm_two)
+    before = generated()
+    stream = client(node).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Write a long story."}],
+        max_tokens=1500, stream=True, extra_body={"ignore_eos": True})
+    got = 0
+    for _ in stream:
+        got += 1
+        if got == 3:
+            assert sum(metric(e.url, "vllm:num_requests_running") for e in vllm_two) >= 1
+            break
+    stream.close()
+    assert wait_until(lambda: metric(node.url, "sluice_replica_inflight_requests") == 0, 30)
+    assert wait_until(lambda: all(metric(e.url, "vllm:num_requests_running") == 0
+                                  for e in vllm_two), 30)
+    # The tiny model writes hundreds of tokens a second, so some were written before the
+    # abort landed (about 300 here), but well short of the whole answer.
+    assert generated() - before < 1200, generated() - before
+
+
 def test_the_request_id_reaches_vllm_and_comes_back(node):
     c = client(node)
     # Twice under one id, at once: each engine attempt gets its own (`<id>.<n>`), so vLLM
