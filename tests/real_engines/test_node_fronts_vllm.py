@@ -119,6 +119,23 @@ def test_a_client_that_hangs_up_mid_stream_frees_the_engine(node, vllm_two):
     assert generated() - before < 1200, generated() - before
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_frees_the_engine(node, vllm_two):
+    # The same for a request that is not streamed: the client's timeout closes the
+    # connection before the answer is written, and the node aborts it upstream.
+    generated = lambda: sum(metric(e.url, "vllm:generation_tokens_total") for e in vllm_two)
+    before = generated()
+    impatient = openai.OpenAI(base_url=node.url + "/v1", api_key="sk-local", max_retries=0,
+                              timeout=0.3)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Write a long story."}],
+            max_tokens=1500, extra_body={"ignore_eos": True})
+    assert wait_until(lambda: metric(node.url, "sluice_replica_inflight_requests") == 0, 30)
+    assert wait_until(lambda: all(metric(e.url, "vllm:num_requests_running") == 0
+                                  for e in vllm_two), 30)
+    assert generated() - before < 1200, generated() - before
+
+
 def test_the_request_id_reaches_vllm_and_comes_back(node):
     c = client(node)
     # Twice under one id, at once: each engine attempt gets its own (`<id>.<n>`), so vLLM
