@@ -84,6 +84,7 @@
 mod config;
 mod fleet;
 mod holdings;
+mod imbalance;
 mod leader;
 mod load;
 mod meter;
@@ -95,6 +96,7 @@ mod tests;
 
 pub use config::{AssignerConfig, ConfigError};
 pub use fleet::ReplicaInfo;
+pub use imbalance::imbalance;
 pub use leader::next_assignment;
 pub use load::{LoadError, SliceLoad};
 pub use meter::{LoadMeter, LoadReport, DEFAULT_BUCKET_BITS};
@@ -160,8 +162,7 @@ fn assign_trying(
 ) -> Plan {
     let config = config.sanitized();
     let fleet = Fleet::new(replicas);
-    let imbalance_before = imbalance(current, load, replicas);
-    let unchanged = Plan {
+    let unchanged = |imbalance: f64| Plan {
         assignment: current.clone(),
         changed: false,
         splits: 0,
@@ -173,11 +174,12 @@ fn assign_trying(
         repaired: 0,
         churn: 0.0,
         forced_churn: 0.0,
-        imbalance_before,
-        imbalance_after: imbalance_before,
+        imbalance_before: imbalance,
+        imbalance_after: imbalance,
     };
     if fleet.len() == 0 {
-        return unchanged;
+        // No eligible replica serves anything: `imbalance`'s 1.0.
+        return unchanged(1.0);
     }
     let slices = current
         .slices()
@@ -185,6 +187,8 @@ fn assign_trying(
         .map(|s| (s.start.0 as u128, s.subset.as_slice()))
         .collect();
     let mut work = Work::new(&fleet, load, &config, slices);
+    // The slices as they came, before any repair: the current assignment's imbalance.
+    let imbalance_before = work.imbalance();
     let budget = config.churn_budget * work.total;
     work.repair();
     // With no measured load there is nothing to balance, and an idle minute is no reason
@@ -198,11 +202,11 @@ fn assign_trying(
 
     let out = to_slices(&fleet, &work.slices);
     if out.as_slice() == current.slices() {
-        return unchanged;
+        return unchanged(imbalance_before);
     }
     let Ok(assignment) = Assignment::new(current.generation + 1, out) else {
         debug_assert!(false, "the assigner built a malformed assignment");
-        return unchanged;
+        return unchanged(imbalance_before);
     };
     let share = |x: f64| {
         if work.total > 0.0 {
@@ -213,7 +217,8 @@ fn assign_trying(
     };
     let s = &work.stats;
     Plan {
-        imbalance_after: imbalance(&assignment, load, replicas),
+        // `assignment` is these slices: the same ranges and members, in the same order.
+        imbalance_after: work.imbalance(),
         assignment,
         changed: true,
         splits: s.splits,
@@ -267,47 +272,6 @@ pub fn initial_assignment(
     work.place(f64::INFINITY, holdings::SCAN_ALL);
     work.rotate_leaders();
     Assignment::new(1, to_slices(&fleet, &work.slices))
-}
-
-/// Max/mean replica load relative to capacity: the largest `load_r / (capacity_r × U)`
-/// over eligible replicas, where a slice's load is spread evenly over the eligible
-/// members of its subset and `U` is the served load over the eligible capacity. 1.0 when
-/// nothing is served.
-pub fn imbalance(assignment: &Assignment, load: &SliceLoad, replicas: &[ReplicaInfo]) -> f64 {
-    let fleet = Fleet::new(replicas);
-    let mut rload = vec![0.0; fleet.len()];
-    let mut served = 0.0;
-    let slices = assignment.slices();
-    let mut members: Vec<u32> = Vec::new();
-    for (i, s) in slices.iter().enumerate() {
-        members.clear();
-        for id in &s.subset {
-            if let Some(r) = fleet.index(*id) {
-                if !members.contains(&r) {
-                    members.push(r);
-                }
-            }
-        }
-        if members.is_empty() {
-            continue;
-        }
-        let end = slices.get(i + 1).map_or(KEY_END, |n| n.start.0 as u128);
-        let l = load.between(s.start.0 as u128, end);
-        served += l;
-        for &m in &members {
-            rload[m as usize] += l / members.len() as f64;
-        }
-    }
-    let cap = fleet.total_capacity();
-    if !(served > 0.0 && cap > 0.0) {
-        return 1.0;
-    }
-    let u = served / cap;
-    rload
-        .iter()
-        .zip(&fleet.cap)
-        .map(|(l, c)| l / (c * u))
-        .fold(0.0, f64::max)
 }
 
 fn to_slices(fleet: &Fleet, slices: &[WSlice]) -> Vec<Slice> {

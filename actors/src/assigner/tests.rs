@@ -491,6 +491,46 @@ fn scales_to_a_thousand_replicas() {
     assert!(plan.imbalance_after < plan.imbalance_before);
 }
 
+#[test]
+fn a_round_reports_the_imbalance_that_imbalance_measures() {
+    // A plan's before and after are read off the round's own slices; they must be the
+    // public measure's numbers to the bit, also when members were evicted (a replica
+    // draining) or listed twice.
+    let caps: Vec<f64> = (0..40)
+        .map(|i| [60_000.0, 80_000.0, 120_000.0][i % 3])
+        .collect();
+    let mut reg = fleet(4, &caps);
+    let cfg = AssignerConfig::default();
+    let mut a = initial_assignment(&reg, &cfg).unwrap();
+    let rank: Vec<usize> = (0..512).map(|i| (i * 2654435761usize) % 512).collect();
+    let truth = zipf(&rank, 1.1, 2.0e6);
+    for round in 0..6 {
+        if round == 2 {
+            reg[3].draining = true;
+        }
+        if round == 4 {
+            let mut slices = a.slices().to_vec();
+            let twice = slices[0].subset[0];
+            slices[0].subset.push(twice);
+            a = Assignment::new(a.generation, slices).unwrap();
+        }
+        let load = measure(&a, &truth);
+        let plan = assign(&a, &load, &reg, &cfg);
+        assert_eq!(
+            plan.imbalance_before.to_bits(),
+            imbalance(&a, &load, &reg).to_bits(),
+            "round {round}"
+        );
+        assert_eq!(
+            plan.imbalance_after.to_bits(),
+            imbalance(&plan.assignment, &load, &reg).to_bits(),
+            "round {round}"
+        );
+        assert!(plan.changed || round > 0);
+        a = plan.assignment;
+    }
+}
+
 /// A hot key range already split into 200 slices, all on the same two replicas: the
 /// placement search tries only the likeliest of their slices (`Work::likely`), and
 /// spreads the load round after round as the search over every slice does.

@@ -8,6 +8,7 @@
 use super::config::AssignerConfig;
 use super::fleet::Fleet;
 use super::holdings::{around, share_key, Holdings, Seen};
+use super::imbalance::Spread;
 use super::load::SliceLoad;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -226,6 +227,16 @@ impl<'a> Work<'a> {
             lo: (1.0 - headroom).max(0.0),
             stats,
         }
+    }
+
+    /// [`imbalance`](super::imbalance)'s measure of the slices as they stand, each
+    /// slice's load apportioned afresh over its key range.
+    pub fn imbalance(&self) -> f64 {
+        let mut spread = Spread::new(self.fleet);
+        for s in &self.slices {
+            spread.add(self.load.between(s.start, s.end), &s.subset);
+        }
+        spread.imbalance()
     }
 
     fn recompute_loads(&mut self) {
