@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from conftest import MODEL, http, metric, start_node, start_replica, wait_until
-from sluice_proc import read_stream
+from sluice_proc import hang_up_after, read_stream
 
 
 def client(node, **kw):
@@ -182,13 +182,9 @@ def test_client_disconnect_mid_stream_frees_its_model_units(node, replicas):
     stream = client(node).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Write a long story."}],
         max_tokens=4000, stream=True, extra_body={"ignore_eos": True})
-    got = 0
-    for chunk in stream:
-        got += 1
-        if got == 3:
-            assert metric(node.url, "sluice_replica_inflight_mu") > 0
-            break
-    stream.close()
+    def running():
+        assert metric(node.url, "sluice_replica_inflight_mu") > 0
+    hang_up_after(stream, 3, running)
     assert wait_until(lambda: metric(node.url, "sluice_replica_inflight_mu") == 0)
     assert wait_until(lambda: metric(node.url, "sluice_replica_inflight_requests") == 0)
     # The engine aborted the request too: nothing is left running on any replica.

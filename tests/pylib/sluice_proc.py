@@ -127,3 +127,13 @@ def read_stream(stream, on_piece=None):
             if choice.finish_reason:
                 finishes.append(choice.finish_reason)
     return pieces, finishes, ids, usage
+
+
+def hang_up_after(stream, chunks, while_running):
+    """Reads `chunks` chunks of a streamed answer, calls `while_running()` (the request is
+    still in flight then), and closes the stream as a client that gives up would."""
+    for got, _ in enumerate(stream, start=1):
+        if got == chunks:
+            while_running()
+            break
+    stream.close()

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from conftest import MODEL, http, metric, start_node, wait_until
+from sluice_proc import hang_up_after
 
 LONG = "You are a careful coding agent working in a large repository. " * 40
 
@@ -104,13 +105,9 @@ def test_a_client_that_hangs_up_mid_stream_frees_the_engine(node, vllm_two):
     stream = client(node).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Write a long story."}],
         max_tokens=1500, stream=True, extra_body={"ignore_eos": True})
-    got = 0
-    for _ in stream:
-        got += 1
-        if got == 3:
-            assert sum(metric(e.url, "vllm:num_requests_running") for e in vllm_two) >= 1
-            break
-    stream.close()
+    def running():
+        assert sum(metric(e.url, "vllm:num_requests_running") for e in vllm_two) >= 1
+    hang_up_after(stream, 3, running)
     assert wait_until(lambda: metric(node.url, "sluice_replica_inflight_requests") == 0, 30)
     assert wait_until(lambda: all(metric(e.url, "vllm:num_requests_running") == 0
                                   for e in vllm_two), 30)
