@@ -229,7 +229,7 @@ impl<'a> Work<'a> {
         }
     }
 
-    /// [`imbalance`](super::imbalance)'s measure of the slices as they stand, each
+    /// [`imbalance`](fn@super::imbalance)'s measure of the slices as they stand, each
     /// slice's load apportioned afresh over its key range.
     pub fn imbalance(&self) -> f64 {
         let mut spread = Spread::new(self.fleet);

@@ -267,7 +267,7 @@ impl ProberCore {
     /// — the local router's word and the peers' gossip alike. A replica is condemned
     /// once the engine's token counter has stood still with work held (or with none
     /// ever reaching it) for half `stall_window_ms` (5 s by default), or for
-    /// [`STREAMS_CONFIRMED_IDLE_AFTER_MS`] with
+    /// `STREAMS_CONFIRMED_IDLE_AFTER_MS` with
     /// work held and its processes idle (an engine without that gauge is left to the
     /// probes). Word older than the replica's last proof (a completed request or probe,
     /// or its restart) is stale — a peer's gossip repeats it for a while — and ignored,

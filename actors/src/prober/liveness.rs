@@ -82,7 +82,7 @@ pub struct LivenessWatch {
 
 impl LivenessWatch {
     /// The silence after which a node whose router is heard every `beat_us` is taken
-    /// for gone: three missed beats, and at least [`MIN_LIVENESS_WINDOW_US`].
+    /// for gone: three missed beats, and at least `MIN_LIVENESS_WINDOW_US`.
     pub const fn window_us(beat_us: u64) -> u64 {
         let missed = beat_us.saturating_mul(3);
         if missed > MIN_LIVENESS_WINDOW_US {
