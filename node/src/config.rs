@@ -8,6 +8,7 @@ use sluice_actors::autoscaler::AutoscalerConfig;
 use sluice_actors::lifecycle::MigrationLimits;
 use sluice_actors::mu::EstimatorConfig;
 use sluice_actors::prober::ProbeConfig;
+use sluice_actors::router::stall::StallConfig;
 use sluice_actors::router::{KeySource, QuarantineConfig, RouterConfig, SpillPolicy};
 use sluice_actors::Profile;
 use std::net::SocketAddr;
@@ -275,6 +276,10 @@ pub struct RouterSection {
     /// Migrations a front door starts per second, sustained, and at once.
     pub migrations_per_s: f64,
     pub migration_burst: f64,
+    /// A replica whose streams have all been silent this long (and for 20 of its recent
+    /// gaps between tokens) is taken for hung. Raise it where an engine may be starved
+    /// of CPU for seconds without being hung (shared CPU hosts, CI).
+    pub stall_floor_ms: u64,
 }
 
 impl Default for RouterSection {
@@ -303,6 +308,7 @@ impl Default for RouterSection {
             migrations_per_request: MigrationLimits::default().per_request,
             migrations_per_s: MigrationLimits::default().per_s,
             migration_burst: MigrationLimits::default().burst,
+            stall_floor_ms: StallConfig::default().floor_ms,
         }
     }
 }
@@ -779,6 +785,12 @@ fn fleet_policy(r: &RouterSection, p: &ProberSection, start_timeout_s: f64) -> R
             r.decode_share
         );
     }
+    if r.stall_floor_ms < 100 {
+        bail!(
+            "router.stall_floor_ms must be at least 100 ms, got {}",
+            r.stall_floor_ms
+        );
+    }
     if !(r.quarantine_window_s.is_finite() && r.quarantine_window_s > 0.0) {
         bail!(
             "router.quarantine_window_s must be a positive number of seconds, got {}",
@@ -804,6 +816,10 @@ fn fleet_policy(r: &RouterSection, p: &ProberSection, start_timeout_s: f64) -> R
                 limit: r.quarantine_after,
                 window_ms: (r.quarantine_window_s * 1e3) as u64,
                 ..defaults.quarantine
+            },
+            stall: StallConfig {
+                floor_ms: r.stall_floor_ms,
+                ..defaults.stall
             },
             ..defaults
         },
@@ -1235,6 +1251,16 @@ mod tests {
         writeln!(share, "[router]\ndecode_share = 0.5").unwrap();
         let c = NodeConfig::load(Some(share.path()), Overrides::default()).unwrap();
         assert_eq!(c.router.decode_share, 0.5);
+        let mut floor = tempfile::NamedTempFile::new().unwrap();
+        writeln!(floor, "[router]\nstall_floor_ms = 20").unwrap();
+        let e = NodeConfig::load(Some(floor.path()), Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("router.stall_floor_ms"), "{e}");
+        let mut floor = tempfile::NamedTempFile::new().unwrap();
+        writeln!(floor, "[router]\nstall_floor_ms = 30000").unwrap();
+        let c = NodeConfig::load(Some(floor.path()), Overrides::default()).unwrap();
+        assert_eq!(c.router.stall.floor_ms, 30_000);
+        let plain = NodeConfig::load(None, Overrides::default()).unwrap();
+        assert_eq!(plain.router.stall, StallConfig::default());
 
         // Node certificates: a day by default, 10 s to a year.
         assert_eq!(c.cert_lifetime, Duration::from_secs(86_400));

@@ -19,10 +19,12 @@ def node(vllm_two):
     # No [replicas] model and no --model: the node asks the engines. Two CPU engines, the
     # node and 24 streams share two cores: CI once saw one engine's process starved for
     # over 10 s (its own logger silent 17 s), which the engine-gauge stall check (10 s by
-    # default) rightly took for a hang. This module tests the probes, so that window is
-    # widened here; test_node_supervises_vllm.py tests hang detection.
+    # default) rightly took for a hang; another run saw the router's stream-stall rule
+    # (3 s) take a starved engine for hung. This module tests the probes, so both
+    # windows are widened here; test_node_supervises_vllm.py tests hang detection.
     n = start_node([e.url for e in vllm_two],
-                   config="[prober]\nidle_window_ms = 1000\nstall_window_ms = 30000\n")
+                   config="[prober]\nidle_window_ms = 1000\nstall_window_ms = 30000\n"
+                          "[router]\nstall_floor_ms = 30000\n")
     yield n
     assert n.stop() == 0
 
