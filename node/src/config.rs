@@ -958,6 +958,14 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// The configuration a file holding `text` gives, with `o` on top; an error with its
+    /// whole chain.
+    fn load_text(text: &str, o: Overrides) -> Result<NodeConfig, String> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "{text}").unwrap();
+        NodeConfig::load(Some(f.path()), o).map_err(|e| format!("{e:#}"))
+    }
+
     #[test]
     fn a_standalone_node_given_nothing_serves_two_simulated_models() {
         let c = NodeConfig::load(None, Overrides::default()).unwrap();
@@ -1005,11 +1013,7 @@ mod tests {
 
     #[test]
     fn a_model_may_route_and_probe_apart_from_the_nodes_defaults() {
-        let load = |text: &str| {
-            let mut f = tempfile::NamedTempFile::new().unwrap();
-            writeln!(f, "{text}").unwrap();
-            NodeConfig::load(Some(f.path()), Overrides::default()).map_err(|e| format!("{e:#}"))
-        };
+        let load = |text: &str| load_text(text, Overrides::default());
         let c = load(
             "[router]\nrequest_timeout_s = 100\nspill_ratio = 1.5\n\
              [prober]\nprobe_timeout_ms = 4000\n\
@@ -1071,11 +1075,7 @@ mod tests {
 
     #[test]
     fn models_are_listed_each_with_its_replicas_and_profile() {
-        let load = |text: &str, o: Overrides| {
-            let mut f = tempfile::NamedTempFile::new().unwrap();
-            writeln!(f, "{text}").unwrap();
-            NodeConfig::load(Some(f.path()), o).map_err(|e| format!("{e:#}"))
-        };
+        let load = load_text;
         let c = load(
             "[[models]]\nname = \"llama-3.2-3b-instruct\"\nreplicas = 1\n\
              [[models]]\nname = \"my-model\"\nreplicas = 2\n\
@@ -1243,21 +1243,20 @@ mod tests {
         );
         assert!(e.contains("subset_sise"), "{e}");
 
-        let mut share = tempfile::NamedTempFile::new().unwrap();
-        writeln!(share, "[router]\ndecode_share = 1.5").unwrap();
-        let e = NodeConfig::load(Some(share.path()), Overrides::default()).unwrap_err();
-        assert!(e.to_string().contains("router.decode_share"), "{e}");
-        let mut share = tempfile::NamedTempFile::new().unwrap();
-        writeln!(share, "[router]\ndecode_share = 0.5").unwrap();
-        let c = NodeConfig::load(Some(share.path()), Overrides::default()).unwrap();
-        assert_eq!(c.router.decode_share, 0.5);
-        let mut floor = tempfile::NamedTempFile::new().unwrap();
-        writeln!(floor, "[router]\nstall_floor_ms = 20").unwrap();
-        let e = NodeConfig::load(Some(floor.path()), Overrides::default()).unwrap_err();
-        assert!(e.to_string().contains("router.stall_floor_ms"), "{e}");
-        let mut floor = tempfile::NamedTempFile::new().unwrap();
-        writeln!(floor, "[router]\nstall_floor_ms = 30000").unwrap();
-        let c = NodeConfig::load(Some(floor.path()), Overrides::default()).unwrap();
+        // A router setting out of range is named; one in range is taken.
+        let router = |line: &str| load_text(&format!("[router]\n{line}"), Overrides::default());
+        for (bad, named) in [
+            ("decode_share = 1.5", "router.decode_share"),
+            ("stall_floor_ms = 20", "router.stall_floor_ms"),
+        ] {
+            let e = router(bad).unwrap_err();
+            assert!(e.contains(named), "{bad}: {e}");
+        }
+        assert_eq!(
+            router("decode_share = 0.5").unwrap().router.decode_share,
+            0.5
+        );
+        let c = router("stall_floor_ms = 30000").unwrap();
         assert_eq!(c.router.stall.floor_ms, 30_000);
         let plain = NodeConfig::load(None, Overrides::default()).unwrap();
         assert_eq!(plain.router.stall, StallConfig::default());
@@ -1265,13 +1264,14 @@ mod tests {
         // Node certificates: a day by default, 10 s to a year.
         assert_eq!(c.cert_lifetime, Duration::from_secs(86_400));
         for (lifetime, ok) in [("5", false), ("10", true), ("1e9", false), ("nan", false)] {
-            let mut f = tempfile::NamedTempFile::new().unwrap();
-            writeln!(f, "[node]\ncert_lifetime_s = {lifetime}").unwrap();
-            let r = NodeConfig::load(Some(f.path()), Overrides::default());
+            let r = load_text(
+                &format!("[node]\ncert_lifetime_s = {lifetime}"),
+                Overrides::default(),
+            );
             match ok {
                 true => assert_eq!(r.unwrap().cert_lifetime, Duration::from_secs(10)),
                 false => {
-                    let e = r.unwrap_err().to_string();
+                    let e = r.unwrap_err();
                     assert!(e.contains("node.cert_lifetime_s"), "{lifetime}: {e}");
                 }
             }

@@ -375,7 +375,16 @@ async fn start_fleet(
         .map(|(i, u)| front::Upstream::local(id_of(first + i), u))
         .collect::<Result<Vec<_>>>()?;
     let remote = node.as_ref().map(|n| n.client.clone());
-    let state = AppState::new(&cfg, upstreams, remote, metrics)?;
+    // Cluster mode: an engine that did not answer discovery is still loading; it is
+    // registered `Starting` and held out of service until the registry says otherwise.
+    let held: Vec<ReplicaId> = match node {
+        Some(_) => (0..urls.len())
+            .filter(|i| !discovered.contains_key(i))
+            .map(|i| id_of(first + i))
+            .collect(),
+        None => Vec::new(),
+    };
+    let state = AppState::new(&cfg, upstreams, &held, remote, metrics)?;
     if let Some(n) = node {
         state.set_cluster_view(n.view_source());
     }
@@ -390,11 +399,6 @@ async fn start_fleet(
             for i in 0..cfg.launch {
                 state.priority_ignored(id_of(first + i));
             }
-        }
-    }
-    if node.is_some() {
-        for i in (0..urls.len()).filter(|i| !discovered.contains_key(i)) {
-            state.held_until_registered(id_of(first + i));
         }
     }
     for (i, models) in discovered {

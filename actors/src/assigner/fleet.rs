@@ -98,6 +98,19 @@ impl Fleet {
         self.ids.binary_search(&id).ok().map(|i| i as u32)
     }
 
+    /// The fleet indices of `subset`'s eligible members, each once, in `subset`'s order,
+    /// written into `out` (cleared first): what a subset still holds of the fleet.
+    pub fn members_into(&self, subset: &[ReplicaId], out: &mut Vec<u32>) {
+        out.clear();
+        for id in subset {
+            if let Some(r) = self.index(*id) {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+        }
+    }
+
     pub fn total_capacity(&self) -> f64 {
         self.cap.iter().sum()
     }

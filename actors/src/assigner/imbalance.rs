@@ -15,14 +15,7 @@ pub fn imbalance(assignment: &Assignment, load: &SliceLoad, replicas: &[ReplicaI
     let slices = assignment.slices();
     let mut members: Vec<u32> = Vec::new();
     for (i, s) in slices.iter().enumerate() {
-        members.clear();
-        for id in &s.subset {
-            if let Some(r) = fleet.index(*id) {
-                if !members.contains(&r) {
-                    members.push(r);
-                }
-            }
-        }
+        fleet.members_into(&s.subset, &mut members);
         if members.is_empty() {
             continue;
         }

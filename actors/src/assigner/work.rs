@@ -178,13 +178,7 @@ impl<'a> Work<'a> {
         for (i, (start, subset)) in slices.iter().enumerate() {
             let end = slices.get(i + 1).map_or(super::load::KEY_END, |(s, _)| *s);
             let mut kept: Vec<u32> = Vec::with_capacity(subset.len());
-            for id in subset.iter() {
-                if let Some(r) = fleet.index(*id) {
-                    if !kept.contains(&r) {
-                        kept.push(r);
-                    }
-                }
-            }
+            fleet.members_into(subset, &mut kept);
             stats.evicted += subset.len() - kept.len();
             let broken = kept.len() < subset.len()
                 || kept.len() < min_w

@@ -203,9 +203,15 @@ const LOCAL_RACK: &str = "local";
 impl AppState {
     /// The fleet of `node`'s model over `upstreams`, all in this node's rack; `remote`
     /// reaches the other nodes of a cluster; `metrics` is the node's registry.
+    ///
+    /// `held` take no work until the registry puts them in service: in cluster mode, the
+    /// engines still loading at start, which are registered `Starting` — held from the
+    /// first moment, so the start-up view does not route to them in the moment between
+    /// this node catching up and its own registrations being applied.
     pub fn new(
         node: &NodeConfig,
         upstreams: Vec<Upstream>,
+        held: &[ReplicaId],
         remote: Option<Arc<sluice_transport::Client>>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
@@ -232,6 +238,9 @@ impl AppState {
             None => Assignment::uniform(1, &ids, node.slice_count, node.subset_size)?,
         };
         let mut core = RouterCore::new(node.profile.mu, node.router, &specs, assignment);
+        for &id in held {
+            core.set_checked_health(id, false);
+        }
         // Every router of a cluster breaks ties between idle replicas in its own order, or
         // they all spill onto the same one (see `LoadOrder::spread_ties`). A new
         // `RandomState` is keyed at random, so what it hashes does not matter.
@@ -271,7 +280,7 @@ impl AppState {
             start: Instant::now(),
             registry,
             schedule: node.assigner.clone(),
-            registry_health: Mutex::new(HashMap::new()),
+            registry_health: Mutex::new(held.iter().map(|&id| (id, false)).collect()),
             peer_loads: Mutex::new(HashMap::new()),
             tenancy: Mutex::new(tenancy::Tenancy::new(0)),
             retry_budget: Mutex::new(sluice_actors::prober::RetryBudget::new(prober.config())),
@@ -390,18 +399,6 @@ impl AppState {
             .get(&id)
             .copied()
             .unwrap_or(true)
-    }
-
-    /// Cluster mode: an engine still loading at start is registered `Starting`, so it
-    /// takes no work until the registry puts it in service — including in the moment
-    /// between this node catching up and its own registrations being applied.
-    pub fn held_until_registered(&self, id: ReplicaId) {
-        let mut verdicts = self
-            .registry_health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        verdicts.insert(id, false);
-        self.core().set_checked_health(id, false);
     }
 
     /// Requests queued or running in the engine at `base`, by its own `/metrics`
