@@ -172,18 +172,29 @@ impl Lifecycle {
     /// the request while no answer has come back. The word is a suspicion the replica's
     /// prober may not confirm (one computing a long prefill writes no token for
     /// seconds), so it moves a request only while a retry would be granted — its own
-    /// is left and the door's `budget` allows one: a request that would fail if moved
-    /// waits on instead. A replica really hung is ejected by its prober, which ends the
-    /// attempt anyway.
-    pub fn moves_on_stall_word(&self, budget: &RetryBudget, now_ms: u64) -> bool {
-        self.open && !self.retried && budget.allows(now_ms)
+    /// is left, the door's `budget` allows one, and another replica could take it
+    /// ([`RouterCore::could_move`]): a request that would fail if moved waits on
+    /// instead. A replica really hung is ejected by its prober, which ends the attempt
+    /// anyway.
+    pub fn moves_on_stall_word(
+        &self,
+        router: &RouterCore,
+        budget: &RetryBudget,
+        now_ms: u64,
+    ) -> bool {
+        self.open
+            && !self.retried
+            && budget.allows(now_ms)
+            && router.could_move(self.id, self.replica, now_ms)
     }
 
     /// The same rule once the answer has begun (a stream under way, or an answer sent
     /// whole still arriving): the word moves the request only if the migration would
     /// be granted — the engine can continue it (`resumable`), it is within its own
-    /// limit, not quarantined, and the door's `budget` allows one. Otherwise the answer
-    /// goes on: ending it on a suspicion fails a request the replica may still finish,
+    /// limit, not quarantined, the door's `budget` allows one, and another replica
+    /// could take it. Otherwise the answer goes on: ending it on a suspicion fails a
+    /// request the replica may still finish (a CPU-starved engine falls silent for
+    /// seconds, and its peers may be failing their health checks at the same time),
     /// and a replica really hung is ejected and restarted by its prober, which breaks
     /// the answer anyway.
     pub fn moves_midway_on_stall_word(
@@ -198,6 +209,7 @@ impl Lifecycle {
             && self.migrations < budget.limits().per_request
             && router.refused(self.id, now_ms).is_none()
             && budget.allows(now_ms)
+            && router.could_move(self.id, self.replica, now_ms)
     }
 
     /// Times the request moved to another replica mid-answer.

@@ -53,25 +53,25 @@ fn a_stall_word_moves_a_waiting_request_only_while_its_retry_is_left() {
     let mut r = router(4, 4);
     let mut b = budget(0.0, 10.0);
     let (mut life, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
-    assert!(life.moves_on_stall_word(&b, 10));
+    assert!(life.moves_on_stall_word(&r, &b, 10));
     let Next::Retry(_) = life.failed_before_answer(true, &mut r, &mut b, 10) else {
         panic!("the first failure is retried");
     };
     // Moved once already: another move would fail it, so it waits on.
-    assert!(!life.moves_on_stall_word(&b, 10));
+    assert!(!life.moves_on_stall_word(&r, &b, 10));
     assert_eq!(r.in_flight(), 1, "still held where it is");
     life.finish(&mut r, None);
-    assert!(!life.moves_on_stall_word(&b, 10));
+    assert!(!life.moves_on_stall_word(&r, &b, 10));
     // The door's budget is spent: a move would fail the request, so it waits on too,
     // and asking spends nothing.
     let mut spent = budget(0.0, 0.0);
     let (life, _) = Lifecycle::begin(&mut r, &mut spent, &admission(2, None), 20).unwrap();
-    assert!(!life.moves_on_stall_word(&spent, 20));
+    assert!(!life.moves_on_stall_word(&r, &spent, 20));
     let mut one = budget(0.0, 0.1);
     let (life, _) = Lifecycle::begin(&mut r, &mut one, &admission(3, None), 20).unwrap();
-    assert!((0..3).all(|_| life.moves_on_stall_word(&one, 20)));
+    assert!((0..3).all(|_| life.moves_on_stall_word(&r, &one, 20)));
     assert!(one.try_retry(20), "the one retry is still there");
-    assert!(!life.moves_on_stall_word(&one, 20));
+    assert!(!life.moves_on_stall_word(&r, &one, 20));
 }
 
 #[test]
@@ -109,6 +109,9 @@ fn a_stall_word_moves_an_answer_under_way_only_if_the_migration_would_be_granted
 }
 
 proptest! {
+    // Enough cases that every combination of the inputs comes up.
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
     /// The word's rule answers exactly what the move would: granted or refused.
     #[test]
     fn the_midway_word_rule_agrees_with_the_move(
@@ -117,6 +120,7 @@ proptest! {
         burst in 0u8..4,
         resumable: bool,
         implicated: bool,
+        others_down: bool,
     ) {
         let mut r = router(8, 8);
         let mut b = budget(0.0, 10.0);
@@ -133,6 +137,11 @@ proptest! {
         }
         if implicated && life.is_open() {
             r.implicate(life.id(), life.replica(), 10);
+        }
+        if others_down {
+            for id in (0..8).map(ReplicaId).filter(|&id| id != life.replica()) {
+                r.set_checked_health(id, false);
+            }
         }
         let says = life.moves_midway_on_stall_word(resumable, &r, &m, 10);
         let moved = life
@@ -153,6 +162,41 @@ fn without_budget_the_first_failure_is_final() {
         Next::Fail(Fail::Unreachable)
     );
     assert_eq!(r.in_flight(), 0);
+}
+
+#[test]
+fn a_stall_word_leaves_a_request_where_it_is_when_no_other_replica_could_take_it() {
+    for midway in [false, true] {
+        let mut r = router(3, 3);
+        let mut b = budget(0.0, 10.0);
+        let m = migrations(2, 10.0);
+        let (life, _) = Lifecycle::begin(&mut r, &mut b, &admission(1, None), 0).unwrap();
+        let says = |r: &RouterCore, b: &RetryBudget, now: u64| match midway {
+            false => life.moves_on_stall_word(r, b, now),
+            true => life.moves_midway_on_stall_word(true, r, &m, now),
+        };
+        assert!(says(&r, &b, 10));
+        // Every other replica fails its health checks (as a CPU-starved fleet's may): a
+        // move would end the request with an error, so the suspected replica keeps it.
+        let others: Vec<ReplicaId> = (0..3)
+            .map(ReplicaId)
+            .filter(|&id| id != life.replica())
+            .collect();
+        for &id in &others {
+            r.set_checked_health(id, false);
+        }
+        assert!(!says(&r, &b, 10), "midway: {midway}");
+        assert!(b.try_retry(10), "asking spends nothing");
+        // One comes back: the word moves the request again.
+        r.set_checked_health(others[0], true);
+        assert!(says(&r, &b, 10), "midway: {midway}");
+        // A replica passively ejected is out too.
+        for _ in 0..8 {
+            r.on_replica_failure(others[0], 20);
+        }
+        assert!(!says(&r, &b, 20), "midway: {midway}");
+        assert_eq!(r.in_flight(), 1, "still held where it was");
+    }
 }
 
 #[test]

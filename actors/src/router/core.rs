@@ -537,6 +537,28 @@ impl RouterCore {
         }
     }
 
+    /// Whether a replica other than `from` could take request `id` at `now_ms`: one the
+    /// router may send to (checked healthy, not ejected) and, for a request the
+    /// quarantine confines, one of its slice's subset. A necessary condition of its
+    /// placement elsewhere (a tenant's blast radius may still rule a replica out): a
+    /// request is not taken off a replica that is only suspected when nowhere else
+    /// could take it. Linear in the fleet; asked only when a replica is found hung.
+    pub fn could_move(&self, id: RequestId, from: ReplicaId, now_ms: u64) -> bool {
+        let Some(active) = self.active.get(&id) else {
+            return false;
+        };
+        let confined = active
+            .fingerprint
+            .is_some_and(|fp| self.quarantine.verdict(fp, now_ms) != Verdict::Clear);
+        let subset = confined.then(|| &self.assignment.lookup(active.workload).subset);
+        self.replicas.iter().any(|r| {
+            r.spec.id != from
+                && r.checked_healthy
+                && r.passive.available(now_ms)
+                && subset.is_none_or(|s| s.contains(&r.spec.id))
+        })
+    }
+
     /// Request `id` was on `replica` when the replica failed (it hung, broke off the
     /// answer, or went silent): the request may be what broke it.
     pub fn implicate(&mut self, id: RequestId, replica: ReplicaId, now_ms: u64) {

@@ -356,7 +356,7 @@ impl World<'_> {
                 if midway {
                     l.moves_midway_on_stall_word(true, &node.router, &node.migrations, now_ms)
                 } else {
-                    l.moves_on_stall_word(&node.budget, now_ms)
+                    l.moves_on_stall_word(&node.router, &node.budget, now_ms)
                 }
             });
             if !movable {

@@ -66,8 +66,10 @@ impl Inflight {
     /// Whether a word that its replica is hung moves the request while no answer has
     /// come back (the lifecycle's rule, over the door's retry budget).
     pub fn moves_on_stall_word(&self) -> bool {
+        let now = self.state.now_ms();
+        let core = self.state.core();
         let budget = self.state.retry_budget();
-        self.life.moves_on_stall_word(&budget, self.state.now_ms())
+        self.life.moves_on_stall_word(&core, &budget, now)
     }
 
     /// Whether such a word moves the request once its answer is under way (the

@@ -631,7 +631,16 @@ async fn a_stream_through_a_hang(
     edit: impl FnOnce(&mut NodeConfig),
     resume: Resume,
 ) -> (Running, usize) {
-    let urls = engines_at(2, 1.0).await;
+    a_stream_through_a_hang_over(engines_at(2, 1.0).await, edit, resume).await
+}
+
+/// [`a_stream_through_a_hang`] over the engines at `urls`, of which those that do not
+/// answer are out of service before the stream begins.
+async fn a_stream_through_a_hang_over(
+    urls: Vec<String>,
+    edit: impl FnOnce(&mut NodeConfig),
+    resume: Resume,
+) -> (Running, usize) {
     let mut cfg = config(urls.clone(), RestartPolicy::quick(5));
     edit(&mut cfg);
     let stream_idle_timeout = cfg.stream_idle_timeout;
@@ -641,6 +650,26 @@ async fn a_stream_through_a_hang(
         chat(addr).await == 200
     })
     .await;
+    for (i, url) in urls.iter().enumerate() {
+        if front::http_client(Duration::from_secs(2))
+            .get(format!("{url}/health").parse().unwrap())
+            .await
+            .is_err()
+        {
+            let out = format!("sluice_replica_available{{replica=\"{i}\"}} 0");
+            eventually(
+                "the engine that does not answer is out of service",
+                || async {
+                    http(addr, "/metrics", None)
+                        .await
+                        .1
+                        .lines()
+                        .any(|l| l == out)
+                },
+            )
+            .await;
+        }
+    }
     const TOKENS: usize = 40;
     let resp = seeded_stream(addr, MODEL, TOKENS).await;
     let first: usize = resp.headers()["x-sluice-replica"]
@@ -756,6 +785,46 @@ async fn a_stall_word_that_cannot_move_a_stream_lets_it_stream_on() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(refused, 0.0, "no move was refused: {metrics}");
+    let _ = r.stop.send(());
+    r.node.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_word_with_nowhere_to_move_a_stream_lets_it_stream_on() {
+    // Migration is on, but the only other engine is gone (its port answers nothing), so
+    // moving the stream off the replica taken for hung could only end it with an error
+    // event (a CPU-starved engine falls silent this way while its peers miss their
+    // health checks). The replica resumes after the word: the stream must read as one
+    // whole answer, and nothing was moved or refused. The prober is kept from
+    // confirming the word, as in the test above.
+    let mut urls = engines_at(1, 1.0).await;
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    urls.push(format!("http://{}", gone.local_addr().unwrap()));
+    drop(gone);
+    let (r, hung) = a_stream_through_a_hang_over(
+        urls,
+        |cfg| {
+            cfg.stream_idle_timeout = Duration::from_secs(60);
+            cfg.prober.idle_busy_share = 0.0;
+            cfg.prober.stall_window_ms = 600_000;
+            cfg.prober.probe_timeout_ms = 600_000;
+        },
+        Resume::AfterTheWord,
+    )
+    .await;
+    assert_eq!(hung, 0, "the stream was served by the engine that answers");
+    let addr = r.node.http_addr();
+    let (_, metrics) = http(addr, "/metrics", None).await;
+    let total = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("sluice_{name}_total{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(total("migrations_refused"), 0.0, "{metrics}");
+    assert_eq!(total("migrations"), 0.0, "{metrics}");
+    assert_eq!(counter(addr, "stream_stalls", "replica=\"0\"").await, 1);
     let _ = r.stop.send(());
     r.node.wait().await.unwrap();
 }
