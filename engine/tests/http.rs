@@ -466,6 +466,49 @@ async fn errors_fault_fails_the_given_fraction() {
 }
 
 #[tokio::test]
+async fn slow_health_fault_answers_health_late_and_generates_as_usual() {
+    let s = start(0.0).await;
+    let c = client();
+    let r = post(
+        &c,
+        &s,
+        "/admin/fault",
+        json!({"kind": "slow_health", "value": 1500}),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"kind": "slow_health", "value": 1500.0}));
+    let health = {
+        let (c, addr) = (c.clone(), s.addr);
+        tokio::spawn(async move {
+            let req = Request::get(format!("http://{addr}/health"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            c.request(req).await.unwrap().status()
+        })
+    };
+    // A generation goes through while the health check waits.
+    let r = post(
+        &c,
+        &s,
+        "/v1/chat/completions",
+        chat("hi", json!({"max_tokens": 3})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!health.is_finished(), "/health answered before its delay");
+    let status = tokio::time::timeout(Duration::from_secs(10), health)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    // The default delay, and cleared.
+    let r = post(&c, &s, "/admin/fault", json!({"kind": "slow_health"})).await;
+    assert_eq!(r.json(), json!({"kind": "slow_health", "value": 2000.0}));
+    post(&c, &s, "/admin/fault", json!({"kind": "none"})).await;
+    assert_eq!(call(&c, &s, Method::GET, "/health", "").await.status, 200);
+}
+
+#[tokio::test]
 async fn bad_fault_bodies_are_rejected() {
     let s = start(0.0).await;
     let c = client();
@@ -477,6 +520,7 @@ async fn bad_fault_bodies_are_rejected() {
         r#"{"kind": "errors", "value": 1.5}"#,
         r#"{"kind": "slow", "value": -1}"#,
         r#"{"kind": "slow", "value": "fast"}"#,
+        r#"{"kind": "slow_health", "value": -5}"#,
     ] {
         let r = call(&c, &s, Method::POST, "/admin/fault", body).await;
         let v = assert_openai_error(&r, 400);

@@ -521,6 +521,12 @@ impl RouterCore {
         }
     }
 
+    /// The newest sign that `replica` is working — a token streamed, an answer or a
+    /// probe passed, here or (by their word) at another router; `None` if none yet.
+    pub fn last_heard_ms(&self, replica: ReplicaId) -> Option<u64> {
+        self.stalls.last_heard_ms(replica)
+    }
+
     /// `replica` answered a request whole or passed a probe at `now_ms`: it is working,
     /// whatever its streams show.
     pub fn heard_from(&mut self, replica: ReplicaId, now_ms: u64) {

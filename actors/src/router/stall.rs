@@ -212,6 +212,13 @@ impl StreamStalls {
         p.peer_heard_ms = p.peer_heard_ms.max(at_ms);
     }
 
+    /// The newest sign of life from `replica`, this router's own or a peer's word;
+    /// `None` if there was none.
+    pub fn last_heard_ms(&self, replica: ReplicaId) -> Option<u64> {
+        let p = self.replicas.get(&replica)?;
+        Some(p.heard_ms.max(p.peer_heard_ms)).filter(|&at| at > 0)
+    }
+
     /// The replicas this router itself heard from at or after `since_ms`, with when:
     /// what it tells the other routers (a peer's word is not passed on).
     pub fn heard_since(&self, since_ms: u64) -> Vec<(ReplicaId, u64)> {
@@ -332,6 +339,24 @@ mod tests {
     use proptest::prelude::*;
 
     const R: ReplicaId = ReplicaId(1);
+
+    #[test]
+    fn the_last_sign_of_life_is_the_newest_of_this_routers_and_its_peers() {
+        let mut s = StreamStalls::new(StallConfig::default());
+        assert_eq!(s.last_heard_ms(R), None);
+        s.progressed(R, None, 1, 100);
+        assert_eq!(s.last_heard_ms(R), Some(100));
+        s.heard_by_peer(R, 250);
+        assert_eq!(s.last_heard_ms(R), Some(250));
+        s.heard(R, 200);
+        assert_eq!(
+            s.last_heard_ms(R),
+            Some(250),
+            "an older word does not go back"
+        );
+        s.progressed(R, Some(100), 2, 300);
+        assert_eq!(s.last_heard_ms(R), Some(300));
+    }
 
     /// `streams` streams on `R` producing one token each every `gap` ms until `end`,
     /// offset by 5 ms each; returns when each last produced.

@@ -23,6 +23,12 @@ pub const CRASH_EXIT_CODE: i32 = 86;
 /// Default step-time factor of the `slow` fault.
 pub const DEFAULT_SLOWDOWN: f64 = 10.0;
 
+/// Default delay of the `slow_health` fault, ms.
+pub const DEFAULT_HEALTH_DELAY_MS: f64 = 2_000.0;
+
+/// The longest `slow_health` delay, ms (an hour).
+const MAX_HEALTH_DELAY_MS: f64 = 3_600_000.0;
+
 /// The largest `/admin/fault` body read.
 const MAX_FAULT_BODY_BYTES: usize = 64 * 1024;
 
@@ -39,6 +45,9 @@ pub enum Fault {
     Slow(f64),
     /// Answer this fraction (0..=1) of new generation requests with a 500.
     Errors(f64),
+    /// Answer `/health` only after this many milliseconds, generating as usual: a
+    /// saturated vLLM's API server, whose event loop answers its health endpoint late.
+    SlowHealth(f64),
 }
 
 impl Fault {
@@ -54,7 +63,12 @@ impl Fault {
         let kind = match obj.get("kind") {
             Some(Value::String(k)) => k.as_str(),
             Some(_) => return Err("'kind' must be a string".into()),
-            None => return Err("'kind' is required: one of hang, crash, slow, errors, none".into()),
+            None => {
+                return Err(
+                    "'kind' is required: one of hang, crash, slow, errors, slow_health, none"
+                        .into(),
+                )
+            }
         };
         let value = match obj.get("value") {
             None | Some(Value::Null) => None,
@@ -88,8 +102,19 @@ impl Fault {
                     ))
                 }
             }
+            "slow_health" => {
+                let ms = value.unwrap_or(DEFAULT_HEALTH_DELAY_MS);
+                if (0.0..=MAX_HEALTH_DELAY_MS).contains(&ms) {
+                    Ok(Fault::SlowHealth(ms))
+                } else {
+                    Err(format!(
+                        "'value' of a slow_health fault is a delay in ms in [0, {MAX_HEALTH_DELAY_MS}], got {ms}"
+                    ))
+                }
+            }
             other => Err(format!(
-                "unknown fault kind '{other}': expected one of hang, crash, slow, errors, none"
+                "unknown fault kind '{other}': expected one of hang, crash, slow, errors, \
+                 slow_health, none"
             )),
         }
     }
@@ -102,6 +127,7 @@ impl Fault {
             Fault::Crash => serde_json::json!({"kind": "crash"}),
             Fault::Slow(f) => serde_json::json!({"kind": "slow", "value": f}),
             Fault::Errors(r) => serde_json::json!({"kind": "errors", "value": r}),
+            Fault::SlowHealth(ms) => serde_json::json!({"kind": "slow_health", "value": ms}),
         }
     }
 }

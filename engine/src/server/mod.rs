@@ -42,7 +42,7 @@ use crate::params::EngineParams;
 use engine_task::{engine_loop, Cmd};
 use routes::router;
 
-pub use fault::{Fault, CRASH_EXIT_CODE, DEFAULT_SLOWDOWN};
+pub use fault::{Fault, CRASH_EXIT_CODE, DEFAULT_HEALTH_DELAY_MS, DEFAULT_SLOWDOWN};
 
 /// Largest request body accepted (larger ones get 413).
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::embed::embeddings;
-use super::fault::{get_fault, post_fault};
+use super::fault::{get_fault, post_fault, Fault};
 use super::generate::{chat_completions, completions, responses};
 use super::http::{error_response, json_response};
 use super::Shared;
@@ -32,7 +32,11 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn health() -> StatusCode {
+async fn health(State(s): State<Arc<Shared>>) -> StatusCode {
+    let fault = *s.fault.borrow();
+    if let Fault::SlowHealth(ms) = fault {
+        tokio::time::sleep(std::time::Duration::from_secs_f64(ms / 1e3)).await;
+    }
     StatusCode::OK
 }
 

@@ -1,6 +1,8 @@
 //! Active health checks: every interval, GET each replica's `/health`. An engine's own
 //! health endpoint is only a hint (a hung engine can still answer it); it catches dead
-//! processes and refused connections quickly.
+//! processes and refused connections quickly. A late answer is a hint too: a saturated
+//! vLLM's API server answers its health endpoint late while its engine streams tokens
+//! at full speed, so a replica heard working while its check waited is not down.
 
 use super::AppState;
 use crate::tree::{Duty, Turn};
@@ -63,11 +65,12 @@ impl Duty for HealthChecks {
                 (id, base, found)
             }
         });
+        let sent = state.now_ms();
         for (id, base, found) in futures_util::future::join_all(checks).await {
+            let working = state.core().last_heard_ms(id).is_some_and(|at| at >= sent);
             let streak = self.slow.entry(id).or_default();
-            *streak = if found == Check::Slow { *streak + 1 } else { 0 };
-            let healthy =
-                found == Check::Up || (found == Check::Slow && *streak < SLOW_CHECKS_TO_FAIL);
+            let healthy;
+            (healthy, *streak) = judge(found, *streak, working);
             // /health is only a hint: the prober's ejection overrides a 200, and so
             // does the registry (a draining replica answers 200 but takes no work),
             // and a replica serving another model takes none of this fleet's.
@@ -81,6 +84,19 @@ impl Duty for HealthChecks {
             }
         }
         Ok(Turn::Again)
+    }
+}
+
+/// What a check that found `found` makes of a replica that gave `streak` slow answers
+/// in a row before it: whether it is up, and its streak now. `working`: the replica was
+/// heard working (a token, an answer, a passed probe, a peer's word) since the check
+/// was sent, which makes a slow answer its API server's lag, not a verdict.
+fn judge(found: Check, streak: u32, working: bool) -> (bool, u32) {
+    match found {
+        Check::Up => (true, 0),
+        Check::Down => (false, 0),
+        Check::Slow if working => (true, 0),
+        Check::Slow => (streak + 1 < SLOW_CHECKS_TO_FAIL, streak + 1),
     }
 }
 
@@ -100,5 +116,24 @@ async fn check(state: &AppState, base: &str) -> Check {
         Ok(Ok(resp)) if resp.status().is_success() => Check::Up,
         Ok(_) => Check::Down,
         Err(_) => Check::Slow,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_answer_counts_against_a_replica_only_while_it_is_not_heard_working() {
+        // Silent and late twice in a row: down; once: not yet.
+        assert_eq!(judge(Check::Slow, 0, false), (true, 1));
+        assert_eq!(judge(Check::Slow, 1, false), (false, 2));
+        assert_eq!(judge(Check::Slow, 2, false), (false, 3));
+        // Late while its streams write: up, however long the streak was.
+        assert_eq!(judge(Check::Slow, 0, true), (true, 0));
+        assert_eq!(judge(Check::Slow, 5, true), (true, 0));
+        // An answer, or a refusal, settles it whatever the streams show.
+        assert_eq!(judge(Check::Up, 3, false), (true, 0));
+        assert_eq!(judge(Check::Down, 0, true), (false, 0));
     }
 }

@@ -829,6 +829,76 @@ async fn a_stall_word_with_nowhere_to_move_a_stream_lets_it_stream_on() {
     r.node.wait().await.unwrap();
 }
 
+/// Whether the node's replica `replica` is in service, by its gauge.
+async fn available(addr: SocketAddr, replica: usize) -> bool {
+    let gauge = format!("sluice_replica_available{{replica=\"{replica}\"}} ");
+    let (_, text) = http(addr, "/metrics", None).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&gauge))
+        .is_some_and(|v| v.trim() == "1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_streaming_while_its_health_answers_late_stays_in_service() {
+    // As a saturated vLLM's API server does: /health answers after 2 s, more than the
+    // check waits (500 ms), while tokens stream as usual.
+    let urls = engines_at(1, 1.0).await;
+    let mut cfg = config(urls.clone(), RestartPolicy::quick(5));
+    cfg.health_interval = Duration::from_millis(200);
+    let r = start(cfg, None).await;
+    let addr = r.node.http_addr();
+    eventually("a chat request is served", || async {
+        chat(addr).await == 200
+    })
+    .await;
+    let mut body = seeded_stream(addr, MODEL, 2_000).await.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    fault(
+        &urls[0],
+        serde_json::json!({"kind": "slow_health", "value": 2000}),
+    )
+    .await;
+    // Read for six seconds — several checks, each late — looking at the gauge meanwhile.
+    let reader = tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + Duration::from_secs(6);
+        while tokio::time::Instant::now() < until {
+            match tokio::time::timeout(Duration::from_secs(5), body.frame()).await {
+                Ok(Some(Ok(_))) => {}
+                other => return Err(format!("the stream stopped: {other:?}")),
+            }
+        }
+        Ok(body)
+    });
+    let (mut reads, mut out) = (0, 0);
+    while !reader.is_finished() {
+        reads += 1;
+        out += u32::from(!available(addr, 0).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = reader.await.unwrap().unwrap();
+    assert!(reads > 10, "the gauge was read {reads} times");
+    assert_eq!(
+        out, 0,
+        "out of service in {out} of {reads} reads while it streamed"
+    );
+    drop(body);
+    // Heard from no more, its late answers count: out of service, and back once it
+    // answers in time.
+    eventually(
+        "the silent engine with late answers is out of service",
+        || async { !available(addr, 0).await },
+    )
+    .await;
+    fault(&urls[0], serde_json::json!({"kind": "none"})).await;
+    eventually("the engine is back in service", || async {
+        available(addr, 0).await
+    })
+    .await;
+    let _ = r.stop.send(());
+    r.node.wait().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_request_waits_out_a_slow_engine_while_its_node_says_it_is_alive() {
     let (_dirs, nodes) = cluster_at(2, 1.0).await;
