@@ -100,6 +100,11 @@ async fn post(c: &HttpClient, s: &Server, path: &str, body: Value) -> Resp {
     call(c, s, Method::POST, path, body.to_string()).await
 }
 
+/// Sets the engine's fault (`POST /admin/fault`).
+async fn fault(c: &HttpClient, s: &Server, body: Value) -> Resp {
+    post(c, s, "/admin/fault", body).await
+}
+
 fn chat(content: &str, extra: Value) -> Value {
     let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": content}]});
     if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
@@ -404,13 +409,7 @@ async fn models_health_and_metrics() {
 async fn errors_fault_fails_the_given_fraction() {
     let s = start(0.0).await;
     let c = client();
-    let r = post(
-        &c,
-        &s,
-        "/admin/fault",
-        json!({"kind": "errors", "value": 0.5}),
-    )
-    .await;
+    let r = fault(&c, &s, json!({"kind": "errors", "value": 0.5})).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         call(&c, &s, Method::GET, "/admin/fault", "").await.json(),
@@ -433,13 +432,7 @@ async fn errors_fault_fails_the_given_fraction() {
         }
     }
     assert!((60..=140).contains(&failed), "{failed} of 200 failed");
-    post(
-        &c,
-        &s,
-        "/admin/fault",
-        json!({"kind": "errors", "value": 1.0}),
-    )
-    .await;
+    fault(&c, &s, json!({"kind": "errors", "value": 1.0})).await;
     assert_eq!(
         post(
             &c,
@@ -451,7 +444,7 @@ async fn errors_fault_fails_the_given_fraction() {
         .status,
         500
     );
-    post(&c, &s, "/admin/fault", json!({"kind": "none"})).await;
+    fault(&c, &s, json!({"kind": "none"})).await;
     assert_eq!(
         post(
             &c,
@@ -469,13 +462,7 @@ async fn errors_fault_fails_the_given_fraction() {
 async fn slow_health_fault_answers_health_late_and_generates_as_usual() {
     let s = start(0.0).await;
     let c = client();
-    let r = post(
-        &c,
-        &s,
-        "/admin/fault",
-        json!({"kind": "slow_health", "value": 1500}),
-    )
-    .await;
+    let r = fault(&c, &s, json!({"kind": "slow_health", "value": 1500})).await;
     assert_eq!(r.json(), json!({"kind": "slow_health", "value": 1500.0}));
     let health = {
         let (c, addr) = (c.clone(), s.addr);
@@ -502,9 +489,9 @@ async fn slow_health_fault_answers_health_late_and_generates_as_usual() {
         .unwrap();
     assert_eq!(status, 200);
     // The default delay, and cleared.
-    let r = post(&c, &s, "/admin/fault", json!({"kind": "slow_health"})).await;
+    let r = fault(&c, &s, json!({"kind": "slow_health"})).await;
     assert_eq!(r.json(), json!({"kind": "slow_health", "value": 2000.0}));
-    post(&c, &s, "/admin/fault", json!({"kind": "none"})).await;
+    fault(&c, &s, json!({"kind": "none"})).await;
     assert_eq!(call(&c, &s, Method::GET, "/health", "").await.status, 200);
 }
 
@@ -530,7 +517,7 @@ async fn bad_fault_bodies_are_rejected() {
         call(&c, &s, Method::GET, "/admin/fault", "").await.json(),
         json!({"kind": "none"})
     );
-    let r = post(&c, &s, "/admin/fault", json!({"kind": "slow"})).await;
+    let r = fault(&c, &s, json!({"kind": "slow"})).await;
     assert_eq!(r.json(), json!({"kind": "slow", "value": 10.0}));
 }
 
@@ -538,7 +525,7 @@ async fn bad_fault_bodies_are_rejected() {
 async fn hang_fault_answers_nothing_until_cleared() {
     let s = start(0.0).await;
     let c = client();
-    post(&c, &s, "/admin/fault", json!({"kind": "hang"})).await;
+    fault(&c, &s, json!({"kind": "hang"})).await;
     // Health keeps answering 200 while hung, as real engines do.
     assert_eq!(call(&c, &s, Method::GET, "/health", "").await.status, 200);
     let pending = {
@@ -558,7 +545,7 @@ async fn hang_fault_answers_nothing_until_cleared() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!pending.is_finished(), "a hung engine must not answer");
-    post(&c, &s, "/admin/fault", json!({"kind": "none"})).await;
+    fault(&c, &s, json!({"kind": "none"})).await;
     let (status, body) = tokio::time::timeout(Duration::from_secs(5), pending)
         .await
         .unwrap()
@@ -625,7 +612,7 @@ async fn hang_stops_in_flight_streams() {
     // Read a little, then hang the engine.
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.data_ref().is_some());
-    post(&c, &s, "/admin/fault", json!({"kind": "hang"})).await;
+    fault(&c, &s, json!({"kind": "hang"})).await;
     // Drain what was already produced, then nothing more comes.
     let hung_at = Instant::now();
     loop {
@@ -639,7 +626,7 @@ async fn hang_stops_in_flight_streams() {
             "stream kept producing while hung"
         );
     }
-    post(&c, &s, "/admin/fault", json!({"kind": "none"})).await;
+    fault(&c, &s, json!({"kind": "none"})).await;
     let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
         .await
         .unwrap()
@@ -665,12 +652,12 @@ async fn slow_fault_slows_steps() {
         t.elapsed()
     };
     let normal = timed(c.clone(), s.addr).await;
-    post(&c, &s, "/admin/fault", json!({"kind": "slow", "value": 5})).await;
+    fault(&c, &s, json!({"kind": "slow", "value": 5})).await;
     let slow = timed(c.clone(), s.addr).await;
     // 10 steps of ~5 ms: ~50 ms normally, ~250 ms at 5x.
     assert!(normal >= Duration::from_millis(40), "{normal:?}");
     assert!(slow >= normal * 3, "normal {normal:?} slow {slow:?}");
-    post(&c, &s, "/admin/fault", json!({"kind": "none"})).await;
+    fault(&c, &s, json!({"kind": "none"})).await;
     let back = timed(c.clone(), s.addr).await;
     assert!(back < slow / 2, "back {back:?} slow {slow:?}");
 }
@@ -854,7 +841,7 @@ fn crash_fault_exits_the_process() {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             _stop: oneshot::channel().0,
         };
-        let r = post(&c, &s, "/admin/fault", json!({"kind": "crash"})).await;
+        let r = fault(&c, &s, json!({"kind": "crash"})).await;
         r.status
     });
     assert_eq!(status, 200);
