@@ -859,11 +859,16 @@ impl RouterCore {
         let added = generated.saturating_sub(a.generated);
         a.generated = generated;
         let previous_ms = a.last_token_ms;
+        let mut first_after = None;
         if added > 0 {
             a.last_token_ms = Some(now_ms);
-            a.awaiting = None;
+            first_after = a.awaiting.take().filter(|_| a.stream);
         }
         let (cost, replica) = (a.cost, a.replica);
+        if let Some((since_ms, queue_ms)) = first_after {
+            let waited_ms = now_ms.saturating_sub(since_ms);
+            self.stalls.first_token_after(replica, waited_ms, queue_ms);
+        }
         self.stalls.progressed(replica, previous_ms, added, now_ms);
         let charge = self.charge(&cost, generated);
         self.ledger.update(id, charge);
@@ -1424,6 +1429,73 @@ mod tests {
         );
         // A new request of the same workload avoids it while ejected.
         assert_ne!(c.place(&adm("x", 100, 10), 10).unwrap().replica, p.replica);
+    }
+
+    #[test]
+    fn a_streams_first_token_tells_how_much_slower_than_its_profile_its_replica_is() {
+        let mut c = core(1, 1);
+        let long = Admission {
+            stream: true,
+            ..adm("a", 100_000, 10)
+        };
+        let p = c.place(&long, 0).unwrap();
+        let expected = c.queue_ms(p.replica);
+        assert!(expected > 1_000, "{expected}");
+        assert_eq!(c.stalls.slowness(p.replica), 1.0);
+        c.progress(p.id, 1, 10 * expected);
+        let slowness = c.stalls.slowness(p.replica);
+        assert!((slowness - 10.0).abs() < 1e-9, "{slowness}");
+        // Later tokens, and an answer sent whole (its wait includes writing it), say
+        // nothing of it.
+        c.progress(p.id, 5, 20 * expected);
+        let whole = c.place(&adm("b", 100_000, 10), 0).unwrap();
+        c.progress(whole.id, 1, 1_000 * expected);
+        assert_eq!(c.stalls.slowness(p.replica), slowness);
+    }
+
+    #[test]
+    fn a_replica_slower_than_its_profile_is_given_time_for_a_long_prompt() {
+        // A long prompt's first token on replica `slow` comes `late` times its expected
+        // wait; then another long prompt waits there while the other replica streams.
+        // Returns how long that one waited before the replica was taken for hung.
+        let judged_after = |late: u64| -> u64 {
+            let mut c = core(2, 2);
+            let long = |key: String| Admission {
+                stream: true,
+                ..adm(&key, 100_000, 10)
+            };
+            let first = c.place(&long("a".into()), 0).unwrap();
+            let slow = first.replica;
+            let t0 = late * c.queue_ms(slow);
+            c.progress(first.id, 1, t0);
+            c.finish(first.id, None);
+            let witness = (0..20)
+                .map(|i| {
+                    let short = Admission {
+                        stream: true,
+                        ..adm(&format!("w{i}"), 100, 100_000)
+                    };
+                    c.place(&short, t0).unwrap()
+                })
+                .find(|p| p.replica != slow)
+                .expect("a stream on the other replica");
+            let waiting = (0..20)
+                .map(|i| c.place(&long(format!("b{i}")), t0).unwrap())
+                .find(|p| p.replica == slow)
+                .expect("a long prompt on the slow replica");
+            assert!(waiting.id > witness.id);
+            for t in (t0 + 50..t0 + 600_000).step_by(50) {
+                c.progress(witness.id, ((t - t0) / 50) as u32, t);
+                if c.take_stalled(t) == vec![slow] {
+                    return t - t0;
+                }
+            }
+            panic!("never judged");
+        };
+        let on_time = judged_after(1);
+        let ten_times = judged_after(10);
+        assert!(on_time > 3_000, "{on_time}");
+        assert!(ten_times >= 9 * on_time, "{ten_times} vs {on_time}");
     }
 
     #[test]

@@ -12,7 +12,11 @@
 //! [`QUEUE_FACTOR`] times what the work queued there should take at its capacity (a
 //! long prefill is work, not a hang) plus, for a whole answer, what writing it should
 //! take at the replica's own pace, and only with a witness. A first token, like any
-//! finished answer, is a sign of life.
+//! finished answer, is a sign of life. What the queued work "should take" comes from
+//! the profile the replica is priced by, so it is scaled by how much longer than that
+//! the replica's streams lately waited for their first tokens ([`Pace::slowness`]): an
+//! engine slower than its profile (a bigger model, a CPU build, a profile never
+//! calibrated against it) computes a long prompt for longer, and is not hung for it.
 //!
 //! A router sees only its own streams, and in a cluster most of a replica's work comes
 //! through other routers: a request waiting in a busy replica's queue may hear nothing
@@ -67,17 +71,26 @@ pub struct Awaited {
 
 impl Awaited {
     /// The silence that would make its wait a hang on a replica whose own bound is
-    /// `bound` and whose pace is `gap_ms` per token; `None` when nothing bounds it (a
+    /// `bound`, whose pace is `gap_ms` per token and whose first tokens come `slowness`
+    /// times later than their queues should take; `None` when nothing bounds it (a
     /// whole answer before any pace is known).
-    fn bound_ms(&self, bound: u64, gap_ms: Option<f64>) -> Option<u64> {
+    fn bound_ms(&self, bound: u64, gap_ms: Option<f64>, slowness: f64) -> Option<u64> {
         let writing = match self.tokens {
             0 | 1 => 0,
             t => (gap_ms? * f64::from(t - 1)) as u64,
         };
-        let work = self.queue_ms.saturating_add(writing);
+        let queue = (self.queue_ms as f64 * slowness) as u64;
+        let work = queue.saturating_add(writing);
         Some(bound.max(QUEUE_FACTOR.saturating_mul(work)))
     }
 }
+
+/// Weight of a new first-token wait in a replica's running sums.
+const WAIT_WEIGHT: f64 = 0.1;
+
+/// The most a replica's waits are stretched by its slowness: beyond this an engine is
+/// not slow but broken, and its prober's gauges tell.
+pub const MAX_SLOWNESS: f64 = 100.0;
 
 /// Weight of a new gap in the running mean.
 const GAP_WEIGHT: f64 = 0.1;
@@ -97,6 +110,10 @@ struct Pace {
     peer_heard_ms: u64,
     /// Running mean of the gap between one token and the next, per stream.
     gap_ms: Option<f64>,
+    /// Decayed sums of how long streams here waited for their first token and of what
+    /// the work queued up to them was expected to take: see [`Pace::slowness`].
+    waited_ms: f64,
+    expected_ms: f64,
 }
 
 impl Pace {
@@ -115,6 +132,14 @@ impl Pace {
 
     fn silent_for(&self, now_ms: u64) -> u64 {
         now_ms.saturating_sub(self.heard_ms)
+    }
+
+    /// How many times longer than expected its streams waited for their first token,
+    /// weighted by what was expected (long prompts say the most about a slow prefill),
+    /// within `[1, MAX_SLOWNESS]`; `None` before any such wait here.
+    fn slowness(&self) -> Option<f64> {
+        (self.expected_ms > 0.0)
+            .then(|| (self.waited_ms / self.expected_ms).clamp(1.0, MAX_SLOWNESS))
     }
 }
 
@@ -184,6 +209,31 @@ impl StreamStalls {
                 });
             }
         }
+    }
+
+    /// A stream on `replica` got its first token after waiting `waited_ms`, where the
+    /// work queued there up to it, its own prefill included, was expected to take
+    /// `queue_ms`.
+    ///
+    /// Only a wait long enough to bear on a verdict (a third of the floor or more)
+    /// counts: a short one is mostly fixed costs (the hop, one engine step), which
+    /// would make every engine look slower than its profile.
+    pub fn first_token_after(&mut self, replica: ReplicaId, waited_ms: u64, queue_ms: u64) {
+        if waited_ms.saturating_mul(QUEUE_FACTOR) < self.config.floor_ms {
+            return;
+        }
+        let p = self.replicas.entry(replica).or_default();
+        p.waited_ms += WAIT_WEIGHT * (waited_ms as f64 - p.waited_ms);
+        p.expected_ms += WAIT_WEIGHT * (queue_ms as f64 - p.expected_ms);
+    }
+
+    /// How many times longer than expected `replica`'s streams lately waited for their
+    /// first token (1 when no slower, or before any first token there).
+    pub fn slowness(&self, replica: ReplicaId) -> f64 {
+        self.replicas
+            .get(&replica)
+            .and_then(Pace::slowness)
+            .unwrap_or(1.0)
     }
 
     /// A stream that was producing on `replica` left it (finished, failed, or moved).
@@ -285,6 +335,12 @@ impl StreamStalls {
         // pace of those it has (a fleet's replicas serve one model alike).
         let paces: Vec<f64> = self.replicas.values().filter_map(|p| p.gap_ms).collect();
         let fleet_gap = (!paces.is_empty()).then(|| paces.iter().sum::<f64>() / paces.len() as f64);
+        // Likewise its slowness.
+        let slow: Vec<f64> = self.replicas.values().filter_map(Pace::slowness).collect();
+        let fleet_slowness = match slow.len() {
+            0 => 1.0,
+            n => slow.iter().sum::<f64>() / n as f64,
+        };
         let witnessed = |bound: u64| {
             witness_since.is_some_and(|since| since <= now_ms.saturating_sub(bound / 2))
         };
@@ -300,8 +356,9 @@ impl StreamStalls {
                     // Nothing heard since a waiting request was sent, past what its work
                     // explains; a lone replica's wait proves nothing (its prefill may be
                     // long), so a witness is needed.
+                    let slowness = p.slowness().unwrap_or(fleet_slowness);
                     waiting(r).any(|a| {
-                        a.bound_ms(bound, p.gap_ms.or(fleet_gap))
+                        a.bound_ms(bound, p.gap_ms.or(fleet_gap), slowness)
                             .is_some_and(|bound| {
                                 now_ms.saturating_sub(quiet_since.max(a.since_ms)) > bound
                                     && witnessed(bound)
@@ -609,6 +666,73 @@ mod tests {
         for t in (0..10_000u64).step_by(500) {
             assert!(paused.take_stalled_with(t, &[waiting(100)]).is_empty());
         }
+    }
+
+    /// An engine slower than the profile it is priced by (a CPU build, a bigger model):
+    /// its streams waited ten times longer for their first token than their queues
+    /// should have taken, so a wait of that length there is not a hang.
+    #[test]
+    fn a_replica_slower_than_its_profile_is_given_its_own_wait() {
+        let q = ReplicaId(2);
+        // Q produces all along (the witness); R's one request waits from 1 s, its queue
+        // expected to take 2 s.
+        let judged = |mut s: StreamStalls| {
+            let waiting = Awaited {
+                replica: R,
+                since_ms: 1_000,
+                queue_ms: 2_000,
+                tokens: 1,
+            };
+            let mut prev = None;
+            for t in (0..100_000u64).step_by(50) {
+                s.progressed(q, prev, 1, t);
+                prev = Some(t);
+                if s.take_stalled_with(t, &[waiting]) == vec![R] {
+                    return Some(t);
+                }
+            }
+            None
+        };
+        let fresh = StreamStalls::new(StallConfig::default());
+        assert_eq!(fresh.slowness(R), 1.0);
+        assert_eq!(
+            judged(fresh.clone()),
+            Some(7_050),
+            "three times 2 s past the send"
+        );
+        let mut slow = fresh.clone();
+        for _ in 0..5 {
+            slow.first_token_after(R, 20_000, 2_000);
+        }
+        assert_eq!(slow.slowness(R), 10.0);
+        assert_eq!(judged(slow.clone()), Some(61_050), "three times 20 s");
+        // Waits shorter than expected never shorten the bound.
+        let mut fast = fresh.clone();
+        fast.first_token_after(R, 1_500, 2_000);
+        assert_eq!(fast.slowness(R), 1.0);
+        assert_eq!(judged(fast), Some(7_050));
+        // Short waits teach nothing: they are mostly the hop and one engine step.
+        let mut short = fresh.clone();
+        for _ in 0..20 {
+            short.first_token_after(R, 900, 20);
+        }
+        assert_eq!(short.slowness(R), 1.0);
+        // Long prompts weigh more than short ones: one 20 s wait for 2 s of work, then
+        // four 1 s waits on time, is still a slow replica (3.5×).
+        let mut mixed = fresh.clone();
+        mixed.first_token_after(R, 20_000, 2_000);
+        for _ in 0..4 {
+            mixed.first_token_after(R, 1_000, 1_000);
+        }
+        assert!(mixed.slowness(R) > 3.0, "{}", mixed.slowness(R));
+        // A replica with no first token yet is taken to be as slow as those with.
+        let mut unseen = fresh.clone();
+        unseen.first_token_after(ReplicaId(3), 20_000, 2_000);
+        assert_eq!(judged(unseen), Some(61_050));
+        // Past a limit, slow is broken.
+        let mut broken = fresh;
+        broken.first_token_after(R, 1_000_000_000, 1);
+        assert_eq!(broken.slowness(R), MAX_SLOWNESS);
     }
 
     /// A busy replica streams to other routers while this router's request waits in its
