@@ -129,6 +129,38 @@ pub async fn wait_status(
     }
 }
 
+/// Polls until the router at `base` sees exactly the replicas of the nodes `nodes`
+/// (ids `node << 20 | i`) in service, by its `sluice_replica_available` gauge: the
+/// committed fleet has reached it.
+pub async fn wait_router_sees(
+    http: &crate::Http,
+    base: &str,
+    nodes: &[u64],
+    limit: Duration,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let samples = http.metric(base, "sluice_replica_available").await?;
+        let mut seen: Vec<u64> = samples
+            .iter()
+            .filter(|(_, v)| *v == 1.0)
+            .filter_map(|(labels, _)| {
+                let id = labels.split("replica=\"").nth(1)?.split('"').next()?;
+                id.parse::<u64>().ok().map(|id| id >> 20)
+            })
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen == nodes {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!("the router at {base} sees replicas of nodes {seen:?}, not {nodes:?}, after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl Node {
     /// The node's front door.
     pub fn base(&self) -> String {

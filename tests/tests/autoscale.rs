@@ -339,7 +339,22 @@ async fn a_drained_replica_finishes_its_streams_before_it_stops() -> Result<()> 
     })
     .await?;
     assert_eq!(fleet(&s).1.len(), 2);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The router has taken it out of service.
+    let label = format!("replica=\"{replica}\"");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let gauge = http
+            .metric(&node.base(), "sluice_replica_available")
+            .await?;
+        if gauge.iter().any(|(l, v)| l.contains(&label) && *v == 0.0) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the router still has the draining replica in service: {gauge:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for i in 0..6 {
         let body = serde_json::json!({
             "model": MODEL,

@@ -6,7 +6,7 @@
 //! are refused; a partitioned minority cannot commit.
 
 use anyhow::{Context, Result};
-use sluice_tests::cluster::{sluice, status, wait_status, Node};
+use sluice_tests::cluster::{sluice, status, wait_router_sees, wait_status, Node};
 use sluice_tests::{Http, Proc};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -168,8 +168,10 @@ async fn three_nodes_join_route_fail_over_and_restart() -> Result<()> {
 
     // Through every node, some requests are served by replicas on other nodes.
     let http = Http::default();
-    // Let every router pick up the committed fleet.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Every router has the committed fleet.
+    for n in &nodes {
+        wait_router_sees(&http, &n.base(), &[1, 2, 3], Duration::from_secs(15)).await?;
+    }
     for (i, n) in nodes.iter().enumerate() {
         let base = format!("http://127.0.0.1:{}", n.http_port);
         let mut served_by = BTreeSet::new();
@@ -312,7 +314,7 @@ async fn three_nodes_join_route_fail_over_and_restart() -> Result<()> {
         .into_iter()
         .flatten()
         .all(|n| n["id"] != 3));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_router_sees(&http, &base, &[1, 2], Duration::from_secs(15)).await?;
     for k in 0..8 {
         let (code, replica) = chat(&http, &base, &format!("after-remove-{k}")).await?;
         assert_eq!(code, 200);
