@@ -14,9 +14,10 @@
 //! take at the replica's own pace, and only with a witness. A first token, like any
 //! finished answer, is a sign of life. What the queued work "should take" comes from
 //! the profile the replica is priced by, so it is scaled by how much longer than that
-//! the replica's streams lately waited for their first tokens ([`StreamStalls::slowness`]): an
-//! engine slower than its profile (a bigger model, a CPU build, a profile never
-//! calibrated against it) computes a long prompt for longer, and is not hung for it.
+//! the replica's streams lately waited for their first tokens
+//! ([`StreamStalls::slowness`]): an engine slower than its profile (a bigger model, a
+//! CPU build, a profile never calibrated against it) computes a long prompt for
+//! longer, and is not hung for it.
 //!
 //! A router sees only its own streams, and in a cluster most of a replica's work comes
 //! through other routers: a request waiting in a busy replica's queue may hear nothing
