@@ -762,8 +762,8 @@ impl RouterCore {
         }
         let (cost, replica) = (a.cost, a.replica);
         if let Some((since_ms, queue_ms)) = first_after {
-            let waited_ms = now_ms.saturating_sub(since_ms);
-            self.stalls.first_token_after(replica, waited_ms, queue_ms);
+            self.stalls
+                .first_token_after(replica, since_ms, queue_ms, now_ms);
         }
         self.stalls.progressed(replica, previous_ms, added, now_ms);
         let charge = self.charge(&cost, generated);

@@ -212,18 +212,30 @@ impl StreamStalls {
         }
     }
 
-    /// A stream on `replica` got its first token after waiting `waited_ms`, where the
-    /// work queued there up to it, its own prefill included, was expected to take
+    /// A stream sent to `replica` at `since_ms` got its first token at `now_ms`, where
+    /// the work queued there up to it, its own prefill included, was expected to take
     /// `queue_ms`.
     ///
     /// Only a wait long enough to bear on a verdict (a third of the floor or more)
     /// counts: a short one is mostly fixed costs (the hop, one engine step), which
-    /// would make every engine look slower than its profile.
-    pub fn first_token_after(&mut self, replica: ReplicaId, waited_ms: u64, queue_ms: u64) {
+    /// would make every engine look slower than its profile. Nor does one through which
+    /// the replica was taken for hung: it measured the hang (or the pause taken for
+    /// one), not the engine's speed, and would keep the next hang from being seen.
+    pub fn first_token_after(
+        &mut self,
+        replica: ReplicaId,
+        since_ms: u64,
+        queue_ms: u64,
+        now_ms: u64,
+    ) {
+        let waited_ms = now_ms.saturating_sub(since_ms);
         if waited_ms.saturating_mul(QUEUE_FACTOR) < self.config.floor_ms {
             return;
         }
         let p = self.replicas.entry(replica).or_default();
+        if p.judged_ms > 0 && p.judged_ms >= since_ms {
+            return;
+        }
         p.waited_ms += WAIT_WEIGHT * (waited_ms as f64 - p.waited_ms);
         p.expected_ms += WAIT_WEIGHT * (queue_ms as f64 - p.expected_ms);
     }
@@ -703,37 +715,56 @@ mod tests {
         );
         let mut slow = fresh.clone();
         for _ in 0..5 {
-            slow.first_token_after(R, 20_000, 2_000);
+            slow.first_token_after(R, 0, 2_000, 20_000);
         }
         assert_eq!(slow.slowness(R), 10.0);
         assert_eq!(judged(slow.clone()), Some(61_050), "three times 20 s");
         // Waits shorter than expected never shorten the bound.
         let mut fast = fresh.clone();
-        fast.first_token_after(R, 1_500, 2_000);
+        fast.first_token_after(R, 0, 2_000, 1_500);
         assert_eq!(fast.slowness(R), 1.0);
         assert_eq!(judged(fast), Some(7_050));
         // Short waits teach nothing: they are mostly the hop and one engine step.
         let mut short = fresh.clone();
         for _ in 0..20 {
-            short.first_token_after(R, 900, 20);
+            short.first_token_after(R, 0, 20, 900);
         }
         assert_eq!(short.slowness(R), 1.0);
         // Long prompts weigh more than short ones: one 20 s wait for 2 s of work, then
         // four 1 s waits on time, is still a slow replica (3.5×).
         let mut mixed = fresh.clone();
-        mixed.first_token_after(R, 20_000, 2_000);
+        mixed.first_token_after(R, 0, 2_000, 20_000);
         for _ in 0..4 {
-            mixed.first_token_after(R, 1_000, 1_000);
+            mixed.first_token_after(R, 0, 1_000, 1_000);
         }
         assert!(mixed.slowness(R) > 3.0, "{}", mixed.slowness(R));
         // A replica with no first token yet is taken to be as slow as those with.
         let mut unseen = fresh.clone();
-        unseen.first_token_after(ReplicaId(3), 20_000, 2_000);
+        unseen.first_token_after(ReplicaId(3), 0, 2_000, 20_000);
         assert_eq!(judged(unseen), Some(61_050));
         // Past a limit, slow is broken.
-        let mut broken = fresh;
-        broken.first_token_after(R, 1_000_000_000, 1);
+        let mut broken = fresh.clone();
+        broken.first_token_after(R, 0, 1, 1_000_000_000);
         assert_eq!(broken.slowness(R), MAX_SLOWNESS);
+        // A wait through which R was taken for hung measured the hang: it teaches
+        // nothing, and the next one is judged as before.
+        let mut hung = fresh;
+        assert_eq!(judged(hung.clone()), Some(7_050));
+        let mut t = 0;
+        let mut prev = None;
+        let waiting = Awaited {
+            replica: R,
+            since_ms: 0,
+            queue_ms: 100,
+            tokens: 1,
+        };
+        while hung.take_stalled_with(t, &[waiting]).is_empty() {
+            hung.progressed(q, prev, 1, t);
+            prev = Some(t);
+            t += 50;
+        }
+        hung.first_token_after(R, 0, 100, t + 20_000);
+        assert_eq!(hung.slowness(R), 1.0);
     }
 
     /// A busy replica streams to other routers while this router's request waits in its
