@@ -129,8 +129,8 @@ pub async fn wait_status(
     }
 }
 
-/// Polls until the router at `base` sees exactly the replicas of the nodes `nodes`
-/// (ids `node << 20 | i`) in service, by its `sluice_replica_available` gauge: the
+/// Polls until the router at `base` has replicas in service of exactly the nodes
+/// `nodes` (ids `node << 20 | i`), by its `sluice_replica_available` gauge: the
 /// committed fleet has reached it.
 pub async fn wait_router_sees(
     http: &crate::Http,

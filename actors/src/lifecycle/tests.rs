@@ -109,7 +109,8 @@ fn a_stall_word_moves_an_answer_under_way_only_if_the_migration_would_be_granted
 }
 
 proptest! {
-    // Enough cases that every combination of the inputs comes up.
+    // Four times the 512 combinations of the inputs, so that nearly every one comes up
+    // (the one that needs the replicas' check is kept in proptest-regressions).
     #![proptest_config(ProptestConfig::with_cases(2048))]
 
     /// The word's rule answers exactly what the move would: granted or refused.

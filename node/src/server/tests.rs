@@ -656,16 +656,9 @@ async fn a_stream_through_a_hang_over(
             .await
             .is_err()
         {
-            let out = format!("sluice_replica_available{{replica=\"{i}\"}} 0");
             eventually(
                 "the engine that does not answer is out of service",
-                || async {
-                    http(addr, "/metrics", None)
-                        .await
-                        .1
-                        .lines()
-                        .any(|l| l == out)
-                },
+                || async { !available(addr, i).await },
             )
             .await;
         }
