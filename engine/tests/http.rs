@@ -464,29 +464,25 @@ async fn slow_health_fault_answers_health_late_and_generates_as_usual() {
     let c = client();
     let r = fault(&c, &s, json!({"kind": "slow_health", "value": 1500})).await;
     assert_eq!(r.json(), json!({"kind": "slow_health", "value": 1500.0}));
-    let health = {
-        let (c, addr) = (c.clone(), s.addr);
-        tokio::spawn(async move {
-            let req = Request::get(format!("http://{addr}/health"))
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            c.request(req).await.unwrap().status()
-        })
-    };
+    let health = call(&c, &s, Method::GET, "/health", "");
+    tokio::pin!(health);
     // A generation goes through while the health check waits.
-    let r = post(
+    let generation = post(
         &c,
         &s,
         "/v1/chat/completions",
         chat("hi", json!({"max_tokens": 3})),
-    )
-    .await;
+    );
+    let r = tokio::select! {
+        biased;
+        r = generation => r,
+        h = &mut health => panic!("/health answered before its delay: {}", h.status),
+    };
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(!health.is_finished(), "/health answered before its delay");
     let status = tokio::time::timeout(Duration::from_secs(10), health)
         .await
         .unwrap()
-        .unwrap();
+        .status;
     assert_eq!(status, 200);
     // The default delay, and cleared.
     let r = fault(&c, &s, json!({"kind": "slow_health"})).await;

@@ -853,23 +853,28 @@ async fn an_engine_streaming_while_its_health_answers_late_stays_in_service() {
     )
     .await;
     // Read for six seconds — several checks, each late — looking at the gauge meanwhile.
-    let reader = tokio::spawn(async move {
-        let until = tokio::time::Instant::now() + Duration::from_secs(6);
-        while tokio::time::Instant::now() < until {
-            match tokio::time::timeout(Duration::from_secs(5), body.frame()).await {
-                Ok(Some(Ok(_))) => {}
-                other => return Err(format!("the stream stopped: {other:?}")),
+    let (reads, out) = {
+        let read = async {
+            let until = tokio::time::Instant::now() + Duration::from_secs(6);
+            while tokio::time::Instant::now() < until {
+                match tokio::time::timeout(Duration::from_secs(5), body.frame()).await {
+                    Ok(Some(Ok(_))) => {}
+                    other => panic!("the stream stopped: {other:?}"),
+                }
+            }
+        };
+        tokio::pin!(read);
+        let (mut reads, mut out) = (0, 0);
+        loop {
+            reads += 1;
+            out += u32::from(!available(addr, 0).await);
+            tokio::select! {
+                () = &mut read => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
-        Ok(body)
-    });
-    let (mut reads, mut out) = (0, 0);
-    while !reader.is_finished() {
-        reads += 1;
-        out += u32::from(!available(addr, 0).await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let body = reader.await.unwrap().unwrap();
+        (reads, out)
+    };
     assert!(reads > 10, "the gauge was read {reads} times");
     assert_eq!(
         out, 0,
