@@ -14,13 +14,14 @@ pub fn imbalance(assignment: &Assignment, load: &SliceLoad, replicas: &[ReplicaI
     let mut spread = Spread::new(&fleet);
     let slices = assignment.slices();
     let mut members: Vec<u32> = Vec::new();
+    let mut sweep = load.sweep();
     for (i, s) in slices.iter().enumerate() {
         fleet.members_into(&s.subset, &mut members);
         if members.is_empty() {
             continue;
         }
         let end = slices.get(i + 1).map_or(KEY_END, |n| n.start.0 as u128);
-        spread.add(load.between(s.start.0 as u128, end), &members);
+        spread.add(sweep.between(s.start.0 as u128, end), &members);
     }
     spread.imbalance()
 }

@@ -39,6 +39,23 @@ const MERGE_BUDGET_SHARE: f64 = 0.5;
 /// error of estimating the load of freshly split halves.
 const AIM: f64 = 0.8;
 
+/// Reads what [`Work::best_op`] will read of each of `on_h`'s slices, in one pass whose
+/// reads do not wait on each other, so that their cache misses overlap instead of
+/// coming one at a time (a hot replica's slices sit anywhere in memory).
+fn warm(slices: &[WSlice], bases: &[Vec<u32>], on_h: &[u32]) {
+    let mut touched = 0u64;
+    for &si in on_h {
+        if let Some(s) = slices.get(si as usize) {
+            touched ^= s.load.to_bits();
+            touched ^= u64::from(s.subset.first().copied().unwrap_or(0));
+            if let Some(b) = s.pieces.first().and_then(|p| bases.get(p.base as usize)) {
+                touched ^= u64::from(b.first().copied().unwrap_or(0));
+            }
+        }
+    }
+    std::hint::black_box(touched);
+}
+
 /// Keys `[start, end)` of a slice that were served by `bases[base]` after repairs.
 #[derive(Debug, Clone)]
 struct Piece {
@@ -172,6 +189,7 @@ impl<'a> Work<'a> {
         }
         let max_w = config.max_width.min(n).max(min_w);
         let mut stats = Stats::default();
+        let mut sweep = load.sweep();
         let count = slices.len();
         let mut out = Vec::with_capacity(count);
         let mut dirty = Vec::with_capacity(count);
@@ -188,7 +206,7 @@ impl<'a> Work<'a> {
             out.push(WSlice {
                 start: *start,
                 end,
-                load: load.between(*start, end),
+                load: sweep.between(*start, end),
                 subset: kept,
                 pieces: Vec::new(),
             });
@@ -227,8 +245,9 @@ impl<'a> Work<'a> {
     /// slice's load apportioned afresh over its key range.
     pub fn imbalance(&self) -> f64 {
         let mut spread = Spread::new(self.fleet);
+        let mut sweep = self.load.sweep();
         for s in &self.slices {
-            spread.add(self.load.between(s.start, s.end), &s.subset);
+            spread.add(sweep.between(s.start, s.end), &s.subset);
         }
         spread.imbalance()
     }
@@ -279,11 +298,15 @@ impl<'a> Work<'a> {
     }
 
     /// The single rack `members` sit in, if they need a replica from another one.
-    fn lone_rack(&self, members: &[u32]) -> Option<u32> {
-        if self.fleet.racks < 2 || members.is_empty() || self.fleet.spans_two_racks(members) {
+    fn lone_rack(&self, members: impl IntoIterator<Item = u32>) -> Option<u32> {
+        if self.fleet.racks < 2 {
             return None;
         }
-        Some(self.fleet.rack[members[0] as usize])
+        let mut members = members.into_iter();
+        let rack = self.fleet.rack[members.next()? as usize];
+        members
+            .all(|m| self.fleet.rack[m as usize] == rack)
+            .then_some(rack)
     }
 
     /// The coldest listed replica outside `members` (and outside `avoid_rack`).
@@ -315,7 +338,7 @@ impl<'a> Work<'a> {
             let old = self.slices[i].subset.clone();
             let mut sub = old.clone();
             while sub.len() < self.min_w {
-                let avoid = self.lone_rack(&sub);
+                let avoid = self.lone_rack(sub.iter().copied());
                 match self
                     .coldest(&order, &sub, avoid)
                     .or_else(|| self.coldest(&order, &sub, None))
@@ -324,7 +347,7 @@ impl<'a> Work<'a> {
                     None => break,
                 }
             }
-            if let Some(rack) = self.lone_rack(&sub) {
+            if let Some(rack) = self.lone_rack(sub.iter().copied()) {
                 if sub.len() >= self.max_w {
                     sub.pop();
                 }
@@ -773,15 +796,17 @@ impl<'a> Work<'a> {
         let lh = self.rload[h as usize];
         let over = self.relative(h) > self.hi;
         let room = budget - self.stats.churn;
-        // The coldest replicas, enough for most slices' receivers to come from them.
-        let cool: Vec<u32> = order
+        // The coldest replicas, enough for most slices' receivers to come from them, each
+        // with its penalty as it stands (the same for every slice tried).
+        let cool: Vec<(u32, f64)> = order
             .set
             .iter()
-            .map(|&(_, r)| r)
             .take(COOL_PREFIX)
+            .map(|&(_, r)| self.as_receiver(r))
             .collect();
         let mut receivers = Vec::with_capacity(RECEIVERS);
         let mut fresh = Vec::new();
+        warm(&self.slices, &self.bases, on_h);
         for &si in on_h {
             let s = &self.slices[si as usize];
             let w = s.subset.len();
@@ -801,23 +826,38 @@ impl<'a> Work<'a> {
                     .sum()
             };
             let now = churn(&|i, _| fresh[i], w);
+            // Most slices are as repairs left them: their members are exactly the
+            // replicas that served every piece. A receiver (never a member) is then new to
+            // all of it, so every candidate's churn is the same, counted once here; if it
+            // does not fit the budget, no candidate of that kind does.
+            let plain = fresh.iter().all(|&f| f == 0)
+                && s.pieces
+                    .iter()
+                    .all(|p| self.bases[p.base as usize].len() == w);
+            let plain_churn = |width: usize| plain.then(|| churn(&|_, _| 1, width) - now);
+            let over_budget = |dm: f64| dm > 0.0 && dm > room;
             // Move h's share of the slice to another replica.
-            let rest: Vec<u32> = s.subset.iter().copied().filter(|&m| m != h).collect();
-            let avoid = self.lone_rack(&rest);
+            let avoid = self.lone_rack(s.subset.iter().copied().filter(|&m| m != h));
             let mut base = self.penalty(h, lh - per) - self.penalty(h, lh);
             if s.subset[0] == h {
                 base += PREFERRED_PENALTY * per;
             }
+            let moved = plain_churn(w);
             self.receivers(&cool, order, &mut receivers, |r| {
                 !s.subset.contains(&r) && avoid != Some(self.fleet.rack[r as usize])
             });
-            for &r in &receivers {
-                let dm = churn(&|i, p| fresh[i] - self.is_new(h, p) + self.is_new(r, p), w) - now;
-                if dm > 0.0 && dm > room {
+            if moved.is_some_and(over_budget) {
+                receivers.clear();
+            }
+            for &(r, standing) in &receivers {
+                let dm = moved.unwrap_or_else(|| {
+                    churn(&|i, p| fresh[i] - self.is_new(h, p) + self.is_new(r, p), w) - now
+                });
+                if over_budget(dm) {
                     continue;
                 }
                 let lr = self.rload[r as usize];
-                let d = base + self.penalty(r, lr + per) - self.penalty(r, lr) + CHURN_PENALTY * dm;
+                let d = base + self.penalty(r, lr + per) - standing + CHURN_PENALTY * dm;
                 if best.as_ref().is_none_or(|(b, _)| d < *b) {
                     best = Some((
                         d,
@@ -838,15 +878,20 @@ impl<'a> Work<'a> {
                     let lm = self.rload[m as usize];
                     base += self.penalty(m, lm - dec) - self.penalty(m, lm);
                 }
+                let widened = plain_churn(w + 1);
                 self.receivers(&cool, order, &mut receivers, |r| !s.subset.contains(&r));
-                for &r in &receivers {
-                    let dm = churn(&|i, p| fresh[i] + self.is_new(r, p), w + 1) - now;
-                    if dm > 0.0 && dm > room {
+                if widened.is_some_and(over_budget) {
+                    receivers.clear();
+                }
+                for &(r, standing) in &receivers {
+                    let dm = widened.unwrap_or_else(|| {
+                        churn(&|i, p| fresh[i] + self.is_new(r, p), w + 1) - now
+                    });
+                    if over_budget(dm) {
                         continue;
                     }
                     let lr = self.rload[r as usize];
-                    let d = base + self.penalty(r, lr + per2) - self.penalty(r, lr)
-                        + CHURN_PENALTY * dm;
+                    let d = base + self.penalty(r, lr + per2) - standing + CHURN_PENALTY * dm;
                     if best.as_ref().is_none_or(|(b, _)| d < *b) {
                         best = Some((d, Op::Widen { slice: si, to: r }));
                     }
@@ -856,11 +901,23 @@ impl<'a> Work<'a> {
         best
     }
 
-    /// The first [`RECEIVERS`] replicas of `order` that pass `ok`, into `out`: from
-    /// `cool`, the order's head, when enough of it passes, else from the whole order.
-    fn receivers(&self, cool: &[u32], order: &Order, out: &mut Vec<u32>, ok: impl Fn(u32) -> bool) {
+    /// Replica `r` and its penalty at its load as it stands.
+    fn as_receiver(&self, r: u32) -> (u32, f64) {
+        (r, self.penalty(r, self.rload[r as usize]))
+    }
+
+    /// The first [`RECEIVERS`] replicas of `order` that pass `ok`, with their penalties,
+    /// into `out`: from `cool`, the order's head, when enough of it passes, else from the
+    /// whole order.
+    fn receivers(
+        &self,
+        cool: &[(u32, f64)],
+        order: &Order,
+        out: &mut Vec<(u32, f64)>,
+        ok: impl Fn(u32) -> bool,
+    ) {
         out.clear();
-        out.extend(cool.iter().copied().filter(|&r| ok(r)).take(RECEIVERS));
+        out.extend(cool.iter().copied().filter(|&(r, _)| ok(r)).take(RECEIVERS));
         if out.len() < RECEIVERS && cool.len() < order.set.len() {
             out.clear();
             out.extend(
@@ -869,7 +926,8 @@ impl<'a> Work<'a> {
                     .iter()
                     .map(|&(_, r)| r)
                     .filter(|&r| ok(r))
-                    .take(RECEIVERS),
+                    .take(RECEIVERS)
+                    .map(|r| self.as_receiver(r)),
             );
         }
     }
