@@ -141,6 +141,50 @@ impl Order {
     }
 }
 
+/// A golden-section search for the minimum of a convex function on an interval: each
+/// step keeps one of the two inner points and its value.
+struct Golden {
+    a: f64,
+    b: f64,
+    c: f64,
+    d: f64,
+    fc: f64,
+    fd: f64,
+}
+
+impl Golden {
+    const INV_PHI: f64 = 0.618_033_988_749_895;
+
+    fn new(lo: f64, hi: f64, f: impl Fn(f64) -> f64) -> Self {
+        let c = hi - Self::INV_PHI * (hi - lo);
+        let d = lo + Self::INV_PHI * (hi - lo);
+        Self {
+            a: lo,
+            b: hi,
+            c,
+            d,
+            fc: f(c),
+            fd: f(d),
+        }
+    }
+
+    fn step(&mut self, f: impl Fn(f64) -> f64) {
+        if self.fc <= self.fd {
+            (self.b, self.d, self.fd) = (self.d, self.c, self.fc);
+            self.c = self.b - Self::INV_PHI * (self.b - self.a);
+            self.fc = f(self.c);
+        } else {
+            (self.a, self.c, self.fc) = (self.c, self.d, self.fd);
+            self.d = self.a + Self::INV_PHI * (self.b - self.a);
+            self.fd = f(self.d);
+        }
+    }
+
+    fn best(&self) -> f64 {
+        (self.a + self.b) / 2.0
+    }
+}
+
 enum Op {
     Move { slice: u32, from: u32, to: u32 },
     Widen { slice: u32, to: u32 },
@@ -752,43 +796,42 @@ impl<'a> Work<'a> {
             return out;
         };
         let (lo, hi) = (f64::from_bits(lo), f64::from_bits(hi));
-        for r in order
+        let receivers: Vec<u32> = order
             .set
             .iter()
             .map(|&(_, r)| r)
             .filter(|&r| r != h)
             .take(RECEIVERS)
-        {
-            out.extend(around(set, self.best_share(h, r, lo, hi), AROUND));
+            .collect();
+        for share in self.best_shares(h, &receivers, lo, hi) {
+            out.extend(around(set, share, AROUND));
         }
         out.sort_unstable();
         out.dedup();
         out
     }
 
-    /// The share in `[lo, hi]` whose move from `h` to `r` lowers the two replicas'
-    /// penalty, plus its churn, the most (golden-section search: the sum is convex).
-    fn best_share(&self, h: u32, r: u32, lo: f64, hi: f64) -> f64 {
-        const INV_PHI: f64 = 0.618_033_988_749_895;
-        let (lh, lr) = (self.rload[h as usize], self.rload[r as usize]);
-        let cost = |x: f64| self.penalty(h, lh - x) + self.penalty(r, lr + x) + CHURN_PENALTY * x;
-        // Each step keeps one of the two inner points and its cost.
-        let (mut a, mut b) = (lo, hi);
-        let mut c = b - INV_PHI * (b - a);
-        let mut d = a + INV_PHI * (b - a);
-        let (mut fc, mut fd) = (cost(c), cost(d));
+    /// For each of `receivers`, the share in `[lo, hi]` whose move from `h` to it lowers
+    /// the two replicas' penalty, plus its churn, the most (a golden-section search: the
+    /// sum is convex). The searches step together: each step of one waits on its own
+    /// last comparison only, so the steps of the others fill that wait.
+    fn best_shares(&self, h: u32, receivers: &[u32], lo: f64, hi: f64) -> Vec<f64> {
+        let lh = self.rload[h as usize];
+        let cost = |r: u32, x: f64| {
+            self.penalty(h, lh - x)
+                + self.penalty(r, self.rload[r as usize] + x)
+                + CHURN_PENALTY * x
+        };
+        let mut searches: Vec<Golden> = receivers
+            .iter()
+            .map(|&r| Golden::new(lo, hi, |x| cost(r, x)))
+            .collect();
         for _ in 0..32 {
-            if fc <= fd {
-                (b, d, fd) = (d, c, fc);
-                c = b - INV_PHI * (b - a);
-                fc = cost(c);
-            } else {
-                (a, c, fc) = (c, d, fd);
-                d = a + INV_PHI * (b - a);
-                fd = cost(d);
+            for (search, &r) in searches.iter_mut().zip(receivers) {
+                search.step(|x| cost(r, x));
             }
         }
-        (a + b) / 2.0
+        searches.iter().map(Golden::best).collect()
     }
 
     fn best_op(&self, h: u32, on_h: &[u32], order: &Order, budget: f64) -> Option<(f64, Op)> {
@@ -837,40 +880,40 @@ impl<'a> Work<'a> {
             let plain_churn = |width: usize| plain.then(|| churn(&|_, _| 1, width) - now);
             let over_budget = |dm: f64| dm > 0.0 && dm > room;
             // Move h's share of the slice to another replica.
-            let avoid = self.lone_rack(s.subset.iter().copied().filter(|&m| m != h));
-            let mut base = self.penalty(h, lh - per) - self.penalty(h, lh);
-            if s.subset[0] == h {
-                base += PREFERRED_PENALTY * per;
-            }
             let moved = plain_churn(w);
-            self.receivers(&cool, order, &mut receivers, |r| {
-                !s.subset.contains(&r) && avoid != Some(self.fleet.rack[r as usize])
-            });
-            if moved.is_some_and(over_budget) {
-                receivers.clear();
-            }
-            for &(r, standing) in &receivers {
-                let dm = moved.unwrap_or_else(|| {
-                    churn(&|i, p| fresh[i] - self.is_new(h, p) + self.is_new(r, p), w) - now
-                });
-                if over_budget(dm) {
-                    continue;
+            if !moved.is_some_and(over_budget) {
+                let avoid = self.lone_rack(s.subset.iter().copied().filter(|&m| m != h));
+                let mut base = self.penalty(h, lh - per) - self.penalty(h, lh);
+                if s.subset[0] == h {
+                    base += PREFERRED_PENALTY * per;
                 }
-                let lr = self.rload[r as usize];
-                let d = base + self.penalty(r, lr + per) - standing + CHURN_PENALTY * dm;
-                if best.as_ref().is_none_or(|(b, _)| d < *b) {
-                    best = Some((
-                        d,
-                        Op::Move {
-                            slice: si,
-                            from: h,
-                            to: r,
-                        },
-                    ));
+                self.receivers(&cool, order, &mut receivers, |r| {
+                    !s.subset.contains(&r) && avoid != Some(self.fleet.rack[r as usize])
+                });
+                for &(r, standing) in &receivers {
+                    let dm = moved.unwrap_or_else(|| {
+                        churn(&|i, p| fresh[i] - self.is_new(h, p) + self.is_new(r, p), w) - now
+                    });
+                    if over_budget(dm) {
+                        continue;
+                    }
+                    let lr = self.rload[r as usize];
+                    let d = base + self.penalty(r, lr + per) - standing + CHURN_PENALTY * dm;
+                    if best.as_ref().is_none_or(|(b, _)| d < *b) {
+                        best = Some((
+                            d,
+                            Op::Move {
+                                slice: si,
+                                from: h,
+                                to: r,
+                            },
+                        ));
+                    }
                 }
             }
             // Widen the slice: every member sheds load onto one more replica.
-            if over && w < self.max_w {
+            let widened = (over && w < self.max_w).then(|| plain_churn(w + 1));
+            if let Some(widened) = widened.filter(|dm| !dm.is_some_and(over_budget)) {
                 let per2 = s.load / (w + 1) as f64;
                 let dec = per - per2;
                 let mut base = REPLICATION_PENALTY * per;
@@ -878,11 +921,7 @@ impl<'a> Work<'a> {
                     let lm = self.rload[m as usize];
                     base += self.penalty(m, lm - dec) - self.penalty(m, lm);
                 }
-                let widened = plain_churn(w + 1);
                 self.receivers(&cool, order, &mut receivers, |r| !s.subset.contains(&r));
-                if widened.is_some_and(over_budget) {
-                    receivers.clear();
-                }
                 for &(r, standing) in &receivers {
                     let dm = widened.unwrap_or_else(|| {
                         churn(&|i, p| fresh[i] + self.is_new(r, p), w + 1) - now
