@@ -88,6 +88,7 @@ mod imbalance;
 mod leader;
 mod load;
 mod meter;
+mod penalty;
 mod schedule;
 mod work;
 

@@ -10,15 +10,13 @@ use super::fleet::Fleet;
 use super::holdings::{around, share_key, Holdings, Seen};
 use super::imbalance::Spread;
 use super::load::SliceLoad;
+use super::penalty::{Band, Side};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
-/// Penalty weights of the placement search, after Dicer's `PlacementPhase.scala`: a
-/// replica above the band costs 16 per unit of excess load, one below it 4 per unit of
-/// shortfall (both growing with the distance), moving load costs 0.25 per unit, and adding
-/// a replica to a subset costs the slice's per-replica load.
-const OVERSHOOT: f64 = 16.0;
-const UNDERSHOOT: f64 = 4.0;
+/// Penalty weights of the placement search besides the band's ([`Band::penalty`]), after
+/// Dicer's `PlacementPhase.scala`: moving load costs 0.25 per unit, and adding a replica
+/// to a subset costs the slice's per-replica load.
 const CHURN_PENALTY: f64 = 0.25;
 const REPLICATION_PENALTY: f64 = 1.0;
 /// Extra cost, per unit of load, of taking a slice off its preferred replica (whose
@@ -138,50 +136,6 @@ impl Order {
 
     fn coolest(&self) -> Option<u32> {
         self.set.first().map(|&(_, r)| r)
-    }
-}
-
-/// A golden-section search for the minimum of a convex function on an interval: each
-/// step keeps one of the two inner points and its value.
-struct Golden {
-    a: f64,
-    b: f64,
-    c: f64,
-    d: f64,
-    fc: f64,
-    fd: f64,
-}
-
-impl Golden {
-    const INV_PHI: f64 = 0.618_033_988_749_895;
-
-    fn new(lo: f64, hi: f64, f: impl Fn(f64) -> f64) -> Self {
-        let c = hi - Self::INV_PHI * (hi - lo);
-        let d = lo + Self::INV_PHI * (hi - lo);
-        Self {
-            a: lo,
-            b: hi,
-            c,
-            d,
-            fc: f(c),
-            fd: f(d),
-        }
-    }
-
-    fn step(&mut self, f: impl Fn(f64) -> f64) {
-        if self.fc <= self.fd {
-            (self.b, self.d, self.fd) = (self.d, self.c, self.fc);
-            self.c = self.b - Self::INV_PHI * (self.b - self.a);
-            self.fc = f(self.c);
-        } else {
-            (self.a, self.c, self.fc) = (self.c, self.d, self.fd);
-            self.d = self.a + Self::INV_PHI * (self.b - self.a);
-            self.fd = f(self.d);
-        }
-    }
-
-    fn best(&self) -> f64 {
-        (self.a + self.b) / 2.0
     }
 }
 
@@ -712,24 +666,24 @@ impl<'a> Work<'a> {
         }
     }
 
-    /// Penalty of replica `r` carrying `load` (in MU/min, like the churn it is traded
-    /// against): zero inside the band around its fair load, growing outside it.
+    /// Penalty of replica `r` carrying `load`: see [`Band::penalty`].
     fn penalty(&self, r: u32, load: f64) -> f64 {
-        let fair = self.ustar * self.fleet.cap[r as usize];
-        let x = load / fair;
-        if x > self.hi {
-            let e = x - self.hi;
-            fair * OVERSHOOT * e * (1.0 + e)
-        } else if x < self.lo {
-            let e = self.lo - x;
-            fair * UNDERSHOOT * e * (1.0 + e)
-        } else {
-            0.0
+        self.band().penalty(self.fair(r), load)
+    }
+
+    fn band(&self) -> Band {
+        Band {
+            lo: self.lo,
+            hi: self.hi,
         }
     }
 
+    fn fair(&self, r: u32) -> f64 {
+        self.ustar * self.fleet.cap[r as usize]
+    }
+
     fn relative(&self, r: u32) -> f64 {
-        self.rload[r as usize] / (self.ustar * self.fleet.cap[r as usize])
+        self.rload[r as usize] / self.fair(r)
     }
 
     /// Placement phase (Dicer's `PlacementPhase`, a greedy local search): take the most
@@ -812,26 +766,17 @@ impl<'a> Work<'a> {
     }
 
     /// For each of `receivers`, the share in `[lo, hi]` whose move from `h` to it lowers
-    /// the two replicas' penalty, plus its churn, the most (a golden-section search: the
-    /// sum is convex). The searches step together: each step of one waits on its own
-    /// last comparison only, so the steps of the others fill that wait.
+    /// the two replicas' penalty, plus its churn, the most ([`Band::best_move`]).
     fn best_shares(&self, h: u32, receivers: &[u32], lo: f64, hi: f64) -> Vec<f64> {
-        let lh = self.rload[h as usize];
-        let cost = |r: u32, x: f64| {
-            self.penalty(h, lh - x)
-                + self.penalty(r, self.rload[r as usize] + x)
-                + CHURN_PENALTY * x
+        let side = |r: u32| Side {
+            load: self.rload[r as usize],
+            fair: self.fair(r),
         };
-        let mut searches: Vec<Golden> = receivers
+        let band = self.band();
+        receivers
             .iter()
-            .map(|&r| Golden::new(lo, hi, |x| cost(r, x)))
-            .collect();
-        for _ in 0..32 {
-            for (search, &r) in searches.iter_mut().zip(receivers) {
-                search.step(|x| cost(r, x));
-            }
-        }
-        searches.iter().map(Golden::best).collect()
+            .map(|&r| band.best_move(side(h), side(r), CHURN_PENALTY, lo, hi))
+            .collect()
     }
 
     fn best_op(&self, h: u32, on_h: &[u32], order: &Order, budget: f64) -> Option<(f64, Op)> {
