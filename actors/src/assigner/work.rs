@@ -857,8 +857,9 @@ impl<'a> Work<'a> {
                 }
             }
             // Widen the slice: every member sheds load onto one more replica.
-            let widened = (over && w < self.max_w).then(|| plain_churn(w + 1));
-            if let Some(widened) = widened.filter(|dm| !dm.is_some_and(over_budget)) {
+            // `Some` when the slice may widen; inside, the plain slice's one churn.
+            let widening = (over && w < self.max_w).then(|| plain_churn(w + 1));
+            if let Some(widened) = widening.filter(|dm| !dm.is_some_and(over_budget)) {
                 let per2 = s.load / (w + 1) as f64;
                 let dec = per - per2;
                 let mut base = REPLICATION_PENALTY * per;
