@@ -39,19 +39,60 @@ const AIM: f64 = 0.8;
 
 /// Reads what [`Work::best_op`] will read of each of `on_h`'s slices, in one pass whose
 /// reads do not wait on each other, so that their cache misses overlap instead of
-/// coming one at a time (a hot replica's slices sit anywhere in memory).
-fn warm(slices: &[WSlice], bases: &[Vec<u32>], on_h: &[u32]) {
+/// coming one at a time (a hot replica's slices sit anywhere in memory). A plain slice
+/// is read only if a candidate of it may fit the `room` left in the budget, and its
+/// bases never.
+fn warm(slices: &[WSlice], bases: &[Vec<u32>], plain: &[Option<Plain>], on_h: &[u32], room: f64) {
     let mut touched = 0u64;
     for &si in on_h {
+        let plain = plain.get(si as usize).copied().flatten();
+        if plain.is_some_and(|p| p.over(room)) {
+            continue;
+        }
         if let Some(s) = slices.get(si as usize) {
             touched ^= s.load.to_bits();
             touched ^= u64::from(s.subset.first().copied().unwrap_or(0));
-            if let Some(b) = s.pieces.first().and_then(|p| bases.get(p.base as usize)) {
-                touched ^= u64::from(b.first().copied().unwrap_or(0));
+            let first = s.pieces.first();
+            touched ^= first.map_or(0, |p| p.load.to_bits());
+            if plain.is_none() {
+                if let Some(b) = first.and_then(|p| bases.get(p.base as usize)) {
+                    touched ^= u64::from(b.first().copied().unwrap_or(0));
+                }
             }
         }
     }
     std::hint::black_box(touched);
+}
+
+/// Whether a change whose churn is `dm` does not fit the `room` left in the budget.
+fn over_budget(dm: f64, room: f64) -> bool {
+    dm > 0.0 && dm > room
+}
+
+/// The churn of `pieces` served by `width` members, `fresh_of` of which are new to each.
+fn piece_churn(pieces: &[Piece], width: usize, fresh_of: &dyn Fn(usize, &Piece) -> usize) -> f64 {
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p.load * fresh_of(i, p) as f64 / width as f64)
+        .sum()
+}
+
+/// Most slices are as repairs left them: their members are exactly the replicas that
+/// served every piece ([`Work::is_plain`]). A receiver (never a member) is then new to
+/// all of it, so every candidate's churn is the same: this, for moving a member's share
+/// and for widening.
+#[derive(Debug, Clone, Copy)]
+struct Plain {
+    moved: f64,
+    widened: f64,
+}
+
+impl Plain {
+    /// No candidate of the slice fits the `room` left in the budget.
+    fn over(&self, room: f64) -> bool {
+        over_budget(self.moved, room) && over_budget(self.widened, room)
+    }
 }
 
 /// Keys `[start, end)` of a slice that were served by `bases[base]` after repairs.
@@ -139,6 +180,15 @@ impl Order {
     }
 }
 
+/// Buffers [`Work::best_op`] fills afresh at every step of the placement search, kept
+/// between steps so that a step allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    cool: Vec<(u32, f64)>,
+    receivers: Vec<(u32, f64)>,
+    fresh: Vec<usize>,
+}
+
 enum Op {
     Move { slice: u32, from: u32, to: u32 },
     Widen { slice: u32, to: u32 },
@@ -152,6 +202,8 @@ pub(crate) struct Work<'a> {
     bases: Vec<Vec<u32>>,
     /// Which starting slices broke an invariant and must be repaired.
     dirty: Vec<bool>,
+    /// During placement, the churn of each plain slice's candidates.
+    plain: Vec<Option<Plain>>,
     rload: Vec<f64>,
     min_w: usize,
     max_w: usize,
@@ -224,6 +276,7 @@ impl<'a> Work<'a> {
             slices: out,
             bases: Vec::new(),
             dirty,
+            plain: Vec::new(),
             rload: vec![0.0; n],
             min_w,
             max_w,
@@ -467,6 +520,12 @@ impl<'a> Work<'a> {
             for i in 0..count - 1 {
                 let (a, b) = (&self.slices[i], &self.slices[i + 1]);
                 let merged = a.load + b.load;
+                // Too hot to merge whichever subset it keeps, and the count allows it:
+                // not a candidate, whatever its churn.
+                let widest = a.subset.len().max(b.subset.len());
+                if count <= self.max_slices && merged / widest as f64 > self.cold {
+                    continue;
+                }
                 let before = self.moved(&a.subset, &a.pieces) + self.moved(&b.subset, &b.pieces);
                 let keep_a = self.moved(&a.subset, &a.pieces) + self.moved(&a.subset, &b.pieces);
                 let keep_b = self.moved(&b.subset, &a.pieces) + self.moved(&b.subset, &b.pieces);
@@ -539,13 +598,14 @@ impl<'a> Work<'a> {
     /// under the minimum. Both halves keep the subset, so a split moves no load; it lets
     /// the placement phase move half of a hot slice instead of all of it.
     pub fn split(&mut self) {
-        let prio = |s: &WSlice| {
-            (
-                share_key(s.load / s.subset.len().max(1) as f64),
-                s.end - s.start,
-                Reverse(s.start),
-            )
-        };
+        // Most rounds split nothing: say so from one pass before building the heap.
+        let count = self.slices.len();
+        let per = |s: &WSlice| s.load / s.subset.len().max(1) as f64;
+        let hot = count < self.max_slices && self.slices.iter().any(|s| per(s) > self.hot);
+        if !hot && count >= self.min_slices {
+            return;
+        }
+        let prio = |s: &WSlice| (share_key(per(s)), s.end - s.start, Reverse(s.start));
         let mut arena: Vec<Option<WSlice>> = std::mem::take(&mut self.slices)
             .into_iter()
             .map(Some)
@@ -558,8 +618,7 @@ impl<'a> Work<'a> {
         let mut count = arena.len();
         while let Some((_, i)) = heap.pop() {
             let s = arena[i].as_ref().expect("slices in the heap are live");
-            let per = s.load / s.subset.len().max(1) as f64;
-            if !((per > self.hot && count < self.max_slices) || count < self.min_slices) {
+            if !((per(s) > self.hot && count < self.max_slices) || count < self.min_slices) {
                 break;
             }
             let Some(cut) = self.load.split_point(s.start, s.end, s.load) else {
@@ -703,6 +762,8 @@ impl<'a> Work<'a> {
         let members: usize = self.slices.iter().map(|s| s.subset.len()).sum();
         let mut order = Order::new(&self.rload, &self.fleet.cap);
         let eps = self.total * 1e-9;
+        self.plain = self.slices.iter().map(|s| self.plain_churn(s)).collect();
+        let mut scratch = Scratch::default();
         for _ in 0..(4 * members + 4 * n + 16) {
             let Some(h) = order.hottest() else {
                 return;
@@ -722,7 +783,7 @@ impl<'a> Work<'a> {
                     &likely
                 }
             };
-            match self.best_op(h, tried, &order, budget) {
+            match self.best_op(h, tried, &order, budget, &mut scratch) {
                 Some((delta, op)) if delta < -eps => self.apply(op, &mut held, &mut order),
                 _ => order.exclude(&self.rload, &self.fleet.cap, h),
             }
@@ -779,63 +840,67 @@ impl<'a> Work<'a> {
             .collect()
     }
 
-    fn best_op(&self, h: u32, on_h: &[u32], order: &Order, budget: f64) -> Option<(f64, Op)> {
+    fn best_op(
+        &self,
+        h: u32,
+        on_h: &[u32],
+        order: &Order,
+        budget: f64,
+        scratch: &mut Scratch,
+    ) -> Option<(f64, Op)> {
         let mut best: Option<(f64, Op)> = None;
         let lh = self.rload[h as usize];
         let over = self.relative(h) > self.hi;
         let room = budget - self.stats.churn;
-        // The coldest replicas, enough for most slices' receivers to come from them, each
-        // with its penalty as it stands (the same for every slice tried).
-        let cool: Vec<(u32, f64)> = order
-            .set
-            .iter()
-            .take(COOL_PREFIX)
-            .map(|&(_, r)| self.as_receiver(r))
-            .collect();
-        let mut receivers = Vec::with_capacity(RECEIVERS);
-        let mut fresh = Vec::new();
-        warm(&self.slices, &self.bases, on_h);
+        // Read once the first slice gets as far as its receivers.
+        let mut cool_read = false;
+        let Scratch {
+            cool,
+            receivers,
+            fresh,
+        } = scratch;
+        warm(&self.slices, &self.bases, &self.plain, on_h, room);
         for &si in on_h {
+            // If neither kind of candidate fits the budget, the slice is not even read.
+            let plain = self.plain[si as usize];
+            if plain.is_some_and(|p| p.over(room)) {
+                continue;
+            }
             let s = &self.slices[si as usize];
             let w = s.subset.len();
             if s.load <= 0.0 {
                 continue;
             }
             let per = s.load / w as f64;
-            // Per piece, how many members are new to it; the churn of a candidate is
-            // that count with the candidate's changes, summed as `moved` sums it.
+            // Unless the slice is plain, per piece, how many members are new to it; the
+            // churn of a candidate is that count with the candidate's changes, summed as
+            // `moved` sums it.
             fresh.clear();
-            fresh.extend(s.pieces.iter().map(|p| self.fresh(&s.subset, p)));
-            let churn = |fresh_of: &dyn Fn(usize, &Piece) -> usize, width: usize| -> f64 {
-                s.pieces
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| p.load * fresh_of(i, p) as f64 / width as f64)
-                    .sum()
+            if plain.is_none() {
+                fresh.extend(s.pieces.iter().map(|p| self.fresh(&s.subset, p)));
+            }
+            let churn = |fresh_of: &dyn Fn(usize, &Piece) -> usize, width: usize| {
+                piece_churn(&s.pieces, width, fresh_of)
             };
-            let now = churn(&|i, _| fresh[i], w);
-            // Most slices are as repairs left them: their members are exactly the
-            // replicas that served every piece. A receiver (never a member) is then new to
-            // all of it, so every candidate's churn is the same, counted once here; if it
-            // does not fit the budget, no candidate of that kind does.
-            let plain = fresh.iter().all(|&f| f == 0)
-                && s.pieces
-                    .iter()
-                    .all(|p| self.bases[p.base as usize].len() == w);
-            let plain_churn = |width: usize| plain.then(|| churn(&|_, _| 1, width) - now);
-            let over_budget = |dm: f64| dm > 0.0 && dm > room;
+            let now = if plain.is_some() {
+                0.0
+            } else {
+                churn(&|i, _| fresh[i], w)
+            };
+            let over_budget = |dm: f64| over_budget(dm, room);
             // Move h's share of the slice to another replica.
-            let moved = plain_churn(w);
+            let moved = plain.map(|p| p.moved);
             if !moved.is_some_and(over_budget) {
                 let avoid = self.lone_rack(s.subset.iter().copied().filter(|&m| m != h));
                 let mut base = self.penalty(h, lh - per) - self.penalty(h, lh);
                 if s.subset[0] == h {
                     base += PREFERRED_PENALTY * per;
                 }
-                self.receivers(&cool, order, &mut receivers, |r| {
+                self.read_cool(&mut cool_read, cool, order);
+                self.receivers(cool, order, receivers, |r| {
                     !s.subset.contains(&r) && avoid != Some(self.fleet.rack[r as usize])
                 });
-                for &(r, standing) in &receivers {
+                for &(r, standing) in receivers.iter() {
                     let dm = moved.unwrap_or_else(|| {
                         churn(&|i, p| fresh[i] - self.is_new(h, p) + self.is_new(r, p), w) - now
                     });
@@ -858,7 +923,7 @@ impl<'a> Work<'a> {
             }
             // Widen the slice: every member sheds load onto one more replica.
             // `Some` when the slice may widen; inside, the plain slice's one churn.
-            let widening = (over && w < self.max_w).then(|| plain_churn(w + 1));
+            let widening = (over && w < self.max_w).then(|| plain.map(|p| p.widened));
             if let Some(widened) = widening.filter(|dm| !dm.is_some_and(over_budget)) {
                 let per2 = s.load / (w + 1) as f64;
                 let dec = per - per2;
@@ -867,8 +932,9 @@ impl<'a> Work<'a> {
                     let lm = self.rload[m as usize];
                     base += self.penalty(m, lm - dec) - self.penalty(m, lm);
                 }
-                self.receivers(&cool, order, &mut receivers, |r| !s.subset.contains(&r));
-                for &(r, standing) in &receivers {
+                self.read_cool(&mut cool_read, cool, order);
+                self.receivers(cool, order, receivers, |r| !s.subset.contains(&r));
+                for &(r, standing) in receivers.iter() {
                     let dm = widened.unwrap_or_else(|| {
                         churn(&|i, p| fresh[i] + self.is_new(r, p), w + 1) - now
                     });
@@ -884,6 +950,38 @@ impl<'a> Work<'a> {
             }
         }
         best
+    }
+
+    /// The coldest replicas, enough for most slices' receivers to come from them, each
+    /// with its penalty as it stands (the same for every slice tried), into `cool`
+    /// unless `read` says they are there.
+    fn read_cool(&self, read: &mut bool, cool: &mut Vec<(u32, f64)>, order: &Order) {
+        if !*read {
+            cool.clear();
+            let head = order.set.iter().take(COOL_PREFIX);
+            cool.extend(head.map(|&(_, r)| self.as_receiver(r)));
+            *read = true;
+        }
+    }
+
+    /// The churn of slice `s`'s candidates if it is plain ([`Plain`]).
+    fn plain_churn(&self, s: &WSlice) -> Option<Plain> {
+        let w = s.subset.len();
+        let all_new = |_: usize, _: &Piece| 1;
+        self.is_plain(s).then(|| Plain {
+            moved: piece_churn(&s.pieces, w, &all_new),
+            widened: piece_churn(&s.pieces, w + 1, &all_new),
+        })
+    }
+
+    /// Whether slice `s`'s members are exactly the replicas that served each of its
+    /// pieces after repairs.
+    fn is_plain(&self, s: &WSlice) -> bool {
+        let w = s.subset.len();
+        s.pieces.iter().all(|p| {
+            let base = &self.bases[p.base as usize];
+            base.len() == w && self.fresh(&s.subset, p) == 0
+        })
     }
 
     /// Replica `r` and its penalty at its load as it stands.
@@ -950,6 +1048,7 @@ impl<'a> Work<'a> {
         let (l, old) = (s.load, s.subset.clone());
         self.shift(Some(order), l, &old, &new);
         self.slices[si].subset = new;
+        self.plain[si] = self.plain_churn(&self.slices[si]);
         self.stats.churn += dm;
     }
 }
