@@ -124,7 +124,7 @@ impl Holdings {
 
 /// Up to `count` slices of `set` with the shares nearest below `share`, and up to `count`
 /// from `share` up.
-pub(super) fn around(set: &ByShare, share: f64, count: usize) -> Vec<u32> {
+pub(super) fn around(set: &ByShare, share: f64, count: usize) -> impl Iterator<Item = u32> + '_ {
     let key = (share_key(share), 0);
     set.range(..key)
         .rev()
@@ -134,7 +134,6 @@ pub(super) fn around(set: &ByShare, share: f64, count: usize) -> Vec<u32> {
                 .take(count),
         )
         .map(|&(_, s)| s)
-        .collect()
 }
 
 #[cfg(test)]
@@ -188,9 +187,12 @@ mod tests {
             .iter()
             .map(|&(x, s)| (share_key(x), s))
             .collect();
-        assert_eq!(around(&set, 3.5, 2), vec![30, 20, 40, 50]);
-        assert_eq!(around(&set, 3.0, 1), vec![20, 30]);
-        assert_eq!(around(&set, 0.5, 2), vec![10, 20]);
-        assert_eq!(around(&set, 9.0, 2), vec![50, 40]);
+        assert_eq!(
+            around(&set, 3.5, 2).collect::<Vec<_>>(),
+            vec![30, 20, 40, 50]
+        );
+        assert_eq!(around(&set, 3.0, 1).collect::<Vec<_>>(), vec![20, 30]);
+        assert_eq!(around(&set, 0.5, 2).collect::<Vec<_>>(), vec![10, 20]);
+        assert_eq!(around(&set, 9.0, 2).collect::<Vec<_>>(), vec![50, 40]);
     }
 }

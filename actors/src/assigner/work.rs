@@ -64,6 +64,32 @@ fn warm(slices: &[WSlice], bases: &[Vec<u32>], plain: &[Option<Plain>], on_h: &[
     std::hint::black_box(touched);
 }
 
+/// Applies the load change of a slice of load `l` going from `old` to `new` members to
+/// the replicas' loads `rload` (and their `order`, if any).
+fn shift(
+    rload: &mut [f64],
+    cap: &[f64],
+    mut order: Option<&mut Order>,
+    l: f64,
+    old: &[u32],
+    new: &[u32],
+) {
+    let per = |w: usize| if w == 0 { 0.0 } else { l / w as f64 };
+    let (before, after) = (per(old.len()), per(new.len()));
+    let mut bump = |m: u32, d: f64| match order.as_deref_mut() {
+        Some(o) => o.bump(rload, cap, m, d),
+        None => rload[m as usize] += d,
+    };
+    for &m in old {
+        bump(m, if new.contains(&m) { after } else { 0.0 } - before);
+    }
+    for &m in new {
+        if !old.contains(&m) {
+            bump(m, after);
+        }
+    }
+}
+
 /// Whether a change whose churn is `dm` does not fit the `room` left in the budget.
 fn over_budget(dm: f64, room: f64) -> bool {
     dm > 0.0 && dm > room
@@ -187,6 +213,8 @@ struct Scratch {
     cool: Vec<(u32, f64)>,
     receivers: Vec<(u32, f64)>,
     fresh: Vec<usize>,
+    /// The subset an applied operation leaves.
+    subset: Vec<u32>,
 }
 
 enum Op {
@@ -313,41 +341,6 @@ impl<'a> Work<'a> {
         }
     }
 
-    /// Applies the load change of a slice of load `l` going from `old` to `new` members.
-    fn shift(&mut self, order: Option<&mut Order>, l: f64, old: &[u32], new: &[u32]) {
-        let before = if old.is_empty() {
-            0.0
-        } else {
-            l / old.len() as f64
-        };
-        let after = if new.is_empty() {
-            0.0
-        } else {
-            l / new.len() as f64
-        };
-        let mut deltas: Vec<(u32, f64)> = Vec::with_capacity(old.len() + new.len());
-        for &m in old {
-            deltas.push((m, if new.contains(&m) { after } else { 0.0 } - before));
-        }
-        for &m in new {
-            if !old.contains(&m) {
-                deltas.push((m, after));
-            }
-        }
-        match order {
-            Some(o) => {
-                for (m, d) in deltas {
-                    o.bump(&mut self.rload, &self.fleet.cap, m, d);
-                }
-            }
-            None => {
-                for (m, d) in deltas {
-                    self.rload[m as usize] += d;
-                }
-            }
-        }
-    }
-
     /// The single rack `members` sit in, if they need a replica from another one.
     fn lone_rack(&self, members: impl IntoIterator<Item = u32>) -> Option<u32> {
         if self.fleet.racks < 2 {
@@ -414,7 +407,14 @@ impl<'a> Work<'a> {
             }
             let fresh = sub.iter().filter(|m| !old.contains(m)).count();
             self.stats.forced += l * fresh as f64 / sub.len().max(1) as f64;
-            self.shift(Some(&mut order), l, &old, &sub);
+            shift(
+                &mut self.rload,
+                &self.fleet.cap,
+                Some(&mut order),
+                l,
+                &old,
+                &sub,
+            );
             self.slices[i].subset = sub;
         }
         // The repaired subsets are the round's baseline for churn.
@@ -716,8 +716,14 @@ impl<'a> Work<'a> {
                 if delta > 0.0 && self.stats.churn + delta > budget {
                     break;
                 }
-                let (l, old) = (s.load, s.subset.clone());
-                self.shift(None, l, &old, &sub);
+                shift(
+                    &mut self.rload,
+                    &self.fleet.cap,
+                    None,
+                    s.load,
+                    &s.subset,
+                    &sub,
+                );
                 self.slices[i].subset = sub;
                 self.stats.churn += delta;
                 self.stats.narrowed += 1;
@@ -764,6 +770,7 @@ impl<'a> Work<'a> {
         let eps = self.total * 1e-9;
         self.plain = self.slices.iter().map(|s| self.plain_churn(s)).collect();
         let mut scratch = Scratch::default();
+        let mut likely = Vec::new();
         for _ in 0..(4 * members + 4 * n + 16) {
             let Some(h) = order.hottest() else {
                 return;
@@ -775,16 +782,17 @@ impl<'a> Work<'a> {
             if in_band(h) && order.coolest().is_some_and(in_band) {
                 return;
             }
-            let likely;
             let tried = match held.of(h, |i| self.share(i)) {
                 Seen::All(list) => list,
                 Seen::ByShare(set) => {
-                    likely = self.likely(h, set, &order, scan_all);
+                    self.likely(h, set, &order, scan_all, &mut likely);
                     &likely
                 }
             };
             match self.best_op(h, tried, &order, budget, &mut scratch) {
-                Some((delta, op)) if delta < -eps => self.apply(op, &mut held, &mut order),
+                Some((delta, op)) if delta < -eps => {
+                    self.apply(op, &mut held, &mut order, &mut scratch.subset)
+                }
                 _ => order.exclude(&self.rload, &self.fleet.cap, h),
             }
         }
@@ -796,48 +804,42 @@ impl<'a> Work<'a> {
     /// the penalty most. Moving a share is a trade of two convex penalties, so the
     /// slices far from that amount on either side cannot do better than the nearest
     /// ones, except through the churn and preferred-replica terms, which are small.
+    /// (Into `out`, cleared first.)
     fn likely(
         &self,
         h: u32,
         set: &BTreeSet<(u64, u32)>,
         order: &Order,
         scan_all: usize,
-    ) -> Vec<u32> {
+        out: &mut Vec<u32>,
+    ) {
+        out.clear();
         if set.len() <= scan_all {
-            return set.iter().map(|&(_, s)| s).collect();
+            out.extend(set.iter().map(|&(_, s)| s));
+            return;
         }
-        let mut out: Vec<u32> = set.iter().rev().take(LARGEST).map(|&(_, s)| s).collect();
+        out.extend(set.iter().rev().take(LARGEST).map(|&(_, s)| s));
         let (Some(&(lo, _)), Some(&(hi, _))) = (set.first(), set.last()) else {
-            return out;
+            return;
         };
         let (lo, hi) = (f64::from_bits(lo), f64::from_bits(hi));
-        let receivers: Vec<u32> = order
-            .set
-            .iter()
-            .map(|&(_, r)| r)
-            .filter(|&r| r != h)
-            .take(RECEIVERS)
-            .collect();
-        for share in self.best_shares(h, &receivers, lo, hi) {
-            out.extend(around(set, share, AROUND));
+        let receivers = order.set.iter().map(|&(_, r)| r).filter(|&r| r != h);
+        for r in receivers.take(RECEIVERS) {
+            out.extend(around(set, self.best_share(h, r, lo, hi), AROUND));
         }
         out.sort_unstable();
         out.dedup();
-        out
     }
 
-    /// For each of `receivers`, the share in `[lo, hi]` whose move from `h` to it lowers
-    /// the two replicas' penalty, plus its churn, the most ([`Band::best_move`]).
-    fn best_shares(&self, h: u32, receivers: &[u32], lo: f64, hi: f64) -> Vec<f64> {
+    /// The share in `[lo, hi]` whose move from `h` to `r` lowers the two replicas'
+    /// penalty, plus its churn, the most ([`Band::best_move`]).
+    fn best_share(&self, h: u32, r: u32, lo: f64, hi: f64) -> f64 {
         let side = |r: u32| Side {
             load: self.rload[r as usize],
             fair: self.fair(r),
         };
-        let band = self.band();
-        receivers
-            .iter()
-            .map(|&r| band.best_move(side(h), side(r), CHURN_PENALTY, lo, hi))
-            .collect()
+        self.band()
+            .best_move(side(h), side(r), CHURN_PENALTY, lo, hi)
     }
 
     fn best_op(
@@ -858,6 +860,7 @@ impl<'a> Work<'a> {
             cool,
             receivers,
             fresh,
+            ..
         } = scratch;
         warm(&self.slices, &self.bases, &self.plain, on_h, room);
         for &si in on_h {
@@ -1021,33 +1024,41 @@ impl<'a> Work<'a> {
         s.load / s.subset.len().max(1) as f64
     }
 
-    fn apply(&mut self, op: Op, held: &mut Holdings, order: &mut Order) {
-        let s = &self.slices;
-        let share = |i: u32, w: usize| s[i as usize].load / w.max(1) as f64;
-        let (si, new) = match op {
-            Op::Move { slice, from, to } => {
-                let old = &s[slice as usize].subset;
-                let mut sub: Vec<u32> = old.iter().copied().filter(|&m| m != from).collect();
-                sub.push(to);
-                held.moved(slice, share(slice, old.len()), from, to);
-                self.stats.moves += 1;
-                (slice as usize, sub)
-            }
-            Op::Widen { slice, to } => {
-                let old = &s[slice as usize].subset;
-                let mut sub = old.clone();
-                sub.push(to);
-                let (was, now) = (share(slice, old.len()), share(slice, sub.len()));
-                held.widened(slice, old, to, was, now);
-                self.stats.widened += 1;
-                (slice as usize, sub)
-            }
+    /// Carries out `op`, its new subset built in `new` (a buffer kept between steps).
+    fn apply(&mut self, op: Op, held: &mut Holdings, order: &mut Order, new: &mut Vec<u32>) {
+        let (slice, from, to) = match op {
+            Op::Move { slice, from, to } => (slice, Some(from), to),
+            Op::Widen { slice, to } => (slice, None, to),
         };
+        let si = slice as usize;
         let s = &self.slices[si];
-        let dm = self.moved(&new, &s.pieces) - self.moved(&s.subset, &s.pieces);
-        let (l, old) = (s.load, s.subset.clone());
-        self.shift(Some(order), l, &old, &new);
-        self.slices[si].subset = new;
+        let old = &s.subset;
+        new.clear();
+        new.extend(old.iter().copied().filter(|&m| Some(m) != from));
+        new.push(to);
+        let share = |w: usize| s.load / w.max(1) as f64;
+        match from {
+            Some(from) => {
+                held.moved(slice, share(old.len()), from, to);
+                self.stats.moves += 1;
+            }
+            None => {
+                held.widened(slice, old, to, share(old.len()), share(new.len()));
+                self.stats.widened += 1;
+            }
+        }
+        let dm = self.moved(new, &s.pieces) - self.moved(old, &s.pieces);
+        shift(
+            &mut self.rload,
+            &self.fleet.cap,
+            Some(order),
+            s.load,
+            old,
+            new,
+        );
+        let s = &mut self.slices[si];
+        s.subset.clear();
+        s.subset.extend_from_slice(new);
         self.plain[si] = self.plain_churn(&self.slices[si]);
         self.stats.churn += dm;
     }
