@@ -42,7 +42,7 @@ const AIM: f64 = 0.8;
 /// coming one at a time (a hot replica's slices sit anywhere in memory). A plain slice
 /// is read only if a candidate of it may fit the `room` left in the budget, and its
 /// bases never.
-fn warm(slices: &[WSlice], bases: &[Vec<u32>], plain: &[Option<Plain>], on_h: &[u32], room: f64) {
+fn warm(slices: &[WSlice], bases: &Bases, plain: &[Option<Plain>], on_h: &[u32], room: f64) {
     let mut touched = 0u64;
     for &si in on_h {
         let plain = plain.get(si as usize).copied().flatten();
@@ -55,7 +55,7 @@ fn warm(slices: &[WSlice], bases: &[Vec<u32>], plain: &[Option<Plain>], on_h: &[
             let first = s.pieces.first();
             touched ^= first.map_or(0, |p| p.load.to_bits());
             if plain.is_none() {
-                if let Some(b) = first.and_then(|p| bases.get(p.base as usize)) {
+                if let Some(b) = first.and_then(|p| bases.get(p.base)) {
                     touched ^= u64::from(b.first().copied().unwrap_or(0));
                 }
             }
@@ -118,6 +118,42 @@ impl Plain {
     /// No candidate of the slice fits the `room` left in the budget.
     fn over(&self, room: f64) -> bool {
         over_budget(self.moved, room) && over_budget(self.widened, room)
+    }
+}
+
+/// The subsets of the round's starting slices after repairs, as sorted replica indices,
+/// in one buffer (a `Vec` each cost an allocation and a pointer to chase per slice).
+#[derive(Debug, Default)]
+struct Bases {
+    members: Vec<u32>,
+    /// Slice `i`'s members are `members[ends[i - 1]..ends[i]]` (from 0 for the first).
+    ends: Vec<u32>,
+}
+
+impl Bases {
+    fn new<'s>(subsets: impl ExactSizeIterator<Item = &'s [u32]>) -> Self {
+        let mut out = Self {
+            members: Vec::new(),
+            ends: Vec::with_capacity(subsets.len()),
+        };
+        for subset in subsets {
+            let from = out.members.len();
+            out.members.extend_from_slice(subset);
+            out.members[from..].sort_unstable();
+            out.ends.push(out.members.len() as u32);
+        }
+        out
+    }
+
+    fn get(&self, i: u32) -> Option<&[u32]> {
+        let i = i as usize;
+        let end = *self.ends.get(i)? as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.members.get(start..end)
+    }
+
+    fn of(&self, piece: &Piece) -> &[u32] {
+        self.get(piece.base).unwrap_or_default()
     }
 }
 
@@ -227,7 +263,7 @@ pub(crate) struct Work<'a> {
     load: &'a SliceLoad,
     pub slices: Vec<WSlice>,
     /// Repaired subsets of the round's starting slices, as sorted replica indices.
-    bases: Vec<Vec<u32>>,
+    bases: Bases,
     /// Which starting slices broke an invariant and must be repaired.
     dirty: Vec<bool>,
     /// During placement, the churn of each plain slice's candidates.
@@ -302,7 +338,7 @@ impl<'a> Work<'a> {
             fleet,
             load,
             slices: out,
-            bases: Vec::new(),
+            bases: Bases::default(),
             dirty,
             plain: Vec::new(),
             rload: vec![0.0; n],
@@ -418,15 +454,7 @@ impl<'a> Work<'a> {
             self.slices[i].subset = sub;
         }
         // The repaired subsets are the round's baseline for churn.
-        self.bases = self
-            .slices
-            .iter()
-            .map(|s| {
-                let mut b = s.subset.clone();
-                b.sort_unstable();
-                b
-            })
-            .collect();
+        self.bases = Bases::new(self.slices.iter().map(|s| s.subset.as_slice()));
         for (i, s) in self.slices.iter_mut().enumerate() {
             s.pieces = vec![Piece {
                 start: s.start,
@@ -501,7 +529,7 @@ impl<'a> Work<'a> {
 
     /// 1 if replica `m` did not serve `piece` after repairs, else 0.
     fn is_new(&self, m: u32, piece: &Piece) -> usize {
-        usize::from(self.bases[piece.base as usize].binary_search(&m).is_err())
+        usize::from(self.bases.of(piece).binary_search(&m).is_err())
     }
 
     /// Merge phase (Dicer's `MergePhase`): merges adjacent pairs whose merged per-replica
@@ -982,7 +1010,7 @@ impl<'a> Work<'a> {
     fn is_plain(&self, s: &WSlice) -> bool {
         let w = s.subset.len();
         s.pieces.iter().all(|p| {
-            let base = &self.bases[p.base as usize];
+            let base = self.bases.of(p);
             base.len() == w && self.fresh(&s.subset, p) == 0
         })
     }
