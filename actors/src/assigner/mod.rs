@@ -106,7 +106,7 @@ pub use schedule::{Schedule, ScheduleConfig};
 use crate::slice::{Assignment, AssignmentError, ReplicaId, Slice, SliceKey};
 use fleet::Fleet;
 use load::KEY_END;
-use work::{WSlice, Work};
+use work::{Search, WSlice, Work};
 
 /// The outcome of one round.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,17 +149,17 @@ pub fn assign(
     replicas: &[ReplicaInfo],
     config: &AssignerConfig,
 ) -> Plan {
-    assign_trying(current, load, replicas, config, holdings::SCAN_ALL)
+    assign_trying(current, load, replicas, config, Search::ROUND)
 }
 
-/// [`assign`], with the placement search trying every slice of a replica that serves at
-/// most `scan_all` of them (tests compare the shortcut with the whole search).
+/// [`assign`], with the placement search cutting its work as `search` allows (tests
+/// compare the shortcuts with the whole search).
 fn assign_trying(
     current: &Assignment,
     load: &SliceLoad,
     replicas: &[ReplicaInfo],
     config: &AssignerConfig,
-    scan_all: usize,
+    search: Search,
 ) -> Plan {
     let config = config.sanitized();
     let fleet = Fleet::new(replicas);
@@ -198,7 +198,7 @@ fn assign_trying(
         work.merge(budget);
         work.split();
         work.narrow(budget);
-        work.place(budget, scan_all);
+        work.place(budget, search);
     }
 
     let out = to_slices(&fleet, &work.slices);
@@ -270,7 +270,7 @@ pub fn initial_assignment(
         .collect();
     let mut work = Work::new(&fleet, &load, &config, slices);
     work.repair();
-    work.place(f64::INFINITY, holdings::SCAN_ALL);
+    work.place(f64::INFINITY, Search::ROUND);
     work.rotate_leaders();
     Assignment::new(1, to_slices(&fleet, &work.slices))
 }

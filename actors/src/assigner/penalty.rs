@@ -57,6 +57,14 @@ impl Band {
         }
     }
 
+    /// The penalty's slope in load at `load`. It grows with the relative load
+    /// `load / fair` alone, and, the penalty being convex, a replica taking `x` more
+    /// pays at least `x` times it: a floor on what any colder replica can gain.
+    pub fn slope(&self, fair: f64, load: f64) -> f64 {
+        let (a, b) = self.slope_line(fair, load);
+        a + b * load
+    }
+
     /// The amount `x` in `[lo, hi]` that minimizes `penalty(from, from.load − x) +
     /// penalty(to, to.load + x) + churn × x`. The sum's slope in `x` is affine between
     /// the four amounts that bring a side to an edge of its band, and never falls, so
@@ -133,6 +141,27 @@ mod tests {
     fn cost(from: Side, to: Side, churn: f64) -> impl Fn(f64) -> f64 {
         move |x| {
             BAND.penalty(from.fair, from.load - x) + BAND.penalty(to.fair, to.load + x) + churn * x
+        }
+    }
+
+    proptest! {
+        /// What [`Band::slope`] promises the placement search's pruning: taking `x` more
+        /// costs at least `x` times the slope, and a replica at a higher relative load
+        /// has at least the slope of one at a lower.
+        #[test]
+        fn a_replica_pays_at_least_its_slope_and_colder_ones_have_less(
+            fair in 1.0f64..1e6,
+            other in 1.0f64..1e6,
+            rel in 0.0f64..200.0,
+            step in 0.0f64..50.0,
+            x in 0.0f64..1e6,
+        ) {
+            let load = rel * fair;
+            let s = BAND.slope(fair, load);
+            let rise = BAND.penalty(fair, load + x) - BAND.penalty(fair, load);
+            prop_assert!(rise >= s * x - 1e-9 * (rise.abs() + (s * x).abs() + 1.0));
+            let hotter = BAND.slope(other, (rel + step) * other);
+            prop_assert!(hotter >= s - 1e-9 * (s.abs() + 1.0), "{hotter} < {s}");
         }
     }
 

@@ -577,7 +577,11 @@ fn a_hot_range_split_past_the_scan_limit_spreads_like_the_whole_search() {
     let mut last = f64::INFINITY;
     for round in 0..12 {
         let p = assign(&short, &measure(&short, &truth), &reg, &cfg);
-        let q = assign_trying(&whole, &measure(&whole, &truth), &reg, &cfg, usize::MAX);
+        let everything = Search {
+            scan_all: usize::MAX,
+            ..Search::ROUND
+        };
+        let q = assign_trying(&whole, &measure(&whole, &truth), &reg, &cfg, everything);
         check_assignment(&p.assignment, &reg, &cfg, &[0, 1 << 40, u64::MAX]);
         assert!(p.churn <= cfg.churn_budget + 1e-9);
         assert_eq!(&assign(&short, &measure(&short, &truth), &reg, &cfg), &p);
@@ -661,6 +665,28 @@ proptest! {
             "imbalance by round: {:?}", history
         );
         prop_assert!(last_change < 20, "still changing at round {}", last_change);
+    }
+
+    /// Skipping the slices whose floor of cost is above the best candidate so far
+    /// changes no decision: rounds with and without it give the same plans, on a hot
+    /// range past the scan limit as on a fleet-sized map.
+    #[test]
+    fn pruning_the_search_changes_no_plan(
+        reg in balanced_fleet(),
+        truths in prop::collection::vec(zipf_truth(), 4),
+        scan_all in prop::sample::select(vec![4usize, holdings::SCAN_ALL]),
+        budget in prop::sample::select(vec![0.02, 0.1, 1.0]),
+    ) {
+        let cfg = AssignerConfig { churn_budget: budget, ..AssignerConfig::default() };
+        let pruned = Search { scan_all, prune: true };
+        let whole = Search { prune: false, ..pruned };
+        let mut a = initial_assignment(&reg, &cfg).unwrap();
+        for truth in &truths {
+            let load = measure(&a, truth);
+            let plan = assign_trying(&a, &load, &reg, &cfg, pruned);
+            prop_assert_eq!(&assign_trying(&a, &load, &reg, &cfg, whole), &plan);
+            a = plan.assignment;
+        }
     }
 
     /// Over rounds of changing load and health: every key in exactly one slice, subsets

@@ -242,6 +242,25 @@ impl Order {
     }
 }
 
+/// How the placement search may cut its work: what rounds use is [`Search::ROUND`];
+/// tests compare it with the whole search.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Search {
+    /// A replica serving more slices than this has only the likeliest tried
+    /// ([`Work::likely`]).
+    pub scan_all: usize,
+    /// Whether a slice whose floor of cost is above the best candidate so far is
+    /// skipped unpriced (the same decisions, less work).
+    pub prune: bool,
+}
+
+impl Search {
+    pub const ROUND: Search = Search {
+        scan_all: super::holdings::SCAN_ALL,
+        prune: true,
+    };
+}
+
 /// Buffers [`Work::best_op`] fills afresh at every step of the placement search, kept
 /// between steps so that a step allocates nothing.
 #[derive(Default)]
@@ -785,14 +804,14 @@ impl<'a> Work<'a> {
     /// slices, apply the operation that lowers the total penalty most (penalty of load
     /// outside the band + churn + replication), if any lowers it and fits the churn
     /// budget; otherwise retire the replica. Ends when every replica is retired.
-    pub fn place(&mut self, budget: f64, scan_all: usize) {
+    pub fn place(&mut self, budget: f64, search: Search) {
         if self.ustar <= 0.0 || self.fleet.len() < 2 {
             return;
         }
         self.recompute_loads();
         let n = self.fleet.len();
         let subsets = self.slices.iter().map(|s| s.subset.as_slice());
-        let mut held = Holdings::new(n, subsets, scan_all);
+        let mut held = Holdings::new(n, subsets, search.scan_all);
         let members: usize = self.slices.iter().map(|s| s.subset.len()).sum();
         let mut order = Order::new(&self.rload, &self.fleet.cap);
         let eps = self.total * 1e-9;
@@ -813,11 +832,11 @@ impl<'a> Work<'a> {
             let tried = match held.of(h, |i| self.share(i)) {
                 Seen::All(list) => list,
                 Seen::ByShare(set) => {
-                    self.likely(h, set, &order, scan_all, &mut likely);
+                    self.likely(h, set, &order, search.scan_all, &mut likely);
                     &likely
                 }
             };
-            match self.best_op(h, tried, &order, budget, &mut scratch) {
+            match self.best_op(h, tried, &order, budget, &mut scratch, search.prune) {
                 Some((delta, op)) if delta < -eps => {
                     self.apply(op, &mut held, &mut order, &mut scratch.subset)
                 }
@@ -877,11 +896,28 @@ impl<'a> Work<'a> {
         order: &Order,
         budget: f64,
         scratch: &mut Scratch,
+        prune: bool,
     ) -> Option<(f64, Op)> {
         let mut best: Option<(f64, Op)> = None;
         let lh = self.rload[h as usize];
+        let standing_h = self.penalty(h, lh);
         let over = self.relative(h) > self.hi;
         let room = budget - self.stats.churn;
+        // Every receiver is in the order, so none gains more per unit it takes than the
+        // coolest one: a floor under each candidate's cost, computed before its
+        // receivers are. A slice whose floor is above the best so far (by more than the
+        // rounding of either) cannot hold a better candidate, and its receivers are not
+        // priced.
+        let floor = order.coolest().map_or(0.0, |c| {
+            let band = self.band();
+            band.slope(self.fair(c), self.rload[c as usize])
+        });
+        let beaten = |bound: f64, best: &Option<(f64, Op)>| {
+            prune
+                && best
+                    .as_ref()
+                    .is_some_and(|&(b, _)| bound > b + 1e-9 * (bound.abs() + b.abs() + standing_h))
+        };
         // Read once the first slice gets as far as its receivers.
         let mut cool_read = false;
         let Scratch {
@@ -921,34 +957,39 @@ impl<'a> Work<'a> {
             let over_budget = |dm: f64| over_budget(dm, room);
             // Move h's share of the slice to another replica.
             let moved = plain.map(|p| p.moved);
+            // A change's churn is never less than minus the churn the slice has now.
+            let least = |plain_churn: Option<f64>| plain_churn.unwrap_or(-now);
             if !moved.is_some_and(over_budget) {
-                let avoid = self.lone_rack(s.subset.iter().copied().filter(|&m| m != h));
-                let mut base = self.penalty(h, lh - per) - self.penalty(h, lh);
+                let mut base = self.penalty(h, lh - per) - standing_h;
                 if s.subset[0] == h {
                     base += PREFERRED_PENALTY * per;
                 }
-                self.read_cool(&mut cool_read, cool, order);
-                self.receivers(cool, order, receivers, |r| {
-                    !s.subset.contains(&r) && avoid != Some(self.fleet.rack[r as usize])
-                });
-                for &(r, standing) in receivers.iter() {
-                    let dm = moved.unwrap_or_else(|| {
-                        churn(&|i, p| fresh[i] - self.is_new(h, p) + self.is_new(r, p), w) - now
+                let bound = base + floor * per + CHURN_PENALTY * least(moved);
+                if !beaten(bound, &best) {
+                    let avoid = self.lone_rack(s.subset.iter().copied().filter(|&m| m != h));
+                    self.read_cool(&mut cool_read, cool, order);
+                    self.receivers(cool, order, receivers, |r| {
+                        !s.subset.contains(&r) && avoid != Some(self.fleet.rack[r as usize])
                     });
-                    if over_budget(dm) {
-                        continue;
-                    }
-                    let lr = self.rload[r as usize];
-                    let d = base + self.penalty(r, lr + per) - standing + CHURN_PENALTY * dm;
-                    if best.as_ref().is_none_or(|(b, _)| d < *b) {
-                        best = Some((
-                            d,
-                            Op::Move {
-                                slice: si,
-                                from: h,
-                                to: r,
-                            },
-                        ));
+                    for &(r, standing) in receivers.iter() {
+                        let dm = moved.unwrap_or_else(|| {
+                            churn(&|i, p| fresh[i] - self.is_new(h, p) + self.is_new(r, p), w) - now
+                        });
+                        if over_budget(dm) {
+                            continue;
+                        }
+                        let lr = self.rload[r as usize];
+                        let d = base + self.penalty(r, lr + per) - standing + CHURN_PENALTY * dm;
+                        if best.as_ref().is_none_or(|(b, _)| d < *b) {
+                            best = Some((
+                                d,
+                                Op::Move {
+                                    slice: si,
+                                    from: h,
+                                    to: r,
+                                },
+                            ));
+                        }
                     }
                 }
             }
@@ -962,6 +1003,10 @@ impl<'a> Work<'a> {
                 for &m in &s.subset {
                     let lm = self.rload[m as usize];
                     base += self.penalty(m, lm - dec) - self.penalty(m, lm);
+                }
+                let bound = base + floor * per2 + CHURN_PENALTY * least(widened);
+                if beaten(bound, &best) {
+                    continue;
                 }
                 self.read_cool(&mut cool_read, cool, order);
                 self.receivers(cool, order, receivers, |r| !s.subset.contains(&r));
