@@ -50,10 +50,16 @@ impl Holdings {
     /// `subsets[i]` is slice `i`'s members among `replicas` replicas.
     pub fn new<'s>(
         replicas: usize,
-        subsets: impl Iterator<Item = &'s [u32]>,
+        subsets: impl Iterator<Item = &'s [u32]> + Clone,
         scan_all: usize,
     ) -> Self {
-        let mut lists = vec![Vec::new(); replicas];
+        // Each list sized once: growing 10,000 of them push by push was a good part of
+        // setting up a round.
+        let mut counts = vec![0usize; replicas];
+        for &m in subsets.clone().flatten() {
+            counts[m as usize] += 1;
+        }
+        let mut lists: Vec<Vec<u32>> = counts.into_iter().map(Vec::with_capacity).collect();
         for (i, subset) in subsets.enumerate() {
             for &m in subset {
                 lists[m as usize].push(i as u32);

@@ -41,7 +41,7 @@ const AIM: f64 = 0.8;
 /// reads do not wait on each other, so that their cache misses overlap instead of
 /// coming one at a time (a hot replica's slices sit anywhere in memory). A plain slice
 /// is read only if a candidate of it may fit the `room` left in the budget, and its
-/// bases never.
+/// pieces and bases never.
 fn warm(slices: &[WSlice], bases: &Bases, plain: &[Option<Plain>], on_h: &[u32], room: f64) {
     let mut touched = 0u64;
     for &si in on_h {
@@ -52,9 +52,9 @@ fn warm(slices: &[WSlice], bases: &Bases, plain: &[Option<Plain>], on_h: &[u32],
         if let Some(s) = slices.get(si as usize) {
             touched ^= s.load.to_bits();
             touched ^= u64::from(s.subset.first().copied().unwrap_or(0));
-            let first = s.pieces.first();
-            touched ^= first.map_or(0, |p| p.load.to_bits());
             if plain.is_none() {
+                let first = s.pieces.first();
+                touched ^= first.map_or(0, |p| p.load.to_bits());
                 if let Some(b) = first.and_then(|p| bases.get(p.base)) {
                     touched ^= u64::from(b.first().copied().unwrap_or(0));
                 }
@@ -268,6 +268,8 @@ struct Scratch {
     cool: Vec<(u32, f64)>,
     receivers: Vec<(u32, f64)>,
     fresh: Vec<usize>,
+    /// `fresh` without `h`: what stays new to each piece when `h` leaves the slice.
+    staying: Vec<usize>,
     /// The subset an applied operation leaves.
     subset: Vec<u32>,
 }
@@ -924,6 +926,7 @@ impl<'a> Work<'a> {
             cool,
             receivers,
             fresh,
+            staying,
             ..
         } = scratch;
         warm(&self.slices, &self.bases, &self.plain, on_h, room);
@@ -971,9 +974,14 @@ impl<'a> Work<'a> {
                     self.receivers(cool, order, receivers, |r| {
                         !s.subset.contains(&r) && avoid != Some(self.fleet.rack[r as usize])
                     });
+                    staying.clear();
+                    if moved.is_none() {
+                        let pieces = s.pieces.iter().enumerate();
+                        staying.extend(pieces.map(|(i, p)| fresh[i] - self.is_new(h, p)));
+                    }
                     for &(r, standing) in receivers.iter() {
                         let dm = moved.unwrap_or_else(|| {
-                            churn(&|i, p| fresh[i] - self.is_new(h, p) + self.is_new(r, p), w) - now
+                            churn(&|i, p| staying[i] + self.is_new(r, p), w) - now
                         });
                         if over_budget(dm) {
                             continue;
