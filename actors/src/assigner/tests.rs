@@ -689,6 +689,41 @@ proptest! {
         }
     }
 
+    /// Splitting each hot slice in place when the slice count allows it gives what
+    /// splitting the hottest first gives, whether or not the count's bounds bind.
+    #[test]
+    fn splitting_in_place_is_splitting_the_hottest_first(
+        reg in balanced_fleet(),
+        truth in zipf_truth(),
+        per_replica in 1usize..24,
+        split_above in prop::sample::select(vec![0.02, 0.1, 0.5]),
+    ) {
+        let cfg = AssignerConfig {
+            min_slices_per_replica: per_replica.min(4),
+            max_slices_per_replica: per_replica,
+            split_above,
+            ..AssignerConfig::default()
+        };
+        let cfg = cfg.sanitized();
+        let a = initial_assignment(&reg, &AssignerConfig::default()).unwrap();
+        let load = measure(&a, &truth);
+        let fleet = fleet::Fleet::new(&reg);
+        let slices = || {
+            a.slices()
+                .iter()
+                .map(|s| (s.start.0 as u128, s.subset.as_slice()))
+                .collect()
+        };
+        let mut fast = Work::new(&fleet, &load, &cfg, slices());
+        let mut heap = Work::new(&fleet, &load, &cfg, slices());
+        fast.repair();
+        heap.repair();
+        fast.split();
+        heap.split_hottest_first();
+        prop_assert_eq!(format!("{:?}", fast.slices), format!("{:?}", heap.slices));
+        prop_assert_eq!(fast.stats.splits, heap.stats.splits);
+    }
+
     /// Over rounds of changing load and health: every key in exactly one slice, subsets
     /// of eligible replicas only, within the width bounds and across two racks; budgeted
     /// churn within the budget; the same inputs give the same plan.

@@ -274,6 +274,14 @@ struct Scratch {
     subset: Vec<u32>,
 }
 
+/// Where a slice is split, and the load of each side.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    key: u128,
+    left: f64,
+    right: f64,
+}
+
 enum Op {
     Move { slice: u32, from: u32, to: u32 },
     Widen { slice: u32, to: u32 },
@@ -654,6 +662,16 @@ impl<'a> Work<'a> {
         if !hot && count >= self.min_slices {
             return;
         }
+        match self.hot_cuts() {
+            Some(cuts) => self.split_by(cuts),
+            None => self.split_hottest_first(),
+        }
+    }
+
+    /// The split phase as its rule states it: the hottest slice first, while the rule
+    /// holds.
+    pub(super) fn split_hottest_first(&mut self) {
+        let per = |s: &WSlice| s.load / s.subset.len().max(1) as f64;
         let prio = |s: &WSlice| (share_key(per(s)), s.end - s.start, Reverse(s.start));
         let mut arena: Vec<Option<WSlice>> = std::mem::take(&mut self.slices)
             .into_iter()
@@ -665,6 +683,10 @@ impl<'a> Work<'a> {
             .map(|(i, s)| (prio(s.as_ref().expect("live")), i))
             .collect();
         let mut count = arena.len();
+        let first = arena.len();
+        // The two halves each split slice left, by arena index: the slices come out in
+        // key order by walking them, without a sort.
+        let mut halves: Vec<Option<usize>> = vec![None; first];
         while let Some((_, i)) = heap.pop() {
             let s = arena[i].as_ref().expect("slices in the heap are live");
             if !((per(s) > self.hot && count < self.max_slices) || count < self.min_slices) {
@@ -674,18 +696,113 @@ impl<'a> Work<'a> {
                 continue;
             };
             let s = arena[i].take().expect("live");
-            for half in self.cut(s, cut as u128) {
+            halves[i] = Some(arena.len());
+            let halved = self.halve(s.start, s.end, cut);
+            for half in self.cut(s, halved) {
                 heap.push((prio(&half), arena.len()));
                 arena.push(Some(half));
+                halves.push(None);
             }
             count += 1;
             self.stats.splits += 1;
         }
-        self.slices = arena.into_iter().flatten().collect();
-        self.slices.sort_by_key(|s| s.start);
+        let mut stack: Vec<usize> = Vec::new();
+        for root in 0..first {
+            stack.push(root);
+            while let Some(i) = stack.pop() {
+                match halves[i] {
+                    // Left half first: push the right one under it.
+                    Some(l) => stack.extend([l + 1, l]),
+                    None => self.slices.extend(arena[i].take()),
+                }
+            }
+        }
     }
 
-    fn cut(&self, s: WSlice, k: u128) -> [WSlice; 2] {
+    /// Split phase, when the slice count stays within its bounds however the hot slices
+    /// are split: then the order of the splits does not matter (the heap splits every
+    /// hot slice first, hottest first, and stops at the first cold one), and each hot
+    /// slice is split in place, depth first, with no heap and no sort. The cuts, in that
+    /// order, `None` where a hot piece holds a single key; `None` when the count would
+    /// leave its bounds.
+    fn hot_cuts(&self) -> Option<Vec<Option<Cut>>> {
+        let mut cuts = Vec::new();
+        let mut count = self.slices.len();
+        let mut stack = Vec::new();
+        for s in &self.slices {
+            let w = s.subset.len().max(1) as f64;
+            stack.push((s.start, s.end, s.load));
+            while let Some((a, b, l)) = stack.pop() {
+                let hot = l / w > self.hot;
+                if !hot {
+                    continue;
+                }
+                let cut = self.load.split_point(a, b, l).map(|k| self.halve(a, b, k));
+                cuts.push(cut);
+                if let Some(c) = cut {
+                    count += 1;
+                    if count > self.max_slices {
+                        return None;
+                    }
+                    stack.push((c.key, b, c.right));
+                    stack.push((a, c.key, c.left));
+                }
+            }
+        }
+        (count >= self.min_slices).then_some(cuts)
+    }
+
+    /// Carries out [`Work::hot_cuts`]' cuts, in the order it found them.
+    fn split_by(&mut self, cuts: Vec<Option<Cut>>) {
+        let mut cuts = cuts.into_iter();
+        let mut out = Vec::with_capacity(self.slices.len() + cuts.len());
+        let mut stack = Vec::new();
+        for s in std::mem::take(&mut self.slices) {
+            let w = s.subset.len().max(1) as f64;
+            stack.push(s);
+            while let Some(s) = stack.pop() {
+                let cut = if s.load / w > self.hot {
+                    cuts.next().flatten()
+                } else {
+                    None
+                };
+                match cut {
+                    Some(c) => {
+                        let [left, right] = self.cut(s, c);
+                        stack.push(right);
+                        stack.push(left);
+                        self.stats.splits += 1;
+                    }
+                    None => out.push(s),
+                }
+            }
+        }
+        self.slices = out;
+    }
+
+    /// A cut of `[a, b)` at `k` with the load each side gets.
+    fn halve(&self, a: u128, b: u128, k: u64) -> Cut {
+        let key = k as u128;
+        Cut {
+            key,
+            left: self.load.between(a, key),
+            right: self.load.between(key, b),
+        }
+    }
+
+    fn cut(&self, s: WSlice, c: Cut) -> [WSlice; 2] {
+        let Cut {
+            key: k,
+            left,
+            right,
+        } = c;
+        // A piece that starts or ends with the slice has that half's load (most slices
+        // are one piece).
+        let between = |a: u128, b: u128| match (a == s.start, b == s.end) {
+            (true, _) if b == k => left,
+            (_, true) if a == k => right,
+            _ => self.load.between(a, b),
+        };
         let mut lp = Vec::new();
         let mut rp = Vec::new();
         for p in s.pieces {
@@ -697,13 +814,13 @@ impl<'a> Work<'a> {
                 lp.push(Piece {
                     start: p.start,
                     end: k,
-                    load: self.load.between(p.start, k),
+                    load: between(p.start, k),
                     base: p.base,
                 });
                 rp.push(Piece {
                     start: k,
                     end: p.end,
-                    load: self.load.between(k, p.end),
+                    load: between(k, p.end),
                     base: p.base,
                 });
             }
@@ -712,14 +829,14 @@ impl<'a> Work<'a> {
             WSlice {
                 start: s.start,
                 end: k,
-                load: self.load.between(s.start, k),
+                load: left,
                 subset: s.subset.clone(),
                 pieces: lp,
             },
             WSlice {
                 start: k,
                 end: s.end,
-                load: self.load.between(k, s.end),
+                load: right,
                 subset: s.subset,
                 pieces: rp,
             },
