@@ -583,9 +583,13 @@ impl<'a> Work<'a> {
                 if count <= self.max_slices && merged / widest as f64 > self.cold {
                     continue;
                 }
-                let before = self.moved(&a.subset, &a.pieces) + self.moved(&b.subset, &b.pieces);
-                let keep_a = self.moved(&a.subset, &a.pieces) + self.moved(&a.subset, &b.pieces);
-                let keep_b = self.moved(&b.subset, &a.pieces) + self.moved(&b.subset, &b.pieces);
+                let (own_a, own_b) = (
+                    self.moved(&a.subset, &a.pieces),
+                    self.moved(&b.subset, &b.pieces),
+                );
+                let before = own_a + own_b;
+                let keep_a = own_a + self.moved(&a.subset, &b.pieces);
+                let keep_b = self.moved(&b.subset, &a.pieces) + own_b;
                 let left = keep_a < keep_b || (keep_a == keep_b && a.load >= b.load);
                 let (after, w) = if left {
                     (keep_a, a.subset.len())
@@ -597,7 +601,7 @@ impl<'a> Work<'a> {
                     cands.push((after - before, merged, i, left, cold));
                 }
             }
-            cands.sort_by(|x, y| {
+            cands.sort_unstable_by(|x, y| {
                 x.0.total_cmp(&y.0)
                     .then(x.1.total_cmp(&y.1))
                     .then(x.2.cmp(&y.2))
@@ -627,7 +631,7 @@ impl<'a> Work<'a> {
             if !any {
                 return;
             }
-            let old = std::mem::take(&mut self.slices);
+            let old = std::mem::replace(&mut self.slices, Vec::with_capacity(left_count));
             let mut it = old.into_iter().enumerate();
             while let Some((i, a)) = it.next() {
                 match plan[i] {
@@ -990,8 +994,15 @@ impl<'a> Work<'a> {
         };
         let (lo, hi) = (f64::from_bits(lo), f64::from_bits(hi));
         let receivers = order.set.iter().map(|&(_, r)| r).filter(|&r| r != h);
-        for r in receivers.take(RECEIVERS) {
-            out.extend(around(set, self.best_share(h, r, lo, hi), AROUND));
+        // The coldest receivers mostly want the very same share (an edge of `h`'s band,
+        // or the largest): its neighbours are looked up once.
+        let mut asked = [None; RECEIVERS];
+        for (i, r) in receivers.take(RECEIVERS).enumerate() {
+            let share = self.best_share(h, r, lo, hi);
+            if !asked[..i].contains(&Some(share.to_bits())) {
+                out.extend(around(set, share, AROUND));
+            }
+            asked[i] = Some(share.to_bits());
         }
         out.sort_unstable();
         out.dedup();
