@@ -76,7 +76,10 @@ fn shift(
 ) {
     let per = |w: usize| if w == 0 { 0.0 } else { l / w as f64 };
     let (before, after) = (per(old.len()), per(new.len()));
+    // A member that stays, in a subset as wide as before, keeps its load to the bit:
+    // it is not taken out of the order and put back.
     let mut bump = |m: u32, d: f64| match order.as_deref_mut() {
+        Some(_) if d == 0.0 => {}
         Some(o) => o.bump(rload, cap, m, d),
         None => rload[m as usize] += d,
     };
