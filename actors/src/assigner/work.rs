@@ -285,9 +285,20 @@ struct Cut {
     right: f64,
 }
 
+/// An operation of the placement search, with the churn it adds (as the search priced
+/// it: the same sum [`Work::moved`] would make of the slice after and before).
 enum Op {
-    Move { slice: u32, from: u32, to: u32 },
-    Widen { slice: u32, to: u32 },
+    Move {
+        slice: u32,
+        from: u32,
+        to: u32,
+        churn: f64,
+    },
+    Widen {
+        slice: u32,
+        to: u32,
+        churn: f64,
+    },
 }
 
 pub(crate) struct Work<'a> {
@@ -1126,6 +1137,7 @@ impl<'a> Work<'a> {
                                     slice: si,
                                     from: h,
                                     to: r,
+                                    churn: dm,
                                 },
                             ));
                         }
@@ -1159,7 +1171,12 @@ impl<'a> Work<'a> {
                     let lr = self.rload[r as usize];
                     let d = base + self.penalty(r, lr + per2) - standing + CHURN_PENALTY * dm;
                     if best.as_ref().is_none_or(|(b, _)| d < *b) {
-                        best = Some((d, Op::Widen { slice: si, to: r }));
+                        let op = Op::Widen {
+                            slice: si,
+                            to: r,
+                            churn: dm,
+                        };
+                        best = Some((d, op));
                     }
                 }
             }
@@ -1238,9 +1255,14 @@ impl<'a> Work<'a> {
 
     /// Carries out `op`, its new subset built in `new` (a buffer kept between steps).
     fn apply(&mut self, op: Op, held: &mut Holdings, order: &mut Order, new: &mut Vec<u32>) {
-        let (slice, from, to) = match op {
-            Op::Move { slice, from, to } => (slice, Some(from), to),
-            Op::Widen { slice, to } => (slice, None, to),
+        let (slice, from, to, dm) = match op {
+            Op::Move {
+                slice,
+                from,
+                to,
+                churn,
+            } => (slice, Some(from), to, churn),
+            Op::Widen { slice, to, churn } => (slice, None, to, churn),
         };
         let si = slice as usize;
         let s = &self.slices[si];
@@ -1259,7 +1281,6 @@ impl<'a> Work<'a> {
                 self.stats.widened += 1;
             }
         }
-        let dm = self.moved(new, &s.pieces) - self.moved(old, &s.pieces);
         shift(
             &mut self.rload,
             &self.fleet.cap,
@@ -1271,7 +1292,12 @@ impl<'a> Work<'a> {
         let s = &mut self.slices[si];
         s.subset.clear();
         s.subset.extend_from_slice(new);
-        self.plain[si] = self.plain_churn(&self.slices[si]);
+        // A plain slice's receiver served none of it: the slice is plain no more.
+        if self.plain[si].is_some() {
+            self.plain[si] = None;
+        } else {
+            self.plain[si] = self.plain_churn(&self.slices[si]);
+        }
         self.stats.churn += dm;
     }
 }
