@@ -667,9 +667,10 @@ proptest! {
         prop_assert!(last_change < 20, "still changing at round {}", last_change);
     }
 
-    /// Skipping the slices whose floor of cost is above the best candidate so far
-    /// changes no decision: rounds with and without it give the same plans, on a hot
-    /// range past the scan limit as on a fleet-sized map.
+    /// Skipping the slices whose floor of cost is above the best candidate so far, or
+    /// whose move prices as one already tried, changes no decision: rounds with and
+    /// without it give the same plans, on a hot range past the scan limit as on a
+    /// fleet-sized map.
     #[test]
     fn pruning_the_search_changes_no_plan(
         reg in balanced_fleet(),

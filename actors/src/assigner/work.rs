@@ -252,8 +252,9 @@ pub(crate) struct Search {
     /// A replica serving more slices than this has only the likeliest tried
     /// ([`Work::likely`]).
     pub scan_all: usize,
-    /// Whether a slice whose floor of cost is above the best candidate so far is
-    /// skipped unpriced (the same decisions, less work).
+    /// Whether a slice whose floor of cost is above the best candidate so far, or
+    /// whose move prices as one already tried, is skipped unpriced (the same
+    /// decisions, less work).
     pub prune: bool,
 }
 
@@ -273,6 +274,9 @@ struct Scratch {
     fresh: Vec<usize>,
     /// `fresh` without `h`: what stays new to each piece when `h` leaves the slice.
     staying: Vec<usize>,
+    /// Share, churn and preferred flag of the plain slices whose moves were tried
+    /// against the coolest six replicas.
+    tried: Vec<(u64, u64, bool)>,
     /// The subset an applied operation leaves.
     subset: Vec<u32>,
 }
@@ -287,6 +291,7 @@ struct Cut {
 
 /// An operation of the placement search, with the churn it adds (as the search priced
 /// it: the same sum [`Work::moved`] would make of the slice after and before).
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Op {
     Move {
         slice: u32,
@@ -1069,8 +1074,10 @@ impl<'a> Work<'a> {
             receivers,
             fresh,
             staying,
+            tried,
             ..
         } = scratch;
+        tried.clear();
         warm(&self.slices, &self.bases, &self.plain, on_h, room);
         for &si in on_h {
             // If neither kind of candidate fits the budget, the slice is not even read.
@@ -1104,18 +1111,37 @@ impl<'a> Work<'a> {
             let moved = plain.map(|p| p.moved);
             // A change's churn is never less than minus the churn the slice has now.
             let least = |plain_churn: Option<f64>| plain_churn.unwrap_or(-now);
-            if !moved.is_some_and(over_budget) {
+            let preferred = s.subset[0] == h;
+            let avoid = self.lone_rack(s.subset.iter().copied().filter(|&m| m != h));
+            let admits =
+                |r: u32| !s.subset.contains(&r) && avoid != Some(self.fleet.rack[r as usize]);
+            // A hot replica's slices often have equal shares. A plain one whose share,
+            // churn and preferred replica match one already tried, and whose receivers
+            // are the coolest six as that one's were, prices the same to the bit: it
+            // cannot be strictly better, and is not priced again.
+            let fits = !moved.is_some_and(over_budget);
+            let twin = prune
+                && fits
+                && moved.is_some_and(|churn| {
+                    self.read_cool(&mut cool_read, cool, order);
+                    let usual = cool.len() >= RECEIVERS
+                        && cool[..RECEIVERS].iter().all(|&(r, _)| admits(r));
+                    let key = (per.to_bits(), churn.to_bits(), preferred);
+                    let seen = usual && tried.contains(&key);
+                    if usual && !seen {
+                        tried.push(key);
+                    }
+                    seen
+                });
+            if fits && !twin {
                 let mut base = self.penalty(h, lh - per) - standing_h;
-                if s.subset[0] == h {
+                if preferred {
                     base += PREFERRED_PENALTY * per;
                 }
                 let bound = base + floor * per + CHURN_PENALTY * least(moved);
                 if !beaten(bound, &best) {
-                    let avoid = self.lone_rack(s.subset.iter().copied().filter(|&m| m != h));
                     self.read_cool(&mut cool_read, cool, order);
-                    self.receivers(cool, order, receivers, |r| {
-                        !s.subset.contains(&r) && avoid != Some(self.fleet.rack[r as usize])
-                    });
+                    self.receivers(cool, order, receivers, admits);
                     staying.clear();
                     if moved.is_none() {
                         let pieces = s.pieces.iter().enumerate();
@@ -1299,5 +1325,82 @@ impl<'a> Work<'a> {
             self.plain[si] = self.plain_churn(&self.slices[si]);
         }
         self.stats.churn += dm;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assigner::fleet::ReplicaInfo;
+    use crate::slice::{ReplicaId, SliceKey};
+
+    /// Two plain slices of the hot replica 0 with the same share and churn: the first
+    /// shares its rack-1 member with the coolest replica 1, which therefore cannot take
+    /// it; the second can move to replica 1. The second is no twin of the first, and its
+    /// better move is found with the pruning as without it.
+    #[test]
+    fn a_slice_with_other_receivers_is_no_twin() {
+        // Replica i is in rack i % 3, all of one capacity.
+        let reg: Vec<ReplicaInfo> = (0..9)
+            .map(|i| ReplicaInfo::new(i, format!("rack-{}", i % 3), 1000.0))
+            .collect();
+        let fleet = Fleet::new(&reg);
+        let subsets: [(u64, u64, f64); 10] = [
+            (0, 1, 10.0),
+            (0, 2, 10.0),
+            (0, 5, 100.0),
+            (0, 8, 100.0),
+            (3, 4, 60.0),
+            (6, 7, 60.0),
+            (8, 4, 60.0),
+            (5, 3, 60.0),
+            (7, 6, 60.0),
+            (2, 3, 60.0),
+        ];
+        let step = u64::MAX / subsets.len() as u64;
+        let key = |i: usize| step * i as u64;
+        let ids: Vec<[ReplicaId; 2]> = subsets
+            .iter()
+            .map(|&(a, b, _)| [ReplicaId(a), ReplicaId(b)])
+            .collect();
+        let load = SliceLoad::new(
+            subsets
+                .iter()
+                .enumerate()
+                .map(|(i, &(_, _, l))| (SliceKey(key(i)), l))
+                .collect(),
+        )
+        .unwrap();
+        let config = AssignerConfig::default().sanitized();
+        let slices = ids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (key(i) as u128, s.as_slice()))
+            .collect();
+        let mut work = Work::new(&fleet, &load, &config, slices);
+        work.repair();
+        work.plain = work.slices.iter().map(|s| work.plain_churn(s)).collect();
+        let order = Order::new(&work.rload, &fleet.cap);
+        assert_eq!(order.hottest(), Some(0));
+        assert_eq!(order.coolest(), Some(1));
+        let best = |prune| {
+            let mut scratch = Scratch::default();
+            work.best_op(0, &[0, 1], &order, f64::INFINITY, &mut scratch, prune)
+                .map(|(_, op)| op)
+        };
+        let whole = best(false);
+        assert!(
+            matches!(
+                whole,
+                Some(Op::Move {
+                    slice: 1,
+                    from: 0,
+                    to: 1,
+                    ..
+                })
+            ),
+            "{whole:?}"
+        );
+        assert_eq!(best(true), whole);
     }
 }
