@@ -42,7 +42,8 @@ const AIM: f64 = 0.8;
 /// coming one at a time (a hot replica's slices sit anywhere in memory). A plain slice
 /// is read only if a candidate of it may fit the `room` left in the budget, and its
 /// pieces and bases never.
-fn warm(slices: &[WSlice], bases: &Bases, plain: &[Option<Plain>], on_h: &[u32], room: f64) {
+fn warm(work: &Work<'_>, on_h: &[u32], room: f64) {
+    let (slices, bases, plain) = (&work.slices, &work.bases, &work.plain);
     let mut touched = 0u64;
     for &si in on_h {
         let plain = plain.get(si as usize).copied().flatten();
@@ -53,7 +54,7 @@ fn warm(slices: &[WSlice], bases: &Bases, plain: &[Option<Plain>], on_h: &[u32],
             touched ^= s.load.to_bits();
             touched ^= u64::from(s.subset.first().copied().unwrap_or(0));
             if plain.is_none() {
-                let first = s.pieces.first();
+                let first = work.pieces_of(s).first();
                 touched ^= first.map_or(0, |p| p.load.to_bits());
                 if let Some(b) = first.and_then(|p| bases.get(p.base)) {
                     touched ^= u64::from(b.first().copied().unwrap_or(0));
@@ -161,7 +162,7 @@ impl Bases {
 }
 
 /// Keys `[start, end)` of a slice that were served by `bases[base]` after repairs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Piece {
     start: u128,
     end: u128,
@@ -176,7 +177,18 @@ pub(crate) struct WSlice {
     pub load: f64,
     /// Replica indices, preferred first.
     pub subset: Vec<u32>,
-    pieces: Vec<Piece>,
+    /// Where its pieces are in [`Work::pieces`].
+    pieces: Span,
+}
+
+/// A run of [`Work::pieces`]: a slice's pieces, in key order. Slices read in key order
+/// hold adjacent runs until a split appends its halves' pieces at the end, so a merge
+/// only joins two runs, and no slice holds a `Vec` of its own (a round over 100,000
+/// slices allocated, freed and chased a pointer to each).
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    start: u32,
+    end: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -316,6 +328,8 @@ pub(crate) struct Work<'a> {
     dirty: Vec<bool>,
     /// During placement, the churn of each plain slice's candidates.
     plain: Vec<Option<Plain>>,
+    /// Every slice's pieces, each slice's a [`Span`] of them.
+    pieces: Vec<Piece>,
     rload: Vec<f64>,
     min_w: usize,
     max_w: usize,
@@ -370,7 +384,7 @@ impl<'a> Work<'a> {
                 end,
                 load: sweep.between(*start, end),
                 subset: kept,
-                pieces: Vec::new(),
+                pieces: Span::default(),
             });
         }
         let total: f64 = out.iter().map(|s| s.load).sum();
@@ -389,6 +403,7 @@ impl<'a> Work<'a> {
             bases: Bases::default(),
             dirty,
             plain: Vec::new(),
+            pieces: Vec::new(),
             rload: vec![0.0; n],
             min_w,
             max_w,
@@ -503,13 +518,18 @@ impl<'a> Work<'a> {
         }
         // The repaired subsets are the round's baseline for churn.
         self.bases = Bases::new(self.slices.iter().map(|s| s.subset.as_slice()));
+        self.pieces.clear();
         for (i, s) in self.slices.iter_mut().enumerate() {
-            s.pieces = vec![Piece {
+            self.pieces.push(Piece {
                 start: s.start,
                 end: s.end,
                 load: s.load,
                 base: i as u32,
-            }];
+            });
+            s.pieces = Span {
+                start: i as u32,
+                end: i as u32 + 1,
+            };
         }
     }
 
@@ -558,6 +578,48 @@ impl<'a> Work<'a> {
         best.map(|(_, p)| p)
     }
 
+    /// The slices with their pieces, as text: what tests compare (two rounds that
+    /// reach the same slices may keep their pieces in another order in the arena).
+    #[cfg(test)]
+    pub(super) fn described(&self) -> String {
+        let each = self.slices.iter().map(|s| {
+            let (start, end, load) = (s.start, s.end, s.load);
+            format!(
+                "{start} {end} {load:?} {:?} {:?}",
+                s.subset,
+                self.pieces_of(s)
+            )
+        });
+        each.collect::<Vec<_>>().join("\n")
+    }
+
+    /// Slice `s`'s pieces.
+    fn pieces_of(&self, s: &WSlice) -> &[Piece] {
+        self.pieces
+            .get(s.pieces.start as usize..s.pieces.end as usize)
+            .unwrap_or_default()
+    }
+
+    /// The pieces of two adjacent slices as one run: theirs joined when adjacent in
+    /// [`Work::pieces`] (slices not split this round), else copied to its end.
+    fn join(&mut self, a: Span, b: Span) -> Span {
+        if a.end == b.start {
+            return Span {
+                start: a.start,
+                end: b.end,
+            };
+        }
+        let start = self.pieces.len() as u32;
+        for run in [a, b] {
+            self.pieces
+                .extend_from_within(run.start as usize..run.end as usize);
+        }
+        Span {
+            start,
+            end: self.pieces.len() as u32,
+        }
+    }
+
     /// Load sent to replicas outside the base subsets if `subset` served these pieces.
     fn moved(&self, subset: &[u32], pieces: &[Piece]) -> f64 {
         if subset.is_empty() {
@@ -602,13 +664,11 @@ impl<'a> Work<'a> {
                 if count <= self.max_slices && merged / widest as f64 > self.cold {
                     continue;
                 }
-                let (own_a, own_b) = (
-                    self.moved(&a.subset, &a.pieces),
-                    self.moved(&b.subset, &b.pieces),
-                );
+                let (pa, pb) = (self.pieces_of(a), self.pieces_of(b));
+                let (own_a, own_b) = (self.moved(&a.subset, pa), self.moved(&b.subset, pb));
                 let before = own_a + own_b;
-                let keep_a = own_a + self.moved(&a.subset, &b.pieces);
-                let keep_b = self.moved(&b.subset, &a.pieces) + own_b;
+                let keep_a = own_a + self.moved(&a.subset, pb);
+                let keep_b = self.moved(&b.subset, pa) + own_b;
                 let left = keep_a < keep_b || (keep_a == keep_b && a.load >= b.load);
                 let (after, w) = if left {
                     (keep_a, a.subset.len())
@@ -657,8 +717,7 @@ impl<'a> Work<'a> {
                     Some(left) => {
                         let (_, b) = it.next().expect("a merge has a right neighbour");
                         let subset = if left { a.subset } else { b.subset };
-                        let mut pieces = a.pieces;
-                        pieces.extend(b.pieces);
+                        let pieces = self.join(a.pieces, b.pieces);
                         self.slices.push(WSlice {
                             start: a.start,
                             end: b.end,
@@ -813,7 +872,8 @@ impl<'a> Work<'a> {
         }
     }
 
-    fn cut(&self, s: WSlice, c: Cut) -> [WSlice; 2] {
+    /// Slice `s` cut at `c`, its halves' pieces appended to [`Work::pieces`].
+    fn cut(&mut self, s: WSlice, c: Cut) -> [WSlice; 2] {
         let Cut {
             key: k,
             left,
@@ -826,42 +886,46 @@ impl<'a> Work<'a> {
             (_, true) if a == k => right,
             _ => self.load.between(a, b),
         };
-        let mut lp = Vec::new();
-        let mut rp = Vec::new();
-        for p in s.pieces {
+        let run = s.pieces.start as usize..s.pieces.end as usize;
+        let lp = self.pieces.len() as u32;
+        for i in run.clone() {
+            let p = self.pieces[i];
             if p.end <= k {
-                lp.push(p);
-            } else if p.start >= k {
-                rp.push(p);
-            } else {
-                lp.push(Piece {
-                    start: p.start,
-                    end: k,
-                    load: between(p.start, k),
-                    base: p.base,
-                });
-                rp.push(Piece {
+                self.pieces.push(p);
+            } else if p.start < k {
+                let load = between(p.start, k);
+                self.pieces.push(Piece { end: k, load, ..p });
+            }
+        }
+        let rp = self.pieces.len() as u32;
+        for i in run {
+            let p = self.pieces[i];
+            if p.start >= k {
+                self.pieces.push(p);
+            } else if p.end > k {
+                let load = between(k, p.end);
+                self.pieces.push(Piece {
                     start: k,
-                    end: p.end,
-                    load: between(k, p.end),
-                    base: p.base,
+                    load,
+                    ..p
                 });
             }
         }
+        let end = self.pieces.len() as u32;
         [
             WSlice {
                 start: s.start,
                 end: k,
                 load: left,
                 subset: s.subset.clone(),
-                pieces: lp,
+                pieces: Span { start: lp, end: rp },
             },
             WSlice {
                 start: k,
                 end: s.end,
                 load: right,
                 subset: s.subset,
-                pieces: rp,
+                pieces: Span { start: rp, end },
             },
         ]
     }
@@ -901,7 +965,8 @@ impl<'a> Work<'a> {
                 }
                 let mut sub = s.subset.clone();
                 sub.remove(pos);
-                let delta = self.moved(&sub, &s.pieces) - self.moved(&s.subset, &s.pieces);
+                let pieces = self.pieces_of(s);
+                let delta = self.moved(&sub, pieces) - self.moved(&s.subset, pieces);
                 if delta > 0.0 && self.stats.churn + delta > budget {
                     break;
                 }
@@ -1078,7 +1143,7 @@ impl<'a> Work<'a> {
             ..
         } = scratch;
         tried.clear();
-        warm(&self.slices, &self.bases, &self.plain, on_h, room);
+        warm(self, on_h, room);
         for &si in on_h {
             // If neither kind of candidate fits the budget, the slice is not even read.
             let plain = self.plain[si as usize];
@@ -1091,15 +1156,16 @@ impl<'a> Work<'a> {
                 continue;
             }
             let per = s.load / w as f64;
+            let pieces = self.pieces_of(s);
             // Unless the slice is plain, per piece, how many members are new to it; the
             // churn of a candidate is that count with the candidate's changes, summed as
             // `moved` sums it.
             fresh.clear();
             if plain.is_none() {
-                fresh.extend(s.pieces.iter().map(|p| self.fresh(&s.subset, p)));
+                fresh.extend(pieces.iter().map(|p| self.fresh(&s.subset, p)));
             }
             let churn = |fresh_of: &dyn Fn(usize, &Piece) -> usize, width: usize| {
-                piece_churn(&s.pieces, width, fresh_of)
+                piece_churn(pieces, width, fresh_of)
             };
             let now = if plain.is_some() {
                 0.0
@@ -1144,8 +1210,8 @@ impl<'a> Work<'a> {
                     self.receivers(cool, order, receivers, admits);
                     staying.clear();
                     if moved.is_none() {
-                        let pieces = s.pieces.iter().enumerate();
-                        staying.extend(pieces.map(|(i, p)| fresh[i] - self.is_new(h, p)));
+                        let each = pieces.iter().enumerate();
+                        staying.extend(each.map(|(i, p)| fresh[i] - self.is_new(h, p)));
                     }
                     for &(r, standing) in receivers.iter() {
                         let dm = moved.unwrap_or_else(|| {
@@ -1226,9 +1292,10 @@ impl<'a> Work<'a> {
     fn plain_churn(&self, s: &WSlice) -> Option<Plain> {
         let w = s.subset.len();
         let all_new = |_: usize, _: &Piece| 1;
+        let pieces = self.pieces_of(s);
         self.is_plain(s).then(|| Plain {
-            moved: piece_churn(&s.pieces, w, &all_new),
-            widened: piece_churn(&s.pieces, w + 1, &all_new),
+            moved: piece_churn(pieces, w, &all_new),
+            widened: piece_churn(pieces, w + 1, &all_new),
         })
     }
 
@@ -1236,7 +1303,7 @@ impl<'a> Work<'a> {
     /// pieces after repairs.
     fn is_plain(&self, s: &WSlice) -> bool {
         let w = s.subset.len();
-        s.pieces.iter().all(|p| {
+        self.pieces_of(s).iter().all(|p| {
             let base = self.bases.of(p);
             base.len() == w && self.fresh(&s.subset, p) == 0
         })
