@@ -181,6 +181,13 @@ pub(crate) struct WSlice {
     pieces: Span,
 }
 
+impl WSlice {
+    /// The load the slice puts on each of its members.
+    fn share(&self) -> f64 {
+        self.load / self.subset.len().max(1) as f64
+    }
+}
+
 /// A run of [`Work::pieces`]: a slice's pieces, in key order. Slices read in key order
 /// hold adjacent runs until a split appends its halves' pieces at the end, so a merge
 /// only joins two runs, and no slice holds a `Vec` of its own (a round over 100,000
@@ -433,7 +440,7 @@ impl<'a> Work<'a> {
     fn recompute_loads(&mut self) {
         self.rload.iter_mut().for_each(|l| *l = 0.0);
         for s in &self.slices {
-            let share = s.load / s.subset.len().max(1) as f64;
+            let share = s.share();
             for &m in &s.subset {
                 self.rload[m as usize] += share;
             }
@@ -739,8 +746,7 @@ impl<'a> Work<'a> {
     pub fn split(&mut self) {
         // Most rounds split nothing: say so from one pass before building the heap.
         let count = self.slices.len();
-        let per = |s: &WSlice| s.load / s.subset.len().max(1) as f64;
-        let hot = count < self.max_slices && self.slices.iter().any(|s| per(s) > self.hot);
+        let hot = count < self.max_slices && self.slices.iter().any(|s| s.share() > self.hot);
         if !hot && count >= self.min_slices {
             return;
         }
@@ -753,8 +759,7 @@ impl<'a> Work<'a> {
     /// The split phase as its rule states it: the hottest slice first, while the rule
     /// holds.
     pub(super) fn split_hottest_first(&mut self) {
-        let per = |s: &WSlice| s.load / s.subset.len().max(1) as f64;
-        let prio = |s: &WSlice| (share_key(per(s)), s.end - s.start, Reverse(s.start));
+        let prio = |s: &WSlice| (share_key(s.share()), s.end - s.start, Reverse(s.start));
         let mut arena: Vec<Option<WSlice>> = std::mem::take(&mut self.slices)
             .into_iter()
             .map(Some)
@@ -771,7 +776,7 @@ impl<'a> Work<'a> {
         let mut halves: Vec<Option<usize>> = vec![None; first];
         while let Some((_, i)) = heap.pop() {
             let s = arena[i].as_ref().expect("slices in the heap are live");
-            if !((per(s) > self.hot && count < self.max_slices) || count < self.min_slices) {
+            if !((s.share() > self.hot && count < self.max_slices) || count < self.min_slices) {
                 break;
             }
             let Some(cut) = self.load.split_point(s.start, s.end, s.load) else {
@@ -1342,8 +1347,7 @@ impl<'a> Work<'a> {
 
     /// Slice `i`'s load on each of its members.
     fn share(&self, i: u32) -> f64 {
-        let s = &self.slices[i as usize];
-        s.load / s.subset.len().max(1) as f64
+        self.slices[i as usize].share()
     }
 
     /// Carries out `op`, its new subset built in `new` (a buffer kept between steps).
