@@ -162,12 +162,40 @@ impl Bases {
 }
 
 /// Keys `[start, end)` of a slice that were served by `bases[base]` after repairs.
+///
+/// Keys are held as 64 bits, the end of the key space as 0 (no piece ends at key 0),
+/// so that a piece takes 32 bytes, not 48: a round's first split appends ~180,000 of
+/// them, and every byte is fresh memory for the kernel to clear.
 #[derive(Debug, Clone, Copy)]
 struct Piece {
-    start: u128,
-    end: u128,
+    start: u64,
+    end: u64,
     load: f64,
     base: u32,
+}
+
+impl Piece {
+    fn new(start: u128, end: u128, load: f64, base: u32) -> Self {
+        debug_assert!(start < end && end <= super::load::KEY_END);
+        Self {
+            start: start as u64,
+            // KEY_END (2^64) wraps to 0.
+            end: end as u64,
+            load,
+            base,
+        }
+    }
+
+    fn start(&self) -> u128 {
+        u128::from(self.start)
+    }
+
+    fn end(&self) -> u128 {
+        match self.end {
+            0 => super::load::KEY_END,
+            e => u128::from(e),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -351,8 +379,7 @@ pub(crate) struct Work<'a> {
     /// Per-replica slice load at or under which slices merge and subsets narrow.
     cold: f64,
     /// The band of relative load (load / fair load) that needs no rebalancing.
-    hi: f64,
-    lo: f64,
+    band: Band,
     pub stats: Stats,
 }
 
@@ -420,8 +447,10 @@ impl<'a> Work<'a> {
             ustar,
             hot: config.split_above * fair_min,
             cold: config.merge_below * fair_min,
-            hi: 1.0 + AIM * headroom,
-            lo: (1.0 - headroom).max(0.0),
+            band: Band {
+                lo: (1.0 - headroom).max(0.0),
+                hi: 1.0 + AIM * headroom,
+            },
             stats,
         }
     }
@@ -526,13 +555,10 @@ impl<'a> Work<'a> {
         // The repaired subsets are the round's baseline for churn.
         self.bases = Bases::new(self.slices.iter().map(|s| s.subset.as_slice()));
         self.pieces.clear();
+        self.pieces.reserve_exact(self.slices.len());
         for (i, s) in self.slices.iter_mut().enumerate() {
-            self.pieces.push(Piece {
-                start: s.start,
-                end: s.end,
-                load: s.load,
-                base: i as u32,
-            });
+            self.pieces
+                .push(Piece::new(s.start, s.end, s.load, i as u32));
             s.pieces = Span {
                 start: i as u32,
                 end: i as u32 + 1,
@@ -717,25 +743,44 @@ impl<'a> Work<'a> {
             if !any {
                 return;
             }
-            let old = std::mem::replace(&mut self.slices, Vec::with_capacity(left_count));
-            let mut it = old.into_iter().enumerate();
-            while let Some((i, a)) = it.next() {
-                match plan[i] {
+            // In place: the merged list is never longer than what is read so far, and a
+            // fresh list per pass would be fresh memory for the kernel to clear.
+            let mut kept = 0;
+            let mut i = 0;
+            while i < count {
+                let merged = match plan[i] {
                     Some(left) => {
-                        let (_, b) = it.next().expect("a merge has a right neighbour");
-                        let subset = if left { a.subset } else { b.subset };
-                        let pieces = self.join(a.pieces, b.pieces);
-                        self.slices.push(WSlice {
-                            start: a.start,
-                            end: b.end,
-                            load: a.load + b.load,
+                        let (a, b) = (&self.slices[i], &self.slices[i + 1]);
+                        let (start, end, load) = (a.start, b.end, a.load + b.load);
+                        let (pa, pb) = (a.pieces, b.pieces);
+                        let from = if left { i } else { i + 1 };
+                        let subset = std::mem::take(&mut self.slices[from].subset);
+                        let pieces = self.join(pa, pb);
+                        i += 2;
+                        WSlice {
+                            start,
+                            end,
+                            load,
                             subset,
                             pieces,
-                        });
+                        }
                     }
-                    None => self.slices.push(a),
-                }
+                    None => {
+                        i += 1;
+                        let empty = WSlice {
+                            start: 0,
+                            end: 0,
+                            load: 0.0,
+                            subset: Vec::new(),
+                            pieces: Span::default(),
+                        };
+                        std::mem::replace(&mut self.slices[i - 1], empty)
+                    }
+                };
+                self.slices[kept] = merged;
+                kept += 1;
             }
+            self.slices.truncate(kept);
         }
     }
 
@@ -895,25 +940,21 @@ impl<'a> Work<'a> {
         let lp = self.pieces.len() as u32;
         for i in run.clone() {
             let p = self.pieces[i];
-            if p.end <= k {
+            if p.end() <= k {
                 self.pieces.push(p);
-            } else if p.start < k {
-                let load = between(p.start, k);
-                self.pieces.push(Piece { end: k, load, ..p });
+            } else if p.start() < k {
+                let load = between(p.start(), k);
+                self.pieces.push(Piece::new(p.start(), k, load, p.base));
             }
         }
         let rp = self.pieces.len() as u32;
         for i in run {
             let p = self.pieces[i];
-            if p.start >= k {
+            if p.start() >= k {
                 self.pieces.push(p);
-            } else if p.end > k {
-                let load = between(k, p.end);
-                self.pieces.push(Piece {
-                    start: k,
-                    load,
-                    ..p
-                });
+            } else if p.end() > k {
+                let load = between(k, p.end());
+                self.pieces.push(Piece::new(k, p.end(), load, p.base));
             }
         }
         let end = self.pieces.len() as u32;
@@ -943,7 +984,7 @@ impl<'a> Work<'a> {
     pub fn narrow(&mut self, budget: f64) {
         self.recompute_loads();
         // Halfway between the fair load and the top of the band.
-        let calm = (1.0 + self.hi) / 2.0;
+        let calm = (1.0 + self.band.hi) / 2.0;
         for i in 0..self.slices.len() {
             loop {
                 let s = &self.slices[i];
@@ -992,14 +1033,7 @@ impl<'a> Work<'a> {
 
     /// Penalty of replica `r` carrying `load`: see [`Band::penalty`].
     fn penalty(&self, r: u32, load: f64) -> f64 {
-        self.band().penalty(self.fair(r), load)
-    }
-
-    fn band(&self) -> Band {
-        Band {
-            lo: self.lo,
-            hi: self.hi,
-        }
+        self.band.penalty(self.fair(r), load)
     }
 
     fn fair(&self, r: u32) -> f64 {
@@ -1037,7 +1071,7 @@ impl<'a> Work<'a> {
             // With every replica still in play inside the band, no operation lowers the
             // penalty (it is zero, and moving or widening adds churn and replication
             // cost): the rest would only be retired one by one.
-            let in_band = |r: u32| (self.lo..=self.hi).contains(&self.relative(r));
+            let in_band = |r: u32| (self.band.lo..=self.band.hi).contains(&self.relative(r));
             if in_band(h) && order.coolest().is_some_and(in_band) {
                 return;
             }
@@ -1104,8 +1138,7 @@ impl<'a> Work<'a> {
             load: self.rload[r as usize],
             fair: self.fair(r),
         };
-        self.band()
-            .best_move(side(h), side(r), CHURN_PENALTY, lo, hi)
+        self.band.best_move(side(h), side(r), CHURN_PENALTY, lo, hi)
     }
 
     fn best_op(
@@ -1120,7 +1153,7 @@ impl<'a> Work<'a> {
         let mut best: Option<(f64, Op)> = None;
         let lh = self.rload[h as usize];
         let standing_h = self.penalty(h, lh);
-        let over = self.relative(h) > self.hi;
+        let over = self.relative(h) > self.band.hi;
         let room = budget - self.stats.churn;
         // Every receiver is in the order, so none gains more per unit it takes than the
         // coolest one: a floor under each candidate's cost, computed before its
@@ -1128,8 +1161,7 @@ impl<'a> Work<'a> {
         // rounding of either) cannot hold a better candidate, and its receivers are not
         // priced.
         let floor = order.coolest().map_or(0.0, |c| {
-            let band = self.band();
-            band.slope(self.fair(c), self.rload[c as usize])
+            self.band.slope(self.fair(c), self.rload[c as usize])
         });
         let beaten = |bound: f64, best: &Option<(f64, Op)>| {
             prune
