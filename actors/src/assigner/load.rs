@@ -158,7 +158,7 @@ impl SliceLoad {
     }
 
     /// Index of the range holding key `a`.
-    fn index_of(&self, a: u128) -> usize {
+    pub(crate) fn index_of(&self, a: u128) -> usize {
         self.starts
             .partition_point(|&s| (s as u128) <= a)
             .saturating_sub(1)
@@ -192,10 +192,16 @@ impl SliceLoad {
         (sum, i.saturating_sub(1).max(first))
     }
 
+    /// [`split_point_from`](Self::split_point_from), searching for the range holding `a`.
+    #[cfg(test)]
+    pub(crate) fn split_point(&self, a: u128, b: u128, total: f64) -> Option<u64> {
+        self.split_point_from(self.index_of(a), a, b, total)
+    }
+
     /// Where to cut `[a, b)` (whose load is `total`) so that each side gets about half:
     /// the key where the apportioned load reaches `total / 2`, the midpoint when there is
-    /// no load. `None` when the range holds a single key.
-    pub(crate) fn split_point(&self, a: u128, b: u128, total: f64) -> Option<u64> {
+    /// no load. `None` when the range holds a single key. `i` is the range holding `a`.
+    fn split_point_from(&self, i: usize, a: u128, b: u128, total: f64) -> Option<u64> {
         if b <= a + 1 {
             return None;
         }
@@ -203,7 +209,7 @@ impl SliceLoad {
         let half = total / 2.0;
         if half > 0.0 {
             let mut cum = 0.0;
-            let mut i = self.index_of(a);
+            let mut i = i;
             while i < self.starts.len() && (self.starts[i] as u128) < b {
                 let (s, e) = self.bounds(i);
                 let (lo, hi) = (a.max(s), b.min(e));
@@ -221,6 +227,38 @@ impl SliceLoad {
             }
         }
         Some(clamp(a + (b - a) / 2))
+    }
+}
+
+/// Where [`SliceLoad::halve`] cuts a range, what each side holds, and the range holding
+/// the cut (where the right side's own cuts start looking).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Halves {
+    pub key: u64,
+    pub left: f64,
+    pub right: f64,
+    pub at: usize,
+}
+
+impl SliceLoad {
+    /// [`split_point_from`](Self::split_point_from) of `[a, b)` and the loads on either side, each
+    /// the very sum [`between`](Self::between) makes, when `i` is the range holding `a`:
+    /// a split in two descends into both halves, and each finds its first range here
+    /// instead of searching for it.
+    pub(crate) fn halve(&self, i: usize, a: u128, b: u128, total: f64) -> Option<Halves> {
+        let key = self.split_point_from(i, a, b, total)?;
+        let k = u128::from(key);
+        // The cut is at or after `a`, so the range holding it is at or after `i`.
+        let mut at = i;
+        while self.starts.get(at + 1).is_some_and(|&s| u128::from(s) <= k) {
+            at += 1;
+        }
+        Some(Halves {
+            key,
+            left: self.sum_from(i, a, k).0,
+            right: self.sum_from(at, k, b).0,
+            at,
+        })
     }
 }
 
@@ -322,7 +360,43 @@ mod tests {
         assert_eq!(old.decayed(&new, 1.0, 0.0), new);
     }
 
+    /// A load over ranges starting at 0 and at each of `starts`, with `loads` in turn.
+    fn ranges_from(starts: std::collections::BTreeSet<u64>, loads: Vec<f64>) -> SliceLoad {
+        let ranges: Vec<(SliceKey, f64)> = std::iter::once(0)
+            .chain(starts)
+            .zip(loads)
+            .map(|(s, l)| (k(s), l))
+            .collect();
+        SliceLoad::new(ranges).unwrap()
+    }
+
     proptest::proptest! {
+        /// A halving found from the range holding its start cuts where `split_point`
+        /// cuts, gives each side what `between` gives it, to the bit, and names the
+        /// range holding the cut.
+        #[test]
+        fn halving_from_a_known_range_is_split_point_and_between(
+            starts in proptest::collection::btree_set(1u64.., 0..40),
+            loads in proptest::collection::vec(0.0f64..1e4, 41),
+            ends in proptest::collection::btree_set(proptest::prelude::any::<u64>(), 1..3),
+            whole in proptest::prelude::any::<bool>(),
+        ) {
+            let m = ranges_from(starts, loads);
+            let mut ends = ends.into_iter().map(u128::from);
+            let a = ends.next().unwrap_or(0);
+            let b = if whole { KEY_END } else { ends.next().unwrap_or(KEY_END) };
+            let total = m.between(a, b);
+            let got = m.halve(m.index_of(a), a, b, total);
+            let want = m.split_point(a, b, total).map(|key| {
+                let c = u128::from(key);
+                (key, m.between(a, c).to_bits(), m.between(c, b).to_bits(), m.index_of(c))
+            });
+            proptest::prop_assert_eq!(
+                got.map(|h| (h.key, h.left.to_bits(), h.right.to_bits(), h.at)),
+                want
+            );
+        }
+
         /// The sweep reads what `between` reads, to the bit: over cuts in key order (each
         /// range starting where the last ended, or further on), and when asked for an
         /// earlier key than the last one.
@@ -333,12 +407,7 @@ mod tests {
             cuts in proptest::collection::btree_set(proptest::prelude::any::<u64>(), 1..60),
             back in 0usize..60,
         ) {
-            let ranges: Vec<(SliceKey, f64)> = std::iter::once(0)
-                .chain(starts)
-                .zip(loads)
-                .map(|(s, l)| (k(s), l))
-                .collect();
-            let m = SliceLoad::new(ranges).unwrap();
+            let m = ranges_from(starts, loads);
             let cuts: Vec<u128> = cuts
                 .into_iter()
                 .map(u128::from)

@@ -9,7 +9,7 @@ use super::config::AssignerConfig;
 use super::fleet::Fleet;
 use super::holdings::{around, share_key, Holdings, Seen};
 use super::imbalance::Spread;
-use super::load::SliceLoad;
+use super::load::{Halves, SliceLoad};
 use super::penalty::{Band, Side};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -334,6 +334,16 @@ struct Cut {
     key: u128,
     left: f64,
     right: f64,
+}
+
+impl From<Halves> for Cut {
+    fn from(h: Halves) -> Self {
+        Self {
+            key: u128::from(h.key),
+            left: h.left,
+            right: h.right,
+        }
+    }
 }
 
 /// An operation of the placement search, with the churn it adds (as the search priced
@@ -824,13 +834,13 @@ impl<'a> Work<'a> {
             if !((s.share() > self.hot && count < self.max_slices) || count < self.min_slices) {
                 break;
             }
-            let Some(cut) = self.load.split_point(s.start, s.end, s.load) else {
+            let at = self.load.index_of(s.start);
+            let Some(halved) = self.load.halve(at, s.start, s.end, s.load) else {
                 continue;
             };
             let s = arena[i].take().expect("live");
             halves[i] = Some(arena.len());
-            let halved = self.halve(s.start, s.end, cut);
-            for half in self.cut(s, halved) {
+            for half in self.cut(s, Cut::from(halved)) {
                 heap.push((prio(&half), arena.len()));
                 arena.push(Some(half));
                 halves.push(None);
@@ -863,21 +873,26 @@ impl<'a> Work<'a> {
         let mut stack = Vec::new();
         for s in &self.slices {
             let w = s.subset.len().max(1) as f64;
-            stack.push((s.start, s.end, s.load));
-            while let Some((a, b, l)) = stack.pop() {
+            if s.load / w <= self.hot {
+                continue;
+            }
+            // Each piece carries the load range holding its start.
+            stack.push((s.start, s.end, s.load, self.load.index_of(s.start)));
+            while let Some((a, b, l, at)) = stack.pop() {
                 let hot = l / w > self.hot;
                 if !hot {
                     continue;
                 }
-                let cut = self.load.split_point(a, b, l).map(|k| self.halve(a, b, k));
-                cuts.push(cut);
-                if let Some(c) = cut {
+                let halves = self.load.halve(at, a, b, l);
+                cuts.push(halves.map(Cut::from));
+                if let Some(h) = halves {
                     count += 1;
                     if count > self.max_slices {
                         return None;
                     }
-                    stack.push((c.key, b, c.right));
-                    stack.push((a, c.key, c.left));
+                    let key = u128::from(h.key);
+                    stack.push((key, b, h.right, h.at));
+                    stack.push((a, key, h.left, at));
                 }
             }
         }
@@ -910,16 +925,6 @@ impl<'a> Work<'a> {
             }
         }
         self.slices = out;
-    }
-
-    /// A cut of `[a, b)` at `k` with the load each side gets.
-    fn halve(&self, a: u128, b: u128, k: u64) -> Cut {
-        let key = k as u128;
-        Cut {
-            key,
-            left: self.load.between(a, key),
-            right: self.load.between(key, b),
-        }
     }
 
     /// Slice `s` cut at `c`, its halves' pieces appended to [`Work::pieces`].
