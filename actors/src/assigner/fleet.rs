@@ -124,7 +124,7 @@ impl Fleet {
 
     /// The fleet indices of `subset`'s eligible members, each once, in `subset`'s order,
     /// written into `out` (cleared first): what a subset still holds of the fleet.
-    pub fn members_into(&self, subset: &[ReplicaId], out: &mut Vec<u32>) {
+    pub fn members_into(&self, subset: &[ReplicaId], out: &mut super::work::Members) {
         out.clear();
         for id in subset {
             if let Some(r) = self.index(*id) {

@@ -13,7 +13,7 @@ pub fn imbalance(assignment: &Assignment, load: &SliceLoad, replicas: &[ReplicaI
     let fleet = Fleet::new(replicas);
     let mut spread = Spread::new(&fleet);
     let slices = assignment.slices();
-    let mut members: Vec<u32> = Vec::new();
+    let mut members = super::work::Members::new();
     let mut sweep = load.sweep();
     for (i, s) in slices.iter().enumerate() {
         fleet.members_into(&s.subset, &mut members);

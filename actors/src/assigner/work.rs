@@ -12,6 +12,9 @@ use super::imbalance::Spread;
 use super::load::{Halves, SliceLoad};
 use super::penalty::{Band, Side};
 use std::cmp::Reverse;
+
+/// A slice's members, inline up to four (most subsets are two or three wide).
+pub(crate) type Members = smallvec::SmallVec<[u32; 4]>;
 use std::collections::{BTreeSet, BinaryHeap};
 
 /// Penalty weights of the placement search besides the band's ([`Band::penalty`]), after
@@ -204,7 +207,7 @@ pub(crate) struct WSlice {
     pub end: u128,
     pub load: f64,
     /// Replica indices, preferred first.
-    pub subset: Vec<u32>,
+    pub subset: Members,
     /// Where its pieces are in [`Work::pieces`].
     pieces: Span,
 }
@@ -415,7 +418,7 @@ impl<'a> Work<'a> {
         let mut dirty = Vec::with_capacity(count);
         for (i, (start, subset)) in slices.iter().enumerate() {
             let end = slices.get(i + 1).map_or(super::load::KEY_END, |(s, _)| *s);
-            let mut kept: Vec<u32> = Vec::with_capacity(subset.len());
+            let mut kept = Members::new();
             fleet.members_into(subset, &mut kept);
             stats.evicted += subset.len() - kept.len();
             let broken = kept.len() < subset.len()
@@ -781,7 +784,7 @@ impl<'a> Work<'a> {
                             start: 0,
                             end: 0,
                             load: 0.0,
-                            subset: Vec::new(),
+                            subset: Members::new(),
                             pieces: Span::default(),
                         };
                         std::mem::replace(&mut self.slices[i - 1], empty)
