@@ -4,6 +4,10 @@ use crate::slice::ReplicaId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// A slice's members as fleet indices, inline up to four (most subsets are two or
+/// three wide): no allocation per slice, in a record as wide as a `Vec`'s.
+pub(crate) type Members = smallvec::SmallVec<[u32; 4]>;
+
 /// One replica of the registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaInfo {
@@ -124,7 +128,7 @@ impl Fleet {
 
     /// The fleet indices of `subset`'s eligible members, each once, in `subset`'s order,
     /// written into `out` (cleared first): what a subset still holds of the fleet.
-    pub fn members_into(&self, subset: &[ReplicaId], out: &mut super::work::Members) {
+    pub fn members_into(&self, subset: &[ReplicaId], out: &mut Members) {
         out.clear();
         for id in subset {
             if let Some(r) = self.index(*id) {

@@ -1,7 +1,7 @@
 //! How unevenly an assignment loads the fleet: the number the assigner drives towards
 //! its target, and reports before and after each round.
 
-use super::fleet::{Fleet, ReplicaInfo};
+use super::fleet::{Fleet, Members, ReplicaInfo};
 use super::load::{SliceLoad, KEY_END};
 use crate::slice::Assignment;
 
@@ -13,7 +13,7 @@ pub fn imbalance(assignment: &Assignment, load: &SliceLoad, replicas: &[ReplicaI
     let fleet = Fleet::new(replicas);
     let mut spread = Spread::new(&fleet);
     let slices = assignment.slices();
-    let mut members = super::work::Members::new();
+    let mut members = Members::new();
     let mut sweep = load.sweep();
     for (i, s) in slices.iter().enumerate() {
         fleet.members_into(&s.subset, &mut members);

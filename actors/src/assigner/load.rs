@@ -228,27 +228,15 @@ impl SliceLoad {
         }
         Some(clamp(a + (b - a) / 2))
     }
-}
 
-/// Where [`SliceLoad::halve`] cuts a range, what each side holds, and the range holding
-/// the cut (where the right side's own cuts start looking).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Halves {
-    pub key: u64,
-    pub left: f64,
-    pub right: f64,
-    pub at: usize,
-}
-
-impl SliceLoad {
-    /// [`split_point_from`](Self::split_point_from) of `[a, b)` and the loads on either side, each
-    /// the very sum [`between`](Self::between) makes, when `i` is the range holding `a`:
-    /// a split in two descends into both halves, and each finds its first range here
-    /// instead of searching for it.
+    /// [`split_point_from`](Self::split_point_from) of `[a, b)`, and the loads on either
+    /// side, each the very sum [`between`](Self::between) makes, when `i` is the range
+    /// holding `a`. A split in two descends into both halves, and each finds its first
+    /// range here instead of searching for it.
     pub(crate) fn halve(&self, i: usize, a: u128, b: u128, total: f64) -> Option<Halves> {
         let key = self.split_point_from(i, a, b, total)?;
         let k = u128::from(key);
-        // The cut is at or after `a`, so the range holding it is at or after `i`.
+        // The cut is after `a`, so the range holding it is at or after `i`.
         let mut at = i;
         while self.starts.get(at + 1).is_some_and(|&s| u128::from(s) <= k) {
             at += 1;
@@ -260,6 +248,16 @@ impl SliceLoad {
             at,
         })
     }
+}
+
+/// Where [`SliceLoad::halve`] cuts a range, what each side holds, and the range holding
+/// the cut (where the right side's own cuts start looking).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Halves {
+    pub key: u64,
+    pub left: f64,
+    pub right: f64,
+    pub at: usize,
 }
 
 /// See [`SliceLoad::sweep`].

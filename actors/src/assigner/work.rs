@@ -6,15 +6,12 @@
 //! not serve it before — the churn — is known exactly while the round runs.
 
 use super::config::AssignerConfig;
-use super::fleet::Fleet;
+use super::fleet::{Fleet, Members};
 use super::holdings::{around, share_key, Holdings, Seen};
 use super::imbalance::Spread;
 use super::load::{Halves, SliceLoad};
 use super::penalty::{Band, Side};
 use std::cmp::Reverse;
-
-/// A slice's members, inline up to four (most subsets are two or three wide).
-pub(crate) type Members = smallvec::SmallVec<[u32; 4]>;
 use std::collections::{BTreeSet, BinaryHeap};
 
 /// Penalty weights of the placement search besides the band's ([`Band::penalty`]), after
@@ -879,7 +876,7 @@ impl<'a> Work<'a> {
             if s.load / w <= self.hot {
                 continue;
             }
-            // Each piece carries the load range holding its start.
+            // Each part on the stack carries the load range holding its start.
             stack.push((s.start, s.end, s.load, self.load.index_of(s.start)));
             while let Some((a, b, l, at)) = stack.pop() {
                 let hot = l / w > self.hot;
