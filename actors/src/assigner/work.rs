@@ -198,7 +198,7 @@ impl Piece {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct WSlice {
     pub start: u128,
     pub end: u128,
@@ -326,24 +326,6 @@ struct Scratch {
     tried: Vec<(u64, u64, bool)>,
     /// The subset an applied operation leaves.
     subset: Vec<u32>,
-}
-
-/// Where a slice is split, and the load of each side.
-#[derive(Debug, Clone, Copy)]
-struct Cut {
-    key: u128,
-    left: f64,
-    right: f64,
-}
-
-impl From<Halves> for Cut {
-    fn from(h: Halves) -> Self {
-        Self {
-            key: u128::from(h.key),
-            left: h.left,
-            right: h.right,
-        }
-    }
 }
 
 /// An operation of the placement search, with the churn it adds (as the search priced
@@ -777,14 +759,7 @@ impl<'a> Work<'a> {
                     }
                     None => {
                         i += 1;
-                        let empty = WSlice {
-                            start: 0,
-                            end: 0,
-                            load: 0.0,
-                            subset: Members::new(),
-                            pieces: Span::default(),
-                        };
-                        std::mem::replace(&mut self.slices[i - 1], empty)
+                        std::mem::take(&mut self.slices[i - 1])
                     }
                 };
                 self.slices[kept] = merged;
@@ -840,7 +815,7 @@ impl<'a> Work<'a> {
             };
             let s = arena[i].take().expect("live");
             halves[i] = Some(arena.len());
-            for half in self.cut(s, Cut::from(halved)) {
+            for half in self.cut(s, halved) {
                 heap.push((prio(&half), arena.len()));
                 arena.push(Some(half));
                 halves.push(None);
@@ -867,7 +842,7 @@ impl<'a> Work<'a> {
     /// slice is split in place, depth first, with no heap and no sort. The cuts, in that
     /// order, `None` where a hot piece holds a single key; `None` when the count would
     /// leave its bounds.
-    fn hot_cuts(&self) -> Option<Vec<Option<Cut>>> {
+    fn hot_cuts(&self) -> Option<Vec<Option<Halves>>> {
         let mut cuts = Vec::new();
         let mut count = self.slices.len();
         let mut stack = Vec::new();
@@ -884,7 +859,7 @@ impl<'a> Work<'a> {
                     continue;
                 }
                 let halves = self.load.halve(at, a, b, l);
-                cuts.push(halves.map(Cut::from));
+                cuts.push(halves);
                 if let Some(h) = halves {
                     count += 1;
                     if count > self.max_slices {
@@ -900,7 +875,7 @@ impl<'a> Work<'a> {
     }
 
     /// Carries out [`Work::hot_cuts`]' cuts, in the order it found them.
-    fn split_by(&mut self, cuts: Vec<Option<Cut>>) {
+    fn split_by(&mut self, cuts: Vec<Option<Halves>>) {
         let mut cuts = cuts.into_iter();
         let mut out = Vec::with_capacity(self.slices.len() + cuts.len());
         let mut stack = Vec::new();
@@ -928,12 +903,11 @@ impl<'a> Work<'a> {
     }
 
     /// Slice `s` cut at `c`, its halves' pieces appended to [`Work::pieces`].
-    fn cut(&mut self, s: WSlice, c: Cut) -> [WSlice; 2] {
-        let Cut {
-            key: k,
-            left,
-            right,
+    fn cut(&mut self, s: WSlice, c: Halves) -> [WSlice; 2] {
+        let Halves {
+            key, left, right, ..
         } = c;
+        let k = u128::from(key);
         // A piece that starts or ends with the slice has that half's load (most slices
         // are one piece).
         let between = |a: u128, b: u128| match (a == s.start, b == s.end) {
