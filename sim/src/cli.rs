@@ -16,6 +16,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TraceFormat {
+    /// JSON lines of prompt block ids: Mooncake's FAST'25 traces, and Alibaba's Bailian
+    /// traces (`bailian`), whose chat ids give each conversation's turns one key.
+    #[value(alias = "bailian")]
     Mooncake,
     Azure,
     Servegen,
