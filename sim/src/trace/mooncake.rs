@@ -11,8 +11,9 @@
 //!
 //! A trace's block size is read off its rows (how many ids a prompt of a given length
 //! has), not assumed, and its session ids are passed on as workload keys: an explicit
-//! `session_id` or `conversation_id`, else the root of a `chat_id` chain. A trace
-//! without them carries no key; none is invented from its blocks.
+//! `session_id` (or `session`) or `conversation_id` (or `conv_id`), else the root of a
+//! `chat_id` chain. A trace without them carries no key; none is invented from its
+//! blocks.
 
 use super::error::TraceError;
 use super::request::{splitmix64, Prompt, Segment, Trace, TraceRequest};
@@ -35,9 +36,9 @@ struct Row {
     output_length: u32,
     #[serde(default)]
     hash_ids: Vec<u64>,
-    #[serde(default)]
+    #[serde(default, alias = "session")]
     session_id: Option<Id>,
-    #[serde(default)]
+    #[serde(default, alias = "conv_id")]
     conversation_id: Option<Id>,
     #[serde(default)]
     chat_id: Option<Id>,
@@ -308,9 +309,9 @@ mod tests {
     #[test]
     fn explicit_session_ids_are_keys_and_mooncake_rows_stay_unkeyed() {
         let text = r#"{"timestamp": 0, "input_length": 600, "output_length": 2, "hash_ids": [1, 2], "session_id": "alice"}
-{"timestamp": 1, "input_length": 600, "output_length": 2, "hash_ids": [1, 3], "session_id": "bob"}
+{"timestamp": 1, "input_length": 600, "output_length": 2, "hash_ids": [1, 3], "session": "bob"}
 {"timestamp": 2, "input_length": 900, "output_length": 2, "hash_ids": [1, 2], "session_id": "alice"}
-{"timestamp": 3, "input_length": 900, "output_length": 2, "hash_ids": [1, 2], "conversation_id": 12}
+{"timestamp": 3, "input_length": 900, "output_length": 2, "hash_ids": [1, 2], "conv_id": 12}
 {"timestamp": 4, "input_length": 900, "output_length": 2, "hash_ids": [1, 2], "chat_id": 12}
 "#;
         let t = parse_mooncake(text, "s.jsonl").unwrap();
