@@ -116,13 +116,15 @@ pub fn parse_mooncake(text: &str, origin: &str) -> Result<Trace, TraceError> {
     let us_per_unit = if bailian { 1e6 } else { 1e3 };
     let block = block_tokens(&rows);
     let roots = chat_roots(&rows);
+    // Each row's ids are freed as its request is made: a trace of 16-token blocks holds
+    // many of them.
     let requests = rows
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, row)| TraceRequest {
             arrival_us: (row.timestamp * us_per_unit).round() as u64,
-            session: session(row, &roots),
-            prompt: prompt(row, block, i),
+            session: session(&row, &roots),
+            prompt: prompt(&row, block, i),
             output_tokens: row.output_length.max(1),
         })
         .collect();
