@@ -252,6 +252,9 @@ pub struct RouterSection {
     /// Leave the subset when its best load exceeds `spill_ratio × best elsewhere + spill_slack_s`.
     pub spill_ratio: f64,
     pub spill_slack_s: f64,
+    /// ... unless this many of the workload's requests wait at its home for their first
+    /// token (a burst): then the better score wins (0: never).
+    pub spill_burst: u32,
     /// Share of a running request's remaining decode that a new request on the same
     /// replica is counted as waiting for (queued prefill counts whole), in [0, 1].
     pub decode_share: f64,
@@ -291,6 +294,7 @@ impl Default for RouterSection {
             slice_count: 64,
             spill_ratio: spill.ratio,
             spill_slack_s: spill.slack_s,
+            spill_burst: spill.burst,
             decode_share: RouterConfig::default().decode_share,
             workload_keys: vec![
                 "header:x-session-id".into(),
@@ -806,6 +810,7 @@ fn fleet_policy(r: &RouterSection, p: &ProberSection, start_timeout_s: f64) -> R
             spill: SpillPolicy {
                 ratio: r.spill_ratio,
                 slack_s: r.spill_slack_s,
+                burst: r.spill_burst,
             },
             decode_share: r.decode_share,
             estimator: EstimatorConfig {
@@ -1018,7 +1023,7 @@ mod tests {
             "[router]\nrequest_timeout_s = 100\nspill_ratio = 1.5\n\
              [prober]\nprobe_timeout_ms = 4000\n\
              [[models]]\nname = \"big\"\nreplicas = 1\nstart_timeout_s = 1800\n\
-             [models.router]\nrequest_timeout_s = 900\n\
+             [models.router]\nrequest_timeout_s = 900\nspill_burst = 0\n\
              [models.prober]\nprobe_timeout_ms = 20000\n\
              [[models]]\nname = \"small\"\nreplicas = 1",
         )
@@ -1045,6 +1050,8 @@ mod tests {
                 ("small", 100, 1.5, 4_000, 600)
             ]
         );
+        let bursts: Vec<u32> = f.iter().map(|f| f.router.spill.burst).collect();
+        assert_eq!(bursts, [0, SpillPolicy::default().burst]);
         // Each fleet's cache is its own profile's.
         assert_eq!(
             f[0].router.affinity.cache_tokens,

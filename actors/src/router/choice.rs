@@ -22,6 +22,9 @@ pub struct Candidate {
     pub cost_mu: f64,
     /// The replica is expected to hold part of the workload's prefix.
     pub warm: bool,
+    /// Requests of this request's workload sent there that have not yet had their first
+    /// token back.
+    pub waiting: u32,
 }
 
 impl Candidate {
@@ -67,11 +70,16 @@ impl Candidate {
 
 /// When a request whose prefix is cached somewhere leaves its home: the home's best
 /// score must exceed `ratio × (best score elsewhere) + slack_s`. A request with nothing
-/// cached anywhere leaves as soon as a replica outside scores better.
+/// cached anywhere leaves as soon as a replica outside scores better, and so does one
+/// whose workload already has `burst` requests or more at its home still waiting for
+/// their first token (0: never): a burst that outruns its warm replicas is served
+/// sooner by one more, which its next requests find warm. The margin protects a cache
+/// from being left for a slightly better score; a burst queued on it is not that.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SpillPolicy {
     pub ratio: f64,
     pub slack_s: f64,
+    pub burst: u32,
 }
 
 impl Default for SpillPolicy {
@@ -79,6 +87,19 @@ impl Default for SpillPolicy {
         Self {
             ratio: 1.2,
             slack_s: 0.5,
+            burst: 3,
+        }
+    }
+}
+
+impl SpillPolicy {
+    /// The margin `(ratio, slack_s)` a warm request's home must lose by, with
+    /// `waiting_home` of its workload's requests waiting there for their first token.
+    pub fn margin(&self, waiting_home: u32) -> (f64, f64) {
+        if self.burst > 0 && waiting_home >= self.burst {
+            (1.0, 0.0)
+        } else {
+            (self.ratio, self.slack_s)
         }
     }
 }
@@ -140,9 +161,13 @@ pub fn choose<I: Iterator<Item = (Candidate, Floor)>>(
     };
     let mut home: Option<(f64, &Candidate)> = None;
     let mut outside: Option<(f64, Candidate)> = None;
+    let is_home = |c: &Candidate| c.warm || subset.contains(&c.id);
+    // Every home replica's waiting requests count, usable or not: they are the burst.
+    let waiting_home = known.iter().filter(|c| is_home(c)).map(|c| c.waiting).sum();
+    let (ratio, slack_s) = spill.margin(waiting_home);
     for c in known.iter().filter(|c| usable(c)) {
         let s = score(c);
-        if c.warm || subset.contains(&c.id) {
+        if is_home(c) {
             let better =
                 home.is_none_or(|(bs, best)| s < bs || (s == bs && home_rank(c) < home_rank(best)));
             if better {
@@ -173,9 +198,9 @@ pub fn choose<I: Iterator<Item = (Candidate, Floor)>>(
     }
     let pick = match (home, outside) {
         // With the prefix cached somewhere, leaving needs a clear margin (the score has
-        // already charged the lost cache); with nothing cached anywhere there is no
-        // locality to protect, and the better replica wins.
-        (Some((h, _)), Some((o, out))) if any_warm && h > spill.ratio * o + spill.slack_s => out.id,
+        // already charged the lost cache) unless a burst waits at home; with nothing
+        // cached anywhere there is no locality to protect, and the better replica wins.
+        (Some((h, _)), Some((o, out))) if any_warm && h > ratio * o + slack_s => out.id,
         (Some((h, _)), Some((o, out))) if !any_warm && h > o => out.id,
         (Some((_, h)), _) => h.id,
         (None, Some((_, o))) => o.id,
@@ -251,8 +276,13 @@ mod tests {
                 .map(|c| (c.id, score(c)))
                 .min_by(|a, b| a.1.total_cmp(&b.1))
         };
+        let waiting_home = fleet
+            .iter()
+            .filter(|c| c.warm || subset.contains(&c.id))
+            .map(|c| c.waiting)
+            .sum();
         let (ratio, slack) = if any_warm {
-            (spill.ratio, spill.slack_s)
+            spill.margin(waiting_home)
         } else {
             (1.0, 0.0)
         };
@@ -271,6 +301,7 @@ mod tests {
             capacity_mu_per_min: 60_000.0,
             cost_mu: 10.0,
             warm: false,
+            waiting: 0,
         }
     }
 
@@ -443,6 +474,61 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_waiting_at_home_spills_without_the_margin() {
+        let subset = [ReplicaId(0)];
+        // 0.4 s of work at home, nothing outside: inside the margin, so it stays home
+        // while fewer than `burst` of its workload's requests wait there.
+        let home = |waiting| Candidate {
+            warm: true,
+            waiting,
+            ..cand(0, 390.0)
+        };
+        let spill = SpillPolicy::default();
+        let fleet = [home(2), cand(1, 0.0)];
+        assert!(
+            !choose_fleet(&subset, &fleet, &[], spill, 0.0)
+                .unwrap()
+                .spilled
+        );
+        let fleet = [home(3), cand(1, 0.0)];
+        let c = choose_fleet(&subset, &fleet, &[], spill, 0.0).unwrap();
+        assert_eq!(c.replica, ReplicaId(1));
+        // The waiting requests of every home replica add up, healthy or not.
+        let mut sick = cand(2, 0.0);
+        (sick.healthy, sick.warm, sick.waiting) = (false, true, 1);
+        let fleet = [home(2), cand(1, 0.0), sick];
+        assert!(
+            choose_fleet(&subset, &fleet, &[], spill, 0.0)
+                .unwrap()
+                .spilled
+        );
+        // Waiting requests outside the home are no burst there.
+        let mut out = cand(1, 0.0);
+        out.waiting = 5;
+        let fleet = [home(0), out];
+        assert!(
+            !choose_fleet(&subset, &fleet, &[], spill, 0.0)
+                .unwrap()
+                .spilled
+        );
+        // The best outside must still score better: a burst does not leave for worse.
+        let fleet = [home(9), cand(1, 500.0)];
+        assert!(
+            !choose_fleet(&subset, &fleet, &[], spill, 0.0)
+                .unwrap()
+                .spilled
+        );
+        // A burst of 0 turns the rule off.
+        let off = SpillPolicy { burst: 0, ..spill };
+        let fleet = [home(9), cand(1, 0.0)];
+        assert!(
+            !choose_fleet(&subset, &fleet, &[], off, 0.0)
+                .unwrap()
+                .spilled
+        );
+    }
+
+    #[test]
     fn unhealthy_and_excluded_replicas_are_skipped() {
         let mut sick = cand(0, 0.0);
         sick.healthy = false;
@@ -484,7 +570,7 @@ mod tests {
             excl_mask in any::<u16>(),
         ) {
             let fleet: Vec<Candidate> = loads.iter().enumerate().map(|(i, &(mu, h, cost, warm))| {
-                Candidate { id: ReplicaId(i as u64), healthy: h, inflight_mu: mu, capacity_mu_per_min: 60_000.0, cost_mu: cost, warm }
+                Candidate { id: ReplicaId(i as u64), healthy: h, inflight_mu: mu, capacity_mu_per_min: 60_000.0, cost_mu: cost, warm, waiting: 0 }
             }).collect();
             let subset: Vec<ReplicaId> = fleet.iter().filter(|c| subset_mask >> c.id.0 & 1 == 1).map(|c| c.id).collect();
             let exclude: Vec<ReplicaId> = fleet.iter().filter(|c| excl_mask >> c.id.0 & 1 == 1).map(|c| c.id).collect();
@@ -524,8 +610,11 @@ mod tests {
             subset_mask in any::<u64>(),
             excl_mask in any::<u64>(),
             waste_weight in prop::sample::select(vec![0.0, 1.0, 2.0]),
+            waits in proptest::collection::vec(0u32..3, 40),
         ) {
-            // Cold replicas all cost 300; some others hold part of the prompt.
+            // Cold replicas all cost 300; some others hold part of the prompt; some hold
+            // requests of the workload that wait for their first token (a burst at home
+            // once they add up to the policy's 3).
             let fleet: Vec<Candidate> = loads.iter().enumerate().map(|(i, &(mu, h, cached, warm, cap))| Candidate {
                 id: ReplicaId(i as u64),
                 healthy: h,
@@ -533,6 +622,7 @@ mod tests {
                 capacity_mu_per_min: [60_000.0, 90_000.0, 120_000.0][cap as usize],
                 cost_mu: 300.0 - 70.0 * f64::from(cached),
                 warm: warm && cached > 0,
+                waiting: waits[i],
             }).collect();
             let subset: Vec<ReplicaId> = fleet.iter().filter(|c| subset_mask >> c.id.0 & 1 == 1).map(|c| c.id).collect();
             let exclude: Vec<ReplicaId> = fleet.iter().filter(|c| excl_mask >> c.id.0 & 3 == 3).map(|c| c.id).collect();

@@ -14,6 +14,7 @@ use super::load_order::LoadOrder;
 use super::prefix_index::PrefixIndex;
 use super::quarantine::{Implication, Quarantine, QuarantineConfig, Verdict};
 use super::stall::{Awaited, StallConfig, StreamStalls};
+use super::waiting::Waiting;
 use super::workload::anonymous_key;
 use crate::assigner::{LoadMeter, LoadReport, DEFAULT_BUCKET_BITS};
 use crate::mu::{
@@ -248,6 +249,8 @@ pub struct RouterCore {
     reliability: IdMap<ReplicaId, f64>,
     /// The fleet in each bounded tenant's rendezvous order (rebuilt with the fleet).
     radius_ranks: HashMap<u64, Vec<ReplicaId>>,
+    /// Requests in flight with no token back yet, per workload and replica.
+    waiting: Waiting,
 }
 
 impl RouterCore {
@@ -282,6 +285,7 @@ impl RouterCore {
             reports_cached: Default::default(),
             reliability: IdMap::default(),
             radius_ranks: HashMap::new(),
+            waiting: Waiting::default(),
         };
         core.install(
             replicas
@@ -572,12 +576,19 @@ impl RouterCore {
                 ids
             }
         };
+        // This request's own wait, when it is placed again, is not part of a burst.
+        let own = active.awaiting.map(|_| active.replica);
         let known: Vec<Candidate> = known_ids
             .iter()
             .filter_map(|&r| {
                 let (cached, _, warm) = expected(r);
                 let cost = self.coeffs.price(&Self::shape(&active, cached));
-                self.candidate(r, cost, warm, now_ms)
+                let waiting = self
+                    .waiting
+                    .at(workload, r)
+                    .saturating_sub(u32::from(own == Some(r)));
+                let c = self.candidate(r, cost, warm, now_ms)?;
+                Some(Candidate { waiting, ..c })
             })
             .collect();
         // An implicated request may only go to its slice's subset.
@@ -642,6 +653,10 @@ impl RouterCore {
                 .hold(workload.0, choice.replica, active.input_tokens);
         }
         if let Some(a) = self.active.get_mut(&id) {
+            if a.awaiting.is_some() {
+                self.waiting.answered(workload, a.replica);
+            }
+            self.waiting.sent(workload, choice.replica);
             a.cost = cost;
             a.replica = choice.replica;
             a.slice = slice_start;
@@ -693,6 +708,7 @@ impl RouterCore {
             capacity_mu_per_min: entry.spec.capacity_mu_per_min,
             cost_mu,
             warm,
+            waiting: 0,
         })
     }
 
@@ -758,7 +774,11 @@ impl RouterCore {
         let mut first_after = None;
         if added > 0 {
             a.last_token_ms = Some(now_ms);
-            first_after = a.awaiting.take().filter(|_| a.stream);
+            let sent = a.awaiting.take();
+            if sent.is_some() {
+                self.waiting.answered(a.workload, a.replica);
+            }
+            first_after = sent.filter(|_| a.stream);
         }
         let (cost, replica) = (a.cost, a.replica);
         if let Some((since_ms, queue_ms)) = first_after {
@@ -783,6 +803,9 @@ impl RouterCore {
         let Some(a) = self.active.remove(&id) else {
             return;
         };
+        if a.awaiting.is_some() {
+            self.waiting.answered(a.workload, a.replica);
+        }
         if a.last_token_ms.is_some() {
             self.stalls.ended(a.replica);
         }

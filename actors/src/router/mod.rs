@@ -19,6 +19,7 @@ pub mod quarantine;
 pub mod recency;
 pub mod sluice_policy;
 pub mod stall;
+pub mod waiting;
 pub mod workload;
 
 pub use affinity::{AffinityConfig, PrefixAffinity};

@@ -754,3 +754,58 @@ fn implications_are_announced_while_they_count_so_a_restarted_router_relearns_th
         .iter()
         .all(|i| i.age_ms < ANNOUNCED_AT_MOST as u64));
 }
+
+/// Places `burst` requests of one keyed workload at once, after a first one made its
+/// home (a subset of one replica) warm; for each, whether it left the home and how many
+/// of the burst were waiting there for their first token when it was placed.
+fn burst_of(c: &mut RouterCore, burst: usize) -> (Vec<(bool, usize)>, Vec<RequestId>) {
+    let code = || adm("code", 500, 500);
+    let first = c.place(&code(), 0).unwrap();
+    c.progress(first.id, 500, 0);
+    c.finish(
+        first.id,
+        Some(Usage {
+            prompt_tokens: 500,
+            completion_tokens: 500,
+            cached_tokens: 0,
+        }),
+    );
+    let mut seen = Vec::new();
+    let mut ids = Vec::new();
+    let mut at_home = 0;
+    for _ in 0..burst {
+        let p = c.place(&code(), 0).unwrap();
+        seen.push((p.spilled, at_home));
+        at_home += usize::from(p.replica == first.replica);
+        ids.push(p.id);
+    }
+    (seen, ids)
+}
+
+#[test]
+fn a_burst_that_outruns_its_home_takes_one_more_replica() {
+    // Inside the spill margin (0.5 s), a burst of one workload piles onto its warm
+    // replica when the rule is off.
+    let mut off = core(4, 1);
+    off.config.spill.burst = 0;
+    let (seen, _) = burst_of(&mut off, 8);
+    assert!(seen.iter().all(|&(left, _)| !left), "{seen:?}");
+    // With it, the burst stays home until three of it wait there, then leaves for a
+    // replica that scores better.
+    let mut c = core(4, 1);
+    let (seen, ids) = burst_of(&mut c, 8);
+    assert!(seen.iter().any(|&(left, _)| left), "{seen:?}");
+    assert!(
+        seen.iter().all(|&(left, waiting)| !left || waiting >= 3),
+        "{seen:?}"
+    );
+    // The count of what waits falls with first tokens and ends.
+    assert!(!c.waiting.is_empty());
+    for &id in &ids[..4] {
+        c.progress(id, 1, 10);
+    }
+    for id in ids {
+        c.finish(id, None);
+    }
+    assert!(c.waiting.is_empty());
+}
