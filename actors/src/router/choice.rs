@@ -22,9 +22,6 @@ pub struct Candidate {
     pub cost_mu: f64,
     /// The replica is expected to hold part of the workload's prefix.
     pub warm: bool,
-    /// Requests of this request's workload sent there that have not yet had their first
-    /// token back.
-    pub waiting: u32,
 }
 
 impl Candidate {
@@ -93,14 +90,10 @@ impl Default for SpillPolicy {
 }
 
 impl SpillPolicy {
-    /// The margin `(ratio, slack_s)` a warm request's home must lose by, with
-    /// `waiting_home` of its workload's requests waiting there for their first token.
-    pub fn margin(&self, waiting_home: u32) -> (f64, f64) {
-        if self.burst > 0 && waiting_home >= self.burst {
-            (1.0, 0.0)
-        } else {
-            (self.ratio, self.slack_s)
-        }
+    /// `waiting_home` of a workload's requests waiting at its home for their first token
+    /// are a burst.
+    pub fn is_burst(&self, waiting_home: u32) -> bool {
+        self.burst > 0 && waiting_home >= self.burst
     }
 }
 
@@ -128,7 +121,9 @@ pub struct ColdReplicas<I> {
 /// Chooses a replica for a request whose slice is served by `subset`. `known` holds the
 /// slice's subset and every replica expected to hold part of the prompt, each with its
 /// own price; `cold` the rest of the fleet. `exclude` holds replicas already tried for
-/// this request. `None`: no healthy replica.
+/// this request. `waiting(r)`: the requests of this request's workload sent to `r` and
+/// not yet answered with a first token, asked only of home replicas and only when the
+/// margin decides. `None`: no healthy replica.
 ///
 /// The cost is O(|known|) plus the cold replicas walked: those queued less than the best
 /// score found, usually a handful, so it does not grow with the fleet.
@@ -139,6 +134,7 @@ pub fn choose<I: Iterator<Item = (Candidate, Floor)>>(
     exclude: &[ReplicaId],
     spill: SpillPolicy,
     waste_weight: f64,
+    waiting: impl Fn(ReplicaId) -> u32,
 ) -> Option<Choice> {
     let usable = |c: &Candidate| c.healthy && !exclude.contains(&c.id);
     let cold_cost = cold.cost_mu;
@@ -162,9 +158,6 @@ pub fn choose<I: Iterator<Item = (Candidate, Floor)>>(
     let mut home: Option<(f64, &Candidate)> = None;
     let mut outside: Option<(f64, Candidate)> = None;
     let is_home = |c: &Candidate| c.warm || subset.contains(&c.id);
-    // Every home replica's waiting requests count, usable or not: they are the burst.
-    let waiting_home = known.iter().filter(|c| is_home(c)).map(|c| c.waiting).sum();
-    let (ratio, slack_s) = spill.margin(waiting_home);
     for c in known.iter().filter(|c| usable(c)) {
         let s = score(c);
         if is_home(c) {
@@ -196,11 +189,21 @@ pub fn choose<I: Iterator<Item = (Candidate, Floor)>>(
             break;
         }
     }
+    // Whether a warm home scoring `h` is left for `o`: past the margin, or past no
+    // margin when a burst waits there. Every home replica's waiting requests count,
+    // usable or not: they are the burst.
+    let leaves = |h: f64, o: f64| {
+        let burst = || {
+            let home = known.iter().filter(|c| is_home(c));
+            spill.is_burst(home.map(|c| waiting(c.id)).sum())
+        };
+        h > spill.ratio * o + spill.slack_s || (h > o && burst())
+    };
     let pick = match (home, outside) {
         // With the prefix cached somewhere, leaving needs a clear margin (the score has
         // already charged the lost cache) unless a burst waits at home; with nothing
         // cached anywhere there is no locality to protect, and the better replica wins.
-        (Some((h, _)), Some((o, out))) if any_warm && h > ratio * o + slack_s => out.id,
+        (Some((h, _)), Some((o, out))) if any_warm && leaves(h, o) => out.id,
         (Some((h, _)), Some((o, out))) if !any_warm && h > o => out.id,
         (Some((_, h)), _) => h.id,
         (None, Some((_, o))) => o.id,
@@ -226,6 +229,23 @@ mod tests {
         spill: SpillPolicy,
         waste_weight: f64,
     ) -> Option<Choice> {
+        choose_waiting(subset, fleet, exclude, spill, waste_weight, &[])
+    }
+
+    /// The requests of the workload waiting on each replica, `(replica, count)`.
+    fn waiting_in(waits: &[(u64, u32)]) -> impl Fn(ReplicaId) -> u32 + '_ {
+        |r: ReplicaId| waits.iter().filter(|w| w.0 == r.0).map(|w| w.1).sum()
+    }
+
+    /// [`choose_fleet`] with `waits` of the workload's requests waiting.
+    fn choose_waiting(
+        subset: &[ReplicaId],
+        fleet: &[Candidate],
+        exclude: &[ReplicaId],
+        spill: SpillPolicy,
+        waste_weight: f64,
+        waits: &[(u64, u32)],
+    ) -> Option<Choice> {
         let cold_cost = fleet.iter().map(|c| c.cost_mu).fold(0.0, f64::max);
         let (known, mut cold): (Vec<Candidate>, Vec<Candidate>) = fleet
             .iter()
@@ -247,7 +267,8 @@ mod tests {
             cost_mu: cold_cost,
             max_capacity,
         };
-        choose(subset, &known, cold, exclude, spill, waste_weight)
+        let waiting = waiting_in(waits);
+        choose(subset, &known, cold, exclude, spill, waste_weight, waiting)
     }
 
     /// The rule scored over every replica, as it was before the walk: the reference
@@ -258,6 +279,7 @@ mod tests {
         exclude: &[ReplicaId],
         spill: SpillPolicy,
         waste_weight: f64,
+        waits: &[(u64, u32)],
     ) -> Option<(ReplicaId, f64)> {
         let usable: Vec<&Candidate> = fleet
             .iter()
@@ -276,15 +298,16 @@ mod tests {
                 .map(|c| (c.id, score(c)))
                 .min_by(|a, b| a.1.total_cmp(&b.1))
         };
+        let waiting = waiting_in(waits);
         let waiting_home = fleet
             .iter()
             .filter(|c| c.warm || subset.contains(&c.id))
-            .map(|c| c.waiting)
+            .map(|c| waiting(c.id))
             .sum();
-        let (ratio, slack) = if any_warm {
-            spill.margin(waiting_home)
-        } else {
+        let (ratio, slack) = if !any_warm || spill.is_burst(waiting_home) {
             (1.0, 0.0)
+        } else {
+            (spill.ratio, spill.slack_s)
         };
         match (best(true), best(false)) {
             (Some(h), Some(o)) if h.1 > ratio * o.1 + slack => Some(o),
@@ -301,7 +324,6 @@ mod tests {
             capacity_mu_per_min: 60_000.0,
             cost_mu: 10.0,
             warm: false,
-            waiting: 0,
         }
     }
 
@@ -478,54 +500,33 @@ mod tests {
         let subset = [ReplicaId(0)];
         // 0.4 s of work at home, nothing outside: inside the margin, so it stays home
         // while fewer than `burst` of its workload's requests wait there.
-        let home = |waiting| Candidate {
+        let home = Candidate {
             warm: true,
-            waiting,
             ..cand(0, 390.0)
         };
         let spill = SpillPolicy::default();
-        let fleet = [home(2), cand(1, 0.0)];
-        assert!(
-            !choose_fleet(&subset, &fleet, &[], spill, 0.0)
-                .unwrap()
-                .spilled
-        );
-        let fleet = [home(3), cand(1, 0.0)];
-        let c = choose_fleet(&subset, &fleet, &[], spill, 0.0).unwrap();
-        assert_eq!(c.replica, ReplicaId(1));
+        let leaves = |fleet: &[Candidate], waits: &[(u64, u32)], spill| {
+            let c = choose_waiting(&subset, fleet, &[], spill, 0.0, waits).unwrap();
+            (c.spilled, c.replica)
+        };
+        let fleet = [home, cand(1, 0.0)];
+        assert_eq!(leaves(&fleet, &[(0, 2)], spill), (false, ReplicaId(0)));
+        assert_eq!(leaves(&fleet, &[(0, 3)], spill), (true, ReplicaId(1)));
         // The waiting requests of every home replica add up, healthy or not.
         let mut sick = cand(2, 0.0);
-        (sick.healthy, sick.warm, sick.waiting) = (false, true, 1);
-        let fleet = [home(2), cand(1, 0.0), sick];
-        assert!(
-            choose_fleet(&subset, &fleet, &[], spill, 0.0)
-                .unwrap()
-                .spilled
-        );
+        (sick.healthy, sick.warm) = (false, true);
+        let fleet = [home, cand(1, 0.0), sick];
+        assert!(leaves(&fleet, &[(0, 2), (2, 1)], spill).0);
         // Waiting requests outside the home are no burst there.
-        let mut out = cand(1, 0.0);
-        out.waiting = 5;
-        let fleet = [home(0), out];
-        assert!(
-            !choose_fleet(&subset, &fleet, &[], spill, 0.0)
-                .unwrap()
-                .spilled
-        );
+        let fleet = [home, cand(1, 0.0)];
+        assert!(!leaves(&fleet, &[(1, 5)], spill).0);
         // The best outside must still score better: a burst does not leave for worse.
-        let fleet = [home(9), cand(1, 500.0)];
-        assert!(
-            !choose_fleet(&subset, &fleet, &[], spill, 0.0)
-                .unwrap()
-                .spilled
-        );
+        let fleet = [home, cand(1, 500.0)];
+        assert!(!leaves(&fleet, &[(0, 9)], spill).0);
         // A burst of 0 turns the rule off.
         let off = SpillPolicy { burst: 0, ..spill };
-        let fleet = [home(9), cand(1, 0.0)];
-        assert!(
-            !choose_fleet(&subset, &fleet, &[], off, 0.0)
-                .unwrap()
-                .spilled
-        );
+        let fleet = [home, cand(1, 0.0)];
+        assert!(!leaves(&fleet, &[(0, 9)], off).0);
     }
 
     #[test]
@@ -570,7 +571,7 @@ mod tests {
             excl_mask in any::<u16>(),
         ) {
             let fleet: Vec<Candidate> = loads.iter().enumerate().map(|(i, &(mu, h, cost, warm))| {
-                Candidate { id: ReplicaId(i as u64), healthy: h, inflight_mu: mu, capacity_mu_per_min: 60_000.0, cost_mu: cost, warm, waiting: 0 }
+                Candidate { id: ReplicaId(i as u64), healthy: h, inflight_mu: mu, capacity_mu_per_min: 60_000.0, cost_mu: cost, warm }
             }).collect();
             let subset: Vec<ReplicaId> = fleet.iter().filter(|c| subset_mask >> c.id.0 & 1 == 1).map(|c| c.id).collect();
             let exclude: Vec<ReplicaId> = fleet.iter().filter(|c| excl_mask >> c.id.0 & 1 == 1).map(|c| c.id).collect();
@@ -622,13 +623,13 @@ mod tests {
                 capacity_mu_per_min: [60_000.0, 90_000.0, 120_000.0][cap as usize],
                 cost_mu: 300.0 - 70.0 * f64::from(cached),
                 warm: warm && cached > 0,
-                waiting: waits[i],
             }).collect();
+            let waits: Vec<(u64, u32)> = waits.iter().enumerate().map(|(i, &n)| (i as u64, n)).collect();
             let subset: Vec<ReplicaId> = fleet.iter().filter(|c| subset_mask >> c.id.0 & 1 == 1).map(|c| c.id).collect();
             let exclude: Vec<ReplicaId> = fleet.iter().filter(|c| excl_mask >> c.id.0 & 3 == 3).map(|c| c.id).collect();
             let spill = SpillPolicy::default();
-            let walked = choose_fleet(&subset, &fleet, &exclude, spill, waste_weight);
-            let all = exhaustive(&subset, &fleet, &exclude, spill, waste_weight);
+            let walked = choose_waiting(&subset, &fleet, &exclude, spill, waste_weight, &waits);
+            let all = exhaustive(&subset, &fleet, &exclude, spill, waste_weight, &waits);
             match (walked, all) {
                 (None, None) => {}
                 (Some(w), Some((_, best))) => {

@@ -576,19 +576,12 @@ impl RouterCore {
                 ids
             }
         };
-        // This request's own wait, when it is placed again, is not part of a burst.
-        let own = active.awaiting.map(|_| active.replica);
         let known: Vec<Candidate> = known_ids
             .iter()
             .filter_map(|&r| {
                 let (cached, _, warm) = expected(r);
                 let cost = self.coeffs.price(&Self::shape(&active, cached));
-                let waiting = self
-                    .waiting
-                    .at(workload, r)
-                    .saturating_sub(u32::from(own == Some(r)));
-                let c = self.candidate(r, cost, warm, now_ms)?;
-                Some(Candidate { waiting, ..c })
+                self.candidate(r, cost, warm, now_ms)
             })
             .collect();
         // An implicated request may only go to its slice's subset.
@@ -617,6 +610,12 @@ impl RouterCore {
             cost_mu: cold_cost,
             max_capacity: self.max_capacity,
         };
+        // This request's own wait, when it is placed again, is not part of a burst.
+        let own = active.awaiting.map(|_| active.replica);
+        let waiting = |r: ReplicaId| {
+            let n = self.waiting.at(workload, r);
+            n.saturating_sub(u32::from(own == Some(r)))
+        };
         let choice = choose(
             &subset,
             &known,
@@ -624,6 +623,7 @@ impl RouterCore {
             exclude,
             self.config.spill,
             self.config.waste_weight,
+            waiting,
         )?;
         let slice_start = slice.start;
         let (expected_cached, held_blocks, _) = expected(choice.replica);
@@ -708,7 +708,6 @@ impl RouterCore {
             capacity_mu_per_min: entry.spec.capacity_mu_per_min,
             cost_mu,
             warm,
-            waiting: 0,
         })
     }
 
