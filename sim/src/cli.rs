@@ -33,6 +33,8 @@ pub enum TraceFormat {
     /// Generated: bursty-code's arrivals and lengths with a prompt of its own for each
     /// request, as a lengths-only log (Azure's code trace) gives them: nothing shared.
     BurstyLengths,
+    /// Generated: bursty-code's trace with each request keyed by its editing session.
+    BurstySessions,
     /// Generated: shared-system's trace with each request keyed by its conversation.
     Sessions,
 }
@@ -40,7 +42,7 @@ pub enum TraceFormat {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
     /// Trace file (not needed for the generated formats: agentic, shared-system,
-    /// few-apps, bursty-code, bursty-lengths, sessions).
+    /// few-apps, bursty-code, bursty-lengths, bursty-sessions, sessions).
     #[arg(long)]
     pub trace: Option<PathBuf>,
     #[arg(long, value_enum)]
@@ -95,7 +97,8 @@ pub struct SimArgs {
     /// Agentic: number of coding-agent sessions.
     #[arg(long, default_value_t = 500)]
     pub sessions: u32,
-    /// shared-system, few-apps, bursty-code, bursty-lengths, sessions: requests to generate.
+    /// shared-system, few-apps, bursty-code, bursty-lengths, bursty-sessions, sessions: requests
+    /// to generate.
     #[arg(long, default_value_t = 5000)]
     pub requests: u32,
     /// Autoscale the fleet (`--replicas` is then the most there can be): comma-separated
@@ -159,6 +162,7 @@ pub fn load_trace(args: &SimArgs) -> Result<Trace> {
             | TraceFormat::FewApps
             | TraceFormat::BurstyCode
             | TraceFormat::BurstyLengths
+            | TraceFormat::BurstySessions
     );
     if generated && args.requests == 0 {
         bail!("--requests must be at least 1");
@@ -215,11 +219,12 @@ pub fn load_trace(args: &SimArgs) -> Result<Trace> {
             };
             trace::structures::few_apps(&cfg, args.seed)
         }
-        TraceFormat::BurstyCode | TraceFormat::BurstyLengths => {
+        TraceFormat::BurstyCode | TraceFormat::BurstyLengths | TraceFormat::BurstySessions => {
             let cfg = trace::structures::BurstyCodeConfig {
                 requests: args.requests,
                 duration_s: args.duration_s.map(|d| d as f64),
                 lengths_only: args.trace_format == TraceFormat::BurstyLengths,
+                keyed: args.trace_format == TraceFormat::BurstySessions,
                 ..Default::default()
             };
             trace::structures::bursty_code(&cfg, args.seed)

@@ -163,11 +163,21 @@ fn three_applications_carry_all_the_traffic() -> Result<()> {
 #[test]
 fn bursts_of_short_completions_over_one_file_context() -> Result<()> {
     // Code completion with no keys, in bursts of one editing session. The margins are
-    // today's gap to dynamo-kv (p95 and p99 ~1.35x, at 8 replicas; hits 4 points under
-    // llm-d's, which piles each session onto one replica), not the goal: a change that
-    // queues bursts behind the replica computing their context again, or prices blocks
-    // being computed as missing, fails here.
-    holds_its_own("bursty-code", 1.45, 1.45, 5.0)
+    // today's gap to dynamo-kv, not the goal: p95 / p99 ~1.0x / 1.1x at 0.5 and ~1.15x
+    // at 0.8 (at 8 replicas; hits 4 points under llm-d's, which piles each session onto
+    // one replica). Without the burst rule (`SpillPolicy::burst`) the gap was 1.27-1.40x;
+    // a change that holds a burst on its warm replica, queues bursts behind the replica
+    // computing their context again, or prices blocks being computed as missing, fails
+    // here.
+    holds_its_own("bursty-code", 1.25, 1.25, 5.0)
+}
+
+#[test]
+fn bursts_of_short_completions_keyed_by_their_editing_session() -> Result<()> {
+    // The same requests, each keyed by its session, as a trace that chains a session's
+    // requests gives them: every request of a burst has one home. Today ~1.02x / 1.13x
+    // dynamo-kv's at 0.5 and ~1.15x at 0.8; 1.29-1.40x before the burst rule.
+    holds_its_own("bursty-sessions", 1.25, 1.25, 5.0)
 }
 
 #[test]

@@ -379,6 +379,15 @@ pub struct BurstyCodeConfig {
     /// no content), so no prefix is shared and routing is balancing alone. The
     /// arrivals and lengths are the same as with shared contexts. Default false.
     pub lengths_only: bool,
+    /// Key each request by its editing session ([`code_session_key`]), as a trace that
+    /// chains each session's requests (Bailian's `parent_chat_id`) gives them; the
+    /// requests are otherwise the same. Default false.
+    pub keyed: bool,
+}
+
+/// The key of editing session `index` of a bursty-code trace generated with `seed`.
+pub fn code_session_key(seed: u64, index: usize) -> u64 {
+    splitmix64(seed ^ splitmix64(0x0065_646b_6579 ^ index as u64))
 }
 
 impl Default for BurstyCodeConfig {
@@ -397,6 +406,7 @@ impl Default for BurstyCodeConfig {
             tail_tokens: LogNormal::new(80.0, 0.6, 10.0, 400.0),
             output_tokens: LogNormal::new(28.0, 0.4, 10.0, 60.0),
             lengths_only: false,
+            keyed: false,
         }
     }
 }
@@ -478,17 +488,17 @@ pub fn bursty_code(cfg: &BurstyCodeConfig, seed: u64) -> Trace {
             };
             requests.push(TraceRequest {
                 arrival_us: micros(t),
-                session: None,
+                session: cfg.keyed.then(|| code_session_key(seed, s)),
                 prompt: Prompt { segments },
                 output_tokens: tokens(&cfg.output_tokens, &mut rng),
             });
         }
         t = on_end + rng.exponential(cfg.mean_off_s.max(0.0));
     }
-    let name = if cfg.lengths_only {
-        "bursty-lengths"
-    } else {
-        "bursty-code"
+    let name = match (cfg.lengths_only, cfg.keyed) {
+        (true, _) => "bursty-lengths",
+        (false, true) => "bursty-sessions",
+        (false, false) => "bursty-code",
     };
     finish(name, requests, cap, cfg.duration_s)
 }
@@ -799,6 +809,32 @@ mod tests {
         )
         .requests
         .is_empty());
+    }
+
+    #[test]
+    fn bursty_sessions_is_bursty_code_keyed_by_editing_session() {
+        let plain = bursty_code(&BurstyCodeConfig::default(), 3);
+        let cfg = BurstyCodeConfig {
+            keyed: true,
+            ..Default::default()
+        };
+        let keyed = bursty_code(&cfg, 3);
+        assert_eq!(keyed.name, "bursty-sessions");
+        assert_eq!(keyed.requests.len(), plain.requests.len());
+        let mut context_of_key = std::collections::HashMap::new();
+        for (k, p) in keyed.requests.iter().zip(&plain.requests) {
+            assert_eq!(
+                (k.arrival_us, k.output_tokens, &k.prompt),
+                (p.arrival_us, p.output_tokens, &p.prompt)
+            );
+            // One key per session: every request of a key grows the same file context.
+            let key = k.session.expect("every request keyed");
+            let context = k.prompt.segments[0].seed;
+            assert_eq!(*context_of_key.entry(key).or_insert(context), context);
+        }
+        let contexts: std::collections::HashSet<u64> = context_of_key.values().copied().collect();
+        assert_eq!(contexts.len(), context_of_key.len());
+        assert!(context_of_key.len() > 10);
     }
 
     #[test]
