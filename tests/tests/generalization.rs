@@ -198,17 +198,13 @@ fn bursts_of_short_completions_known_by_their_lengths_alone() -> Result<()> {
 /// `chat_id` and its `parent_chat_id` (−1 on the first), timestamps in seconds, one
 /// block id per 16 prompt tokens, chained from the start.
 fn bailian_rag(conversations: u64, seed: u64) -> String {
-    use sluice_sim::trace::splitmix64 as mix;
-    let mut state = seed;
-    let mut next = move || {
-        state = mix(state.wrapping_add(0x9e37_79b9_7f4a_7c15));
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let apps: Vec<u64> = (0..3).map(|_| 2000 + (next() * 4000.0) as u64).collect();
+    use sluice_sim::trace::{servegen::Rng, splitmix64 as mix};
+    let mut rng = Rng::new(seed);
+    let apps: Vec<u64> = (0..3).map(|_| 2000 + rng.below(4000)).collect();
     let (mut rows, mut chat, mut start) = (Vec::new(), 0u64, 0.0f64);
     for c in 0..conversations {
-        start -= next().max(1e-9).ln() / 1.5;
-        let u = next();
+        start += rng.exponential(1.0 / 1.5);
+        let u = rng.uniform();
         let app = if u < 0.6 {
             0
         } else if u < 0.9 {
@@ -219,13 +215,13 @@ fn bailian_rag(conversations: u64, seed: u64) -> String {
         // Each token is named by where it comes from, so equal content makes equal blocks.
         let mut tokens: Vec<u64> = (0..apps[app]).map(|i| mix(app as u64 ^ (i << 8))).collect();
         let (mut at, mut parent) = (start, -1i64);
-        let turns = 1 + (-next().max(1e-9).ln() * 1.5) as u64;
+        let turns = 1 + rng.exponential(1.5) as u64;
         for turn in 0..turns {
             let own = mix(c << 20 | turn << 4 | 1);
-            let chunks = 2 + (next() * 5.0) as u64;
-            let question = 20 + (next() * 120.0) as u64;
+            let chunks = 2 + rng.below(5);
+            let question = 20 + rng.below(120);
             tokens.extend((0..chunks * 500 + question).map(|i| mix(own ^ (i << 20))));
-            let output = 30 + (next() * 250.0) as u64;
+            let output = 30 + rng.below(250);
             let ids: Vec<u64> = tokens
                 .chunks(16)
                 .scan(0u64, |chain, block| {
@@ -245,7 +241,7 @@ fn bailian_rag(conversations: u64, seed: u64) -> String {
             ));
             parent = chat as i64;
             tokens.extend((0..output).map(|i| mix(own ^ 0xa ^ (i << 20))));
-            at -= next().max(1e-9).ln() * 20.0;
+            at += rng.exponential(20.0);
         }
     }
     rows.sort_by(|a, b| a.0.total_cmp(&b.0));

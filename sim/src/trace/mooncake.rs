@@ -218,10 +218,10 @@ fn chat_roots(rows: &[Row]) -> HashMap<Id, Id> {
 /// The row's workload key: its session or conversation id, else its conversation's root
 /// chat (only where the trace links turns to their parents), else none.
 fn session(row: &Row, roots: &HashMap<Id, Id>) -> Option<u64> {
-    if let Some(id) = row.session_id.as_ref().filter(|id| !id.is_none()) {
-        return Some(id.key("session"));
-    }
-    if let Some(id) = row.conversation_id.as_ref().filter(|id| !id.is_none()) {
+    let named = [&row.session_id, &row.conversation_id]
+        .into_iter()
+        .flatten();
+    if let Some(id) = named.into_iter().find(|id| !id.is_none()) {
         return Some(id.key("session"));
     }
     row.parent_chat_id.as_ref()?;

@@ -749,12 +749,12 @@ fn to_pdf(pairs: &[(u32, f64)]) -> Option<LengthPdf> {
 }
 
 /// A tiny deterministic generator on top of SplitMix64, with the few laws the trace
-/// generators need.
+/// generators need (and tests that write traces of their own).
 #[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Rng(splitmix64(seed ^ 0x5eed_5eed_5eed_5eed))
     }
 
@@ -765,7 +765,7 @@ impl Rng {
     }
 
     /// Uniform in `[0, 1)`.
-    pub(crate) fn uniform(&mut self) -> f64 {
+    pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
@@ -775,7 +775,7 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (`n > 0`).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
@@ -796,7 +796,7 @@ impl Rng {
         (1.0 + (u.ln() / q.ln()).floor()).min(10_000.0) as u32
     }
 
-    pub(crate) fn exponential(&mut self, mean: f64) -> f64 {
+    pub fn exponential(&mut self, mean: f64) -> f64 {
         -mean * self.uniform_open0().ln()
     }
 
