@@ -5,13 +5,12 @@
 //! remote replicas.
 
 use super::rpc::{ForwardFrame, ForwardRequest, NodeRpc};
+use crate::front::engine_pool::EnginePool;
 use crate::front::request_id::{self, RequestId};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HttpClient;
 use sluice_actors::slice::ReplicaId;
 use sluice_transport::{Client, Reply, TransportError};
 use std::collections::HashMap;
@@ -34,7 +33,7 @@ pub const PEER_SILENCE: Duration = Duration::from_millis(sluice_actors::lifecycl
 /// This node's own replicas, by id: what a forwarded request may reach.
 pub struct LocalReplicas {
     urls: RwLock<HashMap<ReplicaId, String>>,
-    client: HttpClient<HttpConnector, Full<Bytes>>,
+    engines: EnginePool,
     /// Forwarded requests being served: a stopping node waits for them.
     in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -49,10 +48,10 @@ impl Drop for Serving<'_> {
 }
 
 impl LocalReplicas {
-    pub fn new(client: HttpClient<HttpConnector, Full<Bytes>>) -> Self {
+    pub fn new(engines: EnginePool) -> Self {
         Self {
             urls: RwLock::new(HashMap::new()),
-            client,
+            engines,
             in_flight: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -141,7 +140,7 @@ impl LocalReplicas {
                 return;
             }
         };
-        let Some(resp) = alive_until(self.client.request(request), &mut reply).await else {
+        let Some(resp) = alive_until(self.engines.request(request), &mut reply).await else {
             return;
         };
         let resp = match resp {

@@ -354,7 +354,7 @@ pub async fn start(
     .await
     .context("cannot open the Raft store")?;
 
-    let local = Arc::new(LocalReplicas::new(crate::front::http_client(
+    let local = Arc::new(LocalReplicas::new(crate::front::engine_pool(
         cfg.connect_timeout,
     )));
     let urls: HashMap<ReplicaId, String> = fleets

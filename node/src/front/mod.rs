@@ -3,6 +3,7 @@
 //! bytes and reads clocks.
 
 mod assign;
+pub mod engine_pool;
 mod events;
 pub mod fleets;
 pub mod handoff;
@@ -131,6 +132,8 @@ pub struct AppState {
     core: Mutex<RouterCore>,
     upstreams: RwLock<HashMap<ReplicaId, Upstream>>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Carries requests to the node's own engines (the hot path; `client` does the rest).
+    engine_pool: engine_pool::EnginePool,
     /// Reaches other nodes (cluster mode).
     remote: Option<Arc<sluice_transport::Client>>,
     config: FrontConfig,
@@ -266,6 +269,7 @@ impl AppState {
             core: Mutex::new(core),
             upstreams: RwLock::new(upstreams.into_iter().map(|u| (u.id, u)).collect()),
             client,
+            engine_pool: engine_pool(node.connect_timeout),
             remote,
             config: FrontConfig {
                 model_override: node.model_override.clone(),
@@ -599,13 +603,22 @@ impl AppState {
     }
 }
 
+/// How long a connection to an engine is kept unused.
+const ENGINE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections to this node's engines for the requests it serves (its own and those
+/// other nodes forward), kept as long as hyper-util's client keeps them.
+pub fn engine_pool(connect_timeout: Duration) -> engine_pool::EnginePool {
+    engine_pool::EnginePool::new(connect_timeout, ENGINE_IDLE_TIMEOUT)
+}
+
 /// The pooled HTTP client for engines: no Nagle delay, bounded connect time.
 pub fn http_client(connect_timeout: Duration) -> Client<HttpConnector, Full<Bytes>> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
     Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(ENGINE_IDLE_TIMEOUT)
         .pool_max_idle_per_host(1024)
         .build(connector)
 }

@@ -539,11 +539,15 @@ pub(super) async fn send(
                 .header(request_id::HEADER, id.for_attempt())
                 .body(Full::new(body.clone()))
                 .map_err(|e| SendError::before(format!("bad upstream request: {e}")))?;
-            let resp = state.client.request(request).await.map_err(|e| SendError {
-                delivered: !e.is_connect(),
-                message: e.to_string(),
-                node_lost: false,
-            })?;
+            let resp = state
+                .engine_pool
+                .request(request)
+                .await
+                .map_err(|e| SendError {
+                    delivered: !e.is_connect(),
+                    message: e.to_string(),
+                    node_lost: false,
+                })?;
             Ok(resp.map(|b| b.map_err(std::io::Error::other).boxed_unsync()))
         }
         Target::Remote { node } => {
