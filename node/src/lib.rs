@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod error_line;
 pub mod front;
 pub mod launcher;
 pub mod policies;

@@ -7,6 +7,7 @@ use super::handler::{Membership, NodeHandler};
 use super::raft_net::QuicRaft;
 use super::rpc::{self, LoadRpc};
 use super::{become_member, register_replicas, ClusterNode};
+use crate::error_line::one_line;
 use crate::supervisor::restart::RestartPolicy;
 use crate::tree::{every, ticked, ChildSpec, Duty, Turn};
 use ractor::ActorProcessingErr;
@@ -120,7 +121,7 @@ impl Duty for JoinUp {
             Err(e) => {
                 self.failures += 1;
                 let wait = JOIN_UP.delay(self.failures);
-                tracing::warn!(error = %format!("{e:#}"), ?wait, "not yet a full member; retrying");
+                tracing::warn!(error = %one_line(&e), ?wait, "not yet a full member; retrying");
                 tokio::time::sleep(wait).await;
                 Ok(Turn::Again)
             }

@@ -6,6 +6,7 @@
 //! stopped and removed from the registry.
 
 use super::{local_index, NodeHandle};
+use crate::error_line::one_line;
 use crate::front::AppState;
 use crate::supervisor::engines::Supervisor;
 use crate::tree::{Duty, Turn};
@@ -134,7 +135,7 @@ async fn launch(node: &NodeHandle, sup: &Supervisor, front: &AppState, id: Repli
     let url = match sup.add(local_index(id)).await {
         Ok(url) => url,
         Err(e) => {
-            tracing::warn!(replica = id.0, error = %format!("{e:#}"), "placed replica did not start");
+            tracing::warn!(replica = id.0, error = %one_line(&e), "placed replica did not start");
             commit(node, ControlCommand::RemoveReplica(id)).await;
             return;
         }

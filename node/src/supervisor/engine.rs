@@ -7,6 +7,7 @@
 
 use super::lifecycle::{Effect, Input, Lifecycle, Phase};
 use super::restart::RestartPolicy;
+use crate::error_line::one_line;
 use crate::launcher::{launch_one, ChildReplica, EngineSpec};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -231,7 +232,7 @@ impl ShellState {
                     self.incarnation.store(incarnation, Ordering::Relaxed);
                     let (i, spec, me) = (self.i, self.spec.clone(), me.clone());
                     let launch = self.tasks.spawn(async move {
-                        let started = launch_one(i, &spec).await.map_err(|e| format!("{e:#}"));
+                        let started = launch_one(i, &spec).await.map_err(|e| one_line(&e));
                         // If the shell is gone, the message (and the child) is dropped.
                         let _ = me.send_message(EngineMsg::Launched(incarnation, started));
                     });
