@@ -106,6 +106,7 @@ impl Node {
             found.push(engines);
         }
         let slot = Arc::new(tokio::sync::OnceCell::new());
+        let metrics = Arc::new(front::Metrics::new());
         let node = match (&cluster_args, listeners.quic) {
             (Some(ca), Some(quic)) => {
                 let locals: Vec<cluster::LocalFleet> = found
@@ -125,7 +126,9 @@ impl Node {
                         answered: e.discovered.keys().map(|i| e.first + i).collect(),
                     })
                     .collect();
-                let node = cluster::start(&cfg, ca, quic, local, &locals, slot.clone()).await?;
+                let sends = metrics.engine_sends();
+                let node =
+                    cluster::start(&cfg, ca, quic, local, &locals, slot.clone(), sends).await?;
                 std::fs::write(
                     ca.data_dir.join(cluster::cli::ADDR_FILE),
                     node.listen.to_string(),
@@ -144,7 +147,6 @@ impl Node {
                 None => ReplicaId(index as u64),
             }
         };
-        let metrics = Arc::new(front::Metrics::new());
         let mut fleets = Vec::new();
         let mut supervisors: Vec<Arc<Supervisor>> = Vec::new();
         let mut actors = Vec::new();

@@ -321,6 +321,7 @@ pub async fn start(
     http: SocketAddr,
     fleets: &[LocalFleet],
     state_slot: Arc<tokio::sync::OnceCell<Arc<Fleets>>>,
+    engine_sends: crate::front::engine_pool::SendCounts,
 ) -> Result<ClusterNode> {
     let bound = quic
         .local_addr()
@@ -356,6 +357,7 @@ pub async fn start(
 
     let local = Arc::new(LocalReplicas::new(crate::front::engine_pool(
         cfg.connect_timeout,
+        engine_sends,
     )));
     let urls: HashMap<ReplicaId, String> = fleets
         .iter()

@@ -17,6 +17,7 @@ use hyper::header::{HeaderValue, HOST};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -88,8 +89,17 @@ struct Idle {
     since: Instant,
 }
 
+/// Requests written on a connection opened for them, and on one kept from an earlier
+/// answer: an engine that closes its connections between requests shows as `new`.
+#[derive(Clone, Debug, Default)]
+pub struct SendCounts {
+    pub new: Counter,
+    pub kept: Counter,
+}
+
 struct Shared {
     idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    counts: SendCounts,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_engine: usize,
@@ -124,10 +134,11 @@ pub struct EnginePool {
 
 impl EnginePool {
     /// A pool whose connections are given up after `idle_timeout` unused.
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration, counts: SendCounts) -> Self {
         Self {
             shared: Arc::new(Shared {
                 idle: Mutex::new(HashMap::new()),
+                counts,
                 connect_timeout,
                 idle_timeout,
                 max_idle_per_engine: 1024,
@@ -165,6 +176,8 @@ impl EnginePool {
                 Some(conn) => (conn, true),
                 None => (self.connect(&authority).await?, false),
             };
+            let counts = &self.shared.counts;
+            if kept { &counts.kept } else { &counts.new }.inc();
             match send_on(&mut conn, req).await {
                 Ok(resp) => {
                     let shared = self.shared.clone();
@@ -435,7 +448,17 @@ mod tests {
     }
 
     fn pool() -> EnginePool {
-        EnginePool::new(Duration::from_secs(2), Duration::from_secs(30))
+        EnginePool::new(
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+            SendCounts::default(),
+        )
+    }
+
+    /// Requests sent on new connections and on kept ones.
+    fn sends(pool: &EnginePool) -> (u64, u64) {
+        let c = &pool.shared.counts;
+        (c.new.get(), c.kept.get())
     }
 
     #[tokio::test]
@@ -448,6 +471,7 @@ mod tests {
                 assert_eq!(got, format!("conn 1 req {}: {body}", i + 1));
             }
             assert_eq!(accepted.load(Ordering::SeqCst), 1);
+            assert_eq!(sends(&pool), (1, 2));
         }
     }
 
@@ -496,6 +520,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(text(&pool, &url, "two").await, "conn 2 req 1: two");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(sends(&pool), (2, 0));
     }
 
     #[tokio::test]

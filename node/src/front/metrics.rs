@@ -40,6 +40,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabel {
+    connection: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -157,6 +162,7 @@ pub struct Metrics {
     replica_model: Family<ReplicaModel, Gauge>,
     engine_state: Family<ReplicaState, Gauge>,
     engine_restarts: Family<ReplicaLabel, Counter>,
+    engine_sends: Family<ConnectionLabel, Counter>,
     /// Tenants with a label of their own; the rest share [`OTHER_TENANTS`].
     tenants_named: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -467,6 +473,17 @@ impl Metrics {
             "Times the supervisor restarted an engine process",
             engine_restarts.clone(),
         );
+        let engine_sends = Family::<ConnectionLabel, Counter>::default();
+        for connection in ["new", "kept"] {
+            let _ = engine_sends.get_or_create(&ConnectionLabel { connection });
+        }
+        registry.register(
+            "engine_sends",
+            "Requests written to this node's engines (its own and those its peers forward), by \
+             whether their connection was opened for them (new) or kept from an earlier answer \
+             (kept)",
+            engine_sends.clone(),
+        );
         Self {
             registry,
             events: Default::default(),
@@ -483,6 +500,7 @@ impl Metrics {
             replica_model,
             engine_state,
             engine_restarts,
+            engine_sends,
             requests,
             retries,
             migrations,
@@ -617,6 +635,19 @@ impl Metrics {
             .inc();
         self.events
             .push("restart", format!("replica {replica}: engine restarted"));
+    }
+
+    /// The counts the node's engine connections keep ([`engine_pool::SendCounts`]).
+    pub fn engine_sends(&self) -> super::engine_pool::SendCounts {
+        let count = |connection| {
+            self.engine_sends
+                .get_or_create(&ConnectionLabel { connection })
+                .clone()
+        };
+        super::engine_pool::SendCounts {
+            new: count("new"),
+            kept: count("kept"),
+        }
     }
 
     pub fn probe(&self, ok: bool) {

@@ -269,7 +269,7 @@ impl AppState {
             core: Mutex::new(core),
             upstreams: RwLock::new(upstreams.into_iter().map(|u| (u.id, u)).collect()),
             client,
-            engine_pool: engine_pool(node.connect_timeout),
+            engine_pool: engine_pool(node.connect_timeout, metrics.engine_sends()),
             remote,
             config: FrontConfig {
                 model_override: node.model_override.clone(),
@@ -608,8 +608,11 @@ const ENGINE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connections to this node's engines for the requests it serves (its own and those
 /// other nodes forward), kept as long as hyper-util's client keeps them.
-pub fn engine_pool(connect_timeout: Duration) -> engine_pool::EnginePool {
-    engine_pool::EnginePool::new(connect_timeout, ENGINE_IDLE_TIMEOUT)
+pub fn engine_pool(
+    connect_timeout: Duration,
+    counts: engine_pool::SendCounts,
+) -> engine_pool::EnginePool {
+    engine_pool::EnginePool::new(connect_timeout, ENGINE_IDLE_TIMEOUT, counts)
 }
 
 /// The pooled HTTP client for engines: no Nagle delay, bounded connect time.

@@ -188,6 +188,28 @@ async fn every_actor_restarts_after_a_panic_and_the_node_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_keeps_its_engine_connection_between_requests() {
+    let r = start(config(engines(1).await, RestartPolicy::quick(5)), None).await;
+    let addr = r.node.http_addr();
+    eventually("a chat request is served", || async {
+        chat(addr).await == 200
+    })
+    .await;
+    let sends = |label| counter(addr, "engine_sends", label);
+    let (on_new, on_kept) = (r#"connection="new""#, r#"connection="kept""#);
+    let (new, kept) = (sends(on_new).await, sends(on_kept).await);
+    assert!(new >= 1, "the first request opened a connection");
+    for _ in 0..5 {
+        assert_eq!(chat(addr).await, 200);
+    }
+    // One request at a time, each answer read to its end: the same connection.
+    assert_eq!(sends(on_new).await, new);
+    assert_eq!(sends(on_kept).await, kept + 5);
+    let _ = r.stop.send(());
+    r.node.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_actor_that_keeps_failing_stops_the_node_with_its_name() {
     let r = start(config(engines(1).await, RestartPolicy::quick(2)), None).await;
     let addr = r.node.http_addr();
@@ -405,10 +427,14 @@ async fn a_node_whose_replica_is_gone_forwards_to_another_nodes_replica() {
     }
     let remote = only_the_remote_replica(a_addr, &a.engines[0]).await;
     let before = counter(a_addr, "routed", &remote).await;
+    let kept = r#"connection="kept""#;
+    let kept_before = counter(b_addr, "engine_sends", kept).await;
     for _ in 0..5 {
         assert_eq!(chat(a_addr).await, 200, "forwarded through QUIC");
     }
     assert!(counter(a_addr, "routed", &remote).await >= before + 5);
+    // The serving node reached its engine on a kept connection each time but the first.
+    assert!(counter(b_addr, "engine_sends", kept).await >= kept_before + 4);
     // The client's x-request-id comes back, and names the attempt the serving node sent
     // its engine (the engine names its answer after it, as vLLM does).
     let (echoed, body) = chat_named(a_addr, "fwd-trace-1").await;
