@@ -97,8 +97,15 @@ pub struct SendCounts {
     pub kept: Counter,
 }
 
+/// The idle connections by engine, and when every engine's list was last swept.
+#[derive(Default)]
+struct IdleMap {
+    by_engine: HashMap<Authority, Vec<Idle>>,
+    swept: Option<Instant>,
+}
+
 struct Shared {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    idle: Mutex<IdleMap>,
     counts: SendCounts,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -106,7 +113,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn idle(&self) -> MutexGuard<'_, HashMap<Authority, Vec<Idle>>> {
+    fn idle(&self) -> MutexGuard<'_, IdleMap> {
         // A panic while holding the map leaves it whole: every change is one push or pop.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -117,9 +124,22 @@ impl Shared {
             return;
         }
         let now = Instant::now();
+        let fresh = |i: &Idle| now.duration_since(i.since) < self.idle_timeout;
         let mut idle = self.idle();
-        let list = idle.entry(authority).or_default();
-        list.retain(|i| now.duration_since(i.since) < self.idle_timeout);
+        // Engines no request goes to any more (stopped, replaced) still hold sockets
+        // here: every half idle time, every list is swept, not only the one in use.
+        if idle
+            .swept
+            .is_none_or(|t| now.duration_since(t) >= self.idle_timeout / 2)
+        {
+            idle.by_engine.retain(|_, list| {
+                list.retain(fresh);
+                !list.is_empty()
+            });
+            idle.swept = Some(now);
+        }
+        let list = idle.by_engine.entry(authority).or_default();
+        list.retain(fresh);
         if list.len() < self.max_idle_per_engine {
             list.push(Idle { conn, since: now });
         }
@@ -137,7 +157,7 @@ impl EnginePool {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, counts: SendCounts) -> Self {
         Self {
             shared: Arc::new(Shared {
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(IdleMap::default()),
                 counts,
                 connect_timeout,
                 idle_timeout,
@@ -200,7 +220,7 @@ impl EnginePool {
         loop {
             let mut conn = {
                 let mut idle = self.shared.idle();
-                let list = idle.get_mut(authority)?;
+                let list = idle.by_engine.get_mut(authority)?;
                 let now = Instant::now();
                 list.retain(|i| now.duration_since(i.since) < self.shared.idle_timeout);
                 list.pop()?.conn
@@ -509,6 +529,27 @@ mod tests {
             text(&pool, &url, "again").await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn connections_to_an_engine_no_longer_used_are_let_go() {
+        let (gone, _) = engine(Answer::Whole).await;
+        let (used, _) = engine(Answer::Whole).await;
+        let idle = Duration::from_millis(40);
+        let pool = EnginePool::new(Duration::from_secs(2), idle, SendCounts::default());
+        text(&pool, &gone, "x").await;
+        let held = |url: &str| {
+            let authority: Authority = url.trim_start_matches("http://").parse().unwrap();
+            pool.shared.idle().by_engine.contains_key(&authority)
+        };
+        assert!(held(&gone));
+        // Requests go to another engine only, past the idle time.
+        for _ in 0..3 {
+            tokio::time::sleep(idle).await;
+            text(&pool, &used, "y").await;
+        }
+        assert!(!held(&gone), "the unused engine's connection is still held");
+        assert!(held(&used));
     }
 
     #[tokio::test]
