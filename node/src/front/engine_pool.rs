@@ -1,13 +1,13 @@
 //! HTTP/1 connections to the node's own engines, each driven by the request using it.
 //!
-//! hyper-util's pooled client runs every connection as a task of its own: a request is
-//! handed to that task over a channel and its answer handed back, so on a quiet node a
-//! request wakes a parked worker on its way out and again on its way back
-//! (`docs/BENCH_ROUTER.md`, "Cross-thread hand-offs per request"). Here the task that
-//! handles the request writes it and reads its answer itself: the connection is polled
-//! while the answer's head is awaited, then from inside the answer's body, and it goes
-//! back to the pool once that body has been read to its end. A body dropped before its
-//! end closes its connection, which tells the engine the request was abandoned.
+//! hyper-util's pooled client runs every connection as a task of its own: the request,
+//! the answer's head and every frame of the answer's body cross a channel between that
+//! task and the handler's, a hand-off per token of a stream (`docs/BENCHMARKS.md`,
+//! "Connections driven by the request's own task"). Here the task that handles the
+//! request writes it and reads its answer itself: the connection is polled while the
+//! answer's head is awaited, then from inside the answer's body, and it goes back to the
+//! pool once that body has been read to its end. A body dropped before its end closes
+//! its connection, which tells the engine the request was abandoned.
 
 use bytes::Bytes;
 use http_body_util::Full;
