@@ -358,6 +358,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio::task::JoinSet;
 
     /// How the test engine answers each request on a connection.
     #[derive(Clone, Copy)]
@@ -373,16 +374,19 @@ mod tests {
     }
 
     /// An HTTP/1.1 engine written by hand, so that what it does on the wire is exactly
-    /// what the test says. Counts the connections it accepted.
-    async fn engine(answer: Answer) -> (String, Arc<AtomicUsize>) {
+    /// what the test says. Counts the connections it accepted; serves until the returned
+    /// set is dropped (its accept loop owns the connections' tasks).
+    async fn engine(answer: Answer) -> (String, Arc<AtomicUsize>, JoinSet<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
-        tokio::spawn(async move {
+        let mut serving = JoinSet::new();
+        serving.spawn(async move {
+            let mut connections = JoinSet::new();
             while let Ok((mut stream, _)) = listener.accept().await {
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let mut served = 0;
                     while let Some(body) = read_request(&mut stream).await {
                         served += 1;
@@ -422,7 +426,7 @@ mod tests {
                 });
             }
         });
-        (url, accepted)
+        (url, accepted, serving)
     }
 
     /// One request's body, or `None` once the client closed the connection.
@@ -484,7 +488,7 @@ mod tests {
     #[tokio::test]
     async fn answers_read_to_their_end_leave_one_connection_for_the_next() {
         for answer in [Answer::Whole, Answer::Chunked] {
-            let (url, accepted) = engine(answer).await;
+            let (url, accepted, _serving) = engine(answer).await;
             let pool = pool();
             for (i, body) in ["a", "bb", "ccc"].into_iter().enumerate() {
                 let got = text(&pool, &url, body).await;
@@ -499,7 +503,7 @@ mod tests {
     async fn a_reader_that_stops_where_the_body_says_it_ends_gives_the_connection_back() {
         // hyper's server writes a body with a known length this way: it stops at the
         // frame after which `is_end_stream` holds and never polls for the end.
-        let (url, accepted) = engine(Answer::Whole).await;
+        let (url, accepted, _serving) = engine(Answer::Whole).await;
         let pool = pool();
         for i in 1..=3 {
             let mut body = pool.request(post(&url, "x")).await.unwrap().into_body();
@@ -514,7 +518,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_at_once_each_get_a_connection_and_all_are_kept() {
-        let (url, accepted) = engine(Answer::Chunked).await;
+        let (url, accepted, _serving) = engine(Answer::Chunked).await;
         let pool = pool();
         // Three heads before any body is read: three connections.
         let mut held = Vec::new();
@@ -533,8 +537,8 @@ mod tests {
 
     #[tokio::test]
     async fn connections_to_an_engine_no_longer_used_are_let_go() {
-        let (gone, _) = engine(Answer::Whole).await;
-        let (used, _) = engine(Answer::Whole).await;
+        let (gone, _, _gone_serving) = engine(Answer::Whole).await;
+        let (used, _, _used_serving) = engine(Answer::Whole).await;
         let idle = Duration::from_millis(40);
         let pool = EnginePool::new(Duration::from_secs(2), idle, SendCounts::default());
         text(&pool, &gone, "x").await;
@@ -554,7 +558,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_engine_closed_while_idle_is_not_used_again() {
-        let (url, accepted) = engine(Answer::WholeThenClose).await;
+        let (url, accepted, _serving) = engine(Answer::WholeThenClose).await;
         let pool = pool();
         assert_eq!(text(&pool, &url, "one").await, "conn 1 req 1: one");
         // The engine's close reaches the idle connection before the next request.
@@ -566,7 +570,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_dropped_before_its_end_closes_its_connection() {
-        let (url, accepted) = engine(Answer::OneChunkThenHold).await;
+        let (url, accepted, _serving) = engine(Answer::OneChunkThenHold).await;
         let pool = pool();
         let resp = pool.request(post(&url, "first")).await.unwrap();
         let mut body = resp.into_body();
@@ -598,7 +602,8 @@ mod tests {
         // A length promised and not delivered: the body must fail, not end short.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
+        let mut serving = JoinSet::new();
+        serving.spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             read_request(&mut stream).await.unwrap();
             let reply = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this";
@@ -606,5 +611,7 @@ mod tests {
         });
         let resp = pool().request(post(&url, "x")).await.unwrap();
         assert!(resp.into_body().collect().await.is_err());
+        // The engine did what the test says (its task did not fail on the way).
+        assert!(serving.join_next().await.is_some_and(|r| r.is_ok()));
     }
 }

@@ -637,7 +637,7 @@ impl Metrics {
             .push("restart", format!("replica {replica}: engine restarted"));
     }
 
-    /// The counts the node's engine connections keep ([`engine_pool::SendCounts`]).
+    /// The counts the node's engine connections keep ([`super::engine_pool::SendCounts`]).
     pub fn engine_sends(&self) -> super::engine_pool::SendCounts {
         let count = |connection| {
             self.engine_sends

@@ -615,7 +615,9 @@ pub fn engine_pool(
     engine_pool::EnginePool::new(connect_timeout, ENGINE_IDLE_TIMEOUT, counts)
 }
 
-/// The pooled HTTP client for engines: no Nagle delay, bounded connect time.
+/// The pooled HTTP client for what is not a request's own call to an engine (health
+/// checks, probes, model lists; a request goes through [`engine_pool()`]): no Nagle delay,
+/// bounded connect time.
 pub fn http_client(connect_timeout: Duration) -> Client<HttpConnector, Full<Bytes>> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
